@@ -1,0 +1,1 @@
+"""mesh: the command-line client of a local meshd daemon."""

@@ -1,0 +1,1 @@
+"""Seeded discrete-event simulator driving many meshd.core nodes in virtual time."""
