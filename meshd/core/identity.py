@@ -98,7 +98,7 @@ class Identity:
     peer_id: str
 
     @classmethod
-    def from_private_bytes(cls, seed: bytes) -> "Identity":
+    def from_private_bytes(cls, seed: bytes) -> Identity:
         """From the raw 32-byte Ed25519 private key (seed). ValueError if malformed."""
         if len(seed) != 32:
             raise ValueError("an Ed25519 private key is 32 bytes")
@@ -107,7 +107,7 @@ class Identity:
         return cls(key, pub, peer_id_from_public_key(pub))
 
     @classmethod
-    def generate(cls) -> "Identity":
+    def generate(cls) -> Identity:
         """A fresh key from the OS CSPRNG."""
         return cls.from_private_bytes(
             Ed25519PrivateKey.generate().private_bytes(
@@ -116,7 +116,7 @@ class Identity:
         )
 
     @classmethod
-    def from_seed_int(cls, n: int) -> "Identity":
+    def from_seed_int(cls, n: int) -> Identity:
         """Deterministic identity for simulations and tests (never for real nodes)."""
         return cls.from_private_bytes(n.to_bytes(32, "big"))
 

@@ -1,1 +1,34 @@
-"""meshd.net"""
+"""meshd.net: the libp2p adapter (gossip, request/response streams, discovery).
+
+No protocol logic lives here; see :mod:`meshd.net.host` for the theory of
+operation and ``meshd/net/PROTOCOL-net.md`` for the wire format.
+"""
+
+from meshd.net.errors import (
+    InvalidMessage,
+    MessageTooLarge,
+    NetError,
+    NotRunning,
+    PeerUnreachable,
+    RemoteError,
+    RequestTimeout,
+)
+from meshd.net.host import PX_PROTOCOL, MeshHost
+from meshd.net.logs import quiet_libp2p_logs
+from meshd.net.params import NetParams
+from meshd.net.stats import NetStats
+
+__all__ = [
+    "PX_PROTOCOL",
+    "InvalidMessage",
+    "MeshHost",
+    "MessageTooLarge",
+    "NetError",
+    "NetParams",
+    "NetStats",
+    "NotRunning",
+    "PeerUnreachable",
+    "RemoteError",
+    "RequestTimeout",
+    "quiet_libp2p_logs",
+]

@@ -1,0 +1,356 @@
+"""Human-readable views of the control API's JSON, drawn with rich.
+
+Rules:
+- Pure presentation: each function takes the decoded JSON of one route and a
+  console, and prints. No API calls, no exits.
+- Tolerant: a field the daemon leaves out prints as "-", never a traceback
+  (``--json`` is the exact, machine-readable form).
+- On a terminal, colour; in a pipe or file, plain text at a fixed width so
+  long peer ids are not cut.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from collections import defaultdict
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+PIPE_WIDTH = 200
+"""Console width when output is not a terminal (rich's default of 80 would fold ids)."""
+SHORT_ID_CHARS = 14
+BODY_PREVIEW_CHARS = 70
+MAX_DECLINE_PEERS_SHOWN = 3
+
+STATE_STYLE = {
+    "queued": "yellow",
+    "offered": "cyan",
+    "awarded": "cyan",
+    "running": "blue",
+    "verifying": "magenta",
+    "succeeded": "green",
+    "failed": "red",
+    "cancelled": "dim",
+}
+TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+
+
+def make_console(stderr: bool = False) -> Console:
+    probe = Console(stderr=stderr)
+    width = None if probe.is_terminal else PIPE_WIDTH
+    return Console(stderr=stderr, width=width, highlight=False, soft_wrap=False)
+
+
+def dash(value: Any) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
+def short_id(peer_id: Any) -> str:
+    text = dash(peer_id)
+    if len(text) <= SHORT_ID_CHARS + 2:
+        return text
+    return f"{text[:8]}…{text[-5:]}"
+
+
+def fmt_ts(ts_ms: Any) -> str:
+    if not isinstance(ts_ms, int | float):
+        return "-"
+    when = _dt.datetime.fromtimestamp(ts_ms / 1000, _dt.UTC)
+    return when.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def fmt_duration(seconds: Any) -> str:
+    if not isinstance(seconds, int | float):
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def fmt_num(value: Any, digits: int = 2) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return dash(value)
+    return f"{value:,.{digits}f}" if isinstance(value, float) else f"{value:,}"
+
+
+def state_text(state: Any) -> Text:
+    return Text(dash(state), style=STATE_STYLE.get(str(state), ""))
+
+
+def _kv_grid() -> Table:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column(overflow="fold")
+    return grid
+
+
+# ------------------------------------------------------------------ status
+
+
+def _executor_line(ex: dict[str, Any]) -> Text:
+    name = dash(ex.get("name"))
+    if ex.get("sandboxed"):
+        return Text(f"{name} (sandboxed)")
+    line = Text(f"{name} ", style="")
+    line.append("(NOT sandboxed)", style="bold red")
+    if ex.get("reason"):
+        line.append(f": {ex['reason']}")
+    return line
+
+
+def _hardware_line(hw: dict[str, Any]) -> str:
+    parts = [
+        f"{dash(hw.get('cores'))} cores",
+        f"{fmt_num(hw.get('ram_gb'), 1)} GB RAM",
+        f"{fmt_num(hw.get('disk_free_gb'), 1)} GB disk free",
+    ]
+    gpus = hw.get("gpus") or []
+    if gpus:
+        parts += [f"GPU {g.get('index', i)}: {dash(g.get('model'))} ({fmt_num(g.get('memory_mb'))} MB)"
+                  for i, g in enumerate(gpus)]
+    else:
+        parts.append("no GPU")
+    return ", ".join(parts)
+
+
+def render_status(st: dict[str, Any], console: Console) -> None:
+    grid = _kv_grid()
+    grid.add_row("peer id", dash(st.get("peer_id")))
+    grid.add_row("version", f"{dash(st.get('version'))}, up {fmt_duration(st.get('uptime_s'))}")
+    grid.add_row("listen", "\n".join(st.get("listen_addrs") or []) or "-")
+    grid.add_row("executor", _executor_line(st.get("executor") or {}))
+    if st.get("warm"):
+        grid.add_row("state", Text("warm (ready to bid)", style="green"))
+    else:
+        grid.add_row("state", Text(f"cold: {dash(st.get('cold_reason'))}", style="yellow"))
+    grid.add_row("hardware", _hardware_line(st.get("hardware") or {}))
+    score = st.get("score") or {}
+    grid.add_row(
+        "score",
+        f"cpu {fmt_num(score.get('cpu_gflops'), 1)} GFLOPS, gpu {fmt_num(score.get('gpu_gflops'), 1)} GFLOPS, "
+        f"tier {dash(score.get('tier'))}",
+    )
+    grid.add_row("price", f"{fmt_num(st.get('price'))} credits per GFLOPS-hour")
+    load = st.get("load") or {}
+    grid.add_row(
+        "load",
+        f"{dash(load.get('running'))} running, {dash(load.get('queued'))} queued, "
+        f"capacity {dash(load.get('capacity'))}",
+    )
+    lg = st.get("log") or {}
+    grid.add_row("event log", f"head seq {dash(lg.get('head_seq'))}, hash {str(lg.get('head_hash') or '-')[:16]}")
+    standing = st.get("standing") or {}
+    rep = standing.get("reputation")
+    grid.add_row("reputation", "not yet rated by peers" if rep is None else fmt_num(rep, 3))
+    console.print(grid)
+    why = standing.get("why_not_picked") or []
+    if why:
+        console.print(Text("Why this node may not be picked:", style="bold yellow"))
+        for reason in why:
+            console.print(f"  - {reason}")
+    counters = st.get("counters") or {}
+    if counters:
+        table = Table(title="counters", title_justify="left", show_edge=False)
+        table.add_column("name")
+        table.add_column("value", justify="right")
+        for name in sorted(counters):
+            table.add_row(name, fmt_num(counters[name]))
+        console.print(table)
+
+
+# ------------------------------------------------------------------- peers
+
+
+def render_peers(data: dict[str, Any], console: Console) -> None:
+    peers = data.get("peers") or []
+    if not peers:
+        console.print("no peers known yet (check `bootstrap` in config.toml, or wait for mDNS)")
+        return
+    table = Table(show_edge=False)
+    for col, just in (("peer", "left"), ("tier", "left"), ("GFLOPS", "right"), ("cores", "right"),
+                      ("RAM GB", "right"), ("GPUs", "left"), ("price", "right"), ("run/queue", "right"),
+                      ("warm", "left"), ("rep", "right"), ("seen", "right"), ("version", "left")):
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    for p in peers:
+        gpus = ", ".join(f"{dash(g.get('model'))} {fmt_num(g.get('memory_mb'))}MB" for g in p.get("gpus") or [])
+        table.add_row(
+            dash(p.get("peer_id")), dash(p.get("tier")), fmt_num(p.get("score_gflops"), 1),
+            dash(p.get("cores")), fmt_num(p.get("ram_gb"), 1), gpus or "-", fmt_num(p.get("price")),
+            f"{dash(p.get('running'))}/{dash(p.get('queued'))}", "yes" if p.get("warm") else "no",
+            fmt_num(p.get("reputation"), 2), f"{fmt_duration(p.get('last_seen_s'))} ago", dash(p.get("version")),
+        )
+    console.print(table)
+    console.print(f"{len(peers)} peer(s)")
+
+
+# --------------------------------------------------------------------- log
+
+
+def _preview(body: Any) -> str:
+    text = json.dumps(body, separators=(",", ":"), default=str)
+    return text if len(text) <= BODY_PREVIEW_CHARS else text[: BODY_PREVIEW_CHARS - 1] + "…"
+
+
+def render_log(data: dict[str, Any], console: Console) -> None:
+    records = data.get("records") or []
+    table = Table(show_edge=False)
+    table.add_column("seq", justify="right")
+    table.add_column("time (UTC)")
+    table.add_column("kind")
+    table.add_column("body")
+    table.add_column("hash")
+    for r in records:
+        table.add_row(dash(r.get("seq")), fmt_ts(r.get("ts_ms")), dash(r.get("kind")),
+                      _preview(r.get("body")), str(r.get("hash") or "-")[:12])
+    console.print(table)
+    console.print(f"{len(records)} record(s) shown; head seq {dash(data.get('head_seq'))}")
+
+
+# -------------------------------------------------------------------- jobs
+
+
+def render_jobs(data: dict[str, Any], console: Console) -> None:
+    jobs = data.get("jobs") or []
+    if not jobs:
+        console.print("no jobs yet (submit one with `mesh submit`)")
+        return
+    table = Table(show_edge=False)
+    for col in ("job", "state", "image", "command", "worker", "submitted", "cost", "reason"):
+        table.add_column(col, justify="right" if col == "cost" else "left")
+    for j in jobs:
+        command = j.get("command")
+        cmd = " ".join(command) if isinstance(command, list) else dash(command)
+        table.add_row(dash(j.get("job_id")), state_text(j.get("state")), dash(j.get("image")),
+                      cmd[:40], short_id(j.get("worker")), fmt_ts(j.get("submitted_at")),
+                      fmt_num(j.get("cost")), dash(j.get("reason")))
+    console.print(table)
+
+
+def _declines_table(declines: list[dict[str, Any]]) -> Table:
+    """Declines grouped by reason: the answer to "why did nobody take my job?"."""
+    by_reason: dict[str, list[str]] = defaultdict(list)
+    for d in declines:
+        by_reason[dash(d.get("reason"))].append(short_id(d.get("peer_id")))
+    table = Table(title="Why nobody took it (declines)", title_justify="left", show_edge=False)
+    table.add_column("reason")
+    table.add_column("peers", justify="right")
+    table.add_column("which")
+    for reason, peers in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
+        shown = ", ".join(peers[:MAX_DECLINE_PEERS_SHOWN])
+        if len(peers) > MAX_DECLINE_PEERS_SHOWN:
+            shown += f", … (+{len(peers) - MAX_DECLINE_PEERS_SHOWN})"
+        table.add_row(reason, str(len(peers)), shown)
+    return table
+
+
+def _job_summary(job: dict[str, Any]) -> Table:
+    spec = job.get("spec") or {}
+    grid = _kv_grid()
+    grid.add_row("job", dash(job.get("job_id")))
+    grid.add_row("state", state_text(job.get("state")))
+    command = spec.get("command")
+    grid.add_row("image", dash(spec.get("image")))
+    grid.add_row("command", " ".join(command) if isinstance(command, list) else dash(command))
+    cost = job.get("cost") or {}
+    grid.add_row("cost", f"estimate {fmt_num(cost.get('estimate'))}, actual {fmt_num(cost.get('actual'))} credits")
+    awards = job.get("awards") or []
+    if awards:
+        grid.add_row("awarded to", "\n".join(f"{dash(a.get('peer_id'))} ({dash(a.get('role'))})" for a in awards))
+    result = job.get("result")
+    if result:
+        grid.add_row(
+            "result",
+            f"{dash(result.get('status'))}, exit code {dash(result.get('exit_code'))}, "
+            f"{fmt_duration(result.get('duration_s'))}, output {dash(result.get('output_digest'))}",
+        )
+    verification = job.get("verification")
+    if verification:
+        grid.add_row("verification", f"{dash(verification.get('replicas'))} replicas, "
+                                     f"verdict {dash(verification.get('verdict'))}")
+    return grid
+
+
+def render_job(job: dict[str, Any], console: Console) -> None:
+    console.print(_job_summary(job))
+    history = job.get("history") or []
+    if history:
+        table = Table(title="history", title_justify="left", show_edge=False)
+        table.add_column("time (UTC)")
+        table.add_column("state")
+        table.add_column("detail")
+        for h in history:
+            table.add_row(fmt_ts(h.get("ts_ms")), state_text(h.get("state")), dash(h.get("detail")))
+        console.print(table)
+    bids = job.get("bids") or []
+    if bids:
+        table = Table(title=f"bids ({len(bids)})", title_justify="left", show_edge=False)
+        for col in ("peer", "price", "est. finish", "score", "queue", "gpu"):
+            table.add_column(col)
+        for b in bids:
+            table.add_row(short_id(b.get("peer_id")), fmt_num(b.get("price")),
+                          fmt_duration(b.get("est_finish_s")), fmt_num(b.get("score"), 1),
+                          dash(b.get("queue")), dash(b.get("gpu")))
+        console.print(table)
+    declines = job.get("declines") or []
+    if declines:
+        console.print(_declines_table(declines))
+    elif not bids and job.get("state") in ("queued", "offered"):
+        console.print(Text("No peer has answered the offer yet (no bids, no declines): "
+                           "check `mesh peers` for warm peers that fit.", style="yellow"))
+
+
+def wait_line(job: dict[str, Any]) -> str:
+    """One line summarising a job's progress (for `submit --wait` in a pipe)."""
+    awards = ", ".join(short_id(a.get("peer_id")) for a in job.get("awards") or []) or "-"
+    verification = job.get("verification") or {}
+    return (f"{dash(job.get('state')):<10} bids={len(job.get('bids') or [])} "
+            f"declines={len(job.get('declines') or [])} awarded={awards} "
+            f"verdict={dash(verification.get('verdict'))}")
+
+
+def wait_panel(job: dict[str, Any]) -> Table:
+    """The live view of `submit --wait` on a terminal."""
+    grid = _kv_grid()
+    grid.add_row("job", dash(job.get("job_id")))
+    grid.add_row("state", state_text(job.get("state")))
+    grid.add_row("bids", f"{len(job.get('bids') or [])} bid(s), {len(job.get('declines') or [])} decline(s)")
+    awards = job.get("awards") or []
+    grid.add_row("awarded to", ", ".join(f"{short_id(a.get('peer_id'))} ({dash(a.get('role'))})"
+                                          for a in awards) or "-")
+    history = job.get("history") or []
+    if history:
+        grid.add_row("last", f"{fmt_ts(history[-1].get('ts_ms'))} {dash(history[-1].get('detail'))}")
+    verification = job.get("verification")
+    if verification:
+        grid.add_row("verified", f"{dash(verification.get('verdict'))} "
+                                 f"({dash(verification.get('replicas'))} replicas)")
+    return grid
+
+
+# ----------------------------------------------------------------- credits
+
+
+def render_credits(data: dict[str, Any], console: Console) -> None:
+    balances = data.get("balances") or []
+    table = Table(title="balances", title_justify="left", show_edge=False)
+    for col in ("peer", "balance", "earned", "spent"):
+        table.add_column(col, justify="left" if col == "peer" else "right")
+    for b in balances:
+        table.add_row(dash(b.get("peer_id")), fmt_num(b.get("balance")), fmt_num(b.get("earned")),
+                      fmt_num(b.get("spent")))
+    console.print(table)
+    receipts = data.get("receipts") or []
+    table = Table(title=f"receipts ({len(receipts)})", title_justify="left", show_edge=False)
+    for col in ("job", "worker", "origin", "credits", "time (UTC)", "seq"):
+        table.add_column(col, justify="right" if col in ("credits", "seq") else "left")
+    for r in receipts:
+        table.add_row(dash(r.get("job_id")), short_id(r.get("worker")), short_id(r.get("origin")),
+                      fmt_num(r.get("credits")), fmt_ts(r.get("ts_ms")), dash(r.get("seq")))
+    console.print(table)

@@ -1,0 +1,276 @@
+"""A synchronous client of the local control API, for the ``mesh`` command.
+
+Rules:
+- It finds the daemon through the data dir alone: ``api.addr`` (written by the
+  running daemon) and ``api.token``. It talks only to loopback.
+- Failures are one of three exceptions, each with a message fit to print:
+  :class:`DaemonUnreachable` (no daemon, or it does not answer: the
+  operator's to fix by starting it), :class:`AuthError` (the token was
+  refused), :class:`ApiHttpError` (the daemon answered with an error; the
+  message is the daemon's own, ``fields`` lists bad job-descriptor fields).
+- Methods map one-to-one onto the routes in ``meshd/api/server.py``'s
+  consumers (see ``mesh_cli/CLI.md``); they return the decoded JSON.
+- Bounded: every call has ``timeout_s``; a streamed response (``logs -f``)
+  waits without a timeout between lines but caps one line at
+  ``max_line_bytes``.
+
+Theory of operation: one ``http.client.HTTPConnection`` per call (the CLI
+makes few calls; a fresh connection keeps failure handling simple), the
+bearer token on every request, JSON bodies both ways. A streamed response is
+read line by line as NDJSON.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+from meshd.config import ConfigError, DataDir, read_api_addr, read_api_token
+
+DEFAULT_TIMEOUT_S = 30.0
+"""Longest wait for any one response (not for the lines of a followed stream)."""
+MAX_LINE_BYTES = 8 * 1024 * 1024
+"""Longest NDJSON line accepted from a stream."""
+COPY_CHUNK_BYTES = 1024 * 1024
+
+
+class ApiClientError(Exception):
+    """Base of the client's errors; ``str()`` is a message for the user."""
+
+
+class DaemonUnreachable(ApiClientError):
+    """No daemon runs for the data dir, or it does not answer."""
+
+
+class AuthError(ApiClientError):
+    """The daemon refused our token."""
+
+
+class ApiHttpError(ApiClientError):
+    """The daemon answered with an error status."""
+
+    def __init__(self, status: int, code: str, message: str, fields: list[dict[str, Any]] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.fields = fields or []
+
+
+def _not_running(data_dir: Path, detail: str = "") -> DaemonUnreachable:
+    extra = f" ({detail})" if detail else ""
+    return DaemonUnreachable(
+        f"no daemon running for {data_dir}{extra} "
+        f"(start it with `meshd start --data-dir {data_dir}`)"
+    )
+
+
+class ApiClient:
+    """Calls the daemon's control API. Build with :meth:`from_data_dir`."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        token: str,
+        *,
+        data_dir: Path | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.token = token
+        self.data_dir = data_dir if data_dir is not None else Path(f"{host}:{port}")
+        self.timeout_s = timeout_s
+
+    @classmethod
+    def from_data_dir(
+        cls, data_dir: str | os.PathLike[str], *, timeout_s: float = DEFAULT_TIMEOUT_S
+    ) -> ApiClient:
+        """A client for the daemon of ``data_dir``; DaemonUnreachable if none published its address."""
+        root = Path(data_dir)
+        try:
+            addr = read_api_addr(root)
+            if addr is None:
+                why = "no such directory" if not root.is_dir() else f"no {DataDir(root).api_addr.name}"
+                raise _not_running(root, why)
+            token = read_api_token(root)
+        except ConfigError as exc:
+            raise DaemonUnreachable(str(exc)) from None
+        return cls(addr[0], addr[1], token, data_dir=root, timeout_s=timeout_s)
+
+    # ------------------------------------------------------------ the routes
+
+    def status(self) -> dict[str, Any]:
+        return self._json("GET", "/v1/status")
+
+    def peers(self) -> dict[str, Any]:
+        return self._json("GET", "/v1/peers")
+
+    def log(self, start: int = 1, limit: int = 100) -> dict[str, Any]:
+        return self._json("GET", "/v1/log", query={"start": start, "limit": limit})
+
+    def upload_blob(self, source: bytes | IO[bytes], size: int | None = None) -> dict[str, Any]:
+        """POST raw bytes (or a binary file of ``size`` bytes); ``{digest, size}``."""
+        return self._json("POST", "/v1/blobs", body=source, size=size, content_type="application/octet-stream")
+
+    def submit(self, spec: dict[str, Any], *, wait: bool = False) -> dict[str, Any]:
+        return self._json("POST", "/v1/jobs", payload={"spec": spec, "wait": wait})
+
+    def jobs(self) -> dict[str, Any]:
+        return self._json("GET", "/v1/jobs")
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/jobs/{_q(job_id)}")
+
+    def logs(self, job_id: str, *, follow: bool = False) -> Iterator[dict[str, Any]]:
+        """Log lines ``{ts_ms, stream, data}``, then ``{"end": true, "state": ...}``."""
+        query = {"follow": 1} if follow else None
+        return self.stream("GET", f"/v1/jobs/{_q(job_id)}/logs", query=query)
+
+    def download_result(self, job_id: str, dest: IO[bytes]) -> int:
+        """Copy the job's output tar into ``dest``; returns the bytes written."""
+        with self._request("GET", f"/v1/jobs/{_q(job_id)}/result") as resp:
+            self._raise_for_status(resp)
+            total = 0
+            while chunk := resp.read(COPY_CHUNK_BYTES):
+                try:
+                    dest.write(chunk)
+                except OSError as exc:
+                    raise ApiClientError(f"cannot write the result of {job_id}: {exc}") from None
+                total += len(chunk)
+        return total
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._json("POST", f"/v1/jobs/{_q(job_id)}/cancel", payload={})
+
+    def retry(self, job_id: str) -> dict[str, Any]:
+        return self._json("POST", f"/v1/jobs/{_q(job_id)}/retry", payload={})
+
+    def credits(self) -> dict[str, Any]:
+        return self._json("GET", "/v1/credits")
+
+    # ------------------------------------------------------------ machinery
+
+    def stream(
+        self, method: str, path: str, *, query: dict[str, Any] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Yield the NDJSON objects of a streamed response, as they arrive."""
+        with self._request(method, path, query=query, stream=True) as resp:
+            self._raise_for_status(resp)
+            while True:
+                line = resp.readline(MAX_LINE_BYTES + 1)
+                if not line:
+                    return
+                if len(line) > MAX_LINE_BYTES:
+                    raise ApiClientError(f"the daemon sent a stream line over {MAX_LINE_BYTES} bytes")
+                if line.strip():
+                    yield _decode_json(line, path)
+
+    def _json(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: dict[str, Any] | None = None,
+        payload: Any = None,
+        body: bytes | IO[bytes] | None = None,
+        size: int | None = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        if payload is not None:
+            body = json.dumps(payload).encode()
+        with self._request(
+            method, path, query=query, body=body, size=size, content_type=content_type
+        ) as resp:
+            self._raise_for_status(resp)
+            data = resp.read()
+        value = _decode_json(data, path)
+        if not isinstance(value, dict):
+            raise ApiClientError(f"the daemon answered {path} with JSON that is not an object")
+        return value
+
+    @contextmanager
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: dict[str, Any] | None = None,
+        body: bytes | IO[bytes] | None = None,
+        size: int | None = None,
+        content_type: str = "application/json",
+        stream: bool = False,
+    ) -> Iterator[http.client.HTTPResponse]:
+        """Send one request on a fresh connection; yields the response, then closes both."""
+        url = path + ("?" + urllib.parse.urlencode(query) if query else "")
+        headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+            headers["Content-Length"] = str(len(body) if isinstance(body, bytes) else size)
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
+        try:
+            try:
+                conn.request(method, url, body=body, headers=headers)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the daemon answered before taking the whole body (413): read that answer
+            resp = conn.getresponse()
+        except ConnectionRefusedError:
+            conn.close()
+            raise _not_running(self.data_dir, f"nothing listens on {self.host}:{self.port}") from None
+        except TimeoutError:
+            conn.close()
+            raise DaemonUnreachable(
+                f"the daemon for {self.data_dir} did not answer {method} {path} within {self.timeout_s:g} s"
+            ) from None
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise DaemonUnreachable(f"lost the connection to the daemon for {self.data_dir}: {exc}") from None
+        if stream and conn.sock is not None:
+            conn.sock.settimeout(None)  # a followed log may be quiet for long
+        try:
+            yield resp
+        except TimeoutError:
+            raise DaemonUnreachable(
+                f"the daemon for {self.data_dir} stopped answering {method} {path} "
+                f"(no data for {self.timeout_s:g} s)"
+            ) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise DaemonUnreachable(f"lost the connection to the daemon for {self.data_dir}: {exc}") from None
+        finally:
+            resp.close()
+            conn.close()
+
+    def _raise_for_status(self, resp: http.client.HTTPResponse) -> None:
+        if resp.status < 400:
+            return
+        data = resp.read(MAX_LINE_BYTES)
+        code, message, fields = "http_error", f"HTTP {resp.status} {resp.reason}", None
+        try:
+            err = json.loads(data)["error"]
+            code, message, fields = str(err["code"]), str(err["message"]), err.get("fields")
+        except (ValueError, KeyError, TypeError):
+            pass
+        if resp.status == 401:
+            raise AuthError(
+                f"the daemon refused the API token in {self.data_dir}/api.token ({message}); "
+                "if the node was re-initialised, restart its daemon"
+            )
+        raise ApiHttpError(resp.status, code, message, fields)
+
+
+def _q(segment: str) -> str:
+    return urllib.parse.quote(segment, safe="")
+
+
+def _decode_json(data: bytes, path: str) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise ApiClientError(f"the daemon answered {path} with something that is not JSON") from None

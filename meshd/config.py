@@ -1,0 +1,368 @@
+"""Node configuration: the data directory, its files, and ``config.toml``.
+
+Data directory layout (``DIR`` is ``--data-dir``; default ``$MESH_DATA_DIR``
+or ``~/.meshd``)::
+
+    DIR/node.key      raw 32-byte Ed25519 seed, mode 0600 — the node's identity
+    DIR/config.toml   NodeConfig as TOML (optional: absent means all defaults)
+    DIR/api.token     64 hex chars (32 random bytes), mode 0600 — control-API secret
+    DIR/api.addr      "127.0.0.1:PORT", written by the running daemon, removed on exit
+    DIR/log/          the LevelDB event log (meshd.store)
+    DIR/blobs/        content-addressed blob store
+    DIR/work/         per-job scratch directories
+    DIR/daemon.pid    pid of the running daemon
+
+Rules:
+- Files holding secrets (``node.key``, ``api.token``) are created 0600 and
+  ``load_node`` refuses a key that group or others can read.
+- Every write is atomic: temp file in the same directory, fsync, rename,
+  fsync the directory. A crash leaves the old file or the new one.
+- ``node.key`` is written last by ``init_node``: it marks a data dir as
+  initialised, so an init interrupted before it can simply be run again.
+- This module prints nothing and never exits; it raises :class:`ConfigError`
+  whose message names the file, the key and what to do. Callers print it.
+
+Theory of operation: ``meshd init`` calls :func:`init_node`; ``meshd start``
+calls :func:`load_node`, then :func:`apply_overrides` with the command-line
+flags, and hands the result to the daemon. The daemon publishes its API port
+with :func:`write_api_addr`; ``mesh`` finds it through :func:`read_api_addr`
+and :func:`read_api_token`.
+
+Units: ``price`` is in credits per GFLOPS-hour — what the node asks for one
+hour of work at one GFLOPS of its *measured* compute score (a 50-GFLOPS node
+running 6 minutes at price 1.0 asks 5 credits).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import secrets
+import stat
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from meshd.core.identity import Identity
+
+KEY_FILE = "node.key"
+CONFIG_FILE = "config.toml"
+TOKEN_FILE = "api.token"
+API_ADDR_FILE = "api.addr"
+PID_FILE = "daemon.pid"
+LOG_DIR = "log"
+BLOBS_DIR = "blobs"
+WORK_DIR = "work"
+
+DATA_DIR_ENV = "MESH_DATA_DIR"
+DEFAULT_P2P_PORT = 7700
+"""libp2p TCP port of a node by default; a second node on one host passes
+``--listen /ip4/127.0.0.1/tcp/0`` (any free port) or another fixed port."""
+DEFAULT_LISTEN = (f"/ip4/0.0.0.0/tcp/{DEFAULT_P2P_PORT}",)
+MAX_ADDRS = 32
+"""Most listen or bootstrap addresses a config may name."""
+MAX_PRICE = 1e6
+MAX_PARAMS = 256
+"""Most ``[params]`` overrides a config may carry."""
+SEED_LEN = 32
+TOKEN_HEX_LEN = 64
+
+# A light syntactic check; libp2p parses the address for real at start.
+_MULTIADDR_RE = re.compile(r"^(/[A-Za-z0-9][A-Za-z0-9\-]*/[^/\s]+)+(/p2p/[1-9A-HJ-NP-Za-km-z]+)?$")
+_TCP_ADDR_RE = re.compile(r"^/(ip4|ip6|dns|dns4|dns6)/[^/\s]+/tcp/(\d{1,5})(/.*)?$")
+
+
+class ConfigError(Exception):
+    """The data dir or its configuration is missing or wrong: the operator's to fix."""
+
+
+@dataclass(frozen=True)
+class DataDir:
+    """Paths inside one data directory (see the module header)."""
+
+    root: Path
+
+    @property
+    def key(self) -> Path:
+        return self.root / KEY_FILE
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def token(self) -> Path:
+        return self.root / TOKEN_FILE
+
+    @property
+    def api_addr(self) -> Path:
+        return self.root / API_ADDR_FILE
+
+    @property
+    def pid(self) -> Path:
+        return self.root / PID_FILE
+
+    @property
+    def log(self) -> Path:
+        return self.root / LOG_DIR
+
+    @property
+    def blobs(self) -> Path:
+        return self.root / BLOBS_DIR
+
+    @property
+    def work(self) -> Path:
+        return self.root / WORK_DIR
+
+
+def default_data_dir() -> Path:
+    """``$MESH_DATA_DIR`` if set, else ``~/.meshd``."""
+    env = os.environ.get(DATA_DIR_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".meshd"
+
+
+def _check_multiaddr(addr: str, *, tcp_port: bool) -> str:
+    if not _MULTIADDR_RE.match(addr):
+        raise ValueError(f"{addr!r} is not a multiaddr (like /ip4/1.2.3.4/tcp/7700)")
+    if tcp_port:
+        m = _TCP_ADDR_RE.match(addr)
+        if m is None or int(m.group(2)) > 65535:
+            raise ValueError(f"{addr!r} needs /ip4|ip6|dns/HOST/tcp/PORT with PORT 0-65535")
+    return addr
+
+
+class NodeConfig(BaseModel):
+    """What ``config.toml`` holds. Every field has a default; unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    listen: Annotated[tuple[str, ...], Field(min_length=1, max_length=MAX_ADDRS)] = DEFAULT_LISTEN
+    """libp2p listen multiaddrs (TCP). Port 0 picks a free port at each start."""
+    bootstrap: Annotated[tuple[str, ...], Field(max_length=MAX_ADDRS)] = ()
+    """Peers dialled at start: full multiaddrs ending in ``/p2p/<peer id>``."""
+    executor: Literal["auto", "docker", "process"] = "auto"
+    """``auto``: Docker if an engine answers, else process if allowed, else none."""
+    allow_process_executor: bool = False
+    """Permit unsandboxed subprocess execution (trusted, local use only)."""
+    allow_network_jobs: bool = False
+    """Permit jobs that ask for network access."""
+    price: Annotated[float, Field(ge=0, le=MAX_PRICE)] = 1.0
+    """Credits per GFLOPS-hour of measured compute (see the module header)."""
+    api_port: Annotated[int, Field(ge=0, le=65535)] = 0
+    """Loopback port of the control API; 0 picks a free one (published in api.addr)."""
+    log_format: Literal["human", "json"] = "human"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    mdns: bool = True
+    """Discover peers on the local network with mDNS."""
+    params: Annotated[dict[str, int | float | bool | str], Field(max_length=MAX_PARAMS)] = Field(
+        default_factory=dict
+    )
+    """Overrides of protocol bounds (``CoreParams`` names); the daemon validates them."""
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_check_multiaddr(a, tcp_port=True) for a in v)
+
+    @field_validator("bootstrap")
+    @classmethod
+    def _bootstrap(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for a in v:
+            _check_multiaddr(a, tcp_port=False)
+            if "/p2p/" not in a:
+                raise ValueError(f"{a!r} must end in /p2p/<peer id>")
+        return v
+
+    @field_validator("price")
+    @classmethod
+    def _price(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
+
+    def to_toml(self) -> str:
+        """The config as TOML text, with a comment pointing at the docs."""
+        body = tomli_w.dumps(self.model_dump(mode="json"))
+        return "# meshd node configuration (see meshd/config.py for every key).\n" + body
+
+
+def _describe_errors(where: Path | str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        if err["type"] == "extra_forbidden":
+            known = ", ".join(NodeConfig.model_fields)
+            lines.append(f"unknown key `{loc}` (known keys: {known})")
+        else:
+            lines.append(f"`{loc}`: {err['msg'].removeprefix('Value error, ')} (got {err['input']!r})")
+    return f"{where}: " + "; ".join(lines)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` atomically (temp, fsync, rename, fsync dir)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.fchmod(fd, mode)  # the umask may have narrowed or widened nothing; be exact
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def init_node(
+    data_dir: str | os.PathLike[str],
+    *,
+    listen: str | tuple[str, ...] | list[str] | None = None,
+    force: bool = False,
+) -> NodeConfig:
+    """Create a data dir: config, API token, then a fresh node key (written last).
+
+    Refuses (ConfigError) to replace an existing key unless ``force``: a new key
+    is a new identity, and the old one's credits and reputation stay with it.
+    """
+    d = DataDir(Path(data_dir))
+    if d.key.exists() and not force:
+        raise ConfigError(
+            f"{d.root} is already initialised ({d.key} exists); "
+            "pass --force to replace it with a NEW identity (the old peer id is lost)"
+        )
+    fields: dict[str, Any] = {}
+    if listen is not None:
+        fields["listen"] = (listen,) if isinstance(listen, str) else tuple(listen)
+    try:
+        config = NodeConfig(**fields)
+    except ValidationError as exc:
+        raise ConfigError(_describe_errors("--listen", exc)) from None
+    try:
+        d.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_atomic(d.config, config.to_toml().encode(), mode=0o644)
+        write_atomic(d.token, secrets.token_hex(TOKEN_HEX_LEN // 2).encode() + b"\n")
+        write_atomic(d.key, Identity.generate().private_bytes())
+    except OSError as exc:
+        raise ConfigError(f"cannot initialise {d.root}: {exc.strerror} ({exc.filename})") from None
+    return config
+
+
+def _read_key(d: DataDir) -> Identity:
+    try:
+        st = d.key.stat()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{d.root} is not initialised (no {KEY_FILE}); run `meshd init --data-dir {d.root}` first"
+        ) from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            f"{d.key} is readable by group/others (mode {stat.S_IMODE(st.st_mode):04o}); "
+            f"it holds the node's private key: run `chmod 600 {d.key}`"
+        )
+    seed = d.key.read_bytes()
+    if len(seed) != SEED_LEN:
+        raise ConfigError(
+            f"{d.key} is corrupt: expected {SEED_LEN} bytes, found {len(seed)}; restore it from "
+            f"a backup, or `meshd init --force --data-dir {d.root}` for a NEW identity"
+        )
+    return Identity.from_private_bytes(seed)
+
+
+def parse_config(text: str, *, where: str | Path = CONFIG_FILE) -> NodeConfig:
+    """Parse and validate config TOML text; ConfigError names the key at fault."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where} is not valid TOML: {exc}") from None
+    try:
+        return NodeConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe_errors(where, exc)) from None
+
+
+def load_node(data_dir: str | os.PathLike[str]) -> tuple[NodeConfig, Identity]:
+    """Read and check a data dir; ConfigError says what is wrong and how to fix it."""
+    d = DataDir(Path(data_dir))
+    if not d.root.is_dir():
+        raise ConfigError(
+            f"data dir {d.root} does not exist; run `meshd init --data-dir {d.root}` first"
+        )
+    try:
+        identity = _read_key(d)
+        text = d.config.read_text(encoding="utf-8") if d.config.exists() else ""
+    except PermissionError as exc:
+        raise ConfigError(f"cannot read {exc.filename}: permission denied") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{d.config} is not UTF-8 text") from None
+    return parse_config(text, where=d.config), identity
+
+
+def apply_overrides(config: NodeConfig, overrides: dict[str, Any]) -> NodeConfig:
+    """``config`` with command-line values replacing its fields, validated again."""
+    merged = {**config.model_dump(), **overrides}
+    try:
+        return NodeConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe_errors("command line", exc)) from None
+
+
+def ensure_api_token(data_dir: str | os.PathLike[str]) -> str:
+    """The API token, creating ``api.token`` (0600) if it is missing."""
+    d = DataDir(Path(data_dir))
+    if not d.token.exists():
+        write_atomic(d.token, secrets.token_hex(TOKEN_HEX_LEN // 2).encode() + b"\n")
+    return read_api_token(data_dir)
+
+
+def read_api_token(data_dir: str | os.PathLike[str]) -> str:
+    """The API token of a data dir; ConfigError if it is missing or malformed."""
+    path = DataDir(Path(data_dir)).token
+    try:
+        token = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        raise ConfigError(f"{path} is missing; start the daemon once to create it") from None
+    except (PermissionError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the API token {path}: {exc}") from None
+    if len(token) != TOKEN_HEX_LEN or not re.fullmatch(r"[0-9a-f]+", token):
+        raise ConfigError(f"{path} is corrupt (expected {TOKEN_HEX_LEN} hex characters)")
+    return token
+
+
+def write_api_addr(data_dir: str | os.PathLike[str], host: str, port: int) -> None:
+    """Publish the bound API address for ``mesh`` (the daemon calls this once bound)."""
+    write_atomic(DataDir(Path(data_dir)).api_addr, f"{host}:{port}\n".encode(), mode=0o644)
+
+
+def remove_api_addr(data_dir: str | os.PathLike[str]) -> None:
+    """Withdraw ``api.addr`` (the daemon calls this when it stops)."""
+    DataDir(Path(data_dir)).api_addr.unlink(missing_ok=True)
+
+
+def read_api_addr(data_dir: str | os.PathLike[str]) -> tuple[str, int] | None:
+    """``(host, port)`` from ``api.addr``, or None if no daemon published one."""
+    path = DataDir(Path(data_dir)).api_addr
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ConfigError(f"{path} is corrupt ({text[:60]!r}); restart the daemon")
+    return host, int(port)

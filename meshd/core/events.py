@@ -1,0 +1,264 @@
+"""Inputs to and effects of the protocol core.
+
+Inputs are frozen, past-tense facts the shell hands to ``Node.step``; effects
+are imperative values the shell must carry out **in order**, with one duty
+(as raft's ``Ready``): every :class:`Append` of a batch is durable before any
+:class:`Publish`/:class:`Send` of that batch leaves the node, and before any
+:class:`StartExecution` runs. ``Node.step`` returns effects already in that
+order (appends first), so a shell that runs them in order is correct.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .jobspec import JobSpec
+
+# ---------------------------------------------------------------- topics
+
+TOPIC_ADVERTS = "/meshd/adverts/1"
+TOPIC_OFFERS = "/meshd/offers/1"
+TOPIC_RECEIPTS = "/meshd/receipts/1"
+DIRECT_PROTOCOL = "/meshd/direct/1"
+BLOB_PROTOCOL = "/meshd/blob/1"
+
+
+# ---------------------------------------------------------------- inputs
+
+@dataclass(frozen=True)
+class Tick:
+    """Time passed; the core runs whatever deadlines are due."""
+
+
+@dataclass(frozen=True)
+class GossipReceived:
+    topic: str
+    from_peer: str
+    """The libp2p peer that forwarded it (not necessarily the author)."""
+    data: bytes
+
+
+@dataclass(frozen=True)
+class DirectReceived:
+    from_peer: str
+    """The authenticated remote peer of the stream."""
+    data: bytes
+
+
+@dataclass(frozen=True)
+class SendFailed:
+    to_peer: str
+    kind: str
+    job_id: str | None
+    error: str
+
+
+@dataclass(frozen=True)
+class LocalCapabilities:
+    """What this node offers, as measured by the shell (hardware, executor, images)."""
+
+    cores: int
+    ram_mb: int
+    disk_free_mb: int
+    gpus: tuple[tuple[str, int], ...]  # (model, memory_mb)
+    gpu_runtime: bool
+    runtimes: tuple[str, ...]
+    images: tuple[str, ...]
+    score_gflops: float
+    gpu_gflops: float | None
+    tier: str
+    price: float
+    capacity: int
+    network_allowed: bool
+    addrs: tuple[str, ...] = ()
+    version: str = ""
+
+
+@dataclass(frozen=True)
+class ExecutorHealth:
+    """Outcome of a health check (or of a run failing for executor reasons)."""
+
+    ok: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class JobSubmitted:
+    spec: JobSpec
+    job_id: str
+    """Chosen by the shell (unique); the core records it."""
+
+
+@dataclass(frozen=True)
+class CancelRequested:
+    job_id: str
+
+
+@dataclass(frozen=True)
+class RetryRequested:
+    job_id: str
+
+
+@dataclass(frozen=True)
+class InputsFetched:
+    job_id: str
+    attempt: int
+    replica: int
+    ok: bool
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class ExecutionProgress:
+    job_id: str
+    attempt: int
+    replica: int
+    log: bytes
+
+
+@dataclass(frozen=True)
+class ExecutionFinished:
+    job_id: str
+    attempt: int
+    replica: int
+    status: str
+    exit_code: int | None
+    reason: str
+    duration_ms: int
+    cpu_ms: int | None
+    peak_memory_bytes: int | None
+    output_digest: str | None
+    output_size: int
+    executor_fault: bool = False
+    """True when the executor itself failed (not the job): counts against warmth."""
+
+
+@dataclass(frozen=True)
+class BlobFetched:
+    """An output archive arrived from a worker (digest checked by the shell)."""
+
+    job_id: str
+    attempt: int
+    replica: int
+    digest: str
+    ok: bool
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class CheckerFinished:
+    """A user-supplied checker compared two outputs."""
+
+    job_id: str
+    a: str
+    b: str
+    equivalent: bool
+
+
+# ---------------------------------------------------------------- effects
+
+@dataclass(frozen=True)
+class Append:
+    """Durably append a record to the node's event log."""
+
+    kind: str
+    body: dict[str, Any]
+    key: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Publish:
+    topic: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Send:
+    """Deliver an envelope on a direct stream; failure comes back as SendFailed."""
+
+    to_peer: str
+    data: bytes
+    kind: str
+    job_id: str | None = None
+
+
+@dataclass(frozen=True)
+class FetchInputs:
+    job_id: str
+    attempt: int
+    replica: int
+    origin: str
+    spec: JobSpec
+
+
+@dataclass(frozen=True)
+class StartExecution:
+    job_id: str
+    attempt: int
+    replica: int
+    spec: JobSpec
+    timeout_s: float
+    """Already capped by the job's budget."""
+
+
+@dataclass(frozen=True)
+class CancelExecution:
+    job_id: str
+    attempt: int
+    replica: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class FetchBlob:
+    """Fetch an output archive from a worker into the local blob store."""
+
+    job_id: str
+    attempt: int
+    replica: int
+    from_peer: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class RunChecker:
+    job_id: str
+    image: str
+    a: str
+    b: str
+
+
+@dataclass(frozen=True)
+class JobLog:
+    """Live log bytes for a job the API may be following."""
+
+    job_id: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class SetPeerScore:
+    """Tell the network layer a peer's standing (feeds GossipSub P5 / blocking)."""
+
+    peer_id: str
+    reputation: float
+    banned: bool
+
+
+Effect = (Append | Publish | Send | FetchInputs | StartExecution | CancelExecution | FetchBlob
+          | RunChecker | JobLog | SetPeerScore)
+Input = (Tick | GossipReceived | DirectReceived | SendFailed | LocalCapabilities | ExecutorHealth
+         | JobSubmitted | CancelRequested | RetryRequested | InputsFetched | ExecutionProgress
+         | ExecutionFinished | BlobFetched | CheckerFinished)
+
+
+@dataclass
+class Batch:
+    """Effects of one step, kept in the ordering the shell must honour."""
+
+    appends: list[Append] = field(default_factory=list)
+    others: list[Any] = field(default_factory=list)
+
+    def ordered(self) -> list[Any]:
+        return [*self.appends, *self.others]

@@ -1,0 +1,744 @@
+"""The origin role: offering a job, ranking bids, awarding, leases, results, verdicts.
+
+Theory of operation
+-------------------
+A job needs ``needed`` agreeing results (1, or 2 when it is replicated). The
+origin keeps a set of *runs* (one per award: ``(attempt, replica)``) and an at
+most one open *offer*. After every event it calls :meth:`_advance`, which
+
+1. settles the job if a group of agreeing results reaches ``needed``;
+2. otherwise, if fewer runs are live than are still needed and no offer is
+   open, opens one (immediately, or after the back-off when the last window
+   found no usable bid);
+3. re-derives the user-visible state and logs the change.
+
+Failures never lose a job: a lost lease, a refused award, a failed run each
+exclude that worker and count an attempt; past ``max_attempts`` the job fails
+with the reason. A result for a run that is not live is acknowledged but not
+used, so a job never has two accepted results from two different attempts.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .events import (
+    TOPIC_OFFERS,
+    BlobFetched,
+    CancelRequested,
+    CheckerFinished,
+    FetchBlob,
+    JobLog,
+    JobSubmitted,
+    RetryRequested,
+    RunChecker,
+    SendFailed,
+)
+from .jobspec import JobSpec, parse_job_spec
+from .lifecycle import RUN_LIVE, TERMINAL, check_transition, transition_path
+from .placement import Capacity, actual_cost, estimate_cost, fit_reason, rank_bids
+from .wire import (
+    Award,
+    Bid,
+    Cancel,
+    HeartbeatReply,
+    Offer,
+    OfferRequirements,
+    Opened,
+    ResultAck,
+)
+
+if TYPE_CHECKING:
+    from .node import Node
+
+T_WINDOW, T_REOFFER, T_LEASE, T_AWARD = "window", "reoffer", "lease", "award_timeout"
+
+
+@dataclass
+class Run:
+    attempt: int
+    replica: int
+    worker: str
+    price: float
+    score_gflops: float
+    state: str = "awarding"
+    deadline_ms: int = 0
+    """Award-ack deadline while awarding, lease end while active."""
+    started: bool = False
+    result: dict[str, Any] | None = None
+    fetched: bool = False
+
+
+@dataclass
+class OriginJob:
+    job_id: str
+    spec: JobSpec
+    submitted_ms: int
+    state: str = "queued"
+    updated_ms: int = 0
+    attempt: int = 0
+    offer_open: bool = False
+    next_offer_ms: int = 0
+    backoff_ms: int = 0
+    needed: int = 1
+    replicate_decided: bool = False
+    bids: dict[str, Bid] = field(default_factory=dict)
+    tried: set[str] = field(default_factory=set)
+    declines: deque[tuple[str, str]] = field(default_factory=deque)
+    excluded: set[str] = field(default_factory=set)
+    failures: int = 0
+    last_failure: str = ""
+    runs: dict[tuple[int, int], Run] = field(default_factory=dict)
+    equiv: dict[frozenset[str], bool] = field(default_factory=dict)
+    pending_checks: set[frozenset[str]] = field(default_factory=set)
+    history: list[tuple[int, str, str]] = field(default_factory=list)
+    reason: str = ""
+    canonical: str | None = None
+    exit_code: int | None = None
+    cost_estimate: float | None = None
+    cost_actual: float = 0.0
+    verdict: dict[str, Any] | None = None
+    log: bytearray = field(default_factory=bytearray)
+    next_replica: int = 0
+
+
+class OriginMixin:
+    """Origin-side behaviour of :class:`meshd.core.node.Node`."""
+
+    jobs: dict[str, OriginJob]
+
+    def init_origin(self: Node) -> None:
+        self.jobs = {}
+
+    # ------------------------------------------------------------ API-facing
+
+    def estimate(self: Node, spec: JobSpec) -> dict[str, Any]:
+        """Cost/time estimate from the adverts we hold: the cheapest fitting peer."""
+        req = offer_requirements(spec)
+        best: tuple[float, float] | None = None
+        candidates = 0
+        for entry in self.peers.alive(self.now_ms):
+            cap = Capacity.from_advert(entry.advert)
+            if fit_reason(cap, req) is not None:
+                continue
+            candidates += 1
+            cost = estimate_cost(spec.estimated_flops, spec.timeout_s, cap.score_gflops, cap.price,
+                                 spec.credit_rate)
+            secs = (spec.estimated_flops / (cap.score_gflops * 1e9)
+                    if spec.estimated_flops and cap.score_gflops else spec.timeout_s)
+            if best is None or cost < best[0]:
+                best = (cost, secs)
+        return {"credits": best[0] if best else None, "seconds": best[1] if best else None,
+                "candidates": candidates}
+
+    def _on_JobSubmitted(self: Node, inp: JobSubmitted) -> None:
+        if inp.job_id in self.jobs:
+            self.counters["duplicate_submit"] += 1
+            return
+        self._evict_jobs()
+        spec = inp.spec.model_copy(update={"job_id": inp.job_id})
+        job = OriginJob(inp.job_id, spec, self.now_ms, updated_ms=self.now_ms)
+        job.cost_estimate = self.estimate(spec)["credits"]
+        if spec.replicas is not None:
+            job.needed, job.replicate_decided = min(spec.replicas, 2), True
+        self.jobs[job.job_id] = job
+        job.history.append((self.now_ms, "queued", "submitted"))
+        self._append("job_submitted", {"job_id": job.job_id, "spec": spec.model_dump(mode="json")},
+                     key=b"submit:" + job.job_id.encode())
+        self._advance(job)
+
+    def _on_CancelRequested(self: Node, inp: CancelRequested) -> None:
+        job = self.jobs.get(inp.job_id)
+        if job is None or job.state in TERMINAL:
+            return
+        for run in job.runs.values():
+            if run.state in RUN_LIVE:
+                run.state = "cancelled"
+                self._send(run.worker, Cancel(job_id=job.job_id, attempt=run.attempt,
+                                              reason="cancelled by the user"), job.job_id)
+        job.offer_open = False
+        self._finish(job, "cancelled", "cancelled by the user")
+
+    def _on_RetryRequested(self: Node, inp: RetryRequested) -> None:
+        job = self.jobs.get(inp.job_id)
+        if job is None or job.state not in ("failed", "cancelled"):
+            return
+        job.failures, job.reason, job.excluded = 0, "", set()
+        job.runs = {k: r for k, r in job.runs.items() if r.state == "done" and r.fetched}
+        job.next_offer_ms, job.backoff_ms = self.now_ms, 0
+        self._set_state(job, "queued", "retried by the user")
+        self._append("job_retried", {"job_id": job.job_id})
+        self._advance(job)
+
+    # ------------------------------------------------------------ offering
+
+    def _advance(self: Node, job: OriginJob) -> None:
+        if job.state in TERMINAL:
+            return
+        if self._try_settle(job):
+            return
+        if job.failures >= self.params.max_attempts:
+            self._finish(job, "failed", f"gave up after {job.failures} failed attempts: {job.last_failure}")
+            return
+        if self._wanted_runs(job) > self._busy_runs(job) and not job.offer_open:
+            if self.now_ms - job.submitted_ms > self.params.max_queue_time_ms:
+                self._finish(job, "failed", "no worker took the job: " + summarize_declines(job))
+                return
+            if self.now_ms >= job.next_offer_ms:
+                self._open_offer(job)
+            else:
+                self._at(job.next_offer_ms, T_REOFFER, job.job_id)
+        self._derive_state(job)
+
+    def _busy_runs(self, job: OriginJob) -> int:
+        """Runs that may still yield a result: live, or succeeded with the output in transfer."""
+        return sum(1 for r in job.runs.values() if r.state in RUN_LIVE
+                   or (r.state == "done" and not r.fetched and r.result is not None
+                       and r.result.get("status") == "succeeded"))
+
+    def _wanted_runs(self, job: OriginJob) -> int:
+        """Runs that must be live so that ``needed`` agreeing results can appear."""
+        results = self._result_groups(job)
+        best = max((len(g) for g in results), default=0)
+        if results and len(results) > 1 and best < job.needed:
+            return job.needed - best  # disagreement: one tie-breaker per missing vote
+        return max(0, job.needed - sum(len(g) for g in results))
+
+    def _open_offer(self: Node, job: OriginJob) -> None:
+        slots = max(1, self._wanted_runs(job) - self._busy_runs(job))
+        if not job.replicate_decided:
+            slots = 1  # replication is decided when the first worker is chosen
+        job.attempt += 1
+        job.offer_open, job.bids, job.tried = True, {}, set()
+        exclude = set(job.excluded) | {r.worker for r in job.runs.values() if r.state in RUN_LIVE or r.result}
+        spec = job.spec
+        offer = Offer(
+            job_id=job.job_id, attempt=job.attempt, spec_digest=spec.digest(),
+            requirements=offer_requirements(spec), estimated_flops=spec.estimated_flops,
+            timeout_s=spec.timeout_s, max_budget=spec.max_budget, credit_rate=spec.credit_rate,
+            speed=spec.speed, bid_window_ms=self.params.bid_window_ms, slots=min(slots, 5),
+            exclude=sorted(exclude)[:64],
+        )
+        job.offer_slots = offer.slots  # type: ignore[attr-defined]
+        job.offer_candidates = self._candidates(job, offer)  # type: ignore[attr-defined]
+        self._append("job_offered", {"job_id": job.job_id, "attempt": job.attempt, "slots": offer.slots})
+        self._publish(TOPIC_OFFERS, offer)
+        self.counters["offers_sent"] += 1
+        self._at(self.now_ms + self.params.bid_window_ms, T_WINDOW, (job.job_id, job.attempt))
+
+    def _candidates(self: Node, job: OriginJob, offer: Offer) -> int:
+        n = 0
+        for entry in self.peers.alive(self.now_ms):
+            if entry.peer_id in offer.exclude or self.trust.banned(entry.peer_id, self.now_ms):
+                continue
+            if fit_reason(Capacity.from_advert(entry.advert), offer.requirements) is None:
+                n += 1
+        return n
+
+    def on_bid(self: Node, msg: Opened) -> None:
+        bid: Bid = msg.body
+        job = self.jobs.get(bid.job_id)
+        if job is None or not job.offer_open or bid.attempt != job.attempt:
+            self.counters["bid_late"] += 1
+            return
+        if msg.sender in job.excluded or len(job.bids) >= self.params.max_bids_kept:
+            return
+        job.bids[msg.sender] = bid
+        self._maybe_close_window(job)
+
+    def on_decline(self: Node, msg: Opened) -> None:
+        job = self.jobs.get(msg.body.job_id)
+        if job is None or msg.body.attempt != job.attempt:
+            return
+        self._note_decline(job, msg.sender, msg.body.reason)
+        job.declined_now = getattr(job, "declined_now", 0) + 1  # type: ignore[attr-defined]
+        self._maybe_close_window(job)
+
+    def _note_decline(self, job: OriginJob, peer: str, reason: str) -> None:
+        job.declines.append((peer, reason))
+        while len(job.declines) > self.params.max_declines_kept:
+            job.declines.popleft()
+
+    def _maybe_close_window(self: Node, job: OriginJob) -> None:
+        slots = getattr(job, "offer_slots", 1)
+        candidates = getattr(job, "offer_candidates", 0)
+        answered = len(job.bids) + getattr(job, "declined_now", 0)
+        if len(job.bids) >= self.params.bids_enough * slots or (candidates and answered >= candidates):
+            self._close_window(job)
+
+    def _timer_window(self: Node, key: tuple[str, int]) -> None:
+        job = self.jobs.get(key[0])
+        if job is not None and job.offer_open and job.attempt == key[1]:
+            self._close_window(job)
+
+    def _timer_reoffer(self: Node, job_id: str) -> None:
+        job = self.jobs.get(job_id)
+        if job is not None and not job.offer_open and self.now_ms >= job.next_offer_ms:
+            self._advance(job)
+
+    def _close_window(self: Node, job: OriginJob) -> None:
+        job.offer_open = False
+        job.declined_now = 0  # type: ignore[attr-defined]
+        self._award_next(job)
+        self._advance(job)
+
+    def _award_next(self: Node, job: OriginJob) -> None:
+        """Award as many untried bids of this round as runs are still wanted."""
+        live = self._busy_runs(job)
+        want = self._wanted_runs(job) - live
+        busy = {r.worker for r in job.runs.values() if r.state in RUN_LIVE or r.result}
+        usable = {p: b for p, b in job.bids.items()
+                  if p not in job.tried and p not in busy and p not in job.excluded
+                  and not self.trust.banned(p, self.now_ms)
+                  and (job.spec.max_budget is None or b.price <= job.spec.max_budget)}
+        if want > 0 and not usable:
+            self._no_bids(job)
+            return
+        ranked = rank_bids(usable, job.spec.speed, {p: self.trust.reputation(p, self.now_ms) for p in usable},
+                           self._inflight(), {p: self.rng.random() for p in usable})
+        for peer in ranked:
+            if want <= 0:
+                break
+            if not job.replicate_decided:
+                job.replicate_decided = True
+                job.needed = 2 if self.trust.should_replicate(peer, self.rng) else 1
+                want = self._wanted_runs(job) - live
+            self._award(job, peer, usable[peer])
+            want -= 1
+
+    def _no_bids(self: Node, job: OriginJob) -> None:
+        over_budget = [(p, b.price) for p, b in job.bids.items() if job.spec.max_budget is not None
+                       and b.price > job.spec.max_budget]
+        for p, price in over_budget:
+            self._note_decline(job, p, f"bid {price:.4g} credits exceeds budget {job.spec.max_budget:.4g}")
+        self._derive_declines(job)
+        job.backoff_ms = min(self.params.reoffer_max_ms, max(self.params.reoffer_base_ms, job.backoff_ms * 2))
+        job.next_offer_ms = self.now_ms + job.backoff_ms
+        self.counters["offers_unanswered"] += 1
+        self._append("job_no_bids", {"job_id": job.job_id, "attempt": job.attempt,
+                                     "reasons": summarize_declines(job)})
+
+    def _derive_declines(self: Node, job: OriginJob) -> None:
+        """Reasons we can read off adverts for peers that did not bid."""
+        req = offer_requirements(job.spec)
+        seen = {p for p, _ in job.declines} | set(job.bids)
+        for entry in self.peers.alive(self.now_ms):
+            if entry.peer_id in seen:
+                continue
+            if entry.peer_id in job.excluded:
+                reason = "excluded after an earlier failure"
+            elif self.trust.banned(entry.peer_id, self.now_ms):
+                reason = "banned for misbehaviour"
+            else:
+                reason = fit_reason(Capacity.from_advert(entry.advert), req) or "did not answer the offer"
+            self._note_decline(job, entry.peer_id, reason)
+        if not self.peers.alive(self.now_ms):
+            self._note_decline(job, "-", "no peers known (is this node connected to the mesh?)")
+
+    def _inflight(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for job in self.jobs.values():
+            if job.state in TERMINAL:
+                continue
+            for r in job.runs.values():
+                if r.state in RUN_LIVE:
+                    counts[r.worker] = counts.get(r.worker, 0) + 1
+        return counts
+
+    def _award(self: Node, job: OriginJob, peer: str, bid: Bid) -> None:
+        job.tried.add(peer)
+        replica = job.next_replica
+        job.next_replica += 1
+        run = Run(job.attempt, replica, peer, bid.price, bid.score_gflops,
+                  deadline_ms=self.now_ms + self.params.award_ack_timeout_ms)
+        job.runs[(run.attempt, run.replica)] = run
+        self._append("run_awarded", {"job_id": job.job_id, "attempt": run.attempt, "replica": replica,
+                                     "worker": peer, "price": bid.price, "score": bid.score_gflops})
+        self._send(peer, Award(job_id=job.job_id, attempt=run.attempt, replica=replica,
+                               spec=job.spec.model_dump(mode="json"), price=bid.price,
+                               lease_ms=self.params.lease_ms), job.job_id)
+        self.counters["awards_sent"] += 1
+        self._at(run.deadline_ms, T_AWARD, (job.job_id, run.attempt, replica))
+
+    def _run_of(self, job_id: str, attempt: int, replica: int, sender: str) -> tuple[OriginJob, Run] | None:
+        job = self.jobs.get(job_id)
+        run = job.runs.get((attempt, replica)) if job else None
+        if job is None or run is None or run.worker != sender:
+            return None
+        return job, run
+
+    def on_award_reply(self: Node, msg: Opened) -> None:
+        b = msg.body
+        found = self._run_of(b.job_id, b.attempt, b.replica, msg.sender)
+        if found is None or found[1].state != "awarding":
+            return
+        job, run = found
+        if b.accepted:
+            run.state, run.deadline_ms = "active", self.now_ms + self.params.lease_ms
+            self._append("run_accepted", {"job_id": job.job_id, "attempt": run.attempt, "replica": run.replica})
+            self._at(run.deadline_ms, T_LEASE, (job.job_id, run.attempt, run.replica))
+            self._derive_state(job)
+        else:
+            self._run_refused(job, run, b.reason or "refused")
+
+    def origin_award_failed(self: Node, inp: SendFailed) -> None:
+        job = self.jobs.get(inp.job_id or "")
+        if job is None:
+            return
+        for run in job.runs.values():
+            if run.worker == inp.to_peer and run.state == "awarding":
+                self._run_refused(job, run, f"unreachable: {inp.error}")
+
+    def _timer_award_timeout(self: Node, key: tuple[str, int, int]) -> None:
+        job = self.jobs.get(key[0])
+        run = job.runs.get((key[1], key[2])) if job else None
+        if job is not None and run is not None and run.state == "awarding" and self.now_ms >= run.deadline_ms:
+            self._run_refused(job, run, "award not acknowledged in time")
+
+    def _run_refused(self: Node, job: OriginJob, run: Run, reason: str) -> None:
+        run.state = "refused"
+        self._note_decline(job, run.worker, "refused award: " + reason)
+        self._append("run_refused", {"job_id": job.job_id, "attempt": run.attempt, "replica": run.replica,
+                                     "reason": reason})
+        if job.state in TERMINAL:
+            return
+        self._award_next(job)  # next best bid of the same round, if any
+        self._advance(job)
+
+    # ------------------------------------------------------------ leases
+
+    def on_heartbeat(self: Node, msg: Opened) -> None:
+        b = msg.body
+        found = self._run_of(b.job_id, b.attempt, b.replica, msg.sender)
+        keep = found is not None and found[1].state in RUN_LIVE and found[0].state not in TERMINAL
+        if found is not None and keep:
+            job, run = found
+            if run.state == "awarding":  # heartbeat overtook the award reply
+                run.state = "active"
+            run.deadline_ms = self.now_ms + self.params.lease_ms
+            self._at(run.deadline_ms, T_LEASE, (job.job_id, run.attempt, run.replica))
+            if b.state == "running" and not run.started:
+                run.started = True
+                self._append("run_started", {"job_id": job.job_id, "attempt": run.attempt,
+                                             "replica": run.replica})
+            if b.log:
+                self._job_log(job, b.log)
+            self._derive_state(job)
+        self._send(msg.sender, HeartbeatReply(job_id=b.job_id, attempt=b.attempt, replica=b.replica,
+                                              keep=keep), b.job_id)
+
+    def _job_log(self: Node, job: OriginJob, data: bytes) -> None:
+        room = self.params.max_job_log_bytes - len(job.log)
+        if room > 0:
+            job.log += data[:room]
+        self._emit(JobLog(job.job_id, data))
+
+    def _timer_lease(self: Node, key: tuple[str, int, int]) -> None:
+        job = self.jobs.get(key[0])
+        run = job.runs.get((key[1], key[2])) if job else None
+        if job is None or run is None or run.state != "active" or self.now_ms < run.deadline_ms:
+            return
+        run.state = "lost"
+        self.trust.observe(run.worker, "abandoned", self.now_ms)
+        self._run_failed(job, run, f"lease lost: no heartbeat from {run.worker[-8:]} for "
+                                   f"{self.params.lease_ms} ms", exclude=True)
+
+    def _run_failed(self: Node, job: OriginJob, run: Run, reason: str, *, exclude: bool) -> None:
+        job.failures += 1
+        job.last_failure = reason
+        if exclude:
+            job.excluded.add(run.worker)
+        self._append("run_failed", {"job_id": job.job_id, "attempt": run.attempt, "replica": run.replica,
+                                    "worker": run.worker, "reason": reason})
+        job.history.append((self.now_ms, job.state, reason))
+        self._advance(job)
+
+    # ------------------------------------------------------------ results
+
+    def on_result(self: Node, msg: Opened) -> None:
+        b = msg.body
+        found = self._run_of(b.job_id, b.attempt, b.replica, msg.sender)
+        usable = found is not None and found[1].state in RUN_LIVE and found[0].state not in TERMINAL
+        self._send(msg.sender, ResultAck(job_id=b.job_id, attempt=b.attempt, replica=b.replica,
+                                         accepted=usable, reason="" if usable else "run not live"), b.job_id)
+        if not usable:
+            self.counters["result_ignored"] += 1
+            return
+        job, run = found  # type: ignore[misc]
+        run.state = "done"
+        run.result = b.model_dump(mode="json")
+        job.cost_actual += actual_cost(b.duration_ms, run.score_gflops, self._price_of(run), job.spec.credit_rate)
+        self._append("run_result", {"job_id": job.job_id, "worker": run.worker, **run.result})
+        if b.status != "succeeded" or b.output_digest is None:
+            self.trust.observe(run.worker, "abandoned" if b.status == "error" else "completed", self.now_ms)
+            why = b.reason or b.status
+            if b.exit_code not in (None, 0):
+                why = f"exit code {b.exit_code}: {why}"
+            self._run_failed(job, run, f"run on {run.worker[-8:]} {b.status}: {why}",
+                             exclude=b.status == "error")
+            return
+        self._emit(FetchBlob(job.job_id, run.attempt, run.replica, run.worker, b.output_digest))
+        self._advance(job)
+
+    def _price_of(self: Node, run: Run) -> float:
+        entry = self.peers.get(run.worker)
+        if entry is not None:
+            return entry.advert.price
+        return 0.0
+
+    def _on_BlobFetched(self: Node, inp: BlobFetched) -> None:
+        job = self.jobs.get(inp.job_id)
+        run = job.runs.get((inp.attempt, inp.replica)) if job else None
+        if job is None or run is None or run.result is None or job.state in TERMINAL:
+            return
+        if not inp.ok:
+            run.state = "failed"
+            self._run_failed(job, run, f"output transfer from {run.worker[-8:]} failed: {inp.error}",
+                             exclude=True)
+            return
+        run.fetched = True
+        self._append("run_output", {"job_id": job.job_id, "attempt": run.attempt, "replica": run.replica,
+                                    "digest": inp.digest})
+        self._request_checks(job)
+        self._advance(job)
+
+    def _fetched_runs(self, job: OriginJob) -> list[Run]:
+        return [r for r in job.runs.values() if r.state == "done" and r.fetched and r.result]
+
+    def _same(self, job: OriginJob, a: str, b: str) -> bool | None:
+        if a == b:
+            return True
+        if job.spec.tolerance is None and job.spec.checker_image is None:
+            return False
+        return job.equiv.get(frozenset((a, b)))
+
+    def _request_checks(self: Node, job: OriginJob) -> None:
+        digests = sorted({r.result["output_digest"] for r in self._fetched_runs(job)})  # type: ignore[index]
+        for i, a in enumerate(digests):
+            for b in digests[i + 1:]:
+                pair = frozenset((a, b))
+                if self._same(job, a, b) is None and pair not in job.pending_checks:
+                    job.pending_checks.add(pair)
+                    self._emit(RunChecker(job.job_id, job.spec.checker_image or "", a, b))
+
+    def _on_CheckerFinished(self: Node, inp: CheckerFinished) -> None:
+        job = self.jobs.get(inp.job_id)
+        if job is None:
+            return
+        pair = frozenset((inp.a, inp.b))
+        job.pending_checks.discard(pair)
+        job.equiv[pair] = inp.equivalent
+        self._advance(job)
+
+    def _result_groups(self, job: OriginJob) -> list[list[Run]]:
+        groups: list[list[Run]] = []
+        for run in self._fetched_runs(job):
+            d = run.result["output_digest"]  # type: ignore[index]
+            for g in groups:
+                if self._same(job, g[0].result["output_digest"], d):  # type: ignore[index]
+                    g.append(run)
+                    break
+            else:
+                groups.append([run])
+        return groups
+
+    def _try_settle(self: Node, job: OriginJob) -> bool:
+        if job.pending_checks:
+            return False
+        groups = self._result_groups(job)
+        if not groups:
+            return False
+        best = max(groups, key=len)
+        if len(best) < job.needed:
+            return False
+        canonical = best[0].result["output_digest"]  # type: ignore[index]
+        valid = [r.worker for r in best]
+        invalid = [r.worker for g in groups if g is not best for r in g]
+        replicated = job.needed > 1
+        for w in valid:
+            self.trust.observe(w, "valid" if replicated else "completed", self.now_ms)
+        for w in invalid:
+            self.trust.observe(w, "invalid", self.now_ms)
+        job.canonical = canonical
+        job.exit_code = best[0].result.get("exit_code")  # type: ignore[union-attr]
+        job.verdict = {"replicas": sum(len(g) for g in groups), "needed": job.needed,
+                       "verdict": "agreed" if replicated else "unverified",
+                       "valid": valid, "invalid": invalid}
+        self._append("job_verdict", {"job_id": job.job_id, "canonical": canonical, **job.verdict})
+        for r in job.runs.values():  # stop anything still running for this job
+            if r.state in RUN_LIVE:
+                r.state = "cancelled"
+                self._send(r.worker, Cancel(job_id=job.job_id, attempt=r.attempt, reason="result settled"),
+                           job.job_id)
+        self.settle_credits(job, best)
+        self._finish(job, "succeeded", "")
+        return True
+
+    # ------------------------------------------------------------ state
+
+    def _finish(self: Node, job: OriginJob, state: str, reason: str) -> None:
+        job.reason = reason
+        job.offer_open = False
+        self._set_state(job, state, reason)
+        self._append("job_finished", {"job_id": job.job_id, "state": state, "reason": reason,
+                                      "canonical": job.canonical, "cost": job.cost_actual},
+                     key=b"finish:" + job.job_id.encode() + b":" + str(len(job.history)).encode())
+
+    def _derive_state(self: Node, job: OriginJob) -> None:
+        """The user-visible state follows from the runs and the open offer."""
+        if job.state in TERMINAL:
+            return
+        live = [r for r in job.runs.values() if r.state in RUN_LIVE]
+        has_result = any(r.state == "done" and r.result and r.result.get("status") == "succeeded"
+                         for r in job.runs.values())
+        if has_result:
+            new = "verifying"
+        elif any(r.started for r in live):
+            new = "running"
+        elif live:
+            new = "awarded"
+        elif job.offer_open:
+            new = "offered"
+        else:
+            new = "queued"
+        self._set_state(job, new, "")
+
+    def _set_state(self: Node, job: OriginJob, new: str, detail: str) -> None:
+        if new == job.state:
+            return
+        for mid in transition_path(job.state, new)[1:-1]:
+            self._set_state(job, mid, "")
+        check_transition(job.state, new)
+        old, job.state, job.updated_ms = job.state, new, self.now_ms
+        job.history.append((self.now_ms, new, detail))
+        self._append("job_state", {"job_id": job.job_id, "from": old, "to": new, "detail": detail})
+
+    def _evict_jobs(self) -> None:
+        if len(self.jobs) < self.params.max_jobs_tracked:
+            return
+        done = sorted((j for j in self.jobs.values() if j.state in TERMINAL), key=lambda j: j.updated_ms)
+        for j in done[: max(1, len(done) // 10)]:
+            del self.jobs[j.job_id]
+
+    # ------------------------------------------------------------ restore
+
+    def restore_origin_record(self: Node, kind: str, body: dict[str, Any]) -> None:
+        jid = body.get("job_id")
+        if kind == "job_submitted":
+            spec = parse_job_spec(body["spec"])
+            self.jobs[jid] = OriginJob(jid, spec, self.now_ms, updated_ms=self.now_ms)
+            if spec.replicas is not None:
+                self.jobs[jid].needed, self.jobs[jid].replicate_decided = min(spec.replicas, 2), True
+            return
+        job = self.jobs.get(jid) if jid else None
+        if job is None:
+            return
+        if kind == "job_offered":
+            job.attempt = body["attempt"]
+        elif kind == "run_awarded":
+            job.runs[(body["attempt"], body["replica"])] = Run(body["attempt"], body["replica"], body["worker"],
+                                                               body["price"], body.get("score", 0.0))
+            job.next_replica = max(job.next_replica, body["replica"] + 1)
+            if not job.replicate_decided:
+                job.replicate_decided, job.needed = True, 1
+        elif kind in ("run_accepted", "run_started"):
+            run = job.runs.get((body["attempt"], body["replica"]))
+            if run is not None:
+                run.state = "active"
+                run.started = run.started or kind == "run_started"
+        elif kind in ("run_refused", "run_failed"):
+            run = job.runs.get((body["attempt"], body["replica"]))
+            if run is not None:
+                run.state = "refused" if kind == "run_refused" else ("failed" if run.state != "done" else "done")
+            if kind == "run_failed":
+                job.failures += 1
+                job.last_failure = body["reason"]
+                if body.get("worker"):
+                    job.excluded.add(body["worker"])
+        elif kind == "run_result":
+            run = job.runs.get((body["attempt"], body["replica"]))
+            if run is not None:
+                run.state = "done"
+                run.result = {k: v for k, v in body.items() if k not in ("job_id", "worker")}
+        elif kind == "run_output":
+            run = job.runs.get((body["attempt"], body["replica"]))
+            if run is not None:
+                run.fetched = True
+        elif kind == "job_verdict":
+            job.canonical = body["canonical"]
+            job.verdict = {k: body[k] for k in ("replicas", "needed", "verdict", "valid", "invalid")}
+        elif kind == "job_state":
+            job.state = body["to"]
+            job.history.append((self.now_ms, body["to"], body.get("detail", "")))
+        elif kind == "job_finished":
+            job.state, job.reason, job.cost_actual = body["state"], body["reason"], body.get("cost", 0.0)
+        elif kind == "job_retried":
+            job.failures, job.excluded = 0, set()
+
+    def resume_origin(self: Node) -> None:
+        """After a restart: renew leases (workers get a fresh lease) and resume offering."""
+        for job in self.jobs.values():
+            if job.state in TERMINAL:
+                continue
+            job.offer_open = False
+            for run in job.runs.values():
+                if run.state in RUN_LIVE:
+                    run.state = "active"
+                    run.deadline_ms = self.now_ms + self.params.lease_ms
+                    self._at(run.deadline_ms, T_LEASE, (job.job_id, run.attempt, run.replica))
+                elif run.state == "done" and run.result and not run.fetched:
+                    if run.result.get("status") == "succeeded" and run.result.get("output_digest"):
+                        self._emit(FetchBlob(job.job_id, run.attempt, run.replica, run.worker,
+                                             run.result["output_digest"]))
+            self._append("job_resumed", {"job_id": job.job_id, "state": job.state})
+            self._advance(job)
+
+
+def offer_requirements(spec: JobSpec) -> OfferRequirements:
+    r = spec.requirements
+    return OfferRequirements(cpus=r.cpus, memory_mb=r.memory_mb, gpus=r.gpus,
+                             gpu_min_memory_mb=r.gpu_min_memory_mb, tier=r.tier, runtime=r.runtime,
+                             network=r.network, image=spec.image)
+
+
+def summarize_declines(job: OriginJob) -> str:
+    if not job.declines:
+        return "no peer answered"
+    counts: dict[str, int] = {}
+    for _, reason in job.declines:
+        counts[reason] = counts.get(reason, 0) + 1
+    return "; ".join(f"{n}× {r}" for r, n in sorted(counts.items(), key=lambda x: -x[1]))
+
+
+def job_view(job: OriginJob) -> dict[str, Any]:
+    """The JSON shape of ``GET /v1/jobs/{id}``."""
+    runs = sorted(job.runs.values(), key=lambda r: (r.attempt, r.replica))
+    result = None
+    for r in runs:
+        if r.result and (job.canonical is None or r.result.get("output_digest") == job.canonical):
+            result = {"exit_code": r.result.get("exit_code"), "status": r.result.get("status"),
+                      "output_digest": r.result.get("output_digest"),
+                      "duration_s": r.result.get("duration_ms", 0) / 1000, "worker": r.worker,
+                      "reason": r.result.get("reason", "")}
+    return {
+        "job_id": job.job_id, "state": job.state, "reason": job.reason,
+        "spec": job.spec.model_dump(mode="json"),
+        "submitted_at": job.submitted_ms, "updated_at": job.updated_ms,
+        "history": [{"ts_ms": t, "state": s, "detail": d} for t, s, d in job.history],
+        "bids": [{"peer_id": p, "price": b.price, "est_finish_s": (b.est_start_ms + b.est_duration_ms) / 1000,
+                  "score": b.score_gflops, "queue": b.queued, "gpu": [g.model for g in b.gpus]}
+                 for p, b in job.bids.items()],
+        "declines": [{"peer_id": p, "reason": r} for p, r in job.declines],
+        "awards": [{"peer_id": r.worker, "attempt": r.attempt, "replica": r.replica, "state": r.state}
+                   for r in runs],
+        "worker": next((r.worker for r in reversed(runs) if r.state in ("active", "done")), None),
+        "result": result if job.state in TERMINAL or result else None,
+        "cost": {"estimate": job.cost_estimate, "actual": job.cost_actual},
+        "verification": job.verdict,
+        "attempts": job.attempt, "failures": job.failures,
+    }
+
+
+_ = (CancelRequested, RetryRequested)

@@ -1,0 +1,119 @@
+"""Protocol parameters: every bound the core keeps, in one frozen object.
+
+Rules:
+- Every queue, cache, window, retry count and timeout the core uses is a
+  field here with a documented default. ``specs/PROTOCOL.md`` has the same
+  table; ``tests/test_spec_params.py`` keeps the two in step.
+- Units are last in names (``_ms``, ``_bytes``, ``_s``).
+- Overrides come from ``config.toml``'s ``[params]`` table via
+  :meth:`CoreParams.with_overrides`, which rejects unknown names and bad types.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Any
+
+PROTOCOL_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CoreParams:
+    # --- adverts and liveness
+    advert_interval_ms: int = 2_000
+    """How often a node gossips its capability advert (also its heartbeat)."""
+    advert_ttl_ms: int = 10_000
+    """An advert is valid this long; a peer with no fresh advert is gone."""
+    max_peers_tracked: int = 10_000
+    """Peer table bound; the stalest entries are evicted first."""
+
+    # --- message acceptance
+    max_message_bytes: int = 64 * 1024
+    """Largest signed envelope accepted on gossip or a direct stream (blobs excepted)."""
+    max_clock_skew_ms: int = 30_000
+    """A message stamped further in the future than this is rejected."""
+    max_message_age_ms: int = 120_000
+    """A message older than this is rejected as stale (replay window)."""
+    replay_cache_size: int = 65_536
+    """(sender, nonce) pairs remembered to reject replays inside the window."""
+
+    # --- placement
+    bid_window_ms: int = 250
+    """Longest the origin waits for bids before ranking what it has."""
+    bids_enough: int = 3
+    """The window closes early once this many bids per needed worker arrived
+    (or every known candidate answered)."""
+    reoffer_base_ms: int = 1_000
+    """First delay before a job with no usable bid is offered again."""
+    reoffer_max_ms: int = 15_000
+    """Cap of the exponential re-offer back-off."""
+    max_queue_time_ms: int = 3_600_000
+    """A job nobody takes fails after waiting this long (with the declines)."""
+    max_attempts: int = 4
+    """Execution attempts per job (first run plus retries) before it fails."""
+    max_declines_kept: int = 64
+    """Decline reasons kept per job, for `mesh job` ("why nobody took it")."""
+    max_bids_kept: int = 64
+    """Bids kept per offer attempt."""
+    startup_overhead_s: float = 1.0
+    """Added to every duration estimate (container start, input fetch)."""
+
+    # --- leases and execution
+    lease_ms: int = 15_000
+    """A worker that sends no heartbeat for this long loses the job."""
+    heartbeat_interval_ms: int = 3_000
+    """Worker → origin heartbeat period while a job is held."""
+    result_resend_ms: int = 2_000
+    """A worker re-sends an unacknowledged result this often (until lease end)."""
+    award_ack_timeout_ms: int = 5_000
+    """An award not accepted within this is treated as refused."""
+    worker_queue_max: int = 16
+    """Awarded jobs a worker holds waiting for a free slot."""
+    max_jobs_tracked: int = 100_000
+    """Jobs kept in memory (finished ones are evicted oldest first)."""
+    max_job_log_bytes: int = 1024 * 1024
+    """Live log bytes the origin keeps per job."""
+
+    # --- verification, reputation, credits (see specs/CREDITS.md)
+    replication_fraction: float = 0.10
+    """Share of jobs run on two workers regardless of reputation."""
+    trust_after_valid: int = 10
+    """Consecutive valid results before a worker is trusted (BOINC-style)."""
+    untrusted_replication: float = 1.0
+    """Replication probability for a worker that is not yet trusted."""
+    reputation_half_life_ms: int = 86_400_000
+    """Reputation evidence halves in weight over this time."""
+    ban_reputation: float = -0.5
+    """Below this reputation a peer is awarded no work and not relayed."""
+
+    def with_overrides(self, overrides: dict[str, Any]) -> CoreParams:
+        """A copy with ``overrides`` applied; ValueError names a bad key or value."""
+        known = {f.name: f for f in fields(self)}
+        clean: dict[str, Any] = {}
+        for key, value in overrides.items():
+            if key not in known:
+                raise ValueError(f"unknown parameter {key!r}")
+            default = getattr(self, key)
+            if isinstance(default, bool) or not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ValueError(f"parameter {key!r} must be a number, got {value!r}")
+            if isinstance(default, int) and not isinstance(value, int):
+                raise ValueError(f"parameter {key!r} must be an integer, got {value!r}")
+            if value < 0:
+                raise ValueError(f"parameter {key!r} must not be negative")
+            clean[key] = value
+        return dataclasses.replace(self, **clean)
+
+
+def param_docs(cls: type = CoreParams) -> dict[str, str]:
+    """Field name → docstring, read from the class source (for the spec table check)."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(cls))
+    docs: dict[str, str] = {}
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for prev, node in zip(body, body[1:]):
+        if isinstance(prev, ast.AnnAssign) and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            docs[prev.target.id] = " ".join(str(node.value.value).split())  # type: ignore[union-attr]
+    return docs

@@ -1,0 +1,195 @@
+"""Placement: whether to bid, what to bid, and how the origin ranks bids.
+
+Pure functions over values. The rules (normative text in specs/PROTOCOL.md,
+"Placement"):
+
+- A worker bids iff it is warm, fits every requirement, is not excluded, has
+  room (running + queued < capacity + queue bound) and its price is within the
+  budget. Otherwise it has a *decline reason*. Reasons visible from the
+  worker's advert (no GPU, too little RAM, cold, ...) are not sent: the origin
+  derives them itself from the adverts it holds, so a mesh of N nodes does not
+  answer every offer with N messages. Reasons the advert cannot show (busy
+  since its last advert, budget) are sent as a ``decline``.
+- Cost model (specs/CREDITS.md): a job's cost is
+  ``duration_s × score_gflops × price × credit_rate`` credits, i.e. the GFLOP
+  the worker delivered priced at its ``price`` per GFLOP. Estimates use
+  ``estimated_flops`` where given (then cost does not depend on the worker's
+  speed) and the timeout otherwise (an upper bound).
+- Ranking: lower is better; expected finish (wait + duration) and price are
+  normalised over the bids, weighted by the ``speed`` profile, then divided by
+  a reputation factor; load spreads because wait grows with a worker's queue
+  and the origin counts awards it has in flight to each worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .events import LocalCapabilities
+from .jobspec import TIERS
+from .wire import Advert, Bid, Offer, OfferRequirements
+
+SPEED_WEIGHTS: dict[str, tuple[float, float]] = {
+    # (weight of expected finish, weight of price)
+    "fast": (0.8, 0.2),
+    "balanced": (0.5, 0.5),
+    "cheap": (0.2, 0.8),
+}
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What a node has, as used by the fit check (from LocalCapabilities or an Advert)."""
+
+    cores: int
+    ram_mb: int
+    gpus: tuple[tuple[str, int], ...]
+    gpu_runtime: bool
+    runtimes: tuple[str, ...]
+    images: tuple[str, ...]
+    tier: str
+    network_allowed: bool
+    warm: bool
+    cold_reason: str | None
+    score_gflops: float
+    price: float
+    running: int
+    queued: int
+    capacity: int
+
+    @classmethod
+    def from_advert(cls, a: Advert) -> Capacity:
+        return cls(a.cores, a.ram_mb, tuple((g.model, g.memory_mb) for g in a.gpus), a.gpu_runtime,
+                   tuple(a.runtimes), tuple(a.images), a.tier, a.network_allowed, a.warm,
+                   a.cold_reason, a.score_gflops, a.price, a.running, a.queued, a.capacity)
+
+    @classmethod
+    def from_local(cls, c: LocalCapabilities, *, warm: bool, cold_reason: str | None,
+                   running: int, queued: int) -> Capacity:
+        return cls(c.cores, c.ram_mb, c.gpus, c.gpu_runtime, c.runtimes, c.images, c.tier,
+                   c.network_allowed, warm, cold_reason, c.score_gflops, c.price, running,
+                   queued, c.capacity)
+
+
+def image_present(image: str, images: tuple[str, ...]) -> bool:
+    if image in images:
+        return True
+    return ":" not in image.rsplit("/", 1)[-1] and f"{image}:latest" in images
+
+
+def fit_reason(cap: Capacity, req: OfferRequirements) -> str | None:
+    """Why this capacity cannot run the job at all (static), or None."""
+    if not cap.warm:
+        return f"node is cold: {cap.cold_reason or 'health check pending'}"
+    if req.runtime is not None and req.runtime not in cap.runtimes:
+        return f"runtime {req.runtime} not available (has {', '.join(cap.runtimes) or 'none'})"
+    if "docker" in cap.runtimes and not image_present(req.image, cap.images):
+        if "process" not in cap.runtimes:
+            return f"image {req.image} not present locally"
+    if req.cpus > cap.cores:
+        return f"needs {req.cpus:g} CPUs, node has {cap.cores}"
+    if req.memory_mb > cap.ram_mb:
+        return f"needs {req.memory_mb} MB RAM, node has {cap.ram_mb}"
+    if req.gpus:
+        if not cap.gpus:
+            return "node has no GPU"
+        if not cap.gpu_runtime:
+            return "engine has no GPU runtime"
+        fitting = [g for g in cap.gpus if g[1] >= req.gpu_min_memory_mb]
+        if len(fitting) < req.gpus:
+            return f"needs {req.gpus} GPU(s) with ≥{req.gpu_min_memory_mb} MB, node has {len(fitting)}"
+    if req.tier is not None and TIERS.index(cap.tier) < TIERS.index(req.tier):
+        return f"needs tier {req.tier}, node is {cap.tier}"
+    if req.network and not cap.network_allowed:
+        return "job needs network; node does not allow it"
+    return None
+
+
+def estimate_duration_s(offer_flops: float | None, timeout_s: float, score_gflops: float,
+                        overhead_s: float) -> float:
+    if offer_flops and score_gflops > 0:
+        return min(timeout_s, offer_flops / (score_gflops * 1e9)) + overhead_s
+    return timeout_s
+
+
+def estimate_cost(offer_flops: float | None, timeout_s: float, score_gflops: float,
+                  price: float, credit_rate: float) -> float:
+    """Credits the job is expected to cost on a worker (upper bound without flops)."""
+    if offer_flops:
+        return offer_flops / 1e9 * price * credit_rate
+    return timeout_s * score_gflops * price * credit_rate
+
+
+def actual_cost(duration_ms: int, score_gflops: float, price: float, credit_rate: float) -> float:
+    return duration_ms / 1000.0 * score_gflops * price * credit_rate
+
+
+def budget_timeout_s(timeout_s: float, max_budget: float | None, score_gflops: float,
+                     price: float, credit_rate: float) -> float:
+    """The wall-clock limit that keeps a run's cost within the budget."""
+    rate = score_gflops * price * credit_rate
+    if max_budget is None or rate <= 0:
+        return timeout_s
+    return max(0.001, min(timeout_s, max_budget / rate))
+
+
+def decline_reason(cap: Capacity, offer: Offer, *, self_id: str, queue_max: int,
+                   overhead_s: float) -> tuple[str | None, bool]:
+    """(reason or None, whether the origin could not know it from our advert)."""
+    if self_id in offer.exclude:
+        return "excluded by the origin (earlier failure)", False
+    static = fit_reason(cap, offer.requirements)
+    if static is not None:
+        return static, False
+    if cap.running + cap.queued >= cap.capacity + queue_max:
+        return f"busy: {cap.running} running, {cap.queued} queued", True
+    if offer.max_budget is not None:
+        cost = estimate_cost(offer.estimated_flops, offer.timeout_s, cap.score_gflops,
+                             cap.price, offer.credit_rate)
+        if cost > offer.max_budget and not offer.estimated_flops:
+            # Without a flops estimate the cost is a bound: bid anyway, the
+            # run is stopped at the budget (budget_timeout_s).
+            return None, False
+        if cost > offer.max_budget:
+            return f"price {cost:.4g} credits exceeds budget {offer.max_budget:.4g}", True
+    return None, False
+
+
+def make_bid(cap: Capacity, offer: Offer, *, avg_run_s: float, overhead_s: float) -> Bid:
+    duration = estimate_duration_s(offer.estimated_flops, offer.timeout_s, cap.score_gflops, overhead_s)
+    waiting_jobs = max(0, cap.running + cap.queued + 1 - cap.capacity)
+    wait_s = waiting_jobs * avg_run_s / max(1, cap.capacity)
+    cost = estimate_cost(offer.estimated_flops, offer.timeout_s, cap.score_gflops, cap.price,
+                         offer.credit_rate)
+    if offer.max_budget is not None:
+        cost = min(cost, offer.max_budget)
+    return Bid(job_id=offer.job_id, attempt=offer.attempt, price=cost,
+               est_start_ms=int(wait_s * 1000), est_duration_ms=int(duration * 1000),
+               score_gflops=cap.score_gflops, running=cap.running, queued=cap.queued)
+
+
+def rank_bids(bids: dict[str, Bid], speed: str, reputation: dict[str, float],
+              inflight: dict[str, int], tiebreak: dict[str, float]) -> list[str]:
+    """Peer ids, best first. ``reputation`` in [-1, 1]; ``inflight`` awards we hold."""
+    if not bids:
+        return []
+    w_finish, w_price = SPEED_WEIGHTS[speed]
+
+    def finish(p: str) -> float:
+        b = bids[p]
+        load_penalty = inflight.get(p, 0) * b.est_duration_ms
+        return b.est_start_ms + b.est_duration_ms + load_penalty
+
+    finishes = {p: finish(p) for p in bids}
+    f_min, f_max = min(finishes.values()), max(finishes.values())
+    p_min, p_max = min(b.price for b in bids.values()), max(b.price for b in bids.values())
+
+    def norm(x: float, lo: float, hi: float) -> float:
+        return 0.0 if hi <= lo else (x - lo) / (hi - lo)
+
+    def key(p: str) -> tuple[float, float]:
+        cost = w_finish * norm(finishes[p], f_min, f_max) + w_price * norm(bids[p].price, p_min, p_max)
+        factor = 1.0 + 0.5 * max(-1.0, min(1.0, reputation.get(p, 0.0)))
+        return ((cost + 0.05) / factor, tiebreak.get(p, 0.0))
+
+    return sorted(bids, key=key)

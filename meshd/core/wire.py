@@ -1,0 +1,321 @@
+"""Wire format: signed, versioned, size-bounded protocol messages.
+
+Theory of operation
+-------------------
+Every protocol message is an *envelope*::
+
+    payload  = msgpack([schema_version, type, sender_public_key, ts_ms, nonce, body])
+    envelope = msgpack([payload, signature])
+    signature = Ed25519(sender_key, b"meshd-msg-v1\\x00" + payload)
+
+``body`` is a msgpack map validated by the pydantic model registered for
+``type``. The signature covers the exact payload bytes, so a message can be
+forwarded, stored and re-verified by anyone without re-encoding.
+
+Rules:
+- :func:`open_envelope` never raises on peer input: it returns a
+  :class:`Rejected` with a reason code (counted by the node) or an
+  :class:`Opened` message. Size is checked before any parsing.
+- Freshness and replay are checked by the node (it owns the clock and the
+  replay cache); this module only decodes and verifies signatures.
+- :func:`seal` is for our own messages; misuse there is an assertion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Union
+
+import msgpack
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .identity import (
+    PUBLIC_KEY_LEN,
+    SIGNATURE_LEN,
+    Identity,
+    peer_id_from_public_key,
+    verify_signature,
+)
+from .params import PROTOCOL_VERSION
+
+SIGNING_DOMAIN = b"meshd-msg-v1\x00"
+NONCE_LEN = 8
+MAX_TYPE_LEN = 32
+
+PeerId = Annotated[str, Field(min_length=1, max_length=128)]
+JobId = Annotated[str, Field(min_length=8, max_length=64)]
+ShortText = Annotated[str, Field(max_length=512)]
+Digest = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GpuInfo(Body):
+    model: Annotated[str, Field(max_length=128)]
+    memory_mb: Annotated[int, Field(ge=0)]
+
+
+class Advert(Body):
+    """Capability advert; also the liveness heartbeat (valid for ``ttl_ms``)."""
+
+    seq: Annotated[int, Field(ge=0)]
+    ttl_ms: Annotated[int, Field(gt=0, le=3_600_000)]
+    addrs: Annotated[list[Annotated[str, Field(max_length=256)]], Field(max_length=16)] = []
+    cores: Annotated[int, Field(ge=0, le=100_000)]
+    ram_mb: Annotated[int, Field(ge=0)]
+    disk_free_mb: Annotated[int, Field(ge=0)] = 0
+    gpus: Annotated[list[GpuInfo], Field(max_length=64)] = []
+    gpu_runtime: bool = False
+    runtimes: Annotated[list[Literal["docker", "process"]], Field(max_length=4)] = []
+    images: Annotated[list[Annotated[str, Field(max_length=255)]], Field(max_length=256)] = []
+    score_gflops: Annotated[float, Field(ge=0, le=1e9)]
+    gpu_gflops: Annotated[float, Field(ge=0, le=1e9)] | None = None
+    tier: Literal["cpu", "consumer-gpu", "datacenter-gpu"] = "cpu"
+    price: Annotated[float, Field(ge=0, le=1e6)]
+    running: Annotated[int, Field(ge=0)] = 0
+    queued: Annotated[int, Field(ge=0)] = 0
+    capacity: Annotated[int, Field(ge=0, le=100_000)] = 1
+    warm: bool = False
+    cold_reason: ShortText | None = None
+    network_allowed: bool = False
+    version: Annotated[str, Field(max_length=32)] = ""
+
+
+class OfferRequirements(Body):
+    cpus: float = 1.0
+    memory_mb: int = 256
+    gpus: int = 0
+    gpu_min_memory_mb: int = 0
+    tier: Literal["cpu", "consumer-gpu", "datacenter-gpu"] | None = None
+    runtime: Literal["docker", "process"] | None = None
+    network: bool = False
+    image: Annotated[str, Field(max_length=255)]
+
+
+class Offer(Body):
+    """A job looking for workers (gossiped; small: the descriptor travels in the award)."""
+
+    job_id: JobId
+    attempt: Annotated[int, Field(ge=1, le=1000)]
+    spec_digest: Digest
+    requirements: OfferRequirements
+    estimated_flops: float | None = None
+    timeout_s: Annotated[float, Field(gt=0)]
+    max_budget: float | None = None
+    credit_rate: float = 1.0
+    speed: Literal["fast", "balanced", "cheap"] = "balanced"
+    bid_window_ms: Annotated[int, Field(gt=0, le=60_000)]
+    slots: Annotated[int, Field(ge=1, le=5)] = 1
+    exclude: Annotated[list[PeerId], Field(max_length=64)] = []
+
+
+class Bid(Body):
+    job_id: JobId
+    attempt: int
+    price: Annotated[float, Field(ge=0)]
+    """Estimated total credits for the job at this worker."""
+    est_start_ms: Annotated[int, Field(ge=0)]
+    """Expected wait before the job starts (relative)."""
+    est_duration_ms: Annotated[int, Field(ge=0)]
+    score_gflops: Annotated[float, Field(ge=0)]
+    running: Annotated[int, Field(ge=0)] = 0
+    queued: Annotated[int, Field(ge=0)] = 0
+    gpus: Annotated[list[GpuInfo], Field(max_length=64)] = []
+
+
+class Decline(Body):
+    job_id: JobId
+    attempt: int
+    reason: ShortText
+
+
+class Award(Body):
+    job_id: JobId
+    attempt: int
+    replica: Annotated[int, Field(ge=0, le=8)] = 0
+    spec: dict[str, Any]
+    """The full job descriptor (validated by the worker as a JobSpec)."""
+    price: Annotated[float, Field(ge=0)]
+    lease_ms: Annotated[int, Field(gt=0)]
+
+
+class AwardReply(Body):
+    job_id: JobId
+    attempt: int
+    replica: int = 0
+    accepted: bool
+    reason: ShortText = ""
+
+
+class Heartbeat(Body):
+    job_id: JobId
+    attempt: int
+    replica: int = 0
+    state: Literal["queued", "fetching", "running", "finished"]
+    elapsed_ms: Annotated[int, Field(ge=0)] = 0
+    log: Annotated[bytes, Field(max_length=16 * 1024)] = b""
+    """Live log bytes produced since the previous heartbeat (bounded)."""
+
+
+class HeartbeatReply(Body):
+    job_id: JobId
+    attempt: int
+    replica: int = 0
+    keep: bool
+    """False: the origin no longer wants this run (cancelled, lease lost)."""
+
+
+class Result(Body):
+    job_id: JobId
+    attempt: int
+    replica: int = 0
+    status: Literal["succeeded", "failed", "timeout", "oom", "output_limit", "cancelled", "error"]
+    exit_code: int | None = None
+    reason: ShortText = ""
+    output_digest: Digest | None = None
+    output_size: Annotated[int, Field(ge=0)] = 0
+    duration_ms: Annotated[int, Field(ge=0)] = 0
+    cpu_ms: Annotated[int, Field(ge=0)] | None = None
+    peak_memory_bytes: Annotated[int, Field(ge=0)] | None = None
+    score_gflops: Annotated[float, Field(ge=0)] = 0.0
+
+
+class ResultAck(Body):
+    job_id: JobId
+    attempt: int
+    replica: int = 0
+    accepted: bool
+    reason: ShortText = ""
+
+
+class Cancel(Body):
+    job_id: JobId
+    attempt: int
+    reason: ShortText = ""
+
+
+class Receipt(Body):
+    """Credit for accepted work, signed by the origin, countersigned by the worker
+    (the countersignature travels as ``worker_sig`` over the origin's payload)."""
+
+    job_id: JobId
+    attempt: int
+    replica: int = 0
+    origin: PeerId
+    worker: PeerId
+    credits: Annotated[float, Field(ge=0)]
+    duration_ms: int
+    output_digest: Digest | None = None
+    verdict: Literal["valid", "unverified"] = "unverified"
+
+
+class Attestation(Body):
+    """A peer's signed observation about another peer (feeds reputation)."""
+
+    subject: PeerId
+    job_id: JobId
+    outcome: Literal["valid", "invalid", "abandoned"]
+
+
+BODY_TYPES: dict[str, type[Body]] = {
+    "advert": Advert,
+    "offer": Offer,
+    "bid": Bid,
+    "decline": Decline,
+    "award": Award,
+    "award_reply": AwardReply,
+    "heartbeat": Heartbeat,
+    "heartbeat_reply": HeartbeatReply,
+    "result": Result,
+    "result_ack": ResultAck,
+    "cancel": Cancel,
+    "receipt": Receipt,
+    "attestation": Attestation,
+}
+TYPE_OF: dict[type[Body], str] = {v: k for k, v in BODY_TYPES.items()}
+
+RejectReason = Literal[
+    "oversize", "malformed", "bad_version", "unknown_type", "bad_signature",
+    "bad_body", "stale", "future", "replay", "wrong_sender", "banned",
+]
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A decoded, signature-verified message."""
+
+    type: str
+    sender: str
+    """Peer id derived from the signing key."""
+    sender_key: bytes
+    ts_ms: int
+    nonce: bytes
+    body: Any
+    raw: bytes
+    """The exact envelope bytes (for forwarding, storing, re-verifying)."""
+
+
+@dataclass(frozen=True)
+class Rejected:
+    reason: RejectReason
+    detail: str = ""
+
+
+def seal(identity: Identity, body: Body, ts_ms: int, nonce: bytes) -> bytes:
+    """Encode and sign one of our own messages (the caller supplies the nonce)."""
+    assert type(body) in TYPE_OF, f"not a wire body: {type(body).__name__}"
+    assert len(nonce) == NONCE_LEN
+    payload = msgpack.packb(
+        [PROTOCOL_VERSION, TYPE_OF[type(body)], identity.public_key, int(ts_ms), nonce,
+         body.model_dump(mode="python")],
+        use_bin_type=True,
+    )
+    return msgpack.packb([payload, identity.sign(SIGNING_DOMAIN + payload)], use_bin_type=True)
+
+
+def _unpack(data: bytes, max_bytes: int) -> Any:
+    return msgpack.unpackb(
+        data, raw=False, strict_map_key=True, use_list=True,
+        max_str_len=max_bytes, max_bin_len=max_bytes,
+        max_array_len=4096, max_map_len=4096, max_ext_len=0,
+    )
+
+
+def open_envelope(data: bytes, max_bytes: int) -> Opened | Rejected:
+    """Decode and verify an envelope; never raises on bad input."""
+    if not isinstance(data, (bytes, bytearray)) or len(data) > max_bytes:
+        return Rejected("oversize", f"{len(data)} bytes > {max_bytes}")
+    try:
+        outer = _unpack(bytes(data), max_bytes)
+        if not (isinstance(outer, list) and len(outer) == 2
+                and isinstance(outer[0], bytes) and isinstance(outer[1], bytes)):
+            return Rejected("malformed", "envelope is not [payload, signature]")
+        payload, signature = outer
+        inner = _unpack(payload, max_bytes)
+    except Exception as exc:  # msgpack raises a zoo of types on garbage
+        return Rejected("malformed", f"not msgpack: {type(exc).__name__}")
+    if not (isinstance(inner, list) and len(inner) == 6):
+        return Rejected("malformed", "payload is not a 6-element array")
+    version, mtype, key, ts_ms, nonce, body = inner
+    if version != PROTOCOL_VERSION:
+        return Rejected("bad_version", f"schema_version {version!r}")
+    if not isinstance(mtype, str) or mtype not in BODY_TYPES:
+        return Rejected("unknown_type", repr(mtype)[:MAX_TYPE_LEN])
+    if not (isinstance(key, bytes) and len(key) == PUBLIC_KEY_LEN and isinstance(ts_ms, int)
+            and not isinstance(ts_ms, bool) and isinstance(nonce, bytes) and len(nonce) == NONCE_LEN
+            and isinstance(body, dict) and len(signature) == SIGNATURE_LEN):
+        return Rejected("malformed", "bad header field")
+    if not verify_signature(key, signature, SIGNING_DOMAIN + payload):
+        return Rejected("bad_signature")
+    try:
+        model = BODY_TYPES[mtype].model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        return Rejected("bad_body", f"{mtype}: {'.'.join(map(str, first['loc']))}: {first['msg']}")
+    return Opened(mtype, peer_id_from_public_key(key), key, ts_ms, nonce, model, bytes(data))
+
+
+Message = Union[Advert, Offer, Bid, Decline, Award, AwardReply, Heartbeat, HeartbeatReply,
+                Result, ResultAck, Cancel, Receipt, Attestation]

@@ -1,0 +1,77 @@
+"""Two narrow subclasses of py-libp2p's pubsub classes (private to meshd.net).
+
+- :class:`MeshGossipSub` replaces libp2p's single spam limit (10 msg/s for
+  every topic, own publishes included, drops logged only) with a per-topic
+  budget from :class:`~meshd.net.params.NetParams`, exempts our own
+  publishes, and reports every drop to a callback so it is counted.
+- :class:`MeshPubsub` hands each validated, first-seen message straight to a
+  callback instead of libp2p's per-topic 32-slot channel, which drops
+  silently (with a WARNING) when a reader falls behind.
+
+Rules: the callbacks are synchronous and must not raise; the host owns them.
+Both classes override documented hook methods of py-libp2p 0.8.1 only
+(``_check_spam_protection``, ``remove_peer``, ``notify_subscriptions``).
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Callable
+from typing import Any
+
+from libp2p.peer.id import ID
+from libp2p.pubsub.gossipsub import GossipSub
+from libp2p.pubsub.pb import rpc_pb2
+from libp2p.pubsub.pubsub import Pubsub
+
+RATE_WINDOW_S = 1.0
+"""Length of the sliding window the per-topic budget counts messages in."""
+
+
+class MeshGossipSub(GossipSub):
+    """GossipSub with per-topic forwarding budgets and counted drops."""
+
+    def __init__(
+        self,
+        *args: Any,
+        rate_limit_for: Callable[[str], float],
+        on_rate_limited: Callable[[ID, str], None],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._rate_limit_for = rate_limit_for
+        self._on_rate_limited = on_rate_limited
+        # (forwarder, topic) -> arrival times within the window
+        self._windows: dict[tuple[ID, str], collections.deque[float]] = {}
+
+    def _check_spam_protection(self, peer_id: ID, msg: rpc_pb2.Message) -> bool:
+        if self.pubsub is not None and peer_id == self.pubsub.my_id:
+            return True  # our own publishes are never throttled here
+        now = time.monotonic()
+        for topic in msg.topicIDs:
+            window = self._windows.setdefault((peer_id, topic), collections.deque())
+            while window and window[0] <= now - RATE_WINDOW_S:
+                window.popleft()
+            if len(window) >= self._rate_limit_for(topic):
+                self._on_rate_limited(peer_id, topic)
+                return False
+            window.append(now)
+        return True
+
+    def remove_peer(self, peer_id: ID) -> None:
+        super().remove_peer(peer_id)
+        for key in [k for k in self._windows if k[0] == peer_id]:
+            del self._windows[key]
+
+
+class MeshPubsub(Pubsub):
+    """Pubsub that delivers to one synchronous callback, never to a channel."""
+
+    def __init__(self, *args: Any, deliver: Callable[[rpc_pb2.Message], None],
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deliver = deliver
+
+    def notify_subscriptions(self, publish_message: rpc_pb2.Message) -> None:
+        self._deliver(publish_message)

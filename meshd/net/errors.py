@@ -1,0 +1,42 @@
+"""Errors of the libp2p adapter.
+
+Rules:
+- Every error a caller of :class:`~meshd.net.host.MeshHost` can see subclasses
+  :class:`NetError`; libp2p's own exceptions never cross the adapter boundary.
+- Each error says whose fault it is: the remote peer (``RemoteError``), the
+  network (``PeerUnreachable``, ``RequestTimeout``), or a size bound that
+  either side enforced (``MessageTooLarge``).
+"""
+
+from __future__ import annotations
+
+
+class NetError(Exception):
+    """Base class of every error raised by ``meshd.net``."""
+
+
+class NotRunning(NetError):
+    """The host is not running (``run()`` not started yet, or already returned)."""
+
+
+class PeerUnreachable(NetError):
+    """No connection to the peer could be made or kept (dial failed, peer gone,
+    connection lost mid-request, or the peer is blocked)."""
+
+
+class RequestTimeout(NetError):
+    """The request did not complete within its deadline."""
+
+
+class RemoteError(NetError):
+    """The peer answered with an error: its handler failed, it has no handler
+    for the protocol, it was busy, or it broke the framing."""
+
+
+class MessageTooLarge(NetError):
+    """A payload exceeds a size bound: ours (raised before sending) or the
+    peer's (it refused our request)."""
+
+
+class InvalidMessage(NetError):
+    """Our own topic validator rejects a message we tried to publish."""

@@ -1,0 +1,37 @@
+"""Quiet py-libp2p's loggers.
+
+py-libp2p 0.8.1 logs routine events at WARNING/ERROR ("Rate limit exceeded",
+"GRAFT flood detected", ``[ADDCONN_FAIL]``, a multi-line "Failed to open
+stream" for every refused protocol). Its ``libp2p`` logger has no handler, so
+Python's last-resort handler prints all of that to stderr. The adapter turns
+each of those events into a :class:`~meshd.net.errors.NetError` or a counter
+in :class:`~meshd.net.stats.NetStats`, so the text adds nothing.
+
+Rules: an operator who sets ``LIBP2P_DEBUG`` (libp2p's own switch) gets
+libp2p's logging untouched; otherwise ``libp2p`` logs ERROR and above, and
+the loggers whose errors we re-raise as our own log only CRITICAL.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+# Loggers whose ERROR/WARNING lines duplicate an error or counter the adapter
+# reports itself (dial failures, refused protocols, rate-limit drops).
+_TRANSLATED_LOGGERS = (
+    "libp2p.host.basic_host",
+    "libp2p.network.swarm",
+    "libp2p.pubsub.gossipsub",
+    "libp2p.pubsub.pubsub",
+)
+
+
+def quiet_libp2p_logs(level: int = logging.ERROR) -> None:
+    """Set libp2p's loggers to ``level`` (default ERROR) and the ones the
+    adapter translates to CRITICAL. No-op when ``LIBP2P_DEBUG`` is set."""
+    if os.environ.get("LIBP2P_DEBUG"):
+        return
+    logging.getLogger("libp2p").setLevel(level)
+    for name in _TRANSLATED_LOGGERS:
+        logging.getLogger(name).setLevel(max(level, logging.CRITICAL))

@@ -1,0 +1,147 @@
+"""Every bound of the libp2p adapter, in one frozen value.
+
+Rules:
+- Every queue, size, rate, timeout and peer count the adapter uses is a field
+  here with a documented default; nothing in ``meshd.net`` hides a literal
+  bound. ``specs/PROTOCOL.md`` carries the same table.
+- Construction validates the values (``ValueError`` names the field), so a
+  bad configuration fails at start-up, not in the middle of a run.
+- Units are the last part of each name (``_s`` seconds, ``_bytes``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+
+def _frozen_map(m: Mapping[str, float] | None = None) -> Mapping[str, float]:
+    return MappingProxyType(dict(m or {}))
+
+
+@dataclass(frozen=True)
+class NetParams:
+    """Bounds of one :class:`~meshd.net.host.MeshHost`. All fields have defaults."""
+
+    # --- GossipSub -----------------------------------------------------------
+    gossip_heartbeat_s: float = 1.0
+    """GossipSub heartbeat (mesh maintenance, IHAVE gossip). libp2p's default
+    is 120 s; the GossipSub spec's is 1 s."""
+    degree: int = 6
+    """GossipSub D: target number of mesh peers per topic."""
+    degree_low: int = 4
+    """GossipSub D_lo: graft when the mesh is smaller than this."""
+    degree_high: int = 12
+    """GossipSub D_hi: prune when the mesh is larger than this."""
+    max_gossip_bytes: int = 64 * 1024
+    """Largest gossip payload we publish or accept. Larger inbound messages are
+    rejected by the topic validator (not delivered, not forwarded)."""
+    topic_rate_limit_per_s: float = 100.0
+    """Default per-topic forwarding budget per neighbour: the most first-seen
+    messages per second on one topic that we forward when they arrive from one
+    neighbour. Excess messages are still delivered locally but not forwarded,
+    and the neighbour's GossipSub behaviour penalty grows. Our own publishes
+    are exempt. libp2p's default is 10/s for every topic, which silently loses
+    a quarter of a 40 msg/s burst; 100/s sits above what one Python host can
+    carry (~40 msg/s on 3 hosts), so it only bites on real floods."""
+    topic_rate_limits_per_s: Mapping[str, float] = field(default_factory=_frozen_map, hash=False)
+    """Per-topic overrides of :attr:`topic_rate_limit_per_s` (topic -> msgs/s)."""
+    seen_ttl_s: int = 120
+    """How long a gossip message id is remembered for de-duplication."""
+    inbox_size: int = 1024
+    """Gossip messages waiting for the subscriber's handler. When full, new
+    messages are dropped and counted (``dropped_inbox_full``)."""
+
+    # --- Request/response streams --------------------------------------------
+    max_request_bytes: int = 1 * 1024 * 1024
+    """Largest request body we send or accept."""
+    max_response_bytes: int = 64 * 1024 * 1024
+    """Largest response body we send or accept (blobs travel as responses)."""
+    max_error_bytes: int = 1024
+    """Longest error text carried in an error response (longer is truncated)."""
+    request_timeout_s: float = 10.0
+    """Default deadline of one request: open stream, send, handle, receive."""
+    handler_timeout_s: float = 30.0
+    """Deadline for serving one inbound stream (read, handler, write)."""
+    max_inflight_requests_per_peer: int = 16
+    """Inbound streams served concurrently per peer; more are refused with a
+    BUSY response. Outbound requests to one peer queue behind the same bound."""
+
+    # --- Connections and discovery -------------------------------------------
+    connect_timeout_s: float = 5.0
+    """Deadline of one dial (TCP + Noise + yamux). A loopback dial takes
+    ~250 ms because of libp2p's fixed happy-eyeballs delay."""
+    max_peers: int = 64
+    """Most peers connected at once. Inbound peers beyond this are
+    disconnected at once; discovery never dials beyond it."""
+    target_peers: int = 16
+    """Discovery dials known peers until this many are connected."""
+    peer_exchange_interval_s: float = 5.0
+    """Period of the discovery round (peer exchange + redial)."""
+    peer_exchange_fanout: int = 3
+    """Connected peers asked for their peers in one discovery round."""
+    max_px_peers: int = 32
+    """Most peers one peer-exchange response carries (sent and accepted)."""
+    max_px_addrs_per_peer: int = 4
+    """Most addresses per peer in a peer-exchange response."""
+    peer_exchange_min_gap_s: float = 0.2
+    """Shortest pause between discovery rounds (a new connection wakes the
+    loop early; this coalesces bursts of wake-ups)."""
+    max_parallel_dials: int = 8
+    """Dials a discovery round runs concurrently."""
+    known_peers_max: int = 1024
+    """Most peers remembered as dial candidates (addresses in the peerstore)."""
+    max_dial_failures: int = 3
+    """Consecutive failed dials after which a known peer is forgotten (until
+    peer exchange reports it again)."""
+    known_addr_ttl_s: int = 600
+    """How long addresses learned from bootstrap or peer exchange are kept."""
+    mdns: bool = False
+    """Also discover peers on the local link with mDNS."""
+
+    # --- Reputation ------------------------------------------------------------
+    app_score_weight: float = 1.0
+    """Weight of meshd's reputation (``set_app_score``) in the GossipSub peer
+    score (py-libp2p 0.8.1 calls it P6 ``p6_appl_slack_weight``; the spec's
+    application-specific P5)."""
+    app_score_disconnect_below: float = -math.inf
+    """Peers whose application score is below this are disconnected and refused
+    (checked on connect and every discovery round). Default: never."""
+
+    max_blocked_peers: int = 4096
+    """Most peers on the block list; beyond it the oldest block is lifted."""
+
+    # --- Shutdown --------------------------------------------------------------
+    shutdown_timeout_s: float = 5.0
+    """Longest the shielded close of listener and connections may take."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "topic_rate_limits_per_s", _frozen_map(self.topic_rate_limits_per_s)
+        )
+        positive = (
+            "gossip_heartbeat_s", "max_gossip_bytes", "topic_rate_limit_per_s",
+            "seen_ttl_s", "inbox_size", "max_request_bytes", "max_response_bytes",
+            "max_error_bytes", "request_timeout_s", "handler_timeout_s",
+            "max_inflight_requests_per_peer", "connect_timeout_s", "max_peers",
+            "target_peers", "peer_exchange_interval_s", "peer_exchange_fanout",
+            "max_px_peers", "max_px_addrs_per_peer", "max_parallel_dials",
+            "peer_exchange_min_gap_s", "max_dial_failures", "known_peers_max",
+            "known_addr_ttl_s", "max_blocked_peers", "shutdown_timeout_s",
+        )
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"NetParams.{name} must be > 0, got {getattr(self, name)!r}")
+        if not 1 <= self.degree_low <= self.degree <= self.degree_high:
+            raise ValueError("NetParams needs 1 <= degree_low <= degree <= degree_high")
+        if self.target_peers > self.max_peers:
+            raise ValueError("NetParams.target_peers must be <= max_peers")
+        for topic, rate in self.topic_rate_limits_per_s.items():
+            if not rate > 0:
+                raise ValueError(f"NetParams.topic_rate_limits_per_s[{topic!r}] must be > 0")
+
+    def rate_limit_for(self, topic: str) -> float:
+        """The forwarding budget (msgs/s per neighbour) of ``topic``."""
+        return self.topic_rate_limits_per_s.get(topic, self.topic_rate_limit_per_s)

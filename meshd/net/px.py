@@ -1,0 +1,105 @@
+"""Peer exchange (``/meshd/px/1``): message encoding and validation (pure).
+
+Theory of operation:
+    A node that knows one peer asks it, over an ordinary request/response
+    stream, for the peers it is connected to, then dials them in parallel.
+    Repeated every ``peer_exchange_interval_s`` against a few connected peers,
+    this spreads knowledge of every node through the mesh without a server.
+
+    request  body: msgpack uint ``want`` (most peers wanted; the server caps it
+                   at its own ``max_px_peers``)
+    response body: msgpack array of ``[peer_id: str, [multiaddr: str, ...]]``
+
+Rules:
+- Decoding never trusts the peer: sizes are capped before unpacking, entries
+  of the wrong shape, peer ids that are not Ed25519 peer ids and addresses
+  that are not dialable ``/ip4|ip6|dns*/.../tcp/N`` multiaddrs are skipped.
+  Only a body that is not msgpack at all raises ``ValueError``.
+- Addresses travel without their ``/p2p/<id>`` suffix; the receiver adds it.
+"""
+
+from __future__ import annotations
+
+import msgpack
+import multiaddr
+
+from meshd.core.identity import public_key_from_peer_id
+
+MAX_ADDR_CHARS = 256
+"""Longest multiaddr text accepted in a peer-exchange entry."""
+_HOST_PROTOCOLS = frozenset({"ip4", "ip6", "dns", "dns4", "dns6"})
+
+
+def encode_px_request(want: int) -> bytes:
+    return msgpack.packb(want)
+
+
+def decode_px_request(body: bytes, cap: int) -> int:
+    """The number of peers asked for, capped at ``cap``; ValueError if malformed."""
+    try:
+        want = msgpack.unpackb(body, max_buffer_size=16)
+    except Exception as exc:
+        raise ValueError(f"malformed peer-exchange request: {exc}") from None
+    if not isinstance(want, int) or isinstance(want, bool) or want < 0:
+        raise ValueError("peer-exchange request must be a non-negative integer")
+    return min(want, cap)
+
+
+def dialable_addr(text: str) -> str | None:
+    """``text`` as a dialable TCP multiaddr without ``/p2p``, or None."""
+    if not isinstance(text, str) or len(text) > MAX_ADDR_CHARS:
+        return None
+    try:
+        addr = multiaddr.Multiaddr(text)
+        names = [p.name for p in addr.protocols()]
+    except Exception:
+        return None
+    if len(names) < 2 or names[0] not in _HOST_PROTOCOLS or names[1] != "tcp":
+        return None
+    if any(n not in ("p2p",) for n in names[2:]):
+        return None  # /ws, /p2p-circuit ...: not dialable by our TCP-only host
+    return str(addr).split("/p2p/")[0]
+
+
+def encode_px_response(entries: list[tuple[str, list[str]]], max_peers: int,
+                       max_addrs_per_peer: int) -> bytes:
+    """Encode at most ``max_peers`` entries with at most ``max_addrs_per_peer`` each."""
+    out = []
+    for peer_id, addrs in entries[:max_peers]:
+        clean = [a for a in (dialable_addr(x) for x in addrs) if a is not None]
+        if clean:
+            out.append([peer_id, clean[:max_addrs_per_peer]])
+    return msgpack.packb(out)
+
+
+def max_px_response_bytes(max_peers: int, max_addrs_per_peer: int) -> int:
+    """Bound on an acceptable response body for these caps."""
+    return 64 + max_peers * (80 + max_addrs_per_peer * (MAX_ADDR_CHARS + 8))
+
+
+def decode_px_response(body: bytes, max_peers: int,
+                       max_addrs_per_peer: int) -> list[tuple[str, list[str]]]:
+    """Valid entries of a response (see module rules). ValueError if not msgpack."""
+    try:
+        raw = msgpack.unpackb(
+            body, max_buffer_size=max_px_response_bytes(max_peers, max_addrs_per_peer),
+            max_array_len=max(max_peers, max_addrs_per_peer, 2),
+            max_map_len=0, max_bin_len=0, max_ext_len=0,
+        )
+    except Exception as exc:
+        raise ValueError(f"malformed peer-exchange response: {exc}") from None
+    if not isinstance(raw, list):
+        raise ValueError("peer-exchange response must be an array")
+    out: list[tuple[str, list[str]]] = []
+    for entry in raw[:max_peers]:
+        if not (isinstance(entry, list) and len(entry) == 2):
+            continue
+        peer_id, addrs = entry
+        if not isinstance(peer_id, str) or public_key_from_peer_id(peer_id) is None:
+            continue
+        if not isinstance(addrs, list):
+            continue
+        clean = [a for a in (dialable_addr(x) for x in addrs[:max_addrs_per_peer]) if a]
+        if clean:
+            out.append((peer_id, clean))
+    return out

@@ -1,0 +1,38 @@
+"""Counters of the libp2p adapter and their immutable snapshot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class NetStats:
+    """A snapshot of one host's counters (since start) and gauges (now)."""
+
+    # gossip
+    published: int = 0  # messages we published
+    delivered: int = 0  # messages handed to a subscriber's handler
+    dropped_invalid: int = 0  # inbound messages our topic validator rejected
+    dropped_oversize: int = 0  # inbound messages over max_gossip_bytes
+    dropped_rate_limited: int = 0  # messages not forwarded: neighbour over its topic budget
+    dropped_inbox_full: int = 0  # messages dropped because the inbox was full
+    dropped_blocked: int = 0  # inbound messages authored by a blocked peer
+    handler_errors: int = 0  # gossip handlers or validators that raised
+    # request/response
+    requests_out: int = 0  # requests we sent
+    requests_out_failed: int = 0  # ... that raised a NetError
+    requests_in: int = 0  # inbound request streams
+    requests_in_failed: int = 0  # ... answered with anything but OK
+    # connections and discovery
+    dials: int = 0  # dials started by connect(), bootstrap or discovery
+    dials_failed: int = 0
+    px_rounds: int = 0  # peer-exchange requests that got an answer
+    refused_peers: int = 0  # connections/streams refused (blocked, low score, full)
+    # gauges
+    connected_peers: int = 0
+    known_peers: int = 0
+
+
+COUNTER_NAMES = frozenset(
+    f.name for f in fields(NetStats) if f.name not in ("connected_peers", "known_peers")
+)

@@ -1,0 +1,266 @@
+"""A synchronous, virtual-time network of protocol cores — the core's "fake link".
+
+``CoreNet`` wires several :class:`meshd.core.node.Node` objects together the
+way etcd-raft's test ``network`` does: messages are pumped in virtual time,
+with one-line faults (``cut``, ``isolate``, ``heal``, ``crash``, ``restart``,
+``drop_rate``). Executors are fakes: a job "runs" for a duration derived from
+its spec and produces an output digest computed from its command, so honest
+workers agree and a configured liar does not. Logs are in memory and survive
+``crash``/``restart``. Nothing here touches sockets, threads or the wall clock.
+
+Used by the core's unit tests and as the reference driver for the simulator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshd.core.events import (
+    Append,
+    BlobFetched,
+    CancelExecution,
+    CheckerFinished,
+    DirectReceived,
+    ExecutionFinished,
+    ExecutorHealth,
+    FetchBlob,
+    FetchInputs,
+    GossipReceived,
+    InputsFetched,
+    JobLog,
+    LocalCapabilities,
+    Publish,
+    RunChecker,
+    Send,
+    SendFailed,
+    SetPeerScore,
+    StartExecution,
+    Tick,
+)
+from meshd.core.identity import Identity
+from meshd.core.jobspec import JobSpec
+from meshd.core.node import Node
+from meshd.core.params import CoreParams
+
+
+def honest_output(spec: JobSpec) -> str:
+    """The digest every honest worker produces for a job (a pure function of the spec)."""
+    return "sha256:" + hashlib.sha256(repr((spec.image, spec.command, spec.env)).encode()).hexdigest()
+
+
+def default_caps(cores: int = 4, score: float = 50.0, price: float = 0.001, gpus: tuple = (),
+                 images: tuple[str, ...] = ("meshd/busybox:1",)) -> LocalCapabilities:
+    return LocalCapabilities(
+        cores=cores, ram_mb=8192, disk_free_mb=100_000, gpus=gpus, gpu_runtime=bool(gpus),
+        runtimes=("docker",), images=images, score_gflops=score, gpu_gflops=None,
+        tier="consumer-gpu" if gpus else "cpu", price=price, capacity=cores, network_allowed=False,
+    )
+
+
+@dataclass
+class FakeWorker:
+    """How a node's fake executor behaves."""
+
+    caps: LocalCapabilities = field(default_factory=default_caps)
+    lie_rate: float = 0.0
+    """Probability a run returns a wrong output digest."""
+    duration_ms: Callable[[JobSpec], int] = lambda spec: 1_000
+    exit_code: Callable[[JobSpec], int] = lambda spec: 0
+    healthy: bool = True
+
+
+@dataclass
+class NodeSlot:
+    node: Node
+    log: list[tuple[str, dict[str, Any]]]
+    worker: FakeWorker
+    alive: bool = True
+    running: dict[tuple[str, int, int], int] = field(default_factory=dict)
+
+
+class CoreNet:
+    def __init__(self, n: int, *, seed: int = 1, params: CoreParams | None = None,
+                 latency_ms: tuple[int, int] = (5, 20), workers: list[FakeWorker] | None = None) -> None:
+        self.rng = random.Random(seed)
+        self.params = params or CoreParams()
+        self.latency_ms = latency_ms
+        self.now_ms = 1_000_000
+        self.drop_rate = 0.0
+        self._cut: set[frozenset[str]] = set()
+        self._queue: list[tuple[int, int, str, Any]] = []
+        self._seq = 0
+        self.slots: dict[str, NodeSlot] = {}
+        self.order: list[str] = []
+        self.delivered = 0
+        for i in range(n):
+            worker = workers[i] if workers else FakeWorker()
+            self.add_node(Identity.from_seed_int(seed * 1000 + i + 1), worker)
+
+    # ------------------------------------------------------------ topology
+
+    def add_node(self, identity: Identity, worker: FakeWorker) -> str:
+        node = Node(self.params, identity, random.Random(self.rng.random()), self.now_ms)
+        slot = NodeSlot(node, [], worker)
+        self.slots[node.peer_id] = slot
+        self.order.append(node.peer_id)
+        self._boot(slot)
+        return node.peer_id
+
+    def _boot(self, slot: NodeSlot) -> None:
+        self._feed(slot.node.peer_id, slot.worker.caps)
+        self._feed(slot.node.peer_id, ExecutorHealth(slot.worker.healthy, "" if slot.worker.healthy
+                                                     else "health check failed"))
+
+    def node(self, i: int | str) -> Node:
+        return self.slots[self.order[i] if isinstance(i, int) else i].node
+
+    def cut(self, a: str, b: str) -> None:
+        self._cut.add(frozenset((a, b)))
+
+    def isolate(self, a: str) -> None:
+        for b in self.slots:
+            if b != a:
+                self.cut(a, b)
+
+    def heal(self) -> None:
+        self._cut.clear()
+
+    def crash(self, peer: str) -> None:
+        slot = self.slots[peer]
+        slot.alive = False
+        slot.running.clear()
+
+    def restart(self, peer: str) -> None:
+        slot = self.slots[peer]
+        old = slot.node
+        node = Node(self.params, old.identity, random.Random(self.rng.random()), self.now_ms)
+        slot.node, slot.alive = node, True
+        effects = node.restore(list(slot.log))
+        self._apply(peer, effects)
+        self._boot(slot)
+
+    def reachable(self, a: str, b: str) -> bool:
+        return self.slots[b].alive and frozenset((a, b)) not in self._cut
+
+    # ------------------------------------------------------------ pumping
+
+    def _schedule(self, at_ms: int, peer: str, inp: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self._queue, (at_ms, self._seq, peer, inp))
+
+    def _latency(self) -> int:
+        return self.rng.randint(*self.latency_ms)
+
+    def _feed(self, peer: str, inp: Any) -> None:
+        slot = self.slots[peer]
+        if not slot.alive:
+            return
+        self._apply(peer, slot.node.step(inp, self.now_ms))
+
+    def submit(self, i: int | str, spec: JobSpec, job_id: str | None = None) -> str:
+        from meshd.core.events import JobSubmitted
+        peer = self.order[i] if isinstance(i, int) else i
+        job_id = job_id or f"job-{self.rng.getrandbits(48):012x}"
+        self._feed(peer, JobSubmitted(spec, job_id))
+        return job_id
+
+    def input(self, i: int | str, inp: Any) -> None:
+        self._feed(self.order[i] if isinstance(i, int) else i, inp)
+
+    def _apply(self, peer: str, effects: list[Any]) -> None:
+        slot = self.slots[peer]
+        for eff in effects:
+            if isinstance(eff, Append):
+                slot.log.append((eff.kind, eff.body))
+            elif isinstance(eff, Publish):
+                for other in self.order:
+                    if other != peer and self.reachable(peer, other) and self.rng.random() >= self.drop_rate:
+                        self._schedule(self.now_ms + self._latency(), other,
+                                       GossipReceived(eff.topic, peer, eff.data))
+            elif isinstance(eff, Send):
+                if eff.to_peer in self.slots and self.reachable(peer, eff.to_peer) \
+                        and self.rng.random() >= self.drop_rate:
+                    self._schedule(self.now_ms + self._latency(), eff.to_peer, DirectReceived(peer, eff.data))
+                else:
+                    self._schedule(self.now_ms + self._latency(), peer,
+                                   SendFailed(eff.to_peer, eff.kind, eff.job_id, "unreachable"))
+            elif isinstance(eff, FetchInputs):
+                self._schedule(self.now_ms + 1, peer, InputsFetched(eff.job_id, eff.attempt, eff.replica, True))
+            elif isinstance(eff, StartExecution):
+                self._start(peer, slot, eff)
+            elif isinstance(eff, CancelExecution):
+                slot.running.pop((eff.job_id, eff.attempt, eff.replica), None)
+            elif isinstance(eff, FetchBlob):
+                ok = self.reachable(peer, eff.from_peer)
+                self._schedule(self.now_ms + self._latency(), peer,
+                               BlobFetched(eff.job_id, eff.attempt, eff.replica, eff.digest, ok,
+                                           "" if ok else "worker unreachable"))
+            elif isinstance(eff, RunChecker):
+                self._schedule(self.now_ms + 1, peer, CheckerFinished(eff.job_id, eff.a, eff.b, False))
+            elif isinstance(eff, (JobLog, SetPeerScore)):
+                pass
+            else:
+                raise AssertionError(f"unknown effect {eff!r}")
+
+    def _start(self, peer: str, slot: NodeSlot, eff: StartExecution) -> None:
+        key = (eff.job_id, eff.attempt, eff.replica)
+        token = self.rng.getrandbits(32)
+        slot.running[key] = token
+        w = slot.worker
+        duration = min(w.duration_ms(eff.spec), int(eff.timeout_s * 1000))
+        timed_out = w.duration_ms(eff.spec) > eff.timeout_s * 1000
+        code = w.exit_code(eff.spec)
+        digest = honest_output(eff.spec)
+        if self.rng.random() < w.lie_rate:
+            digest = "sha256:" + hashlib.sha256(b"lie" + token.to_bytes(4, "big")).hexdigest()
+        status = "timeout" if timed_out else ("succeeded" if code == 0 else "failed")
+        fin = ExecutionFinished(eff.job_id, eff.attempt, eff.replica, status, None if timed_out else code,
+                                "", duration, duration, 1 << 20, digest if status == "succeeded" else None,
+                                1024)
+        self._schedule(self.now_ms + duration, peer, ("finish", key, token, fin))
+
+    def step(self) -> bool:
+        """Deliver the next event (or due tick); False if nothing is pending."""
+        deadlines = [(s.node.next_deadline(), p) for p, s in self.slots.items() if s.alive]
+        deadlines = [(d, p) for d, p in deadlines if d is not None]
+        next_tick = min(deadlines, default=None)
+        if not self._queue and next_tick is None:
+            return False
+        if self._queue and (next_tick is None or self._queue[0][0] <= next_tick[0]):
+            at, _, peer, inp = heapq.heappop(self._queue)
+            self.now_ms = max(self.now_ms, at)
+            if isinstance(inp, tuple) and inp[0] == "finish":
+                _, key, token, fin = inp
+                slot = self.slots[peer]
+                if not slot.alive or slot.running.get(key) != token:
+                    return True
+                del slot.running[key]
+                inp = fin
+            self.delivered += 1
+            self._feed(peer, inp)
+        else:
+            assert next_tick is not None
+            self.now_ms = max(self.now_ms, next_tick[0])
+            self._feed(next_tick[1], Tick())
+        return True
+
+    def run_for(self, ms: int) -> None:
+        end = self.now_ms + ms
+        while self.step():
+            if self.now_ms >= end:
+                break
+
+    def run_until(self, pred: Callable[[], bool], max_ms: int = 120_000) -> bool:
+        end = self.now_ms + max_ms
+        while not pred():
+            if not self.step() or self.now_ms > end:
+                return pred()
+        return True
+
+    def job(self, origin: int | str, job_id: str) -> Any:
+        return self.node(origin).jobs[job_id]
