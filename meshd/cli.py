@@ -150,8 +150,10 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from meshd import demo
-
+    try:
+        from meshd import demo
+    except ImportError as exc:
+        return _fail(f"the demo cannot be loaded ({exc})", EXIT_RUNTIME)
     result = demo.main(list(args.args))
     return result if isinstance(result, int) else EXIT_OK
 

@@ -159,9 +159,7 @@ class NodeConfig(BaseModel):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     mdns: bool = True
     """Discover peers on the local network with mDNS."""
-    params: Annotated[dict[str, int | float | bool | str], Field(max_length=MAX_PARAMS)] = Field(
-        default_factory=dict
-    )
+    params: Annotated[dict[str, Any], Field(max_length=MAX_PARAMS)] = Field(default_factory=dict)
     """Overrides of protocol bounds (``CoreParams`` names); the daemon validates them."""
 
     @field_validator("listen")
@@ -176,6 +174,14 @@ class NodeConfig(BaseModel):
             _check_multiaddr(a, tcp_port=False)
             if "/p2p/" not in a:
                 raise ValueError(f"{a!r} must end in /p2p/<peer id>")
+        return v
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key, value in v.items():
+            if not isinstance(value, int | float | bool | str):
+                raise ValueError(f"[params] {key} must be a number, boolean or string, not {type(value).__name__}")
         return v
 
     @field_validator("price")

@@ -107,7 +107,7 @@ cmd_start() {
         wait_ready
         log "engine ready: $(docker version --format '{{.Server.Version}}')"
     fi
-    "$HERE/images/build.sh" >&2
+    bash "$HERE/images/build.sh" >&2
     echo "export DOCKER_HOST=$DOCKER_HOST"
 }
 

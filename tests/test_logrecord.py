@@ -111,6 +111,8 @@ def test_genesis_is_self_describing() -> None:
         ({"body": nested(40)}, "max_body_depth"),
         ({"seq": 0}, "seq"),
         ({"prev_hash": b"short"}, "prev_hash"),
+        ({"seq": 1, "kind": "genesis", "body": {"public_key": b"k", "peer_id": "p"}}, "32 bytes"),
+        ({"seq": 1, "kind": "genesis", "prev_hash": b"\x01" * 32}, "zero prev_hash"),
     ],
 )
 def test_make_record_refuses_bad_values(kwargs: dict, match: str) -> None:
@@ -165,6 +167,19 @@ def test_decode_names_what_is_wrong(raw: bytes, reason: str) -> None:
 def test_decode_accepts_the_crafted_good_record() -> None:
     rec = decode_record(envelope(payload_of(*GOOD_HEADER, msgpack.packb({"a": [1.5, None]}))))
     assert rec.body == {"a": [1.5, None]} and rec.kind == "k"
+
+
+def test_body_depth_limit_is_exact() -> None:
+    make_record(ALICE, 2, ZERO_HASH, 0, "deep", nested(32))
+    with pytest.raises(LogInputError, match="max_body_depth=32"):
+        make_record(ALICE, 2, ZERO_HASH, 0, "deep", nested(33))
+    make_record(ALICE, 2, ZERO_HASH, 0, "deep", {"a": nested(31)})
+
+
+@pytest.mark.parametrize("field", ["max_batch_records", "max_body_bytes", "max_kind_len"])
+def test_log_params_refuse_nonsense(field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        LogParams(**{field: 0})
 
 
 def test_decode_enforces_body_limit_of_the_given_params() -> None:
@@ -233,8 +248,9 @@ def test_every_encodable_body_round_trips(body: object) -> None:
         rec = make_record(ALICE, 2, ZERO_HASH, 0, "fuzz", body)
     except LogInputError:
         return
-    assert decode_record(rec.raw).raw == rec.raw
-    assert msgpack.packb(rec.body) == msgpack.packb(body)
+    decoded = decode_record(rec.raw)  # the encoder's Record equals the decoder's, field by field
+    assert dataclasses.replace(decoded, body=None).__dict__ == dataclasses.replace(rec, body=None).__dict__
+    assert msgpack.packb(decoded.body) == msgpack.packb(rec.body) == msgpack.packb(body)
 
 
 # ---------------------------------------------------------------- chains
@@ -404,3 +420,19 @@ def test_memlog_refuses_oversized_body_and_writes_nothing() -> None:
     with pytest.raises(LogInputError, match=r"item 1 .*max_body_bytes"):
         log.append_batch([("ok", 1, 0), ("big", "x" * 70_000, 0)])
     assert log.head == head and log.disk.writes == 1
+
+
+def test_pure_modules_load_no_io_libraries() -> None:
+    """logrecord and memlog are for the simulator: no plyvel, trio or clock."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, meshd.core.logrecord, meshd.testing.memlog; "
+             "print(sorted({'plyvel', 'trio'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout
+    assert "plyvel" not in out and "trio" not in out
+    source = Path(__file__).resolve().parents[1] / "meshd" / "core" / "logrecord.py"
+    assert not re.search(r"^\s*(import|from) (time|random|os|plyvel|trio)\b",
+                         source.read_text(), re.M)
+

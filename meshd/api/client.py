@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from meshd.config import ConfigError, DataDir, read_api_addr, read_api_token
+from meshd.config import DataDir, read_api_addr, read_api_token
 
 DEFAULT_TIMEOUT_S = 30.0
 """Longest wait for any one response (not for the lines of a followed stream)."""
@@ -64,10 +64,9 @@ class ApiHttpError(ApiClientError):
 
 
 def _not_running(data_dir: Path, detail: str = "") -> DaemonUnreachable:
-    extra = f" ({detail})" if detail else ""
+    extra = f"; {detail}" if detail else ""
     return DaemonUnreachable(
-        f"no daemon running for {data_dir}{extra} "
-        f"(start it with `meshd start --data-dir {data_dir}`)"
+        f"no daemon running for {data_dir} (start it with `meshd start --data-dir {data_dir}`){extra}"
     )
 
 
@@ -93,16 +92,17 @@ class ApiClient:
     def from_data_dir(
         cls, data_dir: str | os.PathLike[str], *, timeout_s: float = DEFAULT_TIMEOUT_S
     ) -> ApiClient:
-        """A client for the daemon of ``data_dir``; DaemonUnreachable if none published its address."""
+        """A client for the daemon of ``data_dir``.
+
+        DaemonUnreachable if no daemon published its address; ConfigError
+        (``meshd.config``) if ``api.addr`` or ``api.token`` is corrupt.
+        """
         root = Path(data_dir)
-        try:
-            addr = read_api_addr(root)
-            if addr is None:
-                why = "no such directory" if not root.is_dir() else f"no {DataDir(root).api_addr.name}"
-                raise _not_running(root, why)
-            token = read_api_token(root)
-        except ConfigError as exc:
-            raise DaemonUnreachable(str(exc)) from None
+        addr = read_api_addr(root)
+        if addr is None:
+            why = "no such directory" if not root.is_dir() else f"no {DataDir(root).api_addr.name}"
+            raise _not_running(root, why)
+        token = read_api_token(root)
         return cls(addr[0], addr[1], token, data_dir=root, timeout_s=timeout_s)
 
     # ------------------------------------------------------------ the routes

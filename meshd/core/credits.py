@@ -1,31 +1,303 @@
 """Credits: receipts for accepted work, balances any peer can audit, equivocation.
 
-(Stub: the origin calls :meth:`settle_credits` when a job's result is
-accepted; the full protocol is specified in specs/CREDITS.md.)
+Theory of operation (normative text: specs/CREDITS.md)
+------------------------------------------------------
+*Earning.* When the origin settles a job (``origin._try_settle``) every run in
+the canonical group earns ``min(duration × score × price × credit_rate, bid)``
+plus an equal share of the job's ``bounty``. Runs outside the canonical group
+earn nothing.
+
+*Receipt protocol.*
+
+1. The origin seals a :class:`Receipt` (its signature) carrying its next
+   record sequence number, logs the envelope bytes (``receipt`` record) and
+   sends them to the worker; it re-sends the same bytes every
+   ``receipt_resend_ms`` until it sees the countersignature (at most
+   ``receipt_resend_max`` times).
+2. The worker checks the receipt names a run in its own ``work`` table that
+   it finished for that origin, logs it (``receipt_cosigned``), countersigns
+   (a :class:`ReceiptCosign` wrapping the origin's exact bytes, signed by the
+   worker) and publishes the pair on ``TOPIC_RECEIPTS``.
+3. Every node verifies both signatures and keeps the pair in a bounded
+   ledger keyed by ``(origin, seq)``, so a receipt is counted once however
+   often it is gossiped. ``balance(peer) = earned − spent`` over the ledger.
+
+*Attestations.* For every replicated verdict the origin publishes one signed
+:class:`Attestation` per judged worker (``valid``/``invalid``); receivers fold
+them into reputation with the Sybil limits of ``trust.py``.
+
+*Equivocation.* Receipts and attestations share one per-issuer sequence,
+``seq = max(previous + 1, ts_ms × 1000)``: strictly increasing, and — being
+floored by the clock — it does not repeat after a restart that lost the
+in-memory counter (or even the log's tail, see notes/eventlog.md), as long as
+the clock does not step back and an issuer signs fewer than 1000 records a
+millisecond. Every node indexes the records it sees by ``(issuer, seq)``;
+two validly signed records with one ``(issuer, seq)`` and different bodies
+are kept as proof (:attr:`equivocations`, an ``equivocation`` log record) and
+the issuer is banned for ever.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import hashlib
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from .wire import Opened
+from .events import TOPIC_RECEIPTS, Publish, Send, SetPeerScore
+from .jobspec import canonical_bytes
+from .placement import actual_cost
+from .ratelimit import RateLimiter
+from .wire import Attestation, Body, Opened, Receipt, ReceiptCosign, Rejected
 
 if TYPE_CHECKING:
     from .node import Node
     from .origin import OriginJob, Run
 
+T_RECEIPT, T_STANDING = "receipt_resend", "standing"
+SEQ_PER_MS = 1000
+
+
+@dataclass
+class LedgerEntry:
+    job_id: str
+    origin: str
+    worker: str
+    credits: float
+    ts_ms: int
+    seq: int
+    cosign: Any
+    """The worker's countersignature envelope (holds the origin's receipt)."""
+
+
+@dataclass
+class PendingReceipt:
+    worker: str
+    job_id: str
+    raw: Any
+    tries: int = 0
+
 
 class CreditsMixin:
-    """Credit-side behaviour of :class:`meshd.core.node.Node`."""
+    """Credit-side behaviour of :class:`meshd.core.node.Node` (also owns the rate limiter)."""
+
+    ledger: OrderedDict[tuple[str, int], LedgerEntry]
+    equivocations: deque[dict[str, Any]]
+    ratelimit: RateLimiter
 
     def init_credits(self: Node) -> None:
-        pass
+        self.ratelimit = RateLimiter(self.params)
+        self.trust.listener = self._standing_changed
+        self.ledger = OrderedDict()
+        self.equivocations = deque(maxlen=self.params.max_equivocations_kept)
+        self._record_seq = 0
+        self._records: OrderedDict[tuple[str, int], tuple[bytes, Any]] = OrderedDict()
+        self._receipts_pending: OrderedDict[int, PendingReceipt] = OrderedDict()
+        self._attestations_seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        self._at(self.now_ms + self.params.peer_score_interval_ms, T_STANDING, None)
+
+    # ------------------------------------------------------------ standing
+
+    def _standing_changed(self: Node, peer: str, reputation: float, banned: bool) -> None:
+        self._emit(SetPeerScore(peer, reputation, banned))
+        self.counters["peer_score_updates"] += 1
+
+    def _timer_standing(self: Node, _key: Any) -> None:
+        self.trust.refresh(self.now_ms)
+        self._at(self.now_ms + self.params.peer_score_interval_ms, T_STANDING, None)
+
+    # ------------------------------------------------------------ issuing
+
+    def _next_seq(self: Node) -> int:
+        self._record_seq = max(self._record_seq + 1, self.now_ms * SEQ_PER_MS)
+        return self._record_seq
 
     def settle_credits(self: Node, job: OriginJob, accepted: list[Run]) -> None:
-        """Credit the workers whose results were accepted."""
+        """Issue a receipt to every worker of the canonical group (origin side)."""
+        verdict = "valid" if job.needed > 1 else "unverified"
+        bounty = job.spec.bounty / len(accepted) if accepted else 0.0
+        for run in accepted:
+            if run.worker == self.peer_id or run.result is None:
+                continue
+            receipt = Receipt(
+                job_id=job.job_id, attempt=run.attempt, replica=run.replica, origin=self.peer_id,
+                worker=run.worker, credits=self._run_credits(job, run) + bounty,
+                duration_ms=int(run.result.get("duration_ms", 0)),
+                output_digest=run.result.get("output_digest"), verdict=verdict, seq=self._next_seq())
+            raw = self._seal(receipt)
+            self._index_record(self.peer_id, receipt, raw)
+            self._append("receipt", {"job_id": job.job_id, "worker": run.worker, "seq": receipt.seq,
+                                     "credits": receipt.credits, "envelope": raw},
+                         key=b"receipt:%d" % receipt.seq)
+            self._emit(Send(run.worker, raw, "receipt", job.job_id))
+            self.counters["receipts_issued"] += 1
+            self._track_pending(receipt.seq, PendingReceipt(run.worker, job.job_id, raw))
 
-    def on_receipt_gossip(self: Node, msg: Opened) -> None:
-        """Receipts and attestations gossiped by others."""
+    def _run_credits(self: Node, job: OriginJob, run: Run) -> float:
+        """Delivered GFLOP priced at the worker's advertised rate, never above its bid."""
+        assert run.result is not None
+        entry = self.peers.get(run.worker)
+        duration_ms = int(run.result.get("duration_ms", 0))
+        if entry is None:
+            return run.price
+        cost = actual_cost(duration_ms, run.score_gflops, entry.advert.price, job.spec.credit_rate)
+        return min(cost, run.price)
+
+    def _track_pending(self: Node, seq: int, pending: PendingReceipt) -> None:
+        self._receipts_pending[seq] = pending
+        while len(self._receipts_pending) > self.params.max_receipts_pending:
+            self._receipts_pending.popitem(last=False)
+            self.counters["receipts_uncosigned"] += 1
+        self._at(self.now_ms + self.params.receipt_resend_ms, T_RECEIPT, seq)
+
+    def _timer_receipt_resend(self: Node, seq: int) -> None:
+        pending = self._receipts_pending.get(seq)
+        if pending is None:
+            return
+        pending.tries += 1
+        if pending.tries > self.params.receipt_resend_max:
+            del self._receipts_pending[seq]
+            self.counters["receipts_uncosigned"] += 1
+            return
+        self._emit(Send(pending.worker, pending.raw, "receipt", pending.job_id))
+        self._at(self.now_ms + self.params.receipt_resend_ms, T_RECEIPT, seq)
+
+    def publish_attestations(self: Node, job: OriginJob, valid: list[str], invalid: list[str]) -> None:
+        """Gossip this node's verdict on each judged worker of a replicated job."""
+        for subject, outcome in [*((w, "valid") for w in valid), *((w, "invalid") for w in invalid)]:
+            if subject == self.peer_id:
+                continue
+            att = Attestation(subject=subject, job_id=job.job_id, outcome=outcome, seq=self._next_seq())
+            raw = self._seal(att)
+            self._index_record(self.peer_id, att, raw)
+            self._append("attestation", {"subject": subject, "job_id": job.job_id, "outcome": outcome,
+                                         "seq": att.seq, "envelope": raw})
+            self._emit(Publish(TOPIC_RECEIPTS, raw))
+            self.counters["attestations_sent"] += 1
+
+    # ------------------------------------------------------------ worker side
 
     def on_receipt(self: Node, msg: Opened) -> None:
-        """A receipt sent to us directly by an origin (worker side)."""
+        """A receipt sent to us directly by an origin: check, log, countersign, publish."""
+        r: Receipt = msg.body
+        if r.origin != msg.sender or r.worker != self.peer_id or r.seq < 1:
+            self._reject("receipt_mismatch")
+            return
+        known = self.ledger.get((r.origin, r.seq))
+        if known is not None:  # a re-send: our cosign was lost on the way
+            self._emit(Publish(TOPIC_RECEIPTS, known.cosign))
+            return
+        work = self.work.get((r.job_id, r.attempt, r.replica))
+        if work is None or work.origin != msg.sender or work.result is None \
+                or work.result.status != "succeeded":
+            self._reject("receipt_unknown_run")
+            return
+        if not self._index_record(r.origin, r, msg.raw):
+            return
+        cosign = self._seal(ReceiptCosign(receipt=msg.raw))
+        self._append("receipt_cosigned", {"job_id": r.job_id, "origin": r.origin, "seq": r.seq,
+                                          "credits": r.credits, "receipt": msg.raw, "cosign": cosign},
+                     key=b"cosign:%s:%d" % (r.origin.encode(), r.seq))
+        self._emit(Publish(TOPIC_RECEIPTS, cosign))
+        self.counters["receipts_cosigned"] += 1
+        self._ledger_add(r, msg.ts_ms, cosign)
+
+    # ------------------------------------------------------------ any node
+
+    def on_receipt_gossip(self: Node, msg: Opened) -> None:
+        """Countersigned receipts and attestations gossiped by others."""
+        if msg.type == "receipt_cosign":
+            self._on_cosign(msg)
+        elif msg.type == "attestation":
+            self._on_attestation(msg)
+
+    def _on_cosign(self: Node, msg: Opened) -> None:
+        inner = self.codec.open(msg.body.receipt, self.params.max_message_bytes)
+        if isinstance(inner, Rejected) or inner.type != "receipt":
+            self._reject("bad_receipt", inner.reason if isinstance(inner, Rejected) else inner.type)
+            return
+        r: Receipt = inner.body
+        if r.origin != inner.sender or r.worker != msg.sender or r.seq < 1:
+            self._reject("receipt_mismatch")
+            return
+        if (r.origin, r.seq) in self.ledger:
+            self.counters["receipt_duplicate"] += 1
+            return
+        if not self._index_record(r.origin, r, inner.raw):
+            return
+        self._ledger_add(r, inner.ts_ms, msg.raw)
+        if r.origin == self.peer_id:
+            self._receipts_pending.pop(r.seq, None)
+
+    def _on_attestation(self: Node, msg: Opened) -> None:
+        a: Attestation = msg.body
+        if a.seq < 1:
+            self._reject("attestation_unsequenced")
+            return
+        if not self._index_record(msg.sender, a, msg.raw):
+            return
+        key = (msg.sender, a.subject, a.job_id)
+        if key in self._attestations_seen or a.subject == self.peer_id:
+            return
+        self._attestations_seen[key] = None
+        while len(self._attestations_seen) > self.params.max_attestations_seen:
+            self._attestations_seen.popitem(last=False)
+        if self.trust.observe_remote(msg.sender, a.subject, a.outcome, self.now_ms):
+            self.counters["attestations_applied"] += 1
+        else:
+            self.counters["attestations_ignored"] += 1
+
+    def _ledger_add(self: Node, r: Receipt, ts_ms: int, cosign: Any) -> None:
+        self.ledger[(r.origin, r.seq)] = LedgerEntry(r.job_id, r.origin, r.worker, r.credits, ts_ms, r.seq,
+                                                     cosign)
+        while len(self.ledger) > self.params.max_ledger_receipts:
+            self.ledger.popitem(last=False)
+        self.counters["receipts_ledgered"] += 1
+
+    # ------------------------------------------------------------ equivocation
+
+    def _index_record(self: Node, issuer: str, body: Body, raw: Any) -> bool:
+        """Remember (issuer, seq) -> body digest; False (and proof kept) on a conflict."""
+        seq = getattr(body, "seq", 0)
+        digest = hashlib.sha256(canonical_bytes([type(body).__name__, body.model_dump(mode="json")])).digest()
+        key = (issuer, seq)
+        seen = self._records.get(key)
+        if seen is None:
+            self._records[key] = (digest, raw)
+            while len(self._records) > self.params.max_records_indexed:
+                self._records.popitem(last=False)
+            return True
+        if seen[0] == digest:
+            return True
+        self._equivocation(issuer, seq, seen[1], raw)
+        return False
+
+    def _equivocation(self: Node, issuer: str, seq: int, first: Any, second: Any) -> None:
+        proof = {"issuer": issuer, "seq": seq, "first": first, "second": second,
+                 "detected_ms": self.now_ms}
+        self.equivocations.append(proof)
+        self.counters["equivocations"] += 1
+        self._append("equivocation", proof)
+        self.trust.ban_forever(issuer, f"equivocation: two signed records with seq {seq}", self.now_ms)
+
+    # ------------------------------------------------------------ views
+
+    def balances(self) -> dict[str, dict[str, float]]:
+        """peer -> {earned, spent, balance}, from countersigned receipts only."""
+        out: dict[str, dict[str, float]] = {}
+        for e in self.ledger.values():
+            w = out.setdefault(e.worker, {"earned": 0.0, "spent": 0.0})
+            w["earned"] += e.credits
+            o = out.setdefault(e.origin, {"earned": 0.0, "spent": 0.0})
+            o["spent"] += e.credits
+        for v in out.values():
+            v["balance"] = v["earned"] - v["spent"]
+        return out
+
+    def credits_view(self) -> dict[str, Any]:
+        """The JSON shape of ``GET /v1/credits``."""
+        balances = [{"peer_id": p, "balance": v["balance"], "earned": v["earned"], "spent": v["spent"]}
+                    for p, v in sorted(self.balances().items())]
+        receipts = [{"job_id": e.job_id, "worker": e.worker, "origin": e.origin, "credits": e.credits,
+                     "ts_ms": e.ts_ms, "seq": e.seq} for e in self.ledger.values()]
+        return {"balances": balances, "receipts": receipts}

@@ -18,8 +18,10 @@ Rules:
   the author's or the storage's fault). Encoding raises :class:`LogInputError`
   (bad values: the caller's fault). Chain checks raise :class:`ChainError`
   naming the first bad sequence number.
-- Every bound is a field of :class:`LogParams`; its defaults are the format's
-  limits, which every verifier applies.
+- Every bound is a field of :class:`LogParams`; the defaults of its format
+  limits (body size, kind length, body depth) are what every verifier applies.
+- The errors of every log implementation (:class:`LogError` and subclasses)
+  live here, so the simulator and the CLI can catch them without plyvel.
 
 Theory of operation: a writer calls :func:`plan_batch` with its head and the
 items to append; the plan holds signed records, ready to be written in chunks
@@ -31,6 +33,7 @@ decodes each record and checks seq continuity, hash links and signatures.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -234,15 +237,24 @@ def check_kind(kind: object, params: LogParams = DEFAULT_PARAMS) -> str | None:
     """Why ``kind`` is not a valid kind, or None if it is."""
     if type(kind) is not str:
         return f"kind must be a str, not {type(kind).__name__}"
-    if len(kind.encode("utf-8", "surrogatepass")) > params.max_kind_len:
-        return f"kind {kind[:80]!r} is longer than max_kind_len={params.max_kind_len} bytes"
+    return _kind_problem(kind, params.max_kind_len)
+
+
+@functools.lru_cache(maxsize=1024)
+def _kind_problem(kind: str, max_kind_len: int) -> str | None:
+    if len(kind.encode("utf-8", "surrogatepass")) > max_kind_len:
+        return f"kind {kind[:80]!r} is longer than max_kind_len={max_kind_len} bytes"
     if not _KIND_RE.fullmatch(kind):
         return f"kind {kind[:80]!r} must match [A-Za-z0-9][A-Za-z0-9_.:/-]*"
     return None
 
 
-def encode_body(body: Any, params: LogParams = DEFAULT_PARAMS) -> bytes:
-    """The msgpack bytes of ``body``; LogInputError if it cannot be a record body."""
+def encode_body(body: Any, params: LogParams = DEFAULT_PARAMS) -> tuple[bytes, Any]:
+    """(msgpack bytes, decoded value) of ``body``; LogInputError if it cannot be a body.
+
+    The decoded value is what every reader of the record will see (lists for
+    tuples, and so on).
+    """
     try:
         data = msgpack.packb(body, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
@@ -252,10 +264,9 @@ def encode_body(body: Any, params: LogParams = DEFAULT_PARAMS) -> bytes:
             f"body is {len(data)} bytes encoded, over max_body_bytes={params.max_body_bytes}"
         )
     try:
-        _unpack_body(data, params)
+        return data, _unpack_body(data, params)
     except RecordError as exc:
         raise LogInputError(f"body is not allowed in a record: {exc.reason}") from None
-    return data
 
 
 def make_record(
@@ -279,22 +290,21 @@ def make_record(
         raise LogInputError(problem)
     if (seq == 1) != (kind == GENESIS_KIND):
         raise LogInputError("seq 1, and only seq 1, has kind 'genesis'")
-    body_bytes = encode_body(body, params)
-    payload = b"".join((
-        bytes([_PAYLOAD_TAG]),
-        msgpack.packb(FORMAT_VERSION),
-        msgpack.packb(seq),
-        msgpack.packb(prev_hash, use_bin_type=True),
-        msgpack.packb(ts_ms),
-        msgpack.packb(kind),
-        body_bytes,
-    ))
+    if seq == 1 and prev_hash != ZERO_HASH:
+        raise LogInputError("seq 1 has a zero prev_hash")
+    body_bytes, decoded_body = encode_body(body, params)
+    # One packb for the five header fields: fixarray(5) header swapped for fixarray(6).
+    header = msgpack.packb([FORMAT_VERSION, seq, prev_hash, ts_ms, kind], use_bin_type=True)
+    payload = bytes([_PAYLOAD_TAG]) + header[1:] + body_bytes
     signature = signer.sign(SIGNING_DOMAIN + payload)
     raw = bytes([_ENVELOPE_TAG]) + _bin_header(len(payload)) + payload + _SIG_HEADER + signature
-    try:
-        return decode_record(raw, params)
-    except RecordError as exc:  # pragma: no cover - encode_body and checks above agree
-        raise LogInputError(f"record does not decode: {exc.reason}") from None
+    if seq == 1:
+        try:
+            _check_genesis_body(decoded_body)
+        except RecordError as exc:
+            raise LogInputError(exc.reason) from None
+    return Record(seq, prev_hash, ts_ms, kind, decoded_body, signature,
+                  hashlib.sha256(raw).digest(), raw)
 
 
 def genesis_body(signer: Signer) -> dict[str, Any]:
@@ -357,34 +367,39 @@ def _unpacker(size: int) -> msgpack.Unpacker:
     )
 
 
-_LEAF_TYPES = (type(None), bool, int, float, str, bytes)
+_LEAF_TYPES = frozenset((type(None), bool, int, float, str, bytes))
 
 
 def _check_body_value(body: Any, max_depth: int) -> None:
-    stack: list[tuple[Any, int]] = [(body, 0)]
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, list | dict):
-            if depth >= max_depth:
-                raise RecordError(f"body nests deeper than max_body_depth={max_depth}")
-            children = value.values() if isinstance(value, dict) else value
-            stack.extend((child, depth + 1) for child in children)
-        elif type(value) not in _LEAF_TYPES:
-            raise RecordError(f"body holds a {type(value).__name__}, not a plain msgpack value")
+    """Only plain msgpack values (no ext, no Timestamp), nested at most max_depth deep."""
+    level, depth = [body], 0
+    while level:
+        containers = []
+        for value in level:
+            kind = type(value)
+            if kind is list:
+                containers.append(value)
+            elif kind is dict:
+                containers.append(value.values())
+            elif kind not in _LEAF_TYPES:
+                raise RecordError(f"body holds a {kind.__name__}, not a plain msgpack value")
+        if containers and depth >= max_depth:
+            raise RecordError(f"body nests deeper than max_body_depth={max_depth}")
+        level = [child for container in containers for child in container]
+        depth += 1
 
 
 def _unpack_body(data: bytes, params: LogParams) -> Any:
-    unpacker = _unpacker(len(data))
+    """Decode a body we just encoded, under the same rules a reader applies."""
     try:
-        unpacker.feed(data)
-        body = unpacker.unpack()
-        end = unpacker.tell()
+        body = msgpack.unpackb(
+            data, raw=False, use_list=True, strict_map_key=False, timestamp=0,
+            ext_hook=_reject_ext, object_pairs_hook=_pairs_to_dict,
+        )
     except RecordError:
         raise
     except Exception as exc:  # msgpack raises several types; all mean "bad bytes"
         raise RecordError(f"body is not valid msgpack ({type(exc).__name__})") from None
-    if end != len(data):
-        raise RecordError("trailing bytes after body")
     _check_body_value(body, params.max_body_depth)
     return body
 

@@ -32,6 +32,7 @@ import random
 from collections import Counter, OrderedDict
 from typing import Any, Protocol
 
+from .credits import CreditsMixin
 from .events import (
     TOPIC_ADVERTS,
     TOPIC_OFFERS,
@@ -46,12 +47,12 @@ from .events import (
     SendFailed,
     Tick,
 )
-from .credits import CreditsMixin
 from .identity import Identity
 from .origin import OriginMixin
 from .params import CoreParams
 from .peers import PeerTable
 from .placement import Capacity
+from .ratelimit import classes_of
 from .trust import Trust
 from .wire import Advert, Body, GpuInfo, Opened, Rejected, open_envelope, seal
 from .worker import WorkerMixin
@@ -74,7 +75,8 @@ class WireCodec:
         return open_envelope(data, max_bytes)
 
 
-GOSSIP_TYPES = {TOPIC_ADVERTS: {"advert"}, TOPIC_OFFERS: {"offer"}, TOPIC_RECEIPTS: {"receipt", "attestation"}}
+GOSSIP_TYPES = {TOPIC_ADVERTS: {"advert"}, TOPIC_OFFERS: {"offer"},
+                TOPIC_RECEIPTS: {"receipt_cosign", "attestation"}}
 DIRECT_TYPES = {"bid", "decline", "award", "award_reply", "heartbeat", "heartbeat_reply", "result",
                 "result_ack", "cancel", "receipt"}
 # Deadline kinds kept in the timer heap.
@@ -200,12 +202,18 @@ class Node(OriginMixin, WorkerMixin, CreditsMixin):
         if key in self._replay:
             self._reject("replay")
             return None
-        self._replay[key] = opened.ts_ms
-        while len(self._replay) > self.params.replay_cache_size:
-            self._replay.popitem(last=False)
         if opened.sender != self.peer_id and self.trust.banned(opened.sender, self.now_ms):
             self._reject("banned")
             return None
+        # Charged to the signed author, after the cheap checks (a replay or a
+        # banned peer's message costs no tokens) and before it is remembered.
+        if opened.sender != self.peer_id and not self.ratelimit.allow(
+                opened.sender, classes_of(opened.type, allowed is not DIRECT_TYPES), self.now_ms):
+            self._reject("rate_limited")
+            return None
+        self._replay[key] = opened.ts_ms
+        while len(self._replay) > self.params.replay_cache_size:
+            self._replay.popitem(last=False)
         return opened
 
     def _on_GossipReceived(self, inp: GossipReceived) -> None:
@@ -261,7 +269,9 @@ class Node(OriginMixin, WorkerMixin, CreditsMixin):
         c = self.caps
         if c is None:
             return None
-        self._advert_seq += 1
+        # Seeded from the clock so a restarted node's adverts outrank the ones
+        # it sent before the restart (peers ignore a seq they have seen).
+        self._advert_seq = max(self._advert_seq + 1, self.now_ms)
         return Advert(
             seq=self._advert_seq, ttl_ms=self.params.advert_ttl_ms, addrs=list(c.addrs)[:16],
             cores=c.cores, ram_mb=c.ram_mb, disk_free_mb=c.disk_free_mb,

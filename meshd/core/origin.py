@@ -80,6 +80,12 @@ class OriginJob:
     updated_ms: int = 0
     attempt: int = 0
     offer_open: bool = False
+    waiting_since_ms: int | None = None
+    readmit_failed: bool = False
+    """Every fitting peer already failed the job: offer it to them again (up to
+    ``max_attempts``) rather than wait for a fresh worker that may never come."""
+    """Since when the job has waited for a worker (None while a run is active);
+    ``max_queue_time_ms`` bounds this wait, not the job's age."""
     next_offer_ms: int = 0
     backoff_ms: int = 0
     needed: int = 1
@@ -165,7 +171,8 @@ class OriginMixin:
         job = self.jobs.get(inp.job_id)
         if job is None or job.state not in ("failed", "cancelled"):
             return
-        job.failures, job.reason, job.excluded = 0, "", set()
+        job.failures, job.reason, job.excluded, job.readmit_failed = 0, "", set(), False
+        job.waiting_since_ms = None
         job.runs = {k: r for k, r in job.runs.items() if r.state == "done" and r.fetched}
         job.next_offer_ms, job.backoff_ms = self.now_ms, 0
         self._set_state(job, "queued", "retried by the user")
@@ -183,7 +190,9 @@ class OriginMixin:
             self._finish(job, "failed", f"gave up after {job.failures} failed attempts: {job.last_failure}")
             return
         if self._wanted_runs(job) > self._busy_runs(job) and not job.offer_open:
-            if self.now_ms - job.submitted_ms > self.params.max_queue_time_ms:
+            if job.waiting_since_ms is None:
+                job.waiting_since_ms = self.now_ms
+            if self.now_ms - job.waiting_since_ms > self.params.max_queue_time_ms:
                 self._finish(job, "failed", "no worker took the job: " + summarize_declines(job))
                 return
             if self.now_ms >= job.next_offer_ms:
@@ -212,7 +221,7 @@ class OriginMixin:
             slots = 1  # replication is decided when the first worker is chosen
         job.attempt += 1
         job.offer_open, job.bids, job.tried = True, {}, set()
-        exclude = set(job.excluded) | {r.worker for r in job.runs.values() if r.state in RUN_LIVE or r.result}
+        exclude = set(job.excluded) | self._ran(job)
         spec = job.spec
         offer = Offer(
             job_id=job.job_id, attempt=job.attempt, spec_digest=spec.digest(),
@@ -240,13 +249,24 @@ class OriginMixin:
     def on_bid(self: Node, msg: Opened) -> None:
         bid: Bid = msg.body
         job = self.jobs.get(bid.job_id)
-        if job is None or not job.offer_open or bid.attempt != job.attempt:
-            self.counters["bid_late"] += 1
+        if job is None or job.state in TERMINAL or bid.attempt > job.attempt:
+            self.counters["bid_unknown"] += 1
             return
         if msg.sender in job.excluded or len(job.bids) >= self.params.max_bids_kept:
             return
-        job.bids[msg.sender] = bid
-        self._maybe_close_window(job)
+        if job.offer_open and bid.attempt == job.attempt:
+            job.bids[msg.sender] = bid
+            self._maybe_close_window(job)
+            return
+        # Late binding: a bid that missed its window is still an offer of
+        # work. If the job is waiting for a worker, award it now instead of
+        # waiting for the next round's back-off.
+        self.counters["bid_late"] += 1
+        if not job.offer_open and self._wanted_runs(job) > self._busy_runs(job):
+            job.bids = {msg.sender: bid}
+            job.tried = set()
+            self._award_next(job)
+            self._advance(job)
 
     def on_decline(self: Node, msg: Opened) -> None:
         job = self.jobs.get(msg.body.job_id)
@@ -288,7 +308,7 @@ class OriginMixin:
         """Award as many untried bids of this round as runs are still wanted."""
         live = self._busy_runs(job)
         want = self._wanted_runs(job) - live
-        busy = {r.worker for r in job.runs.values() if r.state in RUN_LIVE or r.result}
+        busy = self._ran(job)
         usable = {p: b for p, b in job.bids.items()
                   if p not in job.tried and p not in busy and p not in job.excluded
                   and not self.trust.banned(p, self.now_ms)
@@ -303,7 +323,11 @@ class OriginMixin:
                 break
             if not job.replicate_decided:
                 job.replicate_decided = True
-                job.needed = 2 if self.trust.should_replicate(peer, self.rng) else 1
+                # A second, distinct worker must exist for replication to mean
+                # anything; in a mesh with one candidate the result is accepted
+                # unverified (and says so in the verdict).
+                enough = len(usable) >= 2 or getattr(job, "offer_candidates", 0) >= 2
+                job.needed = 2 if enough and self.trust.should_replicate(peer, self.rng) else 1
                 want = self._wanted_runs(job) - live
             self._award(job, peer, usable[peer])
             want -= 1
@@ -319,6 +343,25 @@ class OriginMixin:
         self.counters["offers_unanswered"] += 1
         self._append("job_no_bids", {"job_id": job.job_id, "attempt": job.attempt,
                                      "reasons": summarize_declines(job)})
+        if self._nobody_left(job):
+            job.readmit_failed, job.excluded = True, set()
+            job.next_offer_ms = self.now_ms
+
+    def _ran(self, job: OriginJob) -> set[str]:
+        """Workers not to offer the job to: live runs, and runs with a result
+        (only successful ones once every fitting peer has failed the job)."""
+        return {r.worker for r in job.runs.values() if r.state in RUN_LIVE or (r.result and (
+            not job.readmit_failed or r.result.get("status") == "succeeded"))}
+
+    def _nobody_left(self: Node, job: OriginJob) -> bool:
+        """The job failed before and every known peer that fits it already ran it."""
+        if not job.failures:
+            return False
+        req = offer_requirements(job.spec)
+        ran = job.excluded | self._ran(job)
+        fitting = [e.peer_id for e in self.peers.alive(self.now_ms)
+                   if fit_reason(Capacity.from_advert(e.advert), req) is None]
+        return bool(fitting) and all(p in ran or self.trust.banned(p, self.now_ms) for p in fitting)
 
     def _derive_declines(self: Node, job: OriginJob) -> None:
         """Reasons we can read off adverts for peers that did not bid."""
@@ -377,6 +420,7 @@ class OriginMixin:
         job, run = found
         if b.accepted:
             run.state, run.deadline_ms = "active", self.now_ms + self.params.lease_ms
+            job.waiting_since_ms = None
             self._append("run_accepted", {"job_id": job.job_id, "attempt": run.attempt, "replica": run.replica})
             self._at(run.deadline_ms, T_LEASE, (job.job_id, run.attempt, run.replica))
             self._derive_state(job)
@@ -417,6 +461,7 @@ class OriginMixin:
             job, run = found
             if run.state == "awarding":  # heartbeat overtook the award reply
                 run.state = "active"
+                job.waiting_since_ms = None
             run.deadline_ms = self.now_ms + self.params.lease_ms
             self._at(run.deadline_ms, T_LEASE, (job.job_id, run.attempt, run.replica))
             if b.state == "running" and not run.started:
@@ -508,6 +553,11 @@ class OriginMixin:
         return [r for r in job.runs.values() if r.state == "done" and r.fetched and r.result]
 
     def _same(self, job: OriginJob, a: str, b: str) -> bool | None:
+        """Whether two output digests agree under the job's rule; None: not judged yet.
+
+        Exact digests agree; with ``tolerance`` or ``checker_image`` different
+        digests are judged by the shell (``RunChecker`` -> ``CheckerFinished``,
+        specs/CREDITS.md "Comparison rules")."""
         if a == b:
             return True
         if job.spec.tolerance is None and job.spec.checker_image is None:
@@ -515,6 +565,7 @@ class OriginMixin:
         return job.equiv.get(frozenset((a, b)))
 
     def _request_checks(self: Node, job: OriginJob) -> None:
+        """Ask the shell to judge every pair of distinct fetched outputs not yet judged."""
         digests = sorted({r.result["output_digest"] for r in self._fetched_runs(job)})  # type: ignore[index]
         for i, a in enumerate(digests):
             for b in digests[i + 1:]:
@@ -525,19 +576,24 @@ class OriginMixin:
 
     def _on_CheckerFinished(self: Node, inp: CheckerFinished) -> None:
         job = self.jobs.get(inp.job_id)
-        if job is None:
-            return
         pair = frozenset((inp.a, inp.b))
+        if job is None or job.state in TERMINAL or pair not in job.pending_checks:
+            self.counters["checker_verdict_unsolicited"] += 1
+            return
         job.pending_checks.discard(pair)
         job.equiv[pair] = inp.equivalent
         self._advance(job)
 
     def _result_groups(self, job: OriginJob) -> list[list[Run]]:
+        """Fetched results grouped by agreement with each group's first member.
+
+        A pair not judged yet counts as agreeing (provisionally): no tie-breaker
+        is started before the checker has said the outputs differ."""
         groups: list[list[Run]] = []
         for run in self._fetched_runs(job):
             d = run.result["output_digest"]  # type: ignore[index]
             for g in groups:
-                if self._same(job, g[0].result["output_digest"], d):  # type: ignore[index]
+                if self._same(job, g[0].result["output_digest"], d) is not False:  # type: ignore[index]
                     g.append(run)
                     break
             else:
@@ -545,6 +601,7 @@ class OriginMixin:
         return groups
 
     def _try_settle(self: Node, job: OriginJob) -> bool:
+        self._request_checks(job)  # judgements lost in a restart are asked for again
         if job.pending_checks:
             return False
         groups = self._result_groups(job)
@@ -552,6 +609,13 @@ class OriginMixin:
             return False
         best = max(groups, key=len)
         if len(best) < job.needed:
+            if sum(len(g) for g in groups) >= self.params.max_disagreeing_results:
+                self._finish(job, "failed", f"{sum(len(g) for g in groups)} results disagree; "
+                                            "no majority of " + str(job.needed))
+                return True
+            return False
+        if self._second_opinion_wanted(job, best[0]):
+            job.needed = 2
             return False
         canonical = best[0].result["output_digest"]  # type: ignore[index]
         valid = [r.worker for r in best]
@@ -572,9 +636,23 @@ class OriginMixin:
                 r.state = "cancelled"
                 self._send(r.worker, Cancel(job_id=job.job_id, attempt=r.attempt, reason="result settled"),
                            job.job_id)
+        if replicated:
+            self.publish_attestations(job, valid, invalid)
         self.settle_credits(job, best)
         self._finish(job, "succeeded", "")
         return True
+
+    def _second_opinion_wanted(self: Node, job: OriginJob, run: Run) -> bool:
+        """An unverified result from a worker other than the one the replication
+        decision was made for (the first award; later ones are re-offers) gets
+        its own decision, so a retry cannot slip an untrusted result through."""
+        if job.needed != 1 or job.spec.replicas is not None or not job.runs:
+            return False
+        if job.runs[min(job.runs)].worker == run.worker:
+            return False
+        others = [e for e in self.peers.alive(self.now_ms) if e.peer_id != run.worker
+                  and e.peer_id not in job.excluded and not self.trust.banned(e.peer_id, self.now_ms)]
+        return bool(others) and self.trust.should_replicate(run.worker, self.rng)
 
     # ------------------------------------------------------------ state
 

@@ -86,6 +86,64 @@ class CoreParams:
     """Reputation evidence halves in weight over this time."""
     ban_reputation: float = -0.5
     """Below this reputation a peer is awarded no work and not relayed."""
+    max_disagreeing_results: int = 5
+    """Results collected for one job without a majority before it fails as
+    unverifiable (a nondeterministic job, or colluding liars)."""
+    reputation_prior_mass: float = 4.0
+    """Weight of the neutral prior in the reputation ratio: a stranger needs this
+    much evidence before its reputation moves halfway to the evidence's mean."""
+    invalid_weight: float = 10.0
+    """Reputation penalty of one invalid (out-voted) result; a valid one counts 1.
+    Large, so a stranger is banned by its first proven lie and a long-standing
+    peer that turns liar falls below ``ban_reputation`` within a few more."""
+    completed_weight: float = 0.1
+    """Reputation credit of an unverified result (weak evidence: it may be a lie)."""
+    attestation_weight: float = 0.25
+    """Weight of a gossiped attestation relative to an own observation (times the
+    issuer's own-observed reputation)."""
+    attestation_max_mass: float = 2.0
+    """Cap on the decayed weight all gossiped attestations about one peer can add;
+    keeps attestations alone from ever banning a peer."""
+    max_trust_entries: int = 10_000
+    """Peers with reputation evidence kept; the ones with least evidence go first."""
+    max_attestations_seen: int = 65_536
+    """(issuer, subject, job) attestations remembered so each counts once."""
+    peer_score_min_change: float = 0.1
+    """A reputation change at least this large (or a ban flip) emits SetPeerScore."""
+    peer_score_interval_ms: int = 60_000
+    """How often standing is re-checked for decay-driven changes (bans expiring)."""
+    receipt_resend_ms: int = 5_000
+    """The origin re-sends a receipt not yet countersigned this often."""
+    receipt_resend_max: int = 5
+    """Re-sends of one receipt before the origin stops asking for a countersignature."""
+    max_ledger_receipts: int = 100_000
+    """Countersigned receipts a node keeps for balances (oldest dropped first)."""
+    max_records_indexed: int = 200_000
+    """(issuer, seq) -> record digest entries kept to detect equivocation."""
+    max_equivocations_kept: int = 256
+    """Equivocation proofs (pairs of conflicting signed records) kept in memory."""
+    max_receipts_pending: int = 10_000
+    """Receipts the origin still re-sends awaiting a countersignature."""
+
+    # --- abuse protection (token buckets per signed sender; see specs/CREDITS.md)
+    rate_offer_per_s: float = 20.0
+    """Sustained offers accepted per origin."""
+    rate_offer_burst: int = 200
+    """Offers an origin may send in a burst."""
+    rate_bid_per_s: float = 50.0
+    """Sustained bids and declines accepted per peer."""
+    rate_bid_burst: int = 500
+    """Bids and declines a peer may send in a burst."""
+    rate_direct_per_s: float = 50.0
+    """Sustained other direct messages (awards, heartbeats, results, ...) per peer."""
+    rate_direct_burst: int = 500
+    """Other direct messages a peer may send in a burst."""
+    rate_gossip_per_s: float = 20.0
+    """Sustained gossip messages of any topic accepted per author."""
+    rate_gossip_burst: int = 200
+    """Gossip messages an author may send in a burst."""
+    rate_limit_peers: int = 4_096
+    """Peers with token buckets kept (least recently seen evicted)."""
 
     def with_overrides(self, overrides: dict[str, Any]) -> CoreParams:
         """A copy with ``overrides`` applied; ValueError names a bad key or value."""
@@ -117,3 +175,13 @@ def param_docs(cls: type = CoreParams) -> dict[str, str]:
         if isinstance(prev, ast.AnnAssign) and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
             docs[prev.target.id] = " ".join(str(node.value.value).split())  # type: ignore[union-attr]
     return docs
+
+
+def markdown_table(cls: type = CoreParams) -> str:
+    """The spec's parameter table (specs/PROTOCOL.md §2), generated from the class."""
+    docs = param_docs(cls)
+    rows = ["| name | type | default | purpose |", "|---|---|---|---|"]
+    for f in fields(cls):
+        default = getattr(cls(), f.name)
+        rows.append(f"| `{f.name}` | {type(default).__name__} | `{default!r}` | {docs.get(f.name, '')} |")
+    return "\n".join(rows)

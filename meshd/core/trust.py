@@ -1,77 +1,230 @@
-"""Trust: when to replicate, how results are judged, reputation.
+"""Trust: when to replicate, how results are judged, reputation and bans.
 
-This node's own signed observations are the evidence: valid / invalid results
-(from replicated comparisons), completed / abandoned leases. Evidence decays
-with a half-life, so old sins and old merits fade.
+Theory of operation
+-------------------
+*Evidence.* This node's own signed observations are the primary evidence:
+``valid`` / ``invalid`` (from replicated comparisons), ``completed`` (an
+unverified result) and ``abandoned`` (lost lease, executor error). Each adds a
+signed weight to a *score* and its absolute value to a *mass*; both decay with
+``reputation_half_life_ms``, so old sins and old merits fade together.
 
-Replication follows BOINC's adaptive replication: a worker is *trusted* after
-``trust_after_valid`` consecutive valid results; an untrusted worker's jobs are
-replicated with probability ``untrusted_replication``, a trusted one's with
-``replication_fraction``; one invalid result resets the streak.
+*Reputation* (in [-1, 1], 0 for a stranger)::
+
+    rep = (S_own + S_remote) / (M_own + M_remote + reputation_prior_mass)
+
+``S_remote``/``M_remote`` come from gossiped :class:`Attestation` records
+(``observe_remote``): each weighs ``attestation_weight × own_rep(issuer)``,
+only issuers with a *positive own-observed* reputation count (a Sybil must
+first do verified work for us), and ``M_remote`` is capped at
+``attestation_max_mass`` — with the prior that bounds what attestations alone
+can do to a stranger to ``±cap/(cap+prior)``, above the ban threshold, so
+slander can lower a peer's rank but never ban it.
+
+*Bans.* A peer is banned while ``rep < ban_reputation``, or for ever once it
+was caught equivocating (:meth:`ban_forever`, proof kept by credits.py). A
+banned peer gets no awards and its messages are dropped (``node._open``).
+
+*Adaptive replication* (BOINC style, :meth:`replication_probability`): a
+worker is *trusted* after ``trust_after_valid`` consecutive valid results;
+one invalid result resets the streak. Untrusted: replicate with
+``untrusted_replication``. Trusted: ``max(replication_fraction, 1/streak)``
+(BOINC's 1/CV, floored by the base fraction everyone gets). With the defaults
+(10, 10%) 1/CV equals the floor at the moment trust is earned, so trusted
+workers cost exactly the base 10%; the 1/CV term matters when an operator
+lowers the floor. The floor is what a patient liar (honest until trusted,
+then lying on a fraction ``l`` of its jobs) faces: it is caught after
+``1/(floor × l)`` results on average (20 for a half-liar at 10%).
+
+*Standing changes* (a ban flip or a reputation move of at least
+``peer_score_min_change`` since last reported) are handed to ``listener`` —
+the node turns them into ``SetPeerScore`` effects.
 """
 
 from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .params import CoreParams
 
-OUTCOME_WEIGHTS = {"valid": 1.0, "completed": 0.25, "invalid": -3.0, "abandoned": -1.0}
+OUTCOMES = ("valid", "completed", "invalid", "abandoned")
+
+
+def outcome_weight(params: CoreParams, outcome: str) -> float:
+    """Signed evidence weight of one outcome."""
+    return {"valid": 1.0, "completed": params.completed_weight, "invalid": -params.invalid_weight,
+            "abandoned": -1.0}[outcome]
 
 
 @dataclass
 class Evidence:
     score: float = 0.0
-    """Signed sum of decayed outcome weights."""
+    """Signed sum of decayed own outcome weights."""
     mass: float = 0.0
-    """Sum of decayed absolute weights."""
+    """Sum of decayed absolute own weights."""
+    remote_score: float = 0.0
+    """Signed sum of decayed attestation weights (mass-capped)."""
+    remote_mass: float = 0.0
     updated_ms: int = 0
     valid_streak: int = 0
     invalid: int = 0
+    valid: int = 0
+    reported: tuple[float, bool] | None = None
+    """(reputation, banned) last handed to the listener."""
+
+
+StandingListener = Callable[[str, float, bool], None]
 
 
 class Trust:
     def __init__(self, params: CoreParams) -> None:
         self.params = params
         self._ev: dict[str, Evidence] = {}
+        self._banned_forever: dict[str, str] = {}
+        self.listener: StandingListener | None = None
 
-    def _decayed(self, ev: Evidence, now_ms: int) -> tuple[float, float]:
-        dt = max(0, now_ms - ev.updated_ms)
+    # ------------------------------------------------------------ evidence
+
+    def _decay(self, ev: Evidence, now_ms: int) -> None:
+        dt = now_ms - ev.updated_ms
+        if dt <= 0:
+            return
         f = math.pow(0.5, dt / self.params.reputation_half_life_ms)
-        return ev.score * f, ev.mass * f
+        ev.score, ev.mass = ev.score * f, ev.mass * f
+        ev.remote_score, ev.remote_mass = ev.remote_score * f, ev.remote_mass * f
+        ev.updated_ms = now_ms
+
+    def _entry(self, peer: str, now_ms: int) -> Evidence:
+        ev = self._ev.get(peer)
+        if ev is None:
+            if len(self._ev) >= self.params.max_trust_entries:
+                self._evict(now_ms)
+            ev = self._ev[peer] = Evidence(updated_ms=now_ms)
+        self._decay(ev, now_ms)
+        return ev
+
+    def _evict(self, now_ms: int) -> None:
+        """Drop the tenth of entries with the least evidence (never a banned peer's)."""
+        def weight(item: tuple[str, Evidence]) -> float:
+            p, ev = item
+            return math.inf if self.banned(p, now_ms) else ev.mass + ev.remote_mass
+        victims = sorted(self._ev.items(), key=weight)[: max(1, len(self._ev) // 10)]
+        for p, _ in victims:
+            del self._ev[p]
 
     def observe(self, peer: str, outcome: str, now_ms: int) -> None:
-        ev = self._ev.setdefault(peer, Evidence(updated_ms=now_ms))
-        score, mass = self._decayed(ev, now_ms)
-        w = OUTCOME_WEIGHTS[outcome]
-        ev.score, ev.mass, ev.updated_ms = score + w, mass + abs(w), now_ms
+        """Record one of this node's own observations of ``peer``."""
+        ev = self._entry(peer, now_ms)
+        w = outcome_weight(self.params, outcome)
+        ev.score += w
+        ev.mass += abs(w)
         if outcome == "valid":
             ev.valid_streak += 1
+            ev.valid += 1
         elif outcome == "invalid":
             ev.valid_streak = 0
             ev.invalid += 1
+        self._report(peer, ev, now_ms)
 
-    def reputation(self, peer: str, now_ms: int) -> float:
-        """In [-1, 1]; 0 for a stranger."""
+    def observe_remote(self, issuer: str, subject: str, outcome: str, now_ms: int) -> bool:
+        """Fold in a gossiped attestation; False if the issuer does not count."""
+        issuer_rep = self.own_reputation(issuer, now_ms)
+        if issuer == subject or issuer_rep <= 0.0 or self.banned(issuer, now_ms):
+            return False
+        ev = self._entry(subject, now_ms)
+        w = outcome_weight(self.params, outcome) * self.params.attestation_weight * issuer_rep
+        ev.remote_score += w
+        ev.remote_mass += abs(w)
+        cap = self.params.attestation_max_mass
+        if ev.remote_mass > cap:
+            scale = cap / ev.remote_mass
+            ev.remote_score, ev.remote_mass = ev.remote_score * scale, cap
+        self._report(subject, ev, now_ms)
+        return True
+
+    # ------------------------------------------------------------ standing
+
+    def own_reputation(self, peer: str, now_ms: int) -> float:
+        """Reputation from this node's own observations only (used to weigh issuers)."""
         ev = self._ev.get(peer)
         if ev is None:
             return 0.0
-        score, mass = self._decayed(ev, now_ms)
-        return max(-1.0, min(1.0, score / (mass + 2.0)))
+        f = self._factor(ev, now_ms)
+        return _clamp(ev.score * f / (ev.mass * f + self.params.reputation_prior_mass))
+
+    def reputation(self, peer: str, now_ms: int) -> float:
+        """In [-1, 1]; 0 for a stranger, -1 for a proven equivocator."""
+        if peer in self._banned_forever:
+            return -1.0
+        ev = self._ev.get(peer)
+        if ev is None:
+            return 0.0
+        f = self._factor(ev, now_ms)
+        score = (ev.score + ev.remote_score) * f
+        mass = (ev.mass + ev.remote_mass) * f
+        return _clamp(score / (mass + self.params.reputation_prior_mass))
+
+    def _factor(self, ev: Evidence, now_ms: int) -> float:
+        dt = max(0, now_ms - ev.updated_ms)
+        return math.pow(0.5, dt / self.params.reputation_half_life_ms) if dt else 1.0
+
+    def banned(self, peer: str, now_ms: int) -> bool:
+        if peer in self._banned_forever:
+            return True
+        ev = self._ev.get(peer)
+        return ev is not None and self.reputation(peer, now_ms) < self.params.ban_reputation
+
+    def ban_forever(self, peer: str, reason: str, now_ms: int) -> None:
+        """Ban on proof (equivocation); survives decay. Bounded like the evidence table."""
+        if peer in self._banned_forever:
+            return
+        if len(self._banned_forever) >= self.params.max_trust_entries:
+            self._banned_forever.pop(next(iter(self._banned_forever)))
+        self._banned_forever[peer] = reason
+        self._report(peer, self._entry(peer, now_ms), now_ms)
+
+    def ban_reason(self, peer: str) -> str | None:
+        return self._banned_forever.get(peer)
+
+    def _report(self, peer: str, ev: Evidence, now_ms: int) -> None:
+        rep, ban = self.reputation(peer, now_ms), self.banned(peer, now_ms)
+        last = ev.reported
+        if last is not None and last[1] == ban and abs(last[0] - rep) < self.params.peer_score_min_change:
+            return
+        ev.reported = (rep, ban)
+        if self.listener is not None:
+            self.listener(peer, rep, ban)
+
+    def refresh(self, now_ms: int) -> None:
+        """Re-check every peer's standing (decay can lift a ban)."""
+        for peer, ev in list(self._ev.items()):
+            if ev.reported is not None:
+                self._report(peer, ev, now_ms)
+
+    # ------------------------------------------------------------ replication
 
     def trusted(self, peer: str) -> bool:
         ev = self._ev.get(peer)
         return ev is not None and ev.valid_streak >= self.params.trust_after_valid
 
-    def banned(self, peer: str, now_ms: int) -> bool:
-        return self.reputation(peer, now_ms) < self.params.ban_reputation
+    def replication_probability(self, worker: str) -> float:
+        """Chance that a job given to ``worker`` is also run elsewhere for comparison."""
+        p = self.params
+        ev = self._ev.get(worker)
+        if ev is None or ev.valid_streak < p.trust_after_valid:
+            return max(p.replication_fraction, p.untrusted_replication)
+        return min(1.0, max(p.replication_fraction, 1.0 / ev.valid_streak))
 
     def should_replicate(self, worker: str, rng: random.Random) -> bool:
-        p = self.params.replication_fraction if self.trusted(worker) else self.params.untrusted_replication
-        return rng.random() < p
+        return rng.random() < self.replication_probability(worker)
 
-    def snapshot(self, now_ms: int) -> dict[str, dict[str, float]]:
+    def snapshot(self, now_ms: int) -> dict[str, dict[str, float | int | bool]]:
         return {p: {"reputation": self.reputation(p, now_ms), "valid_streak": ev.valid_streak,
-                    "invalid": ev.invalid} for p, ev in self._ev.items()}
+                    "valid": ev.valid, "invalid": ev.invalid, "trusted": self.trusted(p),
+                    "banned": self.banned(p, now_ms)} for p, ev in self._ev.items()}
+
+
+def _clamp(x: float) -> float:
+    return max(-1.0, min(1.0, x))

@@ -197,26 +197,41 @@ class Cancel(Body):
 
 
 class Receipt(Body):
-    """Credit for accepted work, signed by the origin, countersigned by the worker
-    (the countersignature travels as ``worker_sig`` over the origin's payload)."""
+    """Credit for accepted work, signed by the origin (specs/CREDITS.md).
+
+    ``seq`` is the origin's per-issuer record sequence number (shared with its
+    attestations): two different signed records with one ``(issuer, seq)`` are
+    proof of equivocation. 0 means unsequenced and earns nothing."""
 
     job_id: JobId
     attempt: int
     replica: int = 0
     origin: PeerId
     worker: PeerId
-    credits: Annotated[float, Field(ge=0)]
-    duration_ms: int
+    credits: Annotated[float, Field(ge=0, le=1e12)]
+    duration_ms: Annotated[int, Field(ge=0)]
     output_digest: Digest | None = None
     verdict: Literal["valid", "unverified"] = "unverified"
+    seq: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0
+
+
+class ReceiptCosign(Body):
+    """The worker's countersignature: the origin's exact receipt envelope bytes,
+    re-signed (as this message) by the worker named in it. Gossiped on the
+    receipts topic; any node can verify both signatures."""
+
+    receipt: Annotated[bytes, Field(min_length=1, max_length=4096)]
 
 
 class Attestation(Body):
-    """A peer's signed observation about another peer (feeds reputation)."""
+    """A peer's signed observation about another peer (feeds reputation).
+
+    ``seq`` is the issuer's record sequence number (shared with its receipts)."""
 
     subject: PeerId
     job_id: JobId
     outcome: Literal["valid", "invalid", "abandoned"]
+    seq: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0
 
 
 BODY_TYPES: dict[str, type[Body]] = {
@@ -232,6 +247,7 @@ BODY_TYPES: dict[str, type[Body]] = {
     "result_ack": ResultAck,
     "cancel": Cancel,
     "receipt": Receipt,
+    "receipt_cosign": ReceiptCosign,
     "attestation": Attestation,
 }
 TYPE_OF: dict[type[Body], str] = {v: k for k, v in BODY_TYPES.items()}
@@ -318,4 +334,4 @@ def open_envelope(data: bytes, max_bytes: int) -> Opened | Rejected:
 
 
 Message = Union[Advert, Offer, Bid, Decline, Award, AwardReply, Heartbeat, HeartbeatReply,
-                Result, ResultAck, Cancel, Receipt, Attestation]
+                Result, ResultAck, Cancel, Receipt, ReceiptCosign, Attestation]

@@ -66,6 +66,9 @@ class ExecRequest:
     ``output_dir`` read-write at ``/mesh/outputs`` (``MESH_INPUTS`` /
     ``MESH_OUTPUTS`` are set to those). Process executor: the env vars point at
     the host dirs themselves and the cwd is a fresh scratch dir.
+    The container runs as ``ExecParams.run_as_user``: input files must be
+    readable by it (world-readable); the executor makes ``output_dir``
+    writable for it (chown when the daemon is root, else mode 0777).
     """
 
     job_id: str

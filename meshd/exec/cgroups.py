@@ -82,6 +82,14 @@ class CgroupAccounting:
         for base in self._hierarchies():
             _rmdir_tree(base / rel)
 
+    def remove_node_dir(self) -> None:
+        """rmdir ``/<node dir>`` if empty. Call only when no job of this node is starting."""
+        for base in self._hierarchies():
+            try:
+                (base / self.node_dir).rmdir()
+            except OSError:
+                pass
+
     def reap(self) -> int:
         """Remove leftover job parents under our node dir; return how many were removed."""
         removed: set[str] = set()

@@ -6,11 +6,13 @@
   publishes, and reports every drop to a callback so it is counted.
 - :class:`MeshPubsub` hands each validated, first-seen message straight to a
   callback instead of libp2p's per-topic 32-slot channel, which drops
-  silently (with a WARNING) when a reader falls behind.
+  silently (with a WARNING) when a reader falls behind; and it contains the
+  exceptions a peer's undecodable RPC raises, which in 0.8.1 kill the host.
 
 Rules: the callbacks are synchronous and must not raise; the host owns them.
 Both classes override documented hook methods of py-libp2p 0.8.1 only
-(``_check_spam_protection``, ``remove_peer``, ``notify_subscriptions``).
+(``_check_spam_protection``, ``remove_peer``, ``notify_subscriptions``,
+``stream_handler``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from libp2p.abc import INetStream
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pb import rpc_pb2
@@ -66,12 +69,35 @@ class MeshGossipSub(GossipSub):
 
 
 class MeshPubsub(Pubsub):
-    """Pubsub that delivers to one synchronous callback, never to a channel."""
+    """Pubsub that delivers to one synchronous callback, never to a channel,
+    and survives a peer's garbage on the pubsub stream."""
 
-    def __init__(self, *args: Any, deliver: Callable[[rpc_pb2.Message], None],
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        deliver: Callable[[rpc_pb2.Message], None],
+        on_broken_stream: Callable[[ID, Exception], None],
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._deliver = deliver
+        self._on_broken_stream = on_broken_stream
 
     def notify_subscriptions(self, publish_message: rpc_pb2.Message) -> None:
         self._deliver(publish_message)
+
+    async def stream_handler(self, stream: INetStream) -> None:
+        # py-libp2p 0.8.1 catches only its own parse errors here; protobuf's
+        # DecodeError (any undecodable RPC) escapes and takes the whole swarm
+        # down. It also happens between honest py-libp2p peers: two of its
+        # writers can interleave yamux frames of one RPC on the same stream.
+        try:
+            await super().stream_handler(stream)
+        except Exception as exc:
+            peer_id = stream.muxed_conn.peer_id
+            try:
+                await stream.reset()
+            except Exception:
+                pass
+            self._handle_dead_peer(peer_id)
+            self._on_broken_stream(peer_id, exc)

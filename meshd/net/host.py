@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -100,8 +101,6 @@ MAX_CONNECTIONS_PER_PEER = 2
 GOSSIP_RPC_OVERHEAD_BYTES = 64 * 1024
 """Room in one pubsub RPC frame beyond the payload (signature, key, signed
 peer record, control messages); larger frames reset the pubsub stream."""
-STREAM_CLOSE_TIMEOUT_S = 1.0
-"""Longest a (shielded) stream close or reset may take."""
 DIAL_RETRIES = 1
 """libp2p's retries of a failed dial (its default, 3, makes a dead peer cost ~0.7 s)."""
 
@@ -162,6 +161,50 @@ def _split_cancelled(
     return None, exc
 
 
+async def _close_stream(stream: INetStream, *, reset: bool) -> None:
+    """Close (FIN) or reset (RST) a stream; shielded, never raises. Not
+    time-bounded on purpose: a cancelled yamux write breaks the connection."""
+    with trio.CancelScope(shield=True):
+        try:
+            await (stream.reset() if reset else stream.close())
+        except Exception as exc:
+            log.debug("closing stream failed: %r", exc)
+
+
+async def _write_whole_frames(stream: INetStream, data: bytes, deadline: float) -> bool:
+    """Write ``data`` and half-close; True if all of it went out.
+
+    py-libp2p 0.8.1's yamux writes frames straight to the Noise connection
+    without shielding, so a write cancelled mid-frame corrupts the whole
+    connection (every later stream on it fails). The write therefore runs
+    shielded; at ``deadline`` or on cancellation the stream is reset instead,
+    which makes yamux stop at the next frame boundary."""
+    done = trio.Event()
+    ok = False
+
+    async def write() -> None:
+        nonlocal ok
+        with trio.CancelScope(shield=True):
+            try:
+                await stream.write(data)
+                await stream.close_write()
+                ok = True
+            except Exception as exc:
+                log.debug("stream write stopped: %r", exc)
+            finally:
+                done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(write)
+        try:
+            with trio.move_on_at(deadline):
+                await done.wait()
+        finally:
+            if not done.is_set():
+                await _close_stream(stream, reset=True)
+    return ok
+
+
 class MeshHost:
     """A libp2p host speaking meshd's gossip topics and stream protocols."""
 
@@ -218,6 +261,7 @@ class MeshHost:
             seen_ttl=params.seen_ttl_s,
             max_inbound_rpc_size=params.max_gossip_bytes + GOSSIP_RPC_OVERHEAD_BYTES,
             deliver=self._on_gossip,
+            on_broken_stream=self._on_broken_pubsub_stream,
         )
         self._host.get_network().register_notifee(_ConnectionWatch(self))
         self.handle(PX_PROTOCOL, self._serve_px, _internal=True)
@@ -376,6 +420,14 @@ class MeshHost:
             except trio.WouldBlock:
                 self._count("dropped_inbox_full")
 
+    def _on_broken_pubsub_stream(self, peer: ID, exc: Exception) -> None:
+        # Garbage on the pubsub stream: start afresh with a new connection
+        # (discovery redials known peers), as the stream's state is unknown.
+        self._count("broken_streams")
+        log.debug("undecodable pubsub data from %s: %r; reconnecting", peer, exc)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._drop_peer, str(peer))
+
     def _on_rate_limited(self, forwarder: ID, topic: str) -> None:
         self._count("dropped_rate_limited")
         log.debug("not forwarding %s message from %s: over its budget", topic, forwarder)
@@ -425,13 +477,18 @@ class MeshHost:
 
     async def _serve_stream(self, protocol: str, stream: INetStream) -> None:
         peer = str(stream.muxed_conn.peer_id)
-        self._count("requests_in")
+        counted = protocol != PX_PROTOCOL  # counters describe the application's traffic
+        if counted:
+            self._count("requests_in")
         self._inflight_in[peer] = self._inflight_in.get(peer, 0) + 1
-        status = Status.ERROR
+        status, body = Status.ERROR, b"handler timed out"
+        budget_s = self.params.handler_timeout_s
         try:
-            with trio.move_on_after(self.params.handler_timeout_s):
+            with trio.move_on_after(budget_s):
                 status, body = await self._answer(protocol, peer, stream)
-                await stream.write(encode_response(status, body))
+            response = encode_response(status, body)
+            if not await _write_whole_frames(stream, response, trio.current_time() + budget_s):
+                status = Status.ERROR
         except Exception as exc:
             log.debug("serving %s to %s failed: %r", protocol, peer, exc)
             status = Status.ERROR
@@ -439,9 +496,9 @@ class MeshHost:
             self._inflight_in[peer] -= 1
             if not self._inflight_in[peer]:
                 del self._inflight_in[peer]
-            if status != Status.OK:
+            if status != Status.OK and counted:
                 self._count("requests_in_failed")
-            await self._close_stream(stream, reset=False)
+            await _close_stream(stream, reset=False)
 
     async def _answer(self, protocol: str, peer: str, stream: INetStream) -> tuple[Status, bytes]:
         p = self.params
@@ -486,7 +543,9 @@ class MeshHost:
         if peer_id in self._blocked:
             raise PeerUnreachable(f"peer {peer_id} is blocked")
         timeout = self.params.request_timeout_s if timeout_s is None else timeout_s
-        self._count("requests_out")
+        counted = protocol != PX_PROTOCOL  # counters describe the application's traffic
+        if counted:
+            self._count("requests_out")
         try:
             with trio.move_on_after(timeout):
                 return await self._request_slot(pid, protocol, data)
@@ -494,7 +553,8 @@ class MeshHost:
                 f"{protocol} request to {peer_id} got no answer within {timeout:g} s"
             )
         except NetError:
-            self._count("requests_out_failed")
+            if counted:
+                self._count("requests_out_failed")
             raise
 
     async def _request_slot(self, pid: ID, protocol: str, data: bytes) -> bytes:
@@ -514,26 +574,23 @@ class MeshHost:
         stream = await self._open_stream(pid, protocol)
         outcome: tuple[Status, bytes] | FramingError
         try:
+            # Read while writing: a server refusing an oversized request answers
+            # before it has read it. Resetting the stream (finally) ends a write
+            # still in progress at a frame boundary; the writer reports nothing,
+            # the reader says what happened.
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._send_request, stream, encode_request(data))
+                nursery.start_soon(_write_whole_frames, stream, encode_request(data), math.inf)
                 try:
                     outcome = await FrameReader(stream).read_response(
                         self.params.max_response_bytes
                     )
                 except FramingError as exc:
                     outcome = exc
-                nursery.cancel_scope.cancel()
+                finally:
+                    await _close_stream(stream, reset=True)
         finally:
-            await self._close_stream(stream, reset=True)
+            await _close_stream(stream, reset=True)
         return self._interpret(pid, protocol, outcome)
-
-    @staticmethod
-    async def _send_request(stream: INetStream, frame: bytes) -> None:
-        try:
-            await stream.write(frame)
-            await stream.close_write()
-        except Exception as exc:  # the reader reports what went wrong
-            log.debug("writing request failed: %r", exc)
 
     def _interpret(
         self, pid: ID, protocol: str, outcome: tuple[Status, bytes] | FramingError
@@ -554,24 +611,23 @@ class MeshHost:
         raise RemoteError(f"{peer} answered {protocol} with {status.name}: {text}")
 
     async def _open_stream(self, pid: ID, protocol: str) -> INetStream:
+        network = self._host.get_network()
+        had_connection = bool(network.get_connections(pid))
         try:
-            return await self._host.new_stream(pid, [TProtocol(protocol)])
+            try:
+                return await self._host.new_stream(pid, [TProtocol(protocol)])
+            except SwarmException:
+                if not had_connection:
+                    raise
+                # The connection we held had died unnoticed: forget it, dial once.
+                await network.close_peer(pid)
+                return await self._host.new_stream(pid, [TProtocol(protocol)])
         except StreamFailure as exc:
-            if self._host.get_network().get_connections(pid):
+            if network.get_connections(pid):
                 raise RemoteError(f"{pid} does not serve {protocol}") from exc
             raise PeerUnreachable(f"cannot reach {pid}: {exc}") from exc
-        except SwarmException as exc:
+        except Exception as exc:  # dial failures, errors of a dying connection
             raise PeerUnreachable(f"cannot reach {pid}: {exc}") from exc
-        except Exception as exc:  # muxer/transport errors of a dying connection
-            raise PeerUnreachable(f"cannot reach {pid}: {exc!r}") from exc
-
-    @staticmethod
-    async def _close_stream(stream: INetStream, *, reset: bool) -> None:
-        with trio.CancelScope(shield=True), trio.move_on_after(STREAM_CLOSE_TIMEOUT_S):
-            try:
-                await (stream.reset() if reset else stream.close())
-            except Exception as exc:
-                log.debug("closing stream failed: %r", exc)
 
     # ------------------------------------------------------- peers and discovery
 
@@ -601,11 +657,15 @@ class MeshHost:
                     await self._host.connect(info)
                 else:
                     await self._host.get_network().dial_peer(pid)
-        except (Exception, trio.TooSlowError) as exc:
+        except Exception as exc:  # dial errors, TooSlowError
             self._count("dials_failed")
             self._note_dial_failure(peer_id)
             raise PeerUnreachable(f"cannot connect to {peer_id}: {exc}") from exc
         self._remember(peer_id)
+
+    def mesh_peers(self, topic: str) -> list[str]:
+        """Peers in our GossipSub mesh for ``topic`` (we forward to them)."""
+        return [str(p) for p in self._gossipsub.mesh.get(topic, ())]
 
     def connected_peers(self) -> list[str]:
         if self._state not in ("running", "stopping"):
@@ -657,11 +717,6 @@ class MeshHost:
 
     async def _discovery_loop(self) -> None:
         p = self.params
-        if self._bootstrap:
-            async with trio.open_nursery() as nursery:
-                for peer_id, maddr in self._bootstrap:
-                    if peer_id != self.peer_id:
-                        nursery.start_soon(self._dial_quietly, peer_id, [maddr])
         while True:
             self._wake_discovery = trio.Event()
             await self._discovery_round()
@@ -675,12 +730,25 @@ class MeshHost:
         except PeerUnreachable as exc:
             log.debug("%s", exc)
 
+    async def _dial_bootstrap(self) -> None:
+        """Dial configured bootstrap peers we are not connected to. They are
+        never forgotten, and each round is a fresh attempt (libp2p would
+        otherwise refuse to redial a failed peer for 60 s)."""
+        connected = set(self.connected_peers())
+        todo = [(q, a) for q, a in self._bootstrap
+                if q not in connected and q != self.peer_id and q not in self._blocked]
+        async with trio.open_nursery() as nursery:
+            for peer_id, maddr in todo:
+                self._host.get_network().unblock_peer(ID.from_base58(peer_id))
+                nursery.start_soon(self._dial_quietly, peer_id, [maddr])
+
     async def _discovery_round(self) -> None:
         p = self.params
         self._enforce_app_score()
-        connected = self.connected_peers()
-        if len(connected) >= p.target_peers:
+        if len(self.connected_peers()) >= p.target_peers:
             return
+        await self._dial_bootstrap()
+        connected = self.connected_peers()
         asked = random.sample(connected, min(p.peer_exchange_fanout, len(connected)))
         async with trio.open_nursery() as nursery:
             for peer_id in asked:

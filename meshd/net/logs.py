@@ -24,6 +24,9 @@ _TRANSLATED_LOGGERS = (
     "libp2p.network.swarm",
     "libp2p.pubsub.gossipsub",
     "libp2p.pubsub.pubsub",
+    "libp2p.transport.tcp.tcp",
+    "libp2p.protocol_muxer.multiselect_client",
+    "libp2p.stream_muxer.yamux",
 )
 
 

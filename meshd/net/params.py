@@ -35,9 +35,11 @@ class NetParams:
     """GossipSub D_lo: graft when the mesh is smaller than this."""
     degree_high: int = 12
     """GossipSub D_hi: prune when the mesh is larger than this."""
-    max_gossip_bytes: int = 64 * 1024
+    max_gossip_bytes: int = 48 * 1024
     """Largest gossip payload we publish or accept. Larger inbound messages are
-    rejected by the topic validator (not delivered, not forwarded)."""
+    rejected by the topic validator (not delivered, not forwarded). Kept well
+    under yamux's 64 KiB frame: py-libp2p 0.8.1 can interleave the frames of
+    two multi-frame RPCs on one pubsub stream, which garbles both."""
     topic_rate_limit_per_s: float = 100.0
     """Default per-topic forwarding budget per neighbour: the most first-seen
     messages per second on one topic that we forward when they arrive from one

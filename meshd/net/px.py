@@ -27,6 +27,8 @@ from meshd.core.identity import public_key_from_peer_id
 
 MAX_ADDR_CHARS = 256
 """Longest multiaddr text accepted in a peer-exchange entry."""
+MAX_PX_REQUEST_BYTES = 16
+"""A request is one msgpack integer; anything longer is malformed."""
 _HOST_PROTOCOLS = frozenset({"ip4", "ip6", "dns", "dns4", "dns6"})
 
 
@@ -36,8 +38,10 @@ def encode_px_request(want: int) -> bytes:
 
 def decode_px_request(body: bytes, cap: int) -> int:
     """The number of peers asked for, capped at ``cap``; ValueError if malformed."""
+    if len(body) > MAX_PX_REQUEST_BYTES:
+        raise ValueError("peer-exchange request too long")
     try:
-        want = msgpack.unpackb(body, max_buffer_size=16)
+        want = msgpack.unpackb(body)
     except Exception as exc:
         raise ValueError(f"malformed peer-exchange request: {exc}") from None
     if not isinstance(want, int) or isinstance(want, bool) or want < 0:
@@ -80,11 +84,12 @@ def max_px_response_bytes(max_peers: int, max_addrs_per_peer: int) -> int:
 def decode_px_response(body: bytes, max_peers: int,
                        max_addrs_per_peer: int) -> list[tuple[str, list[str]]]:
     """Valid entries of a response (see module rules). ValueError if not msgpack."""
+    if len(body) > max_px_response_bytes(max_peers, max_addrs_per_peer):
+        raise ValueError("peer-exchange response too long")
     try:
         raw = msgpack.unpackb(
-            body, max_buffer_size=max_px_response_bytes(max_peers, max_addrs_per_peer),
-            max_array_len=max(max_peers, max_addrs_per_peer, 2),
-            max_map_len=0, max_bin_len=0, max_ext_len=0,
+            body, max_array_len=max(max_peers, max_addrs_per_peer, 2),
+            max_str_len=MAX_ADDR_CHARS, max_map_len=0, max_bin_len=0, max_ext_len=0,
         )
     except Exception as exc:
         raise ValueError(f"malformed peer-exchange response: {exc}") from None

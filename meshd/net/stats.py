@@ -18,7 +18,8 @@ class NetStats:
     dropped_inbox_full: int = 0  # messages dropped because the inbox was full
     dropped_blocked: int = 0  # inbound messages authored by a blocked peer
     handler_errors: int = 0  # gossip handlers or validators that raised
-    # request/response
+    broken_streams: int = 0  # pubsub streams that carried undecodable data
+    # request/response (the application's; peer exchange counts in px_rounds)
     requests_out: int = 0  # requests we sent
     requests_out_failed: int = 0  # ... that raised a NetError
     requests_in: int = 0  # inbound request streams

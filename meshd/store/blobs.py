@@ -8,7 +8,7 @@ Rules:
   are fsynced, renamed into place, and the directory is fsynced. A crash
   leaves either the whole blob or only a stray temporary file (swept on open).
 - Every read re-hashes the bytes; a mismatch raises BlobCorruptError and the
-  bytes are never handed out.
+  bytes are never handed out. Putting the right bytes again repairs the blob.
 - Every size has a bound (``BlobParams`` and the ``max_*`` arguments); bad
   input gets a clear error and leaves nothing behind.
 - ``pack_dir`` is deterministic: the same tree (names, contents, exec bits)
@@ -156,13 +156,20 @@ class BlobStore:
 
     def _install(self, tmp: Path, digest: str) -> None:
         final = self.path_of(digest)
-        if final.is_file():
-            return
+        if final.is_file() and self._hashes_to(final, digest):
+            return  # already stored intact; a corrupt copy is replaced below
         final.parent.mkdir(exist_ok=True)
         os.chmod(tmp, 0o444)
         os.replace(tmp, final)
         _fsync_dir(final.parent)
         _fsync_dir(self._objects)
+
+    def _hashes_to(self, path: Path, digest: str) -> bool:
+        hasher = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(self.params.chunk_bytes):
+                hasher.update(chunk)
+        return hasher.hexdigest() == digest
 
     def get(self, digest: str, max_bytes: int | None = None) -> bytes:
         """The blob's bytes, re-hashed; BlobCorruptError if they do not match."""

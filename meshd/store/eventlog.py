@@ -154,6 +154,8 @@ class EventLog:
 
     @classmethod
     def _create_durably(cls, path: Path, params: LogParams) -> None:
+        if path.exists() and not path.is_dir():
+            raise LogError(f"event log {path}: exists and is not a directory")
         if path.exists():
             strangers = [p.name for p in path.iterdir() if not _LEVELDB_FILE_RE.fullmatch(p.name)]
             if strangers:
@@ -172,8 +174,9 @@ class EventLog:
     @staticmethod
     def _write_genesis(db: plyvel.DB, identity: Identity, params: LogParams,
                        ts_ms: int) -> tuple[int, bytes]:
-        if next(db.iterator(include_value=False), None) is not None:
-            raise LogCorruptError(0, "no head metadata, yet the database is not empty")
+        with db.iterator(include_value=False) as it:
+            if next(it, None) is not None:
+                raise LogCorruptError(0, "no head metadata, yet the database is not empty")
         genesis = make_genesis(identity, ts_ms, params)
         with db.write_batch(sync=True) as wb:
             wb.put(FORMAT_KEY, LAYOUT_TAG)
@@ -190,9 +193,9 @@ class EventLog:
             return None
         if db.get(FORMAT_KEY) != LAYOUT_TAG:
             raise LogCorruptError(0, "missing or unknown layout tag", str(path))
-        if len(meta) != 40:
-            raise LogCorruptError(0, "head metadata is malformed", str(path))
         head_seq, head_hash = int.from_bytes(meta[:8], "big"), meta[8:]
+        if len(meta) != 40 or head_seq < 1:
+            raise LogCorruptError(0, "head metadata is malformed", str(path))
         checker = ChainChecker(check_signatures=False, params=params)
         try:
             _feed_stored(checker, db, params)

@@ -69,6 +69,9 @@ class FakeWorker:
     caps: LocalCapabilities = field(default_factory=default_caps)
     lie_rate: float = 0.0
     """Probability a run returns a wrong output digest."""
+    float_noise: bool = False
+    """Honest but not bit-exact: every run's digest differs, yet the default
+    checker (``CoreNet.checker``) judges it equivalent to the honest output."""
     duration_ms: Callable[[JobSpec], int] = lambda spec: 1_000
     exit_code: Callable[[JobSpec], int] = lambda spec: 0
     healthy: bool = True
@@ -97,6 +100,10 @@ class CoreNet:
         self.slots: dict[str, NodeSlot] = {}
         self.order: list[str] = []
         self.delivered = 0
+        self.noisy: dict[str, str] = {}
+        """Digest of a float-noisy run -> the honest digest it is equivalent to."""
+        self.checker: Callable[[RunChecker], bool] = self.tolerance_checker
+        """Answers ``RunChecker`` effects (the shell's tolerance/checker comparison)."""
         for i in range(n):
             worker = workers[i] if workers else FakeWorker()
             self.add_node(Identity.from_seed_int(seed * 1000 + i + 1), worker)
@@ -201,7 +208,8 @@ class CoreNet:
                                BlobFetched(eff.job_id, eff.attempt, eff.replica, eff.digest, ok,
                                            "" if ok else "worker unreachable"))
             elif isinstance(eff, RunChecker):
-                self._schedule(self.now_ms + 1, peer, CheckerFinished(eff.job_id, eff.a, eff.b, False))
+                self._schedule(self.now_ms + 1, peer,
+                               CheckerFinished(eff.job_id, eff.a, eff.b, self.checker(eff)))
             elif isinstance(eff, (JobLog, SetPeerScore)):
                 pass
             else:
@@ -218,11 +226,19 @@ class CoreNet:
         digest = honest_output(eff.spec)
         if self.rng.random() < w.lie_rate:
             digest = "sha256:" + hashlib.sha256(b"lie" + token.to_bytes(4, "big")).hexdigest()
+        elif w.float_noise:
+            noisy = "sha256:" + hashlib.sha256(b"noise" + token.to_bytes(4, "big")).hexdigest()
+            self.noisy[noisy] = digest
+            digest = noisy
         status = "timeout" if timed_out else ("succeeded" if code == 0 else "failed")
         fin = ExecutionFinished(eff.job_id, eff.attempt, eff.replica, status, None if timed_out else code,
                                 "", duration, duration, 1 << 20, digest if status == "succeeded" else None,
                                 1024)
         self._schedule(self.now_ms + duration, peer, ("finish", key, token, fin))
+
+    def tolerance_checker(self, eff: RunChecker) -> bool:
+        """Default verdict: equivalent iff both outputs are (noisy forms of) one honest output."""
+        return self.noisy.get(eff.a, eff.a) == self.noisy.get(eff.b, eff.b)
 
     def step(self) -> bool:
         """Deliver the next event (or due tick); False if nothing is pending."""

@@ -17,7 +17,7 @@ IMAGE_BUSYBOX="${MESHD_TEST_IMAGE_BUSYBOX:-meshd/busybox:1}"
 BUSYBOX_BIN="${MESHD_BUSYBOX_BIN:-/bin/busybox}"
 # Applets the tests and health checks use (busybox dispatches on argv[0]).
 APPLETS="sh cat echo true false sleep sha256sum head dd yes ls mkdir rm touch
- wc id env wget nc ping seq tr printf test kill"
+ wc id env grep nc seq tr printf test kill"
 
 force=0
 [[ "${1:-}" == "--force" ]] && force=1

@@ -1,0 +1,381 @@
+"""The ``mesh`` program: a command-line client of the local meshd daemon.
+
+Rules:
+- It talks only to the local daemon's control API (``meshd.api.client``),
+  found through the data dir (``--data-dir``, else ``$MESH_DATA_DIR``, else
+  ``~/.meshd``). The one exception is ``mesh log verify`` with no daemon
+  running: it opens the event log on disk and verifies it here.
+- Exit codes: 0 success; 1 the daemon answered with an error, or a job
+  failed; 2 usage error (argparse's code; also a bad descriptor file);
+  3 no daemon reachable; 130 interrupted. User errors print one line
+  (``mesh: error: …``), never a traceback.
+- Every read command takes ``--json`` and then prints the daemon's JSON
+  unchanged (NDJSON for ``logs``), for scripts. Human output uses rich; in
+  a pipe it is plain text.
+- ``--data-dir`` and ``--json`` may come before or after the subcommand.
+
+Theory of operation: :func:`build_parser` declares the commands; each
+``cmd_*`` function takes the parsed arguments and an :class:`ApiClient`
+and returns an exit code; :func:`main` maps the client's exceptions to exit
+codes. Job submission, waiting and output unpacking live in
+``mesh_cli/jobs.py``; drawing lives in ``mesh_cli/render.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from mesh_cli import render
+from mesh_cli.jobs import (
+    JobError,
+    UsageError,
+    fetch_result,
+    load_spec_file,
+    spec_from_args,
+    upload_inputs,
+    wait_for_job,
+)
+from meshd import __version__
+from meshd.api.client import ApiClient, ApiClientError, ApiHttpError, DaemonUnreachable
+from meshd.config import ConfigError, default_data_dir
+
+EXIT_OK = 0
+EXIT_API = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_INTERRUPTED = 130
+LOG_PAGE_RECORDS = 500
+"""Records fetched per request by `mesh log verify` through the API."""
+DEFAULT_LOG_SHOW = 50
+SPEC_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def _out(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+def _err(message: str) -> None:
+    print(f"mesh: {message}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_status(args: argparse.Namespace, client: ApiClient) -> int:
+    data = client.status()
+    _out(data) if args.json else render.render_status(data, render.make_console())
+    return EXIT_OK
+
+
+def cmd_peers(args: argparse.Namespace, client: ApiClient) -> int:
+    data = client.peers()
+    _out(data) if args.json else render.render_peers(data, render.make_console())
+    return EXIT_OK
+
+
+def cmd_log_show(args: argparse.Namespace, client: ApiClient) -> int:
+    data = client.log(args.start or 1, args.limit)
+    head = data.get("head_seq")
+    if args.start is None and isinstance(head, int) and head > args.limit:
+        data = client.log(head - args.limit + 1, args.limit)  # default: the newest records
+    _out(data) if args.json else render.render_log(data, render.make_console())
+    return EXIT_OK
+
+
+def _api_raw_records(client: ApiClient, head_seq: int) -> Iterator[bytes]:
+    start = 1
+    while start <= head_seq:
+        page = client.log(start, LOG_PAGE_RECORDS).get("records") or []
+        if not page:
+            return
+        for record in page:
+            yield base64.b64decode(record["raw"], validate=True)
+        start = int(page[-1]["seq"]) + 1
+
+
+def _report(report: Any, source: str, as_json: bool) -> int:
+    head = report.head
+    if as_json:
+        _out({"ok": report.ok, "count": report.count, "first_bad_seq": report.first_bad_seq,
+              "reason": report.reason, "head_seq": head[0] if head else None,
+              "head_hash": head[1].hex() if head else None, "source": source})
+    elif report.ok:
+        print(f"event log OK ({source}): {report.count} records verified, "
+              f"head seq {head[0]} hash {head[1].hex()[:16]}")
+    else:
+        print(f"event log INVALID ({source}): {report.count} records verified, "
+              f"first bad seq {report.first_bad_seq}: {report.reason}")
+    return EXIT_OK if report.ok else EXIT_API
+
+
+def _verify_on_disk(data_dir: Path) -> Any:
+    """Open the log on disk and verify it; None if a daemon holds it (use the API)."""
+    from meshd.config import DataDir, load_node
+    from meshd.core.logrecord import LogCorruptError, LogLockedError, VerifyReport
+
+    try:
+        from meshd.store.eventlog import EventLog
+    except ImportError:  # no LevelDB binding here: only the daemon can read the log
+        return None
+
+    log_dir = DataDir(data_dir).log
+    if not (log_dir / "CURRENT").exists():
+        raise JobError(f"no event log in {log_dir} (the daemon creates it when it first starts)")
+    _, identity = load_node(data_dir)
+    try:
+        log = EventLog.open(log_dir, identity)
+    except LogLockedError:
+        return None
+    except LogCorruptError as exc:
+        return VerifyReport(False, max(exc.seq - 1, 0), exc.seq, exc.reason)
+    with log:
+        return log.verify_all()
+
+
+def cmd_log_verify(args: argparse.Namespace, client_factory: Callable[[], ApiClient]) -> int:
+    from meshd.core.identity import public_key_from_peer_id
+    from meshd.core.logrecord import verify_records
+
+    report = _verify_on_disk(args.data_dir)
+    if report is not None:
+        return _report(report, f"on disk, {args.data_dir}", args.json)
+    print(f"a daemon is running on {args.data_dir} (its event log is locked); verifying through its API",
+          file=sys.stderr)
+    client = client_factory()
+    status = client.status()
+    key = public_key_from_peer_id(str(status.get("peer_id")))
+    if key is None:
+        raise JobError(f"the daemon reports a peer id with no Ed25519 key: {status.get('peer_id')!r}")
+    head_seq = int((status.get("log") or {}).get("head_seq") or 0)
+    report = verify_records(_api_raw_records(client, head_seq), key)
+    return _report(report, f"via the API, up to seq {head_seq}", args.json)
+
+
+def cmd_submit(args: argparse.Namespace, client: ApiClient) -> int:
+    base = None
+    if args.command and args.command[0].endswith(SPEC_SUFFIXES) and not args.image:
+        base = load_spec_file(Path(args.command[0]))
+        args.command = args.command[1:]
+    spec = spec_from_args(args, base)
+    spec = upload_inputs(client, spec, lambda m: print(m, file=sys.stderr))
+    answer = client.submit(spec, wait=False)
+    job_id = str(answer.get("job_id"))
+    if not args.wait:
+        if args.json:
+            _out(answer)
+        else:
+            est = answer.get("estimate") or {}
+            print(job_id)
+            print(f"submitted: estimate {render.fmt_num(est.get('credits'))} credits, "
+                  f"{render.fmt_duration(est.get('seconds'))}; see `mesh job {job_id}`", file=sys.stderr)
+        return EXIT_OK
+    console = render.make_console(stderr=args.json)
+    console.print(f"submitted {job_id}")
+    job = wait_for_job(client, job_id, console)
+    if job.get("state") == "succeeded":
+        dest = args.out if args.out is not None else Path(job_id)
+        count = fetch_result(client, job_id, dest)
+        console.print(f"succeeded: {count} output file(s) in {dest}")
+    else:
+        render.render_job(job, console)
+    if args.json:
+        _out(job)
+    return EXIT_OK if job.get("state") == "succeeded" else EXIT_API
+
+
+def cmd_jobs(args: argparse.Namespace, client: ApiClient) -> int:
+    data = client.jobs()
+    _out(data) if args.json else render.render_jobs(data, render.make_console())
+    return EXIT_OK
+
+
+def cmd_job(args: argparse.Namespace, client: ApiClient) -> int:
+    data = client.job(args.job_id)
+    _out(data) if args.json else render.render_job(data, render.make_console())
+    return EXIT_OK
+
+
+def cmd_logs(args: argparse.Namespace, client: ApiClient) -> int:
+    for line in client.logs(args.job_id, follow=args.follow):
+        if args.json:
+            print(json.dumps(line, ensure_ascii=False), flush=True)
+        elif line.get("end"):
+            if args.follow:
+                print(f"mesh: job {args.job_id} ended: {line.get('state')}", file=sys.stderr)
+        else:
+            out = sys.stderr if line.get("stream") == "stderr" else sys.stdout
+            out.write(str(line.get("data", "")))
+            out.flush()
+    return EXIT_OK
+
+
+def cmd_result(args: argparse.Namespace, client: ApiClient) -> int:
+    dest = args.out if args.out is not None else Path(args.job_id)
+    count = fetch_result(client, args.job_id, dest, tar_path=args.tar)
+    print(f"saved the output tar to {args.tar}" if args.tar else f"{count} output file(s) in {dest}")
+    return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace, client: ApiClient) -> int:
+    data = client.cancel(args.job_id)
+    _out(data) if args.json else print(f"{data.get('job_id')}: {data.get('state')}")
+    return EXIT_OK
+
+
+def cmd_retry(args: argparse.Namespace, client: ApiClient) -> int:
+    data = client.retry(args.job_id)
+    _out(data) if args.json else print(f"{data.get('job_id')}: {data.get('state')}")
+    return EXIT_OK
+
+
+RECEIPT_COLUMNS = ("job_id", "worker", "origin", "credits", "ts_ms", "time_utc", "seq")
+
+
+def cmd_credits(args: argparse.Namespace, client: ApiClient) -> int:
+    data = client.credits()
+    if args.credits_command != "export":
+        _out(data) if args.json else render.render_credits(data, render.make_console())
+        return EXIT_OK
+    rows = [{**{c: r.get(c) for c in RECEIPT_COLUMNS}, "time_utc": render.fmt_ts(r.get("ts_ms"))}
+            for r in data.get("receipts") or []]
+    if args.output_file is None:
+        _write_csv(sys.stdout, rows)
+    else:
+        with args.output_file.open("w", newline="", encoding="utf-8") as f:
+            _write_csv(f, rows)
+        print(f"{len(rows)} receipt(s) written to {args.output_file}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _write_csv(f: Any, rows: list[dict[str, Any]]) -> None:
+    writer = csv.DictWriter(f, fieldnames=RECEIPT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+# ------------------------------------------------------------------ parser
+
+
+def _globals(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """--data-dir and --json, accepted before and after the subcommand."""
+    default: Any = None if top else argparse.SUPPRESS
+    parser.add_argument("--data-dir", type=Path, default=default, metavar="DIR",
+                        help="node data directory (default: $MESH_DATA_DIR or ~/.meshd)")
+    parser.add_argument("--json", action="store_true", default=False if top else argparse.SUPPRESS,
+                        help="print the daemon's JSON instead of tables")
+
+
+def _add_submit(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("submit", parents=[common], help="submit a job",
+                       usage="mesh submit FILE.(json|yaml) [options]\n"
+                             "       mesh submit --image IMG [options] -- CMD [ARGS...]")
+    p.add_argument("command", nargs="*", metavar="FILE | -- CMD ARGS", help="descriptor file, or the command")
+    p.add_argument("--image", help="container image (local to the workers)")
+    p.add_argument("--input", action="append", metavar="[NAME=]PATH|URI",
+                   help="local file/dir to upload, or a URI; appears under /mesh/inputs (repeatable)")
+    p.add_argument("--output", action="append", metavar="PATH", help="path under /mesh/outputs to collect (repeatable)")
+    p.add_argument("--cpus", type=float)
+    p.add_argument("--memory", type=int, metavar="MB")
+    p.add_argument("--gpus", type=int)
+    p.add_argument("--gpu-memory", type=int, metavar="MB", help="minimum memory of each GPU")
+    p.add_argument("--network", action="store_true", help="the job needs network access")
+    p.add_argument("--timeout", type=float, metavar="S", help="wall-clock limit in seconds")
+    p.add_argument("--max-budget", type=float, metavar="C", help="most credits to spend")
+    p.add_argument("--speed", choices=("fast", "balanced", "cheap"))
+    p.add_argument("--env", action="append", metavar="K=V")
+    p.add_argument("--label", action="append", metavar="K=V")
+    p.add_argument("--replicas", type=int, metavar="N", help="independent runs to compare")
+    p.add_argument("--wait", action="store_true", help="follow the job live and fetch its outputs")
+    p.add_argument("-o", "--out", type=Path, metavar="DIR", help="with --wait: where outputs go (default ./JOB_ID)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mesh", description="Talk to the local meshd daemon.")
+    parser.add_argument("--version", action="version", version=f"mesh {__version__}")
+    _globals(parser, top=True)
+    common = argparse.ArgumentParser(add_help=False)
+    _globals(common, top=False)
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    sub.add_parser("status", parents=[common], help="this node: executor, hardware, load, standing")
+    sub.add_parser("peers", parents=[common], help="peers seen on the mesh and what they offer")
+    p = sub.add_parser("log", parents=[common], help="the node's signed event log")
+    log_sub = p.add_subparsers(dest="log_command", required=True, metavar="show|verify")
+    q = log_sub.add_parser("show", parents=[common], help="list records")
+    q.add_argument("--start", type=int, metavar="N", help="first seq (default: the newest LIMIT records)")
+    q.add_argument("--limit", type=int, default=DEFAULT_LOG_SHOW, metavar="N")
+    log_sub.add_parser("verify", parents=[common], help="check hash links and every signature")
+    _add_submit(sub, common)
+    sub.add_parser("jobs", parents=[common], help="jobs submitted from this node")
+    for name, text in (("job", "one job: history, bids, declines, result"), ("cancel", "cancel a job"),
+                       ("retry", "run a failed job again")):
+        sub.add_parser(name, parents=[common], help=text).add_argument("job_id", metavar="JOB_ID")
+    p = sub.add_parser("logs", parents=[common], help="a job's output lines")
+    p.add_argument("job_id", metavar="JOB_ID")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
+    p = sub.add_parser("result", parents=[common], help="download and unpack a job's outputs")
+    p.add_argument("job_id", metavar="JOB_ID")
+    p.add_argument("-o", "--out", type=Path, metavar="DIR", help="directory to unpack into (default ./JOB_ID)")
+    p.add_argument("--tar", type=Path, metavar="FILE", help="save the tar file instead of unpacking")
+    p = sub.add_parser("credits", parents=[common], help="balances and signed receipts")
+    credits_sub = p.add_subparsers(dest="credits_command", metavar="export")
+    q = credits_sub.add_parser("export", parents=[common], help="receipts as CSV")
+    q.add_argument("--csv", action="store_true", default=True, help="CSV format (the only one)")
+    q.add_argument("-o", "--output", dest="output_file", type=Path, metavar="FILE", help="default: stdout")
+    return parser
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, ApiClient], int]] = {
+    "status": cmd_status, "peers": cmd_peers, "submit": cmd_submit, "jobs": cmd_jobs, "job": cmd_job,
+    "logs": cmd_logs, "result": cmd_result, "cancel": cmd_cancel, "retry": cmd_retry, "credits": cmd_credits,
+}
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    def client() -> ApiClient:
+        return ApiClient.from_data_dir(args.data_dir)
+
+    if args.cmd == "log":
+        if args.log_command == "verify":
+            return cmd_log_verify(args, client)
+        return cmd_log_show(args, client())
+    return COMMANDS[args.cmd](args, client())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``mesh``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    if args.data_dir is None:
+        args.data_dir = default_data_dir()
+    try:
+        return _dispatch(args)
+    except DaemonUnreachable as exc:
+        _err(str(exc))
+        return EXIT_UNREACHABLE
+    except ApiHttpError as exc:
+        _err(f"error: {exc.message}")
+        for f in exc.fields:
+            print(f"  {f.get('loc')}: {f.get('msg')}", file=sys.stderr)
+        return EXIT_API
+    except (ApiClientError, JobError) as exc:
+        _err(f"error: {exc}")
+        return EXIT_API
+    except (UsageError, ConfigError) as exc:
+        _err(f"error: {exc}")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        _err("interrupted (a submitted job keeps running; see `mesh jobs`)")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `mesh jobs | head`
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

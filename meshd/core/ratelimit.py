@@ -1,0 +1,82 @@
+"""Abuse protection: per-peer token buckets for the messages a node accepts.
+
+Theory of operation
+-------------------
+Every accepted message is charged to its *signed author* (the envelope's key,
+checked before this runs, so nobody can spend another peer's tokens) in one or
+two classes (:func:`classes_of`): offers also count as gossip; bids and
+declines share one bucket; every other direct message shares another. A bucket
+holds at most ``burst`` tokens and refills at ``per_s`` tokens a second of the
+node's clock (time comes from the caller — the module is pure). A message that
+finds a bucket empty is dropped and counted by the caller; nothing blocks or
+queues, so a flood costs the node one dictionary look-up per message past the
+signature check and can never stall it.
+
+Memory is bounded: buckets live in an LRU of ``rate_limit_peers`` peers; an
+evicted peer comes back with full buckets, which only forgives it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from .params import CoreParams
+
+BID_TYPES = frozenset({"bid", "decline"})
+
+
+def classes_of(msg_type: str, gossip: bool) -> tuple[str, ...]:
+    """The bucket classes one message of ``msg_type`` is charged to."""
+    if gossip:
+        return ("offer", "gossip") if msg_type == "offer" else ("gossip",)
+    return ("bid",) if msg_type in BID_TYPES else ("direct",)
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated_ms: int
+
+
+class RateLimiter:
+    """Token buckets keyed by (peer, class), bounded by an LRU of peers."""
+
+    def __init__(self, params: CoreParams) -> None:
+        self.limits: dict[str, tuple[float, float]] = {
+            "offer": (params.rate_offer_per_s, float(params.rate_offer_burst)),
+            "bid": (params.rate_bid_per_s, float(params.rate_bid_burst)),
+            "direct": (params.rate_direct_per_s, float(params.rate_direct_burst)),
+            "gossip": (params.rate_gossip_per_s, float(params.rate_gossip_burst)),
+        }
+        self.max_peers = max(1, params.rate_limit_peers)
+        self._peers: OrderedDict[str, dict[str, _Bucket]] = OrderedDict()
+
+    def allow(self, peer: str, classes: tuple[str, ...], now_ms: int) -> bool:
+        """Take one token from each class bucket of ``peer``; False (and take none) if any is empty."""
+        buckets = self._peers.get(peer)
+        if buckets is None:
+            buckets = self._peers[peer] = {}
+            while len(self._peers) > self.max_peers:
+                self._peers.popitem(last=False)
+        else:
+            self._peers.move_to_end(peer)
+        current = [self._refilled(buckets, c, now_ms) for c in classes]
+        if any(b.tokens < 1.0 for b in current):
+            return False
+        for b in current:
+            b.tokens -= 1.0
+        return True
+
+    def _refilled(self, buckets: dict[str, _Bucket], cls: str, now_ms: int) -> _Bucket:
+        per_s, burst = self.limits[cls]
+        b = buckets.get(cls)
+        if b is None:
+            b = buckets[cls] = _Bucket(burst, now_ms)
+        elif now_ms > b.updated_ms:
+            b.tokens = min(burst, b.tokens + (now_ms - b.updated_ms) * per_s / 1000.0)
+            b.updated_ms = now_ms
+        return b
+
+    def __len__(self) -> int:
+        return len(self._peers)

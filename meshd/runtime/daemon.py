@@ -1,0 +1,546 @@
+"""The trio shell: one loop that feeds inputs to the core and carries out its effects.
+
+Theory of operation
+-------------------
+Adapters turn the outside world into core inputs on one bounded inbox:
+gossip and direct messages (``meshd.net``), executor events
+(``meshd.exec``), API calls (``meshd.api``) and timers. The loop waits on the
+inbox until the core's next deadline, calls ``Node.step``, and carries out the
+effects in order:
+
+1. every ``Append`` of the batch goes to the event log in **one synced write**
+   (group commit) — before anything else of the batch happens;
+2. then messages are sent and published, executions started or cancelled and
+   blobs fetched, each as its own task (bounded by ``RuntimeParams``), whose
+   outcome comes back as another input.
+
+The loop never blocks on the network or the executor. A peer's bad input is
+turned into a rejection by the core; an adapter's failure becomes an input
+(``SendFailed``, ``BlobFetched(ok=False)``, ...), never a crash of the loop.
+
+Start order: event log (fails fast if another daemon holds the data dir) →
+restore the core from the log → network → executor (reap orphans, health
+check) → capabilities → API (``api.addr`` written last, so ``mesh`` sees the
+daemon only when it is ready).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import secrets
+import shutil
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from meshd import __version__
+from meshd.config import DataDir, NodeConfig, remove_api_addr, write_api_addr
+from meshd.core.events import (
+    BLOB_PROTOCOL,
+    DIRECT_PROTOCOL,
+    TOPIC_ADVERTS,
+    TOPIC_OFFERS,
+    TOPIC_RECEIPTS,
+    Append,
+    BlobFetched,
+    CancelExecution,
+    CheckerFinished,
+    DirectReceived,
+    ExecutionFinished,
+    ExecutionProgress,
+    ExecutorHealth,
+    FetchBlob,
+    FetchInputs,
+    GossipReceived,
+    InputsFetched,
+    JobLog,
+    LocalCapabilities,
+    Publish,
+    RunChecker,
+    Send,
+    SendFailed,
+    SetPeerScore,
+    StartExecution,
+    Tick,
+)
+from meshd.core.identity import Identity
+from meshd.core.logrecord import AppendItem
+from meshd.core.node import Node
+from meshd.core.params import CoreParams
+from meshd.exec.base import ExecParams, ExecRequest, Executor
+from meshd.net.host import MeshHost
+from meshd.net.params import NetParams
+from meshd.store.blobs import BlobStore, pack_dir
+from meshd.store.eventlog import EventLog
+
+from .jobio import bare, compare_outputs, fetch_inputs, prefixed, run_checker_container
+
+log = logging.getLogger("meshd.daemon")
+
+
+@dataclass(frozen=True)
+class RuntimeParams:
+    inbox_size: int = 4096
+    """Inputs waiting for the core; gossip beyond this is dropped and counted."""
+    max_concurrent_sends: int = 128
+    """Direct messages in flight at once."""
+    max_concurrent_fetches: int = 8
+    """Blob transfers (inputs, outputs) in flight at once."""
+    job_log_lines: int = 2_000
+    """Log chunks kept per job for `mesh logs`."""
+    capabilities_refresh_s: float = 30.0
+    """How often hardware, images and load are re-read for the advert."""
+    health_recheck_s: float = 60.0
+    """How often a cold node re-runs its executor health check."""
+    score_refresh_s: float = 3_600.0
+    """How often the compute score is re-measured."""
+    price_unit_s: float = 3_600.0
+    """config.price is credits per GFLOPS-hour; the core's price is per GFLOP."""
+
+
+@dataclass
+class JobLogBuffer:
+    chunks: deque[tuple[int, bytes]]
+    changed: trio.Event = field(default_factory=trio.Event)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Daemon:
+    """One meshd node: event log, protocol core, libp2p host, executor, control API."""
+
+    def __init__(self, data_dir: Path, config: NodeConfig, identity: Identity, *,
+                 executor: Executor, executor_reason: str,
+                 core_params: CoreParams | None = None, net_params: NetParams | None = None,
+                 exec_params: ExecParams | None = None, runtime_params: RuntimeParams | None = None,
+                 measure_score: bool = True) -> None:
+        self.dirs = DataDir(Path(data_dir))
+        self.config = config
+        self.identity = identity
+        self.core_params = core_params or CoreParams().with_overrides(
+            {k: v for k, v in config.params.items()})
+        self.net_params = net_params or NetParams()
+        self.exec_params = exec_params or ExecParams()
+        self.rp = runtime_params or RuntimeParams()
+        self.executor = executor
+        self.executor_reason = executor_reason
+        self.measure_score = measure_score
+        self.started_ms = now_ms()
+        self.node: Node | None = None
+        self.log: EventLog | None = None
+        self.blobs = BlobStore(self.dirs.blobs)
+        self.host = MeshHost(identity, self.net_params, list(config.listen), list(config.bootstrap))
+        self._send_ch, self._recv_ch = trio.open_memory_channel[Any](self.rp.inbox_size)
+        self._send_limit = trio.Semaphore(self.rp.max_concurrent_sends)
+        self._fetch_limit = trio.Semaphore(self.rp.max_concurrent_fetches)
+        self._runs: dict[tuple[str, int, int], trio.CancelScope] = {}
+        self.job_logs: dict[str, JobLogBuffer] = {}
+        self.hardware: Any = None
+        self.score: Any = None
+        self.dropped_inputs = 0
+        self.api_port: int | None = None
+        self._nursery: trio.Nursery | None = None
+        self.ready = trio.Event()
+        self._reputation: dict[str, float] = {}
+        self.drop_peers: set[str] = set()
+        """Fault injection for tests: all traffic with these peers is dropped."""
+        self.core_errors = 0
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled. ``task_status.started(self)`` once the API is up."""
+        for d in (self.dirs.work,):
+            d.mkdir(parents=True, exist_ok=True)
+        self.log = EventLog.open(self.dirs.log, self.identity)
+        try:
+            await self._run_opened(task_status)
+        finally:
+            remove_api_addr(self.dirs.root)
+            self.log.close()
+
+    async def _run_opened(self, task_status: Any) -> None:
+        assert self.log is not None
+        t = now_ms()
+        self.node = Node(self.core_params, self.identity, random.Random(secrets.randbits(64)), t,
+                         version=__version__)
+        records = [(r.kind, r.body) for r in self.log.iter() if r.kind != "genesis"]
+        restore_effects = self.node.restore(records)
+        log.info("event log: %d records, head seq %d", len(records) + 1, self.log.head[0])
+        from meshd.api.server import ApiServer
+        from meshd.config import ensure_api_token
+
+        from .api_routes import install_routes
+
+        api = ApiServer(ensure_api_token(self.dirs.root))
+        install_routes(api, self)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self.host.subscribe(TOPIC_ADVERTS, self._on_gossip(TOPIC_ADVERTS))
+            self.host.subscribe(TOPIC_OFFERS, self._on_gossip(TOPIC_OFFERS))
+            self.host.subscribe(TOPIC_RECEIPTS, self._on_gossip(TOPIC_RECEIPTS))
+            self.host.handle(DIRECT_PROTOCOL, self._on_direct)
+            self.host.handle(BLOB_PROTOCOL, self._on_blob_request)
+            self.host.set_app_score(lambda peer: self._reputation.get(peer, 0.0))
+            await nursery.start(self.host.run)
+            reaped = await self.executor.reap_orphans()
+            if reaped:
+                log.info("reaped %d orphaned containers from a previous run", reaped)
+            await self._measure()
+            await self._apply(restore_effects)
+            await self._feed(self._capabilities())
+            nursery.start_soon(self._health_loop)
+            nursery.start_soon(self._capabilities_loop)
+            self.api_port = await nursery.start(api.serve, "127.0.0.1", self.config.api_port)
+            write_api_addr(self.dirs.root, "127.0.0.1", self.api_port)
+            log.info("meshd %s ready: peer %s, api 127.0.0.1:%d, listening on %s, executor: %s",
+                     __version__, self.identity.peer_id, self.api_port, ", ".join(self.host.listen_addrs),
+                     self.executor_reason)
+            self.ready.set()
+            task_status.started(self)
+            try:
+                await self._loop()
+            finally:
+                nursery.cancel_scope.cancel()
+
+    # ------------------------------------------------------------ the loop
+
+    async def _feed(self, inp: Any) -> None:
+        await self._send_ch.send(inp)
+
+    def feed_nowait(self, inp: Any) -> bool:
+        """Queue an input from a sync callback; False (and counted) if the inbox is full."""
+        try:
+            self._send_ch.send_nowait(inp)
+            return True
+        except trio.WouldBlock:
+            self.dropped_inputs += 1
+            return False
+
+    async def _loop(self) -> None:
+        assert self.node is not None
+        while True:
+            deadline = self.node.next_deadline()
+            wait_s = max(0.0, (deadline - now_ms()) / 1000) if deadline is not None else 3600.0
+            inp: Any = Tick()
+            with trio.move_on_after(wait_s):
+                inp = await self._recv_ch.receive()
+            try:
+                effects = self.node.step(inp, now_ms())
+            except Exception:
+                if not isinstance(inp, (GossipReceived, DirectReceived)):
+                    raise
+                # A peer's input must never take the daemon down: a core bug
+                # it triggers is logged with the input's origin and counted.
+                self.core_errors += 1
+                log.exception("core failed on input from peer %s (dropped)", inp.from_peer)
+                continue
+            if effects:
+                await self._apply(effects)
+
+    async def _apply(self, effects: list[Any]) -> None:
+        """Carry out one batch: appends durably first, then everything else in order."""
+        assert self.log is not None and self._nursery is not None
+        appends = [e for e in effects if isinstance(e, Append)]
+        if appends:
+            ts = now_ms()
+            items = [(a.kind, a.body, ts, a.key) for a in appends]
+            await trio.to_thread.run_sync(self._append_items, items)
+        for eff in effects:
+            if not isinstance(eff, Append):
+                self._carry_out(eff)
+
+    def _append_items(self, items: list[tuple[str, Any, int, bytes | None]]) -> None:
+        assert self.log is not None
+        self.log.append_batch([AppendItem(kind=k, body=b, ts_ms=t, key=key) for k, b, t, key in items])
+
+    def _carry_out(self, eff: Any) -> None:
+        n = self._nursery
+        assert n is not None
+        if isinstance(eff, Publish):
+            n.start_soon(self._publish, eff)
+        elif isinstance(eff, Send):
+            n.start_soon(self._send, eff)
+        elif isinstance(eff, FetchInputs):
+            n.start_soon(self._fetch_inputs, eff)
+        elif isinstance(eff, StartExecution):
+            n.start_soon(self._execute, eff)
+        elif isinstance(eff, CancelExecution):
+            scope = self._runs.get((eff.job_id, eff.attempt, eff.replica))
+            if scope is not None:
+                scope.cancel()
+        elif isinstance(eff, FetchBlob):
+            n.start_soon(self._fetch_blob, eff)
+        elif isinstance(eff, RunChecker):
+            n.start_soon(self._check, eff)
+        elif isinstance(eff, JobLog):
+            self._job_log(eff.job_id, eff.data)
+        elif isinstance(eff, SetPeerScore):
+            self._reputation[eff.peer_id] = eff.reputation
+            if eff.banned:
+                self.host.block_peer(eff.peer_id)
+        else:
+            raise AssertionError(f"unknown effect {eff!r}")
+
+    # ------------------------------------------------------------ network adapters
+
+    def _on_gossip(self, topic: str) -> Any:
+        def handler(from_peer: str, data: bytes) -> None:
+            if from_peer not in self.drop_peers:
+                self.feed_nowait(GossipReceived(topic, from_peer, data))
+        return handler
+
+    async def _on_direct(self, from_peer: str, data: bytes) -> bytes:
+        if from_peer in self.drop_peers:
+            raise ConnectionError("partitioned (test fault)")
+        await self._feed(DirectReceived(from_peer, data))
+        return b"ok"
+
+    async def _on_blob_request(self, from_peer: str, data: bytes) -> bytes:
+        if from_peer in self.drop_peers:
+            raise ConnectionError("partitioned (test fault)")
+        digest = bare(data.decode("ascii", "replace"))
+        try:
+            if self.blobs.has(digest):
+                return await trio.to_thread.run_sync(self.blobs.get, digest)
+        except Exception as exc:  # a malformed digest from a peer
+            raise LookupError(f"bad blob request: {exc}") from None
+        raise LookupError(f"no blob {digest[:80]}")
+
+    async def _publish(self, eff: Publish) -> None:
+        try:
+            await self.host.publish(eff.topic, eff.data)
+        except Exception as exc:  # a publish failure is not fatal: adverts repeat, offers re-offer
+            log.warning("publish on %s failed: %s", eff.topic, exc)
+
+    async def _send(self, eff: Send) -> None:
+        async with self._send_limit:
+            try:
+                if eff.to_peer in self.drop_peers:
+                    raise ConnectionError("partitioned (test fault)")
+                await self.host.request(eff.to_peer, DIRECT_PROTOCOL, eff.data)
+            except Exception as exc:
+                await self._feed(SendFailed(eff.to_peer, eff.kind, eff.job_id, str(exc)[:300]))
+
+    async def fetch_blob_from(self, peer: str, digest: str) -> None:
+        """Fetch a blob from a peer into the local store (sha256-checked)."""
+        if self.blobs.has(bare(digest)):
+            return
+        if peer in self.drop_peers:
+            raise ConnectionError("partitioned (test fault)")
+        async with self._fetch_limit:
+            data = await self.host.request(peer, BLOB_PROTOCOL, digest.encode("ascii"),
+                                           timeout_s=max(60.0, self.net_params.request_timeout_s))
+        await trio.to_thread.run_sync(lambda: self.blobs.put_stream([data], expected_digest=bare(digest)))
+
+    async def _fetch_blob(self, eff: FetchBlob) -> None:
+        try:
+            await self.fetch_blob_from(eff.from_peer, eff.digest)
+            inp = BlobFetched(eff.job_id, eff.attempt, eff.replica, eff.digest, True)
+        except Exception as exc:
+            inp = BlobFetched(eff.job_id, eff.attempt, eff.replica, eff.digest, False, str(exc)[:300])
+        await self._feed(inp)
+
+    # ------------------------------------------------------------ execution
+
+    def run_dir(self, job_id: str, attempt: int, replica: int) -> Path:
+        return self.dirs.work / f"{job_id}-{attempt}-{replica}"
+
+    async def _fetch_inputs(self, eff: FetchInputs) -> None:
+        d = self.run_dir(eff.job_id, eff.attempt, eff.replica)
+        try:
+            await fetch_inputs(self, eff.origin, eff.spec, d / "inputs")
+            inp = InputsFetched(eff.job_id, eff.attempt, eff.replica, True)
+        except Exception as exc:
+            inp = InputsFetched(eff.job_id, eff.attempt, eff.replica, False, str(exc)[:300])
+        await self._feed(inp)
+
+    async def _execute(self, eff: StartExecution) -> None:
+        key = (eff.job_id, eff.attempt, eff.replica)
+        d = self.run_dir(*key)
+        out_dir = d / "outputs"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(out_dir, 0o777)  # the job runs as an unprivileged user
+        spec = eff.spec
+        req = ExecRequest(
+            job_id=f"{eff.job_id}-{eff.attempt}-{eff.replica}", image=spec.image,
+            command=tuple(spec.command), env=dict(spec.env),
+            input_dir=d / "inputs" if (d / "inputs").exists() else None, output_dir=out_dir,
+            cpus=spec.requirements.cpus, memory_mb=spec.requirements.memory_mb, gpus=spec.requirements.gpus,
+            gpu_min_memory_mb=spec.requirements.gpu_min_memory_mb,
+            network=spec.requirements.network and self.config.allow_network_jobs,
+            timeout_s=eff.timeout_s,
+        )
+
+        def on_log(data: bytes) -> None:
+            self.feed_nowait(ExecutionProgress(eff.job_id, eff.attempt, eff.replica, data))
+
+        with trio.CancelScope() as scope:
+            self._runs[key] = scope
+            try:
+                result = await self.executor.run(req, on_log)
+            finally:
+                self._runs.pop(key, None)
+        if scope.cancelled_caught:
+            await self.executor.cancel(req.job_id)
+            shutil.rmtree(d, ignore_errors=True)
+            return
+        digest, size = None, 0
+        if result.status == "succeeded":
+            try:
+                archive = await trio.to_thread.run_sync(pack_dir, out_dir)
+                digest = prefixed(await trio.to_thread.run_sync(self.blobs.put, archive))
+                size = len(archive)
+            except Exception as exc:
+                result = type(result)(status="output_limit", exit_code=result.exit_code,
+                                      reason=f"outputs could not be packed: {exc}"[:300],
+                                      duration_s=result.duration_s)
+        await self._feed(ExecutionFinished(
+            eff.job_id, eff.attempt, eff.replica, result.status, result.exit_code, result.reason,
+            int(result.duration_s * 1000), None if result.cpu_s is None else int(result.cpu_s * 1000),
+            result.peak_memory_bytes, digest, size, executor_fault=result.status == "error"))
+        shutil.rmtree(d, ignore_errors=True)
+
+    async def _check(self, eff: RunChecker) -> None:
+        assert self.node is not None
+        job = self.node.jobs.get(eff.job_id)
+        try:
+            if job is not None and job.spec.checker_image:
+                same = await run_checker_container(self, job.spec.checker_image, eff.a, eff.b, eff.job_id)
+            elif job is not None and job.spec.tolerance is not None:
+                same = await trio.to_thread.run_sync(compare_outputs, self.blobs, eff.a, eff.b,
+                                                     job.spec.tolerance.rel, job.spec.tolerance.abs)
+            else:
+                same = eff.a == eff.b
+        except Exception as exc:
+            log.warning("comparing outputs of %s failed: %s", eff.job_id, exc)
+            same = False
+        await self._feed(CheckerFinished(eff.job_id, eff.a, eff.b, same))
+
+    def _job_log(self, job_id: str, data: bytes) -> None:
+        buf = self.job_logs.get(job_id)
+        if buf is None:
+            if len(self.job_logs) >= 10_000:
+                self.job_logs.pop(next(iter(self.job_logs)))
+            buf = self.job_logs[job_id] = JobLogBuffer(deque(maxlen=self.rp.job_log_lines))
+        buf.chunks.append((now_ms(), data))
+        buf.changed.set()
+        buf.changed = trio.Event()
+
+    # ------------------------------------------------------------ capabilities and health
+
+    async def _measure(self) -> None:
+        from meshd.exec.hardware import profile_hardware
+        from meshd.exec.score import ComputeScore, measure_compute_score
+
+        self.hardware = await trio.to_thread.run_sync(profile_hardware, self.dirs.root)
+        if self.measure_score:
+            self.score = await trio.to_thread.run_sync(measure_compute_score, self.hardware.gpus)
+        else:
+            self.score = ComputeScore(cpu_gflops=10.0, gpu_gflops=None, tier="cpu",
+                                      measured_at_monotonic=time.monotonic())
+
+    def _capabilities(self) -> LocalCapabilities:
+        hw, score = self.hardware, self.score
+        gpu_runtime = bool(getattr(self.executor, "gpu_runtime", None))
+        images: tuple[str, ...] = ()
+        lister = getattr(self.executor, "local_images", None)
+        if callable(lister):
+            try:
+                images = tuple(lister())[:256]
+            except Exception as exc:
+                log.warning("listing local images failed: %s", exc)
+        runtimes = (self.executor.name,)
+        return LocalCapabilities(
+            cores=hw.cpu_logical, ram_mb=hw.ram_total_bytes // (1 << 20),
+            disk_free_mb=hw.disk_free_bytes // (1 << 20),
+            gpus=tuple((g.name, g.memory_total_mb) for g in hw.gpus),
+            gpu_runtime=gpu_runtime, runtimes=runtimes, images=images,
+            score_gflops=round(score.cpu_gflops, 3),
+            gpu_gflops=score.gpu_gflops, tier=score.tier,
+            price=self.config.price / self.rp.price_unit_s, capacity=max(1, hw.cpu_logical),
+            network_allowed=self.config.allow_network_jobs,
+            addrs=tuple(self.host.listen_addrs), version=__version__,
+        )
+
+    async def _health_loop(self) -> None:
+        while True:
+            try:
+                result = await self.executor.health_check()
+                ok, reason = result.status == "succeeded", result.reason
+            except Exception as exc:
+                ok, reason = False, f"health check crashed: {exc}"
+            await self._feed(ExecutorHealth(ok, reason[:300]))
+            if not ok:
+                log.warning("executor health check failed: %s", reason)
+            assert self.node is not None
+            await trio.sleep(self.rp.health_recheck_s if not self.node.warm else self.rp.health_recheck_s * 10)
+
+    async def _capabilities_loop(self) -> None:
+        last_score = time.monotonic()
+        while True:
+            await trio.sleep(self.rp.capabilities_refresh_s)
+            if time.monotonic() - last_score > self.rp.score_refresh_s:
+                await self._measure()
+                last_score = time.monotonic()
+            await self._feed(self._capabilities())
+
+    # ------------------------------------------------------------ API helpers
+
+    async def submit(self, inp: Any) -> None:
+        await self._feed(inp)
+
+
+def build_daemon(config: NodeConfig, identity: Identity, data_dir: Path, *,
+                 measure_score: bool = True, **kwargs: Any) -> Daemon:
+    """A daemon with the executor chosen by the configuration (raises ExecutorUnavailable)."""
+    import dataclasses
+
+    from meshd.exec.factory import make_executor
+
+    exec_params = kwargs.pop("exec_params", None) or ExecParams()
+    exec_params = dataclasses.replace(
+        exec_params,
+        process_executor_enabled=config.allow_process_executor or config.executor == "process",
+        allow_network=config.allow_network_jobs,
+    )
+    executor, reason = make_executor(config.executor, exec_params, identity.peer_id[-12:])
+    if not executor.sandboxed:
+        log.warning("UNSANDBOXED: jobs run as plain processes of this user (%s)", reason)
+    return Daemon(data_dir, config, identity, executor=executor, executor_reason=reason,
+                  exec_params=exec_params, measure_score=measure_score, **kwargs)
+
+
+def run(config: NodeConfig, identity: Identity, data_dir: Path, overrides: dict[str, Any]) -> int:
+    """``meshd start``: run the daemon until SIGINT/SIGTERM; returns the exit code."""
+    import signal
+
+    from meshd.exec.base import ExecutorUnavailable
+
+    if overrides:
+        log.info("command-line overrides: %s", ", ".join(sorted(overrides)))
+    try:
+        daemon = build_daemon(config, identity, data_dir)
+    except ExecutorUnavailable as exc:
+        log.error("%s", exc)
+        return 1
+
+    async def main() -> int:
+        async with trio.open_nursery() as nursery:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                await nursery.start(daemon.run)
+                async for signum in signals:
+                    log.info("received %s: shutting down", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    break
+        return 0
+
+    return trio.run(main)

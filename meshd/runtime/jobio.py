@@ -1,0 +1,143 @@
+"""Moving job data: inputs to a worker, outputs back, and comparing two outputs.
+
+Rules:
+- Inputs named by digest come from the origin's blob store over the blob
+  protocol and are sha256-checked before use; inputs named by URI are fetched
+  with a size cap and a timeout (``s3://`` and ``ipfs://`` through the
+  gateways in :class:`GatewayParams`).
+- Every input lands at ``inputs/<path>`` (paths were validated by the job
+  descriptor: relative, no ``..``).
+- Output archives are deterministic tars (``meshd.store.blobs.pack_dir``);
+  comparing two of them "within tolerance" follows specs/CREDITS.md.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import trio
+
+from meshd.core.jobspec import JobSpec
+from meshd.store.blobs import BlobStore
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
+
+DIGEST_PREFIX = "sha256:"
+_NUMBER = re.compile(rb"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+
+
+@dataclass(frozen=True)
+class GatewayParams:
+    ipfs_gateway: str = "http://127.0.0.1:8080"
+    """HTTP gateway for ipfs:// inputs (``{gateway}/ipfs/<cid>``)."""
+    s3_endpoint: str = "http://127.0.0.1:9000"
+    """Endpoint for s3:// inputs (``{endpoint}/<bucket>/<key>``, unsigned GET)."""
+    max_uri_bytes: int = 256 * 1024 * 1024
+    """Largest input fetched from a URI."""
+    uri_timeout_s: float = 60.0
+    """Timeout of one URI fetch."""
+
+
+def bare(digest: str) -> str:
+    """The blob store's key of a protocol digest (``sha256:<hex>`` → ``<hex>``)."""
+    return digest[len(DIGEST_PREFIX):] if digest.startswith(DIGEST_PREFIX) else digest
+
+
+def prefixed(hex_digest: str) -> str:
+    return hex_digest if hex_digest.startswith(DIGEST_PREFIX) else DIGEST_PREFIX + hex_digest
+
+
+def resolve_uri(uri: str, gw: GatewayParams) -> str:
+    if uri.startswith("ipfs://"):
+        return f"{gw.ipfs_gateway.rstrip('/')}/ipfs/{uri[len('ipfs://'):]}"
+    if uri.startswith("s3://"):
+        return f"{gw.s3_endpoint.rstrip('/')}/{uri[len('s3://'):]}"
+    return uri
+
+
+def fetch_uri(uri: str, gw: GatewayParams) -> bytes:
+    """GET a URI with a size cap (blocking; run in a thread)."""
+    url = resolve_uri(uri, gw)
+    with urllib.request.urlopen(url, timeout=gw.uri_timeout_s) as resp:  # noqa: S310 (schemes validated)
+        data = resp.read(gw.max_uri_bytes + 1)
+    if len(data) > gw.max_uri_bytes:
+        raise ValueError(f"{uri} is larger than {gw.max_uri_bytes} bytes")
+    return data
+
+
+async def fetch_inputs(daemon: Daemon, origin: str, spec: JobSpec, dest: Path,
+                       gw: GatewayParams = GatewayParams()) -> None:
+    """Place every input of ``spec`` under ``dest`` (raises with a reason on failure)."""
+    if not spec.inputs:
+        return
+    dest.mkdir(parents=True, exist_ok=True)
+    for ref in spec.inputs:
+        target = dest / ref.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if ref.digest is not None:
+            await daemon.fetch_blob_from(origin, ref.digest)
+            src = daemon.blobs.path_of(bare(ref.digest))
+            await trio.to_thread.run_sync(shutil.copyfile, src, target)
+        else:
+            assert ref.uri is not None
+            data = await trio.to_thread.run_sync(fetch_uri, ref.uri, gw)
+            target.write_bytes(data)
+        target.chmod(0o444)
+
+
+def _members(archive: bytes) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:") as tar:
+        for m in tar.getmembers():
+            if m.isfile():
+                f = tar.extractfile(m)
+                out[m.name] = f.read() if f else b""
+    return out
+
+
+def numbers_close(a: bytes, b: bytes, rel: float, abs_: float) -> bool:
+    """Same text outside numbers; every pair of number tokens within tolerance."""
+    if _NUMBER.sub(b"#", a) != _NUMBER.sub(b"#", b):
+        return False
+    for x, y in zip(_NUMBER.findall(a), _NUMBER.findall(b), strict=True):
+        fx, fy = float(x), float(y)
+        if not math.isclose(fx, fy, rel_tol=rel, abs_tol=abs_):
+            return False
+    return True
+
+
+def compare_outputs(blobs: BlobStore, a: str, b: str, rel: float, abs_: float) -> bool:
+    """Two output archives are equivalent within the job's tolerance (specs/CREDITS.md)."""
+    if a == b:
+        return True
+    fa, fb = _members(blobs.get(bare(a))), _members(blobs.get(bare(b)))
+    if fa.keys() != fb.keys():
+        return False
+    return all(fa[k] == fb[k] or numbers_close(fa[k], fb[k], rel, abs_) for k in fa)
+
+
+async def run_checker_container(daemon: Daemon, image: str, a: str, b: str, job_id: str) -> bool:
+    """Run the user's checker with the two outputs at /mesh/inputs/a and /mesh/inputs/b."""
+    from meshd.exec.base import ExecRequest
+    from meshd.store.blobs import unpack_tar
+
+    with tempfile.TemporaryDirectory(dir=daemon.dirs.work) as tmp:
+        root = Path(tmp)
+        for name, digest in (("a", a), ("b", b)):
+            data = await trio.to_thread.run_sync(daemon.blobs.get, bare(digest))
+            await trio.to_thread.run_sync(unpack_tar, data, root / "inputs" / name)
+        (root / "outputs").mkdir()
+        req = ExecRequest(job_id=f"check-{job_id}"[:120], image=image, command=("/mesh/check",),
+                          input_dir=root / "inputs", output_dir=root / "outputs", timeout_s=300.0)
+        result = await daemon.executor.run(req)
+        return result.status == "succeeded"

@@ -1,0 +1,100 @@
+"""``python -m simulations run SCENARIO --seed N ...`` / ``list`` / ``sweep``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .report import plot_run, plot_sweep, print_summary
+from .scenarios import SCENARIOS, RunConfig, run
+
+
+def _pins(items: list[str]) -> dict[str, str]:
+    out = {}
+    for it in items:
+        name, _, value = it.partition("=")
+        if not value:
+            raise SystemExit(f"--set wants name=value, got {it!r}")
+        out[name] = value
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m simulations")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list", help="scenarios and knobs")
+    r = sub.add_parser("run", help="run one scenario")
+    r.add_argument("scenario", choices=sorted(SCENARIOS))
+    r.add_argument("--seed", type=int, default=1)
+    r.add_argument("--nodes", type=int)
+    r.add_argument("--jobs", type=int)
+    r.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE", help="pin a knob")
+    r.add_argument("--mutant", help="use a deliberately broken core (see simulations/mutants.py)")
+    r.add_argument("--json", metavar="OUT")
+    r.add_argument("--png", metavar="OUT")
+    r.add_argument("--replay", action="store_true", help="print only the replay command and exit")
+    r.add_argument("--profile", metavar="OUT", help="write a cProfile of the run")
+    s = sub.add_parser("sweep", help="load sweep: ours vs omniscient vs random")
+    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--nodes", type=int, default=200)
+    s.add_argument("--jobs", type=int, default=2000)
+    s.add_argument("--loads", default="0.1,0.3,0.5,0.7,0.8,0.9,0.95")
+    s.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE")
+    s.add_argument("--json", metavar="OUT")
+    s.add_argument("--png", metavar="OUT")
+    a = ap.parse_args(argv)
+
+    if a.cmd == "list":
+        from .knobs import knob_docs
+        for sc in SCENARIOS.values():
+            print(f"{sc.name:10} {sc.about} (default --nodes {sc.default_nodes} --jobs {sc.default_jobs})")
+        print("\nknobs (--set name=value):")
+        for name, doc in knob_docs().items():
+            print(f"  {name:20} {doc}")
+        return 0
+    if a.cmd == "sweep":
+        rows = []
+        for load in [float(x) for x in a.loads.split(",")]:
+            pins = {**_pins(a.set), "load": str(load)}
+            res = run(RunConfig("load", a.seed, a.nodes, a.jobs, pins)).result
+            rows.append(res)
+            print(f"load {load:.2f}: ours mean {res['completion_mean_s']:.2f}s p99 {res['completion_p99_s']:.2f}s | "
+                  f"omni {res.get('omniscient_mean_s', 0):.2f}/{res.get('omniscient_p99_s', 0):.2f} | "
+                  f"random {res.get('random_mean_s', 0):.2f}/{res.get('random_p99_s', 0):.2f} | "
+                  f"ratio {res.get('ratio_mean_vs_omniscient', 0):.3f} | wall {res['wall_s']}s"
+                  + ("" if res["ok"] else f" FAILED: {res['failure']}"), flush=True)
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(rows, f, indent=1)
+        if a.png:
+            plot_sweep(rows, a.png)
+        return 0 if all(r["ok"] for r in rows) else 1
+
+    sc = SCENARIOS[a.scenario]
+    cfg = RunConfig(a.scenario, a.seed, a.nodes or sc.default_nodes, a.jobs or sc.default_jobs,
+                    _pins(a.set), a.mutant)
+    if a.replay:
+        from .scenarios import replay_command
+        print(replay_command(cfg))
+        return 0
+    if a.profile:
+        import cProfile
+        import pstats
+        prof = cProfile.Profile()
+        r = prof.runcall(run, cfg)
+        prof.dump_stats(a.profile)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+    else:
+        r = run(cfg)
+    print_summary(r.result)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(r.result, f, indent=1)
+    if a.png:
+        plot_run(r, a.png)
+    return 0 if r.result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

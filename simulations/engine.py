@@ -1,0 +1,501 @@
+"""The discrete-event engine: one event heap in virtual ms driving many core nodes.
+
+Theory of operation
+-------------------
+Everything that happens is an entry ``(time_ms, seq, kind, payload)`` in one
+heap; ``seq`` breaks ties in insertion order, so a run is a pure function of
+its seed (one ``random.Random(seed)`` hierarchy, plus one numpy generator
+seeded from it; no wall clock, no set iteration in decisions). Each pop feeds
+one input to one node (``Node.step``) and carries out the effects in order
+(appends first — checked). A node's timers are one heap entry at its
+``next_deadline()``, re-armed after every step.
+
+Network model: direct messages get a lognormal latency per message, may be
+lost or duplicated, and fail (``SendFailed`` after ``connect_timeout_ms``)
+across a partition or to a dead node. Executions last
+``actual_work / (speed × 1e9)``; liars return a wrong digest with ``lie_rate``.
+
+Scale (the O(N²) parts of gossip)
+---------------------------------
+*Offers* are gossiped to every node, and every fitting node bids. But an origin
+closes its bid window on the ``bids_enough``-th bid, and a bid or decline that
+arrives after the window closed changes nothing (``bid_late``; a worker's
+answer to an offer changes no worker state). So for each offer we draw, for
+every node, the offer latency ``l1`` and reply latency ``l2``, and walk the
+nodes in order of ``r = l1 + l2`` — the order their answers reach the origin —
+delivering the offer to node ``k`` at ``max(t0 + l1_k, previous delivery)``
+and forcing its reply to arrive at ``t0 + r_k``. The walk stops as soon as the
+origin's window for that attempt is closed, or when ``r`` exceeds the bid
+window. The bids the origin sees, and when, are those of full delivery; the
+only difference is that a node may read its own state up to one round trip
+later than the offer reached it (as if it had queued the offer). Cost per
+offer: a handful of deliveries instead of N. ``gossip_mode=full`` delivers
+every copy (used by a test to check both modes agree).
+
+*Receipts and attestations* (``TOPIC_RECEIPTS``) are gossiped to every node
+in the protocol — two to four per job, each costing every node a hash and a
+ledger update. Up to 256 nodes they reach everyone; above, each node hears
+them from ``advert_fanout`` peers (``receipt_fanout`` knob). This thins the
+remote reputation evidence (attestations) a node gets, so it understates how
+fast gossip spreads news of a liar; origins' own observations are unaffected.
+
+*Adverts* feed only the origin's peer table (cost estimate, the candidate
+count that closes a window early, decline explanations, prices); bidding does
+not read it. The core scans the whole table on every submit and offer
+(``estimate``, ``_candidates``: ~3 µs per peer), so a node tracking 1,000
+peers spends ~6.6 ms per job. We therefore give each node a bounded peer
+view: it receives the adverts of ``advert_fanout`` peers drawn from the seed
+(one shared decoded advert object per publish, delivered to that publisher's
+subscribers in one heap event). Interval and TTL are the protocol's own.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from meshd.core.events import (
+    TOPIC_ADVERTS,
+    TOPIC_OFFERS,
+    Append,
+    BlobFetched,
+    CancelExecution,
+    CheckerFinished,
+    DirectReceived,
+    ExecutionFinished,
+    ExecutorHealth,
+    FetchBlob,
+    FetchInputs,
+    GossipReceived,
+    InputsFetched,
+    JobLog,
+    JobSubmitted,
+    Publish,
+    RunChecker,
+    Send,
+    SendFailed,
+    SetPeerScore,
+    StartExecution,
+    Tick,
+)
+from meshd.core.identity import Identity
+from meshd.core.node import Node
+from meshd.core.params import CoreParams
+from meshd.core.wire import Opened
+
+from .codec import SimCodec
+from .knobs import Knobs
+from .workload import Hardware, JobPlan, lie_digest
+
+# Event kinds (ints: cheap to compare and to hash into the trace).
+EV_INPUT, EV_LOCAL, EV_TICK, EV_FINISH, EV_OFFER, EV_ADVERT, EV_CALL = range(7)
+RunKey = tuple[str, int, int]
+
+INPUT_CODES = {name: i for i, name in enumerate(
+    ["Tick", "GossipReceived", "DirectReceived", "SendFailed", "LocalCapabilities", "ExecutorHealth",
+     "JobSubmitted", "InputsFetched", "ExecutionFinished", "BlobFetched", "CheckerFinished"])}
+MSG_CODES = {name: i for i, name in enumerate(
+    ["advert", "offer", "bid", "decline", "award", "award_reply", "heartbeat", "heartbeat_reply",
+     "result", "result_ack", "cancel", "receipt", "attestation"])}
+
+
+class SimFailure(Exception):
+    """An invariant broke; ``str()`` carries the replay command."""
+
+
+@dataclass
+class Slot:
+    """One simulated machine: its identity, hardware, durable log and current core."""
+
+    idx: int
+    identity: Identity
+    hw: Hardware
+    node: Node
+    log: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    log_keys: set[bytes] = field(default_factory=set)
+    alive: bool = True
+    dying: bool = False
+    incarnation: int = 0
+    running: dict[RunKey, int] = field(default_factory=dict)
+    tick_at: int | None = None
+    group: int = 0
+
+    @property
+    def peer_id(self) -> str:
+        return self.identity.peer_id
+
+
+@dataclass
+class OfferCast:
+    origin: int
+    incarnation: int
+    t0: int
+    job_id: str
+    attempt: int
+    data: Opened
+    order: list[int]
+    l1: np.ndarray
+    r: np.ndarray
+    k: int = 0
+    last_ms: int = 0
+    stop_early: bool = True
+
+
+class Engine:
+    """Holds the nodes, the heap and the network; scenarios script it."""
+
+    def __init__(self, seed: int, hw: list[Hardware], knobs: Knobs, params: CoreParams,
+                 node_factory: Callable[..., Node] = Node, start_ms: int = 1_000_000) -> None:
+        self.seed = seed
+        self.knobs = knobs
+        self.params = params
+        self.node_factory = node_factory
+        master = random.Random(seed)
+        self.rng_net = random.Random(master.getrandbits(64))
+        self.rng_exec = random.Random(master.getrandbits(64))
+        self.rng_nodes = random.Random(master.getrandbits(64))
+        self.rng_adv = random.Random(master.getrandbits(64))
+        self.np = np.random.default_rng(master.getrandbits(64))
+        self.codec = SimCodec()
+        self.now = start_ms
+        self.heap: list[tuple[int, int, int, Any]] = []
+        self.seq = 0
+        self.trace = 0
+        self.events = 0
+        self.partitioned = False
+        self.hooks: list[Any] = []  # observers with on_append / on_effects / on_start / on_input
+        self.stats: dict[str, int] = {}
+        self.jobs_by_id: dict[str, JobPlan] = {}
+        self.produced: dict[str, set[str]] = {}
+        self.recent: list[Opened] = []  # envelopes a spammer can replay
+        self.slots: list[Slot] = []
+        self.by_peer: dict[str, int] = {}
+        for i, h in enumerate(hw):
+            ident = Identity.from_seed_int(seed * 1_000_003 + i + 1)
+            slot = Slot(i, ident, h, self._new_node(ident))
+            self.slots.append(slot)
+            self.by_peer[ident.peer_id] = i
+        self.subscribers = self._draw_views(len(hw), knobs.advert_fanout)
+        rf = knobs.receipt_fanout if knobs.receipt_fanout >= 0 else (0 if len(hw) <= 256 else knobs.advert_fanout)
+        self.receipt_subscribers = self._draw_views(len(hw), rf) if rf else None
+        self._forced: tuple[str, int] | None = None  # (to_peer, arrival) while a node answers an offer
+
+    # ------------------------------------------------------------ setup
+
+    def _new_node(self, ident: Identity) -> Node:
+        rng = random.Random(self.rng_nodes.getrandbits(64))
+        return self.node_factory(self.params, ident, rng, self.now, codec=self.codec, version="sim")
+
+    def _draw_views(self, n: int, fanout: int) -> list[list[int]]:
+        """subscribers[j]: the nodes whose peer view includes j (each node tracks ``fanout`` peers)."""
+        subs: list[list[int]] = [[] for _ in range(n)]
+        k = min(max(0, fanout), n - 1)
+        for i in range(n):
+            for j in self.rng_adv.sample(range(n - 1), k):
+                subs[j if j < i else j + 1].append(i)
+        return subs
+
+    def boot(self, slot: Slot, delay_ms: int) -> None:
+        self.at(self.now + delay_ms, EV_LOCAL, (slot.idx, slot.incarnation, slot.hw.caps()))
+        self.at(self.now + delay_ms, EV_LOCAL, (slot.idx, slot.incarnation, ExecutorHealth(True)))
+
+    # ------------------------------------------------------------ heap
+
+    def at(self, when_ms: int, kind: int, payload: Any) -> None:
+        self.seq += 1
+        heapq.heappush(self.heap, (when_ms, self.seq, kind, payload))
+
+    def call_at(self, when_ms: int, fn: Callable[[], None]) -> None:
+        self.at(when_ms, EV_CALL, fn)
+
+    def run_until(self, end_ms: int, stop: Callable[[], bool] | None = None, check_every: int = 2_000) -> None:
+        heap, pop = self.heap, heapq.heappop
+        n = 0
+        while heap and heap[0][0] <= end_ms:
+            t, _, kind, payload = pop(heap)
+            self.now = t
+            self._dispatch(kind, payload)
+            n += 1
+            if stop is not None and n % check_every == 0 and stop():
+                return
+        self.now = max(self.now, end_ms)
+
+    def _dispatch(self, kind: int, p: Any) -> None:
+        if kind == EV_INPUT:
+            slot = self.slots[p[0]]
+            if slot.alive:
+                self.feed(slot, p[1])
+        elif kind == EV_LOCAL:
+            slot = self.slots[p[0]]
+            if slot.alive and slot.incarnation == p[1]:
+                self.feed(slot, p[2])
+        elif kind == EV_TICK:
+            slot = self.slots[p[0]]
+            if slot.alive and slot.incarnation == p[1] and slot.tick_at == self.now:
+                slot.tick_at = None
+                self.feed(slot, Tick())
+        elif kind == EV_FINISH:
+            self._finish(p)
+        elif kind == EV_OFFER:
+            self._offer_step(p)
+        elif kind == EV_ADVERT:
+            self._advert_cast(p)
+        else:
+            p()
+
+    # ------------------------------------------------------------ stepping
+
+    def feed(self, slot: Slot, inp: Any) -> None:
+        node = slot.node
+        self.events += 1
+        code = INPUT_CODES.get(type(inp).__name__, 99)
+        data = getattr(inp, "data", None)
+        mcode = MSG_CODES.get(data.type, 50) if type(data) is Opened else -1
+        self.trace = hash((self.trace, self.now, slot.idx, code, mcode))
+        for h in self.hooks:
+            h.on_input(slot, inp)
+        try:
+            effects = node.step(inp, self.now)
+        except Exception as exc:  # a core must never raise on any input
+            raise SimFailure(f"node {slot.idx} raised {type(exc).__name__}: {exc} "
+                             f"on {type(inp).__name__}") from exc
+        self.apply(slot, effects)
+        self._arm(slot)
+
+    def _arm(self, slot: Slot) -> None:
+        d = slot.node.next_deadline()
+        if d is not None and (slot.tick_at is None or d < slot.tick_at):
+            d = max(d, self.now)
+            slot.tick_at = d
+            self.at(d, EV_TICK, (slot.idx, slot.incarnation))
+
+    def apply(self, slot: Slot, effects: list[Any]) -> None:
+        for h in self.hooks:
+            h.on_effects(slot, effects)
+        for eff in effects:
+            t = type(eff)
+            if t is Append:
+                self._append(slot, eff)
+                continue
+            if slot.dying:  # torn batch: appends are durable, the rest never happened
+                self._die(slot)
+                return
+            if t is Send:
+                self._send(slot, eff)
+            elif t is Publish:
+                self._publish(slot, eff)
+            elif t is StartExecution:
+                self._start(slot, eff)
+            elif t is FetchInputs:
+                self._local(slot, 1 + self.rng_exec.randrange(20),
+                            InputsFetched(eff.job_id, eff.attempt, eff.replica, True))
+            elif t is CancelExecution:
+                slot.running.pop((eff.job_id, eff.attempt, eff.replica), None)
+            elif t is FetchBlob:
+                self._fetch_blob(slot, eff)
+            elif t is RunChecker:
+                self._local(slot, 1, CheckerFinished(eff.job_id, eff.a, eff.b, False))
+            elif t is JobLog or t is SetPeerScore:
+                self.stats[t.__name__] = self.stats.get(t.__name__, 0) + 1
+            else:
+                raise SimFailure(f"node {slot.idx} returned an unknown effect {eff!r}")
+        if slot.dying:
+            self._die(slot)
+
+    def _append(self, slot: Slot, eff: Append) -> None:
+        if eff.key is not None:
+            if eff.key in slot.log_keys:  # idempotency key: the store returns the existing record
+                return
+            slot.log_keys.add(eff.key)
+        slot.log.append((eff.kind, eff.body))
+        for h in self.hooks:
+            h.on_append(slot, eff.kind, eff.body)
+
+    def _local(self, slot: Slot, delay_ms: int, inp: Any) -> None:
+        self.at(self.now + delay_ms, EV_LOCAL, (slot.idx, slot.incarnation, inp))
+
+    # ------------------------------------------------------------ network
+
+    def latency(self) -> int:
+        k = self.knobs
+        v = k.latency_ms_median * math.exp(k.latency_sigma * self.rng_net.gauss(0.0, 1.0))
+        return max(1, min(k.latency_ms_max, int(v)))
+
+    def reachable(self, a: int, b: int) -> bool:
+        return self.slots[b].alive and (not self.partitioned or self.slots[a].group == self.slots[b].group)
+
+    def _send(self, slot: Slot, eff: Send) -> None:
+        to = self.by_peer.get(eff.to_peer)
+        if to is None or not self.reachable(slot.idx, to):
+            fail = SendFailed(eff.to_peer, eff.kind, eff.job_id, "unreachable")
+            self._local(slot, self.knobs.connect_timeout_ms, fail)
+            return
+        rng = self.rng_net
+        if self.knobs.direct_loss and rng.random() < self.knobs.direct_loss:
+            self.stats["direct_lost"] = self.stats.get("direct_lost", 0) + 1
+            return
+        forced = self._forced
+        if forced is not None and forced[0] == eff.to_peer:
+            arrive = forced[1]
+        else:
+            arrive = self.now + self.latency()
+        inp = DirectReceived(slot.peer_id, eff.data)
+        self.at(arrive, EV_INPUT, (to, inp))
+        if self.knobs.direct_dup and rng.random() < self.knobs.direct_dup:
+            self.at(arrive + self.latency(), EV_INPUT, (to, inp))
+
+    def _publish(self, slot: Slot, eff: Publish) -> None:
+        data = eff.data
+        if eff.topic == TOPIC_ADVERTS:
+            self.at(self.now + self.latency(), EV_ADVERT, (slot.idx, GossipReceived(eff.topic, slot.peer_id, data)))
+        elif eff.topic == TOPIC_OFFERS and type(data) is Opened:
+            self.cast_offer(slot, data)
+        else:  # receipts and attestations: to the publisher's view subscribers (see "Scale")
+            inp = GossipReceived(eff.topic, slot.peer_id, data)
+            targets = self.receipt_subscribers[slot.idx] if self.receipt_subscribers else range(len(self.slots))
+            for i in targets:
+                if i != slot.idx and self.reachable(slot.idx, i) and not (
+                        self.knobs.gossip_loss and self.rng_net.random() < self.knobs.gossip_loss):
+                    self.at(self.now + self.latency(), EV_INPUT, (i, inp))
+
+    def _advert_cast(self, p: tuple[int, GossipReceived]) -> None:
+        src, inp = p
+        loss = self.knobs.gossip_loss
+        for i in self.subscribers[src]:
+            if self.reachable(src, i) and not (loss and self.rng_net.random() < loss):
+                self.feed(self.slots[i], inp)
+
+    def cast_offer(self, slot: Slot, data: Opened, *, stop_early: bool | None = None) -> None:
+        n = len(self.slots)
+        k = self.knobs
+        l1 = np.maximum(1, np.minimum(k.latency_ms_max, k.latency_ms_median
+                                      * np.exp(k.latency_sigma * self.np.standard_normal(n)))).astype(np.int64)
+        l2 = np.maximum(1, np.minimum(k.latency_ms_max, k.latency_ms_median
+                                      * np.exp(k.latency_sigma * self.np.standard_normal(n)))).astype(np.int64)
+        r = l1 + l2
+        lazy = k.gossip_mode == "lazy" if stop_early is None else stop_early
+        order = np.argsort(r if lazy else l1, kind="stable").tolist()
+        body = data.body
+        if len(self.recent) < 64:
+            self.recent.append(data)
+        cast = OfferCast(slot.idx, slot.incarnation, self.now, body.job_id, body.attempt, data, order, l1, r,
+                         last_ms=self.now, stop_early=lazy)
+        self._offer_next(cast)
+
+    def _offer_next(self, cast: OfferCast) -> None:
+        while cast.k < len(cast.order):
+            c = cast.order[cast.k]
+            if c == cast.origin:
+                cast.k += 1
+                continue
+            if cast.stop_early and cast.r[c] > self.params.bid_window_ms:
+                return
+            when = max(cast.last_ms, cast.t0 + int(cast.l1[c]))
+            cast.last_ms = when
+            self.at(when, EV_OFFER, cast)
+            return
+
+    def _window_open(self, cast: OfferCast) -> bool:
+        o = self.slots[cast.origin]
+        if not o.alive or o.incarnation != cast.incarnation:
+            return False
+        job = o.node.jobs.get(cast.job_id)  # peeking is safe: a closed window ignores every later answer
+        return job is not None and job.offer_open and job.attempt == cast.attempt
+
+    def _offer_step(self, cast: OfferCast) -> None:
+        if cast.stop_early and not self._window_open(cast):
+            return
+        c = cast.order[cast.k]
+        cast.k += 1
+        if self.reachable(cast.origin, c) and not (self.knobs.gossip_loss
+                                                   and self.rng_net.random() < self.knobs.gossip_loss):
+            origin_peer = self.slots[cast.origin].peer_id
+            self._forced = (origin_peer, cast.t0 + int(cast.r[c]))
+            try:
+                self.feed(self.slots[c], GossipReceived(TOPIC_OFFERS, origin_peer, cast.data))
+            finally:
+                self._forced = None
+        self._offer_next(cast)
+
+    # ------------------------------------------------------------ executor
+
+    def _start(self, slot: Slot, eff: StartExecution) -> None:
+        key = (eff.job_id, eff.attempt, eff.replica)
+        for h in self.hooks:
+            h.on_start(slot, eff)
+        token = self.rng_exec.getrandbits(32)
+        slot.running[key] = token
+        plan: JobPlan | None = self.jobs_by_id.get(eff.job_id)
+        work = plan.actual_flops if plan is not None else (eff.spec.estimated_flops or 1e9)
+        dur = max(1, int(work / (slot.hw.speed_gflops * 1e9) * 1000))
+        timed_out = dur > eff.timeout_s * 1000
+        if timed_out:
+            dur = int(eff.timeout_s * 1000)
+        digest = plan.honest_digest if plan is not None else lie_digest(eff.job_id, "?", 0, 0)
+        if slot.hw.liar and self.rng_exec.random() < slot.hw.lie_rate:
+            digest = lie_digest(eff.job_id, slot.peer_id, eff.attempt, eff.replica)
+        status = "timeout" if timed_out else "succeeded"
+        self.produced.setdefault(eff.job_id, set()).add(digest)
+        fin = ExecutionFinished(eff.job_id, eff.attempt, eff.replica, status, None if timed_out else 0, "",
+                                dur, dur, 1 << 20, digest if not timed_out else None, 1024)
+        self.at(self.now + dur, EV_FINISH, (slot.idx, slot.incarnation, key, token, fin))
+
+    def _finish(self, p: tuple[int, int, RunKey, int, ExecutionFinished]) -> None:
+        idx, inc, key, token, fin = p
+        slot = self.slots[idx]
+        if not slot.alive or slot.incarnation != inc or slot.running.get(key) != token:
+            return
+        del slot.running[key]
+        self.feed(slot, fin)
+
+    def _fetch_blob(self, slot: Slot, eff: FetchBlob) -> None:
+        src = self.by_peer.get(eff.from_peer)
+        ok = src is not None and self.reachable(slot.idx, src)
+        delay = 2 * self.latency() + 5 if ok else self.knobs.connect_timeout_ms
+        self._local(slot, delay, BlobFetched(eff.job_id, eff.attempt, eff.replica, eff.digest, ok,
+                                             "" if ok else "worker unreachable"))
+
+    # ------------------------------------------------------------ faults
+
+    def crash(self, slot: Slot, torn: bool) -> None:
+        """Crash now, or (torn) at the node's next step after its appends."""
+        if not slot.alive:
+            return
+        if torn:
+            slot.dying = True
+        else:
+            self._die(slot)
+
+    def _die(self, slot: Slot) -> None:
+        slot.alive, slot.dying = False, False
+        slot.running.clear()
+        slot.tick_at = None
+        slot.incarnation += 1
+        self.stats["crashes"] = self.stats.get("crashes", 0) + 1
+
+    def restart(self, slot: Slot) -> None:
+        if slot.alive:
+            return
+        import pickle
+
+        slot.incarnation += 1
+        slot.node = self._new_node(slot.identity)
+        slot.alive = True
+        records = pickle.loads(pickle.dumps(slot.log))  # a fresh read of the durable log
+        try:
+            effects = slot.node.restore(records)
+        except Exception as exc:
+            raise SimFailure(f"node {slot.idx} raised {type(exc).__name__} in restore: {exc}") from exc
+        self.apply(slot, effects)
+        self._arm(slot)
+        self.boot(slot, 1)
+        self.stats["restarts"] = self.stats.get("restarts", 0) + 1
+
+    def submit(self, slot: Slot, plan: JobPlan) -> None:
+        self.feed(slot, JobSubmitted(plan.spec, plan.job_id))

@@ -1,0 +1,412 @@
+"""Scenarios and the run loop: safety phase with faults, then liveness phase.
+
+A run is identified by ``(scenario, seed, nodes, jobs, pins, mutant)`` plus the
+commit; :func:`replay_command` prints it. Phases:
+
+1. boot (nodes start at random offsets within one advert interval) and warm-up
+   of two advert intervals, so peer views are filled;
+2. **safety phase**: jobs arrive (Poisson, at the scenario's load) at random
+   live origins while the scenario's faults run (crashes, partitions, loss,
+   duplication, slow nodes, liars, spammers); invariants are checked as it goes;
+3. **liveness phase**: partitions heal, crashed nodes restart, loss and
+   duplication stop, spammers stop; every job must reach a terminal state
+   within ``liveness_ms`` of virtual time, or the run fails with the jobs lost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from meshd.core.events import DirectReceived, GossipReceived
+from meshd.core.params import CoreParams
+from meshd.core.wire import Offer, OfferRequirements, Result
+
+from . import baselines
+from .codec import Forged
+from .engine import Engine, SimFailure, Slot
+from .invariants import Checker
+from .knobs import Knobs, draw_network
+from .mutants import MUTANTS
+from .workload import IMAGE, JobPlan, draw_hardware, draw_jobs, honest_digest
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    about: str
+    draw: Callable[[random.Random, Knobs], None]
+    default_nodes: int = 50
+    default_jobs: int = 500
+
+
+def _draw_load(rng: random.Random, k: Knobs) -> None:
+    k.latency_ms_median, k.latency_sigma = 20.0, 0.5
+    k.load = 0.8
+    k.replication = "off"
+
+
+def _draw_churn(rng: random.Random, k: Knobs) -> None:
+    draw_network(rng, k, faults=True)
+    k.crash_fraction = 0.3
+    k.down_ms_max = rng.choice([5_000, 20_000, 60_000])
+    k.torn_batch = rng.choice([0.0, 0.5, 1.0])
+    k.load = rng.uniform(0.2, 0.7)
+
+
+def _draw_cheaters(rng: random.Random, k: Knobs) -> None:
+    draw_network(rng, k, faults=True)
+    k.liar_fraction = 0.1
+    k.lie_rate = rng.choice([0.1, 0.3, 0.5, 1.0])
+    k.spammer_fraction = rng.choice([0.0, 0.05])
+    k.load = rng.uniform(0.2, 0.6)
+
+
+def _draw_partition(rng: random.Random, k: Knobs) -> None:
+    draw_network(rng, k, faults=True)
+    k.partition = True
+    k.partition_fraction = rng.uniform(0.1, 0.5)
+    k.partition_ms = rng.choice([10_000, 30_000, 60_000])
+    k.load = rng.uniform(0.2, 0.6)
+
+
+def _draw_swarm(rng: random.Random, k: Knobs) -> None:
+    draw_network(rng, k, faults=True)
+    k.crash_fraction = rng.choice([0.0, 0.1, 0.3])
+    k.torn_batch = rng.random()
+    k.liar_fraction = rng.choice([0.0, 0.1])
+    k.lie_rate = rng.uniform(0.1, 1.0)
+    k.spammer_fraction = rng.choice([0.0, 0.05])
+    k.partition = rng.random() < 0.5
+    k.partition_fraction = rng.uniform(0.1, 0.5)
+    k.partition_ms = rng.choice([10_000, 30_000])
+    k.load = rng.uniform(0.1, 0.9)
+
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
+    Scenario("load", "placement vs omniscient and random schedulers at a utilisation (default 80%, "
+             "replication off; --set replication=default to include verification)", _draw_load, 200, 2000),
+    Scenario("churn", "30% of nodes crash (some mid-batch) and restart; network faults drawn", _draw_churn),
+    Scenario("cheaters", "10% liars (wrong digests), maybe spammers; detection and verification cost",
+             _draw_cheaters),
+    Scenario("partition", "the mesh splits in two, then heals; every job must finish after the heal",
+             _draw_partition),
+    Scenario("swarm", "every fault knob drawn from the seed", _draw_swarm),
+]}
+
+
+@dataclass
+class RunConfig:
+    scenario: str
+    seed: int
+    nodes: int
+    jobs: int
+    pins: dict[str, str] = field(default_factory=dict)
+    mutant: str | None = None
+
+
+def commit() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "meshd/core", "simulations"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except Exception:
+        return "unknown"
+
+
+def replay_command(cfg: RunConfig) -> str:
+    parts = ["python -m simulations run", cfg.scenario, f"--seed {cfg.seed}", f"--nodes {cfg.nodes}",
+             f"--jobs {cfg.jobs}"]
+    parts += [f"--set {k}={v}" for k, v in sorted(cfg.pins.items())]
+    if cfg.mutant:
+        parts.append(f"--mutant {cfg.mutant}")
+    return " ".join(parts)
+
+
+def core_params(k: Knobs) -> CoreParams:
+    p = CoreParams()
+    if k.replication == "off":
+        p = dataclasses.replace(p, replication_fraction=0.0, untrusted_replication=0.0)
+    return p
+
+
+class Run:
+    """One simulation run: builds the mesh, runs both phases, collects metrics."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        sc = SCENARIOS[cfg.scenario]
+        master = random.Random(cfg.seed)
+        rng_knobs = random.Random(master.getrandbits(64))
+        rng_hw = random.Random(master.getrandbits(64))
+        self.rng_work = random.Random(master.getrandbits(64))
+        self.rng_fault = random.Random(master.getrandbits(64))
+        engine_seed = master.getrandbits(62)
+        k = Knobs()
+        sc.draw(rng_knobs, k)
+        self.knobs = k = k.with_overrides(cfg.pins)
+        self.params = core_params(k)
+        hw = draw_hardware(rng_hw, cfg.nodes, slow_fraction=k.slow_fraction, slow_factor=k.slow_factor)
+        order = list(range(cfg.nodes))
+        rng_hw.shuffle(order)
+        n_liars = round(k.liar_fraction * cfg.nodes)
+        n_spam = round(k.spammer_fraction * cfg.nodes)
+        for i in order[:n_liars]:
+            hw[i].liar, hw[i].lie_rate = True, k.lie_rate
+        for i in order[n_liars:n_liars + n_spam]:
+            hw[i].spammer = True
+        factory = MUTANTS[cfg.mutant] if cfg.mutant else None
+        self.engine = Engine(engine_seed, hw, k, self.params, **({"node_factory": factory} if factory else {}))
+        self.hw = hw
+        warm_ms = 2 * self.params.advert_interval_ms
+        self.t_start = self.engine.now + warm_ms
+        self.plans = draw_jobs(self.rng_work, cfg.jobs, hw, load=k.load, start_ms=self.t_start,
+                               job_s_median=k.job_s_median, job_sigma=k.job_sigma,
+                               estimate_noise=k.estimate_noise, speed=k.speed)
+        self.engine.jobs_by_id = {p.job_id: p for p in self.plans}
+        self.t_safety_end = self.plans[-1].submit_ms + 1 if self.plans else self.t_start
+        self.checker = Checker(self.engine, self.plans, liars=n_liars > 0)
+        self.engine.hooks.append(self.checker)
+        self.submitted: set[str] = set()
+        self.origin_of: dict[str, int] = {}
+        self.spamming = True
+        self.result: dict[str, Any] = {}
+
+    # ------------------------------------------------------------ scripting
+
+    def _schedule(self) -> None:
+        e, k = self.engine, self.knobs
+        for s in e.slots:
+            e.boot(s, self.rng_fault.randrange(self.params.advert_interval_ms))
+        for plan in self.plans:
+            e.call_at(plan.submit_ms, lambda plan=plan: self._submit(plan))
+        span = max(1, self.t_safety_end - self.t_start)
+        n = len(e.slots)
+        for i in self.rng_fault.sample(range(n), round(k.crash_fraction * n)):
+            at = self.t_start + self.rng_fault.randrange(span)
+            down = self.rng_fault.randrange(1_000, max(1_001, k.down_ms_max))
+            torn = self.rng_fault.random() < k.torn_batch
+            slot = e.slots[i]
+            e.call_at(at, lambda slot=slot, torn=torn: e.crash(slot, torn))
+            e.call_at(at + down, lambda slot=slot: self._restart_if_safety(slot))
+        if k.partition:
+            side = set(self.rng_fault.sample(range(n), max(1, round(k.partition_fraction * n))))
+            at = self.t_start + self.rng_fault.randrange(max(1, span // 2))
+            e.call_at(at, lambda: self._split(side))
+            e.call_at(at + k.partition_ms, self._heal)
+        for s in e.slots:
+            if s.hw.spammer:
+                e.call_at(self.t_start + self.rng_fault.randrange(1000), lambda s=s: self._spam(s))
+
+    def _submit(self, plan: JobPlan) -> None:
+        e = self.engine
+        for _ in range(64):
+            slot = e.slots[self.rng_work.randrange(len(e.slots))]
+            if slot.alive and not slot.dying:
+                break
+        else:
+            slot = next(s for s in e.slots if s.alive)
+        self.submitted.add(plan.job_id)
+        self.origin_of[plan.job_id] = slot.idx
+        e.submit(slot, plan)
+
+    def _restart_if_safety(self, slot: Slot) -> None:
+        if slot.dying:
+            self.engine._die(slot)
+        self.engine.restart(slot)
+
+    def _split(self, side: set[int]) -> None:
+        for s in self.engine.slots:
+            s.group = 1 if s.idx in side else 0
+        self.engine.partitioned = True
+
+    def _heal(self) -> None:
+        self.engine.partitioned = False
+
+    def _spam(self, s: Slot) -> None:
+        """One injection by a spammer; garbage, forgeries, replays, fake offers, fake results."""
+        e = self.engine
+        if not self.spamming or not s.alive:
+            return
+        rng = self.rng_fault
+        victim = e.slots[rng.randrange(len(e.slots))]
+        if victim.idx != s.idx and e.reachable(s.idx, victim.idx):
+            what = rng.randrange(6)
+            if what == 0:
+                inp: Any = GossipReceived("/meshd/offers/1", s.peer_id, bytes(rng.getrandbits(8) for _ in range(40)))
+            elif what == 1:
+                inp = DirectReceived(s.peer_id, b"\x00" * (self.params.max_message_bytes + 1))
+            elif what == 2:
+                inp = DirectReceived(s.peer_id, Forged(victim.peer_id, "result"))
+            elif what == 3 and e.recent:
+                inp = DirectReceived(s.peer_id, e.recent[rng.randrange(len(e.recent))])
+            elif what == 4:
+                jid = f"spam-{rng.getrandbits(40):010x}"
+                offer = Offer(job_id=jid, attempt=1, spec_digest=honest_digest(jid),
+                              requirements=OfferRequirements(image=IMAGE), timeout_s=60.0,
+                              bid_window_ms=250, estimated_flops=1e9)
+                data = e.codec.seal(s.identity, offer, e.now, rng.getrandbits(64).to_bytes(8, "big"))
+                inp = GossipReceived("/meshd/offers/1", s.peer_id, data)
+            else:
+                jid = self.plans[rng.randrange(len(self.plans))].job_id
+                res = Result(job_id=jid, attempt=1, replica=0, status="succeeded", output_digest=honest_digest(jid))
+                inp = DirectReceived(s.peer_id, e.codec.seal(s.identity, res, e.now,
+                                                             rng.getrandbits(64).to_bytes(8, "big")))
+            e.at(e.now + e.latency(), 0, (victim.idx, inp))
+        e.call_at(e.now + 1 + int(rng.expovariate(1.0 / self.knobs.spam_interval_ms)), lambda: self._spam(s))
+
+    def _liveness(self) -> None:
+        e, k = self.engine, self.knobs
+        self.spamming = False
+        self._heal()
+        k.gossip_loss = k.direct_loss = k.direct_dup = 0.0
+        for s in e.slots:
+            if s.dying:
+                e._die(s)
+            if not s.alive:
+                e.restart(s)
+
+    def all_terminal(self) -> bool:
+        return len(self.checker.finished) >= len(self.plans)
+
+    # ------------------------------------------------------------ running
+
+    def execute(self) -> dict[str, Any]:
+        e = self.engine
+        wall0 = time.perf_counter()
+        try:
+            self._schedule()
+            e.run_until(self.t_safety_end)
+            self._liveness()
+            t_live = e.now
+            e.run_until(t_live + self.knobs.liveness_ms, stop=self.all_terminal, check_every=500)
+            lost = self.checker.lost_jobs(self.submitted)
+            if lost:
+                self.checker.fail(f"{len(lost)} job(s) lost: not terminal {self.knobs.liveness_ms} ms into the "
+                                  f"liveness phase: " + "; ".join(self._job_story(j) for j in lost[:5]))
+            self.checker.check_logs()
+            ok, failure = True, None
+        except SimFailure as exc:
+            ok, failure = False, str(exc)
+        wall = time.perf_counter() - wall0
+        self.result = self._metrics(ok, failure, wall)
+        return self.result
+
+    def _job_story(self, jid: str) -> str:
+        slot = self.engine.slots[self.origin_of[jid]]
+        job = slot.node.jobs.get(jid) if slot.alive else None
+        if job is None:
+            return f"{jid} (origin {slot.idx} {'down' if not slot.alive else 'forgot it'})"
+        runs = ",".join(f"{r.state}@{self.engine.by_peer.get(r.worker)}" for r in job.runs.values())
+        return f"{jid} at origin {slot.idx}: {job.state} runs[{runs}] failures={job.failures}"
+
+    # ------------------------------------------------------------ metrics
+
+    def _metrics(self, ok: bool, failure: str | None, wall: float) -> dict[str, Any]:
+        e, c, cfg = self.engine, self.checker, self.cfg
+        done = {j: v for j, v in c.finished.items() if j in self.submitted}
+        plans = {p.job_id: p for p in self.plans}
+        ct = np.array([t - plans[j].submit_ms for j, (st, t) in done.items() if st == "succeeded"], dtype=float)
+        counters: Counter[str] = Counter()
+        for s in e.slots:
+            counters.update(s.node.counters)
+        runs_started = c.counts.get("work_started", 0)
+        res: dict[str, Any] = {
+            "scenario": cfg.scenario, "seed": cfg.seed, "nodes": cfg.nodes, "jobs": cfg.jobs,
+            "mutant": cfg.mutant, "commit": commit(), "ok": ok, "failure": failure,
+            "replay": replay_command(cfg), "knobs": dataclasses.asdict(self.knobs),
+            "wall_s": round(wall, 2), "virtual_s": round((e.now - self.t_start) / 1000, 1),
+            "events": e.events, "events_per_s": round(e.events / max(wall, 1e-9)),
+            "trace": f"{e.trace & 0xFFFFFFFFFFFFFFFF:016x}",
+            "submitted": len(self.submitted),
+            "succeeded": sum(1 for st, _ in done.values() if st == "succeeded"),
+            "failed": sum(1 for st, _ in done.values() if st == "failed"),
+            "lost": len(self.submitted) - len(done),
+            "runs_started": runs_started,
+            "completion_mean_s": float(ct.mean() / 1000) if len(ct) else None,
+            "completion_p50_s": float(np.percentile(ct, 50) / 1000) if len(ct) else None,
+            "completion_p99_s": float(np.percentile(ct, 99) / 1000) if len(ct) else None,
+            "crashes": e.stats.get("crashes", 0), "restarts": e.stats.get("restarts", 0),
+            "rejected": {k[9:]: v for k, v in counters.items() if k.startswith("rejected_")},
+            "counters": {k: counters[k] for k in ("offers_sent", "bids_sent", "bid_late", "awards_sent",
+                                                  "awards_refused", "offers_unanswered", "result_ignored",
+                                                  "send_failed", "adverts_applied")},
+            "escapes": len(c.escapes),
+        }
+        res["fail_reasons"] = self._fail_reasons(done)
+        if cfg.scenario == "load" or self.knobs.liar_fraction == 0:
+            res.update(self._baselines(ct))
+        if self.knobs.liar_fraction > 0:
+            res.update(self._cheater_metrics(runs_started))
+        self._completions = ct
+        return res
+
+    def _fail_reasons(self, done: dict[str, tuple[str, int]]) -> dict[str, int]:
+        reasons: Counter[str] = Counter()
+        for jid, (st, _) in done.items():
+            if st != "failed":
+                continue
+            slot = self.engine.slots[self.origin_of[jid]]
+            job = slot.node.jobs.get(jid)
+            reasons[(job.reason if job else "?")[:60]] += 1
+        return dict(reasons.most_common(5))
+
+    def _baselines(self, ct: np.ndarray) -> dict[str, Any]:
+        if not len(ct) or self.cfg.scenario != "load":
+            return {}
+        omni = baselines.omniscient(self.hw, self.plans)
+        rnd = baselines.random_placement(self.hw, self.plans, self.cfg.seed)
+        self._omni, self._rnd = omni, rnd
+        return {
+            "omniscient_mean_s": float(omni.mean() / 1000), "omniscient_p99_s": float(np.percentile(omni, 99) / 1000),
+            "random_mean_s": float(rnd.mean() / 1000), "random_p99_s": float(np.percentile(rnd, 99) / 1000),
+            "ratio_mean_vs_omniscient": float(ct.mean() / omni.mean()),
+            "ratio_p99_vs_omniscient": float(np.percentile(ct, 99) / np.percentile(omni, 99)),
+            "ideal_mean_s": float(np.mean([p.actual_flops for p in self.plans])
+                                  / np.mean([h.speed_gflops * 1e9 for h in self.hw])),
+        }
+
+    def _cheater_metrics(self, runs_started: int) -> dict[str, Any]:
+        """Verification overhead and, per liar, accepted results before it was first caught."""
+        e, c = self.engine, self.checker
+        liars = {s.peer_id: s for s in e.slots if s.hw.liar}
+        accepted_before: dict[str, int] = dict.fromkeys(liars, 0)
+        first_invalid: dict[str, int] = {}
+        for t, _, body in c.verdicts:
+            for w in body.get("invalid", []):
+                if w in liars and w not in first_invalid:
+                    first_invalid[w] = t
+            for w in body.get("valid", []):
+                if w in liars and w not in first_invalid:
+                    accepted_before[w] += 1
+        banned_by = {p: sum(1 for s in e.slots if s.alive and s.node.trust.banned(p, e.now)) for p in liars}
+        caught = [p for p in liars if p in first_invalid]
+        n_jobs = max(1, len(self.submitted))
+        return {
+            "liars": len(liars),
+            "liars_caught": len(caught),
+            "verification_overhead": round((runs_started - n_jobs) / n_jobs, 3),
+            "liar_accepted_before_caught_mean": (float(np.mean([accepted_before[p] for p in caught]))
+                                                 if caught else None),
+            "liar_accepted_before_caught_max": max((accepted_before[p] for p in caught), default=None),
+            "liar_detect_time_s_mean": (float(np.mean([(first_invalid[p] - self.t_start) / 1000 for p in caught]))
+                                        if caught else None),
+            "liar_banned_by_origins_mean": float(np.mean(list(banned_by.values()))) if liars else None,
+            "wrong_results_accepted_unverified": len(c.escapes),
+        }
+
+
+def run(cfg: RunConfig) -> Run:
+    r = Run(cfg)
+    r.execute()
+    return r

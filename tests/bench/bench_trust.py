@@ -1,0 +1,80 @@
+"""Verification cost vs. detection at default settings, over several seeds (CoreNet).
+
+Run: ``python tests/bench/bench_trust.py [--seeds 1,2,3,4,5] [--jobs 400]`` (not collected by pytest).
+
+Scenarios (``tests/test_trust_scenarios.py``): one origin, six honest workers
+(five in the liar scenarios plus the liar), a job every 200 ms of virtual time:
+
+- honest: extra compute at steady state (jobs submitted once every honest
+  worker is trusted), as runs per job − 1 and as BOINC's redundant share of
+  all runs (baseline: plain double replication = 100% / 50%);
+- constant half-liar (lie_rate 0.5 from its first job): its results until its
+  first invalid result and until banned; lies that became canonical;
+- patient half-liar (honest until trusted, then lie_rate 0.5): the same,
+  counted from the moment it turns.
+
+Targets: redundant share ≤ 10%, a half-liar banned within 30 of its results,
+0 honest workers flagged, 0 wrong outputs handed to the submitter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from test_trust_scenarios import Figures, run_scenario  # noqa: E402
+
+
+def fmt(values: list[float | int | None]) -> str:
+    known = [v for v in values if v is not None]
+    if not known:
+        return "n/a"
+    missing = len(values) - len(known)
+    tail = f" ({missing} never)" if missing else ""
+    return f"median {statistics.median(known):g}, max {max(known):g}{tail}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", default="1,2,3,4,5")
+    ap.add_argument("--jobs", type=int, default=400)
+    args = ap.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    ok = True
+    for liar in ("none", "constant", "patient"):
+        figs: list[Figures] = [run_scenario(s, honest=6 if liar == "none" else 5, liar=liar,
+                                            jobs=args.jobs, spacing_ms=200) for s in seeds]
+        print(f"\n== {liar} liar, {len(seeds)} seeds × {args.jobs} jobs")
+        for f in figs:
+            print(f"  seed {f.seed}: steady jobs {f.steady_jobs}, runs {f.steady_runs}, "
+                  f"extra/job {f.extra_per_job:.3f}, redundant share {f.redundant_share:.3f}, "
+                  f"first invalid after {f.liar_results_to_first_invalid}, banned after "
+                  f"{f.liar_results_to_ban}, lies accepted {f.lies_accepted}, wrong outputs "
+                  f"{f.wrong_outputs}, failed {f.failed}, honest flagged {f.honest_flagged}")
+        shares = [f.redundant_share for f in figs]
+        print(f"  redundant share of compute: mean {statistics.mean(shares):.3f} (plain replication: 0.500)")
+        print(f"  extra runs per job: mean {statistics.mean(f.extra_per_job for f in figs):.3f}")
+        if liar != "none":
+            print(f"  liar results to first invalid: {fmt([f.liar_results_to_first_invalid for f in figs])}")
+            print(f"  liar results to ban: {fmt([f.liar_results_to_ban for f in figs])}")
+            print(f"  lies accepted: {fmt([f.lies_accepted for f in figs])}")
+            print(f"  credits for rejected work: {sum(f.liar_credits_for_rejected for f in figs):g}")
+        honest_flagged = sum(f.honest_flagged for f in figs)
+        print(f"  honest workers flagged: {honest_flagged}")
+        ok &= honest_flagged == 0
+        if liar == "none":
+            ok &= statistics.mean(shares) <= 0.10
+        if liar == "constant":
+            ok &= all(f.liar_results_to_ban is not None and f.liar_results_to_ban <= 30 for f in figs)
+            ok &= all(f.wrong_outputs == 0 for f in figs)
+    print("\nTARGETS", "MET" if ok else "MISSED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,456 @@
+"""The `mesh` and `meshd` programs, run as real subprocesses.
+
+The daemon side is a real ApiServer on loopback whose handlers return canned
+but realistic JSON shaped like the daemon's (this tests the CLI; the server
+and the client library have their own tests in test_api.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from meshd.api.server import (
+    ApiError,
+    ApiServer,
+    Request,
+    Response,
+    bytes_response,
+    json_response,
+    ndjson_response,
+)
+from meshd.config import init_node, load_node, read_api_token, write_api_addr
+
+REPO = Path(__file__).resolve().parents[1]
+JOB = "job-00000001"
+EVIL = "job-0000evil"
+WORKER = "12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xo"
+OTHER = "12D3KooWJWoaqZhDaoEFshF7Rh1bpY9ohihFhzcW6d69Lr2NASuq"
+
+
+def tar_bytes(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def status_doc(peer_id: str) -> dict[str, Any]:
+    return {
+        "peer_id": peer_id, "version": "0.1.0", "uptime_s": 3725.0,
+        "listen_addrs": [f"/ip4/127.0.0.1/tcp/7700/p2p/{peer_id}"],
+        "executor": {"name": "process", "sandboxed": False, "reason": "no Docker engine reachable"},
+        "warm": False, "cold_reason": "compute score not measured yet",
+        "hardware": {"cores": 8, "ram_gb": 31.2, "disk_free_gb": 120.5,
+                     "gpus": [{"index": 0, "model": "NVIDIA RTX 3090", "memory_mb": 24576}]},
+        "score": {"cpu_gflops": 52.1, "gpu_gflops": 35000.0, "tier": "consumer-gpu"},
+        "price": 1.5, "load": {"running": 1, "queued": 0, "capacity": 4},
+        "log": {"head_seq": 42, "head_hash": "ab" * 32},
+        "counters": {"offers_seen": 12, "bids_sent": 3, "declines_sent": 9},
+        "standing": {"reputation": None,
+                     "why_not_picked": ["node is cold: compute score not measured yet",
+                                        "price 1.5 is above the mesh median 0.8"]},
+    }
+
+
+PEERS = {"peers": [{
+    "peer_id": WORKER, "addrs": ["/ip4/10.0.0.2/tcp/7700"], "tier": "cpu", "score_gflops": 40.0,
+    "cores": 4, "ram_gb": 15.5, "gpus": [], "price": 0.8, "running": 0, "queued": 0, "warm": True,
+    "version": "0.1.0", "reputation": 0.9, "last_seen_s": 1.2, "expires_in_s": 8.8}]}
+
+CREDITS = {
+    "balances": [{"peer_id": WORKER, "balance": 12.5, "earned": 12.5, "spent": 0.0}],
+    "receipts": [{"job_id": JOB, "worker": WORKER, "origin": OTHER, "credits": 12.5,
+                  "ts_ms": 1_700_000_000_000, "seq": 17}],
+}
+
+
+class FakeDaemon:
+    """Canned handlers with a little state: submitted specs, blobs, job progress."""
+
+    def __init__(self, peer_id: str) -> None:
+        self.peer_id = peer_id
+        self.specs: list[dict[str, Any]] = []
+        self.blobs: dict[str, bytes] = {}
+        self.polls = 0
+        self.log_raw: list[bytes] = []
+
+    def job_doc(self, job_id: str, state: str) -> dict[str, Any]:
+        done = state == "succeeded"
+        return {
+            "job_id": job_id, "state": state,
+            "spec": self.specs[-1] if self.specs else {"image": "busybox", "command": ["true"]},
+            "history": [{"ts_ms": 1_700_000_000_000, "state": "queued", "detail": "submitted"},
+                        {"ts_ms": 1_700_000_001_000, "state": state, "detail": f"now {state}"}],
+            "bids": [{"peer_id": WORKER, "price": 0.8, "est_finish_s": 12.0, "score": 40.0,
+                      "queue": 0, "gpu": None}] if state != "queued" else [],
+            "declines": [{"peer_id": OTHER, "reason": "no GPU"},
+                         {"peer_id": "12D3KooWThird", "reason": "no GPU"},
+                         {"peer_id": "12D3KooWFourth", "reason": "image not present"}],
+            "awards": [{"peer_id": WORKER, "role": "primary"}] if state in ("running", "succeeded") else [],
+            "result": {"exit_code": 0, "status": "ok", "output_digest": "sha256:" + "0" * 64,
+                       "duration_s": 3.2} if done else None,
+            "cost": {"estimate": 1.0, "actual": 0.9 if done else None},
+            "verification": {"replicas": 1, "verdict": "unverified"} if done else None,
+        }
+
+    async def status(self, req: Request) -> Response:
+        return json_response(status_doc(self.peer_id))
+
+    async def peers(self, req: Request) -> Response:
+        return json_response(PEERS)
+
+    async def log(self, req: Request) -> Response:
+        start, limit = req.query_int("start", 1, lo=1), req.query_int("limit", 100, lo=1, hi=1000)
+        records = []
+        for seq in range(start, min(start + limit, len(self.log_raw) + 1)):
+            raw = self.log_raw[seq - 1]
+            records.append({"seq": seq, "ts_ms": 0, "kind": "k", "body": {}, "hash": hashlib.sha256(raw).hexdigest(),
+                            "signature": "", "raw": base64.b64encode(raw).decode()})
+        return json_response({"records": records, "head_seq": len(self.log_raw)})
+
+    async def blob(self, req: Request) -> Response:
+        digest = "sha256:" + hashlib.sha256(req.body).hexdigest()
+        self.blobs[digest] = req.body
+        return json_response({"digest": digest, "size": len(req.body)})
+
+    async def submit(self, req: Request) -> Response:
+        spec = req.json()["spec"]
+        try:
+            from meshd.core.jobspec import JobSpecError, parse_job_spec
+        except ImportError:
+            pass
+        else:
+            try:
+                parse_job_spec(spec)
+            except JobSpecError as exc:
+                raise ApiError(400, "invalid_job", "invalid job descriptor", fields=exc.fields) from None
+        self.specs.append(spec)
+        return json_response({"job_id": JOB, "estimate": {"credits": 1.0, "seconds": 12.0}})
+
+    async def jobs(self, req: Request) -> Response:
+        return json_response({"jobs": [{
+            "job_id": JOB, "state": "running", "image": "busybox", "command": ["sh", "-c", "echo hi"],
+            "worker": WORKER, "submitted_at": 1_700_000_000_000, "updated_at": 1_700_000_001_000,
+            "cost": None, "reason": None}]})
+
+    async def job(self, req: Request) -> Response:
+        job_id = req.path_params["job_id"]
+        if job_id not in (JOB, EVIL):
+            raise ApiError(404, "unknown_job", f"no job {job_id!r} on this node")
+        states = ("queued", "running", "succeeded")
+        self.polls += 1
+        return json_response(self.job_doc(job_id, states[min(self.polls - 1, 2)]))
+
+    async def logs(self, req: Request) -> Response:
+        async def lines() -> Any:
+            yield {"ts_ms": 1, "stream": "stdout", "data": "hello from the job\n"}
+            yield {"ts_ms": 2, "stream": "stderr", "data": "a warning\n"}
+            yield {"end": True, "state": "succeeded"}
+
+        return ndjson_response(lines())
+
+    async def result(self, req: Request) -> Response:
+        if req.path_params["job_id"] == EVIL:
+            data = tar_bytes({"ok.txt": b"fine", "../escape.txt": b"gotcha"})
+        else:
+            data = tar_bytes({"result.txt": b"hi\n", "sub/more.txt": b"more"})
+        return bytes_response(data, "application/x-tar")
+
+    async def cancel(self, req: Request) -> Response:
+        return json_response({"job_id": req.path_params["job_id"], "state": "cancelled"})
+
+    async def credits(self, req: Request) -> Response:
+        return json_response(CREDITS)
+
+    def server(self, token: str) -> ApiServer:
+        s = ApiServer(token)
+        s.route("GET", "/v1/status", self.status)
+        s.route("GET", "/v1/peers", self.peers)
+        s.route("GET", "/v1/log", self.log)
+        s.route("POST", "/v1/blobs", self.blob, max_body_bytes=s.params.max_upload_bytes)
+        s.route("POST", "/v1/jobs", self.submit)
+        s.route("GET", "/v1/jobs", self.jobs)
+        s.route("GET", "/v1/jobs/{job_id}", self.job)
+        s.route("GET", "/v1/jobs/{job_id}/logs", self.logs)
+        s.route("GET", "/v1/jobs/{job_id}/result", self.result)
+        s.route("POST", "/v1/jobs/{job_id}/cancel", self.cancel)
+        s.route("GET", "/v1/credits", self.credits)
+        return s
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "node"
+    init_node(d, listen="/ip4/127.0.0.1/tcp/0")
+    return d
+
+
+@pytest.fixture
+async def daemon(nursery: trio.Nursery, data_dir: Path) -> FakeDaemon:
+    fake = FakeDaemon(load_node(data_dir)[1].peer_id)
+    port = await nursery.start(fake.server(read_api_token(data_dir)).serve, "127.0.0.1", 0)
+    write_api_addr(data_dir, "127.0.0.1", port)
+    return fake
+
+
+async def run(module: str, *args: str | Path, cwd: Path | None = None,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", **(env or {})}
+    full_env.pop("MESH_DATA_DIR", None) if env is None else None
+    with trio.fail_after(30):
+        proc = await trio.run_process([sys.executable, "-m", module, *map(str, args)], capture_stdout=True,
+                                      capture_stderr=True, check=False, cwd=cwd or REPO, env=full_env)
+    assert b"Traceback" not in proc.stderr, proc.stderr.decode()
+    return proc
+
+
+async def mesh(data_dir: Path, *args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
+    return await run("mesh_cli.main", "--data-dir", data_dir, *args, cwd=cwd)
+
+
+def out(proc: subprocess.CompletedProcess[bytes]) -> str:
+    return proc.stdout.decode()
+
+
+def err(proc: subprocess.CompletedProcess[bytes]) -> str:
+    return proc.stderr.decode()
+
+
+# ------------------------------------------------------------------ read commands
+
+
+async def test_every_read_command_prints_the_daemons_json(daemon: FakeDaemon, data_dir: Path) -> None:
+    commands = {"status": ["status"], "peers": ["peers"], "jobs": ["jobs"], "job": ["job", JOB],
+                "credits": ["credits"], "log": ["log", "show", "--start", "1"]}
+    results: dict[str, Any] = {}
+
+    async def one(name: str, argv: list[str]) -> None:
+        results[name] = await mesh(data_dir, *argv, "--json")
+
+    async with trio.open_nursery() as n:
+        for name, argv in commands.items():
+            n.start_soon(one, name, argv)
+    parsed = {}
+    for name, proc in results.items():
+        assert proc.returncode == 0, (name, err(proc))
+        parsed[name] = json.loads(out(proc))
+    assert parsed["status"] == status_doc(daemon.peer_id)
+    assert parsed["peers"] == PEERS and parsed["credits"] == CREDITS
+    assert parsed["job"]["job_id"] == JOB and parsed["jobs"]["jobs"][0]["worker"] == WORKER
+    assert parsed["log"] == {"records": [], "head_seq": 0}
+
+
+async def test_status_shows_the_nodes_standing(daemon: FakeDaemon, data_dir: Path) -> None:
+    proc = await mesh(data_dir, "status")
+    text = out(proc)
+    assert proc.returncode == 0
+    assert daemon.peer_id in text
+    assert "NOT sandboxed" in text and "no Docker engine reachable" in text
+    assert "cold: compute score not measured yet" in text
+    assert "Why this node may not be picked" in text and "above the mesh median" in text
+    assert "NVIDIA RTX 3090" in text and "not yet rated" in text
+
+
+async def test_job_explains_why_nobody_took_it(daemon: FakeDaemon, data_dir: Path) -> None:
+    proc = await mesh(data_dir, "job", JOB)
+    text = out(proc)
+    assert proc.returncode == 0
+    assert "Why nobody took it" in text
+    no_gpu = next(line for line in text.splitlines() if "no GPU" in line)
+    assert " 2 " in no_gpu  # two peers declined for that reason
+    assert "image not present" in text
+
+
+# ------------------------------------------------------------------ failures and exit codes
+
+
+async def test_wrong_flags_are_usage_errors(data_dir: Path) -> None:
+    for module, argv in (("mesh_cli.main", ["status", "--bogus"]), ("mesh_cli.main", ["nosuchcommand"]),
+                         ("meshd.cli", ["start", "--executor", "vm"]), ("mesh_cli.main", ["submit", "--cpus", "x"])):
+        proc = await run(module, *argv)
+        assert proc.returncode == 2, (argv, err(proc))
+        assert "usage:" in err(proc)
+
+
+async def test_no_daemon_is_exit_3_with_a_clear_message(data_dir: Path, tmp_path: Path) -> None:
+    proc = await run("mesh_cli.main", "status", env={"MESH_DATA_DIR": str(data_dir)})
+    assert proc.returncode == 3
+    assert f"no daemon running for {data_dir} (start it with `meshd start --data-dir {data_dir}`)" in err(proc)
+    assert out(proc) == ""
+
+
+async def test_api_error_is_exit_1_with_the_daemons_message(daemon: FakeDaemon, data_dir: Path) -> None:
+    proc = await mesh(data_dir, "job", "nope-nope")
+    assert proc.returncode == 1
+    assert "no job 'nope-nope' on this node" in err(proc)
+
+
+# ------------------------------------------------------------------ submit, logs, results
+
+
+async def test_submit_uploads_inputs_waits_and_unpacks_outputs(
+    daemon: FakeDaemon, data_dir: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "data.csv").write_text("a,b\n1,2\n")
+    proc = await mesh(data_dir, "submit", "--image", "busybox:1", "--input", tmp_path / "data.csv",
+                      "--cpus", "2", "--memory", "512", "--env", "MODE=fast", "--label", "team=ml",
+                      "--timeout", "60", "--wait", "-o", tmp_path / "out", "--", "sh", "-c", "cat data.csv",
+                      cwd=tmp_path)
+    assert proc.returncode == 0, err(proc)
+    spec = daemon.specs[-1]
+    digest = "sha256:" + hashlib.sha256(b"a,b\n1,2\n").hexdigest()
+    assert spec["inputs"] == [{"path": "data.csv", "digest": digest, "size": 8}]
+    assert daemon.blobs[digest] == b"a,b\n1,2\n"
+    assert spec["command"] == ["sh", "-c", "cat data.csv"] and spec["image"] == "busybox:1"
+    assert spec["requirements"] == {"cpus": 2.0, "memory_mb": 512}
+    assert spec["env"] == {"MODE": "fast"} and spec["labels"] == {"team": "ml"} and spec["timeout_s"] == 60
+    assert (tmp_path / "out" / "result.txt").read_text() == "hi\n"
+    assert (tmp_path / "out" / "sub" / "more.txt").read_text() == "more"
+    text = out(proc)
+    assert "running" in text and "succeeded" in text and "2 output file(s)" in text
+
+
+async def test_submit_from_a_yaml_file_uploads_its_local_inputs(
+    daemon: FakeDaemon, data_dir: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "x.bin").write_bytes(b"\x00\x01")
+    (tmp_path / "job.yaml").write_text(
+        "image: busybox:1\ncommand: [sh, -c, 'ls /mesh/inputs']\n"
+        f"inputs:\n  - local: {tmp_path / 'in'}\n    path: data\n"
+        "requirements: {gpus: 0}\n")
+    proc = await mesh(data_dir, "submit", tmp_path / "job.yaml", "--speed", "cheap")
+    assert proc.returncode == 0, err(proc)
+    assert out(proc).strip() == JOB  # only the id on stdout, for scripts
+    spec = daemon.specs[-1]
+    assert spec["speed"] == "cheap" and spec["requirements"] == {"gpus": 0}
+    assert spec["inputs"] == [{"path": "data/x.bin", "digest": "sha256:" + hashlib.sha256(b"\x00\x01").hexdigest(),
+                               "size": 2}]
+
+
+async def test_invalid_job_prints_the_fields_at_fault(daemon: FakeDaemon, data_dir: Path) -> None:
+    pytest.importorskip("meshd.core.jobspec")
+    proc = await mesh(data_dir, "submit", "--image", "busybox", "--gpus", "-1", "--", "true")
+    assert proc.returncode == 1
+    assert "invalid job descriptor" in err(proc) and "requirements.gpus" in err(proc)
+    assert daemon.specs == []
+
+
+async def test_submit_without_image_or_file_is_a_usage_error(daemon: FakeDaemon, data_dir: Path) -> None:
+    proc = await mesh(data_dir, "submit", "--", "echo", "hi")
+    assert proc.returncode == 2 and "--image" in err(proc)
+    proc = await mesh(data_dir, "submit", "--image", "busybox", "--env", "NOEQUALS", "--", "true")
+    assert proc.returncode == 2 and "KEY=VALUE" in err(proc)
+
+
+async def test_result_refuses_a_tar_that_escapes_its_directory(
+    daemon: FakeDaemon, data_dir: Path, tmp_path: Path
+) -> None:
+    dest = tmp_path / "a" / "dest"
+    proc = await mesh(data_dir, "result", EVIL, "-o", dest)
+    assert proc.returncode == 1
+    assert "refusing to unpack" in err(proc)
+    assert not (tmp_path / "a" / "escape.txt").exists() and not (dest / "ok.txt").exists()
+    proc = await mesh(data_dir, "result", JOB, "-o", dest)
+    assert proc.returncode == 0 and (dest / "result.txt").read_text() == "hi\n"
+    proc = await mesh(data_dir, "result", JOB, "-o", dest)  # not empty any more
+    assert proc.returncode == 1 and "not an empty directory" in err(proc)
+
+
+async def test_logs_follow_prints_each_stream_and_the_end(daemon: FakeDaemon, data_dir: Path) -> None:
+    proc = await mesh(data_dir, "logs", JOB, "-f")
+    assert proc.returncode == 0
+    assert out(proc) == "hello from the job\n"
+    assert "a warning" in err(proc) and f"job {JOB} ended: succeeded" in err(proc)
+
+
+async def test_cancel_and_credits_export(daemon: FakeDaemon, data_dir: Path, tmp_path: Path) -> None:
+    proc = await mesh(data_dir, "cancel", JOB)
+    assert (proc.returncode, out(proc).strip()) == (0, f"{JOB}: cancelled")
+    proc = await mesh(data_dir, "credits", "export", "--csv", "-o", tmp_path / "r.csv")
+    assert proc.returncode == 0, err(proc)
+    rows = list(csv.DictReader((tmp_path / "r.csv").open()))
+    assert rows == [{"job_id": JOB, "worker": WORKER, "origin": OTHER, "credits": "12.5",
+                     "ts_ms": "1700000000000", "time_utc": "2023-11-14 22:13:20Z", "seq": "17"}]
+
+
+# ------------------------------------------------------------------ meshd
+
+
+async def test_meshd_init_refuses_to_run_twice_and_start_needs_init(tmp_path: Path) -> None:
+    d = tmp_path / "fresh"
+    first = await run("meshd.cli", "init", "--data-dir", d, "--listen", "/ip4/127.0.0.1/tcp/0")
+    assert first.returncode == 0, err(first)
+    peer_id = load_node(d)[1].peer_id
+    assert f"peer id:  {peer_id}" in out(first)
+    second = await run("meshd.cli", "init", "--data-dir", d)
+    assert second.returncode == 2 and "already initialised" in err(second)
+    assert load_node(d)[1].peer_id == peer_id
+    start = await run("meshd.cli", "start", "--data-dir", tmp_path / "never")
+    assert start.returncode == 2
+    assert f"run `meshd init --data-dir {tmp_path / 'never'}` first" in err(start)
+    (d / "config.toml").write_text("[params]\nno_such_param = 1\n")
+    start = await run("meshd.cli", "start", "--data-dir", d)
+    assert start.returncode == 2 and "no_such_param" in err(start)
+    version = await run("meshd.cli", "--version")
+    assert version.returncode == 0 and out(version).startswith("meshd ")
+
+
+# ------------------------------------------------------------------ log verify
+
+
+@pytest.fixture
+def written_log(data_dir: Path) -> Path:
+    eventlog = pytest.importorskip("meshd.store.eventlog")
+    pytest.importorskip("meshd.core.logrecord")
+    _, identity = load_node(data_dir)
+    with eventlog.EventLog.open(data_dir / "log", identity) as log:
+        for i in range(5):
+            log.append("test.event", {"i": i}, 1_700_000_000_000 + i)
+    return data_dir
+
+
+async def test_log_verify_on_disk_without_a_daemon(written_log: Path) -> None:
+    proc = await mesh(written_log, "log", "verify")
+    assert proc.returncode == 0, err(proc)
+    assert "event log OK (on disk" in out(proc) and "6 records verified" in out(proc)
+
+
+async def test_log_verify_through_the_api_when_the_daemon_holds_the_log(
+    nursery: trio.Nursery, written_log: Path
+) -> None:
+    from meshd.store.eventlog import EventLog
+
+    _, identity = load_node(written_log)
+    fake = FakeDaemon(identity.peer_id)
+    with EventLog.open(written_log / "log", identity) as held:  # locked, as a running daemon holds it
+        fake.log_raw = list(held.iter_raw())
+        port = await nursery.start(fake.server(read_api_token(written_log)).serve, "127.0.0.1", 0)
+        write_api_addr(written_log, "127.0.0.1", port)
+        proc = await mesh(written_log, "log", "verify", "--json")
+        assert proc.returncode == 0, err(proc)
+        assert "a daemon is running" in err(proc)
+        report = json.loads(out(proc))
+        assert report["ok"] and report["count"] == 6
+        tampered = bytearray(fake.log_raw[3])
+        tampered[-1] ^= 1  # flip one bit of seq 4's signature
+        fake.log_raw[3] = bytes(tampered)
+        proc = await mesh(written_log, "log", "verify")
+        assert proc.returncode == 1
+        assert "event log INVALID" in out(proc) and "first bad seq 4" in out(proc)

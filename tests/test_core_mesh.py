@@ -1,0 +1,382 @@
+"""End-to-end protocol scenarios: several real cores on ``CoreNet`` (virtual time).
+
+Each test cites the rule it checks (ARCHITECTURE.md "The protocol in one
+page", origin.py / worker.py theory of operation). Everything runs in virtual
+time: no sleeps, no sockets.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from meshd.core.events import CancelRequested, RetryRequested
+from meshd.core.jobspec import JobSpec, parse_job_spec
+from meshd.core.lifecycle import TERMINAL
+from meshd.core.params import CoreParams
+from meshd.testing.corenet import CoreNet, FakeWorker, default_caps, honest_output
+
+# Replication off unless a test asks for it, so runs are easy to count.
+SINGLE = CoreParams(replication_fraction=0.0, untrusted_replication=0.0)
+WARMUP_MS = 3_000  # long enough for every node to have heard every advert
+
+
+def spec(**extra: Any) -> JobSpec:
+    return parse_job_spec({"image": "meshd/busybox:1", "command": ["echo", "hi"], **extra})
+
+
+def mesh(n: int, *, seed: int, params: CoreParams = SINGLE, workers: list[FakeWorker] | None = None) -> CoreNet:
+    net = CoreNet(n, seed=seed, params=params, workers=workers)
+    net.run_for(WARMUP_MS)
+    return net
+
+
+def finished(net: CoreNet, origin: int, job_id: str) -> bool:
+    return net.job(origin, job_id).state in TERMINAL
+
+
+def run_to_end(net: CoreNet, origin: int, job_id: str, max_ms: int = 120_000) -> Any:
+    assert net.run_until(lambda: finished(net, origin, job_id), max_ms=max_ms), net.job(origin, job_id).state
+    return net.job(origin, job_id)
+
+
+def records(net: CoreNet, peer: int | str, kind: str, job_id: str | None = None) -> list[dict[str, Any]]:
+    pid = net.order[peer] if isinstance(peer, int) else peer
+    return [b for k, b in net.slots[pid].log if k == kind and (job_id is None or b.get("job_id") == job_id)]
+
+
+def started(net: CoreNet, origin: int, job_id: str) -> bool:
+    return any(r.started for r in net.job(origin, job_id).runs.values())
+
+
+def done_workers(job: Any) -> list[str]:
+    return [r.worker for r in job.runs.values() if r.state == "done"]
+
+
+# ------------------------------------------------------------ the happy path
+
+
+def test_job_submitted_anywhere_runs_elsewhere_and_succeeds() -> None:
+    """ARCHITECTURE: "`mesh submit` works from any peer."""
+    net = mesh(4, seed=1)
+    for origin in range(4):
+        job_id = net.submit(origin, spec(command=["echo", str(origin)]))
+        job = run_to_end(net, origin, job_id)
+        assert job.state == "succeeded", job.reason
+        assert job.canonical == honest_output(job.spec)
+        (worker,) = done_workers(job)
+        assert worker != net.order[origin]
+        assert len(records(net, origin, "job_finished", job_id)) == 1
+        # The worker logged what it did, too.
+        assert records(net, worker, "work_finished", job_id)[0]["status"] == "succeeded"
+
+
+def test_replicated_job_compares_both_results_and_logs_the_verdict() -> None:
+    """ARCHITECTURE: "a fraction of jobs is awarded to two workers; hashes are compared"."""
+    net = mesh(4, seed=2)
+    job_id = net.submit(0, spec(replicas=2))
+    job = run_to_end(net, 0, job_id)
+    assert job.state == "succeeded"
+    workers = done_workers(job)
+    assert len(set(workers)) == 2, "two distinct workers"
+    (verdict,) = records(net, 0, "job_verdict", job_id)
+    assert verdict["verdict"] == "agreed" and verdict["needed"] == 2
+    assert sorted(verdict["valid"]) == sorted(workers) and verdict["invalid"] == []
+
+
+def test_untrusted_workers_get_replicated_by_default() -> None:
+    """trust.py: an untrusted worker's jobs are replicated with ``untrusted_replication`` (1.0)."""
+    net = mesh(4, seed=3, params=CoreParams())
+    job = run_to_end(net, 0, net.submit(0, spec()))
+    assert job.state == "succeeded" and job.verdict["needed"] == 2
+
+
+def test_liar_is_outvoted_and_marked_invalid() -> None:
+    """ARCHITECTURE: "a mismatch brings a tie-breaker and the majority wins"."""
+    cheap = default_caps(price=0.0001)  # the liar undercuts everyone, so it is picked first
+    workers = [FakeWorker(), FakeWorker(caps=cheap, lie_rate=1.0), FakeWorker(), FakeWorker()]
+    net = mesh(4, seed=4, workers=workers)
+    liar = net.order[1]
+    job_id = net.submit(0, spec(replicas=2, estimated_flops=1e12))
+    job = run_to_end(net, 0, job_id)
+    assert job.state == "succeeded"
+    assert job.canonical == honest_output(job.spec)
+    (verdict,) = records(net, 0, "job_verdict", job_id)
+    assert verdict["invalid"] == [liar]
+    assert liar not in verdict["valid"] and len(verdict["valid"]) == 2
+    assert verdict["replicas"] == 3, "two disagreeing results and one tie-breaker"
+    assert net.node(0).trust.reputation(liar, net.now_ms) < 0
+
+
+# ------------------------------------------------------------ failures
+
+
+def test_worker_crash_mid_job_loses_the_lease_and_the_job_completes_elsewhere() -> None:
+    """origin.py: "Failures never lose a job: a lost lease ... excludes that worker"."""
+    net = mesh(4, seed=5)
+    job_id = net.submit(0, spec(), )
+    net.slots[net.order[1]].worker.duration_ms = lambda s: 30_000
+    net.slots[net.order[2]].worker.duration_ms = lambda s: 30_000
+    net.slots[net.order[3]].worker.duration_ms = lambda s: 30_000
+    assert net.run_until(lambda: started(net, 0, job_id))
+    (first,) = [r.worker for r in net.job(0, job_id).runs.values()]
+    net.crash(first)
+    job = run_to_end(net, 0, job_id)
+    assert job.state == "succeeded"
+    assert done_workers(job) != [first] and first not in done_workers(job)
+    failed = records(net, 0, "run_failed", job_id)
+    assert len(failed) == 1 and "lease lost" in failed[0]["reason"] and failed[0]["worker"] == first
+    assert len(records(net, 0, "job_finished", job_id)) == 1
+    net.run_for(60_000)  # nothing more happens to a finished job
+    assert len(records(net, 0, "job_finished", job_id)) == 1
+
+
+def test_origin_restart_mid_job_resumes_from_its_log() -> None:
+    """node.py restore: state is rebuilt from the origin's own log; the job finishes once."""
+    net = mesh(4, seed=6)
+    job_id = net.submit(0, spec())
+    assert net.run_until(lambda: started(net, 0, job_id))
+    origin = net.order[0]
+    net.crash(origin)
+    net.run_for(300)
+    net.restart(origin)
+    job = run_to_end(net, 0, job_id)
+    assert job.state == "succeeded"
+    assert len(done_workers(job)) == 1, "the run in flight was kept, not redone"
+    net.run_for(60_000)
+    assert len(records(net, 0, "job_finished", job_id)) == 1
+    assert len(records(net, 0, "job_submitted", job_id)) == 1
+
+
+def test_result_sent_while_origin_was_down_is_resent_and_used() -> None:
+    """worker.py: "The result is re-sent until the origin acknowledges it"."""
+    net = mesh(4, seed=7)
+    job_id = net.submit(0, spec())
+    assert net.run_until(lambda: started(net, 0, job_id))
+    origin = net.order[0]
+    net.crash(origin)
+    net.run_for(5_000)  # the 1 s run finishes while the origin is down
+    net.restart(origin)
+    job = run_to_end(net, 0, job_id)
+    assert job.state == "succeeded" and len(job.runs) == 1
+    assert len(records(net, 0, "job_finished", job_id)) == 1
+
+
+def test_impossible_requirements_queue_with_reasons_then_fail() -> None:
+    """ARCHITECTURE: "No bids → the job queues and is re-offered, with reasons";
+    params: "A job nobody takes fails after waiting [max_queue_time_ms] (with the declines)"."""
+    params = CoreParams(replication_fraction=0.0, untrusted_replication=0.0, max_queue_time_ms=60_000)
+    net = mesh(4, seed=8, params=params)
+    job_id = net.submit(0, spec(requirements={"gpus": 1}))
+    net.run_for(30_000)
+    job = net.job(0, job_id)
+    assert job.state in ("queued", "offered") and job.runs == {}
+    reasons = {r for _, r in job.declines}
+    assert reasons == {"node has no GPU"}
+    assert {p for p, _ in job.declines} == set(net.order[1:])
+    assert records(net, 0, "job_no_bids", job_id), "each empty round is logged with reasons"
+    job = run_to_end(net, 0, job_id, max_ms=60_000)
+    assert job.state == "failed"
+    assert "no GPU" in job.reason
+    finish = records(net, 0, "job_finished", job_id)
+    assert len(finish) == 1 and "no GPU" in finish[0]["reason"]
+    assert net.now_ms - job.submitted_ms >= 60_000
+
+
+def test_bids_over_budget_are_not_awarded_and_declines_say_why() -> None:
+    """placement.py: a worker whose price is over the budget declines and says so."""
+    net = mesh(4, seed=9)
+    job_id = net.submit(0, spec(estimated_flops=1e13, max_budget=0.001))
+    net.run_for(20_000)
+    job = net.job(0, job_id)
+    assert job.state in ("queued", "offered") and job.runs == {}
+    assert records(net, 0, "run_awarded", job_id) == []
+    assert job.declines and all("exceeds budget" in r for _, r in job.declines)
+
+
+def test_non_zero_exit_is_retried_elsewhere_then_fails_with_the_exit_code() -> None:
+    """params.max_attempts: "Execution attempts per job (first run plus retries) before it fails"."""
+    workers = [FakeWorker(exit_code=lambda s: 3) for _ in range(6)]
+    net = mesh(6, seed=10, workers=workers)
+    job_id = net.submit(0, spec())
+    job = run_to_end(net, 0, job_id)
+    assert job.state == "failed"
+    assert "exit code 3" in job.reason
+    ran_on = [r.worker for r in job.runs.values()]
+    assert len(ran_on) == SINGLE.max_attempts == len(set(ran_on)), "each retry on another worker"
+    assert len(records(net, 0, "run_failed", job_id)) == SINGLE.max_attempts
+
+
+def test_failing_job_in_a_small_mesh_uses_all_its_attempts_and_reports_the_exit_code() -> None:
+    """With fewer workers than attempts, workers that failed the job are asked again
+    once nobody fresh is left: the job fails after max_attempts with the exit
+    code, not after max_queue_time_ms with "no worker took the job"."""
+    workers = [FakeWorker(exit_code=lambda s: 3) for _ in range(3)]
+    net = mesh(3, seed=21, workers=workers)
+    job_id = net.submit(0, spec())
+    job = run_to_end(net, 0, job_id, max_ms=60_000)
+    assert job.state == "failed"
+    assert "exit code 3" in job.reason and f"after {SINGLE.max_attempts} failed attempts" in job.reason
+    assert len(job.runs) == SINGLE.max_attempts
+    assert {r.worker for r in job.runs.values()} == set(net.order[1:])
+
+
+def test_only_worker_crashes_restarts_and_the_job_is_retried_on_it() -> None:
+    """A lost lease excludes the worker, but when it is the only one that fits the
+    job goes back to it after its restart instead of waiting forever."""
+    net = mesh(2, seed=22)
+    worker = net.order[1]
+    net.slots[worker].worker.duration_ms = lambda s: 20_000
+    job_id = net.submit(0, spec())
+    assert net.run_until(lambda: started(net, 0, job_id))
+    net.crash(worker)
+    net.run_for(SINGLE.lease_ms + 1_000)
+    net.restart(worker)
+    net.slots[worker].worker.duration_ms = lambda s: 1_000
+    job = run_to_end(net, 0, job_id, max_ms=60_000)
+    assert job.state == "succeeded", job.reason
+    assert "lease lost" in records(net, 0, "run_failed", job_id)[0]["reason"]
+
+
+def test_cancel_stops_the_worker_and_the_job_is_cancelled() -> None:
+    net = mesh(4, seed=11)
+    for w in net.order:
+        net.slots[w].worker.duration_ms = lambda s: 60_000
+    job_id = net.submit(0, spec())
+    assert net.run_until(lambda: started(net, 0, job_id))
+    (worker,) = [r.worker for r in net.job(0, job_id).runs.values()]
+    net.input(0, CancelRequested(job_id))
+    assert net.job(0, job_id).state == "cancelled"
+    net.run_for(5_000)
+    (cancelled,) = records(net, worker, "work_cancelled", job_id)
+    assert cancelled["reason"] == "cancelled by the user"
+    assert net.slots[worker].running == {}, "the worker stopped the execution"
+    assert records(net, 0, "job_finished", job_id)[-1]["state"] == "cancelled"
+
+
+def test_retry_of_a_failed_job_runs_it_again() -> None:
+    flaky = {"fail": True}
+    workers = [FakeWorker(exit_code=lambda s: 1 if flaky["fail"] else 0) for _ in range(6)]
+    net = mesh(6, seed=12, workers=workers)
+    job_id = net.submit(0, spec())
+    assert run_to_end(net, 0, job_id).state == "failed"
+    flaky["fail"] = False
+    net.input(0, RetryRequested(job_id))
+    job = run_to_end(net, 0, job_id)
+    assert job.state == "succeeded"
+    assert records(net, 0, "job_retried", job_id)
+    assert [b["state"] for b in records(net, 0, "job_finished", job_id)] == ["failed", "succeeded"]
+
+
+def test_retry_long_after_the_failure_still_runs() -> None:
+    """A retry starts a fresh wait: the job must not fail at once as "nobody took it"
+    just because it was submitted more than max_queue_time_ms ago."""
+    params = CoreParams(replication_fraction=0.0, untrusted_replication=0.0, max_queue_time_ms=60_000)
+    flaky = {"fail": True}
+    workers = [FakeWorker(exit_code=lambda s: 1 if flaky["fail"] else 0) for _ in range(6)]
+    net = mesh(6, seed=13, params=params, workers=workers)
+    job_id = net.submit(0, spec())
+    assert run_to_end(net, 0, job_id).state == "failed"
+    net.run_for(120_000)
+    flaky["fail"] = False
+    net.input(0, RetryRequested(job_id))
+    job = run_to_end(net, 0, job_id)
+    assert job.state == "succeeded", job.reason
+
+
+def test_long_job_that_loses_its_worker_is_reoffered_not_failed() -> None:
+    """max_queue_time_ms bounds time *waiting for a worker*, not a job's total age:
+    a run that loses its lease after a long time is offered again."""
+    params = CoreParams(replication_fraction=0.0, untrusted_replication=0.0, max_queue_time_ms=60_000)
+    net = mesh(4, seed=14, params=params)
+    for w in net.order:
+        net.slots[w].worker.duration_ms = lambda s: 100_000
+    job_id = net.submit(0, spec(timeout_s=1_000))
+    assert net.run_until(lambda: started(net, 0, job_id))
+    net.run_for(70_000)
+    (first,) = [r.worker for r in net.job(0, job_id).runs.values()]
+    net.crash(first)
+    job = run_to_end(net, 0, job_id, max_ms=300_000)
+    assert job.state == "succeeded", job.reason
+
+
+def test_cold_node_never_bids() -> None:
+    """placement.py: "A worker bids iff it is warm ..."."""
+    workers = [FakeWorker(), FakeWorker(healthy=False), FakeWorker(healthy=False), FakeWorker()]
+    net = mesh(4, seed=15, workers=workers)
+    cold = {net.order[1], net.order[2]}
+    jobs = [net.submit(0, spec(command=["echo", str(i)])) for i in range(4)]
+    assert net.run_until(lambda: all(finished(net, 0, j) for j in jobs))
+    for c in cold:
+        assert net.node(c).counters["bids_sent"] == 0
+        assert records(net, c, "work_accepted") == []
+    for j in jobs:
+        assert done_workers(net.job(0, j)) == [net.order[3]]
+
+
+def test_cold_only_mesh_explains_why() -> None:
+    workers = [FakeWorker(), FakeWorker(healthy=False), FakeWorker(healthy=False)]
+    net = mesh(3, seed=16, workers=workers)
+    job_id = net.submit(0, spec())
+    net.run_for(5_000)
+    reasons = {r for _, r in net.job(0, job_id).declines}
+    assert reasons == {"node is cold: health check failed"}
+
+
+def test_advert_expiry_removes_a_silent_peer() -> None:
+    """peers.py: "A peer whose advert expired is gone: it is dropped from the view"."""
+    net = mesh(3, seed=17)
+    silent = net.order[2]
+    assert net.node(0).peers.get(silent) is not None
+    net.crash(silent)
+    ttl = SINGLE.advert_ttl_ms
+    net.run_for(ttl // 2)
+    assert net.node(0).peers.get(silent) is not None, "not gone before its TTL"
+    net.run_for(ttl + ttl // 2)
+    assert net.node(0).peers.get(silent) is None
+    assert {e.peer_id for e in net.node(0).peers.alive(net.now_ms)} == {net.order[1]}
+    assert net.node(0).counters["peers_gone"] >= 1
+
+
+def test_restarted_node_is_seen_with_its_new_advert_at_once() -> None:
+    """peers.py: "A newer advert replaces an older one". A node that restarts cold
+    must not keep looking warm to its peers until its old advert times out."""
+    net = mesh(3, seed=18)
+    peer = net.order[2]
+    net.run_for(20_000)
+    net.crash(peer)
+    net.slots[peer].worker.healthy = False
+    net.restart(peer)
+    net.run_for(SINGLE.advert_interval_ms)
+    entry = net.node(0).peers.get(peer)
+    assert entry is not None and entry.advert.warm is False
+
+
+def test_partitioned_origin_completes_queued_jobs_after_heal() -> None:
+    net = mesh(4, seed=19)
+    origin = net.order[0]
+    net.isolate(origin)
+    jobs = [net.submit(0, spec(command=["echo", str(i)])) for i in range(3)]
+    net.run_for(30_000)
+    assert all(net.job(0, j).state in ("queued", "offered") for j in jobs)
+    assert "no peers known" in " ".join(r for _, r in net.job(0, jobs[0]).declines)
+    net.heal()
+    assert net.run_until(lambda: all(finished(net, 0, j) for j in jobs), max_ms=60_000)
+    assert all(net.job(0, j).state == "succeeded" for j in jobs)
+
+
+def test_load_spreads_over_equal_workers() -> None:
+    """placement.py: "load spreads because wait grows with a worker's queue and the
+    origin counts awards it has in flight to each worker"."""
+    net = mesh(6, seed=20)
+    workers = net.order[1:]
+    jobs = [net.submit(0, spec(command=["echo", str(i)])) for i in range(20)]
+    assert net.run_until(lambda: all(net.job(0, j).state == "succeeded" for j in jobs))
+    counts = Counter(done_workers(net.job(0, j))[0] for j in jobs)
+    # 20 jobs over 5 equal workers: 4 each on average. The origin charges each
+    # award it has in flight against a worker's expected finish, so a worker
+    # with k awards ranks below one with k-1; allowing for the random
+    # tie-break and bids racing the awards, nobody should get more than 8
+    # (twice the fair share) and every worker should get at least one.
+    assert set(counts) == set(workers)
+    assert max(counts.values()) <= 8, counts

@@ -1,0 +1,210 @@
+"""Placement as pure functions (``meshd/core/placement.py``).
+
+Rules checked (module header): "A worker bids iff it is warm, fits every
+requirement, is not excluded, has room ... and its price is within the
+budget"; "Reasons the advert cannot show (busy since its last advert,
+budget) are sent as a decline"; the cost model; "Ranking: lower is better;
+expected finish and price are normalised over the bids, weighted by the speed
+profile, then divided by a reputation factor".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from meshd.core.placement import (
+    Capacity,
+    actual_cost,
+    budget_timeout_s,
+    decline_reason,
+    estimate_cost,
+    estimate_duration_s,
+    fit_reason,
+    image_present,
+    make_bid,
+    rank_bids,
+)
+from meshd.core.wire import Bid, Offer, OfferRequirements
+
+IMAGE = "meshd/busybox:1"
+DIGEST = "sha256:" + "00" * 32
+
+
+def cap(**kw: object) -> Capacity:
+    base = Capacity(cores=4, ram_mb=8192, gpus=(), gpu_runtime=False, runtimes=("docker",),
+                    images=(IMAGE,), tier="cpu", network_allowed=False, warm=True, cold_reason=None,
+                    score_gflops=50.0, price=0.01, running=0, queued=0, capacity=4)
+    return dataclasses.replace(base, **kw)
+
+
+def req(**kw: object) -> OfferRequirements:
+    return OfferRequirements(image=IMAGE, **kw)
+
+
+def offer(**kw: object) -> Offer:
+    fields: dict[str, object] = {"job_id": "job-000000000001", "attempt": 1, "spec_digest": DIGEST,
+                                 "requirements": req(), "timeout_s": 100.0, "bid_window_ms": 250}
+    fields.update(kw)
+    return Offer(**fields)
+
+
+GPU = (("RTX 4090", 24_576),)
+
+
+# ------------------------------------------------------------ fit
+
+
+def test_fitting_node_has_no_reason() -> None:
+    assert fit_reason(cap(), req()) is None
+
+
+@pytest.mark.parametrize(
+    ("capacity", "requirements", "expected"),
+    [
+        (cap(warm=False, cold_reason="docker unreachable"), req(), "node is cold: docker unreachable"),
+        (cap(warm=False, cold_reason=None), req(), "node is cold: health check pending"),
+        (cap(), req(gpus=1), "node has no GPU"),
+        (cap(gpus=GPU, gpu_runtime=False), req(gpus=1), "engine has no GPU runtime"),
+        (cap(gpus=GPU, gpu_runtime=True), req(gpus=2), "needs 2 GPU(s) with ≥0 MB, node has 1"),
+        (cap(gpus=GPU, gpu_runtime=True), req(gpus=1, gpu_min_memory_mb=40_000),
+         "needs 1 GPU(s) with ≥40000 MB, node has 0"),
+        (cap(ram_mb=512), req(memory_mb=1024), "needs 1024 MB RAM, node has 512"),
+        (cap(cores=2), req(cpus=3), "needs 3 CPUs, node has 2"),
+        (cap(), req(tier="consumer-gpu"), "needs tier consumer-gpu, node is cpu"),
+        (cap(tier="consumer-gpu"), req(tier="datacenter-gpu"), "needs tier datacenter-gpu, node is consumer-gpu"),
+        (cap(), req(network=True), "job needs network; node does not allow it"),
+        (cap(images=()), req(), f"image {IMAGE} not present locally"),
+        (cap(), req(runtime="process"), "runtime process not available (has docker)"),
+    ],
+)
+def test_fit_reasons(capacity: Capacity, requirements: OfferRequirements, expected: str) -> None:
+    assert fit_reason(capacity, requirements) == expected
+
+
+def test_higher_tier_satisfies_a_lower_requirement() -> None:
+    assert fit_reason(cap(tier="datacenter-gpu"), req(tier="consumer-gpu")) is None
+    assert fit_reason(cap(network_allowed=True), req(network=True)) is None
+    assert fit_reason(cap(gpus=GPU, gpu_runtime=True), req(gpus=1, gpu_min_memory_mb=24_576)) is None
+
+
+def test_image_matching() -> None:
+    assert image_present("meshd/busybox", ("meshd/busybox:latest",))
+    assert not image_present("meshd/busybox:2", ("meshd/busybox:1",))
+    # A process-capable node can run without the image.
+    assert fit_reason(cap(images=(), runtimes=("docker", "process")), req()) is None
+
+
+# ------------------------------------------------------------ decline / bid
+
+
+def test_cold_and_static_reasons_are_not_sent() -> None:
+    """The origin derives advert-visible reasons itself, so the worker stays quiet."""
+    reason, send = decline_reason(cap(warm=False, cold_reason="x"), offer(), self_id="me", queue_max=16,
+                                  overhead_s=1.0)
+    assert reason == "node is cold: x" and send is False
+    reason, send = decline_reason(cap(), offer(exclude=["me"]), self_id="me", queue_max=16, overhead_s=1.0)
+    assert reason is not None and "excluded" in reason and send is False
+
+
+def test_busy_is_sent() -> None:
+    reason, send = decline_reason(cap(running=4, queued=16), offer(), self_id="me", queue_max=16,
+                                  overhead_s=1.0)
+    assert reason == "busy: 4 running, 16 queued" and send is True
+
+
+def test_over_budget_with_flops_estimate_is_declined_and_sent() -> None:
+    # 1e12 flop = 1000 GFLOP at 0.01 credits/GFLOP = 10 credits.
+    o = offer(estimated_flops=1e12, max_budget=5.0)
+    reason, send = decline_reason(cap(), o, self_id="me", queue_max=16, overhead_s=1.0)
+    assert reason == "price 10 credits exceeds budget 5" and send is True
+    assert decline_reason(cap(), offer(estimated_flops=1e12, max_budget=10.0), self_id="me", queue_max=16,
+                          overhead_s=1.0) == (None, False)
+
+
+def test_over_budget_without_estimate_bids_and_is_capped() -> None:
+    """Without flops the cost is an upper bound: bid, and stop the run at the budget."""
+    o = offer(max_budget=5.0)  # 100 s × 50 GFLOPS × 0.01 = 50 credits worst case
+    assert decline_reason(cap(), o, self_id="me", queue_max=16, overhead_s=1.0) == (None, False)
+    bid = make_bid(cap(), o, avg_run_s=5.0, overhead_s=1.0)
+    assert bid.price == 5.0
+    assert budget_timeout_s(100.0, 5.0, 50.0, 0.01, 1.0) == pytest.approx(10.0)
+
+
+def test_bid_estimates() -> None:
+    o = offer(estimated_flops=1e12)  # 1000 GFLOP at 50 GFLOPS = 20 s
+    bid = make_bid(cap(), o, avg_run_s=5.0, overhead_s=1.0)
+    assert bid.est_duration_ms == 21_000
+    assert bid.est_start_ms == 0
+    assert bid.price == pytest.approx(10.0)
+    assert bid.score_gflops == 50.0
+    # A full node (4 running on 4 slots, 4 queued) expects to wait for 5 jobs over 4 slots.
+    busy = make_bid(cap(running=4, queued=4), o, avg_run_s=8.0, overhead_s=1.0)
+    assert busy.est_start_ms == 10_000
+    assert (busy.running, busy.queued) == (4, 4)
+
+
+def test_duration_and_cost_model() -> None:
+    assert estimate_duration_s(None, 60.0, 50.0, 1.0) == 60.0
+    assert estimate_duration_s(1e15, 60.0, 50.0, 1.0) == 61.0, "capped by the timeout"
+    assert estimate_cost(None, 60.0, 50.0, 0.01, 2.0) == pytest.approx(60.0)
+    assert estimate_cost(5e11, 60.0, 50.0, 0.01, 2.0) == pytest.approx(10.0)
+    assert actual_cost(2_000, 50.0, 0.01, 1.0) == pytest.approx(1.0)
+    assert budget_timeout_s(60.0, None, 50.0, 0.01, 1.0) == 60.0
+    assert budget_timeout_s(60.0, 1.0, 0.0, 0.01, 1.0) == 60.0
+
+
+# ------------------------------------------------------------ ranking
+
+
+def bid(price: float, duration_ms: int, start_ms: int = 0) -> Bid:
+    return Bid(job_id="job-000000000001", attempt=1, price=price, est_start_ms=start_ms,
+               est_duration_ms=duration_ms, score_gflops=10.0)
+
+
+FAST_DEAR = bid(price=10.0, duration_ms=1_000)
+SLOW_CHEAP = bid(price=1.0, duration_ms=10_000)
+
+
+def test_fast_profile_prefers_the_fast_bid_and_cheap_the_cheap_one() -> None:
+    bids = {"fast": FAST_DEAR, "cheap": SLOW_CHEAP}
+    assert rank_bids(bids, "fast", {}, {}, {}) == ["fast", "cheap"]
+    assert rank_bids(bids, "cheap", {}, {}, {}) == ["cheap", "fast"]
+
+
+def test_balanced_profile_picks_the_best_compromise() -> None:
+    bids = {"fast": FAST_DEAR, "cheap": SLOW_CHEAP, "middle": bid(price=3.0, duration_ms=3_000)}
+    assert rank_bids(bids, "balanced", {}, {}, {})[0] == "middle"
+
+
+def test_waiting_time_counts_toward_finish() -> None:
+    bids = {"idle": bid(5.0, 5_000), "queued": bid(5.0, 5_000, start_ms=20_000)}
+    assert rank_bids(bids, "fast", {}, {}, {}) == ["idle", "queued"]
+
+
+def test_reputation_breaks_an_even_contest_and_can_outweigh_price() -> None:
+    even = {"a": bid(5.0, 5_000), "b": bid(5.0, 5_000)}
+    assert rank_bids(even, "balanced", {"a": -0.8, "b": 0.5}, {}, {})[0] == "b"
+    assert rank_bids(even, "balanced", {"a": 0.5, "b": -0.8}, {}, {})[0] == "a"
+    # A slightly cheaper stranger loses to a well-reputed peer (prices are
+    # normalised over the bids, so "slightly" is relative to the spread) ...
+    close = {"stranger": bid(5.0, 5_000), "known": bid(5.1, 5_000), "dear": bid(10.0, 5_000)}
+    assert rank_bids(close, "cheap", {"known": 1.0}, {}, {})[0] == "known"
+    assert rank_bids(close, "cheap", {}, {}, {})[0] == "stranger"
+    # ... but reputation does not buy a much worse bid.
+    far = {"stranger": bid(1.0, 5_000), "known": bid(50.0, 5_000)}
+    assert rank_bids(far, "cheap", {"known": 1.0}, {}, {})[0] == "stranger"
+
+
+def test_inflight_awards_push_a_worker_down() -> None:
+    bids = {"a": bid(5.0, 5_000), "b": bid(5.0, 5_000)}
+    assert rank_bids(bids, "balanced", {}, {"a": 2}, {}) == ["b", "a"]
+    assert rank_bids(bids, "balanced", {}, {"b": 1}, {}) == ["a", "b"]
+
+
+def test_tiebreak_decides_only_exact_ties() -> None:
+    bids = {"a": bid(5.0, 5_000), "b": bid(5.0, 5_000)}
+    assert rank_bids(bids, "balanced", {}, {}, {"a": 0.9, "b": 0.1}) == ["b", "a"]
+    assert rank_bids(bids, "balanced", {}, {}, {"a": 0.1, "b": 0.9}) == ["a", "b"]
+    assert rank_bids({}, "fast", {}, {}, {}) == []

@@ -1,0 +1,114 @@
+"""Hardware profile, measured compute score, tier rule, parameter validation, output/log caps."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from meshd.exec import (
+    ExecParams,
+    ExecRequest,
+    ExecutorUnavailable,
+    InvalidRequest,
+    make_executor,
+    measure_compute_score,
+    profile_hardware,
+    tier_for,
+)
+from meshd.exec.gpu import GpuDevice
+from meshd.exec.outputs import LogSink, discard_outputs, measure_dir, over_cap
+from meshd.exec.score import ScoreParams
+
+
+def test_profile_is_sane_and_serialisable(tmp_path):
+    p = profile_hardware(tmp_path / "not-yet-created")
+    assert p.cpu_logical >= 1 and p.cpu_logical >= p.cpu_physical >= 0
+    assert p.ram_total_bytes >= p.ram_available_bytes > 0
+    assert p.disk_total_bytes >= p.disk_free_bytes > 0
+    assert p.gpus == () and p.gpu_reason.startswith("NVML")
+    d = p.to_dict()
+    assert json.loads(json.dumps(d)) == d
+    assert d["gpus"] == []
+
+
+def test_score_is_measured_and_cpu_tier_here():
+    s = measure_compute_score((), ScoreParams(matrix_n=256, budget_s=0.05))
+    assert 0.05 < s.cpu_gflops < 100_000
+    assert s.gpu_gflops is None  # no GPU, no CuPy/torch: skipped cleanly
+    assert s.tier == "cpu"
+    assert s.to_dict()["tier"] == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("name", "mem", "tier"),
+    [
+        ("NVIDIA GeForce RTX 4090", 24564, "consumer-gpu"),
+        ("NVIDIA GeForce GTX 1080 Ti", 11264, "consumer-gpu"),
+        ("NVIDIA A100-SXM4-40GB", 40960, "datacenter-gpu"),
+        ("NVIDIA H100 80GB HBM3", 81559, "datacenter-gpu"),
+        ("Tesla T4", 15360, "datacenter-gpu"),
+        ("NVIDIA L4", 23034, "datacenter-gpu"),
+        ("NVIDIA RTX 6000 Ada Generation", 49140, "datacenter-gpu"),  # >= 40 GiB rule
+    ],
+)
+def test_tier_rule(name, mem, tier):
+    assert tier_for([GpuDevice(index=0, uuid="u", name=name, memory_total_mb=mem)]) == tier
+
+
+def test_tier_without_gpu():
+    assert tier_for([]) == "cpu"
+
+
+def test_request_and_params_validation(tmp_path):
+    ok = dict(job_id="j", image="i", command=("true",), output_dir=tmp_path)
+    ExecRequest(**ok)
+    for bad in ({"command": ()}, {"job_id": ""}, {"env": {"1X": "v"}}, {"timeout_s": 0},
+                {"memory_mb": 1}, {"cpus": 0}, {"pids_limit": 0}):
+        with pytest.raises(InvalidRequest):
+            ExecRequest(**{**ok, **bad})
+    with pytest.raises(InvalidRequest):
+        ExecParams(run_as_user="root")
+    with pytest.raises(InvalidRequest):
+        ExecParams(label_prefix="Bad Prefix")
+    p = ExecParams(max_timeout_s=5, max_output_bytes=10)
+    r = ExecRequest(**ok)
+    assert p.effective_timeout_s(r) == 5 and p.effective_output_cap(r) == 10
+    assert ExecParams().run_as_ids() == (65534, 65534)
+
+
+def test_auto_without_engine_or_opt_in_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    with pytest.raises(ExecutorUnavailable, match="process_executor_enabled"):
+        make_executor("auto", ExecParams(docker_connect_timeout_s=1), "n")
+    ex, why = make_executor("auto", ExecParams(process_executor_enabled=True), "n")
+    assert ex.name == "process" and "falling back" in why
+    with pytest.raises(ExecutorUnavailable, match="docker executor requested"):
+        make_executor("docker", ExecParams(), "n")
+
+
+def test_measure_dir_and_discard(tmp_path):
+    (tmp_path / "a").write_bytes(b"x" * 100)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b").write_bytes(b"y" * 50)
+    os.symlink("/etc/passwd", tmp_path / "link")  # counted, not followed
+    u = measure_dir(tmp_path, max_entries=100)
+    assert u.bytes >= 150 and u.entries == 4 and not u.truncated
+    assert over_cap(u, max_bytes=10**9) is None
+    assert "cap is 10" in over_cap(u, max_bytes=10)
+    t = measure_dir(tmp_path, max_entries=2)
+    assert t.truncated and "more than 2 entries" in over_cap(t, max_bytes=10**9)
+    discard_outputs(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_log_sink_caps_and_keeps_tail():
+    got: list[bytes] = []
+    s = LogSink(got.append, cap=10, tail_bytes=4)
+    s.feed(b"12345")
+    s.feed(b"67890abc")
+    s.feed(b"def")
+    assert b"".join(got) == b"1234567890" + s.marker()
+    assert s.truncated and s.forwarded == 10 and s.seen == 16
+    assert s.tail() == b"cdef"
