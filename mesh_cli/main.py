@@ -141,7 +141,7 @@ def _verify_on_disk(data_dir: Path) -> Any:
 
 def cmd_log_verify(args: argparse.Namespace, client_factory: Callable[[], ApiClient]) -> int:
     from meshd.core.identity import public_key_from_peer_id
-    from meshd.core.logrecord import verify_records
+    from meshd.core.logrecord import VerifyReport, verify_records
 
     report = _verify_on_disk(args.data_dir)
     if report is not None:
@@ -155,6 +155,11 @@ def cmd_log_verify(args: argparse.Namespace, client_factory: Callable[[], ApiCli
         raise JobError(f"the daemon reports a peer id with no Ed25519 key: {status.get('peer_id')!r}")
     head_seq = int((status.get("log") or {}).get("head_seq") or 0)
     report = verify_records(_api_raw_records(client, head_seq), key)
+    served = report.head[0] if report.head else 0
+    if report.ok and served < head_seq:
+        report = VerifyReport(False, report.count, served + 1,
+                              f"the daemon served records only up to seq {served}, but reports head seq {head_seq}",
+                              report.head)
     return _report(report, f"via the API, up to seq {head_seq}", args.json)
 
 

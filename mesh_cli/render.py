@@ -310,9 +310,12 @@ def wait_line(job: dict[str, Any]) -> str:
     """One line summarising a job's progress (for `submit --wait` in a pipe)."""
     awards = ", ".join(short_id(a.get("peer_id")) for a in job.get("awards") or []) or "-"
     verification = job.get("verification") or {}
-    return (f"{dash(job.get('state')):<10} bids={len(job.get('bids') or [])} "
-            f"declines={len(job.get('declines') or [])} awarded={awards} "
-            f"verdict={dash(verification.get('verdict'))}")
+    declines = job.get("declines") or []
+    line = (f"{dash(job.get('state')):<10} bids={len(job.get('bids') or [])} "
+            f"declines={len(declines)} awarded={awards} verdict={dash(verification.get('verdict'))}")
+    if declines and not awards:
+        line += f" (last decline: {dash(declines[-1].get('reason'))})"
+    return line
 
 
 def wait_panel(job: dict[str, Any]) -> Table:
@@ -324,6 +327,9 @@ def wait_panel(job: dict[str, Any]) -> Table:
     awards = job.get("awards") or []
     grid.add_row("awarded to", ", ".join(f"{short_id(a.get('peer_id'))} ({dash(a.get('role'))})"
                                           for a in awards) or "-")
+    declines = job.get("declines") or []
+    if declines and not awards:
+        grid.add_row("last decline", f"{short_id(declines[-1].get('peer_id'))}: {dash(declines[-1].get('reason'))}")
     history = job.get("history") or []
     if history:
         grid.add_row("last", f"{fmt_ts(history[-1].get('ts_ms'))} {dash(history[-1].get('detail'))}")

@@ -35,7 +35,6 @@ running 6 minutes at price 1.0 asks 5 credits).
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import secrets
@@ -182,13 +181,6 @@ class NodeConfig(BaseModel):
         for key, value in v.items():
             if not isinstance(value, int | float | bool | str):
                 raise ValueError(f"[params] {key} must be a number, boolean or string, not {type(value).__name__}")
-        return v
-
-    @field_validator("price")
-    @classmethod
-    def _price(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError("must be a finite number")
         return v
 
     def to_toml(self) -> str:

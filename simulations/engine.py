@@ -44,9 +44,15 @@ count that closes a window early, decline explanations, prices); bidding does
 not read it. The core scans the whole table on every submit and offer
 (``estimate``, ``_candidates``: ~3 µs per peer), so a node tracking 1,000
 peers spends ~6.6 ms per job. We therefore give each node a bounded peer
-view: it receives the adverts of ``advert_fanout`` peers drawn from the seed
-(one shared decoded advert object per publish, delivered to that publisher's
-subscribers in one heap event). Interval and TTL are the protocol's own.
+view: it receives the adverts of ``advert_fanout`` (16) peers drawn from the
+seed (one shared decoded advert object per publish, delivered to that
+publisher's subscribers in one heap event). Above 100 nodes the advert
+interval and TTL are also scaled together by ``nodes / 100`` (knob
+``advert_scale``): a peer still counts as gone after the same number of
+missed adverts; only how fast a crashed peer leaves others' views slows.
+Dead *workers* are detected by leases and heartbeats, which are not scaled.
+Because views are partial, an origin often has no advert for the worker it
+awarded, and credits it its bid price (``credits._run_credits``).
 """
 
 from __future__ import annotations
@@ -145,6 +151,8 @@ class OfferCast:
     k: int = 0
     last_ms: int = 0
     stop_early: bool = True
+    bids_in_flight: int = 0
+    """Bids sent to the origin by earlier candidates (they arrive no later than the next answer)."""
 
 
 class Engine:
@@ -169,7 +177,7 @@ class Engine:
         self.trace = 0
         self.events = 0
         self.partitioned = False
-        self.hooks: list[Any] = []  # observers with on_append / on_effects / on_start / on_input
+        self.hooks: list[Any] = []  # observers with on_append(slot, kind, body) / on_start(slot, eff)
         self.stats: dict[str, int] = {}
         self.jobs_by_id: dict[str, JobPlan] = {}
         self.produced: dict[str, set[str]] = {}
@@ -185,6 +193,7 @@ class Engine:
         rf = knobs.receipt_fanout if knobs.receipt_fanout >= 0 else (0 if len(hw) <= 256 else knobs.advert_fanout)
         self.receipt_subscribers = self._draw_views(len(hw), rf) if rf else None
         self._forced: tuple[str, int] | None = None  # (to_peer, arrival) while a node answers an offer
+        self._forced_bids = 0
 
     # ------------------------------------------------------------ setup
 
@@ -258,8 +267,6 @@ class Engine:
         data = getattr(inp, "data", None)
         mcode = MSG_CODES.get(data.type, 50) if type(data) is Opened else -1
         self.trace = hash((self.trace, self.now, slot.idx, code, mcode))
-        for h in self.hooks:
-            h.on_input(slot, inp)
         try:
             effects = node.step(inp, self.now)
         except Exception as exc:  # a core must never raise on any input
@@ -276,8 +283,15 @@ class Engine:
             self.at(d, EV_TICK, (slot.idx, slot.incarnation))
 
     def apply(self, slot: Slot, effects: list[Any]) -> None:
-        for h in self.hooks:
-            h.on_effects(slot, effects)
+        if not effects:
+            return
+        seen_other = False
+        for eff in effects:  # invariant "append-first", checked on every batch
+            if type(eff) is not Append:
+                seen_other = True
+            elif seen_other:
+                raise SimFailure(f"invariant violated at t={self.now} ms: node {slot.idx} returned an Append "
+                                 "after a message/execution in one batch")
         for eff in effects:
             t = type(eff)
             if t is Append:
@@ -343,6 +357,7 @@ class Engine:
         forced = self._forced
         if forced is not None and forced[0] == eff.to_peer:
             arrive = forced[1]
+            self._forced_bids += eff.kind == "bid"
         else:
             arrive = self.now + self.latency()
         inp = DirectReceived(slot.peer_id, eff.data)
@@ -397,6 +412,11 @@ class Engine:
             if cast.stop_early and cast.r[c] > self.params.bid_window_ms:
                 return
             when = max(cast.last_ms, cast.t0 + int(cast.l1[c]))
+            if cast.stop_early and cast.bids_in_flight >= self.params.bids_enough * cast.data.body.slots:
+                # Enough bids arrive by t0 + r[c] to close the window before c's answer could;
+                # look again then (a bid may have been dropped, e.g. rate-limited).
+                when = max(when, cast.t0 + int(cast.r[c]))
+                cast.bids_in_flight = 0
             cast.last_ms = when
             self.at(when, EV_OFFER, cast)
             return
@@ -417,10 +437,12 @@ class Engine:
                                                    and self.rng_net.random() < self.knobs.gossip_loss):
             origin_peer = self.slots[cast.origin].peer_id
             self._forced = (origin_peer, cast.t0 + int(cast.r[c]))
+            self._forced_bids = 0
             try:
                 self.feed(self.slots[c], GossipReceived(TOPIC_OFFERS, origin_peer, cast.data))
             finally:
                 self._forced = None
+            cast.bids_in_flight += self._forced_bids
         self._offer_next(cast)
 
     # ------------------------------------------------------------ executor

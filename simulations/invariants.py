@@ -2,7 +2,8 @@
 
 Checked on every step (cheap, exact):
 - **append-first**: in every batch a node returns, no Append follows a message
-  or an execution (the durability rule of ``events.py``);
+  or an execution (the durability rule of ``events.py``; checked inline in
+  ``Engine.apply``);
 - **capacity**: a node never runs more executions at once than its capacity;
 - **transitions**: each ``job_state`` record starts where the job's previous one
   ended, and the move is in ``lifecycle.TRANSITIONS``;
@@ -44,6 +45,7 @@ class Checker:
         self.job_state: dict[tuple[int, str], str] = {}
         self.canonical: dict[str, str] = {}
         self.verdicts: list[tuple[int, str, dict[str, Any]]] = []  # (time, origin peer, body)
+        self.last_verdict: dict[str, dict[str, Any]] = {}
         self.finished: dict[str, tuple[str, int]] = {}
         self.credited: set[tuple[str, str, int]] = set()
         self.escapes: list[str] = []
@@ -53,18 +55,6 @@ class Checker:
         raise SimFailure(f"invariant violated at t={self.engine.now} ms: {what}")
 
     # ------------------------------------------------------------ per step
-
-    def on_input(self, slot: Slot, inp: Any) -> None:
-        pass
-
-    def on_effects(self, slot: Slot, effects: list[Any]) -> None:
-        seen_other = False
-        for e in effects:
-            if type(e).__name__ == "Append":
-                if seen_other:
-                    self.fail(f"node {slot.idx} returned an Append after a message/execution in one batch")
-            else:
-                seen_other = True
 
     def on_start(self, slot: Slot, eff: Any) -> None:
         if len(slot.running) >= slot.hw.cores:
@@ -97,6 +87,7 @@ class Checker:
         jid, canon = body["job_id"], body["canonical"]
         plan = self.plans.get(jid)
         self.verdicts.append((self.engine.now, slot.peer_id, body))
+        self.last_verdict[jid] = body
         if canon not in self.engine.produced.get(jid, ()):
             self.fail(f"job {jid}: canonical {canon[:20]}… was never produced by any execution")
         if jid in self.canonical and self.canonical[jid] != canon:
@@ -123,8 +114,8 @@ class Checker:
         jid, worker = body.get("job_id"), body.get("worker")
         if jid is None or worker is None:
             return
-        accepted = [b for _, _, b in self.verdicts if b["job_id"] == jid]
-        if not accepted or worker not in accepted[-1].get("valid", []):
+        accepted = self.last_verdict.get(jid)
+        if accepted is None or worker not in accepted.get("valid", []):
             self.fail(f"{kind} for {jid} credits {worker[-8:]} without an accepted result from it")
         key = (jid, worker, int(body.get("replica", 0)))
         if slot.peer_id == body.get("origin") or kind.startswith("credit"):

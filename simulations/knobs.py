@@ -33,8 +33,10 @@ class Knobs:
     connect_timeout_ms: int = 1_000
     """Delay before a send to an unreachable peer is reported as failed."""
     # --- gossip modelling (see engine.py, "Scale")
-    advert_fanout: int = 64
+    advert_fanout: int = 16
     """How many peers' adverts each node tracks (its bounded peer view)."""
+    advert_scale: float = 0.0
+    """Multiplies the advert interval and TTL together (0: auto, max(1, nodes / 100))."""
     receipt_fanout: int = -1
     """Receipt/attestation gossip reach: -1 auto (all up to 256 nodes, else advert_fanout), 0 all, k peers."""
     gossip_mode: str = "lazy"
@@ -85,6 +87,8 @@ class Knobs:
         known = {f.name: f for f in fields(self)}
         clean: dict[str, Any] = {}
         for name, text in pins.items():
+            if name.startswith("core."):  # a CoreParams override, applied by the run
+                continue
             if name not in known:
                 raise ValueError(f"unknown knob {name!r} (see `python -m simulations list`)")
             cur = getattr(self, name)
@@ -118,7 +122,7 @@ def knob_docs() -> dict[str, str]:
     tree = ast.parse(inspect.getsource(Knobs))
     body = tree.body[0].body  # type: ignore[attr-defined]
     out: dict[str, str] = {}
-    for prev, node in zip(body, body[1:]):
+    for prev, node in zip(body, body[1:], strict=False):
         if isinstance(prev, ast.AnnAssign) and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
             out[prev.target.id] = " ".join(str(node.value.value).split())  # type: ignore[union-attr]
     return out

@@ -66,7 +66,7 @@ def plot_sweep(rows: list[dict[str, Any]], path: str) -> None:
 
     loads = [r["knobs"]["load"] for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, stat in zip(axes, ["mean", "p99"]):
+    for ax, stat in zip(axes, ["mean", "p99"], strict=True):
         ax.plot(loads, [r[f"completion_{stat}_s"] for r in rows], "o-", label="meshd (bidding)")
         ax.plot(loads, [r.get(f"omniscient_{stat}_s") for r in rows], "s--", label="omniscient")
         ax.plot(loads, [r.get(f"random_{stat}_s") for r in rows], "^:", label="random")

@@ -32,7 +32,7 @@ from meshd.core.wire import Offer, OfferRequirements, Result
 
 from . import baselines
 from .codec import Forged
-from .engine import Engine, SimFailure, Slot
+from .engine import EV_INPUT, Engine, SimFailure, Slot
 from .invariants import Checker
 from .knobs import Knobs, draw_network
 from .mutants import MUTANTS
@@ -133,8 +133,12 @@ def replay_command(cfg: RunConfig) -> str:
     return " ".join(parts)
 
 
-def core_params(k: Knobs) -> CoreParams:
+def core_params(k: Knobs, nodes: int) -> CoreParams:
     p = CoreParams()
+    scale = k.advert_scale or max(1.0, nodes / 100)
+    if scale != 1.0:
+        p = dataclasses.replace(p, advert_interval_ms=int(p.advert_interval_ms * scale),
+                                advert_ttl_ms=int(p.advert_ttl_ms * scale))
     if k.replication == "off":
         p = dataclasses.replace(p, replication_fraction=0.0, untrusted_replication=0.0)
     return p
@@ -155,7 +159,8 @@ class Run:
         k = Knobs()
         sc.draw(rng_knobs, k)
         self.knobs = k = k.with_overrides(cfg.pins)
-        self.params = core_params(k)
+        self.params = core_params(k, cfg.nodes).with_overrides(
+            {n[5:]: float(v) if "." in v else int(v) for n, v in cfg.pins.items() if n.startswith("core.")})
         hw = draw_hardware(rng_hw, cfg.nodes, slow_fraction=k.slow_fraction, slow_factor=k.slow_factor)
         order = list(range(cfg.nodes))
         rng_hw.shuffle(order)
@@ -168,7 +173,7 @@ class Run:
         factory = MUTANTS[cfg.mutant] if cfg.mutant else None
         self.engine = Engine(engine_seed, hw, k, self.params, **({"node_factory": factory} if factory else {}))
         self.hw = hw
-        warm_ms = 2 * self.params.advert_interval_ms
+        warm_ms = 2 * min(self.params.advert_interval_ms, 10_000)
         self.t_start = self.engine.now + warm_ms
         self.plans = draw_jobs(self.rng_work, cfg.jobs, hw, load=k.load, start_ms=self.t_start,
                                job_s_median=k.job_s_median, job_sigma=k.job_sigma,
@@ -187,7 +192,7 @@ class Run:
     def _schedule(self) -> None:
         e, k = self.engine, self.knobs
         for s in e.slots:
-            e.boot(s, self.rng_fault.randrange(self.params.advert_interval_ms))
+            e.boot(s, self.rng_fault.randrange(min(self.params.advert_interval_ms, 2_000)))
         for plan in self.plans:
             e.call_at(plan.submit_ms, lambda plan=plan: self._submit(plan))
         span = max(1, self.t_safety_end - self.t_start)
@@ -262,7 +267,7 @@ class Run:
                 res = Result(job_id=jid, attempt=1, replica=0, status="succeeded", output_digest=honest_digest(jid))
                 inp = DirectReceived(s.peer_id, e.codec.seal(s.identity, res, e.now,
                                                              rng.getrandbits(64).to_bytes(8, "big")))
-            e.at(e.now + e.latency(), 0, (victim.idx, inp))
+            e.at(e.now + e.latency(), EV_INPUT, (victim.idx, inp))
         e.call_at(e.now + 1 + int(rng.expovariate(1.0 / self.knobs.spam_interval_ms)), lambda: self._spam(s))
 
     def _liveness(self) -> None:
@@ -344,7 +349,7 @@ class Run:
             "escapes": len(c.escapes),
         }
         res["fail_reasons"] = self._fail_reasons(done)
-        if cfg.scenario == "load" or self.knobs.liar_fraction == 0:
+        if cfg.scenario == "load":
             res.update(self._baselines(ct))
         if self.knobs.liar_fraction > 0:
             res.update(self._cheater_metrics(runs_started))
@@ -362,7 +367,7 @@ class Run:
         return dict(reasons.most_common(5))
 
     def _baselines(self, ct: np.ndarray) -> dict[str, Any]:
-        if not len(ct) or self.cfg.scenario != "load":
+        if not len(ct):
             return {}
         omni = baselines.omniscient(self.hw, self.plans)
         rnd = baselines.random_placement(self.hw, self.plans, self.cfg.seed)

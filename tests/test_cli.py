@@ -89,6 +89,7 @@ class FakeDaemon:
         self.blobs: dict[str, bytes] = {}
         self.polls = 0
         self.log_raw: list[bytes] = []
+        self.head_seq: int | None = None  # status' log head, if not len(log_raw)
 
     def job_doc(self, job_id: str, state: str) -> dict[str, Any]:
         done = state == "succeeded"
@@ -110,7 +111,10 @@ class FakeDaemon:
         }
 
     async def status(self, req: Request) -> Response:
-        return json_response(status_doc(self.peer_id))
+        doc = status_doc(self.peer_id)
+        if self.log_raw:
+            doc["log"]["head_seq"] = self.head_seq or len(self.log_raw)
+        return json_response(doc)
 
     async def peers(self, req: Request) -> Response:
         return json_response(PEERS)
@@ -448,6 +452,11 @@ async def test_log_verify_through_the_api_when_the_daemon_holds_the_log(
         assert "a daemon is running" in err(proc)
         report = json.loads(out(proc))
         assert report["ok"] and report["count"] == 6
+        fake.log_raw = list(held.iter_raw())[:4]  # serves 4 records while claiming head seq 6
+        fake.head_seq = 6
+        proc = await mesh(written_log, "log", "verify")
+        assert proc.returncode == 1 and "only up to seq 4, but reports head seq 6" in out(proc)
+        fake.log_raw = list(held.iter_raw())
         tampered = bytearray(fake.log_raw[3])
         tampered[-1] ^= 1  # flip one bit of seq 4's signature
         fake.log_raw[3] = bytes(tampered)

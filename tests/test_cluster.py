@@ -29,9 +29,76 @@ async def test_five_daemons_see_each_other_and_run_a_job(tmp_path: Path, nursery
                     assert c.sees(i, j), f"node {i} has no advert of node {j}"
         job_id = await c.submit(2, {"image": "meshd/busybox:1",
                                     "command": ["sh", "-c", "echo out-$((6*7)) > $MESH_OUTPUTS/answer.txt"]})
-        job = await c.wait_job(2, job_id, timeout_s=30)
+        job = await c.wait_job(2, job_id, timeout_s=60)
         assert job.state == "succeeded", job.reason
         workers = {r.worker for r in job.runs.values() if r.state == "done"}
         assert c.peer_id(2) not in workers  # ran elsewhere
         data = c.daemon(2).blobs.get(job.canonical.split(":", 1)[1])
         assert _tar_files(data) == {"answer.txt": b"out-42\n"}
+
+
+SLEEP_JOB = {"image": "meshd/busybox:1", "command": ["sh", "-c", "sleep 2; echo ok > $MESH_OUTPUTS/ok.txt"],
+             "replicas": 1}
+
+
+def _records(c: Cluster, i: int, job_id: str, kind: str) -> list:
+    return [r for r in c.daemon(i).log.iter() if r.kind == kind
+            and isinstance(r.body, dict) and r.body.get("job_id") == job_id]
+
+
+async def test_worker_killed_mid_job_finishes_elsewhere(tmp_path: Path, nursery: trio.Nursery) -> None:
+    async with Cluster.started(nursery, tmp_path, 4) as c:
+        job_id = await c.submit(0, SLEEP_JOB)
+        job = await c.wait_job(0, job_id, "running", timeout_s=60)
+        victim_id = next(r.worker for r in job.runs.values() if r.state == "active")
+        victim = next(i for i in c.running() if c.peer_id(i) == victim_id)
+        await c.kill(victim)
+        job = await c.wait_job(0, job_id, timeout_s=90)
+        assert job.state == "succeeded", job.reason
+        winner = next(r.worker for r in job.runs.values() if r.state == "done")
+        assert winner != victim_id
+        assert victim_id in job.excluded
+        assert len(_records(c, 0, job_id, "job_finished")) == 1
+
+
+async def test_origin_restarted_mid_job_completes_once(tmp_path: Path, nursery: trio.Nursery) -> None:
+    async with Cluster.started(nursery, tmp_path, 3) as c:
+        job_id = await c.submit(0, {**SLEEP_JOB, "command": ["sh", "-c", "sleep 3; echo ok > $MESH_OUTPUTS/ok"]})
+        await c.wait_job(0, job_id, "running", timeout_s=60)
+        await c.restart(0)
+        job = await c.wait_job(0, job_id, timeout_s=90)
+        assert job.state == "succeeded", job.reason
+        assert len(_records(c, 0, job_id, "job_finished")) == 1
+        assert len(_records(c, 0, job_id, "job_submitted")) == 1
+        assert len(_records(c, 0, job_id, "job_verdict")) == 1
+
+
+async def test_impossible_job_is_queued_with_reasons(tmp_path: Path, nursery: trio.Nursery) -> None:
+    async with Cluster.started(nursery, tmp_path, 3) as c:
+        job_id = await c.submit(1, {"image": "meshd/busybox:1", "command": ["true"],
+                                    "requirements": {"gpus": 1}})
+        await c.wait_for(lambda: len(c.job(1, job_id).declines) >= 2, 30, "decline reasons")
+        job = c.job(1, job_id)
+        assert job.state in ("queued", "offered")
+        reasons = {r for _, r in job.declines}
+        assert any("GPU" in r for r in reasons), reasons
+
+
+async def test_budget_below_estimate_is_refused_with_the_estimate(tmp_path: Path, nursery: trio.Nursery) -> None:
+    from meshd.api.client import ApiClient, ApiHttpError
+
+    async with Cluster.started(nursery, tmp_path, 3) as c:
+        client = ApiClient.from_data_dir(c.members[0].data_dir)
+        spec = {"image": "meshd/busybox:1", "command": ["true"], "estimated_flops": 1e15, "max_budget": 0.001}
+
+        def submit() -> None:
+            client.submit(spec)
+
+        try:
+            await trio.to_thread.run_sync(submit)
+        except ApiHttpError as exc:
+            assert exc.status == 400 and exc.code == "budget_exceeded", exc
+            assert "estimated cost" in exc.message
+        else:
+            raise AssertionError("a job over budget was accepted")
+        assert not c.daemon(0).node.jobs  # type: ignore[union-attr]

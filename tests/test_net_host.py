@@ -376,3 +376,12 @@ async def test_garbage_on_the_pubsub_stream_does_not_take_the_host_down() -> Non
             await wait_until(lambda: a.statistics().broken_streams == 1)
             # a dropped the connection to start afresh; b reconnects on demand
             assert await b.request(a.peer_id, "/meshd/test/echo/1", b"ok") == b"ok"
+
+
+async def test_mdns_finds_a_peer_without_bootstrap() -> None:
+    # mDNS advertises the machine's interface addresses, so listen on all of them
+    params = NetParams(mdns=True, peer_exchange_interval_s=0.5)
+    a = MeshHost(Identity.generate(), params, ["/ip4/0.0.0.0/tcp/0"])
+    b = MeshHost(Identity.generate(), params, ["/ip4/0.0.0.0/tcp/0"])
+    async with cluster(a, b):
+        await wait_until(lambda: connected(a, b))

@@ -220,10 +220,10 @@ class CreditsMixin:
         if r.origin != inner.sender or r.worker != msg.sender or r.seq < 1:
             self._reject("receipt_mismatch")
             return
+        if not self._index_record(r.origin, r, inner.raw):
+            return
         if (r.origin, r.seq) in self.ledger:
             self.counters["receipt_duplicate"] += 1
-            return
-        if not self._index_record(r.origin, r, inner.raw):
             return
         self._ledger_add(r, inner.ts_ms, msg.raw)
         if r.origin == self.peer_id:
@@ -299,5 +299,6 @@ class CreditsMixin:
         balances = [{"peer_id": p, "balance": v["balance"], "earned": v["earned"], "spent": v["spent"]}
                     for p, v in sorted(self.balances().items())]
         receipts = [{"job_id": e.job_id, "worker": e.worker, "origin": e.origin, "credits": e.credits,
-                     "ts_ms": e.ts_ms, "seq": e.seq} for e in self.ledger.values()]
+                     "ts_ms": e.ts_ms, "seq": e.seq}
+                    for e in sorted(self.ledger.values(), key=lambda e: (e.ts_ms, e.origin, e.seq))]
         return {"balances": balances, "receipts": receipts}

@@ -108,6 +108,8 @@ class OriginJob:
     verdict: dict[str, Any] | None = None
     log: bytearray = field(default_factory=bytearray)
     next_replica: int = 0
+    slow_rounds: int = 0
+    """Consecutive rounds that closed with candidates but no bid (widens the window)."""
 
 
 class OriginMixin:
@@ -227,7 +229,7 @@ class OriginMixin:
             job_id=job.job_id, attempt=job.attempt, spec_digest=spec.digest(),
             requirements=offer_requirements(spec), estimated_flops=spec.estimated_flops,
             timeout_s=spec.timeout_s, max_budget=spec.max_budget, credit_rate=spec.credit_rate,
-            speed=spec.speed, bid_window_ms=self.params.bid_window_ms, slots=min(slots, 5),
+            speed=spec.speed, bid_window_ms=self._window_ms(job), slots=min(slots, 5),
             exclude=sorted(exclude)[:64],
         )
         job.offer_slots = offer.slots  # type: ignore[attr-defined]
@@ -235,7 +237,13 @@ class OriginMixin:
         self._append("job_offered", {"job_id": job.job_id, "attempt": job.attempt, "slots": offer.slots})
         self._publish(TOPIC_OFFERS, offer)
         self.counters["offers_sent"] += 1
-        self._at(self.now_ms + self.params.bid_window_ms, T_WINDOW, (job.job_id, job.attempt))
+        self._at(self.now_ms + self._window_ms(job), T_WINDOW, (job.job_id, job.attempt))
+
+    def _window_ms(self, job: OriginJob) -> int:
+        """The bid window doubles after each round that closed with candidates
+        known but no bid in (bids were late: the mesh is loaded), up to
+        ``bid_window_max_ms``; it is back to ``bid_window_ms`` after an award."""
+        return min(self.params.bid_window_max_ms, self.params.bid_window_ms << job.slow_rounds)
 
     def _candidates(self: Node, job: OriginJob, offer: Offer) -> int:
         n = 0
@@ -254,7 +262,12 @@ class OriginMixin:
             return
         if msg.sender in job.excluded or len(job.bids) >= self.params.max_bids_kept:
             return
-        if job.offer_open and bid.attempt == job.attempt:
+        if job.offer_open:
+            # A bid for an earlier round of this job is as good as one for
+            # this round: the worker judged the same job (exclusions are
+            # re-checked above and when awarding).
+            if bid.attempt != job.attempt:
+                self.counters["bid_carried_over"] += 1
             job.bids[msg.sender] = bid
             self._maybe_close_window(job)
             return
@@ -338,6 +351,8 @@ class OriginMixin:
         for p, price in over_budget:
             self._note_decline(job, p, f"bid {price:.4g} credits exceeds budget {job.spec.max_budget:.4g}")
         self._derive_declines(job)
+        if not job.bids and getattr(job, "offer_candidates", 0) > 0:
+            job.slow_rounds = min(job.slow_rounds + 1, 8)
         job.backoff_ms = min(self.params.reoffer_max_ms, max(self.params.reoffer_base_ms, job.backoff_ms * 2))
         job.next_offer_ms = self.now_ms + job.backoff_ms
         self.counters["offers_unanswered"] += 1
@@ -392,6 +407,7 @@ class OriginMixin:
 
     def _award(self: Node, job: OriginJob, peer: str, bid: Bid) -> None:
         job.tried.add(peer)
+        job.slow_rounds = 0
         replica = job.next_replica
         job.next_replica += 1
         run = Run(job.attempt, replica, peer, bid.price, bid.score_gflops,

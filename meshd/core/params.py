@@ -41,7 +41,10 @@ class CoreParams:
     # --- placement
     bid_window_ms: int = 250
     """Longest the origin waits for bids before ranking what it has."""
-    bids_enough: int = 3
+    bid_window_max_ms: int = 2_000
+    """The window doubles after a round in which candidates existed but no bid
+    arrived in time (a loaded mesh), up to this."""
+    bids_enough: int = 2
     """The window closes early once this many bids per needed worker arrived
     (or every known candidate answered)."""
     reoffer_base_ms: int = 1_000
@@ -86,7 +89,7 @@ class CoreParams:
     """Reputation evidence halves in weight over this time."""
     ban_reputation: float = -0.5
     """Below this reputation a peer is awarded no work and not relayed."""
-    max_disagreeing_results: int = 5
+    max_disagreeing_results: int = 4
     """Results collected for one job without a majority before it fails as
     unverifiable (a nondeterministic job, or colluding liars)."""
     reputation_prior_mass: float = 4.0

@@ -57,6 +57,7 @@ from libp2p.abc import INetConn, INetStream, INetwork, INotifee
 from libp2p.crypto.ed25519 import Ed25519PrivateKey
 from libp2p.crypto.keys import KeyPair
 from libp2p.custom_types import TProtocol
+from libp2p.discovery.events.peerDiscovery import peerDiscovery
 from libp2p.host.exceptions import StreamFailure
 from libp2p.network.auto_connector import AutoConnector
 from libp2p.network.config import ConnectionConfig, RetryConfig
@@ -239,6 +240,7 @@ class MeshHost:
         self._wake_discovery = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._state = "new"  # new -> running -> stopping -> stopped
+        self._mdns_handler: Callable[[Any], None] | None = None
 
         self._host = self._build_libp2p_host(identity)
         self._gossipsub = MeshGossipSub(
@@ -313,6 +315,8 @@ class MeshHost:
             raise RuntimeError("MeshHost.run() can be called only once")
         try:
             await self._run_libp2p(task_status)
+        except (KeyboardInterrupt, SystemExit):
+            raise
         except BaseException as exc:
             cancelled, other = _split_cancelled(exc)
             if other is not None and cancelled is None:
@@ -333,6 +337,7 @@ class MeshHost:
                         async with trio.open_nursery() as nursery:
                             self._nursery = nursery
                             self._state = "running"
+                            self._listen_to_mdns()
                             for peer_id in self._blocked:
                                 self._pubsub.add_to_blacklist(ID.from_base58(peer_id))
                             for topic in list(self._subscriptions):
@@ -344,12 +349,38 @@ class MeshHost:
             finally:
                 self._state = "stopping"
                 self._nursery = None
+                if self._mdns_handler is not None:
+                    peerDiscovery.unregister_peer_discovered_handler(self._mdns_handler)
                 with trio.CancelScope(shield=True) as scope:
                     scope.deadline = trio.current_time() + self.params.shutdown_timeout_s
                     try:
                         await self._host.close()
                     except Exception as exc:
                         log.debug("host.close() of %s failed: %r", self.peer_id, exc)
+
+    def _listen_to_mdns(self) -> None:
+        """Turn libp2p's mDNS discoveries into dial candidates. libp2p calls
+        the handler from zeroconf's thread (and for every host in the
+        process), so it only hops back into our trio loop."""
+        if not self.params.mdns:
+            return
+        token = trio.lowlevel.current_trio_token()
+
+        def on_discovered(info: Any) -> None:
+            peer_id = str(info.peer_id)
+            if peer_id != self.peer_id:
+                try:
+                    token.run_sync_soon(self._on_mdns_peer, peer_id)
+                except trio.RunFinishedError:
+                    pass
+
+        self._mdns_handler = on_discovered
+        peerDiscovery.register_peer_discovered_handler(on_discovered)
+
+    def _on_mdns_peer(self, peer_id: str) -> None:
+        if self._state == "running" and peer_id not in self._known:
+            self._remember(peer_id)
+            self._wake_discovery.set()
 
     def _require_running(self) -> trio.Nursery:
         if self._state != "running" or self._nursery is None:

@@ -128,7 +128,6 @@ def install_routes(api: ApiServer, d: Daemon) -> None:
         if j.state in TERMINAL:
             raise ApiError(409, "job_finished", f"job {j.job_id} is already {j.state}")
         await d.submit(CancelRequested(j.job_id))
-        await _settle(d)
         return json_response({"job_id": j.job_id, "state": j.state})
 
     async def retry(req: Request) -> Response:
@@ -137,7 +136,6 @@ def install_routes(api: ApiServer, d: Daemon) -> None:
             raise ApiError(409, "not_retryable", f"job {j.job_id} is {j.state}; only failed or cancelled "
                                                  "jobs can be retried")
         await d.submit(RetryRequested(j.job_id))
-        await _settle(d)
         return json_response({"job_id": j.job_id, "state": j.state})
 
     async def credits(req: Request) -> Response:
@@ -157,12 +155,6 @@ def install_routes(api: ApiServer, d: Daemon) -> None:
     api.route("POST", "/v1/jobs/{job_id}/cancel", cancel)
     api.route("POST", "/v1/jobs/{job_id}/retry", retry)
     api.route("GET", "/v1/credits", credits)
-
-
-async def _settle(d: Daemon) -> None:
-    """Let the loop process what we queued (so the reply shows the new state)."""
-    for _ in range(20):
-        await trio.sleep(0.005)
 
 
 async def _follow_logs(d: Daemon, job_id: str, follow: bool) -> AsyncIterator[Any]:

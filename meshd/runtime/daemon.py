@@ -74,6 +74,7 @@ from meshd.core.logrecord import AppendItem
 from meshd.core.node import Node
 from meshd.core.params import CoreParams
 from meshd.exec.base import ExecParams, ExecRequest, Executor
+from meshd.net.errors import PeerUnreachable, RemoteError
 from meshd.net.host import MeshHost
 from meshd.net.params import NetParams
 from meshd.store.blobs import BlobStore, pack_dir
@@ -90,6 +91,13 @@ class RuntimeParams:
     """Inputs waiting for the core; gossip beyond this is dropped and counted."""
     max_concurrent_sends: int = 128
     """Direct messages in flight at once."""
+    max_sends_per_peer: int = 4
+    """Direct messages in flight to one peer; more wait their turn (py-libp2p
+    stalls stream negotiation under a burst of concurrent opens to one peer)."""
+    send_retries: int = 1
+    """Extra attempts for a direct message whose stream could not be opened."""
+    send_retry_delay_s: float = 0.2
+    """Pause before such a retry."""
     max_concurrent_fetches: int = 8
     """Blob transfers (inputs, outputs) in flight at once."""
     job_log_lines: int = 2_000
@@ -140,6 +148,7 @@ class Daemon:
         self.host = MeshHost(identity, self.net_params, list(config.listen), list(config.bootstrap))
         self._send_ch, self._recv_ch = trio.open_memory_channel[Any](self.rp.inbox_size)
         self._send_limit = trio.Semaphore(self.rp.max_concurrent_sends)
+        self._per_peer: dict[str, trio.Semaphore] = {}
         self._fetch_limit = trio.Semaphore(self.rp.max_concurrent_fetches)
         self._runs: dict[tuple[str, int, int], trio.CancelScope] = {}
         self.job_logs: dict[str, JobLogBuffer] = {}
@@ -153,6 +162,7 @@ class Daemon:
         self.drop_peers: set[str] = set()
         """Fault injection for tests: all traffic with these peers is dropped."""
         self.core_errors = 0
+        self.send_errors: dict[str, int] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -231,8 +241,11 @@ class Daemon:
             deadline = self.node.next_deadline()
             wait_s = max(0.0, (deadline - now_ms()) / 1000) if deadline is not None else 3600.0
             inp: Any = Tick()
+            done: trio.Event | None = None
             with trio.move_on_after(wait_s):
                 inp = await self._recv_ch.receive()
+            if isinstance(inp, _Awaited):
+                inp, done = inp.inp, inp.done
             try:
                 effects = self.node.step(inp, now_ms())
             except Exception:
@@ -245,6 +258,8 @@ class Daemon:
                 continue
             if effects:
                 await self._apply(effects)
+            if done is not None:
+                done.set()
 
     async def _apply(self, effects: list[Any]) -> None:
         """Carry out one batch: appends durably first, then everything else in order."""
@@ -295,12 +310,14 @@ class Daemon:
     def _on_gossip(self, topic: str) -> Any:
         def handler(from_peer: str, data: bytes) -> None:
             if from_peer not in self.drop_peers:
+                log.debug("gossip on %s from %s (%d bytes)", topic, from_peer[-8:], len(data))
                 self.feed_nowait(GossipReceived(topic, from_peer, data))
         return handler
 
     async def _on_direct(self, from_peer: str, data: bytes) -> bytes:
         if from_peer in self.drop_peers:
             raise ConnectionError("partitioned (test fault)")
+        log.debug("direct from %s (%d bytes)", from_peer[-8:], len(data))
         await self._feed(DirectReceived(from_peer, data))
         return b"ok"
 
@@ -321,13 +338,32 @@ class Daemon:
         except Exception as exc:  # a publish failure is not fatal: adverts repeat, offers re-offer
             log.warning("publish on %s failed: %s", eff.topic, exc)
 
+    def _peer_limit(self, peer: str) -> trio.Semaphore:
+        sem = self._per_peer.get(peer)
+        if sem is None:
+            if len(self._per_peer) > 4 * self.net_params.max_peers:
+                idle = [p for p, s in self._per_peer.items() if s.value == self.rp.max_sends_per_peer]
+                for p in idle:
+                    del self._per_peer[p]
+            sem = self._per_peer[peer] = trio.Semaphore(self.rp.max_sends_per_peer)
+        return sem
+
     async def _send(self, eff: Send) -> None:
-        async with self._send_limit:
+        async with self._send_limit, self._peer_limit(eff.to_peer):
             try:
                 if eff.to_peer in self.drop_peers:
                     raise ConnectionError("partitioned (test fault)")
-                await self.host.request(eff.to_peer, DIRECT_PROTOCOL, eff.data)
+                for attempt in range(self.rp.send_retries + 1):
+                    try:
+                        await self.host.request(eff.to_peer, DIRECT_PROTOCOL, eff.data)
+                        break
+                    except (PeerUnreachable, RemoteError):
+                        if attempt == self.rp.send_retries:
+                            raise
+                        await trio.sleep(self.rp.send_retry_delay_s)
             except Exception as exc:
+                log.debug("send %s to %s failed: %s (%r)", eff.kind, eff.to_peer, exc, exc.__cause__)
+                self.send_errors[type(exc).__name__] = self.send_errors.get(type(exc).__name__, 0) + 1
                 await self._feed(SendFailed(eff.to_peer, eff.kind, eff.job_id, str(exc)[:300]))
 
     async def fetch_blob_from(self, peer: str, digest: str) -> None:
@@ -496,7 +532,17 @@ class Daemon:
     # ------------------------------------------------------------ API helpers
 
     async def submit(self, inp: Any) -> None:
-        await self._feed(inp)
+        """Queue an API input and return once the core has processed it (and its
+        records are durable), so the caller's next read sees its effect."""
+        done = trio.Event()
+        await self._feed(_Awaited(inp, done))
+        await done.wait()
+
+
+@dataclass(frozen=True)
+class _Awaited:
+    inp: Any
+    done: trio.Event
 
 
 def build_daemon(config: NodeConfig, identity: Identity, data_dir: Path, *,

@@ -38,7 +38,7 @@ from meshd.exec.base import ExecParams
 from meshd.net.params import NetParams
 from meshd.runtime.daemon import Daemon, RuntimeParams, build_daemon
 
-FAST_CORE = CoreParams(advert_interval_ms=500, advert_ttl_ms=4_000, lease_ms=4_000,
+FAST_CORE = CoreParams(bid_window_ms=500, advert_interval_ms=500, advert_ttl_ms=4_000, lease_ms=4_000,
                        heartbeat_interval_ms=500, result_resend_ms=500, reoffer_base_ms=300,
                        reoffer_max_ms=2_000)
 """Protocol timings shortened for tests (same rules, smaller numbers)."""

@@ -104,6 +104,8 @@ class CoreNet:
         """Digest of a float-noisy run -> the honest digest it is equivalent to."""
         self.checker: Callable[[RunChecker], bool] = self.tolerance_checker
         """Answers ``RunChecker`` effects (the shell's tolerance/checker comparison)."""
+        self.checker_delay_ms = 1
+        """How long a comparison takes (a checker container takes seconds)."""
         for i in range(n):
             worker = workers[i] if workers else FakeWorker()
             self.add_node(Identity.from_seed_int(seed * 1000 + i + 1), worker)
@@ -208,7 +210,7 @@ class CoreNet:
                                BlobFetched(eff.job_id, eff.attempt, eff.replica, eff.digest, ok,
                                            "" if ok else "worker unreachable"))
             elif isinstance(eff, RunChecker):
-                self._schedule(self.now_ms + 1, peer,
+                self._schedule(self.now_ms + self.checker_delay_ms, peer,
                                CheckerFinished(eff.job_id, eff.a, eff.b, self.checker(eff)))
             elif isinstance(eff, (JobLog, SetPeerScore)):
                 pass

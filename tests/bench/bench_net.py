@@ -1,0 +1,113 @@
+"""libp2p adapter benchmark: figures as ratios against baselines from the same run.
+
+Run: ``python tests/bench/bench_net.py [--runs R]`` (not collected by pytest).
+
+(a) baseline: one ``MeshHost.connect`` between two fresh hosts (py-libp2p's
+    dial, including its fixed ~250 ms happy-eyeballs delay);
+(b) 5 hosts, each bootstrapped only from host 0, until every host is connected
+    to all 4 others (bootstrap + peer exchange); ratio b/a — peer exchange
+    dials in parallel, so this should stay near 2 (bootstrap dial, then one
+    round of parallel dials), not 4+;
+(c) request/response round trip p50 on a warm connection vs (d) one gossip
+    hop p50 between the same two hosts; ratio d/c.
+Each figure is the median over ``--runs`` runs on fresh hosts on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import trio
+
+from meshd.core.identity import Identity
+from meshd.net import MeshHost, NetParams
+
+PARAMS = NetParams(peer_exchange_interval_s=0.5)
+LOOPBACK = "/ip4/127.0.0.1/tcp/0"
+
+
+def fresh(bootstrap: list[str] | None = None) -> MeshHost:
+    return MeshHost(Identity.generate(), PARAMS, [LOOPBACK], bootstrap or [])
+
+
+async def wait_until(cond, timeout_s: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    with trio.fail_after(timeout_s):
+        while not cond():
+            await trio.sleep(0.005)
+
+
+async def one_connect() -> float:
+    a, b = fresh(), fresh()
+    async with trio.open_nursery() as n:
+        await n.start(a.run)
+        await n.start(b.run)
+        t0 = time.perf_counter()
+        await b.connect(a.listen_addrs[0])
+        elapsed = time.perf_counter() - t0
+        n.cancel_scope.cancel()
+    return elapsed
+
+
+async def five_host_mesh() -> float:
+    seed = fresh()
+    async with trio.open_nursery() as n:
+        await n.start(seed.run)
+        others = [fresh([seed.listen_addrs[0]]) for _ in range(4)]
+        t0 = time.perf_counter()
+        for h in others:
+            await n.start(h.run)
+        hosts = [seed, *others]
+        await wait_until(lambda: all(len(h.connected_peers()) == 4 for h in hosts))
+        elapsed = time.perf_counter() - t0
+        n.cancel_scope.cancel()
+    return elapsed
+
+
+async def request_vs_gossip(samples: int = 50) -> tuple[float, float]:
+    a, b = fresh(), fresh()
+    arrived: dict[bytes, float] = {}
+
+    async def echo(peer: str, data: bytes) -> bytes:
+        return data
+
+    a.handle("/meshd/bench/echo/1", echo)
+    b.subscribe("bench", lambda author, data: arrived.__setitem__(data, time.perf_counter()))
+    a.subscribe("bench", lambda author, data: None)
+    async with trio.open_nursery() as n:
+        await n.start(a.run)
+        await n.start(b.run)
+        await b.connect(a.listen_addrs[0])
+        await wait_until(lambda: b.peer_id in a.mesh_peers("bench"))
+        rtts, hops = [], []
+        for i in range(samples):
+            t0 = time.perf_counter()
+            await b.request(a.peer_id, "/meshd/bench/echo/1", b"x" * 100)
+            rtts.append(time.perf_counter() - t0)
+            key = f"m{i}".encode()
+            t0 = time.perf_counter()
+            await a.publish("bench", key)
+            await wait_until(lambda key=key: key in arrived)
+            hops.append(arrived[key] - t0)
+        n.cancel_scope.cancel()
+    return statistics.median(rtts), statistics.median(hops)
+
+
+async def main(runs: int) -> None:
+    connects = [await one_connect() for _ in range(runs)]
+    meshes = [await five_host_mesh() for _ in range(runs)]
+    pairs = [await request_vs_gossip() for _ in range(runs)]
+    a, b = statistics.median(connects), statistics.median(meshes)
+    c = statistics.median(p[0] for p in pairs)
+    d = statistics.median(p[1] for p in pairs)
+    print(f"(a) one connect            {a * 1000:8.1f} ms")
+    print(f"(b) 5-host mesh formation  {b * 1000:8.1f} ms   b/a = {b / a:.2f}")
+    print(f"(c) request round trip p50 {c * 1000:8.2f} ms")
+    print(f"(d) gossip hop p50         {d * 1000:8.2f} ms   d/c = {d / c:.2f}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=5)
+    trio.run(main, parser.parse_args().runs)

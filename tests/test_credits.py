@@ -1,0 +1,196 @@
+"""Credits: receipts, countersignatures, ledgers, balances, equivocation (meshd/core/credits.py).
+
+Rules checked (specs/CREDITS.md):
+- credits = duration × score × price × credit_rate (capped by the bid) + an
+  equal share of the bounty, for runs in the canonical group only;
+- a receipt is signed by the origin, countersigned by the worker only for a
+  run it did, and any node's ledger built from gossiped pairs gives the same
+  balances as the two parties'; a receipt is counted once;
+- two different validly signed records with one (issuer, seq) are kept as
+  proof and the issuer is banned for ever.
+"""
+
+from __future__ import annotations
+
+import random
+
+from meshd.core.events import TOPIC_RECEIPTS, Append, DirectReceived, GossipReceived, SetPeerScore
+from meshd.core.identity import Identity
+from meshd.core.jobspec import JobSpec
+from meshd.core.node import Node
+from meshd.core.params import CoreParams
+from meshd.core.wire import Attestation, Receipt, ReceiptCosign, seal
+from meshd.testing.corenet import CoreNet, FakeWorker
+
+NOW = 5_000_000
+ORIGIN = Identity.from_seed_int(71)
+WORKER = Identity.from_seed_int(72)
+JOB = "job-0000feedbeef"
+_nonce = iter(range(1, 1 << 30))
+
+
+def sealed(identity: Identity, body: object, ts: int = NOW) -> bytes:
+    return seal(identity, body, ts, next(_nonce).to_bytes(8, "big"))  # type: ignore[arg-type]
+
+
+def receipt(seq: int, credits: float = 1.0, worker: Identity = WORKER) -> Receipt:
+    return Receipt(job_id=JOB, attempt=1, origin=ORIGIN.peer_id, worker=worker.peer_id, credits=credits,
+                   duration_ms=1000, seq=seq)
+
+
+def cosigned(r: Receipt, cosigner: Identity = WORKER) -> bytes:
+    return sealed(cosigner, ReceiptCosign(receipt=sealed(ORIGIN, r)))
+
+
+def observer() -> Node:
+    return Node(CoreParams(), Identity.from_seed_int(70), random.Random(1), NOW)
+
+
+def gossip(node: Node, data: bytes) -> list[object]:
+    return node.step(GossipReceived(TOPIC_RECEIPTS, "12D3KooWrelay", data), NOW)
+
+
+def spec(i: int, **kw: object) -> JobSpec:
+    return JobSpec(image="meshd/busybox:1", command=["echo", str(i)], timeout_s=60, **kw)  # type: ignore[arg-type]
+
+
+def mesh_with_observer(seed: int) -> CoreNet:
+    """Node 0 submits, nodes 1-3 work, node 4 is cold (never bids): it only listens."""
+    workers = [FakeWorker(), FakeWorker(), FakeWorker(), FakeWorker(), FakeWorker(healthy=False)]
+    net = CoreNet(5, seed=seed, workers=workers)
+    net.run_for(3_000)
+    return net
+
+
+def run_jobs(net: CoreNet, specs: list[JobSpec]) -> list[str]:
+    ids = []
+    for s in specs:
+        ids.append(net.submit(0, s))
+        net.run_for(200)
+    assert net.run_until(lambda: all(net.job(0, j).state == "succeeded" for j in ids), 120_000)
+    net.run_for(2_000)  # receipts and countersignatures travel
+    return ids
+
+
+# ---------------------------------------------------------------- the receipt protocol on CoreNet
+
+def test_third_node_balances_equal_the_parties_ledgers() -> None:
+    net = mesh_with_observer(seed=5)
+    ids = run_jobs(net, [spec(i) for i in range(12)])
+    origin, third = net.node(0), net.node(4)
+    issued = [b for k, b in net.slots[net.order[0]].log if k == "receipt"]
+    accepted = sum(len(net.job(0, j).verdict["valid"]) for j in ids)
+    assert len(issued) == accepted
+    assert len(third.ledger) == len(issued)  # each counted once
+    view = third.credits_view()
+    assert view == origin.credits_view()
+    by_peer = {b["peer_id"]: b for b in view["balances"]}
+    assert by_peer[origin.peer_id]["spent"] == sum(b["credits"] for b in issued)
+    assert abs(sum(b["balance"] for b in view["balances"])) < 1e-9
+    for w in net.order[1:4]:
+        mine = net.node(w).balances().get(w, {"earned": 0.0})
+        assert mine["earned"] == by_peer.get(w, {"earned": 0.0})["earned"]
+        logged = [b for k, b in net.slots[w].log if k == "receipt_cosigned"]
+        assert len(logged) == sum(1 for b in issued if b["worker"] == w)
+    assert {r["job_id"] for r in view["receipts"]} == set(ids)
+    assert {"job_id", "worker", "origin", "credits", "ts_ms", "seq"} == set(view["receipts"][0])
+
+
+def test_credit_is_duration_times_rate_plus_bounty_share() -> None:
+    net = mesh_with_observer(seed=6)
+    ids = run_jobs(net, [spec(1, replicas=2, bounty=1.0, credit_rate=2.0)])
+    job = net.job(0, ids[0])
+    # 1 s × 50 GFLOPS × 0.001 credits/GFLOP × rate 2 = 0.1, plus half the bounty each
+    entries = list(net.node(4).ledger.values())
+    assert sorted(e.worker for e in entries) == sorted(job.verdict["valid"])
+    assert all(abs(e.credits - 0.6) < 1e-9 for e in entries)
+
+
+def test_resent_receipt_is_counted_once() -> None:
+    net = mesh_with_observer(seed=7)
+    run_jobs(net, [spec(1)])
+    origin, third = net.node(0), net.node(4)
+    entries = list(third.ledger.values())
+    assert entries
+    for e in entries:
+        gossip(third, e.cosign)  # the same pair again (replay)
+    gossip(third, sealed(WORKER, ReceiptCosign(receipt=b"x")))  # junk is rejected, not counted
+    assert len(third.ledger) == len(entries)
+    assert third.counters["rejected_bad_receipt"] == 1
+    assert origin.counters["receipts_uncosigned"] == 0
+
+
+# ---------------------------------------------------------------- worker side checks
+
+def test_worker_refuses_to_countersign_a_run_it_did_not_do() -> None:
+    node = Node(CoreParams(), WORKER, random.Random(2), NOW)
+    fx = node.step(DirectReceived(ORIGIN.peer_id, sealed(ORIGIN, receipt(7))), NOW)
+    assert node.counters["rejected_receipt_unknown_run"] == 1
+    assert not any(isinstance(e, Append) and e.kind == "receipt_cosigned" for e in fx)
+    assert not node.ledger
+
+
+def test_cosign_by_someone_else_than_the_named_worker_is_rejected() -> None:
+    node = observer()
+    gossip(node, cosigned(receipt(9), cosigner=Identity.from_seed_int(99)))
+    assert node.counters["rejected_receipt_mismatch"] == 1 and not node.ledger
+
+
+def test_unsequenced_receipt_earns_nothing() -> None:
+    node = observer()
+    gossip(node, cosigned(receipt(0)))
+    assert node.counters["rejected_receipt_mismatch"] == 1 and not node.ledger
+
+
+def test_gossiped_pair_lands_in_the_ledger() -> None:
+    node = observer()
+    gossip(node, cosigned(receipt(3, credits=2.5)))
+    bal = node.balances()
+    assert bal[WORKER.peer_id]["earned"] == 2.5 and bal[ORIGIN.peer_id]["balance"] == -2.5
+
+
+# ---------------------------------------------------------------- equivocation
+
+def test_two_different_receipts_with_one_seq_ban_the_issuer_with_proof() -> None:
+    node = observer()
+    gossip(node, cosigned(receipt(42, credits=1.0)))
+    fx = gossip(node, cosigned(receipt(42, credits=9.0)))
+    assert len(node.equivocations) == 1
+    proof = node.equivocations[0]
+    assert proof["issuer"] == ORIGIN.peer_id and proof["seq"] == 42 and proof["first"] != proof["second"]
+    assert node.trust.banned(ORIGIN.peer_id, NOW + 10 * node.params.reputation_half_life_ms)
+    assert SetPeerScore(ORIGIN.peer_id, -1.0, True) in fx
+    assert any(isinstance(e, Append) and e.kind == "equivocation" for e in fx)
+    assert len(node.ledger) == 1  # the conflicting one is not counted
+    gossip(node, sealed(ORIGIN, Attestation(subject=WORKER.peer_id, job_id=JOB, outcome="valid", seq=43)))
+    assert node.counters["rejected_banned"] == 1
+
+
+def test_the_same_receipt_in_two_countersignatures_is_not_equivocation() -> None:
+    node = observer()
+    inner = sealed(ORIGIN, receipt(5))
+    gossip(node, sealed(WORKER, ReceiptCosign(receipt=inner)))
+    gossip(node, sealed(WORKER, ReceiptCosign(receipt=inner)))
+    assert not node.equivocations and len(node.ledger) == 1
+
+
+def test_attestation_and_receipt_share_one_sequence() -> None:
+    node = observer()
+    gossip(node, cosigned(receipt(8)))
+    gossip(node, sealed(ORIGIN, Attestation(subject=WORKER.peer_id, job_id=JOB, outcome="invalid", seq=8)))
+    assert len(node.equivocations) == 1
+    assert node.trust.banned(ORIGIN.peer_id, NOW)
+
+
+def test_issued_sequence_numbers_increase_and_survive_a_restart() -> None:
+    net = mesh_with_observer(seed=9)
+    run_jobs(net, [spec(i) for i in range(3)])
+    before = [b["seq"] for k, b in net.slots[net.order[0]].log if k in ("receipt", "attestation")]
+    net.crash(net.order[0])
+    net.run_for(1_000)
+    net.restart(net.order[0])
+    net.run_for(3_000)
+    run_jobs(net, [spec(i) for i in range(10, 13)])
+    seqs = [b["seq"] for k, b in net.slots[net.order[0]].log if k in ("receipt", "attestation")]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs) and len(seqs) > len(before)
+    assert all(not net.node(p).equivocations for p in net.order)

@@ -1,0 +1,113 @@
+"""The simulator: scenarios hold the invariants, broken cores are caught, runs replay.
+
+Small meshes (16-20 nodes, 40-60 jobs) so the whole file runs in well under a minute.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from meshd.core.wire import Opened, Rejected
+from simulations.__main__ import main
+from simulations.codec import Forged, SimCodec
+from simulations.scenarios import RunConfig, run
+
+# Core bug found by the simulator: origin_award_failed() iterates job.runs while
+# _run_refused -> _award_next -> _award inserts into it (RuntimeError: dictionary
+# changed size during iteration). Runs that fail with exactly this are xfailed;
+# every other failure fails. AWARD_FAILED_BUG seeds reproduce it (strict xfail).
+AWARD_FAILED_BUG = {("partition", 2), ("swarm", 2)}
+KNOWN_BUG = "raised RuntimeError: dictionary changed size during iteration on SendFailed"
+
+
+def _check(scenario: str, seed: int, nodes: int = 20, jobs: int = 60, **pins: str) -> dict:
+    res = run(RunConfig(scenario, seed, nodes, jobs, dict(pins))).result
+    if not res["ok"] and KNOWN_BUG in res["failure"]:
+        pytest.xfail(f"known core bug (origin_award_failed); replay: {res['replay']}")
+    assert res["ok"], f"{res['failure']}\nreplay: {res['replay']}"
+    assert res["lost"] == 0 and res["succeeded"] + res["failed"] == res["submitted"] == jobs
+    return res
+
+
+@pytest.mark.parametrize("scenario,seed", [(s, n) for s in ("load", "churn", "cheaters", "partition", "swarm")
+                                           for n in (1, 3, 4)])
+def test_scenario_holds_invariants(scenario: str, seed: int) -> None:
+    pins = {"load": "0.5"} if scenario == "load" else {}
+    res = _check(scenario, seed, **pins)
+    if scenario in ("load", "partition", "churn"):
+        assert res["failed"] == 0, res["fail_reasons"]
+
+
+@pytest.mark.xfail(strict=True, reason="core bug: origin_award_failed mutates job.runs while iterating")
+@pytest.mark.parametrize("scenario,seed", sorted(AWARD_FAILED_BUG))
+def test_award_send_failed_regression(scenario: str, seed: int) -> None:
+    res = run(RunConfig(scenario, seed, 20, 60)).result
+    assert res["ok"], res["failure"]
+
+
+def test_cheaters_are_caught_and_no_agreed_result_is_wrong() -> None:
+    res = _check("cheaters", 5, nodes=20, jobs=80, lie_rate="1.0")
+    assert res["liars"] == 2 and res["liars_caught"] == 2
+    assert res["verification_overhead"] > 0.5  # strangers are replicated (untrusted_replication = 1)
+
+
+def test_dropped_work_is_caught_as_lost_job_with_replay_command(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["run", "load", "--seed", "7", "--nodes", "12", "--jobs", "20", "--set", "liveness_ms=60000",
+            "--mutant", "drop_queued_work"]
+    assert main(argv) == 1
+    out = capsys.readouterr().out
+    assert "job(s) lost" in out
+    assert "python -m simulations run load --seed 7 --nodes 12 --jobs 20 --set liveness_ms=60000 " \
+           "--mutant drop_queued_work" in " ".join(out.split())
+
+
+def test_wrong_comparison_is_caught_as_wrong_result() -> None:
+    res = run(RunConfig("cheaters", 5, 20, 80, {"lie_rate": "1.0"}, "every_result_agrees")).result
+    assert not res["ok"]
+    assert "wrong result accepted" in res["failure"]
+    assert res["replay"].endswith("--mutant every_result_agrees")
+
+
+def test_same_seed_same_trace_and_different_seed_differs() -> None:
+    a = run(RunConfig("swarm", 11, 16, 40)).result
+    b = run(RunConfig("swarm", 11, 16, 40)).result
+    c = run(RunConfig("swarm", 12, 16, 40)).result
+    assert a["trace"] == b["trace"] and a["events"] == b["events"]
+    assert a["trace"] != c["trace"]
+
+
+def test_trace_does_not_depend_on_hash_seed() -> None:
+    code = ("from simulations.scenarios import RunConfig, run;"
+            "print(run(RunConfig('churn', 3, 16, 40)).result['trace'])")
+    traces = set()
+    for hs in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hs}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True,
+                             cwd=os.path.dirname(os.path.dirname(__file__)))
+        traces.add(out.stdout.strip())
+    assert len(traces) == 1
+
+
+def test_lazy_offer_walk_gives_the_same_placement_as_full_gossip() -> None:
+    lazy = _check("load", 2, nodes=20, jobs=60, load="0.7")
+    full = _check("load", 2, nodes=20, jobs=60, load="0.7", gossip_mode="full")
+    assert full["counters"]["bid_late"] > 0 and lazy["counters"]["bid_late"] == 0
+    assert full["completion_mean_s"] == pytest.approx(lazy["completion_mean_s"], rel=0.15)
+
+
+def test_sim_codec_models_authentication() -> None:
+    from meshd.core.identity import Identity
+    from meshd.core.wire import Attestation
+
+    codec, ident = SimCodec(), Identity.from_seed_int(5)
+    att = codec.seal(ident, Attestation(subject="x", job_id="job-0000001", outcome="valid", seq=1), 1, b"\0" * 8)
+    assert isinstance(att, Opened) and att.sender == ident.peer_id
+    assert codec.open(att.raw, 1 << 16) is att  # a wrapped envelope's bytes open to the same message
+    assert codec.open(b"simenv:\xff\xff\xff\xff\xff\xff", 1 << 16) == Rejected("bad_signature", "unknown envelope token")
+    assert codec.open(Forged(ident.peer_id, "result"), 1 << 16).reason == "bad_signature"  # type: ignore[union-attr]
+    assert codec.open(b"\x93garbage", 1 << 16).reason == "malformed"  # type: ignore[union-attr]
+    assert codec.open(bytes(70_000), 1 << 16).reason == "oversize"  # type: ignore[union-attr]

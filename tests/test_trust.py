@@ -1,0 +1,291 @@
+"""Trust: adaptive replication, reputation, attestations, bans (meshd/core/trust.py),
+and replicated verification through the origin on CoreNet.
+
+Rules checked (trust.py header, specs/CREDITS.md):
+- "a worker is trusted after trust_after_valid consecutive valid results; one
+  invalid result resets the streak" (BOINC adaptive replication);
+- untrusted workers are replicated with untrusted_replication, trusted ones
+  with max(replication_fraction, 1/streak);
+- reputation decays with a half-life; a ban lifts when the evidence fades,
+  except a ban on proof (equivocation);
+- attestations count only from issuers with positive own-observed
+  reputation, weigh less than own observations and can never ban alone;
+- honest outputs that differ only within tolerance are never penalised; a
+  mismatch brings a tie-breaker and the majority is canonical.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+from meshd.core.jobspec import JobSpec, Tolerance
+from meshd.core.params import CoreParams
+from meshd.core.trust import Trust
+from meshd.testing.corenet import CoreNet, FakeWorker, honest_output
+
+P = CoreParams()
+T0 = 1_000_000
+W = "12D3KooWworker"
+
+
+def trust(params: CoreParams = P) -> tuple[Trust, list[tuple[str, float, bool]]]:
+    t = Trust(params)
+    seen: list[tuple[str, float, bool]] = []
+    t.listener = lambda peer, rep, banned: seen.append((peer, rep, banned))
+    return t, seen
+
+
+# ---------------------------------------------------------------- replication policy
+
+def test_stranger_is_always_replicated_and_trusted_after_ten_valid() -> None:
+    t, _ = trust()
+    assert t.replication_probability(W) == 1.0
+    for _ in range(P.trust_after_valid - 1):
+        t.observe(W, "valid", T0)
+    assert not t.trusted(W) and t.replication_probability(W) == 1.0
+    t.observe(W, "valid", T0)
+    assert t.trusted(W)
+    assert t.replication_probability(W) == P.replication_fraction
+
+
+def test_one_invalid_resets_the_streak() -> None:
+    t, _ = trust()
+    for _ in range(30):
+        t.observe(W, "valid", T0)
+    t.observe(W, "invalid", T0)
+    assert not t.trusted(W)
+    assert t.replication_probability(W) == 1.0
+
+
+def test_trusted_probability_falls_as_one_over_streak_down_to_the_floor() -> None:
+    t, _ = trust(dataclasses.replace(P, replication_fraction=0.02))
+    probs = []
+    for n in range(1, 101):
+        t.observe(W, "valid", T0)
+        if n in (10, 20, 50, 100):
+            probs.append(t.replication_probability(W))
+    assert probs == [0.1, 0.05, 0.02, 0.02]
+
+
+def test_should_replicate_follows_the_probability() -> None:
+    t, _ = trust()
+    for _ in range(10):
+        t.observe(W, "valid", T0)
+    rng = random.Random(5)
+    share = sum(t.should_replicate(W, rng) for _ in range(10_000)) / 10_000
+    assert abs(share - P.replication_fraction) < 0.015
+
+
+# ---------------------------------------------------------------- reputation and bans
+
+def test_a_strangers_first_proven_lie_bans_it_and_the_ban_fades_with_its_evidence() -> None:
+    t, seen = trust()
+    t.observe(W, "valid", T0)
+    t.observe(W, "invalid", T0)
+    assert t.banned(W, T0) and t.reputation(W, T0) < P.ban_reputation
+    assert seen[-1][0] == W and seen[-1][2] is True
+    later = T0 + 3 * P.reputation_half_life_ms
+    assert not t.banned(W, later)
+    t.refresh(later)
+    assert seen[-1][2] is False  # standing change reported: ban lifted
+
+
+def test_a_long_standing_peer_that_turns_liar_is_banned_within_a_few_lies() -> None:
+    t, _ = trust()
+    for _ in range(20):
+        t.observe(W, "valid", T0)
+    for _ in range(80):
+        t.observe(W, "completed", T0)
+    lies = 0
+    while not t.banned(W, T0):
+        t.observe(W, "invalid", T0)
+        t.observe(W, "valid", T0)
+        lies += 1
+    assert lies <= 15
+
+
+def test_small_changes_are_not_reported_but_ban_flips_are() -> None:
+    t, seen = trust()
+    for _ in range(40):
+        t.observe(W, "completed", T0)
+    assert 1 <= len(seen) <= 6  # only moves of ≥ peer_score_min_change
+    assert all(not banned for _, _, banned in seen)
+
+
+def test_equivocator_is_banned_for_ever() -> None:
+    t, seen = trust()
+    t.ban_forever(W, "equivocation", T0)
+    assert t.banned(W, T0 + 100 * P.reputation_half_life_ms)
+    assert t.reputation(W, T0) == -1.0
+    assert seen[-1] == (W, -1.0, True)
+
+
+# ---------------------------------------------------------------- attestations (Sybil limits)
+
+def test_attestations_from_strangers_or_bad_peers_are_ignored() -> None:
+    t, _ = trust()
+    assert not t.observe_remote("12D3KooWsybil", W, "invalid", T0)
+    t.observe("12D3KooWbad", "invalid", T0)
+    assert not t.observe_remote("12D3KooWbad", W, "invalid", T0)
+    assert t.reputation(W, T0) == 0.0
+
+
+def test_attestations_weigh_less_than_own_observations() -> None:
+    t, _ = trust()
+    good = "12D3KooWgood"
+    for _ in range(10):
+        t.observe(good, "valid", T0)
+    assert t.observe_remote(good, W, "valid", T0)
+    remote = t.reputation(W, T0)
+    own, _ = trust()
+    own.observe(W, "valid", T0)
+    assert 0 < remote < own.reputation(W, T0)
+
+
+def test_slander_from_many_good_peers_can_never_ban() -> None:
+    t, _ = trust()
+    for i in range(50):
+        issuer = f"12D3KooWgood{i}"
+        for _ in range(10):
+            t.observe(issuer, "valid", T0)
+        t.observe_remote(issuer, W, "invalid", T0)
+    rep = t.reputation(W, T0)
+    bound = P.attestation_max_mass / (P.attestation_max_mass + P.reputation_prior_mass)
+    assert rep >= -bound - 1e-9
+    assert not t.banned(W, T0)
+
+
+def test_trust_table_is_bounded() -> None:
+    t, _ = trust(dataclasses.replace(P, max_trust_entries=50))
+    for i in range(200):
+        t.observe(f"12D3KooW{i}", "completed", T0)
+    assert len(t.snapshot(T0)) <= 50
+
+
+# ---------------------------------------------------------------- verification on CoreNet
+
+def spec(i: int, **kw: object) -> JobSpec:
+    return JobSpec(image="meshd/busybox:1", command=["echo", str(i)], timeout_s=60, **kw)  # type: ignore[arg-type]
+
+
+def run_jobs(net: CoreNet, specs: list[JobSpec], spacing_ms: int = 300) -> list[str]:
+    ids = []
+    for s in specs:
+        ids.append(net.submit(0, s))
+        net.run_for(spacing_ms)
+    assert net.run_until(lambda: all(net.job(0, j).state in ("succeeded", "failed") for j in ids), 300_000)
+    return ids
+
+
+def test_half_liar_is_caught_banned_unpaid_and_submitter_gets_honest_output() -> None:
+    workers = [FakeWorker() for _ in range(5)] + [FakeWorker(lie_rate=0.5)]
+    net = CoreNet(6, seed=4, workers=workers)
+    net.run_for(3_000)
+    liar = net.order[5]
+    specs = [spec(i) for i in range(40)]
+    ids = run_jobs(net, specs)
+    origin = net.node(0)
+    for j, s in zip(ids, specs, strict=True):
+        assert net.job(0, j).state == "succeeded"
+        assert net.job(0, j).canonical == honest_output(s)
+    snap = origin.trust.snapshot(net.now_ms)
+    assert snap[liar]["invalid"] >= 1 and snap[liar]["banned"] and snap[liar]["valid_streak"] == 0
+    assert origin.counters["rejected_banned"] > 0  # its messages are dropped now
+    caught_in = [j for j in ids if liar in (net.job(0, j).verdict or {}).get("invalid", [])]
+    assert caught_in
+    for node_id in net.order:  # nobody's ledger pays the liar for rejected work
+        for e in net.node(node_id).ledger.values():
+            assert not (e.worker == liar and e.job_id in caught_in)
+    for p in net.order[1:5]:
+        assert snap.get(p, {"invalid": 0})["invalid"] == 0
+        assert not origin.trust.banned(p, net.now_ms)
+
+
+def test_float_noise_within_tolerance_is_never_penalised() -> None:
+    workers = [FakeWorker(float_noise=True) for _ in range(5)]
+    net = CoreNet(5, seed=8, workers=workers)
+    net.checker_delay_ms = 3_000
+    net.run_for(3_000)
+    specs = [spec(i, tolerance=Tolerance(rel=1e-9), replicas=2) for i in range(15)]
+    ids = run_jobs(net, specs)
+    origin = net.node(0)
+    for j in ids:
+        job = net.job(0, j)
+        assert job.state == "succeeded" and job.verdict["verdict"] == "agreed"
+        assert job.verdict["invalid"] == [] and len(job.verdict["valid"]) == 2
+        assert len(job.runs) == 2  # no tie-breaker started while the checker was judging
+        assert net.noisy[job.canonical]  # a (noisy) honest output
+    assert all(v["invalid"] == 0 and not v["banned"] for v in origin.trust.snapshot(net.now_ms).values())
+    assert origin.counters["checker_verdict_unsolicited"] == 0
+
+
+def test_exact_rule_would_flag_noise_but_tolerance_rule_does_not() -> None:
+    """The same noisy mesh without a tolerance: digests differ, so replicas disagree."""
+    workers = [FakeWorker(float_noise=True) for _ in range(6)]
+    net = CoreNet(6, seed=8, workers=workers)
+    net.run_for(3_000)
+    ids = run_jobs(net, [spec(1, replicas=2)])
+    job = net.job(0, ids[0])
+    assert job.state == "failed" and "disagree" in job.reason
+    assert all(v["invalid"] == 0 for v in net.node(0).trust.snapshot(net.now_ms).values())
+
+
+def test_liar_among_noisy_workers_is_still_outvoted() -> None:
+    workers = [FakeWorker(float_noise=True) for _ in range(4)] + [FakeWorker(lie_rate=1.0)]
+    net = CoreNet(5, seed=3, workers=workers)
+    net.run_for(3_000)
+    liar = net.order[4]
+    specs = [spec(i, tolerance=Tolerance(abs=1e-6)) for i in range(12)]
+    ids = run_jobs(net, specs)
+    for j, s in zip(ids, specs, strict=True):
+        job = net.job(0, j)
+        assert job.state == "succeeded"
+        assert net.noisy.get(job.canonical, job.canonical) == honest_output(s)
+    assert net.node(0).trust.banned(liar, net.now_ms)
+
+
+def test_mismatch_brings_a_tie_breaker_and_majority_wins() -> None:
+    workers = [FakeWorker(), FakeWorker(), FakeWorker(), FakeWorker(lie_rate=1.0)]
+    net = CoreNet(4, seed=12, workers=workers)
+    net.run_for(3_000)
+    liar = net.order[3]
+    ids = run_jobs(net, [spec(i, replicas=2) for i in range(8)])
+    tie_broken = [net.job(0, j) for j in ids if liar in (net.job(0, j).verdict or {}).get("invalid", [])]
+    assert tie_broken
+    job = tie_broken[0]
+    assert job.verdict["replicas"] == 3 and len(job.verdict["valid"]) == 2
+
+
+def test_checker_verdict_decides_and_persistent_disagreement_fails_without_blame() -> None:
+    workers = [FakeWorker(float_noise=True) for _ in range(6)]
+    net = CoreNet(6, seed=2, workers=workers)
+    net.checker = lambda eff: False  # the user's checker rejects every pair
+    net.run_for(3_000)
+    ids = run_jobs(net, [spec(1, checker_image="acme/check:1", replicas=2)])
+    job = net.job(0, ids[0])
+    assert job.state == "failed"
+    assert len(job.runs) >= P.max_disagreeing_results
+    assert all(v["invalid"] == 0 for v in net.node(0).trust.snapshot(net.now_ms).values())
+
+
+def test_a_retry_on_another_worker_gets_its_own_replication_decision() -> None:
+    """The decision made for the first (trusted) worker does not cover a re-offer's result."""
+    params = dataclasses.replace(P, replication_fraction=0.0)
+    workers = [FakeWorker(), FakeWorker(exit_code=lambda s: 3), FakeWorker(), FakeWorker()]
+    net = CoreNet(4, seed=6, params=params, workers=workers)
+    net.run_for(3_000)
+    origin, flaky = net.node(0), net.order[1]
+    for _ in range(10_000):  # trusted so long that 1/streak ≈ 0: never replicated
+        origin.trust.observe(flaky, "valid", net.now_ms)
+    for other in net.order[2:]:  # the first round reaches only the flaky worker
+        net.cut(net.order[0], other)
+    job_id = net.submit(0, spec(1))
+    assert net.run_until(lambda: net.job(0, job_id).failures >= 1, 5_000)
+    net.heal()
+    assert net.run_until(lambda: net.job(0, job_id).state in ("succeeded", "failed"), 60_000)
+    job = net.job(0, job_id)
+    assert job.runs[min(job.runs)].worker == flaky
+    assert job.state == "succeeded"
+    assert job.verdict["needed"] == 2 and job.verdict["verdict"] == "agreed"
+    assert flaky not in job.verdict["valid"]
