@@ -104,4 +104,5 @@ def setup_logging(
     quiet_level = max(logging.WARNING, root.level)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(quiet_level)
+    logging.getLogger("libp2p").propagate = True  # libp2p turns it off at import
     return handler

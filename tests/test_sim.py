@@ -16,18 +16,14 @@ from simulations.__main__ import main
 from simulations.codec import Forged, SimCodec
 from simulations.scenarios import RunConfig, run
 
-# Core bug found by the simulator: origin_award_failed() iterates job.runs while
-# _run_refused -> _award_next -> _award inserts into it (RuntimeError: dictionary
-# changed size during iteration). Runs that fail with exactly this are xfailed;
-# every other failure fails. AWARD_FAILED_BUG seeds reproduce it (strict xfail).
-AWARD_FAILED_BUG = {("partition", 2), ("swarm", 2)}
-KNOWN_BUG = "raised RuntimeError: dictionary changed size during iteration on SendFailed"
+# Core bug found by the simulator (fixed): origin_award_failed() iterated job.runs
+# while _run_refused -> _award_next -> _award inserted into it (RuntimeError:
+# dictionary changed size during iteration). These seeds reproduced it.
+AWARD_FAILED_BUG = {("churn", 9)}
 
 
 def _check(scenario: str, seed: int, nodes: int = 20, jobs: int = 60, **pins: str) -> dict:
     res = run(RunConfig(scenario, seed, nodes, jobs, dict(pins))).result
-    if not res["ok"] and KNOWN_BUG in res["failure"]:
-        pytest.xfail(f"known core bug (origin_award_failed); replay: {res['replay']}")
     assert res["ok"], f"{res['failure']}\nreplay: {res['replay']}"
     assert res["lost"] == 0 and res["succeeded"] + res["failed"] == res["submitted"] == jobs
     return res
@@ -42,11 +38,10 @@ def test_scenario_holds_invariants(scenario: str, seed: int) -> None:
         assert res["failed"] == 0, res["fail_reasons"]
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: origin_award_failed mutates job.runs while iterating")
 @pytest.mark.parametrize("scenario,seed", sorted(AWARD_FAILED_BUG))
 def test_award_send_failed_regression(scenario: str, seed: int) -> None:
     res = run(RunConfig(scenario, seed, 20, 60)).result
-    assert res["ok"], res["failure"]
+    assert res["ok"], f"{res['failure']}\nreplay: {res['replay']}"
 
 
 def test_cheaters_are_caught_and_no_agreed_result_is_wrong() -> None:

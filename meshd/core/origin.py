@@ -447,7 +447,7 @@ class OriginMixin:
         job = self.jobs.get(inp.job_id or "")
         if job is None:
             return
-        for run in job.runs.values():
+        for run in list(job.runs.values()):  # _run_refused may award (add runs)
             if run.worker == inp.to_peer and run.state == "awarding":
                 self._run_refused(job, run, f"unreachable: {inp.error}")
 

@@ -35,6 +35,10 @@ def quiet_libp2p_logs(level: int = logging.ERROR) -> None:
     adapter translates to CRITICAL. No-op when ``LIBP2P_DEBUG`` is set."""
     if os.environ.get("LIBP2P_DEBUG"):
         return
-    logging.getLogger("libp2p").setLevel(level)
+    root = logging.getLogger("libp2p")
+    # libp2p turns propagation off at import, so its records bypass our
+    # handlers (and JSON logs) and land on logging's last-resort stderr.
+    root.propagate = True
+    root.setLevel(level)
     for name in _TRANSLATED_LOGGERS:
         logging.getLogger(name).setLevel(max(level, logging.CRITICAL))

@@ -64,7 +64,6 @@ class Cluster:
         self.net_params = net_params or NetParams(gossip_heartbeat_s=0.2, peer_exchange_interval_s=0.5)
         self.configure = configure
         self.members = [Member(i, root / f"node{i}") for i in range(n)]
-        self.bootstrap: list[str] = []
 
     @classmethod
     @asynccontextmanager
@@ -90,7 +89,6 @@ class Cluster:
         for m in self.members:
             init_node(m.data_dir, listen="/ip4/127.0.0.1/tcp/0")
         await self.start(0)
-        self.bootstrap = [self.daemon(0).host.listen_addrs[0]]
         async with trio.open_nursery() as n:
             for m in self.members[1:]:
                 n.start_soon(self.start, m.index)
@@ -99,8 +97,12 @@ class Cluster:
     async def start(self, i: int) -> Daemon:
         m = self.members[i]
         config, identity = load_node(m.data_dir)
+        # Bootstrap from any running member (a restarted node comes back on a new
+        # port, so the others cannot dial it: it must dial them).
+        others = [self.daemon(j).host.listen_addrs[0] for j in self.running()
+                  if j != i and self.daemon(j).ready.is_set()]
         overrides: dict[str, Any] = {"executor": self.executor, "allow_process_executor": True,
-                                     "bootstrap": tuple(self.bootstrap) if i else ()}
+                                     "bootstrap": tuple(others[:3])}
         if self.configure is not None:
             self.configure(i, overrides)
         config = config.model_copy(update=overrides)
