@@ -163,6 +163,15 @@ COMMANDS = {"init": cmd_init, "start": cmd_start, "demo": cmd_demo}
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``meshd``; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["demo"]:  # the demo parses its own flags (REMAINDER would reject a leading --x)
+        from meshd import demo
+
+        try:
+            return demo.main(argv[1:])
+        except KeyboardInterrupt:
+            print("meshd: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         out = base / "result"
         _say(f"submitting a job from {submitter.name}: count the words of an input file")
         script = ('wc -w < "$MESH_INPUTS/poem.txt" | tr -d " " > "$MESH_OUTPUTS/words.txt"; '
-                  'sha256sum "$MESH_INPUTS/poem.txt" > "$MESH_OUTPUTS/checksum.txt"; echo counted')
+                  'sha256sum < "$MESH_INPUTS/poem.txt" > "$MESH_OUTPUTS/checksum.txt"; echo counted')
         cp = _cmd([_bin("mesh"), "--data-dir", str(submitter), "submit", "--image", DEMO_IMAGE,
                    "--input", f"poem.txt={poem}", "--timeout", "60", "--wait", "-o", str(out),
                    "--", "sh", "-c", script], check=False)

@@ -387,6 +387,8 @@ class OriginMixin:
                 continue
             if entry.peer_id in job.excluded:
                 reason = "excluded after an earlier failure"
+            elif entry.peer_id in self._ran(job):
+                reason = "already ran this job (replicas must run on distinct workers)"
             elif self.trust.banned(entry.peer_id, self.now_ms):
                 reason = "banned for misbehaviour"
             else:

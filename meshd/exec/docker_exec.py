@@ -205,6 +205,16 @@ class DockerExecutor(Executor):
             return self._alloc.why_not(gpus, gpu_min_memory_mb)
         return None
 
+    def local_images(self, limit: int = 256) -> list[str]:
+        """Tags of the images present in the engine (advertised so origins know
+        which jobs this node can run without asking). Blocking: call in a thread."""
+        tags: list[str] = []
+        for img in self._api.images():
+            for tag in img.get("RepoTags") or ():
+                if tag and tag != "<none>:<none>":
+                    tags.append(tag)
+        return sorted(tags)[:limit]
+
     def _image_present_cached(self, image: str) -> bool:
         now = time.monotonic()
         hit = self._image_cache.get(image)

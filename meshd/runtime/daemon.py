@@ -152,6 +152,7 @@ class Daemon:
         self._fetch_limit = trio.Semaphore(self.rp.max_concurrent_fetches)
         self._runs: dict[tuple[str, int, int], trio.CancelScope] = {}
         self.job_logs: dict[str, JobLogBuffer] = {}
+        self.images: tuple[str, ...] = ()
         self.hardware: Any = None
         self.score: Any = None
         self.dropped_inputs = 0
@@ -205,6 +206,7 @@ class Daemon:
             if reaped:
                 log.info("reaped %d orphaned containers from a previous run", reaped)
             await self._measure()
+            await self._refresh_images()
             await self._apply(restore_effects)
             await self._feed(self._capabilities())
             nursery.start_soon(self._health_loop)
@@ -473,6 +475,15 @@ class Daemon:
 
     # ------------------------------------------------------------ capabilities and health
 
+    async def _refresh_images(self) -> None:
+        lister = getattr(self.executor, "local_images", None)
+        if not callable(lister):
+            return
+        try:
+            self.images = tuple(await trio.to_thread.run_sync(lister))[:256]
+        except Exception as exc:
+            log.warning("listing local images failed: %s", exc)
+
     async def _measure(self) -> None:
         from meshd.exec.hardware import profile_hardware
         from meshd.exec.score import ComputeScore, measure_compute_score
@@ -487,13 +498,7 @@ class Daemon:
     def _capabilities(self) -> LocalCapabilities:
         hw, score = self.hardware, self.score
         gpu_runtime = bool(getattr(self.executor, "gpu_runtime", None))
-        images: tuple[str, ...] = ()
-        lister = getattr(self.executor, "local_images", None)
-        if callable(lister):
-            try:
-                images = tuple(lister())[:256]
-            except Exception as exc:
-                log.warning("listing local images failed: %s", exc)
+        images = self.images
         runtimes = (self.executor.name,)
         return LocalCapabilities(
             cores=hw.cpu_logical, ram_mb=hw.ram_total_bytes // (1 << 20),
@@ -527,6 +532,7 @@ class Daemon:
             if time.monotonic() - last_score > self.rp.score_refresh_s:
                 await self._measure()
                 last_score = time.monotonic()
+            await self._refresh_images()
             await self._feed(self._capabilities())
 
     # ------------------------------------------------------------ API helpers

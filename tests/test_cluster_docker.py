@@ -1,0 +1,52 @@
+"""Real daemons running jobs in the real Docker sandbox (skipped, with the reason,
+when no engine is reachable: see tests/docker_env.sh)."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from meshd.testing.cluster import Cluster
+
+pytestmark = pytest.mark.docker
+
+
+def _files(data: bytes) -> dict[str, bytes]:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
+
+
+async def test_jobs_run_sandboxed_in_docker_across_the_mesh(
+        tmp_path: Path, nursery: trio.Nursery, docker_api: Any) -> None:
+    async with Cluster.started(nursery, tmp_path, 3, executor="docker") as c:
+        for i in range(3):
+            d = c.daemon(i)
+            assert d.executor.name == "docker" and d.executor.sandboxed
+            assert "meshd/busybox:1" in d.images  # advertised, so origins know who can run it
+        # The job sees: no network, a read-only root, a non-root user.
+        script = ("id -u > $MESH_OUTPUTS/uid; (touch /etc/x 2>/dev/null && echo rw || echo ro) > $MESH_OUTPUTS/root;"
+                  " (nc -w 1 127.0.0.1 9 </dev/null 2>/dev/null && echo net || echo nonet) > $MESH_OUTPUTS/net")
+        job_id = await c.submit(0, {"image": "meshd/busybox:1", "command": ["sh", "-c", script]})
+        job = await c.wait_job(0, job_id, timeout_s=90)
+        assert job.state == "succeeded", job.reason
+        files = _files(c.daemon(0).blobs.get(job.canonical.split(":", 1)[1]))
+        assert files["uid"].strip() != b"0"
+        assert files["root"].strip() == b"ro"
+        assert files["net"].strip() == b"nonet"
+        assert job.verdict["verdict"] == "agreed"  # new workers are replicated and compared
+
+
+async def test_gpu_job_on_gpu_less_mesh_is_declined_with_the_reason(
+        tmp_path: Path, nursery: trio.Nursery, docker_api: Any) -> None:
+    async with Cluster.started(nursery, tmp_path, 3, executor="docker") as c:
+        job_id = await c.submit(0, {"image": "meshd/busybox:1", "command": ["true"],
+                                    "requirements": {"gpus": 1}})
+        await c.wait_for(lambda: len(c.job(0, job_id).declines) >= 2, 30, "decline reasons")
+        job = c.job(0, job_id)
+        assert job.state in ("queued", "offered") and not job.runs  # never awarded, so never failed
+        assert all("GPU" in r for _, r in job.declines), list(job.declines)
