@@ -31,14 +31,14 @@ async def test_jobs_run_sandboxed_in_docker_across_the_mesh(
         # The job sees: no network, a read-only root, a non-root user.
         script = ("id -u > $MESH_OUTPUTS/uid; (touch /etc/x 2>/dev/null && echo rw || echo ro) > $MESH_OUTPUTS/root;"
                   " (nc -w 1 127.0.0.1 9 </dev/null 2>/dev/null && echo net || echo nonet) > $MESH_OUTPUTS/net")
-        job_id = await c.submit(0, {"image": "meshd/busybox:1", "command": ["sh", "-c", script]})
+        job_id = await c.submit(0, {"image": "meshd/busybox:1", "command": ["sh", "-c", script], "replicas": 2})
         job = await c.wait_job(0, job_id, timeout_s=90)
         assert job.state == "succeeded", job.reason
         files = _files(c.daemon(0).blobs.get(job.canonical.split(":", 1)[1]))
         assert files["uid"].strip() != b"0"
         assert files["root"].strip() == b"ro"
         assert files["net"].strip() == b"nonet"
-        assert job.verdict["verdict"] == "agreed"  # new workers are replicated and compared
+        assert job.verdict["verdict"] == "agreed"  # both sandboxed runs produced the same archive
 
 
 async def test_gpu_job_on_gpu_less_mesh_is_declined_with_the_reason(

@@ -380,3 +380,31 @@ def test_load_spreads_over_equal_workers() -> None:
     # (twice the fair share) and every worker should get at least one.
     assert set(counts) == set(workers)
     assert max(counts.values()) <= 8, counts
+
+
+def test_claimed_score_far_above_achieved_is_recorded_against_the_worker() -> None:
+    """ARCHITECTURE: compute score is measured, not declared; a node's claim is
+    checked against the durations it achieves (issue 4)."""
+    # Worker 1 claims 5,000 GFLOPS but needs 10 s for a 1e12-flop job (0.1 GFLOPS achieved).
+    workers = [FakeWorker(), FakeWorker(caps=default_caps(score=5000.0), duration_ms=lambda s: 10_000),
+               FakeWorker(caps=default_caps(score=5000.0), duration_ms=lambda s: 10_000)]
+    net = CoreNet(3, seed=4, workers=workers)
+    net.run_for(3_000)
+    job_id = net.submit(0, parse_job_spec({"image": "meshd/busybox:1", "command": ["true"],
+                                           "estimated_flops": 1e12, "replicas": 1}))
+    assert net.run_until(lambda: net.job(0, job_id).state == "succeeded", 60_000)
+    log = net.slots[net.order[0]].log
+    mismatches = [b for k, b in log if k == "score_mismatch"]
+    assert len(mismatches) == 1 and mismatches[0]["ratio"] > 4
+    assert net.node(0).trust.reputation(mismatches[0]["worker"], net.now_ms) < 0
+
+
+def test_honest_score_is_not_flagged() -> None:
+    # 50 GFLOPS claimed, 1e11 flops in 2 s = 50 GFLOPS achieved.
+    workers = [FakeWorker(caps=default_caps(score=50.0), duration_ms=lambda s: 2_000) for _ in range(3)]
+    net = CoreNet(3, seed=5, workers=workers)
+    net.run_for(3_000)
+    job_id = net.submit(0, parse_job_spec({"image": "meshd/busybox:1", "command": ["true"],
+                                           "estimated_flops": 1e11, "replicas": 1}))
+    assert net.run_until(lambda: net.job(0, job_id).state == "succeeded", 60_000)
+    assert not [b for k, b in net.slots[net.order[0]].log if k == "score_mismatch"]

@@ -187,14 +187,16 @@ def test_reputation_breaks_an_even_contest_and_can_outweigh_price() -> None:
     even = {"a": bid(5.0, 5_000), "b": bid(5.0, 5_000)}
     assert rank_bids(even, "balanced", {"a": -0.8, "b": 0.5}, {}, {})[0] == "b"
     assert rank_bids(even, "balanced", {"a": 0.5, "b": -0.8}, {}, {})[0] == "a"
-    # A slightly cheaper stranger loses to a well-reputed peer (prices are
-    # normalised over the bids, so "slightly" is relative to the spread) ...
-    close = {"stranger": bid(5.0, 5_000), "known": bid(5.1, 5_000), "dear": bid(10.0, 5_000)}
+    # A marginally cheaper stranger loses to a well-reputed peer (prices are
+    # normalised over the bids, so "marginally" is relative to the spread; the
+    # bonus for good standing is small so that newcomers are not starved) ...
+    close = {"stranger": bid(5.0, 5_000), "known": bid(5.01, 5_000), "dear": bid(10.0, 5_000)}
     assert rank_bids(close, "cheap", {"known": 1.0}, {}, {})[0] == "known"
     assert rank_bids(close, "cheap", {}, {}, {})[0] == "stranger"
-    # ... but reputation does not buy a much worse bid.
+    # ... but reputation does not buy a visibly worse bid.
     far = {"stranger": bid(1.0, 5_000), "known": bid(50.0, 5_000)}
     assert rank_bids(far, "cheap", {"known": 1.0}, {}, {})[0] == "stranger"
+    assert rank_bids({**close, "known": bid(5.1, 5_000)}, "cheap", {"known": 1.0}, {}, {})[0] == "stranger"
 
 
 def test_inflight_awards_push_a_worker_down() -> None:

@@ -276,10 +276,14 @@ class OriginMixin:
         # waiting for the next round's back-off.
         self.counters["bid_late"] += 1
         if not job.offer_open and self._wanted_runs(job) > self._busy_runs(job):
+            # Collect late bids for a short window (no new offer is published),
+            # so that the first late bidder does not win by arriving first:
+            # ranking among several bids is what spreads load.
             job.bids = {msg.sender: bid}
             job.tried = set()
-            self._award_next(job)
-            self._advance(job)
+            job.offer_open = True
+            self._at(self.now_ms + self.params.late_bid_window_ms, T_WINDOW, (job.job_id, job.attempt))
+            self._derive_state(job)
 
     def on_decline(self: Node, msg: Opened) -> None:
         job = self.jobs.get(msg.body.job_id)
@@ -534,6 +538,8 @@ class OriginMixin:
         run.result = b.model_dump(mode="json")
         job.cost_actual += actual_cost(b.duration_ms, run.score_gflops, self._price_of(run), job.spec.credit_rate)
         self._append("run_result", {"job_id": job.job_id, "worker": run.worker, **run.result})
+        if b.status == "succeeded":
+            self._check_claimed_score(job, run, b.duration_ms)
         if b.status != "succeeded" or b.output_digest is None:
             self.trust.observe(run.worker, "abandoned" if b.status == "error" else "completed", self.now_ms)
             why = b.reason or b.status
@@ -544,6 +550,22 @@ class OriginMixin:
             return
         self._emit(FetchBlob(job.job_id, run.attempt, run.replica, run.worker, b.output_digest))
         self._advance(job)
+
+    def _check_claimed_score(self: Node, job: OriginJob, run: Run, duration_ms: int) -> None:
+        """Compare the score a worker bid with (its measured, advertised GFLOPS)
+        with what it achieved on a job of known size; a large over-claim is
+        recorded in the log and counts against its reputation."""
+        flops = job.spec.estimated_flops
+        if not flops or duration_ms <= 0 or run.score_gflops <= 0:
+            return
+        achieved = flops / (duration_ms / 1000) / 1e9
+        ratio = run.score_gflops / achieved if achieved > 0 else float("inf")
+        if ratio > self.params.score_mismatch_ratio:
+            self.counters["score_overclaims"] += 1
+            self.trust.observe(run.worker, "overclaimed", self.now_ms)
+            self._append("score_mismatch", {"job_id": job.job_id, "worker": run.worker,
+                                            "claimed_gflops": run.score_gflops,
+                                            "achieved_gflops": round(achieved, 3), "ratio": round(ratio, 2)})
 
     def _price_of(self: Node, run: Run) -> float:
         entry = self.peers.get(run.worker)

@@ -44,9 +44,13 @@ class CoreParams:
     bid_window_max_ms: int = 2_000
     """The window doubles after a round in which candidates existed but no bid
     arrived in time (a loaded mesh), up to this."""
-    bids_enough: int = 2
+    bids_enough: int = 8
     """The window closes early once this many bids per needed worker arrived
-    (or every known candidate answered)."""
+    (or every known candidate answered). More bids rank better (the simulator's
+    1,000-node load run: 1.36× the omniscient mean at 2, 1.11× at 8, 1.13× at 16)."""
+    late_bid_window_ms: int = 50
+    """A bid that missed its round, for a job still waiting for a worker, opens
+    a short window to collect other late bids before ranking (no new offer)."""
     reoffer_base_ms: int = 1_000
     """First delay before a job with no usable bid is offered again."""
     reoffer_max_ms: int = 15_000
@@ -148,6 +152,12 @@ class CoreParams:
     rate_limit_peers: int = 4_096
     """Peers with token buckets kept (least recently seen evicted)."""
 
+    score_mismatch_ratio: float = 4.0
+    """A run whose claimed compute score exceeds the score it achieved on a job
+    with ``estimated_flops`` by more than this factor is recorded against it."""
+    overclaim_weight: float = 0.5
+    """Reputation evidence weight of one such over-claim (a lie is ``invalid_weight``)."""
+
     def with_overrides(self, overrides: dict[str, Any]) -> CoreParams:
         """A copy with ``overrides`` applied; ValueError names a bad key or value."""
         known = {f.name: f for f in fields(self)}
@@ -174,7 +184,7 @@ def param_docs(cls: type = CoreParams) -> dict[str, str]:
     tree = ast.parse(inspect.getsource(cls))
     docs: dict[str, str] = {}
     body = tree.body[0].body  # type: ignore[attr-defined]
-    for prev, node in zip(body, body[1:]):
+    for prev, node in zip(body, body[1:], strict=False):
         if isinstance(prev, ast.AnnAssign) and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
             docs[prev.target.id] = " ".join(str(node.value.value).split())  # type: ignore[union-attr]
     return docs

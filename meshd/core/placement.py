@@ -16,9 +16,11 @@ Pure functions over values. The rules (normative text in specs/PROTOCOL.md,
   ``estimated_flops`` where given (then cost does not depend on the worker's
   speed) and the timeout otherwise (an upper bound).
 - Ranking: lower is better; expected finish (wait + duration) and price are
-  normalised over the bids, weighted by the ``speed`` profile, then divided by
-  a reputation factor; load spreads because wait grows with a worker's queue
-  and the origin counts awards it has in flight to each worker.
+  normalised over the bids, weighted by the ``speed`` profile, a small random
+  jitter is added, and the sum is divided by a reputation factor (a strong
+  penalty for bad standing, a small bonus for good standing, so newcomers are
+  not starved); load spreads because wait grows with a worker's queue and the
+  origin counts awards it has in flight to each worker.
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ from dataclasses import dataclass
 from .events import LocalCapabilities
 from .jobspec import TIERS
 from .wire import Advert, Bid, Offer, OfferRequirements
+
+REPUTATION_BONUS = 0.1
+"""Most a good reputation divides a bid's rank by (1 + this)."""
+TIE_JITTER = 0.1
+"""Random spread added to every rank (tiebreak ∈ [0, 1) from the origin's RNG)."""
 
 SPEED_WEIGHTS: dict[str, tuple[float, float]] = {
     # (weight of expected finish, weight of price)
@@ -189,7 +196,12 @@ def rank_bids(bids: dict[str, Bid], speed: str, reputation: dict[str, float],
 
     def key(p: str) -> tuple[float, float]:
         cost = w_finish * norm(finishes[p], f_min, f_max) + w_price * norm(bids[p].price, p_min, p_max)
-        factor = 1.0 + 0.5 * max(-1.0, min(1.0, reputation.get(p, 0.0)))
-        return ((cost + 0.05) / factor, tiebreak.get(p, 0.0))
+        rep = max(-1.0, min(1.0, reputation.get(p, 0.0)))
+        # Bad standing weighs heavily; good standing only a little, so that
+        # among near-equal bids newcomers still win work (and can earn trust)
+        # instead of the best-known worker taking everything.
+        factor = 1.0 + (0.5 * rep if rep < 0 else REPUTATION_BONUS * rep)
+        jitter = TIE_JITTER * tiebreak.get(p, 0.0)
+        return ((cost + 0.05 + jitter) / factor, tiebreak.get(p, 0.0))
 
     return sorted(bids, key=key)

@@ -55,7 +55,7 @@ OUTCOMES = ("valid", "completed", "invalid", "abandoned")
 def outcome_weight(params: CoreParams, outcome: str) -> float:
     """Signed evidence weight of one outcome."""
     return {"valid": 1.0, "completed": params.completed_weight, "invalid": -params.invalid_weight,
-            "abandoned": -1.0}[outcome]
+            "abandoned": -1.0, "overclaimed": -params.overclaim_weight}[outcome]
 
 
 @dataclass

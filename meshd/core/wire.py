@@ -24,7 +24,7 @@ Rules:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import msgpack
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -333,5 +333,7 @@ def open_envelope(data: bytes, max_bytes: int) -> Opened | Rejected:
     return Opened(mtype, peer_id_from_public_key(key), key, ts_ms, nonce, model, bytes(data))
 
 
-Message = Union[Advert, Offer, Bid, Decline, Award, AwardReply, Heartbeat, HeartbeatReply,
-                Result, ResultAck, Cancel, Receipt, ReceiptCosign, Attestation]
+Message = (
+    Advert | Offer | Bid | Decline | Award | AwardReply | Heartbeat
+    | HeartbeatReply | Result | ResultAck | Cancel | Receipt | ReceiptCosign | Attestation
+)
