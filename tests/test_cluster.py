@@ -9,7 +9,7 @@ from pathlib import Path
 
 import trio
 
-from meshd.testing.cluster import Cluster
+from meshd.testing.cluster import Cluster, cluster_fixture
 
 
 def _tar_files(data: bytes) -> dict[str, bytes]:
@@ -102,3 +102,21 @@ async def test_budget_below_estimate_is_refused_with_the_estimate(tmp_path: Path
         else:
             raise AssertionError("a job over budget was accepted")
         assert not c.daemon(0).node.jobs  # type: ignore[union-attr]
+
+
+cluster3 = cluster_fixture(3)
+
+
+async def test_partition_queues_the_job_and_heal_lets_it_finish(cluster3: Cluster) -> None:
+    c = cluster3
+    c.partition([0], [1, 2])
+    # Node 0 sees no worker once their adverts expire (advert_ttl_ms = 4 s).
+    await c.wait_for(lambda: not c.sees(0, 1) and not c.sees(0, 2), 20, "node 0 to lose its peers")
+    job_id = await c.submit(0, {**SLEEP_JOB, "command": ["sh", "-c", "echo ok > $MESH_OUTPUTS/ok"]})
+    await c.wait_for(lambda: c.job(0, job_id).attempt >= 2, 20, "a second offer round")
+    job = c.job(0, job_id)
+    assert job.state in ("queued", "offered") and not job.runs
+    assert any("no peers known" in r for _, r in job.declines), list(job.declines)
+    c.heal()
+    job = await c.wait_job(0, job_id, timeout_s=60)
+    assert job.state == "succeeded", job.reason

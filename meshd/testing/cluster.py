@@ -204,3 +204,16 @@ class Cluster:
         await self.wait_for(lambda: (j := self.job(i, job_id)) is not None and j.state in states,
                             timeout_s, f"job {job_id} to reach {states}")
         return self.job(i, job_id)
+
+
+def cluster_fixture(n: int, **kw: Any) -> Any:
+    """A pytest-trio fixture factory: ``cluster3 = cluster_fixture(3)`` in a test
+    module gives tests a started :class:`Cluster` of ``n`` nodes, stopped after."""
+    import pytest
+
+    @pytest.fixture
+    async def fixture(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Cluster]:
+        async with Cluster.started(nursery, tmp_path, n, **kw) as c:
+            yield c
+
+    return fixture
