@@ -109,6 +109,12 @@ class OriginJob:
     log: bytearray = field(default_factory=bytearray)
     next_replica: int = 0
     slow_rounds: int = 0
+    offer_slots: int = 1
+    """Workers the open round asks for."""
+    offer_candidates: int = 0
+    """Peers whose adverts fit the open round (it closes when all answered)."""
+    declined_now: int = 0
+    """Declines received in the open round."""
     """Consecutive rounds that closed with candidates but no bid (widens the window)."""
 
 
@@ -232,8 +238,8 @@ class OriginMixin:
             speed=spec.speed, bid_window_ms=self._window_ms(job), slots=min(slots, 5),
             exclude=sorted(exclude)[:64],
         )
-        job.offer_slots = offer.slots  # type: ignore[attr-defined]
-        job.offer_candidates = self._candidates(job, offer)  # type: ignore[attr-defined]
+        job.offer_slots = offer.slots
+        job.offer_candidates = self._candidates(job, offer)
         self._append("job_offered", {"job_id": job.job_id, "attempt": job.attempt, "slots": offer.slots})
         self._publish(TOPIC_OFFERS, offer)
         self.counters["offers_sent"] += 1
@@ -290,7 +296,7 @@ class OriginMixin:
         if job is None or msg.body.attempt != job.attempt:
             return
         self._note_decline(job, msg.sender, msg.body.reason)
-        job.declined_now = getattr(job, "declined_now", 0) + 1  # type: ignore[attr-defined]
+        job.declined_now += 1
         self._maybe_close_window(job)
 
     def _note_decline(self, job: OriginJob, peer: str, reason: str) -> None:
@@ -299,9 +305,8 @@ class OriginMixin:
             job.declines.popleft()
 
     def _maybe_close_window(self: Node, job: OriginJob) -> None:
-        slots = getattr(job, "offer_slots", 1)
-        candidates = getattr(job, "offer_candidates", 0)
-        answered = len(job.bids) + getattr(job, "declined_now", 0)
+        slots, candidates = job.offer_slots, job.offer_candidates
+        answered = len(job.bids) + job.declined_now
         if len(job.bids) >= self.params.bids_enough * slots or (candidates and answered >= candidates):
             self._close_window(job)
 
@@ -317,7 +322,7 @@ class OriginMixin:
 
     def _close_window(self: Node, job: OriginJob) -> None:
         job.offer_open = False
-        job.declined_now = 0  # type: ignore[attr-defined]
+        job.declined_now = 0
         self._award_next(job)
         self._advance(job)
 
@@ -343,7 +348,7 @@ class OriginMixin:
                 # A second, distinct worker must exist for replication to mean
                 # anything; in a mesh with one candidate the result is accepted
                 # unverified (and says so in the verdict).
-                enough = len(usable) >= 2 or getattr(job, "offer_candidates", 0) >= 2
+                enough = len(usable) >= 2 or job.offer_candidates >= 2
                 job.needed = 2 if enough and self.trust.should_replicate(peer, self.rng) else 1
                 want = self._wanted_runs(job) - live
             self._award(job, peer, usable[peer])
@@ -355,7 +360,7 @@ class OriginMixin:
         for p, price in over_budget:
             self._note_decline(job, p, f"bid {price:.4g} credits exceeds budget {job.spec.max_budget:.4g}")
         self._derive_declines(job)
-        if not job.bids and getattr(job, "offer_candidates", 0) > 0:
+        if not job.bids and job.offer_candidates > 0:
             job.slow_rounds = min(job.slow_rounds + 1, 8)
         job.backoff_ms = min(self.params.reoffer_max_ms, max(self.params.reoffer_base_ms, job.backoff_ms * 2))
         job.next_offer_ms = self.now_ms + job.backoff_ms
