@@ -321,6 +321,15 @@ def apply_overrides(config: NodeConfig, overrides: dict[str, Any]) -> NodeConfig
         raise ConfigError(_describe_errors("command line", exc)) from None
 
 
+def update_config(data_dir: str | os.PathLike[str], changes: dict[str, Any]) -> NodeConfig:
+    """Rewrite ``config.toml`` with ``changes`` applied (validated; atomic)."""
+    d = DataDir(Path(data_dir))
+    config, _ = load_node(d.root)
+    config = apply_overrides(config, changes)
+    write_atomic(d.config, config.to_toml().encode(), mode=0o644)
+    return config
+
+
 def ensure_api_token(data_dir: str | os.PathLike[str]) -> str:
     """The API token, creating ``api.token`` (0600) if it is missing."""
     d = DataDir(Path(data_dir))

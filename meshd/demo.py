@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from meshd.config import update_config
+
 DEMO_IMAGE = "meshd/busybox:1"
 POEM = """Many small machines, no master among them,
 each one bids for the work it can finish first;
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"creating {args.nodes} nodes under {base}")
         for d in dirs:
             _cmd([_bin("meshd"), "init", "--data-dir", str(d), "--listen", "/ip4/127.0.0.1/tcp/0", "--force"])
-            _allow_process(d)
+            update_config(d, {"allow_process_executor": True})
         _say("starting the daemons: node0 alone, the others bootstrapped from node0 only")
         bootstrap: list[str] = []
         for i, d in enumerate(dirs):
@@ -204,13 +206,6 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(base, ignore_errors=True)
         elif args.keep:
             print(f"\n(data dirs kept in {base})")
-
-
-def _allow_process(data_dir: Path) -> None:
-    """Set allow_process_executor = true in the node's config.toml."""
-    cfg = data_dir / "config.toml"
-    text = cfg.read_text().replace("allow_process_executor = false", "allow_process_executor = true")
-    cfg.write_text(text)
 
 
 if __name__ == "__main__":

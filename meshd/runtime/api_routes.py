@@ -8,6 +8,7 @@ read by ``mesh``.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import secrets
 import statistics
 import time
@@ -195,13 +196,9 @@ def status_view(d: Daemon) -> dict[str, Any]:
     caps = node.caps
     counters = dict(node.counters)
     counters["inbox_dropped"] = d.dropped_inputs
-    try:
-        net = d.host.statistics()
-        for k, v in vars(net).items() if hasattr(net, "__dict__") else net._asdict().items():  # type: ignore[attr-defined]
-            if isinstance(v, int):
-                counters["net_" + k] = v
-    except Exception:
-        pass
+    for k, v in dataclasses.asdict(d.host.statistics()).items():
+        if isinstance(v, int):
+            counters["net_" + k] = v
     head_seq, head_hash = d.log.head
     return {
         "peer_id": d.identity.peer_id, "version": __version__,

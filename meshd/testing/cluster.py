@@ -169,8 +169,8 @@ class Cluster:
 
     def sees(self, i: int, j: int) -> bool:
         node = self.daemon(i).node
-        return node is not None and node.peers.get(self.peer_id(j)) is not None \
-            and node.peers.get(self.peer_id(j)).expires_ms > node.now_ms  # type: ignore[union-attr]
+        entry = node.peers.get(self.peer_id(j)) if node is not None else None
+        return entry is not None and node is not None and entry.expires_ms > node.now_ms
 
     async def wait_mesh(self, timeout_s: float = 30.0) -> None:
         """Until every running node holds a live, warm advert of every other."""

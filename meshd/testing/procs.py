@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from meshd.api.client import ApiClient, ApiClientError
+from meshd.config import update_config
 
 FAST_PARAMS = {
     "advert_interval_ms": 500, "advert_ttl_ms": 4000, "lease_ms": 4000, "heartbeat_interval_ms": 500,
@@ -52,12 +53,8 @@ class DaemonProcess:
     def init(self) -> None:
         subprocess.run([*_bin("meshd"), "init", "--data-dir", str(self.data_dir), "--listen",
                         "/ip4/127.0.0.1/tcp/0"], check=True, capture_output=True)
-        cfg = self.data_dir / "config.toml"
-        text = cfg.read_text().replace("allow_process_executor = false", "allow_process_executor = true")
-        text = text.replace("mdns = true", "mdns = false")
-        if self.params:
-            text = text.replace("[params]", "[params]\n" + "\n".join(f"{k} = {v}" for k, v in self.params.items()))
-        cfg.write_text(text)
+        update_config(self.data_dir, {"allow_process_executor": True, "mdns": False,
+                                      "params": dict(self.params)})
 
     def start(self, timeout_s: float = 60.0) -> None:
         cmd = [*_bin("meshd"), "start", "--data-dir", str(self.data_dir), "--executor", self.executor,
@@ -134,9 +131,13 @@ def start_mesh(root: Path, n: int, **kw: Any) -> list[DaemonProcess]:
 
 def wait_mesh(procs: list[DaemonProcess], timeout_s: float = 60.0) -> None:
     want = len(procs) - 1
-    procs[0].wait_for(lambda: all((p.status() or {}).get("peers", 0) >= want
-                                 and (p.status() or {}).get("warm") for p in procs),
-                      timeout_s, f"all {len(procs)} daemons to see each other")
+
+    def ready(p: DaemonProcess) -> bool:
+        st = p.status() or {}
+        return st.get("peers", 0) >= want and bool(st.get("warm"))
+
+    procs[0].wait_for(lambda: all(ready(p) for p in procs), timeout_s,
+                      f"all {len(procs)} daemons to see each other")
 
 
 def stop_all(procs: list[DaemonProcess]) -> None:
