@@ -50,6 +50,7 @@ class Checker:
         self.credited: set[tuple[str, str, int]] = set()
         self.escapes: list[str] = []
         self.counts: Counter[str] = Counter()
+        self.runs_per_job: Counter[str] = Counter()
 
     def fail(self, what: str) -> None:
         raise SimFailure(f"invariant violated at t={self.engine.now} ms: {what}")
@@ -64,7 +65,9 @@ class Checker:
     def on_append(self, slot: Slot, kind: str, body: dict[str, Any]) -> None:
         self.fingerprints[slot.idx].append(hash(repr(body)))
         self.counts[kind] += 1
-        if kind == "job_state":
+        if kind == "work_started":
+            self.runs_per_job[body["job_id"]] += 1
+        elif kind == "job_state":
             self._on_state(slot, body)
         elif kind == "job_verdict":
             self._on_verdict(slot, body)

@@ -351,6 +351,8 @@ class Run:
         res["fail_reasons"] = self._fail_reasons(done)
         if cfg.scenario == "load":
             res.update(self._baselines(ct))
+        if self.params.replication_fraction > 0 or self.params.untrusted_replication > 0:
+            res["verification_overhead_by_quarter"] = self._overhead_by_quarter()
         if self.knobs.liar_fraction > 0:
             res.update(self._cheater_metrics(runs_started))
         self._completions = ct
@@ -380,6 +382,19 @@ class Run:
             "ideal_mean_s": float(np.mean([p.actual_flops for p in self.plans])
                                   / np.mean([h.speed_gflops * 1e9 for h in self.hw])),
         }
+
+    def _overhead_by_quarter(self) -> str:
+        """Extra runs per job for the jobs submitted in each quarter of the run:
+        the first quarter pays for getting strangers trusted, the last shows
+        the steady state."""
+        plans = sorted((p for p in self.plans if p.job_id in self.submitted), key=lambda p: p.submit_ms)
+        out = []
+        for q in range(4):
+            part = plans[q * len(plans) // 4:(q + 1) * len(plans) // 4]
+            if part:
+                runs = sum(self.checker.runs_per_job[p.job_id] for p in part)
+                out.append(f"{runs / len(part) - 1:.3f}")
+        return " / ".join(out)
 
     def _cheater_metrics(self, runs_started: int) -> dict[str, Any]:
         """Verification overhead and, per liar, accepted results before it was first caught."""

@@ -50,6 +50,23 @@ def test_cheaters_are_caught_and_no_agreed_result_is_wrong() -> None:
     assert res["verification_overhead"] > 0.5  # strangers are replicated (untrusted_replication = 1)
 
 
+def test_trust_travels_between_origins_so_verification_falls_to_the_floor() -> None:
+    """Every node is an origin, so each sees a given worker only a few times:
+    without the remote streak (attestation_streak_per_issuer=0) nearly every
+    job stays replicated; with it the last quarter of jobs approaches the
+    10% floor."""
+    honest = {"liar_fraction": "0.0", "spammer_fraction": "0.0"}
+
+    def last_quarter(**pins: str) -> float:
+        res = _check("cheaters", 2, nodes=20, jobs=600, **honest, **pins)
+        return float(res["verification_overhead_by_quarter"].split(" / ")[-1])
+
+    with_remote = last_quarter()
+    without = last_quarter(**{"core.attestation_streak_per_issuer": "0.0"})
+    assert without > 0.5, without
+    assert with_remote < 0.3 and with_remote < without / 2, (with_remote, without)
+
+
 def test_dropped_work_is_caught_as_lost_job_with_replay_command(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["run", "load", "--seed", "7", "--nodes", "12", "--jobs", "20", "--set", "liveness_ms=60000",
             "--mutant", "drop_queued_work"]

@@ -8,8 +8,13 @@ Rules checked (trust.py header, specs/CREDITS.md):
   with max(replication_fraction, 1/streak);
 - reputation decays with a half-life; a ban lifts when the evidence fades,
   except a ban on proof (equivocation);
-- attestations count only from issuers with positive own-observed
-  reputation, weigh less than own observations and can never ban alone;
+- attestations count only from credible issuers (positive reputation, not
+  banned; full weight from 0.05), weigh less than own observations and can
+  never ban alone;
+- the remote streak: valid attestations from credible origins make a worker
+  trusted (at most 2 per issuer, so five origins must vouch), an invalid one
+  from a credible issuer resets it, and a node that caught the worker itself
+  ignores it; ranking uses remote evidence when it is worse;
 - honest outputs that differ only within tolerance are never penalised; a
   mismatch brings a tie-breaker and the majority is canonical.
 """
@@ -154,6 +159,89 @@ def test_slander_from_many_good_peers_can_never_ban() -> None:
     bound = P.attestation_max_mass / (P.attestation_max_mass + P.reputation_prior_mass)
     assert rep >= -bound - 1e-9
     assert not t.banned(W, T0)
+
+
+# ---------------------------------------------------------------- remote streak (cross-origin trust)
+
+def vouchers(t: Trust, n: int) -> list[str]:
+    """n issuers this node verified once each (reputation 0.2: full credibility)."""
+    out = [f"12D3KooWorigin{i}" for i in range(n)]
+    for o in out:
+        t.observe(o, "valid", T0)
+        assert t.credibility(o, T0) == 1.0
+    return out
+
+
+def test_five_credible_origins_vouching_twice_make_a_worker_trusted() -> None:
+    t, _ = trust()
+    issuers = vouchers(t, 5)
+    for i, o in enumerate(issuers):
+        for _ in range(2):
+            assert t.observe_remote(o, W, "valid", T0)
+        assert t.trusted(W) == (i == 4)
+    assert t.replication_probability(W) == P.replication_fraction
+
+
+def test_one_issuer_cannot_make_a_worker_trusted_however_often_it_vouches() -> None:
+    t, _ = trust()
+    (o,) = vouchers(t, 1)
+    for _ in range(50):
+        t.observe_remote(o, W, "valid", T0)
+    assert t.streak(W) == P.attestation_streak_per_issuer
+    assert not t.trusted(W) and t.replication_probability(W) == 1.0
+
+
+def test_an_invalid_attestation_from_a_credible_issuer_resets_the_remote_streak() -> None:
+    t, _ = trust()
+    issuers = vouchers(t, 6)
+    for o in issuers[:5]:
+        t.observe_remote(o, W, "valid", T0)
+        t.observe_remote(o, W, "valid", T0)
+    assert t.trusted(W)
+    t.observe_remote(issuers[5], W, "invalid", T0)
+    assert t.streak(W) == 0 and not t.trusted(W)
+
+
+def test_own_proof_of_a_lie_overrides_any_vouching() -> None:
+    t, _ = trust()
+    issuers = vouchers(t, 6)
+    t.observe(W, "invalid", T0)
+    for o in issuers:
+        t.observe_remote(o, W, "valid", T0)
+        t.observe_remote(o, W, "valid", T0)
+    assert t.streak(W) == 0 and not t.trusted(W)
+    for _ in range(P.trust_after_valid):  # only its own streak can restore trust
+        t.observe(W, "valid", T0)
+    assert t.trusted(W)
+
+
+def test_credibility_fades_along_a_chain_of_vouching() -> None:
+    t, _ = trust()
+    (o,) = vouchers(t, 1)
+    sybil, sybil2 = "12D3KooWsybil1", "12D3KooWsybil2"
+    t.observe_remote(o, sybil, "valid", T0)
+    c1 = t.credibility(sybil, T0)
+    assert 0 < c1 < 0.5
+    t.observe_remote(sybil, sybil2, "valid", T0)
+    assert t.credibility(sybil2, T0) < c1 / 10
+    before = t.streak(W)
+    t.observe_remote(sybil2, W, "valid", T0)
+    assert t.streak(W) - before < 0.05
+
+
+def test_ranking_uses_remote_evidence_when_it_is_worse_but_bans_need_own() -> None:
+    t, _ = trust()
+    issuers = vouchers(t, 4)
+    t.observe(W, "valid", T0)
+    t.observe(W, "valid", T0)
+    for o in issuers:
+        t.observe_remote(o, W, "invalid", T0)
+    assert t.reputation(W, T0) > t.rank_reputation(W, T0)
+    assert t.rank_reputation(W, T0) < -0.2
+    assert not t.banned(W, T0)
+    good = "12D3KooWgood"
+    t.observe(good, "valid", T0)
+    assert t.rank_reputation(good, T0) == t.reputation(good, T0)
 
 
 def test_trust_table_is_bounded() -> None:

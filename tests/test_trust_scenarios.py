@@ -36,6 +36,10 @@ class Figures:
     steady_runs: int = 0
     liar_results_to_ban: int | None = None
     liar_results_to_first_invalid: int | None = None
+    liar_results_total: int | None = None
+    """Results the liar returned in the whole run (after turning, if patient):
+    once its reputation is negative it ranks last, so this stops growing even
+    when it is never banned."""
     lies_accepted: int = 0
     liar_credits_for_rejected: float = 0.0
     honest_flagged: int = 0
@@ -94,6 +98,8 @@ def run_scenario(seed: int, *, honest: int = 6, liar: str = "none", jobs: int = 
             fig.liar_results_to_ban = liar_results() - started
     net.run_until(lambda: all(origin.jobs[j].state in ("succeeded", "failed") for j, _, _ in submitted),
                   max_ms=600_000)
+    if liar_id is not None and (turned_at is not None or liar == "constant"):
+        fig.liar_results_total = liar_results() - (turned_at or 0)
     _collect(net, fig, submitted, honest_ids, liar_id)
     return fig
 

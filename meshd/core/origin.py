@@ -338,7 +338,7 @@ class OriginMixin:
         if want > 0 and not usable:
             self._no_bids(job)
             return
-        ranked = rank_bids(usable, job.spec.speed, {p: self.trust.reputation(p, self.now_ms) for p in usable},
+        ranked = rank_bids(usable, job.spec.speed, {p: self.trust.rank_reputation(p, self.now_ms) for p in usable},
                            self._inflight(), {p: self.rng.random() for p in usable})
         for peer in ranked:
             if want <= 0:

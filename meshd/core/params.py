@@ -107,10 +107,20 @@ class CoreParams:
     """Reputation credit of an unverified result (weak evidence: it may be a lie)."""
     attestation_weight: float = 0.25
     """Weight of a gossiped attestation relative to an own observation (times the
-    issuer's own-observed reputation)."""
+    issuer's reputation)."""
     attestation_max_mass: float = 2.0
     """Cap on the decayed weight all gossiped attestations about one peer can add;
     keeps attestations alone from ever banning a peer."""
+    attestation_full_reputation: float = 0.05
+    """Issuer reputation at which its attestations count in full towards a
+    worker's streak (one own verified result gives 0.2; about four credible
+    attestations give a peer we never used 0.05); below it they count in
+    proportion, so credibility fades along chains of vouching."""
+    attestation_streak_per_issuer: float = 2.0
+    """Most one issuer's attestations add to a worker's remote streak: with the
+    defaults a worker needs at least five credible origins to vouch for it."""
+    max_streak_issuers: int = 64
+    """Issuers remembered per worker for the per-issuer streak cap."""
     max_trust_entries: int = 10_000
     """Peers with reputation evidence kept; the ones with least evidence go first."""
     max_attestations_seen: int = 65_536

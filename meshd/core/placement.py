@@ -33,6 +33,11 @@ from .wire import Advert, Bid, Offer, OfferRequirements
 
 REPUTATION_BONUS = 0.1
 """Most a good reputation divides a bid's rank by (1 + this)."""
+REPUTATION_PENALTY = 2.0
+"""A negative reputation ``rep`` adds ``PENALTY × (−rep)`` to a bid's rank (whose
+normal range is about 0.05–1.15): a worker other origins caught lying (remote
+reputation about −0.2 to −0.33 from their attestations alone) loses to any bid
+that is not much worse, even when it is the idle, fastest bidder."""
 TIE_JITTER = 0.1
 """Random spread added to every rank (tiebreak ∈ [0, 1) from the origin's RNG)."""
 
@@ -200,8 +205,9 @@ def rank_bids(bids: dict[str, Bid], speed: str, reputation: dict[str, float],
         # Bad standing weighs heavily; good standing only a little, so that
         # among near-equal bids newcomers still win work (and can earn trust)
         # instead of the best-known worker taking everything.
-        factor = 1.0 + (0.5 * rep if rep < 0 else REPUTATION_BONUS * rep)
         jitter = TIE_JITTER * tiebreak.get(p, 0.0)
-        return ((cost + 0.05 + jitter) / factor, tiebreak.get(p, 0.0))
+        if rep < 0:
+            return (cost + 0.05 + jitter - REPUTATION_PENALTY * rep, tiebreak.get(p, 0.0))
+        return ((cost + 0.05 + jitter) / (1.0 + REPUTATION_BONUS * rep), tiebreak.get(p, 0.0))
 
     return sorted(bids, key=key)

@@ -13,12 +13,21 @@ signed weight to a *score* and its absolute value to a *mass*; both decay with
     rep = (S_own + S_remote) / (M_own + M_remote + reputation_prior_mass)
 
 ``S_remote``/``M_remote`` come from gossiped :class:`Attestation` records
-(``observe_remote``): each weighs ``attestation_weight × own_rep(issuer)``,
-only issuers with a *positive own-observed* reputation count (a Sybil must
-first do verified work for us), and ``M_remote`` is capped at
-``attestation_max_mass`` — with the prior that bounds what attestations alone
-can do to a stranger to ``±cap/(cap+prior)``, above the ban threshold, so
-slander can lower a peer's rank but never ban it.
+(``observe_remote``): each weighs ``attestation_weight × rep(issuer)``, only
+issuers with a positive reputation that are not banned count, and
+``M_remote`` is capped at ``attestation_max_mass`` — with the prior that
+bounds what attestations alone can do to a stranger to ``±cap/(cap+prior)``,
+above the ban threshold, so slander can lower a peer's rank but never ban it.
+
+*Issuer credibility* is transitive but fades along chains: an issuer's
+attestations count with weight ``c = min(1, rep(issuer) / attestation_full_reputation)``.
+One own verified result gives a peer ``1/(1+prior) = 0.2`` (full weight by
+default); a peer known only from attestations needs a remote mass of about
+``prior × full/(1−full)`` (≈ 1, several attestations from credible issuers)
+to get there, and a peer vouched for by a single weak issuer gets almost
+nothing (``0.25 × 0.2 / 4.05 ≈ 0.012`` → ``c ≈ 0.06``). A Sybil ring therefore
+gains little credibility from one member that did honest work: each member
+must itself be vouched for by the mesh.
 
 *Bans.* A peer is banned while ``rep < ban_reputation``, or for ever once it
 was caught equivocating (:meth:`ban_forever`, proof kept by credits.py). A
@@ -26,7 +35,19 @@ banned peer gets no awards and its messages are dropped (``node._open``).
 
 *Adaptive replication* (BOINC style, :meth:`replication_probability`): a
 worker is *trusted* after ``trust_after_valid`` consecutive valid results;
-one invalid result resets the streak. Untrusted: replicate with
+one invalid result resets the streak. The streak is this node's own
+``valid_streak`` plus a *remote streak* earned from other origins'
+attestations, so that in a mesh of many origins a worker is verified about
+``trust_after_valid`` times in total, not that many times per origin (which
+would replicate nearly every job of a large mesh). A valid attestation adds
+``c`` (the issuer's credibility) to the remote streak, at most
+``attestation_streak_per_issuer`` per issuer, so a worker needs several
+credible origins to vouch for it; an invalid one takes away
+``c × trust_after_valid`` (a credible issuer's proof resets it). Once this
+node has itself seen an invalid result from a worker, only its own streak
+counts for it. Remote evidence can thus make a worker *trusted* (replicated
+at the floor rate), never exempt from verification: the worst a lying
+vouching ring buys is the floor rate a patient liar gets anyway. Untrusted: replicate with
 ``untrusted_replication``. Trusted: ``max(replication_fraction, 1/streak)``
 (BOINC's 1/CV, floored by the base fraction everyone gets). With the defaults
 (10, 10%) 1/CV equals the floor at the moment trust is earned, so trusted
@@ -69,6 +90,10 @@ class Evidence:
     remote_mass: float = 0.0
     updated_ms: int = 0
     valid_streak: int = 0
+    remote_streak: float = 0.0
+    """Credibility-weighted valid attestations since the last invalid one."""
+    remote_by: dict[str, float] | None = None
+    """Per-issuer share of ``remote_streak`` (bounded by ``max_streak_issuers``)."""
     invalid: int = 0
     valid: int = 0
     reported: tuple[float, bool] | None = None
@@ -128,31 +153,44 @@ class Trust:
             ev.invalid += 1
         self._report(peer, ev, now_ms)
 
+    def credibility(self, issuer: str, now_ms: int) -> float:
+        """Weight in [0, 1] of ``issuer``'s attestations (0: they do not count)."""
+        rep = self.reputation(issuer, now_ms)
+        if rep <= 0.0 or self.banned(issuer, now_ms):
+            return 0.0
+        return min(1.0, rep / self.params.attestation_full_reputation)
+
     def observe_remote(self, issuer: str, subject: str, outcome: str, now_ms: int) -> bool:
         """Fold in a gossiped attestation; False if the issuer does not count."""
-        issuer_rep = self.own_reputation(issuer, now_ms)
-        if issuer == subject or issuer_rep <= 0.0 or self.banned(issuer, now_ms):
+        p = self.params
+        cred = self.credibility(issuer, now_ms) if issuer != subject else 0.0
+        if cred <= 0.0:
             return False
+        issuer_rep = self.reputation(issuer, now_ms)
         ev = self._entry(subject, now_ms)
-        w = outcome_weight(self.params, outcome) * self.params.attestation_weight * issuer_rep
+        w = outcome_weight(p, outcome) * p.attestation_weight * issuer_rep
         ev.remote_score += w
         ev.remote_mass += abs(w)
-        cap = self.params.attestation_max_mass
+        cap = p.attestation_max_mass
         if ev.remote_mass > cap:
             scale = cap / ev.remote_mass
             ev.remote_score, ev.remote_mass = ev.remote_score * scale, cap
+        if outcome == "valid":
+            by = ev.remote_by if ev.remote_by is not None else {}
+            ev.remote_by = by
+            room = p.attestation_streak_per_issuer - by.get(issuer, 0.0)
+            if room > 0 and (issuer in by or len(by) < p.max_streak_issuers):
+                add = min(room, cred)
+                by[issuer] = by.get(issuer, 0.0) + add
+                ev.remote_streak += add
+        elif outcome == "invalid":
+            ev.remote_streak = max(0.0, ev.remote_streak - cred * p.trust_after_valid)
+            if ev.remote_streak == 0.0:
+                ev.remote_by = None
         self._report(subject, ev, now_ms)
         return True
 
     # ------------------------------------------------------------ standing
-
-    def own_reputation(self, peer: str, now_ms: int) -> float:
-        """Reputation from this node's own observations only (used to weigh issuers)."""
-        ev = self._ev.get(peer)
-        if ev is None:
-            return 0.0
-        f = self._factor(ev, now_ms)
-        return _clamp(ev.score * f / (ev.mass * f + self.params.reputation_prior_mass))
 
     def reputation(self, peer: str, now_ms: int) -> float:
         """In [-1, 1]; 0 for a stranger, -1 for a proven equivocator."""
@@ -165,6 +203,17 @@ class Trust:
         score = (ev.score + ev.remote_score) * f
         mass = (ev.mass + ev.remote_mass) * f
         return _clamp(score / (mass + self.params.reputation_prior_mass))
+
+    def rank_reputation(self, peer: str, now_ms: int) -> float:
+        """What bid ranking uses: the reputation, or the remote evidence alone when
+        that is worse — a worker other origins caught lying is avoided even by an
+        origin it happened to be honest with (bans still need own evidence)."""
+        rep = self.reputation(peer, now_ms)
+        ev = self._ev.get(peer)
+        if ev is None or ev.remote_score >= 0.0:
+            return rep
+        f = self._factor(ev, now_ms)
+        return min(rep, _clamp(ev.remote_score * f / (ev.remote_mass * f + self.params.reputation_prior_mass)))
 
     def _factor(self, ev: Evidence, now_ms: int) -> float:
         dt = max(0, now_ms - ev.updated_ms)
@@ -205,23 +254,31 @@ class Trust:
 
     # ------------------------------------------------------------ replication
 
-    def trusted(self, peer: str) -> bool:
+    def streak(self, peer: str) -> float:
+        """Own consecutive valid results plus the remote streak (unless this node
+        itself has caught the peer lying: then its own streak alone counts)."""
         ev = self._ev.get(peer)
-        return ev is not None and ev.valid_streak >= self.params.trust_after_valid
+        if ev is None:
+            return 0.0
+        return ev.valid_streak + (ev.remote_streak if ev.invalid == 0 else 0.0)
+
+    def trusted(self, peer: str) -> bool:
+        return self.streak(peer) >= self.params.trust_after_valid
 
     def replication_probability(self, worker: str) -> float:
         """Chance that a job given to ``worker`` is also run elsewhere for comparison."""
         p = self.params
-        ev = self._ev.get(worker)
-        if ev is None or ev.valid_streak < p.trust_after_valid:
+        streak = self.streak(worker)
+        if streak < p.trust_after_valid:
             return max(p.replication_fraction, p.untrusted_replication)
-        return min(1.0, max(p.replication_fraction, 1.0 / ev.valid_streak))
+        return min(1.0, max(p.replication_fraction, 1.0 / streak))
 
     def should_replicate(self, worker: str, rng: random.Random) -> bool:
         return rng.random() < self.replication_probability(worker)
 
     def snapshot(self, now_ms: int) -> dict[str, dict[str, float | int | bool]]:
         return {p: {"reputation": self.reputation(p, now_ms), "valid_streak": ev.valid_streak,
+                    "remote_streak": round(ev.remote_streak, 3),
                     "valid": ev.valid, "invalid": ev.invalid, "trusted": self.trusted(p),
                     "banned": self.banned(p, now_ms)} for p, ev in self._ev.items()}
 

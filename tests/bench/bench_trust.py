@@ -13,6 +13,14 @@ Scenarios (``tests/test_trust_scenarios.py``): one origin, six honest workers
 - patient half-liar (honest until trusted, then lie_rate 0.5): the same,
   counted from the moment it turns.
 
+Mesh scale (the simulator, ``simulations/``; skip with ``--no-mesh``): 100
+nodes, every node an origin, 4,000 jobs, seed 1 — once all honest and once
+with 10% half-liars. Trust must travel between origins here (the remote
+streak, specs/CREDITS.md §4/§6); the figures are extra runs per job for the
+jobs submitted in each quarter of the run (the first pays for getting 100
+strangers trusted, the last is the steady state) and, per liar, the results
+it got accepted before its first invalid verdict.
+
 Targets: redundant share ≤ 10%, a half-liar banned within 30 of its results,
 0 honest workers flagged, 0 wrong outputs handed to the submitter.
 """
@@ -43,6 +51,9 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", default="1,2,3,4,5")
     ap.add_argument("--jobs", type=int, default=400)
+    ap.add_argument("--no-mesh", action="store_true", help="skip the simulator runs (about 3 min)")
+    ap.add_argument("--mesh-nodes", type=int, default=100)
+    ap.add_argument("--mesh-jobs", type=int, default=4000)
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     ok = True
@@ -54,7 +65,7 @@ def main() -> int:
             print(f"  seed {f.seed}: steady jobs {f.steady_jobs}, runs {f.steady_runs}, "
                   f"extra/job {f.extra_per_job:.3f}, redundant share {f.redundant_share:.3f}, "
                   f"first invalid after {f.liar_results_to_first_invalid}, banned after "
-                  f"{f.liar_results_to_ban}, lies accepted {f.lies_accepted}, wrong outputs "
+                  f"{f.liar_results_to_ban}, results in all {f.liar_results_total}, lies accepted {f.lies_accepted}, wrong outputs "
                   f"{f.wrong_outputs}, failed {f.failed}, honest flagged {f.honest_flagged}")
         shares = [f.redundant_share for f in figs]
         print(f"  redundant share of compute: mean {statistics.mean(shares):.3f} (plain replication: 0.500)")
@@ -62,6 +73,7 @@ def main() -> int:
         if liar != "none":
             print(f"  liar results to first invalid: {fmt([f.liar_results_to_first_invalid for f in figs])}")
             print(f"  liar results to ban: {fmt([f.liar_results_to_ban for f in figs])}")
+            print(f"  liar results in the whole run: {fmt([f.liar_results_total for f in figs])}")
             print(f"  lies accepted: {fmt([f.lies_accepted for f in figs])}")
             print(f"  credits for rejected work: {sum(f.liar_credits_for_rejected for f in figs):g}")
         honest_flagged = sum(f.honest_flagged for f in figs)
@@ -72,8 +84,29 @@ def main() -> int:
         if liar == "constant":
             ok &= all(f.liar_results_to_ban is not None and f.liar_results_to_ban <= 30 for f in figs)
             ok &= all(f.wrong_outputs == 0 for f in figs)
+    if not args.no_mesh:
+        ok &= mesh(args.mesh_nodes, args.mesh_jobs)
     print("\nTARGETS", "MET" if ok else "MISSED")
     return 0 if ok else 1
+
+
+def mesh(nodes: int, jobs: int) -> bool:
+    from simulations.scenarios import RunConfig, run
+
+    ok = True
+    for label, pins in (("honest mesh", {"liar_fraction": "0.0", "spammer_fraction": "0.0"}),
+                        ("10% half-liars", {"lie_rate": "0.5"})):
+        r = run(RunConfig("cheaters", 1, nodes, jobs, pins))
+        res = r.result
+        print(f"\n== simulator, {label}: {nodes} nodes, {jobs} jobs, seed 1 "
+              f"({res['succeeded']} succeeded, {res['failed']} failed)")
+        print(f"  extra runs per job by quarter of submissions: {res['verification_overhead_by_quarter']}")
+        if "liars" in res:
+            print(f"  liars caught {res['liars_caught']}/{res['liars']}; results accepted before caught: "
+                  f"mean {res['liar_accepted_before_caught_mean']}, max {res['liar_accepted_before_caught_max']}; "
+                  f"wrong results accepted unverified {res['wrong_results_accepted_unverified']}")
+            ok &= (res["liar_accepted_before_caught_max"] or 0) <= 30
+    return ok
 
 
 if __name__ == "__main__":
