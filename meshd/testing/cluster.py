@@ -34,7 +34,7 @@ from meshd.config import init_node, load_node
 from meshd.core.events import JobSubmitted
 from meshd.core.jobspec import parse_job_spec
 from meshd.core.params import CoreParams
-from meshd.exec.base import ExecParams
+from meshd.exec.base import ExecParams, Executor
 from meshd.net.params import NetParams
 from meshd.runtime.daemon import Daemon, RuntimeParams, build_daemon
 
@@ -56,13 +56,17 @@ class Member:
 class Cluster:
     def __init__(self, nursery: trio.Nursery, root: Path, n: int, *, executor: str = "process",
                  core_params: CoreParams = FAST_CORE, net_params: NetParams | None = None,
-                 configure: Callable[[int, dict[str, Any]], None] | None = None) -> None:
+                 configure: Callable[[int, dict[str, Any]], None] | None = None,
+                 wrap_executor: Callable[[int, Executor], Executor] | None = None) -> None:
         self.nursery = nursery
         self.root = root
         self.executor = executor
         self.core_params = core_params
         self.net_params = net_params or NetParams(gossip_heartbeat_s=0.2, peer_exchange_interval_s=0.5)
         self.configure = configure
+        self.wrap_executor = wrap_executor
+        """Fault injection: ``wrap_executor(i, executor)`` replaces node i's executor
+        when its daemon is built (see :mod:`meshd.testing.faults`)."""
         self.members = [Member(i, root / f"node{i}") for i in range(n)]
 
     @classmethod
@@ -110,6 +114,8 @@ class Cluster:
                               core_params=self.core_params, net_params=self.net_params,
                               exec_params=ExecParams(health_check_timeout_s=30.0),
                               runtime_params=dataclasses.replace(RuntimeParams(), capabilities_refresh_s=1.0))
+        if self.wrap_executor is not None:
+            daemon.executor = self.wrap_executor(i, daemon.executor)
         m.daemon, m.done, m.scope = daemon, trio.Event(), trio.CancelScope()
 
         async def run(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
