@@ -244,6 +244,32 @@ def test_ranking_uses_remote_evidence_when_it_is_worse_but_bans_need_own() -> No
     assert t.rank_reputation(good, T0) == t.reputation(good, T0)
 
 
+# ---------------------------------------------------------------- uptime from adverts
+
+def test_uptime_separates_steady_from_flaky_peers_but_can_neither_ban_nor_vouch() -> None:
+    t, _ = trust()
+    steady, flaky = "12D3KooWsteady", "12D3KooWflaky"
+    for i in range(200):
+        t.sample_uptime(steady, True, T0)
+        t.sample_uptime(flaky, i % 5 == 0, T0)
+    bound = P.uptime_mass / (P.uptime_mass + P.reputation_prior_mass)
+    assert 0 < t.reputation(steady, T0) <= bound + 1e-9
+    assert -bound - 1e-9 <= t.reputation(flaky, T0) < 0
+    assert not t.banned(flaky, T0)
+    assert t.credibility(steady, T0) == 0.0  # being online vouches for nobody
+    assert not t.observe_remote(steady, W, "valid", T0)
+
+
+def test_uptime_is_sampled_from_adverts_and_down_once_they_stop() -> None:
+    net = CoreNet(3, params=dataclasses.replace(P, peer_score_interval_ms=1_000))
+    net.run_for(5_000)
+    origin, other = net.node(0), net.order[1]
+    assert origin.trust.snapshot(net.now_ms)[other]["uptime"] == 1.0
+    net.crash(other)
+    net.run_for(30_000)
+    assert origin.trust.snapshot(net.now_ms)[other]["uptime"] < 0.9
+
+
 def test_trust_table_is_bounded() -> None:
     t, _ = trust(dataclasses.replace(P, max_trust_entries=50))
     for i in range(200):

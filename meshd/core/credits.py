@@ -103,6 +103,10 @@ class CreditsMixin:
         self.counters["peer_score_updates"] += 1
 
     def _timer_standing(self: Node, _key: Any) -> None:
+        alive = {e.peer_id for e in self.peers.alive(self.now_ms)}
+        for peer in alive.union(self.trust.uptime_sampled()):
+            if peer != self.peer_id:
+                self.trust.sample_uptime(peer, peer in alive, self.now_ms)
         self.trust.refresh(self.now_ms)
         self._at(self.now_ms + self.params.peer_score_interval_ms, T_STANDING, None)
 

@@ -121,6 +121,12 @@ class CoreParams:
     defaults a worker needs at least five credible origins to vouch for it."""
     max_streak_issuers: int = 64
     """Issuers remembered per worker for the per-issuer streak cap."""
+    uptime_mass: float = 0.5
+    """Evidence weight of a peer's availability (sampled from its adverts every
+    ``peer_score_interval_ms``): half a verified result, so it separates
+    otherwise equal peers but can neither ban nor make an issuer credible."""
+    uptime_window_samples: int = 60
+    """Samples the availability average spans (an hour at the default interval)."""
     max_trust_entries: int = 10_000
     """Peers with reputation evidence kept; the ones with least evidence go first."""
     max_attestations_seen: int = 65_536

@@ -29,6 +29,17 @@ nothing (``0.25 × 0.2 / 4.05 ≈ 0.012`` → ``c ≈ 0.06``). A Sybil ring ther
 gains little credibility from one member that did honest work: each member
 must itself be vouched for by the mesh.
 
+*Uptime* (from adverts): every ``peer_score_interval_ms`` the node samples
+each peer it holds evidence for or sees advertising — up (advert alive) or
+down — into an availability ``a`` (an exponential moving average over
+``uptime_window_samples`` samples). It enters the reputation as one more
+piece of evidence of fixed mass ``uptime_mass`` and score
+``uptime_mass × (2a − 1)``: a peer that is always up gains at most
+``uptime_mass/(uptime_mass + prior)`` (0.11), a peer that is mostly down
+loses as much — a tiebreaker between otherwise equal peers, never enough to
+ban, and not counted in an issuer's credibility (being online vouches for
+nobody).
+
 *Bans.* A peer is banned while ``rep < ban_reputation``, or for ever once it
 was caught equivocating (:meth:`ban_forever`, proof kept by credits.py). A
 banned peer gets no awards and its messages are dropped (``node._open``).
@@ -96,6 +107,8 @@ class Evidence:
     """Per-issuer share of ``remote_streak`` (bounded by ``max_streak_issuers``)."""
     invalid: int = 0
     valid: int = 0
+    uptime: float | None = None
+    """Availability in [0, 1] sampled from adverts (None until first sampled)."""
     reported: tuple[float, bool] | None = None
     """(reputation, banned) last handed to the listener."""
 
@@ -153,9 +166,19 @@ class Trust:
             ev.invalid += 1
         self._report(peer, ev, now_ms)
 
+    def sample_uptime(self, peer: str, up: bool, now_ms: int) -> None:
+        """One availability sample (the node takes one per peer per standing tick)."""
+        ev = self._entry(peer, now_ms)
+        x = 1.0 if up else 0.0
+        ev.uptime = x if ev.uptime is None else ev.uptime + (x - ev.uptime) / self.params.uptime_window_samples
+
+    def uptime_sampled(self) -> list[str]:
+        """Peers with an availability record (sampled down when they stop advertising)."""
+        return [p for p, ev in self._ev.items() if ev.uptime is not None]
+
     def credibility(self, issuer: str, now_ms: int) -> float:
         """Weight in [0, 1] of ``issuer``'s attestations (0: they do not count)."""
-        rep = self.reputation(issuer, now_ms)
+        rep = self._evidence_reputation(issuer, now_ms, uptime=False)
         if rep <= 0.0 or self.banned(issuer, now_ms):
             return 0.0
         return min(1.0, rep / self.params.attestation_full_reputation)
@@ -194,6 +217,9 @@ class Trust:
 
     def reputation(self, peer: str, now_ms: int) -> float:
         """In [-1, 1]; 0 for a stranger, -1 for a proven equivocator."""
+        return self._evidence_reputation(peer, now_ms, uptime=True)
+
+    def _evidence_reputation(self, peer: str, now_ms: int, *, uptime: bool) -> float:
         if peer in self._banned_forever:
             return -1.0
         ev = self._ev.get(peer)
@@ -202,6 +228,10 @@ class Trust:
         f = self._factor(ev, now_ms)
         score = (ev.score + ev.remote_score) * f
         mass = (ev.mass + ev.remote_mass) * f
+        if uptime and ev.uptime is not None:
+            um = self.params.uptime_mass
+            score += um * (2.0 * ev.uptime - 1.0)
+            mass += um
         return _clamp(score / (mass + self.params.reputation_prior_mass))
 
     def rank_reputation(self, peer: str, now_ms: int) -> float:
@@ -279,6 +309,7 @@ class Trust:
     def snapshot(self, now_ms: int) -> dict[str, dict[str, float | int | bool]]:
         return {p: {"reputation": self.reputation(p, now_ms), "valid_streak": ev.valid_streak,
                     "remote_streak": round(ev.remote_streak, 3),
+                    "uptime": None if ev.uptime is None else round(ev.uptime, 3),
                     "valid": ev.valid, "invalid": ev.invalid, "trusted": self.trusted(p),
                     "banned": self.banned(p, now_ms)} for p, ev in self._ev.items()}
 
