@@ -172,3 +172,27 @@ def test_every_logged_job_state_change_is_in_the_table(name: str) -> None:
     # The job's states chain: each change starts where the previous one ended.
     for (_, b), (a, _) in zip(changes, changes[1:], strict=False):
         assert a == b
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_a_result_whose_output_cannot_be_fetched_sends_the_job_back_to_work(replicas: int) -> None:
+    """Regression: verifying -> offered/running was missing from the table, so a
+    worker that reported success and then did not serve its output crashed the
+    origin's core (found by the cluster trust tests)."""
+    from meshd.core.jobspec import JobSpec
+    from meshd.testing.corenet import CoreNet, FakeWorker
+
+    net = CoreNet(4, seed=1, workers=[FakeWorker() for _ in range(4)])
+    net.run_for(3_000)
+    net.refuse_outputs = 1
+    job_id = net.submit(0, JobSpec(image="meshd/busybox:1", command=["echo", "1"], timeout_s=60,
+                                   replicas=replicas))
+    net.run_until(lambda: net.job(0, job_id).state in ("succeeded", "failed"), 60_000)
+    job = net.job(0, job_id)
+    assert job.state == "succeeded"
+    assert net.refuse_outputs == 0
+    assert any(r.state == "failed" for r in job.runs.values())  # the run whose output was refused
+    states = [s for _, s, _ in job.history]
+    if replicas == 1:  # its only result was lost: the job went back to work before it succeeded
+        i = states.index("verifying")
+        assert states[i + 1] in ("offered", "queued", "awarded", "running"), states

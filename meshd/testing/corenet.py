@@ -94,6 +94,9 @@ class CoreNet:
         self.latency_ms = latency_ms
         self.now_ms = 1_000_000
         self.drop_rate = 0.0
+        self.refuse_outputs = 0
+        """Fault: this many output transfers (FetchBlob) fail as if the worker
+        would not serve them, then transfers work again."""
         self._cut: set[frozenset[str]] = set()
         self._queue: list[tuple[int, int, str, Any]] = []
         self._seq = 0
@@ -206,9 +209,12 @@ class CoreNet:
                 slot.running.pop((eff.job_id, eff.attempt, eff.replica), None)
             elif isinstance(eff, FetchBlob):
                 ok = self.reachable(peer, eff.from_peer)
+                reason = "" if ok else "worker unreachable"
+                if ok and self.refuse_outputs > 0:
+                    self.refuse_outputs -= 1
+                    ok, reason = False, "worker refused the output"
                 self._schedule(self.now_ms + self._latency(), peer,
-                               BlobFetched(eff.job_id, eff.attempt, eff.replica, eff.digest, ok,
-                                           "" if ok else "worker unreachable"))
+                               BlobFetched(eff.job_id, eff.attempt, eff.replica, eff.digest, ok, reason))
             elif isinstance(eff, RunChecker):
                 self._schedule(self.now_ms + self.checker_delay_ms, peer,
                                CheckerFinished(eff.job_id, eff.a, eff.b, self.checker(eff)))
