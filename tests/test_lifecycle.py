@@ -194,5 +194,5 @@ def test_a_result_whose_output_cannot_be_fetched_sends_the_job_back_to_work(repl
     assert any(r.state == "failed" for r in job.runs.values())  # the run whose output was refused
     states = [s for _, s, _ in job.history]
     if replicas == 1:  # its only result was lost: the job went back to work before it succeeded
-        i = states.index("verifying")
-        assert states[i + 1] in ("offered", "queued", "awarded", "running"), states
+        after = states[states.index("verifying"):states.index("succeeded")]
+        assert set(after) & {"offered", "queued", "awarded", "running"}, states
