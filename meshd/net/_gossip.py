@@ -86,6 +86,29 @@ class MeshPubsub(Pubsub):
     def notify_subscriptions(self, publish_message: rpc_pb2.Message) -> None:
         self._deliver(publish_message)
 
+    async def _teardown_if_connected(self, peer_id: ID) -> None:
+        # py-libp2p 0.8.1's add_to_blacklist schedules this teardown, which
+        # resets the peer's stream and then does ``del self.peers[peer_id]``.
+        # When the peer disconnects meanwhile (MeshHost.block_peer hangs up on
+        # it at the same moment) the disconnect has already removed the entry,
+        # the del raises KeyError, pubsub's task manager fails and takes the
+        # host down - the daemon died as soon as it banned a lying worker.
+        # Tolerate the race and also clear the router and queue state the
+        # library's own teardown leaves behind.
+        stream = self.peers.get(peer_id)
+        if stream is not None:
+            try:
+                await stream.reset()
+            except Exception:
+                pass
+        if self.peers.pop(peer_id, None) is not None:
+            queue = self.peer_queues.pop(peer_id, None)
+            if queue is not None:
+                queue.close()
+            if self.router is not None:
+                self.router.remove_peer(peer_id)
+        self._forget_all_subscriptions(peer_id)
+
     async def stream_handler(self, stream: INetStream) -> None:
         # py-libp2p 0.8.1 catches only its own parse errors here; protobuf's
         # DecodeError (any undecodable RPC) escapes and takes the whole swarm

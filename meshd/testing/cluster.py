@@ -9,7 +9,9 @@ Faults, as one-liners (after etcd-raft's test network): :meth:`Cluster.kill`
 (cancel a node's task: its listener closes, its log is closed as on a crash
 of the process, nothing is flushed that was not already durable),
 :meth:`Cluster.restart` (same data dir and key), :meth:`Cluster.partition`
-(daemons drop all traffic with the other group) and :meth:`Cluster.heal`.
+(daemons drop all traffic with the other group) and :meth:`Cluster.heal`;
+misbehaving executors (liars, noise) through ``wrap_executor`` (see
+:mod:`meshd.testing.faults`).
 
 Usage (pytest-trio)::
 
@@ -31,7 +33,7 @@ from typing import Any
 import trio
 
 from meshd.config import init_node, load_node
-from meshd.core.events import JobSubmitted
+from meshd.core.events import JobSubmitted, Tick
 from meshd.core.jobspec import parse_job_spec
 from meshd.core.params import CoreParams
 from meshd.exec.base import ExecParams, Executor
@@ -206,10 +208,24 @@ class Cluster:
         return node.jobs.get(job_id)
 
     async def wait_job(self, i: int, job_id: str, *states: str, timeout_s: float = 60.0) -> Any:
+        """Until node i's job is in one of ``states`` (default: terminal) and the
+        records of the step that put it there are in node i's log."""
         states = states or ("succeeded", "failed", "cancelled")
         await self.wait_for(lambda: (j := self.job(i, job_id)) is not None and j.state in states,
                             timeout_s, f"job {job_id} to reach {states}")
+        await self.wait_durable(i)
         return self.job(i, job_id)
+
+    async def wait_durable(self, i: int, timeout_s: float = 10.0) -> None:
+        """Until every record node i's core has produced so far is in its log.
+
+        The core's in-memory state runs one group commit ahead of the log; the
+        daemon's loop handles inputs in order, so once an input queued now has
+        been processed (``Daemon.submit``), every earlier batch is durable."""
+        with trio.move_on_after(timeout_s):
+            await self.daemon(i).submit(Tick())
+            return
+        raise TimeoutError(f"node {i} did not process an input within {timeout_s}s")
 
 
 def cluster_fixture(n: int, **kw: Any) -> Any:
