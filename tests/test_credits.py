@@ -194,3 +194,74 @@ def test_issued_sequence_numbers_increase_and_survive_a_restart() -> None:
     seqs = [b["seq"] for k, b in net.slots[net.order[0]].log if k in ("receipt", "attestation")]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs) and len(seqs) > len(before)
     assert all(not net.node(p).equivocations for p in net.order)
+
+
+# ---------------------------------------------------------------- restart (Node.restore)
+
+def _ledger_of(node: Node, worker: str | None = None) -> dict[tuple[str, int], float]:
+    return {k: e.credits for k, e in node.ledger.items() if worker is None or e.worker == worker}
+
+
+def test_worker_restart_restores_what_it_countersigned_from_its_log() -> None:
+    net = mesh_with_observer(seed=11)
+    run_jobs(net, [spec(i) for i in range(8)])
+    w = max(net.order[1:4], key=lambda p: len(_ledger_of(net.node(p), p)))
+    own_before = _ledger_of(net.node(w), w)
+    assert own_before
+    earned_before = net.node(w).balances()[w]["earned"]
+    third_party = set(net.node(w).ledger) - set(own_before)
+    net.crash(w)
+    net.restart(w)
+    node = net.node(w)  # restored from the log alone: nothing has been delivered yet
+    assert _ledger_of(node, w) == own_before
+    assert node.balances()[w]["earned"] == earned_before
+    assert node.counters["receipts_restored"] == len(own_before)
+    # Receipts it only saw gossiped are not in its log (specs/CREDITS.md §7.3).
+    assert third_party and not third_party & set(node.ledger)
+
+
+def test_origin_restart_asks_again_and_gets_its_ledger_back() -> None:
+    net = mesh_with_observer(seed=12)
+    run_jobs(net, [spec(i) for i in range(8)])
+    o = net.order[0]
+    before = _ledger_of(net.node(o))
+    spent_before = net.node(o).balances()[o]["spent"]
+    issued = [b["seq"] for k, b in net.slots[o].log if k == "receipt"]
+    assert len(before) == len(issued) > 0
+    net.crash(o)
+    net.run_for(net.params.max_message_age_ms + 10_000)  # every logged envelope is stale now
+    net.restart(o)
+    node = net.node(o)
+    assert not node.ledger and len(node._receipts_pending) == len(issued)
+    net.run_for(net.params.receipt_resend_ms + 5_000)
+    assert _ledger_of(node) == before
+    assert node.balances()[o]["spent"] == spent_before
+    assert not node._receipts_pending
+    assert sum(net.node(p).counters["receipts_recosigned"] for p in net.order) == len(issued)
+    assert all(not net.node(p).equivocations for p in net.order)
+    assert len(net.node(4).ledger) == len(issued)  # the fresh cosigns are no new receipts
+
+
+def test_restored_sequence_never_repeats_even_if_the_clock_is_behind() -> None:
+    ahead = (NOW + 3_600_000) * 1000  # issued while the clock was an hour ahead
+    att = Attestation(subject=WORKER.peer_id, job_id=JOB, outcome="valid", seq=ahead)
+    log = [("attestation", {"subject": WORKER.peer_id, "job_id": JOB, "outcome": "valid", "seq": ahead,
+                            "envelope": sealed(ORIGIN, att)})]
+    node = Node(CoreParams(), ORIGIN, random.Random(3), NOW)
+    node.restore(log)
+    assert node._next_seq() > ahead
+    # and the restored index still knows what it signed under that seq
+    assert node._records[(ORIGIN.peer_id, ahead)][1] == log[0][1]["envelope"]
+
+
+def test_equivocation_ban_and_proof_survive_a_restart() -> None:
+    node = observer()
+    fx = [*gossip(node, cosigned(receipt(42, credits=1.0))), *gossip(node, cosigned(receipt(42, credits=9.0)))]
+    log = [(e.kind, e.body) for e in fx if isinstance(e, Append)]
+    assert [k for k, _ in log] == ["equivocation"]
+    fresh = observer()
+    effects = fresh.restore(log)
+    assert fresh.trust.banned(ORIGIN.peer_id, NOW + 10 * fresh.params.reputation_half_life_ms)
+    assert list(fresh.equivocations) == [log[0][1]]
+    assert SetPeerScore(ORIGIN.peer_id, -1.0, True) in effects
+    assert not any(isinstance(e, Append) for e in effects)  # the proof is not logged twice

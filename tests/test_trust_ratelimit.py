@@ -4,6 +4,8 @@ Rules checked (ratelimit.py header, specs/CREDITS.md "Abuse protection"):
 - a peer over its limit has messages dropped and counted
   (``rejected_rate_limited``), never stalls the node;
 - buckets refill with the node's clock; memory is bounded (LRU of peers);
+- every message is first charged to the peer that carried it, before it is
+  decoded (``rejected_rate_limited_transport``);
 - forged, malformed and oversized messages are rejected and counted while
   jobs keep completing.
 """
@@ -104,3 +106,32 @@ def test_flood_is_rejected_and_counted_while_jobs_keep_completing() -> None:
     max_bids = P.rate_bid_burst + elapsed_s * P.rate_bid_per_s
     assert c["accepted_offer"] <= max_offers
     assert c["rejected_rate_limited"] >= (2000 - max_offers) + (1000 - max_bids)
+
+
+def test_transport_bucket_caps_decoding_per_carrying_peer() -> None:
+    import random
+
+    from meshd.core.node import Node
+
+    params = dataclasses.replace(P, rate_transport_burst=100, rate_transport_per_s=10.0)
+    node = Node(params, Identity.from_seed_int(5), random.Random(1), 1_000_000)
+    junk_peer, other = Identity.from_seed_int(6).peer_id, Identity.from_seed_int(7).peer_id
+    for i in range(300):
+        inp = (GossipReceived(TOPIC_ADVERTS, junk_peer, b"\xc1junk") if i % 2
+               else DirectReceived(junk_peer, b"\xc1junk"))
+        node.step(inp, 1_000_000)
+    c = node.counters
+    assert c["rejected_malformed"] == 100  # only the burst was decoded at all
+    assert c["rejected_rate_limited_transport"] == 200
+    node.step(GossipReceived(TOPIC_ADVERTS, other, b"\xc1junk"), 1_000_000)  # others are not affected
+    assert c["rejected_malformed"] == 101
+    for _ in range(20):
+        node.step(DirectReceived(junk_peer, b"\xc1junk"), 1_001_000)  # refilled: 10 more a second later
+    assert c["rejected_malformed"] == 111 and c["rejected_rate_limited_transport"] == 210
+
+
+def test_transport_defaults_never_bind_before_the_author_buckets() -> None:
+    # An honest peer carries its own messages: whatever its author buckets let
+    # through must fit its transport bucket, in a burst and sustained.
+    assert P.rate_transport_burst >= P.rate_gossip_burst + P.rate_bid_burst + P.rate_direct_burst
+    assert P.rate_transport_per_s >= P.rate_gossip_per_s + P.rate_bid_per_s + P.rate_direct_per_s

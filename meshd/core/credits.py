@@ -14,13 +14,23 @@ earn nothing.
    sends them to the worker; it re-sends the same bytes every
    ``receipt_resend_ms`` until it sees the countersignature (at most
    ``receipt_resend_max`` times).
+   After a restart it re-seals (same body and seq, fresh timestamp) and asks
+   again for the newest ``max_receipts_pending`` receipts in its log: whether
+   their countersignatures came back is not logged.
 2. The worker checks the receipt names a run in its own ``work`` table that
    it finished for that origin, logs it (``receipt_cosigned``), countersigns
    (a :class:`ReceiptCosign` wrapping the origin's exact bytes, signed by the
-   worker) and publishes the pair on ``TOPIC_RECEIPTS``.
+   worker) and publishes the pair on ``TOPIC_RECEIPTS``. A receipt it already
+   countersigned gets a fresh countersignature (the old one may be stale).
 3. Every node verifies both signatures and keeps the pair in a bounded
    ledger keyed by ``(origin, seq)``, so a receipt is counted once however
    often it is gossiped. ``balance(peer) = earned − spent`` over the ledger.
+
+*Restart* (``restore_credits_record`` / ``resume_credits``): the node's own
+log rebuilds the sequence floor, the record index of what it issued and
+countersigned, its countersigned ledger entries and its equivocation bans.
+Ledger entries it learned only from gossip (third parties' receipts) are not
+logged; they come back only when gossiped again.
 
 *Attestations.* For every replicated verdict the origin publishes one signed
 :class:`Attestation` per judged worker (``valid``/``invalid``); receivers fold
@@ -94,6 +104,7 @@ class CreditsMixin:
         self._records: OrderedDict[tuple[str, int], tuple[bytes, Any]] = OrderedDict()
         self._receipts_pending: OrderedDict[int, PendingReceipt] = OrderedDict()
         self._attestations_seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        self._restoring: deque[tuple[str, dict[str, Any]]] | None = None
         self._at(self.now_ms + self.params.peer_score_interval_ms, T_STANDING, None)
 
     # ------------------------------------------------------------ standing
@@ -187,9 +198,11 @@ class CreditsMixin:
         if r.origin != msg.sender or r.worker != self.peer_id or r.seq < 1:
             self._reject("receipt_mismatch")
             return
-        known = self.ledger.get((r.origin, r.seq))
-        if known is not None:  # a re-send: our cosign was lost on the way
-            self._emit(Publish(TOPIC_RECEIPTS, known.cosign))
+        if (r.origin, r.seq) in self.ledger:  # a re-send: our cosign was lost, or the origin restarted
+            if self._index_record(r.origin, r, msg.raw):
+                # A fresh envelope: the stored one may be older than max_message_age_ms.
+                self._emit(Publish(TOPIC_RECEIPTS, self._seal(ReceiptCosign(receipt=msg.raw))))
+                self.counters["receipts_recosigned"] += 1
             return
         work = self.work.get((r.job_id, r.attempt, r.replica))
         if work is None or work.origin != msg.sender or work.result is None \
@@ -251,12 +264,12 @@ class CreditsMixin:
         else:
             self.counters["attestations_ignored"] += 1
 
-    def _ledger_add(self: Node, r: Receipt, ts_ms: int, cosign: Any) -> None:
+    def _ledger_add(self: Node, r: Receipt, ts_ms: int, cosign: Any, counter: str = "receipts_ledgered") -> None:
         self.ledger[(r.origin, r.seq)] = LedgerEntry(r.job_id, r.origin, r.worker, r.credits, ts_ms, r.seq,
                                                      cosign)
         while len(self.ledger) > self.params.max_ledger_receipts:
             self.ledger.popitem(last=False)
-        self.counters["receipts_ledgered"] += 1
+        self.counters[counter] += 1
 
     # ------------------------------------------------------------ equivocation
 
@@ -283,6 +296,59 @@ class CreditsMixin:
         self.counters["equivocations"] += 1
         self._append("equivocation", proof)
         self.trust.ban_forever(issuer, f"equivocation: two signed records with seq {seq}", self.now_ms)
+
+    # ------------------------------------------------------------ restore
+
+    def restore_credits_record(self: Node, kind: str, body: dict[str, Any]) -> None:
+        """Take one of this node's own log records (oldest first) into account after a restart.
+
+        Cheap per record: envelopes are only kept (the newest ``max_records_indexed``)
+        and opened once, in :meth:`resume_credits`."""
+        if kind in ("receipt", "attestation"):
+            self._record_seq = max(self._record_seq, int(body.get("seq", 0)))
+        if kind in ("receipt", "attestation", "receipt_cosigned"):
+            if self._restoring is None:
+                self._restoring = deque(maxlen=self.params.max_records_indexed)
+            self._restoring.append((kind, body))
+        elif kind == "equivocation":
+            self.equivocations.append(body)
+            self.trust.ban_forever(body["issuer"], f"equivocation: two signed records with seq {body['seq']}",
+                                   self.now_ms)
+
+    def resume_credits(self: Node) -> None:
+        """After the records: rebuild the record index and the ledger entries this node
+        countersigned, and ask again for the countersignatures of the newest
+        ``max_receipts_pending`` receipts it issued (which ones came back before the
+        restart is not logged). Ledger entries learned only from gossip are not in
+        the log; they come back only as they are gossiped again."""
+        restoring, self._restoring = self._restoring, None
+        issued: deque[Receipt] = deque(maxlen=self.params.max_receipts_pending)
+        for kind, body in restoring or ():
+            opened = self.codec.open(body.get("receipt" if kind == "receipt_cosigned" else "envelope"),
+                                     self.params.max_message_bytes)
+            if isinstance(opened, Rejected):
+                self.counters["restore_unreadable"] += 1
+                continue
+            issuer = opened.body.origin if kind == "receipt_cosigned" else self.peer_id
+            if not self._index_record(issuer, opened.body, opened.raw):
+                continue
+            if kind == "receipt_cosigned":
+                self._ledger_add(opened.body, opened.ts_ms, body["cosign"], counter="receipts_restored")
+            elif kind == "receipt":
+                issued.append(opened.body)
+        self._rearm_receipts(issued)
+
+    def _rearm_receipts(self: Node, issued: deque[Receipt]) -> None:
+        # Re-sealed (the logged envelope may be stale by now; the body and seq are
+        # the same, so this is no equivocation) and spread out per worker at half
+        # its gossip rate, so its republished countersignatures are not dropped.
+        spacing_ms = int(2_000 / max(self.params.rate_gossip_per_s, 0.001))
+        per_worker: dict[str, int] = {}
+        for r in issued:
+            n = per_worker[r.worker] = per_worker.get(r.worker, 0) + 1
+            self._receipts_pending[r.seq] = PendingReceipt(r.worker, r.job_id, self._seal(r))
+            self._at(self.now_ms + self.params.receipt_resend_ms + (n - 1) * spacing_ms, T_RECEIPT, r.seq)
+        self.counters["receipts_rearmed"] += len(issued)
 
     # ------------------------------------------------------------ views
 

@@ -35,7 +35,9 @@ class Tick:
 class GossipReceived:
     topic: str
     from_peer: str
-    """The libp2p peer that forwarded it (not necessarily the author)."""
+    """The transport peer: the libp2p publisher (``from``, signed by libp2p;
+    for honest nodes also the envelope's signer), not the neighbour that
+    relayed it. Fakes may pass the relaying neighbour instead."""
     data: bytes
 
 

@@ -52,7 +52,7 @@ from .origin import OriginMixin
 from .params import CoreParams
 from .peers import PeerTable
 from .placement import Capacity
-from .ratelimit import classes_of
+from .ratelimit import TRANSPORT, classes_of
 from .trust import Trust
 from .wire import Advert, Body, GpuInfo, Opened, Rejected, open_envelope, seal
 from .worker import WorkerMixin
@@ -90,7 +90,7 @@ class Node(OriginMixin, WorkerMixin, CreditsMixin):
         self.identity = identity
         self.peer_id = identity.peer_id
         self.rng = rng
-        self.codec: Codec = codec or WireCodec()
+        self.codec: Codec = codec if codec is not None else WireCodec()
         self.version = version
         self.started_ms = now_ms
         self.now_ms = now_ms
@@ -216,7 +216,21 @@ class Node(OriginMixin, WorkerMixin, CreditsMixin):
             self._replay.popitem(last=False)
         return opened
 
+    def _transport_allows(self, from_peer: str) -> bool:
+        """Charge one inbound message to the peer that carried it, before decoding."""
+        if from_peer == self.peer_id or self.ratelimit.allow(from_peer, TRANSPORT, self.now_ms):
+            return True
+        self._reject("rate_limited_transport")
+        return False
+
+    def seen_message(self, sender: str, nonce: bytes) -> bool:
+        """True if ``(sender, nonce)`` is in the replay cache (the shell's gossip
+        validator asks, so a replay is not forwarded either)."""
+        return (sender, nonce) in self._replay
+
     def _on_GossipReceived(self, inp: GossipReceived) -> None:
+        if not self._transport_allows(inp.from_peer):
+            return
         allowed = GOSSIP_TYPES.get(inp.topic)
         if allowed is None:
             self._reject("unknown_topic")
@@ -233,6 +247,8 @@ class Node(OriginMixin, WorkerMixin, CreditsMixin):
             self.on_receipt_gossip(msg)
 
     def _on_DirectReceived(self, inp: DirectReceived) -> None:
+        if not self._transport_allows(inp.from_peer):
+            return
         msg = self._open(inp.data, DIRECT_TYPES)
         if msg is None:
             return
@@ -301,8 +317,10 @@ class Node(OriginMixin, WorkerMixin, CreditsMixin):
         for kind, body in records:
             self.restore_origin_record(kind, body)
             self.restore_worker_record(kind, body)
+            self.restore_credits_record(kind, body)
         self.resume_origin()
         self.resume_worker()
+        self.resume_credits()
         out = [*self._appends, *self._out]
         self._appends, self._out = [], []
         return out

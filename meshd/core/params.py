@@ -167,6 +167,19 @@ class CoreParams:
     """Gossip messages an author may send in a burst."""
     rate_limit_peers: int = 4_096
     """Peers with token buckets kept (least recently seen evicted)."""
+    rate_transport_per_s: float = 300.0
+    """Sustained gossip and direct messages accepted per *transport* peer (a
+    stream's remote peer; gossip's libp2p publisher), charged before anything
+    is decoded, so one peer's garbage costs at most this many decodes and
+    signature checks a second. At least the per-author rates together
+    (20 + 50 + 50 = 120/s), so an honest peer meets its author limits first,
+    and the GossipSub forwarding budget of a neighbour on our three topics
+    (3 × 100/s), so a busy relay is not cut off where the transport peer is
+    the forwarder."""
+    rate_transport_burst: int = 3_000
+    """Messages a transport peer may send in a burst before its rate applies:
+    ten seconds of that rate, above the author bursts together (1,200) and a
+    pubsub replay of recent messages to a (re)joining peer."""
 
     score_mismatch_ratio: float = 4.0
     """A run whose claimed compute score exceeds the score it achieved on a job

@@ -12,6 +12,12 @@ finds a bucket empty is dropped and counted by the caller; nothing blocks or
 queues, so a flood costs the node one dictionary look-up per message past the
 signature check and can never stall it.
 
+Before any of that, every inbound message is charged once to the *transport*
+peer it came from (class ``transport``, :data:`TRANSPORT`): the remote peer of
+a direct stream, the libp2p publisher of a gossip message. That bucket is
+taken before decoding, so it bounds the decoding and signature checks one
+peer can make the node do with garbage it never signed.
+
 Memory is bounded: buckets live in an LRU of ``rate_limit_peers`` peers; an
 evicted peer comes back with full buckets, which only forgives it.
 """
@@ -24,6 +30,8 @@ from dataclasses import dataclass
 from .params import CoreParams
 
 BID_TYPES = frozenset({"bid", "decline"})
+TRANSPORT = ("transport",)
+"""The bucket class every inbound message is charged to, by transport peer, before decoding."""
 
 
 def classes_of(msg_type: str, gossip: bool) -> tuple[str, ...]:
@@ -48,6 +56,7 @@ class RateLimiter:
             "bid": (params.rate_bid_per_s, float(params.rate_bid_burst)),
             "direct": (params.rate_direct_per_s, float(params.rate_direct_burst)),
             "gossip": (params.rate_gossip_per_s, float(params.rate_gossip_burst)),
+            "transport": (params.rate_transport_per_s, float(params.rate_transport_burst)),
         }
         self.max_peers = max(1, params.rate_limit_peers)
         self._peers: OrderedDict[str, dict[str, _Bucket]] = OrderedDict()

@@ -196,6 +196,9 @@ def status_view(d: Daemon) -> dict[str, Any]:
     caps = node.caps
     counters = dict(node.counters)
     counters["inbox_dropped"] = d.dropped_inputs
+    if d.gossip_check is not None:
+        for reason, n in d.gossip_check.rejected.items():
+            counters["gossip_rejected_" + reason] = n
     for k, v in dataclasses.asdict(d.host.statistics()).items():
         if isinstance(v, int):
             counters["net_" + k] = v

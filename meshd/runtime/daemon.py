@@ -18,6 +18,9 @@ The loop never blocks on the network or the executor. A peer's bad input is
 turned into a rejection by the core; an adapter's failure becomes an input
 (``SendFailed``, ``BlobFetched(ok=False)``, ...), never a crash of the loop.
 
+Gossip passes :mod:`.gossipcheck`'s validators (signature, type, freshness,
+replay, ban) before libp2p forwards it; the core checks again.
+
 Start order: event log (fails fast if another daemon holds the data dir) →
 restore the core from the log → network → executor (reap orphans, health
 check) → capabilities → API (``api.addr`` written last, so ``mesh`` sees the
@@ -80,6 +83,7 @@ from meshd.net.params import NetParams
 from meshd.store.blobs import BlobStore, pack_dir
 from meshd.store.eventlog import EventLog
 
+from .gossipcheck import CachingCodec, GossipValidator
 from .jobio import bare, compare_outputs, fetch_inputs, prefixed, run_checker_container
 
 log = logging.getLogger("meshd.daemon")
@@ -110,6 +114,10 @@ class RuntimeParams:
     """How often the compute score is re-measured."""
     price_unit_s: float = 3_600.0
     """config.price is credits per GFLOPS-hour; the core's price is per GFLOP."""
+    verified_cache_entries: int = 512
+    """Envelopes the gossip validator opened, kept until the core opens them
+    (so a signature is verified once); a miss only costs a second check. At
+    most this many × ``max_message_bytes`` of memory, typically a few hundred KB."""
 
 
 @dataclass
@@ -143,6 +151,8 @@ class Daemon:
         self.measure_score = measure_score
         self.started_ms = now_ms()
         self.node: Node | None = None
+        self.codec = CachingCodec(self.rp.verified_cache_entries)
+        self.gossip_check: GossipValidator | None = None
         self.log: EventLog | None = None
         self.blobs = BlobStore(self.dirs.blobs)
         self.host = MeshHost(identity, self.net_params, list(config.listen), list(config.bootstrap))
@@ -182,7 +192,7 @@ class Daemon:
         assert self.log is not None
         t = now_ms()
         self.node = Node(self.core_params, self.identity, random.Random(secrets.randbits(64)), t,
-                         version=__version__)
+                         codec=self.codec, version=__version__)
         records = [(r.kind, r.body) for r in self.log.iter() if r.kind != "genesis"]
         restore_effects = self.node.restore(records)
         log.info("event log: %d records, head seq %d", len(records) + 1, self.log.head[0])
@@ -195,9 +205,10 @@ class Daemon:
         install_routes(api, self)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            self.host.subscribe(TOPIC_ADVERTS, self._on_gossip(TOPIC_ADVERTS))
-            self.host.subscribe(TOPIC_OFFERS, self._on_gossip(TOPIC_OFFERS))
-            self.host.subscribe(TOPIC_RECEIPTS, self._on_gossip(TOPIC_RECEIPTS))
+            self.gossip_check = GossipValidator(self.node, self.codec, now_ms)
+            for topic in (TOPIC_ADVERTS, TOPIC_OFFERS, TOPIC_RECEIPTS):
+                self.host.set_topic_validator(topic, self.gossip_check.for_topic(topic))
+                self.host.subscribe(topic, self._on_gossip(topic))
             self.host.handle(DIRECT_PROTOCOL, self._on_direct)
             self.host.handle(BLOB_PROTOCOL, self._on_blob_request)
             self.host.set_app_score(lambda peer: self._reputation.get(peer, 0.0))

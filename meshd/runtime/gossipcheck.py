@@ -1,0 +1,151 @@
+"""Gossip topic validators: the core's cheap checks, run before libp2p forwards a message.
+
+Theory of operation
+-------------------
+libp2p runs a topic's validator on every inbound message before it delivers
+*or forwards* it (specs/NETWORK.md, "Gossip topics", rule 2). Without one, a
+forged or malformed message travels the whole mesh before each core rejects
+it. :class:`GossipValidator` repeats, for one topic, the message-acceptance
+checks of specs/PROTOCOL.md §4 that need no protocol state, plus two that need
+only a look-up; the first failure drops the message (counted by reason in
+``rejected``, and by the host as ``dropped_invalid``):
+
+1. ``oversize``: larger than ``max_message_bytes``;
+2. the codec's decode and signature check (``malformed``, ``bad_version``,
+   ``unknown_type``, ``bad_signature``, ``bad_body``);
+3. ``wrong_channel``: the type does not belong on this topic;
+4. ``author_mismatch``: the envelope's signer is not the libp2p publisher
+   (``from``, itself signed under GossipSub strict signing). Honest nodes
+   publish only what they signed, so this drops another peer's messages
+   re-published under a new libp2p message id;
+5. ``future`` / ``stale``: outside ``max_clock_skew_ms`` / ``max_message_age_ms``;
+6. ``replay``: the core already accepted ``(sender, nonce)``;
+7. ``banned``: the core bans the signer.
+
+Rate limits stay in the core (they charge a bucket per accepted message). The
+core still runs every check itself: the validator is a filter in front of the
+mesh, not a replacement (defence in depth; the core is also driven without it
+by the simulator and CoreNet).
+
+Signatures are verified once per message: the validator opens the envelope
+through :class:`CachingCodec`, which keeps the result in a small LRU keyed by
+the sha256 of the bytes; the core's ``open`` of the same bytes moments later
+takes it from there. A miss (the entry was evicted under load) just verifies
+again. Own publishes pass unchecked (the core built and signed them).
+
+Rules: a validator is synchronous, cheap and never raises; every bound is a
+parameter (``CoreParams`` for the checks, ``RuntimeParams`` for the cache).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from meshd.core.identity import Identity
+from meshd.core.node import GOSSIP_TYPES, Node
+from meshd.core.wire import Body, Opened, Rejected, open_envelope, seal
+
+log = logging.getLogger("meshd.gossipcheck")
+
+
+class CachingCodec:
+    """The wire codec, with a bounded memory of envelopes the validator opened.
+
+    ``verify`` opens and remembers; ``open`` (the core's call) uses a
+    remembered result once and forgets it, or opens afresh. Both are pure
+    functions of ``(data, max_bytes)``, so a cached answer is always right."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max(1, max_entries)
+        self._cache: OrderedDict[bytes, tuple[int, Opened | Rejected]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def seal(self, identity: Identity, body: Body, ts_ms: int, nonce: bytes) -> bytes:
+        return seal(identity, body, ts_ms, nonce)
+
+    def verify(self, data: bytes, max_bytes: int) -> Opened | Rejected:
+        """Open ``data`` and remember the outcome for the core's ``open``."""
+        key = hashlib.sha256(data).digest()
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] == max_bytes:
+            self._cache.move_to_end(key)
+            return hit[1]
+        result = open_envelope(data, max_bytes)
+        self._cache[key] = (max_bytes, result)
+        while len(self._cache) > self.max_entries:
+            self._cache.popitem(last=False)
+        return result
+
+    def open(self, data: Any, max_bytes: int) -> Opened | Rejected:
+        if isinstance(data, (bytes, bytearray)) and len(data) <= max_bytes and self._cache:
+            hit = self._cache.pop(hashlib.sha256(data).digest(), None)
+            if hit is not None and hit[0] == max_bytes:
+                self.hits += 1
+                return hit[1]
+        self.misses += 1
+        return open_envelope(data, max_bytes)
+
+    def cached(self) -> int:
+        """Entries held now. (Deliberately not ``__len__``: an empty codec must stay truthy.)"""
+        return len(self._cache)
+
+
+class GossipValidator:
+    """The validators of one daemon's gossip topics (one per topic, shared state)."""
+
+    def __init__(self, node: Node, codec: CachingCodec, clock_ms: Callable[[], int]) -> None:
+        self.node = node
+        self.codec = codec
+        self.clock_ms = clock_ms
+        self.rejected: Counter[str] = Counter()
+        """Drops by reason (the host counts them all as ``dropped_invalid``)."""
+        self.passed = 0
+
+    def for_topic(self, topic: str) -> Callable[[str, bytes], bool]:
+        """The ``fn(author_peer_id, data) -> bool`` to register for ``topic``."""
+        allowed = frozenset(GOSSIP_TYPES[topic])
+
+        def validate(author: str, data: bytes) -> bool:
+            try:
+                reason = self.check(allowed, author, data)
+            except Exception:  # a bug here must not stop gossip; the message is dropped
+                log.exception("gossip validator failed on a message from %s", author)
+                reason = "validator_error"
+            if reason is None:
+                self.passed += 1
+                return True
+            self.rejected[reason] += 1
+            return False
+
+        return validate
+
+    def check(self, allowed: frozenset[str], author: str, data: bytes) -> str | None:
+        """The reason to drop ``data`` published by ``author``, or None to pass it."""
+        node = self.node
+        if author == node.peer_id:
+            return None
+        p = node.params
+        if len(data) > p.max_message_bytes:
+            return "oversize"
+        opened = self.codec.verify(data, p.max_message_bytes)
+        if isinstance(opened, Rejected):
+            return opened.reason
+        if opened.type not in allowed:
+            return "wrong_channel"
+        if opened.sender != author:
+            return "author_mismatch"
+        now = self.clock_ms()
+        if opened.ts_ms > now + p.max_clock_skew_ms:
+            return "future"
+        if opened.ts_ms < now - p.max_message_age_ms:
+            return "stale"
+        if node.seen_message(opened.sender, opened.nonce):
+            return "replay"
+        if node.trust.banned(opened.sender, now):
+            return "banned"
+        return None
