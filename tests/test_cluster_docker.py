@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import trio
 
+from meshd.runtime.daemon import now_ms
 from meshd.testing.cluster import Cluster
 
 pytestmark = pytest.mark.docker
@@ -50,3 +51,42 @@ async def test_gpu_job_on_gpu_less_mesh_is_declined_with_the_reason(
         job = c.job(0, job_id)
         assert job.state in ("queued", "offered") and not job.runs  # never awarded, so never failed
         assert all("GPU" in r for _, r in job.declines), list(job.declines)
+
+
+def _build_checker(api: Any, tag: str, script: str) -> None:
+    """A checker image made locally (no registry): the test busybox image plus
+    an executable ``/mesh/check``."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data, mode in (("Dockerfile", b"FROM meshd/busybox:1\nCOPY check /mesh/check\n", 0o644),
+                                 ("check", script.encode(), 0o755)):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    for chunk in api.build(fileobj=buf, custom_context=True, tag=tag, rm=True, decode=True):
+        assert "error" not in chunk, chunk
+
+
+async def test_checker_container_judges_outputs_that_differ_byte_for_byte(
+        tmp_path: Path, nursery: trio.Nursery, docker_api: Any) -> None:
+    # The checker calls two outputs equivalent when their first lines match;
+    # the job's second line is random, so the exact rule could never agree.
+    _build_checker(docker_api, "meshd/checker-test:1",
+                   '#!/bin/sh\n[ "$(head -n 1 /mesh/inputs/a/out)" = "$(head -n 1 /mesh/inputs/b/out)" ]\n')
+    script = "echo answer 42 > $MESH_OUTPUTS/out; cat /proc/sys/kernel/random/uuid >> $MESH_OUTPUTS/out"
+    async with Cluster.started(nursery, tmp_path, 3, executor="docker") as c:
+        job_id = await c.submit(0, {"image": "meshd/busybox:1", "command": ["sh", "-c", script], "replicas": 2,
+                                    "checker_image": "meshd/checker-test:1"})
+        job = await c.wait_job(0, job_id, timeout_s=120)
+        assert job.state == "succeeded", job.reason
+        assert job.verdict["verdict"] == "agreed" and len(job.verdict["valid"]) == 2
+        assert not job.verdict["invalid"]
+        digests = {r.result["output_digest"] for r in job.runs.values() if r.result}
+        assert len(digests) == 2  # the replicas really differed; the checker judged them equal
+        files = _files(c.daemon(0).blobs.get(job.canonical.split(":", 1)[1]))
+        assert files["out"].startswith(b"answer 42\n")
+        node = c.daemon(0).node
+        assert node is not None
+        snap = node.trust.snapshot(now_ms())
+        assert all(snap[w]["invalid"] == 0 for w in job.verdict["valid"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import re
 import shutil
 import tarfile
@@ -126,6 +127,17 @@ def compare_outputs(blobs: BlobStore, a: str, b: str, rel: float, abs_: float) -
     return all(fa[k] == fb[k] or numbers_close(fa[k], fb[k], rel, abs_) for k in fa)
 
 
+def _readable_by_sandbox(top: Path) -> None:
+    """Unpacked trees are private (0700 dirs); the sandbox's unprivileged user
+    must read them: directories 0755, files 0444."""
+    os.chmod(top, 0o755)
+    for dirpath, dirnames, filenames in os.walk(top):
+        for d in dirnames:
+            os.chmod(os.path.join(dirpath, d), 0o755)
+        for f in filenames:
+            os.chmod(os.path.join(dirpath, f), 0o444)
+
+
 async def run_checker_container(daemon: Daemon, image: str, a: str, b: str, job_id: str) -> bool:
     """Run the user's checker with the two outputs at /mesh/inputs/a and /mesh/inputs/b."""
     from meshd.exec.base import ExecRequest
@@ -133,10 +145,13 @@ async def run_checker_container(daemon: Daemon, image: str, a: str, b: str, job_
 
     with tempfile.TemporaryDirectory(dir=daemon.dirs.work) as tmp:
         root = Path(tmp)
+        (root / "inputs").mkdir()
         for name, digest in (("a", a), ("b", b)):
             data = await trio.to_thread.run_sync(daemon.blobs.get, bare(digest))
             await trio.to_thread.run_sync(unpack_tar, data, root / "inputs" / name)
+        await trio.to_thread.run_sync(_readable_by_sandbox, root / "inputs")
         (root / "outputs").mkdir()
+        os.chmod(root / "outputs", 0o777)  # the checker runs as an unprivileged user
         req = ExecRequest(job_id=f"check-{job_id}"[:120], image=image, command=("/mesh/check",),
                           input_dir=root / "inputs", output_dir=root / "outputs", timeout_s=300.0)
         result = await daemon.executor.run(req)
