@@ -383,6 +383,20 @@ def test_checker_verdict_decides_and_persistent_disagreement_fails_without_blame
     assert all(v["invalid"] == 0 for v in net.node(0).trust.snapshot(net.now_ms).values())
 
 
+def test_disagreement_with_no_worker_left_to_break_the_tie_fails_at_once_without_blame() -> None:
+    """Three workers, three different outputs: no fourth worker exists, so the
+    job fails now (not after max_queue_time_ms) and nobody is penalised."""
+    net = CoreNet(4, seed=3, workers=[FakeWorker()] + [FakeWorker(lie_rate=1.0) for _ in range(3)])
+    net.run_for(3_000)
+    start = net.now_ms
+    ids = run_jobs(net, [spec(1, replicas=2)])
+    job = net.job(0, ids[0])
+    assert job.state == "failed" and "no tie-breaker is possible" in job.reason, job.reason
+    assert len(job.runs) == 3
+    assert net.now_ms - start < P.max_queue_time_ms / 10
+    assert all(v["invalid"] == 0 for v in net.node(0).trust.snapshot(net.now_ms).values())
+
+
 def test_a_retry_on_another_worker_gets_its_own_replication_decision() -> None:
     """The decision made for the first (trusted) worker does not cover a re-offer's result."""
     params = dataclasses.replace(P, replication_fraction=0.0)

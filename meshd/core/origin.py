@@ -197,6 +197,13 @@ class OriginMixin:
         if job.failures >= self.params.max_attempts:
             self._finish(job, "failed", f"gave up after {job.failures} failed attempts: {job.last_failure}")
             return
+        groups = self._result_groups(job)
+        if len(groups) > 1 and not self._busy_runs(job) and self._all_fitting_ran(job):
+            # A tie-breaker is wanted but every worker that could run the job
+            # already has: waiting max_queue_time_ms would change nothing.
+            self._finish(job, "failed", f"{sum(len(g) for g in groups)} results disagree and every fitting "
+                                        "worker has run the job; no tie-breaker is possible (nondeterministic job?)")
+            return
         if self._wanted_runs(job) > self._busy_runs(job) and not job.offer_open:
             if job.waiting_since_ms is None:
                 job.waiting_since_ms = self.now_ms
@@ -379,8 +386,10 @@ class OriginMixin:
 
     def _nobody_left(self: Node, job: OriginJob) -> bool:
         """The job failed before and every known peer that fits it already ran it."""
-        if not job.failures:
-            return False
+        return bool(job.failures) and self._all_fitting_ran(job)
+
+    def _all_fitting_ran(self: Node, job: OriginJob) -> bool:
+        """Every live peer that fits the job already ran it (or is banned)."""
         req = offer_requirements(job.spec)
         ran = job.excluded | self._ran(job)
         fitting = [e.peer_id for e in self.peers.alive(self.now_ms)
