@@ -10,6 +10,7 @@ from meshd.net.errors import (
     NetError,
     NotRunning,
     PeerUnreachable,
+    PublishDropped,
     RemoteError,
     RequestTimeout,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "NetStats",
     "NotRunning",
     "PeerUnreachable",
+    "PublishDropped",
     "RemoteError",
     "RequestTimeout",
     "quiet_libp2p_logs",

@@ -6,30 +6,40 @@
   publishes, and reports every drop to a callback so it is counted.
 - :class:`MeshPubsub` hands each validated, first-seen message straight to a
   callback instead of libp2p's per-topic 32-slot channel, which drops
-  silently (with a WARNING) when a reader falls behind; and it contains the
-  exceptions a peer's undecodable RPC raises, which in 0.8.1 kill the host.
+  silently (with a WARNING) when a reader falls behind; it contains the
+  exceptions a peer's undecodable RPC raises, which in 0.8.1 kill the host;
+  and it lets the host wait for room in libp2p's per-peer outbound queues
+  (``RpcQueue``, 32 entries, full = the RPC is dropped with a DEBUG log only)
+  before it publishes, and reports every message such a queue drops.
 
 Rules: the callbacks are synchronous and must not raise; the host owns them.
 Both classes override documented hook methods of py-libp2p 0.8.1 only
-(``_check_spam_protection``, ``remove_peer``, ``notify_subscriptions``,
-``stream_handler``).
+(``_check_spam_protection``, ``remove_peer``, ``_handle_dropped_rpc``,
+``notify_subscriptions``, ``stream_handler``, ``handle_sending_messages``).
 """
 
 from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+import trio
 from libp2p.abc import INetStream
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
+from libp2p.pubsub.rpc_queue import OutBoundQueueSize, RpcQueue
 
 RATE_WINDOW_S = 1.0
 """Length of the sliding window the per-topic budget counts messages in."""
+PUBLISH_QUEUE_ENTRIES = 2
+"""Outbound queue entries one own publish takes per mesh peer in py-libp2p
+0.8.1: the message, and an IDONTWANT control message about it."""
+OUTBOUND_QUEUE_SIZE = OutBoundQueueSize
+"""Capacity of libp2p's per-peer outbound queue (32 in 0.8.1)."""
 
 
 class MeshGossipSub(GossipSub):
@@ -40,11 +50,13 @@ class MeshGossipSub(GossipSub):
         *args: Any,
         rate_limit_for: Callable[[str], float],
         on_rate_limited: Callable[[ID, str], None],
+        on_queue_full: Callable[[ID, int], None],
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._rate_limit_for = rate_limit_for
         self._on_rate_limited = on_rate_limited
+        self._on_queue_full = on_queue_full
         # (forwarder, topic) -> arrival times within the window
         self._windows: dict[tuple[ID, str], collections.deque[float]] = {}
 
@@ -67,6 +79,22 @@ class MeshGossipSub(GossipSub):
         for key in [k for k in self._windows if k[0] == peer_id]:
             del self._windows[key]
 
+    def _handle_dropped_rpc(self, peer_id: ID, rpc: rpc_pb2.RPC, reason: str) -> None:
+        # send_rpc calls this for every chunk a full (or oversize-refusing)
+        # outbound queue rejected; libp2p itself only logs it at DEBUG.
+        super()._handle_dropped_rpc(peer_id, rpc, reason)
+        if rpc.publish:
+            self._on_queue_full(peer_id, len(rpc.publish))
+
+    def publish_targets(self, topic: str) -> set[ID]:
+        """Peers a publish on ``topic`` is queued for (a superset when the
+        topic has neither mesh nor fanout yet: all its subscribers)."""
+        assert self.pubsub is not None
+        peers = set(self.mesh.get(topic) or self.fanout.get(topic) or ())
+        if not peers:
+            peers = set(self.pubsub.peer_topics.get(topic, ()))
+        return peers | set(self.direct_peers)
+
 
 class MeshPubsub(Pubsub):
     """Pubsub that delivers to one synchronous callback, never to a channel,
@@ -82,6 +110,49 @@ class MeshPubsub(Pubsub):
         super().__init__(*args, **kwargs)
         self._deliver = deliver
         self._on_broken_stream = on_broken_stream
+        self._queue_moved = trio.Event()  # set (and replaced) whenever a peer queue pops
+        self._stalled: set[ID] = set()  # peers whose full queue did not drain in time
+
+    # ------------------------------------------------- outbound back-pressure
+
+    async def handle_sending_messages(
+        self, peer_id: ID, stream: INetStream, queue: RpcQueue
+    ) -> None:
+        # libp2p's sending loop only pops from the queue; hand it a view that
+        # reports each pop, so publishers waiting for room wake up.
+        await super().handle_sending_messages(
+            peer_id, stream, _PopSignallingQueue(queue, lambda: self._on_queue_pop(peer_id))
+        )
+
+    def _on_queue_pop(self, peer_id: ID) -> None:
+        self._stalled.discard(peer_id)
+        self._queue_moved.set()
+        self._queue_moved = trio.Event()
+
+    def crowded_peers(self, peers: Iterable[ID], most_entries: int) -> list[ID]:
+        """Those of ``peers`` (not stalled) whose outbound queue holds more
+        than ``most_entries``."""
+        self._stalled.intersection_update(self.peer_queues)
+        crowded = []
+        for peer in peers:
+            queue = self.peer_queues.get(peer)
+            if queue is not None and peer not in self._stalled and len(queue) > most_entries:
+                crowded.append(peer)
+        return crowded
+
+    async def wait_for_room(
+        self, peers: Callable[[], Iterable[ID]], most_entries: int, timeout_s: float
+    ) -> list[ID]:
+        """Wait until no queue of ``peers()`` holds more than ``most_entries``
+        or ``timeout_s`` passes; then return the peers still crowded, marked
+        stalled (not waited for again until their queue moves)."""
+        with trio.move_on_after(timeout_s):
+            while self.crowded_peers(peers(), most_entries):
+                await self._queue_moved.wait()
+            return []
+        crowded = self.crowded_peers(peers(), most_entries)
+        self._stalled.update(crowded)
+        return crowded
 
     def notify_subscriptions(self, publish_message: rpc_pb2.Message) -> None:
         self._deliver(publish_message)
@@ -124,3 +195,18 @@ class MeshPubsub(Pubsub):
                 pass
             self._handle_dead_peer(peer_id)
             self._on_broken_stream(peer_id, exc)
+
+
+class _PopSignallingQueue:
+    """The consumer's view of an :class:`RpcQueue` (``pop`` only) that calls
+    ``on_pop`` after each item it hands out, and when the queue closes (the
+    peer is gone, so nobody need wait for it)."""
+
+    def __init__(self, queue: RpcQueue, on_pop: Callable[[], None]) -> None:
+        self._queue = queue
+        self._on_pop = on_pop
+
+    async def pop(self) -> rpc_pb2.RPC | None:
+        item = await self._queue.pop()
+        self._on_pop()
+        return item

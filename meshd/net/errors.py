@@ -40,3 +40,9 @@ class MessageTooLarge(NetError):
 
 class InvalidMessage(NetError):
     """Our own topic validator rejects a message we tried to publish."""
+
+
+class PublishDropped(NetError):
+    """The publish was not sent: ``max_pending_publishes`` publishes were
+    already waiting for room in the peers' outbound queues (counted
+    ``publish_dropped``)."""

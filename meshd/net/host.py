@@ -13,6 +13,9 @@ Theory of operation:
       ``set_topic_validator`` function) before libp2p forwards it; valid,
       first-seen messages go through a bounded inbox to the handler, which
       runs in its own task so a slow handler never delays forwarding.
+      ``publish`` takes turns (call order) and waits for room in the peers'
+      outbound queues, so a burst is paced to what libp2p can send instead
+      of being dropped.
     * Request/response: ``handle(protocol, handler)`` / ``request(...)``: one
       request and one response per stream, framed as in
       :mod:`meshd.net.framing`. The client writes and reads concurrently, so a
@@ -38,7 +41,8 @@ it; dials take ~250 ms (happy-eyeballs delay), so discovery dials in
 parallel; libp2p's auto-connector would redial blocked and dead peers from
 the peerstore, so it is replaced by a no-op and meshd's discovery owns all
 dialing; pubsub also delivers our own publishes to our subscription, so
-they are filtered out here.
+they are filtered out here; its per-peer outbound queue (32 entries, two per
+publish) drops silently when full, so ``publish`` waits for room.
 """
 
 from __future__ import annotations
@@ -71,13 +75,19 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from meshd.core.identity import Identity, public_key_from_peer_id
 from meshd.net import px
-from meshd.net._gossip import MeshGossipSub, MeshPubsub
+from meshd.net._gossip import (
+    OUTBOUND_QUEUE_SIZE,
+    PUBLISH_QUEUE_ENTRIES,
+    MeshGossipSub,
+    MeshPubsub,
+)
 from meshd.net.errors import (
     InvalidMessage,
     MessageTooLarge,
     NetError,
     NotRunning,
     PeerUnreachable,
+    PublishDropped,
     RemoteError,
     RequestTimeout,
 )
@@ -237,6 +247,8 @@ class MeshHost:
         self._inbox_send, self._inbox_recv = trio.open_memory_channel[
             tuple[str, str, bytes]
         ](params.inbox_size)
+        self._publish_turn = trio.Lock()  # FIFO: publishes go out in call order
+        self._publishes_pending = 0
         self._wake_discovery = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._state = "new"  # new -> running -> stopping -> stopped
@@ -256,6 +268,7 @@ class MeshHost:
             ),
             rate_limit_for=params.rate_limit_for,
             on_rate_limited=self._on_rate_limited,
+            on_queue_full=self._on_queue_full,
         )
         self._pubsub = MeshPubsub(
             self._host,
@@ -463,6 +476,10 @@ class MeshHost:
         self._count("dropped_rate_limited")
         log.debug("not forwarding %s message from %s: over its budget", topic, forwarder)
 
+    def _on_queue_full(self, peer: ID, messages: int) -> None:
+        self._count("dropped_queue_full", messages)
+        log.debug("%d gossip message(s) for %s lost: its outbound queue is full", messages, peer)
+
     async def _dispatch_gossip(self) -> None:
         async for topic, author, data in self._inbox_recv:
             handler = self._subscriptions.get(topic)
@@ -477,17 +494,48 @@ class MeshHost:
                 self._count("delivered")
 
     async def publish(self, topic: str, data: bytes) -> None:
-        """Publish ``data`` on ``topic``. MessageTooLarge over max_gossip_bytes."""
+        """Publish ``data`` on ``topic``; returns once it is queued for every
+        peer it goes to. MessageTooLarge over max_gossip_bytes; PublishDropped
+        when ``max_pending_publishes`` publishes are already waiting.
+
+        py-libp2p 0.8.1 queues outbound RPCs per peer in 32 entries and drops
+        silently when full, and a burst of publishes never lets the sending
+        task run: an unpaced burst of 100 reached a peer as 16. So publishes
+        take turns (in call order) and each waits, up to ``publish_wait_s``,
+        until its peers' queues have room (``publish_queue_entries``). A peer
+        that does not drain in that time misses the message (counted
+        ``dropped_queue_full``) and is not waited for until its queue moves."""
+        p = self.params
         self._require_running()
-        if len(data) > self.params.max_gossip_bytes:
+        if len(data) > p.max_gossip_bytes:
             raise MessageTooLarge(
                 f"gossip message of {len(data)} bytes exceeds max_gossip_bytes="
-                f"{self.params.max_gossip_bytes}; send large payloads on a stream"
+                f"{p.max_gossip_bytes}; send large payloads on a stream"
             )
         fn = self._validators.get(topic)
         if fn is not None and not fn(self.peer_id, data):
             raise InvalidMessage(f"our own validator for {topic!r} rejects this message")
-        await self._pubsub.publish(topic, data)
+        if self._publishes_pending >= p.max_pending_publishes:
+            self._count("publish_dropped")
+            raise PublishDropped(
+                f"{self._publishes_pending} publishes already waiting "
+                f"(max_pending_publishes={p.max_pending_publishes}); {topic} message dropped"
+            )
+        self._publishes_pending += 1
+        try:
+            async with self._publish_turn:
+                self._require_running()
+                most = min(p.publish_queue_entries, OUTBOUND_QUEUE_SIZE) - PUBLISH_QUEUE_ENTRIES
+                stalled = await self._pubsub.wait_for_room(
+                    lambda: self._gossipsub.publish_targets(topic), most, p.publish_wait_s
+                )
+                if stalled:
+                    self._count("publish_wait_timeouts")
+                    log.debug("outbound queues of %s did not drain in %g s",
+                              [str(q) for q in stalled], p.publish_wait_s)
+                await self._pubsub.publish(topic, data)
+        finally:
+            self._publishes_pending -= 1
         self._count("published")
 
     # --------------------------------------------------------- request/response

@@ -55,6 +55,21 @@ class NetParams:
     inbox_size: int = 1024
     """Gossip messages waiting for the subscriber's handler. When full, new
     messages are dropped and counted (``dropped_inbox_full``)."""
+    publish_queue_entries: int = 16
+    """Most entries of a peer's outbound queue in py-libp2p 0.8.1 (32 entries,
+    full ones drop silently) that our own publishes may fill. A publish waits
+    until the queue of every peer it goes to holds at most this minus two
+    (one publish takes two: the message and an IDONTWANT); the rest of the 32
+    stays free for forwarding and GossipSub control messages. 2..32."""
+    publish_wait_s: float = 2.0
+    """Longest one publish, once it is its turn, waits for room in its peers'
+    outbound queues. A peer whose queue does not drain within it is treated
+    as stalled (not waited for again until its queue moves); it misses the
+    message, counted in ``dropped_queue_full``."""
+    max_pending_publishes: int = 1024
+    """Publishes waiting their turn (publishes go out one at a time, in call
+    order). Beyond this, ``publish`` raises ``PublishDropped`` and counts
+    ``publish_dropped``."""
 
     # --- Request/response streams --------------------------------------------
     max_request_bytes: int = 1 * 1024 * 1024
@@ -125,7 +140,8 @@ class NetParams:
         )
         positive = (
             "gossip_heartbeat_s", "max_gossip_bytes", "topic_rate_limit_per_s",
-            "seen_ttl_s", "inbox_size", "max_request_bytes", "max_response_bytes",
+            "seen_ttl_s", "inbox_size", "publish_wait_s", "max_pending_publishes",
+            "max_request_bytes", "max_response_bytes",
             "max_error_bytes", "request_timeout_s", "handler_timeout_s",
             "max_inflight_requests_per_peer", "connect_timeout_s", "max_peers",
             "target_peers", "peer_exchange_interval_s", "peer_exchange_fanout",
@@ -138,6 +154,8 @@ class NetParams:
                 raise ValueError(f"NetParams.{name} must be > 0, got {getattr(self, name)!r}")
         if not 1 <= self.degree_low <= self.degree <= self.degree_high:
             raise ValueError("NetParams needs 1 <= degree_low <= degree <= degree_high")
+        if not 2 <= self.publish_queue_entries <= 32:
+            raise ValueError("NetParams.publish_queue_entries must be in 2..32")
         if self.target_peers > self.max_peers:
             raise ValueError("NetParams.target_peers must be <= max_peers")
         for topic, rate in self.topic_rate_limits_per_s.items():

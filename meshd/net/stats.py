@@ -11,6 +11,9 @@ class NetStats:
 
     # gossip
     published: int = 0  # messages we published
+    publish_dropped: int = 0  # publishes refused: max_pending_publishes were waiting
+    publish_wait_timeouts: int = 0  # publishes that gave up waiting for a stalled peer's queue
+    dropped_queue_full: int = 0  # messages (ours or forwarded) a peer's full outbound queue lost
     delivered: int = 0  # messages handed to a subscriber's handler
     dropped_invalid: int = 0  # inbound messages our topic validator rejected
     dropped_oversize: int = 0  # inbound messages over max_gossip_bytes
