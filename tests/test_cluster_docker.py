@@ -13,13 +13,9 @@ import trio
 
 from meshd.runtime.daemon import now_ms
 from meshd.testing.cluster import Cluster
+from meshd.testing.faults import tar_members
 
 pytestmark = pytest.mark.docker
-
-
-def _files(data: bytes) -> dict[str, bytes]:
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
 
 
 async def test_jobs_run_sandboxed_in_docker_across_the_mesh(
@@ -35,7 +31,7 @@ async def test_jobs_run_sandboxed_in_docker_across_the_mesh(
         job_id = await c.submit(0, {"image": "meshd/busybox:1", "command": ["sh", "-c", script], "replicas": 2})
         job = await c.wait_job(0, job_id, timeout_s=90)
         assert job.state == "succeeded", job.reason
-        files = _files(c.daemon(0).blobs.get(job.canonical.split(":", 1)[1]))
+        files = tar_members(c.daemon(0).blobs.get(job.canonical.split(":", 1)[1]))
         assert files["uid"].strip() != b"0"
         assert files["root"].strip() == b"ro"
         assert files["net"].strip() == b"nonet"
@@ -84,7 +80,7 @@ async def test_checker_container_judges_outputs_that_differ_byte_for_byte(
         assert not job.verdict["invalid"]
         digests = {r.result["output_digest"] for r in job.runs.values() if r.result}
         assert len(digests) == 2  # the replicas really differed; the checker judged them equal
-        files = _files(c.daemon(0).blobs.get(job.canonical.split(":", 1)[1]))
+        files = tar_members(c.daemon(0).blobs.get(job.canonical.split(":", 1)[1]))
         assert files["out"].startswith(b"answer 42\n")
         node = c.daemon(0).node
         assert node is not None

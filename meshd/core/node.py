@@ -30,6 +30,7 @@ from __future__ import annotations
 import heapq
 import random
 from collections import Counter, OrderedDict
+from collections.abc import Collection
 from typing import Any, Protocol
 
 from .credits import CreditsMixin
@@ -184,26 +185,33 @@ class Node(OriginMixin, WorkerMixin, CreditsMixin):
             self._append("node_warmth", {"warm": self.warm, "reason": self.cold_reason or ""})
             self._timer_advert(None, reschedule=False)
 
+    def acceptance_reason(self, opened: Opened, allowed: Collection[str], now_ms: int) -> str | None:
+        """Why a correctly signed message is not accepted, or None: its type does
+        not belong on the channel, it is outside the clock window, a replay, or
+        from a banned peer. Reads state only (rate limits are charged in
+        ``_open``); the shell's gossip validator asks the same before libp2p
+        forwards a message, so neither can drift from the other."""
+        p = self.params
+        if opened.type not in allowed:
+            return "wrong_channel"
+        if opened.ts_ms > now_ms + p.max_clock_skew_ms:
+            return "future"
+        if opened.ts_ms < now_ms - p.max_message_age_ms:
+            return "stale"
+        if (opened.sender, opened.nonce) in self._replay:
+            return "replay"
+        if opened.sender != self.peer_id and self.trust.banned(opened.sender, now_ms):
+            return "banned"
+        return None
+
     def _open(self, data: Any, allowed: set[str]) -> Opened | None:
         opened = self.codec.open(data, self.params.max_message_bytes)
         if isinstance(opened, Rejected):
             self._reject(opened.reason, opened.detail)
             return None
-        if opened.type not in allowed:
-            self._reject("wrong_channel")
-            return None
-        if opened.ts_ms > self.now_ms + self.params.max_clock_skew_ms:
-            self._reject("future")
-            return None
-        if opened.ts_ms < self.now_ms - self.params.max_message_age_ms:
-            self._reject("stale")
-            return None
-        key = (opened.sender, opened.nonce)
-        if key in self._replay:
-            self._reject("replay")
-            return None
-        if opened.sender != self.peer_id and self.trust.banned(opened.sender, self.now_ms):
-            self._reject("banned")
+        reason = self.acceptance_reason(opened, allowed, self.now_ms)
+        if reason is not None:
+            self._reject(reason)
             return None
         # Charged to the signed author, after the cheap checks (a replay or a
         # banned peer's message costs no tokens) and before it is remembered.
@@ -211,7 +219,7 @@ class Node(OriginMixin, WorkerMixin, CreditsMixin):
                 opened.sender, classes_of(opened.type, allowed is not DIRECT_TYPES), self.now_ms):
             self._reject("rate_limited")
             return None
-        self._replay[key] = opened.ts_ms
+        self._replay[(opened.sender, opened.nonce)] = opened.ts_ms
         while len(self._replay) > self.params.replay_cache_size:
             self._replay.popitem(last=False)
         return opened
@@ -222,11 +230,6 @@ class Node(OriginMixin, WorkerMixin, CreditsMixin):
             return True
         self._reject("rate_limited_transport")
         return False
-
-    def seen_message(self, sender: str, nonce: bytes) -> bool:
-        """True if ``(sender, nonce)`` is in the replay cache (the shell's gossip
-        validator asks, so a replay is not forwarded either)."""
-        return (sender, nonce) in self._replay
 
     def _on_GossipReceived(self, inp: GossipReceived) -> None:
         if not self._transport_allows(inp.from_peer):

@@ -197,8 +197,8 @@ class OriginMixin:
         if job.failures >= self.params.max_attempts:
             self._finish(job, "failed", f"gave up after {job.failures} failed attempts: {job.last_failure}")
             return
-        groups = self._result_groups(job)
-        if len(groups) > 1 and not self._busy_runs(job) and self._all_fitting_ran(job):
+        if (not self._busy_runs(job) and len(groups := self._result_groups(job)) > 1
+                and self._all_fitting_ran(job)):
             # A tie-breaker is wanted but every worker that could run the job
             # already has: waiting max_queue_time_ms would change nothing.
             self._finish(job, "failed", f"{sum(len(g) for g in groups)} results disagree and every fitting "

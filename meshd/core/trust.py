@@ -217,18 +217,21 @@ class Trust:
 
     def reputation(self, peer: str, now_ms: int) -> float:
         """In [-1, 1]; 0 for a stranger, -1 for a proven equivocator."""
-        return self._evidence_reputation(peer, now_ms, uptime=True)
+        return self._evidence_reputation(peer, now_ms)
 
-    def _evidence_reputation(self, peer: str, now_ms: int, *, uptime: bool) -> float:
+    def _evidence_reputation(self, peer: str, now_ms: int, *, own: bool = True, uptime: bool = True) -> float:
+        """The reputation ratio over the chosen evidence: remote always, own
+        observations and the uptime term unless left out."""
         if peer in self._banned_forever:
             return -1.0
         ev = self._ev.get(peer)
         if ev is None:
             return 0.0
         f = self._factor(ev, now_ms)
-        score = (ev.score + ev.remote_score) * f
-        mass = (ev.mass + ev.remote_mass) * f
-        if uptime and ev.uptime is not None:
+        score, mass = ev.remote_score * f, ev.remote_mass * f
+        if own:
+            score, mass = score + ev.score * f, mass + ev.mass * f
+        if uptime and own and ev.uptime is not None:
             um = self.params.uptime_mass
             score += um * (2.0 * ev.uptime - 1.0)
             mass += um
@@ -242,8 +245,7 @@ class Trust:
         ev = self._ev.get(peer)
         if ev is None or ev.remote_score >= 0.0:
             return rep
-        f = self._factor(ev, now_ms)
-        return min(rep, _clamp(ev.remote_score * f / (ev.remote_mass * f + self.params.reputation_prior_mass)))
+        return min(rep, self._evidence_reputation(peer, now_ms, own=False))
 
     def _factor(self, ev: Evidence, now_ms: int) -> float:
         dt = max(0, now_ms - ev.updated_ms)

@@ -13,14 +13,15 @@ only a look-up; the first failure drops the message (counted by reason in
 1. ``oversize``: larger than ``max_message_bytes``;
 2. the codec's decode and signature check (``malformed``, ``bad_version``,
    ``unknown_type``, ``bad_signature``, ``bad_body``);
-3. ``wrong_channel``: the type does not belong on this topic;
-4. ``author_mismatch``: the envelope's signer is not the libp2p publisher
+3. ``author_mismatch``: the envelope's signer is not the libp2p publisher
    (``from``, itself signed under GossipSub strict signing). Honest nodes
    publish only what they signed, so this drops another peer's messages
    re-published under a new libp2p message id;
-5. ``future`` / ``stale``: outside ``max_clock_skew_ms`` / ``max_message_age_ms``;
-6. ``replay``: the core already accepted ``(sender, nonce)``;
-7. ``banned``: the core bans the signer.
+4. the core's own acceptance checks, asked of ``Node.acceptance_reason`` (so
+   the two cannot drift): ``wrong_channel`` (the type does not belong on this
+   topic), ``future`` / ``stale`` (outside ``max_clock_skew_ms`` /
+   ``max_message_age_ms``), ``replay`` (the core already accepted
+   ``(sender, nonce)``), ``banned`` (the core bans the signer).
 
 Rate limits stay in the core (they charge a bucket per accepted message). The
 core still runs every check itself: the validator is a filter in front of the
@@ -135,17 +136,6 @@ class GossipValidator:
         opened = self.codec.verify(data, p.max_message_bytes)
         if isinstance(opened, Rejected):
             return opened.reason
-        if opened.type not in allowed:
-            return "wrong_channel"
         if opened.sender != author:
             return "author_mismatch"
-        now = self.clock_ms()
-        if opened.ts_ms > now + p.max_clock_skew_ms:
-            return "future"
-        if opened.ts_ms < now - p.max_message_age_ms:
-            return "stale"
-        if node.seen_message(opened.sender, opened.nonce):
-            return "replay"
-        if node.trust.banned(opened.sender, now):
-            return "banned"
-        return None
+        return node.acceptance_reason(opened, allowed, self.clock_ms())
