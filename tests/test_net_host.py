@@ -268,6 +268,98 @@ async def test_topic_validator_drops_invalid_messages_before_forwarding() -> Non
                     await b.publish("meshd/test", b"bad")
 
 
+async def test_idontwant_only_for_large_messages_and_sender_records_checked_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """_gossip.py: IDONTWANT goes out only for messages of at least
+    ``idontwant_min_bytes`` (py-libp2p sends one per mesh peer for every
+    message), and a peer's unchanged signed peer record is verified once per
+    host, not on every RPC."""
+    from meshd.net import _gossip
+
+    checked: list[str] = []
+    library_check = _gossip._consume_signed_record
+
+    def counting_check(msg: object, host: object, peer_id: object) -> bool:
+        checked.append(str(peer_id))
+        return library_check(msg, host, peer_id)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_gossip, "_consume_signed_record", counting_check)
+    a = make_host()
+    got: dict[int, list[int]] = {0: [], 1: [], 2: []}
+    async with cluster(a):
+        b, c = make_host(FAST, [a.listen_addrs[0]]), make_host(FAST, [a.listen_addrs[0]])
+        hosts = [a, b, c]
+        sent: dict[int, int] = {0: 0, 1: 0, 2: 0}
+        for i, h in enumerate(hosts):
+            h.subscribe("meshd/test", lambda author, data, i=i: got[i].append(len(data)))
+            emit = h._gossipsub.emit_idontwant
+
+            async def counting_emit(msg_ids: list[bytes], to_peer: object, i: int = i, emit=emit) -> None:
+                sent[i] += 1
+                await emit(msg_ids, to_peer)
+
+            h._gossipsub.emit_idontwant = counting_emit  # type: ignore[method-assign]
+        async with cluster(b, c):
+            await wait_until(lambda: all(len(h.mesh_peers("meshd/test")) == 2 for h in hosts))
+            for n in range(20):
+                await hosts[n % 3].publish("meshd/test", b"s" * 200)
+            await wait_until(lambda: all(len(g) == 13 or len(g) == 14 for g in got.values())
+                             and sum(map(len, got.values())) == 40)
+            assert sent == {0: 0, 1: 0, 2: 0}
+            rpcs_checked = len(checked)
+            await a.publish("meshd/test", b"L" * 4096)
+            await wait_until(lambda: got[1][-1:] == [4096] and got[2][-1:] == [4096])
+            await wait_until(lambda: sent[1] > 0 and sent[2] > 0)
+    # 3 hosts x 2 peers: each pair's record once, however many RPCs carried it
+    # (40+ messages and their forwards went between them).
+    assert rpcs_checked <= 6, checked
+
+
+def test_sender_record_memo_rechecks_changed_records_and_never_keeps_a_rejected_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from libp2p.pubsub.pb import rpc_pb2
+
+    from meshd.net import _gossip
+
+    verdicts = {b"good-1": True, b"good-2": True, b"forged": False}
+    calls: list[bytes] = []
+
+    def fake_check(msg: rpc_pb2.RPC, host: object, peer_id: object) -> bool:
+        calls.append(msg.senderRecord)
+        return verdicts[msg.senderRecord]
+
+    class Store:
+        pass
+
+    class Host:
+        store = Store()
+
+        def get_peerstore(self) -> Store:
+            return self.store
+
+    monkeypatch.setattr(_gossip, "_consume_signed_record", fake_check)
+    monkeypatch.setattr(_gossip, "SENDER_RECORD_MEMO_PEERS", 2)
+    host = Host()
+
+    def rpc(record: bytes | None) -> rpc_pb2.RPC:
+        m = rpc_pb2.RPC()
+        if record is not None:
+            m.senderRecord = record
+        return m
+
+    check = _gossip._consume_signed_record_once
+    assert check(rpc(None), host, "p1") and calls == []  # nothing to check
+    assert check(rpc(b"good-1"), host, "p1") and check(rpc(b"good-1"), host, "p1")
+    assert calls == [b"good-1"]
+    assert check(rpc(b"good-2"), host, "p1") and calls[-1] == b"good-2"  # changed: checked again
+    assert not check(rpc(b"forged"), host, "p1") and not check(rpc(b"forged"), host, "p1")
+    assert calls.count(b"forged") == 2  # a rejected record is never remembered
+    assert check(rpc(b"good-1"), host, "p2") and calls[-1] == b"good-1"  # per peer
+    assert check(rpc(b"good-2"), host, "p3")  # over the bound: p1, the oldest, is forgotten
+    n = len(calls)
+    assert check(rpc(b"good-2"), host, "p1") and len(calls) == n + 1
+
+
 async def test_burst_of_40_per_second_for_2_seconds_reaches_every_host() -> None:
     await _burst_through_line(NetParams(target_peers=1), expect_all=True)
 

@@ -3,7 +3,12 @@
 - :class:`MeshGossipSub` replaces libp2p's single spam limit (10 msg/s for
   every topic, own publishes included, drops logged only) with a per-topic
   budget from :class:`~meshd.net.params.NetParams`, exempts our own
-  publishes, and reports every drop to a callback so it is counted.
+  publishes, and reports every drop to a callback so it is counted. It sends
+  IDONTWANT only for messages of at least ``idontwant_min_bytes`` (py-libp2p
+  0.8.1 sends one to every mesh peer for every message, even its own
+  publishes; go-libp2p only for messages of 1 KiB or more).
+- :func:`verify_sender_records_once` stops py-libp2p from re-checking the
+  same signed peer record on every RPC a peer sends.
 - :class:`MeshPubsub` hands each validated, first-seen message straight to a
   callback instead of libp2p's per-topic 32-slot channel, which drops
   silently (with a WARNING) when a reader falls behind; it contains the
@@ -13,18 +18,22 @@
   before it publishes, and reports every message such a queue drops.
 
 Rules: the callbacks are synchronous and must not raise; the host owns them.
-Both classes override documented hook methods of py-libp2p 0.8.1 only
+Both classes override hook methods of py-libp2p 0.8.1 only
 (``_check_spam_protection``, ``remove_peer``, ``_handle_dropped_rpc``,
-``notify_subscriptions``, ``stream_handler``, ``handle_sending_messages``).
+``publish``, ``_emit_idontwant_for_message``, ``notify_subscriptions``,
+``stream_handler``, ``handle_sending_messages``).
 """
 
 from __future__ import annotations
 
 import collections
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import libp2p.pubsub.gossipsub as _libp2p_gossipsub
+import libp2p.pubsub.pubsub as _libp2p_pubsub
 import trio
 from libp2p.abc import INetStream
 from libp2p.peer.id import ID
@@ -36,8 +45,9 @@ from libp2p.pubsub.rpc_queue import OutBoundQueueSize, RpcQueue
 RATE_WINDOW_S = 1.0
 """Length of the sliding window the per-topic budget counts messages in."""
 PUBLISH_QUEUE_ENTRIES = 2
-"""Outbound queue entries one own publish takes per mesh peer in py-libp2p
-0.8.1: the message, and an IDONTWANT control message about it."""
+"""Most outbound queue entries one own publish takes per mesh peer in
+py-libp2p 0.8.1: the message, and (at or above ``idontwant_min_bytes``) an
+IDONTWANT control message about it."""
 OUTBOUND_QUEUE_SIZE = OutBoundQueueSize
 """Capacity of libp2p's per-peer outbound queue (32 in 0.8.1)."""
 
@@ -51,9 +61,12 @@ class MeshGossipSub(GossipSub):
         rate_limit_for: Callable[[str], float],
         on_rate_limited: Callable[[ID, str], None],
         on_queue_full: Callable[[ID, int], None],
+        idontwant_min_bytes: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self._idontwant_min_bytes = idontwant_min_bytes
+        self._no_idontwant: set[bytes] = set()  # ids of small messages being published now
         self._rate_limit_for = rate_limit_for
         self._on_rate_limited = on_rate_limited
         self._on_queue_full = on_queue_full
@@ -73,6 +86,25 @@ class MeshGossipSub(GossipSub):
                 return False
             window.append(now)
         return True
+
+    async def publish(self, msg_forwarder: ID, pubsub_msg: rpc_pb2.Message) -> None:
+        # A small message costs a peer less to receive twice than one IDONTWANT
+        # RPC per mesh peer costs every receiver (each RPC carries and has
+        # verified a signed peer record in 0.8.1); go-libp2p's threshold is 1 KiB.
+        if self.pubsub is None or pubsub_msg.ByteSize() >= self._idontwant_min_bytes:
+            await super().publish(msg_forwarder, pubsub_msg)
+            return
+        msg_id = self.pubsub.get_message_id(pubsub_msg)
+        self._no_idontwant.add(msg_id)
+        try:
+            await super().publish(msg_forwarder, pubsub_msg)
+        finally:
+            self._no_idontwant.discard(msg_id)
+
+    async def _emit_idontwant_for_message(self, msg_id: bytes, topic_ids: Iterable[str]) -> None:
+        if msg_id in self._no_idontwant:
+            return
+        await super()._emit_idontwant_for_message(msg_id, topic_ids)
 
     def remove_peer(self, peer_id: ID) -> None:
         super().remove_peer(peer_id)
@@ -210,3 +242,46 @@ class _PopSignallingQueue:
         item = await self._queue.pop()
         self._on_pop()
         return item
+
+
+# ------------------------------------------------------- signed peer records
+
+SENDER_RECORD_MEMO_PEERS = 4096
+"""Peers per host whose last verified signed peer record is remembered."""
+
+_consume_signed_record = _libp2p_pubsub.maybe_consume_signed_record
+_verified_records: weakref.WeakKeyDictionary[Any, collections.OrderedDict[ID, bytes]] = \
+    weakref.WeakKeyDictionary()
+
+
+def _consume_signed_record_once(msg: rpc_pb2.RPC, host: Any, peer_id: ID) -> bool:
+    """py-libp2p 0.8.1 attaches the sender's signed peer record (~213 bytes) to
+    every pubsub RPC and verifies its Ed25519 signature and stores it each
+    time. The record only changes when the sender's addresses do: a record
+    byte-identical to the last one this host accepted from the same peer is
+    accepted without checking it again (anything else goes to the library)."""
+    if not msg.HasField("senderRecord"):
+        return True
+    record = msg.senderRecord
+    try:
+        memo = _verified_records.setdefault(host.get_peerstore(), collections.OrderedDict())
+    except TypeError:  # a peerstore that cannot be weakly referenced: no memo
+        return bool(_consume_signed_record(msg, host, peer_id))
+    if memo.get(peer_id) == record:
+        memo.move_to_end(peer_id)
+        return True
+    ok = bool(_consume_signed_record(msg, host, peer_id))
+    if ok:
+        memo[peer_id] = record
+        memo.move_to_end(peer_id)
+        while len(memo) > SENDER_RECORD_MEMO_PEERS:
+            memo.popitem(last=False)
+    return ok
+
+
+def verify_sender_records_once() -> None:
+    """Install :func:`_consume_signed_record_once` where py-libp2p's pubsub
+    looks the check up (idempotent; affects every host in the process)."""
+    for module in (_libp2p_pubsub, _libp2p_gossipsub):
+        if getattr(module, "maybe_consume_signed_record", None) is _consume_signed_record:
+            module.maybe_consume_signed_record = _consume_signed_record_once  # type: ignore[attr-defined]

@@ -80,6 +80,7 @@ from meshd.net._gossip import (
     PUBLISH_QUEUE_ENTRIES,
     MeshGossipSub,
     MeshPubsub,
+    verify_sender_records_once,
 )
 from meshd.net.errors import (
     InvalidMessage,
@@ -255,6 +256,7 @@ class MeshHost:
         self._mdns_handler: Callable[[Any], None] | None = None
 
         self._host = self._build_libp2p_host(identity)
+        verify_sender_records_once()
         self._gossipsub = MeshGossipSub(
             list(GOSSIP_PROTOCOLS),
             params.degree,
@@ -269,6 +271,7 @@ class MeshHost:
             rate_limit_for=params.rate_limit_for,
             on_rate_limited=self._on_rate_limited,
             on_queue_full=self._on_queue_full,
+            idontwant_min_bytes=params.idontwant_min_bytes,
         )
         self._pubsub = MeshPubsub(
             self._host,

@@ -35,6 +35,11 @@ class NetParams:
     """GossipSub D_lo: graft when the mesh is smaller than this."""
     degree_high: int = 12
     """GossipSub D_hi: prune when the mesh is larger than this."""
+    idontwant_min_bytes: int = 1024
+    """Smallest gossip message (protobuf bytes) we send IDONTWANT for. py-libp2p
+    0.8.1 sends one RPC per mesh peer for every message; for small messages
+    that costs receivers more than the duplicate it saves. 1 KiB is
+    go-libp2p's ``IDontWantMessageThreshold``. 0 restores libp2p's behaviour."""
     max_gossip_bytes: int = 48 * 1024
     """Largest gossip payload we publish or accept. Larger inbound messages are
     rejected by the topic validator (not delivered, not forwarded). Kept well
@@ -154,6 +159,8 @@ class NetParams:
                 raise ValueError(f"NetParams.{name} must be > 0, got {getattr(self, name)!r}")
         if not 1 <= self.degree_low <= self.degree <= self.degree_high:
             raise ValueError("NetParams needs 1 <= degree_low <= degree <= degree_high")
+        if self.idontwant_min_bytes < 0:
+            raise ValueError("NetParams.idontwant_min_bytes must be >= 0")
         if not 2 <= self.publish_queue_entries <= 32:
             raise ValueError("NetParams.publish_queue_entries must be in 2..32")
         if self.target_peers > self.max_peers:
