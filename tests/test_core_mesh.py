@@ -382,6 +382,61 @@ def test_load_spreads_over_equal_workers() -> None:
     assert max(counts.values()) <= 8, counts
 
 
+def test_a_quick_responder_is_not_handed_a_burst_while_slower_workers_have_room() -> None:
+    """origin.py ``_close_window``: when every bidder in hand already holds as
+    many of our runs as it has slots, the origin waits (up to
+    ``bid_window_max_ms`` after the offer) for candidates with room that have
+    not answered, instead of queueing the burst on the quickest responder.
+    Here one worker answers in 5-20 ms and four loaded ones in 400-600 ms,
+    past the 250 ms base window."""
+    two_slots = [FakeWorker(caps=default_caps(cores=2)) for _ in range(6)]
+    net = mesh(6, seed=21, workers=two_slots)
+    quick, slow = net.order[1], net.order[2:]
+    for peer in slow:
+        net.sender_latency_ms[peer] = (400, 600)
+    jobs = [net.submit(0, spec(command=["echo", str(i)])) for i in range(20)]
+    assert net.run_until(lambda: all(net.job(0, j).state == "succeeded" for j in jobs))
+    counts = Counter(done_workers(net.job(0, j))[0] for j in jobs)
+    # Fair share is 4; without the hold the quick worker took 18 of 20 here.
+    assert set(counts) == {quick, *slow}, counts
+    assert counts[quick] <= 8, counts
+
+
+def test_the_bid_window_follows_the_bid_delays_it_measures() -> None:
+    """params.py ``bid_window_factor``: the window is at least 1.5 × the p90
+    of recent bid delays (bounded by ``bid_window_max_ms``), so that on a mesh
+    whose bids take ~500 ms the offers say so and wait for them."""
+    net = mesh(4, seed=22)
+    origin = net.node(0)
+    assert origin._learned_window_ms() == 0  # nothing measured yet: the base window
+    for peer in net.order[1:]:
+        net.sender_latency_ms[peer] = (450, 550)
+    jobs = [net.submit(0, spec(command=["echo", str(i)])) for i in range(6)]
+    assert net.run_until(lambda: all(net.job(0, j).state == "succeeded" for j in jobs))
+    learned = origin._learned_window_ms()
+    # Delays are the offer's gossip hop plus the bid's (5-20 ms + 450-550 ms).
+    assert 1.5 * 455 <= learned <= 1.5 * 570, learned
+    late = net.submit(0, spec(command=["echo", "late"]))
+    offer = [b for k, b in net.slots[net.order[0]].log if k == "job_offered" and b["job_id"] == late]
+    assert offer and origin._window_ms(net.job(0, late)) == learned
+    assert net.run_until(lambda: finished(net, 0, late))
+
+
+def test_awards_that_are_never_acknowledged_fail_the_job_with_a_reason() -> None:
+    """A worker whose replies always arrive after ``award_ack_timeout_ms``:
+    every award is treated as refused and the job is offered again. Each
+    award takes a new run index; the origin must neither crash on the wire's
+    ``replica`` bound (it did at the 9th award) nor loop for ever."""
+    params = CoreParams(replication_fraction=0.0, untrusted_replication=0.0, max_queue_time_ms=300_000)
+    net = mesh(2, seed=23, params=params)
+    net.sender_latency_ms[net.order[1]] = (5_500, 5_500)
+    job_id = net.submit(0, spec())
+    job = run_to_end(net, 0, job_id, max_ms=400_000)
+    assert job.state == "failed"
+    assert "no worker took the job" in job.reason and "award not acknowledged in time" in job.reason
+    assert job.next_replica > 9  # many more awards than the old bound allowed, none crashed
+
+
 def test_claimed_score_far_above_achieved_is_recorded_against_the_worker() -> None:
     """ARCHITECTURE: compute score is measured, not declared; a node's claim is
     checked against the durations it achieves (issue 4)."""
@@ -408,3 +463,17 @@ def test_honest_score_is_not_flagged() -> None:
                                            "estimated_flops": 1e11, "replicas": 1}))
     assert net.run_until(lambda: net.job(0, job_id).state == "succeeded", 60_000)
     assert not [b for k, b in net.slots[net.order[0]].log if k == "score_mismatch"]
+
+
+def test_a_job_past_the_run_index_bound_fails_instead_of_sending_a_bad_award(monkeypatch: Any) -> None:
+    """wire.MAX_REPLICA: the origin gives up on a job before an award would
+    carry a run index the wire refuses (bound lowered to 3 here)."""
+    import meshd.core.origin as origin_mod
+
+    monkeypatch.setattr(origin_mod, "MAX_REPLICA", 3)
+    params = CoreParams(replication_fraction=0.0, untrusted_replication=0.0)
+    net = mesh(2, seed=24, params=params)
+    net.sender_latency_ms[net.order[1]] = (5_500, 5_500)
+    job = run_to_end(net, 0, net.submit(0, spec()), max_ms=200_000)
+    assert job.state == "failed" and "4 awards" in job.reason, job.reason
+    assert max(r.replica for r in job.runs.values()) == 3

@@ -40,6 +40,8 @@ from .jobspec import JobSpec, parse_job_spec
 from .lifecycle import RUN_LIVE, TERMINAL, check_transition, transition_path
 from .placement import Capacity, actual_cost, estimate_cost, fit_reason, rank_bids
 from .wire import (
+    MAX_ATTEMPT,
+    MAX_REPLICA,
     Award,
     Bid,
     Cancel,
@@ -109,13 +111,17 @@ class OriginJob:
     log: bytearray = field(default_factory=bytearray)
     next_replica: int = 0
     slow_rounds: int = 0
+    """Consecutive rounds that closed with candidates but no bid (widens the window)."""
+    offered_ms: int = 0
+    """When the current round's offer was published (bid delays count from it)."""
     offer_slots: int = 1
     """Workers the open round asks for."""
     offer_candidates: int = 0
     """Peers whose adverts fit the open round (it closes when all answered)."""
     declined_now: int = 0
     """Declines received in the open round."""
-    """Consecutive rounds that closed with candidates but no bid (widens the window)."""
+    declined_round: set[str] = field(default_factory=set)
+    """Peers that declined the open round."""
 
 
 class OriginMixin:
@@ -125,6 +131,7 @@ class OriginMixin:
 
     def init_origin(self: Node) -> None:
         self.jobs = {}
+        self.bid_delays: deque[int] = deque(maxlen=self.params.bid_delay_samples)
 
     # ------------------------------------------------------------ API-facing
 
@@ -205,6 +212,10 @@ class OriginMixin:
                                         "worker has run the job; no tie-breaker is possible (nondeterministic job?)")
             return
         if self._wanted_runs(job) > self._busy_runs(job) and not job.offer_open:
+            if job.attempt >= MAX_ATTEMPT or job.next_replica > MAX_REPLICA:
+                self._finish(job, "failed", f"gave up after {job.attempt} offer rounds and {job.next_replica} "
+                                            "awards (refused, unanswered or lost): " + summarize_declines(job))
+                return
             if job.waiting_since_ms is None:
                 job.waiting_since_ms = self.now_ms
             if self.now_ms - job.waiting_since_ms > self.params.max_queue_time_ms:
@@ -236,6 +247,7 @@ class OriginMixin:
             slots = 1  # replication is decided when the first worker is chosen
         job.attempt += 1
         job.offer_open, job.bids, job.tried = True, {}, set()
+        job.declined_round = set()
         exclude = set(job.excluded) | self._ran(job)
         spec = job.spec
         offer = Offer(
@@ -246,6 +258,7 @@ class OriginMixin:
             exclude=sorted(exclude)[:64],
         )
         job.offer_slots = offer.slots
+        job.offered_ms = self.now_ms
         job.offer_candidates = self._candidates(job, offer)
         self._append("job_offered", {"job_id": job.job_id, "attempt": job.attempt, "slots": offer.slots})
         self._publish(TOPIC_OFFERS, offer)
@@ -254,9 +267,20 @@ class OriginMixin:
 
     def _window_ms(self, job: OriginJob) -> int:
         """The bid window doubles after each round that closed with candidates
-        known but no bid in (bids were late: the mesh is loaded), up to
-        ``bid_window_max_ms``; it is back to ``bid_window_ms`` after an award."""
-        return min(self.params.bid_window_max_ms, self.params.bid_window_ms << job.slow_rounds)
+        known but no bid in (bids were late: the mesh is loaded); it is back to
+        ``bid_window_ms`` after an award. It is never shorter than the learned
+        window (:meth:`_learned_window_ms`), nor longer than ``bid_window_max_ms``."""
+        p = self.params
+        return min(p.bid_window_max_ms, max(p.bid_window_ms << job.slow_rounds, self._learned_window_ms()))
+
+    def _learned_window_ms(self) -> int:
+        """``bid_window_factor`` × the 90th percentile of recent bid delays
+        (0 until a few bids were seen)."""
+        if len(self.bid_delays) < 4:
+            return 0
+        ordered = sorted(self.bid_delays)
+        p90 = ordered[min(len(ordered) - 1, (len(ordered) * 9) // 10)]
+        return int(self.params.bid_window_factor * p90)
 
     def _candidates(self: Node, job: OriginJob, offer: Offer) -> int:
         n = 0
@@ -275,6 +299,8 @@ class OriginMixin:
             return
         if msg.sender in job.excluded or len(job.bids) >= self.params.max_bids_kept:
             return
+        if bid.attempt == job.attempt:
+            self.bid_delays.append(max(0, self.now_ms - job.offered_ms))
         if job.offer_open:
             # A bid for an earlier round of this job is as good as one for
             # this round: the worker judged the same job (exclusions are
@@ -294,8 +320,11 @@ class OriginMixin:
             # ranking among several bids is what spreads load.
             job.bids = {msg.sender: bid}
             job.tried = set()
+            job.declined_round = set()
             job.offer_open = True
-            self._at(self.now_ms + self.params.late_bid_window_ms, T_WINDOW, (job.job_id, job.attempt))
+            p = self.params
+            until = max(self.now_ms + p.late_bid_window_ms, job.offered_ms + self._learned_window_ms())
+            self._at(min(until, self.now_ms + p.bid_window_max_ms), T_WINDOW, (job.job_id, job.attempt))
             self._derive_state(job)
 
     def on_decline(self: Node, msg: Opened) -> None:
@@ -304,6 +333,7 @@ class OriginMixin:
             return
         self._note_decline(job, msg.sender, msg.body.reason)
         job.declined_now += 1
+        job.declined_round.add(msg.sender)
         self._maybe_close_window(job)
 
     def _note_decline(self, job: OriginJob, peer: str, reason: str) -> None:
@@ -328,10 +358,44 @@ class OriginMixin:
             self._advance(job)
 
     def _close_window(self: Node, job: OriginJob) -> None:
+        hold_until = job.offered_ms + self.params.bid_window_max_ms
+        if self.now_ms < hold_until and self._only_saturated_bids(job):
+            # Every bidder in hand already holds as many of our runs as it has
+            # slots, while a candidate with room has not answered yet: wait
+            # for it (at most until the window's maximum), instead of queueing
+            # the job behind our own work on the quickest responder.
+            self._at(hold_until, T_WINDOW, (job.job_id, job.attempt))
+            return
         job.offer_open = False
         job.declined_now = 0
         self._award_next(job)
         self._advance(job)
+
+    def _only_saturated_bids(self: Node, job: OriginJob) -> bool:
+        """The round's usable bidders are all saturated by our in-flight runs
+        and some fitting candidate that is not has not answered."""
+        bidders = [p for p in job.bids if p not in job.tried and p not in job.excluded]
+        if not bidders:
+            return False
+        inflight = self._inflight()
+
+        def saturated(peer: str) -> bool:
+            entry = self.peers.get(peer)
+            slots = entry.advert.capacity if entry is not None else 1
+            return inflight.get(peer, 0) >= max(1, slots)
+
+        if not all(saturated(p) for p in bidders):
+            return False
+        req = offer_requirements(job.spec)
+        ran = job.excluded | self._ran(job)
+        for entry in self.peers.alive(self.now_ms):
+            p = entry.peer_id
+            if (p in job.bids or p in job.declined_round or p in ran or saturated(p)
+                    or self.trust.banned(p, self.now_ms)):
+                continue
+            if fit_reason(Capacity.from_advert(entry.advert), req) is None:
+                return True
+        return False
 
     def _award_next(self: Node, job: OriginJob) -> None:
         """Award as many untried bids of this round as runs are still wanted."""
@@ -348,7 +412,7 @@ class OriginMixin:
         ranked = rank_bids(usable, job.spec.speed, {p: self.trust.rank_reputation(p, self.now_ms) for p in usable},
                            self._inflight(), {p: self.rng.random() for p in usable})
         for peer in ranked:
-            if want <= 0:
+            if want <= 0 or job.next_replica > MAX_REPLICA:
                 break
             if not job.replicate_decided:
                 job.replicate_decided = True

@@ -42,6 +42,13 @@ SIGNING_DOMAIN = b"meshd-msg-v1\x00"
 NONCE_LEN = 8
 MAX_TYPE_LEN = 32
 
+MAX_ATTEMPT = 1_000_000
+"""Highest offer round (``attempt``) of one job. An origin fails a job rather
+than open round MAX_ATTEMPT + 1."""
+MAX_REPLICA = 1_000
+"""Highest run index (``replica``) of one job: every award, refused or not,
+takes the next index. An origin fails a job rather than exceed it."""
+
 PeerId = Annotated[str, Field(min_length=1, max_length=128)]
 JobId = Annotated[str, Field(min_length=8, max_length=64)]
 ShortText = Annotated[str, Field(max_length=512)]
@@ -98,7 +105,7 @@ class Offer(Body):
     """A job looking for workers (gossiped; small: the descriptor travels in the award)."""
 
     job_id: JobId
-    attempt: Annotated[int, Field(ge=1, le=1000)]
+    attempt: Annotated[int, Field(ge=1, le=MAX_ATTEMPT)]
     spec_digest: Digest
     requirements: OfferRequirements
     estimated_flops: float | None = None
@@ -134,7 +141,7 @@ class Decline(Body):
 class Award(Body):
     job_id: JobId
     attempt: int
-    replica: Annotated[int, Field(ge=0, le=8)] = 0
+    replica: Annotated[int, Field(ge=0, le=MAX_REPLICA)] = 0
     spec: dict[str, Any]
     """The full job descriptor (validated by the worker as a JobSpec)."""
     price: Annotated[float, Field(ge=0)]

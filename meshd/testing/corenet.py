@@ -109,6 +109,9 @@ class CoreNet:
         """Answers ``RunChecker`` effects (the shell's tolerance/checker comparison)."""
         self.checker_delay_ms = 1
         """How long a comparison takes (a checker container takes seconds)."""
+        self.sender_latency_ms: dict[str, tuple[int, int]] = {}
+        """Fault: messages a peer sends (gossip and direct) take this long
+        instead of ``latency_ms`` (a loaded node that answers late)."""
         for i in range(n):
             worker = workers[i] if workers else FakeWorker()
             self.add_node(Identity.from_seed_int(seed * 1000 + i + 1), worker)
@@ -165,8 +168,8 @@ class CoreNet:
         self._seq += 1
         heapq.heappush(self._queue, (at_ms, self._seq, peer, inp))
 
-    def _latency(self) -> int:
-        return self.rng.randint(*self.latency_ms)
+    def _latency(self, sender: str | None = None) -> int:
+        return self.rng.randint(*self.sender_latency_ms.get(sender or "", self.latency_ms))
 
     def _feed(self, peer: str, inp: Any) -> None:
         slot = self.slots[peer]
@@ -192,12 +195,13 @@ class CoreNet:
             elif isinstance(eff, Publish):
                 for other in self.order:
                     if other != peer and self.reachable(peer, other) and self.rng.random() >= self.drop_rate:
-                        self._schedule(self.now_ms + self._latency(), other,
+                        self._schedule(self.now_ms + self._latency(peer), other,
                                        GossipReceived(eff.topic, peer, eff.data))
             elif isinstance(eff, Send):
                 if eff.to_peer in self.slots and self.reachable(peer, eff.to_peer) \
                         and self.rng.random() >= self.drop_rate:
-                    self._schedule(self.now_ms + self._latency(), eff.to_peer, DirectReceived(peer, eff.data))
+                    self._schedule(self.now_ms + self._latency(peer), eff.to_peer,
+                                   DirectReceived(peer, eff.data))
                 else:
                     self._schedule(self.now_ms + self._latency(), peer,
                                    SendFailed(eff.to_peer, eff.kind, eff.job_id, "unreachable"))
