@@ -477,3 +477,16 @@ def test_a_job_past_the_run_index_bound_fails_instead_of_sending_a_bad_award(mon
     job = run_to_end(net, 0, net.submit(0, spec()), max_ms=200_000)
     assert job.state == "failed" and "4 awards" in job.reason, job.reason
     assert max(r.replica for r in job.runs.values()) == 3
+
+
+def test_a_late_bid_withdraws_the_did_not_answer_decline() -> None:
+    """origin.py NO_ANSWER: a candidate silent when the window closed is noted
+    as "did not answer the offer"; its bid arriving later withdraws the note,
+    so `mesh job` does not blame the worker that ran the job."""
+    net = mesh(2, seed=25)
+    worker = net.order[1]
+    net.sender_latency_ms[worker] = (400, 600)  # past the 250 ms base window
+    job = run_to_end(net, 0, net.submit(0, spec()))
+    assert job.state == "succeeded" and done_workers(job) == [worker]
+    assert records(net, 0, "job_no_bids", job.job_id)  # the first window did close empty
+    assert (worker, "did not answer the offer") not in job.declines, list(job.declines)

@@ -56,6 +56,8 @@ if TYPE_CHECKING:
     from .node import Node
 
 T_WINDOW, T_REOFFER, T_LEASE, T_AWARD = "window", "reoffer", "lease", "award_timeout"
+NO_ANSWER = "did not answer the offer"
+"""Decline noted for a candidate silent when a window closed (withdrawn if its bid arrives later)."""
 
 
 @dataclass
@@ -301,6 +303,8 @@ class OriginMixin:
             return
         if bid.attempt == job.attempt:
             self.bid_delays.append(max(0, self.now_ms - job.offered_ms))
+        if (msg.sender, NO_ANSWER) in job.declines:  # it did answer, late
+            job.declines = deque(d for d in job.declines if d != (msg.sender, NO_ANSWER))
         if job.offer_open:
             # A bid for an earlier round of this job is as good as one for
             # this round: the worker judged the same job (exclusions are
@@ -474,7 +478,7 @@ class OriginMixin:
             elif self.trust.banned(entry.peer_id, self.now_ms):
                 reason = "banned for misbehaviour"
             else:
-                reason = fit_reason(Capacity.from_advert(entry.advert), req) or "did not answer the offer"
+                reason = fit_reason(Capacity.from_advert(entry.advert), req) or NO_ANSWER
             self._note_decline(job, entry.peer_id, reason)
         if not self.peers.alive(self.now_ms):
             self._note_decline(job, "-", "no peers known (is this node connected to the mesh?)")
