@@ -124,6 +124,8 @@ class OriginJob:
     """Declines received in the open round."""
     declined_round: set[str] = field(default_factory=set)
     """Peers that declined the open round."""
+    holding: bool = False
+    """The open round is held for a candidate with room (every bidder saturated)."""
 
 
 class OriginMixin:
@@ -181,7 +183,7 @@ class OriginMixin:
                 run.state = "cancelled"
                 self._send(run.worker, Cancel(job_id=job.job_id, attempt=run.attempt,
                                               reason="cancelled by the user"), job.job_id)
-        job.offer_open = False
+        job.offer_open, job.holding = False, False
         self._finish(job, "cancelled", "cancelled by the user")
 
     def _on_RetryRequested(self: Node, inp: RetryRequested) -> None:
@@ -312,7 +314,10 @@ class OriginMixin:
             if bid.attempt != job.attempt:
                 self.counters["bid_carried_over"] += 1
             job.bids[msg.sender] = bid
-            self._maybe_close_window(job)
+            if job.holding:
+                self._close_window(job)  # closes unless this bidder is saturated too
+            else:
+                self._maybe_close_window(job)
             return
         # Late binding: a bid that missed its window is still an offer of
         # work. If the job is waiting for a worker, award it now instead of
@@ -368,9 +373,11 @@ class OriginMixin:
             # slots, while a candidate with room has not answered yet: wait
             # for it (at most until the window's maximum), instead of queueing
             # the job behind our own work on the quickest responder.
-            self._at(hold_until, T_WINDOW, (job.job_id, job.attempt))
+            if not job.holding:
+                job.holding = True
+                self._at(hold_until, T_WINDOW, (job.job_id, job.attempt))
             return
-        job.offer_open = False
+        job.offer_open, job.holding = False, False
         job.declined_now = 0
         self._award_next(job)
         self._advance(job)
@@ -780,7 +787,7 @@ class OriginMixin:
 
     def _finish(self: Node, job: OriginJob, state: str, reason: str) -> None:
         job.reason = reason
-        job.offer_open = False
+        job.offer_open, job.holding = False, False
         self._set_state(job, state, reason)
         self._append("job_finished", {"job_id": job.job_id, "state": state, "reason": reason,
                                       "canonical": job.canonical, "cost": job.cost_actual},
@@ -882,7 +889,7 @@ class OriginMixin:
         for job in self.jobs.values():
             if job.state in TERMINAL:
                 continue
-            job.offer_open = False
+            job.offer_open, job.holding = False, False
             for run in job.runs.values():
                 if run.state in RUN_LIVE:
                     run.state = "active"
