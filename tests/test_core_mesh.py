@@ -490,3 +490,22 @@ def test_a_late_bid_withdraws_the_did_not_answer_decline() -> None:
     assert job.state == "succeeded" and done_workers(job) == [worker]
     assert records(net, 0, "job_no_bids", job.job_id)  # the first window did close empty
     assert (worker, "did not answer the offer") not in job.declines, list(job.declines)
+
+
+def test_a_held_round_closes_as_soon_as_a_worker_with_room_bids() -> None:
+    """origin.py ``holding``: the round waits for a candidate with room only
+    until such a candidate's bid arrives (~0.5 s here), not for the whole
+    ``bid_window_max_ms`` (2 s) while a third candidate stays silent."""
+    one_slot = [FakeWorker(caps=default_caps(cores=1), duration_ms=lambda s: 10_000) for _ in range(4)]
+    net = mesh(4, seed=26, workers=one_slot)
+    quick, slow, silent = net.order[1], net.order[2], net.order[3]
+    net.sender_latency_ms[slow] = (400, 600)
+    net.sender_latency_ms[silent] = (30_000, 30_000)
+    first = net.submit(0, spec(command=["echo", "1"]))  # only the quick bid is in time
+    assert net.run_until(lambda: started(net, 0, first))
+    assert [r.worker for r in net.job(0, first).runs.values()] == [quick]  # now saturated (1 slot)
+    t0 = net.now_ms
+    second = net.submit(0, spec(command=["echo", "2"]))
+    assert net.run_until(lambda: any(r.worker == slow for r in net.job(0, second).runs.values()), max_ms=5_000)
+    waited = net.now_ms - t0
+    assert 400 <= waited < 1_500, waited
