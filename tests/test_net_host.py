@@ -360,6 +360,40 @@ def test_sender_record_memo_rechecks_changed_records_and_never_keeps_a_rejected_
     assert check(rpc(b"good-2"), host, "p1") and len(calls) == n + 1
 
 
+async def test_a_neighbour_over_its_budget_is_dropped_before_any_check() -> None:
+    """_gossip.py push_msg: each neighbour has a token bucket
+    (``forwarder_rate_per_s``, ``forwarder_burst``) charged before py-libp2p's
+    signature check and our validator; the excess is dropped unchecked and
+    counted, and the neighbour is heard again once its bucket refills."""
+    b_params = NetParams(target_peers=1, forwarder_rate_per_s=20.0, forwarder_burst=30.0)
+    a = make_host(LINE)
+    at_a: list[bytes] = []
+    a.subscribe("meshd/test", lambda author, data: at_a.append(data))
+    checked: list[bytes] = []
+    got: list[bytes] = []
+    async with cluster(a):
+        b = make_host(b_params, [a.listen_addrs[0]])
+        b.subscribe("meshd/test", lambda author, data: got.append(data))
+        b.set_topic_validator("meshd/test", lambda author, data: checked.append(data) is None)
+        async with cluster(b):
+            await wait_until(lambda: b.peer_id in a.mesh_peers("meshd/test"))
+            t0 = time.monotonic()
+            for i in range(300):
+                await a.publish("meshd/test", b"m%d" % i)
+            await wait_until(lambda: len(got) + b.statistics().dropped_over_budget == 300)
+            elapsed = time.monotonic() - t0
+            # the burst, plus 20/s while the flood lasted (and a little slack)
+            assert 30 <= len(got) <= 30 + 20 * elapsed + 5, (len(got), elapsed)
+            assert checked == got  # nothing over the budget reached the validator
+            assert b.statistics().dropped_over_budget == 300 - len(got)
+            await trio.sleep(0.5)  # refills ~10 tokens
+            await a.publish("meshd/test", b"after")
+            await wait_until(lambda: got[-1:] == [b"after"])
+            for i in range(50):  # b's own publishes are never charged to a bucket (burst 30)
+                await b.publish("meshd/test", b"b%d" % i)
+            await wait_until(lambda: len(at_a) == 50)
+
+
 async def test_burst_of_40_per_second_for_2_seconds_reaches_every_host() -> None:
     await _burst_through_line(NetParams(target_peers=1), expect_all=True)
 

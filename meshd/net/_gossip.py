@@ -9,6 +9,10 @@
   publishes; go-libp2p only for messages of 1 KiB or more).
 - :func:`verify_sender_records_once` stops py-libp2p from re-checking the
   same signed peer record on every RPC a peer sends.
+- :class:`MeshPubsub` also charges every inbound message to a token bucket of
+  the neighbour that handed it over, before any signature is checked: a
+  neighbour over its budget has its messages dropped unchecked (counted), so
+  a flood costs us a protobuf parse per message, not two Ed25519 checks.
 - :class:`MeshPubsub` hands each validated, first-seen message straight to a
   callback instead of libp2p's per-topic 32-slot channel, which drops
   silently (with a WARNING) when a reader falls behind; it contains the
@@ -21,12 +25,13 @@ Rules: the callbacks are synchronous and must not raise; the host owns them.
 Both classes override hook methods of py-libp2p 0.8.1 only
 (``_check_spam_protection``, ``remove_peer``, ``_handle_dropped_rpc``,
 ``publish``, ``_emit_idontwant_for_message``, ``notify_subscriptions``,
-``stream_handler``, ``handle_sending_messages``).
+``push_msg``, ``stream_handler``, ``handle_sending_messages``).
 """
 
 from __future__ import annotations
 
 import collections
+import math
 import time
 import weakref
 from collections.abc import Callable, Iterable
@@ -137,11 +142,21 @@ class MeshPubsub(Pubsub):
         *args: Any,
         deliver: Callable[[rpc_pb2.Message], None],
         on_broken_stream: Callable[[ID, Exception], None],
+        forwarder_rate_per_s: float = math.inf,
+        forwarder_burst: float = math.inf,
+        max_forwarder_buckets: int = 1024,
+        on_over_budget: Callable[[ID], None] = lambda peer: None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._deliver = deliver
         self._on_broken_stream = on_broken_stream
+        self._forwarder_rate = forwarder_rate_per_s
+        self._forwarder_burst = forwarder_burst
+        self._max_buckets = max(1, max_forwarder_buckets)
+        self._on_over_budget = on_over_budget
+        # neighbour -> [tokens, monotonic time of the last refill]; least recently used first
+        self._buckets: collections.OrderedDict[ID, list[float]] = collections.OrderedDict()
         self._queue_moved = trio.Event()  # set (and replaced) whenever a peer queue pops
         self._stalled: set[ID] = set()  # peers whose full queue did not drain in time
 
@@ -188,6 +203,33 @@ class MeshPubsub(Pubsub):
 
     def notify_subscriptions(self, publish_message: rpc_pb2.Message) -> None:
         self._deliver(publish_message)
+
+    # ------------------------------------------------- inbound budget
+
+    async def push_msg(self, msg_forwarder: ID, msg: rpc_pb2.Message) -> None:
+        # py-libp2p checks the message's signature (strict signing), then our
+        # validator opens and verifies the envelope: two Ed25519 checks per
+        # message before GossipSub's own per-topic limit looks at it.
+        if msg_forwarder != self.my_id and not self._take_token(msg_forwarder):
+            self._on_over_budget(msg_forwarder)
+            return
+        await super().push_msg(msg_forwarder, msg)
+
+    def _take_token(self, peer: ID) -> bool:
+        now = time.monotonic()
+        bucket = self._buckets.get(peer)
+        if bucket is None:
+            bucket = self._buckets[peer] = [self._forwarder_burst, now]
+            while len(self._buckets) > self._max_buckets:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(peer)
+            bucket[0] = min(self._forwarder_burst, bucket[0] + (now - bucket[1]) * self._forwarder_rate)
+            bucket[1] = now
+        if bucket[0] < 1.0:
+            return False
+        bucket[0] -= 1.0
+        return True
 
     async def _teardown_if_connected(self, peer_id: ID) -> None:
         # py-libp2p 0.8.1's add_to_blacklist schedules this teardown, which

@@ -280,6 +280,10 @@ class MeshHost:
             max_inbound_rpc_size=params.max_gossip_bytes + GOSSIP_RPC_OVERHEAD_BYTES,
             deliver=self._on_gossip,
             on_broken_stream=self._on_broken_pubsub_stream,
+            forwarder_rate_per_s=params.forwarder_rate_per_s,
+            forwarder_burst=params.forwarder_burst,
+            max_forwarder_buckets=4 * params.max_peers,
+            on_over_budget=lambda peer: self._count("dropped_over_budget"),
         )
         self._host.get_network().register_notifee(_ConnectionWatch(self))
         self.handle(PX_PROTOCOL, self._serve_px, _internal=True)

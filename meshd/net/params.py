@@ -53,6 +53,13 @@ class NetParams:
     are exempt. libp2p's default is 10/s for every topic, which silently loses
     a quarter of a 40 msg/s burst; 100/s sits above what one Python host can
     carry (~40 msg/s on 3 hosts), so it only bites on real floods."""
+    forwarder_rate_per_s: float = 500.0
+    """Gossip messages per second (all topics) one neighbour may hand us; they
+    are charged before any signature check, and beyond the budget dropped
+    unchecked and counted (``dropped_over_budget``). Far above what a Python
+    host carries honestly (~40 msg/s), so only floods meet it."""
+    forwarder_burst: float = 2_500.0
+    """Size of that budget's bucket: messages a neighbour may send at once."""
     topic_rate_limits_per_s: Mapping[str, float] = field(default_factory=_frozen_map, hash=False)
     """Per-topic overrides of :attr:`topic_rate_limit_per_s` (topic -> msgs/s)."""
     seen_ttl_s: int = 120
@@ -145,6 +152,7 @@ class NetParams:
         )
         positive = (
             "gossip_heartbeat_s", "max_gossip_bytes", "topic_rate_limit_per_s",
+            "forwarder_rate_per_s", "forwarder_burst",
             "seen_ttl_s", "inbox_size", "publish_wait_s", "max_pending_publishes",
             "max_request_bytes", "max_response_bytes",
             "max_error_bytes", "request_timeout_s", "handler_timeout_s",
