@@ -168,7 +168,10 @@ async def test_flood_is_rejected_at_the_door_and_jobs_keep_completing(tmp_path: 
     params = dataclasses.replace(FAST_CORE, max_message_bytes=MAX_MESSAGE_BYTES)
     # target_peers=2: once the three daemons are connected they dial nobody
     # else, so B and C never reach the test peer except through A.
-    net = NetParams(gossip_heartbeat_s=0.2, peer_exchange_interval_s=0.5, target_peers=2)
+    # Counting every kind exactly needs the flood to go on: A would otherwise
+    # block the test peer after 100 forged messages (the next test).
+    net = NetParams(gossip_heartbeat_s=0.2, peer_exchange_interval_s=0.5, target_peers=2,
+                    invalid_forwarder_limit=100_000)
     async with Cluster.started(nursery, tmp_path, 3, core_params=params, net_params=net) as c:
         a = c.daemon(A)
         peer = FloodPeer(Identity.generate(), refuse=[c.peer_id(B), c.peer_id(C)])
@@ -253,3 +256,42 @@ async def test_flood_is_rejected_at_the_door_and_jobs_keep_completing(tmp_path: 
         total_s = time.monotonic() - started
         print(f"flood: {len(gossip)} gossip + {len(direct)} direct in {flood_s:.1f}s; test {total_s:.1f}s")
         assert total_s < 60
+
+
+async def test_a_neighbour_forwarding_forged_gossip_is_blocked_and_jobs_keep_completing(
+        tmp_path: Path, nursery: trio.Nursery) -> None:
+    """NetParams.invalid_forwarder_limit (100 in 10 s): a neighbour that keeps
+    handing A gossip with forged signatures is blocked and disconnected after
+    the limit; the rest of its flood never costs A a signature check, and
+    the mesh goes on placing work."""
+    net = NetParams(gossip_heartbeat_s=0.2, peer_exchange_interval_s=0.5, target_peers=2)
+    async with Cluster.started(nursery, tmp_path, 3, core_params=FAST_CORE, net_params=net) as c:
+        a = c.daemon(A)
+        peer = FloodPeer(Identity.generate(), refuse=[c.peer_id(B), c.peer_id(C)])
+        victim = Identity.from_seed_int(4242)
+        body = advert(1).model_dump(mode="python")
+        async with trio.open_nursery() as tn:
+            await tn.start(peer.host.run)
+            await peer.host.connect(a.host.listen_addrs[0])
+            await wait_until(lambda: peer.host.mesh_peers(TOPIC_ADVERTS) == [c.peer_id(A)], 10,
+                             "the test peer to join A's mesh")
+            sent = 0
+            with trio.move_on_after(20):
+                while c.peer_id(A) in peer.host.connected_peers() and sent < 1_000:
+                    await peer.wait_send_room(c.peer_id(A))
+                    await peer.host.publish(TOPIC_ADVERTS,
+                                            envelope(peer.identity, victim.public_key, "advert", body, now_ms()))
+                    sent += 1
+            await wait_until(lambda: a.host.statistics().forwarders_blocked == 1, 10, "A to block the test peer")
+            await wait_until(lambda: c.peer_id(A) not in peer.host.connected_peers(), 10, "the disconnect")
+            checked = a.gossip_check.rejected["bad_signature"]  # type: ignore[union-attr]
+            # Blocked at the 100th; a few more may have been in A's pipeline then.
+            print(f"\nforged flood: blocked after {checked} checked of {sent} sent")
+            assert 100 <= checked <= 140, (checked, sent)
+            assert sent < 1_000  # the flood was cut short by the disconnect
+            tn.cancel_scope.cancel()
+        for i in (B, C):
+            assert c.daemon(i).gossip_check.rejected["bad_signature"] == 0  # type: ignore[union-attr]
+        job = await c.wait_job(A, await c.submit(A, JOB), timeout_s=30)
+        assert job.state == "succeeded", job.reason
+        assert a.core_errors == 0

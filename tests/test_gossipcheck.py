@@ -17,6 +17,7 @@ from meshd.core.identity import Identity
 from meshd.core.node import Node
 from meshd.core.params import CoreParams
 from meshd.core.wire import Advert, Bid, seal
+from meshd.net import PROVABLY_INVALID
 from meshd.runtime.gossipcheck import CachingCodec, GossipValidator
 
 NOW = 1_700_000_000_000
@@ -55,11 +56,14 @@ def test_each_check_drops_with_its_reason() -> None:
         "stale": (ALICE, sealed(ALICE, advert(), NOW - node.params.max_message_age_ms - 1)),
     }
     for reason, (author, data) in cases.items():
-        assert not adverts(author.peer_id, data), reason
+        verdict = adverts(author.peer_id, data)
+        assert not verdict, reason
+        # Only verdicts no honest forwarder could share are held against the neighbour.
+        assert (verdict is PROVABLY_INVALID) == (reason in ("malformed", "bad_signature", "author_mismatch")), reason
         assert v.rejected[reason] == 1, (reason, dict(v.rejected))
     assert adverts(ALICE.peer_id, good)
     node.step(GossipReceived(TOPIC_ADVERTS, ALICE.peer_id, good), NOW)  # the core accepts it ...
-    assert not adverts(ALICE.peer_id, good)  # ... so the same bytes again are a replay
+    assert adverts(ALICE.peer_id, good) is False  # ... so the same bytes again are a replay
     assert v.rejected["replay"] == 1
     node.trust.ban_forever(BOB.peer_id, "test", NOW)
     assert not adverts(BOB.peer_id, sealed(BOB, advert()))

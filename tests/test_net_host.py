@@ -394,6 +394,39 @@ async def test_a_neighbour_over_its_budget_is_dropped_before_any_check() -> None
             await wait_until(lambda: len(at_a) == 50)
 
 
+async def test_a_neighbour_passing_on_provably_invalid_messages_is_blocked() -> None:
+    """host.py PROVABLY_INVALID: a neighbour that hands over
+    ``invalid_forwarder_limit`` messages the validator calls provably invalid
+    within the window is blocked; plain rejections (a verdict that depends on
+    local state) never count against it."""
+    from meshd.net import PROVABLY_INVALID
+
+    b_params = NetParams(target_peers=1, invalid_forwarder_limit=10, invalid_forwarder_window_s=10.0)
+    a = make_host(LINE)
+    a.subscribe("meshd/test", lambda author, data: None)
+    async with cluster(a):
+        b = make_host(b_params, [a.listen_addrs[0]])
+        b.subscribe("meshd/test", lambda author, data: None)
+        b.set_topic_validator(
+            "meshd/test", lambda author, data: PROVABLY_INVALID if data.startswith(b"forged") else
+            not data.startswith(b"stale"))
+        async with cluster(b):
+            await wait_until(lambda: b.peer_id in a.mesh_peers("meshd/test"))
+            for i in range(40):
+                await a.publish("meshd/test", b"stale %d" % i)
+            await wait_until(lambda: b.statistics().dropped_invalid == 40)
+            assert connected(a, b) and b.statistics().forwarders_blocked == 0
+            for i in range(9):
+                await a.publish("meshd/test", b"forged %d" % i)
+            await wait_until(lambda: b.statistics().dropped_invalid == 49)
+            assert connected(a, b) and b.statistics().forwarders_blocked == 0
+            await a.publish("meshd/test", b"forged 9")
+            await wait_until(lambda: b.statistics().forwarders_blocked == 1)
+            await wait_until(lambda: not connected(a, b))
+            with pytest.raises(PeerUnreachable):
+                await b.request(a.peer_id, "/meshd/test/echo/1", b"x")
+
+
 async def test_burst_of_40_per_second_for_2_seconds_reaches_every_host() -> None:
     await _burst_through_line(NetParams(target_peers=1), expect_all=True)
 

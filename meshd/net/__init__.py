@@ -14,12 +14,13 @@ from meshd.net.errors import (
     RemoteError,
     RequestTimeout,
 )
-from meshd.net.host import PX_PROTOCOL, MeshHost
+from meshd.net.host import PROVABLY_INVALID, PX_PROTOCOL, MeshHost
 from meshd.net.logs import quiet_libp2p_logs
 from meshd.net.params import NetParams
 from meshd.net.stats import NetStats
 
 __all__ = [
+    "PROVABLY_INVALID",
     "PX_PROTOCOL",
     "InvalidMessage",
     "MeshHost",

@@ -51,6 +51,7 @@ import collections
 import logging
 import math
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -117,7 +118,31 @@ DIAL_RETRIES = 1
 """libp2p's retries of a failed dial (its default, 3, makes a dead peer cost ~0.7 s)."""
 
 GossipHandler = Callable[[str, bytes], None]
+class _ProvablyInvalid:
+    """A validator's verdict: reject, and hold it against the neighbour that
+    handed the message over (see :data:`PROVABLY_INVALID`). Falsy."""
+
+    __slots__ = ()
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "PROVABLY_INVALID"
+
+
+PROVABLY_INVALID = _ProvablyInvalid()
+"""What a topic validator returns for a message no honest neighbour would have
+passed on: honest nodes validate before they forward, so a forged signature,
+undecodable bytes or another author's message re-published under a new id
+can only come from a neighbour that made it or forwards blindly. Such a
+neighbour is blocked after ``invalid_forwarder_limit`` of them within
+``invalid_forwarder_window_s``. Never use it for a verdict that depends on
+local state or clocks (stale, replayed, banned author): an honest neighbour
+may see those differently."""
+
 TopicValidator = Callable[[str, bytes], bool]
+"""``fn(author, data)``: truthy accepts; falsy (False, PROVABLY_INVALID) rejects."""
 RequestHandler = Callable[[str, bytes], Awaitable[bytes]]
 AppScore = Callable[[str], float]
 
@@ -239,6 +264,8 @@ class MeshHost:
         self._handlers: dict[str, RequestHandler] = {}
         self._subscriptions: dict[str, GossipHandler] = {}
         self._validators: dict[str, TopicValidator] = {}
+        # neighbour -> times of its recent provably invalid messages (bounded)
+        self._invalid_from: collections.OrderedDict[str, collections.deque[float]] = collections.OrderedDict()
         self._app_score: AppScore | None = None
         self._blocked: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._known: collections.OrderedDict[str, int] = collections.OrderedDict()  # -> fails
@@ -450,14 +477,34 @@ class MeshHost:
         if fn is None:
             return True
         try:
-            ok = bool(fn(str(author), msg.data))
+            verdict = fn(str(author), msg.data)
         except Exception as exc:
             log.debug("validator of %s raised %r; message dropped", topic, exc)
             self._count("handler_errors")
-            ok = False
-        if not ok:
-            self._count("dropped_invalid")
-        return ok
+            verdict = False
+        if verdict:
+            return True
+        self._count("dropped_invalid")
+        if verdict is PROVABLY_INVALID:
+            self._charge_invalid(str(forwarder))
+        return False
+
+    def _charge_invalid(self, forwarder: str) -> None:
+        p = self.params
+        times = self._invalid_from.get(forwarder)
+        if times is None:
+            times = self._invalid_from[forwarder] = collections.deque(maxlen=p.invalid_forwarder_limit)
+            while len(self._invalid_from) > 4 * p.max_peers:
+                self._invalid_from.popitem(last=False)
+        self._invalid_from.move_to_end(forwarder)
+        now = time.monotonic()
+        times.append(now)
+        if len(times) == p.invalid_forwarder_limit and now - times[0] <= p.invalid_forwarder_window_s:
+            del self._invalid_from[forwarder]
+            self._count("forwarders_blocked")
+            log.warning("blocking %s: it handed us %d provably invalid gossip messages within %.1f s",
+                        forwarder, p.invalid_forwarder_limit, now - times[0])
+            self.block_peer(forwarder)
 
     def _on_gossip(self, msg: rpc_pb2.Message) -> None:
         author = ID(msg.from_id)

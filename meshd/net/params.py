@@ -60,6 +60,14 @@ class NetParams:
     host carries honestly (~40 msg/s), so only floods meet it."""
     forwarder_burst: float = 2_500.0
     """Size of that budget's bucket: messages a neighbour may send at once."""
+    invalid_forwarder_limit: int = 100
+    """A neighbour that hands us this many gossip messages our validator calls
+    provably invalid (``PROVABLY_INVALID``: forged signature, undecodable,
+    re-published under another author) within ``invalid_forwarder_window_s``
+    is blocked for the life of the host. Honest nodes validate before they
+    forward, so they never send one."""
+    invalid_forwarder_window_s: float = 10.0
+    """The window of that count."""
     topic_rate_limits_per_s: Mapping[str, float] = field(default_factory=_frozen_map, hash=False)
     """Per-topic overrides of :attr:`topic_rate_limit_per_s` (topic -> msgs/s)."""
     seen_ttl_s: int = 120
@@ -152,7 +160,8 @@ class NetParams:
         )
         positive = (
             "gossip_heartbeat_s", "max_gossip_bytes", "topic_rate_limit_per_s",
-            "forwarder_rate_per_s", "forwarder_burst",
+            "forwarder_rate_per_s", "forwarder_burst", "invalid_forwarder_limit",
+            "invalid_forwarder_window_s",
             "seen_ttl_s", "inbox_size", "publish_wait_s", "max_pending_publishes",
             "max_request_bytes", "max_response_bytes",
             "max_error_bytes", "request_timeout_s", "handler_timeout_s",

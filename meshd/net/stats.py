@@ -19,6 +19,7 @@ class NetStats:
     dropped_oversize: int = 0  # inbound messages over max_gossip_bytes
     dropped_rate_limited: int = 0  # messages not forwarded: neighbour over its topic budget
     dropped_over_budget: int = 0  # inbound messages dropped unchecked: neighbour over forwarder_rate_per_s
+    forwarders_blocked: int = 0  # neighbours blocked for passing on provably invalid messages
     dropped_inbox_full: int = 0  # messages dropped because the inbox was full
     dropped_blocked: int = 0  # inbound messages authored by a blocked peer
     handler_errors: int = 0  # gossip handlers or validators that raised

@@ -23,6 +23,9 @@ only a look-up; the first failure drops the message (counted by reason in
    ``max_message_age_ms``), ``replay`` (the core already accepted
    ``(sender, nonce)``), ``banned`` (the core bans the signer).
 
+A rejection for a reason in :data:`PROVABLE` is returned as
+``PROVABLY_INVALID``: the host blocks a neighbour that hands over many.
+
 Rate limits stay in the core (they charge a bucket per accepted message). The
 core still runs every check itself: the validator is a filter in front of the
 mesh, not a replacement (defence in depth; the core is also driven without it
@@ -49,6 +52,13 @@ from typing import Any
 from meshd.core.identity import Identity
 from meshd.core.node import GOSSIP_TYPES, Node
 from meshd.core.wire import Body, Opened, Rejected, open_envelope, seal
+from meshd.net import PROVABLY_INVALID
+
+PROVABLE = frozenset({"malformed", "bad_signature", "author_mismatch"})
+"""Reasons no honest forwarder could share (it runs the same checks before
+forwarding, and they depend on nothing local: not the clock, the replay cache,
+bans or the protocol version's type list); the host holds them against the
+neighbour (``NetParams.invalid_forwarder_limit``)."""
 
 log = logging.getLogger("meshd.gossipcheck")
 
@@ -121,7 +131,7 @@ class GossipValidator:
                 self.passed += 1
                 return True
             self.rejected[reason] += 1
-            return False
+            return PROVABLY_INVALID if reason in PROVABLE else False
 
         return validate
 
