@@ -120,3 +120,61 @@ async def test_partition_queues_the_job_and_heal_lets_it_finish(cluster3: Cluste
     c.heal()
     job = await c.wait_job(0, job_id, timeout_s=60)
     assert job.state == "succeeded", job.reason
+
+
+async def test_blobs_are_served_only_to_the_peers_a_job_entitles(tmp_path: Path, nursery: trio.Nursery) -> None:
+    """specs/PROTOCOL.md §5 (blobs): an origin serves a job's inputs to the
+    workers holding its runs, a worker serves a run's output to that run's
+    origin, and nobody gets anything else (answered like a missing blob);
+    each peer may make at most ``blob_request_burst`` requests at once."""
+    from meshd.core.events import BLOB_PROTOCOL
+    from meshd.net import RemoteError
+
+    async with Cluster.started(nursery, tmp_path, 3) as c:
+        secret = c.daemon(0).blobs.put(b"the submitter's private input\n")
+        job_id = await c.submit(0, {"image": "meshd/busybox:1", "replicas": 1,
+                                    "inputs": [{"path": "in.txt", "digest": "sha256:" + secret}],
+                                    "command": ["sh", "-c", "sleep 1; cp $MESH_INPUTS/in.txt $MESH_OUTPUTS/o"]})
+        job = await c.wait_job(0, job_id, timeout_s=60)
+        assert job.state == "succeeded", job.reason
+        (run,) = [r for r in job.runs.values() if r.state == "done"]
+        worker = next(i for i in (1, 2) if c.peer_id(i) == run.worker)
+        bystander = 3 - worker
+        output = job.canonical
+
+        async def fetch(i: int, from_i: int, digest: str) -> bytes:
+            return await c.daemon(i).host.request(c.peer_id(from_i), BLOB_PROTOCOL, digest.encode())
+
+        # The output: its origin may fetch it again from the worker; the bystander may not.
+        assert _tar_files(await fetch(0, worker, output)) == {"o": b"the submitter's private input\n"}
+        try:
+            await fetch(bystander, worker, output)
+            raise AssertionError("a bystander fetched another origin's output")
+        except RemoteError as exc:
+            assert "no blob" in str(exc)
+        # The input: nobody may fetch it once no run of the job is live, not
+        # even the worker that ran it; and the bystander never could.
+        for i in (worker, bystander):
+            try:
+                await fetch(i, 0, "sha256:" + secret)
+                raise AssertionError("an input was served without a live run")
+            except RemoteError as exc:
+                assert "no blob" in str(exc)
+        refused = c.daemon(0).blob_requests_refused
+        assert refused["not_entitled"] == 2
+        # The per-peer bucket, at the handler (no network in between, so the
+        # bucket barely refills): a burst beyond blob_request_burst is refused
+        # as busy before any look-up.
+        w = c.daemon(worker)
+        burst = int(w.rp.blob_request_burst)
+        answers = []
+        for _ in range(burst + 10):
+            try:
+                await w._on_blob_request(c.peer_id(bystander), output.encode())
+            except LookupError as exc:
+                answers.append("busy" if str(exc).startswith("busy") else "no blob")
+        # The bystander spent one token on its network request above; one may
+        # have refilled since (20 per second).
+        assert answers.count("busy") in (10, 11), answers
+        assert answers[: burst - 2] == ["no blob"] * (burst - 2)
+        assert w.blob_requests_refused["rate"] == answers.count("busy")

@@ -185,6 +185,14 @@ class Node(OriginMixin, WorkerMixin, CreditsMixin):
             self._append("node_warmth", {"warm": self.warm, "reason": self.cold_reason or ""})
             self._timer_advert(None, reschedule=False)
 
+    def may_serve_blob(self, peer: str, digest: str) -> bool:
+        """Whether ``peer`` may fetch blob ``digest`` from us (specs/PROTOCOL.md
+        §5): the inputs of a job we originated, to a worker holding a live run
+        of it; the output of a run we executed, to that run's origin. Digests
+        compare without their ``sha256:`` prefix. Read-only."""
+        want = digest.removeprefix("sha256:")
+        return self.origin_serves(peer, want) or self.worker_serves(peer, want)
+
     def acceptance_reason(self, opened: Opened, allowed: Collection[str], now_ms: int) -> str | None:
         """Why a correctly signed message is not accepted, or None: its type does
         not belong on the channel, it is outside the clock window, a replay, or

@@ -490,6 +490,15 @@ class OriginMixin:
         if not self.peers.alive(self.now_ms):
             self._note_decline(job, "-", "no peers known (is this node connected to the mesh?)")
 
+    def origin_serves(self, peer: str, digest: str) -> bool:
+        """``peer`` holds a live run of a job of ours that has input ``digest``."""
+        for job in self.jobs.values():
+            if job.state in TERMINAL or not any(r.worker == peer and r.state in RUN_LIVE for r in job.runs.values()):
+                continue
+            if any(i.digest is not None and i.digest.removeprefix("sha256:") == digest for i in job.spec.inputs):
+                return True
+        return False
+
     def _inflight(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for job in self.jobs.values():

@@ -262,6 +262,11 @@ class WorkerMixin:
         self._append("work_acked", {"job_id": b.job_id, "attempt": b.attempt, "replica": b.replica,
                                     "accepted": b.accepted})
 
+    def worker_serves(self: Node, peer: str, digest: str) -> bool:
+        """We ran a job for origin ``peer`` whose output archive is ``digest``."""
+        return any(w.origin == peer and w.result is not None and w.result.output_digest is not None
+                   and w.result.output_digest.removeprefix("sha256:") == digest for w in self.work.values())
+
     def _gc_work(self) -> None:
         done = [k for k, w in self.work.items() if w.state in ("finished", "cancelled") and w.acked]
         keep = 4096

@@ -196,6 +196,8 @@ def status_view(d: Daemon) -> dict[str, Any]:
     caps = node.caps
     counters = dict(node.counters)
     counters["inbox_dropped"] = d.dropped_inputs
+    for reason, n in d.blob_requests_refused.items():
+        counters["blob_requests_refused_" + reason] = n
     if d.gossip_check is not None:
         for reason, n in d.gossip_check.rejected.items():
             counters["gossip_rejected_" + reason] = n

@@ -35,7 +35,7 @@ import random
 import secrets
 import shutil
 import time
-from collections import deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,6 +104,13 @@ class RuntimeParams:
     """Pause before such a retry."""
     max_concurrent_fetches: int = 8
     """Blob transfers (inputs, outputs) in flight at once."""
+    blob_requests_per_s: float = 20.0
+    """Blob requests per second one peer may make of us (a token bucket);
+    beyond it a request is refused as busy, before any look-up. An honest
+    peer makes one per input of a run it holds, or one per output we made
+    for it."""
+    blob_request_burst: float = 64.0
+    """Size of that bucket: requests one peer may make at once."""
     job_log_lines: int = 2_000
     """Log chunks kept per job for `mesh logs`."""
     capabilities_refresh_s: float = 30.0
@@ -128,6 +135,30 @@ class JobLogBuffer:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+class PeerBuckets:
+    """One token bucket per peer (``rate`` per second, ``burst`` deep); at most
+    ``max_peers`` buckets, the least recently used forgotten first."""
+
+    def __init__(self, rate: float, burst: float, max_peers: int) -> None:
+        self.rate, self.burst, self.max_peers = rate, burst, max(1, max_peers)
+        self._buckets: OrderedDict[str, list[float]] = OrderedDict()
+
+    def take(self, peer: str, now_s: float) -> bool:
+        bucket = self._buckets.get(peer)
+        if bucket is None:
+            bucket = self._buckets[peer] = [self.burst, now_s]
+            while len(self._buckets) > self.max_peers:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(peer)
+            bucket[0] = min(self.burst, bucket[0] + (now_s - bucket[1]) * self.rate)
+            bucket[1] = now_s
+        if bucket[0] < 1.0:
+            return False
+        bucket[0] -= 1.0
+        return True
 
 
 class Daemon:
@@ -174,6 +205,9 @@ class Daemon:
         """Fault injection for tests: all traffic with these peers is dropped."""
         self.core_errors = 0
         self.send_errors: dict[str, int] = {}
+        self._blob_bucket = PeerBuckets(self.rp.blob_requests_per_s, self.rp.blob_request_burst,
+                                        4 * self.net_params.max_peers)
+        self.blob_requests_refused: Counter[str] = Counter()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -335,9 +369,20 @@ class Daemon:
         return b"ok"
 
     async def _on_blob_request(self, from_peer: str, data: bytes) -> bytes:
+        """Serve a blob to a peer entitled to it (``Node.may_serve_blob``: a
+        worker holding a run of our job that has it as input, the origin of a
+        run whose output it is), at most ``blob_requests_per_s`` per peer. A
+        blob the peer may not have is answered exactly like a missing one."""
         if from_peer in self.drop_peers:
             raise ConnectionError("partitioned (test fault)")
+        if not self._blob_bucket.take(from_peer, time.monotonic()):
+            self.blob_requests_refused["rate"] += 1
+            raise LookupError("busy: too many blob requests; retry later")
         digest = bare(data.decode("ascii", "replace"))
+        assert self.node is not None
+        if not self.node.may_serve_blob(from_peer, digest):
+            self.blob_requests_refused["not_entitled"] += 1
+            raise LookupError(f"no blob {digest[:80]}")
         try:
             if self.blobs.has(digest):
                 return await trio.to_thread.run_sync(self.blobs.get, digest)
