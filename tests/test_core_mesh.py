@@ -509,3 +509,23 @@ def test_a_held_round_closes_as_soon_as_a_worker_with_room_bids() -> None:
     assert net.run_until(lambda: any(r.worker == slow for r in net.job(0, second).runs.values()), max_ms=5_000)
     waited = net.now_ms - t0
     assert 400 <= waited < 1_500, waited
+
+
+def test_a_worker_whose_benchmark_came_out_low_is_not_piled_on() -> None:
+    """placement.rank_bids ``per_gflop``: without a flops estimate a bid's
+    price is ``timeout × score × unit price``, so a worker measured at half
+    the speed bids half the price for the same work. Ranked on those prices
+    it held 8 of a 20-job burst at once while four equal workers held 3; on
+    unit prices every worker holds its share."""
+    workers = [FakeWorker(caps=default_caps(cores=2, score=60.0 if i == 1 else 130.0)) for i in range(6)]
+    net = mesh(6, seed=5, workers=workers)
+    jobs = [net.submit(0, spec(command=["echo", str(i)])) for i in range(20)]
+    most: Counter[str] = Counter()
+
+    def all_done() -> bool:
+        for worker, n in net.node(0)._inflight().items():
+            most[worker] = max(most[worker], n)
+        return all(net.job(0, j).state == "succeeded" for j in jobs)
+
+    assert net.run_until(all_done)
+    assert most[net.order[1]] <= min(most[w] for w in net.order[2:]) + 1, dict(most)

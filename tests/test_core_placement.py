@@ -199,6 +199,29 @@ def test_reputation_breaks_an_even_contest_and_can_outweigh_price() -> None:
     assert rank_bids({**close, "known": bid(5.1, 5_000)}, "cheap", {"known": 1.0}, {}, {})[0] == "stranger"
 
 
+def test_without_a_flops_estimate_unit_prices_are_compared() -> None:
+    # Same unit price, one worker twice as fast: its timeout-bound price is twice
+    # as high, but the work costs the same on both.
+    slow = Bid(job_id="j-00000001", attempt=1, price=30.0, est_start_ms=0, est_duration_ms=600_000,
+               score_gflops=50.0)
+    fast = Bid(job_id="j-00000001", attempt=1, price=60.0, est_start_ms=0, est_duration_ms=600_000,
+               score_gflops=100.0)
+    bids = {"slow": slow, "fast": fast}
+    assert rank_bids(bids, "cheap", {}, {}, {})[0] == "slow"  # bounds compared: the slow one looks cheap
+    assert rank_bids(bids, "cheap", {}, {"slow": 1}, {}, per_gflop=True)[0] == "fast"
+    assert rank_bids(bids, "cheap", {}, {"fast": 1}, {}, per_gflop=True)[0] == "slow"
+
+
+def test_a_long_queue_is_not_capped_by_the_spread_of_the_bids() -> None:
+    # Finish is scaled against the best bid, not min-max over the bids: the
+    # cheapest worker loses once its queue of our runs makes it much later,
+    # however far apart the prices are (min-max: a tie at any queue length).
+    cheap = bid(5.0, 5_000)
+    dear = bid(50.0, 5_000)
+    assert rank_bids({"cheap": cheap, "dear": dear}, "balanced", {}, {}, {})[0] == "cheap"
+    assert rank_bids({"cheap": cheap, "dear": dear}, "balanced", {}, {"cheap": 3}, {})[0] == "dear"
+
+
 def test_inflight_awards_push_a_worker_down() -> None:
     bids = {"a": bid(5.0, 5_000), "b": bid(5.0, 5_000)}
     assert rank_bids(bids, "balanced", {}, {"a": 2}, {}) == ["b", "a"]

@@ -100,8 +100,21 @@ def test_twenty_jobs_spread_over_five_workers(tmp_path: Path) -> None:
         origin = procs[0].status()["peer_id"]  # type: ignore[index]
         assert origin not in counts
         # 20 one-second jobs over 5 equal workers: the fair share is 4. Piling up
-        # would put most on the first bidder; allow up to twice the fair share.
+        # queues jobs behind one worker while others idle: before the learned
+        # bid window, the saturated-bidder hold and unit-price ranking, up to 18
+        # went to the quickest bidder or to the one whose benchmark came out
+        # low (it looked cheapest); in CI once 9/9/2 on three workers.
         assert len(counts) >= 4, counts
         assert max(counts.values()) <= 8, counts
+        # What must not happen is queueing: at no moment does one worker hold
+        # more of these jobs than its slots plus two waiting.
+        slots = procs[1].status()["load"]["capacity"]  # type: ignore[index]
+        held: dict[str, list[tuple[int, int]]] = {}
+        for v in views.values():
+            start = next(h["ts_ms"] for h in reversed(v["history"]) if h["state"] == "awarded")
+            held.setdefault(v["result"]["worker"], []).append((start, v["updated_at"]))
+        for worker, spans in held.items():
+            most = max(sum(1 for a, b in spans if a <= t < b) for t, _ in spans)
+            assert most <= slots + 2, (worker[-6:], most, slots, sorted(spans))
     finally:
         stop_all(procs)

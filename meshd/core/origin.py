@@ -136,6 +136,8 @@ class OriginMixin:
     def init_origin(self: Node) -> None:
         self.jobs = {}
         self.bid_delays: deque[int] = deque(maxlen=self.params.bid_delay_samples)
+        self.holding_jobs: set[str] = set()
+        """Jobs whose open round is held for a less loaded worker."""
 
     # ------------------------------------------------------------ API-facing
 
@@ -178,6 +180,7 @@ class OriginMixin:
         job = self.jobs.get(inp.job_id)
         if job is None or job.state in TERMINAL:
             return
+        freed = [run.worker for run in job.runs.values() if run.state in RUN_LIVE]
         for run in job.runs.values():
             if run.state in RUN_LIVE:
                 run.state = "cancelled"
@@ -185,6 +188,8 @@ class OriginMixin:
                                               reason="cancelled by the user"), job.job_id)
         job.offer_open, job.holding = False, False
         self._finish(job, "cancelled", "cancelled by the user")
+        for worker in freed:
+            self._freed(worker)
 
     def _on_RetryRequested(self: Node, inp: RetryRequested) -> None:
         job = self.jobs.get(inp.job_id)
@@ -367,41 +372,56 @@ class OriginMixin:
             self._advance(job)
 
     def _close_window(self: Node, job: OriginJob) -> None:
-        hold_until = job.offered_ms + self.params.bid_window_max_ms
+        hold_until = job.offered_ms + self.params.saturated_hold_max_ms
         if self.now_ms < hold_until and self._only_saturated_bids(job):
             # Every bidder in hand already holds as many of our runs as it has
-            # slots, while a candidate with room has not answered yet: wait
-            # for it (at most until the window's maximum), instead of queueing
-            # the job behind our own work on the quickest responder.
+            # slots, while a less loaded candidate has not answered yet: wait
+            # for its bid, or for one of our runs on a bidder to end (then
+            # that bidder could start this job at once; ``_freed``), instead
+            # of queueing the job behind our own work on the quickest responder.
             if not job.holding:
                 job.holding = True
+                self.counters["rounds_held"] += 1
+                self.holding_jobs.add(job.job_id)
                 self._at(hold_until, T_WINDOW, (job.job_id, job.attempt))
             return
+        self.holding_jobs.discard(job.job_id)
         job.offer_open, job.holding = False, False
         job.declined_now = 0
         self._award_next(job)
         self._advance(job)
 
+    def _freed(self: Node, worker: str) -> None:
+        """A run of ours on ``worker`` ended: rounds held while ``worker`` was
+        saturated are ranked again (it may now be the best bid)."""
+        for job_id in list(self.holding_jobs):
+            job = self.jobs.get(job_id)
+            if job is None or not job.holding or job.state in TERMINAL:
+                self.holding_jobs.discard(job_id)
+            elif worker in job.bids:
+                self._close_window(job)
+
     def _only_saturated_bids(self: Node, job: OriginJob) -> bool:
-        """The round's usable bidders are all saturated by our in-flight runs
-        and some fitting candidate that is not has not answered."""
+        """Every usable bidder of the round already holds at least as many of
+        our live runs as it has slots, and some fitting candidate that has not
+        answered holds fewer of them than the least loaded bidder."""
         bidders = [p for p in job.bids if p not in job.tried and p not in job.excluded]
         if not bidders:
             return False
         inflight = self._inflight()
 
-        def saturated(peer: str) -> bool:
+        def slots(peer: str) -> int:
             entry = self.peers.get(peer)
-            slots = entry.advert.capacity if entry is not None else 1
-            return inflight.get(peer, 0) >= max(1, slots)
+            return max(1, entry.advert.capacity if entry is not None else 1)
 
-        if not all(saturated(p) for p in bidders):
+        if any(inflight.get(p, 0) < slots(p) for p in bidders):
             return False
+        least = min(inflight.get(p, 0) for p in bidders)
         req = offer_requirements(job.spec)
         ran = job.excluded | self._ran(job)
         for entry in self.peers.alive(self.now_ms):
             p = entry.peer_id
-            if (p in job.bids or p in job.declined_round or p in ran or saturated(p)
+            if (p in job.bids or p in job.declined_round or p in ran or inflight.get(p, 0) >= least
                     or self.trust.banned(p, self.now_ms)):
                 continue
             if fit_reason(Capacity.from_advert(entry.advert), req) is None:
@@ -421,7 +441,8 @@ class OriginMixin:
             self._no_bids(job)
             return
         ranked = rank_bids(usable, job.spec.speed, {p: self.trust.rank_reputation(p, self.now_ms) for p in usable},
-                           self._inflight(), {p: self.rng.random() for p in usable})
+                           self._inflight(), {p: self.rng.random() for p in usable},
+                           per_gflop=not job.spec.estimated_flops)
         for peer in ranked:
             if want <= 0 or job.next_replica > MAX_REPLICA:
                 break
@@ -566,10 +587,10 @@ class OriginMixin:
         self._note_decline(job, run.worker, "refused award: " + reason)
         self._append("run_refused", {"job_id": job.job_id, "attempt": run.attempt, "replica": run.replica,
                                      "reason": reason})
-        if job.state in TERMINAL:
-            return
-        self._award_next(job)  # next best bid of the same round, if any
-        self._advance(job)
+        if job.state not in TERMINAL:
+            self._award_next(job)  # next best bid of the same round, if any
+            self._advance(job)
+        self._freed(run.worker)
 
     # ------------------------------------------------------------ leases
 
@@ -609,6 +630,7 @@ class OriginMixin:
         self.trust.observe(run.worker, "abandoned", self.now_ms)
         self._run_failed(job, run, f"lease lost: no heartbeat from {run.worker[-8:]} for "
                                    f"{self.params.lease_ms} ms", exclude=True)
+        self._freed(run.worker)
 
     def _run_failed(self: Node, job: OriginJob, run: Run, reason: str, *, exclude: bool) -> None:
         job.failures += 1
@@ -645,9 +667,10 @@ class OriginMixin:
                 why = f"exit code {b.exit_code}: {why}"
             self._run_failed(job, run, f"run on {run.worker[-8:]} {b.status}: {why}",
                              exclude=b.status == "error")
-            return
-        self._emit(FetchBlob(job.job_id, run.attempt, run.replica, run.worker, b.output_digest))
-        self._advance(job)
+        else:
+            self._emit(FetchBlob(job.job_id, run.attempt, run.replica, run.worker, b.output_digest))
+            self._advance(job)
+        self._freed(run.worker)
 
     def _check_claimed_score(self: Node, job: OriginJob, run: Run, duration_ms: int) -> None:
         """Compare the score a worker bid with (its measured, advertised GFLOPS)

@@ -55,6 +55,12 @@ class CoreParams:
     took 14 of 20 burst jobs with a fixed 250 ms window)."""
     bid_delay_samples: int = 64
     """Recent bid delays the origin keeps to size its windows."""
+    saturated_hold_max_ms: int = 15_000
+    """Longest a round whose bidders all hold as many of the origin's runs as
+    they have slots is kept open (counted from the offer) for a less loaded
+    candidate that has not answered. It ends earlier when such a candidate
+    bids, or when one of the origin's runs on a bidder ends (that bidder could
+    then start the job at once)."""
     bids_enough: int = 8
     """The window closes early once this many bids per needed worker arrived
     (or every known candidate answered). More bids rank better (the simulator's

@@ -15,11 +15,13 @@ Pure functions over values. The rules (normative text in specs/PROTOCOL.md,
   the worker delivered priced at its ``price`` per GFLOP. Estimates use
   ``estimated_flops`` where given (then cost does not depend on the worker's
   speed) and the timeout otherwise (an upper bound).
-- Ranking: lower is better; expected finish (wait + duration) and price are
-  normalised over the bids, weighted by the ``speed`` profile, a small random
-  jitter is added, and the sum is divided by a reputation factor (a strong
-  penalty for bad standing, a small bonus for good standing, so newcomers are
-  not starved); load spreads because wait grows with a worker's queue and the
+- Ranking: lower is better; expected finish (wait + duration) and price
+  (the unit price when the job has no flops estimate) are min-max normalised
+  over the bids, the origin's own runs in flight at the worker are added in
+  durations of the best bid (not normalised), all weighted by the ``speed``
+  profile; a small random jitter is added, bad standing adds a strong
+  penalty and good standing divides by a small bonus (so newcomers are not
+  starved). Load spreads because wait grows with a worker's queue and the
   origin counts awards it has in flight to each worker.
 """
 
@@ -181,26 +183,46 @@ def make_bid(cap: Capacity, offer: Offer, *, avg_run_s: float, overhead_s: float
 
 
 def rank_bids(bids: dict[str, Bid], speed: str, reputation: dict[str, float],
-              inflight: dict[str, int], tiebreak: dict[str, float]) -> list[str]:
-    """Peer ids, best first. ``reputation`` in [-1, 1]; ``inflight`` awards we hold."""
+              inflight: dict[str, int], tiebreak: dict[str, float], *, per_gflop: bool = False) -> list[str]:
+    """Peer ids, best first. ``reputation`` in [-1, 1]; ``inflight`` awards we hold.
+
+    ``per_gflop``: the job has no flops estimate, so each bid's ``price`` is
+    the bound ``duration × score × unit price`` and grows with the worker's
+    speed; compare what the work would cost instead, ``price ÷ (duration ×
+    score)`` (the unit price). Otherwise a worker whose benchmark came out
+    low looks cheap, and took most of a burst in the 6-daemon test."""
     if not bids:
         return []
     w_finish, w_price = SPEED_WEIGHTS[speed]
 
-    def finish(p: str) -> float:
-        b = bids[p]
-        load_penalty = inflight.get(p, 0) * b.est_duration_ms
-        return b.est_start_ms + b.est_duration_ms + load_penalty
+    def base_finish(p: str) -> float:
+        return bids[p].est_start_ms + bids[p].est_duration_ms
 
-    finishes = {p: finish(p) for p in bids}
+    def price(p: str) -> float:
+        b = bids[p]
+        if not per_gflop:
+            return b.price
+        gflop = b.est_duration_ms / 1000 * b.score_gflops
+        return b.price / gflop if gflop > 0 else b.price
+
+    finishes = {p: base_finish(p) for p in bids}
+    prices = {p: price(p) for p in bids}
     f_min, f_max = min(finishes.values()), max(finishes.values())
-    p_min, p_max = min(b.price for b in bids.values()), max(b.price for b in bids.values())
+    p_min, p_max = min(prices.values()), max(prices.values())
 
     def norm(x: float, lo: float, hi: float) -> float:
         return 0.0 if hi <= lo else (x - lo) / (hi - lo)
 
+    def load(p: str) -> float:
+        # Our runs already at the worker push its finish back by one duration
+        # each, counted against the best bid's finish and not min-max scaled:
+        # scaled, a long queue looked no worse than the spread of the bids,
+        # and a cheaper worker kept winning a burst however long it grew.
+        return inflight.get(p, 0) * bids[p].est_duration_ms / max(1.0, f_min)
+
     def key(p: str) -> tuple[float, float]:
-        cost = w_finish * norm(finishes[p], f_min, f_max) + w_price * norm(bids[p].price, p_min, p_max)
+        cost = (w_finish * (norm(finishes[p], f_min, f_max) + load(p))
+                + w_price * norm(prices[p], p_min, p_max))
         rep = max(-1.0, min(1.0, reputation.get(p, 0.0)))
         # Bad standing weighs heavily; good standing only a little, so that
         # among near-equal bids newcomers still win work (and can earn trust)
