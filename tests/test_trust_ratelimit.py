@@ -135,3 +135,15 @@ def test_transport_defaults_never_bind_before_the_author_buckets() -> None:
     # through must fit its transport bucket, in a burst and sustained.
     assert P.rate_transport_burst >= P.rate_gossip_burst + P.rate_bid_burst + P.rate_direct_burst
     assert P.rate_transport_per_s >= P.rate_gossip_per_s + P.rate_bid_per_s + P.rate_direct_per_s
+
+
+def test_peer_buckets_refill_and_forget_the_least_recently_used() -> None:
+    from meshd.core.ratelimit import PeerBuckets
+
+    b = PeerBuckets(per_s=10.0, burst=3.0, max_peers=2)
+    assert [b.take("a", 0) for _ in range(4)] == [True, True, True, False]
+    assert b.take("a", 100)  # 100 ms at 10/s: one token back
+    assert not b.take("a", 100)
+    assert b.take("b", 100) and b.take("c", 100)  # "a" (least recently used) is forgotten ...
+    assert [b.take("a", 100) for _ in range(4)] == [True, True, True, False]  # ... and comes back full
+    assert not b.take("a", 50)  # a clock going backwards refills nothing

@@ -46,6 +46,37 @@ class _Bucket:
     tokens: float
     updated_ms: int
 
+    def refill(self, per_s: float, burst: float, now_ms: int) -> None:
+        if now_ms > self.updated_ms:
+            self.tokens = min(burst, self.tokens + (now_ms - self.updated_ms) * per_s / 1000.0)
+            self.updated_ms = now_ms
+
+
+class PeerBuckets:
+    """One token bucket per key (``per_s`` a second, ``burst`` deep), for the
+    shell's limits outside the core (a neighbour's gossip before any check,
+    blob requests): at most ``max_peers`` buckets, the least recently used
+    forgotten first (it comes back full, which only forgives it)."""
+
+    def __init__(self, per_s: float, burst: float, max_peers: int) -> None:
+        self.per_s, self.burst, self.max_peers = per_s, burst, max(1, max_peers)
+        self._buckets: OrderedDict[object, _Bucket] = OrderedDict()
+
+    def take(self, key: object, now_ms: int) -> bool:
+        """Take one token from ``key``'s bucket; False if it is empty."""
+        b = self._buckets.get(key)
+        if b is None:
+            b = self._buckets[key] = _Bucket(self.burst, now_ms)
+            while len(self._buckets) > self.max_peers:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(key)
+            b.refill(self.per_s, self.burst, now_ms)
+        if b.tokens < 1.0:
+            return False
+        b.tokens -= 1.0
+        return True
+
 
 class RateLimiter:
     """Token buckets keyed by (peer, class), bounded by an LRU of peers."""
@@ -82,9 +113,8 @@ class RateLimiter:
         b = buckets.get(cls)
         if b is None:
             b = buckets[cls] = _Bucket(burst, now_ms)
-        elif now_ms > b.updated_ms:
-            b.tokens = min(burst, b.tokens + (now_ms - b.updated_ms) * per_s / 1000.0)
-            b.updated_ms = now_ms
+        else:
+            b.refill(per_s, burst, now_ms)
         return b
 
     def __len__(self) -> int:

@@ -47,6 +47,8 @@ from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.rpc_queue import OutBoundQueueSize, RpcQueue
 
+from meshd.core.ratelimit import PeerBuckets
+
 RATE_WINDOW_S = 1.0
 """Length of the sliding window the per-topic budget counts messages in."""
 PUBLISH_QUEUE_ENTRIES = 2
@@ -151,12 +153,8 @@ class MeshPubsub(Pubsub):
         super().__init__(*args, **kwargs)
         self._deliver = deliver
         self._on_broken_stream = on_broken_stream
-        self._forwarder_rate = forwarder_rate_per_s
-        self._forwarder_burst = forwarder_burst
-        self._max_buckets = max(1, max_forwarder_buckets)
+        self._budget = PeerBuckets(forwarder_rate_per_s, forwarder_burst, max_forwarder_buckets)
         self._on_over_budget = on_over_budget
-        # neighbour -> [tokens, monotonic time of the last refill]; least recently used first
-        self._buckets: collections.OrderedDict[ID, list[float]] = collections.OrderedDict()
         self._queue_moved = trio.Event()  # set (and replaced) whenever a peer queue pops
         self._stalled: set[ID] = set()  # peers whose full queue did not drain in time
 
@@ -210,26 +208,10 @@ class MeshPubsub(Pubsub):
         # py-libp2p checks the message's signature (strict signing), then our
         # validator opens and verifies the envelope: two Ed25519 checks per
         # message before GossipSub's own per-topic limit looks at it.
-        if msg_forwarder != self.my_id and not self._take_token(msg_forwarder):
+        if msg_forwarder != self.my_id and not self._budget.take(msg_forwarder, int(time.monotonic() * 1000)):
             self._on_over_budget(msg_forwarder)
             return
         await super().push_msg(msg_forwarder, msg)
-
-    def _take_token(self, peer: ID) -> bool:
-        now = time.monotonic()
-        bucket = self._buckets.get(peer)
-        if bucket is None:
-            bucket = self._buckets[peer] = [self._forwarder_burst, now]
-            while len(self._buckets) > self._max_buckets:
-                self._buckets.popitem(last=False)
-        else:
-            self._buckets.move_to_end(peer)
-            bucket[0] = min(self._forwarder_burst, bucket[0] + (now - bucket[1]) * self._forwarder_rate)
-            bucket[1] = now
-        if bucket[0] < 1.0:
-            return False
-        bucket[0] -= 1.0
-        return True
 
     async def _teardown_if_connected(self, peer_id: ID) -> None:
         # py-libp2p 0.8.1's add_to_blacklist schedules this teardown, which

@@ -35,7 +35,7 @@ import random
 import secrets
 import shutil
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,7 @@ from meshd.core.identity import Identity
 from meshd.core.logrecord import AppendItem
 from meshd.core.node import Node
 from meshd.core.params import CoreParams
+from meshd.core.ratelimit import PeerBuckets
 from meshd.exec.base import ExecParams, ExecRequest, Executor
 from meshd.net.errors import PeerUnreachable, RemoteError
 from meshd.net.host import MeshHost
@@ -135,30 +136,6 @@ class JobLogBuffer:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-class PeerBuckets:
-    """One token bucket per peer (``rate`` per second, ``burst`` deep); at most
-    ``max_peers`` buckets, the least recently used forgotten first."""
-
-    def __init__(self, rate: float, burst: float, max_peers: int) -> None:
-        self.rate, self.burst, self.max_peers = rate, burst, max(1, max_peers)
-        self._buckets: OrderedDict[str, list[float]] = OrderedDict()
-
-    def take(self, peer: str, now_s: float) -> bool:
-        bucket = self._buckets.get(peer)
-        if bucket is None:
-            bucket = self._buckets[peer] = [self.burst, now_s]
-            while len(self._buckets) > self.max_peers:
-                self._buckets.popitem(last=False)
-        else:
-            self._buckets.move_to_end(peer)
-            bucket[0] = min(self.burst, bucket[0] + (now_s - bucket[1]) * self.rate)
-            bucket[1] = now_s
-        if bucket[0] < 1.0:
-            return False
-        bucket[0] -= 1.0
-        return True
 
 
 class Daemon:
@@ -375,7 +352,7 @@ class Daemon:
         blob the peer may not have is answered exactly like a missing one."""
         if from_peer in self.drop_peers:
             raise ConnectionError("partitioned (test fault)")
-        if not self._blob_bucket.take(from_peer, time.monotonic()):
+        if not self._blob_bucket.take(from_peer, int(time.monotonic() * 1000)):
             self.blob_requests_refused["rate"] += 1
             raise LookupError("busy: too many blob requests; retry later")
         digest = bare(data.decode("ascii", "replace"))
