@@ -27,14 +27,7 @@ from meshd.net import (
     RemoteError,
     RequestTimeout,
 )
-
-LOOPBACK = "/ip4/127.0.0.1/tcp/0"
-FAST = NetParams(peer_exchange_interval_s=0.5)
-LINE = NetParams(target_peers=1, peer_exchange_interval_s=0.5)  # no dialing beyond bootstrap
-
-
-def make_host(params: NetParams = FAST, bootstrap: list[str] | None = None) -> MeshHost:
-    return MeshHost(Identity.generate(), params, [LOOPBACK], bootstrap or [])
+from meshd.testing.nethosts import FAST, LINE, connected, make_host, wait_until
 
 
 class Running:
@@ -67,16 +60,6 @@ async def cluster(*hosts: MeshHost) -> AsyncIterator[list[Running]]:
             await nursery.start(r.run)
         yield running
         nursery.cancel_scope.cancel()
-
-
-async def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    with trio.fail_after(timeout_s):
-        while not condition():
-            await trio.sleep(0.02)
-
-
-def connected(a: MeshHost, b: MeshHost) -> bool:
-    return b.peer_id in a.connected_peers() and a.peer_id in b.connected_peers()
 
 
 async def echo(peer_id: str, data: bytes) -> bytes:

@@ -25,17 +25,11 @@ from libp2p.pubsub.rpc_queue import RpcQueue
 
 from meshd.core.identity import Identity
 from meshd.net import MeshHost, NetParams, PublishDropped
+from meshd.testing.nethosts import LINE, connected, make_host, wait_until
 
 TOPIC = "meshd/burst"
 N = 100
 DELIVERY_DEADLINE_S = 10.0
-LINE = NetParams(target_peers=1, peer_exchange_interval_s=0.5)  # no dialing beyond bootstrap
-
-
-def make_host(params: NetParams, bootstrap: list[str] | None = None) -> MeshHost:
-    return MeshHost(Identity.generate(), params, ["/ip4/127.0.0.1/tcp/0"], bootstrap or [])
-
-
 @asynccontextmanager
 async def cluster(*hosts: MeshHost) -> AsyncIterator[None]:
     async with trio.open_nursery() as nursery:
@@ -43,16 +37,6 @@ async def cluster(*hosts: MeshHost) -> AsyncIterator[None]:
             await nursery.start(h.run)
         yield
         nursery.cancel_scope.cancel()
-
-
-async def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    with trio.fail_after(timeout_s):
-        while not condition():
-            await trio.sleep(0.02)
-
-
-def connected(a: MeshHost, b: MeshHost) -> bool:
-    return b.peer_id in a.connected_peers() and a.peer_id in b.connected_peers()
 
 
 async def _burst(
