@@ -124,8 +124,6 @@ class OriginJob:
     """Declines received in the open round."""
     declined_round: set[str] = field(default_factory=set)
     """Peers that declined the open round."""
-    holding: bool = False
-    """The open round is held for a candidate with room (every bidder saturated)."""
 
 
 class OriginMixin:
@@ -137,7 +135,7 @@ class OriginMixin:
         self.jobs = {}
         self.bid_delays: deque[int] = deque(maxlen=self.params.bid_delay_samples)
         self.holding_jobs: set[str] = set()
-        """Jobs whose open round is held for a less loaded worker."""
+        """Jobs whose open round is held for a less loaded worker (``_close_window``)."""
 
     # ------------------------------------------------------------ API-facing
 
@@ -180,13 +178,13 @@ class OriginMixin:
         job = self.jobs.get(inp.job_id)
         if job is None or job.state in TERMINAL:
             return
-        freed = [run.worker for run in job.runs.values() if run.state in RUN_LIVE]
+        freed = []
         for run in job.runs.values():
             if run.state in RUN_LIVE:
                 run.state = "cancelled"
+                freed.append(run.worker)
                 self._send(run.worker, Cancel(job_id=job.job_id, attempt=run.attempt,
                                               reason="cancelled by the user"), job.job_id)
-        job.offer_open, job.holding = False, False
         self._finish(job, "cancelled", "cancelled by the user")
         for worker in freed:
             self._freed(worker)
@@ -319,7 +317,7 @@ class OriginMixin:
             if bid.attempt != job.attempt:
                 self.counters["bid_carried_over"] += 1
             job.bids[msg.sender] = bid
-            if job.holding:
+            if job.job_id in self.holding_jobs:
                 self._close_window(job)  # closes unless this bidder is saturated too
             else:
                 self._maybe_close_window(job)
@@ -379,14 +377,13 @@ class OriginMixin:
             # for its bid, or for one of our runs on a bidder to end (then
             # that bidder could start this job at once; ``_freed``), instead
             # of queueing the job behind our own work on the quickest responder.
-            if not job.holding:
-                job.holding = True
-                self.counters["rounds_held"] += 1
+            if job.job_id not in self.holding_jobs:
                 self.holding_jobs.add(job.job_id)
+                self.counters["rounds_held"] += 1
                 self._at(hold_until, T_WINDOW, (job.job_id, job.attempt))
             return
         self.holding_jobs.discard(job.job_id)
-        job.offer_open, job.holding = False, False
+        job.offer_open = False
         job.declined_now = 0
         self._award_next(job)
         self._advance(job)
@@ -396,9 +393,7 @@ class OriginMixin:
         saturated are ranked again (it may now be the best bid)."""
         for job_id in list(self.holding_jobs):
             job = self.jobs.get(job_id)
-            if job is None or not job.holding or job.state in TERMINAL:
-                self.holding_jobs.discard(job_id)
-            elif worker in job.bids:
+            if job is not None and worker in job.bids:
                 self._close_window(job)
 
     def _only_saturated_bids(self: Node, job: OriginJob) -> bool:
@@ -819,7 +814,8 @@ class OriginMixin:
 
     def _finish(self: Node, job: OriginJob, state: str, reason: str) -> None:
         job.reason = reason
-        job.offer_open, job.holding = False, False
+        job.offer_open = False
+        self.holding_jobs.discard(job.job_id)
         self._set_state(job, state, reason)
         self._append("job_finished", {"job_id": job.job_id, "state": state, "reason": reason,
                                       "canonical": job.canonical, "cost": job.cost_actual},
@@ -921,7 +917,7 @@ class OriginMixin:
         for job in self.jobs.values():
             if job.state in TERMINAL:
                 continue
-            job.offer_open, job.holding = False, False
+            job.offer_open = False
             for run in job.runs.values():
                 if run.state in RUN_LIVE:
                     run.state = "active"
