@@ -67,7 +67,9 @@ def load_spec_file(path: Path) -> dict[str, Any]:
     except Exception as exc:  # yaml and json raise several types
         raise UsageError(f"{path} is not valid {path.suffix.lstrip('.').upper()}: {exc}") from None
     if not isinstance(data, dict):
-        raise UsageError(f"{path} must hold a mapping (a job descriptor), not {type(data).__name__}")
+        raise UsageError(
+            f"{path} must hold a mapping (a job descriptor), not {type(data).__name__}"
+        )
     return data
 
 
@@ -91,15 +93,24 @@ def spec_from_args(args: Any, base: dict[str, Any] | None) -> dict[str, Any]:
     if "image" not in spec or "command" not in spec:
         raise UsageError("a job needs --image IMG and a command after `--` (or a descriptor FILE)")
     req = dict(spec.get("requirements") or {})
-    for flag, key in (("cpus", "cpus"), ("memory", "memory_mb"), ("gpus", "gpus"), ("gpu_memory", "gpu_min_memory_mb")):
+    for flag, key in (
+        ("cpus", "cpus"),
+        ("memory", "memory_mb"),
+        ("gpus", "gpus"),
+        ("gpu_memory", "gpu_min_memory_mb"),
+    ):
         if getattr(args, flag) is not None:
             req[key] = getattr(args, flag)
     if args.network:
         req["network"] = True
     if req:
         spec["requirements"] = req
-    for flag, key in (("timeout", "timeout_s"), ("max_budget", "max_budget"), ("speed", "speed"),
-                      ("replicas", "replicas")):
+    for flag, key in (
+        ("timeout", "timeout_s"),
+        ("max_budget", "max_budget"),
+        ("speed", "speed"),
+        ("replicas", "replicas"),
+    ):
         if getattr(args, flag) is not None:
             spec[key] = getattr(args, flag)
     if args.env:
@@ -162,14 +173,18 @@ def upload_inputs(client: ApiClient, spec: dict[str, Any], echo: Any) -> dict[st
     names = [n for n, _ in uploads]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
-        raise UsageError(f"two inputs would both be /mesh/inputs/{sorted(dup)[0]}; name them NAME=PATH")
+        raise UsageError(
+            f"two inputs would both be /mesh/inputs/{sorted(dup)[0]}; name them NAME=PATH"
+        )
     for name, path in uploads:
         digest = _sha256_file(path)
         size = path.stat().st_size
         with path.open("rb") as f:
             answer = client.upload_blob(f, size)
         if answer.get("digest") != digest:
-            raise JobError(f"the daemon stored {path} as {answer.get('digest')}, but it hashes to {digest}")
+            raise JobError(
+                f"the daemon stored {path} as {answer.get('digest')}, but it hashes to {digest}"
+            )
         echo(f"uploaded {path} ({size} bytes) as /mesh/inputs/{name}")
         resolved.append({"path": name, "digest": digest, "size": size})
     if resolved or "inputs" in spec:
@@ -180,7 +195,9 @@ def upload_inputs(client: ApiClient, spec: dict[str, Any], echo: Any) -> dict[st
 # ------------------------------------------------------------------ waiting
 
 
-def wait_for_job(client: ApiClient, job_id: str, console: Any, *, poll_s: float = WAIT_POLL_S) -> dict[str, Any]:
+def wait_for_job(
+    client: ApiClient, job_id: str, console: Any, *, poll_s: float = WAIT_POLL_S
+) -> dict[str, Any]:
     """Poll until the job ends; live view on a terminal, a line per change otherwise."""
     if console.is_terminal:
         from rich.live import Live
@@ -211,7 +228,9 @@ def _check_members(tar: tarfile.TarFile, dest: Path) -> list[tarfile.TarInfo]:
     members: list[tarfile.TarInfo] = []
     for member in tar:
         if len(members) >= MAX_RESULT_MEMBERS:
-            raise JobError(f"the output holds more than {MAX_RESULT_MEMBERS} entries; refusing to unpack")
+            raise JobError(
+                f"the output holds more than {MAX_RESULT_MEMBERS} entries; refusing to unpack"
+            )
         try:
             members.append(tarfile.data_filter(member, str(dest)))
         except tarfile.FilterError as exc:
@@ -219,7 +238,9 @@ def _check_members(tar: tarfile.TarFile, dest: Path) -> list[tarfile.TarInfo]:
     return members
 
 
-def fetch_result(client: ApiClient, job_id: str, dest: Path, *, tar_path: Path | None = None) -> int:
+def fetch_result(
+    client: ApiClient, job_id: str, dest: Path, *, tar_path: Path | None = None
+) -> int:
     """Download a job's output tar and unpack it into ``dest``; returns the file count.
 
     With ``tar_path`` the tar is saved there unopened instead (returns 0).
@@ -229,7 +250,9 @@ def fetch_result(client: ApiClient, job_id: str, dest: Path, *, tar_path: Path |
             client.download_result(job_id, f)
         return 0
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise JobError(f"{dest} already exists and is not an empty directory; choose another -o DIR")
+        raise JobError(
+            f"{dest} already exists and is not an empty directory; choose another -o DIR"
+        )
     with tempfile.TemporaryFile() as tmp:
         client.download_result(job_id, tmp)
         tmp.seek(0)

@@ -103,15 +103,27 @@ def _api_raw_records(client: ApiClient, head_seq: int) -> Iterator[bytes]:
 def _report(report: Any, source: str, as_json: bool) -> int:
     head = report.head
     if as_json:
-        _out({"ok": report.ok, "count": report.count, "first_bad_seq": report.first_bad_seq,
-              "reason": report.reason, "head_seq": head[0] if head else None,
-              "head_hash": head[1].hex() if head else None, "source": source})
+        _out(
+            {
+                "ok": report.ok,
+                "count": report.count,
+                "first_bad_seq": report.first_bad_seq,
+                "reason": report.reason,
+                "head_seq": head[0] if head else None,
+                "head_hash": head[1].hex() if head else None,
+                "source": source,
+            }
+        )
     elif report.ok:
-        print(f"event log OK ({source}): {report.count} records verified, "
-              f"head seq {head[0]} hash {head[1].hex()[:16]}")
+        print(
+            f"event log OK ({source}): {report.count} records verified, "
+            f"head seq {head[0]} hash {head[1].hex()[:16]}"
+        )
     else:
-        print(f"event log INVALID ({source}): {report.count} records verified, "
-              f"first bad seq {report.first_bad_seq}: {report.reason}")
+        print(
+            f"event log INVALID ({source}): {report.count} records verified, "
+            f"first bad seq {report.first_bad_seq}: {report.reason}"
+        )
     return EXIT_OK if report.ok else EXIT_API
 
 
@@ -146,20 +158,28 @@ def cmd_log_verify(args: argparse.Namespace, client_factory: Callable[[], ApiCli
     report = _verify_on_disk(args.data_dir)
     if report is not None:
         return _report(report, f"on disk, {args.data_dir}", args.json)
-    print(f"a daemon is running on {args.data_dir} (its event log is locked); verifying through its API",
-          file=sys.stderr)
+    print(
+        f"a daemon is running on {args.data_dir} (its event log is locked); verifying through its API",
+        file=sys.stderr,
+    )
     client = client_factory()
     status = client.status()
     key = public_key_from_peer_id(str(status.get("peer_id")))
     if key is None:
-        raise JobError(f"the daemon reports a peer id with no Ed25519 key: {status.get('peer_id')!r}")
+        raise JobError(
+            f"the daemon reports a peer id with no Ed25519 key: {status.get('peer_id')!r}"
+        )
     head_seq = int((status.get("log") or {}).get("head_seq") or 0)
     report = verify_records(_api_raw_records(client, head_seq), key)
     served = report.head[0] if report.head else 0
     if report.ok and served < head_seq:
-        report = VerifyReport(False, report.count, served + 1,
-                              f"the daemon served records only up to seq {served}, but reports head seq {head_seq}",
-                              report.head)
+        report = VerifyReport(
+            False,
+            report.count,
+            served + 1,
+            f"the daemon served records only up to seq {served}, but reports head seq {head_seq}",
+            report.head,
+        )
     return _report(report, f"via the API, up to seq {head_seq}", args.json)
 
 
@@ -178,8 +198,11 @@ def cmd_submit(args: argparse.Namespace, client: ApiClient) -> int:
         else:
             est = answer.get("estimate") or {}
             print(job_id)
-            print(f"submitted: estimate {render.fmt_num(est.get('credits'))} credits, "
-                  f"{render.fmt_duration(est.get('seconds'))}; see `mesh job {job_id}`", file=sys.stderr)
+            print(
+                f"submitted: estimate {render.fmt_num(est.get('credits'))} credits, "
+                f"{render.fmt_duration(est.get('seconds'))}; see `mesh job {job_id}`",
+                file=sys.stderr,
+            )
         return EXIT_OK
     console = render.make_console(stderr=args.json)
     console.print(f"submitted {job_id}")
@@ -224,7 +247,9 @@ def cmd_logs(args: argparse.Namespace, client: ApiClient) -> int:
 def cmd_result(args: argparse.Namespace, client: ApiClient) -> int:
     dest = args.out if args.out is not None else Path(args.job_id)
     count = fetch_result(client, args.job_id, dest, tar_path=args.tar)
-    print(f"saved the output tar to {args.tar}" if args.tar else f"{count} output file(s) in {dest}")
+    print(
+        f"saved the output tar to {args.tar}" if args.tar else f"{count} output file(s) in {dest}"
+    )
     return EXIT_OK
 
 
@@ -248,8 +273,10 @@ def cmd_credits(args: argparse.Namespace, client: ApiClient) -> int:
     if args.credits_command != "export":
         _out(data) if args.json else render.render_credits(data, render.make_console())
         return EXIT_OK
-    rows = [{**{c: r.get(c) for c in RECEIPT_COLUMNS}, "time_utc": render.fmt_ts(r.get("ts_ms"))}
-            for r in data.get("receipts") or []]
+    rows = [
+        {**{c: r.get(c) for c in RECEIPT_COLUMNS}, "time_utc": render.fmt_ts(r.get("ts_ms"))}
+        for r in data.get("receipts") or []
+    ]
     if args.output_file is None:
         _write_csv(sys.stdout, rows)
     else:
@@ -271,21 +298,45 @@ def _write_csv(f: Any, rows: list[dict[str, Any]]) -> None:
 def _globals(parser: argparse.ArgumentParser, *, top: bool) -> None:
     """--data-dir and --json, accepted before and after the subcommand."""
     default: Any = None if top else argparse.SUPPRESS
-    parser.add_argument("--data-dir", type=Path, default=default, metavar="DIR",
-                        help="node data directory (default: $MESH_DATA_DIR or ~/.meshd)")
-    parser.add_argument("--json", action="store_true", default=False if top else argparse.SUPPRESS,
-                        help="print the daemon's JSON instead of tables")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=default,
+        metavar="DIR",
+        help="node data directory (default: $MESH_DATA_DIR or ~/.meshd)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=False if top else argparse.SUPPRESS,
+        help="print the daemon's JSON instead of tables",
+    )
 
 
 def _add_submit(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("submit", parents=[common], help="submit a job",
-                       usage="mesh submit FILE.(json|yaml) [options]\n"
-                             "       mesh submit --image IMG [options] -- CMD [ARGS...]")
-    p.add_argument("command", nargs="*", metavar="FILE | -- CMD ARGS", help="descriptor file, or the command")
+    p = sub.add_parser(
+        "submit",
+        parents=[common],
+        help="submit a job",
+        usage="mesh submit FILE.(json|yaml) [options]\n"
+        "       mesh submit --image IMG [options] -- CMD [ARGS...]",
+    )
+    p.add_argument(
+        "command", nargs="*", metavar="FILE | -- CMD ARGS", help="descriptor file, or the command"
+    )
     p.add_argument("--image", help="container image (local to the workers)")
-    p.add_argument("--input", action="append", metavar="[NAME=]PATH|URI",
-                   help="local file/dir to upload, or a URI; appears under /mesh/inputs (repeatable)")
-    p.add_argument("--output", action="append", metavar="PATH", help="path under /mesh/outputs to collect (repeatable)")
+    p.add_argument(
+        "--input",
+        action="append",
+        metavar="[NAME=]PATH|URI",
+        help="local file/dir to upload, or a URI; appears under /mesh/inputs (repeatable)",
+    )
+    p.add_argument(
+        "--output",
+        action="append",
+        metavar="PATH",
+        help="path under /mesh/outputs to collect (repeatable)",
+    )
     p.add_argument("--cpus", type=float)
     p.add_argument("--memory", type=int, metavar="MB")
     p.add_argument("--gpus", type=int)
@@ -298,7 +349,13 @@ def _add_submit(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--label", action="append", metavar="K=V")
     p.add_argument("--replicas", type=int, metavar="N", help="independent runs to compare")
     p.add_argument("--wait", action="store_true", help="follow the job live and fetch its outputs")
-    p.add_argument("-o", "--out", type=Path, metavar="DIR", help="with --wait: where outputs go (default ./JOB_ID)")
+    p.add_argument(
+        "-o",
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="with --wait: where outputs go (default ./JOB_ID)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -314,32 +371,51 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("log", parents=[common], help="the node's signed event log")
     log_sub = p.add_subparsers(dest="log_command", required=True, metavar="show|verify")
     q = log_sub.add_parser("show", parents=[common], help="list records")
-    q.add_argument("--start", type=int, metavar="N", help="first seq (default: the newest LIMIT records)")
+    q.add_argument(
+        "--start", type=int, metavar="N", help="first seq (default: the newest LIMIT records)"
+    )
     q.add_argument("--limit", type=int, default=DEFAULT_LOG_SHOW, metavar="N")
     log_sub.add_parser("verify", parents=[common], help="check hash links and every signature")
     _add_submit(sub, common)
     sub.add_parser("jobs", parents=[common], help="jobs submitted from this node")
-    for name, text in (("job", "one job: history, bids, declines, result"), ("cancel", "cancel a job"),
-                       ("retry", "run a failed job again")):
+    for name, text in (
+        ("job", "one job: history, bids, declines, result"),
+        ("cancel", "cancel a job"),
+        ("retry", "run a failed job again"),
+    ):
         sub.add_parser(name, parents=[common], help=text).add_argument("job_id", metavar="JOB_ID")
     p = sub.add_parser("logs", parents=[common], help="a job's output lines")
     p.add_argument("job_id", metavar="JOB_ID")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
     p = sub.add_parser("result", parents=[common], help="download and unpack a job's outputs")
     p.add_argument("job_id", metavar="JOB_ID")
-    p.add_argument("-o", "--out", type=Path, metavar="DIR", help="directory to unpack into (default ./JOB_ID)")
-    p.add_argument("--tar", type=Path, metavar="FILE", help="save the tar file instead of unpacking")
+    p.add_argument(
+        "-o", "--out", type=Path, metavar="DIR", help="directory to unpack into (default ./JOB_ID)"
+    )
+    p.add_argument(
+        "--tar", type=Path, metavar="FILE", help="save the tar file instead of unpacking"
+    )
     p = sub.add_parser("credits", parents=[common], help="balances and signed receipts")
     credits_sub = p.add_subparsers(dest="credits_command", metavar="export")
     q = credits_sub.add_parser("export", parents=[common], help="receipts as CSV")
     q.add_argument("--csv", action="store_true", default=True, help="CSV format (the only one)")
-    q.add_argument("-o", "--output", dest="output_file", type=Path, metavar="FILE", help="default: stdout")
+    q.add_argument(
+        "-o", "--output", dest="output_file", type=Path, metavar="FILE", help="default: stdout"
+    )
     return parser
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, ApiClient], int]] = {
-    "status": cmd_status, "peers": cmd_peers, "submit": cmd_submit, "jobs": cmd_jobs, "job": cmd_job,
-    "logs": cmd_logs, "result": cmd_result, "cancel": cmd_cancel, "retry": cmd_retry, "credits": cmd_credits,
+    "status": cmd_status,
+    "peers": cmd_peers,
+    "submit": cmd_submit,
+    "jobs": cmd_jobs,
+    "job": cmd_job,
+    "logs": cmd_logs,
+    "result": cmd_result,
+    "cancel": cmd_cancel,
+    "retry": cmd_retry,
+    "credits": cmd_credits,
 }
 
 

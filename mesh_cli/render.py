@@ -113,8 +113,10 @@ def _hardware_line(hw: dict[str, Any]) -> str:
     ]
     gpus = hw.get("gpus") or []
     if gpus:
-        parts += [f"GPU {g.get('index', i)}: {dash(g.get('model'))} ({fmt_num(g.get('memory_mb'))} MB)"
-                  for i, g in enumerate(gpus)]
+        parts += [
+            f"GPU {g.get('index', i)}: {dash(g.get('model'))} ({fmt_num(g.get('memory_mb'))} MB)"
+            for i, g in enumerate(gpus)
+        ]
     else:
         parts.append("no GPU")
     return ", ".join(parts)
@@ -145,7 +147,10 @@ def render_status(st: dict[str, Any], console: Console) -> None:
         f"capacity {dash(load.get('capacity'))}",
     )
     lg = st.get("log") or {}
-    grid.add_row("event log", f"head seq {dash(lg.get('head_seq'))}, hash {str(lg.get('head_hash') or '-')[:16]}")
+    grid.add_row(
+        "event log",
+        f"head seq {dash(lg.get('head_seq'))}, hash {str(lg.get('head_hash') or '-')[:16]}",
+    )
     standing = st.get("standing") or {}
     rep = standing.get("reputation")
     grid.add_row("reputation", "not yet rated by peers" if rep is None else fmt_num(rep, 3))
@@ -174,17 +179,38 @@ def render_peers(data: dict[str, Any], console: Console) -> None:
         console.print("no peers known yet (check `bootstrap` in config.toml, or wait for mDNS)")
         return
     table = Table(show_edge=False)
-    for col, just in (("peer", "left"), ("tier", "left"), ("GFLOPS", "right"), ("cores", "right"),
-                      ("RAM GB", "right"), ("GPUs", "left"), ("price", "right"), ("run/queue", "right"),
-                      ("warm", "left"), ("rep", "right"), ("seen", "right"), ("version", "left")):
+    for col, just in (
+        ("peer", "left"),
+        ("tier", "left"),
+        ("GFLOPS", "right"),
+        ("cores", "right"),
+        ("RAM GB", "right"),
+        ("GPUs", "left"),
+        ("price", "right"),
+        ("run/queue", "right"),
+        ("warm", "left"),
+        ("rep", "right"),
+        ("seen", "right"),
+        ("version", "left"),
+    ):
         table.add_column(col, justify=just)  # type: ignore[arg-type]
     for p in peers:
-        gpus = ", ".join(f"{dash(g.get('model'))} {fmt_num(g.get('memory_mb'))}MB" for g in p.get("gpus") or [])
+        gpus = ", ".join(
+            f"{dash(g.get('model'))} {fmt_num(g.get('memory_mb'))}MB" for g in p.get("gpus") or []
+        )
         table.add_row(
-            dash(p.get("peer_id")), dash(p.get("tier")), fmt_num(p.get("score_gflops"), 1),
-            dash(p.get("cores")), fmt_num(p.get("ram_gb"), 1), gpus or "-", fmt_num(p.get("price")),
-            f"{dash(p.get('running'))}/{dash(p.get('queued'))}", "yes" if p.get("warm") else "no",
-            fmt_num(p.get("reputation"), 2), f"{fmt_duration(p.get('last_seen_s'))} ago", dash(p.get("version")),
+            dash(p.get("peer_id")),
+            dash(p.get("tier")),
+            fmt_num(p.get("score_gflops"), 1),
+            dash(p.get("cores")),
+            fmt_num(p.get("ram_gb"), 1),
+            gpus or "-",
+            fmt_num(p.get("price")),
+            f"{dash(p.get('running'))}/{dash(p.get('queued'))}",
+            "yes" if p.get("warm") else "no",
+            fmt_num(p.get("reputation"), 2),
+            f"{fmt_duration(p.get('last_seen_s'))} ago",
+            dash(p.get("version")),
         )
     console.print(table)
     console.print(f"{len(peers)} peer(s)")
@@ -207,8 +233,13 @@ def render_log(data: dict[str, Any], console: Console) -> None:
     table.add_column("body")
     table.add_column("hash")
     for r in records:
-        table.add_row(dash(r.get("seq")), fmt_ts(r.get("ts_ms")), dash(r.get("kind")),
-                      _preview(r.get("body")), str(r.get("hash") or "-")[:12])
+        table.add_row(
+            dash(r.get("seq")),
+            fmt_ts(r.get("ts_ms")),
+            dash(r.get("kind")),
+            _preview(r.get("body")),
+            str(r.get("hash") or "-")[:12],
+        )
     console.print(table)
     console.print(f"{len(records)} record(s) shown; head seq {dash(data.get('head_seq'))}")
 
@@ -227,9 +258,16 @@ def render_jobs(data: dict[str, Any], console: Console) -> None:
     for j in jobs:
         command = j.get("command")
         cmd = " ".join(command) if isinstance(command, list) else dash(command)
-        table.add_row(dash(j.get("job_id")), state_text(j.get("state")), dash(j.get("image")),
-                      cmd[:40], short_id(j.get("worker")), fmt_ts(j.get("submitted_at")),
-                      fmt_num(j.get("cost")), dash(j.get("reason")))
+        table.add_row(
+            dash(j.get("job_id")),
+            state_text(j.get("state")),
+            dash(j.get("image")),
+            cmd[:40],
+            short_id(j.get("worker")),
+            fmt_ts(j.get("submitted_at")),
+            fmt_num(j.get("cost")),
+            dash(j.get("reason")),
+        )
     console.print(table)
 
 
@@ -259,10 +297,16 @@ def _job_summary(job: dict[str, Any]) -> Table:
     grid.add_row("image", dash(spec.get("image")))
     grid.add_row("command", " ".join(command) if isinstance(command, list) else dash(command))
     cost = job.get("cost") or {}
-    grid.add_row("cost", f"estimate {fmt_num(cost.get('estimate'))}, actual {fmt_num(cost.get('actual'))} credits")
+    grid.add_row(
+        "cost",
+        f"estimate {fmt_num(cost.get('estimate'))}, actual {fmt_num(cost.get('actual'))} credits",
+    )
     awards = job.get("awards") or []
     if awards:
-        grid.add_row("awarded to", "\n".join(f"{dash(a.get('peer_id'))} ({dash(a.get('role'))})" for a in awards))
+        grid.add_row(
+            "awarded to",
+            "\n".join(f"{dash(a.get('peer_id'))} ({dash(a.get('role'))})" for a in awards),
+        )
     result = job.get("result")
     if result:
         grid.add_row(
@@ -272,8 +316,11 @@ def _job_summary(job: dict[str, Any]) -> Table:
         )
     verification = job.get("verification")
     if verification:
-        grid.add_row("verification", f"{dash(verification.get('replicas'))} replicas, "
-                                     f"verdict {dash(verification.get('verdict'))}")
+        grid.add_row(
+            "verification",
+            f"{dash(verification.get('replicas'))} replicas, "
+            f"verdict {dash(verification.get('verdict'))}",
+        )
     return grid
 
 
@@ -294,16 +341,26 @@ def render_job(job: dict[str, Any], console: Console) -> None:
         for col in ("peer", "price", "est. finish", "score", "queue", "gpu"):
             table.add_column(col)
         for b in bids:
-            table.add_row(short_id(b.get("peer_id")), fmt_num(b.get("price")),
-                          fmt_duration(b.get("est_finish_s")), fmt_num(b.get("score"), 1),
-                          dash(b.get("queue")), dash(b.get("gpu")))
+            table.add_row(
+                short_id(b.get("peer_id")),
+                fmt_num(b.get("price")),
+                fmt_duration(b.get("est_finish_s")),
+                fmt_num(b.get("score"), 1),
+                dash(b.get("queue")),
+                dash(b.get("gpu")),
+            )
         console.print(table)
     declines = job.get("declines") or []
     if declines:
         console.print(_declines_table(declines))
     elif not bids and job.get("state") in ("queued", "offered"):
-        console.print(Text("No peer has answered the offer yet (no bids, no declines): "
-                           "check `mesh peers` for warm peers that fit.", style="yellow"))
+        console.print(
+            Text(
+                "No peer has answered the offer yet (no bids, no declines): "
+                "check `mesh peers` for warm peers that fit.",
+                style="yellow",
+            )
+        )
 
 
 def wait_line(job: dict[str, Any]) -> str:
@@ -311,8 +368,10 @@ def wait_line(job: dict[str, Any]) -> str:
     awards = ", ".join(short_id(a.get("peer_id")) for a in job.get("awards") or []) or "-"
     verification = job.get("verification") or {}
     declines = job.get("declines") or []
-    line = (f"{dash(job.get('state')):<10} bids={len(job.get('bids') or [])} "
-            f"declines={len(declines)} awarded={awards} verdict={dash(verification.get('verdict'))}")
+    line = (
+        f"{dash(job.get('state')):<10} bids={len(job.get('bids') or [])} "
+        f"declines={len(declines)} awarded={awards} verdict={dash(verification.get('verdict'))}"
+    )
     if declines and not awards:
         line += f" (last decline: {dash(declines[-1].get('reason'))})"
     return line
@@ -323,20 +382,31 @@ def wait_panel(job: dict[str, Any]) -> Table:
     grid = _kv_grid()
     grid.add_row("job", dash(job.get("job_id")))
     grid.add_row("state", state_text(job.get("state")))
-    grid.add_row("bids", f"{len(job.get('bids') or [])} bid(s), {len(job.get('declines') or [])} decline(s)")
+    grid.add_row(
+        "bids", f"{len(job.get('bids') or [])} bid(s), {len(job.get('declines') or [])} decline(s)"
+    )
     awards = job.get("awards") or []
-    grid.add_row("awarded to", ", ".join(f"{short_id(a.get('peer_id'))} ({dash(a.get('role'))})"
-                                          for a in awards) or "-")
+    grid.add_row(
+        "awarded to",
+        ", ".join(f"{short_id(a.get('peer_id'))} ({dash(a.get('role'))})" for a in awards) or "-",
+    )
     declines = job.get("declines") or []
     if declines and not awards:
-        grid.add_row("last decline", f"{short_id(declines[-1].get('peer_id'))}: {dash(declines[-1].get('reason'))}")
+        grid.add_row(
+            "last decline",
+            f"{short_id(declines[-1].get('peer_id'))}: {dash(declines[-1].get('reason'))}",
+        )
     history = job.get("history") or []
     if history:
-        grid.add_row("last", f"{fmt_ts(history[-1].get('ts_ms'))} {dash(history[-1].get('detail'))}")
+        grid.add_row(
+            "last", f"{fmt_ts(history[-1].get('ts_ms'))} {dash(history[-1].get('detail'))}"
+        )
     verification = job.get("verification")
     if verification:
-        grid.add_row("verified", f"{dash(verification.get('verdict'))} "
-                                 f"({dash(verification.get('replicas'))} replicas)")
+        grid.add_row(
+            "verified",
+            f"{dash(verification.get('verdict'))} ({dash(verification.get('replicas'))} replicas)",
+        )
     return grid
 
 
@@ -349,14 +419,24 @@ def render_credits(data: dict[str, Any], console: Console) -> None:
     for col in ("peer", "balance", "earned", "spent"):
         table.add_column(col, justify="left" if col == "peer" else "right")
     for b in balances:
-        table.add_row(dash(b.get("peer_id")), fmt_num(b.get("balance")), fmt_num(b.get("earned")),
-                      fmt_num(b.get("spent")))
+        table.add_row(
+            dash(b.get("peer_id")),
+            fmt_num(b.get("balance")),
+            fmt_num(b.get("earned")),
+            fmt_num(b.get("spent")),
+        )
     console.print(table)
     receipts = data.get("receipts") or []
     table = Table(title=f"receipts ({len(receipts)})", title_justify="left", show_edge=False)
     for col in ("job", "worker", "origin", "credits", "time (UTC)", "seq"):
         table.add_column(col, justify="right" if col in ("credits", "seq") else "left")
     for r in receipts:
-        table.add_row(dash(r.get("job_id")), short_id(r.get("worker")), short_id(r.get("origin")),
-                      fmt_num(r.get("credits")), fmt_ts(r.get("ts_ms")), dash(r.get("seq")))
+        table.add_row(
+            dash(r.get("job_id")),
+            short_id(r.get("worker")),
+            short_id(r.get("origin")),
+            fmt_num(r.get("credits")),
+            fmt_ts(r.get("ts_ms")),
+            dash(r.get("seq")),
+        )
     console.print(table)

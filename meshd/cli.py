@@ -66,20 +66,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser("init", parents=[data_dir], help="create a node: key, config, API token")
-    p.add_argument("--listen", action="append", metavar="MULTIADDR", help="libp2p listen address (repeatable)")
+    p.add_argument(
+        "--listen", action="append", metavar="MULTIADDR", help="libp2p listen address (repeatable)"
+    )
     p.add_argument("--force", action="store_true", help="replace an existing key (a NEW identity)")
 
     p = sub.add_parser("start", parents=[data_dir], help="run the daemon in the foreground")
-    p.add_argument("--listen", action="append", metavar="MULTIADDR", help="override config `listen` (repeatable)")
-    p.add_argument("--bootstrap", action="append", metavar="MULTIADDR", help="override config `bootstrap` (repeatable)")
-    p.add_argument("--executor", choices=("auto", "docker", "process"), help="override config `executor`")
+    p.add_argument(
+        "--listen",
+        action="append",
+        metavar="MULTIADDR",
+        help="override config `listen` (repeatable)",
+    )
+    p.add_argument(
+        "--bootstrap",
+        action="append",
+        metavar="MULTIADDR",
+        help="override config `bootstrap` (repeatable)",
+    )
+    p.add_argument(
+        "--executor", choices=("auto", "docker", "process"), help="override config `executor`"
+    )
     p.add_argument("--log-format", choices=("human", "json"), help="override config `log_format`")
-    p.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper,
-                   help="override config `log_level`")
+    p.add_argument(
+        "--log-level",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        type=str.upper,
+        help="override config `log_level`",
+    )
     p.add_argument("--api-port", type=int, metavar="PORT", help="override config `api_port`")
 
-    p = sub.add_parser("demo", help="run the local demo (several nodes on this machine)", add_help=False)
-    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the demo (see `meshd demo --help`)")
+    p = sub.add_parser(
+        "demo", help="run the local demo (several nodes on this machine)", add_help=False
+    )
+    p.add_argument(
+        "args", nargs=argparse.REMAINDER, help="arguments for the demo (see `meshd demo --help`)"
+    )
     return parser
 
 
@@ -130,7 +152,9 @@ def cmd_start(args: argparse.Namespace) -> int:
     try:
         from meshd.runtime.daemon import run
     except ImportError as exc:
-        return _fail(f"the daemon runtime cannot be loaded ({exc}); is meshd fully installed?", EXIT_RUNTIME)
+        return _fail(
+            f"the daemon runtime cannot be loaded ({exc}); is meshd fully installed?", EXIT_RUNTIME
+        )
     from meshd.core.logrecord import LogLockedError
 
     try:

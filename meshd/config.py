@@ -180,7 +180,9 @@ class NodeConfig(BaseModel):
     def _params(cls, v: dict[str, Any]) -> dict[str, Any]:
         for key, value in v.items():
             if not isinstance(value, int | float | bool | str):
-                raise ValueError(f"[params] {key} must be a number, boolean or string, not {type(value).__name__}")
+                raise ValueError(
+                    f"[params] {key} must be a number, boolean or string, not {type(value).__name__}"
+                )
         return v
 
     def to_toml(self) -> str:
@@ -197,7 +199,9 @@ def _describe_errors(where: Path | str, exc: ValidationError) -> str:
             known = ", ".join(NodeConfig.model_fields)
             lines.append(f"unknown key `{loc}` (known keys: {known})")
         else:
-            lines.append(f"`{loc}`: {err['msg'].removeprefix('Value error, ')} (got {err['input']!r})")
+            lines.append(
+                f"`{loc}`: {err['msg'].removeprefix('Value error, ')} (got {err['input']!r})"
+            )
     return f"{where}: " + "; ".join(lines)
 
 
@@ -217,7 +221,7 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
         os.fchmod(fd, mode)  # the umask may have narrowed or widened nothing; be exact
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     except BaseException:
         os.close(fd)

@@ -46,7 +46,9 @@ def _say(msg: str) -> None:
     print(f"\n\033[1m==> {msg}\033[0m", flush=True)
 
 
-def _cmd(args: list[str], *, check: bool = True, quiet: bool = False) -> subprocess.CompletedProcess[str]:
+def _cmd(
+    args: list[str], *, check: bool = True, quiet: bool = False
+) -> subprocess.CompletedProcess[str]:
     if not quiet:
         print("   $ " + " ".join(a if " " not in a else repr(a) for a in args), flush=True)
     cp = subprocess.run(args, text=True, capture_output=True)
@@ -73,18 +75,27 @@ def choose_executor(requested: str) -> tuple[str, str]:
 
     why_not = probe_docker(ExecParams())
     if why_not is not None:
-        return "process", f"no Docker engine reachable ({why_not}); using the process executor (unsandboxed)"
+        return (
+            "process",
+            f"no Docker engine reachable ({why_not}); using the process executor (unsandboxed)",
+        )
     try:
         import docker
 
         client = docker.from_env()
         client.images.get(DEMO_IMAGE)
-        return "docker", f"Docker engine reachable and image {DEMO_IMAGE} present: jobs run sandboxed"
+        return (
+            "docker",
+            f"Docker engine reachable and image {DEMO_IMAGE} present: jobs run sandboxed",
+        )
     except Exception:
         built = _build_busybox_image()
         if built is None:
             return "docker", f"Docker engine reachable; built {DEMO_IMAGE} from the static busybox"
-        return "process", f"Docker engine reachable but {DEMO_IMAGE} is missing and {built}; using the process executor"
+        return (
+            "process",
+            f"Docker engine reachable but {DEMO_IMAGE} is missing and {built}; using the process executor",
+        )
 
 
 def _build_busybox_image() -> str | None:
@@ -96,10 +107,24 @@ def _build_busybox_image() -> str | None:
         bindir = Path(root, "bin")
         bindir.mkdir()
         shutil.copy2(busybox, bindir / "busybox")
-        for applet in ("sh", "cat", "echo", "wc", "sha256sum", "sleep", "tr", "sort", "head", "ls", "true"):
+        for applet in (
+            "sh",
+            "cat",
+            "echo",
+            "wc",
+            "sha256sum",
+            "sleep",
+            "tr",
+            "sort",
+            "head",
+            "ls",
+            "true",
+        ):
             os.symlink("busybox", bindir / applet)
         tar = subprocess.run(["tar", "-C", root, "-c", "."], capture_output=True)
-        cp = subprocess.run(["docker", "import", "-", DEMO_IMAGE], input=tar.stdout, capture_output=True)
+        cp = subprocess.run(
+            ["docker", "import", "-", DEMO_IMAGE], input=tar.stdout, capture_output=True
+        )
         if cp.returncode != 0:
             return f"docker import failed: {cp.stderr.decode()[:200]}"
     return None
@@ -109,8 +134,10 @@ def _api_addr(data_dir: Path, timeout_s: float) -> None:
     end = time.monotonic() + timeout_s
     while not (data_dir / "api.addr").exists():
         if time.monotonic() > end:
-            raise SystemExit(f"demo: daemon in {data_dir} did not come up in {timeout_s:.0f}s "
-                             f"(see {data_dir / 'daemon.log'})")
+            raise SystemExit(
+                f"demo: daemon in {data_dir} did not come up in {timeout_s:.0f}s "
+                f"(see {data_dir / 'daemon.log'})"
+            )
         time.sleep(0.1)
 
 
@@ -120,12 +147,16 @@ def _status(data_dir: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="meshd demo", description="Run a local mesh and a real job on it.")
+    ap = argparse.ArgumentParser(
+        prog="meshd demo", description="Run a local mesh and a real job on it."
+    )
     ap.add_argument("--nodes", type=int, default=3, help="daemons to start (default 3, at least 2)")
     ap.add_argument("--executor", choices=("auto", "docker", "process"), default="auto")
     ap.add_argument("--dir", type=Path, help="where the node data dirs go (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the data dirs afterwards")
-    ap.add_argument("--timeout", type=float, default=120.0, help="seconds allowed for the whole job")
+    ap.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds allowed for the whole job"
+    )
     args = ap.parse_args(argv)
     if args.nodes < 2:
         ap.error("--nodes must be at least 2 (a job runs on a node other than its submitter)")
@@ -139,7 +170,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _say(f"creating {args.nodes} nodes under {base}")
         for d in dirs:
-            _cmd([_bin("meshd"), "init", "--data-dir", str(d), "--listen", "/ip4/127.0.0.1/tcp/0", "--force"])
+            _cmd(
+                [
+                    _bin("meshd"),
+                    "init",
+                    "--data-dir",
+                    str(d),
+                    "--listen",
+                    "/ip4/127.0.0.1/tcp/0",
+                    "--force",
+                ]
+            )
             update_config(d, {"allow_process_executor": True})
         _say("starting the daemons: node0 alone, the others bootstrapped from node0 only")
         bootstrap: list[str] = []
@@ -169,15 +210,38 @@ def main(argv: list[str] | None = None) -> int:
         poem.write_text(POEM)
         out = base / "result"
         _say(f"submitting a job from {submitter.name}: count the words of an input file")
-        script = ('wc -w < "$MESH_INPUTS/poem.txt" | tr -d " " > "$MESH_OUTPUTS/words.txt"; '
-                  'sha256sum < "$MESH_INPUTS/poem.txt" > "$MESH_OUTPUTS/checksum.txt"; echo counted')
-        cp = _cmd([_bin("mesh"), "--data-dir", str(submitter), "submit", "--image", DEMO_IMAGE,
-                   "--input", f"poem.txt={poem}", "--timeout", "60", "--wait", "-o", str(out),
-                   "--", "sh", "-c", script], check=False)
+        script = (
+            'wc -w < "$MESH_INPUTS/poem.txt" | tr -d " " > "$MESH_OUTPUTS/words.txt"; '
+            'sha256sum < "$MESH_INPUTS/poem.txt" > "$MESH_OUTPUTS/checksum.txt"; echo counted'
+        )
+        cp = _cmd(
+            [
+                _bin("mesh"),
+                "--data-dir",
+                str(submitter),
+                "submit",
+                "--image",
+                DEMO_IMAGE,
+                "--input",
+                f"poem.txt={poem}",
+                "--timeout",
+                "60",
+                "--wait",
+                "-o",
+                str(out),
+                "--",
+                "sh",
+                "-c",
+                script,
+            ],
+            check=False,
+        )
         if cp.returncode != 0:
             print(cp.stderr, file=sys.stderr)
             raise SystemExit("demo: the job did not succeed")
-        jobs = json.loads(_cmd([_bin("mesh"), "--data-dir", str(submitter), "jobs", "--json"], quiet=True).stdout)
+        jobs = json.loads(
+            _cmd([_bin("mesh"), "--data-dir", str(submitter), "jobs", "--json"], quiet=True).stdout
+        )
         job_id = jobs["jobs"][0]["job_id"]
         _say("the job, as its submitter recorded it")
         _cmd([_bin("mesh"), "--data-dir", str(submitter), "job", job_id])

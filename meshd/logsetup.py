@@ -24,7 +24,14 @@ from typing import Any, Literal, TextIO
 
 LogFormat = Literal["human", "json"]
 
-QUIET_LOGGERS: tuple[str, ...] = ("libp2p", "multiaddr", "asyncio", "trio_websocket", "docker", "urllib3")
+QUIET_LOGGERS: tuple[str, ...] = (
+    "libp2p",
+    "multiaddr",
+    "asyncio",
+    "trio_websocket",
+    "docker",
+    "urllib3",
+)
 """Loggers held at WARNING whatever the requested level."""
 NOISE_PATTERNS: tuple[str, ...] = ("Rate limit exceeded", "GRAFT flood")
 """Substrings of third-party messages that are dropped (they repeat per message)."""
@@ -59,7 +66,9 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         obj: dict[str, Any] = {
-            "ts": _dt.datetime.fromtimestamp(record.created, _dt.UTC).isoformat(timespec="milliseconds"),
+            "ts": _dt.datetime.fromtimestamp(record.created, _dt.UTC).isoformat(
+                timespec="milliseconds"
+            ),
             "level": record.levelname,
             "logger": record.name,
             "msg": record.getMessage(),

@@ -47,8 +47,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.cmd == "list":
         from .knobs import knob_docs
+
         for sc in SCENARIOS.values():
-            print(f"{sc.name:10} {sc.about} (default --nodes {sc.default_nodes} --jobs {sc.default_jobs})")
+            print(
+                f"{sc.name:10} {sc.about} (default --nodes {sc.default_nodes} --jobs {sc.default_jobs})"
+            )
         print("\nknobs (--set name=value):")
         for name, doc in knob_docs().items():
             print(f"  {name:20} {doc}")
@@ -59,11 +62,14 @@ def main(argv: list[str] | None = None) -> int:
             pins = {**_pins(a.set), "load": str(load)}
             res = run(RunConfig("load", a.seed, a.nodes, a.jobs, pins)).result
             rows.append(res)
-            print(f"load {load:.2f}: ours mean {res['completion_mean_s']:.2f}s p99 {res['completion_p99_s']:.2f}s | "
-                  f"omni {res.get('omniscient_mean_s', 0):.2f}/{res.get('omniscient_p99_s', 0):.2f} | "
-                  f"random {res.get('random_mean_s', 0):.2f}/{res.get('random_p99_s', 0):.2f} | "
-                  f"ratio {res.get('ratio_mean_vs_omniscient', 0):.3f} | wall {res['wall_s']}s"
-                  + ("" if res["ok"] else f" FAILED: {res['failure']}"), flush=True)
+            print(
+                f"load {load:.2f}: ours mean {res['completion_mean_s']:.2f}s p99 {res['completion_p99_s']:.2f}s | "
+                f"omni {res.get('omniscient_mean_s', 0):.2f}/{res.get('omniscient_p99_s', 0):.2f} | "
+                f"random {res.get('random_mean_s', 0):.2f}/{res.get('random_p99_s', 0):.2f} | "
+                f"ratio {res.get('ratio_mean_vs_omniscient', 0):.3f} | wall {res['wall_s']}s"
+                + ("" if res["ok"] else f" FAILED: {res['failure']}"),
+                flush=True,
+            )
         if a.json:
             with open(a.json, "w") as f:
                 json.dump(rows, f, indent=1)
@@ -72,15 +78,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if all(r["ok"] for r in rows) else 1
 
     sc = SCENARIOS[a.scenario]
-    cfg = RunConfig(a.scenario, a.seed, a.nodes or sc.default_nodes, a.jobs or sc.default_jobs,
-                    _pins(a.set), a.mutant)
+    cfg = RunConfig(
+        a.scenario,
+        a.seed,
+        a.nodes or sc.default_nodes,
+        a.jobs or sc.default_jobs,
+        _pins(a.set),
+        a.mutant,
+    )
     if a.replay:
         from .scenarios import replay_command
+
         print(replay_command(cfg))
         return 0
     if a.profile:
         import cProfile
         import pstats
+
         prof = cProfile.Profile()
         r = prof.runcall(run, cfg)
         prof.dump_stats(a.profile)

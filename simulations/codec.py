@@ -64,7 +64,9 @@ class SimCodec:
             return data
         if type(data) is bytes and data.startswith(TOKEN_PREFIX):
             found = self._registry.get(data)
-            return found if found is not None else Rejected("bad_signature", "unknown envelope token")
+            return (
+                found if found is not None else Rejected("bad_signature", "unknown envelope token")
+            )
         if isinstance(data, Forged):
             return Rejected("bad_signature", f"claims {data.claimed_sender[-8:]}")
         if isinstance(data, (bytes, bytearray)):

@@ -103,12 +103,44 @@ from .workload import Hardware, JobPlan, lie_digest
 EV_INPUT, EV_LOCAL, EV_TICK, EV_FINISH, EV_OFFER, EV_ADVERT, EV_CALL = range(7)
 RunKey = tuple[str, int, int]
 
-INPUT_CODES = {name: i for i, name in enumerate(
-    ["Tick", "GossipReceived", "DirectReceived", "SendFailed", "LocalCapabilities", "ExecutorHealth",
-     "JobSubmitted", "InputsFetched", "ExecutionFinished", "BlobFetched", "CheckerFinished"])}
-MSG_CODES = {name: i for i, name in enumerate(
-    ["advert", "offer", "bid", "decline", "award", "award_reply", "heartbeat", "heartbeat_reply",
-     "result", "result_ack", "cancel", "receipt", "attestation"])}
+INPUT_CODES = {
+    name: i
+    for i, name in enumerate(
+        [
+            "Tick",
+            "GossipReceived",
+            "DirectReceived",
+            "SendFailed",
+            "LocalCapabilities",
+            "ExecutorHealth",
+            "JobSubmitted",
+            "InputsFetched",
+            "ExecutionFinished",
+            "BlobFetched",
+            "CheckerFinished",
+        ]
+    )
+}
+MSG_CODES = {
+    name: i
+    for i, name in enumerate(
+        [
+            "advert",
+            "offer",
+            "bid",
+            "decline",
+            "award",
+            "award_reply",
+            "heartbeat",
+            "heartbeat_reply",
+            "result",
+            "result_ack",
+            "cancel",
+            "receipt",
+            "attestation",
+        ]
+    )
+}
 
 
 class SimFailure(Exception):
@@ -158,8 +190,15 @@ class OfferCast:
 class Engine:
     """Holds the nodes, the heap and the network; scenarios script it."""
 
-    def __init__(self, seed: int, hw: list[Hardware], knobs: Knobs, params: CoreParams,
-                 node_factory: Callable[..., Node] = Node, start_ms: int = 1_000_000) -> None:
+    def __init__(
+        self,
+        seed: int,
+        hw: list[Hardware],
+        knobs: Knobs,
+        params: CoreParams,
+        node_factory: Callable[..., Node] = Node,
+        start_ms: int = 1_000_000,
+    ) -> None:
         self.seed = seed
         self.knobs = knobs
         self.params = params
@@ -177,7 +216,9 @@ class Engine:
         self.trace = 0
         self.events = 0
         self.partitioned = False
-        self.hooks: list[Any] = []  # observers with on_append(slot, kind, body) / on_start(slot, eff)
+        self.hooks: list[
+            Any
+        ] = []  # observers with on_append(slot, kind, body) / on_start(slot, eff)
         self.stats: dict[str, int] = {}
         self.jobs_by_id: dict[str, JobPlan] = {}
         self.produced: dict[str, set[str]] = {}
@@ -190,9 +231,15 @@ class Engine:
             self.slots.append(slot)
             self.by_peer[ident.peer_id] = i
         self.subscribers = self._draw_views(len(hw), knobs.advert_fanout)
-        rf = knobs.receipt_fanout if knobs.receipt_fanout >= 0 else (0 if len(hw) <= 256 else knobs.advert_fanout)
+        rf = (
+            knobs.receipt_fanout
+            if knobs.receipt_fanout >= 0
+            else (0 if len(hw) <= 256 else knobs.advert_fanout)
+        )
         self.receipt_subscribers = self._draw_views(len(hw), rf) if rf else None
-        self._forced: tuple[str, int] | None = None  # (to_peer, arrival) while a node answers an offer
+        self._forced: tuple[str, int] | None = (
+            None  # (to_peer, arrival) while a node answers an offer
+        )
         self._forced_bids = 0
 
     # ------------------------------------------------------------ setup
@@ -223,7 +270,9 @@ class Engine:
     def call_at(self, when_ms: int, fn: Callable[[], None]) -> None:
         self.at(when_ms, EV_CALL, fn)
 
-    def run_until(self, end_ms: int, stop: Callable[[], bool] | None = None, check_every: int = 2_000) -> None:
+    def run_until(
+        self, end_ms: int, stop: Callable[[], bool] | None = None, check_every: int = 2_000
+    ) -> None:
         heap, pop = self.heap, heapq.heappop
         n = 0
         while heap and heap[0][0] <= end_ms:
@@ -270,8 +319,9 @@ class Engine:
         try:
             effects = node.step(inp, self.now)
         except Exception as exc:  # a core must never raise on any input
-            raise SimFailure(f"node {slot.idx} raised {type(exc).__name__}: {exc} "
-                             f"on {type(inp).__name__}") from exc
+            raise SimFailure(
+                f"node {slot.idx} raised {type(exc).__name__}: {exc} on {type(inp).__name__}"
+            ) from exc
         self.apply(slot, effects)
         self._arm(slot)
 
@@ -290,8 +340,10 @@ class Engine:
             if type(eff) is not Append:
                 seen_other = True
             elif seen_other:
-                raise SimFailure(f"invariant violated at t={self.now} ms: node {slot.idx} returned an Append "
-                                 "after a message/execution in one batch")
+                raise SimFailure(
+                    f"invariant violated at t={self.now} ms: node {slot.idx} returned an Append "
+                    "after a message/execution in one batch"
+                )
         for eff in effects:
             t = type(eff)
             if t is Append:
@@ -307,8 +359,11 @@ class Engine:
             elif t is StartExecution:
                 self._start(slot, eff)
             elif t is FetchInputs:
-                self._local(slot, 1 + self.rng_exec.randrange(20),
-                            InputsFetched(eff.job_id, eff.attempt, eff.replica, True))
+                self._local(
+                    slot,
+                    1 + self.rng_exec.randrange(20),
+                    InputsFetched(eff.job_id, eff.attempt, eff.replica, True),
+                )
             elif t is CancelExecution:
                 slot.running.pop((eff.job_id, eff.attempt, eff.replica), None)
             elif t is FetchBlob:
@@ -342,7 +397,9 @@ class Engine:
         return max(1, min(k.latency_ms_max, int(v)))
 
     def reachable(self, a: int, b: int) -> bool:
-        return self.slots[b].alive and (not self.partitioned or self.slots[a].group == self.slots[b].group)
+        return self.slots[b].alive and (
+            not self.partitioned or self.slots[a].group == self.slots[b].group
+        )
 
     def _send(self, slot: Slot, eff: Send) -> None:
         to = self.by_peer.get(eff.to_peer)
@@ -368,15 +425,28 @@ class Engine:
     def _publish(self, slot: Slot, eff: Publish) -> None:
         data = eff.data
         if eff.topic == TOPIC_ADVERTS:
-            self.at(self.now + self.latency(), EV_ADVERT, (slot.idx, GossipReceived(eff.topic, slot.peer_id, data)))
+            self.at(
+                self.now + self.latency(),
+                EV_ADVERT,
+                (slot.idx, GossipReceived(eff.topic, slot.peer_id, data)),
+            )
         elif eff.topic == TOPIC_OFFERS and type(data) is Opened:
             self.cast_offer(slot, data)
         else:  # receipts and attestations: to the publisher's view subscribers (see "Scale")
             inp = GossipReceived(eff.topic, slot.peer_id, data)
-            targets = self.receipt_subscribers[slot.idx] if self.receipt_subscribers else range(len(self.slots))
+            targets = (
+                self.receipt_subscribers[slot.idx]
+                if self.receipt_subscribers
+                else range(len(self.slots))
+            )
             for i in targets:
-                if i != slot.idx and self.reachable(slot.idx, i) and not (
-                        self.knobs.gossip_loss and self.rng_net.random() < self.knobs.gossip_loss):
+                if (
+                    i != slot.idx
+                    and self.reachable(slot.idx, i)
+                    and not (
+                        self.knobs.gossip_loss and self.rng_net.random() < self.knobs.gossip_loss
+                    )
+                ):
                     self.at(self.now + self.latency(), EV_INPUT, (i, inp))
 
     def _advert_cast(self, p: tuple[int, GossipReceived]) -> None:
@@ -389,18 +459,39 @@ class Engine:
     def cast_offer(self, slot: Slot, data: Opened, *, stop_early: bool | None = None) -> None:
         n = len(self.slots)
         k = self.knobs
-        l1 = np.maximum(1, np.minimum(k.latency_ms_max, k.latency_ms_median
-                                      * np.exp(k.latency_sigma * self.np.standard_normal(n)))).astype(np.int64)
-        l2 = np.maximum(1, np.minimum(k.latency_ms_max, k.latency_ms_median
-                                      * np.exp(k.latency_sigma * self.np.standard_normal(n)))).astype(np.int64)
+        l1 = np.maximum(
+            1,
+            np.minimum(
+                k.latency_ms_max,
+                k.latency_ms_median * np.exp(k.latency_sigma * self.np.standard_normal(n)),
+            ),
+        ).astype(np.int64)
+        l2 = np.maximum(
+            1,
+            np.minimum(
+                k.latency_ms_max,
+                k.latency_ms_median * np.exp(k.latency_sigma * self.np.standard_normal(n)),
+            ),
+        ).astype(np.int64)
         r = l1 + l2
         lazy = k.gossip_mode == "lazy" if stop_early is None else stop_early
         order = np.argsort(r if lazy else l1, kind="stable").tolist()
         body = data.body
         if len(self.recent) < 64:
             self.recent.append(data)
-        cast = OfferCast(slot.idx, slot.incarnation, self.now, body.job_id, body.attempt, data, order, l1, r,
-                         last_ms=self.now, stop_early=lazy)
+        cast = OfferCast(
+            slot.idx,
+            slot.incarnation,
+            self.now,
+            body.job_id,
+            body.attempt,
+            data,
+            order,
+            l1,
+            r,
+            last_ms=self.now,
+            stop_early=lazy,
+        )
         self._offer_next(cast)
 
     def _offer_next(self, cast: OfferCast) -> None:
@@ -412,7 +503,10 @@ class Engine:
             if cast.stop_early and cast.r[c] > self.params.bid_window_ms:
                 return
             when = max(cast.last_ms, cast.t0 + int(cast.l1[c]))
-            if cast.stop_early and cast.bids_in_flight >= self.params.bids_enough * cast.data.body.slots:
+            if (
+                cast.stop_early
+                and cast.bids_in_flight >= self.params.bids_enough * cast.data.body.slots
+            ):
                 # Enough bids arrive by t0 + r[c] to close the window before c's answer could;
                 # look again then (a bid may have been dropped, e.g. rate-limited).
                 when = max(when, cast.t0 + int(cast.r[c]))
@@ -425,7 +519,9 @@ class Engine:
         o = self.slots[cast.origin]
         if not o.alive or o.incarnation != cast.incarnation:
             return False
-        job = o.node.jobs.get(cast.job_id)  # peeking is safe: a closed window ignores every later answer
+        job = o.node.jobs.get(
+            cast.job_id
+        )  # peeking is safe: a closed window ignores every later answer
         return job is not None and job.offer_open and job.attempt == cast.attempt
 
     def _offer_step(self, cast: OfferCast) -> None:
@@ -433,8 +529,9 @@ class Engine:
             return
         c = cast.order[cast.k]
         cast.k += 1
-        if self.reachable(cast.origin, c) and not (self.knobs.gossip_loss
-                                                   and self.rng_net.random() < self.knobs.gossip_loss):
+        if self.reachable(cast.origin, c) and not (
+            self.knobs.gossip_loss and self.rng_net.random() < self.knobs.gossip_loss
+        ):
             origin_peer = self.slots[cast.origin].peer_id
             self._forced = (origin_peer, cast.t0 + int(cast.r[c]))
             self._forced_bids = 0
@@ -464,8 +561,19 @@ class Engine:
             digest = lie_digest(eff.job_id, slot.peer_id, eff.attempt, eff.replica)
         status = "timeout" if timed_out else "succeeded"
         self.produced.setdefault(eff.job_id, set()).add(digest)
-        fin = ExecutionFinished(eff.job_id, eff.attempt, eff.replica, status, None if timed_out else 0, "",
-                                dur, dur, 1 << 20, digest if not timed_out else None, 1024)
+        fin = ExecutionFinished(
+            eff.job_id,
+            eff.attempt,
+            eff.replica,
+            status,
+            None if timed_out else 0,
+            "",
+            dur,
+            dur,
+            1 << 20,
+            digest if not timed_out else None,
+            1024,
+        )
         self.at(self.now + dur, EV_FINISH, (slot.idx, slot.incarnation, key, token, fin))
 
     def _finish(self, p: tuple[int, int, RunKey, int, ExecutionFinished]) -> None:
@@ -480,8 +588,18 @@ class Engine:
         src = self.by_peer.get(eff.from_peer)
         ok = src is not None and self.reachable(slot.idx, src)
         delay = 2 * self.latency() + 5 if ok else self.knobs.connect_timeout_ms
-        self._local(slot, delay, BlobFetched(eff.job_id, eff.attempt, eff.replica, eff.digest, ok,
-                                             "" if ok else "worker unreachable"))
+        self._local(
+            slot,
+            delay,
+            BlobFetched(
+                eff.job_id,
+                eff.attempt,
+                eff.replica,
+                eff.digest,
+                ok,
+                "" if ok else "worker unreachable",
+            ),
+        )
 
     # ------------------------------------------------------------ faults
 
@@ -513,7 +631,9 @@ class Engine:
         try:
             effects = slot.node.restore(records)
         except Exception as exc:
-            raise SimFailure(f"node {slot.idx} raised {type(exc).__name__} in restore: {exc}") from exc
+            raise SimFailure(
+                f"node {slot.idx} raised {type(exc).__name__} in restore: {exc}"
+            ) from exc
         self.apply(slot, effects)
         self._arm(slot)
         self.boot(slot, 1)

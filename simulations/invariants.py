@@ -59,8 +59,10 @@ class Checker:
 
     def on_start(self, slot: Slot, eff: Any) -> None:
         if len(slot.running) >= slot.hw.cores:
-            self.fail(f"node {slot.idx} started {eff.job_id} with {len(slot.running)} runs already "
-                      f"executing (capacity {slot.hw.cores})")
+            self.fail(
+                f"node {slot.idx} started {eff.job_id} with {len(slot.running)} runs already "
+                f"executing (capacity {slot.hw.cores})"
+            )
 
     def on_append(self, slot: Slot, kind: str, body: dict[str, Any]) -> None:
         self.fingerprints[slot.idx].append(hash(repr(body)))
@@ -80,8 +82,10 @@ class Checker:
         key = (slot.idx, body["job_id"])
         prev = self.job_state.get(key, "queued")
         if body["from"] != prev:
-            self.fail(f"job {body['job_id']} on node {slot.idx}: state record from {body['from']!r} "
-                      f"but the job was {prev!r}")
+            self.fail(
+                f"job {body['job_id']} on node {slot.idx}: state record from {body['from']!r} "
+                f"but the job was {prev!r}"
+            )
         if (body["from"], body["to"]) not in TRANSITIONS:
             self.fail(f"job {body['job_id']}: illegal transition {body['from']} -> {body['to']}")
         self.job_state[key] = body["to"]
@@ -94,19 +98,25 @@ class Checker:
         if canon not in self.engine.produced.get(jid, ()):
             self.fail(f"job {jid}: canonical {canon[:20]}… was never produced by any execution")
         if jid in self.canonical and self.canonical[jid] != canon:
-            self.fail(f"job {jid}: canonical changed from {self.canonical[jid][:20]}… to {canon[:20]}…")
+            self.fail(
+                f"job {jid}: canonical changed from {self.canonical[jid][:20]}… to {canon[:20]}…"
+            )
         self.canonical[jid] = canon
         if plan is not None and canon != plan.honest_digest:
             if body.get("verdict") == "agreed" or body.get("needed", 1) > 1 or not self.liars:
-                self.fail(f"job {jid}: wrong result accepted (verdict {body.get('verdict')!r}, "
-                          f"valid={body.get('valid')}, invalid={body.get('invalid')})")
+                self.fail(
+                    f"job {jid}: wrong result accepted (verdict {body.get('verdict')!r}, "
+                    f"valid={body.get('valid')}, invalid={body.get('invalid')})"
+                )
             self.escapes.append(jid)
 
     def _on_finished(self, slot: Slot, body: dict[str, Any]) -> None:
         jid = body["job_id"]
         if body["state"] == "succeeded" and self.canonical.get(jid) != body.get("canonical"):
-            self.fail(f"job {jid}: finished with canonical {body.get('canonical')!r} but the verdict "
-                      f"said {self.canonical.get(jid)!r}")
+            self.fail(
+                f"job {jid}: finished with canonical {body.get('canonical')!r} but the verdict "
+                f"said {self.canonical.get(jid)!r}"
+            )
         prev = self.finished.get(jid)
         if prev is not None and prev[0] == "succeeded":
             self.fail(f"job {jid}: finished twice (was succeeded, now {body['state']})")
@@ -133,10 +143,14 @@ class Checker:
         for slot in self.engine.slots:
             fps = self.fingerprints[slot.idx]
             if len(slot.log) != len(fps):
-                self.fail(f"node {slot.idx}: log has {len(slot.log)} records, {len(fps)} were appended")
+                self.fail(
+                    f"node {slot.idx}: log has {len(slot.log)} records, {len(fps)} were appended"
+                )
             for i, (_, body) in enumerate(slot.log):
                 if hash(repr(body)) != fps[i]:
-                    self.fail(f"node {slot.idx}: log record {i} ({slot.log[i][0]}) changed after it was appended")
+                    self.fail(
+                        f"node {slot.idx}: log record {i} ({slot.log[i][0]}) changed after it was appended"
+                    )
 
     def lost_jobs(self, submitted: set[str]) -> list[str]:
         return sorted(j for j in submitted if j not in self.finished)

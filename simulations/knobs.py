@@ -123,6 +123,10 @@ def knob_docs() -> dict[str, str]:
     body = tree.body[0].body  # type: ignore[attr-defined]
     out: dict[str, str] = {}
     for prev, node in zip(body, body[1:], strict=False):
-        if isinstance(prev, ast.AnnAssign) and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+        if (
+            isinstance(prev, ast.AnnAssign)
+            and isinstance(node, ast.Expr)
+            and isinstance(node.value, ast.Constant)
+        ):
             out[prev.target.id] = " ".join(str(node.value.value).split())  # type: ignore[union-attr]
     return out

@@ -18,8 +18,11 @@ def _fmt(v: Any) -> str:
 
 def print_summary(res: dict[str, Any]) -> None:
     con = Console()
-    t = Table(title=f"meshd sim: {res['scenario']} seed={res['seed']} nodes={res['nodes']} jobs={res['jobs']}"
-                    f" — {'OK' if res['ok'] else 'FAILED'}", show_header=False)
+    t = Table(
+        title=f"meshd sim: {res['scenario']} seed={res['seed']} nodes={res['nodes']} jobs={res['jobs']}"
+        f" — {'OK' if res['ok'] else 'FAILED'}",
+        show_header=False,
+    )
     t.add_column("what", style="bold")
     t.add_column("value", overflow="fold")
     skip = {"knobs", "failure", "replay", "scenario", "seed", "nodes", "jobs"}
@@ -36,6 +39,7 @@ def print_summary(res: dict[str, Any]) -> None:
 
 def plot_run(run: Any, path: str) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
@@ -47,12 +51,16 @@ def plot_run(run: Any, path: str) -> None:
     for name, data in series:
         if data is not None and len(data):
             xs = np.sort(np.asarray(data) / 1000)
-            ax.plot(xs, np.arange(1, len(xs) + 1) / len(xs), label=f"{name} (mean {xs.mean():.1f}s)")
+            ax.plot(
+                xs, np.arange(1, len(xs) + 1) / len(xs), label=f"{name} (mean {xs.mean():.1f}s)"
+            )
     ax.set_xscale("log")
     ax.set_xlabel("job completion time (s)")
     ax.set_ylabel("CDF")
-    ax.set_title(f"{res['scenario']} seed={res['seed']} nodes={res['nodes']} jobs={res['jobs']} "
-                 f"load={res['knobs']['load']:.2f}")
+    ax.set_title(
+        f"{res['scenario']} seed={res['seed']} nodes={res['nodes']} jobs={res['jobs']} "
+        f"load={res['knobs']['load']:.2f}"
+    )
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -61,6 +69,7 @@ def plot_run(run: Any, path: str) -> None:
 
 def plot_sweep(rows: list[dict[str, Any]], path: str) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -91,16 +91,35 @@ def _draw_swarm(rng: random.Random, k: Knobs) -> None:
     k.load = rng.uniform(0.1, 0.9)
 
 
-SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
-    Scenario("load", "placement vs omniscient and random schedulers at a utilisation (default 80%, "
-             "replication off; --set replication=default to include verification)", _draw_load, 200, 2000),
-    Scenario("churn", "30% of nodes crash (some mid-batch) and restart; network faults drawn", _draw_churn),
-    Scenario("cheaters", "10% liars (wrong digests), maybe spammers; detection and verification cost",
-             _draw_cheaters),
-    Scenario("partition", "the mesh splits in two, then heals; every job must finish after the heal",
-             _draw_partition),
-    Scenario("swarm", "every fault knob drawn from the seed", _draw_swarm),
-]}
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in [
+        Scenario(
+            "load",
+            "placement vs omniscient and random schedulers at a utilisation (default 80%, "
+            "replication off; --set replication=default to include verification)",
+            _draw_load,
+            200,
+            2000,
+        ),
+        Scenario(
+            "churn",
+            "30% of nodes crash (some mid-batch) and restart; network faults drawn",
+            _draw_churn,
+        ),
+        Scenario(
+            "cheaters",
+            "10% liars (wrong digests), maybe spammers; detection and verification cost",
+            _draw_cheaters,
+        ),
+        Scenario(
+            "partition",
+            "the mesh splits in two, then heals; every job must finish after the heal",
+            _draw_partition,
+        ),
+        Scenario("swarm", "every fault knob drawn from the seed", _draw_swarm),
+    ]
+}
 
 
 @dataclass
@@ -115,18 +134,28 @@ class RunConfig:
 
 def commit() -> str:
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "meshd/core", "simulations"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "meshd/core", "simulations"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return head + ("+dirty" if dirty else "")
     except Exception:
         return "unknown"
 
 
 def replay_command(cfg: RunConfig) -> str:
-    parts = ["python -m simulations run", cfg.scenario, f"--seed {cfg.seed}", f"--nodes {cfg.nodes}",
-             f"--jobs {cfg.jobs}"]
+    parts = [
+        "python -m simulations run",
+        cfg.scenario,
+        f"--seed {cfg.seed}",
+        f"--nodes {cfg.nodes}",
+        f"--jobs {cfg.jobs}",
+    ]
     parts += [f"--set {k}={v}" for k, v in sorted(cfg.pins.items())]
     if cfg.mutant:
         parts.append(f"--mutant {cfg.mutant}")
@@ -137,8 +166,11 @@ def core_params(k: Knobs, nodes: int) -> CoreParams:
     p = CoreParams()
     scale = k.advert_scale or max(1.0, nodes / 100)
     if scale != 1.0:
-        p = dataclasses.replace(p, advert_interval_ms=int(p.advert_interval_ms * scale),
-                                advert_ttl_ms=int(p.advert_ttl_ms * scale))
+        p = dataclasses.replace(
+            p,
+            advert_interval_ms=int(p.advert_interval_ms * scale),
+            advert_ttl_ms=int(p.advert_ttl_ms * scale),
+        )
     if k.replication == "off":
         p = dataclasses.replace(p, replication_fraction=0.0, untrusted_replication=0.0)
     return p
@@ -160,24 +192,41 @@ class Run:
         sc.draw(rng_knobs, k)
         self.knobs = k = k.with_overrides(cfg.pins)
         self.params = core_params(k, cfg.nodes).with_overrides(
-            {n[5:]: float(v) if "." in v else int(v) for n, v in cfg.pins.items() if n.startswith("core.")})
-        hw = draw_hardware(rng_hw, cfg.nodes, slow_fraction=k.slow_fraction, slow_factor=k.slow_factor)
+            {
+                n[5:]: float(v) if "." in v else int(v)
+                for n, v in cfg.pins.items()
+                if n.startswith("core.")
+            }
+        )
+        hw = draw_hardware(
+            rng_hw, cfg.nodes, slow_fraction=k.slow_fraction, slow_factor=k.slow_factor
+        )
         order = list(range(cfg.nodes))
         rng_hw.shuffle(order)
         n_liars = round(k.liar_fraction * cfg.nodes)
         n_spam = round(k.spammer_fraction * cfg.nodes)
         for i in order[:n_liars]:
             hw[i].liar, hw[i].lie_rate = True, k.lie_rate
-        for i in order[n_liars:n_liars + n_spam]:
+        for i in order[n_liars : n_liars + n_spam]:
             hw[i].spammer = True
         factory = MUTANTS[cfg.mutant] if cfg.mutant else None
-        self.engine = Engine(engine_seed, hw, k, self.params, **({"node_factory": factory} if factory else {}))
+        self.engine = Engine(
+            engine_seed, hw, k, self.params, **({"node_factory": factory} if factory else {})
+        )
         self.hw = hw
         warm_ms = 2 * min(self.params.advert_interval_ms, 10_000)
         self.t_start = self.engine.now + warm_ms
-        self.plans = draw_jobs(self.rng_work, cfg.jobs, hw, load=k.load, start_ms=self.t_start,
-                               job_s_median=k.job_s_median, job_sigma=k.job_sigma,
-                               estimate_noise=k.estimate_noise, speed=k.speed)
+        self.plans = draw_jobs(
+            self.rng_work,
+            cfg.jobs,
+            hw,
+            load=k.load,
+            start_ms=self.t_start,
+            job_s_median=k.job_s_median,
+            job_sigma=k.job_sigma,
+            estimate_noise=k.estimate_noise,
+            speed=k.speed,
+        )
         self.engine.jobs_by_id = {p.job_id: p for p in self.plans}
         self.t_safety_end = self.plans[-1].submit_ms + 1 if self.plans else self.t_start
         self.checker = Checker(self.engine, self.plans, liars=n_liars > 0)
@@ -248,7 +297,9 @@ class Run:
         if victim.idx != s.idx and e.reachable(s.idx, victim.idx):
             what = rng.randrange(6)
             if what == 0:
-                inp: Any = GossipReceived("/meshd/offers/1", s.peer_id, bytes(rng.getrandbits(8) for _ in range(40)))
+                inp: Any = GossipReceived(
+                    "/meshd/offers/1", s.peer_id, bytes(rng.getrandbits(8) for _ in range(40))
+                )
             elif what == 1:
                 inp = DirectReceived(s.peer_id, b"\x00" * (self.params.max_message_bytes + 1))
             elif what == 2:
@@ -257,18 +308,37 @@ class Run:
                 inp = DirectReceived(s.peer_id, e.recent[rng.randrange(len(e.recent))])
             elif what == 4:
                 jid = f"spam-{rng.getrandbits(40):010x}"
-                offer = Offer(job_id=jid, attempt=1, spec_digest=honest_digest(jid),
-                              requirements=OfferRequirements(image=IMAGE), timeout_s=60.0,
-                              bid_window_ms=250, estimated_flops=1e9)
-                data = e.codec.seal(s.identity, offer, e.now, rng.getrandbits(64).to_bytes(8, "big"))
+                offer = Offer(
+                    job_id=jid,
+                    attempt=1,
+                    spec_digest=honest_digest(jid),
+                    requirements=OfferRequirements(image=IMAGE),
+                    timeout_s=60.0,
+                    bid_window_ms=250,
+                    estimated_flops=1e9,
+                )
+                data = e.codec.seal(
+                    s.identity, offer, e.now, rng.getrandbits(64).to_bytes(8, "big")
+                )
                 inp = GossipReceived("/meshd/offers/1", s.peer_id, data)
             else:
                 jid = self.plans[rng.randrange(len(self.plans))].job_id
-                res = Result(job_id=jid, attempt=1, replica=0, status="succeeded", output_digest=honest_digest(jid))
-                inp = DirectReceived(s.peer_id, e.codec.seal(s.identity, res, e.now,
-                                                             rng.getrandbits(64).to_bytes(8, "big")))
+                res = Result(
+                    job_id=jid,
+                    attempt=1,
+                    replica=0,
+                    status="succeeded",
+                    output_digest=honest_digest(jid),
+                )
+                inp = DirectReceived(
+                    s.peer_id,
+                    e.codec.seal(s.identity, res, e.now, rng.getrandbits(64).to_bytes(8, "big")),
+                )
             e.at(e.now + e.latency(), EV_INPUT, (victim.idx, inp))
-        e.call_at(e.now + 1 + int(rng.expovariate(1.0 / self.knobs.spam_interval_ms)), lambda: self._spam(s))
+        e.call_at(
+            e.now + 1 + int(rng.expovariate(1.0 / self.knobs.spam_interval_ms)),
+            lambda: self._spam(s),
+        )
 
     def _liveness(self) -> None:
         e, k = self.engine, self.knobs
@@ -297,8 +367,10 @@ class Run:
             e.run_until(t_live + self.knobs.liveness_ms, stop=self.all_terminal, check_every=500)
             lost = self.checker.lost_jobs(self.submitted)
             if lost:
-                self.checker.fail(f"{len(lost)} job(s) lost: not terminal {self.knobs.liveness_ms} ms into the "
-                                  f"liveness phase: " + "; ".join(self._job_story(j) for j in lost[:5]))
+                self.checker.fail(
+                    f"{len(lost)} job(s) lost: not terminal {self.knobs.liveness_ms} ms into the "
+                    f"liveness phase: " + "; ".join(self._job_story(j) for j in lost[:5])
+                )
             self.checker.check_logs()
             ok, failure = True, None
         except SimFailure as exc:
@@ -321,17 +393,29 @@ class Run:
         e, c, cfg = self.engine, self.checker, self.cfg
         done = {j: v for j, v in c.finished.items() if j in self.submitted}
         plans = {p.job_id: p for p in self.plans}
-        ct = np.array([t - plans[j].submit_ms for j, (st, t) in done.items() if st == "succeeded"], dtype=float)
+        ct = np.array(
+            [t - plans[j].submit_ms for j, (st, t) in done.items() if st == "succeeded"],
+            dtype=float,
+        )
         counters: Counter[str] = Counter()
         for s in e.slots:
             counters.update(s.node.counters)
         runs_started = c.counts.get("work_started", 0)
         res: dict[str, Any] = {
-            "scenario": cfg.scenario, "seed": cfg.seed, "nodes": cfg.nodes, "jobs": cfg.jobs,
-            "mutant": cfg.mutant, "commit": commit(), "ok": ok, "failure": failure,
-            "replay": replay_command(cfg), "knobs": dataclasses.asdict(self.knobs),
-            "wall_s": round(wall, 2), "virtual_s": round((e.now - self.t_start) / 1000, 1),
-            "events": e.events, "events_per_s": round(e.events / max(wall, 1e-9)),
+            "scenario": cfg.scenario,
+            "seed": cfg.seed,
+            "nodes": cfg.nodes,
+            "jobs": cfg.jobs,
+            "mutant": cfg.mutant,
+            "commit": commit(),
+            "ok": ok,
+            "failure": failure,
+            "replay": replay_command(cfg),
+            "knobs": dataclasses.asdict(self.knobs),
+            "wall_s": round(wall, 2),
+            "virtual_s": round((e.now - self.t_start) / 1000, 1),
+            "events": e.events,
+            "events_per_s": round(e.events / max(wall, 1e-9)),
             "trace": f"{e.trace & 0xFFFFFFFFFFFFFFFF:016x}",
             "submitted": len(self.submitted),
             "succeeded": sum(1 for st, _ in done.values() if st == "succeeded"),
@@ -341,11 +425,23 @@ class Run:
             "completion_mean_s": float(ct.mean() / 1000) if len(ct) else None,
             "completion_p50_s": float(np.percentile(ct, 50) / 1000) if len(ct) else None,
             "completion_p99_s": float(np.percentile(ct, 99) / 1000) if len(ct) else None,
-            "crashes": e.stats.get("crashes", 0), "restarts": e.stats.get("restarts", 0),
+            "crashes": e.stats.get("crashes", 0),
+            "restarts": e.stats.get("restarts", 0),
             "rejected": {k[9:]: v for k, v in counters.items() if k.startswith("rejected_")},
-            "counters": {k: counters[k] for k in ("offers_sent", "bids_sent", "bid_late", "awards_sent",
-                                                  "awards_refused", "offers_unanswered", "result_ignored",
-                                                  "send_failed", "adverts_applied")},
+            "counters": {
+                k: counters[k]
+                for k in (
+                    "offers_sent",
+                    "bids_sent",
+                    "bid_late",
+                    "awards_sent",
+                    "awards_refused",
+                    "offers_unanswered",
+                    "result_ignored",
+                    "send_failed",
+                    "adverts_applied",
+                )
+            },
             "escapes": len(c.escapes),
         }
         res["fail_reasons"] = self._fail_reasons(done)
@@ -375,22 +471,28 @@ class Run:
         rnd = baselines.random_placement(self.hw, self.plans, self.cfg.seed)
         self._omni, self._rnd = omni, rnd
         return {
-            "omniscient_mean_s": float(omni.mean() / 1000), "omniscient_p99_s": float(np.percentile(omni, 99) / 1000),
-            "random_mean_s": float(rnd.mean() / 1000), "random_p99_s": float(np.percentile(rnd, 99) / 1000),
+            "omniscient_mean_s": float(omni.mean() / 1000),
+            "omniscient_p99_s": float(np.percentile(omni, 99) / 1000),
+            "random_mean_s": float(rnd.mean() / 1000),
+            "random_p99_s": float(np.percentile(rnd, 99) / 1000),
             "ratio_mean_vs_omniscient": float(ct.mean() / omni.mean()),
             "ratio_p99_vs_omniscient": float(np.percentile(ct, 99) / np.percentile(omni, 99)),
-            "ideal_mean_s": float(np.mean([p.actual_flops for p in self.plans])
-                                  / np.mean([h.speed_gflops * 1e9 for h in self.hw])),
+            "ideal_mean_s": float(
+                np.mean([p.actual_flops for p in self.plans])
+                / np.mean([h.speed_gflops * 1e9 for h in self.hw])
+            ),
         }
 
     def _overhead_by_quarter(self) -> str:
         """Extra runs per job for the jobs submitted in each quarter of the run:
         the first quarter pays for getting strangers trusted, the last shows
         the steady state."""
-        plans = sorted((p for p in self.plans if p.job_id in self.submitted), key=lambda p: p.submit_ms)
+        plans = sorted(
+            (p for p in self.plans if p.job_id in self.submitted), key=lambda p: p.submit_ms
+        )
         out = []
         for q in range(4):
-            part = plans[q * len(plans) // 4:(q + 1) * len(plans) // 4]
+            part = plans[q * len(plans) // 4 : (q + 1) * len(plans) // 4]
             if part:
                 runs = sum(self.checker.runs_per_job[p.job_id] for p in part)
                 out.append(f"{runs / len(part) - 1:.3f}")
@@ -409,19 +511,29 @@ class Run:
             for w in body.get("valid", []):
                 if w in liars and w not in first_invalid:
                     accepted_before[w] += 1
-        banned_by = {p: sum(1 for s in e.slots if s.alive and s.node.trust.banned(p, e.now)) for p in liars}
+        banned_by = {
+            p: sum(1 for s in e.slots if s.alive and s.node.trust.banned(p, e.now)) for p in liars
+        }
         caught = [p for p in liars if p in first_invalid]
         n_jobs = max(1, len(self.submitted))
         return {
             "liars": len(liars),
             "liars_caught": len(caught),
             "verification_overhead": round((runs_started - n_jobs) / n_jobs, 3),
-            "liar_accepted_before_caught_mean": (float(np.mean([accepted_before[p] for p in caught]))
-                                                 if caught else None),
-            "liar_accepted_before_caught_max": max((accepted_before[p] for p in caught), default=None),
-            "liar_detect_time_s_mean": (float(np.mean([(first_invalid[p] - self.t_start) / 1000 for p in caught]))
-                                        if caught else None),
-            "liar_banned_by_origins_mean": float(np.mean(list(banned_by.values()))) if liars else None,
+            "liar_accepted_before_caught_mean": (
+                float(np.mean([accepted_before[p] for p in caught])) if caught else None
+            ),
+            "liar_accepted_before_caught_max": max(
+                (accepted_before[p] for p in caught), default=None
+            ),
+            "liar_detect_time_s_mean": (
+                float(np.mean([(first_invalid[p] - self.t_start) / 1000 for p in caught]))
+                if caught
+                else None
+            ),
+            "liar_banned_by_origins_mean": float(np.mean(list(banned_by.values())))
+            if liars
+            else None,
             "wrong_results_accepted_unverified": len(c.escapes),
         }
 

@@ -65,8 +65,12 @@ def make_server(probe: Probe, params: ApiParams | None = None) -> ApiServer:
         return json_response({"digest": digest, "size": len(req.body)})
 
     async def invalid(req: Request) -> Response:
-        raise ApiError(400, "invalid_job", "bad descriptor",
-                       fields=[{"loc": "requirements.gpus", "msg": "must be >= 0"}])
+        raise ApiError(
+            400,
+            "invalid_job",
+            "bad descriptor",
+            fields=[{"loc": "requirements.gpus", "msg": "must be >= 0"}],
+        )
 
     async def slow(req: Request) -> Response:
         await trio.sleep_forever()
@@ -116,12 +120,20 @@ class RawClient:
     async def connect(cls, port: int) -> RawClient:
         return cls(await trio.open_tcp_stream("127.0.0.1", port))
 
-    async def send(self, method: str, path: str, *, headers: tuple[tuple[str, str], ...] = (AUTH,),
-                   body: bytes = b"") -> None:
+    async def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: tuple[tuple[str, str], ...] = (AUTH,),
+        body: bytes = b"",
+    ) -> None:
         hdrs = [("Host", "127.0.0.1"), *headers]
         if body:
             hdrs.append(("Content-Length", str(len(body))))
-        await self.stream.send_all(self.conn.send(h11.Request(method=method, target=path, headers=hdrs)))
+        await self.stream.send_all(
+            self.conn.send(h11.Request(method=method, target=path, headers=hdrs))
+        )
         if body:
             await self.stream.send_all(self.conn.send(h11.Data(data=body)))
         await self.stream.send_all(self.conn.send(h11.EndOfMessage()))
@@ -260,8 +272,10 @@ async def test_oversize_body_gets_413_before_it_is_sent(port: int, probe: Probe)
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
         # Declares 200 MiB but sends 1 KiB: the answer must not wait for the rest.
-        head = (f"POST /v1/blobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
-                f"Content-Length: {200 * 1024 * 1024}\r\n\r\n").encode()
+        head = (
+            f"POST /v1/blobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Length: {200 * 1024 * 1024}\r\n\r\n"
+        ).encode()
         await stream.send_all(head + b"x" * 1024)
         with trio.fail_after(5):
             data = await read_until_closed(stream)
@@ -285,8 +299,10 @@ async def test_body_within_the_upload_limit_is_accepted_but_not_on_json_routes(p
 async def test_chunked_body_over_the_limit_is_cut_off(port: int, probe: Probe) -> None:
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
-        head = (f"POST /v1/blobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
-                "Transfer-Encoding: chunked\r\n\r\n").encode()
+        head = (
+            f"POST /v1/blobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n"
+        ).encode()
         chunk = b"1000\r\n" + b"z" * 4096 + b"\r\n"
         await stream.send_all(head + chunk + chunk)
         with trio.fail_after(5):

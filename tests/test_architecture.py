@@ -16,10 +16,32 @@ import pytest
 
 CORE = Path(__file__).resolve().parents[1] / "meshd" / "core"
 CORE_FILES = sorted(CORE.glob("*.py"))
-FORBIDDEN_MODULES = {"trio", "socket", "docker", "plyvel", "libp2p", "time", "os", "threading",
-                     "asyncio", "multiprocessing", "subprocess", "select", "selectors", "datetime"}
-FORBIDDEN_PACKAGES = ("meshd.runtime", "meshd.net", "meshd.exec", "meshd.store", "meshd.api",
-                      "meshd.testing", "mesh_cli", "simulations")
+FORBIDDEN_MODULES = {
+    "trio",
+    "socket",
+    "docker",
+    "plyvel",
+    "libp2p",
+    "time",
+    "os",
+    "threading",
+    "asyncio",
+    "multiprocessing",
+    "subprocess",
+    "select",
+    "selectors",
+    "datetime",
+}
+FORBIDDEN_PACKAGES = (
+    "meshd.runtime",
+    "meshd.net",
+    "meshd.exec",
+    "meshd.store",
+    "meshd.api",
+    "meshd.testing",
+    "mesh_cli",
+    "simulations",
+)
 RANDOM_ALLOWED_ATTRS = {"Random"}
 
 
@@ -52,10 +74,18 @@ def violations(source: str, package: str = "meshd.core") -> list[str]:
         if mod.startswith("random.") and mod.split(".", 1)[1] not in RANDOM_ALLOWED_ATTRS:
             bad.append(f"line {line}: imports {mod} (module-level random)")
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-                and node.value.id == "random" and node.attr not in RANDOM_ALLOWED_ATTRS):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "random"
+            and node.attr not in RANDOM_ALLOWED_ATTRS
+        ):
             bad.append(f"line {node.lineno}: uses random.{node.attr} (module-level random)")
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "__import__":
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "__import__"
+        ):
             bad.append(f"line {node.lineno}: dynamic import")
     return bad
 
@@ -90,6 +120,8 @@ def test_checker_catches_violations(source: str, problem: str) -> None:
 
 
 def test_checker_allows_what_the_core_needs() -> None:
-    ok = ("import random\nimport msgpack\nfrom . import wire\nfrom .wire import seal\n"
-          "def f(rng: random.Random) -> float:\n    return rng.random()\n")
+    ok = (
+        "import random\nimport msgpack\nfrom . import wire\nfrom .wire import seal\n"
+        "def f(rng: random.Random) -> float:\n    return rng.random()\n"
+    )
     assert violations(ok) == []

@@ -96,8 +96,13 @@ def test_stray_temp_files_are_swept(tmp_path: Path) -> None:
 
 
 def make_tree(root: Path, order: list[str]) -> None:
-    files = {"a.txt": b"alpha", "sub/b.bin": bytes(range(256)), "sub/deep/c": b"",
-             "run.sh": b"#!/bin/sh\necho hi\n", "\u00e9t\u00e9.txt": b"summer"}
+    files = {
+        "a.txt": b"alpha",
+        "sub/b.bin": bytes(range(256)),
+        "sub/deep/c": b"",
+        "run.sh": b"#!/bin/sh\necho hi\n",
+        "\u00e9t\u00e9.txt": b"summer",
+    }
     root.mkdir()
     (root / "empty").mkdir()
     for name in order:
@@ -159,8 +164,9 @@ def evil_tar(*members: tuple[tarfile.TarInfo, bytes]) -> bytes:
     return buf.getvalue()
 
 
-def member(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"x",
-           linkname: str = "") -> tuple[tarfile.TarInfo, bytes]:
+def member(
+    name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"x", linkname: str = ""
+) -> tuple[tarfile.TarInfo, bytes]:
     info = tarfile.TarInfo(name)
     info.type = kind
     info.linkname = linkname
@@ -173,18 +179,42 @@ def member(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"x",
         (evil_tar(member("ok"), member("../escape")), UnsafeArchiveError, "escapes"),
         (evil_tar(member("a/../../escape")), UnsafeArchiveError, "escapes"),
         (evil_tar(member("/etc/cron.d/evil")), UnsafeArchiveError, "absolute"),
-        (evil_tar(member("link", tarfile.SYMTYPE, linkname="/etc/passwd")), UnsafeArchiveError, "not a regular"),
-        (evil_tar(member("hard", tarfile.LNKTYPE, linkname="ok")), UnsafeArchiveError, "not a regular"),
+        (
+            evil_tar(member("link", tarfile.SYMTYPE, linkname="/etc/passwd")),
+            UnsafeArchiveError,
+            "not a regular",
+        ),
+        (
+            evil_tar(member("hard", tarfile.LNKTYPE, linkname="ok")),
+            UnsafeArchiveError,
+            "not a regular",
+        ),
         (evil_tar(member("dev", tarfile.CHRTYPE)), UnsafeArchiveError, "not a regular"),
         (evil_tar(member("fifo", tarfile.FIFOTYPE)), UnsafeArchiveError, "not a regular"),
         (evil_tar(member("dup"), member("dup")), UnsafeArchiveError, "twice"),
         (evil_tar(member("f"), member("f/under-a-file")), UnsafeArchiveError, "cannot be unpacked"),
         (evil_tar(*[member(f"f{i}") for i in range(11)]), BlobLimitError, "more than 10 entries"),
-        (evil_tar(member("big", data=b"b" * 600), member("big2", data=b"b" * 600)), BlobLimitError, "byte limit"),
+        (
+            evil_tar(member("big", data=b"b" * 600), member("big2", data=b"b" * 600)),
+            BlobLimitError,
+            "byte limit",
+        ),
         (b"this is not a tar archive" * 40, UnsafeArchiveError, "not a valid"),
     ],
-    ids=["dotdot", "nested-dotdot", "absolute", "symlink", "hardlink", "device", "fifo",
-         "duplicate", "file-as-dir", "too-many-files", "too-many-bytes", "garbage"],
+    ids=[
+        "dotdot",
+        "nested-dotdot",
+        "absolute",
+        "symlink",
+        "hardlink",
+        "device",
+        "fifo",
+        "duplicate",
+        "file-as-dir",
+        "too-many-files",
+        "too-many-bytes",
+        "garbage",
+    ],
 )
 def test_unpack_refuses_unsafe_archives_and_leaves_nothing(
     tmp_path: Path, archive: bytes, error: type[Exception], match: str
@@ -209,9 +239,13 @@ def test_unpack_bounds_a_lying_size_header(tmp_path: Path) -> None:
     data = bytearray(evil_tar(member("f", data=b"a" * 512)))
     # Claim a huge size in the ustar header (octal, 11 digits + NUL); the data is short.
     header_index = data.index(b"f\x00") // 512 * 512
-    data[header_index + 124:header_index + 136] = b"77777777777\x00"
-    chksum = sum(data[header_index:header_index + 148]) + 8 * 32 + sum(data[header_index + 156:header_index + 512])
-    data[header_index + 148:header_index + 156] = f"{chksum:06o}\x00 ".encode()
+    data[header_index + 124 : header_index + 136] = b"77777777777\x00"
+    chksum = (
+        sum(data[header_index : header_index + 148])
+        + 8 * 32
+        + sum(data[header_index + 156 : header_index + 512])
+    )
+    data[header_index + 148 : header_index + 156] = f"{chksum:06o}\x00 ".encode()
     with pytest.raises((BlobLimitError, UnsafeArchiveError)):
         unpack_tar(bytes(data), tmp_path / "dest", max_bytes=10_000)
     assert not (tmp_path / "dest").exists()

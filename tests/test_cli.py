@@ -52,31 +52,68 @@ def tar_bytes(files: dict[str, bytes]) -> bytes:
 
 def status_doc(peer_id: str) -> dict[str, Any]:
     return {
-        "peer_id": peer_id, "version": "0.1.0", "uptime_s": 3725.0,
+        "peer_id": peer_id,
+        "version": "0.1.0",
+        "uptime_s": 3725.0,
         "listen_addrs": [f"/ip4/127.0.0.1/tcp/7700/p2p/{peer_id}"],
         "executor": {"name": "process", "sandboxed": False, "reason": "no Docker engine reachable"},
-        "warm": False, "cold_reason": "compute score not measured yet",
-        "hardware": {"cores": 8, "ram_gb": 31.2, "disk_free_gb": 120.5,
-                     "gpus": [{"index": 0, "model": "NVIDIA RTX 3090", "memory_mb": 24576}]},
+        "warm": False,
+        "cold_reason": "compute score not measured yet",
+        "hardware": {
+            "cores": 8,
+            "ram_gb": 31.2,
+            "disk_free_gb": 120.5,
+            "gpus": [{"index": 0, "model": "NVIDIA RTX 3090", "memory_mb": 24576}],
+        },
         "score": {"cpu_gflops": 52.1, "gpu_gflops": 35000.0, "tier": "consumer-gpu"},
-        "price": 1.5, "load": {"running": 1, "queued": 0, "capacity": 4},
+        "price": 1.5,
+        "load": {"running": 1, "queued": 0, "capacity": 4},
         "log": {"head_seq": 42, "head_hash": "ab" * 32},
         "counters": {"offers_seen": 12, "bids_sent": 3, "declines_sent": 9},
-        "standing": {"reputation": None,
-                     "why_not_picked": ["node is cold: compute score not measured yet",
-                                        "price 1.5 is above the mesh median 0.8"]},
+        "standing": {
+            "reputation": None,
+            "why_not_picked": [
+                "node is cold: compute score not measured yet",
+                "price 1.5 is above the mesh median 0.8",
+            ],
+        },
     }
 
 
-PEERS = {"peers": [{
-    "peer_id": WORKER, "addrs": ["/ip4/10.0.0.2/tcp/7700"], "tier": "cpu", "score_gflops": 40.0,
-    "cores": 4, "ram_gb": 15.5, "gpus": [], "price": 0.8, "running": 0, "queued": 0, "warm": True,
-    "version": "0.1.0", "reputation": 0.9, "last_seen_s": 1.2, "expires_in_s": 8.8}]}
+PEERS = {
+    "peers": [
+        {
+            "peer_id": WORKER,
+            "addrs": ["/ip4/10.0.0.2/tcp/7700"],
+            "tier": "cpu",
+            "score_gflops": 40.0,
+            "cores": 4,
+            "ram_gb": 15.5,
+            "gpus": [],
+            "price": 0.8,
+            "running": 0,
+            "queued": 0,
+            "warm": True,
+            "version": "0.1.0",
+            "reputation": 0.9,
+            "last_seen_s": 1.2,
+            "expires_in_s": 8.8,
+        }
+    ]
+}
 
 CREDITS = {
     "balances": [{"peer_id": WORKER, "balance": 12.5, "earned": 12.5, "spent": 0.0}],
-    "receipts": [{"job_id": JOB, "worker": WORKER, "origin": OTHER, "credits": 12.5,
-                  "ts_ms": 1_700_000_000_000, "seq": 17}],
+    "receipts": [
+        {
+            "job_id": JOB,
+            "worker": WORKER,
+            "origin": OTHER,
+            "credits": 12.5,
+            "ts_ms": 1_700_000_000_000,
+            "seq": 17,
+        }
+    ],
 }
 
 
@@ -94,18 +131,41 @@ class FakeDaemon:
     def job_doc(self, job_id: str, state: str) -> dict[str, Any]:
         done = state == "succeeded"
         return {
-            "job_id": job_id, "state": state,
+            "job_id": job_id,
+            "state": state,
             "spec": self.specs[-1] if self.specs else {"image": "busybox", "command": ["true"]},
-            "history": [{"ts_ms": 1_700_000_000_000, "state": "queued", "detail": "submitted"},
-                        {"ts_ms": 1_700_000_001_000, "state": state, "detail": f"now {state}"}],
-            "bids": [{"peer_id": WORKER, "price": 0.8, "est_finish_s": 12.0, "score": 40.0,
-                      "queue": 0, "gpu": None}] if state != "queued" else [],
-            "declines": [{"peer_id": OTHER, "reason": "no GPU"},
-                         {"peer_id": "12D3KooWThird", "reason": "no GPU"},
-                         {"peer_id": "12D3KooWFourth", "reason": "image not present"}],
-            "awards": [{"peer_id": WORKER, "role": "primary"}] if state in ("running", "succeeded") else [],
-            "result": {"exit_code": 0, "status": "ok", "output_digest": "sha256:" + "0" * 64,
-                       "duration_s": 3.2} if done else None,
+            "history": [
+                {"ts_ms": 1_700_000_000_000, "state": "queued", "detail": "submitted"},
+                {"ts_ms": 1_700_000_001_000, "state": state, "detail": f"now {state}"},
+            ],
+            "bids": [
+                {
+                    "peer_id": WORKER,
+                    "price": 0.8,
+                    "est_finish_s": 12.0,
+                    "score": 40.0,
+                    "queue": 0,
+                    "gpu": None,
+                }
+            ]
+            if state != "queued"
+            else [],
+            "declines": [
+                {"peer_id": OTHER, "reason": "no GPU"},
+                {"peer_id": "12D3KooWThird", "reason": "no GPU"},
+                {"peer_id": "12D3KooWFourth", "reason": "image not present"},
+            ],
+            "awards": [{"peer_id": WORKER, "role": "primary"}]
+            if state in ("running", "succeeded")
+            else [],
+            "result": {
+                "exit_code": 0,
+                "status": "ok",
+                "output_digest": "sha256:" + "0" * 64,
+                "duration_s": 3.2,
+            }
+            if done
+            else None,
             "cost": {"estimate": 1.0, "actual": 0.9 if done else None},
             "verification": {"replicas": 1, "verdict": "unverified"} if done else None,
         }
@@ -124,8 +184,17 @@ class FakeDaemon:
         records = []
         for seq in range(start, min(start + limit, len(self.log_raw) + 1)):
             raw = self.log_raw[seq - 1]
-            records.append({"seq": seq, "ts_ms": 0, "kind": "k", "body": {}, "hash": hashlib.sha256(raw).hexdigest(),
-                            "signature": "", "raw": base64.b64encode(raw).decode()})
+            records.append(
+                {
+                    "seq": seq,
+                    "ts_ms": 0,
+                    "kind": "k",
+                    "body": {},
+                    "hash": hashlib.sha256(raw).hexdigest(),
+                    "signature": "",
+                    "raw": base64.b64encode(raw).decode(),
+                }
+            )
         return json_response({"records": records, "head_seq": len(self.log_raw)})
 
     async def blob(self, req: Request) -> Response:
@@ -143,15 +212,30 @@ class FakeDaemon:
             try:
                 parse_job_spec(spec)
             except JobSpecError as exc:
-                raise ApiError(400, "invalid_job", "invalid job descriptor", fields=exc.fields) from None
+                raise ApiError(
+                    400, "invalid_job", "invalid job descriptor", fields=exc.fields
+                ) from None
         self.specs.append(spec)
         return json_response({"job_id": JOB, "estimate": {"credits": 1.0, "seconds": 12.0}})
 
     async def jobs(self, req: Request) -> Response:
-        return json_response({"jobs": [{
-            "job_id": JOB, "state": "running", "image": "busybox", "command": ["sh", "-c", "echo hi"],
-            "worker": WORKER, "submitted_at": 1_700_000_000_000, "updated_at": 1_700_000_001_000,
-            "cost": None, "reason": None}]})
+        return json_response(
+            {
+                "jobs": [
+                    {
+                        "job_id": JOB,
+                        "state": "running",
+                        "image": "busybox",
+                        "command": ["sh", "-c", "echo hi"],
+                        "worker": WORKER,
+                        "submitted_at": 1_700_000_000_000,
+                        "updated_at": 1_700_000_001_000,
+                        "cost": None,
+                        "reason": None,
+                    }
+                ]
+            }
+        )
 
     async def job(self, req: Request) -> Response:
         job_id = req.path_params["job_id"]
@@ -213,18 +297,27 @@ async def daemon(nursery: trio.Nursery, data_dir: Path) -> FakeDaemon:
     return fake
 
 
-async def run(module: str, *args: str | Path, cwd: Path | None = None,
-              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+async def run(
+    module: str, *args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
     full_env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", **(env or {})}
     full_env.pop("MESH_DATA_DIR", None) if env is None else None
     with trio.fail_after(30):
-        proc = await trio.run_process([sys.executable, "-m", module, *map(str, args)], capture_stdout=True,
-                                      capture_stderr=True, check=False, cwd=cwd or REPO, env=full_env)
+        proc = await trio.run_process(
+            [sys.executable, "-m", module, *map(str, args)],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            cwd=cwd or REPO,
+            env=full_env,
+        )
     assert b"Traceback" not in proc.stderr, proc.stderr.decode()
     return proc
 
 
-async def mesh(data_dir: Path, *args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
+async def mesh(
+    data_dir: Path, *args: str | Path, cwd: Path | None = None
+) -> subprocess.CompletedProcess[bytes]:
     return await run("mesh_cli.main", "--data-dir", data_dir, *args, cwd=cwd)
 
 
@@ -239,9 +332,17 @@ def err(proc: subprocess.CompletedProcess[bytes]) -> str:
 # ------------------------------------------------------------------ read commands
 
 
-async def test_every_read_command_prints_the_daemons_json(daemon: FakeDaemon, data_dir: Path) -> None:
-    commands = {"status": ["status"], "peers": ["peers"], "jobs": ["jobs"], "job": ["job", JOB],
-                "credits": ["credits"], "log": ["log", "show", "--start", "1"]}
+async def test_every_read_command_prints_the_daemons_json(
+    daemon: FakeDaemon, data_dir: Path
+) -> None:
+    commands = {
+        "status": ["status"],
+        "peers": ["peers"],
+        "jobs": ["jobs"],
+        "job": ["job", JOB],
+        "credits": ["credits"],
+        "log": ["log", "show", "--start", "1"],
+    }
     results: dict[str, Any] = {}
 
     async def one(name: str, argv: list[str]) -> None:
@@ -285,8 +386,12 @@ async def test_job_explains_why_nobody_took_it(daemon: FakeDaemon, data_dir: Pat
 
 
 async def test_wrong_flags_are_usage_errors(data_dir: Path) -> None:
-    for module, argv in (("mesh_cli.main", ["status", "--bogus"]), ("mesh_cli.main", ["nosuchcommand"]),
-                         ("meshd.cli", ["start", "--executor", "vm"]), ("mesh_cli.main", ["submit", "--cpus", "x"])):
+    for module, argv in (
+        ("mesh_cli.main", ["status", "--bogus"]),
+        ("mesh_cli.main", ["nosuchcommand"]),
+        ("meshd.cli", ["start", "--executor", "vm"]),
+        ("mesh_cli.main", ["submit", "--cpus", "x"]),
+    ):
         proc = await run(module, *argv)
         assert proc.returncode == 2, (argv, err(proc))
         assert "usage:" in err(proc)
@@ -295,11 +400,16 @@ async def test_wrong_flags_are_usage_errors(data_dir: Path) -> None:
 async def test_no_daemon_is_exit_3_with_a_clear_message(data_dir: Path, tmp_path: Path) -> None:
     proc = await run("mesh_cli.main", "status", env={"MESH_DATA_DIR": str(data_dir)})
     assert proc.returncode == 3
-    assert f"no daemon running for {data_dir} (start it with `meshd start --data-dir {data_dir}`)" in err(proc)
+    assert (
+        f"no daemon running for {data_dir} (start it with `meshd start --data-dir {data_dir}`)"
+        in err(proc)
+    )
     assert out(proc) == ""
 
 
-async def test_api_error_is_exit_1_with_the_daemons_message(daemon: FakeDaemon, data_dir: Path) -> None:
+async def test_api_error_is_exit_1_with_the_daemons_message(
+    daemon: FakeDaemon, data_dir: Path
+) -> None:
     proc = await mesh(data_dir, "job", "nope-nope")
     assert proc.returncode == 1
     assert "no job 'nope-nope' on this node" in err(proc)
@@ -312,10 +422,32 @@ async def test_submit_uploads_inputs_waits_and_unpacks_outputs(
     daemon: FakeDaemon, data_dir: Path, tmp_path: Path
 ) -> None:
     (tmp_path / "data.csv").write_text("a,b\n1,2\n")
-    proc = await mesh(data_dir, "submit", "--image", "busybox:1", "--input", tmp_path / "data.csv",
-                      "--cpus", "2", "--memory", "512", "--env", "MODE=fast", "--label", "team=ml",
-                      "--timeout", "60", "--wait", "-o", tmp_path / "out", "--", "sh", "-c", "cat data.csv",
-                      cwd=tmp_path)
+    proc = await mesh(
+        data_dir,
+        "submit",
+        "--image",
+        "busybox:1",
+        "--input",
+        tmp_path / "data.csv",
+        "--cpus",
+        "2",
+        "--memory",
+        "512",
+        "--env",
+        "MODE=fast",
+        "--label",
+        "team=ml",
+        "--timeout",
+        "60",
+        "--wait",
+        "-o",
+        tmp_path / "out",
+        "--",
+        "sh",
+        "-c",
+        "cat data.csv",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, err(proc)
     spec = daemon.specs[-1]
     digest = "sha256:" + hashlib.sha256(b"a,b\n1,2\n").hexdigest()
@@ -323,7 +455,11 @@ async def test_submit_uploads_inputs_waits_and_unpacks_outputs(
     assert daemon.blobs[digest] == b"a,b\n1,2\n"
     assert spec["command"] == ["sh", "-c", "cat data.csv"] and spec["image"] == "busybox:1"
     assert spec["requirements"] == {"cpus": 2.0, "memory_mb": 512}
-    assert spec["env"] == {"MODE": "fast"} and spec["labels"] == {"team": "ml"} and spec["timeout_s"] == 60
+    assert (
+        spec["env"] == {"MODE": "fast"}
+        and spec["labels"] == {"team": "ml"}
+        and spec["timeout_s"] == 60
+    )
     assert (tmp_path / "out" / "result.txt").read_text() == "hi\n"
     assert (tmp_path / "out" / "sub" / "more.txt").read_text() == "more"
     text = out(proc)
@@ -338,14 +474,20 @@ async def test_submit_from_a_yaml_file_uploads_its_local_inputs(
     (tmp_path / "job.yaml").write_text(
         "image: busybox:1\ncommand: [sh, -c, 'ls /mesh/inputs']\n"
         f"inputs:\n  - local: {tmp_path / 'in'}\n    path: data\n"
-        "requirements: {gpus: 0}\n")
+        "requirements: {gpus: 0}\n"
+    )
     proc = await mesh(data_dir, "submit", tmp_path / "job.yaml", "--speed", "cheap")
     assert proc.returncode == 0, err(proc)
     assert out(proc).strip() == JOB  # only the id on stdout, for scripts
     spec = daemon.specs[-1]
     assert spec["speed"] == "cheap" and spec["requirements"] == {"gpus": 0}
-    assert spec["inputs"] == [{"path": "data/x.bin", "digest": "sha256:" + hashlib.sha256(b"\x00\x01").hexdigest(),
-                               "size": 2}]
+    assert spec["inputs"] == [
+        {
+            "path": "data/x.bin",
+            "digest": "sha256:" + hashlib.sha256(b"\x00\x01").hexdigest(),
+            "size": 2,
+        }
+    ]
 
 
 async def test_invalid_job_prints_the_fields_at_fault(daemon: FakeDaemon, data_dir: Path) -> None:
@@ -356,7 +498,9 @@ async def test_invalid_job_prints_the_fields_at_fault(daemon: FakeDaemon, data_d
     assert daemon.specs == []
 
 
-async def test_submit_without_image_or_file_is_a_usage_error(daemon: FakeDaemon, data_dir: Path) -> None:
+async def test_submit_without_image_or_file_is_a_usage_error(
+    daemon: FakeDaemon, data_dir: Path
+) -> None:
     proc = await mesh(data_dir, "submit", "--", "echo", "hi")
     assert proc.returncode == 2 and "--image" in err(proc)
     proc = await mesh(data_dir, "submit", "--image", "busybox", "--env", "NOEQUALS", "--", "true")
@@ -377,21 +521,34 @@ async def test_result_refuses_a_tar_that_escapes_its_directory(
     assert proc.returncode == 1 and "not an empty directory" in err(proc)
 
 
-async def test_logs_follow_prints_each_stream_and_the_end(daemon: FakeDaemon, data_dir: Path) -> None:
+async def test_logs_follow_prints_each_stream_and_the_end(
+    daemon: FakeDaemon, data_dir: Path
+) -> None:
     proc = await mesh(data_dir, "logs", JOB, "-f")
     assert proc.returncode == 0
     assert out(proc) == "hello from the job\n"
     assert "a warning" in err(proc) and f"job {JOB} ended: succeeded" in err(proc)
 
 
-async def test_cancel_and_credits_export(daemon: FakeDaemon, data_dir: Path, tmp_path: Path) -> None:
+async def test_cancel_and_credits_export(
+    daemon: FakeDaemon, data_dir: Path, tmp_path: Path
+) -> None:
     proc = await mesh(data_dir, "cancel", JOB)
     assert (proc.returncode, out(proc).strip()) == (0, f"{JOB}: cancelled")
     proc = await mesh(data_dir, "credits", "export", "--csv", "-o", tmp_path / "r.csv")
     assert proc.returncode == 0, err(proc)
     rows = list(csv.DictReader((tmp_path / "r.csv").open()))
-    assert rows == [{"job_id": JOB, "worker": WORKER, "origin": OTHER, "credits": "12.5",
-                     "ts_ms": "1700000000000", "time_utc": "2023-11-14 22:13:20Z", "seq": "17"}]
+    assert rows == [
+        {
+            "job_id": JOB,
+            "worker": WORKER,
+            "origin": OTHER,
+            "credits": "12.5",
+            "ts_ms": "1700000000000",
+            "time_utc": "2023-11-14 22:13:20Z",
+            "seq": "17",
+        }
+    ]
 
 
 # ------------------------------------------------------------------ meshd
@@ -443,7 +600,9 @@ async def test_log_verify_through_the_api_when_the_daemon_holds_the_log(
 
     _, identity = load_node(written_log)
     fake = FakeDaemon(identity.peer_id)
-    with EventLog.open(written_log / "log", identity) as held:  # locked, as a running daemon holds it
+    with EventLog.open(
+        written_log / "log", identity
+    ) as held:  # locked, as a running daemon holds it
         fake.log_raw = list(held.iter_raw())
         port = await nursery.start(fake.server(read_api_token(written_log)).serve, "127.0.0.1", 0)
         write_api_addr(written_log, "127.0.0.1", port)

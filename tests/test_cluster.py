@@ -21,14 +21,21 @@ def _tar_files(data: bytes) -> dict[str, bytes]:
     return out
 
 
-async def test_five_daemons_see_each_other_and_run_a_job(tmp_path: Path, nursery: trio.Nursery) -> None:
+async def test_five_daemons_see_each_other_and_run_a_job(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
     async with Cluster.started(nursery, tmp_path, 5) as c:
         for i in range(5):
             for j in range(5):
                 if i != j:
                     assert c.sees(i, j), f"node {i} has no advert of node {j}"
-        job_id = await c.submit(2, {"image": "meshd/busybox:1",
-                                    "command": ["sh", "-c", "echo out-$((6*7)) > $MESH_OUTPUTS/answer.txt"]})
+        job_id = await c.submit(
+            2,
+            {
+                "image": "meshd/busybox:1",
+                "command": ["sh", "-c", "echo out-$((6*7)) > $MESH_OUTPUTS/answer.txt"],
+            },
+        )
         job = await c.wait_job(2, job_id, timeout_s=60)
         assert job.state == "succeeded", job.reason
         workers = {r.worker for r in job.runs.values() if r.state == "done"}
@@ -37,16 +44,24 @@ async def test_five_daemons_see_each_other_and_run_a_job(tmp_path: Path, nursery
         assert _tar_files(data) == {"answer.txt": b"out-42\n"}
 
 
-SLEEP_JOB = {"image": "meshd/busybox:1", "command": ["sh", "-c", "sleep 2; echo ok > $MESH_OUTPUTS/ok.txt"],
-             "replicas": 1}
+SLEEP_JOB = {
+    "image": "meshd/busybox:1",
+    "command": ["sh", "-c", "sleep 2; echo ok > $MESH_OUTPUTS/ok.txt"],
+    "replicas": 1,
+}
 
 
 def _records(c: Cluster, i: int, job_id: str, kind: str) -> list:
-    return [r for r in c.daemon(i).log.iter() if r.kind == kind
-            and isinstance(r.body, dict) and r.body.get("job_id") == job_id]
+    return [
+        r
+        for r in c.daemon(i).log.iter()
+        if r.kind == kind and isinstance(r.body, dict) and r.body.get("job_id") == job_id
+    ]
 
 
-async def test_worker_killed_mid_job_finishes_elsewhere(tmp_path: Path, nursery: trio.Nursery) -> None:
+async def test_worker_killed_mid_job_finishes_elsewhere(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
     async with Cluster.started(nursery, tmp_path, 4) as c:
         job_id = await c.submit(0, SLEEP_JOB)
         job = await c.wait_job(0, job_id, "running", timeout_s=60)
@@ -61,9 +76,13 @@ async def test_worker_killed_mid_job_finishes_elsewhere(tmp_path: Path, nursery:
         assert len(_records(c, 0, job_id, "job_finished")) == 1
 
 
-async def test_origin_restarted_mid_job_completes_once(tmp_path: Path, nursery: trio.Nursery) -> None:
+async def test_origin_restarted_mid_job_completes_once(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
     async with Cluster.started(nursery, tmp_path, 3) as c:
-        job_id = await c.submit(0, {**SLEEP_JOB, "command": ["sh", "-c", "sleep 3; echo ok > $MESH_OUTPUTS/ok"]})
+        job_id = await c.submit(
+            0, {**SLEEP_JOB, "command": ["sh", "-c", "sleep 3; echo ok > $MESH_OUTPUTS/ok"]}
+        )
         await c.wait_job(0, job_id, "running", timeout_s=60)
         await c.restart(0)
         job = await c.wait_job(0, job_id, timeout_s=90)
@@ -75,8 +94,9 @@ async def test_origin_restarted_mid_job_completes_once(tmp_path: Path, nursery: 
 
 async def test_impossible_job_is_queued_with_reasons(tmp_path: Path, nursery: trio.Nursery) -> None:
     async with Cluster.started(nursery, tmp_path, 3) as c:
-        job_id = await c.submit(1, {"image": "meshd/busybox:1", "command": ["true"],
-                                    "requirements": {"gpus": 1}})
+        job_id = await c.submit(
+            1, {"image": "meshd/busybox:1", "command": ["true"], "requirements": {"gpus": 1}}
+        )
         await c.wait_for(lambda: len(c.job(1, job_id).declines) >= 2, 30, "decline reasons")
         job = c.job(1, job_id)
         assert job.state in ("queued", "offered")
@@ -84,12 +104,19 @@ async def test_impossible_job_is_queued_with_reasons(tmp_path: Path, nursery: tr
         assert any("GPU" in r for r in reasons), reasons
 
 
-async def test_budget_below_estimate_is_refused_with_the_estimate(tmp_path: Path, nursery: trio.Nursery) -> None:
+async def test_budget_below_estimate_is_refused_with_the_estimate(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
     from meshd.api.client import ApiClient, ApiHttpError
 
     async with Cluster.started(nursery, tmp_path, 3) as c:
         client = ApiClient.from_data_dir(c.members[0].data_dir)
-        spec = {"image": "meshd/busybox:1", "command": ["true"], "estimated_flops": 1e15, "max_budget": 0.001}
+        spec = {
+            "image": "meshd/busybox:1",
+            "command": ["true"],
+            "estimated_flops": 1e15,
+            "max_budget": 0.001,
+        }
 
         def submit() -> None:
             client.submit(spec)
@@ -122,7 +149,9 @@ async def test_partition_queues_the_job_and_heal_lets_it_finish(cluster3: Cluste
     assert job.state == "succeeded", job.reason
 
 
-async def test_blobs_are_served_only_to_the_peers_a_job_entitles(tmp_path: Path, nursery: trio.Nursery) -> None:
+async def test_blobs_are_served_only_to_the_peers_a_job_entitles(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
     """specs/PROTOCOL.md §5 (blobs): an origin serves a job's inputs to the
     workers holding its runs, a worker serves a run's output to that run's
     origin, and nobody gets anything else (answered like a missing blob);
@@ -132,9 +161,15 @@ async def test_blobs_are_served_only_to_the_peers_a_job_entitles(tmp_path: Path,
 
     async with Cluster.started(nursery, tmp_path, 3) as c:
         secret = c.daemon(0).blobs.put(b"the submitter's private input\n")
-        job_id = await c.submit(0, {"image": "meshd/busybox:1", "replicas": 1,
-                                    "inputs": [{"path": "in.txt", "digest": "sha256:" + secret}],
-                                    "command": ["sh", "-c", "sleep 1; cp $MESH_INPUTS/in.txt $MESH_OUTPUTS/o"]})
+        job_id = await c.submit(
+            0,
+            {
+                "image": "meshd/busybox:1",
+                "replicas": 1,
+                "inputs": [{"path": "in.txt", "digest": "sha256:" + secret}],
+                "command": ["sh", "-c", "sleep 1; cp $MESH_INPUTS/in.txt $MESH_OUTPUTS/o"],
+            },
+        )
         job = await c.wait_job(0, job_id, timeout_s=60)
         assert job.state == "succeeded", job.reason
         (run,) = [r for r in job.runs.values() if r.state == "done"]
@@ -146,7 +181,9 @@ async def test_blobs_are_served_only_to_the_peers_a_job_entitles(tmp_path: Path,
             return await c.daemon(i).host.request(c.peer_id(from_i), BLOB_PROTOCOL, digest.encode())
 
         # The output: its origin may fetch it again from the worker; the bystander may not.
-        assert _tar_files(await fetch(0, worker, output)) == {"o": b"the submitter's private input\n"}
+        assert _tar_files(await fetch(0, worker, output)) == {
+            "o": b"the submitter's private input\n"
+        }
         try:
             await fetch(bystander, worker, output)
             raise AssertionError("a bystander fetched another origin's output")

@@ -18,8 +18,12 @@ import trio
 from meshd.testing.cluster import Cluster
 from meshd.testing.faults import log_records
 
-JOB = {"image": "meshd/busybox:1", "command": ["sh", "-c", "echo ok > $MESH_OUTPUTS/ok"], "replicas": 1,
-       "bounty": 1.0}
+JOB = {
+    "image": "meshd/busybox:1",
+    "command": ["sh", "-c", "echo ok > $MESH_OUTPUTS/ok"],
+    "replicas": 1,
+    "bounty": 1.0,
+}
 
 
 def ledger(c: Cluster, i: int, worker: str | None = None) -> dict[tuple[str, int], float]:
@@ -39,13 +43,18 @@ def issued_seqs(c: Cluster, i: int) -> list[int]:
 
 
 async def test_balances_and_ledger_survive_restarts_of_worker_and_origin(
-        tmp_path: Path, nursery: trio.Nursery) -> None:
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
     async with Cluster.started(nursery, tmp_path, 3) as c:
-        ids = [await c.submit(0, {**JOB, "command": ["sh", "-c", f"echo {i} > $MESH_OUTPUTS/ok"]})
-               for i in range(3)]
+        ids = [
+            await c.submit(0, {**JOB, "command": ["sh", "-c", f"echo {i} > $MESH_OUTPUTS/ok"]})
+            for i in range(3)
+        ]
         for job_id in ids:
             assert (await c.wait_job(0, job_id, timeout_s=60)).state == "succeeded"
-        await c.wait_for(lambda: len(ledger(c, 0)) == len(ids), 30, "the origin's receipts countersigned")
+        await c.wait_for(
+            lambda: len(ledger(c, 0)) == len(ids), 30, "the origin's receipts countersigned"
+        )
         origin = c.peer_id(0)
         before = ledger(c, 0)
         spent = balance(c, 0, origin)["spent"]
@@ -67,7 +76,9 @@ async def test_balances_and_ledger_survive_restarts_of_worker_and_origin(
         assert balance(c, 0, origin)["spent"] == spent
 
         await c.wait_mesh()
-        job_id = await c.submit(0, {**JOB, "command": ["sh", "-c", "echo after > $MESH_OUTPUTS/ok"]})
+        job_id = await c.submit(
+            0, {**JOB, "command": ["sh", "-c", "echo after > $MESH_OUTPUTS/ok"]}
+        )
         assert (await c.wait_job(0, job_id, timeout_s=60)).state == "succeeded"
         (receipt,) = [b for b in log_records(c.daemon(0), "receipt") if b["job_id"] == job_id]
         assert receipt["seq"] > max_seq

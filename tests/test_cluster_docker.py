@@ -19,16 +19,21 @@ pytestmark = pytest.mark.docker
 
 
 async def test_jobs_run_sandboxed_in_docker_across_the_mesh(
-        tmp_path: Path, nursery: trio.Nursery, docker_api: Any) -> None:
+    tmp_path: Path, nursery: trio.Nursery, docker_api: Any
+) -> None:
     async with Cluster.started(nursery, tmp_path, 3, executor="docker") as c:
         for i in range(3):
             d = c.daemon(i)
             assert d.executor.name == "docker" and d.executor.sandboxed
             assert "meshd/busybox:1" in d.images  # advertised, so origins know who can run it
         # The job sees: no network, a read-only root, a non-root user.
-        script = ("id -u > $MESH_OUTPUTS/uid; (touch /etc/x 2>/dev/null && echo rw || echo ro) > $MESH_OUTPUTS/root;"
-                  " (nc -w 1 127.0.0.1 9 </dev/null 2>/dev/null && echo net || echo nonet) > $MESH_OUTPUTS/net")
-        job_id = await c.submit(0, {"image": "meshd/busybox:1", "command": ["sh", "-c", script], "replicas": 2})
+        script = (
+            "id -u > $MESH_OUTPUTS/uid; (touch /etc/x 2>/dev/null && echo rw || echo ro) > $MESH_OUTPUTS/root;"
+            " (nc -w 1 127.0.0.1 9 </dev/null 2>/dev/null && echo net || echo nonet) > $MESH_OUTPUTS/net"
+        )
+        job_id = await c.submit(
+            0, {"image": "meshd/busybox:1", "command": ["sh", "-c", script], "replicas": 2}
+        )
         job = await c.wait_job(0, job_id, timeout_s=90)
         assert job.state == "succeeded", job.reason
         files = tar_members(c.daemon(0).blobs.get(job.canonical.split(":", 1)[1]))
@@ -39,10 +44,12 @@ async def test_jobs_run_sandboxed_in_docker_across_the_mesh(
 
 
 async def test_gpu_job_on_gpu_less_mesh_is_declined_with_the_reason(
-        tmp_path: Path, nursery: trio.Nursery, docker_api: Any) -> None:
+    tmp_path: Path, nursery: trio.Nursery, docker_api: Any
+) -> None:
     async with Cluster.started(nursery, tmp_path, 3, executor="docker") as c:
-        job_id = await c.submit(0, {"image": "meshd/busybox:1", "command": ["true"],
-                                    "requirements": {"gpus": 1}})
+        job_id = await c.submit(
+            0, {"image": "meshd/busybox:1", "command": ["true"], "requirements": {"gpus": 1}}
+        )
         await c.wait_for(lambda: len(c.job(0, job_id).declines) >= 2, 30, "decline reasons")
         job = c.job(0, job_id)
         assert job.state in ("queued", "offered") and not job.runs  # never awarded, so never failed
@@ -54,8 +61,10 @@ def _build_checker(api: Any, tag: str, script: str) -> None:
     an executable ``/mesh/check``."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data, mode in (("Dockerfile", b"FROM meshd/busybox:1\nCOPY check /mesh/check\n", 0o644),
-                                 ("check", script.encode(), 0o755)):
+        for name, data, mode in (
+            ("Dockerfile", b"FROM meshd/busybox:1\nCOPY check /mesh/check\n", 0o644),
+            ("check", script.encode(), 0o755),
+        ):
             info = tarfile.TarInfo(name)
             info.size, info.mode = len(data), mode
             tar.addfile(info, io.BytesIO(data))
@@ -65,15 +74,28 @@ def _build_checker(api: Any, tag: str, script: str) -> None:
 
 
 async def test_checker_container_judges_outputs_that_differ_byte_for_byte(
-        tmp_path: Path, nursery: trio.Nursery, docker_api: Any) -> None:
+    tmp_path: Path, nursery: trio.Nursery, docker_api: Any
+) -> None:
     # The checker calls two outputs equivalent when their first lines match;
     # the job's second line is random, so the exact rule could never agree.
-    _build_checker(docker_api, "meshd/checker-test:1",
-                   '#!/bin/sh\n[ "$(head -n 1 /mesh/inputs/a/out)" = "$(head -n 1 /mesh/inputs/b/out)" ]\n')
-    script = "echo answer 42 > $MESH_OUTPUTS/out; cat /proc/sys/kernel/random/uuid >> $MESH_OUTPUTS/out"
+    _build_checker(
+        docker_api,
+        "meshd/checker-test:1",
+        '#!/bin/sh\n[ "$(head -n 1 /mesh/inputs/a/out)" = "$(head -n 1 /mesh/inputs/b/out)" ]\n',
+    )
+    script = (
+        "echo answer 42 > $MESH_OUTPUTS/out; cat /proc/sys/kernel/random/uuid >> $MESH_OUTPUTS/out"
+    )
     async with Cluster.started(nursery, tmp_path, 3, executor="docker") as c:
-        job_id = await c.submit(0, {"image": "meshd/busybox:1", "command": ["sh", "-c", script], "replicas": 2,
-                                    "checker_image": "meshd/checker-test:1"})
+        job_id = await c.submit(
+            0,
+            {
+                "image": "meshd/busybox:1",
+                "command": ["sh", "-c", script],
+                "replicas": 2,
+                "checker_image": "meshd/checker-test:1",
+            },
+        )
         job = await c.wait_job(0, job_id, timeout_s=120)
         assert job.state == "succeeded", job.reason
         assert job.verdict["verdict"] == "agreed" and len(job.verdict["valid"]) == 2

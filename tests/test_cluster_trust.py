@@ -43,13 +43,21 @@ from meshd.testing.faults import (
 )
 
 
-def wrap_nodes(wrappers: dict[int, Callable[[Executor], Executor]]) -> Callable[[int, Executor], Executor]:
+def wrap_nodes(
+    wrappers: dict[int, Callable[[Executor], Executor]],
+) -> Callable[[int, Executor], Executor]:
     """A ``Cluster(wrap_executor=...)`` hook that wraps only the listed nodes."""
     return lambda i, ex: wrappers[i](ex) if i in wrappers else ex
 
 
-async def run_jobs(c: Cluster, origin: int, specs: list[dict[str, Any]], *, one_by_one: bool = False,
-                   timeout_s: float = 60.0) -> list[str]:
+async def run_jobs(
+    c: Cluster,
+    origin: int,
+    specs: list[dict[str, Any]],
+    *,
+    one_by_one: bool = False,
+    timeout_s: float = 60.0,
+) -> list[str]:
     """Submit ``specs`` from ``origin`` and wait until all are finished; with
     ``one_by_one`` each job is finished before the next is submitted."""
     ids = []
@@ -57,8 +65,11 @@ async def run_jobs(c: Cluster, origin: int, specs: list[dict[str, Any]], *, one_
         ids.append(await c.submit(origin, spec))
         if one_by_one:
             await c.wait_job(origin, ids[-1], timeout_s=timeout_s)
-    await c.wait_for(lambda: all(c.job(origin, j).state in TERMINAL for j in ids), timeout_s,
-                     f"{len(ids)} jobs to finish")
+    await c.wait_for(
+        lambda: all(c.job(origin, j).state in TERMINAL for j in ids),
+        timeout_s,
+        f"{len(ids)} jobs to finish",
+    )
     await c.wait_durable(origin)  # the final records (verdicts, receipts) are in the log
     return ids
 
@@ -69,9 +80,13 @@ def output_of(c: Cluster, i: int, digest: str) -> dict[str, bytes]:
 
 # ---------------------------------------------------------------- a lying worker
 
+
 def square_job(n: int) -> dict[str, Any]:
-    return {"image": "meshd/busybox:1", "env": {"N": str(n)},
-            "command": ["sh", "-c", 'echo "square of $N is $((N*N))" > "$MESH_OUTPUTS/square.txt"']}
+    return {
+        "image": "meshd/busybox:1",
+        "env": {"N": str(n)},
+        "command": ["sh", "-c", 'echo "square of $N is $((N*N))" > "$MESH_OUTPUTS/square.txt"'],
+    }
 
 
 def square_output(n: int) -> dict[str, bytes]:
@@ -87,7 +102,8 @@ MIN_JOBS, MAX_JOBS = 6, 16
 
 
 async def test_lying_worker_is_caught_banned_unpaid_and_the_submitter_gets_honest_output(
-        tmp_path: Path, nursery: trio.Nursery) -> None:
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
     liar_ex: list[LyingExecutor] = []
 
     def lying(ex: Executor) -> Executor:
@@ -106,7 +122,9 @@ async def test_lying_worker_is_caught_banned_unpaid_and_the_submitter_gets_hones
         # banned: the ban blocks it, and an output transfer that fails while its
         # job is "verifying" currently trips the core's transition check
         # (verifying -> offered/running) and takes the origin down.
-        while len(ids) < MAX_JOBS and (len(ids) < MIN_JOBS or not origin.trust.banned(liar, origin.now_ms)):
+        while len(ids) < MAX_JOBS and (
+            len(ids) < MIN_JOBS or not origin.trust.banned(liar, origin.now_ms)
+        ):
             numbers.append(len(ids) + 3)
             ids += await run_jobs(c, 0, [square_job(numbers[-1])], one_by_one=True)
         jobs = [c.job(0, j) for j in ids]
@@ -134,10 +152,17 @@ async def test_lying_worker_is_caught_banned_unpaid_and_the_submitter_gets_hones
             assert snap[p]["reputation"] > 0 > snap[liar]["reputation"]
         # Banned by its last out-voted result at the latest, it is awarded nothing after that.
         records = list(c.daemon(0).log.iter())  # type: ignore[union-attr]
-        last_caught = max(r.seq for r in records if r.kind == "job_verdict" and liar in r.body["invalid"])
-        assert not [r for r in records if r.seq > last_caught and r.kind == "run_awarded"
-                    and r.body["worker"] == liar]
-        assert len(ids) == MIN_JOBS or ids[-1] == caught_in[-1].job_id  # the loop stopped at the ban
+        last_caught = max(
+            r.seq for r in records if r.kind == "job_verdict" and liar in r.body["invalid"]
+        )
+        assert not [
+            r
+            for r in records
+            if r.seq > last_caught and r.kind == "run_awarded" and r.body["worker"] == liar
+        ]
+        assert (
+            len(ids) == MIN_JOBS or ids[-1] == caught_in[-1].job_id
+        )  # the loop stopped at the ban
 
         # Credit: receipts only for runs in the canonical group, so none for a lie.
         receipts = log_records(c.daemon(0), "receipt")
@@ -157,9 +182,15 @@ async def test_lying_worker_is_caught_banned_unpaid_and_the_submitter_gets_hones
         def cosigned_by_liar() -> list[str]:
             return [b["job_id"] for b in log_records(c.daemon(3), "receipt_cosigned")]
 
-        await c.wait_for(lambda: all(math.isclose(earned(0, w), issued(w)) for w in honest)
-                         and math.isclose(earned(3, liar), issued(liar))
-                         and len(cosigned_by_liar()) >= len(accepted), 20, "receipts to settle")
+        await c.wait_for(
+            lambda: (
+                all(math.isclose(earned(0, w), issued(w)) for w in honest)
+                and math.isclose(earned(3, liar), issued(liar))
+                and len(cosigned_by_liar()) >= len(accepted)
+            ),
+            20,
+            "receipts to settle",
+        )
         assert issued(liar) > 0
         assert sorted(cosigned_by_liar()) == sorted(j.job_id for j in accepted)
         liar_receipts = {(c.peer_id(0), b["seq"]) for b in receipts if b["worker"] == liar}
@@ -172,10 +203,19 @@ async def test_lying_worker_is_caught_banned_unpaid_and_the_submitter_gets_hones
 
 # ---------------------------------------------------------------- float noise
 
+
 def stats_job(n: int, **kw: Any) -> dict[str, Any]:
-    return {"image": "meshd/busybox:1", "env": {"N": str(n)}, "replicas": 2,
-            "command": ["sh", "-c", 'echo "x=$N.141592653589793 y=2.718281828459045 n=$N" '
-                                    '> "$MESH_OUTPUTS/stats.txt"'], **kw}
+    return {
+        "image": "meshd/busybox:1",
+        "env": {"N": str(n)},
+        "replicas": 2,
+        "command": [
+            "sh",
+            "-c",
+            'echo "x=$N.141592653589793 y=2.718281828459045 n=$N" > "$MESH_OUTPUTS/stats.txt"',
+        ],
+        **kw,
+    }
 
 
 def stats_output(n: int) -> bytes:
@@ -183,7 +223,8 @@ def stats_output(n: int) -> bytes:
 
 
 async def test_float_noise_within_tolerance_is_never_penalised_but_breaks_the_exact_rule(
-        tmp_path: Path, nursery: trio.Nursery) -> None:
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
     noisy: list[NoisyExecutor] = []
 
     def noise(i: int, ex: Executor) -> Executor:
@@ -208,7 +249,9 @@ async def test_float_noise_within_tolerance_is_never_penalised_but_breaks_the_ex
         assert sum(x.perturbed for x in noisy) > 0
         snap = origin.trust.snapshot(origin.now_ms)
         assert len(snap) >= 2
-        assert all(v["invalid"] == 0 and not v["banned"] and v["reputation"] > 0 for v in snap.values()), snap
+        assert all(
+            v["invalid"] == 0 and not v["banned"] and v["reputation"] > 0 for v in snap.values()
+        ), snap
 
         # The exact rule: the same noise is a disagreement nobody can resolve.
         (exact,) = await run_jobs(c, 0, [stats_job(7)])
@@ -221,7 +264,10 @@ async def test_float_noise_within_tolerance_is_never_penalised_but_breaks_the_ex
 
 # ---------------------------------------------------------------- balances seen by a third node
 
-async def test_third_node_balances_equal_the_parties_own_logs(tmp_path: Path, nursery: trio.Nursery) -> None:
+
+async def test_third_node_balances_equal_the_parties_own_logs(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
     # C (node 2) asks 1000x the price: it declines every job of this budget and
     # takes no part; it only hears the countersigned receipts on gossip.
     def pricey_observer(i: int, overrides: dict[str, Any]) -> None:
@@ -232,19 +278,32 @@ async def test_third_node_balances_equal_the_parties_own_logs(tmp_path: Path, nu
         a, b, third = (c.daemon(i).node for i in range(3))
         assert a is not None and b is not None and third is not None
         A, B, C = (c.peer_id(i) for i in range(3))
-        spec = {**square_job(5), "replicas": 1, "estimated_flops": 1e11, "max_budget": 1.0, "bounty": 0.5}
+        spec = {
+            **square_job(5),
+            "replicas": 1,
+            "estimated_flops": 1e11,
+            "max_budget": 1.0,
+            "bounty": 0.5,
+        }
         ids = await run_jobs(c, 0, [{**spec, "env": {"N": str(n)}} for n in range(4)])
         for j in ids:
             job = c.job(0, j)
             assert job.state == "succeeded", job.reason
             assert [r.worker for r in job.runs.values()] == [B]
-        assert any(C == p and "exceeds budget" in why for j in ids for p, why in c.job(0, j).declines)
+        assert any(
+            C == p and "exceeds budget" in why for j in ids for p, why in c.job(0, j).declines
+        )
 
         issued = log_records(c.daemon(0), "receipt")
         assert len(issued) == len(ids) and {r["job_id"] for r in issued} == set(ids)
-        await c.wait_for(lambda: all(len(n.ledger) == len(issued) for n in (a, b, third))
-                         and len(log_records(c.daemon(1), "receipt_cosigned")) == len(issued), 20,
-                         "receipts to be countersigned and reach every ledger")
+        await c.wait_for(
+            lambda: (
+                all(len(n.ledger) == len(issued) for n in (a, b, third))
+                and len(log_records(c.daemon(1), "receipt_cosigned")) == len(issued)
+            ),
+            20,
+            "receipts to be countersigned and reach every ledger",
+        )
         cosigned = log_records(c.daemon(1), "receipt_cosigned")
         spent_a = sum(r["credits"] for r in issued)
         earned_b = sum(r["credits"] for r in cosigned)
@@ -260,23 +319,31 @@ async def test_third_node_balances_equal_the_parties_own_logs(tmp_path: Path, nu
                 for k in ("earned", "spent", "balance"):
                     assert math.isclose(own[p][k], seen[p][k], rel_tol=1e-12, abs_tol=1e-12), (p, k)
         assert set(third.ledger) == {(A, r["seq"]) for r in issued}
-        assert not log_records(c.daemon(2), "receipt_cosigned") and not log_records(c.daemon(2), "work_accepted")
+        assert not log_records(c.daemon(2), "receipt_cosigned") and not log_records(
+            c.daemon(2), "work_accepted"
+        )
 
 
 # ---------------------------------------------------------------- equivocation
 
+
 async def test_equivocation_is_proven_by_every_peer_and_the_issuer_is_banned(
-        tmp_path: Path, nursery: trio.Nursery) -> None:
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
     async with Cluster.started(nursery, tmp_path, 4) as c:
         cheat = c.peer_id(3)
         seq = now_ms() * 1000 + 777
-        bodies = [Attestation(subject=c.peer_id(1), job_id="t-equivocation", outcome="valid", seq=seq),
-                  Attestation(subject=c.peer_id(1), job_id="t-equivocation", outcome="invalid", seq=seq)]
+        bodies = [
+            Attestation(subject=c.peer_id(1), job_id="t-equivocation", outcome="valid", seq=seq),
+            Attestation(subject=c.peer_id(1), job_id="t-equivocation", outcome="invalid", seq=seq),
+        ]
         raws = await publish_equivocation(c.daemon(3), bodies)
 
         # The proof stands on its own: two valid signatures of one key, one seq, two bodies.
         opened = [open_envelope(r, 1 << 16) for r in raws]
-        assert all(isinstance(o, Opened) and o.sender == cheat and o.body.seq == seq for o in opened)
+        assert all(
+            isinstance(o, Opened) and o.sender == cheat and o.body.seq == seq for o in opened
+        )
         assert opened[0].body != opened[1].body  # type: ignore[union-attr]
 
         others = [0, 1, 2]
@@ -284,6 +351,7 @@ async def test_equivocation_is_proven_by_every_peer_and_the_issuer_is_banned(
         def proven(i: int) -> bool:
             node = c.daemon(i).node
             return node is not None and any(p["issuer"] == cheat for p in node.equivocations)
+
         await c.wait_for(lambda: all(proven(i) for i in others), 20, "every peer to hold the proof")
         for i in others:
             await c.wait_durable(i)
@@ -291,7 +359,9 @@ async def test_equivocation_is_proven_by_every_peer_and_the_issuer_is_banned(
             assert node is not None
             (proof,) = [p for p in node.equivocations if p["issuer"] == cheat]
             assert proof["seq"] == seq and {proof["first"], proof["second"]} == set(raws)
-            (logged,) = [b for b in log_records(c.daemon(i), "equivocation") if b["issuer"] == cheat]
+            (logged,) = [
+                b for b in log_records(c.daemon(i), "equivocation") if b["issuer"] == cheat
+            ]
             assert logged["seq"] == seq and {logged["first"], logged["second"]} == set(raws)
             assert node.trust.banned(cheat, node.now_ms + 10 * node.params.reputation_half_life_ms)
             assert node.trust.reputation(cheat, node.now_ms) == -1.0

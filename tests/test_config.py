@@ -47,7 +47,11 @@ def test_init_creates_key_token_and_config_with_safe_modes(node: Path) -> None:
     config, identity = load_node(node)
     assert config.listen == ("/ip4/127.0.0.1/tcp/0",)
     assert identity.peer_id == Identity.from_private_bytes(key).peer_id
-    assert sorted(p.name for p in node.iterdir()) == ["api.token", "config.toml", "node.key"]  # no temp files
+    assert sorted(p.name for p in node.iterdir()) == [
+        "api.token",
+        "config.toml",
+        "node.key",
+    ]  # no temp files
 
 
 def test_init_refuses_to_replace_a_key_unless_forced(node: Path) -> None:
@@ -92,7 +96,10 @@ def test_missing_config_file_means_defaults(node: Path) -> None:
         ("bad_price", r"`price`: .*greater than or equal to 0 \(got -1\)"),
         ("bad_executor", r"`executor`: .*'auto', 'docker' or 'process' \(got 'vm'\)"),
         ("bad_bootstrap", r"`bootstrap`: .*must end in /p2p/<peer id>"),
-        ("bad_param_value", r"`params`: \[params\] bid_window_ms must be a number, boolean or string, not list"),
+        (
+            "bad_param_value",
+            r"`params`: \[params\] bid_window_ms must be a number, boolean or string, not list",
+        ),
     ],
 )
 def test_load_errors_name_the_problem_and_the_fix(node: Path, breakage: str, expected: str) -> None:
@@ -121,14 +128,18 @@ def test_load_errors_name_the_problem_and_the_fix(node: Path, breakage: str, exp
 
 def test_overrides_are_validated_and_name_the_key(node: Path) -> None:
     config, _ = load_node(node)
-    changed = apply_overrides(config, {"executor": "process", "listen": ("/ip4/127.0.0.1/tcp/7801",)})
+    changed = apply_overrides(
+        config, {"executor": "process", "listen": ("/ip4/127.0.0.1/tcp/7801",)}
+    )
     assert changed.executor == "process" and changed.listen == ("/ip4/127.0.0.1/tcp/7801",)
     with pytest.raises(ConfigError, match="command line: `api_port`"):
         apply_overrides(config, {"api_port": 70000})
 
 
 def test_params_table_passes_through(node: Path) -> None:
-    (node / "config.toml").write_text("price = 2.5\n[params]\nbid_window_ms = 500\nreplication_fraction = 0.2\n")
+    (node / "config.toml").write_text(
+        "price = 2.5\n[params]\nbid_window_ms = 500\nreplication_fraction = 0.2\n"
+    )
     config, _ = load_node(node)
     assert config.price == 2.5
     assert config.params == {"bid_window_ms": 500, "replication_fraction": 0.2}
@@ -178,7 +189,11 @@ def test_json_logs_are_one_object_per_line_with_extra_fields(restore_root_logger
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert len(lines) == 2
     first = lines[0]
-    assert (first["level"], first["logger"], first["msg"]) == ("INFO", "meshd.test", "job j1 awarded")
+    assert (first["level"], first["logger"], first["msg"]) == (
+        "INFO",
+        "meshd.test",
+        "job j1 awarded",
+    )
     assert first["job_id"] == "j1" and first["peer"] == repr(Path("/x"))
     assert first["ts"].endswith("+00:00")
     assert "ValueError: bad" in lines[1]["exc"]

@@ -48,19 +48,35 @@ def make_node() -> Node:
 _nonces = iter(range(1, 1 << 30))
 
 
-def envelope(body: Body, who: Identity = ALICE, ts_ms: int = NOW, nonce: bytes | None = None) -> bytes:
+def envelope(
+    body: Body, who: Identity = ALICE, ts_ms: int = NOW, nonce: bytes | None = None
+) -> bytes:
     return seal(who, body, ts_ms, nonce or next(_nonces).to_bytes(8, "big"))
 
 
 def advert(seq: int = 1) -> Advert:
-    return Advert(seq=seq, ttl_ms=10_000, cores=4, ram_mb=4096, score_gflops=10.0, price=0.01, warm=True,
-                  runtimes=["docker"], images=["meshd/busybox:1"])
+    return Advert(
+        seq=seq,
+        ttl_ms=10_000,
+        cores=4,
+        ram_mb=4096,
+        score_gflops=10.0,
+        price=0.01,
+        warm=True,
+        runtimes=["docker"],
+        images=["meshd/busybox:1"],
+    )
 
 
 def offer(job_id: str = "job-000000000001") -> Offer:
-    return Offer(job_id=job_id, attempt=1, spec_digest=DIGEST,
-                 requirements=OfferRequirements(image="meshd/busybox:1"), timeout_s=10.0,
-                 bid_window_ms=250)
+    return Offer(
+        job_id=job_id,
+        attempt=1,
+        spec_digest=DIGEST,
+        requirements=OfferRequirements(image="meshd/busybox:1"),
+        timeout_s=10.0,
+        bid_window_ms=250,
+    )
 
 
 def gossip(node: Node, topic: str, data: bytes, now: int = NOW) -> list[object]:
@@ -117,7 +133,10 @@ def test_same_nonce_from_a_different_sender_is_not_a_replay() -> None:
     node = make_node()
     nonce = b"\x09" * 8
     gossip(node, TOPIC_ADVERTS, envelope(advert(), ALICE, nonce=nonce))
-    node.step(GossipReceived(TOPIC_ADVERTS, MALLORY.peer_id, envelope(advert(), MALLORY, nonce=nonce)), NOW)
+    node.step(
+        GossipReceived(TOPIC_ADVERTS, MALLORY.peer_id, envelope(advert(), MALLORY, nonce=nonce)),
+        NOW,
+    )
     assert rejections(node) == {}
     assert len(node.peers) == 2
 
@@ -133,8 +152,14 @@ def test_replay_cache_is_bounded() -> None:
 def test_direct_message_signed_by_someone_else_is_rejected() -> None:
     """Mallory relays a bid Alice signed over her own stream: wrong_sender."""
     node = make_node()
-    bid = Bid(job_id="job-000000000001", attempt=1, price=1.0, est_start_ms=0, est_duration_ms=1,
-              score_gflops=1.0)
+    bid = Bid(
+        job_id="job-000000000001",
+        attempt=1,
+        price=1.0,
+        est_start_ms=0,
+        est_duration_ms=1,
+        score_gflops=1.0,
+    )
     node.step(DirectReceived(MALLORY.peer_id, envelope(bid, ALICE)), NOW)
     assert rejections(node) == {"rejected_wrong_sender": 1}
     assert node.counters["accepted_bid"] == 0
@@ -152,8 +177,14 @@ def test_message_on_the_wrong_topic_is_rejected() -> None:
 
 def test_direct_only_message_over_gossip_is_rejected() -> None:
     node = make_node()
-    bid = Bid(job_id="job-000000000001", attempt=1, price=1.0, est_start_ms=0, est_duration_ms=1,
-              score_gflops=1.0)
+    bid = Bid(
+        job_id="job-000000000001",
+        attempt=1,
+        price=1.0,
+        est_start_ms=0,
+        est_duration_ms=1,
+        score_gflops=1.0,
+    )
     gossip(node, TOPIC_OFFERS, envelope(bid))
     assert rejections(node) == {"rejected_wrong_channel": 1}
 
@@ -213,7 +244,9 @@ def test_going_cold_is_advertised_at_once_and_signed() -> None:
         out = node.step(ExecutorHealth(False, "disk full"), NOW + i)
         assert not any(isinstance(e, Publish) for e in out)
         assert node.warm
-    published = [e for e in node.step(ExecutorHealth(False, "disk full"), NOW + 2) if isinstance(e, Publish)]
+    published = [
+        e for e in node.step(ExecutorHealth(False, "disk full"), NOW + 2) if isinstance(e, Publish)
+    ]
     assert len(published) == 1
     opened = open_envelope(published[0].data, PARAMS.max_message_bytes)
     assert opened.sender == ME.peer_id  # type: ignore[union-attr]

@@ -25,7 +25,9 @@ def spec(**extra: Any) -> JobSpec:
     return parse_job_spec({"image": "meshd/busybox:1", "command": ["echo", "hi"], **extra})
 
 
-def mesh(n: int, *, seed: int, params: CoreParams = SINGLE, workers: list[FakeWorker] | None = None) -> CoreNet:
+def mesh(
+    n: int, *, seed: int, params: CoreParams = SINGLE, workers: list[FakeWorker] | None = None
+) -> CoreNet:
     net = CoreNet(n, seed=seed, params=params, workers=workers)
     net.run_for(WARMUP_MS)
     return net
@@ -36,13 +38,21 @@ def finished(net: CoreNet, origin: int, job_id: str) -> bool:
 
 
 def run_to_end(net: CoreNet, origin: int, job_id: str, max_ms: int = 120_000) -> Any:
-    assert net.run_until(lambda: finished(net, origin, job_id), max_ms=max_ms), net.job(origin, job_id).state
+    assert net.run_until(lambda: finished(net, origin, job_id), max_ms=max_ms), net.job(
+        origin, job_id
+    ).state
     return net.job(origin, job_id)
 
 
-def records(net: CoreNet, peer: int | str, kind: str, job_id: str | None = None) -> list[dict[str, Any]]:
+def records(
+    net: CoreNet, peer: int | str, kind: str, job_id: str | None = None
+) -> list[dict[str, Any]]:
     pid = net.order[peer] if isinstance(peer, int) else peer
-    return [b for k, b in net.slots[pid].log if k == kind and (job_id is None or b.get("job_id") == job_id)]
+    return [
+        b
+        for k, b in net.slots[pid].log
+        if k == kind and (job_id is None or b.get("job_id") == job_id)
+    ]
 
 
 def started(net: CoreNet, origin: int, job_id: str) -> bool:
@@ -114,7 +124,10 @@ def test_liar_is_outvoted_and_marked_invalid() -> None:
 def test_worker_crash_mid_job_loses_the_lease_and_the_job_completes_elsewhere() -> None:
     """origin.py: "Failures never lose a job: a lost lease ... excludes that worker"."""
     net = mesh(4, seed=5)
-    job_id = net.submit(0, spec(), )
+    job_id = net.submit(
+        0,
+        spec(),
+    )
     net.slots[net.order[1]].worker.duration_ms = lambda s: 30_000
     net.slots[net.order[2]].worker.duration_ms = lambda s: 30_000
     net.slots[net.order[3]].worker.duration_ms = lambda s: 30_000
@@ -165,7 +178,9 @@ def test_result_sent_while_origin_was_down_is_resent_and_used() -> None:
 def test_impossible_requirements_queue_with_reasons_then_fail() -> None:
     """ARCHITECTURE: "No bids → the job queues and is re-offered, with reasons";
     params: "A job nobody takes fails after waiting [max_queue_time_ms] (with the declines)"."""
-    params = CoreParams(replication_fraction=0.0, untrusted_replication=0.0, max_queue_time_ms=60_000)
+    params = CoreParams(
+        replication_fraction=0.0, untrusted_replication=0.0, max_queue_time_ms=60_000
+    )
     net = mesh(4, seed=8, params=params)
     job_id = net.submit(0, spec(requirements={"gpus": 1}))
     net.run_for(30_000)
@@ -216,7 +231,9 @@ def test_failing_job_in_a_small_mesh_uses_all_its_attempts_and_reports_the_exit_
     job_id = net.submit(0, spec())
     job = run_to_end(net, 0, job_id, max_ms=60_000)
     assert job.state == "failed"
-    assert "exit code 3" in job.reason and f"after {SINGLE.max_attempts} failed attempts" in job.reason
+    assert (
+        "exit code 3" in job.reason and f"after {SINGLE.max_attempts} failed attempts" in job.reason
+    )
     assert len(job.runs) == SINGLE.max_attempts
     assert {r.worker for r in job.runs.values()} == set(net.order[1:])
 
@@ -271,7 +288,9 @@ def test_retry_of_a_failed_job_runs_it_again() -> None:
 def test_retry_long_after_the_failure_still_runs() -> None:
     """A retry starts a fresh wait: the job must not fail at once as "nobody took it"
     just because it was submitted more than max_queue_time_ms ago."""
-    params = CoreParams(replication_fraction=0.0, untrusted_replication=0.0, max_queue_time_ms=60_000)
+    params = CoreParams(
+        replication_fraction=0.0, untrusted_replication=0.0, max_queue_time_ms=60_000
+    )
     flaky = {"fail": True}
     workers = [FakeWorker(exit_code=lambda s: 1 if flaky["fail"] else 0) for _ in range(6)]
     net = mesh(6, seed=13, params=params, workers=workers)
@@ -287,7 +306,9 @@ def test_retry_long_after_the_failure_still_runs() -> None:
 def test_long_job_that_loses_its_worker_is_reoffered_not_failed() -> None:
     """max_queue_time_ms bounds time *waiting for a worker*, not a job's total age:
     a run that loses its lease after a long time is offered again."""
-    params = CoreParams(replication_fraction=0.0, untrusted_replication=0.0, max_queue_time_ms=60_000)
+    params = CoreParams(
+        replication_fraction=0.0, untrusted_replication=0.0, max_queue_time_ms=60_000
+    )
     net = mesh(4, seed=14, params=params)
     for w in net.order:
         net.slots[w].worker.duration_ms = lambda s: 100_000
@@ -417,7 +438,9 @@ def test_the_bid_window_follows_the_bid_delays_it_measures() -> None:
     # Delays are the offer's gossip hop plus the bid's (5-20 ms + 450-550 ms).
     assert 1.5 * 455 <= learned <= 1.5 * 570, learned
     late = net.submit(0, spec(command=["echo", "late"]))
-    offer = [b for k, b in net.slots[net.order[0]].log if k == "job_offered" and b["job_id"] == late]
+    offer = [
+        b for k, b in net.slots[net.order[0]].log if k == "job_offered" and b["job_id"] == late
+    ]
     assert offer and origin._window_ms(net.job(0, late)) == learned
     assert net.run_until(lambda: finished(net, 0, late))
 
@@ -427,7 +450,9 @@ def test_awards_that_are_never_acknowledged_fail_the_job_with_a_reason() -> None
     every award is treated as refused and the job is offered again. Each
     award takes a new run index; the origin must neither crash on the wire's
     ``replica`` bound (it did at the 9th award) nor loop for ever."""
-    params = CoreParams(replication_fraction=0.0, untrusted_replication=0.0, max_queue_time_ms=300_000)
+    params = CoreParams(
+        replication_fraction=0.0, untrusted_replication=0.0, max_queue_time_ms=300_000
+    )
     net = mesh(2, seed=23, params=params)
     net.sender_latency_ms[net.order[1]] = (5_500, 5_500)
     job_id = net.submit(0, spec())
@@ -441,12 +466,24 @@ def test_claimed_score_far_above_achieved_is_recorded_against_the_worker() -> No
     """ARCHITECTURE: compute score is measured, not declared; a node's claim is
     checked against the durations it achieves (issue 4)."""
     # Worker 1 claims 5,000 GFLOPS but needs 10 s for a 1e12-flop job (0.1 GFLOPS achieved).
-    workers = [FakeWorker(), FakeWorker(caps=default_caps(score=5000.0), duration_ms=lambda s: 10_000),
-               FakeWorker(caps=default_caps(score=5000.0), duration_ms=lambda s: 10_000)]
+    workers = [
+        FakeWorker(),
+        FakeWorker(caps=default_caps(score=5000.0), duration_ms=lambda s: 10_000),
+        FakeWorker(caps=default_caps(score=5000.0), duration_ms=lambda s: 10_000),
+    ]
     net = CoreNet(3, seed=4, workers=workers)
     net.run_for(3_000)
-    job_id = net.submit(0, parse_job_spec({"image": "meshd/busybox:1", "command": ["true"],
-                                           "estimated_flops": 1e12, "replicas": 1}))
+    job_id = net.submit(
+        0,
+        parse_job_spec(
+            {
+                "image": "meshd/busybox:1",
+                "command": ["true"],
+                "estimated_flops": 1e12,
+                "replicas": 1,
+            }
+        ),
+    )
     assert net.run_until(lambda: net.job(0, job_id).state == "succeeded", 60_000)
     log = net.slots[net.order[0]].log
     mismatches = [b for k, b in log if k == "score_mismatch"]
@@ -456,16 +493,29 @@ def test_claimed_score_far_above_achieved_is_recorded_against_the_worker() -> No
 
 def test_honest_score_is_not_flagged() -> None:
     # 50 GFLOPS claimed, 1e11 flops in 2 s = 50 GFLOPS achieved.
-    workers = [FakeWorker(caps=default_caps(score=50.0), duration_ms=lambda s: 2_000) for _ in range(3)]
+    workers = [
+        FakeWorker(caps=default_caps(score=50.0), duration_ms=lambda s: 2_000) for _ in range(3)
+    ]
     net = CoreNet(3, seed=5, workers=workers)
     net.run_for(3_000)
-    job_id = net.submit(0, parse_job_spec({"image": "meshd/busybox:1", "command": ["true"],
-                                           "estimated_flops": 1e11, "replicas": 1}))
+    job_id = net.submit(
+        0,
+        parse_job_spec(
+            {
+                "image": "meshd/busybox:1",
+                "command": ["true"],
+                "estimated_flops": 1e11,
+                "replicas": 1,
+            }
+        ),
+    )
     assert net.run_until(lambda: net.job(0, job_id).state == "succeeded", 60_000)
     assert not [b for k, b in net.slots[net.order[0]].log if k == "score_mismatch"]
 
 
-def test_a_job_past_the_run_index_bound_fails_instead_of_sending_a_bad_award(monkeypatch: Any) -> None:
+def test_a_job_past_the_run_index_bound_fails_instead_of_sending_a_bad_award(
+    monkeypatch: Any,
+) -> None:
     """wire.MAX_REPLICA: the origin gives up on a job before an award would
     carry a run index the wire refuses (bound lowered to 3 here)."""
     import meshd.core.origin as origin_mod
@@ -496,7 +546,9 @@ def test_a_held_round_closes_as_soon_as_a_worker_with_room_bids() -> None:
     """origin.py ``holding``: the round waits for a candidate with room only
     until such a candidate's bid arrives (~0.5 s here), not for the whole
     ``bid_window_max_ms`` (2 s) while a third candidate stays silent."""
-    one_slot = [FakeWorker(caps=default_caps(cores=1), duration_ms=lambda s: 10_000) for _ in range(4)]
+    one_slot = [
+        FakeWorker(caps=default_caps(cores=1), duration_ms=lambda s: 10_000) for _ in range(4)
+    ]
     net = mesh(4, seed=26, workers=one_slot)
     quick, slow, silent = net.order[1], net.order[2], net.order[3]
     net.sender_latency_ms[slow] = (400, 600)
@@ -506,7 +558,9 @@ def test_a_held_round_closes_as_soon_as_a_worker_with_room_bids() -> None:
     assert [r.worker for r in net.job(0, first).runs.values()] == [quick]  # now saturated (1 slot)
     t0 = net.now_ms
     second = net.submit(0, spec(command=["echo", "2"]))
-    assert net.run_until(lambda: any(r.worker == slow for r in net.job(0, second).runs.values()), max_ms=5_000)
+    assert net.run_until(
+        lambda: any(r.worker == slow for r in net.job(0, second).runs.values()), max_ms=5_000
+    )
     waited = net.now_ms - t0
     assert 400 <= waited < 1_500, waited
 
@@ -517,7 +571,9 @@ def test_a_worker_whose_benchmark_came_out_low_is_not_piled_on() -> None:
     the speed bids half the price for the same work. Ranked on those prices
     it held 8 of a 20-job burst at once while four equal workers held 3; on
     unit prices every worker holds its share."""
-    workers = [FakeWorker(caps=default_caps(cores=2, score=60.0 if i == 1 else 130.0)) for i in range(6)]
+    workers = [
+        FakeWorker(caps=default_caps(cores=2, score=60.0 if i == 1 else 130.0)) for i in range(6)
+    ]
     net = mesh(6, seed=5, workers=workers)
     jobs = [net.submit(0, spec(command=["echo", str(i)])) for i in range(20)]
     most: Counter[str] = Counter()

@@ -33,9 +33,23 @@ DIGEST = "sha256:" + "00" * 32
 
 
 def cap(**kw: object) -> Capacity:
-    base = Capacity(cores=4, ram_mb=8192, gpus=(), gpu_runtime=False, runtimes=("docker",),
-                    images=(IMAGE,), tier="cpu", network_allowed=False, warm=True, cold_reason=None,
-                    score_gflops=50.0, price=0.01, running=0, queued=0, capacity=4)
+    base = Capacity(
+        cores=4,
+        ram_mb=8192,
+        gpus=(),
+        gpu_runtime=False,
+        runtimes=("docker",),
+        images=(IMAGE,),
+        tier="cpu",
+        network_allowed=False,
+        warm=True,
+        cold_reason=None,
+        score_gflops=50.0,
+        price=0.01,
+        running=0,
+        queued=0,
+        capacity=4,
+    )
     return dataclasses.replace(base, **kw)
 
 
@@ -44,8 +58,14 @@ def req(**kw: object) -> OfferRequirements:
 
 
 def offer(**kw: object) -> Offer:
-    fields: dict[str, object] = {"job_id": "job-000000000001", "attempt": 1, "spec_digest": DIGEST,
-                                 "requirements": req(), "timeout_s": 100.0, "bid_window_ms": 250}
+    fields: dict[str, object] = {
+        "job_id": "job-000000000001",
+        "attempt": 1,
+        "spec_digest": DIGEST,
+        "requirements": req(),
+        "timeout_s": 100.0,
+        "bid_window_ms": 250,
+    }
     fields.update(kw)
     return Offer(**fields)
 
@@ -63,17 +83,28 @@ def test_fitting_node_has_no_reason() -> None:
 @pytest.mark.parametrize(
     ("capacity", "requirements", "expected"),
     [
-        (cap(warm=False, cold_reason="docker unreachable"), req(), "node is cold: docker unreachable"),
+        (
+            cap(warm=False, cold_reason="docker unreachable"),
+            req(),
+            "node is cold: docker unreachable",
+        ),
         (cap(warm=False, cold_reason=None), req(), "node is cold: health check pending"),
         (cap(), req(gpus=1), "node has no GPU"),
         (cap(gpus=GPU, gpu_runtime=False), req(gpus=1), "engine has no GPU runtime"),
         (cap(gpus=GPU, gpu_runtime=True), req(gpus=2), "needs 2 GPU(s) with ≥0 MB, node has 1"),
-        (cap(gpus=GPU, gpu_runtime=True), req(gpus=1, gpu_min_memory_mb=40_000),
-         "needs 1 GPU(s) with ≥40000 MB, node has 0"),
+        (
+            cap(gpus=GPU, gpu_runtime=True),
+            req(gpus=1, gpu_min_memory_mb=40_000),
+            "needs 1 GPU(s) with ≥40000 MB, node has 0",
+        ),
         (cap(ram_mb=512), req(memory_mb=1024), "needs 1024 MB RAM, node has 512"),
         (cap(cores=2), req(cpus=3), "needs 3 CPUs, node has 2"),
         (cap(), req(tier="consumer-gpu"), "needs tier consumer-gpu, node is cpu"),
-        (cap(tier="consumer-gpu"), req(tier="datacenter-gpu"), "needs tier datacenter-gpu, node is consumer-gpu"),
+        (
+            cap(tier="consumer-gpu"),
+            req(tier="datacenter-gpu"),
+            "needs tier datacenter-gpu, node is consumer-gpu",
+        ),
         (cap(), req(network=True), "job needs network; node does not allow it"),
         (cap(images=()), req(), f"image {IMAGE} not present locally"),
         (cap(), req(runtime="process"), "runtime process not available (has docker)"),
@@ -86,7 +117,9 @@ def test_fit_reasons(capacity: Capacity, requirements: OfferRequirements, expect
 def test_higher_tier_satisfies_a_lower_requirement() -> None:
     assert fit_reason(cap(tier="datacenter-gpu"), req(tier="consumer-gpu")) is None
     assert fit_reason(cap(network_allowed=True), req(network=True)) is None
-    assert fit_reason(cap(gpus=GPU, gpu_runtime=True), req(gpus=1, gpu_min_memory_mb=24_576)) is None
+    assert (
+        fit_reason(cap(gpus=GPU, gpu_runtime=True), req(gpus=1, gpu_min_memory_mb=24_576)) is None
+    )
 
 
 def test_image_matching() -> None:
@@ -101,16 +134,20 @@ def test_image_matching() -> None:
 
 def test_cold_and_static_reasons_are_not_sent() -> None:
     """The origin derives advert-visible reasons itself, so the worker stays quiet."""
-    reason, send = decline_reason(cap(warm=False, cold_reason="x"), offer(), self_id="me", queue_max=16,
-                                  overhead_s=1.0)
+    reason, send = decline_reason(
+        cap(warm=False, cold_reason="x"), offer(), self_id="me", queue_max=16, overhead_s=1.0
+    )
     assert reason == "node is cold: x" and send is False
-    reason, send = decline_reason(cap(), offer(exclude=["me"]), self_id="me", queue_max=16, overhead_s=1.0)
+    reason, send = decline_reason(
+        cap(), offer(exclude=["me"]), self_id="me", queue_max=16, overhead_s=1.0
+    )
     assert reason is not None and "excluded" in reason and send is False
 
 
 def test_busy_is_sent() -> None:
-    reason, send = decline_reason(cap(running=4, queued=16), offer(), self_id="me", queue_max=16,
-                                  overhead_s=1.0)
+    reason, send = decline_reason(
+        cap(running=4, queued=16), offer(), self_id="me", queue_max=16, overhead_s=1.0
+    )
     assert reason == "busy: 4 running, 16 queued" and send is True
 
 
@@ -119,8 +156,13 @@ def test_over_budget_with_flops_estimate_is_declined_and_sent() -> None:
     o = offer(estimated_flops=1e12, max_budget=5.0)
     reason, send = decline_reason(cap(), o, self_id="me", queue_max=16, overhead_s=1.0)
     assert reason == "price 10 credits exceeds budget 5" and send is True
-    assert decline_reason(cap(), offer(estimated_flops=1e12, max_budget=10.0), self_id="me", queue_max=16,
-                          overhead_s=1.0) == (None, False)
+    assert decline_reason(
+        cap(),
+        offer(estimated_flops=1e12, max_budget=10.0),
+        self_id="me",
+        queue_max=16,
+        overhead_s=1.0,
+    ) == (None, False)
 
 
 def test_over_budget_without_estimate_bids_and_is_capped() -> None:
@@ -159,8 +201,14 @@ def test_duration_and_cost_model() -> None:
 
 
 def bid(price: float, duration_ms: int, start_ms: int = 0) -> Bid:
-    return Bid(job_id="job-000000000001", attempt=1, price=price, est_start_ms=start_ms,
-               est_duration_ms=duration_ms, score_gflops=10.0)
+    return Bid(
+        job_id="job-000000000001",
+        attempt=1,
+        price=price,
+        est_start_ms=start_ms,
+        est_duration_ms=duration_ms,
+        score_gflops=10.0,
+    )
 
 
 FAST_DEAR = bid(price=10.0, duration_ms=1_000)
@@ -196,18 +244,35 @@ def test_reputation_breaks_an_even_contest_and_can_outweigh_price() -> None:
     # ... but reputation does not buy a visibly worse bid.
     far = {"stranger": bid(1.0, 5_000), "known": bid(50.0, 5_000)}
     assert rank_bids(far, "cheap", {"known": 1.0}, {}, {})[0] == "stranger"
-    assert rank_bids({**close, "known": bid(5.1, 5_000)}, "cheap", {"known": 1.0}, {}, {})[0] == "stranger"
+    assert (
+        rank_bids({**close, "known": bid(5.1, 5_000)}, "cheap", {"known": 1.0}, {}, {})[0]
+        == "stranger"
+    )
 
 
 def test_without_a_flops_estimate_unit_prices_are_compared() -> None:
     # Same unit price, one worker twice as fast: its timeout-bound price is twice
     # as high, but the work costs the same on both.
-    slow = Bid(job_id="j-00000001", attempt=1, price=30.0, est_start_ms=0, est_duration_ms=600_000,
-               score_gflops=50.0)
-    fast = Bid(job_id="j-00000001", attempt=1, price=60.0, est_start_ms=0, est_duration_ms=600_000,
-               score_gflops=100.0)
+    slow = Bid(
+        job_id="j-00000001",
+        attempt=1,
+        price=30.0,
+        est_start_ms=0,
+        est_duration_ms=600_000,
+        score_gflops=50.0,
+    )
+    fast = Bid(
+        job_id="j-00000001",
+        attempt=1,
+        price=60.0,
+        est_start_ms=0,
+        est_duration_ms=600_000,
+        score_gflops=100.0,
+    )
     bids = {"slow": slow, "fast": fast}
-    assert rank_bids(bids, "cheap", {}, {}, {})[0] == "slow"  # bounds compared: the slow one looks cheap
+    assert (
+        rank_bids(bids, "cheap", {}, {}, {})[0] == "slow"
+    )  # bounds compared: the slow one looks cheap
     assert rank_bids(bids, "cheap", {}, {"slow": 1}, {}, per_gflop=True)[0] == "fast"
     assert rank_bids(bids, "cheap", {}, {"fast": 1}, {}, per_gflop=True)[0] == "slow"
 

@@ -34,8 +34,15 @@ def sealed(identity: Identity, body: object, ts: int = NOW) -> bytes:
 
 
 def receipt(seq: int, credits: float = 1.0, worker: Identity = WORKER) -> Receipt:
-    return Receipt(job_id=JOB, attempt=1, origin=ORIGIN.peer_id, worker=worker.peer_id, credits=credits,
-                   duration_ms=1000, seq=seq)
+    return Receipt(
+        job_id=JOB,
+        attempt=1,
+        origin=ORIGIN.peer_id,
+        worker=worker.peer_id,
+        credits=credits,
+        duration_ms=1000,
+        seq=seq,
+    )
 
 
 def cosigned(r: Receipt, cosigner: Identity = WORKER) -> bytes:
@@ -73,6 +80,7 @@ def run_jobs(net: CoreNet, specs: list[JobSpec]) -> list[str]:
 
 
 # ---------------------------------------------------------------- the receipt protocol on CoreNet
+
 
 def test_third_node_balances_equal_the_parties_ledgers() -> None:
     net = mesh_with_observer(seed=5)
@@ -122,6 +130,7 @@ def test_resent_receipt_is_counted_once() -> None:
 
 # ---------------------------------------------------------------- worker side checks
 
+
 def test_worker_refuses_to_countersign_a_run_it_did_not_do() -> None:
     node = Node(CoreParams(), WORKER, random.Random(2), NOW)
     fx = node.step(DirectReceived(ORIGIN.peer_id, sealed(ORIGIN, receipt(7))), NOW)
@@ -151,18 +160,26 @@ def test_gossiped_pair_lands_in_the_ledger() -> None:
 
 # ---------------------------------------------------------------- equivocation
 
+
 def test_two_different_receipts_with_one_seq_ban_the_issuer_with_proof() -> None:
     node = observer()
     gossip(node, cosigned(receipt(42, credits=1.0)))
     fx = gossip(node, cosigned(receipt(42, credits=9.0)))
     assert len(node.equivocations) == 1
     proof = node.equivocations[0]
-    assert proof["issuer"] == ORIGIN.peer_id and proof["seq"] == 42 and proof["first"] != proof["second"]
+    assert (
+        proof["issuer"] == ORIGIN.peer_id
+        and proof["seq"] == 42
+        and proof["first"] != proof["second"]
+    )
     assert node.trust.banned(ORIGIN.peer_id, NOW + 10 * node.params.reputation_half_life_ms)
     assert SetPeerScore(ORIGIN.peer_id, -1.0, True) in fx
     assert any(isinstance(e, Append) and e.kind == "equivocation" for e in fx)
     assert len(node.ledger) == 1  # the conflicting one is not counted
-    gossip(node, sealed(ORIGIN, Attestation(subject=WORKER.peer_id, job_id=JOB, outcome="valid", seq=43)))
+    gossip(
+        node,
+        sealed(ORIGIN, Attestation(subject=WORKER.peer_id, job_id=JOB, outcome="valid", seq=43)),
+    )
     assert node.counters["rejected_banned"] == 1
 
 
@@ -177,7 +194,10 @@ def test_the_same_receipt_in_two_countersignatures_is_not_equivocation() -> None
 def test_attestation_and_receipt_share_one_sequence() -> None:
     node = observer()
     gossip(node, cosigned(receipt(8)))
-    gossip(node, sealed(ORIGIN, Attestation(subject=WORKER.peer_id, job_id=JOB, outcome="invalid", seq=8)))
+    gossip(
+        node,
+        sealed(ORIGIN, Attestation(subject=WORKER.peer_id, job_id=JOB, outcome="invalid", seq=8)),
+    )
     assert len(node.equivocations) == 1
     assert node.trust.banned(ORIGIN.peer_id, NOW)
 
@@ -197,6 +217,7 @@ def test_issued_sequence_numbers_increase_and_survive_a_restart() -> None:
 
 
 # ---------------------------------------------------------------- restart (Node.restore)
+
 
 def _ledger_of(node: Node, worker: str | None = None) -> dict[tuple[str, int], float]:
     return {k: e.credits for k, e in node.ledger.items() if worker is None or e.worker == worker}
@@ -245,8 +266,18 @@ def test_origin_restart_asks_again_and_gets_its_ledger_back() -> None:
 def test_restored_sequence_never_repeats_even_if_the_clock_is_behind() -> None:
     ahead = (NOW + 3_600_000) * 1000  # issued while the clock was an hour ahead
     att = Attestation(subject=WORKER.peer_id, job_id=JOB, outcome="valid", seq=ahead)
-    log = [("attestation", {"subject": WORKER.peer_id, "job_id": JOB, "outcome": "valid", "seq": ahead,
-                            "envelope": sealed(ORIGIN, att)})]
+    log = [
+        (
+            "attestation",
+            {
+                "subject": WORKER.peer_id,
+                "job_id": JOB,
+                "outcome": "valid",
+                "seq": ahead,
+                "envelope": sealed(ORIGIN, att),
+            },
+        )
+    ]
     node = Node(CoreParams(), ORIGIN, random.Random(3), NOW)
     node.restore(log)
     assert node._next_seq() > ahead
@@ -256,7 +287,10 @@ def test_restored_sequence_never_repeats_even_if_the_clock_is_behind() -> None:
 
 def test_equivocation_ban_and_proof_survive_a_restart() -> None:
     node = observer()
-    fx = [*gossip(node, cosigned(receipt(42, credits=1.0))), *gossip(node, cosigned(receipt(42, credits=9.0)))]
+    fx = [
+        *gossip(node, cosigned(receipt(42, credits=1.0))),
+        *gossip(node, cosigned(receipt(42, credits=9.0))),
+    ]
     log = [(e.kind, e.body) for e in fx if isinstance(e, Append)]
     assert [k for k, _ in log] == ["equivocation"]
     fresh = observer()

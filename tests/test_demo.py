@@ -13,8 +13,19 @@ pytestmark = pytest.mark.slow
 
 
 def test_demo_runs_a_real_job_and_verifies_every_log(tmp_path: Path) -> None:
-    cp = subprocess.run([sys.executable, "-c", "import sys; from meshd.cli import main; sys.exit(main())",
-                         "demo", "--dir", str(tmp_path / "demo")], capture_output=True, text=True, timeout=300)
+    cp = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from meshd.cli import main; sys.exit(main())",
+            "demo",
+            "--dir",
+            str(tmp_path / "demo"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = cp.stdout + cp.stderr
     assert cp.returncode == 0, out[-4000:]
     assert "==> executor:" in out

@@ -47,8 +47,7 @@ def rkey(seq: int) -> bytes:
 def fill(path: Path, n: int) -> list:
     """A closed log at ``path`` with records 1..n; returns them."""
     with EventLog.open(path, ALICE, genesis_ts_ms=1) as log:
-        log.append_batch([("test.event", {"i": i, "pad": "p" * 50}, 100 + i)
-                          for i in range(n - 1)])
+        log.append_batch([("test.event", {"i": i, "pad": "p" * 50}, 100 + i) for i in range(n - 1)])
         return list(log.iter())
 
 
@@ -120,8 +119,9 @@ def test_idempotent_appends_write_nothing_the_second_time(tmp_path: Path) -> Non
     with EventLog.open(path, ALICE) as log:
         first = log.append("job.award", {"job": 1}, 5, key=b"award-1")
         assert log.append("job.award", {"job": 1}, 6, key=b"award-1") == first
-        out = log.append_batch([("a", 1, 0, b"x"), ("b", 2, 0, b"x"), ("c", 3, 0, b"award-1"),
-                                ("d", 4, 0)])
+        out = log.append_batch(
+            [("a", 1, 0, b"x"), ("b", 2, 0, b"x"), ("c", 3, 0, b"award-1"), ("d", 4, 0)]
+        )
         assert out[0] == out[1] and out[2] == first and out[3].seq == 4
         assert len(log) == 4
     with EventLog.open(path, ALICE) as log:  # the index survives a reopen
@@ -133,7 +133,9 @@ def test_oversized_body_is_refused_and_nothing_is_written(tmp_path: Path) -> Non
     with EventLog.open(path, ALICE) as log:
         log.append("ok", 1, 0)
         head = log.head
-        with pytest.raises(LogInputError, match=r"item 2 \(kind 'big'\).*70\d\d\d bytes.*max_body_bytes=65536"):
+        with pytest.raises(
+            LogInputError, match=r"item 2 \(kind 'big'\).*70\d\d\d bytes.*max_body_bytes=65536"
+        ):
             log.append_batch([("ok", 2, 0), ("ok", 3, 0), ("big", "x" * 70_000, 0)])
         with pytest.raises(LogInputError, match="kind"):
             log.append("not a kind", 1, 0)
@@ -200,8 +202,13 @@ LOCK_PROBE = textwrap.dedent("""
 def test_second_process_gets_locked_error_fast(tmp_path: Path) -> None:
     path = tmp_path / "data dir"
     with EventLog.open(path, ALICE):
-        proc = subprocess.run([sys.executable, "-c", LOCK_PROBE, str(path)], cwd=REPO,
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-c", LOCK_PROBE, str(path)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     result = json.loads(proc.stdout)
     assert result["error"] == "LogLockedError", proc.stderr
     assert str(path) in result["message"] and "another meshd" in result["message"]
@@ -254,8 +261,16 @@ def tamper_other_key_with_head(db: plyvel.DB, seq: int) -> None:
         (tamper_other_key, 7, "bad signature"),
         (tamper_other_key_with_head, 20, "bad signature"),
     ],
-    ids=["flip-middle", "flip-head", "flip-signature", "delete-middle", "delete-head",
-         "reorder", "other-key", "other-key-head"],
+    ids=[
+        "flip-middle",
+        "flip-head",
+        "flip-signature",
+        "delete-middle",
+        "delete-head",
+        "reorder",
+        "other-key",
+        "other-key-head",
+    ],
 )
 def test_tampering_is_found_on_open_and_by_verify_records(
     tmp_path: Path, tamper: Callable[[plyvel.DB, int], None], seq: int, reason: str
@@ -310,8 +325,12 @@ WRITER = textwrap.dedent("""
 
 def run_writer_and_kill(path: Path, rnd: int, min_acks: int) -> dict[int, str]:
     """Start a writer, SIGKILL it after ``min_acks`` acknowledged records; return them."""
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(rnd)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path), str(rnd)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert proc.stdout is not None
     acked: dict[int, str] = {}
     buf = b""
@@ -360,6 +379,7 @@ def test_sigkill_mid_append_loses_no_acknowledged_record(tmp_path: Path) -> None
             assert report.ok and report.count == log.head[0], report
             # The retry of the last acknowledged item is idempotent.
             last = log.get(max(acked))
-            retry = log.append("test.tick", {"retry": True}, 0,
-                               key=f"{rnd}-{last.body['i']}".encode())
+            retry = log.append(
+                "test.tick", {"retry": True}, 0, key=f"{rnd}-{last.body['i']}".encode()
+            )
             assert retry == last and log.head[0] >= last.seq

@@ -43,7 +43,7 @@ async def test_outputs_come_back_and_inputs_are_read_only(docker_executor, tmp_p
         'sha256sum "$MESH_INPUTS/data.txt" | head -c 64 > "$MESH_OUTPUTS/digest"; '
         'echo "$GREETING" > "$MESH_OUTPUTS/env"; '
         'if touch "$MESH_INPUTS/new" 2>/dev/null; then echo inputs-writable; exit 3; fi; '
-        'echo done'
+        "echo done"
     )
     logs: list[bytes] = []
     res = await docker_executor.run(
@@ -111,7 +111,9 @@ def _bridge_gateway(docker_api) -> str | None:
     return str(next(ipaddress.ip_network(cfg[0]["Subnet"]).hosts()))
 
 
-async def test_network_is_off_unless_job_asks_and_node_allows(make_docker_executor, docker_api, tmp_path):
+async def test_network_is_off_unless_job_asks_and_node_allows(
+    make_docker_executor, docker_api, tmp_path
+):
     gateway = _bridge_gateway(docker_api)
     if gateway is None:
         pytest.skip("engine has no bridge network to run the positive control on")
@@ -127,8 +129,12 @@ async def test_network_is_off_unless_job_asks_and_node_allows(make_docker_execut
         assert res.status == "failed"
         assert b"Network is unreachable" in res.log_tail
         # ...and a job that asks is declined, with the reason.
-        assert closed.decline_reason(image=TEST_IMAGE, gpus=0, gpu_min_memory_mb=0, network=True,
-                                     cpus=1, memory_mb=64) == "network not allowed by node"
+        assert (
+            closed.decline_reason(
+                image=TEST_IMAGE, gpus=0, gpu_min_memory_mb=0, network=True, cpus=1, memory_mb=64
+            )
+            == "network not allowed by node"
+        )
         res = await closed.run(req(tmp_path, "sh", "-c", probe, job_id="asks", network=True))
         assert res.status == "error" and "network not allowed by node" in res.reason
         assert got == []
@@ -146,7 +152,9 @@ async def test_network_is_off_unless_job_asks_and_node_allows(make_docker_execut
 async def test_fork_bomb_is_contained_and_node_still_works(docker_executor, docker_api, tmp_path):
     # Every process forks two that do the same, and all of them stay alive.
     bomb = "b() { b & b & wait; }; b"
-    res = await docker_executor.run(req(tmp_path, "sh", "-c", bomb, pids_limit=32, cpus=0.5, timeout_s=2.0))
+    res = await docker_executor.run(
+        req(tmp_path, "sh", "-c", bomb, pids_limit=32, cpus=0.5, timeout_s=2.0)
+    )
     assert res.status in ("timeout", "failed"), res
     if docker_executor._acct is not None:  # pids peak is measured: the limit is named
         assert res.pids_peak == 32
@@ -158,7 +166,8 @@ async def test_fork_bomb_is_contained_and_node_still_works(docker_executor, dock
 
 async def test_memory_over_limit_is_oom(docker_executor, tmp_path):
     res = await docker_executor.run(
-        req(tmp_path, "dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1", memory_mb=32))
+        req(tmp_path, "dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1", memory_mb=32)
+    )
     assert res.status == "oom", res
     assert res.reason == "out of memory (limit 32 MiB)"
 
@@ -181,11 +190,14 @@ async def test_output_flood_after_exit_is_output_limit(docker_executor, tmp_path
 
 async def test_output_flood_while_running_is_stopped(docker_executor, tmp_path):
     # Never exits by itself: only the running output check can stop it in time.
-    flood = ("i=0; while true; do i=$((i+1)); "
-             "dd if=/dev/zero of=/mesh/outputs/f$i bs=64k count=1 2>/dev/null; done")
+    flood = (
+        "i=0; while true; do i=$((i+1)); "
+        "dd if=/dev/zero of=/mesh/outputs/f$i bs=64k count=1 2>/dev/null; done"
+    )
     with trio.fail_after(10):
-        res = await docker_executor.run(req(tmp_path, "sh", "-c", flood, max_output_bytes=2 * MiB,
-                                            timeout_s=30))
+        res = await docker_executor.run(
+            req(tmp_path, "sh", "-c", flood, max_output_bytes=2 * MiB, timeout_s=30)
+        )
     assert res.status == "output_limit", res
     assert list((tmp_path / "out").iterdir()) == []
 
@@ -212,9 +224,12 @@ async def test_cancel_stops_the_job(docker_executor, docker_api, tmp_path):
     result = []
 
     async def run() -> None:
-        result.append(await docker_executor.run(
-            req(tmp_path, "sh", "-c", "echo go; sleep 30", job_id="to-cancel"),
-            on_log=lambda b: started.set()))
+        result.append(
+            await docker_executor.run(
+                req(tmp_path, "sh", "-c", "echo go; sleep 30", job_id="to-cancel"),
+                on_log=lambda b: started.set(),
+            )
+        )
 
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
@@ -226,12 +241,17 @@ async def test_cancel_stops_the_job(docker_executor, docker_api, tmp_path):
     await docker_executor.cancel("unknown-job")  # no-op
 
 
-async def test_trio_cancellation_of_run_still_removes_container(docker_executor, docker_api, tmp_path):
+async def test_trio_cancellation_of_run_still_removes_container(
+    docker_executor, docker_api, tmp_path
+):
     started = trio.Event()
     with trio.move_on_after(10) as outer:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(lambda: docker_executor.run(
-                req(tmp_path, "sh", "-c", "echo go; sleep 30"), on_log=lambda b: started.set()))
+            nursery.start_soon(
+                lambda: docker_executor.run(
+                    req(tmp_path, "sh", "-c", "echo go; sleep 30"), on_log=lambda b: started.set()
+                )
+            )
             await started.wait()
             nursery.cancel_scope.cancel()
     assert not outer.cancelled_caught
@@ -255,10 +275,14 @@ _OWNER = textwrap.dedent("""
 """)
 
 
-async def test_orphan_of_killed_owner_is_reaped(make_docker_executor, docker_api, node_label, tmp_path):
+async def test_orphan_of_killed_owner_is_reaped(
+    make_docker_executor, docker_api, node_label, tmp_path
+):
     proc = await trio.lowlevel.open_process(
         [sys.executable, "-c", _OWNER, node_label, str(tmp_path / "out"), TEST_IMAGE],
-        stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
     try:
         with trio.fail_after(20):
             buf = b""
@@ -278,8 +302,9 @@ async def test_orphan_of_killed_owner_is_reaped(make_docker_executor, docker_api
 
 
 async def test_gpu_job_is_declined_on_gpu_less_node(docker_executor, tmp_path):
-    reason = docker_executor.decline_reason(image=TEST_IMAGE, gpus=1, gpu_min_memory_mb=0,
-                                            network=False, cpus=1, memory_mb=64)
+    reason = docker_executor.decline_reason(
+        image=TEST_IMAGE, gpus=1, gpu_min_memory_mb=0, network=False, cpus=1, memory_mb=64
+    )
     assert reason is not None and reason.startswith("node has no GPU (NVML:")
     res = await docker_executor.run(req(tmp_path, "true", gpus=1))
     assert res.status == "error" and "node has no GPU" in res.reason
@@ -287,11 +312,14 @@ async def test_gpu_job_is_declined_on_gpu_less_node(docker_executor, tmp_path):
 
 async def test_gpu_job_declined_when_engine_has_no_gpu_runtime(make_docker_executor, node_label):
     # NVML would see a card, but this engine cannot hand it to a container.
-    fake = GpuDiscovery((GpuDevice(index=0, uuid="GPU-0", name="NVIDIA A100", memory_total_mb=40960),), "ok")
+    fake = GpuDiscovery(
+        (GpuDevice(index=0, uuid="GPU-0", name="NVIDIA A100", memory_total_mb=40960),), "ok"
+    )
     ex = DockerExecutor(ExecParams(), node_label, gpus=fake)
     try:
-        reason = ex.decline_reason(image=TEST_IMAGE, gpus=1, gpu_min_memory_mb=0, network=False,
-                                   cpus=1, memory_mb=64)
+        reason = ex.decline_reason(
+            image=TEST_IMAGE, gpus=1, gpu_min_memory_mb=0, network=False, cpus=1, memory_mb=64
+        )
         assert reason is not None and reason.startswith("engine has no GPU runtime (runtimes: ")
     finally:
         ex.close()
@@ -299,14 +327,32 @@ async def test_gpu_job_declined_when_engine_has_no_gpu_runtime(make_docker_execu
 
 async def test_declines_missing_image_and_oversized_jobs(docker_executor, tmp_path):
     d = docker_executor.decline_reason
-    assert d(image="meshd/does-not-exist:1", gpus=0, gpu_min_memory_mb=0, network=False,
-             cpus=1, memory_mb=64) == "image meshd/does-not-exist:1 not present locally"
-    assert d(image=TEST_IMAGE, gpus=0, gpu_min_memory_mb=0, network=False, cpus=1, memory_mb=64) is None
-    assert "CPUs" in d(image=TEST_IMAGE, gpus=0, gpu_min_memory_mb=0, network=False, cpus=1000, memory_mb=64)
-    assert "memory" in d(image=TEST_IMAGE, gpus=0, gpu_min_memory_mb=0, network=False, cpus=1,
-                         memory_mb=10**9)
+    assert (
+        d(
+            image="meshd/does-not-exist:1",
+            gpus=0,
+            gpu_min_memory_mb=0,
+            network=False,
+            cpus=1,
+            memory_mb=64,
+        )
+        == "image meshd/does-not-exist:1 not present locally"
+    )
+    assert (
+        d(image=TEST_IMAGE, gpus=0, gpu_min_memory_mb=0, network=False, cpus=1, memory_mb=64)
+        is None
+    )
+    assert "CPUs" in d(
+        image=TEST_IMAGE, gpus=0, gpu_min_memory_mb=0, network=False, cpus=1000, memory_mb=64
+    )
+    assert "memory" in d(
+        image=TEST_IMAGE, gpus=0, gpu_min_memory_mb=0, network=False, cpus=1, memory_mb=10**9
+    )
     res = await docker_executor.run(
-        ExecRequest(job_id="j", image="meshd/does-not-exist:1", command=("true",), output_dir=tmp_path))
+        ExecRequest(
+            job_id="j", image="meshd/does-not-exist:1", command=("true",), output_dir=tmp_path
+        )
+    )
     assert res.status == "error" and "not present locally" in res.reason
 
 

@@ -31,7 +31,12 @@ def test_no_nvml_means_no_gpus_and_a_reason():
 
 def test_engine_runtime_detection():
     assert engine_gpu_runtime({"Runtimes": {"runc": {}, "io.containerd.runc.v2": {}}}) is None
-    assert engine_gpu_runtime({"Runtimes": {"runc": {}, "nvidia": {"path": "nvidia-container-runtime"}}}) == "nvidia"
+    assert (
+        engine_gpu_runtime(
+            {"Runtimes": {"runc": {}, "nvidia": {"path": "nvidia-container-runtime"}}}
+        )
+        == "nvidia"
+    )
     assert engine_gpu_runtime({}) is None
 
 
@@ -82,7 +87,12 @@ def test_zero_gpus_and_misuse():
 
 ops = st.lists(
     st.one_of(
-        st.tuples(st.just("alloc"), st.integers(0, 5), st.integers(0, 3), st.sampled_from([0, 8000, 16000, 40000])),
+        st.tuples(
+            st.just("alloc"),
+            st.integers(0, 5),
+            st.integers(0, 3),
+            st.sampled_from([0, 8000, 16000, 40000]),
+        ),
         st.tuples(st.just("release"), st.integers(0, 5)),
     ),
     max_size=40,
@@ -90,7 +100,9 @@ ops = st.lists(
 
 
 @settings(max_examples=200, deadline=None)
-@given(mems=st.lists(st.sampled_from([8000, 16000, 24000, 80000]), min_size=0, max_size=6), script=ops)
+@given(
+    mems=st.lists(st.sampled_from([8000, 16000, 24000, 80000]), min_size=0, max_size=6), script=ops
+)
 def test_allocator_invariants(mems, script):
     devices = [dev(i, m) for i, m in enumerate(mems)]
     a = GpuAllocator(devices)

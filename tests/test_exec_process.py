@@ -18,7 +18,9 @@ MiB = 1024 * 1024
 
 @pytest.fixture
 def pex() -> ProcessExecutor:
-    return ProcessExecutor(ExecParams(process_executor_enabled=True, output_poll_interval_s=0.1), "t-proc")
+    return ProcessExecutor(
+        ExecParams(process_executor_enabled=True, output_poll_interval_s=0.1), "t-proc"
+    )
 
 
 def req(tmp_path: Path, script: str, job_id: str = "p-1", **kw: object) -> ExecRequest:
@@ -51,9 +53,13 @@ async def test_outputs_env_and_logs(pex, tmp_path, monkeypatch):
     inputs.mkdir()
     (inputs / "a").write_text("A")
     logs: list[bytes] = []
-    script = ('cat "$MESH_INPUTS/a" > "$MESH_OUTPUTS/copy"; echo "[$MESHD_SECRET_FOR_TEST]"; '
-              'echo "$GREETING"; pwd > "$MESH_OUTPUTS/cwd"')
-    res = await pex.run(req(tmp_path, script, input_dir=inputs, env={"GREETING": "hi"}), on_log=logs.append)
+    script = (
+        'cat "$MESH_INPUTS/a" > "$MESH_OUTPUTS/copy"; echo "[$MESHD_SECRET_FOR_TEST]"; '
+        'echo "$GREETING"; pwd > "$MESH_OUTPUTS/cwd"'
+    )
+    res = await pex.run(
+        req(tmp_path, script, input_dir=inputs, env={"GREETING": "hi"}), on_log=logs.append
+    )
     assert res.status == "succeeded", res
     assert (tmp_path / "out" / "copy").read_text() == "A"
     assert b"".join(logs) == b"[]\nhi\n"  # the daemon's environment is not passed on
@@ -68,8 +74,11 @@ async def test_exit_codes(pex, tmp_path):
     res = await pex.run(req(tmp_path, "kill -TERM $$"))
     assert (res.status, res.exit_code) == ("failed", 143)
     assert "killed by signal 15" in res.reason
-    res = await pex.run(ExecRequest(job_id="nx", image="x", command=("/nonexistent/cmd",),
-                                    output_dir=tmp_path / "o"))
+    res = await pex.run(
+        ExecRequest(
+            job_id="nx", image="x", command=("/nonexistent/cmd",), output_dir=tmp_path / "o"
+        )
+    )
     assert res.status == "failed" and res.exit_code == 127
     assert b"cannot execute" in res.log_tail
 
@@ -92,15 +101,22 @@ async def test_timeout_kills_the_whole_process_group(pex, tmp_path):
 
 
 async def test_output_cap_single_file(pex, tmp_path):
-    res = await pex.run(req(tmp_path, 'dd if=/dev/zero of="$MESH_OUTPUTS/big" bs=1M count=5 2>/dev/null',
-                            max_output_bytes=1 * MiB))
+    res = await pex.run(
+        req(
+            tmp_path,
+            'dd if=/dev/zero of="$MESH_OUTPUTS/big" bs=1M count=5 2>/dev/null',
+            max_output_bytes=1 * MiB,
+        )
+    )
     assert res.status == "output_limit", res
     assert list((tmp_path / "out").iterdir()) == []
 
 
 async def test_output_cap_many_files_while_running(pex, tmp_path):
-    flood = ('i=0; while true; do i=$((i+1)); '
-             'dd if=/dev/zero of="$MESH_OUTPUTS/f$i" bs=64k count=1 2>/dev/null; done')
+    flood = (
+        "i=0; while true; do i=$((i+1)); "
+        'dd if=/dev/zero of="$MESH_OUTPUTS/f$i" bs=64k count=1 2>/dev/null; done'
+    )
     with trio.fail_after(10):
         res = await pex.run(req(tmp_path, flood, max_output_bytes=2 * MiB, timeout_s=30))
     assert res.status == "output_limit", res
@@ -109,8 +125,10 @@ async def test_output_cap_many_files_while_running(pex, tmp_path):
 
 async def test_log_cap(pex, tmp_path):
     seen: list[bytes] = []
-    res = await pex.run(req(tmp_path, "yes flood | head -c 3000000; echo END", max_log_bytes=4096),
-                        on_log=seen.append)
+    res = await pex.run(
+        req(tmp_path, "yes flood | head -c 3000000; echo END", max_log_bytes=4096),
+        on_log=seen.append,
+    )
     assert res.status == "succeeded"
     streamed = b"".join(seen)
     assert streamed.endswith(b"[meshd: log truncated after 4096 bytes]\n")
@@ -123,7 +141,11 @@ async def test_cancel(pex, tmp_path):
     out = []
 
     async def run() -> None:
-        out.append(await pex.run(req(tmp_path, "echo go; sleep 30", job_id="c"), on_log=lambda b: started.set()))
+        out.append(
+            await pex.run(
+                req(tmp_path, "echo go; sleep 30", job_id="c"), on_log=lambda b: started.set()
+            )
+        )
 
     with trio.fail_after(5):
         async with trio.open_nursery() as n:
@@ -134,10 +156,18 @@ async def test_cancel(pex, tmp_path):
 
 
 async def test_declines_gpu_and_network(pex, tmp_path):
-    assert pex.decline_reason(image="x", gpus=1, gpu_min_memory_mb=0, network=False, cpus=1,
-                              memory_mb=64) == "process executor does not assign GPUs"
-    assert pex.decline_reason(image="x", gpus=0, gpu_min_memory_mb=0, network=True, cpus=1,
-                              memory_mb=64) == "network not allowed by node"
+    assert (
+        pex.decline_reason(
+            image="x", gpus=1, gpu_min_memory_mb=0, network=False, cpus=1, memory_mb=64
+        )
+        == "process executor does not assign GPUs"
+    )
+    assert (
+        pex.decline_reason(
+            image="x", gpus=0, gpu_min_memory_mb=0, network=True, cpus=1, memory_mb=64
+        )
+        == "network not allowed by node"
+    )
     res = await pex.run(req(tmp_path, "true", gpus=1))
     assert res.status == "error" and res.reason.startswith("declined:")
 

@@ -64,8 +64,15 @@ def test_tier_without_gpu():
 def test_request_and_params_validation(tmp_path):
     ok = dict(job_id="j", image="i", command=("true",), output_dir=tmp_path)
     ExecRequest(**ok)
-    for bad in ({"command": ()}, {"job_id": ""}, {"env": {"1X": "v"}}, {"timeout_s": 0},
-                {"memory_mb": 1}, {"cpus": 0}, {"pids_limit": 0}):
+    for bad in (
+        {"command": ()},
+        {"job_id": ""},
+        {"env": {"1X": "v"}},
+        {"timeout_s": 0},
+        {"memory_mb": 1},
+        {"cpus": 0},
+        {"pids_limit": 0},
+    ):
         with pytest.raises(InvalidRequest):
             ExecRequest(**{**ok, **bad})
     with pytest.raises(InvalidRequest):

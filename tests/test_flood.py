@@ -47,20 +47,34 @@ limit still reaches the topic validator."""
 PER_KIND = 250
 """Gossip messages of each cheap kind; the large ones are fewer."""
 DIRECT_PER_KIND = 75
-JUNK_REASONS = ("bad_signature", "author_mismatch", "malformed", "unknown_type", "wrong_channel",
-                "oversize", "stale")
-JOB = {"image": "meshd/busybox:1", "command": ["sh", "-c", "echo ok > $MESH_OUTPUTS/ok"], "replicas": 1}
+JUNK_REASONS = (
+    "bad_signature",
+    "author_mismatch",
+    "malformed",
+    "unknown_type",
+    "wrong_channel",
+    "oversize",
+    "stale",
+)
+JOB = {
+    "image": "meshd/busybox:1",
+    "command": ["sh", "-c", "echo ok > $MESH_OUTPUTS/ok"],
+    "replicas": 1,
+}
 
 
 def advert(seq: int) -> Advert:
     # Cold: nobody would pick the test peer for work.
-    return Advert(seq=seq, ttl_ms=60_000, cores=1, ram_mb=64, score_gflops=1.0, price=1.0, warm=False)
+    return Advert(
+        seq=seq, ttl_ms=60_000, cores=1, ram_mb=64, score_gflops=1.0, price=1.0, warm=False
+    )
 
 
 def envelope(signer: Identity, key: bytes, mtype: str, body: dict[str, Any], ts_ms: int) -> bytes:
     """An envelope claiming ``key`` as its author, signed by ``signer``."""
-    payload = msgpack.packb([PROTOCOL_VERSION, mtype, key, ts_ms, secrets.token_bytes(8), body],
-                            use_bin_type=True)
+    payload = msgpack.packb(
+        [PROTOCOL_VERSION, mtype, key, ts_ms, secrets.token_bytes(8), body], use_bin_type=True
+    )
     return msgpack.packb([payload, signer.sign(SIGNING_DOMAIN + payload)], use_bin_type=True)
 
 
@@ -69,8 +83,12 @@ class FloodPeer:
 
     def __init__(self, identity: Identity, refuse: list[str]) -> None:
         self.identity = identity
-        params = NetParams(gossip_heartbeat_s=0.2, target_peers=1, max_gossip_bytes=60 * 1024,
-                           peer_exchange_interval_s=60.0)
+        params = NetParams(
+            gossip_heartbeat_s=0.2,
+            target_peers=1,
+            max_gossip_bytes=60 * 1024,
+            peer_exchange_interval_s=60.0,
+        )
         self.host = MeshHost(identity, params, ["/ip4/127.0.0.1/tcp/0"])
         for peer in refuse:
             self.host.block_peer(peer)
@@ -83,27 +101,50 @@ class FloodPeer:
         an RPC when its 32-slot outbound queue to a peer is full, and every
         publish queues two (the message and an IDONTWANT)."""
         queues = self.host._pubsub.peer_queues
-        while (q := next((q for p, q in queues.items() if str(p) == to_peer), None)) is not None and len(q) >= 16:
+        while (
+            q := next((q for p, q in queues.items() if str(p) == to_peer), None)
+        ) is not None and len(q) >= 16:
             await trio.sleep(0.002)
 
     def valid_advert(self, ts_ms: int | None = None) -> bytes:
         self.seq += 1
-        return seal(self.identity, advert(self.seq), now_ms() if ts_ms is None else ts_ms,
-                    secrets.token_bytes(8))
+        return seal(
+            self.identity,
+            advert(self.seq),
+            now_ms() if ts_ms is None else ts_ms,
+            secrets.token_bytes(8),
+        )
 
 
-def junk_gossip(peer: FloodPeer, victim: Identity, other: Identity, captured: bytes,
-                replayed: bytes) -> list[tuple[str, str, bytes]]:
+def junk_gossip(
+    peer: FloodPeer, victim: Identity, other: Identity, captured: bytes, replayed: bytes
+) -> list[tuple[str, str, bytes]]:
     """(kind, topic, data) of every gossip message of the flood, interleaved."""
     me = peer.identity
     now = now_ms()
     body = advert(1).model_dump(mode="python")
-    bid = Bid(job_id="job-flood0000", attempt=1, price=1.0, est_start_ms=0, est_duration_ms=1, score_gflops=1.0)
+    bid = Bid(
+        job_id="job-flood0000",
+        attempt=1,
+        price=1.0,
+        est_start_ms=0,
+        est_duration_ms=1,
+        score_gflops=1.0,
+    )
     cheap: dict[str, Callable[[], tuple[str, bytes]]] = {
-        "bad_signature": lambda: (TOPIC_ADVERTS, envelope(me, victim.public_key, "advert", body, now_ms())),
-        "author_mismatch": lambda: (TOPIC_ADVERTS, seal(other, advert(2), now_ms(), secrets.token_bytes(8))),
+        "bad_signature": lambda: (
+            TOPIC_ADVERTS,
+            envelope(me, victim.public_key, "advert", body, now_ms()),
+        ),
+        "author_mismatch": lambda: (
+            TOPIC_ADVERTS,
+            seal(other, advert(2), now_ms(), secrets.token_bytes(8)),
+        ),
         "malformed": lambda: (TOPIC_OFFERS, b"\xc1 not msgpack " + secrets.token_bytes(16)),
-        "unknown_type": lambda: (TOPIC_RECEIPTS, envelope(me, me.public_key, "bogus", {"x": 1}, now_ms())),
+        "unknown_type": lambda: (
+            TOPIC_RECEIPTS,
+            envelope(me, me.public_key, "bogus", {"x": 1}, now_ms()),
+        ),
         "wrong_channel": lambda: (TOPIC_ADVERTS, seal(me, bid, now_ms(), secrets.token_bytes(8))),
         "stale": lambda: (TOPIC_ADVERTS, peer.valid_advert(now - 3_600_000)),
         "replay": lambda: (TOPIC_ADVERTS, replayed),
@@ -112,7 +153,10 @@ def junk_gossip(peer: FloodPeer, victim: Identity, other: Identity, captured: by
     out = [(kind, *make()) for _ in range(PER_KIND) for kind, make in cheap.items()]
     big_body = {**body, "images": ["x" * 200] * 200}  # ~40 KB: over the core's limit
     for i in range(20):
-        out.insert(i * 50, ("oversize", TOPIC_ADVERTS, envelope(me, me.public_key, "advert", big_body, now)))
+        out.insert(
+            i * 50,
+            ("oversize", TOPIC_ADVERTS, envelope(me, me.public_key, "advert", big_body, now)),
+        )
     for i in range(5):
         out.insert(i * 150, ("host_oversize", TOPIC_OFFERS, b"\x00" * (50 * 1024)))
     return out
@@ -120,11 +164,20 @@ def junk_gossip(peer: FloodPeer, victim: Identity, other: Identity, captured: by
 
 def junk_direct(peer: FloodPeer, victim: Identity, other: Identity) -> list[tuple[str, bytes]]:
     me = peer.identity
-    bid = Bid(job_id="job-flood0000", attempt=1, price=1.0, est_start_ms=0, est_duration_ms=1, score_gflops=1.0)
+    bid = Bid(
+        job_id="job-flood0000",
+        attempt=1,
+        price=1.0,
+        est_start_ms=0,
+        est_duration_ms=1,
+        score_gflops=1.0,
+    )
     kinds: dict[str, Callable[[], bytes]] = {
         "malformed": lambda: b"\xc1 garbage " + secrets.token_bytes(32),
         "oversize": lambda: b"\x00" * (MAX_MESSAGE_BYTES + 1),
-        "bad_signature": lambda: envelope(me, victim.public_key, "bid", bid.model_dump(mode="python"), now_ms()),
+        "bad_signature": lambda: envelope(
+            me, victim.public_key, "bid", bid.model_dump(mode="python"), now_ms()
+        ),
         "wrong_sender": lambda: seal(other, bid, now_ms(), secrets.token_bytes(8)),
     }
     return [(kind, make()) for _ in range(DIRECT_PER_KIND) for kind, make in kinds.items()]
@@ -162,16 +215,21 @@ async def run_all(*fns: Callable[[], Awaitable[None]]) -> None:
             n.start_soon(fn)
 
 
-async def test_flood_is_rejected_at_the_door_and_jobs_keep_completing(tmp_path: Path,
-                                                                      nursery: trio.Nursery) -> None:
+async def test_flood_is_rejected_at_the_door_and_jobs_keep_completing(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
     started = time.monotonic()
     params = dataclasses.replace(FAST_CORE, max_message_bytes=MAX_MESSAGE_BYTES)
     # target_peers=2: once the three daemons are connected they dial nobody
     # else, so B and C never reach the test peer except through A.
     # Counting every kind exactly needs the flood to go on: A would otherwise
     # block the test peer after 100 forged messages (the next test).
-    net = NetParams(gossip_heartbeat_s=0.2, peer_exchange_interval_s=0.5, target_peers=2,
-                    invalid_forwarder_limit=100_000)
+    net = NetParams(
+        gossip_heartbeat_s=0.2,
+        peer_exchange_interval_s=0.5,
+        target_peers=2,
+        invalid_forwarder_limit=100_000,
+    )
     async with Cluster.started(nursery, tmp_path, 3, core_params=params, net_params=net) as c:
         a = c.daemon(A)
         peer = FloodPeer(Identity.generate(), refuse=[c.peer_id(B), c.peer_id(C)])
@@ -181,14 +239,22 @@ async def test_flood_is_rejected_at_the_door_and_jobs_keep_completing(tmp_path: 
         async with trio.open_nursery() as tn:
             await tn.start(peer.host.run)
             await peer.host.connect(a.host.listen_addrs[0])
-            await wait_until(lambda: all(peer.host.mesh_peers(t) == [c.peer_id(A)]
-                                         for t in (TOPIC_ADVERTS, TOPIC_OFFERS, TOPIC_RECEIPTS)), 10,
-                             "the test peer to join A's mesh")
+            await wait_until(
+                lambda: all(
+                    peer.host.mesh_peers(t) == [c.peer_id(A)]
+                    for t in (TOPIC_ADVERTS, TOPIC_OFFERS, TOPIC_RECEIPTS)
+                ),
+                10,
+                "the test peer to join A's mesh",
+            )
             # Valid adverts of the test peer reach C through A: the path is open.
             first = peer.valid_advert()
             await peer.host.publish(TOPIC_ADVERTS, first)
-            await wait_until(lambda: c.daemon(C).node.peers.get(peer.identity.peer_id) is not None, 10,
-                             "C to hear the test peer's advert through A")
+            await wait_until(
+                lambda: c.daemon(C).node.peers.get(peer.identity.peer_id) is not None,
+                10,
+                "C to hear the test peer's advert through A",
+            )
             captured = await capture_publish(c.daemon(B).host, TOPIC_ADVERTS)
             await wait_until(lambda: not c.sees(B, C), 10, "B to forget C")
 
@@ -227,8 +293,11 @@ async def test_flood_is_rejected_at_the_door_and_jobs_keep_completing(tmp_path: 
             # Everything the test peer sent has been judged at A.
             sent = {k: sum(1 for kind, _, _ in gossip if kind == k) for k, _, _ in gossip}
             rejected = a.gossip_check.rejected  # type: ignore[union-attr]
-            await wait_until(lambda: sum(rejected.values()) >= len(gossip) - sent["host_oversize"], 20,
-                             "A to judge the whole flood")
+            await wait_until(
+                lambda: sum(rejected.values()) >= len(gossip) - sent["host_oversize"],
+                20,
+                "A to judge the whole flood",
+            )
             tn.cancel_scope.cancel()
 
         # A: every kind rejected at the door and counted by reason.
@@ -243,23 +312,30 @@ async def test_flood_is_rejected_at_the_door_and_jobs_keep_completing(tmp_path: 
         core = a.node.counters  # type: ignore[union-attr]
         for kind in ("malformed", "oversize", "bad_signature", "wrong_sender"):
             assert core["rejected_" + kind] == DIRECT_PER_KIND, (kind, dict(core))
-        assert a.core_errors == 0 and c.members[A].done is not None and not c.members[A].done.is_set()
+        assert (
+            a.core_errors == 0 and c.members[A].done is not None and not c.members[A].done.is_set()
+        )
 
         # B and C never saw any of it: A did not forward it.
         for i in (B, C):
             d = c.daemon(i)
-            assert not any(d.gossip_check.rejected[r] for r in JUNK_REASONS), dict(d.gossip_check.rejected)  # type: ignore[union-attr]
+            assert not any(d.gossip_check.rejected[r] for r in JUNK_REASONS), dict(
+                d.gossip_check.rejected
+            )  # type: ignore[union-attr]
             assert not any(d.node.counters["rejected_" + r] for r in JUNK_REASONS)  # type: ignore[union-attr]
             assert d.host.statistics().dropped_oversize == 0
         assert c.daemon(C).node.peers.get(peer.identity.peer_id) is not None  # type: ignore[union-attr]
 
         total_s = time.monotonic() - started
-        print(f"flood: {len(gossip)} gossip + {len(direct)} direct in {flood_s:.1f}s; test {total_s:.1f}s")
+        print(
+            f"flood: {len(gossip)} gossip + {len(direct)} direct in {flood_s:.1f}s; test {total_s:.1f}s"
+        )
         assert total_s < 60
 
 
 async def test_a_neighbour_forwarding_forged_gossip_is_blocked_and_jobs_keep_completing(
-        tmp_path: Path, nursery: trio.Nursery) -> None:
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
     """NetParams.invalid_forwarder_limit (100 in 10 s): a neighbour that keeps
     handing A gossip with forged signatures is blocked and disconnected after
     the limit; the rest of its flood never costs A a signature check, and
@@ -273,17 +349,26 @@ async def test_a_neighbour_forwarding_forged_gossip_is_blocked_and_jobs_keep_com
         async with trio.open_nursery() as tn:
             await tn.start(peer.host.run)
             await peer.host.connect(a.host.listen_addrs[0])
-            await wait_until(lambda: peer.host.mesh_peers(TOPIC_ADVERTS) == [c.peer_id(A)], 10,
-                             "the test peer to join A's mesh")
+            await wait_until(
+                lambda: peer.host.mesh_peers(TOPIC_ADVERTS) == [c.peer_id(A)],
+                10,
+                "the test peer to join A's mesh",
+            )
             sent = 0
             with trio.move_on_after(20):
                 while c.peer_id(A) in peer.host.connected_peers() and sent < 1_000:
                     await peer.wait_send_room(c.peer_id(A))
-                    await peer.host.publish(TOPIC_ADVERTS,
-                                            envelope(peer.identity, victim.public_key, "advert", body, now_ms()))
+                    await peer.host.publish(
+                        TOPIC_ADVERTS,
+                        envelope(peer.identity, victim.public_key, "advert", body, now_ms()),
+                    )
                     sent += 1
-            await wait_until(lambda: a.host.statistics().forwarders_blocked == 1, 10, "A to block the test peer")
-            await wait_until(lambda: c.peer_id(A) not in peer.host.connected_peers(), 10, "the disconnect")
+            await wait_until(
+                lambda: a.host.statistics().forwarders_blocked == 1, 10, "A to block the test peer"
+            )
+            await wait_until(
+                lambda: c.peer_id(A) not in peer.host.connected_peers(), 10, "the disconnect"
+            )
             checked = a.gossip_check.rejected["bad_signature"]  # type: ignore[union-attr]
             # Blocked at the 100th; a few more may have been in A's pipeline then.
             print(f"\nforged flood: blocked after {checked} checked of {sent} sent")

@@ -45,7 +45,14 @@ def test_each_check_drops_with_its_reason() -> None:
     good = sealed(ALICE, advert())
     forged = bytearray(good)
     forged[-1] ^= 1
-    bid = Bid(job_id="job-00000001", attempt=1, price=1.0, est_start_ms=0, est_duration_ms=1, score_gflops=1.0)
+    bid = Bid(
+        job_id="job-00000001",
+        attempt=1,
+        price=1.0,
+        est_start_ms=0,
+        est_duration_ms=1,
+        score_gflops=1.0,
+    )
     cases = {
         "oversize": (ALICE, b"\x00" * (node.params.max_message_bytes + 1)),
         "malformed": (ALICE, b"\xc1junk"),
@@ -59,7 +66,9 @@ def test_each_check_drops_with_its_reason() -> None:
         verdict = adverts(author.peer_id, data)
         assert not verdict, reason
         # Only verdicts no honest forwarder could share are held against the neighbour.
-        assert (verdict is PROVABLY_INVALID) == (reason in ("malformed", "bad_signature", "author_mismatch")), reason
+        assert (verdict is PROVABLY_INVALID) == (
+            reason in ("malformed", "bad_signature", "author_mismatch")
+        ), reason
         assert v.rejected[reason] == 1, (reason, dict(v.rejected))
     assert adverts(ALICE.peer_id, good)
     node.step(GossipReceived(TOPIC_ADVERTS, ALICE.peer_id, good), NOW)  # the core accepts it ...
@@ -99,6 +108,8 @@ def test_cache_is_bounded_and_a_miss_only_costs_a_second_check() -> None:
 def test_validator_never_raises() -> None:
     node, _, v = setup()
     node.trust = None  # type: ignore[assignment]  # a bug: the ban check will fail
-    assert not v.for_topic(TOPIC_OFFERS)(ALICE.peer_id, sealed(ALICE, advert()))  # wrong channel first
+    assert not v.for_topic(TOPIC_OFFERS)(
+        ALICE.peer_id, sealed(ALICE, advert())
+    )  # wrong channel first
     assert not v.for_topic(TOPIC_ADVERTS)(ALICE.peer_id, sealed(ALICE, advert()))
     assert v.rejected["validator_error"] == 1

@@ -68,7 +68,9 @@ def test_invalid_field_is_named(data: dict[str, Any], loc: str) -> None:
 
 
 def test_unknown_field_says_so() -> None:
-    assert bad_fields(spec(requirements={"gpus": 1, "cuda": "12"})) == {"requirements.cuda": "unknown field"}
+    assert bad_fields(spec(requirements={"gpus": 1, "cuda": "12"})) == {
+        "requirements.cuda": "unknown field"
+    }
 
 
 def test_every_bad_field_is_reported_at_once() -> None:
@@ -85,7 +87,9 @@ def test_non_mapping_is_refused() -> None:
     assert bad_fields(["image", "x"]) == {"(root)": "a job descriptor must be a mapping"}
 
 
-@pytest.mark.parametrize("path", ["../etc/passwd", "/etc/passwd", "a/../../b", "a/..", "..", "a b", ""])
+@pytest.mark.parametrize(
+    "path", ["../etc/passwd", "/etc/passwd", "a/../../b", "a/..", "..", "a b", ""]
+)
 def test_input_path_traversal_is_refused(path: str) -> None:
     fields = bad_fields(spec(inputs=[{"path": path, "digest": DIGEST}]))
     assert "inputs.0.path" in fields
@@ -97,20 +101,30 @@ def test_output_path_traversal_is_refused(path: str) -> None:
 
 
 def test_dotted_names_that_do_not_traverse_are_allowed() -> None:
-    s = parse_job_spec(spec(inputs=[{"path": "data/..hidden", "digest": DIGEST},
-                                    {"path": "a.b/c..d", "uri": "https://example.com/x"}],
-                            outputs=["result..txt", "sub/dir/file.bin"]))
+    s = parse_job_spec(
+        spec(
+            inputs=[
+                {"path": "data/..hidden", "digest": DIGEST},
+                {"path": "a.b/c..d", "uri": "https://example.com/x"},
+            ],
+            outputs=["result..txt", "sub/dir/file.bin"],
+        )
+    )
     assert [i.path for i in s.inputs] == ["data/..hidden", "a.b/c..d"]
 
 
-@pytest.mark.parametrize("digest", ["sha256:" + "0F" * 32, "sha256:" + "0" * 63, "md5:" + "0" * 32, "0" * 64])
+@pytest.mark.parametrize(
+    "digest", ["sha256:" + "0F" * 32, "sha256:" + "0" * 63, "md5:" + "0" * 32, "0" * 64]
+)
 def test_input_digest_format(digest: str) -> None:
     assert "inputs.0.digest" in bad_fields(spec(inputs=[{"path": "a", "digest": digest}]))
 
 
 def test_input_needs_exactly_one_source() -> None:
     assert "inputs.0" in bad_fields(spec(inputs=[{"path": "a"}]))
-    assert "inputs.0" in bad_fields(spec(inputs=[{"path": "a", "digest": DIGEST, "uri": "https://x/y"}]))
+    assert "inputs.0" in bad_fields(
+        spec(inputs=[{"path": "a", "digest": DIGEST, "uri": "https://x/y"}])
+    )
     assert "inputs.0.uri" in bad_fields(spec(inputs=[{"path": "a", "uri": "file:///etc/passwd"}]))
 
 
@@ -128,12 +142,18 @@ def test_digest_is_sha256_and_canonical() -> None:
 
 
 def test_canonical_bytes_sorts_nested_keys() -> None:
-    assert canonical_bytes({"b": {"d": 1, "c": 2}, "a": [{"z": 0, "y": 1}]}) == \
-        canonical_bytes({"a": [{"y": 1, "z": 0}], "b": {"c": 2, "d": 1}})
+    assert canonical_bytes({"b": {"d": 1, "c": 2}, "a": [{"z": 0, "y": 1}]}) == canonical_bytes(
+        {"a": [{"y": 1, "z": 0}], "b": {"c": 2, "d": 1}}
+    )
 
 
 def test_spec_round_trips_through_json_dump() -> None:
-    s = parse_job_spec(spec(requirements={"gpus": 1, "tier": "consumer-gpu"}, replicas=2,
-                            inputs=[{"path": "in/x", "digest": DIGEST}]))
+    s = parse_job_spec(
+        spec(
+            requirements={"gpus": 1, "tier": "consumer-gpu"},
+            replicas=2,
+            inputs=[{"path": "in/x", "digest": DIGEST}],
+        )
+    )
     again = parse_job_spec(s.model_dump(mode="json"))
     assert again == s and again.digest() == s.digest()

@@ -146,14 +146,19 @@ def _awards_refused(net: CoreNet) -> None:
     job = net.submit(0, parse_job_spec(SPEC))
     net.run_until(lambda: bool(net.job(0, job).bids))
     from meshd.core.events import ExecutorHealth
+
     for p in net.order[1:]:
         for _ in range(3):
             net.input(p, ExecutorHealth(False, "gone"))
 
 
 SCENARIOS: dict[str, Callable[[CoreNet], None]] = {
-    "happy": _happy, "liar": _replicated_with_liar, "worker_crash": _worker_crash,
-    "cancel_retry": _cancel_and_retry, "exit_code_retry": _exit_code_then_retry, "nobody_fits": _nobody_fits,
+    "happy": _happy,
+    "liar": _replicated_with_liar,
+    "worker_crash": _worker_crash,
+    "cancel_retry": _cancel_and_retry,
+    "exit_code_retry": _exit_code_then_retry,
+    "nobody_fits": _nobody_fits,
     "awards_refused": _awards_refused,
 }
 
@@ -185,8 +190,9 @@ def test_a_result_whose_output_cannot_be_fetched_sends_the_job_back_to_work(repl
     net = CoreNet(4, seed=1, workers=[FakeWorker() for _ in range(4)])
     net.run_for(3_000)
     net.refuse_outputs = 1
-    job_id = net.submit(0, JobSpec(image="meshd/busybox:1", command=["echo", "1"], timeout_s=60,
-                                   replicas=replicas))
+    job_id = net.submit(
+        0, JobSpec(image="meshd/busybox:1", command=["echo", "1"], timeout_s=60, replicas=replicas)
+    )
     net.run_until(lambda: net.job(0, job_id).state in ("succeeded", "failed"), 60_000)
     job = net.job(0, job_id)
     assert job.state == "succeeded"
@@ -194,5 +200,5 @@ def test_a_result_whose_output_cannot_be_fetched_sends_the_job_back_to_work(repl
     assert any(r.state == "failed" for r in job.runs.values())  # the run whose output was refused
     states = [s for _, s, _ in job.history]
     if replicas == 1:  # its only result was lost: the job went back to work before it succeeded
-        after = states[states.index("verifying"):states.index("succeeded")]
+        after = states[states.index("verifying") : states.index("succeeded")]
         assert set(after) & {"offered", "queued", "awarded", "running"}, states

@@ -42,8 +42,11 @@ def build_chain(n: int, signer: Identity = ALICE) -> list[Record]:
     records = [make_genesis(signer, 1_000)]
     for seq in range(2, n + 1):
         prev = records[-1]
-        records.append(make_record(signer, seq, prev.hash, 1_000 + seq, "test.event",
-                                   {"n": seq, "blob": b"\x00" * 8}))
+        records.append(
+            make_record(
+                signer, seq, prev.hash, 1_000 + seq, "test.event", {"n": seq, "blob": b"\x00" * 8}
+            )
+        )
     return records
 
 
@@ -59,7 +62,7 @@ def nested(depth: int) -> list:
 
 
 def flip(data: bytes, index: int) -> bytes:
-    return data[:index] + bytes([data[index] ^ 0x01]) + data[index + 1:]
+    return data[:index] + bytes([data[index] ^ 0x01]) + data[index + 1 :]
 
 
 # ---------------------------------------------------------------- encoding
@@ -70,7 +73,12 @@ def test_record_round_trips_and_hash_is_sha256_of_stored_bytes() -> None:
     rec = chain[2]
     again = decode_record(rec.raw)
     assert again == rec
-    assert (again.seq, again.prev_hash, again.ts_ms, again.kind) == (3, chain[1].hash, 1003, "test.event")
+    assert (again.seq, again.prev_hash, again.ts_ms, again.kind) == (
+        3,
+        chain[1].hash,
+        1003,
+        "test.event",
+    )
     assert again.body == {"n": 3, "blob": b"\x00" * 8}
     assert again.hash == hashlib.sha256(rec.raw).digest()
     payload, sig = split_envelope(rec.raw)
@@ -132,8 +140,13 @@ def payload_of(*fields: bytes) -> bytes:
     return b"\x96" + b"".join(fields)
 
 
-GOOD_HEADER = [msgpack.packb(1), msgpack.packb(2), msgpack.packb(b"\x11" * 32),
-               msgpack.packb(5), msgpack.packb("k")]
+GOOD_HEADER = [
+    msgpack.packb(1),
+    msgpack.packb(2),
+    msgpack.packb(b"\x11" * 32),
+    msgpack.packb(5),
+    msgpack.packb("k"),
+]
 
 
 @pytest.mark.parametrize(
@@ -154,8 +167,14 @@ GOOD_HEADER = [msgpack.packb(1), msgpack.packb(2), msgpack.packb(b"\x11" * 32),
         (envelope(payload_of(GOOD_HEADER[0], b"\xc3", *GOOD_HEADER[2:], b"\xc0")), "seq"),
         (envelope(payload_of(*GOOD_HEADER[:3], b"\xff", GOOD_HEADER[4], b"\xc0")), "ts_ms"),
         (envelope(b"\x95" + b"".join(GOOD_HEADER)), "array of 6"),
-        (envelope(payload_of(GOOD_HEADER[0], msgpack.packb(1), *GOOD_HEADER[2:], b"\xc0")), "genesis"),
-        (envelope(payload_of(*GOOD_HEADER[:4], msgpack.packb("genesis"), b"\xc0")), "only allowed at seq 1"),
+        (
+            envelope(payload_of(GOOD_HEADER[0], msgpack.packb(1), *GOOD_HEADER[2:], b"\xc0")),
+            "genesis",
+        ),
+        (
+            envelope(payload_of(*GOOD_HEADER[:4], msgpack.packb("genesis"), b"\xc0")),
+            "only allowed at seq 1",
+        ),
         (envelope(payload_of(*GOOD_HEADER, b"\x91" * 40 + b"\xc0")), "max_body_depth"),
     ],
 )
@@ -199,10 +218,15 @@ def test_decoding_random_bytes_raises_only_record_error(data: bytes) -> None:
 
 
 msgpack_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats()
-    | st.text(max_size=20) | st.binary(max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=5), children, max_size=4),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=20)
+    | st.binary(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -227,9 +251,15 @@ def test_any_mutation_is_refused_or_breaks_the_signature(rec: Record, data: st.D
     i = data.draw(st.integers(0, len(rec.raw) - 1))
     op = data.draw(st.sampled_from(["flip", "cut", "insert"]))
     if op == "flip":
-        mutated = flip(rec.raw, i) if data.draw(st.booleans()) else (
-            rec.raw[:i] + bytes([data.draw(st.integers(0, 255).filter(lambda b: b != rec.raw[i]))])
-            + rec.raw[i + 1:])
+        mutated = (
+            flip(rec.raw, i)
+            if data.draw(st.booleans())
+            else (
+                rec.raw[:i]
+                + bytes([data.draw(st.integers(0, 255).filter(lambda b: b != rec.raw[i]))])
+                + rec.raw[i + 1 :]
+            )
+        )
     elif op == "cut":
         mutated = rec.raw[:i]
     else:
@@ -249,7 +279,10 @@ def test_every_encodable_body_round_trips(body: object) -> None:
     except LogInputError:
         return
     decoded = decode_record(rec.raw)  # the encoder's Record equals the decoder's, field by field
-    assert dataclasses.replace(decoded, body=None).__dict__ == dataclasses.replace(rec, body=None).__dict__
+    assert (
+        dataclasses.replace(decoded, body=None).__dict__
+        == dataclasses.replace(rec, body=None).__dict__
+    )
     assert msgpack.packb(decoded.body) == msgpack.packb(rec.body) == msgpack.packb(body)
 
 
@@ -271,7 +304,11 @@ def other_key_record(chain: list[Record], seq: int) -> Record:
     "tamper, bad_seq, reason",
     [
         (lambda c: [r.raw if r.seq != 5 else flip(r.raw, 20) for r in c], 5, "bad signature"),
-        (lambda c: [r.raw if r.seq != 5 else flip(r.raw, len(r.raw) - 1) for r in c], 5, "bad signature"),
+        (
+            lambda c: [r.raw if r.seq != 5 else flip(r.raw, len(r.raw) - 1) for r in c],
+            5,
+            "bad signature",
+        ),
         (lambda c: [r.raw for r in c if r.seq != 5], 5, "expected seq 5, found seq 6"),
         (lambda c: raws(c[:4]) + [c[5].raw, c[4].raw] + raws(c[6:]), 5, "expected seq 5"),
         (lambda c: raws(c[:4]) + [other_key_record(c, 5).raw] + raws(c[5:]), 5, "bad signature"),
@@ -279,8 +316,16 @@ def other_key_record(chain: list[Record], seq: int) -> Record:
         (lambda c: [b"junk"] + raws(c[1:]), 1, "undecodable"),
         (lambda c: raws(c[:7]) + [build_chain(8, MALLORY)[7].raw], 8, "prev_hash"),
     ],
-    ids=["flip-payload", "flip-signature", "delete", "reorder", "other-key", "gap",
-         "junk", "foreign-chain"],
+    ids=[
+        "flip-payload",
+        "flip-signature",
+        "delete",
+        "reorder",
+        "other-key",
+        "gap",
+        "junk",
+        "foreign-chain",
+    ],
 )
 def test_verify_records_names_the_first_bad_seq(tamper, bad_seq: int, reason: str) -> None:
     report = verify_records(tamper(build_chain(10)), ALICE.public_key)
@@ -329,8 +374,9 @@ def spec_hex(name: str) -> bytes:
 
 def test_spec_test_vector_matches_the_code() -> None:
     genesis = make_genesis(ALICE, 1_700_000_000_000)
-    second = make_record(ALICE, 2, genesis.hash, 1_700_000_000_250, "job.submitted",
-                         {"job": "demo", "cpus": 2})
+    second = make_record(
+        ALICE, 2, genesis.hash, 1_700_000_000_250, "job.submitted", {"job": "demo", "cpus": 2}
+    )
     assert spec_hex("record-1") == genesis.raw
     assert spec_hex("hash-1") == genesis.hash
     assert spec_hex("record-2") == second.raw
@@ -427,12 +473,15 @@ def test_pure_modules_load_no_io_libraries() -> None:
     import subprocess
     import sys
 
-    probe = ("import sys, meshd.core.logrecord, meshd.testing.memlog; "
-             "print(sorted({'plyvel', 'trio'} & set(sys.modules)))")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                         check=True).stdout
+    probe = (
+        "import sys, meshd.core.logrecord, meshd.testing.memlog; "
+        "print(sorted({'plyvel', 'trio'} & set(sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
     assert "plyvel" not in out and "trio" not in out
     source = Path(__file__).resolve().parents[1] / "meshd" / "core" / "logrecord.py"
-    assert not re.search(r"^\s*(import|from) (time|random|os|plyvel|trio)\b",
-                         source.read_text(), re.M)
-
+    assert not re.search(
+        r"^\s*(import|from) (time|random|os|plyvel|trio)\b", source.read_text(), re.M
+    )

@@ -51,11 +51,26 @@ def test_a_second_daemon_on_the_same_data_dir_fails_fast(tmp_path: Path) -> None
         import subprocess
         import sys
 
-        cp = subprocess.run([sys.executable, "-m", "meshd.cli", "start", "--data-dir", str(procs[0].data_dir),
-                             "--executor", "process"], capture_output=True, text=True, timeout=30)
+        cp = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "meshd.cli",
+                "start",
+                "--data-dir",
+                str(procs[0].data_dir),
+                "--executor",
+                "process",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert cp.returncode != 0
-        assert "another meshd" in (cp.stdout + cp.stderr).lower() or "in use" in (cp.stdout + cp.stderr).lower(), \
-            cp.stdout + cp.stderr
+        assert (
+            "another meshd" in (cp.stdout + cp.stderr).lower()
+            or "in use" in (cp.stdout + cp.stderr).lower()
+        ), cp.stdout + cp.stderr
         assert procs[0].status() is not None  # the running daemon is unharmed
     finally:
         stop_all(procs)
@@ -67,9 +82,21 @@ def test_submit_wait_from_one_node_runs_on_another(tmp_path: Path) -> None:
         data = tmp_path / "numbers.txt"
         data.write_text("\n".join(str(i) for i in range(1, 101)) + "\n")
         out = tmp_path / "out"
-        cp = mesh_cli(procs[2].data_dir, "submit", "--image", "meshd/busybox:1", "--input", f"numbers.txt={data}",
-                      "--wait", "-o", str(out), "--", "sh", "-c",
-                      'awk "{s+=\\$1} END {print s}" "$MESH_INPUTS/numbers.txt" > "$MESH_OUTPUTS/sum.txt"')
+        cp = mesh_cli(
+            procs[2].data_dir,
+            "submit",
+            "--image",
+            "meshd/busybox:1",
+            "--input",
+            f"numbers.txt={data}",
+            "--wait",
+            "-o",
+            str(out),
+            "--",
+            "sh",
+            "-c",
+            'awk "{s+=\\$1} END {print s}" "$MESH_INPUTS/numbers.txt" > "$MESH_OUTPUTS/sum.txt"',
+        )
         assert cp.returncode == 0, cp.stdout + cp.stderr
         assert (out / "sum.txt").read_text().strip() == "5050"
         jobs = json.loads(mesh_cli(procs[2].data_dir, "jobs", "--json").stdout)["jobs"]
@@ -85,15 +112,22 @@ def test_twenty_jobs_spread_over_five_workers(tmp_path: Path) -> None:
     procs = start_mesh(tmp_path, 6)
     try:
         client = procs[0].client()
-        job = {"image": "meshd/busybox:1", "command": ["sh", "-c", "sleep 1; echo ok > $MESH_OUTPUTS/o"],
-               "replicas": 1}
+        job = {
+            "image": "meshd/busybox:1",
+            "command": ["sh", "-c", "sleep 1; echo ok > $MESH_OUTPUTS/o"],
+            "replicas": 1,
+        }
         ids = [client.submit(dict(job))["job_id"] for _ in range(20)]
         views = {}
         for jid in ids:
             views[jid] = procs[0].wait_for(
-                lambda jid=jid: (v := client.job(jid))["state"] in ("succeeded", "failed") and v, 120,
-                f"job {jid}")
-        assert all(v["state"] == "succeeded" for v in views.values()), [v["reason"] for v in views.values()]
+                lambda jid=jid: (v := client.job(jid))["state"] in ("succeeded", "failed") and v,
+                120,
+                f"job {jid}",
+            )
+        assert all(v["state"] == "succeeded" for v in views.values()), [
+            v["reason"] for v in views.values()
+        ]
         counts: dict[str, int] = {}
         for v in views.values():
             counts[v["result"]["worker"]] = counts.get(v["result"]["worker"], 0) + 1

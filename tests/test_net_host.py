@@ -66,8 +66,9 @@ async def echo(peer_id: str, data: bytes) -> bytes:
     return data
 
 
-async def pair(params_a: NetParams = LINE, params_b: NetParams = LINE
-               ) -> tuple[MeshHost, Callable[[], MeshHost]]:
+async def pair(
+    params_a: NetParams = LINE, params_b: NetParams = LINE
+) -> tuple[MeshHost, Callable[[], MeshHost]]:
     """Host ``a`` and a factory for ``b`` bootstrapped from ``a`` (call after a runs)."""
     a = make_host(params_a)
     return a, lambda: make_host(params_b, [a.listen_addrs[0]])
@@ -252,7 +253,8 @@ async def test_topic_validator_drops_invalid_messages_before_forwarding() -> Non
 
 
 async def test_idontwant_only_for_large_messages_and_sender_records_checked_once(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """_gossip.py: IDONTWANT goes out only for messages of at least
     ``idontwant_min_bytes`` (py-libp2p sends one per mesh peer for every
     message), and a peer's unchanged signed peer record is verified once per
@@ -277,7 +279,9 @@ async def test_idontwant_only_for_large_messages_and_sender_records_checked_once
             h.subscribe("meshd/test", lambda author, data, i=i: got[i].append(len(data)))
             emit = h._gossipsub.emit_idontwant
 
-            async def counting_emit(msg_ids: list[bytes], to_peer: object, i: int = i, emit=emit) -> None:
+            async def counting_emit(
+                msg_ids: list[bytes], to_peer: object, i: int = i, emit=emit
+            ) -> None:
                 sent[i] += 1
                 await emit(msg_ids, to_peer)
 
@@ -286,8 +290,12 @@ async def test_idontwant_only_for_large_messages_and_sender_records_checked_once
             await wait_until(lambda: all(len(h.mesh_peers("meshd/test")) == 2 for h in hosts))
             for n in range(20):
                 await hosts[n % 3].publish("meshd/test", b"s" * 200)
-            await wait_until(lambda: all(len(g) == 13 or len(g) == 14 for g in got.values())
-                             and sum(map(len, got.values())) == 40)
+            await wait_until(
+                lambda: (
+                    all(len(g) == 13 or len(g) == 14 for g in got.values())
+                    and sum(map(len, got.values())) == 40
+                )
+            )
             assert sent == {0: 0, 1: 0, 2: 0}
             rpcs_checked = len(checked)
             await a.publish("meshd/test", b"L" * 4096)
@@ -299,7 +307,8 @@ async def test_idontwant_only_for_large_messages_and_sender_records_checked_once
 
 
 def test_sender_record_memo_rechecks_changed_records_and_never_keeps_a_rejected_one(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from libp2p.pubsub.pb import rpc_pb2
 
     from meshd.net import _gossip
@@ -384,15 +393,20 @@ async def test_a_neighbour_passing_on_provably_invalid_messages_is_blocked() -> 
     local state) never count against it."""
     from meshd.net import PROVABLY_INVALID
 
-    b_params = NetParams(target_peers=1, invalid_forwarder_limit=10, invalid_forwarder_window_s=10.0)
+    b_params = NetParams(
+        target_peers=1, invalid_forwarder_limit=10, invalid_forwarder_window_s=10.0
+    )
     a = make_host(LINE)
     a.subscribe("meshd/test", lambda author, data: None)
     async with cluster(a):
         b = make_host(b_params, [a.listen_addrs[0]])
         b.subscribe("meshd/test", lambda author, data: None)
         b.set_topic_validator(
-            "meshd/test", lambda author, data: PROVABLY_INVALID if data.startswith(b"forged") else
-            not data.startswith(b"stale"))
+            "meshd/test",
+            lambda author, data: (
+                PROVABLY_INVALID if data.startswith(b"forged") else not data.startswith(b"stale")
+            ),
+        )
         async with cluster(b):
             await wait_until(lambda: b.peer_id in a.mesh_peers("meshd/test"))
             for i in range(40):
@@ -435,8 +449,10 @@ async def _burst_through_line(middle: NetParams, *, expect_all: bool) -> None:
             async with cluster(c):
                 await wait_until(lambda: connected(a, b) and connected(b, c))
                 await wait_until(
-                    lambda: b.peer_id in a.mesh_peers("meshd/burst")
-                    and c.peer_id in b.mesh_peers("meshd/burst")
+                    lambda: (
+                        b.peer_id in a.mesh_peers("meshd/burst")
+                        and c.peer_id in b.mesh_peers("meshd/burst")
+                    )
                 )
                 sent = {f"burst {i}".encode() for i in range(80)}
                 for i in range(80):
@@ -464,8 +480,9 @@ async def test_block_peer_disconnects_and_refuses_it() -> None:
             await wait_until(lambda: connected(a, b))
             a.block_peer(b.peer_id)
             await wait_until(
-                lambda: b.peer_id not in a.connected_peers()
-                and a.peer_id not in b.connected_peers()
+                lambda: (
+                    b.peer_id not in a.connected_peers() and a.peer_id not in b.connected_peers()
+                )
             )
             with pytest.raises(PeerUnreachable, match="blocked"):
                 await a.request(b.peer_id, "/meshd/test/echo/1", b"x")
@@ -476,8 +493,9 @@ async def test_block_peer_disconnects_and_refuses_it() -> None:
 
 
 async def test_peers_below_the_app_score_threshold_are_disconnected() -> None:
-    strict = NetParams(target_peers=1, peer_exchange_interval_s=0.2,
-                       app_score_disconnect_below=-1.0)
+    strict = NetParams(
+        target_peers=1, peer_exchange_interval_s=0.2, app_score_disconnect_below=-1.0
+    )
     a, make_b = await pair(params_a=strict)
     async with cluster(a):
         b = make_b()

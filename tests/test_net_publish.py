@@ -30,6 +30,8 @@ from meshd.testing.nethosts import LINE, connected, make_host, wait_until
 TOPIC = "meshd/burst"
 N = 100
 DELIVERY_DEADLINE_S = 10.0
+
+
 @asynccontextmanager
 async def cluster(*hosts: MeshHost) -> AsyncIterator[None]:
     async with trio.open_nursery() as nursery:
@@ -146,6 +148,7 @@ def test_messages_a_full_outbound_queue_drops_are_counted() -> None:
     peer = ID.from_base58(Identity.generate().peer_id)
     rpc = rpc_pb2.RPC(publish=[rpc_pb2.Message(data=b"x"), rpc_pb2.Message(data=b"y")])
     host._gossipsub._handle_dropped_rpc(peer, rpc, "queue_full")
-    host._gossipsub._handle_dropped_rpc(peer, rpc_pb2.RPC(control=rpc_pb2.ControlMessage()),
-                                        "queue_full")  # control only: not a message
+    host._gossipsub._handle_dropped_rpc(
+        peer, rpc_pb2.RPC(control=rpc_pb2.ControlMessage()), "queue_full"
+    )  # control only: not a message
     assert host.statistics().dropped_queue_full == 2

@@ -29,8 +29,10 @@ def _check(scenario: str, seed: int, nodes: int = 20, jobs: int = 60, **pins: st
     return res
 
 
-@pytest.mark.parametrize("scenario,seed", [(s, n) for s in ("load", "churn", "cheaters", "partition", "swarm")
-                                           for n in (1, 3, 4)])
+@pytest.mark.parametrize(
+    "scenario,seed",
+    [(s, n) for s in ("load", "churn", "cheaters", "partition", "swarm") for n in (1, 3, 4)],
+)
 def test_scenario_holds_invariants(scenario: str, seed: int) -> None:
     pins = {"load": "0.5"} if scenario == "load" else {}
     res = _check(scenario, seed, **pins)
@@ -47,7 +49,9 @@ def test_award_send_failed_regression(scenario: str, seed: int) -> None:
 def test_cheaters_are_caught_and_no_agreed_result_is_wrong() -> None:
     res = _check("cheaters", 5, nodes=20, jobs=80, lie_rate="1.0")
     assert res["liars"] == 2 and res["liars_caught"] == 2
-    assert res["verification_overhead"] > 0.5  # strangers are replicated (untrusted_replication = 1)
+    assert (
+        res["verification_overhead"] > 0.5
+    )  # strangers are replicated (untrusted_replication = 1)
 
 
 def test_trust_travels_between_origins_so_verification_falls_to_the_floor() -> None:
@@ -67,14 +71,30 @@ def test_trust_travels_between_origins_so_verification_falls_to_the_floor() -> N
     assert with_remote < 0.3 and with_remote < without / 2, (with_remote, without)
 
 
-def test_dropped_work_is_caught_as_lost_job_with_replay_command(capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["run", "load", "--seed", "7", "--nodes", "12", "--jobs", "20", "--set", "liveness_ms=60000",
-            "--mutant", "drop_queued_work"]
+def test_dropped_work_is_caught_as_lost_job_with_replay_command(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = [
+        "run",
+        "load",
+        "--seed",
+        "7",
+        "--nodes",
+        "12",
+        "--jobs",
+        "20",
+        "--set",
+        "liveness_ms=60000",
+        "--mutant",
+        "drop_queued_work",
+    ]
     assert main(argv) == 1
     out = capsys.readouterr().out
     assert "job(s) lost" in out
-    assert "python -m simulations run load --seed 7 --nodes 12 --jobs 20 --set liveness_ms=60000 " \
-           "--mutant drop_queued_work" in " ".join(out.split())
+    assert (
+        "python -m simulations run load --seed 7 --nodes 12 --jobs 20 --set liveness_ms=60000 "
+        "--mutant drop_queued_work" in " ".join(out.split())
+    )
 
 
 def test_wrong_comparison_is_caught_as_wrong_result() -> None:
@@ -93,13 +113,21 @@ def test_same_seed_same_trace_and_different_seed_differs() -> None:
 
 
 def test_trace_does_not_depend_on_hash_seed() -> None:
-    code = ("from simulations.scenarios import RunConfig, run;"
-            "print(run(RunConfig('churn', 3, 16, 40)).result['trace'])")
+    code = (
+        "from simulations.scenarios import RunConfig, run;"
+        "print(run(RunConfig('churn', 3, 16, 40)).result['trace'])"
+    )
     traces = set()
     for hs in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": hs}
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True,
-                             cwd=os.path.dirname(os.path.dirname(__file__)))
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+            cwd=os.path.dirname(os.path.dirname(__file__)),
+        )
         traces.add(out.stdout.strip())
     assert len(traces) == 1
 
@@ -116,10 +144,16 @@ def test_sim_codec_models_authentication() -> None:
     from meshd.core.wire import Attestation
 
     codec, ident = SimCodec(), Identity.from_seed_int(5)
-    att = codec.seal(ident, Attestation(subject="x", job_id="job-0000001", outcome="valid", seq=1), 1, b"\0" * 8)
+    att = codec.seal(
+        ident, Attestation(subject="x", job_id="job-0000001", outcome="valid", seq=1), 1, b"\0" * 8
+    )
     assert isinstance(att, Opened) and att.sender == ident.peer_id
-    assert codec.open(att.raw, 1 << 16) is att  # a wrapped envelope's bytes open to the same message
-    assert codec.open(b"simenv:\xff\xff\xff\xff\xff\xff", 1 << 16) == Rejected("bad_signature", "unknown envelope token")
+    assert (
+        codec.open(att.raw, 1 << 16) is att
+    )  # a wrapped envelope's bytes open to the same message
+    assert codec.open(b"simenv:\xff\xff\xff\xff\xff\xff", 1 << 16) == Rejected(
+        "bad_signature", "unknown envelope token"
+    )
     assert codec.open(Forged(ident.peer_id, "result"), 1 << 16).reason == "bad_signature"  # type: ignore[union-attr]
     assert codec.open(b"\x93garbage", 1 << 16).reason == "malformed"  # type: ignore[union-attr]
     assert codec.open(bytes(70_000), 1 << 16).reason == "oversize"  # type: ignore[union-attr]

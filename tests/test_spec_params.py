@@ -26,13 +26,17 @@ def test_every_parameter_is_documented_in_code() -> None:
 
 def test_spec_table_matches_code() -> None:
     assert _table() == markdown_table(), (
-        "specs/PROTOCOL.md §2 is out of date; regenerate it with "
-        "`python -m tests.test_spec_params`")
+        "specs/PROTOCOL.md §2 is out of date; regenerate it with `python -m tests.test_spec_params`"
+    )
 
 
 if __name__ == "__main__":  # regenerate the table in place
     text = SPEC.read_text()
-    new = re.sub(r"(<!-- params:begin -->\n).*?(\n?<!-- params:end -->)",
-                 lambda m: m.group(1) + markdown_table() + "\n<!-- params:end -->", text, flags=re.S)
+    new = re.sub(
+        r"(<!-- params:begin -->\n).*?(\n?<!-- params:end -->)",
+        lambda m: m.group(1) + markdown_table() + "\n<!-- params:end -->",
+        text,
+        flags=re.S,
+    )
     SPEC.write_text(new)
     print("updated", SPEC)

@@ -43,6 +43,7 @@ def trust(params: CoreParams = P) -> tuple[Trust, list[tuple[str, float, bool]]]
 
 # ---------------------------------------------------------------- replication policy
 
+
 def test_stranger_is_always_replicated_and_trusted_after_ten_valid() -> None:
     t, _ = trust()
     assert t.replication_probability(W) == 1.0
@@ -83,6 +84,7 @@ def test_should_replicate_follows_the_probability() -> None:
 
 
 # ---------------------------------------------------------------- reputation and bans
+
 
 def test_a_strangers_first_proven_lie_bans_it_and_the_ban_fades_with_its_evidence() -> None:
     t, seen = trust()
@@ -128,6 +130,7 @@ def test_equivocator_is_banned_for_ever() -> None:
 
 # ---------------------------------------------------------------- attestations (Sybil limits)
 
+
 def test_attestations_from_strangers_or_bad_peers_are_ignored() -> None:
     t, _ = trust()
     assert not t.observe_remote("12D3KooWsybil", W, "invalid", T0)
@@ -162,6 +165,7 @@ def test_slander_from_many_good_peers_can_never_ban() -> None:
 
 
 # ---------------------------------------------------------------- remote streak (cross-origin trust)
+
 
 def vouchers(t: Trust, n: int) -> list[str]:
     """n issuers this node verified once each (reputation 0.2: full credibility)."""
@@ -246,6 +250,7 @@ def test_ranking_uses_remote_evidence_when_it_is_worse_but_bans_need_own() -> No
 
 # ---------------------------------------------------------------- uptime from adverts
 
+
 def test_uptime_separates_steady_from_flaky_peers_but_can_neither_ban_nor_vouch() -> None:
     t, _ = trust()
     steady, flaky = "12D3KooWsteady", "12D3KooWflaky"
@@ -279,6 +284,7 @@ def test_trust_table_is_bounded() -> None:
 
 # ---------------------------------------------------------------- verification on CoreNet
 
+
 def spec(i: int, **kw: object) -> JobSpec:
     return JobSpec(image="meshd/busybox:1", command=["echo", str(i)], timeout_s=60, **kw)  # type: ignore[arg-type]
 
@@ -288,7 +294,9 @@ def run_jobs(net: CoreNet, specs: list[JobSpec], spacing_ms: int = 300) -> list[
     for s in specs:
         ids.append(net.submit(0, s))
         net.run_for(spacing_ms)
-    assert net.run_until(lambda: all(net.job(0, j).state in ("succeeded", "failed") for j in ids), 300_000)
+    assert net.run_until(
+        lambda: all(net.job(0, j).state in ("succeeded", "failed") for j in ids), 300_000
+    )
     return ids
 
 
@@ -330,7 +338,9 @@ def test_float_noise_within_tolerance_is_never_penalised() -> None:
         assert job.verdict["invalid"] == [] and len(job.verdict["valid"]) == 2
         assert len(job.runs) == 2  # no tie-breaker started while the checker was judging
         assert net.noisy[job.canonical]  # a (noisy) honest output
-    assert all(v["invalid"] == 0 and not v["banned"] for v in origin.trust.snapshot(net.now_ms).values())
+    assert all(
+        v["invalid"] == 0 and not v["banned"] for v in origin.trust.snapshot(net.now_ms).values()
+    )
     assert origin.counters["checker_verdict_unsolicited"] == 0
 
 
@@ -365,7 +375,9 @@ def test_mismatch_brings_a_tie_breaker_and_majority_wins() -> None:
     net.run_for(3_000)
     liar = net.order[3]
     ids = run_jobs(net, [spec(i, replicas=2) for i in range(8)])
-    tie_broken = [net.job(0, j) for j in ids if liar in (net.job(0, j).verdict or {}).get("invalid", [])]
+    tie_broken = [
+        net.job(0, j) for j in ids if liar in (net.job(0, j).verdict or {}).get("invalid", [])
+    ]
     assert tie_broken
     job = tie_broken[0]
     assert job.verdict["replicas"] == 3 and len(job.verdict["valid"]) == 2

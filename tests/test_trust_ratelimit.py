@@ -38,11 +38,16 @@ def test_bucket_allows_the_burst_then_the_rate() -> None:
 
 
 def test_message_charged_to_two_classes_takes_nothing_when_one_is_empty() -> None:
-    rl = RateLimiter(dataclasses.replace(P, rate_offer_burst=1, rate_gossip_burst=3, rate_offer_per_s=0.0,
-                                         rate_gossip_per_s=0.0))
+    rl = RateLimiter(
+        dataclasses.replace(
+            P, rate_offer_burst=1, rate_gossip_burst=3, rate_offer_per_s=0.0, rate_gossip_per_s=0.0
+        )
+    )
     assert rl.allow("p", classes_of("offer", True), 0)
     assert not rl.allow("p", classes_of("offer", True), 0)  # offer bucket empty
-    assert rl.allow("p", classes_of("advert", True), 0) and rl.allow("p", classes_of("advert", True), 0)
+    assert rl.allow("p", classes_of("advert", True), 0) and rl.allow(
+        "p", classes_of("advert", True), 0
+    )
     assert not rl.allow("p", classes_of("advert", True), 0)
 
 
@@ -61,8 +66,14 @@ def test_peer_table_is_bounded() -> None:
 
 
 def offer(i: int) -> Offer:
-    return Offer(job_id=f"job-flood{i:08d}", attempt=1, spec_digest=DIGEST,
-                 requirements=OfferRequirements(image="meshd/busybox:1"), timeout_s=10.0, bid_window_ms=250)
+    return Offer(
+        job_id=f"job-flood{i:08d}",
+        attempt=1,
+        spec_digest=DIGEST,
+        requirements=OfferRequirements(image="meshd/busybox:1"),
+        timeout_s=10.0,
+        bid_window_ms=250,
+    )
 
 
 def test_flood_is_rejected_and_counted_while_jobs_keep_completing() -> None:
@@ -70,7 +81,9 @@ def test_flood_is_rejected_and_counted_while_jobs_keep_completing() -> None:
     net.run_for(3_000)
     target = net.order[0]
     honest = net.order[1]
-    specs = [JobSpec(image="meshd/busybox:1", command=["echo", str(i)], timeout_s=60) for i in range(10)]
+    specs = [
+        JobSpec(image="meshd/busybox:1", command=["echo", str(i)], timeout_s=60) for i in range(10)
+    ]
     ids = []
     start_ms = net.now_ms
     for i, spec in enumerate(specs):
@@ -91,10 +104,20 @@ def test_flood_is_rejected_and_counted_while_jobs_keep_completing() -> None:
             elif kind in (3, 4):  # validly signed, over the offer rate
                 net.input(target, GossipReceived(TOPIC_OFFERS, honest, good))
             else:  # validly signed bids for nothing, over the bid rate
-                bid = Bid(job_id=f"job-flood{n:08d}", attempt=1, price=0.1, est_start_ms=0,
-                          est_duration_ms=1000, score_gflops=1.0)
-                net.input(target, DirectReceived(MALLORY.peer_id,
-                                                 seal(MALLORY, bid, now, next(_nonce).to_bytes(8, "big"))))
+                bid = Bid(
+                    job_id=f"job-flood{n:08d}",
+                    attempt=1,
+                    price=0.1,
+                    est_start_ms=0,
+                    est_duration_ms=1000,
+                    score_gflops=1.0,
+                )
+                net.input(
+                    target,
+                    DirectReceived(
+                        MALLORY.peer_id, seal(MALLORY, bid, now, next(_nonce).to_bytes(8, "big"))
+                    ),
+                )
         net.run_for(300)
     assert net.run_until(lambda: all(net.job(0, j).state == "succeeded" for j in ids), 120_000)
     c = net.node(0).counters
@@ -117,16 +140,23 @@ def test_transport_bucket_caps_decoding_per_carrying_peer() -> None:
     node = Node(params, Identity.from_seed_int(5), random.Random(1), 1_000_000)
     junk_peer, other = Identity.from_seed_int(6).peer_id, Identity.from_seed_int(7).peer_id
     for i in range(300):
-        inp = (GossipReceived(TOPIC_ADVERTS, junk_peer, b"\xc1junk") if i % 2
-               else DirectReceived(junk_peer, b"\xc1junk"))
+        inp = (
+            GossipReceived(TOPIC_ADVERTS, junk_peer, b"\xc1junk")
+            if i % 2
+            else DirectReceived(junk_peer, b"\xc1junk")
+        )
         node.step(inp, 1_000_000)
     c = node.counters
     assert c["rejected_malformed"] == 100  # only the burst was decoded at all
     assert c["rejected_rate_limited_transport"] == 200
-    node.step(GossipReceived(TOPIC_ADVERTS, other, b"\xc1junk"), 1_000_000)  # others are not affected
+    node.step(
+        GossipReceived(TOPIC_ADVERTS, other, b"\xc1junk"), 1_000_000
+    )  # others are not affected
     assert c["rejected_malformed"] == 101
     for _ in range(20):
-        node.step(DirectReceived(junk_peer, b"\xc1junk"), 1_001_000)  # refilled: 10 more a second later
+        node.step(
+            DirectReceived(junk_peer, b"\xc1junk"), 1_001_000
+        )  # refilled: 10 more a second later
     assert c["rejected_malformed"] == 111 and c["rejected_rate_limited_transport"] == 210
 
 
@@ -145,5 +175,10 @@ def test_peer_buckets_refill_and_forget_the_least_recently_used() -> None:
     assert b.take("a", 100)  # 100 ms at 10/s: one token back
     assert not b.take("a", 100)
     assert b.take("b", 100) and b.take("c", 100)  # "a" (least recently used) is forgotten ...
-    assert [b.take("a", 100) for _ in range(4)] == [True, True, True, False]  # ... and comes back full
+    assert [b.take("a", 100) for _ in range(4)] == [
+        True,
+        True,
+        True,
+        False,
+    ]  # ... and comes back full
     assert not b.take("a", 50)  # a clock going backwards refills nothing

@@ -60,8 +60,15 @@ def job_spec(i: int) -> JobSpec:
     return JobSpec(image="meshd/busybox:1", command=["sh", "-c", f"echo {i}"], timeout_s=60)
 
 
-def run_scenario(seed: int, *, honest: int = 6, liar: str = "none", jobs: int = 300,
-                 spacing_ms: int = 250, params: CoreParams | None = None) -> Figures:
+def run_scenario(
+    seed: int,
+    *,
+    honest: int = 6,
+    liar: str = "none",
+    jobs: int = 300,
+    spacing_ms: int = 250,
+    params: CoreParams | None = None,
+) -> Figures:
     """liar: "none", "constant" (lies on half its jobs from the start) or
     "patient" (honest until the origin trusts it, then lies on half)."""
     workers = [FakeWorker() for _ in range(honest + 1)]
@@ -70,7 +77,7 @@ def run_scenario(seed: int, *, honest: int = 6, liar: str = "none", jobs: int = 
     net = CoreNet(len(workers), seed=seed, params=params, workers=workers)
     net.run_for(3_000)
     origin = net.node(0)
-    honest_ids = net.order[1:honest + 1]
+    honest_ids = net.order[1 : honest + 1]
     liar_id = net.order[-1] if liar != "none" else None
     fig = Figures(seed)
     submitted: list[tuple[str, JobSpec, bool]] = []
@@ -78,7 +85,9 @@ def run_scenario(seed: int, *, honest: int = 6, liar: str = "none", jobs: int = 
 
     def liar_results() -> int:
         slot = net.slots[net.order[0]]
-        return sum(1 for kind, body in slot.log if kind == "run_result" and body.get("worker") == liar_id)
+        return sum(
+            1 for kind, body in slot.log if kind == "run_result" and body.get("worker") == liar_id
+        )
 
     for i in range(jobs):
         steady = all(origin.trust.trusted(p) for p in honest_ids)
@@ -92,20 +101,36 @@ def run_scenario(seed: int, *, honest: int = 6, liar: str = "none", jobs: int = 
             turned_at = liar_results()
         ev = origin.trust._ev.get(liar_id)
         started = turned_at if liar == "patient" else 0
-        if started is not None and ev is not None and ev.invalid and fig.liar_results_to_first_invalid is None:
+        if (
+            started is not None
+            and ev is not None
+            and ev.invalid
+            and fig.liar_results_to_first_invalid is None
+        ):
             fig.liar_results_to_first_invalid = liar_results() - started
-        if started is not None and fig.liar_results_to_ban is None and origin.trust.banned(liar_id, net.now_ms):
+        if (
+            started is not None
+            and fig.liar_results_to_ban is None
+            and origin.trust.banned(liar_id, net.now_ms)
+        ):
             fig.liar_results_to_ban = liar_results() - started
-    net.run_until(lambda: all(origin.jobs[j].state in ("succeeded", "failed") for j, _, _ in submitted),
-                  max_ms=600_000)
+    net.run_until(
+        lambda: all(origin.jobs[j].state in ("succeeded", "failed") for j, _, _ in submitted),
+        max_ms=600_000,
+    )
     if liar_id is not None and (turned_at is not None or liar == "constant"):
         fig.liar_results_total = liar_results() - (turned_at or 0)
     _collect(net, fig, submitted, honest_ids, liar_id)
     return fig
 
 
-def _collect(net: CoreNet, fig: Figures, submitted: list[tuple[str, JobSpec, bool]],
-             honest_ids: list[str], liar_id: str | None) -> None:
+def _collect(
+    net: CoreNet,
+    fig: Figures,
+    submitted: list[tuple[str, JobSpec, bool]],
+    honest_ids: list[str],
+    liar_id: str | None,
+) -> None:
     origin = net.node(0)
     started: dict[str, int] = {}
     for slot in net.slots.values():
@@ -126,14 +151,24 @@ def _collect(net: CoreNet, fig: Figures, submitted: list[tuple[str, JobSpec, boo
             fig.steady_jobs += 1
             fig.steady_runs += started.get(job_id, 0)
     snap = origin.trust.snapshot(net.now_ms)
-    fig.honest_flagged = sum(1 for p in honest_ids if p in snap and (snap[p]["invalid"] or snap[p]["banned"]))
+    fig.honest_flagged = sum(
+        1 for p in honest_ids if p in snap and (snap[p]["invalid"] or snap[p]["banned"])
+    )
     if liar_id is not None:
-        invalid_jobs = {j for j, _, _ in submitted if liar_id in (origin.jobs[j].verdict or {}).get("invalid", [])}
+        invalid_jobs = {
+            j
+            for j, _, _ in submitted
+            if liar_id in (origin.jobs[j].verdict or {}).get("invalid", [])
+        }
         fig.liar_credits_for_rejected = sum(
-            e.credits for e in origin.ledger.values() if e.worker == liar_id and e.job_id in invalid_jobs)
+            e.credits
+            for e in origin.ledger.values()
+            if e.worker == liar_id and e.job_id in invalid_jobs
+        )
 
 
 # ---------------------------------------------------------------- tests
+
 
 def test_steady_state_extra_compute_is_within_ten_percent() -> None:
     """Pooled over three seeds; the model says f/(1+f) = 9.1% of all compute for f = 10%."""

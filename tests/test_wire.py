@@ -50,25 +50,64 @@ JOB = "job-0123456789ab"
 DIGEST = "sha256:" + "ab" * 32
 
 SAMPLES: list[Body] = [
-    Advert(seq=1, ttl_ms=10_000, cores=4, ram_mb=8192, score_gflops=50.0, price=0.001,
-           gpus=[GpuInfo(model="RTX 4090", memory_mb=24_576)], gpu_runtime=True,
-           runtimes=["docker"], images=["meshd/busybox:1"], tier="consumer-gpu", warm=True),
-    Offer(job_id=JOB, attempt=1, spec_digest=DIGEST,
-          requirements=OfferRequirements(image="meshd/busybox:1", gpus=1), timeout_s=60.0,
-          bid_window_ms=250, slots=2, exclude=["12D3KooWfoo"]),
+    Advert(
+        seq=1,
+        ttl_ms=10_000,
+        cores=4,
+        ram_mb=8192,
+        score_gflops=50.0,
+        price=0.001,
+        gpus=[GpuInfo(model="RTX 4090", memory_mb=24_576)],
+        gpu_runtime=True,
+        runtimes=["docker"],
+        images=["meshd/busybox:1"],
+        tier="consumer-gpu",
+        warm=True,
+    ),
+    Offer(
+        job_id=JOB,
+        attempt=1,
+        spec_digest=DIGEST,
+        requirements=OfferRequirements(image="meshd/busybox:1", gpus=1),
+        timeout_s=60.0,
+        bid_window_ms=250,
+        slots=2,
+        exclude=["12D3KooWfoo"],
+    ),
     Bid(job_id=JOB, attempt=1, price=1.5, est_start_ms=0, est_duration_ms=2_000, score_gflops=50.0),
     Decline(job_id=JOB, attempt=1, reason="busy: 4 running, 16 queued"),
-    Award(job_id=JOB, attempt=1, replica=1, spec={"image": "x", "command": ["true"]}, price=1.0,
-          lease_ms=15_000),
+    Award(
+        job_id=JOB,
+        attempt=1,
+        replica=1,
+        spec={"image": "x", "command": ["true"]},
+        price=1.0,
+        lease_ms=15_000,
+    ),
     AwardReply(job_id=JOB, attempt=1, accepted=False, reason="busy"),
     Heartbeat(job_id=JOB, attempt=1, state="running", elapsed_ms=10, log=b"hello\n"),
     HeartbeatReply(job_id=JOB, attempt=1, keep=True),
-    Result(job_id=JOB, attempt=1, status="succeeded", exit_code=0, output_digest=DIGEST,
-           output_size=10, duration_ms=1_000),
+    Result(
+        job_id=JOB,
+        attempt=1,
+        status="succeeded",
+        exit_code=0,
+        output_digest=DIGEST,
+        output_size=10,
+        duration_ms=1_000,
+    ),
     ResultAck(job_id=JOB, attempt=1, accepted=True),
     Cancel(job_id=JOB, attempt=1, reason="cancelled by the user"),
-    Receipt(job_id=JOB, attempt=1, origin="12D3KooWa", worker="12D3KooWb", credits=0.5,
-            duration_ms=1_000, output_digest=DIGEST, verdict="valid"),
+    Receipt(
+        job_id=JOB,
+        attempt=1,
+        origin="12D3KooWa",
+        worker="12D3KooWb",
+        credits=0.5,
+        duration_ms=1_000,
+        output_digest=DIGEST,
+        verdict="valid",
+    ),
     Attestation(subject="12D3KooWb", job_id=JOB, outcome="invalid"),
     ReceiptCosign(receipt=b"\x92\xc4\x01x\xc4\x01y"),
 ]
@@ -153,13 +192,19 @@ def test_oversize_is_rejected_before_parsing() -> None:
     assert isinstance(out, Rejected) and out.reason == "oversize"
     assert isinstance(open_envelope(data, len(data)), Opened)
     # Garbage past the bound is refused as oversize, not parsed.
-    assert open_envelope(b"\xff" * (MAX + 1), MAX) == Rejected("oversize", f"{MAX + 1} bytes > {MAX}")
+    assert open_envelope(b"\xff" * (MAX + 1), MAX) == Rejected(
+        "oversize", f"{MAX + 1} bytes > {MAX}"
+    )
 
 
 def test_bad_header_fields_are_malformed() -> None:
     body = SAMPLES[3].model_dump(mode="python")
-    short_nonce = sign_payload(ALICE, [PROTOCOL_VERSION, "decline", ALICE.public_key, TS, b"\x00", body])
-    bool_ts = sign_payload(ALICE, [PROTOCOL_VERSION, "decline", ALICE.public_key, True, NONCE, body])
+    short_nonce = sign_payload(
+        ALICE, [PROTOCOL_VERSION, "decline", ALICE.public_key, TS, b"\x00", body]
+    )
+    bool_ts = sign_payload(
+        ALICE, [PROTOCOL_VERSION, "decline", ALICE.public_key, True, NONCE, body]
+    )
     short_key = sign_payload(ALICE, [PROTOCOL_VERSION, "decline", b"k" * 31, TS, NONCE, body])
     list_body = sign_payload(ALICE, [PROTOCOL_VERSION, "decline", ALICE.public_key, TS, NONCE, [1]])
     for data in (short_nonce, bool_ts, short_key, list_body):
@@ -169,14 +214,30 @@ def test_bad_header_fields_are_malformed() -> None:
 @pytest.mark.parametrize(
     ("mtype", "body", "field"),
     [
-        ("bid", {"job_id": JOB, "attempt": 1, "price": -1.0, "est_start_ms": 0,
-                 "est_duration_ms": 0, "score_gflops": 1.0}, "price"),
+        (
+            "bid",
+            {
+                "job_id": JOB,
+                "attempt": 1,
+                "price": -1.0,
+                "est_start_ms": 0,
+                "est_duration_ms": 0,
+                "score_gflops": 1.0,
+            },
+            "price",
+        ),
         ("decline", {"job_id": "short", "attempt": 1, "reason": "x"}, "job_id"),
-        ("result", {"job_id": JOB, "attempt": 1, "status": "succeeded",
-                    "output_digest": "md5:abc"}, "output_digest"),
+        (
+            "result",
+            {"job_id": JOB, "attempt": 1, "status": "succeeded", "output_digest": "md5:abc"},
+            "output_digest",
+        ),
         ("cancel", {"job_id": JOB, "attempt": 1, "evil": True}, "evil"),
-        ("advert", {"seq": 1, "ttl_ms": 0, "cores": 1, "ram_mb": 1, "score_gflops": 1.0,
-                    "price": 0.0}, "ttl_ms"),
+        (
+            "advert",
+            {"seq": 1, "ttl_ms": 0, "cores": 1, "ram_mb": 1, "score_gflops": 1.0, "price": 0.0},
+            "ttl_ms",
+        ),
     ],
 )
 def test_bad_body_field_is_rejected_naming_the_field(mtype: str, body: dict, field: str) -> None:
@@ -197,11 +258,20 @@ def test_arbitrary_bytes_never_raise(data: bytes) -> None:
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=8) | st.binary(max_size=70),
-    lambda inner: st.lists(inner, max_size=7) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
-    max_leaves=20,
-))
+@given(
+    st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers(-(2**63), 2**64 - 1)
+        | st.floats()
+        | st.text(max_size=8)
+        | st.binary(max_size=70),
+        lambda inner: (
+            st.lists(inner, max_size=7) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+        ),
+        max_leaves=20,
+    )
+)
 def test_arbitrary_msgpack_structures_never_raise(value: object) -> None:
     out = open_envelope(msgpack.packb([msgpack.packb(value), b"s" * 64]), MAX)
     assert isinstance(out, Rejected)
@@ -220,15 +290,15 @@ def test_mutated_envelope_is_never_accepted(env: bytes, data: st.DataObject) -> 
     i = data.draw(st.integers(0, len(env) - 1))
     if kind == "flip":
         bit = data.draw(st.integers(0, 7))
-        mutated = env[:i] + bytes([env[i] ^ (1 << bit)]) + env[i + 1:]
+        mutated = env[:i] + bytes([env[i] ^ (1 << bit)]) + env[i + 1 :]
     elif kind == "delete":
         n = data.draw(st.integers(1, 8))
-        mutated = env[:i] + env[i + n:]
+        mutated = env[:i] + env[i + n :]
     elif kind == "insert":
         mutated = env[:i] + data.draw(st.binary(min_size=1, max_size=8)) + env[i:]
     else:
         chunk = data.draw(st.binary(min_size=1, max_size=8))
-        mutated = env[:i] + chunk + env[i + len(chunk):]
+        mutated = env[:i] + chunk + env[i + len(chunk) :]
     if mutated == env:
         return
     out = open_envelope(mutated, MAX)

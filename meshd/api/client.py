@@ -55,7 +55,9 @@ class AuthError(ApiClientError):
 class ApiHttpError(ApiClientError):
     """The daemon answered with an error status."""
 
-    def __init__(self, status: int, code: str, message: str, fields: list[dict[str, Any]] | None = None):
+    def __init__(
+        self, status: int, code: str, message: str, fields: list[dict[str, Any]] | None = None
+    ):
         super().__init__(message)
         self.status = status
         self.code = code
@@ -118,7 +120,9 @@ class ApiClient:
 
     def upload_blob(self, source: bytes | IO[bytes], size: int | None = None) -> dict[str, Any]:
         """POST raw bytes (or a binary file of ``size`` bytes); ``{digest, size}``."""
-        return self._json("POST", "/v1/blobs", body=source, size=size, content_type="application/octet-stream")
+        return self._json(
+            "POST", "/v1/blobs", body=source, size=size, content_type="application/octet-stream"
+        )
 
     def submit(self, spec: dict[str, Any], *, wait: bool = False) -> dict[str, Any]:
         return self._json("POST", "/v1/jobs", payload={"spec": spec, "wait": wait})
@@ -169,7 +173,9 @@ class ApiClient:
                 if not line:
                     return
                 if len(line) > MAX_LINE_BYTES:
-                    raise ApiClientError(f"the daemon sent a stream line over {MAX_LINE_BYTES} bytes")
+                    raise ApiClientError(
+                        f"the daemon sent a stream line over {MAX_LINE_BYTES} bytes"
+                    )
                 if line.strip():
                     yield _decode_json(line, path)
 
@@ -223,7 +229,9 @@ class ApiClient:
             resp = conn.getresponse()
         except ConnectionRefusedError:
             conn.close()
-            raise _not_running(self.data_dir, f"nothing listens on {self.host}:{self.port}") from None
+            raise _not_running(
+                self.data_dir, f"nothing listens on {self.host}:{self.port}"
+            ) from None
         except TimeoutError:
             conn.close()
             raise DaemonUnreachable(
@@ -231,7 +239,9 @@ class ApiClient:
             ) from None
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
-            raise DaemonUnreachable(f"lost the connection to the daemon for {self.data_dir}: {exc}") from None
+            raise DaemonUnreachable(
+                f"lost the connection to the daemon for {self.data_dir}: {exc}"
+            ) from None
         if stream and conn.sock is not None:
             conn.sock.settimeout(None)  # a followed log may be quiet for long
         try:
@@ -242,7 +252,9 @@ class ApiClient:
                 f"(no data for {self.timeout_s:g} s)"
             ) from None
         except (OSError, http.client.HTTPException) as exc:
-            raise DaemonUnreachable(f"lost the connection to the daemon for {self.data_dir}: {exc}") from None
+            raise DaemonUnreachable(
+                f"lost the connection to the daemon for {self.data_dir}: {exc}"
+            ) from None
         finally:
             resp.close()
             conn.close()
@@ -273,4 +285,6 @@ def _decode_json(data: bytes, path: str) -> Any:
     try:
         return json.loads(data)
     except ValueError:
-        raise ApiClientError(f"the daemon answered {path} with something that is not JSON") from None
+        raise ApiClientError(
+            f"the daemon answered {path} with something that is not JSON"
+        ) from None

@@ -128,7 +128,9 @@ class Request:
         try:
             value = int(raw)
         except ValueError:
-            raise ApiError(400, "bad_query", f"query parameter {name!r} must be an integer") from None
+            raise ApiError(
+                400, "bad_query", f"query parameter {name!r} must be an integer"
+            ) from None
         if not lo <= value <= hi:
             raise ApiError(400, "bad_query", f"query parameter {name!r} must be in {lo}..{hi}")
         return value
@@ -394,7 +396,9 @@ class ApiServer:
             return error_response(431, "headers_too_large", msg), False
         bodyless = _declares_no_body(headers)
         if not self._authorized(headers.get("authorization", "")):
-            resp = error_response(401, "unauthorized", "missing or wrong API token (see DATA_DIR/api.token)")
+            resp = error_response(
+                401, "unauthorized", "missing or wrong API token (see DATA_DIR/api.token)"
+            )
             return _with(resp, ("WWW-Authenticate", "Bearer")), bodyless
         path, _, qs = target.partition("?")
         parts = [urllib.parse.unquote(p) for p in path.strip("/").split("/")]
@@ -403,7 +407,9 @@ class ApiServer:
             return self._no_route(method, path, parts), bodyless
         try:
             query = dict(
-                urllib.parse.parse_qsl(qs, keep_blank_values=True, max_num_fields=self.params.max_query_fields)
+                urllib.parse.parse_qsl(
+                    qs, keep_blank_values=True, max_num_fields=self.params.max_query_fields
+                )
             )
         except ValueError as exc:
             return error_response(400, "bad_query", str(exc)), bodyless
@@ -451,7 +457,9 @@ class ApiServer:
 
     def _authorized(self, header: str) -> bool:
         scheme, _, token = header.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self._token)
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            token.strip().encode(), self._token
+        )
 
     def _match(self, method: str, parts: list[str]) -> tuple[_Route | None, dict[str, str]]:
         for r in self._routes:
@@ -470,7 +478,9 @@ class ApiServer:
 
 
 def _with(response: Response, header: tuple[str, str]) -> Response:
-    return Response(response.status, response.body, response.content_type, (*response.headers, header))
+    return Response(
+        response.status, response.body, response.content_type, (*response.headers, header)
+    )
 
 
 def _declares_no_body(headers: dict[str, str]) -> bool:

@@ -135,15 +135,30 @@ class CreditsMixin:
             if run.worker == self.peer_id or run.result is None:
                 continue
             receipt = Receipt(
-                job_id=job.job_id, attempt=run.attempt, replica=run.replica, origin=self.peer_id,
-                worker=run.worker, credits=self._run_credits(job, run) + bounty,
+                job_id=job.job_id,
+                attempt=run.attempt,
+                replica=run.replica,
+                origin=self.peer_id,
+                worker=run.worker,
+                credits=self._run_credits(job, run) + bounty,
                 duration_ms=int(run.result.get("duration_ms", 0)),
-                output_digest=run.result.get("output_digest"), verdict=verdict, seq=self._next_seq())
+                output_digest=run.result.get("output_digest"),
+                verdict=verdict,
+                seq=self._next_seq(),
+            )
             raw = self._seal(receipt)
             self._index_record(self.peer_id, receipt, raw)
-            self._append("receipt", {"job_id": job.job_id, "worker": run.worker, "seq": receipt.seq,
-                                     "credits": receipt.credits, "envelope": raw},
-                         key=b"receipt:%d" % receipt.seq)
+            self._append(
+                "receipt",
+                {
+                    "job_id": job.job_id,
+                    "worker": run.worker,
+                    "seq": receipt.seq,
+                    "credits": receipt.credits,
+                    "envelope": raw,
+                },
+                key=b"receipt:%d" % receipt.seq,
+            )
             self._emit(Send(run.worker, raw, "receipt", job.job_id))
             self.counters["receipts_issued"] += 1
             self._track_pending(receipt.seq, PendingReceipt(run.worker, job.job_id, raw))
@@ -177,16 +192,31 @@ class CreditsMixin:
         self._emit(Send(pending.worker, pending.raw, "receipt", pending.job_id))
         self._at(self.now_ms + self.params.receipt_resend_ms, T_RECEIPT, seq)
 
-    def publish_attestations(self: Node, job: OriginJob, valid: list[str], invalid: list[str]) -> None:
+    def publish_attestations(
+        self: Node, job: OriginJob, valid: list[str], invalid: list[str]
+    ) -> None:
         """Gossip this node's verdict on each judged worker of a replicated job."""
-        for subject, outcome in [*((w, "valid") for w in valid), *((w, "invalid") for w in invalid)]:
+        for subject, outcome in [
+            *((w, "valid") for w in valid),
+            *((w, "invalid") for w in invalid),
+        ]:
             if subject == self.peer_id:
                 continue
-            att = Attestation(subject=subject, job_id=job.job_id, outcome=outcome, seq=self._next_seq())
+            att = Attestation(
+                subject=subject, job_id=job.job_id, outcome=outcome, seq=self._next_seq()
+            )
             raw = self._seal(att)
             self._index_record(self.peer_id, att, raw)
-            self._append("attestation", {"subject": subject, "job_id": job.job_id, "outcome": outcome,
-                                         "seq": att.seq, "envelope": raw})
+            self._append(
+                "attestation",
+                {
+                    "subject": subject,
+                    "job_id": job.job_id,
+                    "outcome": outcome,
+                    "seq": att.seq,
+                    "envelope": raw,
+                },
+            )
             self._emit(Publish(TOPIC_RECEIPTS, raw))
             self.counters["attestations_sent"] += 1
 
@@ -198,23 +228,39 @@ class CreditsMixin:
         if r.origin != msg.sender or r.worker != self.peer_id or r.seq < 1:
             self._reject("receipt_mismatch")
             return
-        if (r.origin, r.seq) in self.ledger:  # a re-send: our cosign was lost, or the origin restarted
+        if (
+            r.origin,
+            r.seq,
+        ) in self.ledger:  # a re-send: our cosign was lost, or the origin restarted
             if self._index_record(r.origin, r, msg.raw):
                 # A fresh envelope: the stored one may be older than max_message_age_ms.
                 self._emit(Publish(TOPIC_RECEIPTS, self._seal(ReceiptCosign(receipt=msg.raw))))
                 self.counters["receipts_recosigned"] += 1
             return
         work = self.work.get((r.job_id, r.attempt, r.replica))
-        if work is None or work.origin != msg.sender or work.result is None \
-                or work.result.status != "succeeded":
+        if (
+            work is None
+            or work.origin != msg.sender
+            or work.result is None
+            or work.result.status != "succeeded"
+        ):
             self._reject("receipt_unknown_run")
             return
         if not self._index_record(r.origin, r, msg.raw):
             return
         cosign = self._seal(ReceiptCosign(receipt=msg.raw))
-        self._append("receipt_cosigned", {"job_id": r.job_id, "origin": r.origin, "seq": r.seq,
-                                          "credits": r.credits, "receipt": msg.raw, "cosign": cosign},
-                     key=b"cosign:%s:%d" % (r.origin.encode(), r.seq))
+        self._append(
+            "receipt_cosigned",
+            {
+                "job_id": r.job_id,
+                "origin": r.origin,
+                "seq": r.seq,
+                "credits": r.credits,
+                "receipt": msg.raw,
+                "cosign": cosign,
+            },
+            key=b"cosign:%s:%d" % (r.origin.encode(), r.seq),
+        )
         self._emit(Publish(TOPIC_RECEIPTS, cosign))
         self.counters["receipts_cosigned"] += 1
         self._ledger_add(r, msg.ts_ms, cosign)
@@ -264,9 +310,12 @@ class CreditsMixin:
         else:
             self.counters["attestations_ignored"] += 1
 
-    def _ledger_add(self: Node, r: Receipt, ts_ms: int, cosign: Any, counter: str = "receipts_ledgered") -> None:
-        self.ledger[(r.origin, r.seq)] = LedgerEntry(r.job_id, r.origin, r.worker, r.credits, ts_ms, r.seq,
-                                                     cosign)
+    def _ledger_add(
+        self: Node, r: Receipt, ts_ms: int, cosign: Any, counter: str = "receipts_ledgered"
+    ) -> None:
+        self.ledger[(r.origin, r.seq)] = LedgerEntry(
+            r.job_id, r.origin, r.worker, r.credits, ts_ms, r.seq, cosign
+        )
         while len(self.ledger) > self.params.max_ledger_receipts:
             self.ledger.popitem(last=False)
         self.counters[counter] += 1
@@ -276,7 +325,9 @@ class CreditsMixin:
     def _index_record(self: Node, issuer: str, body: Body, raw: Any) -> bool:
         """Remember (issuer, seq) -> body digest; False (and proof kept) on a conflict."""
         seq = getattr(body, "seq", 0)
-        digest = hashlib.sha256(canonical_bytes([type(body).__name__, body.model_dump(mode="json")])).digest()
+        digest = hashlib.sha256(
+            canonical_bytes([type(body).__name__, body.model_dump(mode="json")])
+        ).digest()
         key = (issuer, seq)
         seen = self._records.get(key)
         if seen is None:
@@ -290,12 +341,19 @@ class CreditsMixin:
         return False
 
     def _equivocation(self: Node, issuer: str, seq: int, first: Any, second: Any) -> None:
-        proof = {"issuer": issuer, "seq": seq, "first": first, "second": second,
-                 "detected_ms": self.now_ms}
+        proof = {
+            "issuer": issuer,
+            "seq": seq,
+            "first": first,
+            "second": second,
+            "detected_ms": self.now_ms,
+        }
         self.equivocations.append(proof)
         self.counters["equivocations"] += 1
         self._append("equivocation", proof)
-        self.trust.ban_forever(issuer, f"equivocation: two signed records with seq {seq}", self.now_ms)
+        self.trust.ban_forever(
+            issuer, f"equivocation: two signed records with seq {seq}", self.now_ms
+        )
 
     # ------------------------------------------------------------ restore
 
@@ -312,8 +370,11 @@ class CreditsMixin:
             self._restoring.append((kind, body))
         elif kind == "equivocation":
             self.equivocations.append(body)
-            self.trust.ban_forever(body["issuer"], f"equivocation: two signed records with seq {body['seq']}",
-                                   self.now_ms)
+            self.trust.ban_forever(
+                body["issuer"],
+                f"equivocation: two signed records with seq {body['seq']}",
+                self.now_ms,
+            )
 
     def resume_credits(self: Node) -> None:
         """After the records: rebuild the record index and the ledger entries this node
@@ -324,8 +385,10 @@ class CreditsMixin:
         restoring, self._restoring = self._restoring, None
         issued: deque[Receipt] = deque(maxlen=self.params.max_receipts_pending)
         for kind, body in restoring or ():
-            opened = self.codec.open(body.get("receipt" if kind == "receipt_cosigned" else "envelope"),
-                                     self.params.max_message_bytes)
+            opened = self.codec.open(
+                body.get("receipt" if kind == "receipt_cosigned" else "envelope"),
+                self.params.max_message_bytes,
+            )
             if isinstance(opened, Rejected):
                 self.counters["restore_unreadable"] += 1
                 continue
@@ -333,7 +396,9 @@ class CreditsMixin:
             if not self._index_record(issuer, opened.body, opened.raw):
                 continue
             if kind == "receipt_cosigned":
-                self._ledger_add(opened.body, opened.ts_ms, body["cosign"], counter="receipts_restored")
+                self._ledger_add(
+                    opened.body, opened.ts_ms, body["cosign"], counter="receipts_restored"
+                )
             elif kind == "receipt":
                 issued.append(opened.body)
         self._rearm_receipts(issued)
@@ -347,7 +412,9 @@ class CreditsMixin:
         for r in issued:
             n = per_worker[r.worker] = per_worker.get(r.worker, 0) + 1
             self._receipts_pending[r.seq] = PendingReceipt(r.worker, r.job_id, self._seal(r))
-            self._at(self.now_ms + self.params.receipt_resend_ms + (n - 1) * spacing_ms, T_RECEIPT, r.seq)
+            self._at(
+                self.now_ms + self.params.receipt_resend_ms + (n - 1) * spacing_ms, T_RECEIPT, r.seq
+            )
         self.counters["receipts_rearmed"] += len(issued)
 
     # ------------------------------------------------------------ views
@@ -366,9 +433,19 @@ class CreditsMixin:
 
     def credits_view(self) -> dict[str, Any]:
         """The JSON shape of ``GET /v1/credits``."""
-        balances = [{"peer_id": p, "balance": v["balance"], "earned": v["earned"], "spent": v["spent"]}
-                    for p, v in sorted(self.balances().items())]
-        receipts = [{"job_id": e.job_id, "worker": e.worker, "origin": e.origin, "credits": e.credits,
-                     "ts_ms": e.ts_ms, "seq": e.seq}
-                    for e in sorted(self.ledger.values(), key=lambda e: (e.ts_ms, e.origin, e.seq))]
+        balances = [
+            {"peer_id": p, "balance": v["balance"], "earned": v["earned"], "spent": v["spent"]}
+            for p, v in sorted(self.balances().items())
+        ]
+        receipts = [
+            {
+                "job_id": e.job_id,
+                "worker": e.worker,
+                "origin": e.origin,
+                "credits": e.credits,
+                "ts_ms": e.ts_ms,
+                "seq": e.seq,
+            }
+            for e in sorted(self.ledger.values(), key=lambda e: (e.ts_ms, e.origin, e.seq))
+        ]
         return {"balances": balances, "receipts": receipts}

@@ -26,6 +26,7 @@ BLOB_PROTOCOL = "/meshd/blob/1"
 
 # ---------------------------------------------------------------- inputs
 
+
 @dataclass(frozen=True)
 class Tick:
     """Time passed; the core runs whatever deadlines are due."""
@@ -160,6 +161,7 @@ class CheckerFinished:
 
 # ---------------------------------------------------------------- effects
 
+
 @dataclass(frozen=True)
 class Append:
     """Durably append a record to the node's event log."""
@@ -248,11 +250,34 @@ class SetPeerScore:
     banned: bool
 
 
-Effect = (Append | Publish | Send | FetchInputs | StartExecution | CancelExecution | FetchBlob
-          | RunChecker | JobLog | SetPeerScore)
-Input = (Tick | GossipReceived | DirectReceived | SendFailed | LocalCapabilities | ExecutorHealth
-         | JobSubmitted | CancelRequested | RetryRequested | InputsFetched | ExecutionProgress
-         | ExecutionFinished | BlobFetched | CheckerFinished)
+Effect = (
+    Append
+    | Publish
+    | Send
+    | FetchInputs
+    | StartExecution
+    | CancelExecution
+    | FetchBlob
+    | RunChecker
+    | JobLog
+    | SetPeerScore
+)
+Input = (
+    Tick
+    | GossipReceived
+    | DirectReceived
+    | SendFailed
+    | LocalCapabilities
+    | ExecutorHealth
+    | JobSubmitted
+    | CancelRequested
+    | RetryRequested
+    | InputsFetched
+    | ExecutionProgress
+    | ExecutionFinished
+    | BlobFetched
+    | CheckerFinished
+)
 
 
 @dataclass

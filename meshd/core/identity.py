@@ -75,7 +75,7 @@ def public_key_from_peer_id(peer_id: str) -> bytes | None:
     prefix = _MH_IDENTITY_PREFIX + _PB_ED25519_PREFIX
     if len(raw) != len(prefix) + PUBLIC_KEY_LEN or not raw.startswith(prefix):
         return None
-    return raw[len(prefix):]
+    return raw[len(prefix) :]
 
 
 def verify_signature(public_key: bytes, signature: bytes, data: bytes) -> bool:

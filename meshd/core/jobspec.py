@@ -102,8 +102,13 @@ class JobSpec(_Strict):
     job_id: str | None = None
     """Assigned by the origin when absent (content-derived, unique per submit)."""
     image: Annotated[str, Field(min_length=1, max_length=255)]
-    command: Annotated[list[Annotated[str, Field(max_length=MAX_ARG_LEN)]], Field(min_length=1, max_length=MAX_COMMAND_ARGS)]
-    env: dict[str, Annotated[str, Field(max_length=MAX_ARG_LEN)]] = Field(default_factory=dict, max_length=MAX_ENV)
+    command: Annotated[
+        list[Annotated[str, Field(max_length=MAX_ARG_LEN)]],
+        Field(min_length=1, max_length=MAX_COMMAND_ARGS),
+    ]
+    env: dict[str, Annotated[str, Field(max_length=MAX_ARG_LEN)]] = Field(
+        default_factory=dict, max_length=MAX_ENV
+    )
     inputs: list[InputRef] = Field(default_factory=list, max_length=MAX_INPUTS)
     outputs: list[str] = Field(default_factory=list, max_length=MAX_OUTPUTS)
     """Paths under /mesh/outputs to collect; empty means everything there."""
@@ -120,8 +125,8 @@ class JobSpec(_Strict):
     replicas: Annotated[int, Field(ge=1, le=5)] | None = None
     """Force this many independent runs (overrides the node's replication policy)."""
     type: Annotated[str, Field(max_length=64)] = "batch"
-    labels: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=256)]] = Field(
-        default_factory=dict, max_length=MAX_LABELS
+    labels: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=256)]] = (
+        Field(default_factory=dict, max_length=MAX_LABELS)
     )
 
     @field_validator("image")

@@ -10,7 +10,14 @@ the diagram and the table agree).
 from __future__ import annotations
 
 STATES: tuple[str, ...] = (
-    "queued", "offered", "awarded", "running", "verifying", "succeeded", "failed", "cancelled",
+    "queued",
+    "offered",
+    "awarded",
+    "running",
+    "verifying",
+    "succeeded",
+    "failed",
+    "cancelled",
 )
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 
@@ -31,7 +38,10 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     ("verifying", "failed"): "results could not be verified",
     ("verifying", "offered"): "the result's output could not be fetched; offered again",
     ("verifying", "queued"): "the result's output could not be fetched; waiting to offer again",
-    ("verifying", "awarded"): "the result's output could not be fetched; another award is outstanding",
+    (
+        "verifying",
+        "awarded",
+    ): "the result's output could not be fetched; another award is outstanding",
     ("verifying", "running"): "the result's output could not be fetched; another run is under way",
     ("queued", "failed"): "no worker took the job in time, or attempts exhausted",
     ("offered", "failed"): "attempts exhausted",
@@ -47,7 +57,15 @@ TRANSITIONS: dict[tuple[str, str], str] = {
 }
 
 # A run is one worker's execution of one job.
-RUN_STATES: tuple[str, ...] = ("awarding", "active", "done", "refused", "lost", "failed", "cancelled")
+RUN_STATES: tuple[str, ...] = (
+    "awarding",
+    "active",
+    "done",
+    "refused",
+    "lost",
+    "failed",
+    "cancelled",
+)
 RUN_LIVE: frozenset[str] = frozenset({"awarding", "active"})
 
 # Worker-side states of a run it holds.

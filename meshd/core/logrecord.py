@@ -90,8 +90,14 @@ class LogParams:
     """Verify LevelDB block checksums on every read (EventLog only)."""
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_records", "max_items_per_call", "max_body_bytes",
-                     "max_kind_len", "max_body_depth", "max_key_bytes"):
+        for name in (
+            "max_batch_records",
+            "max_items_per_call",
+            "max_body_bytes",
+            "max_kind_len",
+            "max_body_depth",
+            "max_key_bytes",
+        ):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"LogParams.{name} must be a positive int")
 
@@ -303,8 +309,9 @@ def make_record(
             _check_genesis_body(decoded_body)
         except RecordError as exc:
             raise LogInputError(exc.reason) from None
-    return Record(seq, prev_hash, ts_ms, kind, decoded_body, signature,
-                  hashlib.sha256(raw).digest(), raw)
+    return Record(
+        seq, prev_hash, ts_ms, kind, decoded_body, signature, hashlib.sha256(raw).digest(), raw
+    )
 
 
 def genesis_body(signer: Signer) -> dict[str, Any]:
@@ -340,9 +347,9 @@ def split_envelope(raw: bytes) -> tuple[bytes, bytes]:
     if size < minimum:
         raise RecordError("payload bin header is not minimal")
     end = start + size
-    if raw[end:end + 2] != _SIG_HEADER or len(raw) != end + 2 + SIGNATURE_LEN:
+    if raw[end : end + 2] != _SIG_HEADER or len(raw) != end + 2 + SIGNATURE_LEN:
         raise RecordError("signature is not a 64-byte bin ending the record")
-    return raw[start:end], raw[end + 2:]
+    return raw[start:end], raw[end + 2 :]
 
 
 def _reject_ext(code: int, data: bytes) -> Any:
@@ -361,8 +368,12 @@ def _pairs_to_dict(pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
 
 def _unpacker(size: int) -> msgpack.Unpacker:
     return msgpack.Unpacker(
-        raw=False, use_list=True, strict_map_key=False, timestamp=0,
-        ext_hook=_reject_ext, object_pairs_hook=_pairs_to_dict,
+        raw=False,
+        use_list=True,
+        strict_map_key=False,
+        timestamp=0,
+        ext_hook=_reject_ext,
+        object_pairs_hook=_pairs_to_dict,
         max_buffer_size=max(size, 1),
     )
 
@@ -393,8 +404,13 @@ def _unpack_body(data: bytes, params: LogParams) -> Any:
     """Decode a body we just encoded, under the same rules a reader applies."""
     try:
         body = msgpack.unpackb(
-            data, raw=False, use_list=True, strict_map_key=False, timestamp=0,
-            ext_hook=_reject_ext, object_pairs_hook=_pairs_to_dict,
+            data,
+            raw=False,
+            use_list=True,
+            strict_map_key=False,
+            timestamp=0,
+            ext_hook=_reject_ext,
+            object_pairs_hook=_pairs_to_dict,
         )
     except RecordError:
         raise
@@ -605,19 +621,30 @@ def verify_records(
         for raw in raw_records:
             checker.feed(raw)
     except ChainError as exc:
-        return VerifyReport(False, checker.count, exc.seq, exc.reason,
-                            checker.head if checker.count else None, checker.public_key)
+        return VerifyReport(
+            False,
+            checker.count,
+            exc.seq,
+            exc.reason,
+            checker.head if checker.count else None,
+            checker.public_key,
+        )
     if after is None and checker.count == 0:
         return VerifyReport(False, 0, 1, "no records: a log starts with its genesis record")
-    return VerifyReport(True, checker.count, None, None,
-                        checker.head if checker.count else None, checker.public_key)
+    return VerifyReport(
+        True, checker.count, None, None, checker.head if checker.count else None, checker.public_key
+    )
 
 
 def is_equivocation(a: Record, b: Record, public_key: bytes) -> bool:
     """True iff ``a`` and ``b`` prove equivocation by ``public_key``: same seq,
     different signed payloads, both signatures valid."""
-    return (a.seq == b.seq and a.payload != b.payload
-            and a.verify_signature(public_key) and b.verify_signature(public_key))
+    return (
+        a.seq == b.seq
+        and a.payload != b.payload
+        and a.verify_signature(public_key)
+        and b.verify_signature(public_key)
+    )
 
 
 # --------------------------------------------------------------------------
@@ -635,7 +662,7 @@ class BatchPlan:
     def chunks(self, size: int) -> Iterable[list[tuple[Record, bytes | None]]]:
         """The new records in groups of at most ``size`` (one synced write each)."""
         for i in range(0, len(self.new), size):
-            yield self.new[i:i + size]
+            yield self.new[i : i + size]
 
 
 def normalize_items(items: Sequence[Any], params: LogParams = DEFAULT_PARAMS) -> list[AppendItem]:
@@ -689,7 +716,9 @@ def plan_batch(
             plan.results.append(existing)
             continue
         try:
-            record = make_record(signer, seq + 1, prev_hash, item.ts_ms, item.kind, item.body, params)
+            record = make_record(
+                signer, seq + 1, prev_hash, item.ts_ms, item.kind, item.body, params
+            )
         except LogInputError as exc:
             raise LogInputError(f"item {i} (kind {item.kind!r}): {exc}") from None
         seq, prev_hash = record.seq, record.hash

@@ -76,17 +76,38 @@ class WireCodec:
         return open_envelope(data, max_bytes)
 
 
-GOSSIP_TYPES = {TOPIC_ADVERTS: {"advert"}, TOPIC_OFFERS: {"offer"},
-                TOPIC_RECEIPTS: {"receipt_cosign", "attestation"}}
-DIRECT_TYPES = {"bid", "decline", "award", "award_reply", "heartbeat", "heartbeat_reply", "result",
-                "result_ack", "cancel", "receipt"}
+GOSSIP_TYPES = {
+    TOPIC_ADVERTS: {"advert"},
+    TOPIC_OFFERS: {"offer"},
+    TOPIC_RECEIPTS: {"receipt_cosign", "attestation"},
+}
+DIRECT_TYPES = {
+    "bid",
+    "decline",
+    "award",
+    "award_reply",
+    "heartbeat",
+    "heartbeat_reply",
+    "result",
+    "result_ack",
+    "cancel",
+    "receipt",
+}
 # Deadline kinds kept in the timer heap.
 T_ADVERT, T_EXPIRE = "advert", "expire"
 
 
 class Node(OriginMixin, WorkerMixin, CreditsMixin):
-    def __init__(self, params: CoreParams, identity: Identity, rng: random.Random, now_ms: int,
-                 *, codec: Codec | None = None, version: str = "") -> None:
+    def __init__(
+        self,
+        params: CoreParams,
+        identity: Identity,
+        rng: random.Random,
+        now_ms: int,
+        *,
+        codec: Codec | None = None,
+        version: str = "",
+    ) -> None:
         self.params = params
         self.identity = identity
         self.peer_id = identity.peer_id
@@ -193,7 +214,9 @@ class Node(OriginMixin, WorkerMixin, CreditsMixin):
         want = digest.removeprefix("sha256:")
         return self.origin_serves(peer, want) or self.worker_serves(peer, want)
 
-    def acceptance_reason(self, opened: Opened, allowed: Collection[str], now_ms: int) -> str | None:
+    def acceptance_reason(
+        self, opened: Opened, allowed: Collection[str], now_ms: int
+    ) -> str | None:
         """Why a correctly signed message is not accepted, or None: its type does
         not belong on the channel, it is outside the clock window, a replay, or
         from a banned peer. Reads state only (rate limits are charged in
@@ -224,7 +247,8 @@ class Node(OriginMixin, WorkerMixin, CreditsMixin):
         # Charged to the signed author, after the cheap checks (a replay or a
         # banned peer's message costs no tokens) and before it is remembered.
         if opened.sender != self.peer_id and not self.ratelimit.allow(
-                opened.sender, classes_of(opened.type, allowed is not DIRECT_TYPES), self.now_ms):
+            opened.sender, classes_of(opened.type, allowed is not DIRECT_TYPES), self.now_ms
+        ):
             self._reject("rate_limited")
             return None
         self._replay[(opened.sender, opened.nonce)] = opened.ts_ms
@@ -289,8 +313,13 @@ class Node(OriginMixin, WorkerMixin, CreditsMixin):
     def capacity(self) -> Capacity | None:
         if self.caps is None:
             return None
-        return Capacity.from_local(self.caps, warm=self.warm, cold_reason=self.cold_reason,
-                                   running=self.work_running(), queued=self.work_queued())
+        return Capacity.from_local(
+            self.caps,
+            warm=self.warm,
+            cold_reason=self.cold_reason,
+            running=self.work_running(),
+            queued=self.work_queued(),
+        )
 
     def make_advert(self) -> Advert | None:
         c = self.caps
@@ -300,13 +329,27 @@ class Node(OriginMixin, WorkerMixin, CreditsMixin):
         # it sent before the restart (peers ignore a seq they have seen).
         self._advert_seq = max(self._advert_seq + 1, self.now_ms)
         return Advert(
-            seq=self._advert_seq, ttl_ms=self.params.advert_ttl_ms, addrs=list(c.addrs)[:16],
-            cores=c.cores, ram_mb=c.ram_mb, disk_free_mb=c.disk_free_mb,
-            gpus=[GpuInfo(model=m, memory_mb=mem) for m, mem in c.gpus], gpu_runtime=c.gpu_runtime,
-            runtimes=list(c.runtimes), images=list(c.images)[:256], score_gflops=c.score_gflops,
-            gpu_gflops=c.gpu_gflops, tier=c.tier, price=c.price, running=self.work_running(),
-            queued=self.work_queued(), capacity=c.capacity, warm=self.warm,
-            cold_reason=self.cold_reason, network_allowed=c.network_allowed, version=c.version,
+            seq=self._advert_seq,
+            ttl_ms=self.params.advert_ttl_ms,
+            addrs=list(c.addrs)[:16],
+            cores=c.cores,
+            ram_mb=c.ram_mb,
+            disk_free_mb=c.disk_free_mb,
+            gpus=[GpuInfo(model=m, memory_mb=mem) for m, mem in c.gpus],
+            gpu_runtime=c.gpu_runtime,
+            runtimes=list(c.runtimes),
+            images=list(c.images)[:256],
+            score_gflops=c.score_gflops,
+            gpu_gflops=c.gpu_gflops,
+            tier=c.tier,
+            price=c.price,
+            running=self.work_running(),
+            queued=self.work_queued(),
+            capacity=c.capacity,
+            warm=self.warm,
+            cold_reason=self.cold_reason,
+            network_allowed=c.network_allowed,
+            version=c.version,
         )
 
     def _timer_advert(self, _key: Any, reschedule: bool = True) -> None:

@@ -149,14 +149,21 @@ class OriginMixin:
             if fit_reason(cap, req) is not None:
                 continue
             candidates += 1
-            cost = estimate_cost(spec.estimated_flops, spec.timeout_s, cap.score_gflops, cap.price,
-                                 spec.credit_rate)
-            secs = (spec.estimated_flops / (cap.score_gflops * 1e9)
-                    if spec.estimated_flops and cap.score_gflops else spec.timeout_s)
+            cost = estimate_cost(
+                spec.estimated_flops, spec.timeout_s, cap.score_gflops, cap.price, spec.credit_rate
+            )
+            secs = (
+                spec.estimated_flops / (cap.score_gflops * 1e9)
+                if spec.estimated_flops and cap.score_gflops
+                else spec.timeout_s
+            )
             if best is None or cost < best[0]:
                 best = (cost, secs)
-        return {"credits": best[0] if best else None, "seconds": best[1] if best else None,
-                "candidates": candidates}
+        return {
+            "credits": best[0] if best else None,
+            "seconds": best[1] if best else None,
+            "candidates": candidates,
+        }
 
     def _on_JobSubmitted(self: Node, inp: JobSubmitted) -> None:
         if inp.job_id in self.jobs:
@@ -170,8 +177,11 @@ class OriginMixin:
             job.needed, job.replicate_decided = min(spec.replicas, 2), True
         self.jobs[job.job_id] = job
         job.history.append((self.now_ms, "queued", "submitted"))
-        self._append("job_submitted", {"job_id": job.job_id, "spec": spec.model_dump(mode="json")},
-                     key=b"submit:" + job.job_id.encode())
+        self._append(
+            "job_submitted",
+            {"job_id": job.job_id, "spec": spec.model_dump(mode="json")},
+            key=b"submit:" + job.job_id.encode(),
+        )
         self._advance(job)
 
     def _on_CancelRequested(self: Node, inp: CancelRequested) -> None:
@@ -183,8 +193,11 @@ class OriginMixin:
             if run.state in RUN_LIVE:
                 run.state = "cancelled"
                 freed.append(run.worker)
-                self._send(run.worker, Cancel(job_id=job.job_id, attempt=run.attempt,
-                                              reason="cancelled by the user"), job.job_id)
+                self._send(
+                    run.worker,
+                    Cancel(job_id=job.job_id, attempt=run.attempt, reason="cancelled by the user"),
+                    job.job_id,
+                )
         self._finish(job, "cancelled", "cancelled by the user")
         for worker in freed:
             self._freed(worker)
@@ -209,19 +222,32 @@ class OriginMixin:
         if self._try_settle(job):
             return
         if job.failures >= self.params.max_attempts:
-            self._finish(job, "failed", f"gave up after {job.failures} failed attempts: {job.last_failure}")
+            self._finish(
+                job, "failed", f"gave up after {job.failures} failed attempts: {job.last_failure}"
+            )
             return
-        if (not self._busy_runs(job) and len(groups := self._result_groups(job)) > 1
-                and self._all_fitting_ran(job)):
+        if (
+            not self._busy_runs(job)
+            and len(groups := self._result_groups(job)) > 1
+            and self._all_fitting_ran(job)
+        ):
             # A tie-breaker is wanted but every worker that could run the job
             # already has: waiting max_queue_time_ms would change nothing.
-            self._finish(job, "failed", f"{sum(len(g) for g in groups)} results disagree and every fitting "
-                                        "worker has run the job; no tie-breaker is possible (nondeterministic job?)")
+            self._finish(
+                job,
+                "failed",
+                f"{sum(len(g) for g in groups)} results disagree and every fitting "
+                "worker has run the job; no tie-breaker is possible (nondeterministic job?)",
+            )
             return
         if self._wanted_runs(job) > self._busy_runs(job) and not job.offer_open:
             if job.attempt >= MAX_ATTEMPT or job.next_replica > MAX_REPLICA:
-                self._finish(job, "failed", f"gave up after {job.attempt} offer rounds and {job.next_replica} "
-                                            "awards (refused, unanswered or lost): " + summarize_declines(job))
+                self._finish(
+                    job,
+                    "failed",
+                    f"gave up after {job.attempt} offer rounds and {job.next_replica} "
+                    "awards (refused, unanswered or lost): " + summarize_declines(job),
+                )
                 return
             if job.waiting_since_ms is None:
                 job.waiting_since_ms = self.now_ms
@@ -236,9 +262,17 @@ class OriginMixin:
 
     def _busy_runs(self, job: OriginJob) -> int:
         """Runs that may still yield a result: live, or succeeded with the output in transfer."""
-        return sum(1 for r in job.runs.values() if r.state in RUN_LIVE
-                   or (r.state == "done" and not r.fetched and r.result is not None
-                       and r.result.get("status") == "succeeded"))
+        return sum(
+            1
+            for r in job.runs.values()
+            if r.state in RUN_LIVE
+            or (
+                r.state == "done"
+                and not r.fetched
+                and r.result is not None
+                and r.result.get("status") == "succeeded"
+            )
+        )
 
     def _wanted_runs(self, job: OriginJob) -> int:
         """Runs that must be live so that ``needed`` agreeing results can appear."""
@@ -258,16 +292,25 @@ class OriginMixin:
         exclude = set(job.excluded) | self._ran(job)
         spec = job.spec
         offer = Offer(
-            job_id=job.job_id, attempt=job.attempt, spec_digest=spec.digest(),
-            requirements=offer_requirements(spec), estimated_flops=spec.estimated_flops,
-            timeout_s=spec.timeout_s, max_budget=spec.max_budget, credit_rate=spec.credit_rate,
-            speed=spec.speed, bid_window_ms=self._window_ms(job), slots=min(slots, 5),
+            job_id=job.job_id,
+            attempt=job.attempt,
+            spec_digest=spec.digest(),
+            requirements=offer_requirements(spec),
+            estimated_flops=spec.estimated_flops,
+            timeout_s=spec.timeout_s,
+            max_budget=spec.max_budget,
+            credit_rate=spec.credit_rate,
+            speed=spec.speed,
+            bid_window_ms=self._window_ms(job),
+            slots=min(slots, 5),
             exclude=sorted(exclude)[:64],
         )
         job.offer_slots = offer.slots
         job.offered_ms = self.now_ms
         job.offer_candidates = self._candidates(job, offer)
-        self._append("job_offered", {"job_id": job.job_id, "attempt": job.attempt, "slots": offer.slots})
+        self._append(
+            "job_offered", {"job_id": job.job_id, "attempt": job.attempt, "slots": offer.slots}
+        )
         self._publish(TOPIC_OFFERS, offer)
         self.counters["offers_sent"] += 1
         self._at(self.now_ms + self._window_ms(job), T_WINDOW, (job.job_id, job.attempt))
@@ -278,7 +321,9 @@ class OriginMixin:
         ``bid_window_ms`` after an award. It is never shorter than the learned
         window (:meth:`_learned_window_ms`), nor longer than ``bid_window_max_ms``."""
         p = self.params
-        return min(p.bid_window_max_ms, max(p.bid_window_ms << job.slow_rounds, self._learned_window_ms()))
+        return min(
+            p.bid_window_max_ms, max(p.bid_window_ms << job.slow_rounds, self._learned_window_ms())
+        )
 
     def _learned_window_ms(self) -> int:
         """``bid_window_factor`` × the 90th percentile of recent bid delays
@@ -335,8 +380,12 @@ class OriginMixin:
             job.declined_round = set()
             job.offer_open = True
             p = self.params
-            until = max(self.now_ms + p.late_bid_window_ms, job.offered_ms + self._learned_window_ms())
-            self._at(min(until, self.now_ms + p.bid_window_max_ms), T_WINDOW, (job.job_id, job.attempt))
+            until = max(
+                self.now_ms + p.late_bid_window_ms, job.offered_ms + self._learned_window_ms()
+            )
+            self._at(
+                min(until, self.now_ms + p.bid_window_max_ms), T_WINDOW, (job.job_id, job.attempt)
+            )
             self._derive_state(job)
 
     def on_decline(self: Node, msg: Opened) -> None:
@@ -356,7 +405,9 @@ class OriginMixin:
     def _maybe_close_window(self: Node, job: OriginJob) -> None:
         slots, candidates = job.offer_slots, job.offer_candidates
         answered = len(job.bids) + job.declined_now
-        if len(job.bids) >= self.params.bids_enough * slots or (candidates and answered >= candidates):
+        if len(job.bids) >= self.params.bids_enough * slots or (
+            candidates and answered >= candidates
+        ):
             self._close_window(job)
 
     def _timer_window(self: Node, key: tuple[str, int]) -> None:
@@ -416,8 +467,13 @@ class OriginMixin:
         ran = job.excluded | self._ran(job)
         for entry in self.peers.alive(self.now_ms):
             p = entry.peer_id
-            if (p in job.bids or p in job.declined_round or p in ran or inflight.get(p, 0) >= least
-                    or self.trust.banned(p, self.now_ms)):
+            if (
+                p in job.bids
+                or p in job.declined_round
+                or p in ran
+                or inflight.get(p, 0) >= least
+                or self.trust.banned(p, self.now_ms)
+            ):
                 continue
             if fit_reason(Capacity.from_advert(entry.advert), req) is None:
                 return True
@@ -428,16 +484,26 @@ class OriginMixin:
         live = self._busy_runs(job)
         want = self._wanted_runs(job) - live
         busy = self._ran(job)
-        usable = {p: b for p, b in job.bids.items()
-                  if p not in job.tried and p not in busy and p not in job.excluded
-                  and not self.trust.banned(p, self.now_ms)
-                  and (job.spec.max_budget is None or b.price <= job.spec.max_budget)}
+        usable = {
+            p: b
+            for p, b in job.bids.items()
+            if p not in job.tried
+            and p not in busy
+            and p not in job.excluded
+            and not self.trust.banned(p, self.now_ms)
+            and (job.spec.max_budget is None or b.price <= job.spec.max_budget)
+        }
         if want > 0 and not usable:
             self._no_bids(job)
             return
-        ranked = rank_bids(usable, job.spec.speed, {p: self.trust.rank_reputation(p, self.now_ms) for p in usable},
-                           self._inflight(), {p: self.rng.random() for p in usable},
-                           per_gflop=not job.spec.estimated_flops)
+        ranked = rank_bids(
+            usable,
+            job.spec.speed,
+            {p: self.trust.rank_reputation(p, self.now_ms) for p in usable},
+            self._inflight(),
+            {p: self.rng.random() for p in usable},
+            per_gflop=not job.spec.estimated_flops,
+        )
         for peer in ranked:
             if want <= 0 or job.next_replica > MAX_REPLICA:
                 break
@@ -453,18 +519,27 @@ class OriginMixin:
             want -= 1
 
     def _no_bids(self: Node, job: OriginJob) -> None:
-        over_budget = [(p, b.price) for p, b in job.bids.items() if job.spec.max_budget is not None
-                       and b.price > job.spec.max_budget]
+        over_budget = [
+            (p, b.price)
+            for p, b in job.bids.items()
+            if job.spec.max_budget is not None and b.price > job.spec.max_budget
+        ]
         for p, price in over_budget:
-            self._note_decline(job, p, f"bid {price:.4g} credits exceeds budget {job.spec.max_budget:.4g}")
+            self._note_decline(
+                job, p, f"bid {price:.4g} credits exceeds budget {job.spec.max_budget:.4g}"
+            )
         self._derive_declines(job)
         if not job.bids and job.offer_candidates > 0:
             job.slow_rounds = min(job.slow_rounds + 1, 8)
-        job.backoff_ms = min(self.params.reoffer_max_ms, max(self.params.reoffer_base_ms, job.backoff_ms * 2))
+        job.backoff_ms = min(
+            self.params.reoffer_max_ms, max(self.params.reoffer_base_ms, job.backoff_ms * 2)
+        )
         job.next_offer_ms = self.now_ms + job.backoff_ms
         self.counters["offers_unanswered"] += 1
-        self._append("job_no_bids", {"job_id": job.job_id, "attempt": job.attempt,
-                                     "reasons": summarize_declines(job)})
+        self._append(
+            "job_no_bids",
+            {"job_id": job.job_id, "attempt": job.attempt, "reasons": summarize_declines(job)},
+        )
         if self._nobody_left(job):
             job.readmit_failed, job.excluded = True, set()
             job.next_offer_ms = self.now_ms
@@ -472,8 +547,12 @@ class OriginMixin:
     def _ran(self, job: OriginJob) -> set[str]:
         """Workers not to offer the job to: live runs, and runs with a result
         (only successful ones once every fitting peer has failed the job)."""
-        return {r.worker for r in job.runs.values() if r.state in RUN_LIVE or (r.result and (
-            not job.readmit_failed or r.result.get("status") == "succeeded"))}
+        return {
+            r.worker
+            for r in job.runs.values()
+            if r.state in RUN_LIVE
+            or (r.result and (not job.readmit_failed or r.result.get("status") == "succeeded"))
+        }
 
     def _nobody_left(self: Node, job: OriginJob) -> bool:
         """The job failed before and every known peer that fits it already ran it."""
@@ -483,8 +562,11 @@ class OriginMixin:
         """Every live peer that fits the job already ran it (or is banned)."""
         req = offer_requirements(job.spec)
         ran = job.excluded | self._ran(job)
-        fitting = [e.peer_id for e in self.peers.alive(self.now_ms)
-                   if fit_reason(Capacity.from_advert(e.advert), req) is None]
+        fitting = [
+            e.peer_id
+            for e in self.peers.alive(self.now_ms)
+            if fit_reason(Capacity.from_advert(e.advert), req) is None
+        ]
         return bool(fitting) and all(p in ran or self.trust.banned(p, self.now_ms) for p in fitting)
 
     def _derive_declines(self: Node, job: OriginJob) -> None:
@@ -509,9 +591,14 @@ class OriginMixin:
     def origin_serves(self, peer: str, digest: str) -> bool:
         """``peer`` holds a live run of a job of ours that has input ``digest``."""
         for job in self.jobs.values():
-            if job.state in TERMINAL or not any(r.worker == peer and r.state in RUN_LIVE for r in job.runs.values()):
+            if job.state in TERMINAL or not any(
+                r.worker == peer and r.state in RUN_LIVE for r in job.runs.values()
+            ):
                 continue
-            if any(i.digest is not None and i.digest.removeprefix("sha256:") == digest for i in job.spec.inputs):
+            if any(
+                i.digest is not None and i.digest.removeprefix("sha256:") == digest
+                for i in job.spec.inputs
+            ):
                 return True
         return False
 
@@ -530,18 +617,44 @@ class OriginMixin:
         job.slow_rounds = 0
         replica = job.next_replica
         job.next_replica += 1
-        run = Run(job.attempt, replica, peer, bid.price, bid.score_gflops,
-                  deadline_ms=self.now_ms + self.params.award_ack_timeout_ms)
+        run = Run(
+            job.attempt,
+            replica,
+            peer,
+            bid.price,
+            bid.score_gflops,
+            deadline_ms=self.now_ms + self.params.award_ack_timeout_ms,
+        )
         job.runs[(run.attempt, run.replica)] = run
-        self._append("run_awarded", {"job_id": job.job_id, "attempt": run.attempt, "replica": replica,
-                                     "worker": peer, "price": bid.price, "score": bid.score_gflops})
-        self._send(peer, Award(job_id=job.job_id, attempt=run.attempt, replica=replica,
-                               spec=job.spec.model_dump(mode="json"), price=bid.price,
-                               lease_ms=self.params.lease_ms), job.job_id)
+        self._append(
+            "run_awarded",
+            {
+                "job_id": job.job_id,
+                "attempt": run.attempt,
+                "replica": replica,
+                "worker": peer,
+                "price": bid.price,
+                "score": bid.score_gflops,
+            },
+        )
+        self._send(
+            peer,
+            Award(
+                job_id=job.job_id,
+                attempt=run.attempt,
+                replica=replica,
+                spec=job.spec.model_dump(mode="json"),
+                price=bid.price,
+                lease_ms=self.params.lease_ms,
+            ),
+            job.job_id,
+        )
         self.counters["awards_sent"] += 1
         self._at(run.deadline_ms, T_AWARD, (job.job_id, run.attempt, replica))
 
-    def _run_of(self, job_id: str, attempt: int, replica: int, sender: str) -> tuple[OriginJob, Run] | None:
+    def _run_of(
+        self, job_id: str, attempt: int, replica: int, sender: str
+    ) -> tuple[OriginJob, Run] | None:
         job = self.jobs.get(job_id)
         run = job.runs.get((attempt, replica)) if job else None
         if job is None or run is None or run.worker != sender:
@@ -557,7 +670,10 @@ class OriginMixin:
         if b.accepted:
             run.state, run.deadline_ms = "active", self.now_ms + self.params.lease_ms
             job.waiting_since_ms = None
-            self._append("run_accepted", {"job_id": job.job_id, "attempt": run.attempt, "replica": run.replica})
+            self._append(
+                "run_accepted",
+                {"job_id": job.job_id, "attempt": run.attempt, "replica": run.replica},
+            )
             self._at(run.deadline_ms, T_LEASE, (job.job_id, run.attempt, run.replica))
             self._derive_state(job)
         else:
@@ -574,14 +690,26 @@ class OriginMixin:
     def _timer_award_timeout(self: Node, key: tuple[str, int, int]) -> None:
         job = self.jobs.get(key[0])
         run = job.runs.get((key[1], key[2])) if job else None
-        if job is not None and run is not None and run.state == "awarding" and self.now_ms >= run.deadline_ms:
+        if (
+            job is not None
+            and run is not None
+            and run.state == "awarding"
+            and self.now_ms >= run.deadline_ms
+        ):
             self._run_refused(job, run, "award not acknowledged in time")
 
     def _run_refused(self: Node, job: OriginJob, run: Run, reason: str) -> None:
         run.state = "refused"
         self._note_decline(job, run.worker, "refused award: " + reason)
-        self._append("run_refused", {"job_id": job.job_id, "attempt": run.attempt, "replica": run.replica,
-                                     "reason": reason})
+        self._append(
+            "run_refused",
+            {
+                "job_id": job.job_id,
+                "attempt": run.attempt,
+                "replica": run.replica,
+                "reason": reason,
+            },
+        )
         if job.state not in TERMINAL:
             self._award_next(job)  # next best bid of the same round, if any
             self._advance(job)
@@ -602,13 +730,18 @@ class OriginMixin:
             self._at(run.deadline_ms, T_LEASE, (job.job_id, run.attempt, run.replica))
             if b.state == "running" and not run.started:
                 run.started = True
-                self._append("run_started", {"job_id": job.job_id, "attempt": run.attempt,
-                                             "replica": run.replica})
+                self._append(
+                    "run_started",
+                    {"job_id": job.job_id, "attempt": run.attempt, "replica": run.replica},
+                )
             if b.log:
                 self._job_log(job, b.log)
             self._derive_state(job)
-        self._send(msg.sender, HeartbeatReply(job_id=b.job_id, attempt=b.attempt, replica=b.replica,
-                                              keep=keep), b.job_id)
+        self._send(
+            msg.sender,
+            HeartbeatReply(job_id=b.job_id, attempt=b.attempt, replica=b.replica, keep=keep),
+            b.job_id,
+        )
 
     def _job_log(self: Node, job: OriginJob, data: bytes) -> None:
         room = self.params.max_job_log_bytes - len(job.log)
@@ -623,8 +756,12 @@ class OriginMixin:
             return
         run.state = "lost"
         self.trust.observe(run.worker, "abandoned", self.now_ms)
-        self._run_failed(job, run, f"lease lost: no heartbeat from {run.worker[-8:]} for "
-                                   f"{self.params.lease_ms} ms", exclude=True)
+        self._run_failed(
+            job,
+            run,
+            f"lease lost: no heartbeat from {run.worker[-8:]} for {self.params.lease_ms} ms",
+            exclude=True,
+        )
         self._freed(run.worker)
 
     def _run_failed(self: Node, job: OriginJob, run: Run, reason: str, *, exclude: bool) -> None:
@@ -632,8 +769,16 @@ class OriginMixin:
         job.last_failure = reason
         if exclude:
             job.excluded.add(run.worker)
-        self._append("run_failed", {"job_id": job.job_id, "attempt": run.attempt, "replica": run.replica,
-                                    "worker": run.worker, "reason": reason})
+        self._append(
+            "run_failed",
+            {
+                "job_id": job.job_id,
+                "attempt": run.attempt,
+                "replica": run.replica,
+                "worker": run.worker,
+                "reason": reason,
+            },
+        )
         job.history.append((self.now_ms, job.state, reason))
         self._advance(job)
 
@@ -643,25 +788,39 @@ class OriginMixin:
         b = msg.body
         found = self._run_of(b.job_id, b.attempt, b.replica, msg.sender)
         usable = found is not None and found[1].state in RUN_LIVE and found[0].state not in TERMINAL
-        self._send(msg.sender, ResultAck(job_id=b.job_id, attempt=b.attempt, replica=b.replica,
-                                         accepted=usable, reason="" if usable else "run not live"), b.job_id)
+        self._send(
+            msg.sender,
+            ResultAck(
+                job_id=b.job_id,
+                attempt=b.attempt,
+                replica=b.replica,
+                accepted=usable,
+                reason="" if usable else "run not live",
+            ),
+            b.job_id,
+        )
         if not usable:
             self.counters["result_ignored"] += 1
             return
         job, run = found  # type: ignore[misc]
         run.state = "done"
         run.result = b.model_dump(mode="json")
-        job.cost_actual += actual_cost(b.duration_ms, run.score_gflops, self._price_of(run), job.spec.credit_rate)
+        job.cost_actual += actual_cost(
+            b.duration_ms, run.score_gflops, self._price_of(run), job.spec.credit_rate
+        )
         self._append("run_result", {"job_id": job.job_id, "worker": run.worker, **run.result})
         if b.status == "succeeded":
             self._check_claimed_score(job, run, b.duration_ms)
         if b.status != "succeeded" or b.output_digest is None:
-            self.trust.observe(run.worker, "abandoned" if b.status == "error" else "completed", self.now_ms)
+            self.trust.observe(
+                run.worker, "abandoned" if b.status == "error" else "completed", self.now_ms
+            )
             why = b.reason or b.status
             if b.exit_code not in (None, 0):
                 why = f"exit code {b.exit_code}: {why}"
-            self._run_failed(job, run, f"run on {run.worker[-8:]} {b.status}: {why}",
-                             exclude=b.status == "error")
+            self._run_failed(
+                job, run, f"run on {run.worker[-8:]} {b.status}: {why}", exclude=b.status == "error"
+            )
         else:
             self._emit(FetchBlob(job.job_id, run.attempt, run.replica, run.worker, b.output_digest))
             self._advance(job)
@@ -679,9 +838,16 @@ class OriginMixin:
         if ratio > self.params.score_mismatch_ratio:
             self.counters["score_overclaims"] += 1
             self.trust.observe(run.worker, "overclaimed", self.now_ms)
-            self._append("score_mismatch", {"job_id": job.job_id, "worker": run.worker,
-                                            "claimed_gflops": run.score_gflops,
-                                            "achieved_gflops": round(achieved, 3), "ratio": round(ratio, 2)})
+            self._append(
+                "score_mismatch",
+                {
+                    "job_id": job.job_id,
+                    "worker": run.worker,
+                    "claimed_gflops": run.score_gflops,
+                    "achieved_gflops": round(achieved, 3),
+                    "ratio": round(ratio, 2),
+                },
+            )
 
     def _price_of(self: Node, run: Run) -> float:
         entry = self.peers.get(run.worker)
@@ -696,12 +862,23 @@ class OriginMixin:
             return
         if not inp.ok:
             run.state = "failed"
-            self._run_failed(job, run, f"output transfer from {run.worker[-8:]} failed: {inp.error}",
-                             exclude=True)
+            self._run_failed(
+                job,
+                run,
+                f"output transfer from {run.worker[-8:]} failed: {inp.error}",
+                exclude=True,
+            )
             return
         run.fetched = True
-        self._append("run_output", {"job_id": job.job_id, "attempt": run.attempt, "replica": run.replica,
-                                    "digest": inp.digest})
+        self._append(
+            "run_output",
+            {
+                "job_id": job.job_id,
+                "attempt": run.attempt,
+                "replica": run.replica,
+                "digest": inp.digest,
+            },
+        )
         self._request_checks(job)
         self._advance(job)
 
@@ -724,7 +901,7 @@ class OriginMixin:
         """Ask the shell to judge every pair of distinct fetched outputs not yet judged."""
         digests = sorted({r.result["output_digest"] for r in self._fetched_runs(job)})  # type: ignore[index]
         for i, a in enumerate(digests):
-            for b in digests[i + 1:]:
+            for b in digests[i + 1 :]:
                 pair = frozenset((a, b))
                 if self._same(job, a, b) is None and pair not in job.pending_checks:
                     job.pending_checks.add(pair)
@@ -766,8 +943,12 @@ class OriginMixin:
         best = max(groups, key=len)
         if len(best) < job.needed:
             if sum(len(g) for g in groups) >= self.params.max_disagreeing_results:
-                self._finish(job, "failed", f"{sum(len(g) for g in groups)} results disagree; "
-                                            "no majority of " + str(job.needed))
+                self._finish(
+                    job,
+                    "failed",
+                    f"{sum(len(g) for g in groups)} results disagree; "
+                    "no majority of " + str(job.needed),
+                )
                 return True
             return False
         if self._second_opinion_wanted(job, best[0]):
@@ -783,15 +964,22 @@ class OriginMixin:
             self.trust.observe(w, "invalid", self.now_ms)
         job.canonical = canonical
         job.exit_code = best[0].result.get("exit_code")  # type: ignore[union-attr]
-        job.verdict = {"replicas": sum(len(g) for g in groups), "needed": job.needed,
-                       "verdict": "agreed" if replicated else "unverified",
-                       "valid": valid, "invalid": invalid}
+        job.verdict = {
+            "replicas": sum(len(g) for g in groups),
+            "needed": job.needed,
+            "verdict": "agreed" if replicated else "unverified",
+            "valid": valid,
+            "invalid": invalid,
+        }
         self._append("job_verdict", {"job_id": job.job_id, "canonical": canonical, **job.verdict})
         for r in job.runs.values():  # stop anything still running for this job
             if r.state in RUN_LIVE:
                 r.state = "cancelled"
-                self._send(r.worker, Cancel(job_id=job.job_id, attempt=r.attempt, reason="result settled"),
-                           job.job_id)
+                self._send(
+                    r.worker,
+                    Cancel(job_id=job.job_id, attempt=r.attempt, reason="result settled"),
+                    job.job_id,
+                )
         if replicated:
             self.publish_attestations(job, valid, invalid)
         self.settle_credits(job, best)
@@ -806,8 +994,13 @@ class OriginMixin:
             return False
         if job.runs[min(job.runs)].worker == run.worker:
             return False
-        others = [e for e in self.peers.alive(self.now_ms) if e.peer_id != run.worker
-                  and e.peer_id not in job.excluded and not self.trust.banned(e.peer_id, self.now_ms)]
+        others = [
+            e
+            for e in self.peers.alive(self.now_ms)
+            if e.peer_id != run.worker
+            and e.peer_id not in job.excluded
+            and not self.trust.banned(e.peer_id, self.now_ms)
+        ]
         return bool(others) and self.trust.should_replicate(run.worker, self.rng)
 
     # ------------------------------------------------------------ state
@@ -817,17 +1010,27 @@ class OriginMixin:
         job.offer_open = False
         self.holding_jobs.discard(job.job_id)
         self._set_state(job, state, reason)
-        self._append("job_finished", {"job_id": job.job_id, "state": state, "reason": reason,
-                                      "canonical": job.canonical, "cost": job.cost_actual},
-                     key=b"finish:" + job.job_id.encode() + b":" + str(len(job.history)).encode())
+        self._append(
+            "job_finished",
+            {
+                "job_id": job.job_id,
+                "state": state,
+                "reason": reason,
+                "canonical": job.canonical,
+                "cost": job.cost_actual,
+            },
+            key=b"finish:" + job.job_id.encode() + b":" + str(len(job.history)).encode(),
+        )
 
     def _derive_state(self: Node, job: OriginJob) -> None:
         """The user-visible state follows from the runs and the open offer."""
         if job.state in TERMINAL:
             return
         live = [r for r in job.runs.values() if r.state in RUN_LIVE]
-        has_result = any(r.state == "done" and r.result and r.result.get("status") == "succeeded"
-                         for r in job.runs.values())
+        has_result = any(
+            r.state == "done" and r.result and r.result.get("status") == "succeeded"
+            for r in job.runs.values()
+        )
         if has_result:
             new = "verifying"
         elif any(r.started for r in live):
@@ -853,7 +1056,9 @@ class OriginMixin:
     def _evict_jobs(self) -> None:
         if len(self.jobs) < self.params.max_jobs_tracked:
             return
-        done = sorted((j for j in self.jobs.values() if j.state in TERMINAL), key=lambda j: j.updated_ms)
+        done = sorted(
+            (j for j in self.jobs.values() if j.state in TERMINAL), key=lambda j: j.updated_ms
+        )
         for j in done[: max(1, len(done) // 10)]:
             del self.jobs[j.job_id]
 
@@ -865,7 +1070,10 @@ class OriginMixin:
             spec = parse_job_spec(body["spec"])
             self.jobs[jid] = OriginJob(jid, spec, self.now_ms, updated_ms=self.now_ms)
             if spec.replicas is not None:
-                self.jobs[jid].needed, self.jobs[jid].replicate_decided = min(spec.replicas, 2), True
+                self.jobs[jid].needed, self.jobs[jid].replicate_decided = (
+                    min(spec.replicas, 2),
+                    True,
+                )
             return
         job = self.jobs.get(jid) if jid else None
         if job is None:
@@ -873,8 +1081,13 @@ class OriginMixin:
         if kind == "job_offered":
             job.attempt = body["attempt"]
         elif kind == "run_awarded":
-            job.runs[(body["attempt"], body["replica"])] = Run(body["attempt"], body["replica"], body["worker"],
-                                                               body["price"], body.get("score", 0.0))
+            job.runs[(body["attempt"], body["replica"])] = Run(
+                body["attempt"],
+                body["replica"],
+                body["worker"],
+                body["price"],
+                body.get("score", 0.0),
+            )
             job.next_replica = max(job.next_replica, body["replica"] + 1)
             if not job.replicate_decided:
                 job.replicate_decided, job.needed = True, 1
@@ -886,7 +1099,11 @@ class OriginMixin:
         elif kind in ("run_refused", "run_failed"):
             run = job.runs.get((body["attempt"], body["replica"]))
             if run is not None:
-                run.state = "refused" if kind == "run_refused" else ("failed" if run.state != "done" else "done")
+                run.state = (
+                    "refused"
+                    if kind == "run_refused"
+                    else ("failed" if run.state != "done" else "done")
+                )
             if kind == "run_failed":
                 job.failures += 1
                 job.last_failure = body["reason"]
@@ -903,12 +1120,18 @@ class OriginMixin:
                 run.fetched = True
         elif kind == "job_verdict":
             job.canonical = body["canonical"]
-            job.verdict = {k: body[k] for k in ("replicas", "needed", "verdict", "valid", "invalid")}
+            job.verdict = {
+                k: body[k] for k in ("replicas", "needed", "verdict", "valid", "invalid")
+            }
         elif kind == "job_state":
             job.state = body["to"]
             job.history.append((self.now_ms, body["to"], body.get("detail", "")))
         elif kind == "job_finished":
-            job.state, job.reason, job.cost_actual = body["state"], body["reason"], body.get("cost", 0.0)
+            job.state, job.reason, job.cost_actual = (
+                body["state"],
+                body["reason"],
+                body.get("cost", 0.0),
+            )
         elif kind == "job_retried":
             job.failures, job.excluded = 0, set()
 
@@ -925,17 +1148,31 @@ class OriginMixin:
                     self._at(run.deadline_ms, T_LEASE, (job.job_id, run.attempt, run.replica))
                 elif run.state == "done" and run.result and not run.fetched:
                     if run.result.get("status") == "succeeded" and run.result.get("output_digest"):
-                        self._emit(FetchBlob(job.job_id, run.attempt, run.replica, run.worker,
-                                             run.result["output_digest"]))
+                        self._emit(
+                            FetchBlob(
+                                job.job_id,
+                                run.attempt,
+                                run.replica,
+                                run.worker,
+                                run.result["output_digest"],
+                            )
+                        )
             self._append("job_resumed", {"job_id": job.job_id, "state": job.state})
             self._advance(job)
 
 
 def offer_requirements(spec: JobSpec) -> OfferRequirements:
     r = spec.requirements
-    return OfferRequirements(cpus=r.cpus, memory_mb=r.memory_mb, gpus=r.gpus,
-                             gpu_min_memory_mb=r.gpu_min_memory_mb, tier=r.tier, runtime=r.runtime,
-                             network=r.network, image=spec.image)
+    return OfferRequirements(
+        cpus=r.cpus,
+        memory_mb=r.memory_mb,
+        gpus=r.gpus,
+        gpu_min_memory_mb=r.gpu_min_memory_mb,
+        tier=r.tier,
+        runtime=r.runtime,
+        network=r.network,
+        image=spec.image,
+    )
 
 
 def summarize_declines(job: OriginJob) -> str:
@@ -953,26 +1190,44 @@ def job_view(job: OriginJob) -> dict[str, Any]:
     result = None
     for r in runs:
         if r.result and (job.canonical is None or r.result.get("output_digest") == job.canonical):
-            result = {"exit_code": r.result.get("exit_code"), "status": r.result.get("status"),
-                      "output_digest": r.result.get("output_digest"),
-                      "duration_s": r.result.get("duration_ms", 0) / 1000, "worker": r.worker,
-                      "reason": r.result.get("reason", "")}
+            result = {
+                "exit_code": r.result.get("exit_code"),
+                "status": r.result.get("status"),
+                "output_digest": r.result.get("output_digest"),
+                "duration_s": r.result.get("duration_ms", 0) / 1000,
+                "worker": r.worker,
+                "reason": r.result.get("reason", ""),
+            }
     return {
-        "job_id": job.job_id, "state": job.state, "reason": job.reason,
+        "job_id": job.job_id,
+        "state": job.state,
+        "reason": job.reason,
         "spec": job.spec.model_dump(mode="json"),
-        "submitted_at": job.submitted_ms, "updated_at": job.updated_ms,
+        "submitted_at": job.submitted_ms,
+        "updated_at": job.updated_ms,
         "history": [{"ts_ms": t, "state": s, "detail": d} for t, s, d in job.history],
-        "bids": [{"peer_id": p, "price": b.price, "est_finish_s": (b.est_start_ms + b.est_duration_ms) / 1000,
-                  "score": b.score_gflops, "queue": b.queued, "gpu": [g.model for g in b.gpus]}
-                 for p, b in job.bids.items()],
+        "bids": [
+            {
+                "peer_id": p,
+                "price": b.price,
+                "est_finish_s": (b.est_start_ms + b.est_duration_ms) / 1000,
+                "score": b.score_gflops,
+                "queue": b.queued,
+                "gpu": [g.model for g in b.gpus],
+            }
+            for p, b in job.bids.items()
+        ],
         "declines": [{"peer_id": p, "reason": r} for p, r in job.declines],
-        "awards": [{"peer_id": r.worker, "attempt": r.attempt, "replica": r.replica, "state": r.state}
-                   for r in runs],
+        "awards": [
+            {"peer_id": r.worker, "attempt": r.attempt, "replica": r.replica, "state": r.state}
+            for r in runs
+        ],
         "worker": next((r.worker for r in reversed(runs) if r.state in ("active", "done")), None),
         "result": result if job.state in TERMINAL or result else None,
         "cost": {"estimate": job.cost_estimate, "actual": job.cost_actual},
         "verification": job.verdict,
-        "attempts": job.attempt, "failures": job.failures,
+        "attempts": job.attempt,
+        "failures": job.failures,
     }
 
 

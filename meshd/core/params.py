@@ -214,7 +214,11 @@ class CoreParams:
             if key not in known:
                 raise ValueError(f"unknown parameter {key!r}")
             default = getattr(self, key)
-            if isinstance(default, bool) or not isinstance(value, (int, float)) or isinstance(value, bool):
+            if (
+                isinstance(default, bool)
+                or not isinstance(value, (int, float))
+                or isinstance(value, bool)
+            ):
                 raise ValueError(f"parameter {key!r} must be a number, got {value!r}")
             if isinstance(default, int) and not isinstance(value, int):
                 raise ValueError(f"parameter {key!r} must be an integer, got {value!r}")
@@ -233,7 +237,11 @@ def param_docs(cls: type = CoreParams) -> dict[str, str]:
     docs: dict[str, str] = {}
     body = tree.body[0].body  # type: ignore[attr-defined]
     for prev, node in zip(body, body[1:], strict=False):
-        if isinstance(prev, ast.AnnAssign) and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+        if (
+            isinstance(prev, ast.AnnAssign)
+            and isinstance(node, ast.Expr)
+            and isinstance(node.value, ast.Constant)
+        ):
             docs[prev.target.id] = " ".join(str(node.value.value).split())  # type: ignore[union-attr]
     return docs
 
@@ -244,5 +252,7 @@ def markdown_table(cls: type = CoreParams) -> str:
     rows = ["| name | type | default | purpose |", "|---|---|---|---|"]
     for f in fields(cls):
         default = getattr(cls(), f.name)
-        rows.append(f"| `{f.name}` | {type(default).__name__} | `{default!r}` | {docs.get(f.name, '')} |")
+        rows.append(
+            f"| `{f.name}` | {type(default).__name__} | `{default!r}` | {docs.get(f.name, '')} |"
+        )
     return "\n".join(rows)

@@ -73,16 +73,45 @@ class Capacity:
 
     @classmethod
     def from_advert(cls, a: Advert) -> Capacity:
-        return cls(a.cores, a.ram_mb, tuple((g.model, g.memory_mb) for g in a.gpus), a.gpu_runtime,
-                   tuple(a.runtimes), tuple(a.images), a.tier, a.network_allowed, a.warm,
-                   a.cold_reason, a.score_gflops, a.price, a.running, a.queued, a.capacity)
+        return cls(
+            a.cores,
+            a.ram_mb,
+            tuple((g.model, g.memory_mb) for g in a.gpus),
+            a.gpu_runtime,
+            tuple(a.runtimes),
+            tuple(a.images),
+            a.tier,
+            a.network_allowed,
+            a.warm,
+            a.cold_reason,
+            a.score_gflops,
+            a.price,
+            a.running,
+            a.queued,
+            a.capacity,
+        )
 
     @classmethod
-    def from_local(cls, c: LocalCapabilities, *, warm: bool, cold_reason: str | None,
-                   running: int, queued: int) -> Capacity:
-        return cls(c.cores, c.ram_mb, c.gpus, c.gpu_runtime, c.runtimes, c.images, c.tier,
-                   c.network_allowed, warm, cold_reason, c.score_gflops, c.price, running,
-                   queued, c.capacity)
+    def from_local(
+        cls, c: LocalCapabilities, *, warm: bool, cold_reason: str | None, running: int, queued: int
+    ) -> Capacity:
+        return cls(
+            c.cores,
+            c.ram_mb,
+            c.gpus,
+            c.gpu_runtime,
+            c.runtimes,
+            c.images,
+            c.tier,
+            c.network_allowed,
+            warm,
+            cold_reason,
+            c.score_gflops,
+            c.price,
+            running,
+            queued,
+            c.capacity,
+        )
 
 
 def image_present(image: str, images: tuple[str, ...]) -> bool:
@@ -111,7 +140,9 @@ def fit_reason(cap: Capacity, req: OfferRequirements) -> str | None:
             return "engine has no GPU runtime"
         fitting = [g for g in cap.gpus if g[1] >= req.gpu_min_memory_mb]
         if len(fitting) < req.gpus:
-            return f"needs {req.gpus} GPU(s) with ≥{req.gpu_min_memory_mb} MB, node has {len(fitting)}"
+            return (
+                f"needs {req.gpus} GPU(s) with ≥{req.gpu_min_memory_mb} MB, node has {len(fitting)}"
+            )
     if req.tier is not None and TIERS.index(cap.tier) < TIERS.index(req.tier):
         return f"needs tier {req.tier}, node is {cap.tier}"
     if req.network and not cap.network_allowed:
@@ -119,15 +150,21 @@ def fit_reason(cap: Capacity, req: OfferRequirements) -> str | None:
     return None
 
 
-def estimate_duration_s(offer_flops: float | None, timeout_s: float, score_gflops: float,
-                        overhead_s: float) -> float:
+def estimate_duration_s(
+    offer_flops: float | None, timeout_s: float, score_gflops: float, overhead_s: float
+) -> float:
     if offer_flops and score_gflops > 0:
         return min(timeout_s, offer_flops / (score_gflops * 1e9)) + overhead_s
     return timeout_s
 
 
-def estimate_cost(offer_flops: float | None, timeout_s: float, score_gflops: float,
-                  price: float, credit_rate: float) -> float:
+def estimate_cost(
+    offer_flops: float | None,
+    timeout_s: float,
+    score_gflops: float,
+    price: float,
+    credit_rate: float,
+) -> float:
     """Credits the job is expected to cost on a worker (upper bound without flops)."""
     if offer_flops:
         return offer_flops / 1e9 * price * credit_rate
@@ -138,8 +175,13 @@ def actual_cost(duration_ms: int, score_gflops: float, price: float, credit_rate
     return duration_ms / 1000.0 * score_gflops * price * credit_rate
 
 
-def budget_timeout_s(timeout_s: float, max_budget: float | None, score_gflops: float,
-                     price: float, credit_rate: float) -> float:
+def budget_timeout_s(
+    timeout_s: float,
+    max_budget: float | None,
+    score_gflops: float,
+    price: float,
+    credit_rate: float,
+) -> float:
     """The wall-clock limit that keeps a run's cost within the budget."""
     rate = score_gflops * price * credit_rate
     if max_budget is None or rate <= 0:
@@ -147,8 +189,9 @@ def budget_timeout_s(timeout_s: float, max_budget: float | None, score_gflops: f
     return max(0.001, min(timeout_s, max_budget / rate))
 
 
-def decline_reason(cap: Capacity, offer: Offer, *, self_id: str, queue_max: int,
-                   overhead_s: float) -> tuple[str | None, bool]:
+def decline_reason(
+    cap: Capacity, offer: Offer, *, self_id: str, queue_max: int, overhead_s: float
+) -> tuple[str | None, bool]:
     """(reason or None, whether the origin could not know it from our advert)."""
     if self_id in offer.exclude:
         return "excluded by the origin (earlier failure)", False
@@ -158,8 +201,9 @@ def decline_reason(cap: Capacity, offer: Offer, *, self_id: str, queue_max: int,
     if cap.running + cap.queued >= cap.capacity + queue_max:
         return f"busy: {cap.running} running, {cap.queued} queued", True
     if offer.max_budget is not None:
-        cost = estimate_cost(offer.estimated_flops, offer.timeout_s, cap.score_gflops,
-                             cap.price, offer.credit_rate)
+        cost = estimate_cost(
+            offer.estimated_flops, offer.timeout_s, cap.score_gflops, cap.price, offer.credit_rate
+        )
         if cost > offer.max_budget and not offer.estimated_flops:
             # Without a flops estimate the cost is a bound: bid anyway, the
             # run is stopped at the budget (budget_timeout_s).
@@ -170,20 +214,37 @@ def decline_reason(cap: Capacity, offer: Offer, *, self_id: str, queue_max: int,
 
 
 def make_bid(cap: Capacity, offer: Offer, *, avg_run_s: float, overhead_s: float) -> Bid:
-    duration = estimate_duration_s(offer.estimated_flops, offer.timeout_s, cap.score_gflops, overhead_s)
+    duration = estimate_duration_s(
+        offer.estimated_flops, offer.timeout_s, cap.score_gflops, overhead_s
+    )
     waiting_jobs = max(0, cap.running + cap.queued + 1 - cap.capacity)
     wait_s = waiting_jobs * avg_run_s / max(1, cap.capacity)
-    cost = estimate_cost(offer.estimated_flops, offer.timeout_s, cap.score_gflops, cap.price,
-                         offer.credit_rate)
+    cost = estimate_cost(
+        offer.estimated_flops, offer.timeout_s, cap.score_gflops, cap.price, offer.credit_rate
+    )
     if offer.max_budget is not None:
         cost = min(cost, offer.max_budget)
-    return Bid(job_id=offer.job_id, attempt=offer.attempt, price=cost,
-               est_start_ms=int(wait_s * 1000), est_duration_ms=int(duration * 1000),
-               score_gflops=cap.score_gflops, running=cap.running, queued=cap.queued)
+    return Bid(
+        job_id=offer.job_id,
+        attempt=offer.attempt,
+        price=cost,
+        est_start_ms=int(wait_s * 1000),
+        est_duration_ms=int(duration * 1000),
+        score_gflops=cap.score_gflops,
+        running=cap.running,
+        queued=cap.queued,
+    )
 
 
-def rank_bids(bids: dict[str, Bid], speed: str, reputation: dict[str, float],
-              inflight: dict[str, int], tiebreak: dict[str, float], *, per_gflop: bool = False) -> list[str]:
+def rank_bids(
+    bids: dict[str, Bid],
+    speed: str,
+    reputation: dict[str, float],
+    inflight: dict[str, int],
+    tiebreak: dict[str, float],
+    *,
+    per_gflop: bool = False,
+) -> list[str]:
     """Peer ids, best first. ``reputation`` in [-1, 1]; ``inflight`` awards we hold.
 
     ``per_gflop``: the job has no flops estimate, so each bid's ``price`` is
@@ -221,8 +282,9 @@ def rank_bids(bids: dict[str, Bid], speed: str, reputation: dict[str, float],
         return inflight.get(p, 0) * bids[p].est_duration_ms / max(1.0, f_min)
 
     def key(p: str) -> tuple[float, float]:
-        cost = (w_finish * (norm(finishes[p], f_min, f_max) + load(p))
-                + w_price * norm(prices[p], p_min, p_max))
+        cost = w_finish * (norm(finishes[p], f_min, f_max) + load(p)) + w_price * norm(
+            prices[p], p_min, p_max
+        )
         rep = max(-1.0, min(1.0, reputation.get(p, 0.0)))
         # Bad standing weighs heavily; good standing only a little, so that
         # among near-equal bids newcomers still win work (and can earn trust)

@@ -86,8 +86,13 @@ OUTCOMES = ("valid", "completed", "invalid", "abandoned")
 
 def outcome_weight(params: CoreParams, outcome: str) -> float:
     """Signed evidence weight of one outcome."""
-    return {"valid": 1.0, "completed": params.completed_weight, "invalid": -params.invalid_weight,
-            "abandoned": -1.0, "overclaimed": -params.overclaim_weight}[outcome]
+    return {
+        "valid": 1.0,
+        "completed": params.completed_weight,
+        "invalid": -params.invalid_weight,
+        "abandoned": -1.0,
+        "overclaimed": -params.overclaim_weight,
+    }[outcome]
 
 
 @dataclass
@@ -145,9 +150,11 @@ class Trust:
 
     def _evict(self, now_ms: int) -> None:
         """Drop the tenth of entries with the least evidence (never a banned peer's)."""
+
         def weight(item: tuple[str, Evidence]) -> float:
             p, ev = item
             return math.inf if self.banned(p, now_ms) else ev.mass + ev.remote_mass
+
         victims = sorted(self._ev.items(), key=weight)[: max(1, len(self._ev) // 10)]
         for p, _ in victims:
             del self._ev[p]
@@ -170,7 +177,11 @@ class Trust:
         """One availability sample (the node takes one per peer per standing tick)."""
         ev = self._entry(peer, now_ms)
         x = 1.0 if up else 0.0
-        ev.uptime = x if ev.uptime is None else ev.uptime + (x - ev.uptime) / self.params.uptime_window_samples
+        ev.uptime = (
+            x
+            if ev.uptime is None
+            else ev.uptime + (x - ev.uptime) / self.params.uptime_window_samples
+        )
 
     def uptime_sampled(self) -> list[str]:
         """Peers with an availability record (sampled down when they stop advertising)."""
@@ -219,7 +230,9 @@ class Trust:
         """In [-1, 1]; 0 for a stranger, -1 for a proven equivocator."""
         return self._evidence_reputation(peer, now_ms)
 
-    def _evidence_reputation(self, peer: str, now_ms: int, *, own: bool = True, uptime: bool = True) -> float:
+    def _evidence_reputation(
+        self, peer: str, now_ms: int, *, own: bool = True, uptime: bool = True
+    ) -> float:
         """The reputation ratio over the chosen evidence: remote always, own
         observations and the uptime term unless left out."""
         if peer in self._banned_forever:
@@ -272,7 +285,11 @@ class Trust:
     def _report(self, peer: str, ev: Evidence, now_ms: int) -> None:
         rep, ban = self.reputation(peer, now_ms), self.banned(peer, now_ms)
         last = ev.reported
-        if last is not None and last[1] == ban and abs(last[0] - rep) < self.params.peer_score_min_change:
+        if (
+            last is not None
+            and last[1] == ban
+            and abs(last[0] - rep) < self.params.peer_score_min_change
+        ):
             return
         ev.reported = (rep, ban)
         if self.listener is not None:
@@ -309,11 +326,19 @@ class Trust:
         return rng.random() < self.replication_probability(worker)
 
     def snapshot(self, now_ms: int) -> dict[str, dict[str, float | int | bool]]:
-        return {p: {"reputation": self.reputation(p, now_ms), "valid_streak": ev.valid_streak,
-                    "remote_streak": round(ev.remote_streak, 3),
-                    "uptime": None if ev.uptime is None else round(ev.uptime, 3),
-                    "valid": ev.valid, "invalid": ev.invalid, "trusted": self.trusted(p),
-                    "banned": self.banned(p, now_ms)} for p, ev in self._ev.items()}
+        return {
+            p: {
+                "reputation": self.reputation(p, now_ms),
+                "valid_streak": ev.valid_streak,
+                "remote_streak": round(ev.remote_streak, 3),
+                "uptime": None if ev.uptime is None else round(ev.uptime, 3),
+                "valid": ev.valid,
+                "invalid": ev.invalid,
+                "trusted": self.trusted(p),
+                "banned": self.banned(p, now_ms),
+            }
+            for p, ev in self._ev.items()
+        }
 
 
 def _clamp(x: float) -> float:

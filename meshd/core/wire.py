@@ -260,8 +260,17 @@ BODY_TYPES: dict[str, type[Body]] = {
 TYPE_OF: dict[type[Body], str] = {v: k for k, v in BODY_TYPES.items()}
 
 RejectReason = Literal[
-    "oversize", "malformed", "bad_version", "unknown_type", "bad_signature",
-    "bad_body", "stale", "future", "replay", "wrong_sender", "banned",
+    "oversize",
+    "malformed",
+    "bad_version",
+    "unknown_type",
+    "bad_signature",
+    "bad_body",
+    "stale",
+    "future",
+    "replay",
+    "wrong_sender",
+    "banned",
 ]
 
 
@@ -291,8 +300,14 @@ def seal(identity: Identity, body: Body, ts_ms: int, nonce: bytes) -> bytes:
     assert type(body) in TYPE_OF, f"not a wire body: {type(body).__name__}"
     assert len(nonce) == NONCE_LEN
     payload = msgpack.packb(
-        [PROTOCOL_VERSION, TYPE_OF[type(body)], identity.public_key, int(ts_ms), nonce,
-         body.model_dump(mode="python")],
+        [
+            PROTOCOL_VERSION,
+            TYPE_OF[type(body)],
+            identity.public_key,
+            int(ts_ms),
+            nonce,
+            body.model_dump(mode="python"),
+        ],
         use_bin_type=True,
     )
     return msgpack.packb([payload, identity.sign(SIGNING_DOMAIN + payload)], use_bin_type=True)
@@ -300,9 +315,15 @@ def seal(identity: Identity, body: Body, ts_ms: int, nonce: bytes) -> bytes:
 
 def _unpack(data: bytes, max_bytes: int) -> Any:
     return msgpack.unpackb(
-        data, raw=False, strict_map_key=True, use_list=True,
-        max_str_len=max_bytes, max_bin_len=max_bytes,
-        max_array_len=4096, max_map_len=4096, max_ext_len=0,
+        data,
+        raw=False,
+        strict_map_key=True,
+        use_list=True,
+        max_str_len=max_bytes,
+        max_bin_len=max_bytes,
+        max_array_len=4096,
+        max_map_len=4096,
+        max_ext_len=0,
     )
 
 
@@ -312,8 +333,12 @@ def open_envelope(data: bytes, max_bytes: int) -> Opened | Rejected:
         return Rejected("oversize", f"{len(data)} bytes > {max_bytes}")
     try:
         outer = _unpack(bytes(data), max_bytes)
-        if not (isinstance(outer, list) and len(outer) == 2
-                and isinstance(outer[0], bytes) and isinstance(outer[1], bytes)):
+        if not (
+            isinstance(outer, list)
+            and len(outer) == 2
+            and isinstance(outer[0], bytes)
+            and isinstance(outer[1], bytes)
+        ):
             return Rejected("malformed", "envelope is not [payload, signature]")
         payload, signature = outer
         inner = _unpack(payload, max_bytes)
@@ -326,9 +351,16 @@ def open_envelope(data: bytes, max_bytes: int) -> Opened | Rejected:
         return Rejected("bad_version", f"schema_version {version!r}")
     if not isinstance(mtype, str) or mtype not in BODY_TYPES:
         return Rejected("unknown_type", repr(mtype)[:MAX_TYPE_LEN])
-    if not (isinstance(key, bytes) and len(key) == PUBLIC_KEY_LEN and isinstance(ts_ms, int)
-            and not isinstance(ts_ms, bool) and isinstance(nonce, bytes) and len(nonce) == NONCE_LEN
-            and isinstance(body, dict) and len(signature) == SIGNATURE_LEN):
+    if not (
+        isinstance(key, bytes)
+        and len(key) == PUBLIC_KEY_LEN
+        and isinstance(ts_ms, int)
+        and not isinstance(ts_ms, bool)
+        and isinstance(nonce, bytes)
+        and len(nonce) == NONCE_LEN
+        and isinstance(body, dict)
+        and len(signature) == SIGNATURE_LEN
+    ):
         return Rejected("malformed", "bad header field")
     if not verify_signature(key, signature, SIGNING_DOMAIN + payload):
         return Rejected("bad_signature")
@@ -341,6 +373,18 @@ def open_envelope(data: bytes, max_bytes: int) -> Opened | Rejected:
 
 
 Message = (
-    Advert | Offer | Bid | Decline | Award | AwardReply | Heartbeat
-    | HeartbeatReply | Result | ResultAck | Cancel | Receipt | ReceiptCosign | Attestation
+    Advert
+    | Offer
+    | Bid
+    | Decline
+    | Award
+    | AwardReply
+    | Heartbeat
+    | HeartbeatReply
+    | Result
+    | ResultAck
+    | Cancel
+    | Receipt
+    | ReceiptCosign
+    | Attestation
 )

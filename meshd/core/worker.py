@@ -83,15 +83,25 @@ class WorkerMixin:
         if cap is None:
             return
         offer = msg.body
-        reason, send = decline_reason(cap, offer, self_id=self.peer_id, queue_max=self.params.worker_queue_max,
-                                      overhead_s=self.params.startup_overhead_s)
+        reason, send = decline_reason(
+            cap,
+            offer,
+            self_id=self.peer_id,
+            queue_max=self.params.worker_queue_max,
+            overhead_s=self.params.startup_overhead_s,
+        )
         if reason is not None:
             self.counters["offers_declined"] += 1
             if send:
-                self._send(msg.sender, Decline(job_id=offer.job_id, attempt=offer.attempt, reason=reason[:500]),
-                           offer.job_id)
+                self._send(
+                    msg.sender,
+                    Decline(job_id=offer.job_id, attempt=offer.attempt, reason=reason[:500]),
+                    offer.job_id,
+                )
             return
-        bid = make_bid(cap, offer, avg_run_s=self.avg_run_s, overhead_s=self.params.startup_overhead_s)
+        bid = make_bid(
+            cap, offer, avg_run_s=self.avg_run_s, overhead_s=self.params.startup_overhead_s
+        )
         self.counters["bids_sent"] += 1
         self._send(msg.sender, bid, offer.job_id)
 
@@ -101,8 +111,11 @@ class WorkerMixin:
         a = msg.body
         key: RunKey = (a.job_id, a.attempt, a.replica)
         if key in self.work:  # a re-sent award: answer the same
-            self._send(msg.sender, AwardReply(job_id=a.job_id, attempt=a.attempt, replica=a.replica,
-                                              accepted=True), a.job_id)
+            self._send(
+                msg.sender,
+                AwardReply(job_id=a.job_id, attempt=a.attempt, replica=a.replica, accepted=True),
+                a.job_id,
+            )
             return
         reason = self._award_refusal(a)
         spec: JobSpec | None = None
@@ -115,21 +128,47 @@ class WorkerMixin:
             reason = "job descriptor does not match the award"
         if reason is not None or spec is None:
             self.counters["awards_refused"] += 1
-            self._send(msg.sender, AwardReply(job_id=a.job_id, attempt=a.attempt, replica=a.replica,
-                                              accepted=False, reason=reason or "invalid"), a.job_id)
+            self._send(
+                msg.sender,
+                AwardReply(
+                    job_id=a.job_id,
+                    attempt=a.attempt,
+                    replica=a.replica,
+                    accepted=False,
+                    reason=reason or "invalid",
+                ),
+                a.job_id,
+            )
             return
         cap = self.capacity()
         assert cap is not None
-        timeout = budget_timeout_s(spec.timeout_s, spec.max_budget, cap.score_gflops, cap.price, spec.credit_rate)
-        work = Work(key, msg.sender, spec, a.price, timeout, self.now_ms, last_contact_ms=self.now_ms)
+        timeout = budget_timeout_s(
+            spec.timeout_s, spec.max_budget, cap.score_gflops, cap.price, spec.credit_rate
+        )
+        work = Work(
+            key, msg.sender, spec, a.price, timeout, self.now_ms, last_contact_ms=self.now_ms
+        )
         self.work[key] = work
         self.work_queue.append(key)
-        self._append("work_accepted", {"job_id": a.job_id, "attempt": a.attempt, "replica": a.replica,
-                                       "origin": msg.sender, "price": a.price, "timeout_s": timeout,
-                                       "spec": a.spec}, key=b"work:%s:%d:%d" % (a.job_id.encode(), a.attempt, a.replica))
+        self._append(
+            "work_accepted",
+            {
+                "job_id": a.job_id,
+                "attempt": a.attempt,
+                "replica": a.replica,
+                "origin": msg.sender,
+                "price": a.price,
+                "timeout_s": timeout,
+                "spec": a.spec,
+            },
+            key=b"work:%s:%d:%d" % (a.job_id.encode(), a.attempt, a.replica),
+        )
         self.counters["awards_accepted"] += 1
-        self._send(msg.sender, AwardReply(job_id=a.job_id, attempt=a.attempt, replica=a.replica,
-                                          accepted=True), a.job_id)
+        self._send(
+            msg.sender,
+            AwardReply(job_id=a.job_id, attempt=a.attempt, replica=a.replica, accepted=True),
+            a.job_id,
+        )
         self._at(self.now_ms + self.params.heartbeat_interval_ms, T_HEARTBEAT, key)
         self._start_queued()
 
@@ -159,11 +198,21 @@ class WorkerMixin:
         if work is None or work.state != "fetching":
             return
         if not inp.ok:
-            self._finish_work(work, Result(job_id=inp.job_id, attempt=inp.attempt, replica=inp.replica,
-                                           status="error", reason=f"input fetch failed: {inp.error}"[:500]))
+            self._finish_work(
+                work,
+                Result(
+                    job_id=inp.job_id,
+                    attempt=inp.attempt,
+                    replica=inp.replica,
+                    status="error",
+                    reason=f"input fetch failed: {inp.error}"[:500],
+                ),
+            )
             return
         work.state, work.started_ms = "running", self.now_ms
-        self._append("work_started", {"job_id": inp.job_id, "attempt": inp.attempt, "replica": inp.replica})
+        self._append(
+            "work_started", {"job_id": inp.job_id, "attempt": inp.attempt, "replica": inp.replica}
+        )
         self._emit(StartExecution(inp.job_id, inp.attempt, inp.replica, work.spec, work.timeout_s))
         self._heartbeat(work)
 
@@ -171,7 +220,7 @@ class WorkerMixin:
         work = self.work.get((inp.job_id, inp.attempt, inp.replica))
         if work is not None and work.state == "running":
             room = 16 * 1024 - len(work.log_buf)
-            work.log_buf += inp.log[:max(0, room)]
+            work.log_buf += inp.log[: max(0, room)]
 
     def _on_ExecutionFinished(self: Node, inp: ExecutionFinished) -> None:
         work = self.work.get((inp.job_id, inp.attempt, inp.replica))
@@ -183,10 +232,19 @@ class WorkerMixin:
             self.avg_run_s = 0.8 * self.avg_run_s + 0.2 * inp.duration_ms / 1000
         cap = self.caps
         result = Result(
-            job_id=inp.job_id, attempt=inp.attempt, replica=inp.replica, status=inp.status,  # type: ignore[arg-type]
-            exit_code=inp.exit_code, reason=inp.reason[:500], output_digest=inp.output_digest,
-            output_size=inp.output_size, duration_ms=inp.duration_ms, cpu_ms=inp.cpu_ms,
-            peak_memory_bytes=inp.peak_memory_bytes, score_gflops=cap.score_gflops if cap else 0.0)
+            job_id=inp.job_id,
+            attempt=inp.attempt,
+            replica=inp.replica,
+            status=inp.status,  # type: ignore[arg-type]
+            exit_code=inp.exit_code,
+            reason=inp.reason[:500],
+            output_digest=inp.output_digest,
+            output_size=inp.output_size,
+            duration_ms=inp.duration_ms,
+            cpu_ms=inp.cpu_ms,
+            peak_memory_bytes=inp.peak_memory_bytes,
+            score_gflops=cap.score_gflops if cap else 0.0,
+        )
         self._finish_work(work, result)
 
     def _finish_work(self: Node, work: Work, result: Result) -> None:
@@ -200,11 +258,23 @@ class WorkerMixin:
     # ------------------------------------------------------------ talking to the origin
 
     def _heartbeat(self: Node, work: Work) -> None:
-        state = {"queued": "queued", "fetching": "fetching", "running": "running"}.get(work.state, "finished")
+        state = {"queued": "queued", "fetching": "fetching", "running": "running"}.get(
+            work.state, "finished"
+        )
         log, work.log_buf = work.log_buf, b""
         elapsed = self.now_ms - work.started_ms if work.started_ms else 0
-        self._send(work.origin, Heartbeat(job_id=work.key[0], attempt=work.key[1], replica=work.key[2],
-                                          state=state, elapsed_ms=elapsed, log=log), work.key[0])  # type: ignore[arg-type]
+        self._send(
+            work.origin,
+            Heartbeat(
+                job_id=work.key[0],
+                attempt=work.key[1],
+                replica=work.key[2],
+                state=state,
+                elapsed_ms=elapsed,
+                log=log,
+            ),
+            work.key[0],
+        )  # type: ignore[arg-type]
 
     def _timer_heartbeat(self: Node, key: RunKey) -> None:
         work = self.work.get(key)
@@ -235,8 +305,15 @@ class WorkerMixin:
     def _cancel_work(self: Node, work: Work, reason: str) -> None:
         was = work.state
         work.state = "cancelled"
-        self._append("work_cancelled", {"job_id": work.key[0], "attempt": work.key[1], "replica": work.key[2],
-                                        "reason": reason})
+        self._append(
+            "work_cancelled",
+            {
+                "job_id": work.key[0],
+                "attempt": work.key[1],
+                "replica": work.key[2],
+                "reason": reason,
+            },
+        )
         if was == "running" or was == "fetching":
             self._emit(CancelExecution(work.key[0], work.key[1], work.key[2], reason))
         self._start_queued()
@@ -247,7 +324,9 @@ class WorkerMixin:
         if work is None or work.result is None or work.acked:
             return
         if self.now_ms - work.last_contact_ms > 2 * self.params.lease_ms:
-            self._append("work_unacknowledged", {"job_id": key[0], "attempt": key[1], "replica": key[2]})
+            self._append(
+                "work_unacknowledged", {"job_id": key[0], "attempt": key[1], "replica": key[2]}
+            )
             work.acked = True
             return
         self._send(work.origin, work.result, key[0])
@@ -259,13 +338,25 @@ class WorkerMixin:
         if work is None or work.origin != msg.sender or work.acked:
             return
         work.acked, work.last_contact_ms = True, self.now_ms
-        self._append("work_acked", {"job_id": b.job_id, "attempt": b.attempt, "replica": b.replica,
-                                    "accepted": b.accepted})
+        self._append(
+            "work_acked",
+            {
+                "job_id": b.job_id,
+                "attempt": b.attempt,
+                "replica": b.replica,
+                "accepted": b.accepted,
+            },
+        )
 
     def worker_serves(self: Node, peer: str, digest: str) -> bool:
         """We ran a job for origin ``peer`` whose output archive is ``digest``."""
-        return any(w.origin == peer and w.result is not None and w.result.output_digest is not None
-                   and w.result.output_digest.removeprefix("sha256:") == digest for w in self.work.values())
+        return any(
+            w.origin == peer
+            and w.result is not None
+            and w.result.output_digest is not None
+            and w.result.output_digest.removeprefix("sha256:") == digest
+            for w in self.work.values()
+        )
 
     def _gc_work(self) -> None:
         done = [k for k, w in self.work.items() if w.state in ("finished", "cancelled") and w.acked]
@@ -282,8 +373,15 @@ class WorkerMixin:
                 spec = parse_job_spec(body["spec"])
             except JobSpecError:
                 return
-            self.work[key] = Work(key, body["origin"], spec, body["price"], body["timeout_s"], self.now_ms,
-                                  last_contact_ms=self.now_ms)
+            self.work[key] = Work(
+                key,
+                body["origin"],
+                spec,
+                body["price"],
+                body["timeout_s"],
+                self.now_ms,
+                last_contact_ms=self.now_ms,
+            )
             return
         key = (body.get("job_id"), body.get("attempt"), body.get("replica"))
         work = self.work.get(key)  # type: ignore[arg-type]
@@ -307,8 +405,15 @@ class WorkerMixin:
         for key, work in self.work.items():
             if work.state in ("queued", "fetching", "running"):
                 work.state, work.acked = "cancelled", True
-                self._append("work_abandoned", {"job_id": key[0], "attempt": key[1], "replica": key[2],
-                                                "reason": "node restarted while the run was held"})
+                self._append(
+                    "work_abandoned",
+                    {
+                        "job_id": key[0],
+                        "attempt": key[1],
+                        "replica": key[2],
+                        "reason": "node restarted while the run was held",
+                    },
+                )
             elif work.state == "finished" and not work.acked and work.result is not None:
                 work.last_contact_ms = self.now_ms
                 self._send(work.origin, work.result, key[0])

@@ -92,11 +92,15 @@ class ExecRequest:
         _check("\x00" not in self.job_id, "job_id must not contain NUL")
         _check(bool(self.image), "image must be non-empty")
         _check(len(self.command) > 0, "command must be a non-empty tuple")
-        _check(all(isinstance(a, str) and "\x00" not in a for a in self.command),
-               "command items must be str without NUL")
+        _check(
+            all(isinstance(a, str) and "\x00" not in a for a in self.command),
+            "command items must be str without NUL",
+        )
         for k, v in self.env.items():
             _check(bool(_ENV_KEY_RE.match(k)), f"env key {k!r} is not a valid variable name")
-            _check(isinstance(v, str) and "\x00" not in v, f"env value of {k} must be str without NUL")
+            _check(
+                isinstance(v, str) and "\x00" not in v, f"env value of {k} must be str without NUL"
+            )
         object.__setattr__(self, "command", tuple(self.command))
         object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
         object.__setattr__(self, "output_dir", Path(self.output_dir))
@@ -104,7 +108,9 @@ class ExecRequest:
             object.__setattr__(self, "input_dir", Path(self.input_dir))
         _check(self.cpus > 0, "cpus must be > 0")
         _check(self.memory_mb >= 6, "memory_mb must be >= 6 (Docker's minimum)")
-        _check(self.gpus >= 0 and self.gpu_min_memory_mb >= 0, "gpus / gpu_min_memory_mb must be >= 0")
+        _check(
+            self.gpus >= 0 and self.gpu_min_memory_mb >= 0, "gpus / gpu_min_memory_mb must be >= 0"
+        )
         _check(self.timeout_s > 0, "timeout_s must be > 0")
         _check(self.max_output_bytes >= 0 and self.max_log_bytes >= 0, "byte caps must be >= 0")
         _check(self.pids_limit >= 1, "pids_limit must be >= 1")
@@ -180,12 +186,18 @@ class ExecParams:
         _check(self.max_output_entries >= 1 and self.max_pids >= 1, "entry/pid caps must be >= 1")
         _check(self.tmpfs_size_mb >= 1 and self.nofile_limit >= 16, "tmpfs/nofile too small")
         _check(self.output_poll_interval_s > 0, "output_poll_interval_s must be > 0")
-        _check(self.docker_api_timeout_s > 0 and self.docker_connect_timeout_s > 0,
-               "docker timeouts must be > 0")
-        _check(bool(re.match(r"^[a-z][a-z0-9-]{0,31}$", self.label_prefix)),
-               "label_prefix must be [a-z][a-z0-9-]{0,31}")
-        _check(bool(re.match(r"^\d+(:\d+)?$", self.run_as_user)),
-               "run_as_user must be numeric uid[:gid]")
+        _check(
+            self.docker_api_timeout_s > 0 and self.docker_connect_timeout_s > 0,
+            "docker timeouts must be > 0",
+        )
+        _check(
+            bool(re.match(r"^[a-z][a-z0-9-]{0,31}$", self.label_prefix)),
+            "label_prefix must be [a-z][a-z0-9-]{0,31}",
+        )
+        _check(
+            bool(re.match(r"^\d+(:\d+)?$", self.run_as_user)),
+            "run_as_user must be numeric uid[:gid]",
+        )
 
     def effective_timeout_s(self, req: ExecRequest) -> float:
         return min(req.timeout_s, self.max_timeout_s)

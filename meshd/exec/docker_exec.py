@@ -129,21 +129,32 @@ class DockerExecutor(Executor):
         if base_url is not None:
             kwargs["base_url"] = base_url
         self._api = docker.APIClient(
-            **kwargs, version="auto", timeout=params.docker_api_timeout_s,
+            **kwargs,
+            version="auto",
+            timeout=params.docker_api_timeout_s,
             max_pool_size=_API_POOL_SIZE,
         )
         # Waits and log streams may legitimately block for the job's lifetime.
         self._stream_api = docker.APIClient(
-            **kwargs, version=self._api.api_version, timeout=None, max_pool_size=_API_POOL_SIZE,
+            **kwargs,
+            version=self._api.api_version,
+            timeout=None,
+            max_pool_size=_API_POOL_SIZE,
         )
         self.base_url: str = self._api.base_url
         info = self._api.info()
         self.engine_version: str = str(info.get("ServerVersion", "?"))
         self.gpu_runtime = engine_gpu_runtime(info)
         self._runtimes = sorted((info.get("Runtimes") or {}).keys())
-        self.max_cpus = params.max_cpus if params.max_cpus is not None else float(info.get("NCPU") or os.cpu_count() or 1)
+        self.max_cpus = (
+            params.max_cpus
+            if params.max_cpus is not None
+            else float(info.get("NCPU") or os.cpu_count() or 1)
+        )
         mem_total_mb = int(info.get("MemTotal") or 0) // (1024 * 1024)
-        self.max_memory_mb = params.max_memory_mb if params.max_memory_mb is not None else mem_total_mb
+        self.max_memory_mb = (
+            params.max_memory_mb if params.max_memory_mb is not None else mem_total_mb
+        )
         self.gpus = gpus if gpus is not None else discover_gpus()
         self._alloc = GpuAllocator(self.gpus.devices)
         self._acct = self._make_accounting(info)
@@ -157,14 +168,18 @@ class DockerExecutor(Executor):
 
     def describe(self) -> str:
         acct = f"cgroup v{self._acct.version} accounting" if self._acct else "no cgroup accounting"
-        return (f"docker engine {self.engine_version} at {self.base_url}; runtimes "
-                f"{','.join(self._runtimes)}; GPUs: {len(self.gpus.devices)} ({self.gpus.reason}); {acct}")
+        return (
+            f"docker engine {self.engine_version} at {self.base_url}; runtimes "
+            f"{','.join(self._runtimes)}; GPUs: {len(self.gpus.devices)} ({self.gpus.reason}); {acct}"
+        )
 
     def _make_accounting(self, info: dict[str, Any]) -> CgroupAccounting | None:
         p = self.params
         if not p.cgroup_accounting:
             return None
-        local = self.base_url.startswith("http+docker://localhost") or self.base_url.startswith("http+docker://localunixsocket")
+        local = self.base_url.startswith("http+docker://localhost") or self.base_url.startswith(
+            "http+docker://localunixsocket"
+        )
         if not local or info.get("CgroupDriver") != "cgroupfs":
             return None
         acct = CgroupAccounting(p.cgroup_root, f"{p.label_prefix}-{self.node_label}")
@@ -189,8 +204,9 @@ class DockerExecutor(Executor):
             reason = f"image {image} not present locally"
         return reason
 
-    def _static_decline(self, gpus: int, gpu_min_memory_mb: int, network: bool,
-                        cpus: float, memory_mb: int) -> str | None:
+    def _static_decline(
+        self, gpus: int, gpu_min_memory_mb: int, network: bool, cpus: float, memory_mb: int
+    ) -> str | None:
         if network and not self.params.allow_network:
             return "network not allowed by node"
         if cpus > self.max_cpus:
@@ -201,7 +217,9 @@ class DockerExecutor(Executor):
             if not self.gpus.devices:
                 return f"node has no GPU ({self.gpus.reason})"
             if self.gpu_runtime is None and not self.params.assume_gpu_runtime:
-                return f"engine has no GPU runtime (runtimes: {', '.join(self._runtimes) or 'none'})"
+                return (
+                    f"engine has no GPU runtime (runtimes: {', '.join(self._runtimes) or 'none'})"
+                )
             return self._alloc.why_not(gpus, gpu_min_memory_mb)
         return None
 
@@ -240,7 +258,9 @@ class DockerExecutor(Executor):
             raise InvalidRequest(f"job {req.job_id!r} is already running on this executor")
         if not self._reaped:
             await self.reap_orphans()
-        reason = self._static_decline(req.gpus, req.gpu_min_memory_mb, req.network, req.cpus, req.memory_mb)
+        reason = self._static_decline(
+            req.gpus, req.gpu_min_memory_mb, req.network, req.cpus, req.memory_mb
+        )
         if reason is not None:
             return error_result(f"declined: {reason}")
         if not await trio.to_thread.run_sync(self._ensure_image, req.image):
@@ -270,12 +290,19 @@ class DockerExecutor(Executor):
             return False
         return self._image_present(image)
 
-    async def _run_container(self, req: ExecRequest, on_log: LogCallback | None,
-                             state: _RunState, devices: tuple[GpuDevice, ...]) -> ExecResult:
+    async def _run_container(
+        self,
+        req: ExecRequest,
+        on_log: LogCallback | None,
+        state: _RunState,
+        devices: tuple[GpuDevice, ...],
+    ) -> ExecResult:
         p = self.params
         sink = LogSink(on_log, cap=p.effective_log_cap(req), tail_bytes=p.log_tail_bytes)
-        name = (f"{p.label_prefix}-{safe_component(self.node_label, 32)}-"
-                f"{safe_component(req.job_id, 64)}-{secrets.token_hex(3)}")
+        name = (
+            f"{p.label_prefix}-{safe_component(self.node_label, 32)}-"
+            f"{safe_component(req.job_id, 64)}-{secrets.token_hex(3)}"
+        )
         cgroup_parent = self._acct.parent_for(name) if self._acct else None
         try:
             self._prepare_output_dir(req.output_dir)
@@ -286,7 +313,9 @@ class DockerExecutor(Executor):
         t_end: float | None = None
         try:
             try:
-                created = await trio.to_thread.run_sync(lambda: self._api.create_container(**create_kwargs))
+                created = await trio.to_thread.run_sync(
+                    lambda: self._api.create_container(**create_kwargs)
+                )
             except docker.errors.DockerException as e:
                 return error_result(f"engine refused to create the container: {_explain(e)}")
             cid = created["Id"]
@@ -303,12 +332,19 @@ class DockerExecutor(Executor):
             inspect = await trio.to_thread.run_sync(self._api.inspect_container, cid)
             if sink.truncated:
                 sink.replace_tail(await trio.to_thread.run_sync(self._engine_log_tail, cid))
-            usage = self._acct.read(cgroup_parent) if self._acct and cgroup_parent else CgroupUsage(None, None, None)
+            usage = (
+                self._acct.read(cgroup_parent)
+                if self._acct and cgroup_parent
+                else CgroupUsage(None, None, None)
+            )
             if state.output_reason is None and not (state.cancelled or state.timed_out):
                 usage_dir = await trio.to_thread.run_sync(
-                    lambda: measure_dir(req.output_dir, max_entries=p.max_output_entries))
+                    lambda: measure_dir(req.output_dir, max_entries=p.max_output_entries)
+                )
                 state.output_reason = over_cap(usage_dir, max_bytes=p.effective_output_cap(req))
-            return self._classify(req, state, exit_code, inspect, usage, sink, devices, t_end - t_start)
+            return self._classify(
+                req, state, exit_code, inspect, usage, sink, devices, t_end - t_start
+            )
         finally:
             with trio.CancelScope(shield=True):
                 if state.container_id is not None:
@@ -320,12 +356,21 @@ class DockerExecutor(Executor):
                 if state.output_reason is not None:
                     await trio.to_thread.run_sync(discard_outputs, req.output_dir)
 
-    def _create_kwargs(self, req: ExecRequest, name: str, cgroup_parent: str | None,
-                       devices: tuple[GpuDevice, ...]) -> dict[str, Any]:
+    def _create_kwargs(
+        self, req: ExecRequest, name: str, cgroup_parent: str | None, devices: tuple[GpuDevice, ...]
+    ) -> dict[str, Any]:
         p = self.params
-        mounts = [Mount(target=CONTAINER_OUTPUTS, source=str(req.output_dir), type="bind", read_only=False)]
+        mounts = [
+            Mount(
+                target=CONTAINER_OUTPUTS, source=str(req.output_dir), type="bind", read_only=False
+            )
+        ]
         if req.input_dir is not None:
-            mounts.append(Mount(target=CONTAINER_INPUTS, source=str(req.input_dir), type="bind", read_only=True))
+            mounts.append(
+                Mount(
+                    target=CONTAINER_INPUTS, source=str(req.input_dir), type="bind", read_only=True
+                )
+            )
         engine_log_bytes = max(_ENGINE_LOG_FACTOR * p.effective_log_cap(req), _ENGINE_LOG_MIN_BYTES)
         host_config = self._api.create_host_config(
             network_mode=p.network_mode_allowed if (req.network and p.allow_network) else "none",
@@ -339,13 +384,19 @@ class DockerExecutor(Executor):
             memswap_limit=req.memory_mb * 1024 * 1024,
             nano_cpus=int(req.cpus * 1e9),
             ulimits=[Ulimit(name="nofile", soft=p.nofile_limit, hard=p.nofile_limit)],
-            log_config=LogConfig(type="json-file", config={"max-size": str(engine_log_bytes), "max-file": "2"}),
+            log_config=LogConfig(
+                type="json-file", config={"max-size": str(engine_log_bytes), "max-file": "2"}
+            ),
             cgroup_parent=cgroup_parent,
             device_requests=[device_request(devices)] if devices else None,
             ipc_mode="private",
             init=False,
         )
-        env = {"MESH_INPUTS": CONTAINER_INPUTS, "MESH_OUTPUTS": CONTAINER_OUTPUTS, "MESH_JOB_ID": req.job_id}
+        env = {
+            "MESH_INPUTS": CONTAINER_INPUTS,
+            "MESH_OUTPUTS": CONTAINER_OUTPUTS,
+            "MESH_JOB_ID": req.job_id,
+        }
         env.update(req.env)
         return dict(
             image=req.image,
@@ -370,8 +421,14 @@ class DockerExecutor(Executor):
             # We cannot chown: open the (per-job) dir to the container's uid.
             os.chmod(path, 0o777)
 
-    async def _supervise(self, req: ExecRequest, cid: str, sink: LogSink, state: _RunState,
-                         devices: tuple[GpuDevice, ...]) -> int | None:
+    async def _supervise(
+        self,
+        req: ExecRequest,
+        cid: str,
+        sink: LogSink,
+        state: _RunState,
+        devices: tuple[GpuDevice, ...],
+    ) -> int | None:
         log_done = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._pump_logs, cid, sink, log_done)
@@ -420,8 +477,9 @@ class DockerExecutor(Executor):
                     pass
             done.set()
 
-    async def _watch(self, req: ExecRequest, cid: str, state: _RunState,
-                     devices: tuple[GpuDevice, ...]) -> None:
+    async def _watch(
+        self, req: ExecRequest, cid: str, state: _RunState, devices: tuple[GpuDevice, ...]
+    ) -> None:
         """Periodic output-dir check (and GPU sampling) while the job runs."""
         p = self.params
         cap = p.effective_output_cap(req)
@@ -429,7 +487,8 @@ class DockerExecutor(Executor):
         while True:
             await trio.sleep(p.output_poll_interval_s)
             usage = await trio.to_thread.run_sync(
-                lambda: measure_dir(req.output_dir, max_entries=p.max_output_entries))
+                lambda: measure_dir(req.output_dir, max_entries=p.max_output_entries)
+            )
             reason = over_cap(usage, max_bytes=cap)
             if reason is not None:
                 state.output_reason = reason
@@ -450,6 +509,7 @@ class DockerExecutor(Executor):
             except docker.errors.APIError as e:  # 409: not running any more
                 if e.status_code != 409:
                     raise
+
         await trio.to_thread.run_sync(kill)
 
     def _remove(self, cid: str) -> None:
@@ -469,9 +529,17 @@ class DockerExecutor(Executor):
         except docker.errors.DockerException:
             return b""
 
-    def _classify(self, req: ExecRequest, state: _RunState, exit_code: int | None,
-                  inspect: dict[str, Any], usage: CgroupUsage, sink: LogSink,
-                  devices: tuple[GpuDevice, ...], duration_s: float) -> ExecResult:
+    def _classify(
+        self,
+        req: ExecRequest,
+        state: _RunState,
+        exit_code: int | None,
+        inspect: dict[str, Any],
+        usage: CgroupUsage,
+        sink: LogSink,
+        devices: tuple[GpuDevice, ...],
+        duration_s: float,
+    ) -> ExecResult:
         st = inspect.get("State") or {}
         pids_limit = self.params.effective_pids_limit(req)
         notes = []
@@ -482,12 +550,17 @@ class DockerExecutor(Executor):
             notes.append(f"log truncated at {sink.forwarded} of {sink.seen}+ bytes")
         mem_limit = req.memory_mb * 1024 * 1024
         oom = bool(st.get("OOMKilled")) or (
-            exit_code == 137 and usage.peak_memory_bytes is not None
-            and usage.peak_memory_bytes >= mem_limit * 0.98)
+            exit_code == 137
+            and usage.peak_memory_bytes is not None
+            and usage.peak_memory_bytes >= mem_limit * 0.98
+        )
         if state.cancelled:
             status, reason = "cancelled", "cancelled by request"
         elif state.timed_out:
-            status, reason = "timeout", f"killed after the {self.params.effective_timeout_s(req):g} s wall-clock limit"
+            status, reason = (
+                "timeout",
+                f"killed after the {self.params.effective_timeout_s(req):g} s wall-clock limit",
+            )
         elif state.output_reason is not None:
             status, reason = "output_limit", f"{state.output_reason}; outputs discarded"
         elif oom:
@@ -530,7 +603,9 @@ class DockerExecutor(Executor):
         self._reaped = True
 
         def reap() -> int:
-            found = self._api.containers(all=True, filters={"label": f"{self._label_node}={self.node_label}"})
+            found = self._api.containers(
+                all=True, filters={"label": f"{self._label_node}={self.node_label}"}
+            )
             n = 0
             for c in found:
                 # A job of ours registers in _runs before its container exists,
@@ -558,7 +633,9 @@ class DockerExecutor(Executor):
 
 
 def _cancelled(duration_s: float) -> ExecResult:
-    return ExecResult(status="cancelled", exit_code=None, reason="cancelled by request", duration_s=duration_s)
+    return ExecResult(
+        status="cancelled", exit_code=None, reason="cancelled by request", duration_s=duration_s
+    )
 
 
 def _exit_reason(code: int | None) -> str:

@@ -26,8 +26,11 @@ def probe_docker(params: ExecParams) -> str | None:
     import docker.errors
 
     try:
-        client = docker.APIClient(**docker.utils.kwargs_from_env(), version="auto",
-                                  timeout=params.docker_connect_timeout_s)
+        client = docker.APIClient(
+            **docker.utils.kwargs_from_env(),
+            version="auto",
+            timeout=params.docker_connect_timeout_s,
+        )
     except docker.errors.DockerException as e:
         return f"no Docker engine at {_where()}: {e}"
     try:
@@ -61,7 +64,8 @@ def make_executor(kind: ExecutorKind, params: ExecParams, node_label: str) -> tu
         from .process_exec import ProcessExecutor
 
         return ProcessExecutor(params, node_label), (
-            f"auto: {why_not}; falling back to the UNSANDBOXED process executor (opted in)")
+            f"auto: {why_not}; falling back to the UNSANDBOXED process executor (opted in)"
+        )
     raise ExecutorUnavailable(
         f"no executor available: {why_not}. Start a Docker engine (or set DOCKER_HOST), "
         "or opt in to the unsandboxed process executor (process_executor_enabled=True)."

@@ -170,8 +170,10 @@ class GpuAllocator:
             return "node has no GPU"
         fit = [d for d in self._devices if d.memory_total_mb >= min_memory_mb]
         if len(fit) < n:
-            return (f"node has {len(fit)} GPU(s) with >= {min_memory_mb} MiB, job needs {n} "
-                    f"(devices: {', '.join(f'{d.name} {d.memory_total_mb} MiB' for d in self._devices)})")
+            return (
+                f"node has {len(fit)} GPU(s) with >= {min_memory_mb} MiB, job needs {n} "
+                f"(devices: {', '.join(f'{d.name} {d.memory_total_mb} MiB' for d in self._devices)})"
+            )
         free_fit = [d for d in fit if d.uuid not in self._owner]
         if len(free_fit) < n:
             return f"{len(free_fit)} of {len(fit)} suitable GPU(s) free, job needs {n}"

@@ -38,6 +38,10 @@ async def health_check(executor: Executor, params: ExecParams) -> ExecResult:
         except OSError as e:
             got = f"<unreadable: {e}>"
         if got != token:
-            return ExecResult(status="error", exit_code=res.exit_code, duration_s=res.duration_s,
-                              reason=f"health job output mismatch: {got!r}")
+            return ExecResult(
+                status="error",
+                exit_code=res.exit_code,
+                duration_s=res.duration_s,
+                reason=f"health job output mismatch: {got!r}",
+            )
         return res

@@ -88,21 +88,32 @@ class ProcessExecutor(Executor):
             )
         self.params = params
         self.node_label = node_label
-        self.max_cpus = params.max_cpus if params.max_cpus is not None else float(os.cpu_count() or 1)
+        self.max_cpus = (
+            params.max_cpus if params.max_cpus is not None else float(os.cpu_count() or 1)
+        )
         total_mb = psutil.virtual_memory().total // (1024 * 1024)
         self.max_memory_mb = params.max_memory_mb if params.max_memory_mb is not None else total_mb
         self._runs: dict[str, _ProcState] = {}
         log.warning(
             "PROCESS EXECUTOR ENABLED on node %s: jobs run UNSANDBOXED as uid %d "
             "(no filesystem, network or fork-bomb isolation). Use only for trusted jobs.",
-            node_label, os.geteuid(),
+            node_label,
+            os.geteuid(),
         )
 
     def describe(self) -> str:
         return f"process executor (UNSANDBOXED) as uid {os.geteuid()}"
 
-    def decline_reason(self, *, image: str, gpus: int, gpu_min_memory_mb: int, network: bool,
-                       cpus: float, memory_mb: int) -> str | None:
+    def decline_reason(
+        self,
+        *,
+        image: str,
+        gpus: int,
+        gpu_min_memory_mb: int,
+        network: bool,
+        cpus: float,
+        memory_mb: int,
+    ) -> str | None:
         if gpus > 0:
             return "process executor does not assign GPUs"
         if network and not self.params.allow_network:
@@ -137,11 +148,24 @@ class ProcessExecutor(Executor):
         nproc = 0
         if os.geteuid() != 0:
             uid = os.getuid()
-            mine = sum(1 for pr in psutil.process_iter(["uids"]) if pr.info["uids"] and pr.info["uids"].real == uid)
+            mine = sum(
+                1
+                for pr in psutil.process_iter(["uids"])
+                if pr.info["uids"] and pr.info["uids"].real == uid
+            )
             nproc = mine + p.effective_pids_limit(req)
-        argv = [sys.executable, "-I", "-S", LAUNCHER,
-                str(req.memory_mb * 1024 * 1024), str(nproc), str(cap + 1), str(p.nofile_limit),
-                "--", *req.command]
+        argv = [
+            sys.executable,
+            "-I",
+            "-S",
+            LAUNCHER,
+            str(req.memory_mb * 1024 * 1024),
+            str(nproc),
+            str(cap + 1),
+            str(p.nofile_limit),
+            "--",
+            *req.command,
+        ]
         env = {
             "PATH": os.environ.get("PATH", _DEFAULT_PATH),
             "HOME": str(scratch),
@@ -153,16 +177,24 @@ class ProcessExecutor(Executor):
         env.update(req.env)
         return argv, env
 
-    async def _run_process(self, req: ExecRequest, on_log: LogCallback | None,
-                           state: _ProcState, scratch: Path) -> ExecResult:
+    async def _run_process(
+        self, req: ExecRequest, on_log: LogCallback | None, state: _ProcState, scratch: Path
+    ) -> ExecResult:
         p = self.params
         sink = LogSink(on_log, cap=p.effective_log_cap(req), tail_bytes=p.log_tail_bytes)
         argv, env = self._argv_env(req, scratch)
         t0 = time.monotonic()
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, cwd=scratch, env=env,
-                                    start_new_session=True, close_fds=True)
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                cwd=scratch,
+                env=env,
+                start_new_session=True,
+                close_fds=True,
+            )
         except OSError as e:
             return error_result(f"cannot start process: {e}")
         assert proc.stdout is not None
@@ -197,8 +229,15 @@ class ProcessExecutor(Executor):
         if state.output_reason is None and not (state.cancelled or state.timed_out):
             usage = measure_dir(req.output_dir, max_entries=p.max_output_entries)
             state.output_reason = over_cap(usage, max_bytes=p.effective_output_cap(req))
-        return self._classify(req, state, proc.returncode, sink, duration,
-                              rusage.ru_utime + rusage.ru_stime, rusage.ru_maxrss * 1024)
+        return self._classify(
+            req,
+            state,
+            proc.returncode,
+            sink,
+            duration,
+            rusage.ru_utime + rusage.ru_stime,
+            rusage.ru_maxrss * 1024,
+        )
 
     async def _wait_exit(self, pid: int, exited: trio.Event) -> None:
         # WNOWAIT: leave the zombie so the process group id cannot be reused yet.
@@ -223,22 +262,36 @@ class ProcessExecutor(Executor):
         while True:
             await trio.sleep(p.output_poll_interval_s)
             usage = await trio.to_thread.run_sync(
-                lambda: measure_dir(req.output_dir, max_entries=p.max_output_entries))
+                lambda: measure_dir(req.output_dir, max_entries=p.max_output_entries)
+            )
             reason = over_cap(usage, max_bytes=cap)
             if reason is not None and state.pid is not None:
                 state.output_reason = reason
                 _killpg(state.pid)
                 return
 
-    def _classify(self, req: ExecRequest, state: _ProcState, returncode: int, sink: LogSink,
-                  duration_s: float, cpu_s: float, peak_rss: int) -> ExecResult:
+    def _classify(
+        self,
+        req: ExecRequest,
+        state: _ProcState,
+        returncode: int,
+        sink: LogSink,
+        duration_s: float,
+        cpu_s: float,
+        peak_rss: int,
+    ) -> ExecResult:
         exit_code = 128 - returncode if returncode < 0 else returncode
         if returncode == -signal.SIGXFSZ and state.output_reason is None:
-            state.output_reason = f"a file reached the output cap of {self.params.effective_output_cap(req)} bytes"
+            state.output_reason = (
+                f"a file reached the output cap of {self.params.effective_output_cap(req)} bytes"
+            )
         if state.cancelled:
             status, reason = "cancelled", "cancelled by request"
         elif state.timed_out:
-            status, reason = "timeout", f"killed after the {self.params.effective_timeout_s(req):g} s wall-clock limit"
+            status, reason = (
+                "timeout",
+                f"killed after the {self.params.effective_timeout_s(req):g} s wall-clock limit",
+            )
         elif state.output_reason is not None:
             status, reason = "output_limit", f"{state.output_reason}; outputs discarded"
         elif exit_code == 0:
@@ -249,9 +302,15 @@ class ProcessExecutor(Executor):
             status, reason = "failed", f"exit code {exit_code}"
         if sink.truncated:
             reason += f"; log truncated at {sink.forwarded} of {sink.seen} bytes"
-        return ExecResult(status=status, exit_code=exit_code, reason=reason,  # type: ignore[arg-type]
-                          duration_s=duration_s, cpu_s=cpu_s, peak_memory_bytes=peak_rss,
-                          log_tail=sink.tail())
+        return ExecResult(
+            status=status,
+            exit_code=exit_code,
+            reason=reason,  # type: ignore[arg-type]
+            duration_s=duration_s,
+            cpu_s=cpu_s,
+            peak_memory_bytes=peak_rss,
+            log_tail=sink.tail(),
+        )
 
     async def cancel(self, job_id: str) -> None:
         state = self._runs.get(job_id)

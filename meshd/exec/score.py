@@ -55,9 +55,11 @@ class ComputeScore:
     measured_at_monotonic: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"cpu_gflops": round(self.cpu_gflops, 3),
-                "gpu_gflops": None if self.gpu_gflops is None else round(self.gpu_gflops, 3),
-                "tier": self.tier}
+        return {
+            "cpu_gflops": round(self.cpu_gflops, 3),
+            "gpu_gflops": None if self.gpu_gflops is None else round(self.gpu_gflops, 3),
+            "tier": self.tier,
+        }
 
 
 def tier_for(devices: Sequence[GpuDevice]) -> Tier:
@@ -70,8 +72,9 @@ def tier_for(devices: Sequence[GpuDevice]) -> Tier:
     return "consumer-gpu"
 
 
-def _best_gflops(run_once: Callable[[], None], flops: float, params: ScoreParams,
-                 clock: Callable[[], float]) -> float:
+def _best_gflops(
+    run_once: Callable[[], None], flops: float, params: ScoreParams, clock: Callable[[], float]
+) -> float:
     run_once()  # warm-up: BLAS thread pool start, page faults
     best = float("inf")
     start = clock()
@@ -84,8 +87,9 @@ def _best_gflops(run_once: Callable[[], None], flops: float, params: ScoreParams
     return flops / max(best, 1e-9) / 1e9
 
 
-def measure_cpu_gflops(params: ScoreParams = ScoreParams(),
-                       clock: Callable[[], float] = time.perf_counter) -> float:
+def measure_cpu_gflops(
+    params: ScoreParams = ScoreParams(), clock: Callable[[], float] = time.perf_counter
+) -> float:
     n = params.matrix_n
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n))
@@ -94,8 +98,9 @@ def measure_cpu_gflops(params: ScoreParams = ScoreParams(),
     return _best_gflops(lambda: np.matmul(a, b, out=out), 2.0 * n**3, params, clock)
 
 
-def measure_gpu_gflops(params: ScoreParams = ScoreParams(),
-                       clock: Callable[[], float] = time.perf_counter) -> float | None:
+def measure_gpu_gflops(
+    params: ScoreParams = ScoreParams(), clock: Callable[[], float] = time.perf_counter
+) -> float | None:
     """GFLOPS of the first GPU via CuPy or PyTorch, or None if neither works here."""
     n = params.gpu_matrix_n
     for backend in (_cupy_matmul, _torch_matmul):
@@ -139,10 +144,14 @@ def _torch_matmul(n: int) -> Callable[[], None] | None:
     return run
 
 
-def measure_compute_score(devices: Sequence[GpuDevice], params: ScoreParams = ScoreParams(),
-                          clock: Callable[[], float] = time.monotonic) -> ComputeScore:
+def measure_compute_score(
+    devices: Sequence[GpuDevice],
+    params: ScoreParams = ScoreParams(),
+    clock: Callable[[], float] = time.monotonic,
+) -> ComputeScore:
     """Benchmark now (blocking, ~0.5-1 s) and classify."""
     cpu = measure_cpu_gflops(params)
     gpu = measure_gpu_gflops(params) if devices else None
-    return ComputeScore(cpu_gflops=cpu, gpu_gflops=gpu, tier=tier_for(devices),
-                        measured_at_monotonic=clock())
+    return ComputeScore(
+        cpu_gflops=cpu, gpu_gflops=gpu, tier=tier_for(devices), measured_at_monotonic=clock()
+    )

@@ -208,7 +208,9 @@ class MeshPubsub(Pubsub):
         # py-libp2p checks the message's signature (strict signing), then our
         # validator opens and verifies the envelope: two Ed25519 checks per
         # message before GossipSub's own per-topic limit looks at it.
-        if msg_forwarder != self.my_id and not self._budget.take(msg_forwarder, int(time.monotonic() * 1000)):
+        if msg_forwarder != self.my_id and not self._budget.take(
+            msg_forwarder, int(time.monotonic() * 1000)
+        ):
             self._on_over_budget(msg_forwarder)
             return
         await super().push_msg(msg_forwarder, msg)
@@ -274,8 +276,9 @@ SENDER_RECORD_MEMO_PEERS = 4096
 """Peers per host whose last verified signed peer record is remembered."""
 
 _consume_signed_record = _libp2p_pubsub.maybe_consume_signed_record
-_verified_records: weakref.WeakKeyDictionary[Any, collections.OrderedDict[ID, bytes]] = \
+_verified_records: weakref.WeakKeyDictionary[Any, collections.OrderedDict[ID, bytes]] = (
     weakref.WeakKeyDictionary()
+)
 
 
 def _consume_signed_record_once(msg: rpc_pb2.RPC, host: Any, peer_id: ID) -> bool:

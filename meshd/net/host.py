@@ -118,6 +118,8 @@ DIAL_RETRIES = 1
 """libp2p's retries of a failed dial (its default, 3, makes a dead peer cost ~0.7 s)."""
 
 GossipHandler = Callable[[str, bytes], None]
+
+
 class _ProvablyInvalid:
     """A validator's verdict: reject, and hold it against the neighbour that
     handed the message over (see :data:`PROVABLY_INVALID`). Falsy."""
@@ -265,16 +267,18 @@ class MeshHost:
         self._subscriptions: dict[str, GossipHandler] = {}
         self._validators: dict[str, TopicValidator] = {}
         # neighbour -> times of its recent provably invalid messages (bounded)
-        self._invalid_from: collections.OrderedDict[str, collections.deque[float]] = collections.OrderedDict()
+        self._invalid_from: collections.OrderedDict[str, collections.deque[float]] = (
+            collections.OrderedDict()
+        )
         self._app_score: AppScore | None = None
         self._blocked: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._known: collections.OrderedDict[str, int] = collections.OrderedDict()  # -> fails
         self._inflight_in: dict[str, int] = {}
         self._out_slots: dict[str, trio.Semaphore] = {}
         self._counts = dict.fromkeys(COUNTER_NAMES, 0)
-        self._inbox_send, self._inbox_recv = trio.open_memory_channel[
-            tuple[str, str, bytes]
-        ](params.inbox_size)
+        self._inbox_send, self._inbox_recv = trio.open_memory_channel[tuple[str, str, bytes]](
+            params.inbox_size
+        )
         self._publish_turn = trio.Lock()  # FIFO: publishes go out in call order
         self._publishes_pending = 0
         self._wake_discovery = trio.Event()
@@ -493,17 +497,26 @@ class MeshHost:
         p = self.params
         times = self._invalid_from.get(forwarder)
         if times is None:
-            times = self._invalid_from[forwarder] = collections.deque(maxlen=p.invalid_forwarder_limit)
+            times = self._invalid_from[forwarder] = collections.deque(
+                maxlen=p.invalid_forwarder_limit
+            )
             while len(self._invalid_from) > 4 * p.max_peers:
                 self._invalid_from.popitem(last=False)
         self._invalid_from.move_to_end(forwarder)
         now = time.monotonic()
         times.append(now)
-        if len(times) == p.invalid_forwarder_limit and now - times[0] <= p.invalid_forwarder_window_s:
+        if (
+            len(times) == p.invalid_forwarder_limit
+            and now - times[0] <= p.invalid_forwarder_window_s
+        ):
             del self._invalid_from[forwarder]
             self._count("forwarders_blocked")
-            log.warning("blocking %s: it handed us %d provably invalid gossip messages within %.1f s",
-                        forwarder, p.invalid_forwarder_limit, now - times[0])
+            log.warning(
+                "blocking %s: it handed us %d provably invalid gossip messages within %.1f s",
+                forwarder,
+                p.invalid_forwarder_limit,
+                now - times[0],
+            )
             self.block_peer(forwarder)
 
     def _on_gossip(self, msg: rpc_pb2.Message) -> None:
@@ -585,8 +598,11 @@ class MeshHost:
                 )
                 if stalled:
                     self._count("publish_wait_timeouts")
-                    log.debug("outbound queues of %s did not drain in %g s",
-                              [str(q) for q in stalled], p.publish_wait_s)
+                    log.debug(
+                        "outbound queues of %s did not drain in %g s",
+                        [str(q) for q in stalled],
+                        p.publish_wait_s,
+                    )
                 await self._pubsub.publish(topic, data)
         finally:
             self._publishes_pending -= 1
@@ -699,8 +715,10 @@ class MeshHost:
             async with slots:
                 return await self._request_once(pid, protocol, data)
         finally:
-            if (slots.value == self.params.max_inflight_requests_per_peer
-                    and not slots.statistics().tasks_waiting):
+            if (
+                slots.value == self.params.max_inflight_requests_per_peer
+                and not slots.statistics().tasks_waiting
+            ):
                 self._out_slots.pop(key, None)
 
     async def _request_once(self, pid: ID, protocol: str, data: bytes) -> bytes:
@@ -868,8 +886,11 @@ class MeshHost:
         never forgotten, and each round is a fresh attempt (libp2p would
         otherwise refuse to redial a failed peer for 60 s)."""
         connected = set(self.connected_peers())
-        todo = [(q, a) for q, a in self._bootstrap
-                if q not in connected and q != self.peer_id and q not in self._blocked]
+        todo = [
+            (q, a)
+            for q, a in self._bootstrap
+            if q not in connected and q != self.peer_id and q not in self._blocked
+        ]
         async with trio.open_nursery() as nursery:
             for peer_id, maddr in todo:
                 self._host.get_network().unblock_peer(ID.from_base58(peer_id))
@@ -888,7 +909,8 @@ class MeshHost:
                 nursery.start_soon(self._ask_for_peers, peer_id)
         connected_set = set(self.connected_peers())
         candidates = [
-            k for k in reversed(self._known)
+            k
+            for k in reversed(self._known)
             if k not in connected_set and k not in self._blocked and k != self.peer_id
         ][: p.target_peers - len(connected_set)]
         limiter = trio.CapacityLimiter(p.max_parallel_dials)
@@ -905,7 +927,9 @@ class MeshHost:
         p = self.params
         try:
             body = await self.request(
-                peer_id, PX_PROTOCOL, px.encode_px_request(p.max_px_peers),
+                peer_id,
+                PX_PROTOCOL,
+                px.encode_px_request(p.max_px_peers),
                 timeout_s=p.connect_timeout_s,
             )
             entries = px.decode_px_response(body, p.max_px_peers, p.max_px_addrs_per_peer)
@@ -952,7 +976,9 @@ class MeshHost:
         if peer_id in self._blocked:
             return True
         threshold = self.params.app_score_disconnect_below
-        return self._app_score is not None and self._app_score_of(ID.from_base58(peer_id)) < threshold
+        return (
+            self._app_score is not None and self._app_score_of(ID.from_base58(peer_id)) < threshold
+        )
 
     def _enforce_app_score(self) -> None:
         if self._app_score is None or self._nursery is None:

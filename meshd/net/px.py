@@ -65,8 +65,9 @@ def dialable_addr(text: str) -> str | None:
     return str(addr).split("/p2p/")[0]
 
 
-def encode_px_response(entries: list[tuple[str, list[str]]], max_peers: int,
-                       max_addrs_per_peer: int) -> bytes:
+def encode_px_response(
+    entries: list[tuple[str, list[str]]], max_peers: int, max_addrs_per_peer: int
+) -> bytes:
     """Encode at most ``max_peers`` entries with at most ``max_addrs_per_peer`` each."""
     out = []
     for peer_id, addrs in entries[:max_peers]:
@@ -81,15 +82,20 @@ def max_px_response_bytes(max_peers: int, max_addrs_per_peer: int) -> int:
     return 64 + max_peers * (80 + max_addrs_per_peer * (MAX_ADDR_CHARS + 8))
 
 
-def decode_px_response(body: bytes, max_peers: int,
-                       max_addrs_per_peer: int) -> list[tuple[str, list[str]]]:
+def decode_px_response(
+    body: bytes, max_peers: int, max_addrs_per_peer: int
+) -> list[tuple[str, list[str]]]:
     """Valid entries of a response (see module rules). ValueError if not msgpack."""
     if len(body) > max_px_response_bytes(max_peers, max_addrs_per_peer):
         raise ValueError("peer-exchange response too long")
     try:
         raw = msgpack.unpackb(
-            body, max_array_len=max(max_peers, max_addrs_per_peer, 2),
-            max_str_len=MAX_ADDR_CHARS, max_map_len=0, max_bin_len=0, max_ext_len=0,
+            body,
+            max_array_len=max(max_peers, max_addrs_per_peer, 2),
+            max_str_len=MAX_ADDR_CHARS,
+            max_map_len=0,
+            max_bin_len=0,
+            max_ext_len=0,
         )
     except Exception as exc:
         raise ValueError(f"malformed peer-exchange response: {exc}") from None

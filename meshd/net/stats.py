@@ -18,7 +18,9 @@ class NetStats:
     dropped_invalid: int = 0  # inbound messages our topic validator rejected
     dropped_oversize: int = 0  # inbound messages over max_gossip_bytes
     dropped_rate_limited: int = 0  # messages not forwarded: neighbour over its topic budget
-    dropped_over_budget: int = 0  # inbound messages dropped unchecked: neighbour over forwarder_rate_per_s
+    dropped_over_budget: int = (
+        0  # inbound messages dropped unchecked: neighbour over forwarder_rate_per_s
+    )
     forwarders_blocked: int = 0  # neighbours blocked for passing on provably invalid messages
     dropped_inbox_full: int = 0  # messages dropped because the inbox was full
     dropped_blocked: int = 0  # inbound messages authored by a blocked peer

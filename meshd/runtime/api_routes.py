@@ -54,11 +54,25 @@ def install_routes(api: ApiServer, d: Daemon) -> None:
         head = d.log.head[0]
         records = []
         for r in d.log.iter(start, min(head + 1, start + limit)):
-            records.append({"seq": r.seq, "ts_ms": r.ts_ms, "kind": r.kind, "body": _jsonable(r.body),
-                            "hash": r.hash.hex(), "signature": r.signature.hex(),
-                            "raw": base64.b64encode(r.raw).decode()})
-        return json_response({"records": records, "head_seq": head,
-                              "public_key": d.identity.public_key.hex(), "peer_id": d.identity.peer_id})
+            records.append(
+                {
+                    "seq": r.seq,
+                    "ts_ms": r.ts_ms,
+                    "kind": r.kind,
+                    "body": _jsonable(r.body),
+                    "hash": r.hash.hex(),
+                    "signature": r.signature.hex(),
+                    "raw": base64.b64encode(r.raw).decode(),
+                }
+            )
+        return json_response(
+            {
+                "records": records,
+                "head_seq": head,
+                "public_key": d.identity.public_key.hex(),
+                "peer_id": d.identity.peer_id,
+            }
+        )
 
     async def put_blob(req: Request) -> Response:
         digest = await trio.to_thread.run_sync(d.blobs.put, req.body)
@@ -67,23 +81,32 @@ def install_routes(api: ApiServer, d: Daemon) -> None:
     async def submit(req: Request) -> Response:
         body = req.json()
         if not isinstance(body, dict) or "spec" not in body:
-            raise ApiError(400, "invalid_request", "body must be {\"spec\": {...}}")
+            raise ApiError(400, "invalid_request", 'body must be {"spec": {...}}')
         try:
             spec = parse_job_spec(body["spec"])
         except JobSpecError as exc:
             raise ApiError(400, "invalid_job", str(exc), fields=exc.fields) from None
         for ref in spec.inputs:
             if ref.digest is not None and not d.blobs.has(bare(ref.digest)):
-                raise ApiError(400, "missing_input",
-                               f"input {ref.path}: blob {ref.digest} is not on this node; upload it first")
+                raise ApiError(
+                    400,
+                    "missing_input",
+                    f"input {ref.path}: blob {ref.digest} is not on this node; upload it first",
+                )
         assert d.node is not None
         estimate = d.node.estimate(spec)
-        if spec.max_budget is not None and estimate["credits"] is not None \
-                and estimate["credits"] > spec.max_budget:
-            raise ApiError(400, "budget_exceeded",
-                           f"estimated cost {estimate['credits']:.4g} credits exceeds max_budget "
-                           f"{spec.max_budget:.4g}", fields=[{"loc": "max_budget", "msg": "below the estimate",
-                                                               "estimate": estimate}])
+        if (
+            spec.max_budget is not None
+            and estimate["credits"] is not None
+            and estimate["credits"] > spec.max_budget
+        ):
+            raise ApiError(
+                400,
+                "budget_exceeded",
+                f"estimated cost {estimate['credits']:.4g} credits exceeds max_budget "
+                f"{spec.max_budget:.4g}",
+                fields=[{"loc": "max_budget", "msg": "below the estimate", "estimate": estimate}],
+            )
         job_id = spec.job_id or f"j-{secrets.token_hex(8)}"
         if job_id in d.node.jobs:
             raise ApiError(409, "duplicate_job", f"job {job_id} exists already")
@@ -95,17 +118,28 @@ def install_routes(api: ApiServer, d: Daemon) -> None:
         out = []
         for job in sorted(d.node.jobs.values(), key=lambda j: -j.submitted_ms):
             v = job_view(job)
-            out.append({"job_id": v["job_id"], "state": v["state"], "image": job.spec.image,
-                        "command": job.spec.command, "worker": v["worker"],
-                        "submitted_at": v["submitted_at"], "updated_at": v["updated_at"],
-                        "cost": v["cost"]["actual"], "reason": v["reason"]})
+            out.append(
+                {
+                    "job_id": v["job_id"],
+                    "state": v["state"],
+                    "image": job.spec.image,
+                    "command": job.spec.command,
+                    "worker": v["worker"],
+                    "submitted_at": v["submitted_at"],
+                    "updated_at": v["updated_at"],
+                    "cost": v["cost"]["actual"],
+                    "reason": v["reason"],
+                }
+            )
         return json_response({"jobs": out})
 
     def get_job_or_404(job_id: str) -> Any:
         assert d.node is not None
         job = d.node.jobs.get(job_id)
         if job is None:
-            raise ApiError(404, "no_such_job", f"no job {job_id} on this node (jobs are kept by their origin)")
+            raise ApiError(
+                404, "no_such_job", f"no job {job_id} on this node (jobs are kept by their origin)"
+            )
         return job
 
     async def job(req: Request) -> Response:
@@ -120,7 +154,9 @@ def install_routes(api: ApiServer, d: Daemon) -> None:
     async def result(req: Request) -> Response:
         j = get_job_or_404(req.path_params["job_id"])
         if j.canonical is None:
-            raise ApiError(409, "no_result", f"job {j.job_id} has no accepted result (state {j.state})")
+            raise ApiError(
+                409, "no_result", f"job {j.job_id} has no accepted result (state {j.state})"
+            )
         data = await trio.to_thread.run_sync(d.blobs.get, bare(j.canonical))
         return bytes_response(data, "application/x-tar")
 
@@ -134,8 +170,11 @@ def install_routes(api: ApiServer, d: Daemon) -> None:
     async def retry(req: Request) -> Response:
         j = get_job_or_404(req.path_params["job_id"])
         if j.state not in ("failed", "cancelled"):
-            raise ApiError(409, "not_retryable", f"job {j.job_id} is {j.state}; only failed or cancelled "
-                                                 "jobs can be retried")
+            raise ApiError(
+                409,
+                "not_retryable",
+                f"job {j.job_id} is {j.state}; only failed or cancelled jobs can be retried",
+            )
         await d.submit(RetryRequested(j.job_id))
         return json_response({"job_id": j.job_id, "state": j.state})
 
@@ -206,23 +245,36 @@ def status_view(d: Daemon) -> dict[str, Any]:
             counters["net_" + k] = v
     head_seq, head_hash = d.log.head
     return {
-        "peer_id": d.identity.peer_id, "version": __version__,
+        "peer_id": d.identity.peer_id,
+        "version": __version__,
         "uptime_s": round(time.time() - d.started_ms / 1000, 1),
         "listen_addrs": d.host.listen_addrs,
-        "executor": {"name": d.executor.name, "sandboxed": d.executor.sandboxed, "reason": d.executor_reason},
-        "warm": node.warm, "cold_reason": node.cold_reason,
+        "executor": {
+            "name": d.executor.name,
+            "sandboxed": d.executor.sandboxed,
+            "reason": d.executor_reason,
+        },
+        "warm": node.warm,
+        "cold_reason": node.cold_reason,
         "hardware": {
-            "cores": hw.cpu_logical if hw else None, "cpu_model": hw.cpu_model if hw else None,
+            "cores": hw.cpu_logical if hw else None,
+            "cpu_model": hw.cpu_model if hw else None,
             "ram_gb": round(hw.ram_total_bytes / 2**30, 1) if hw else None,
             "disk_free_gb": round(hw.disk_free_bytes / 2**30, 1) if hw else None,
-            "gpus": [{"index": g.index, "model": g.name, "memory_mb": g.memory_total_mb} for g in hw.gpus]
-            if hw else [],
+            "gpus": [
+                {"index": g.index, "model": g.name, "memory_mb": g.memory_total_mb} for g in hw.gpus
+            ]
+            if hw
+            else [],
             "gpu_reason": hw.gpu_reason if hw else "",
         },
         "score": score.to_dict() if score else None,
         "price": d.config.price,
-        "load": {"running": node.work_running(), "queued": node.work_queued(),
-                 "capacity": caps.capacity if caps else 0},
+        "load": {
+            "running": node.work_running(),
+            "queued": node.work_queued(),
+            "capacity": caps.capacity if caps else 0,
+        },
         "log": {"head_seq": head_seq, "head_hash": head_hash.hex()},
         "peers": len(node.peers.alive(node.now_ms)),
         "connected": len(d.host.connected_peers()),
@@ -247,7 +299,9 @@ def why_not_picked(d: Daemon) -> list[str]:
         if prices and node.caps.price > 2 * statistics.median(prices) > 0:
             out.append(f"price {d.config.price:g} is above twice the mesh median")
         if scores and node.caps.score_gflops < 0.5 * statistics.median(scores):
-            out.append("compute score is below half the mesh median: slower bids lose on expected finish")
+            out.append(
+                "compute score is below half the mesh median: slower bids lose on expected finish"
+            )
     if node.caps is not None and not node.caps.images and node.caps.runtimes == ("docker",):
         out.append("no local images: every docker job is declined (build or load images)")
     return out
@@ -260,14 +314,24 @@ def peers_view(d: Daemon) -> dict[str, Any]:
     out = []
     for e in sorted(node.peers.alive(now), key=lambda e: e.peer_id):
         a = e.advert
-        out.append({
-            "peer_id": e.peer_id, "addrs": list(a.addrs), "tier": a.tier, "score_gflops": a.score_gflops,
-            "cores": a.cores, "ram_gb": round(a.ram_mb / 1024, 1),
-            "gpus": [{"model": g.model, "memory_mb": g.memory_mb} for g in a.gpus],
-            "price": round(a.price * d.rp.price_unit_s, 6), "running": a.running, "queued": a.queued,
-            "warm": a.warm, "cold_reason": a.cold_reason, "version": a.version,
-            "reputation": round(node.trust.reputation(e.peer_id, now), 3),
-            "last_seen_s": round((now - e.last_seen_ms) / 1000, 1),
-            "expires_in_s": round((e.expires_ms - now) / 1000, 1),
-        })
+        out.append(
+            {
+                "peer_id": e.peer_id,
+                "addrs": list(a.addrs),
+                "tier": a.tier,
+                "score_gflops": a.score_gflops,
+                "cores": a.cores,
+                "ram_gb": round(a.ram_mb / 1024, 1),
+                "gpus": [{"model": g.model, "memory_mb": g.memory_mb} for g in a.gpus],
+                "price": round(a.price * d.rp.price_unit_s, 6),
+                "running": a.running,
+                "queued": a.queued,
+                "warm": a.warm,
+                "cold_reason": a.cold_reason,
+                "version": a.version,
+                "reputation": round(node.trust.reputation(e.peer_id, now), 3),
+                "last_seen_s": round((now - e.last_seen_ms) / 1000, 1),
+                "expires_in_s": round((e.expires_ms - now) / 1000, 1),
+            }
+        )
     return {"peers": out}

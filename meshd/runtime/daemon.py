@@ -141,16 +141,26 @@ def now_ms() -> int:
 class Daemon:
     """One meshd node: event log, protocol core, libp2p host, executor, control API."""
 
-    def __init__(self, data_dir: Path, config: NodeConfig, identity: Identity, *,
-                 executor: Executor, executor_reason: str,
-                 core_params: CoreParams | None = None, net_params: NetParams | None = None,
-                 exec_params: ExecParams | None = None, runtime_params: RuntimeParams | None = None,
-                 measure_score: bool = True) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        config: NodeConfig,
+        identity: Identity,
+        *,
+        executor: Executor,
+        executor_reason: str,
+        core_params: CoreParams | None = None,
+        net_params: NetParams | None = None,
+        exec_params: ExecParams | None = None,
+        runtime_params: RuntimeParams | None = None,
+        measure_score: bool = True,
+    ) -> None:
         self.dirs = DataDir(Path(data_dir))
         self.config = config
         self.identity = identity
         self.core_params = core_params or CoreParams().with_overrides(
-            {k: v for k, v in config.params.items()})
+            {k: v for k, v in config.params.items()}
+        )
         self.net_params = net_params or NetParams()
         self.exec_params = exec_params or ExecParams()
         self.rp = runtime_params or RuntimeParams()
@@ -182,8 +192,9 @@ class Daemon:
         """Fault injection for tests: all traffic with these peers is dropped."""
         self.core_errors = 0
         self.send_errors: dict[str, int] = {}
-        self._blob_bucket = PeerBuckets(self.rp.blob_requests_per_s, self.rp.blob_request_burst,
-                                        4 * self.net_params.max_peers)
+        self._blob_bucket = PeerBuckets(
+            self.rp.blob_requests_per_s, self.rp.blob_request_burst, 4 * self.net_params.max_peers
+        )
         self.blob_requests_refused: Counter[str] = Counter()
 
     # ------------------------------------------------------------ lifecycle
@@ -202,8 +213,14 @@ class Daemon:
     async def _run_opened(self, task_status: Any) -> None:
         assert self.log is not None
         t = now_ms()
-        self.node = Node(self.core_params, self.identity, random.Random(secrets.randbits(64)), t,
-                         codec=self.codec, version=__version__)
+        self.node = Node(
+            self.core_params,
+            self.identity,
+            random.Random(secrets.randbits(64)),
+            t,
+            codec=self.codec,
+            version=__version__,
+        )
         records = [(r.kind, r.body) for r in self.log.iter() if r.kind != "genesis"]
         restore_effects = self.node.restore(records)
         log.info("event log: %d records, head seq %d", len(records) + 1, self.log.head[0])
@@ -235,9 +252,14 @@ class Daemon:
             nursery.start_soon(self._capabilities_loop)
             self.api_port = await nursery.start(api.serve, "127.0.0.1", self.config.api_port)
             write_api_addr(self.dirs.root, "127.0.0.1", self.api_port)
-            log.info("meshd %s ready: peer %s, api 127.0.0.1:%d, listening on %s, executor: %s",
-                     __version__, self.identity.peer_id, self.api_port, ", ".join(self.host.listen_addrs),
-                     self.executor_reason)
+            log.info(
+                "meshd %s ready: peer %s, api 127.0.0.1:%d, listening on %s, executor: %s",
+                __version__,
+                self.identity.peer_id,
+                self.api_port,
+                ", ".join(self.host.listen_addrs),
+                self.executor_reason,
+            )
             self.ready.set()
             task_status.started(self)
             try:
@@ -299,7 +321,9 @@ class Daemon:
 
     def _append_items(self, items: list[tuple[str, Any, int, bytes | None]]) -> None:
         assert self.log is not None
-        self.log.append_batch([AppendItem(kind=k, body=b, ts_ms=t, key=key) for k, b, t, key in items])
+        self.log.append_batch(
+            [AppendItem(kind=k, body=b, ts_ms=t, key=key) for k, b, t, key in items]
+        )
 
     def _carry_out(self, eff: Any) -> None:
         n = self._nursery
@@ -336,6 +360,7 @@ class Daemon:
             if from_peer not in self.drop_peers:
                 log.debug("gossip on %s from %s (%d bytes)", topic, from_peer[-8:], len(data))
                 self.feed_nowait(GossipReceived(topic, from_peer, data))
+
         return handler
 
     async def _on_direct(self, from_peer: str, data: bytes) -> bytes:
@@ -377,7 +402,9 @@ class Daemon:
         sem = self._per_peer.get(peer)
         if sem is None:
             if len(self._per_peer) > 4 * self.net_params.max_peers:
-                idle = [p for p, s in self._per_peer.items() if s.value == self.rp.max_sends_per_peer]
+                idle = [
+                    p for p, s in self._per_peer.items() if s.value == self.rp.max_sends_per_peer
+                ]
                 for p in idle:
                     del self._per_peer[p]
             sem = self._per_peer[peer] = trio.Semaphore(self.rp.max_sends_per_peer)
@@ -397,8 +424,12 @@ class Daemon:
                             raise
                         await trio.sleep(self.rp.send_retry_delay_s)
             except Exception as exc:
-                log.debug("send %s to %s failed: %s (%r)", eff.kind, eff.to_peer, exc, exc.__cause__)
-                self.send_errors[type(exc).__name__] = self.send_errors.get(type(exc).__name__, 0) + 1
+                log.debug(
+                    "send %s to %s failed: %s (%r)", eff.kind, eff.to_peer, exc, exc.__cause__
+                )
+                self.send_errors[type(exc).__name__] = (
+                    self.send_errors.get(type(exc).__name__, 0) + 1
+                )
                 await self._feed(SendFailed(eff.to_peer, eff.kind, eff.job_id, str(exc)[:300]))
 
     async def fetch_blob_from(self, peer: str, digest: str) -> None:
@@ -408,16 +439,24 @@ class Daemon:
         if peer in self.drop_peers:
             raise ConnectionError("partitioned (test fault)")
         async with self._fetch_limit:
-            data = await self.host.request(peer, BLOB_PROTOCOL, digest.encode("ascii"),
-                                           timeout_s=max(60.0, self.net_params.request_timeout_s))
-        await trio.to_thread.run_sync(lambda: self.blobs.put_stream([data], expected_digest=bare(digest)))
+            data = await self.host.request(
+                peer,
+                BLOB_PROTOCOL,
+                digest.encode("ascii"),
+                timeout_s=max(60.0, self.net_params.request_timeout_s),
+            )
+        await trio.to_thread.run_sync(
+            lambda: self.blobs.put_stream([data], expected_digest=bare(digest))
+        )
 
     async def _fetch_blob(self, eff: FetchBlob) -> None:
         try:
             await self.fetch_blob_from(eff.from_peer, eff.digest)
             inp = BlobFetched(eff.job_id, eff.attempt, eff.replica, eff.digest, True)
         except Exception as exc:
-            inp = BlobFetched(eff.job_id, eff.attempt, eff.replica, eff.digest, False, str(exc)[:300])
+            inp = BlobFetched(
+                eff.job_id, eff.attempt, eff.replica, eff.digest, False, str(exc)[:300]
+            )
         await self._feed(inp)
 
     # ------------------------------------------------------------ execution
@@ -442,10 +481,15 @@ class Daemon:
         os.chmod(out_dir, 0o777)  # the job runs as an unprivileged user
         spec = eff.spec
         req = ExecRequest(
-            job_id=f"{eff.job_id}-{eff.attempt}-{eff.replica}", image=spec.image,
-            command=tuple(spec.command), env=dict(spec.env),
-            input_dir=d / "inputs" if (d / "inputs").exists() else None, output_dir=out_dir,
-            cpus=spec.requirements.cpus, memory_mb=spec.requirements.memory_mb, gpus=spec.requirements.gpus,
+            job_id=f"{eff.job_id}-{eff.attempt}-{eff.replica}",
+            image=spec.image,
+            command=tuple(spec.command),
+            env=dict(spec.env),
+            input_dir=d / "inputs" if (d / "inputs").exists() else None,
+            output_dir=out_dir,
+            cpus=spec.requirements.cpus,
+            memory_mb=spec.requirements.memory_mb,
+            gpus=spec.requirements.gpus,
             gpu_min_memory_mb=spec.requirements.gpu_min_memory_mb,
             network=spec.requirements.network and self.config.allow_network_jobs,
             timeout_s=eff.timeout_s,
@@ -471,13 +515,28 @@ class Daemon:
                 digest = prefixed(await trio.to_thread.run_sync(self.blobs.put, archive))
                 size = len(archive)
             except Exception as exc:
-                result = type(result)(status="output_limit", exit_code=result.exit_code,
-                                      reason=f"outputs could not be packed: {exc}"[:300],
-                                      duration_s=result.duration_s)
-        await self._feed(ExecutionFinished(
-            eff.job_id, eff.attempt, eff.replica, result.status, result.exit_code, result.reason,
-            int(result.duration_s * 1000), None if result.cpu_s is None else int(result.cpu_s * 1000),
-            result.peak_memory_bytes, digest, size, executor_fault=result.status == "error"))
+                result = type(result)(
+                    status="output_limit",
+                    exit_code=result.exit_code,
+                    reason=f"outputs could not be packed: {exc}"[:300],
+                    duration_s=result.duration_s,
+                )
+        await self._feed(
+            ExecutionFinished(
+                eff.job_id,
+                eff.attempt,
+                eff.replica,
+                result.status,
+                result.exit_code,
+                result.reason,
+                int(result.duration_s * 1000),
+                None if result.cpu_s is None else int(result.cpu_s * 1000),
+                result.peak_memory_bytes,
+                digest,
+                size,
+                executor_fault=result.status == "error",
+            )
+        )
         shutil.rmtree(d, ignore_errors=True)
 
     async def _check(self, eff: RunChecker) -> None:
@@ -485,10 +544,18 @@ class Daemon:
         job = self.node.jobs.get(eff.job_id)
         try:
             if job is not None and job.spec.checker_image:
-                same = await run_checker_container(self, job.spec.checker_image, eff.a, eff.b, eff.job_id)
+                same = await run_checker_container(
+                    self, job.spec.checker_image, eff.a, eff.b, eff.job_id
+                )
             elif job is not None and job.spec.tolerance is not None:
-                same = await trio.to_thread.run_sync(compare_outputs, self.blobs, eff.a, eff.b,
-                                                     job.spec.tolerance.rel, job.spec.tolerance.abs)
+                same = await trio.to_thread.run_sync(
+                    compare_outputs,
+                    self.blobs,
+                    eff.a,
+                    eff.b,
+                    job.spec.tolerance.rel,
+                    job.spec.tolerance.abs,
+                )
             else:
                 same = eff.a == eff.b
         except Exception as exc:
@@ -525,8 +592,9 @@ class Daemon:
         if self.measure_score:
             self.score = await trio.to_thread.run_sync(measure_compute_score, self.hardware.gpus)
         else:
-            self.score = ComputeScore(cpu_gflops=10.0, gpu_gflops=None, tier="cpu",
-                                      measured_at_monotonic=time.monotonic())
+            self.score = ComputeScore(
+                cpu_gflops=10.0, gpu_gflops=None, tier="cpu", measured_at_monotonic=time.monotonic()
+            )
 
     def _capabilities(self) -> LocalCapabilities:
         hw, score = self.hardware, self.score
@@ -534,15 +602,21 @@ class Daemon:
         images = self.images
         runtimes = (self.executor.name,)
         return LocalCapabilities(
-            cores=hw.cpu_logical, ram_mb=hw.ram_total_bytes // (1 << 20),
+            cores=hw.cpu_logical,
+            ram_mb=hw.ram_total_bytes // (1 << 20),
             disk_free_mb=hw.disk_free_bytes // (1 << 20),
             gpus=tuple((g.name, g.memory_total_mb) for g in hw.gpus),
-            gpu_runtime=gpu_runtime, runtimes=runtimes, images=images,
+            gpu_runtime=gpu_runtime,
+            runtimes=runtimes,
+            images=images,
             score_gflops=round(score.cpu_gflops, 3),
-            gpu_gflops=score.gpu_gflops, tier=score.tier,
-            price=self.config.price / self.rp.price_unit_s, capacity=max(1, hw.cpu_logical),
+            gpu_gflops=score.gpu_gflops,
+            tier=score.tier,
+            price=self.config.price / self.rp.price_unit_s,
+            capacity=max(1, hw.cpu_logical),
             network_allowed=self.config.allow_network_jobs,
-            addrs=tuple(self.host.listen_addrs), version=__version__,
+            addrs=tuple(self.host.listen_addrs),
+            version=__version__,
         )
 
     async def _health_loop(self) -> None:
@@ -556,7 +630,9 @@ class Daemon:
             if not ok:
                 log.warning("executor health check failed: %s", reason)
             assert self.node is not None
-            await trio.sleep(self.rp.health_recheck_s if not self.node.warm else self.rp.health_recheck_s * 10)
+            await trio.sleep(
+                self.rp.health_recheck_s if not self.node.warm else self.rp.health_recheck_s * 10
+            )
 
     async def _capabilities_loop(self) -> None:
         last_score = time.monotonic()
@@ -584,8 +660,14 @@ class _Awaited:
     done: trio.Event
 
 
-def build_daemon(config: NodeConfig, identity: Identity, data_dir: Path, *,
-                 measure_score: bool = True, **kwargs: Any) -> Daemon:
+def build_daemon(
+    config: NodeConfig,
+    identity: Identity,
+    data_dir: Path,
+    *,
+    measure_score: bool = True,
+    **kwargs: Any,
+) -> Daemon:
     """A daemon with the executor chosen by the configuration (raises ExecutorUnavailable)."""
     import dataclasses
 
@@ -600,8 +682,16 @@ def build_daemon(config: NodeConfig, identity: Identity, data_dir: Path, *,
     executor, reason = make_executor(config.executor, exec_params, identity.peer_id[-12:])
     if not executor.sandboxed:
         log.warning("UNSANDBOXED: jobs run as plain processes of this user (%s)", reason)
-    return Daemon(data_dir, config, identity, executor=executor, executor_reason=reason,
-                  exec_params=exec_params, measure_score=measure_score, **kwargs)
+    return Daemon(
+        data_dir,
+        config,
+        identity,
+        executor=executor,
+        executor_reason=reason,
+        exec_params=exec_params,
+        measure_score=measure_score,
+        **kwargs,
+    )
 
 
 def run(config: NodeConfig, identity: Identity, data_dir: Path, overrides: dict[str, Any]) -> int:

@@ -51,7 +51,7 @@ class GatewayParams:
 
 def bare(digest: str) -> str:
     """The blob store's key of a protocol digest (``sha256:<hex>`` → ``<hex>``)."""
-    return digest[len(DIGEST_PREFIX):] if digest.startswith(DIGEST_PREFIX) else digest
+    return digest[len(DIGEST_PREFIX) :] if digest.startswith(DIGEST_PREFIX) else digest
 
 
 def prefixed(hex_digest: str) -> str:
@@ -60,9 +60,9 @@ def prefixed(hex_digest: str) -> str:
 
 def resolve_uri(uri: str, gw: GatewayParams) -> str:
     if uri.startswith("ipfs://"):
-        return f"{gw.ipfs_gateway.rstrip('/')}/ipfs/{uri[len('ipfs://'):]}"
+        return f"{gw.ipfs_gateway.rstrip('/')}/ipfs/{uri[len('ipfs://') :]}"
     if uri.startswith("s3://"):
-        return f"{gw.s3_endpoint.rstrip('/')}/{uri[len('s3://'):]}"
+        return f"{gw.s3_endpoint.rstrip('/')}/{uri[len('s3://') :]}"
     return uri
 
 
@@ -76,8 +76,9 @@ def fetch_uri(uri: str, gw: GatewayParams) -> bytes:
     return data
 
 
-async def fetch_inputs(daemon: Daemon, origin: str, spec: JobSpec, dest: Path,
-                       gw: GatewayParams = GatewayParams()) -> None:
+async def fetch_inputs(
+    daemon: Daemon, origin: str, spec: JobSpec, dest: Path, gw: GatewayParams = GatewayParams()
+) -> None:
     """Place every input of ``spec`` under ``dest`` (raises with a reason on failure)."""
     if not spec.inputs:
         return
@@ -152,7 +153,13 @@ async def run_checker_container(daemon: Daemon, image: str, a: str, b: str, job_
         await trio.to_thread.run_sync(_readable_by_sandbox, root / "inputs")
         (root / "outputs").mkdir()
         os.chmod(root / "outputs", 0o777)  # the checker runs as an unprivileged user
-        req = ExecRequest(job_id=f"check-{job_id}"[:120], image=image, command=("/mesh/check",),
-                          input_dir=root / "inputs", output_dir=root / "outputs", timeout_s=300.0)
+        req = ExecRequest(
+            job_id=f"check-{job_id}"[:120],
+            image=image,
+            command=("/mesh/check",),
+            input_dir=root / "inputs",
+            output_dir=root / "outputs",
+            timeout_s=300.0,
+        )
         result = await daemon.executor.run(req)
         return result.status == "succeeded"

@@ -120,8 +120,12 @@ class BlobStore:
         """Store ``data``; return its digest. Durable on return."""
         return self.put_stream([data])
 
-    def put_stream(self, chunks: Iterable[bytes], expected_digest: str | None = None,
-                   max_bytes: int | None = None) -> str:
+    def put_stream(
+        self,
+        chunks: Iterable[bytes],
+        expected_digest: str | None = None,
+        max_bytes: int | None = None,
+    ) -> str:
         """Store bytes arriving in chunks (e.g. from a peer); return the digest.
 
         With ``expected_digest`` the bytes must hash to it (BlobCorruptError
@@ -261,8 +265,11 @@ def _walk(root: Path, max_files: int) -> list[tuple[str, Path, os.stat_result]]:
     return found
 
 
-def pack_dir(path: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_TAR_BYTES,
-             max_files: int = DEFAULT_MAX_TAR_FILES) -> bytes:
+def pack_dir(
+    path: str | os.PathLike[str],
+    max_bytes: int = DEFAULT_MAX_TAR_BYTES,
+    max_files: int = DEFAULT_MAX_TAR_FILES,
+) -> bytes:
     """A deterministic uncompressed tar (PAX) of the tree under ``path``.
 
     Entries are sorted by path; mtime 0, uid/gid 0, no owner names, mode 0o755
@@ -290,8 +297,7 @@ def pack_dir(path: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_TAR_BYTE
             raise BlobLimitError(f"{root} holds more than {max_bytes} bytes of files")
         entries.append((_tarinfo(name, is_dir=False, size=len(data), st_mode=st.st_mode), data))
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT,
-                      encoding="utf-8") as tar:
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8") as tar:
         for info, data in entries:
             tar.addfile(info, io.BytesIO(data) if data is not None else None)
     return buf.getvalue()
@@ -306,8 +312,7 @@ def _safe_member_name(name: str) -> PurePosixPath:
     return PurePosixPath(*parts)
 
 
-def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, tmp: Path,
-                    budget: int) -> int:
+def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, tmp: Path, budget: int) -> int:
     """Write one checked member under ``tmp``; return the file bytes written."""
     rel = _safe_member_name(member.name)
     target = tmp.joinpath(*rel.parts)
@@ -338,8 +343,12 @@ def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, tmp: Path,
     return written
 
 
-def unpack_tar(data: bytes, dest: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_TAR_BYTES,
-               max_files: int = DEFAULT_MAX_TAR_FILES) -> int:
+def unpack_tar(
+    data: bytes,
+    dest: str | os.PathLike[str],
+    max_bytes: int = DEFAULT_MAX_TAR_BYTES,
+    max_files: int = DEFAULT_MAX_TAR_FILES,
+) -> int:
     """Unpack an uncompressed tar into the new directory ``dest``; return entries.
 
     Only regular files and directories with relative names free of ``..`` are

@@ -70,8 +70,16 @@ from meshd.core.logrecord import (
 )
 
 __all__ = [
-    "AppendItem", "EventLog", "LogClosedError", "LogCorruptError", "LogError",
-    "LogIdentityError", "LogInputError", "LogLockedError", "LogParams", "LogWriteError",
+    "AppendItem",
+    "EventLog",
+    "LogClosedError",
+    "LogCorruptError",
+    "LogError",
+    "LogIdentityError",
+    "LogInputError",
+    "LogLockedError",
+    "LogParams",
+    "LogWriteError",
     "Record",
 ]
 
@@ -105,8 +113,14 @@ def _is_lock_error(exc: plyvel.Error) -> bool:
 class EventLog:
     """A durable, signed, hash-chained log. Build with :meth:`open`."""
 
-    def __init__(self, db: plyvel.DB, path: Path, identity: Identity, params: LogParams,
-                 head: tuple[int, bytes]) -> None:
+    def __init__(
+        self,
+        db: plyvel.DB,
+        path: Path,
+        identity: Identity,
+        params: LogParams,
+        head: tuple[int, bytes],
+    ) -> None:
         self._db: plyvel.DB | None = db
         self.path = path
         self.identity = identity
@@ -116,8 +130,14 @@ class EventLog:
     # ---------------------------------------------------------------- opening
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], identity: Identity,
-             params: LogParams = DEFAULT_PARAMS, *, genesis_ts_ms: int | None = None) -> EventLog:
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        identity: Identity,
+        params: LogParams = DEFAULT_PARAMS,
+        *,
+        genesis_ts_ms: int | None = None,
+    ) -> EventLog:
         """Open (creating durably if absent) and verify the log at ``path``.
 
         ``genesis_ts_ms`` stamps the genesis record of a new log (default: now).
@@ -140,8 +160,9 @@ class EventLog:
     @staticmethod
     def _open_db(path: Path, params: LogParams, create: bool = False) -> plyvel.DB:
         try:
-            return plyvel.DB(str(path), create_if_missing=create,
-                             paranoid_checks=params.paranoid_checks)
+            return plyvel.DB(
+                str(path), create_if_missing=create, paranoid_checks=params.paranoid_checks
+            )
         except plyvel.IOError as exc:
             if _is_lock_error(exc):
                 raise LogLockedError(
@@ -172,8 +193,9 @@ class EventLog:
         _fsync_path(path.parent)
 
     @staticmethod
-    def _write_genesis(db: plyvel.DB, identity: Identity, params: LogParams,
-                       ts_ms: int) -> tuple[int, bytes]:
+    def _write_genesis(
+        db: plyvel.DB, identity: Identity, params: LogParams, ts_ms: int
+    ) -> tuple[int, bytes]:
         with db.iterator(include_value=False) as it:
             if next(it, None) is not None:
                 raise LogCorruptError(0, "no head metadata, yet the database is not empty")
@@ -185,8 +207,9 @@ class EventLog:
         return 1, genesis.hash
 
     @staticmethod
-    def _verify_on_open(db: plyvel.DB, path: Path, identity: Identity,
-                        params: LogParams) -> tuple[int, bytes] | None:
+    def _verify_on_open(
+        db: plyvel.DB, path: Path, identity: Identity, params: LogParams
+    ) -> tuple[int, bytes] | None:
         """Check the stored chain; its head, or None for an empty database."""
         meta = db.get(HEAD_KEY, verify_checksums=params.verify_checksums)
         if meta is None:
@@ -230,8 +253,13 @@ class EventLog:
         input (LogInputError) writes nothing. Returns one record per item.
         """
         db = self._live()
-        plan = plan_batch(self.identity, self._head, normalize_items(items, self.params),
-                          self._lookup_key, self.params)
+        plan = plan_batch(
+            self.identity,
+            self._head,
+            normalize_items(items, self.params),
+            self._lookup_key,
+            self.params,
+        )
         for chunk in plan.chunks(self.params.max_batch_records):
             last = chunk[-1][0]
             try:
@@ -282,9 +310,12 @@ class EventLog:
         stop = self._head[0] + 1 if end is None else min(end, self._head[0] + 1)
         if start >= stop:
             return
-        it = self._live().iterator(start=_seq_key(max(start, 1)), stop=_seq_key(stop),
-                                   include_key=False,
-                                   verify_checksums=self.params.verify_checksums)
+        it = self._live().iterator(
+            start=_seq_key(max(start, 1)),
+            stop=_seq_key(stop),
+            include_key=False,
+            verify_checksums=self.params.verify_checksums,
+        )
         with it:
             yield from it
 
@@ -336,8 +367,9 @@ class EventLog:
 
 def _feed_stored(checker: ChainChecker, db: plyvel.DB, params: LogParams) -> None:
     """Feed every stored record to ``checker``, checking keys match seqs."""
-    it = db.iterator(prefix=RECORD_PREFIX, verify_checksums=params.verify_checksums,
-                     fill_cache=False)
+    it = db.iterator(
+        prefix=RECORD_PREFIX, verify_checksums=params.verify_checksums, fill_cache=False
+    )
     try:
         with it:
             for key, raw in it:

@@ -40,9 +40,16 @@ from meshd.exec.base import ExecParams, Executor
 from meshd.net.params import NetParams
 from meshd.runtime.daemon import Daemon, RuntimeParams, build_daemon
 
-FAST_CORE = CoreParams(bid_window_ms=500, advert_interval_ms=500, advert_ttl_ms=4_000, lease_ms=4_000,
-                       heartbeat_interval_ms=500, result_resend_ms=500, reoffer_base_ms=300,
-                       reoffer_max_ms=2_000)
+FAST_CORE = CoreParams(
+    bid_window_ms=500,
+    advert_interval_ms=500,
+    advert_ttl_ms=4_000,
+    lease_ms=4_000,
+    heartbeat_interval_ms=500,
+    result_resend_ms=500,
+    reoffer_base_ms=300,
+    reoffer_max_ms=2_000,
+)
 """Protocol timings shortened for tests (same rules, smaller numbers)."""
 
 
@@ -56,15 +63,25 @@ class Member:
 
 
 class Cluster:
-    def __init__(self, nursery: trio.Nursery, root: Path, n: int, *, executor: str = "process",
-                 core_params: CoreParams = FAST_CORE, net_params: NetParams | None = None,
-                 configure: Callable[[int, dict[str, Any]], None] | None = None,
-                 wrap_executor: Callable[[int, Executor], Executor] | None = None) -> None:
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        root: Path,
+        n: int,
+        *,
+        executor: str = "process",
+        core_params: CoreParams = FAST_CORE,
+        net_params: NetParams | None = None,
+        configure: Callable[[int, dict[str, Any]], None] | None = None,
+        wrap_executor: Callable[[int, Executor], Executor] | None = None,
+    ) -> None:
         self.nursery = nursery
         self.root = root
         self.executor = executor
         self.core_params = core_params
-        self.net_params = net_params or NetParams(gossip_heartbeat_s=0.2, peer_exchange_interval_s=0.5)
+        self.net_params = net_params or NetParams(
+            gossip_heartbeat_s=0.2, peer_exchange_interval_s=0.5
+        )
         self.configure = configure
         self.wrap_executor = wrap_executor
         """Fault injection: ``wrap_executor(i, executor)`` replaces node i's executor
@@ -73,7 +90,9 @@ class Cluster:
 
     @classmethod
     @asynccontextmanager
-    async def started(cls, nursery: trio.Nursery, root: Path, n: int, **kw: Any) -> AsyncIterator[Cluster]:
+    async def started(
+        cls, nursery: trio.Nursery, root: Path, n: int, **kw: Any
+    ) -> AsyncIterator[Cluster]:
         c = cls(nursery, root, n, **kw)
         try:
             await c.start_all()
@@ -105,17 +124,29 @@ class Cluster:
         config, identity = load_node(m.data_dir)
         # Bootstrap from any running member (a restarted node comes back on a new
         # port, so the others cannot dial it: it must dial them).
-        others = [self.daemon(j).host.listen_addrs[0] for j in self.running()
-                  if j != i and self.daemon(j).ready.is_set()]
-        overrides: dict[str, Any] = {"executor": self.executor, "allow_process_executor": True,
-                                     "bootstrap": tuple(others[:3])}
+        others = [
+            self.daemon(j).host.listen_addrs[0]
+            for j in self.running()
+            if j != i and self.daemon(j).ready.is_set()
+        ]
+        overrides: dict[str, Any] = {
+            "executor": self.executor,
+            "allow_process_executor": True,
+            "bootstrap": tuple(others[:3]),
+        }
         if self.configure is not None:
             self.configure(i, overrides)
         config = config.model_copy(update=overrides)
-        daemon = build_daemon(config, identity, m.data_dir, measure_score=False,
-                              core_params=self.core_params, net_params=self.net_params,
-                              exec_params=ExecParams(health_check_timeout_s=30.0),
-                              runtime_params=dataclasses.replace(RuntimeParams(), capabilities_refresh_s=1.0))
+        daemon = build_daemon(
+            config,
+            identity,
+            m.data_dir,
+            measure_score=False,
+            core_params=self.core_params,
+            net_params=self.net_params,
+            exec_params=ExecParams(health_check_timeout_s=30.0),
+            runtime_params=dataclasses.replace(RuntimeParams(), capabilities_refresh_s=1.0),
+        )
         if self.wrap_executor is not None:
             daemon.executor = self.wrap_executor(i, daemon.executor)
         m.daemon, m.done, m.scope = daemon, trio.Event(), trio.CancelScope()
@@ -168,7 +199,9 @@ class Cluster:
 
     # ------------------------------------------------------------ waiting and jobs
 
-    async def wait_for(self, pred: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition") -> None:
+    async def wait_for(
+        self, pred: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition"
+    ) -> None:
         with trio.move_on_after(timeout_s):
             while not pred():
                 await trio.sleep(0.05)
@@ -182,6 +215,7 @@ class Cluster:
 
     async def wait_mesh(self, timeout_s: float = 30.0) -> None:
         """Until every running node holds a live, warm advert of every other."""
+
         def formed() -> bool:
             idx = self.running()
             for i in idx:
@@ -192,6 +226,7 @@ class Cluster:
                     if i != j and not self.sees(i, j):
                         return False
             return True
+
         await self.wait_for(formed, timeout_s, "the mesh to form")
 
     async def submit(self, i: int, spec: dict[str, Any], job_id: str | None = None) -> str:
@@ -211,8 +246,11 @@ class Cluster:
         """Until node i's job is in one of ``states`` (default: terminal) and the
         records of the step that put it there are in node i's log."""
         states = states or ("succeeded", "failed", "cancelled")
-        await self.wait_for(lambda: (j := self.job(i, job_id)) is not None and j.state in states,
-                            timeout_s, f"job {job_id} to reach {states}")
+        await self.wait_for(
+            lambda: (j := self.job(i, job_id)) is not None and j.state in states,
+            timeout_s,
+            f"job {job_id} to reach {states}",
+        )
         await self.wait_durable(i)
         return self.job(i, job_id)
 

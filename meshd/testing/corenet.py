@@ -50,15 +50,32 @@ from meshd.core.params import CoreParams
 
 def honest_output(spec: JobSpec) -> str:
     """The digest every honest worker produces for a job (a pure function of the spec)."""
-    return "sha256:" + hashlib.sha256(repr((spec.image, spec.command, spec.env)).encode()).hexdigest()
+    return (
+        "sha256:" + hashlib.sha256(repr((spec.image, spec.command, spec.env)).encode()).hexdigest()
+    )
 
 
-def default_caps(cores: int = 4, score: float = 50.0, price: float = 0.001, gpus: tuple = (),
-                 images: tuple[str, ...] = ("meshd/busybox:1",)) -> LocalCapabilities:
+def default_caps(
+    cores: int = 4,
+    score: float = 50.0,
+    price: float = 0.001,
+    gpus: tuple = (),
+    images: tuple[str, ...] = ("meshd/busybox:1",),
+) -> LocalCapabilities:
     return LocalCapabilities(
-        cores=cores, ram_mb=8192, disk_free_mb=100_000, gpus=gpus, gpu_runtime=bool(gpus),
-        runtimes=("docker",), images=images, score_gflops=score, gpu_gflops=None,
-        tier="consumer-gpu" if gpus else "cpu", price=price, capacity=cores, network_allowed=False,
+        cores=cores,
+        ram_mb=8192,
+        disk_free_mb=100_000,
+        gpus=gpus,
+        gpu_runtime=bool(gpus),
+        runtimes=("docker",),
+        images=images,
+        score_gflops=score,
+        gpu_gflops=None,
+        tier="consumer-gpu" if gpus else "cpu",
+        price=price,
+        capacity=cores,
+        network_allowed=False,
     )
 
 
@@ -87,8 +104,15 @@ class NodeSlot:
 
 
 class CoreNet:
-    def __init__(self, n: int, *, seed: int = 1, params: CoreParams | None = None,
-                 latency_ms: tuple[int, int] = (5, 20), workers: list[FakeWorker] | None = None) -> None:
+    def __init__(
+        self,
+        n: int,
+        *,
+        seed: int = 1,
+        params: CoreParams | None = None,
+        latency_ms: tuple[int, int] = (5, 20),
+        workers: list[FakeWorker] | None = None,
+    ) -> None:
         self.rng = random.Random(seed)
         self.params = params or CoreParams()
         self.latency_ms = latency_ms
@@ -128,8 +152,12 @@ class CoreNet:
 
     def _boot(self, slot: NodeSlot) -> None:
         self._feed(slot.node.peer_id, slot.worker.caps)
-        self._feed(slot.node.peer_id, ExecutorHealth(slot.worker.healthy, "" if slot.worker.healthy
-                                                     else "health check failed"))
+        self._feed(
+            slot.node.peer_id,
+            ExecutorHealth(
+                slot.worker.healthy, "" if slot.worker.healthy else "health check failed"
+            ),
+        )
 
     def node(self, i: int | str) -> Node:
         return self.slots[self.order[i] if isinstance(i, int) else i].node
@@ -179,6 +207,7 @@ class CoreNet:
 
     def submit(self, i: int | str, spec: JobSpec, job_id: str | None = None) -> str:
         from meshd.core.events import JobSubmitted
+
         peer = self.order[i] if isinstance(i, int) else i
         job_id = job_id or f"job-{self.rng.getrandbits(48):012x}"
         self._feed(peer, JobSubmitted(spec, job_id))
@@ -194,19 +223,37 @@ class CoreNet:
                 slot.log.append((eff.kind, eff.body))
             elif isinstance(eff, Publish):
                 for other in self.order:
-                    if other != peer and self.reachable(peer, other) and self.rng.random() >= self.drop_rate:
-                        self._schedule(self.now_ms + self._latency(peer), other,
-                                       GossipReceived(eff.topic, peer, eff.data))
+                    if (
+                        other != peer
+                        and self.reachable(peer, other)
+                        and self.rng.random() >= self.drop_rate
+                    ):
+                        self._schedule(
+                            self.now_ms + self._latency(peer),
+                            other,
+                            GossipReceived(eff.topic, peer, eff.data),
+                        )
             elif isinstance(eff, Send):
-                if eff.to_peer in self.slots and self.reachable(peer, eff.to_peer) \
-                        and self.rng.random() >= self.drop_rate:
-                    self._schedule(self.now_ms + self._latency(peer), eff.to_peer,
-                                   DirectReceived(peer, eff.data))
+                if (
+                    eff.to_peer in self.slots
+                    and self.reachable(peer, eff.to_peer)
+                    and self.rng.random() >= self.drop_rate
+                ):
+                    self._schedule(
+                        self.now_ms + self._latency(peer),
+                        eff.to_peer,
+                        DirectReceived(peer, eff.data),
+                    )
                 else:
-                    self._schedule(self.now_ms + self._latency(), peer,
-                                   SendFailed(eff.to_peer, eff.kind, eff.job_id, "unreachable"))
+                    self._schedule(
+                        self.now_ms + self._latency(),
+                        peer,
+                        SendFailed(eff.to_peer, eff.kind, eff.job_id, "unreachable"),
+                    )
             elif isinstance(eff, FetchInputs):
-                self._schedule(self.now_ms + 1, peer, InputsFetched(eff.job_id, eff.attempt, eff.replica, True))
+                self._schedule(
+                    self.now_ms + 1, peer, InputsFetched(eff.job_id, eff.attempt, eff.replica, True)
+                )
             elif isinstance(eff, StartExecution):
                 self._start(peer, slot, eff)
             elif isinstance(eff, CancelExecution):
@@ -217,11 +264,17 @@ class CoreNet:
                 if ok and self.refuse_outputs > 0:
                     self.refuse_outputs -= 1
                     ok, reason = False, "worker refused the output"
-                self._schedule(self.now_ms + self._latency(), peer,
-                               BlobFetched(eff.job_id, eff.attempt, eff.replica, eff.digest, ok, reason))
+                self._schedule(
+                    self.now_ms + self._latency(),
+                    peer,
+                    BlobFetched(eff.job_id, eff.attempt, eff.replica, eff.digest, ok, reason),
+                )
             elif isinstance(eff, RunChecker):
-                self._schedule(self.now_ms + self.checker_delay_ms, peer,
-                               CheckerFinished(eff.job_id, eff.a, eff.b, self.checker(eff)))
+                self._schedule(
+                    self.now_ms + self.checker_delay_ms,
+                    peer,
+                    CheckerFinished(eff.job_id, eff.a, eff.b, self.checker(eff)),
+                )
             elif isinstance(eff, (JobLog, SetPeerScore)):
                 pass
             else:
@@ -243,9 +296,19 @@ class CoreNet:
             self.noisy[noisy] = digest
             digest = noisy
         status = "timeout" if timed_out else ("succeeded" if code == 0 else "failed")
-        fin = ExecutionFinished(eff.job_id, eff.attempt, eff.replica, status, None if timed_out else code,
-                                "", duration, duration, 1 << 20, digest if status == "succeeded" else None,
-                                1024)
+        fin = ExecutionFinished(
+            eff.job_id,
+            eff.attempt,
+            eff.replica,
+            status,
+            None if timed_out else code,
+            "",
+            duration,
+            duration,
+            1 << 20,
+            digest if status == "succeeded" else None,
+            1024,
+        )
         self._schedule(self.now_ms + duration, peer, ("finish", key, token, fin))
 
     def tolerance_checker(self, eff: RunChecker) -> bool:

@@ -67,13 +67,16 @@ def docker_api() -> Iterator[Any]:
     api = docker.APIClient(**docker.utils.kwargs_from_env(), version="auto", timeout=30)
     yield api
     leftovers = [
-        c for c in api.containers(all=True, filters={"label": "meshd.node"})
+        c
+        for c in api.containers(all=True, filters={"label": "meshd.node"})
         if c["Labels"].get("meshd.node", "").startswith(TEST_LABEL_PREFIX)
     ]
     for c in leftovers:
         api.remove_container(c["Id"], force=True)
     api.close()
-    assert not leftovers, f"containers left after the test session: {[c['Names'] for c in leftovers]}"
+    assert not leftovers, (
+        f"containers left after the test session: {[c['Names'] for c in leftovers]}"
+    )
 
 
 def labelled_containers(api: Any, node_label: str) -> list[dict[str, Any]]:
@@ -94,7 +97,9 @@ def test_exec_params() -> Any:
 
 
 @pytest.fixture
-def make_docker_executor(docker_api: Any, node_label: str, test_exec_params: Any) -> Iterator[Callable[..., Any]]:
+def make_docker_executor(
+    docker_api: Any, node_label: str, test_exec_params: Any
+) -> Iterator[Callable[..., Any]]:
     """Factory: ``make_docker_executor(**param_overrides)`` -> DockerExecutor with this test's label."""
     from meshd.exec.docker_exec import DockerExecutor
 

@@ -59,10 +59,24 @@ class ExecutorWrapper(Executor):
             raise AttributeError(attr)
         return getattr(self.inner, attr)
 
-    def decline_reason(self, *, image: str, gpus: int, gpu_min_memory_mb: int, network: bool,
-                       cpus: float, memory_mb: int) -> str | None:
-        return self.inner.decline_reason(image=image, gpus=gpus, gpu_min_memory_mb=gpu_min_memory_mb,
-                                         network=network, cpus=cpus, memory_mb=memory_mb)
+    def decline_reason(
+        self,
+        *,
+        image: str,
+        gpus: int,
+        gpu_min_memory_mb: int,
+        network: bool,
+        cpus: float,
+        memory_mb: int,
+    ) -> str | None:
+        return self.inner.decline_reason(
+            image=image,
+            gpus=gpus,
+            gpu_min_memory_mb=gpu_min_memory_mb,
+            network=network,
+            cpus=cpus,
+            memory_mb=memory_mb,
+        )
 
     async def run(self, req: ExecRequest, on_log: LogCallback | None = None) -> ExecResult:
         return await self.inner.run(req, on_log)

@@ -66,8 +66,14 @@ class MemDisk:
 class MemLog:
     """In-memory signed, hash-chained log. ``MemLog(identity)`` starts a new one."""
 
-    def __init__(self, identity: Signer, params: LogParams = DEFAULT_PARAMS, *,
-                 genesis_ts_ms: int = 0, disk: MemDisk | None = None) -> None:
+    def __init__(
+        self,
+        identity: Signer,
+        params: LogParams = DEFAULT_PARAMS,
+        *,
+        genesis_ts_ms: int = 0,
+        disk: MemDisk | None = None,
+    ) -> None:
         self.identity = identity
         self.params = params
         self.disk = disk if disk is not None else MemDisk()
@@ -121,8 +127,13 @@ class MemLog:
     def append_batch(self, items: Sequence[tuple[Any, ...]] | Sequence[AppendItem]) -> list[Record]:
         """Append many records, atomically per ``max_batch_records`` chunk."""
         self._live()
-        plan = plan_batch(self.identity, self._head, normalize_items(items, self.params),
-                          self._lookup_key, self.params)
+        plan = plan_batch(
+            self.identity,
+            self._head,
+            normalize_items(items, self.params),
+            self._lookup_key,
+            self.params,
+        )
         crash_after, self._crash_after_chunks = self._crash_after_chunks, None
         for done, chunk in enumerate(plan.chunks(self.params.max_batch_records)):
             if crash_after is not None and done >= crash_after:

@@ -22,8 +22,13 @@ from meshd.api.client import ApiClient, ApiClientError
 from meshd.config import update_config
 
 FAST_PARAMS = {
-    "advert_interval_ms": 500, "advert_ttl_ms": 4000, "lease_ms": 4000, "heartbeat_interval_ms": 500,
-    "result_resend_ms": 500, "reoffer_base_ms": 300, "reoffer_max_ms": 2000,
+    "advert_interval_ms": 500,
+    "advert_ttl_ms": 4000,
+    "lease_ms": 4000,
+    "heartbeat_interval_ms": 500,
+    "result_resend_ms": 500,
+    "reoffer_base_ms": 300,
+    "reoffer_max_ms": 2000,
 }
 """Protocol timings shortened for tests (same rules, smaller numbers)."""
 
@@ -36,10 +41,16 @@ def _bin(name: str) -> list[str]:
     return [sys.executable, "-c", f"import sys; from {module} import main; sys.exit(main())"]
 
 
-def mesh_cli(data_dir: Path, *args: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess[str]:
+def mesh_cli(
+    data_dir: Path, *args: str, timeout_s: float = 120.0
+) -> subprocess.CompletedProcess[str]:
     """Run the real `mesh` CLI against a data dir."""
-    return subprocess.run([*_bin("mesh"), "--data-dir", str(data_dir), *args], text=True,
-                          capture_output=True, timeout=timeout_s)
+    return subprocess.run(
+        [*_bin("mesh"), "--data-dir", str(data_dir), *args],
+        text=True,
+        capture_output=True,
+        timeout=timeout_s,
+    )
 
 
 @dataclass
@@ -51,19 +62,43 @@ class DaemonProcess:
     bootstrap: list[str] = field(default_factory=list)
 
     def init(self) -> None:
-        subprocess.run([*_bin("meshd"), "init", "--data-dir", str(self.data_dir), "--listen",
-                        "/ip4/127.0.0.1/tcp/0"], check=True, capture_output=True)
-        update_config(self.data_dir, {"allow_process_executor": True, "mdns": False,
-                                      "params": dict(self.params)})
+        subprocess.run(
+            [
+                *_bin("meshd"),
+                "init",
+                "--data-dir",
+                str(self.data_dir),
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        update_config(
+            self.data_dir,
+            {"allow_process_executor": True, "mdns": False, "params": dict(self.params)},
+        )
 
     def start(self, timeout_s: float = 60.0) -> None:
-        cmd = [*_bin("meshd"), "start", "--data-dir", str(self.data_dir), "--executor", self.executor,
-               "--log-format", "json", "--log-level", os.environ.get("MESHD_TEST_LOG_LEVEL", "INFO")]
+        cmd = [
+            *_bin("meshd"),
+            "start",
+            "--data-dir",
+            str(self.data_dir),
+            "--executor",
+            self.executor,
+            "--log-format",
+            "json",
+            "--log-level",
+            os.environ.get("MESHD_TEST_LOG_LEVEL", "INFO"),
+        ]
         for b in self.bootstrap:
             cmd += ["--bootstrap", b]
         (self.data_dir / "api.addr").unlink(missing_ok=True)
         log = open(self.data_dir / "daemon.log", "ab")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        self.proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ)
+        )
         self.wait_for(lambda: self.status() is not None, timeout_s, "the daemon's API")
 
     def client(self) -> ApiClient:
@@ -71,8 +106,10 @@ class DaemonProcess:
 
     def status(self) -> dict[str, Any] | None:
         if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"daemon in {self.data_dir} exited with {self.proc.returncode}: "
-                               + (self.data_dir / "daemon.log").read_text()[-2000:])
+            raise RuntimeError(
+                f"daemon in {self.data_dir} exited with {self.proc.returncode}: "
+                + (self.data_dir / "daemon.log").read_text()[-2000:]
+            )
         try:
             return self.client().status()
         except (ApiClientError, OSError):
@@ -108,7 +145,9 @@ class DaemonProcess:
             if value:
                 return value
             if time.monotonic() > end:
-                raise TimeoutError(f"timed out after {timeout_s}s waiting for {what} ({self.data_dir})")
+                raise TimeoutError(
+                    f"timed out after {timeout_s}s waiting for {what} ({self.data_dir})"
+                )
             time.sleep(0.1)
 
 
@@ -136,8 +175,11 @@ def wait_mesh(procs: list[DaemonProcess], timeout_s: float = 60.0) -> None:
         st = p.status() or {}
         return st.get("peers", 0) >= want and bool(st.get("warm"))
 
-    procs[0].wait_for(lambda: all(ready(p) for p in procs), timeout_s,
-                      f"all {len(procs)} daemons to see each other")
+    procs[0].wait_for(
+        lambda: all(ready(p) for p in procs),
+        timeout_s,
+        f"all {len(procs)} daemons to see each other",
+    )
 
 
 def stop_all(procs: list[DaemonProcess]) -> None:

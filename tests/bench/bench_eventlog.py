@@ -36,9 +36,16 @@ IDENTITY = Identity.from_seed_int(42)
 
 def event_body(i: int) -> dict:
     """About 290 bytes encoded, like the eventlog note's measurements."""
-    return {"job": f"job-{i:08d}", "worker": IDENTITY.peer_id, "state": "running",
-            "digest": hashlib.sha256(i.to_bytes(8, "big")).digest(), "cpus": 4,
-            "mem_mb": 2048, "price": 1.25, "note": "x" * 120}
+    return {
+        "job": f"job-{i:08d}",
+        "worker": IDENTITY.peer_id,
+        "state": "running",
+        "digest": hashlib.sha256(i.to_bytes(8, "big")).digest(),
+        "cpus": 4,
+        "mem_mb": 2048,
+        "price": 1.25,
+        "note": "x" * 120,
+    }
 
 
 def baseline_append(path: Path, n: int) -> float:
@@ -64,8 +71,12 @@ def eventlog_append(path: Path, n: int) -> tuple[float, list[bytes]]:
     with EventLog.open(path, IDENTITY, genesis_ts_ms=0) as log:
         t0 = time.perf_counter()
         for start in range(0, n, BATCH):
-            log.append_batch([("job.update", event_body(i), 1000 + i)
-                              for i in range(start, min(start + BATCH, n))])
+            log.append_batch(
+                [
+                    ("job.update", event_body(i), 1000 + i)
+                    for i in range(start, min(start + BATCH, n))
+                ]
+            )
         elapsed = time.perf_counter() - t0
         return n / elapsed, list(log.iter_raw())
 
@@ -109,13 +120,21 @@ def main(argv: list[str] | None = None) -> int:
     a, b, rv, vr = (statistics.median(results[k]) for k in ("a", "b", "rv", "vr"))
     rows = [
         ("(a) baseline: encode+sha256+sign, WriteBatch 64, sync/batch", f"{a:,.0f} ev/s", ""),
-        ("(b) EventLog.append_batch (64/batch, durable)", f"{b:,.0f} ev/s",
-         f"b/a = {b / a:.2f} (target >= 0.70)"),
+        (
+            "(b) EventLog.append_batch (64/batch, durable)",
+            f"{b:,.0f} ev/s",
+            f"b/a = {b / a:.2f} (target >= 0.70)",
+        ),
         ("(c1) raw Ed25519 verify", f"{rv:,.0f} /s", ""),
-        ("(c2) verify_records (decode+links+signatures)", f"{vr:,.0f} rec/s",
-         f"c2/c1 = {vr / rv:.2f} (target >= 0.80)"),
+        (
+            "(c2) verify_records (decode+links+signatures)",
+            f"{vr:,.0f} rec/s",
+            f"c2/c1 = {vr / rv:.2f} (target >= 0.80)",
+        ),
     ]
-    print(f"events per run: {args.events}, runs: {args.runs} (median), python {sys.version.split()[0]}")
+    print(
+        f"events per run: {args.events}, runs: {args.runs} (median), python {sys.version.split()[0]}"
+    )
     width = max(len(r[0]) for r in rows)
     for name, value, ratio in rows:
         print(f"{name:<{width}}  {value:>14}  {ratio}")

@@ -36,8 +36,15 @@ TARGET_RATIO = 1.2
 
 async def time_executor(ex: DockerExecutor, image: str, out: Path, i: int) -> float:
     t0 = time.perf_counter()
-    res = await ex.run(ExecRequest(job_id=f"bench-{i}", image=image, command=("true",),
-                                   output_dir=out / str(i), memory_mb=64))
+    res = await ex.run(
+        ExecRequest(
+            job_id=f"bench-{i}",
+            image=image,
+            command=("true",),
+            output_dir=out / str(i),
+            memory_mb=64,
+        )
+    )
     dt = time.perf_counter() - t0
     if res.status != "succeeded":
         raise SystemExit(f"executor run failed: {res}")
@@ -49,12 +56,18 @@ async def time_raw_sdk(api, image: str) -> float:
 
     Networking as the executor sets it (``NetworkDisabled`` + mode none), so
     this isolates the executor's own overhead."""
+
     def once() -> None:
-        c = api.create_container(image, ["true"], network_disabled=True,
-                                 host_config=api.create_host_config(network_mode="none"))
+        c = api.create_container(
+            image,
+            ["true"],
+            network_disabled=True,
+            host_config=api.create_host_config(network_mode="none"),
+        )
         api.start(c["Id"])
         api.wait(c["Id"])
         api.remove_container(c["Id"], force=True)
+
     t0 = time.perf_counter()
     await trio.to_thread.run_sync(once)
     return time.perf_counter() - t0
@@ -62,8 +75,11 @@ async def time_raw_sdk(api, image: str) -> float:
 
 async def time_cli(image: str, extra: list[str]) -> float:
     t0 = time.perf_counter()
-    await trio.run_process(["docker", "run", "--rm", *extra, image, "true"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    await trio.run_process(
+        ["docker", "run", "--rm", *extra, image, "true"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return time.perf_counter() - t0
 
 
@@ -100,14 +116,22 @@ async def main(runs: int, image: str, warmup: int) -> int:
     print(summary("docker run --rm --network none", cli_none))
     print(summary("docker run --rm (default network)", cli_default))
     print(summary("raw SDK create/start/wait/remove", raw))
-    print("(the executor sets NetworkDisabled, which skips the engine's libnetwork sandbox;\n"
-          " `docker run --network none` cannot, hence the CLI's larger figures)")
-    print(f"ratio executor / bare CLI (same network): {ratio:.2f}x  "
-          f"(target <= {TARGET_RATIO}x: {'met' if ratio <= TARGET_RATIO else 'NOT met'})")
-    print(f"ratio executor / bare CLI (default network): "
-          f"{statistics.median(ours) / statistics.median(cli_default):.2f}x")
-    print(f"ratio executor / raw SDK sequence (sandbox + logs + accounting overhead): "
-          f"{statistics.median(ours) / statistics.median(raw):.2f}x")
+    print(
+        "(the executor sets NetworkDisabled, which skips the engine's libnetwork sandbox;\n"
+        " `docker run --network none` cannot, hence the CLI's larger figures)"
+    )
+    print(
+        f"ratio executor / bare CLI (same network): {ratio:.2f}x  "
+        f"(target <= {TARGET_RATIO}x: {'met' if ratio <= TARGET_RATIO else 'NOT met'})"
+    )
+    print(
+        f"ratio executor / bare CLI (default network): "
+        f"{statistics.median(ours) / statistics.median(cli_default):.2f}x"
+    )
+    print(
+        f"ratio executor / raw SDK sequence (sandbox + logs + accounting overhead): "
+        f"{statistics.median(ours) / statistics.median(raw):.2f}x"
+    )
     api.close()
     return 0
 

@@ -32,7 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from meshd.testing.procs import start_mesh, stop_all  # noqa: E402
 
-JOB = {"image": "meshd/busybox:1", "command": ["sh", "-c", "echo ok > $MESH_OUTPUTS/o"], "replicas": 1}
+JOB = {
+    "image": "meshd/busybox:1",
+    "command": ["sh", "-c", "echo ok > $MESH_OUTPUTS/o"],
+    "replicas": 1,
+}
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -99,8 +103,12 @@ def main() -> int:
             jid = client.submit(dict(JOB))["job_id"]
             while (job := client.job(jid))["state"] not in ("succeeded", "failed"):
                 time.sleep(0.05)
-            sub, off, aw, done = (job["submitted_at"], history_ts(job, "offered"), history_ts(job, "awarded"),
-                                  history_ts(job, "succeeded"))
+            sub, off, aw, done = (
+                job["submitted_at"],
+                history_ts(job, "offered"),
+                history_ts(job, "awarded"),
+                history_ts(job, "succeeded"),
+            )
             if job["state"] != "succeeded" or aw is None or done is None or off is None:
                 print("job failed:", job["reason"])
                 continue
@@ -121,8 +129,10 @@ def main() -> int:
         slots = sum(p.status()["load"]["capacity"] for p in procs[1:])
         fair_s = float(-(-args.long_burst // slots))
         base = statistics.median(rtt)
-        print(f"\nplacement on a {args.nodes}-process loopback mesh ({len(award)} sequential jobs, "
-              f"burst of {args.burst})")
+        print(
+            f"\nplacement on a {args.nodes}-process loopback mesh ({len(award)} sequential jobs, "
+            f"burst of {args.burst})"
+        )
         print(f"{'metric':32} {'value':>10} {'× API RTT':>10}")
         print(f"{'baseline: API round trip p50':32} {base:8.1f}ms {1.0:10.2f}")
         for name, xs in (("submit→award", award), ("submit→result", result)):
@@ -131,11 +141,15 @@ def main() -> int:
                 print(f"{name + f' p{p}':32} {v:8.1f}ms {v / base:10.2f}")
         print(f"{'bid-window share of submit→award':32} {statistics.median(window) * 100:9.0f}%")
         print(f"{'burst throughput':32} {args.burst / burst_s:7.1f}/s")
-        print(f"\n{args.long_burst} one-second jobs at once over {workers} workers, {slots} slots "
-              f"(fair share {args.long_burst / workers:g} jobs; ideal {fair_s:g} s)")
+        print(
+            f"\n{args.long_burst} one-second jobs at once over {workers} workers, {slots} slots "
+            f"(fair share {args.long_burst / workers:g} jobs; ideal {fair_s:g} s)"
+        )
         print(f"{'all finished':32} {long_s:8.1f}s  {long_s / fair_s:5.2f} × ideal")
-        print(f"{'most jobs on one worker':32} {max(spread):8d}   {max(spread) / (args.long_burst / workers):5.2f} "
-              f"× fair share  (per worker: {sorted(spread, reverse=True)})")
+        print(
+            f"{'most jobs on one worker':32} {max(spread):8d}   {max(spread) / (args.long_burst / workers):5.2f} "
+            f"× fair share  (per worker: {sorted(spread, reverse=True)})"
+        )
         print(f"{'idle mesh CPU (all daemons)':32} {idle_cores:8.2f} cores")
         print("targets: submit→award p50 ≤ 100 ms, p99 ≤ 300 ms")
     finally:

@@ -58,31 +58,45 @@ def main() -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     ok = True
     for liar in ("none", "constant", "patient"):
-        figs: list[Figures] = [run_scenario(s, honest=6 if liar == "none" else 5, liar=liar,
-                                            jobs=args.jobs, spacing_ms=200) for s in seeds]
+        figs: list[Figures] = [
+            run_scenario(
+                s, honest=6 if liar == "none" else 5, liar=liar, jobs=args.jobs, spacing_ms=200
+            )
+            for s in seeds
+        ]
         print(f"\n== {liar} liar, {len(seeds)} seeds × {args.jobs} jobs")
         for f in figs:
-            print(f"  seed {f.seed}: steady jobs {f.steady_jobs}, runs {f.steady_runs}, "
-                  f"extra/job {f.extra_per_job:.3f}, redundant share {f.redundant_share:.3f}, "
-                  f"first invalid after {f.liar_results_to_first_invalid}, banned after "
-                  f"{f.liar_results_to_ban}, results in all {f.liar_results_total}, lies accepted {f.lies_accepted}, wrong outputs "
-                  f"{f.wrong_outputs}, failed {f.failed}, honest flagged {f.honest_flagged}")
+            print(
+                f"  seed {f.seed}: steady jobs {f.steady_jobs}, runs {f.steady_runs}, "
+                f"extra/job {f.extra_per_job:.3f}, redundant share {f.redundant_share:.3f}, "
+                f"first invalid after {f.liar_results_to_first_invalid}, banned after "
+                f"{f.liar_results_to_ban}, results in all {f.liar_results_total}, lies accepted {f.lies_accepted}, wrong outputs "
+                f"{f.wrong_outputs}, failed {f.failed}, honest flagged {f.honest_flagged}"
+            )
         shares = [f.redundant_share for f in figs]
-        print(f"  redundant share of compute: mean {statistics.mean(shares):.3f} (plain replication: 0.500)")
+        print(
+            f"  redundant share of compute: mean {statistics.mean(shares):.3f} (plain replication: 0.500)"
+        )
         print(f"  extra runs per job: mean {statistics.mean(f.extra_per_job for f in figs):.3f}")
         if liar != "none":
-            print(f"  liar results to first invalid: {fmt([f.liar_results_to_first_invalid for f in figs])}")
+            print(
+                f"  liar results to first invalid: {fmt([f.liar_results_to_first_invalid for f in figs])}"
+            )
             print(f"  liar results to ban: {fmt([f.liar_results_to_ban for f in figs])}")
             print(f"  liar results in the whole run: {fmt([f.liar_results_total for f in figs])}")
             print(f"  lies accepted: {fmt([f.lies_accepted for f in figs])}")
-            print(f"  credits for rejected work: {sum(f.liar_credits_for_rejected for f in figs):g}")
+            print(
+                f"  credits for rejected work: {sum(f.liar_credits_for_rejected for f in figs):g}"
+            )
         honest_flagged = sum(f.honest_flagged for f in figs)
         print(f"  honest workers flagged: {honest_flagged}")
         ok &= honest_flagged == 0
         if liar == "none":
             ok &= statistics.mean(shares) <= 0.10
         if liar == "constant":
-            ok &= all(f.liar_results_to_ban is not None and f.liar_results_to_ban <= 30 for f in figs)
+            ok &= all(
+                f.liar_results_to_ban is not None and f.liar_results_to_ban <= 30 for f in figs
+            )
             ok &= all(f.wrong_outputs == 0 for f in figs)
     if not args.no_mesh:
         ok &= mesh(args.mesh_nodes, args.mesh_jobs)
@@ -94,17 +108,25 @@ def mesh(nodes: int, jobs: int) -> bool:
     from simulations.scenarios import RunConfig, run
 
     ok = True
-    for label, pins in (("honest mesh", {"liar_fraction": "0.0", "spammer_fraction": "0.0"}),
-                        ("10% half-liars", {"lie_rate": "0.5"})):
+    for label, pins in (
+        ("honest mesh", {"liar_fraction": "0.0", "spammer_fraction": "0.0"}),
+        ("10% half-liars", {"lie_rate": "0.5"}),
+    ):
         r = run(RunConfig("cheaters", 1, nodes, jobs, pins))
         res = r.result
-        print(f"\n== simulator, {label}: {nodes} nodes, {jobs} jobs, seed 1 "
-              f"({res['succeeded']} succeeded, {res['failed']} failed)")
-        print(f"  extra runs per job by quarter of submissions: {res['verification_overhead_by_quarter']}")
+        print(
+            f"\n== simulator, {label}: {nodes} nodes, {jobs} jobs, seed 1 "
+            f"({res['succeeded']} succeeded, {res['failed']} failed)"
+        )
+        print(
+            f"  extra runs per job by quarter of submissions: {res['verification_overhead_by_quarter']}"
+        )
         if "liars" in res:
-            print(f"  liars caught {res['liars_caught']}/{res['liars']}; results accepted before caught: "
-                  f"mean {res['liar_accepted_before_caught_mean']}, max {res['liar_accepted_before_caught_max']}; "
-                  f"wrong results accepted unverified {res['wrong_results_accepted_unverified']}")
+            print(
+                f"  liars caught {res['liars_caught']}/{res['liars']}; results accepted before caught: "
+                f"mean {res['liar_accepted_before_caught_mean']}, max {res['liar_accepted_before_caught_max']}; "
+                f"wrong results accepted unverified {res['wrong_results_accepted_unverified']}"
+            )
             ok &= (res["liar_accepted_before_caught_max"] or 0) <= 30
     return ok
 
