@@ -160,6 +160,7 @@ def render_status(st: dict[str, Any], console: Console) -> None:
         console.print(Text("Why this node may not be picked:", style="bold yellow"))
         for reason in why:
             console.print(f"  - {reason}")
+    _render_backlog(st.get("backlog") or {}, console)
     counters = st.get("counters") or {}
     if counters:
         table = Table(title="counters", title_justify="left", show_edge=False)
@@ -168,6 +169,54 @@ def render_status(st: dict[str, Any], console: Console) -> None:
         for name in sorted(counters):
             table.add_row(name, fmt_num(counters[name]))
         console.print(table)
+
+
+def _render_backlog(b: dict[str, Any], console: Console) -> None:
+    """Where work waits: inbox lanes, send queues, the origin's bounds."""
+    if not b:
+        return
+    table = Table(title="backlog", title_justify="left", show_edge=False)
+    for col in ("queue", "now", "bound", "peak", "wait p50/p99/max ms", "shed/refused/dropped"):
+        table.add_column(col, justify="left" if col == "queue" else "right")
+    for lane, q in (b.get("inbox") or {}).items():
+        table.add_row(
+            f"inbox {lane}",
+            fmt_num(q.get("queued")),
+            fmt_num(q.get("bound")),
+            fmt_num(q.get("high_water")),
+            f"{q.get('wait_p50_ms', 0)}/{q.get('wait_p99_ms', 0)}/{q.get('wait_max_ms', 0)}",
+            f"{q.get('shed', 0)}/{q.get('refused', 0)}/{q.get('dropped_oldest', 0)}",
+        )
+    sq = b.get("send_queues") or {}
+    if sq:
+        table.add_row(
+            "send queues",
+            fmt_num(sq.get("queued")),
+            "",
+            f"{fmt_num(sq.get('queued_max_peer'))} one peer",
+            f"-/-/{sq.get('wait_max_ms', 0)}",
+            f"{sq.get('expired', 0)} expired/{sq.get('refused_full', 0)}/{sq.get('dropped_full', 0)}",
+        )
+    o = b.get("origin") or {}
+    if o:
+        table.add_row(
+            "offer rounds open",
+            fmt_num(o.get("rounds_open")),
+            fmt_num(o.get("rounds_bound")),
+            f"{fmt_num(o.get('jobs_waiting_for_a_round'))} waiting",
+            "",
+            "",
+        )
+        table.add_row(
+            "awards unacknowledged",
+            fmt_num(o.get("awards_unacknowledged")),
+            fmt_num(o.get("awards_bound")),
+            "",
+            "",
+            "",
+        )
+    console.print(table)
+    console.print(f"inbox congestion: {b.get('congestion_ms', 0)} ms")
 
 
 # ------------------------------------------------------------------- peers

@@ -58,6 +58,8 @@ class InboxParams:
     behind it (its sender's time-outs, 2 to 5 s for awards and bids, have fired)."""
     wait_samples: int = 512
     """Recent waits kept per lane for the percentiles in ``mesh status``."""
+    congestion_window_ms: int = 5_000
+    """Peers' messages handled within this window make up ``congestion_ms``."""
 
     def bound(self, lane: Lane) -> int:
         return (self.local_max, self.direct_max, self.gossip_max)[lane]
@@ -86,6 +88,7 @@ class Inbox(Generic[T]):
         self._waits: tuple[deque[int], ...] = tuple(
             deque(maxlen=self.params.wait_samples) for _ in Lane
         )
+        self._recent: deque[tuple[int, int]] = deque(maxlen=self.params.wait_samples)
 
     def __len__(self) -> int:
         return sum(len(q) for q in self._lanes)
@@ -124,8 +127,22 @@ class Inbox(Generic[T]):
                 st.handled += 1
                 st.wait_max_ms = max(st.wait_max_ms, waited)
                 self._waits[lane].append(waited)
+                if lane is not Lane.LOCAL:
+                    self._recent.append((now_ms, waited))
                 return item, lane, waited
         return None
+
+    def congestion_ms(self, now_ms: int) -> int:
+        """How long peers' messages wait here now: the 90th percentile of the
+        waits of those handled in the last ``congestion_window_ms``, or the age
+        of the oldest one still queued if that is more. 0 when idle."""
+        since = now_ms - self.params.congestion_window_ms
+        waits = sorted(w for t, w in self._recent if t >= since)
+        p90 = waits[(len(waits) * 9) // 10] if waits else 0
+        oldest = max(
+            (now_ms - q[0][1] for lane, q in enumerate(self._lanes) if lane and q), default=0
+        )
+        return max(p90, oldest)
 
     def statistics(self) -> dict[str, dict[str, int]]:
         """Per lane: queued now, bound, high-water mark, handled, refused,

@@ -151,6 +151,9 @@ class OriginMixin:
         """Jobs ready for an offer round, waiting for room, oldest first."""
         self._admitting = False
         p = self.params
+        self.round_limit = float(p.max_offers_in_flight)
+        """Open rounds allowed now (AIMD between 1 and ``max_offers_in_flight``)."""
+        self._last_cut_ms = -(10**12)
         self.rtt = PeerRtt(
             initial_ms=p.award_ack_timeout_ms,
             floor_ms=p.award_ack_timeout_min_ms,
@@ -176,11 +179,23 @@ class OriginMixin:
             self.awarding.discard(key)
 
     def _room_for_round(self) -> bool:
-        p = self.params
         return (
-            len(self.open_rounds) < p.max_offers_in_flight
-            and len(self.awarding) < p.max_awards_in_flight
+            len(self.open_rounds) < int(self.round_limit)
+            and len(self.awarding) < self.params.max_awards_in_flight
         )
+
+    def _congested(self: Node, why: str) -> None:
+        """A sign that we ask the mesh faster than it answers: halve the open-round limit."""
+        if self.now_ms - self._last_cut_ms < self.params.congestion_cooldown_ms:
+            return
+        self._last_cut_ms = self.now_ms
+        self.round_limit = max(1.0, self.round_limit / 2)
+        self.counters["congestion_" + why] += 1
+
+    def _relieved(self) -> None:
+        """An award was acknowledged in time: allow a little more in flight."""
+        cap = float(self.params.max_offers_in_flight)
+        self.round_limit = min(cap, self.round_limit + 1.0 / self.round_limit)
 
     def _defer(self, job: OriginJob) -> None:
         if job.job_id not in self.admission:
@@ -474,6 +489,8 @@ class OriginMixin:
         if job is None or msg.body.attempt != job.attempt:
             return
         self._note_decline(job, msg.sender, msg.body.reason)
+        if msg.body.reason.startswith("busy"):
+            self._congested("busy_decline")
         job.declined_now += 1
         job.declined_round.add(msg.sender)
         self._maybe_close_window(job)
@@ -613,6 +630,8 @@ class OriginMixin:
         self._derive_declines(job)
         if not job.bids and job.offer_candidates > 0:
             job.slow_rounds = min(job.slow_rounds + 1, 8)
+            if not job.declined_round:
+                self._congested("silent_round")
         self._backoff(job)
         self.counters["offers_unanswered"] += 1
         self._append(
@@ -758,9 +777,12 @@ class OriginMixin:
             return
         self.rtt.sample(msg.sender, self.now_ms - run.awarded_ms)
         if b.accepted:
+            self._relieved()
             self._activate(job, run)
             self._admit()
         else:
+            if (b.reason or "").startswith("busy"):
+                self._congested("busy_decline")
             self._run_refused(job, run, b.reason or "refused")
 
     def _lease_end(self, run: Run) -> int:
@@ -841,6 +863,7 @@ class OriginMixin:
         ):
             run.timed_out = True
             self.rtt.timed_out(run.worker)
+            self._congested("award_timeout")
             self.counters["award_timeouts"] += 1
             self._run_refused(
                 job, run, f"{AWARD_TIMEOUT} ({run.deadline_ms - run.awarded_ms} ms)", backoff=True

@@ -42,10 +42,13 @@ class CoreParams:
     bid_window_ms: int = 250
     """Shortest bid window: how long the origin waits for bids before ranking
     what it has, on a mesh that answers quickly."""
-    bid_window_max_ms: int = 2_000
+    bid_window_max_ms: int = 15_000
     """Longest bid window. The window doubles after a round in which candidates
     existed but no bid arrived in time, and grows with the bid delays the
-    origin measured lately (``bid_window_factor``), up to this."""
+    origin measured lately (``bid_window_factor``), up to this. A round closes
+    early once every candidate answered, so a long ceiling costs nothing on a
+    quick mesh; on a busy one (bids 2 to 10 s late) a short one closed every
+    round empty and re-offered it: the burst livelock."""
     bid_window_factor: float = 1.5
     """The window is at least this × the 90th percentile of the last
     ``bid_delay_samples`` bid delays (offer published → bid received). It
@@ -106,9 +109,14 @@ class CoreParams:
     rtt_peers_kept: int = 4_096
     """Peers whose round-trip estimate is kept (least recently sampled dropped)."""
     max_offers_in_flight: int = 16
-    """Offer rounds an origin has open at once; further jobs wait their turn
-    in submission order (``offers_deferred``) instead of flooding the mesh
-    with offers and bids it cannot answer in time."""
+    """Most offer rounds an origin has open at once; further jobs wait their
+    turn in submission order (``offers_deferred``) instead of flooding the
+    mesh with offers and bids it cannot answer in time. The limit in force
+    adapts below this (additive increase on each acknowledged award, halved
+    on a sign of congestion: an award time-out, a round no candidate answered
+    in time, a busy refusal; at most once per ``congestion_cooldown_ms``)."""
+    congestion_cooldown_ms: int = 1_000
+    """Least time between two halvings of the open-round limit."""
     max_awards_in_flight: int = 16
     """Awards an origin has sent and not yet seen acknowledged; no new round
     opens while this many wait."""

@@ -280,6 +280,33 @@ def status_view(d: Daemon) -> dict[str, Any]:
         "connected": len(d.host.connected_peers()),
         "counters": counters,
         "standing": {"reputation": None, "why_not_picked": why_not_picked(d)},
+        "backlog": backlog_view(d),
+    }
+
+
+def backlog_view(d: Daemon) -> dict[str, Any]:
+    """Where work waits on its way from the socket to the core and back (issue
+    10): the inbox's lanes (queued, bound, waits), the per-peer send queues,
+    the network layer's queues, the origin's rounds and awards in flight, and
+    the control API's connections."""
+    node = d.node
+    assert node is not None
+    queue_stats = getattr(d.host, "queue_stats", None)
+    api = dataclasses.asdict(d.api.statistics()) if d.api is not None else None
+    return {
+        "congestion_ms": d.inbox.congestion_ms(int(time.monotonic() * 1000)),
+        "inbox": d.inbox.statistics(),
+        "send_queues": d.sendq.statistics(),
+        "net": queue_stats() if callable(queue_stats) else {},
+        "origin": {
+            "rounds_open": len(node.open_rounds),
+            "rounds_bound": int(node.round_limit),
+            "rounds_ceiling": node.params.max_offers_in_flight,
+            "awards_unacknowledged": len(node.awarding),
+            "awards_bound": node.params.max_awards_in_flight,
+            "jobs_waiting_for_a_round": len(node.admission),
+        },
+        "api": api or {},
     }
 
 

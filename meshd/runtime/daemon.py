@@ -61,6 +61,7 @@ from meshd.core.events import (
     FetchBlob,
     FetchInputs,
     GossipReceived,
+    InboxLoad,
     InputsFetched,
     JobLog,
     LocalCapabilities,
@@ -73,6 +74,7 @@ from meshd.core.events import (
     Tick,
 )
 from meshd.core.identity import Identity
+from meshd.core.inbox import Inbox, InboxParams, Lane
 from meshd.core.logrecord import AppendItem
 from meshd.core.node import Node
 from meshd.core.params import CoreParams
@@ -86,23 +88,26 @@ from meshd.store.eventlog import EventLog
 
 from .gossipcheck import CachingCodec, GossipValidator
 from .jobio import bare, compare_outputs, fetch_inputs, prefixed, run_checker_container
+from .sendq import SendQueueParams, SendQueues
 
 log = logging.getLogger("meshd.daemon")
 
 
+class InboxBusy(Exception):
+    """A peer's direct message met a full inbox: the request is answered busy."""
+
+
 @dataclass(frozen=True)
 class RuntimeParams:
-    inbox_size: int = 4096
-    """Inputs waiting for the core; gossip beyond this is dropped and counted."""
-    max_concurrent_sends: int = 128
-    """Direct messages in flight at once."""
-    max_sends_per_peer: int = 4
-    """Direct messages in flight to one peer; more wait their turn (py-libp2p
-    stalls stream negotiation under a burst of concurrent opens to one peer)."""
-    send_retries: int = 1
-    """Extra attempts for a direct message whose stream could not be opened."""
-    send_retry_delay_s: float = 0.2
-    """Pause before such a retry."""
+    inbox: InboxParams = field(default_factory=InboxParams)
+    """The inbox's lanes and shedding (``meshd.core.inbox``; own table)."""
+    sendq: SendQueueParams = field(default_factory=SendQueueParams)
+    """The per-peer send queues (``meshd.runtime.sendq``; own table)."""
+    max_batch_inputs: int = 64
+    """Inputs handled in one turn of the loop, whose log records go to disk in
+    one synced write before any of their effects is carried out."""
+    load_report_ms: int = 1_000
+    """How often the core is told how congested the inbox is (``InboxLoad``)."""
     max_concurrent_fetches: int = 8
     """Blob transfers (inputs, outputs) in flight at once."""
     blob_requests_per_s: float = 20.0
@@ -136,6 +141,10 @@ class JobLogBuffer:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def mono_ms() -> int:
+    return int(time.monotonic() * 1000)
 
 
 class Daemon:
@@ -174,9 +183,19 @@ class Daemon:
         self.log: EventLog | None = None
         self.blobs = BlobStore(self.dirs.blobs)
         self.host = MeshHost(identity, self.net_params, list(config.listen), list(config.bootstrap))
-        self._send_ch, self._recv_ch = trio.open_memory_channel[Any](self.rp.inbox_size)
-        self._send_limit = trio.Semaphore(self.rp.max_concurrent_sends)
-        self._per_peer: dict[str, trio.Semaphore] = {}
+        self.inbox: Inbox[Any] = Inbox(self.rp.inbox)
+        self._inbox_nonempty = trio.Event()
+        self._inbox_room = trio.Event()
+        self.sendq = SendQueues(
+            self.rp.sendq,
+            request=self._request_direct,
+            on_failed=self._send_failed,
+            clock_ms=mono_ms,
+            retryable=(PeerUnreachable, RemoteError),
+        )
+        self._last_load_report = 0
+        self.api: Any = None
+        self._last_congestion = 0
         self._fetch_limit = trio.Semaphore(self.rp.max_concurrent_fetches)
         self._runs: dict[tuple[str, int, int], trio.CancelScope] = {}
         self.job_logs: dict[str, JobLogBuffer] = {}
@@ -229,10 +248,11 @@ class Daemon:
 
         from .api_routes import install_routes
 
-        api = ApiServer(ensure_api_token(self.dirs.root))
+        api = self.api = ApiServer(ensure_api_token(self.dirs.root))
         install_routes(api, self)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            self.sendq.start(nursery)
             self.gossip_check = GossipValidator(self.node, self.codec, now_ms)
             for topic in (TOPIC_ADVERTS, TOPIC_OFFERS, TOPIC_RECEIPTS):
                 self.host.set_topic_validator(topic, self.gossip_check.for_topic(topic))
@@ -270,42 +290,86 @@ class Daemon:
     # ------------------------------------------------------------ the loop
 
     async def _feed(self, inp: Any) -> None:
-        await self._send_ch.send(inp)
+        """Queue one of our own inputs, waiting for room in the inbox's local lane."""
+        while not self.inbox.put(inp, Lane.LOCAL, mono_ms()):
+            if self._inbox_room.is_set():
+                self._inbox_room = trio.Event()
+            await self._inbox_room.wait()
+        self._inbox_nonempty.set()
 
     def feed_nowait(self, inp: Any) -> bool:
-        """Queue an input from a sync callback; False (and counted) if the inbox is full."""
-        try:
-            self._send_ch.send_nowait(inp)
+        """Queue an input from a sync callback; False (and counted) if the lane is full."""
+        if self.inbox.put(inp, Lane.LOCAL, mono_ms()):
+            self._inbox_nonempty.set()
             return True
-        except trio.WouldBlock:
-            self.dropped_inputs += 1
-            return False
+        self.dropped_inputs += 1
+        return False
+
+    def _feed_peer(self, inp: Any, lane: Lane) -> bool:
+        """Queue a peer's message: gossip always (the oldest may be dropped),
+        a direct message only if its lane has room."""
+        ok = self.inbox.put(inp, lane, mono_ms())
+        if ok:
+            self._inbox_nonempty.set()
+        return ok
 
     async def _loop(self) -> None:
+        """Handle inputs in batches of up to ``max_batch_inputs``: step the core
+        on each, then make all their log records durable in one synced write,
+        then carry out their other effects in order."""
         assert self.node is not None
         while True:
-            deadline = self.node.next_deadline()
-            wait_s = max(0.0, (deadline - now_ms()) / 1000) if deadline is not None else 3600.0
-            inp: Any = Tick()
-            done: trio.Event | None = None
-            with trio.move_on_after(wait_s):
-                inp = await self._recv_ch.receive()
-            if isinstance(inp, _Awaited):
-                inp, done = inp.inp, inp.done
-            try:
-                effects = self.node.step(inp, now_ms())
-            except Exception:
-                if not isinstance(inp, (GossipReceived, DirectReceived)):
-                    raise
-                # A peer's input must never take the daemon down: a core bug
-                # it triggers is logged with the input's origin and counted.
-                self.core_errors += 1
-                log.exception("core failed on input from peer %s (dropped)", inp.from_peer)
-                continue
+            if not len(self.inbox):
+                deadline = self.node.next_deadline()
+                wait_s = max(0.0, (deadline - now_ms()) / 1000) if deadline is not None else 3600.0
+                self._inbox_nonempty = trio.Event()
+                with trio.move_on_after(wait_s):
+                    await self._inbox_nonempty.wait()
+            effects: list[Any] = []
+            awaited: list[trio.Event] = []
+            handled = 0
+            while handled < self.rp.max_batch_inputs:
+                popped = self.inbox.pop(mono_ms())
+                if popped is None:
+                    break
+                handled += 1
+                self._step(popped[0], effects, awaited)
+            if not handled:
+                self._step(Tick(), effects, awaited)
+            self._inbox_room.set()
+            self._report_load(effects)
             if effects:
                 await self._apply(effects)
-            if done is not None:
+            for done in awaited:
                 done.set()
+            await trio.sleep(0)  # let adapters queue more work between batches
+
+    def _step(self, inp: Any, effects: list[Any], awaited: list[trio.Event]) -> None:
+        assert self.node is not None
+        if isinstance(inp, _Awaited):
+            awaited.append(inp.done)
+            inp = inp.inp
+        try:
+            effects.extend(self.node.step(inp, now_ms()))
+        except Exception:
+            if not isinstance(inp, (GossipReceived, DirectReceived)):
+                raise
+            # A peer's input must never take the daemon down: a core bug
+            # it triggers is logged with the input's origin and counted.
+            self.core_errors += 1
+            log.exception("core failed on input from peer %s (dropped)", inp.from_peer)
+
+    def _report_load(self, effects: list[Any]) -> None:
+        """Tell the core how congested our inbox is, once per ``load_report_ms``
+        and whenever it crosses the busy threshold."""
+        assert self.node is not None
+        t = mono_ms()
+        congestion = self.inbox.congestion_ms(t)
+        busy = self.node.params.worker_busy_wait_ms
+        crossed = (congestion > busy) != (self._last_congestion > busy)
+        if crossed or t - self._last_load_report >= self.rp.load_report_ms:
+            self._last_load_report, self._last_congestion = t, congestion
+            effects.extend(self.node.step(InboxLoad(congestion), now_ms()))
 
     async def _apply(self, effects: list[Any]) -> None:
         """Carry out one batch: appends durably first, then everything else in order."""
@@ -331,7 +395,10 @@ class Daemon:
         if isinstance(eff, Publish):
             n.start_soon(self._publish, eff)
         elif isinstance(eff, Send):
-            n.start_soon(self._send, eff)
+            if eff.to_peer in self.drop_peers:
+                self._send_failed(eff, "partitioned (test fault)")
+            else:
+                self.sendq.put(eff)
         elif isinstance(eff, FetchInputs):
             n.start_soon(self._fetch_inputs, eff)
         elif isinstance(eff, StartExecution):
@@ -359,7 +426,7 @@ class Daemon:
         def handler(from_peer: str, data: bytes) -> None:
             if from_peer not in self.drop_peers:
                 log.debug("gossip on %s from %s (%d bytes)", topic, from_peer[-8:], len(data))
-                self.feed_nowait(GossipReceived(topic, from_peer, data))
+                self._feed_peer(GossipReceived(topic, from_peer, data), Lane.GOSSIP)
 
         return handler
 
@@ -367,7 +434,8 @@ class Daemon:
         if from_peer in self.drop_peers:
             raise ConnectionError("partitioned (test fault)")
         log.debug("direct from %s (%d bytes)", from_peer[-8:], len(data))
-        await self._feed(DirectReceived(from_peer, data))
+        if not self._feed_peer(DirectReceived(from_peer, data), Lane.DIRECT):
+            raise InboxBusy(f"busy: {self.rp.inbox.direct_max} direct messages already wait")
         return b"ok"
 
     async def _on_blob_request(self, from_peer: str, data: bytes) -> bytes:
@@ -398,39 +466,17 @@ class Daemon:
         except Exception as exc:  # a publish failure is not fatal: adverts repeat, offers re-offer
             log.warning("publish on %s failed: %s", eff.topic, exc)
 
-    def _peer_limit(self, peer: str) -> trio.Semaphore:
-        sem = self._per_peer.get(peer)
-        if sem is None:
-            if len(self._per_peer) > 4 * self.net_params.max_peers:
-                idle = [
-                    p for p, s in self._per_peer.items() if s.value == self.rp.max_sends_per_peer
-                ]
-                for p in idle:
-                    del self._per_peer[p]
-            sem = self._per_peer[peer] = trio.Semaphore(self.rp.max_sends_per_peer)
-        return sem
+    async def _request_direct(self, peer: str, data: bytes) -> None:
+        if peer in self.drop_peers:
+            raise ConnectionError("partitioned (test fault)")
+        await self.host.request(peer, DIRECT_PROTOCOL, data)
 
-    async def _send(self, eff: Send) -> None:
-        async with self._send_limit, self._peer_limit(eff.to_peer):
-            try:
-                if eff.to_peer in self.drop_peers:
-                    raise ConnectionError("partitioned (test fault)")
-                for attempt in range(self.rp.send_retries + 1):
-                    try:
-                        await self.host.request(eff.to_peer, DIRECT_PROTOCOL, eff.data)
-                        break
-                    except (PeerUnreachable, RemoteError):
-                        if attempt == self.rp.send_retries:
-                            raise
-                        await trio.sleep(self.rp.send_retry_delay_s)
-            except Exception as exc:
-                log.debug(
-                    "send %s to %s failed: %s (%r)", eff.kind, eff.to_peer, exc, exc.__cause__
-                )
-                self.send_errors[type(exc).__name__] = (
-                    self.send_errors.get(type(exc).__name__, 0) + 1
-                )
-                await self._feed(SendFailed(eff.to_peer, eff.kind, eff.job_id, str(exc)[:300]))
+    def _send_failed(self, eff: Send, error: str) -> None:
+        """A direct message that will not be delivered becomes ``SendFailed``
+        (an award's matters to the core; others are counted there)."""
+        key = error.split(":")[0][:60]
+        self.send_errors[key] = self.send_errors.get(key, 0) + 1
+        self.feed_nowait(SendFailed(eff.to_peer, eff.kind, eff.job_id, error[:300]))
 
     async def fetch_blob_from(self, peer: str, digest: str) -> None:
         """Fetch a blob from a peer into the local store (sha256-checked)."""
