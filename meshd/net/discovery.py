@@ -35,7 +35,7 @@ import trio
 from libp2p.abc import INetConn, INetStream, INetwork, INotifee
 from libp2p.discovery.events.peerDiscovery import peerDiscovery
 from libp2p.peer.id import ID
-from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 
 from meshd.net import px
 from meshd.net.context import HostContext, parse_peer_id
@@ -158,15 +158,13 @@ class Discovery:
         p = self._ctx.params
         host = self._ctx.libp2p
         self._ctx.count("dials")
-        info = info_from_p2p_addr(addrs[0]) if addrs else None
         pid = ID.from_base58(peer_id)
         if addrs:
             host.get_peerstore().add_addrs(pid, list(addrs), p.known_addr_ttl_s)
         try:
             with trio.fail_after(p.connect_timeout_s):
-                if info is not None:
-                    info.addrs = list(addrs)
-                    await host.connect(info)
+                if addrs:
+                    await host.connect(PeerInfo(pid, list(addrs)))
                 else:
                     await host.get_network().dial_peer(pid)
         except Exception as exc:  # dial errors, TooSlowError
