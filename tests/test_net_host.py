@@ -255,20 +255,20 @@ async def test_topic_validator_drops_invalid_messages_before_forwarding() -> Non
 async def test_idontwant_only_for_large_messages_and_sender_records_checked_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """_gossip.py: IDONTWANT goes out only for messages of at least
+    """libp2p_hooks.py: IDONTWANT goes out only for messages of at least
     ``idontwant_min_bytes`` (py-libp2p sends one per mesh peer for every
     message), and a peer's unchanged signed peer record is verified once per
     host, not on every RPC."""
-    from meshd.net import _gossip
+    from meshd.net import libp2p_hooks
 
     checked: list[str] = []
-    library_check = _gossip._consume_signed_record
+    library_check = libp2p_hooks._consume_signed_record
 
     def counting_check(msg: object, host: object, peer_id: object) -> bool:
         checked.append(str(peer_id))
         return library_check(msg, host, peer_id)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(_gossip, "_consume_signed_record", counting_check)
+    monkeypatch.setattr(libp2p_hooks, "_consume_signed_record", counting_check)
     a = make_host()
     got: dict[int, list[int]] = {0: [], 1: [], 2: []}
     async with cluster(a):
@@ -311,7 +311,7 @@ def test_sender_record_memo_rechecks_changed_records_and_never_keeps_a_rejected_
 ) -> None:
     from libp2p.pubsub.pb import rpc_pb2
 
-    from meshd.net import _gossip
+    from meshd.net import libp2p_hooks
 
     verdicts = {b"good-1": True, b"good-2": True, b"forged": False}
     calls: list[bytes] = []
@@ -329,9 +329,9 @@ def test_sender_record_memo_rechecks_changed_records_and_never_keeps_a_rejected_
         def get_peerstore(self) -> Store:
             return self.store
 
-    monkeypatch.setattr(_gossip, "_consume_signed_record", fake_check)
-    monkeypatch.setattr(_gossip, "SENDER_RECORD_MEMO_PEERS", 2)
+    monkeypatch.setattr(libp2p_hooks, "_consume_signed_record", fake_check)
     host = Host()
+    libp2p_hooks.remember_sender_records(host, 2)
 
     def rpc(record: bytes | None) -> rpc_pb2.RPC:
         m = rpc_pb2.RPC()
@@ -339,7 +339,7 @@ def test_sender_record_memo_rechecks_changed_records_and_never_keeps_a_rejected_
             m.senderRecord = record
         return m
 
-    check = _gossip._consume_signed_record_once
+    check = libp2p_hooks._consume_signed_record_once
     assert check(rpc(None), host, "p1") and calls == []  # nothing to check
     assert check(rpc(b"good-1"), host, "p1") and check(rpc(b"good-1"), host, "p1")
     assert calls == [b"good-1"]
@@ -353,7 +353,7 @@ def test_sender_record_memo_rechecks_changed_records_and_never_keeps_a_rejected_
 
 
 async def test_a_neighbour_over_its_budget_is_dropped_before_any_check() -> None:
-    """_gossip.py push_msg: each neighbour has a token bucket
+    """libp2p_hooks.py push_msg: each neighbour has a token bucket
     (``forwarder_rate_per_s``, ``forwarder_burst``) charged before py-libp2p's
     signature check and our validator; the excess is dropped unchecked and
     counted, and the neighbour is heard again once its bucket refills."""

@@ -152,3 +152,22 @@ def test_messages_a_full_outbound_queue_drops_are_counted() -> None:
         peer, rpc_pb2.RPC(control=rpc_pb2.ControlMessage()), "queue_full"
     )  # control only: not a message
     assert host.statistics().dropped_queue_full == 2
+
+
+def test_queue_stats_reports_the_outbound_queues_and_is_zero_when_idle() -> None:
+    host = make_host(LINE)
+    assert host.queue_stats() == {
+        "pubsub_outbound_total": 0,
+        "pubsub_outbound_max_peer": 0,
+        "gossip_inbox": 0,
+        "publishes_waiting": 0,
+        "requests_in_serving": 0,
+        "requests_out_inflight": 0,
+    }
+    for entries in (3, 5):  # two peers whose queues nobody drains
+        queue = RpcQueue()
+        for _ in range(entries):
+            queue.push(rpc_pb2.RPC())
+        host._pubsub.peer_queues[ID.from_base58(Identity.generate().peer_id)] = queue
+    stats = host.queue_stats()
+    assert (stats["pubsub_outbound_total"], stats["pubsub_outbound_max_peer"]) == (8, 5)

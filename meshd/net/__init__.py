@@ -14,9 +14,11 @@ from meshd.net.errors import (
     RemoteError,
     RequestTimeout,
 )
-from meshd.net.host import PROVABLY_INVALID, PX_PROTOCOL, MeshHost
+from meshd.net.host import MeshHost
 from meshd.net.logs import quiet_libp2p_logs
 from meshd.net.params import NetParams
+from meshd.net.px import PX_PROTOCOL
+from meshd.net.standing import PROVABLY_INVALID
 from meshd.net.stats import NetStats
 
 __all__ = [

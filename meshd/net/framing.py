@@ -25,10 +25,11 @@ from __future__ import annotations
 import enum
 from typing import Protocol
 
+from meshd.net.params import NetParams
+
 MAX_UVARINT_BYTES = 9
-"""Longest uvarint accepted (multiformats caps unsigned varints at 9 bytes)."""
-READ_CHUNK_BYTES = 256 * 1024
-"""Most bytes asked of the stream per read call."""
+"""Longest uvarint accepted: a rule of the format (multiformats caps unsigned
+varints at 9 bytes), not a tunable bound."""
 
 
 class Status(enum.IntEnum):
@@ -89,13 +90,19 @@ class FrameReader:
     into :class:`FramingError` ("truncated"); cancellation passes through.
     """
 
-    def __init__(self, stream: ReadableStream) -> None:
+    def __init__(
+        self,
+        stream: ReadableStream,
+        *,
+        read_chunk_bytes: int = NetParams.stream_read_chunk_bytes,
+    ) -> None:
         self._stream = stream
+        self._read_chunk_bytes = read_chunk_bytes  # most bytes asked of the stream per read
         self._buf = bytearray()
 
     async def _fill(self, want: int) -> None:
         try:
-            chunk = await self._stream.read(min(max(want, 1), READ_CHUNK_BYTES))
+            chunk = await self._stream.read(min(max(want, 1), self._read_chunk_bytes))
         except Exception as exc:  # EOF / reset / closed: all mean "truncated"
             raise FramingError(f"stream ended early ({type(exc).__name__})") from exc
         if not chunk:

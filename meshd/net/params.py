@@ -3,7 +3,9 @@
 Rules:
 - Every queue, size, rate, timeout and peer count the adapter uses is a field
   here with a documented default; nothing in ``meshd.net`` hides a literal
-  bound. ``specs/PROTOCOL.md`` carries the same table.
+  bound. ``specs/NETWORK.md`` carries the same table (checked by
+  ``tests/test_spec_net_params.py``; regenerate it with
+  ``python -m tests.test_spec_net_params``).
 - Construction validates the values (``ValueError`` names the field), so a
   bad configuration fails at start-up, not in the middle of a run.
 - Units are the last part of each name (``_s`` seconds, ``_bytes``).
@@ -15,6 +17,11 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+
+LIBP2P_OUTBOUND_QUEUE_ENTRIES = 32
+"""Capacity of py-libp2p 0.8.1's per-peer pubsub outbound queue
+(``OutBoundQueueSize``): a fact of the library, not a setting; it bounds
+``publish_queue_entries``."""
 
 
 def _frozen_map(m: Mapping[str, float] | None = None) -> Mapping[str, float]:
@@ -30,7 +37,8 @@ class NetParams:
     """GossipSub heartbeat (mesh maintenance, IHAVE gossip). libp2p's default
     is 120 s; the GossipSub spec's is 1 s."""
     degree: int = 6
-    """GossipSub D: target number of mesh peers per topic."""
+    """GossipSub D: target number of mesh peers per topic;
+    1 <= degree_low <= degree <= degree_high."""
     degree_low: int = 4
     """GossipSub D_lo: graft when the mesh is smaller than this."""
     degree_high: int = 12
@@ -70,6 +78,21 @@ class NetParams:
     """The window of that count."""
     topic_rate_limits_per_s: Mapping[str, float] = field(default_factory=_frozen_map, hash=False)
     """Per-topic overrides of :attr:`topic_rate_limit_per_s` (topic -> msgs/s)."""
+    topic_rate_window_s: float = 1.0
+    """Length of the sliding window the per-topic forwarding budget counts
+    messages in."""
+    tracked_neighbours_per_peer: int = 4
+    """Per-neighbour gossip state (forwarder token buckets, provably-invalid
+    counts) is kept for at most this many times ``max_peers`` neighbours; the
+    least recently seen is forgotten beyond it."""
+    gossip_rpc_overhead_bytes: int = 64 * 1024
+    """Room in one inbound pubsub RPC frame beyond ``max_gossip_bytes``
+    (signature, key, signed peer record, control messages); larger frames
+    reset the pubsub stream."""
+    sender_record_memo_peers: int = 4096
+    """Peers whose last verified signed peer record is remembered, so an
+    unchanged record is not verified again on every RPC (py-libp2p 0.8.1
+    attaches one to each)."""
     seen_ttl_s: int = 120
     """How long a gossip message id is remembered for de-duplication."""
     inbox_size: int = 1024
@@ -77,10 +100,10 @@ class NetParams:
     messages are dropped and counted (``dropped_inbox_full``)."""
     publish_queue_entries: int = 16
     """Most entries of a peer's outbound queue in py-libp2p 0.8.1 (32 entries,
-    full ones drop silently) that our own publishes may fill. A publish waits
+    full ones drop silently) that our own publishes may fill, 2..32. A publish waits
     until the queue of every peer it goes to holds at most this minus two
     (one publish takes two: the message and an IDONTWANT); the rest of the 32
-    stays free for forwarding and GossipSub control messages. 2..32."""
+    stays free for forwarding and GossipSub control messages."""
     publish_wait_s: float = 2.0
     """Longest one publish, once it is its turn, waits for room in its peers'
     outbound queues. A peer whose queue does not drain within it is treated
@@ -105,6 +128,8 @@ class NetParams:
     max_inflight_requests_per_peer: int = 16
     """Inbound streams served concurrently per peer; more are refused with a
     BUSY response. Outbound requests to one peer queue behind the same bound."""
+    stream_read_chunk_bytes: int = 256 * 1024
+    """Most bytes asked of a request/response stream per read call."""
 
     # --- Connections and discovery -------------------------------------------
     connect_timeout_s: float = 5.0
@@ -123,6 +148,11 @@ class NetParams:
     """Most peers one peer-exchange response carries (sent and accepted)."""
     max_px_addrs_per_peer: int = 4
     """Most addresses per peer in a peer-exchange response."""
+    max_px_addr_chars: int = 256
+    """Longest multiaddr text accepted in a peer-exchange entry (longer ones
+    are skipped)."""
+    max_px_request_bytes: int = 16
+    """Longest peer-exchange request accepted (it is one msgpack integer)."""
     peer_exchange_min_gap_s: float = 0.2
     """Shortest pause between discovery rounds (a new connection wakes the
     loop early; this coalesces bursts of wake-ups)."""
@@ -135,6 +165,11 @@ class NetParams:
     peer exchange reports it again)."""
     known_addr_ttl_s: int = 600
     """How long addresses learned from bootstrap or peer exchange are kept."""
+    max_connections_per_peer: int = 2
+    """libp2p connections kept per peer (two when both sides dialled at once)."""
+    dial_retries: int = 1
+    """libp2p's retries of a failed dial (its default, 3, makes a dead peer
+    cost ~0.7 s); 0 = no retry."""
     mdns: bool = False
     """Also discover peers on the local link with mDNS."""
 
@@ -166,6 +201,10 @@ class NetParams:
             "forwarder_burst",
             "invalid_forwarder_limit",
             "invalid_forwarder_window_s",
+            "topic_rate_window_s",
+            "tracked_neighbours_per_peer",
+            "gossip_rpc_overhead_bytes",
+            "sender_record_memo_peers",
             "seen_ttl_s",
             "inbox_size",
             "publish_wait_s",
@@ -176,6 +215,7 @@ class NetParams:
             "request_timeout_s",
             "handler_timeout_s",
             "max_inflight_requests_per_peer",
+            "stream_read_chunk_bytes",
             "connect_timeout_s",
             "max_peers",
             "target_peers",
@@ -183,6 +223,9 @@ class NetParams:
             "peer_exchange_fanout",
             "max_px_peers",
             "max_px_addrs_per_peer",
+            "max_px_addr_chars",
+            "max_px_request_bytes",
+            "max_connections_per_peer",
             "max_parallel_dials",
             "peer_exchange_min_gap_s",
             "max_dial_failures",
@@ -196,10 +239,14 @@ class NetParams:
                 raise ValueError(f"NetParams.{name} must be > 0, got {getattr(self, name)!r}")
         if not 1 <= self.degree_low <= self.degree <= self.degree_high:
             raise ValueError("NetParams needs 1 <= degree_low <= degree <= degree_high")
+        if self.dial_retries < 0:
+            raise ValueError("NetParams.dial_retries must be >= 0")
         if self.idontwant_min_bytes < 0:
             raise ValueError("NetParams.idontwant_min_bytes must be >= 0")
-        if not 2 <= self.publish_queue_entries <= 32:
-            raise ValueError("NetParams.publish_queue_entries must be in 2..32")
+        if not 2 <= self.publish_queue_entries <= LIBP2P_OUTBOUND_QUEUE_ENTRIES:
+            raise ValueError(
+                f"NetParams.publish_queue_entries must be in 2..{LIBP2P_OUTBOUND_QUEUE_ENTRIES}"
+            )
         if self.target_peers > self.max_peers:
             raise ValueError("NetParams.target_peers must be <= max_peers")
         for topic, rate in self.topic_rate_limits_per_s.items():

@@ -24,11 +24,18 @@ import msgpack
 import multiaddr
 
 from meshd.core.identity import public_key_from_peer_id
+from meshd.net.params import NetParams
 
-MAX_ADDR_CHARS = 256
-"""Longest multiaddr text accepted in a peer-exchange entry."""
-MAX_PX_REQUEST_BYTES = 16
-"""A request is one msgpack integer; anything longer is malformed."""
+PX_PROTOCOL = "/meshd/px/1"
+"""Stream protocol id of peer exchange (reserved: applications cannot handle it)."""
+
+_ADDR_CHARS = NetParams.max_px_addr_chars
+_REQUEST_BYTES = NetParams.max_px_request_bytes
+# msgpack framing around the strings of a response, generously: array headers
+# (the response, each entry, each address list) and str headers.
+_RESPONSE_OVERHEAD_BYTES = 64
+_ENTRY_OVERHEAD_BYTES = 80  # also covers the peer id text (52 chars)
+_ADDR_OVERHEAD_BYTES = 8
 _HOST_PROTOCOLS = frozenset({"ip4", "ip6", "dns", "dns4", "dns6"})
 
 
@@ -36,9 +43,10 @@ def encode_px_request(want: int) -> bytes:
     return msgpack.packb(want)
 
 
-def decode_px_request(body: bytes, cap: int) -> int:
-    """The number of peers asked for, capped at ``cap``; ValueError if malformed."""
-    if len(body) > MAX_PX_REQUEST_BYTES:
+def decode_px_request(body: bytes, cap: int, *, max_bytes: int = _REQUEST_BYTES) -> int:
+    """The number of peers asked for, capped at ``cap``; ValueError if malformed
+    (including a body over ``max_bytes``: a request is one msgpack integer)."""
+    if len(body) > max_bytes:
         raise ValueError("peer-exchange request too long")
     try:
         want = msgpack.unpackb(body)
@@ -49,9 +57,10 @@ def decode_px_request(body: bytes, cap: int) -> int:
     return min(want, cap)
 
 
-def dialable_addr(text: str) -> str | None:
-    """``text`` as a dialable TCP multiaddr without ``/p2p``, or None."""
-    if not isinstance(text, str) or len(text) > MAX_ADDR_CHARS:
+def dialable_addr(text: str, max_chars: int = _ADDR_CHARS) -> str | None:
+    """``text`` as a dialable TCP multiaddr without ``/p2p``, or None (also
+    when longer than ``max_chars``)."""
+    if not isinstance(text, str) or len(text) > max_chars:
         return None
     try:
         addr = multiaddr.Multiaddr(text)
@@ -66,33 +75,46 @@ def dialable_addr(text: str) -> str | None:
 
 
 def encode_px_response(
-    entries: list[tuple[str, list[str]]], max_peers: int, max_addrs_per_peer: int
+    entries: list[tuple[str, list[str]]],
+    max_peers: int,
+    max_addrs_per_peer: int,
+    *,
+    max_addr_chars: int = _ADDR_CHARS,
 ) -> bytes:
     """Encode at most ``max_peers`` entries with at most ``max_addrs_per_peer`` each."""
     out = []
     for peer_id, addrs in entries[:max_peers]:
-        clean = [a for a in (dialable_addr(x) for x in addrs) if a is not None]
+        clean = [a for a in (dialable_addr(x, max_addr_chars) for x in addrs) if a is not None]
         if clean:
             out.append([peer_id, clean[:max_addrs_per_peer]])
     return msgpack.packb(out)
 
 
-def max_px_response_bytes(max_peers: int, max_addrs_per_peer: int) -> int:
+def max_px_response_bytes(
+    max_peers: int, max_addrs_per_peer: int, max_addr_chars: int = _ADDR_CHARS
+) -> int:
     """Bound on an acceptable response body for these caps."""
-    return 64 + max_peers * (80 + max_addrs_per_peer * (MAX_ADDR_CHARS + 8))
+    per_addr = max_addr_chars + _ADDR_OVERHEAD_BYTES
+    return _RESPONSE_OVERHEAD_BYTES + max_peers * (
+        _ENTRY_OVERHEAD_BYTES + max_addrs_per_peer * per_addr
+    )
 
 
 def decode_px_response(
-    body: bytes, max_peers: int, max_addrs_per_peer: int
+    body: bytes,
+    max_peers: int,
+    max_addrs_per_peer: int,
+    *,
+    max_addr_chars: int = _ADDR_CHARS,
 ) -> list[tuple[str, list[str]]]:
     """Valid entries of a response (see module rules). ValueError if not msgpack."""
-    if len(body) > max_px_response_bytes(max_peers, max_addrs_per_peer):
+    if len(body) > max_px_response_bytes(max_peers, max_addrs_per_peer, max_addr_chars):
         raise ValueError("peer-exchange response too long")
     try:
         raw = msgpack.unpackb(
             body,
             max_array_len=max(max_peers, max_addrs_per_peer, 2),
-            max_str_len=MAX_ADDR_CHARS,
+            max_str_len=max_addr_chars,
             max_map_len=0,
             max_bin_len=0,
             max_ext_len=0,
@@ -110,7 +132,9 @@ def decode_px_response(
             continue
         if not isinstance(addrs, list):
             continue
-        clean = [a for a in (dialable_addr(x) for x in addrs[:max_addrs_per_peer]) if a]
+        clean = [
+            a for a in (dialable_addr(x, max_addr_chars) for x in addrs[:max_addrs_per_peer]) if a
+        ]
         if clean:
             out.append((peer_id, clean))
     return out

@@ -1,31 +1,49 @@
-"""Two narrow subclasses of py-libp2p's pubsub classes (private to meshd.net).
+"""Every place meshd overrides or patches py-libp2p internals (and only here).
 
-- :class:`MeshGossipSub` replaces libp2p's single spam limit (10 msg/s for
-  every topic, own publishes included, drops logged only) with a per-topic
-  budget from :class:`~meshd.net.params.NetParams`, exempts our own
-  publishes, and reports every drop to a callback so it is counted. It sends
-  IDONTWANT only for messages of at least ``idontwant_min_bytes`` (py-libp2p
-  0.8.1 sends one to every mesh peer for every message, even its own
-  publishes; go-libp2p only for messages of 1 KiB or more).
-- :func:`verify_sender_records_once` stops py-libp2p from re-checking the
-  same signed peer record on every RPC a peer sends.
-- :class:`MeshPubsub` also charges every inbound message to a token bucket of
-  the neighbour that handed it over, before any signature is checked: a
-  neighbour over its budget has its messages dropped unchecked (counted), so
-  a flood costs us a protobuf parse per message, not two Ed25519 checks.
-- :class:`MeshPubsub` hands each validated, first-seen message straight to a
-  callback instead of libp2p's per-topic 32-slot channel, which drops
-  silently (with a WARNING) when a reader falls behind; it contains the
-  exceptions a peer's undecodable RPC raises, which in 0.8.1 kill the host;
-  and it lets the host wait for room in libp2p's per-peer outbound queues
-  (``RpcQueue``, 32 entries, full = the RPC is dropped with a DEBUG log only)
-  before it publishes, and reports every message such a queue drops.
+Theory of operation:
+    py-libp2p 0.8.1 does several things meshd cannot live with (silent drops,
+    host-killing exceptions, per-RPC signature checks, redials of blocked
+    peers). Each fix is a narrow override of one library hook, listed below;
+    the rest of ``meshd.net`` uses these subclasses and functions and calls
+    only py-libp2p's public API. When py-libp2p is upgraded, this file is the
+    whole list to re-check.
 
-Rules: the callbacks are synchronous and must not raise; the host owns them.
-Both classes override hook methods of py-libp2p 0.8.1 only
-(``_check_spam_protection``, ``remove_peer``, ``_handle_dropped_rpc``,
-``publish``, ``_emit_idontwant_for_message``, ``notify_subscriptions``,
-``push_msg``, ``stream_handler``, ``handle_sending_messages``).
+Hooks (what it overrides -- why -- checked against libp2p 0.8.1):
+- ``GossipSub._check_spam_protection`` -- per-topic forwarding budget instead of one 10 msg/s limit
+  for every topic, own publishes exempt, every drop reported -- checked against libp2p 0.8.1.
+- ``GossipSub.publish`` -- marks small messages so no IDONTWANT goes out for them (py-libp2p
+  sends one to every mesh peer for every message; go-libp2p only from 1 KiB)
+  -- checked against libp2p 0.8.1.
+- ``GossipSub._emit_idontwant_for_message`` -- skips the messages ``publish`` marked
+  -- checked against libp2p 0.8.1.
+- ``GossipSub.remove_peer`` -- also forgets the gone peer's rate windows
+  -- checked against libp2p 0.8.1.
+- ``GossipSub._handle_dropped_rpc`` -- reports messages a full outbound queue dropped (the
+  library only logs them at DEBUG) -- checked against libp2p 0.8.1.
+- ``Pubsub.handle_sending_messages`` -- hands the sending loop a queue view that signals each pop,
+  so a publish can wait for room instead of being dropped -- checked against libp2p 0.8.1.
+- ``Pubsub.notify_subscriptions`` -- delivers to one callback instead of a 32-slot channel per
+  topic that drops silently -- checked against libp2p 0.8.1.
+- ``Pubsub.push_msg`` -- charges a per-neighbour token bucket before any signature check
+  -- checked against libp2p 0.8.1.
+- ``Pubsub._teardown_if_connected`` -- tolerates a peer that disconnects while being
+  blacklisted (the library's ``del`` raises KeyError and kills the host)
+  -- checked against libp2p 0.8.1.
+- ``Pubsub.stream_handler`` -- contains protobuf's DecodeError from an undecodable RPC (it
+  escapes and takes the swarm down) -- checked against libp2p 0.8.1.
+- ``libp2p.pubsub.{pubsub,gossipsub}.maybe_consume_signed_record`` (module function, patched
+  process-wide) -- verifies a peer's unchanged signed peer record once, not on every RPC
+  -- checked against libp2p 0.8.1.
+- ``AutoConnector.maybe_connect`` -- no-op: meshd's discovery owns dialing (the library would
+  redial blocked and dead peers) -- checked against libp2p 0.8.1.
+- ``Swarm.retry_config`` (attribute) -- fewer dial retries (the default 3 makes a dead peer
+  cost ~0.7 s) -- checked against libp2p 0.8.1.
+- ``Swarm.auto_connector`` (attribute) -- installs the no-op auto-connector above
+  -- checked against libp2p 0.8.1.
+
+Rules: the callbacks are synchronous and must not raise; the host's parts own
+them. Reading public attributes (``peer_queues``, ``mesh``, ``fanout``) is not a
+hook, but reads of library state for meshd are also kept here.
 """
 
 from __future__ import annotations
@@ -35,12 +53,14 @@ import math
 import time
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import libp2p.pubsub.gossipsub as _libp2p_gossipsub
 import libp2p.pubsub.pubsub as _libp2p_pubsub
 import trio
 from libp2p.abc import INetStream
+from libp2p.network.auto_connector import AutoConnector
+from libp2p.network.config import RetryConfig
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pb import rpc_pb2
@@ -49,8 +69,6 @@ from libp2p.pubsub.rpc_queue import OutBoundQueueSize, RpcQueue
 
 from meshd.core.ratelimit import PeerBuckets
 
-RATE_WINDOW_S = 1.0
-"""Length of the sliding window the per-topic budget counts messages in."""
 PUBLISH_QUEUE_ENTRIES = 2
 """Most outbound queue entries one own publish takes per mesh peer in
 py-libp2p 0.8.1: the message, and (at or above ``idontwant_min_bytes``) an
@@ -66,6 +84,7 @@ class MeshGossipSub(GossipSub):
         self,
         *args: Any,
         rate_limit_for: Callable[[str], float],
+        rate_window_s: float,
         on_rate_limited: Callable[[ID, str], None],
         on_queue_full: Callable[[ID, int], None],
         idontwant_min_bytes: int = 0,
@@ -75,6 +94,7 @@ class MeshGossipSub(GossipSub):
         self._idontwant_min_bytes = idontwant_min_bytes
         self._no_idontwant: set[bytes] = set()  # ids of small messages being published now
         self._rate_limit_for = rate_limit_for
+        self._rate_window_s = rate_window_s
         self._on_rate_limited = on_rate_limited
         self._on_queue_full = on_queue_full
         # (forwarder, topic) -> arrival times within the window
@@ -86,7 +106,7 @@ class MeshGossipSub(GossipSub):
         now = time.monotonic()
         for topic in msg.topicIDs:
             window = self._windows.setdefault((peer_id, topic), collections.deque())
-            while window and window[0] <= now - RATE_WINDOW_S:
+            while window and window[0] <= now - self._rate_window_s:
                 window.popleft()
             if len(window) >= self._rate_limit_for(topic):
                 self._on_rate_limited(peer_id, topic)
@@ -146,7 +166,7 @@ class MeshPubsub(Pubsub):
         on_broken_stream: Callable[[ID, Exception], None],
         forwarder_rate_per_s: float = math.inf,
         forwarder_burst: float = math.inf,
-        max_forwarder_buckets: int = 1024,
+        max_forwarder_buckets: int,
         on_over_budget: Callable[[ID], None] = lambda peer: None,
         **kwargs: Any,
     ) -> None:
@@ -165,9 +185,8 @@ class MeshPubsub(Pubsub):
     ) -> None:
         # libp2p's sending loop only pops from the queue; hand it a view that
         # reports each pop, so publishers waiting for room wake up.
-        await super().handle_sending_messages(
-            peer_id, stream, _PopSignallingQueue(queue, lambda: self._on_queue_pop(peer_id))
-        )
+        view = _PopSignallingQueue(queue, lambda: self._on_queue_pop(peer_id))
+        await super().handle_sending_messages(peer_id, stream, cast(RpcQueue, view))
 
     def _on_queue_pop(self, peer_id: ID) -> None:
         self._stalled.discard(peer_id)
@@ -198,6 +217,11 @@ class MeshPubsub(Pubsub):
         crowded = self.crowded_peers(peers(), most_entries)
         self._stalled.update(crowded)
         return crowded
+
+    def outbound_queue_lengths(self) -> tuple[int, int]:
+        """(entries in all per-peer outbound queues, entries in the fullest one)."""
+        lengths = [len(q) for q in self.peer_queues.values()]
+        return sum(lengths), max(lengths, default=0)
 
     def notify_subscriptions(self, publish_message: rpc_pb2.Message) -> None:
         self._deliver(publish_message)
@@ -272,13 +296,18 @@ class _PopSignallingQueue:
 
 # ------------------------------------------------------- signed peer records
 
-SENDER_RECORD_MEMO_PEERS = 4096
-"""Peers per host whose last verified signed peer record is remembered."""
+
+class _RecordMemo(collections.OrderedDict[ID, bytes]):
+    """Last verified signed peer record per peer, at most ``max_peers`` peers."""
+
+    def __init__(self, max_peers: int) -> None:
+        super().__init__()
+        self.max_peers = max_peers
+
 
 _consume_signed_record = _libp2p_pubsub.maybe_consume_signed_record
-_verified_records: weakref.WeakKeyDictionary[Any, collections.OrderedDict[ID, bytes]] = (
-    weakref.WeakKeyDictionary()
-)
+# peerstore -> (peer -> the last signed record accepted from it), per meshd host
+_verified_records: weakref.WeakKeyDictionary[Any, _RecordMemo] = weakref.WeakKeyDictionary()
 
 
 def _consume_signed_record_once(msg: rpc_pb2.RPC, host: Any, peer_id: ID) -> bool:
@@ -286,13 +315,16 @@ def _consume_signed_record_once(msg: rpc_pb2.RPC, host: Any, peer_id: ID) -> boo
     every pubsub RPC and verifies its Ed25519 signature and stores it each
     time. The record only changes when the sender's addresses do: a record
     byte-identical to the last one this host accepted from the same peer is
-    accepted without checking it again (anything else goes to the library)."""
+    accepted without checking it again (anything else goes to the library).
+    Hosts without a memo (:func:`remember_sender_records`) always ask the library."""
     if not msg.HasField("senderRecord"):
         return True
     record = msg.senderRecord
     try:
-        memo = _verified_records.setdefault(host.get_peerstore(), collections.OrderedDict())
+        memo = _verified_records.get(host.get_peerstore())
     except TypeError:  # a peerstore that cannot be weakly referenced: no memo
+        memo = None
+    if memo is None:
         return bool(_consume_signed_record(msg, host, peer_id))
     if memo.get(peer_id) == record:
         memo.move_to_end(peer_id)
@@ -301,14 +333,42 @@ def _consume_signed_record_once(msg: rpc_pb2.RPC, host: Any, peer_id: ID) -> boo
     if ok:
         memo[peer_id] = record
         memo.move_to_end(peer_id)
-        while len(memo) > SENDER_RECORD_MEMO_PEERS:
+        while len(memo) > memo.max_peers:
             memo.popitem(last=False)
     return ok
 
 
-def verify_sender_records_once() -> None:
+def remember_sender_records(host: Any, max_peers: int) -> None:
+    """Give ``host`` a memo of verified signed peer records for ``max_peers`` peers."""
+    try:
+        _verified_records.setdefault(host.get_peerstore(), _RecordMemo(max_peers))
+    except TypeError:  # a peerstore that cannot be weakly referenced: no memo
+        pass
+
+
+def verify_sender_records_once(host: Any, max_peers: int) -> None:
     """Install :func:`_consume_signed_record_once` where py-libp2p's pubsub
-    looks the check up (idempotent; affects every host in the process)."""
+    looks the check up (idempotent; affects every host in the process) and
+    give ``host`` its memo (see :func:`remember_sender_records`)."""
+    remember_sender_records(host, max_peers)
     for module in (_libp2p_pubsub, _libp2p_gossipsub):
         if getattr(module, "maybe_consume_signed_record", None) is _consume_signed_record:
             module.maybe_consume_signed_record = _consume_signed_record_once  # type: ignore[attr-defined]
+
+
+# -------------------------------------------------------------------- dialing
+
+
+class _NoAutoDial(AutoConnector):
+    """libp2p's auto-connector with dialing switched off (meshd's discovery
+    owns dialing: it honours the block list and target_peers)."""
+
+    async def maybe_connect(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+def take_over_dialing(swarm: Any, dial_retries: int) -> None:
+    """Make ``swarm`` retry a failed dial ``dial_retries`` times and never dial
+    on its own (no auto-connector)."""
+    swarm.retry_config = RetryConfig(max_retries=dial_retries)
+    swarm.auto_connector = _NoAutoDial(swarm)

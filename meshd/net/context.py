@@ -1,0 +1,83 @@
+"""What every part of one MeshHost shares: identity, bounds, counters, tasks.
+
+Theory of operation:
+    A :class:`~meshd.net.host.MeshHost` is assembled from parts, one idea
+    each (:mod:`~meshd.net.gossip`, :mod:`~meshd.net.reqresp`,
+    :mod:`~meshd.net.discovery`, :mod:`~meshd.net.standing`). They all need
+    the same few things: the params, our own peer id, the libp2p host, the
+    counters behind :meth:`MeshHost.statistics`, and the nursery of the
+    running host to start background work in. :class:`HostContext` holds
+    exactly those, and the lifecycle state (``new -> running -> stopping ->
+    stopped``) that the facade advances.
+
+Rules:
+- Parts never hold each other's state; they call each other's methods.
+- ``spawn`` is a no-op when the host is not running (work for a stopped host
+  has nowhere to go); ``require_running`` raises :class:`NotRunning`.
+- Only public py-libp2p calls here (see :mod:`meshd.net.libp2p_hooks`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+from libp2p.peer.id import ID
+
+from meshd.core.identity import Identity, public_key_from_peer_id
+from meshd.net.errors import NotRunning
+from meshd.net.params import NetParams
+from meshd.net.stats import COUNTER_NAMES
+
+log = logging.getLogger("meshd.net")
+
+
+def parse_peer_id(peer_id: str) -> ID:
+    """``peer_id`` as a libp2p ID; ValueError unless it is an Ed25519 peer id."""
+    if public_key_from_peer_id(peer_id) is None:
+        raise ValueError(f"not an Ed25519 peer id: {peer_id!r}")
+    return ID.from_base58(peer_id)
+
+
+class HostContext:
+    """Shared state of one host's parts (see module docstring)."""
+
+    def __init__(self, identity: Identity, params: NetParams, libp2p_host: Any) -> None:
+        self.params = params
+        self.peer_id: str = identity.peer_id
+        self.pid = ID.from_base58(identity.peer_id)
+        self.libp2p = libp2p_host
+        self.state = "new"  # new -> running -> stopping -> stopped
+        self.nursery: trio.Nursery | None = None
+        self.counts = dict.fromkeys(COUNTER_NAMES, 0)
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counts[name] += n
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running" and self.nursery is not None
+
+    def require_running(self) -> trio.Nursery:
+        if self.state != "running" or self.nursery is None:
+            raise NotRunning(f"host {self.peer_id} is {self.state}, not running")
+        return self.nursery
+
+    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Start ``fn(*args)`` in the running host's nursery; no-op otherwise."""
+        if self.nursery is not None:
+            self.nursery.start_soon(fn, *args)
+
+    def connected_peers(self) -> list[str]:
+        if self.state not in ("running", "stopping"):
+            return []
+        return [str(p) for p in self.libp2p.get_connected_peers()]
+
+    async def drop_peer(self, peer_id: str) -> None:
+        """Hang up on ``peer_id`` (never raises)."""
+        try:
+            await self.libp2p.disconnect(ID.from_base58(peer_id))
+        except Exception as exc:
+            log.debug("disconnecting %s failed: %r", peer_id, exc)
