@@ -77,7 +77,11 @@ class Run:
     fetched: bool = False
     awarded_ms: int = 0
     """When the award was sent (its acknowledgement is a round-trip sample)."""
+    ack_timeout_ms: int = 0
+    """The peer's award time-out when the award was sent (§10.2)."""
     timed_out: bool = False
+    lease_base_ms: int = 0
+    """Lease end as set by the last contact (before allowing for our own inbox's wait)."""
     """Refused because its acknowledgement did not come in time: an
     acknowledgement or heartbeat arriving later may still revive it."""
 
@@ -721,8 +725,9 @@ class OriginMixin:
             peer,
             bid.price,
             bid.score_gflops,
-            deadline_ms=self.now_ms + self.rtt.timeout_ms(peer),
+            deadline_ms=self.now_ms + self.rtt.timeout_ms(peer) + self.inbox_wait_ms,
             awarded_ms=self.now_ms,
+            ack_timeout_ms=self.rtt.timeout_ms(peer),
         )
         job.runs[(run.attempt, run.replica)] = run
         self._set_run_state(job, run, "awarding")
@@ -793,7 +798,7 @@ class OriginMixin:
     def _activate(self: Node, job: OriginJob, run: Run) -> None:
         self._set_run_state(job, run, "active")
         run.timed_out = False
-        run.deadline_ms = self._lease_end(run)
+        run.deadline_ms = run.lease_base_ms = self._lease_end(run)
         job.waiting_since_ms = None
         job.backoff_ms = 0
         self._append(
@@ -861,6 +866,13 @@ class OriginMixin:
             and run.state == "awarding"
             and self.now_ms >= run.deadline_ms
         ):
+            # The reply may be waiting in our own inbox: time out only once the
+            # peer's time-out plus our inbox's current wait has passed.
+            due = run.awarded_ms + run.ack_timeout_ms + self.inbox_wait_ms
+            if self.now_ms < due:
+                run.deadline_ms = due
+                self._at(due, T_AWARD, key)
+                return
             run.timed_out = True
             self.rtt.timed_out(run.worker)
             self._congested("award_timeout")
@@ -905,7 +917,7 @@ class OriginMixin:
                 self._set_run_state(job, run, "active")
                 job.waiting_since_ms = None
                 self._admit()
-            run.deadline_ms = self._lease_end(run)
+            run.deadline_ms = run.lease_base_ms = self._lease_end(run)
             self._at(run.deadline_ms, T_LEASE, (job.job_id, run.attempt, run.replica))
             if b.state == "running" and not run.started:
                 run.started = True
@@ -932,6 +944,10 @@ class OriginMixin:
         job = self.jobs.get(key[0])
         run = job.runs.get((key[1], key[2])) if job else None
         if job is None or run is None or run.state != "active" or self.now_ms < run.deadline_ms:
+            return
+        due = run.lease_base_ms + self.inbox_wait_ms
+        if self.now_ms < due:  # a heartbeat may be waiting in our own congested inbox
+            self._at(due, T_LEASE, key)
             return
         self._set_run_state(job, run, "lost")
         self.trust.observe(run.worker, "abandoned", self.now_ms)
@@ -1330,7 +1346,7 @@ class OriginMixin:
             for run in job.runs.values():
                 if run.state in RUN_LIVE:
                     run.state = "active"
-                    run.deadline_ms = self.now_ms + self.params.lease_ms
+                    run.deadline_ms = run.lease_base_ms = self.now_ms + self.params.lease_ms
                     self._at(run.deadline_ms, T_LEASE, (job.job_id, run.attempt, run.replica))
                 elif run.state == "done" and run.result and not run.fetched:
                     if run.result.get("status") == "succeeded" and run.result.get("output_digest"):

@@ -97,6 +97,10 @@ class SendQueues:
             "refused_full": 0,
         }
         self.wait_max_ms = 0
+        self.high_water = 0
+        """Most messages ever queued at once, all peers together."""
+        self.high_water_peer = 0
+        """Most messages ever queued at once for one peer."""
 
     def start(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
@@ -123,6 +127,8 @@ class SendQueues:
             self._fail(old.eff, "dropped_full", "send queue to peer full")
         q.append(_Item(eff, now))
         self._queued += 1
+        self.high_water = max(self.high_water, self._queued)
+        self.high_water_peer = max(self.high_water_peer, len(q))
         if self._drainers.get(eff.to_peer, 0) < self.params.max_sends_per_peer:
             self._drainers[eff.to_peer] = self._drainers.get(eff.to_peer, 0) + 1
             self._nursery.start_soon(self._drain, eff.to_peer)
@@ -189,6 +195,10 @@ class SendQueues:
             "queued_max_peer": max((len(q) for q in self._queues.values()), default=0),
             "peers": len(self._queues),
             "in_flight": self._in_flight,
+            "high_water": self.high_water,
+            "high_water_peer": self.high_water_peer,
+            "bound": self.params.max_queued_sends,
+            "bound_peer": self.params.send_queue_per_peer,
             "wait_max_ms": self.wait_max_ms,
             **self.counts,
         }
