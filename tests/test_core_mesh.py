@@ -446,20 +446,44 @@ def test_the_bid_window_follows_the_bid_delays_it_measures() -> None:
 
 
 def test_awards_that_are_never_acknowledged_fail_the_job_with_a_reason() -> None:
-    """A worker whose replies always arrive after ``award_ack_timeout_ms``:
-    every award is treated as refused and the job is offered again. Each
-    award takes a new run index; the origin must neither crash on the wire's
+    """A worker that never answers an award (nor heartbeats, nor returns a
+    result): every award times out and the job is offered again. Each award
+    takes a new run index; the origin must neither crash on the wire's
     ``replica`` bound (it did at the 9th award) nor loop for ever."""
     params = CoreParams(
         replication_fraction=0.0, untrusted_replication=0.0, max_queue_time_ms=300_000
     )
     net = mesh(2, seed=23, params=params)
-    net.sender_latency_ms[net.order[1]] = (5_500, 5_500)
+    net.silenced[net.order[1]] = {"awardreply", "heartbeat", "result"}
     job_id = net.submit(0, spec())
     job = run_to_end(net, 0, job_id, max_ms=400_000)
     assert job.state == "failed"
     assert "no worker took the job" in job.reason and "award not acknowledged in time" in job.reason
     assert job.next_replica > 9  # many more awards than the old bound allowed, none crashed
+
+
+def test_a_worker_whose_replies_arrive_late_keeps_its_award() -> None:
+    """Issue 10: a busy worker's replies arrive 5.5 s after it sent them, past
+    the 5 s an unknown peer's award is given. The award is honoured when its
+    acknowledgement (or a heartbeat) arrives late rather than offered again
+    and again, and the award time-out to that peer grows with the round trips
+    measured. Before the fix: 9+ awards and the job failed."""
+    params = CoreParams(
+        replication_fraction=0.0, untrusted_replication=0.0, max_queue_time_ms=300_000
+    )
+    net = mesh(2, seed=23, params=params)
+    worker = net.order[1]
+    net.sender_latency_ms[worker] = (5_500, 5_500)
+    job_id = net.submit(0, spec())
+    job = run_to_end(net, 0, job_id, max_ms=400_000)
+    assert job.state == "succeeded", job.reason
+    assert job.next_replica <= 2, job.next_replica
+    origin = net.node(0)
+    assert origin.counters["award_late_honoured"] + origin.counters["award_timeouts"] <= 2
+    # Later jobs: the time-out to this peer follows its measured round trips.
+    assert origin.rtt.timeout_ms(worker) > params.award_ack_timeout_ms
+    second = run_to_end(net, 0, net.submit(0, spec(command=["echo", "2"])), max_ms=400_000)
+    assert second.state == "succeeded" and second.next_replica == 1
 
 
 def test_claimed_score_far_above_achieved_is_recorded_against_the_worker() -> None:
@@ -523,7 +547,7 @@ def test_a_job_past_the_run_index_bound_fails_instead_of_sending_a_bad_award(
     monkeypatch.setattr(origin_mod, "MAX_REPLICA", 3)
     params = CoreParams(replication_fraction=0.0, untrusted_replication=0.0)
     net = mesh(2, seed=24, params=params)
-    net.sender_latency_ms[net.order[1]] = (5_500, 5_500)
+    net.silenced[net.order[1]] = {"awardreply", "heartbeat", "result"}
     job = run_to_end(net, 0, net.submit(0, spec()), max_ms=200_000)
     assert job.state == "failed" and "4 awards" in job.reason, job.reason
     assert max(r.replica for r in job.runs.values()) == 3

@@ -50,6 +50,14 @@ class DirectReceived:
 
 
 @dataclass(frozen=True)
+class InboxLoad:
+    """How long messages recently waited in the shell's inbox before the core
+    saw them (a percentile of recent waits, ms): the node's own congestion."""
+
+    wait_ms: int
+
+
+@dataclass(frozen=True)
 class SendFailed:
     to_peer: str
     kind: str
@@ -185,6 +193,10 @@ class Send:
     data: bytes
     kind: str
     job_id: str | None = None
+    ttl_ms: int | None = None
+    """How long the message stays useful: a shell that could not send it
+    within this drops it (an award comes back as ``SendFailed``). None: the
+    shell's default."""
 
 
 @dataclass(frozen=True)
@@ -267,6 +279,7 @@ Input = (
     | GossipReceived
     | DirectReceived
     | SendFailed
+    | InboxLoad
     | LocalCapabilities
     | ExecutorHealth
     | JobSubmitted

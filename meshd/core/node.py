@@ -42,6 +42,7 @@ from .events import (
     DirectReceived,
     ExecutorHealth,
     GossipReceived,
+    InboxLoad,
     LocalCapabilities,
     Publish,
     Send,
@@ -123,6 +124,8 @@ class Node(OriginMixin, WorkerMixin, CreditsMixin):
         self.warm = False
         self.cold_reason: str | None = "health check pending"
         self.executor_failures = 0
+        self.inbox_wait_ms = 0
+        """How long messages wait in our shell's inbox (``InboxLoad``)."""
         self._advert_seq = 0
         self._replay: OrderedDict[tuple[str, bytes], int] = OrderedDict()
         self._timers: list[tuple[int, int, str, Any]] = []
@@ -165,8 +168,24 @@ class Node(OriginMixin, WorkerMixin, CreditsMixin):
         nonce = self.rng.getrandbits(64).to_bytes(8, "big")
         return self.codec.seal(self.identity, body, self.now_ms, nonce)
 
-    def _send(self, to_peer: str, body: Body, job_id: str | None = None) -> None:
-        self._emit(Send(to_peer, self._seal(body), type(body).__name__.lower(), job_id))
+    def _send(
+        self, to_peer: str, body: Body, job_id: str | None = None, *, ttl_ms: int | None = None
+    ) -> None:
+        kind = type(body).__name__.lower()
+        if ttl_ms is None:
+            ttl_ms = self._useful_for_ms(kind)
+        self._emit(Send(to_peer, self._seal(body), kind, job_id, ttl_ms))
+
+    def _useful_for_ms(self, kind: str) -> int | None:
+        """How long a message of ``kind`` is worth sending: a heartbeat (or its
+        reply) is superseded by the next one; a bid is worth something while
+        its round, or a late-bid window after it, may still use it."""
+        p = self.params
+        if kind in ("heartbeat", "heartbeatreply"):
+            return p.heartbeat_interval_ms
+        if kind in ("bid", "decline"):
+            return 2 * p.bid_window_max_ms
+        return None
 
     def _publish(self, topic: str, body: Body) -> None:
         self._emit(Publish(topic, self._seal(body)))
@@ -187,6 +206,9 @@ class Node(OriginMixin, WorkerMixin, CreditsMixin):
 
     def _on_Tick(self, inp: Tick) -> None:
         pass  # timers run after every input
+
+    def _on_InboxLoad(self, inp: InboxLoad) -> None:
+        self.inbox_wait_ms = max(0, inp.wait_ms)
 
     def _on_LocalCapabilities(self, inp: LocalCapabilities) -> None:
         first = self.caps is None

@@ -20,7 +20,7 @@ used, so a job never has two accepted results from two different attempts.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +39,7 @@ from .events import (
 from .jobspec import JobSpec, parse_job_spec
 from .lifecycle import RUN_LIVE, TERMINAL, check_transition, transition_path
 from .placement import Capacity, actual_cost, estimate_cost, fit_reason, rank_bids
+from .rtt import PeerRtt
 from .wire import (
     MAX_ATTEMPT,
     MAX_REPLICA,
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
     from .node import Node
 
 T_WINDOW, T_REOFFER, T_LEASE, T_AWARD = "window", "reoffer", "lease", "award_timeout"
+AWARD_TIMEOUT = "award not acknowledged in time"
 NO_ANSWER = "did not answer the offer"
 """Decline noted for a candidate silent when a window closed (withdrawn if its bid arrives later)."""
 
@@ -73,6 +75,11 @@ class Run:
     started: bool = False
     result: dict[str, Any] | None = None
     fetched: bool = False
+    awarded_ms: int = 0
+    """When the award was sent (its acknowledgement is a round-trip sample)."""
+    timed_out: bool = False
+    """Refused because its acknowledgement did not come in time: an
+    acknowledgement or heartbeat arriving later may still revive it."""
 
 
 @dataclass
@@ -136,6 +143,70 @@ class OriginMixin:
         self.bid_delays: deque[int] = deque(maxlen=self.params.bid_delay_samples)
         self.holding_jobs: set[str] = set()
         """Jobs whose open round is held for a less loaded worker (``_close_window``)."""
+        self.open_rounds: set[str] = set()
+        """Jobs with an offer round open (at most ``max_offers_in_flight``)."""
+        self.awarding: set[tuple[str, int, int]] = set()
+        """Runs awarded and not yet acknowledged (at most ``max_awards_in_flight``)."""
+        self.admission: OrderedDict[str, None] = OrderedDict()
+        """Jobs ready for an offer round, waiting for room, oldest first."""
+        self._admitting = False
+        p = self.params
+        self.rtt = PeerRtt(
+            initial_ms=p.award_ack_timeout_ms,
+            floor_ms=p.award_ack_timeout_min_ms,
+            ceiling_ms=p.award_ack_timeout_max_ms,
+            peers_kept=p.rtt_peers_kept,
+        )
+
+    # ------------------------------------------------------------ bounded work in flight
+
+    def _set_open(self, job: OriginJob, is_open: bool) -> None:
+        job.offer_open = is_open
+        if is_open:
+            self.open_rounds.add(job.job_id)
+        else:
+            self.open_rounds.discard(job.job_id)
+
+    def _set_run_state(self, job: OriginJob, run: Run, state: str) -> None:
+        run.state = state
+        key = (job.job_id, run.attempt, run.replica)
+        if state == "awarding":
+            self.awarding.add(key)
+        else:
+            self.awarding.discard(key)
+
+    def _room_for_round(self) -> bool:
+        p = self.params
+        return (
+            len(self.open_rounds) < p.max_offers_in_flight
+            and len(self.awarding) < p.max_awards_in_flight
+        )
+
+    def _defer(self, job: OriginJob) -> None:
+        if job.job_id not in self.admission:
+            self.admission[job.job_id] = None
+            self.counters["offers_deferred"] += 1
+
+    def _admit(self: Node) -> None:
+        """Open rounds for waiting jobs, oldest first, while there is room."""
+        if self._admitting:
+            return
+        self._admitting = True
+        try:
+            while self.admission and self._room_for_round():
+                job_id, _ = self.admission.popitem(last=False)
+                job = self.jobs.get(job_id)
+                if job is not None and job.state not in TERMINAL and not job.offer_open:
+                    self._advance(job, admitted=True)
+        finally:
+            self._admitting = False
+
+    def _backoff(self: Node, job: OriginJob) -> None:
+        """Double the job's re-offer delay (jittered) after a round or award that failed."""
+        p = self.params
+        job.backoff_ms = min(p.reoffer_max_ms, max(p.reoffer_base_ms, job.backoff_ms * 2))
+        spread = p.reoffer_jitter * job.backoff_ms
+        job.next_offer_ms = self.now_ms + int(job.backoff_ms + self.rng.uniform(-spread, spread))
 
     # ------------------------------------------------------------ API-facing
 
@@ -191,7 +262,7 @@ class OriginMixin:
         freed = []
         for run in job.runs.values():
             if run.state in RUN_LIVE:
-                run.state = "cancelled"
+                self._set_run_state(job, run, "cancelled")
                 freed.append(run.worker)
                 self._send(
                     run.worker,
@@ -216,7 +287,7 @@ class OriginMixin:
 
     # ------------------------------------------------------------ offering
 
-    def _advance(self: Node, job: OriginJob) -> None:
+    def _advance(self: Node, job: OriginJob, *, admitted: bool = False) -> None:
         if job.state in TERMINAL:
             return
         if self._try_settle(job):
@@ -255,7 +326,11 @@ class OriginMixin:
                 self._finish(job, "failed", "no worker took the job: " + summarize_declines(job))
                 return
             if self.now_ms >= job.next_offer_ms:
-                self._open_offer(job)
+                if self._room_for_round() and (admitted or not self.admission):
+                    self.admission.pop(job.job_id, None)
+                    self._open_offer(job)
+                else:
+                    self._defer(job)
             else:
                 self._at(job.next_offer_ms, T_REOFFER, job.job_id)
         self._derive_state(job)
@@ -287,7 +362,8 @@ class OriginMixin:
         if not job.replicate_decided:
             slots = 1  # replication is decided when the first worker is chosen
         job.attempt += 1
-        job.offer_open, job.bids, job.tried = True, {}, set()
+        self._set_open(job, True)
+        job.bids, job.tried = {}, set()
         job.declined_round = set()
         exclude = set(job.excluded) | self._ran(job)
         spec = job.spec
@@ -352,7 +428,9 @@ class OriginMixin:
         if msg.sender in job.excluded or len(job.bids) >= self.params.max_bids_kept:
             return
         if bid.attempt == job.attempt:
-            self.bid_delays.append(max(0, self.now_ms - job.offered_ms))
+            delay = max(0, self.now_ms - job.offered_ms)
+            self.bid_delays.append(delay)
+            self.rtt.sample(msg.sender, delay)  # offer out, bid back: about one round trip
         if (msg.sender, NO_ANSWER) in job.declines:  # it did answer, late
             job.declines = deque(d for d in job.declines if d != (msg.sender, NO_ANSWER))
         if job.offer_open:
@@ -371,6 +449,8 @@ class OriginMixin:
         # work. If the job is waiting for a worker, award it now instead of
         # waiting for the next round's back-off.
         self.counters["bid_late"] += 1
+        if len(self.awarding) >= self.params.max_awards_in_flight:
+            return  # the job keeps its place among those waiting for a round
         if not job.offer_open and self._wanted_runs(job) > self._busy_runs(job):
             # Collect late bids for a short window (no new offer is published),
             # so that the first late bidder does not win by arriving first:
@@ -378,7 +458,8 @@ class OriginMixin:
             job.bids = {msg.sender: bid}
             job.tried = set()
             job.declined_round = set()
-            job.offer_open = True
+            self._set_open(job, True)
+            self.admission.pop(job.job_id, None)
             p = self.params
             until = max(
                 self.now_ms + p.late_bid_window_ms, job.offered_ms + self._learned_window_ms()
@@ -434,10 +515,11 @@ class OriginMixin:
                 self._at(hold_until, T_WINDOW, (job.job_id, job.attempt))
             return
         self.holding_jobs.discard(job.job_id)
-        job.offer_open = False
+        self._set_open(job, False)
         job.declined_now = 0
         self._award_next(job)
         self._advance(job)
+        self._admit()
 
     def _freed(self: Node, worker: str) -> None:
         """A run of ours on ``worker`` ended: rounds held while ``worker`` was
@@ -531,10 +613,7 @@ class OriginMixin:
         self._derive_declines(job)
         if not job.bids and job.offer_candidates > 0:
             job.slow_rounds = min(job.slow_rounds + 1, 8)
-        job.backoff_ms = min(
-            self.params.reoffer_max_ms, max(self.params.reoffer_base_ms, job.backoff_ms * 2)
-        )
-        job.next_offer_ms = self.now_ms + job.backoff_ms
+        self._backoff(job)
         self.counters["offers_unanswered"] += 1
         self._append(
             "job_no_bids",
@@ -623,9 +702,11 @@ class OriginMixin:
             peer,
             bid.price,
             bid.score_gflops,
-            deadline_ms=self.now_ms + self.params.award_ack_timeout_ms,
+            deadline_ms=self.now_ms + self.rtt.timeout_ms(peer),
+            awarded_ms=self.now_ms,
         )
         job.runs[(run.attempt, run.replica)] = run
+        self._set_run_state(job, run, "awarding")
         self._append(
             "run_awarded",
             {
@@ -648,6 +729,7 @@ class OriginMixin:
                 lease_ms=self.params.lease_ms,
             ),
             job.job_id,
+            ttl_ms=run.deadline_ms - self.now_ms,
         )
         self.counters["awards_sent"] += 1
         self._at(run.deadline_ms, T_AWARD, (job.job_id, run.attempt, replica))
@@ -664,20 +746,81 @@ class OriginMixin:
     def on_award_reply(self: Node, msg: Opened) -> None:
         b = msg.body
         found = self._run_of(b.job_id, b.attempt, b.replica, msg.sender)
-        if found is None or found[1].state != "awarding":
+        if found is None:
             return
         job, run = found
+        if run.state == "refused" and run.timed_out and b.accepted:
+            self.counters["award_ack_late"] += 1
+            if not self._revive(job, run):
+                self._withdraw(job, run, "award withdrawn: acknowledged after its time-out")
+            return
+        if run.state != "awarding":
+            return
+        self.rtt.sample(msg.sender, self.now_ms - run.awarded_ms)
         if b.accepted:
-            run.state, run.deadline_ms = "active", self.now_ms + self.params.lease_ms
-            job.waiting_since_ms = None
-            self._append(
-                "run_accepted",
-                {"job_id": job.job_id, "attempt": run.attempt, "replica": run.replica},
-            )
-            self._at(run.deadline_ms, T_LEASE, (job.job_id, run.attempt, run.replica))
-            self._derive_state(job)
+            self._activate(job, run)
+            self._admit()
         else:
             self._run_refused(job, run, b.reason or "refused")
+
+    def _lease_end(self, run: Run) -> int:
+        """A lease runs ``lease_ms`` from the last contact, plus the worker's
+        round-trip time-out (a busy peer's heartbeat takes longer to arrive)."""
+        return self.now_ms + self.params.lease_ms + self.rtt.timeout_ms(run.worker)
+
+    def _activate(self: Node, job: OriginJob, run: Run) -> None:
+        self._set_run_state(job, run, "active")
+        run.timed_out = False
+        run.deadline_ms = self._lease_end(run)
+        job.waiting_since_ms = None
+        job.backoff_ms = 0
+        self._append(
+            "run_accepted",
+            {"job_id": job.job_id, "attempt": run.attempt, "replica": run.replica},
+        )
+        self._at(run.deadline_ms, T_LEASE, (job.job_id, run.attempt, run.replica))
+        self._derive_state(job)
+
+    def _revive(self: Node, job: OriginJob, run: Run) -> bool:
+        """A run refused for a late acknowledgement turns out to be under way
+        (its acknowledgement or heartbeat came after all): keep it rather than
+        place the job again, when the job still wants a run, or when the run
+        that replaced it has not been acknowledged itself (that one is
+        withdrawn). True if revived."""
+        if job.state in TERMINAL:
+            return False
+        if self._wanted_runs(job) <= self._busy_runs(job):
+            pending = [
+                r for r in job.runs.values() if r.state == "awarding" and r.worker != run.worker
+            ]
+            if not pending:
+                return False
+            self._withdraw(job, pending[-1], "award withdrawn: an earlier award is under way")
+        self.counters["award_late_honoured"] += 1
+        late = "refused award: " + AWARD_TIMEOUT
+        job.declines = deque(
+            d for d in job.declines if not (d[0] == run.worker and d[1].startswith(late))
+        )
+        self._activate(job, run)
+        return True
+
+    def _withdraw(self: Node, job: OriginJob, run: Run, reason: str) -> None:
+        """Tell a worker to drop a run we no longer want (acknowledged too late)."""
+        if run.state == "awarding":
+            self._set_run_state(job, run, "refused")
+            self._append(
+                "run_refused",
+                {
+                    "job_id": job.job_id,
+                    "attempt": run.attempt,
+                    "replica": run.replica,
+                    "reason": reason,
+                },
+            )
+        self.counters["awards_withdrawn"] += 1
+        self._send(
+            run.worker, Cancel(job_id=job.job_id, attempt=run.attempt, reason=reason), job.job_id
+        )
 
     def origin_award_failed(self: Node, inp: SendFailed) -> None:
         job = self.jobs.get(inp.job_id or "")
@@ -685,7 +828,7 @@ class OriginMixin:
             return
         for run in list(job.runs.values()):  # _run_refused may award (add runs)
             if run.worker == inp.to_peer and run.state == "awarding":
-                self._run_refused(job, run, f"unreachable: {inp.error}")
+                self._run_refused(job, run, f"unreachable: {inp.error}", backoff=True)
 
     def _timer_award_timeout(self: Node, key: tuple[str, int, int]) -> None:
         job = self.jobs.get(key[0])
@@ -696,10 +839,19 @@ class OriginMixin:
             and run.state == "awarding"
             and self.now_ms >= run.deadline_ms
         ):
-            self._run_refused(job, run, "award not acknowledged in time")
+            run.timed_out = True
+            self.rtt.timed_out(run.worker)
+            self.counters["award_timeouts"] += 1
+            self._run_refused(
+                job, run, f"{AWARD_TIMEOUT} ({run.deadline_ms - run.awarded_ms} ms)", backoff=True
+            )
 
-    def _run_refused(self: Node, job: OriginJob, run: Run, reason: str) -> None:
-        run.state = "refused"
+    def _run_refused(
+        self: Node, job: OriginJob, run: Run, reason: str, *, backoff: bool = False
+    ) -> None:
+        self._set_run_state(job, run, "refused")
+        if backoff and self._wanted_runs(job) > self._busy_runs(job):
+            self._backoff(job)  # the mesh is slow to answer: do not re-offer at once
         self._note_decline(job, run.worker, "refused award: " + reason)
         self._append(
             "run_refused",
@@ -714,19 +866,23 @@ class OriginMixin:
             self._award_next(job)  # next best bid of the same round, if any
             self._advance(job)
         self._freed(run.worker)
+        self._admit()
 
     # ------------------------------------------------------------ leases
 
     def on_heartbeat(self: Node, msg: Opened) -> None:
         b = msg.body
         found = self._run_of(b.job_id, b.attempt, b.replica, msg.sender)
+        if found is not None and found[1].state == "refused" and found[1].timed_out:
+            self._revive(*found)  # its acknowledgement was late or lost: it runs
         keep = found is not None and found[1].state in RUN_LIVE and found[0].state not in TERMINAL
         if found is not None and keep:
             job, run = found
             if run.state == "awarding":  # heartbeat overtook the award reply
-                run.state = "active"
+                self._set_run_state(job, run, "active")
                 job.waiting_since_ms = None
-            run.deadline_ms = self.now_ms + self.params.lease_ms
+                self._admit()
+            run.deadline_ms = self._lease_end(run)
             self._at(run.deadline_ms, T_LEASE, (job.job_id, run.attempt, run.replica))
             if b.state == "running" and not run.started:
                 run.started = True
@@ -754,7 +910,7 @@ class OriginMixin:
         run = job.runs.get((key[1], key[2])) if job else None
         if job is None or run is None or run.state != "active" or self.now_ms < run.deadline_ms:
             return
-        run.state = "lost"
+        self._set_run_state(job, run, "lost")
         self.trust.observe(run.worker, "abandoned", self.now_ms)
         self._run_failed(
             job,
@@ -787,6 +943,8 @@ class OriginMixin:
     def on_result(self: Node, msg: Opened) -> None:
         b = msg.body
         found = self._run_of(b.job_id, b.attempt, b.replica, msg.sender)
+        if found is not None and found[1].state == "refused" and found[1].timed_out:
+            self._revive(*found)  # it ran although its acknowledgement was late or lost
         usable = found is not None and found[1].state in RUN_LIVE and found[0].state not in TERMINAL
         self._send(
             msg.sender,
@@ -803,7 +961,7 @@ class OriginMixin:
             self.counters["result_ignored"] += 1
             return
         job, run = found  # type: ignore[misc]
-        run.state = "done"
+        self._set_run_state(job, run, "done")
         run.result = b.model_dump(mode="json")
         job.cost_actual += actual_cost(
             b.duration_ms, run.score_gflops, self._price_of(run), job.spec.credit_rate
@@ -861,7 +1019,7 @@ class OriginMixin:
         if job is None or run is None or run.result is None or job.state in TERMINAL:
             return
         if not inp.ok:
-            run.state = "failed"
+            self._set_run_state(job, run, "failed")
             self._run_failed(
                 job,
                 run,
@@ -974,7 +1132,7 @@ class OriginMixin:
         self._append("job_verdict", {"job_id": job.job_id, "canonical": canonical, **job.verdict})
         for r in job.runs.values():  # stop anything still running for this job
             if r.state in RUN_LIVE:
-                r.state = "cancelled"
+                self._set_run_state(job, r, "cancelled")
                 self._send(
                     r.worker,
                     Cancel(job_id=job.job_id, attempt=r.attempt, reason="result settled"),
@@ -1007,8 +1165,12 @@ class OriginMixin:
 
     def _finish(self: Node, job: OriginJob, state: str, reason: str) -> None:
         job.reason = reason
-        job.offer_open = False
+        self._set_open(job, False)
         self.holding_jobs.discard(job.job_id)
+        self.admission.pop(job.job_id, None)
+        for r in job.runs.values():
+            if r.state == "awarding":  # its acknowledgement, if any, is answered with a cancel
+                self._set_run_state(job, r, "refused")
         self._set_state(job, state, reason)
         self._append(
             "job_finished",
@@ -1021,6 +1183,7 @@ class OriginMixin:
             },
             key=b"finish:" + job.job_id.encode() + b":" + str(len(job.history)).encode(),
         )
+        self._admit()
 
     def _derive_state(self: Node, job: OriginJob) -> None:
         """The user-visible state follows from the runs and the open offer."""
@@ -1140,7 +1303,7 @@ class OriginMixin:
         for job in self.jobs.values():
             if job.state in TERMINAL:
                 continue
-            job.offer_open = False
+            self._set_open(job, False)
             for run in job.runs.values():
                 if run.state in RUN_LIVE:
                     run.state = "active"

@@ -93,7 +93,32 @@ class CoreParams:
     result_resend_ms: int = 2_000
     """A worker re-sends an unacknowledged result this often (until lease end)."""
     award_ack_timeout_ms: int = 5_000
-    """An award not accepted within this is treated as refused."""
+    """An award not accepted within this is treated as refused, for a peer
+    with no measured round trip yet; afterwards the time-out follows that
+    peer's round trips (``meshd.core.rtt``: smoothed RTT + 4 × its variation,
+    doubled after each time-out), between the two bounds below."""
+    award_ack_timeout_min_ms: int = 1_000
+    """Floor of the adaptive award time-out (a quick peer still gets time for
+    a durable log append and a busy moment)."""
+    award_ack_timeout_max_ms: int = 30_000
+    """Ceiling of the adaptive award time-out, and of the slack a lease adds
+    for a slow peer's round trip."""
+    rtt_peers_kept: int = 4_096
+    """Peers whose round-trip estimate is kept (least recently sampled dropped)."""
+    max_offers_in_flight: int = 16
+    """Offer rounds an origin has open at once; further jobs wait their turn
+    in submission order (``offers_deferred``) instead of flooding the mesh
+    with offers and bids it cannot answer in time."""
+    max_awards_in_flight: int = 16
+    """Awards an origin has sent and not yet seen acknowledged; no new round
+    opens while this many wait."""
+    reoffer_jitter: float = 0.2
+    """Each re-offer back-off is drawn uniformly within ± this fraction, so
+    jobs that failed together do not come back together."""
+    worker_busy_wait_ms: int = 2_000
+    """A worker whose inbox makes messages wait longer than this (reported by
+    the shell, ``InboxLoad``) declines offers and refuses awards as busy
+    rather than accepting work it cannot acknowledge in time."""
     worker_queue_max: int = 16
     """Awarded jobs a worker holds waiting for a free slot."""
     max_jobs_tracked: int = 100_000

@@ -90,6 +90,8 @@ class WorkerMixin:
             queue_max=self.params.worker_queue_max,
             overhead_s=self.params.startup_overhead_s,
         )
+        if reason is None and (busy := self._busy_reason()) is not None:
+            reason, send = busy, True
         if reason is not None:
             self.counters["offers_declined"] += 1
             if send:
@@ -180,6 +182,14 @@ class WorkerMixin:
             return f"node is cold: {cap.cold_reason}"
         if cap.running + cap.queued >= cap.capacity + self.params.worker_queue_max:
             return "busy: queue full"
+        return self._busy_reason()
+
+    def _busy_reason(self: Node) -> str | None:
+        """Our own inbox is congested: say so now rather than take work whose
+        acknowledgement and heartbeats would reach the origin too late."""
+        if self.inbox_wait_ms > self.params.worker_busy_wait_ms:
+            self.counters["busy_refusals"] += 1
+            return f"busy: messages wait {self.inbox_wait_ms} ms in this node's inbox"
         return None
 
     def _start_queued(self: Node) -> None:

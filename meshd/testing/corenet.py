@@ -134,6 +134,9 @@ class CoreNet:
         self.checker_delay_ms = 1
         """How long a comparison takes (a checker container takes seconds)."""
         self.sender_latency_ms: dict[str, tuple[int, int]] = {}
+        self.silenced: dict[str, set[str]] = {}
+        """Fault: message kinds (``Send.kind``) a sender's messages of which
+        vanish without a trace (no ``SendFailed``): a peer that never answers."""
         """Fault: messages a peer sends (gossip and direct) take this long
         instead of ``latency_ms`` (a loaded node that answers late)."""
         for i in range(n):
@@ -234,6 +237,8 @@ class CoreNet:
                             GossipReceived(eff.topic, peer, eff.data),
                         )
             elif isinstance(eff, Send):
+                if eff.kind in self.silenced.get(peer, ()):
+                    continue
                 if (
                     eff.to_peer in self.slots
                     and self.reachable(peer, eff.to_peer)
