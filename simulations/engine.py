@@ -62,14 +62,18 @@ class): deliveries of direct messages in lane ``DIRECT``, gossip (offers,
 adverts, receipts) in ``GOSSIP``, the node's own events (submits, executor,
 fetches, ``SendFailed``, timer ticks) in ``LOCAL``. The node handles one
 input at a time; one costs its :class:`simulations.costs.CpuCosts` figure
-(ticks none) times the node's ``cpu_slowdown``, plus one durable append when
+(ticks and ``InboxLoad`` none) times the node's ``cpu_slowdown``, plus one durable append when
 the step returned appends and one seal per message it sends. The core steps
 when the handling starts and its effects happen when it ends. CPU time is
 kept in µs per node (``free_at_us``); one heap event handles every input
 that starts within the same ms. A direct message refused by a full lane makes
 its sender get ``SendFailed(error="busy")`` one latency later, as the daemon
 answers. The inbox sheds and drops by its own rules; its statistics are the
-run's per-node waits and sheds.
+run's per-node waits and sheds. Like the daemon, the engine tells a node's
+core its congestion (``InboxLoad``: the longest wait of a peer's message
+handled in the last ``LOAD_REPORT_MS``) once a second while it is busy.
+Not modelled: the daemon's group commit (one synced write for up to 64
+inputs handled in one turn); here each step that appends pays one write.
 
 The lazy offer walk cannot hold under this model: a bid that misses its
 window still costs the origin CPU (and may reopen a round by late binding),
@@ -102,6 +106,7 @@ from meshd.core.events import (
     FetchBlob,
     FetchInputs,
     GossipReceived,
+    InboxLoad,
     InputsFetched,
     JobLog,
     JobSubmitted,
@@ -125,7 +130,11 @@ from .knobs import Knobs
 from .workload import Hardware, JobPlan, lie_digest
 
 # Event kinds (ints: cheap to compare and to hash into the trace).
-EV_INPUT, EV_LOCAL, EV_TICK, EV_FINISH, EV_OFFER, EV_ADVERT, EV_CALL, EV_CPU, EV_DONE = range(9)
+EV_INPUT, EV_LOCAL, EV_TICK, EV_FINISH, EV_OFFER, EV_ADVERT, EV_CALL, EV_CPU, EV_DONE, EV_LOAD = (
+    range(10)
+)
+LOAD_REPORT_MS = 1_000
+"""How often a busy node's core is told its inbox wait (``InboxLoad``), as the daemon does."""
 RunKey = tuple[str, int, int]
 
 INPUT_CODES = {
@@ -197,6 +206,10 @@ class Slot:
     cpu_armed: bool = False
     tick_queued: bool = False
     cpu_us: int = 0
+    wait_window_ms: int = 0
+    """Longest wait of a peer's message handled since the last ``InboxLoad`` report."""
+    load_reported_ms: int = 0
+    load_armed: bool = False
 
     @property
     def peer_id(self) -> str:
@@ -347,6 +360,8 @@ class Engine:
             self._cpu_run(p)
         elif kind == EV_DONE:
             self._cpu_done(p)
+        elif kind == EV_LOAD:
+            self._report_load(p)
         elif kind == EV_FINISH:
             self._finish(p)
         elif kind == EV_OFFER:
@@ -425,9 +440,14 @@ class Engine:
             got = inbox.pop(self.now)
             if got is None:
                 return
-            inp = got[0]
+            inp, lane, waited = got
             if type(inp) is Tick:
                 slot.tick_queued = False
+            elif lane is not Lane.LOCAL:
+                slot.wait_window_ms = max(slot.wait_window_ms, waited)
+                if not slot.load_armed:
+                    slot.load_armed = True
+                    self.at(self.now + LOAD_REPORT_MS, EV_LOAD, (slot.idx, slot.incarnation))
             effects = self._step(slot, inp)
             cost = self._cost_us(slot, inp, effects)
             slot.cpu_us += cost
@@ -443,6 +463,18 @@ class Engine:
         if len(inbox) or slot.local_waiting:
             self._cpu_arm(slot)
 
+    def _report_load(self, p: tuple[int, int]) -> None:
+        """Tell the core how long peers' messages waited lately (only when that changed);
+        armed by the next message handled, so an idle node costs nothing."""
+        slot = self.slots[p[0]]
+        if not slot.alive or slot.incarnation != p[1]:
+            return
+        slot.load_armed = False
+        wait, slot.wait_window_ms = slot.wait_window_ms, 0
+        if wait != slot.load_reported_ms:
+            slot.load_reported_ms = wait
+            self.deliver(slot, InboxLoad(wait_ms=wait), Lane.LOCAL)
+
     def _cpu_done(self, p: tuple[int, int, list[Any]]) -> None:
         slot = self.slots[p[0]]
         if slot.alive and slot.incarnation == p[1]:
@@ -451,7 +483,7 @@ class Engine:
     def _cost_us(self, slot: Slot, inp: Any, effects: list[Any]) -> int:
         c = self.costs
         t = type(inp)
-        if t is Tick:
+        if t is Tick or t is InboxLoad:
             base = 0
         elif t is GossipReceived:
             mtype = getattr(inp.data, "type", "")
@@ -805,6 +837,8 @@ class Engine:
             slot.inbox = Inbox(self.inbox_params)
             slot.local_waiting.clear()
             slot.free_at_us, slot.cpu_armed, slot.tick_queued = 0, False, False
+            slot.wait_window_ms = slot.load_reported_ms = 0
+            slot.load_armed = False
         self.stats["crashes"] = self.stats.get("crashes", 0) + 1
 
     def restart(self, slot: Slot) -> None:

@@ -35,7 +35,9 @@ class NoOverloadBounds(Node):
     unbounded inbox that never sheds, so a reply waits behind everything queued
     before it (the engine reads ``sim_inbox_params``), and, on a core that has
     them, no bound on open offer rounds or unacknowledged awards and a fixed
-    award time-out (``sim_param_overrides``, applied to the fields that exist)."""
+    award time-out (``sim_param_overrides``, applied to the fields that exist),
+    a worker that never declines as busy, and late acknowledgements not honoured
+    (the run is withdrawn and the job placed again)."""
 
     sim_inbox_params = InboxParams(
         local_max=UNBOUNDED, direct_max=UNBOUNDED, gossip_max=UNBOUNDED, shed_after_ms=UNBOUNDED
@@ -47,6 +49,9 @@ class NoOverloadBounds(Node):
         "award_ack_timeout_max_ms": 5_000,
         "worker_busy_wait_ms": UNBOUNDED,
     }
+
+    def _revive(self, job: Any, run: Any) -> bool:
+        return False  # an acknowledgement (or heartbeat) after the time-out is not honoured
 
 
 MUTANTS: dict[str, type[Node]] = {

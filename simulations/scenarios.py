@@ -649,7 +649,7 @@ class AwardWatch:
         if kind == "run_awarded":
             self.per_job[body["job_id"]] += 1
         elif kind == "run_refused":
-            self.refused[str(body.get("reason", ""))[:60]] += 1
+            self.refused[str(body.get("reason", "")).split(" (")[0][:60]] += 1
 
     def on_start(self, slot: Slot, eff: Any) -> None:
         pass
