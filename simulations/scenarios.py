@@ -543,10 +543,16 @@ class Run:
             "origin_offers_sent": o.node.counters.get("offers_sent", 0),
             "origin_bid_late": o.node.counters.get("bid_late", 0),
         }
-        healthy = len(done) == n and ok_jobs == n and most <= 2
         ratio = out["ratio_mean_vs_omniscient"]
+        verdict = (
+            "COLLAPSE"
+            if len(done) < n
+            else "COMPLETES"
+            if ok_jobs == n and most <= 2
+            else "DEGRADED"
+        )
         out["verdict"] = (
-            f"{'COMPLETES' if healthy else 'COLLAPSE'}: {ok_jobs}/{n} succeeded, "
+            f"{verdict}: {ok_jobs}/{n} succeeded, "
             f"{n - len(done)} not terminal after {self.knobs.liveness_ms // 1000} s; "
             f"mean {ratio if ratio is not None else float('nan'):.2f}x omniscient; "
             f"most awards per job {most}; origin inbox wait max {ost['wait_max_ms']} ms, "
