@@ -53,6 +53,33 @@ missed adverts; only how fast a crashed peer leaves others' views slows.
 Dead *workers* are detected by leases and heartbeats, which are not scaled.
 Because views are partial, an origin often has no advert for the worker it
 awarded, and credits it its bid price (``credits._run_credits``).
+
+CPU model (knob ``cpu_model``, off by default)
+----------------------------------------------
+Off, a node handles every input the instant it arrives (free CPU). On, every
+input goes into the node's :class:`meshd.core.inbox.Inbox` (the daemon's own
+class): deliveries of direct messages in lane ``DIRECT``, gossip (offers,
+adverts, receipts) in ``GOSSIP``, the node's own events (submits, executor,
+fetches, ``SendFailed``, timer ticks) in ``LOCAL``. The node handles one
+input at a time; one costs its :class:`simulations.costs.CpuCosts` figure
+(ticks and ``InboxLoad`` none) times the node's ``cpu_slowdown``, plus one durable append when
+the step returned appends and one seal per message it sends. The core steps
+when the handling starts and its effects happen when it ends. CPU time is
+kept in µs per node (``free_at_us``); one heap event handles every input
+that starts within the same ms. A direct message refused by a full lane makes
+its sender get ``SendFailed(error="busy")`` one latency later, as the daemon
+answers. The inbox sheds and drops by its own rules; its statistics are the
+run's per-node waits and sheds. Like the daemon, the engine tells a node's
+core its congestion (``InboxLoad``: the longest wait of a peer's message
+handled in the last ``LOAD_REPORT_MS``) once a second while it is busy.
+Not modelled: the daemon's group commit (one synced write for up to 64
+inputs handled in one turn); here each step that appends pays one write.
+
+The lazy offer walk cannot hold under this model: a bid that misses its
+window still costs the origin CPU (and may reopen a round by late binding),
+which is the very load the model is for. So with ``cpu_model`` on, every
+offer copy is delivered (as ``gossip_mode=full``), each through its
+receiver's inbox; runs with the model off keep the lazy walk.
 """
 
 from __future__ import annotations
@@ -79,6 +106,7 @@ from meshd.core.events import (
     FetchBlob,
     FetchInputs,
     GossipReceived,
+    InboxLoad,
     InputsFetched,
     JobLog,
     JobSubmitted,
@@ -91,16 +119,22 @@ from meshd.core.events import (
     Tick,
 )
 from meshd.core.identity import Identity
+from meshd.core.inbox import Inbox, InboxParams, Lane
 from meshd.core.node import Node
 from meshd.core.params import CoreParams
 from meshd.core.wire import Opened
 
 from .codec import SimCodec
+from .costs import DEFAULT_COSTS, CpuCosts
 from .knobs import Knobs
 from .workload import Hardware, JobPlan, lie_digest
 
 # Event kinds (ints: cheap to compare and to hash into the trace).
-EV_INPUT, EV_LOCAL, EV_TICK, EV_FINISH, EV_OFFER, EV_ADVERT, EV_CALL = range(7)
+EV_INPUT, EV_LOCAL, EV_TICK, EV_FINISH, EV_OFFER, EV_ADVERT, EV_CALL, EV_CPU, EV_DONE, EV_LOAD = (
+    range(10)
+)
+LOAD_REPORT_MS = 1_000
+"""How often a busy node's core is told its inbox wait (``InboxLoad``), as the daemon does."""
 RunKey = tuple[str, int, int]
 
 INPUT_CODES = {
@@ -163,6 +197,19 @@ class Slot:
     running: dict[RunKey, int] = field(default_factory=dict)
     tick_at: int | None = None
     group: int = 0
+    # --- CPU model (engine.py, "CPU model"); unused when it is off
+    cpu_slowdown: float = 1.0
+    inbox: Inbox[Any] | None = None
+    local_waiting: list[tuple[Any, int]] = field(default_factory=list)
+    """Own events that found the LOCAL lane full (the producer waits for room)."""
+    free_at_us: int = 0
+    cpu_armed: bool = False
+    tick_queued: bool = False
+    cpu_us: int = 0
+    wait_window_ms: int = 0
+    """Longest wait of a peer's message handled since the last ``InboxLoad`` report."""
+    load_reported_ms: int = 0
+    load_armed: bool = False
 
     @property
     def peer_id(self) -> str:
@@ -198,11 +245,16 @@ class Engine:
         params: CoreParams,
         node_factory: Callable[..., Node] = Node,
         start_ms: int = 1_000_000,
+        costs: CpuCosts = DEFAULT_COSTS,
+        inbox_params: InboxParams | None = None,
     ) -> None:
         self.seed = seed
         self.knobs = knobs
         self.params = params
         self.node_factory = node_factory
+        self.cpu = knobs.cpu_model
+        self.costs = costs
+        self.inbox_params = inbox_params or InboxParams()
         master = random.Random(seed)
         self.rng_net = random.Random(master.getrandbits(64))
         self.rng_exec = random.Random(master.getrandbits(64))
@@ -228,6 +280,8 @@ class Engine:
         for i, h in enumerate(hw):
             ident = Identity.from_seed_int(seed * 1_000_003 + i + 1)
             slot = Slot(i, ident, h, self._new_node(ident))
+            if self.cpu:
+                slot.inbox = Inbox(self.inbox_params)
             self.slots.append(slot)
             self.by_peer[ident.peer_id] = i
         self.subscribers = self._draw_views(len(hw), knobs.advert_fanout)
@@ -288,16 +342,26 @@ class Engine:
         if kind == EV_INPUT:
             slot = self.slots[p[0]]
             if slot.alive:
-                self.feed(slot, p[1])
+                self.deliver(
+                    slot, p[1], Lane.GOSSIP if type(p[1]) is GossipReceived else Lane.DIRECT, p
+                )
         elif kind == EV_LOCAL:
             slot = self.slots[p[0]]
             if slot.alive and slot.incarnation == p[1]:
-                self.feed(slot, p[2])
+                self.deliver(slot, p[2], Lane.LOCAL)
         elif kind == EV_TICK:
             slot = self.slots[p[0]]
             if slot.alive and slot.incarnation == p[1] and slot.tick_at == self.now:
                 slot.tick_at = None
-                self.feed(slot, Tick())
+                if not slot.tick_queued:
+                    slot.tick_queued = self.cpu
+                    self.deliver(slot, Tick(), Lane.LOCAL)
+        elif kind == EV_CPU:
+            self._cpu_run(p)
+        elif kind == EV_DONE:
+            self._cpu_done(p)
+        elif kind == EV_LOAD:
+            self._report_load(p)
         elif kind == EV_FINISH:
             self._finish(p)
         elif kind == EV_OFFER:
@@ -310,6 +374,11 @@ class Engine:
     # ------------------------------------------------------------ stepping
 
     def feed(self, slot: Slot, inp: Any) -> None:
+        """Step ``slot`` with ``inp`` now and carry out its effects (free CPU)."""
+        self.apply(slot, self._step(slot, inp))
+        self._arm(slot)
+
+    def _step(self, slot: Slot, inp: Any) -> list[Any]:
         node = slot.node
         self.events += 1
         code = INPUT_CODES.get(type(inp).__name__, 99)
@@ -322,8 +391,147 @@ class Engine:
             raise SimFailure(
                 f"node {slot.idx} raised {type(exc).__name__}: {exc} on {type(inp).__name__}"
             ) from exc
-        self.apply(slot, effects)
-        self._arm(slot)
+        return effects
+
+    # ------------------------------------------------------------ CPU model
+
+    def deliver(self, slot: Slot, inp: Any, lane: Lane, sent: Any = None) -> None:
+        """An input reaches ``slot``: handled now (CPU model off) or queued in its inbox.
+        ``sent`` is the EV_INPUT payload of a direct message (to refuse it as busy)."""
+        inbox = slot.inbox
+        if inbox is None:
+            self.feed(slot, inp)
+            return
+        if lane is Lane.LOCAL and (slot.local_waiting or not inbox.has_room(lane)):
+            slot.local_waiting.append((inp, self.now))
+        elif not inbox.put(inp, lane, self.now):
+            self._refuse_busy(slot, inp, sent)
+            return
+        self._cpu_arm(slot)
+
+    def _refuse_busy(self, slot: Slot, inp: Any, sent: Any) -> None:
+        """A full DIRECT lane: the sender hears "busy" one latency later (as the daemon answers)."""
+        self.stats["direct_refused_busy"] = self.stats.get("direct_refused_busy", 0) + 1
+        src = self.by_peer.get(inp.from_peer)
+        if src is None or sent is None or len(sent) < 4:
+            return  # injected traffic: nobody to tell
+        s = self.slots[src]
+        fail = SendFailed(slot.peer_id, sent[2], sent[3], "busy")
+        self.at(self.now + self.latency(), EV_LOCAL, (src, s.incarnation, fail))
+
+    def _cpu_arm(self, slot: Slot) -> None:
+        if not slot.cpu_armed:
+            slot.cpu_armed = True
+            self.at(max(self.now, slot.free_at_us // 1000), EV_CPU, (slot.idx, slot.incarnation))
+
+    def _cpu_run(self, p: tuple[int, int]) -> None:
+        """Handle every queued input that starts within this ms, one at a time."""
+        slot = self.slots[p[0]]
+        if not slot.alive or slot.incarnation != p[1]:
+            return
+        slot.cpu_armed = False
+        inbox = slot.inbox
+        assert inbox is not None
+        end_of_ms = (self.now + 1) * 1000
+        while slot.free_at_us < end_of_ms:
+            while slot.local_waiting and inbox.has_room(Lane.LOCAL):
+                item, arrived = slot.local_waiting.pop(0)
+                inbox.put(item, Lane.LOCAL, arrived)
+            got = inbox.pop(self.now)
+            if got is None:
+                return
+            inp, lane, waited = got
+            if type(inp) is Tick:
+                slot.tick_queued = False
+            elif lane is not Lane.LOCAL:
+                slot.wait_window_ms = max(slot.wait_window_ms, waited)
+                if not slot.load_armed:
+                    slot.load_armed = True
+                    self.at(self.now + LOAD_REPORT_MS, EV_LOAD, (slot.idx, slot.incarnation))
+            effects = self._step(slot, inp)
+            cost = self._cost_us(slot, inp, effects)
+            slot.cpu_us += cost
+            slot.free_at_us = max(slot.free_at_us, self.now * 1000) + cost
+            done_ms = -(-slot.free_at_us // 1000)
+            if done_ms <= self.now:
+                self.apply(slot, effects)
+            else:
+                self.at(done_ms, EV_DONE, (slot.idx, slot.incarnation, effects))
+            self._arm(slot)
+            if not slot.alive:
+                return
+        if len(inbox) or slot.local_waiting:
+            self._cpu_arm(slot)
+
+    def _report_load(self, p: tuple[int, int]) -> None:
+        """Tell the core how long peers' messages waited lately (only when that changed);
+        armed by the next message handled, so an idle node costs nothing."""
+        slot = self.slots[p[0]]
+        if not slot.alive or slot.incarnation != p[1]:
+            return
+        slot.load_armed = False
+        wait, slot.wait_window_ms = slot.wait_window_ms, 0
+        if wait != slot.load_reported_ms:
+            slot.load_reported_ms = wait
+            self.deliver(slot, InboxLoad(wait_ms=wait), Lane.LOCAL)
+
+    def _cpu_done(self, p: tuple[int, int, list[Any]]) -> None:
+        slot = self.slots[p[0]]
+        if slot.alive and slot.incarnation == p[1]:
+            self.apply(slot, p[2])
+
+    def _cost_us(self, slot: Slot, inp: Any, effects: list[Any]) -> int:
+        c = self.costs
+        t = type(inp)
+        if t is Tick or t is InboxLoad:
+            base = 0
+        elif t is GossipReceived:
+            mtype = getattr(inp.data, "type", "")
+            base = (
+                c.gossip_offer_us
+                if mtype == "offer"
+                else c.gossip_advert_us
+                if mtype == "advert"
+                else c.gossip_other_us
+            )
+        elif t is DirectReceived:
+            mtype = getattr(inp.data, "type", "")
+            base = (
+                c.direct_bid_us
+                if mtype in ("bid", "decline")
+                else c.direct_award_us
+                if mtype == "award"
+                else c.direct_other_us
+            )
+        elif t is JobSubmitted:
+            base = c.job_submitted_us
+        else:
+            base = c.local_event_us
+        appends = sends = 0
+        for eff in effects:
+            te = type(eff)
+            if te is Append:
+                appends += 1
+            elif te is Send or te is Publish:
+                sends += 1
+        cpu = (base + sends * c.seal_per_message_us) * slot.cpu_slowdown
+        return int(cpu) + c.append_us(appends)
+
+    def inbox_statistics(self, slot: Slot) -> dict[str, int]:
+        """One node's inbox, all lanes together: max wait, sheds, drops, refusals, CPU used."""
+        if slot.inbox is None:
+            return {}
+        lanes = slot.inbox.statistics().values()
+        return {
+            "wait_max_ms": max(v["wait_max_ms"] for v in lanes),
+            "wait_p99_ms": max(v["wait_p99_ms"] for v in lanes),
+            "shed": sum(v["shed"] for v in lanes),
+            "dropped_oldest": sum(v["dropped_oldest"] for v in lanes),
+            "refused": sum(v["refused"] for v in lanes),
+            "high_water": max(v["high_water"] for v in lanes),
+            "handled": sum(v["handled"] for v in lanes),
+            "cpu_ms": slot.cpu_us // 1000,
+        }
 
     def _arm(self, slot: Slot) -> None:
         d = slot.node.next_deadline()
@@ -418,9 +626,10 @@ class Engine:
         else:
             arrive = self.now + self.latency()
         inp = DirectReceived(slot.peer_id, eff.data)
-        self.at(arrive, EV_INPUT, (to, inp))
+        sent = (to, inp, eff.kind, eff.job_id)
+        self.at(arrive, EV_INPUT, sent)
         if self.knobs.direct_dup and rng.random() < self.knobs.direct_dup:
-            self.at(arrive + self.latency(), EV_INPUT, (to, inp))
+            self.at(arrive + self.latency(), EV_INPUT, sent)
 
     def _publish(self, slot: Slot, eff: Publish) -> None:
         data = eff.data
@@ -454,7 +663,7 @@ class Engine:
         loss = self.knobs.gossip_loss
         for i in self.subscribers[src]:
             if self.reachable(src, i) and not (loss and self.rng_net.random() < loss):
-                self.feed(self.slots[i], inp)
+                self.deliver(self.slots[i], inp, Lane.GOSSIP)
 
     def cast_offer(self, slot: Slot, data: Opened, *, stop_early: bool | None = None) -> None:
         n = len(self.slots)
@@ -475,6 +684,7 @@ class Engine:
         ).astype(np.int64)
         r = l1 + l2
         lazy = k.gossip_mode == "lazy" if stop_early is None else stop_early
+        lazy = lazy and not self.cpu  # see "CPU model": every copy costs its receiver
         order = np.argsort(r if lazy else l1, kind="stable").tolist()
         body = data.body
         if len(self.recent) < 64:
@@ -533,6 +743,12 @@ class Engine:
             self.knobs.gossip_loss and self.rng_net.random() < self.knobs.gossip_loss
         ):
             origin_peer = self.slots[cast.origin].peer_id
+            if self.cpu:
+                self.deliver(
+                    self.slots[c], GossipReceived(TOPIC_OFFERS, origin_peer, cast.data), Lane.GOSSIP
+                )
+                self._offer_next(cast)
+                return
             self._forced = (origin_peer, cast.t0 + int(cast.r[c]))
             self._forced_bids = 0
             try:
@@ -582,7 +798,7 @@ class Engine:
         if not slot.alive or slot.incarnation != inc or slot.running.get(key) != token:
             return
         del slot.running[key]
-        self.feed(slot, fin)
+        self.deliver(slot, fin, Lane.LOCAL)
 
     def _fetch_blob(self, slot: Slot, eff: FetchBlob) -> None:
         src = self.by_peer.get(eff.from_peer)
@@ -617,6 +833,12 @@ class Engine:
         slot.running.clear()
         slot.tick_at = None
         slot.incarnation += 1
+        if slot.inbox is not None:  # what waited dies with the process; statistics restart
+            slot.inbox = Inbox(self.inbox_params)
+            slot.local_waiting.clear()
+            slot.free_at_us, slot.cpu_armed, slot.tick_queued = 0, False, False
+            slot.wait_window_ms = slot.load_reported_ms = 0
+            slot.load_armed = False
         self.stats["crashes"] = self.stats.get("crashes", 0) + 1
 
     def restart(self, slot: Slot) -> None:
@@ -640,4 +862,4 @@ class Engine:
         self.stats["restarts"] = self.stats.get("restarts", 0) + 1
 
     def submit(self, slot: Slot, plan: JobPlan) -> None:
-        self.feed(slot, JobSubmitted(plan.spec, plan.job_id))
+        self.deliver(slot, JobSubmitted(plan.spec, plan.job_id), Lane.LOCAL)

@@ -67,6 +67,15 @@ class Knobs:
     """Size of the smaller side of the split."""
     partition_ms: int = 30_000
     """How long the split lasts."""
+    # --- CPU model (engine.py, "CPU model")
+    cpu_model: bool = False
+    """Nodes handle one input at a time through a bounded inbox, at measured per-message
+    costs (simulations/costs.py); off: every input is handled the instant it arrives."""
+    cpu_slowdown: float = 1.0
+    """CPU cost multiplier of a busy machine (a CPU hog: 2); applies to the nodes chosen
+    by cpu_hog_fraction and, in `burst`, to the origin."""
+    cpu_hog_fraction: float = 0.0
+    """Share of nodes (drawn from the seed) whose CPU costs are multiplied by cpu_slowdown."""
     # --- workload
     load: float = 0.5
     """Offered utilisation: arrival rate × mean work / total capacity."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from meshd.core.inbox import InboxParams
 from meshd.core.node import Node
 
 
@@ -26,7 +27,35 @@ class EveryResultAgrees(Node):
         return True
 
 
+UNBOUNDED = 1 << 40
+
+
+class NoOverloadBounds(Node):
+    """The burst fix removed (issue "A burst of jobs livelocks the origin"): an
+    unbounded inbox that never sheds, so a reply waits behind everything queued
+    before it (the engine reads ``sim_inbox_params``), and, on a core that has
+    them, no bound on open offer rounds or unacknowledged awards and a fixed
+    award time-out (``sim_param_overrides``, applied to the fields that exist),
+    a worker that never declines as busy, and late acknowledgements not honoured
+    (the run is withdrawn and the job placed again)."""
+
+    sim_inbox_params = InboxParams(
+        local_max=UNBOUNDED, direct_max=UNBOUNDED, gossip_max=UNBOUNDED, shed_after_ms=UNBOUNDED
+    )
+    sim_param_overrides: dict[str, int] = {
+        "max_offers_in_flight": UNBOUNDED,
+        "max_awards_in_flight": UNBOUNDED,
+        "award_ack_timeout_min_ms": 5_000,
+        "award_ack_timeout_max_ms": 5_000,
+        "worker_busy_wait_ms": UNBOUNDED,
+    }
+
+    def _revive(self, job: Any, run: Any) -> bool:
+        return False  # an acknowledgement (or heartbeat) after the time-out is not honoured
+
+
 MUTANTS: dict[str, type[Node]] = {
     "drop_queued_work": DropQueuedWork,
     "every_result_agrees": EveryResultAgrees,
+    "no_overload_bounds": NoOverloadBounds,
 }

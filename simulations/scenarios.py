@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from meshd.core.events import DirectReceived, GossipReceived
+from meshd.core.jobspec import JobSpec
 from meshd.core.params import CoreParams
 from meshd.core.wire import Offer, OfferRequirements, Result
 
@@ -36,7 +37,7 @@ from .engine import EV_INPUT, Engine, SimFailure, Slot
 from .invariants import Checker
 from .knobs import Knobs, draw_network
 from .mutants import MUTANTS
-from .workload import IMAGE, JobPlan, draw_hardware, draw_jobs, honest_digest
+from .workload import IMAGE, REF_GFLOPS, JobPlan, draw_hardware, draw_jobs, honest_digest
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class Scenario:
     draw: Callable[[random.Random, Knobs], None]
     default_nodes: int = 50
     default_jobs: int = 500
+    burst: bool = False
+    """Every job is submitted at once to one origin (instead of Poisson arrivals at random origins)."""
 
 
 def _draw_load(rng: random.Random, k: Knobs) -> None:
@@ -91,6 +94,18 @@ def _draw_swarm(rng: random.Random, k: Knobs) -> None:
     k.load = rng.uniform(0.1, 0.9)
 
 
+def _draw_burst(rng: random.Random, k: Knobs) -> None:
+    k.latency_ms_median, k.latency_sigma = 20.0, 0.5
+    k.replication = "off"
+    k.cpu_model = True
+    k.cpu_slowdown = 2.0
+    k.liveness_ms = 120_000
+
+
+BURST_JOB_S = (1.0, 5.0)
+"""Burst jobs last 1 to 5 s (uniform) on a reference core."""
+
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in [
@@ -118,6 +133,16 @@ SCENARIOS: dict[str, Scenario] = {
             _draw_partition,
         ),
         Scenario("swarm", "every fault knob drawn from the seed", _draw_swarm),
+        Scenario(
+            "burst",
+            "one origin (a CPU hog: cpu_slowdown) gets every job at once, CPU model on; every "
+            "job must end within liveness_ms (120 s); completion vs omniscient, awards per job, "
+            "the origin's inbox waits and sheds",
+            _draw_burst,
+            1000,
+            200,
+            burst=True,
+        ),
     ]
 }
 
@@ -210,27 +235,45 @@ class Run:
         for i in order[n_liars : n_liars + n_spam]:
             hw[i].spammer = True
         factory = MUTANTS[cfg.mutant] if cfg.mutant else None
+        if factory is not None:
+            self.params = mutant_params(factory, self.params)
         self.engine = Engine(
-            engine_seed, hw, k, self.params, **({"node_factory": factory} if factory else {})
+            engine_seed,
+            hw,
+            k,
+            self.params,
+            inbox_params=getattr(factory, "sim_inbox_params", None),
+            **({"node_factory": factory} if factory else {}),
         )
         self.hw = hw
+        self.burst_origin: int | None = None
+        n_hogs = round(k.cpu_hog_fraction * cfg.nodes)
+        for i in rng_hw.sample(range(cfg.nodes), n_hogs):
+            self.engine.slots[i].cpu_slowdown = k.cpu_slowdown
         warm_ms = 2 * min(self.params.advert_interval_ms, 10_000)
         self.t_start = self.engine.now + warm_ms
-        self.plans = draw_jobs(
-            self.rng_work,
-            cfg.jobs,
-            hw,
-            load=k.load,
-            start_ms=self.t_start,
-            job_s_median=k.job_s_median,
-            job_sigma=k.job_sigma,
-            estimate_noise=k.estimate_noise,
-            speed=k.speed,
-        )
+        if sc.burst:
+            self.burst_origin = self.rng_work.randrange(cfg.nodes)
+            self.engine.slots[self.burst_origin].cpu_slowdown = k.cpu_slowdown
+            self.plans = burst_jobs(self.rng_work, cfg.jobs, self.t_start, k.speed)
+        else:
+            self.plans = draw_jobs(
+                self.rng_work,
+                cfg.jobs,
+                hw,
+                load=k.load,
+                start_ms=self.t_start,
+                job_s_median=k.job_s_median,
+                job_sigma=k.job_sigma,
+                estimate_noise=k.estimate_noise,
+                speed=k.speed,
+            )
         self.engine.jobs_by_id = {p.job_id: p for p in self.plans}
         self.t_safety_end = self.plans[-1].submit_ms + 1 if self.plans else self.t_start
         self.checker = Checker(self.engine, self.plans, liars=n_liars > 0)
         self.engine.hooks.append(self.checker)
+        self.awards = AwardWatch()
+        self.engine.hooks.append(self.awards)
         self.submitted: set[str] = set()
         self.origin_of: dict[str, int] = {}
         self.spamming = True
@@ -264,6 +307,12 @@ class Run:
 
     def _submit(self, plan: JobPlan) -> None:
         e = self.engine
+        if self.burst_origin is not None:
+            slot = e.slots[self.burst_origin]
+            self.submitted.add(plan.job_id)
+            self.origin_of[plan.job_id] = slot.idx
+            e.submit(slot, plan)
+            return
         for _ in range(64):
             slot = e.slots[self.rng_work.randrange(len(e.slots))]
             if slot.alive and not slot.dying:
@@ -447,12 +496,69 @@ class Run:
         res["fail_reasons"] = self._fail_reasons(done)
         if cfg.scenario == "load":
             res.update(self._baselines(ct))
+        if self.knobs.cpu_model:
+            res.update(self._cpu_metrics())
+        if self.burst_origin is not None:
+            res.update(self._burst_metrics(ct, done, counters))
         if self.params.replication_fraction > 0 or self.params.untrusted_replication > 0:
             res["verification_overhead_by_quarter"] = self._overhead_by_quarter()
         if self.knobs.liar_fraction > 0:
             res.update(self._cheater_metrics(runs_started))
         self._completions = ct
         return res
+
+    def _cpu_metrics(self) -> dict[str, Any]:
+        stats = [self.engine.inbox_statistics(s) for s in self.engine.slots]
+        return {
+            "inbox_wait_max_ms_any": max(st["wait_max_ms"] for st in stats),
+            "inbox_shed_total": sum(st["shed"] for st in stats),
+            "inbox_refused_total": sum(st["refused"] for st in stats),
+            "inbox_dropped_total": sum(st["dropped_oldest"] for st in stats),
+        }
+
+    def _burst_metrics(
+        self, ct: np.ndarray, done: dict[str, tuple[str, int]], counters: Counter[str]
+    ) -> dict[str, Any]:
+        """What the `burst` scenario reports; the verdict line sums it up."""
+        assert self.burst_origin is not None
+        o = self.engine.slots[self.burst_origin]
+        ost = self.engine.inbox_statistics(o)
+        omni = baselines.omniscient(self.hw, self.plans)
+        self._omni = omni
+        awards = self.awards.per_job
+        most = max(awards.values(), default=0)
+        n, ok_jobs = len(self.submitted), sum(1 for st, _ in done.values() if st == "succeeded")
+        out: dict[str, Any] = {
+            "all_terminal": len(done) == n,
+            "ratio_mean_vs_omniscient": float(ct.mean() / omni.mean()) if len(ct) else None,
+            "ratio_p99_vs_omniscient": (
+                float(np.percentile(ct, 99) / np.percentile(omni, 99)) if len(ct) else None
+            ),
+            "awards_max_per_job": most,
+            "awards_total": sum(awards.values()),
+            "award_ack_timeouts": self.awards.refused.get("award not acknowledged in time", 0),
+            "refusal_reasons": dict(self.awards.refused.most_common(4)),
+            "stale_rejected": counters.get("rejected_stale", 0),
+            "origin_inbox": ost,
+            "origin_offers_sent": o.node.counters.get("offers_sent", 0),
+            "origin_bid_late": o.node.counters.get("bid_late", 0),
+        }
+        ratio = out["ratio_mean_vs_omniscient"]
+        verdict = (
+            "COLLAPSE"
+            if len(done) < n
+            else "COMPLETES"
+            if ok_jobs == n and most <= 2
+            else "DEGRADED"
+        )
+        out["verdict"] = (
+            f"{verdict}: {ok_jobs}/{n} succeeded, "
+            f"{n - len(done)} not terminal after {self.knobs.liveness_ms // 1000} s; "
+            f"mean {ratio if ratio is not None else float('nan'):.2f}x omniscient; "
+            f"most awards per job {most}; origin inbox wait max {ost['wait_max_ms']} ms, "
+            f"shed {ost['shed']}, refused {ost['refused']}"
+        )
+        return out
 
     def _fail_reasons(self, done: dict[str, tuple[str, int]]) -> dict[str, int]:
         reasons: Counter[str] = Counter()
@@ -536,6 +642,48 @@ class Run:
             else None,
             "wrong_results_accepted_unverified": len(c.escapes),
         }
+
+
+class AwardWatch:
+    """Counts awards per job and why awards were refused (from the origins' appends)."""
+
+    def __init__(self) -> None:
+        self.per_job: Counter[str] = Counter()
+        self.refused: Counter[str] = Counter()
+
+    def on_append(self, slot: Slot, kind: str, body: dict[str, Any]) -> None:
+        if kind == "run_awarded":
+            self.per_job[body["job_id"]] += 1
+        elif kind == "run_refused":
+            self.refused[str(body.get("reason", "")).split(" (")[0][:60]] += 1
+
+    def on_start(self, slot: Slot, eff: Any) -> None:
+        pass
+
+
+def burst_jobs(rng: random.Random, n: int, at_ms: int, speed: str) -> list[JobPlan]:
+    """``n`` short jobs (BURST_JOB_S on a reference core), all submitted at ``at_ms``."""
+    out = []
+    for i in range(n):
+        secs = rng.uniform(*BURST_JOB_S)
+        flops = secs * REF_GFLOPS * 1e9
+        job_id = f"job-{i:07d}"
+        spec = JobSpec(
+            image=IMAGE,
+            command=["work", job_id],
+            estimated_flops=flops,
+            timeout_s=600.0,
+            speed=speed,  # type: ignore[arg-type]
+        )
+        out.append(JobPlan(job_id, at_ms, flops, flops, spec))
+    return out
+
+
+def mutant_params(factory: Any, params: CoreParams) -> CoreParams:
+    """A mutant's ``sim_param_overrides``, for the CoreParams fields this core has."""
+    over = getattr(factory, "sim_param_overrides", {})
+    known = {f.name for f in dataclasses.fields(params)}
+    return dataclasses.replace(params, **{k: v for k, v in over.items() if k in known})
 
 
 def run(cfg: RunConfig) -> Run:

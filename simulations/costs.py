@@ -1,0 +1,70 @@
+"""What handling one input costs a node, in µs of its single loop (the CPU model's figures).
+
+The engine's CPU model (knob ``cpu_model``, see ``engine.py``) makes a node
+handle one input at a time; each costs the figure of its kind here, times the
+node's ``cpu_slowdown``, plus the durable append of the records the step
+returned and the signing of each message it sends. The figures were measured
+with the real code on the development machine (2 cores, shared with other
+work) by
+
+    python tests/bench/bench_costs.py --n 400 --runs 5
+
+(medians of 5 runs; the baseline, one raw Ed25519 verify with
+``cryptography``, took 138 µs in that run). A second run of the same command
+(baseline 110 µs) agreed within 20% on the message figures but not on the
+synced append (1,259 µs for one record) nor JobSubmitted (311 µs): the disk
+and the CPU are shared with other work. The defaults are the first run's,
+except ``local_event_us``, which only the second run measured. A received message's figure is
+``open_envelope`` (msgpack, Ed25519 verify, pydantic) plus ``Node.step`` with
+the simulator's codec (the core's own work); signing what the step sends is
+``seal_per_message``, charged per message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CpuCosts:
+    gossip_advert_us: int = 147
+    """A gossiped advert: open advert 142 + step advert (core only) 5
+    (``bench_costs.py --n 400 --runs 5``)."""
+    gossip_offer_us: int = 174
+    """A gossiped offer: open offer 152 + step offer (core only) 22 (same command)."""
+    gossip_other_us: int = 160
+    """Receipt countersignatures and attestations: taken as a bid (open + small
+    core step); not measured separately (same command, bid rows)."""
+    direct_bid_us: int = 161
+    """A bid or a decline: open bid 155 + step bid (core only) 6 (same command)."""
+    direct_award_us: int = 214
+    """An award at a worker: step award with the real codec 250 less one seal
+    (the award reply, 36), i.e. open + parse of the spec + core (same command)."""
+    direct_other_us: int = 161
+    """Other direct messages (award replies, heartbeats, results, acks,
+    cancels, receipts): taken as a bid (same command, bid rows)."""
+    job_submitted_us: int = 150
+    """A local JobSubmitted: step (core only) 150, mostly the cost estimate over
+    the peer view and the job record (same command)."""
+    local_event_us: int = 16
+    """Other local events (executor, fetch, checker, SendFailed): mean of an
+    InputsFetched and an ExecutionFinished step (core only), 16 (same command,
+    "step executor event" row)."""
+    append_batch_base_us: int = 2_240
+    """A synced ``EventLog.append_batch`` of one record (LevelDB, fsync):
+    2,240 µs; charged once per step that returned appends (same command)."""
+    append_per_record_us: int = 85
+    """Each further record in the same batch: (3,520 for 16 records − 2,240) / 15
+    (same command)."""
+    seal_per_message_us: int = 39
+    """Signing one message we send or publish: seal offer 40 / bid 36 / advert
+    41 (same command)."""
+
+    def append_us(self, records: int) -> int:
+        """A durable batch of ``records`` records (0: nothing to write)."""
+        if records <= 0:
+            return 0
+        return self.append_batch_base_us + (records - 1) * self.append_per_record_us
+
+
+DEFAULT_COSTS = CpuCosts()
