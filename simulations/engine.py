@@ -119,7 +119,7 @@ from meshd.core.events import (
     Tick,
 )
 from meshd.core.identity import Identity
-from meshd.core.inbox import Inbox, InboxParams, Lane
+from meshd.core.inbox import Inbox, InboxParams, Lane, direct_lane
 from meshd.core.node import Node
 from meshd.core.params import CoreParams
 from meshd.core.wire import Opened
@@ -342,9 +342,15 @@ class Engine:
         if kind == EV_INPUT:
             slot = self.slots[p[0]]
             if slot.alive:
-                self.deliver(
-                    slot, p[1], Lane.GOSSIP if type(p[1]) is GossipReceived else Lane.DIRECT, p
+                inp = p[1]
+                lane = (
+                    Lane.GOSSIP
+                    if type(inp) is GossipReceived
+                    else direct_lane(inp.data, slot.node.params.max_message_bytes)
+                    if type(inp) is DirectReceived and getattr(slot.node, "sim_bid_lane", True)
+                    else Lane.DIRECT
                 )
+                self.deliver(slot, inp, lane, p)
         elif kind == EV_LOCAL:
             slot = self.slots[p[0]]
             if slot.alive and slot.incarnation == p[1]:

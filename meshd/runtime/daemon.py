@@ -74,7 +74,7 @@ from meshd.core.events import (
     Tick,
 )
 from meshd.core.identity import Identity
-from meshd.core.inbox import Inbox, InboxParams, Lane
+from meshd.core.inbox import Inbox, InboxParams, Lane, direct_lane
 from meshd.core.logrecord import AppendItem
 from meshd.core.node import Node
 from meshd.core.params import CoreParams
@@ -434,8 +434,9 @@ class Daemon:
         if from_peer in self.drop_peers:
             raise ConnectionError("partitioned (test fault)")
         log.debug("direct from %s (%d bytes)", from_peer[-8:], len(data))
-        if not self._feed_peer(DirectReceived(from_peer, data), Lane.DIRECT):
-            raise InboxBusy(f"busy: {self.rp.inbox.direct_max} direct messages already wait")
+        lane = direct_lane(data, self.core_params.max_message_bytes)
+        if not self._feed_peer(DirectReceived(from_peer, data), lane):
+            raise InboxBusy(f"busy: {self.rp.inbox.bound(lane)} {lane.name.lower()} messages wait")
         return b"ok"
 
     async def _on_blob_request(self, from_peer: str, data: bytes) -> bytes:

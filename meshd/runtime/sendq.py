@@ -8,8 +8,10 @@ per-peer semaphore: under a burst a worker held hundreds of bids for a
 congested origin, each sent long after its round had closed, and an origin
 received bids and award replies minutes late (``rejected_stale``), timed out,
 re-offered and so made more of them: congestion collapse. Now each peer has a
-bounded FIFO queue drained by at most ``max_sends_per_peer`` requests at
-once, and:
+bounded queue drained by at most ``max_sends_per_peer`` requests at once,
+in two classes: messages about work already placed (awards and their
+replies, heartbeats, results, cancels, receipts) go before answers about new
+work (bids, declines), FIFO within each class. And:
 
 - a message not sent within its useful life (``Send.ttl_ms``, else
   ``send_max_age_ms``) is dropped unsent (``expired``);
@@ -39,6 +41,9 @@ log = logging.getLogger("meshd.sendq")
 
 COALESCING_KINDS = frozenset({"heartbeat", "heartbeatreply", "bid", "decline"})
 """Kinds of which only the newest queued message per (peer, job) is worth sending."""
+NEW_WORK_KINDS = frozenset({"bid", "decline"})
+"""Answers about new work; everything else concerns work already placed and is
+sent first (finishing placed work frees the capacity new work needs)."""
 
 
 @dataclass(frozen=True)
@@ -125,7 +130,13 @@ class SendQueues:
             old = q.popleft()
             self._queued -= 1
             self._fail(old.eff, "dropped_full", "send queue to peer full")
-        q.append(_Item(eff, now))
+        if eff.kind in NEW_WORK_KINDS:
+            q.append(_Item(eff, now))
+        else:  # ahead of every queued bid or decline, behind the other placed-work messages
+            i = len(q)
+            while i > 0 and q[i - 1].eff.kind in NEW_WORK_KINDS:
+                i -= 1
+            q.insert(i, _Item(eff, now))
         self._queued += 1
         self.high_water = max(self.high_water, self._queued)
         self.high_water_peer = max(self.high_water_peer, len(q))
