@@ -1,10 +1,12 @@
-"""Import rules of the layers (ARCHITECTURE.md "Layers" and "The core is sans-I/O").
+"""Import rules of the layers (docs/ARCHITECTURE.md "Layers" and "The core's rules").
 
-"meshd/core/ ... imports no trio, sockets, Docker, plyvel, libp2p, time or
-module-level random", and dependencies point downwards only: the core never
-imports the runtime, adapters, store or API. ``import random`` is allowed for
-the ``random.Random`` type only; calling ``random.random()`` and friends is
-not (randomness comes from the injected rng).
+"meshd/core/ imports no trio, sockets, Docker, plyvel, libp2p, ``time`` or
+module-level ``random``, and no other meshd package", and dependencies point
+downwards only: the core never imports the runtime, adapters, store or API,
+and the adapters (``meshd/net``, ``meshd/store``, ``meshd/exec``) never import
+the shell above them (runtime, API, CLI, demo). ``import random`` is allowed
+in the core for the ``random.Random`` type only; calling ``random.random()``
+and friends is not (randomness comes from the injected rng).
 """
 
 from __future__ import annotations
@@ -14,8 +16,12 @@ from pathlib import Path
 
 import pytest
 
-CORE = Path(__file__).resolve().parents[1] / "meshd" / "core"
+MESHD = Path(__file__).resolve().parents[1] / "meshd"
+CORE = MESHD / "core"
 CORE_FILES = sorted(CORE.glob("*.py"))
+ADAPTERS = ("net", "store", "exec")
+ADAPTER_FILES = sorted(p for name in ADAPTERS for p in (MESHD / name).rglob("*.py"))
+ADAPTER_FORBIDDEN = ("meshd.runtime", "meshd.api", "meshd.cli", "mesh_cli", "meshd.demo")
 FORBIDDEN_MODULES = {
     "trio",
     "socket",
@@ -71,6 +77,8 @@ def violations(source: str, package: str = "meshd.core") -> list[str]:
             bad.append(f"line {line}: imports {mod}")
         if any(mod == p or mod.startswith(p + ".") for p in FORBIDDEN_PACKAGES):
             bad.append(f"line {line}: imports {mod} (upper layer)")
+        elif root == "meshd" and not (mod == "meshd.core" or mod.startswith("meshd.core.")):
+            bad.append(f"line {line}: imports {mod} (meshd package outside the core)")
         if mod.startswith("random.") and mod.split(".", 1)[1] not in RANDOM_ALLOWED_ATTRS:
             bad.append(f"line {line}: imports {mod} (module-level random)")
     for node in ast.walk(tree):
@@ -88,6 +96,20 @@ def violations(source: str, package: str = "meshd.core") -> list[str]:
         ):
             bad.append(f"line {node.lineno}: dynamic import")
     return bad
+
+
+def adapter_violations(source: str, package: str) -> list[str]:
+    """Imports of the shell above an adapter (runtime, API, CLI, demo)."""
+    return [
+        f"line {line}: imports {mod} (layer above the adapters)"
+        for line, mod in imported_modules(ast.parse(source), package)
+        if any(mod == p or mod.startswith(p + ".") for p in ADAPTER_FORBIDDEN)
+    ]
+
+
+def module_package(path: Path) -> str:
+    """Dotted package of a file under meshd/ (what its relative imports resolve against)."""
+    return ".".join(path.relative_to(MESHD.parent).parts[:-1])
 
 
 def test_core_files_found() -> None:
@@ -110,6 +132,9 @@ def test_core_module_is_pure(path: Path) -> None:
         ("import random\nx = random.random()", "uses random.random"),
         ("from meshd.net import host", "upper layer"),
         ("from ..store import eventlog", "upper layer"),
+        ("from meshd.config import NodeConfig", "outside the core"),
+        ("from .. import __version__", "outside the core"),
+        ("import meshd.demo", "outside the core"),
         ("import asyncio", "imports asyncio"),
         ("__import__('socket')", "dynamic import"),
     ],
@@ -125,3 +150,33 @@ def test_checker_allows_what_the_core_needs() -> None:
         "def f(rng: random.Random) -> float:\n    return rng.random()\n"
     )
     assert violations(ok) == []
+
+
+def test_adapter_files_found() -> None:
+    names = {p.relative_to(MESHD).as_posix() for p in ADAPTER_FILES}
+    assert {"net/host.py", "store/eventlog.py", "exec/docker_exec.py"} <= names
+
+
+@pytest.mark.parametrize("path", ADAPTER_FILES, ids=lambda p: p.relative_to(MESHD).as_posix())
+def test_adapter_imports_no_upper_layer(path: Path) -> None:
+    assert adapter_violations(path.read_text(encoding="utf-8"), module_package(path)) == []
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from meshd.runtime.daemon import Daemon",
+        "import meshd.api.server",
+        "from meshd import cli",
+        "from mesh_cli.main import main",
+        "from ..demo import run",
+        "def f():\n    from ..runtime import sendq",
+    ],
+)
+def test_adapter_checker_catches_upper_imports(source: str) -> None:
+    assert adapter_violations(source, "meshd.store"), source
+
+
+def test_adapter_checker_allows_core_and_siblings() -> None:
+    ok = "from meshd.core.logrecord import Record\nfrom . import blobs\nfrom ..net import px\n"
+    assert adapter_violations(ok, "meshd.store") == []
