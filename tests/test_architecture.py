@@ -1,12 +1,12 @@
-"""Import rules of the layers (docs/ARCHITECTURE.md "Layers" and "The core's rules").
+"""Import rules of the layers (docs/ARCHITECTURE.md "Layers").
 
-"meshd/core/ imports no trio, sockets, Docker, plyvel, libp2p, ``time`` or
-module-level ``random``, and no other meshd package", and dependencies point
-downwards only: the core never imports the runtime, adapters, store or API,
-and the adapters (``meshd/net``, ``meshd/store``, ``meshd/exec``) never import
-the shell above them (runtime, API, CLI, demo). ``import random`` is allowed
-in the core for the ``random.Random`` type only; calling ``random.random()``
-and friends is not (randomness comes from the injected rng).
+"Dependencies point downwards only": "``meshd/core`` imports no trio, sockets,
+Docker, plyvel, libp2p, ``time`` or module-level ``random``, and no meshd
+package but itself"; "``meshd/net``, ``meshd/store``, ``meshd/exec`` import
+nothing from ``meshd.runtime``, ``meshd.api``, ``meshd.cli``, ``mesh_cli`` or
+``meshd.demo``". ``import random`` is allowed in the core for the
+``random.Random`` type only; calling ``random.random()`` and friends is not
+(randomness comes from the injected rng).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """End-to-end protocol scenarios: several real cores on ``CoreNet`` (virtual time).
 
-Each test cites the rule it checks (ARCHITECTURE.md "The protocol in one
-page", origin.py / worker.py theory of operation). Everything runs in virtual
+Each test cites the rule it checks (docs/ARCHITECTURE.md "What the protocol
+promises", origin.py / worker.py theory of operation). Everything runs in virtual
 time: no sleeps, no sockets.
 """
 
@@ -67,7 +67,7 @@ def done_workers(job: Any) -> list[str]:
 
 
 def test_job_submitted_anywhere_runs_elsewhere_and_succeeds() -> None:
-    """ARCHITECTURE: "`mesh submit` works from any peer."""
+    """docs/ARCHITECTURE.md: "`mesh submit` works from any peer."""
     net = mesh(4, seed=1)
     for origin in range(4):
         job_id = net.submit(origin, spec(command=["echo", str(origin)]))
@@ -82,7 +82,7 @@ def test_job_submitted_anywhere_runs_elsewhere_and_succeeds() -> None:
 
 
 def test_replicated_job_compares_both_results_and_logs_the_verdict() -> None:
-    """ARCHITECTURE: "a fraction of jobs is awarded to two workers; hashes are compared"."""
+    """docs/ARCHITECTURE.md: "A fraction of jobs is awarded to two workers; hashes are compared"."""
     net = mesh(4, seed=2)
     job_id = net.submit(0, spec(replicas=2))
     job = run_to_end(net, 0, job_id)
@@ -102,7 +102,7 @@ def test_untrusted_workers_get_replicated_by_default() -> None:
 
 
 def test_liar_is_outvoted_and_marked_invalid() -> None:
-    """ARCHITECTURE: "a mismatch brings a tie-breaker and the majority wins"."""
+    """docs/ARCHITECTURE.md: "A mismatch brings a tie-breaker and the majority wins"."""
     cheap = default_caps(price=0.0001)  # the liar undercuts everyone, so it is picked first
     workers = [FakeWorker(), FakeWorker(caps=cheap, lie_rate=1.0), FakeWorker(), FakeWorker()]
     net = mesh(4, seed=4, workers=workers)
@@ -176,7 +176,7 @@ def test_result_sent_while_origin_was_down_is_resent_and_used() -> None:
 
 
 def test_impossible_requirements_queue_with_reasons_then_fail() -> None:
-    """ARCHITECTURE: "No bids → the job queues and is re-offered, with reasons";
+    """docs/ARCHITECTURE.md: "No bids → the job queues and is re-offered, with reasons";
     params: "A job nobody takes fails after waiting [max_queue_time_ms] (with the declines)"."""
     params = CoreParams(
         replication_fraction=0.0, untrusted_replication=0.0, max_queue_time_ms=60_000
@@ -487,8 +487,8 @@ def test_a_worker_whose_replies_arrive_late_keeps_its_award() -> None:
 
 
 def test_claimed_score_far_above_achieved_is_recorded_against_the_worker() -> None:
-    """ARCHITECTURE: compute score is measured, not declared; a node's claim is
-    checked against the durations it achieves (issue 4)."""
+    """docs/ARCHITECTURE.md: "Compute score is measured, not declared; a node's claim is
+    checked against the durations it achieves" (issue 4)."""
     # Worker 1 claims 5,000 GFLOPS but needs 10 s for a 1e12-flop job (0.1 GFLOPS achieved).
     workers = [
         FakeWorker(),
