@@ -76,7 +76,7 @@ class Gossip:
             p.degree,
             p.degree_low,
             p.degree_high,
-            heartbeat_interval=p.gossip_heartbeat_s,  # type: ignore[arg-type]
+            heartbeat_interval=p.gossip_heartbeat_s,
             adaptive_gossip_enabled=False,  # keep D/D_lo/D_hi exactly as configured
             score_params=ScoreParams(
                 app_specific_score_fn=standing.app_score_of,
