@@ -44,14 +44,14 @@ from meshd.net.libp2p_hooks import (
     MeshPubsub,
     verify_sender_records_once,
 )
-from meshd.net.standing import PROVABLY_INVALID, Standing
+from meshd.net.standing import PROVABLY_INVALID, Standing, TopicVerdict
 
 log = logging.getLogger("meshd.net")
 
 GOSSIP_PROTOCOLS = (PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID)
 
 GossipHandler = Callable[[str, bytes], None]
-TopicValidator = Callable[[str, bytes], bool]
+TopicValidator = Callable[[str, bytes], TopicVerdict]
 """``fn(author, data)``: truthy accepts; falsy (False, PROVABLY_INVALID) rejects."""
 
 
