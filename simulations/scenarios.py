@@ -22,12 +22,12 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from meshd.core.events import DirectReceived, GossipReceived
-from meshd.core.jobspec import JobSpec
+from meshd.core.jobspec import JobSpec, Speed
 from meshd.core.params import CoreParams
 from meshd.core.wire import Offer, OfferRequirements, Result
 
@@ -673,7 +673,7 @@ def burst_jobs(rng: random.Random, n: int, at_ms: int, speed: str) -> list[JobPl
             command=["work", job_id],
             estimated_flops=flops,
             timeout_s=600.0,
-            speed=speed,  # type: ignore[arg-type]
+            speed=cast(Speed, speed),  # a knob's text: JobSpec validates it
         )
         out.append(JobPlan(job_id, at_ms, flops, flops, spec))
     return out
