@@ -16,6 +16,7 @@ commit; :func:`replay_command` prints it. Phases:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 import subprocess
 import time
@@ -28,6 +29,7 @@ import numpy as np
 
 from meshd.core.events import DirectReceived, GossipReceived
 from meshd.core.jobspec import JobSpec, Speed
+from meshd.core.node import Node
 from meshd.core.params import CoreParams
 from meshd.core.wire import Offer, OfferRequirements, Result
 
@@ -242,8 +244,8 @@ class Run:
             hw,
             k,
             self.params,
+            node_factory=factory or Node,  # Node: the engine's default
             inbox_params=getattr(factory, "sim_inbox_params", None),
-            **({"node_factory": factory} if factory else {}),
         )
         self.hw = hw
         self.burst_origin: int | None = None
@@ -286,7 +288,7 @@ class Run:
         for s in e.slots:
             e.boot(s, self.rng_fault.randrange(min(self.params.advert_interval_ms, 2_000)))
         for plan in self.plans:
-            e.call_at(plan.submit_ms, lambda plan=plan: self._submit(plan))
+            e.call_at(plan.submit_ms, functools.partial(self._submit, plan))
         span = max(1, self.t_safety_end - self.t_start)
         n = len(e.slots)
         for i in self.rng_fault.sample(range(n), round(k.crash_fraction * n)):
@@ -294,8 +296,8 @@ class Run:
             down = self.rng_fault.randrange(1_000, max(1_001, k.down_ms_max))
             torn = self.rng_fault.random() < k.torn_batch
             slot = e.slots[i]
-            e.call_at(at, lambda slot=slot, torn=torn: e.crash(slot, torn))
-            e.call_at(at + down, lambda slot=slot: self._restart_if_safety(slot))
+            e.call_at(at, functools.partial(e.crash, slot, torn))
+            e.call_at(at + down, functools.partial(self._restart_if_safety, slot))
         if k.partition:
             side = set(self.rng_fault.sample(range(n), max(1, round(k.partition_fraction * n))))
             at = self.t_start + self.rng_fault.randrange(max(1, span // 2))
@@ -303,7 +305,9 @@ class Run:
             e.call_at(at + k.partition_ms, self._heal)
         for s in e.slots:
             if s.hw.spammer:
-                e.call_at(self.t_start + self.rng_fault.randrange(1000), lambda s=s: self._spam(s))
+                e.call_at(
+                    self.t_start + self.rng_fault.randrange(1000), functools.partial(self._spam, s)
+                )
 
     def _submit(self, plan: JobPlan) -> None:
         e = self.engine
