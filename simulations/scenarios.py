@@ -34,7 +34,7 @@ from meshd.core.params import CoreParams
 from meshd.core.wire import Offer, OfferRequirements, Result
 
 from . import baselines
-from .codec import Forged
+from .codec import Forged, as_wire
 from .engine import EV_INPUT, Engine, SimFailure, Slot
 from .invariants import Checker
 from .knobs import Knobs, draw_network
@@ -356,9 +356,9 @@ class Run:
             elif what == 1:
                 inp = DirectReceived(s.peer_id, b"\x00" * (self.params.max_message_bytes + 1))
             elif what == 2:
-                inp = DirectReceived(s.peer_id, Forged(victim.peer_id, "result"))
+                inp = DirectReceived(s.peer_id, as_wire(Forged(victim.peer_id, "result")))
             elif what == 3 and e.recent:
-                inp = DirectReceived(s.peer_id, e.recent[rng.randrange(len(e.recent))])
+                inp = DirectReceived(s.peer_id, as_wire(e.recent[rng.randrange(len(e.recent))]))
             elif what == 4:
                 jid = f"spam-{rng.getrandbits(40):010x}"
                 offer = Offer(
@@ -373,7 +373,7 @@ class Run:
                 data = e.codec.seal(
                     s.identity, offer, e.now, rng.getrandbits(64).to_bytes(8, "big")
                 )
-                inp = GossipReceived("/meshd/offers/1", s.peer_id, data)
+                inp = GossipReceived("/meshd/offers/1", s.peer_id, as_wire(data))
             else:
                 jid = self.plans[rng.randrange(len(self.plans))].job_id
                 res = Result(
@@ -385,7 +385,9 @@ class Run:
                 )
                 inp = DirectReceived(
                     s.peer_id,
-                    e.codec.seal(s.identity, res, e.now, rng.getrandbits(64).to_bytes(8, "big")),
+                    as_wire(
+                        e.codec.seal(s.identity, res, e.now, rng.getrandbits(64).to_bytes(8, "big"))
+                    ),
                 )
             e.at(e.now + e.latency(), EV_INPUT, (victim.idx, inp))
         e.call_at(
