@@ -96,18 +96,18 @@ def main(argv: list[str] | None = None) -> int:
         import pstats
 
         prof = cProfile.Profile()
-        r = prof.runcall(run, cfg)
+        done = prof.runcall(run, cfg)
         prof.dump_stats(a.profile)
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
     else:
-        r = run(cfg)
-    print_summary(r.result)
+        done = run(cfg)
+    print_summary(done.result)
     if a.json:
         with open(a.json, "w") as f:
-            json.dump(r.result, f, indent=1)
+            json.dump(done.result, f, indent=1)
     if a.png:
-        plot_run(r, a.png)
-    return 0 if r.result["ok"] else 1
+        plot_run(done, a.png)
+    return 0 if done.result["ok"] else 1
 
 
 if __name__ == "__main__":

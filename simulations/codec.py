@@ -26,7 +26,7 @@ core. What the codec does not model is the byte size of an honest message
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from meshd.core.identity import Identity
 from meshd.core.wire import TYPE_OF, Body, Opened, Rejected
@@ -38,6 +38,13 @@ class Forged:
 
     claimed_sender: str
     type: str
+
+
+def as_wire(env: Opened | Forged) -> bytes:
+    """``env`` typed as the sealed bytes that inputs such as ``DirectReceived``
+    carry: in the simulator the objects travel there as they are (see
+    :class:`SimCodec`). A static cast only; nothing is converted."""
+    return cast(bytes, env)
 
 
 WRAPPED_TYPES = frozenset({"receipt", "receipt_cosign", "attestation"})

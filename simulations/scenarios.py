@@ -16,23 +16,25 @@ commit; :func:`replay_command` prints it. Phases:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from meshd.core.events import DirectReceived, GossipReceived
-from meshd.core.jobspec import JobSpec
+from meshd.core.jobspec import JobSpec, Speed
+from meshd.core.node import Node
 from meshd.core.params import CoreParams
 from meshd.core.wire import Offer, OfferRequirements, Result
 
 from . import baselines
-from .codec import Forged
+from .codec import Forged, as_wire
 from .engine import EV_INPUT, Engine, SimFailure, Slot
 from .invariants import Checker
 from .knobs import Knobs, draw_network
@@ -242,8 +244,8 @@ class Run:
             hw,
             k,
             self.params,
+            node_factory=factory or Node,  # Node: the engine's default
             inbox_params=getattr(factory, "sim_inbox_params", None),
-            **({"node_factory": factory} if factory else {}),
         )
         self.hw = hw
         self.burst_origin: int | None = None
@@ -286,7 +288,7 @@ class Run:
         for s in e.slots:
             e.boot(s, self.rng_fault.randrange(min(self.params.advert_interval_ms, 2_000)))
         for plan in self.plans:
-            e.call_at(plan.submit_ms, lambda plan=plan: self._submit(plan))
+            e.call_at(plan.submit_ms, functools.partial(self._submit, plan))
         span = max(1, self.t_safety_end - self.t_start)
         n = len(e.slots)
         for i in self.rng_fault.sample(range(n), round(k.crash_fraction * n)):
@@ -294,8 +296,8 @@ class Run:
             down = self.rng_fault.randrange(1_000, max(1_001, k.down_ms_max))
             torn = self.rng_fault.random() < k.torn_batch
             slot = e.slots[i]
-            e.call_at(at, lambda slot=slot, torn=torn: e.crash(slot, torn))
-            e.call_at(at + down, lambda slot=slot: self._restart_if_safety(slot))
+            e.call_at(at, functools.partial(e.crash, slot, torn))
+            e.call_at(at + down, functools.partial(self._restart_if_safety, slot))
         if k.partition:
             side = set(self.rng_fault.sample(range(n), max(1, round(k.partition_fraction * n))))
             at = self.t_start + self.rng_fault.randrange(max(1, span // 2))
@@ -303,7 +305,9 @@ class Run:
             e.call_at(at + k.partition_ms, self._heal)
         for s in e.slots:
             if s.hw.spammer:
-                e.call_at(self.t_start + self.rng_fault.randrange(1000), lambda s=s: self._spam(s))
+                e.call_at(
+                    self.t_start + self.rng_fault.randrange(1000), functools.partial(self._spam, s)
+                )
 
     def _submit(self, plan: JobPlan) -> None:
         e = self.engine
@@ -352,9 +356,9 @@ class Run:
             elif what == 1:
                 inp = DirectReceived(s.peer_id, b"\x00" * (self.params.max_message_bytes + 1))
             elif what == 2:
-                inp = DirectReceived(s.peer_id, Forged(victim.peer_id, "result"))
+                inp = DirectReceived(s.peer_id, as_wire(Forged(victim.peer_id, "result")))
             elif what == 3 and e.recent:
-                inp = DirectReceived(s.peer_id, e.recent[rng.randrange(len(e.recent))])
+                inp = DirectReceived(s.peer_id, as_wire(e.recent[rng.randrange(len(e.recent))]))
             elif what == 4:
                 jid = f"spam-{rng.getrandbits(40):010x}"
                 offer = Offer(
@@ -369,7 +373,7 @@ class Run:
                 data = e.codec.seal(
                     s.identity, offer, e.now, rng.getrandbits(64).to_bytes(8, "big")
                 )
-                inp = GossipReceived("/meshd/offers/1", s.peer_id, data)
+                inp = GossipReceived("/meshd/offers/1", s.peer_id, as_wire(data))
             else:
                 jid = self.plans[rng.randrange(len(self.plans))].job_id
                 res = Result(
@@ -381,7 +385,9 @@ class Run:
                 )
                 inp = DirectReceived(
                     s.peer_id,
-                    e.codec.seal(s.identity, res, e.now, rng.getrandbits(64).to_bytes(8, "big")),
+                    as_wire(
+                        e.codec.seal(s.identity, res, e.now, rng.getrandbits(64).to_bytes(8, "big"))
+                    ),
                 )
             e.at(e.now + e.latency(), EV_INPUT, (victim.idx, inp))
         e.call_at(
@@ -673,7 +679,7 @@ def burst_jobs(rng: random.Random, n: int, at_ms: int, speed: str) -> list[JobPl
             command=["work", job_id],
             estimated_flops=flops,
             timeout_s=600.0,
-            speed=speed,  # type: ignore[arg-type]
+            speed=cast(Speed, speed),  # a knob's text: JobSpec validates it
         )
         out.append(JobPlan(job_id, at_ms, flops, flops, spec))
     return out

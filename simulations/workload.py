@@ -13,9 +13,10 @@ import hashlib
 import math
 import random
 from dataclasses import dataclass
+from typing import cast
 
 from meshd.core.events import LocalCapabilities
-from meshd.core.jobspec import JobSpec
+from meshd.core.jobspec import JobSpec, Speed
 
 REF_GFLOPS = 50.0
 IMAGE = "meshd/busybox:1"
@@ -123,7 +124,7 @@ def draw_jobs(
             command=["work", job_id],
             estimated_flops=est,
             timeout_s=max(600.0, 20 * est / 1e9 / 5.0),
-            speed=speed,
-        )  # type: ignore[arg-type]
+            speed=cast(Speed, speed),  # a knob's text: JobSpec validates it
+        )
         jobs.append(JobPlan(job_id, int(t), est, actual, spec))
     return jobs

@@ -297,7 +297,9 @@ class ApiServer:
         host: str = "127.0.0.1",
         port: int = 0,
         *,
-        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+        # trio-stubs (from trio-typing, a libp2p dependency) shadow trio's inline types
+        # and do not export TaskStatus, which trio itself does.
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,  # type: ignore[name-defined]
     ) -> None:
         """Listen on loopback ``host:port`` (0 = any free port); reports the bound port."""
         bind = check_loopback(host)

@@ -32,6 +32,7 @@ _URI_RE = re.compile(r"^(https?|s3|ipfs)://[^\s]{1,2000}$")
 
 Tier = Literal["cpu", "consumer-gpu", "datacenter-gpu"]
 TIERS: tuple[str, ...] = ("cpu", "consumer-gpu", "datacenter-gpu")
+Speed = Literal["fast", "balanced", "cheap"]
 
 
 class _Strict(BaseModel):
@@ -116,7 +117,7 @@ class JobSpec(_Strict):
     estimated_flops: Annotated[float, Field(ge=0, le=1e21)] | None = None
     timeout_s: Annotated[float, Field(gt=0, le=7 * 86_400)] = 600.0
     max_budget: Annotated[float, Field(gt=0)] | None = None
-    speed: Literal["fast", "balanced", "cheap"] = "balanced"
+    speed: Speed = "balanced"
     credit_rate: Annotated[float, Field(gt=0, le=1000)] = 1.0
     bounty: Annotated[float, Field(ge=0)] = 0.0
     tolerance: Tolerance | None = None

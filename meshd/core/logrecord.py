@@ -164,8 +164,11 @@ class LogInputError(LogError, ValueError):
 class Signer(Protocol):
     """What signing needs from an identity (``meshd.core.identity.Identity`` fits)."""
 
-    public_key: bytes
-    peer_id: str
+    @property
+    def public_key(self) -> bytes: ...
+
+    @property
+    def peer_id(self) -> str: ...
 
     def sign(self, data: bytes) -> bytes: ...
 

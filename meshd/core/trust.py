@@ -325,7 +325,7 @@ class Trust:
     def should_replicate(self, worker: str, rng: random.Random) -> bool:
         return rng.random() < self.replication_probability(worker)
 
-    def snapshot(self, now_ms: int) -> dict[str, dict[str, float | int | bool]]:
+    def snapshot(self, now_ms: int) -> dict[str, dict[str, float | int | bool | None]]:
         return {
             p: {
                 "reputation": self.reputation(p, now_ms),

@@ -434,7 +434,9 @@ class DockerExecutor(Executor):
             nursery.start_soon(self._pump_logs, cid, sink, log_done)
             nursery.start_soon(self._watch, req, cid, state, devices)
             with trio.move_on_after(self.params.effective_timeout_s(req)) as scope:
-                code = await trio.to_thread.run_sync(self._wait, cid, abandon_on_cancel=True)
+                # trio-stubs (from trio-typing, a libp2p dependency) shadow trio's inline types
+                # and still name this argument `cancellable`, its pre-0.23 name.
+                code = await trio.to_thread.run_sync(self._wait, cid, abandon_on_cancel=True)  # type: ignore[call-arg]
             if scope.cancelled_caught:
                 state.timed_out = True
                 await self._kill(cid)
@@ -468,7 +470,8 @@ class DockerExecutor(Executor):
                     holder[0].close()
 
         try:
-            await trio.to_thread.run_sync(pump, abandon_on_cancel=True)
+            # trio-stubs name `abandon_on_cancel` by its pre-0.23 name (see _supervise).
+            await trio.to_thread.run_sync(pump, abandon_on_cancel=True)  # type: ignore[call-arg]
         finally:
             if holder:
                 try:

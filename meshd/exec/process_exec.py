@@ -51,6 +51,7 @@ from .base import (
     ExecParams,
     ExecRequest,
     ExecResult,
+    ExecStatus,
     Executor,
     ExecutorUnavailable,
     InvalidRequest,
@@ -285,6 +286,7 @@ class ProcessExecutor(Executor):
             state.output_reason = (
                 f"a file reached the output cap of {self.params.effective_output_cap(req)} bytes"
             )
+        status: ExecStatus
         if state.cancelled:
             status, reason = "cancelled", "cancelled by request"
         elif state.timed_out:
@@ -305,7 +307,7 @@ class ProcessExecutor(Executor):
         return ExecResult(
             status=status,
             exit_code=exit_code,
-            reason=reason,  # type: ignore[arg-type]
+            reason=reason,
             duration_s=duration_s,
             cpu_s=cpu_s,
             peak_memory_bytes=peak_rss,

@@ -73,7 +73,7 @@ def tier_for(devices: Sequence[GpuDevice]) -> Tier:
 
 
 def _best_gflops(
-    run_once: Callable[[], None], flops: float, params: ScoreParams, clock: Callable[[], float]
+    run_once: Callable[[], object], flops: float, params: ScoreParams, clock: Callable[[], float]
 ) -> float:
     run_once()  # warm-up: BLAS thread pool start, page faults
     best = float("inf")

@@ -44,14 +44,14 @@ from meshd.net.libp2p_hooks import (
     MeshPubsub,
     verify_sender_records_once,
 )
-from meshd.net.standing import PROVABLY_INVALID, Standing
+from meshd.net.standing import PROVABLY_INVALID, Standing, TopicVerdict
 
 log = logging.getLogger("meshd.net")
 
 GOSSIP_PROTOCOLS = (PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID)
 
 GossipHandler = Callable[[str, bytes], None]
-TopicValidator = Callable[[str, bytes], bool]
+TopicValidator = Callable[[str, bytes], TopicVerdict]
 """``fn(author, data)``: truthy accepts; falsy (False, PROVABLY_INVALID) rejects."""
 
 
@@ -76,7 +76,7 @@ class Gossip:
             p.degree,
             p.degree_low,
             p.degree_high,
-            heartbeat_interval=p.gossip_heartbeat_s,  # type: ignore[arg-type]
+            heartbeat_interval=p.gossip_heartbeat_s,
             adaptive_gossip_enabled=False,  # keep D/D_lo/D_hi exactly as configured
             score_params=ScoreParams(
                 app_specific_score_fn=standing.app_score_of,

@@ -26,6 +26,7 @@ import collections
 import logging
 import time
 from collections.abc import Callable
+from typing import TypeAlias
 
 from libp2p.peer.id import ID
 
@@ -59,6 +60,9 @@ neighbour is blocked after ``invalid_forwarder_limit`` of them within
 ``invalid_forwarder_window_s``. Never use it for a verdict that depends on
 local state or clocks (stale, replayed, banned author): an honest neighbour
 may see those differently."""
+
+TopicVerdict: TypeAlias = bool | _ProvablyInvalid
+"""A topic validator's answer: True accepts; False or :data:`PROVABLY_INVALID` rejects."""
 
 
 class Standing:

@@ -53,6 +53,8 @@ from meshd.core.identity import Identity
 from meshd.core.node import GOSSIP_TYPES, Node
 from meshd.core.wire import Body, Opened, Rejected, open_envelope, seal
 from meshd.net import PROVABLY_INVALID
+from meshd.net.gossip import TopicValidator
+from meshd.net.standing import TopicVerdict
 
 PROVABLE = frozenset({"malformed", "bad_signature", "author_mismatch"})
 """Reasons no honest forwarder could share (it runs the same checks before
@@ -117,11 +119,11 @@ class GossipValidator:
         """Drops by reason (the host counts them all as ``dropped_invalid``)."""
         self.passed = 0
 
-    def for_topic(self, topic: str) -> Callable[[str, bytes], bool]:
+    def for_topic(self, topic: str) -> TopicValidator:
         """The ``fn(author_peer_id, data) -> bool`` to register for ``topic``."""
         allowed = frozenset(GOSSIP_TYPES[topic])
 
-        def validate(author: str, data: bytes) -> bool:
+        def validate(author: str, data: bytes) -> TopicVerdict:
             try:
                 reason = self.check(allowed, author, data)
             except Exception:  # a bug here must not stop gossip; the message is dropped

@@ -280,7 +280,7 @@ def pack_dir(
     root = Path(path)
     if not root.is_dir():
         raise BlobError(f"{root} is not a directory")
-    entries = []
+    entries: list[tuple[tarfile.TarInfo, bytes | None]] = []
     total = 0
     for name, entry_path, st in _walk(root, max_files):
         if stat.S_ISDIR(st.st_mode):
@@ -298,8 +298,8 @@ def pack_dir(
         entries.append((_tarinfo(name, is_dir=False, size=len(data), st_mode=st.st_mode), data))
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8") as tar:
-        for info, data in entries:
-            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+        for info, payload in entries:
+            tar.addfile(info, io.BytesIO(payload) if payload is not None else None)
     return buf.getvalue()
 
 

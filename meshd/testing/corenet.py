@@ -322,8 +322,8 @@ class CoreNet:
 
     def step(self) -> bool:
         """Deliver the next event (or due tick); False if nothing is pending."""
-        deadlines = [(s.node.next_deadline(), p) for p, s in self.slots.items() if s.alive]
-        deadlines = [(d, p) for d, p in deadlines if d is not None]
+        pending = [(s.node.next_deadline(), p) for p, s in self.slots.items() if s.alive]
+        deadlines = [(d, p) for d, p in pending if d is not None]
         next_tick = min(deadlines, default=None)
         if not self._queue and next_tick is None:
             return False
