@@ -124,7 +124,7 @@ from meshd.core.node import Node
 from meshd.core.params import CoreParams
 from meshd.core.wire import Opened
 
-from .codec import SimCodec
+from .codec import SimCodec, as_wire
 from .costs import DEFAULT_COSTS, CpuCosts
 from .knobs import Knobs
 from .workload import Hardware, JobPlan, lie_digest
@@ -751,14 +751,18 @@ class Engine:
             origin_peer = self.slots[cast.origin].peer_id
             if self.cpu:
                 self.deliver(
-                    self.slots[c], GossipReceived(TOPIC_OFFERS, origin_peer, cast.data), Lane.GOSSIP
+                    self.slots[c],
+                    GossipReceived(TOPIC_OFFERS, origin_peer, as_wire(cast.data)),
+                    Lane.GOSSIP,
                 )
                 self._offer_next(cast)
                 return
             self._forced = (origin_peer, cast.t0 + int(cast.r[c]))
             self._forced_bids = 0
             try:
-                self.feed(self.slots[c], GossipReceived(TOPIC_OFFERS, origin_peer, cast.data))
+                self.feed(
+                    self.slots[c], GossipReceived(TOPIC_OFFERS, origin_peer, as_wire(cast.data))
+                )
             finally:
                 self._forced = None
             cast.bids_in_flight += self._forced_bids

@@ -20,6 +20,9 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 export PATH="$PWD/.venv/bin:$PATH"
+if [[ "${MESHD_SETUP_ONLY:-0}" == 1 ]]; then
+    exit 0  # .ci/run: install only, before its lint/type checks
+fi
 
 engine_started=0
 stop_engine() { if [[ $engine_started == 1 ]]; then bash tests/docker_env.sh stop || true; fi; }

@@ -93,7 +93,7 @@ class ApiError(Exception):
     """Raised by a handler to answer with an error status and JSON error body."""
 
     def __init__(
-        self, status: int, code: str, message: str, *, fields: list[dict[str, str]] | None = None
+        self, status: int, code: str, message: str, *, fields: list[dict[str, Any]] | None = None
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -168,7 +168,7 @@ def bytes_response(data: bytes, content_type: str = "application/octet-stream") 
 
 
 def error_response(
-    status: int, code: str, message: str, *, fields: list[dict[str, str]] | None = None
+    status: int, code: str, message: str, *, fields: list[dict[str, Any]] | None = None
 ) -> Response:
     err: dict[str, Any] = {"code": code, "message": message}
     if fields is not None:

@@ -31,7 +31,7 @@ import heapq
 import random
 from collections import Counter, OrderedDict
 from collections.abc import Collection
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from .credits import CreditsMixin
 from .events import (
@@ -359,11 +359,12 @@ class Node(OriginMixin, WorkerMixin, CreditsMixin):
             disk_free_mb=c.disk_free_mb,
             gpus=[GpuInfo(model=m, memory_mb=mem) for m, mem in c.gpus],
             gpu_runtime=c.gpu_runtime,
-            runtimes=list(c.runtimes),
+            # pydantic checks both against the wire's literals when the advert is built
+            runtimes=cast(Any, list(c.runtimes)),
             images=list(c.images)[:256],
             score_gflops=c.score_gflops,
             gpu_gflops=c.gpu_gflops,
-            tier=c.tier,
+            tier=cast(Any, c.tier),
             price=c.price,
             running=self.work_running(),
             queued=self.work_queued(),

@@ -270,8 +270,9 @@ class Daemon:
             await self._feed(self._capabilities())
             nursery.start_soon(self._health_loop)
             nursery.start_soon(self._capabilities_loop)
-            self.api_port = await nursery.start(api.serve, "127.0.0.1", self.config.api_port)
-            write_api_addr(self.dirs.root, "127.0.0.1", self.api_port)
+            port: int = await nursery.start(api.serve, "127.0.0.1", self.config.api_port)
+            self.api_port = port
+            write_api_addr(self.dirs.root, "127.0.0.1", port)
             log.info(
                 "meshd %s ready: peer %s, api 127.0.0.1:%d, listening on %s, executor: %s",
                 __version__,
