@@ -13,6 +13,7 @@ no peer's message waited in an inbox longer than ``max_message_age_ms``
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -36,7 +37,7 @@ LIVENESS_S = 420.0
 
 def _hog(seconds: float) -> list[subprocess.Popen[bytes]]:
     cmd = ["timeout", str(int(seconds)), "sh", "-c", "while :; do :; done"]
-    return [subprocess.Popen(cmd) for _ in range(os.cpu_count() or 1)]
+    return [subprocess.Popen(cmd, start_new_session=True) for _ in range(os.cpu_count() or 1)]
 
 
 def test_a_burst_beside_a_cpu_hog_completes_within_every_bound(tmp_path: Path) -> None:
@@ -77,5 +78,5 @@ def test_a_burst_beside_a_cpu_hog_completes_within_every_bound(tmp_path: Path) -
             assert origin["rounds_open"] <= origin["rounds_ceiling"]
     finally:
         stop_all(procs)
-        for h in hogs:
-            h.kill()
+        for h in hogs:  # the loop is timeout's child: end the whole group
+            os.killpg(h.pid, signal.SIGKILL)

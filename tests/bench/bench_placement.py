@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -94,7 +95,7 @@ def wait_all(client: Any, ids: list[str], deadline: float, phase: str) -> dict[s
 def start_hog(seconds: float) -> list[subprocess.Popen[bytes]]:
     """A busy loop on every core, each bounded by ``timeout`` so none outlives the run."""
     cmd = ["timeout", str(int(seconds)), "sh", "-c", "while :; do :; done"]
-    return [subprocess.Popen(cmd) for _ in range(os.cpu_count() or 1)]
+    return [subprocess.Popen(cmd, start_new_session=True) for _ in range(os.cpu_count() or 1)]
 
 
 def main() -> int:
@@ -118,8 +119,8 @@ def main() -> int:
         return 1
     finally:
         stop_all(procs)
-        for h in hogs:
-            h.kill()
+        for h in hogs:  # the loop is timeout's child: end the whole group
+            os.killpg(h.pid, signal.SIGKILL)
 
 
 def run_phases(args: argparse.Namespace, procs: list[Any]) -> int:
