@@ -831,19 +831,15 @@ class OriginMixin:
         self._activate(job, run)
         return True
 
+    def _log_refused(self: Node, job: OriginJob, run: Run, reason: str) -> None:
+        body = {"job_id": job.job_id, "attempt": run.attempt, "replica": run.replica}
+        self._append("run_refused", {**body, "reason": reason})
+
     def _withdraw(self: Node, job: OriginJob, run: Run, reason: str) -> None:
         """Tell a worker to drop a run we no longer want (acknowledged too late)."""
         if run.state == "awarding":
             self._set_run_state(job, run, "refused")
-            self._append(
-                "run_refused",
-                {
-                    "job_id": job.job_id,
-                    "attempt": run.attempt,
-                    "replica": run.replica,
-                    "reason": reason,
-                },
-            )
+            self._log_refused(job, run, reason)
         self.counters["awards_withdrawn"] += 1
         self._send(
             run.worker, Cancel(job_id=job.job_id, attempt=run.attempt, reason=reason), job.job_id
@@ -888,15 +884,7 @@ class OriginMixin:
         if backoff and self._wanted_runs(job) > self._busy_runs(job):
             self._backoff(job)  # the mesh is slow to answer: do not re-offer at once
         self._note_decline(job, run.worker, "refused award: " + reason)
-        self._append(
-            "run_refused",
-            {
-                "job_id": job.job_id,
-                "attempt": run.attempt,
-                "replica": run.replica,
-                "reason": reason,
-            },
-        )
+        self._log_refused(job, run, reason)
         if job.state not in TERMINAL:
             self._award_next(job)  # next best bid of the same round, if any
             self._advance(job)
