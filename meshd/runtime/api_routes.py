@@ -291,13 +291,12 @@ def backlog_view(d: Daemon) -> dict[str, Any]:
     the control API's connections."""
     node = d.node
     assert node is not None
-    queue_stats = getattr(d.host, "queue_stats", None)
     api = dataclasses.asdict(d.api.statistics()) if d.api is not None else None
     return {
         "congestion_ms": d.inbox.congestion_ms(int(time.monotonic() * 1000)),
         "inbox": d.inbox.statistics(),
         "send_queues": d.sendq.statistics(),
-        "net": queue_stats() if callable(queue_stats) else {},
+        "net": d.host.queue_stats(),
         "origin": {
             "rounds_open": len(node.open_rounds),
             "rounds_bound": int(node.round_limit),

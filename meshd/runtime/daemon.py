@@ -300,15 +300,14 @@ class Daemon:
 
     def feed_nowait(self, inp: Any) -> bool:
         """Queue an input from a sync callback; False (and counted) if the lane is full."""
-        if self.inbox.put(inp, Lane.LOCAL, mono_ms()):
-            self._inbox_nonempty.set()
+        if self._feed_peer(inp, Lane.LOCAL):
             return True
         self.dropped_inputs += 1
         return False
 
     def _feed_peer(self, inp: Any, lane: Lane) -> bool:
-        """Queue a peer's message: gossip always (the oldest may be dropped),
-        a direct message only if its lane has room."""
+        """Queue an input without waiting: gossip always (the oldest may be
+        dropped); other lanes only if they have room."""
         ok = self.inbox.put(inp, lane, mono_ms())
         if ok:
             self._inbox_nonempty.set()

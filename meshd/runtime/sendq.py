@@ -160,7 +160,7 @@ class SendQueues:
                 self._queued -= 1
                 waited = self._clock_ms() - item.queued_ms
                 self.wait_max_ms = max(self.wait_max_ms, waited)
-                ttl = item.eff.ttl_ms if item.eff.ttl_ms is not None else None
+                ttl = item.eff.ttl_ms
                 if waited > (ttl if ttl is not None else self.params.send_max_age_ms):
                     self._fail(item.eff, "expired", f"not sent within {waited} ms (expired)")
                     continue
