@@ -10,7 +10,7 @@ order (appends first), so a shell that runs them in order is correct.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .jobspec import JobSpec
@@ -291,14 +291,3 @@ Input = (
     | BlobFetched
     | CheckerFinished
 )
-
-
-@dataclass
-class Batch:
-    """Effects of one step, kept in the ordering the shell must honour."""
-
-    appends: list[Append] = field(default_factory=list)
-    others: list[Any] = field(default_factory=list)
-
-    def ordered(self) -> list[Any]:
-        return [*self.appends, *self.others]
