@@ -117,6 +117,7 @@ class Node(OriginMixin, WorkerMixin, CreditsMixin):
         self.version = version
         self.started_ms = now_ms
         self.now_ms = now_ms
+        self.wall_ms = now_ms
         self.counters: Counter[str] = Counter()
         self.peers = PeerTable(params.max_peers_tracked)
         self.trust = Trust(params)
@@ -140,10 +141,18 @@ class Node(OriginMixin, WorkerMixin, CreditsMixin):
 
     # ------------------------------------------------------------ driving
 
-    def step(self, inp: Any, now_ms: int) -> list[Any]:
-        """Feed one input; returns the effects to carry out, appends first."""
-        assert now_ms >= self.now_ms - 1_000, "time must not run backwards"
+    def step(self, inp: Any, now_ms: int, wall_ms: int | None = None) -> list[Any]:
+        """Feed one input; returns the effects to carry out, appends first.
+
+        ``now_ms`` is the shell's monotonic timeline: every timer, lease and
+        window runs on it, and it never goes back (a value behind the last
+        one is taken as the last one). ``wall_ms`` is the wall clock, used
+        only to stamp what we sign and to judge the stamps of what we
+        receive; a wall clock that jumps moves neither. Shells without a
+        separate wall clock (the simulator) pass only ``now_ms``.
+        """
         self.now_ms = max(self.now_ms, now_ms)
+        self.wall_ms = self.now_ms if wall_ms is None else wall_ms
         handler = getattr(self, "_on_" + type(inp).__name__, None)
         assert handler is not None, f"unknown input {type(inp).__name__}"
         handler(inp)
@@ -166,7 +175,7 @@ class Node(OriginMixin, WorkerMixin, CreditsMixin):
 
     def _seal(self, body: Body) -> Any:
         nonce = self.rng.getrandbits(64).to_bytes(8, "big")
-        return self.codec.seal(self.identity, body, self.now_ms, nonce)
+        return self.codec.seal(self.identity, body, self.wall_ms, nonce)
 
     def _send(
         self, to_peer: str, body: Body, job_id: str | None = None, *, ttl_ms: int | None = None
@@ -262,7 +271,7 @@ class Node(OriginMixin, WorkerMixin, CreditsMixin):
         if isinstance(opened, Rejected):
             self._reject(opened.reason, opened.detail)
             return None
-        reason = self.acceptance_reason(opened, allowed, self.now_ms)
+        reason = self.acceptance_reason(opened, allowed, self.wall_ms)
         if reason is not None:
             self._reject(reason)
             return None
