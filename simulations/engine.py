@@ -735,7 +735,7 @@ class Engine:
         o = self.slots[cast.origin]
         if not o.alive or o.incarnation != cast.incarnation:
             return False
-        job = o.node.jobs.get(
+        job = o.node.origin.jobs.get(
             cast.job_id
         )  # peeking is safe: a closed window ignores every later answer
         return job is not None and job.offer_open and job.attempt == cast.attempt

@@ -9,25 +9,43 @@ from typing import Any
 
 from meshd.core.inbox import InboxParams
 from meshd.core.node import Node
+from meshd.core.origin import Origin
+from meshd.core.worker import Worker
+
+
+class _NeverStartsWorker(Worker):
+    def _start_queued(self) -> None:
+        self.work_queue.clear()
 
 
 class DropQueuedWork(Node):
     """Worker bug: an accepted award is queued but never started (it keeps
     heartbeating "queued", so the origin never re-offers): the job is lost."""
 
-    def _start_queued(self) -> None:
-        self.work_queue.clear()
+    worker_class = _NeverStartsWorker
+
+
+class _CredulousOrigin(Origin):
+    def _same(self, job: Any, a: str, b: str) -> bool | None:
+        return True
 
 
 class EveryResultAgrees(Node):
     """Origin bug: the replica comparison says every pair of digests agrees, so
     a liar's digest can become the canonical result of a replicated job."""
 
-    def _same(self, job: Any, a: str, b: str) -> bool | None:
-        return True
+    origin_class = _CredulousOrigin
 
 
 UNBOUNDED = 1 << 40
+
+
+class _ImpatientOrigin(Origin):
+    def _revive(self, job: Any, run: Any) -> bool:
+        return False  # an acknowledgement (or heartbeat) after the time-out is not honoured
+
+    def _run_refused(self, job: Any, run: Any, reason: str, *, backoff: bool = False) -> None:
+        super()._run_refused(job, run, reason)  # re-offered at once, no back-off
 
 
 class NoOverloadBounds(Node):
@@ -59,13 +77,9 @@ class NoOverloadBounds(Node):
         "bid_window_max_ms": 2_000,
     }
 
-    def _revive(self, job: Any, run: Any) -> bool:
-        return False  # an acknowledgement (or heartbeat) after the time-out is not honoured
+    origin_class = _ImpatientOrigin
 
-    def _run_refused(self, job: Any, run: Any, reason: str, *, backoff: bool = False) -> None:
-        super()._run_refused(job, run, reason)  # re-offered at once, no back-off
-
-    def _on_InboxLoad(self, inp: Any) -> None:
+    def _on_inbox_load(self, inp: Any) -> None:
         pass  # time-outs do not allow for our own inbox's wait; never busy
 
 

@@ -436,7 +436,7 @@ class Run:
 
     def _job_story(self, jid: str) -> str:
         slot = self.engine.slots[self.origin_of[jid]]
-        job = slot.node.jobs.get(jid) if slot.alive else None
+        job = slot.node.origin.jobs.get(jid) if slot.alive else None
         if job is None:
             return f"{jid} (origin {slot.idx} {'down' if not slot.alive else 'forgot it'})"
         runs = ",".join(f"{r.state}@{self.engine.by_peer.get(r.worker)}" for r in job.runs.values())
@@ -572,7 +572,7 @@ class Run:
             if st != "failed":
                 continue
             slot = self.engine.slots[self.origin_of[jid]]
-            job = slot.node.jobs.get(jid)
+            job = slot.node.origin.jobs.get(jid)
             reasons[(job.reason if job else "?")[:60]] += 1
         return dict(reasons.most_common(5))
 

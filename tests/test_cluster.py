@@ -128,7 +128,7 @@ async def test_budget_below_estimate_is_refused_with_the_estimate(
             assert "estimated cost" in exc.message
         else:
             raise AssertionError("a job over budget was accepted")
-        assert not c.daemon(0).node.jobs  # type: ignore[union-attr]
+        assert not c.daemon(0).node.origin.jobs  # type: ignore[union-attr]
 
 
 cluster3 = cluster_fixture(3)

@@ -29,13 +29,15 @@ JOB = {
 def ledger(c: Cluster, i: int, worker: str | None = None) -> dict[tuple[str, int], float]:
     node = c.daemon(i).node
     assert node is not None
-    return {k: e.credits for k, e in node.ledger.items() if worker is None or e.worker == worker}
+    return {
+        k: e.credits for k, e in node.ledger.entries.items() if worker is None or e.worker == worker
+    }
 
 
 def balance(c: Cluster, i: int, peer: str) -> dict[str, float]:
     node = c.daemon(i).node
     assert node is not None
-    return node.balances().get(peer, {"earned": 0.0, "spent": 0.0, "balance": 0.0})
+    return node.ledger.balances().get(peer, {"earned": 0.0, "spent": 0.0, "balance": 0.0})
 
 
 def issued_seqs(c: Cluster, i: int) -> list[int]:
@@ -84,4 +86,4 @@ async def test_balances_and_ledger_survive_restarts_of_worker_and_origin(
         assert receipt["seq"] > max_seq
         for i in c.running():
             node = c.daemon(i).node
-            assert node is not None and not node.equivocations
+            assert node is not None and not node.ledger.equivocations

@@ -173,7 +173,7 @@ async def test_lying_worker_is_caught_banned_unpaid_and_the_submitter_gets_hones
         def earned(i: int, w: str) -> float:
             node = c.daemon(i).node
             assert node is not None
-            return node.balances().get(w, {"earned": 0.0})["earned"]
+            return node.ledger.balances().get(w, {"earned": 0.0})["earned"]
 
         def issued(w: str) -> float:
             return sum(b["credits"] for b in receipts if b["worker"] == w)
@@ -197,7 +197,7 @@ async def test_lying_worker_is_caught_banned_unpaid_and_the_submitter_gets_hones
         for i in range(4):  # nobody's ledger credits the liar for anything else
             node = c.daemon(i).node
             assert node is not None
-            assert {k for k, e in node.ledger.items() if e.worker == liar} <= liar_receipts
+            assert {k for k, e in node.ledger.entries.items() if e.worker == liar} <= liar_receipts
             assert earned(i, liar) <= issued(liar) + 1e-12
 
 
@@ -298,7 +298,7 @@ async def test_third_node_balances_equal_the_parties_own_logs(
         assert len(issued) == len(ids) and {r["job_id"] for r in issued} == set(ids)
         await c.wait_for(
             lambda: (
-                all(len(n.ledger) == len(issued) for n in (a, b, third))
+                all(len(n.ledger.entries) == len(issued) for n in (a, b, third))
                 and len(log_records(c.daemon(1), "receipt_cosigned")) == len(issued)
             ),
             20,
@@ -309,16 +309,16 @@ async def test_third_node_balances_equal_the_parties_own_logs(
         earned_b = sum(r["credits"] for r in cosigned)
         assert spent_a > 0.5 * len(ids) - 1e-9  # the bounty at least
         assert math.isclose(spent_a, earned_b, rel_tol=1e-12)
-        seen = third.balances()
+        seen = third.ledger.balances()
         assert set(seen) == {A, B}  # C took no part
         assert math.isclose(seen[A]["spent"], spent_a, rel_tol=1e-12) and seen[A]["earned"] == 0
         assert math.isclose(seen[B]["earned"], earned_b, rel_tol=1e-12) and seen[B]["spent"] == 0
-        for own in (a.balances(), b.balances()):
+        for own in (a.ledger.balances(), b.ledger.balances()):
             assert set(own) == set(seen)
             for p in seen:
                 for k in ("earned", "spent", "balance"):
                     assert math.isclose(own[p][k], seen[p][k], rel_tol=1e-12, abs_tol=1e-12), (p, k)
-        assert set(third.ledger) == {(A, r["seq"]) for r in issued}
+        assert set(third.ledger.entries) == {(A, r["seq"]) for r in issued}
         assert not log_records(c.daemon(2), "receipt_cosigned") and not log_records(
             c.daemon(2), "work_accepted"
         )
@@ -350,14 +350,14 @@ async def test_equivocation_is_proven_by_every_peer_and_the_issuer_is_banned(
 
         def proven(i: int) -> bool:
             node = c.daemon(i).node
-            return node is not None and any(p["issuer"] == cheat for p in node.equivocations)
+            return node is not None and any(p["issuer"] == cheat for p in node.ledger.equivocations)
 
         await c.wait_for(lambda: all(proven(i) for i in others), 20, "every peer to hold the proof")
         for i in others:
             await c.wait_durable(i)
             node = c.daemon(i).node
             assert node is not None
-            (proof,) = [p for p in node.equivocations if p["issuer"] == cheat]
+            (proof,) = [p for p in node.ledger.equivocations if p["issuer"] == cheat]
             assert proof["seq"] == seq and {proof["first"], proof["second"]} == set(raws)
             (logged,) = [
                 b for b in log_records(c.daemon(i), "equivocation") if b["issuer"] == cheat
@@ -366,7 +366,7 @@ async def test_equivocation_is_proven_by_every_peer_and_the_issuer_is_banned(
             assert node.trust.banned(cheat, node.now_ms + 10 * node.params.reputation_half_life_ms)
             assert node.trust.reputation(cheat, node.now_ms) == -1.0
             assert "equivocation" in (node.trust.ban_reason(cheat) or "")
-        assert not c.daemon(3).node.equivocations  # type: ignore[union-attr]  # own messages are not echoed back
+        assert not c.daemon(3).node.ledger.equivocations  # type: ignore[union-attr]  # own messages are not echoed back
 
         # A banned peer is given no work: a replicated job runs on the two others.
         (j,) = await run_jobs(c, 0, [{**square_job(9), "replicas": 2}])

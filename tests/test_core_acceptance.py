@@ -243,7 +243,7 @@ def test_going_cold_is_advertised_at_once_and_signed() -> None:
     for i in range(2):
         out = node.step(ExecutorHealth(False, "disk full"), NOW + i)
         assert not any(isinstance(e, Publish) for e in out)
-        assert node.warm
+        assert node.worker.warm
     published = [
         e for e in node.step(ExecutorHealth(False, "disk full"), NOW + 2) if isinstance(e, Publish)
     ]

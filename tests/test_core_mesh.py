@@ -429,19 +429,19 @@ def test_the_bid_window_follows_the_bid_delays_it_measures() -> None:
     whose bids take ~500 ms the offers say so and wait for them."""
     net = mesh(4, seed=22)
     origin = net.node(0)
-    assert origin._learned_window_ms() == 0  # nothing measured yet: the base window
+    assert origin.origin._learned_window_ms() == 0  # nothing measured yet: the base window
     for peer in net.order[1:]:
         net.sender_latency_ms[peer] = (450, 550)
     jobs = [net.submit(0, spec(command=["echo", str(i)])) for i in range(6)]
     assert net.run_until(lambda: all(net.job(0, j).state == "succeeded" for j in jobs))
-    learned = origin._learned_window_ms()
+    learned = origin.origin._learned_window_ms()
     # Delays are the offer's gossip hop plus the bid's (5-20 ms + 450-550 ms).
     assert 1.5 * 455 <= learned <= 1.5 * 570, learned
     late = net.submit(0, spec(command=["echo", "late"]))
     offer = [
         b for k, b in net.slots[net.order[0]].log if k == "job_offered" and b["job_id"] == late
     ]
-    assert offer and origin._window_ms(net.job(0, late)) == learned
+    assert offer and origin.origin._window_ms(net.job(0, late)) == learned
     assert net.run_until(lambda: finished(net, 0, late))
 
 
@@ -481,7 +481,7 @@ def test_a_worker_whose_replies_arrive_late_keeps_its_award() -> None:
     origin = net.node(0)
     assert origin.counters["award_late_honoured"] + origin.counters["award_timeouts"] <= 2
     # Later jobs: the time-out to this peer follows its measured round trips.
-    assert origin.rtt.timeout_ms(worker) > params.award_ack_timeout_ms
+    assert origin.origin.rtt.timeout_ms(worker) > params.award_ack_timeout_ms
     second = run_to_end(net, 0, net.submit(0, spec(command=["echo", "2"])), max_ms=400_000)
     assert second.state == "succeeded" and second.next_replica == 1
 
@@ -603,7 +603,7 @@ def test_a_worker_whose_benchmark_came_out_low_is_not_piled_on() -> None:
     most: Counter[str] = Counter()
 
     def all_done() -> bool:
-        for worker, n in net.node(0)._inflight().items():
+        for worker, n in net.node(0).origin._inflight().items():
             most[worker] = max(most[worker], n)
         return all(net.job(0, j).state == "succeeded" for j in jobs)
 

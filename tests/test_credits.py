@@ -89,14 +89,14 @@ def test_third_node_balances_equal_the_parties_ledgers() -> None:
     issued = [b for k, b in net.slots[net.order[0]].log if k == "receipt"]
     accepted = sum(len(net.job(0, j).verdict["valid"]) for j in ids)
     assert len(issued) == accepted
-    assert len(third.ledger) == len(issued)  # each counted once
-    view = third.credits_view()
-    assert view == origin.credits_view()
+    assert len(third.ledger.entries) == len(issued)  # each counted once
+    view = third.ledger.credits_view()
+    assert view == origin.ledger.credits_view()
     by_peer = {b["peer_id"]: b for b in view["balances"]}
     assert by_peer[origin.peer_id]["spent"] == sum(b["credits"] for b in issued)
     assert abs(sum(b["balance"] for b in view["balances"])) < 1e-9
     for w in net.order[1:4]:
-        mine = net.node(w).balances().get(w, {"earned": 0.0})
+        mine = net.node(w).ledger.balances().get(w, {"earned": 0.0})
         assert mine["earned"] == by_peer.get(w, {"earned": 0.0})["earned"]
         logged = [b for k, b in net.slots[w].log if k == "receipt_cosigned"]
         assert len(logged) == sum(1 for b in issued if b["worker"] == w)
@@ -109,7 +109,7 @@ def test_credit_is_duration_times_rate_plus_bounty_share() -> None:
     ids = run_jobs(net, [spec(1, replicas=2, bounty=1.0, credit_rate=2.0)])
     job = net.job(0, ids[0])
     # 1 s × 50 GFLOPS × 0.001 credits/GFLOP × rate 2 = 0.1, plus half the bounty each
-    entries = list(net.node(4).ledger.values())
+    entries = list(net.node(4).ledger.entries.values())
     assert sorted(e.worker for e in entries) == sorted(job.verdict["valid"])
     assert all(abs(e.credits - 0.6) < 1e-9 for e in entries)
 
@@ -118,12 +118,12 @@ def test_resent_receipt_is_counted_once() -> None:
     net = mesh_with_observer(seed=7)
     run_jobs(net, [spec(1)])
     origin, third = net.node(0), net.node(4)
-    entries = list(third.ledger.values())
+    entries = list(third.ledger.entries.values())
     assert entries
     for e in entries:
         gossip(third, e.cosign)  # the same pair again (replay)
     gossip(third, sealed(WORKER, ReceiptCosign(receipt=b"x")))  # junk is rejected, not counted
-    assert len(third.ledger) == len(entries)
+    assert len(third.ledger.entries) == len(entries)
     assert third.counters["rejected_bad_receipt"] == 1
     assert origin.counters["receipts_uncosigned"] == 0
 
@@ -136,25 +136,25 @@ def test_worker_refuses_to_countersign_a_run_it_did_not_do() -> None:
     fx = node.step(DirectReceived(ORIGIN.peer_id, sealed(ORIGIN, receipt(7))), NOW)
     assert node.counters["rejected_receipt_unknown_run"] == 1
     assert not any(isinstance(e, Append) and e.kind == "receipt_cosigned" for e in fx)
-    assert not node.ledger
+    assert not node.ledger.entries
 
 
 def test_cosign_by_someone_else_than_the_named_worker_is_rejected() -> None:
     node = observer()
     gossip(node, cosigned(receipt(9), cosigner=Identity.from_seed_int(99)))
-    assert node.counters["rejected_receipt_mismatch"] == 1 and not node.ledger
+    assert node.counters["rejected_receipt_mismatch"] == 1 and not node.ledger.entries
 
 
 def test_unsequenced_receipt_earns_nothing() -> None:
     node = observer()
     gossip(node, cosigned(receipt(0)))
-    assert node.counters["rejected_receipt_mismatch"] == 1 and not node.ledger
+    assert node.counters["rejected_receipt_mismatch"] == 1 and not node.ledger.entries
 
 
 def test_gossiped_pair_lands_in_the_ledger() -> None:
     node = observer()
     gossip(node, cosigned(receipt(3, credits=2.5)))
-    bal = node.balances()
+    bal = node.ledger.balances()
     assert bal[WORKER.peer_id]["earned"] == 2.5 and bal[ORIGIN.peer_id]["balance"] == -2.5
 
 
@@ -165,8 +165,8 @@ def test_two_different_receipts_with_one_seq_ban_the_issuer_with_proof() -> None
     node = observer()
     gossip(node, cosigned(receipt(42, credits=1.0)))
     fx = gossip(node, cosigned(receipt(42, credits=9.0)))
-    assert len(node.equivocations) == 1
-    proof = node.equivocations[0]
+    assert len(node.ledger.equivocations) == 1
+    proof = node.ledger.equivocations[0]
     assert (
         proof["issuer"] == ORIGIN.peer_id
         and proof["seq"] == 42
@@ -175,7 +175,7 @@ def test_two_different_receipts_with_one_seq_ban_the_issuer_with_proof() -> None
     assert node.trust.banned(ORIGIN.peer_id, NOW + 10 * node.params.reputation_half_life_ms)
     assert SetPeerScore(ORIGIN.peer_id, -1.0, True) in fx
     assert any(isinstance(e, Append) and e.kind == "equivocation" for e in fx)
-    assert len(node.ledger) == 1  # the conflicting one is not counted
+    assert len(node.ledger.entries) == 1  # the conflicting one is not counted
     gossip(
         node,
         sealed(ORIGIN, Attestation(subject=WORKER.peer_id, job_id=JOB, outcome="valid", seq=43)),
@@ -188,7 +188,7 @@ def test_the_same_receipt_in_two_countersignatures_is_not_equivocation() -> None
     inner = sealed(ORIGIN, receipt(5))
     gossip(node, sealed(WORKER, ReceiptCosign(receipt=inner)))
     gossip(node, sealed(WORKER, ReceiptCosign(receipt=inner)))
-    assert not node.equivocations and len(node.ledger) == 1
+    assert not node.ledger.equivocations and len(node.ledger.entries) == 1
 
 
 def test_attestation_and_receipt_share_one_sequence() -> None:
@@ -198,7 +198,7 @@ def test_attestation_and_receipt_share_one_sequence() -> None:
         node,
         sealed(ORIGIN, Attestation(subject=WORKER.peer_id, job_id=JOB, outcome="invalid", seq=8)),
     )
-    assert len(node.equivocations) == 1
+    assert len(node.ledger.equivocations) == 1
     assert node.trust.banned(ORIGIN.peer_id, NOW)
 
 
@@ -213,14 +213,16 @@ def test_issued_sequence_numbers_increase_and_survive_a_restart() -> None:
     run_jobs(net, [spec(i) for i in range(10, 13)])
     seqs = [b["seq"] for k, b in net.slots[net.order[0]].log if k in ("receipt", "attestation")]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs) and len(seqs) > len(before)
-    assert all(not net.node(p).equivocations for p in net.order)
+    assert all(not net.node(p).ledger.equivocations for p in net.order)
 
 
 # ---------------------------------------------------------------- restart (Node.restore)
 
 
 def _ledger_of(node: Node, worker: str | None = None) -> dict[tuple[str, int], float]:
-    return {k: e.credits for k, e in node.ledger.items() if worker is None or e.worker == worker}
+    return {
+        k: e.credits for k, e in node.ledger.entries.items() if worker is None or e.worker == worker
+    }
 
 
 def test_worker_restart_restores_what_it_countersigned_from_its_log() -> None:
@@ -229,16 +231,16 @@ def test_worker_restart_restores_what_it_countersigned_from_its_log() -> None:
     w = max(net.order[1:4], key=lambda p: len(_ledger_of(net.node(p), p)))
     own_before = _ledger_of(net.node(w), w)
     assert own_before
-    earned_before = net.node(w).balances()[w]["earned"]
-    third_party = set(net.node(w).ledger) - set(own_before)
+    earned_before = net.node(w).ledger.balances()[w]["earned"]
+    third_party = set(net.node(w).ledger.entries) - set(own_before)
     net.crash(w)
     net.restart(w)
     node = net.node(w)  # restored from the log alone: nothing has been delivered yet
     assert _ledger_of(node, w) == own_before
-    assert node.balances()[w]["earned"] == earned_before
+    assert node.ledger.balances()[w]["earned"] == earned_before
     assert node.counters["receipts_restored"] == len(own_before)
     # Receipts it only saw gossiped are not in its log (specs/CREDITS.md §7.3).
-    assert third_party and not third_party & set(node.ledger)
+    assert third_party and not third_party & set(node.ledger.entries)
 
 
 def test_origin_restart_asks_again_and_gets_its_ledger_back() -> None:
@@ -246,21 +248,21 @@ def test_origin_restart_asks_again_and_gets_its_ledger_back() -> None:
     run_jobs(net, [spec(i) for i in range(8)])
     o = net.order[0]
     before = _ledger_of(net.node(o))
-    spent_before = net.node(o).balances()[o]["spent"]
+    spent_before = net.node(o).ledger.balances()[o]["spent"]
     issued = [b["seq"] for k, b in net.slots[o].log if k == "receipt"]
     assert len(before) == len(issued) > 0
     net.crash(o)
     net.run_for(net.params.max_message_age_ms + 10_000)  # every logged envelope is stale now
     net.restart(o)
     node = net.node(o)
-    assert not node.ledger and len(node._receipts_pending) == len(issued)
+    assert not node.ledger.entries and len(node.ledger._receipts_pending) == len(issued)
     net.run_for(net.params.receipt_resend_ms + 5_000)
     assert _ledger_of(node) == before
-    assert node.balances()[o]["spent"] == spent_before
-    assert not node._receipts_pending
+    assert node.ledger.balances()[o]["spent"] == spent_before
+    assert not node.ledger._receipts_pending
     assert sum(net.node(p).counters["receipts_recosigned"] for p in net.order) == len(issued)
-    assert all(not net.node(p).equivocations for p in net.order)
-    assert len(net.node(4).ledger) == len(issued)  # the fresh cosigns are no new receipts
+    assert all(not net.node(p).ledger.equivocations for p in net.order)
+    assert len(net.node(4).ledger.entries) == len(issued)  # the fresh cosigns are no new receipts
 
 
 def test_restored_sequence_never_repeats_even_if_the_clock_is_behind() -> None:
@@ -280,9 +282,9 @@ def test_restored_sequence_never_repeats_even_if_the_clock_is_behind() -> None:
     ]
     node = Node(CoreParams(), ORIGIN, random.Random(3), NOW)
     node.restore(log)
-    assert node._next_seq() > ahead
+    assert node.ledger._next_seq() > ahead
     # and the restored index still knows what it signed under that seq
-    assert node._records[(ORIGIN.peer_id, ahead)][1] == log[0][1]["envelope"]
+    assert node.ledger._records[(ORIGIN.peer_id, ahead)][1] == log[0][1]["envelope"]
 
 
 def test_equivocation_ban_and_proof_survive_a_restart() -> None:
@@ -296,6 +298,6 @@ def test_equivocation_ban_and_proof_survive_a_restart() -> None:
     fresh = observer()
     effects = fresh.restore(log)
     assert fresh.trust.banned(ORIGIN.peer_id, NOW + 10 * fresh.params.reputation_half_life_ms)
-    assert list(fresh.equivocations) == [log[0][1]]
+    assert list(fresh.ledger.equivocations) == [log[0][1]]
     assert SetPeerScore(ORIGIN.peer_id, -1.0, True) in effects
     assert not any(isinstance(e, Append) for e in effects)  # the proof is not logged twice

@@ -107,7 +107,7 @@ def test_cache_is_bounded_and_a_miss_only_costs_a_second_check() -> None:
 
 def test_validator_never_raises() -> None:
     node, _, v = setup()
-    node.trust = None  # type: ignore[assignment]  # a bug: the ban check will fail
+    node.ctx.trust = None  # type: ignore[assignment]  # a bug: the ban check will fail
     assert not v.for_topic(TOPIC_OFFERS)(
         ALICE.peer_id, sealed(ALICE, advert())
     )  # wrong channel first

@@ -16,12 +16,19 @@ import pytest
 from meshd.core.events import CancelRequested, RetryRequested
 from meshd.core.jobspec import parse_job_spec
 from meshd.core.lifecycle import (
+    RUN_STATES,
+    RUN_TRANSITIONS,
     STATES,
     TERMINAL,
     TRANSITIONS,
+    WORK_STATES,
+    WORK_TRANSITIONS,
     check_transition,
     mermaid,
-    transition_path,
+    run_mermaid,
+    run_next,
+    work_mermaid,
+    work_next,
 )
 from meshd.core.params import CoreParams
 from meshd.testing.corenet import CoreNet, FakeWorker, default_caps
@@ -68,11 +75,17 @@ def test_check_transition_refuses_what_the_table_does_not_allow() -> None:
         check_transition("succeeded", "running")
 
 
-def test_transition_path_walks_allowed_steps() -> None:
-    path = transition_path("queued", "running")
-    assert path[0] == "queued" and path[-1] == "running"
-    assert all((a, b) in TRANSITIONS for a, b in zip(path, path[1:], strict=False))
-    assert transition_path("queued", "succeeded")[-2:] == ["verifying", "succeeded"]
+def test_run_and_work_tables_use_known_states_and_refuse_other_events() -> None:
+    for (a, _event), (b, why) in RUN_TRANSITIONS.items():
+        assert a in RUN_STATES and b in RUN_STATES and why
+    for (a, _event), (b, why) in WORK_TRANSITIONS.items():
+        assert a in WORK_STATES and b in WORK_STATES and why
+    assert run_next("awarding", "accepted") == "active"
+    assert work_next("queued", "start") == "fetching"
+    with pytest.raises(AssertionError, match="'lease_lost' in state 'done'"):
+        run_next("done", "lease_lost")
+    with pytest.raises(AssertionError, match="'start' in state 'finished'"):
+        work_next("finished", "start")
 
 
 def test_mermaid_lists_every_transition_and_nothing_else() -> None:
@@ -91,8 +104,11 @@ def test_job_md_diagram_matches_the_table() -> None:
     text = JOB_MD.read_text(encoding="utf-8")
     blocks = re.findall(r"```mermaid\n(.*?)```", text, flags=re.S)
     diagrams = [b for b in blocks if "stateDiagram" in b]
-    assert diagrams, "JOB.md has no Mermaid state diagram"
+    assert len(diagrams) == 3, "JOB.md draws the job, run and held-run diagrams"
     assert edges(diagrams[0]) == set(TRANSITIONS)
+    # The run and held-run diagrams are the generated ones, verbatim.
+    assert diagrams[1].strip() == run_mermaid()
+    assert diagrams[2].strip() == work_mermaid()
 
 
 # ------------------------------------------------------------ what the origin logs

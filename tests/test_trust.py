@@ -317,7 +317,7 @@ def test_half_liar_is_caught_banned_unpaid_and_submitter_gets_honest_output() ->
     caught_in = [j for j in ids if liar in (net.job(0, j).verdict or {}).get("invalid", [])]
     assert caught_in
     for node_id in net.order:  # nobody's ledger pays the liar for rejected work
-        for e in net.node(node_id).ledger.values():
+        for e in net.node(node_id).ledger.entries.values():
             assert not (e.worker == liar and e.job_id in caught_in)
     for p in net.order[1:5]:
         assert snap.get(p, {"invalid": 0})["invalid"] == 0

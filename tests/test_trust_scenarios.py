@@ -115,7 +115,9 @@ def run_scenario(
         ):
             fig.liar_results_to_ban = liar_results() - started
     net.run_until(
-        lambda: all(origin.jobs[j].state in ("succeeded", "failed") for j, _, _ in submitted),
+        lambda: all(
+            origin.origin.jobs[j].state in ("succeeded", "failed") for j, _, _ in submitted
+        ),
         max_ms=600_000,
     )
     if liar_id is not None and (turned_at is not None or liar == "constant"):
@@ -139,7 +141,7 @@ def _collect(
                 started[body["job_id"]] = started.get(body["job_id"], 0) + 1
     fig.jobs = len(submitted)
     for job_id, spec, steady in submitted:
-        job = origin.jobs[job_id]
+        job = origin.origin.jobs[job_id]
         if job.state != "succeeded":
             fig.failed += 1
             continue
@@ -158,11 +160,11 @@ def _collect(
         invalid_jobs = {
             j
             for j, _, _ in submitted
-            if liar_id in (origin.jobs[j].verdict or {}).get("invalid", [])
+            if liar_id in (origin.origin.jobs[j].verdict or {}).get("invalid", [])
         }
         fig.liar_credits_for_rejected = sum(
             e.credits
-            for e in origin.ledger.values()
+            for e in origin.ledger.entries.values()
             if e.worker == liar_id and e.job_id in invalid_jobs
         )
 

@@ -26,7 +26,7 @@ earn nothing.
    ledger keyed by ``(origin, seq)``, so a receipt is counted once however
    often it is gossiped. ``balance(peer) = earned − spent`` over the ledger.
 
-*Restart* (``restore_credits_record`` / ``resume_credits``): the node's own
+*Restart* (``restore_record`` / ``resume``): the node's own
 log rebuilds the sequence floor, the record index of what it issued and
 countersigned, its countersigned ledger entries and its equivocation bans.
 Ledger entries it learned only from gossip (third parties' receipts) are not
@@ -51,20 +51,21 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from .events import TOPIC_RECEIPTS, Publish, Send, SetPeerScore
+from .context import Context
+from .events import TOPIC_RECEIPTS, Publish, Send
 from .jobspec import canonical_bytes
 from .placement import actual_cost
-from .ratelimit import RateLimiter
 from .wire import Attestation, Body, Opened, Receipt, ReceiptCosign, Rejected
 
 if TYPE_CHECKING:
-    from .node import Node
     from .origin import OriginJob, Run
+    from .worker import Worker
 
-T_RECEIPT, T_STANDING = "receipt_resend", "standing"
+T_RECEIPT = "receipt_resend"
 SEQ_PER_MS = 1000
 
 
@@ -88,57 +89,57 @@ class PendingReceipt:
     tries: int = 0
 
 
-class CreditsMixin:
-    """Credit-side behaviour of :class:`meshd.core.node.Node` (also owns the rate limiter)."""
+class Ledger:
+    """The ledger role: receipts we issue and countersign, attestations, the
+    credit ledger every node keeps, and the equivocation proofs.
 
-    ledger: OrderedDict[tuple[str, int], LedgerEntry]
-    equivocations: deque[dict[str, Any]]
-    ratelimit: RateLimiter
+    Owns its entries and record index; shares only the
+    :class:`~meshd.core.context.Context`; asks the :class:`~meshd.core.worker.Worker`
+    role whether a receipt names a run it really finished.
+    """
 
-    def init_credits(self: Node) -> None:
-        self.ratelimit = RateLimiter(self.params)
-        self.trust.listener = self._standing_changed
-        self.ledger = OrderedDict()
-        self.equivocations = deque(maxlen=self.params.max_equivocations_kept)
+    def __init__(self, ctx: Context, worker: Worker) -> None:
+        self.ctx = ctx
+        self.worker = worker
+        self.entries: OrderedDict[tuple[str, int], LedgerEntry] = OrderedDict()
+        """(origin, seq) -> a countersigned receipt, counted once."""
+        self.equivocations: deque[dict[str, Any]] = deque(maxlen=ctx.params.max_equivocations_kept)
         self._record_seq = 0
         self._records: OrderedDict[tuple[str, int], tuple[bytes, Any]] = OrderedDict()
         self._receipts_pending: OrderedDict[int, PendingReceipt] = OrderedDict()
         self._attestations_seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
         self._restoring: deque[tuple[str, dict[str, Any]]] | None = None
-        self._at(self.now_ms + self.params.peer_score_interval_ms, T_STANDING, None)
 
-    # ------------------------------------------------------------ standing
+    def timers(self) -> dict[str, Callable[[Any], None]]:
+        """This role's timer kinds and what runs when one is due."""
+        return {T_RECEIPT: self.timer_receipt_resend}
 
-    def _standing_changed(self: Node, peer: str, reputation: float, banned: bool) -> None:
-        self._emit(SetPeerScore(peer, reputation, banned))
-        self.counters["peer_score_updates"] += 1
+    def direct_handlers(self) -> dict[str, Callable[[Opened], None]]:
+        """The direct messages this role answers, by wire type."""
+        return {"receipt": self.on_receipt}
 
-    def _timer_standing(self: Node, _key: Any) -> None:
-        alive = {e.peer_id for e in self.peers.alive(self.now_ms)}
-        for peer in alive.union(self.trust.uptime_sampled()):
-            if peer != self.peer_id:
-                self.trust.sample_uptime(peer, peer in alive, self.now_ms)
-        self.trust.refresh(self.now_ms)
-        self._at(self.now_ms + self.params.peer_score_interval_ms, T_STANDING, None)
+    def gossip_handlers(self) -> dict[str, Callable[[Opened], None]]:
+        """The gossip messages this role answers, by wire type."""
+        return {"receipt_cosign": self.on_cosign, "attestation": self.on_attestation}
 
     # ------------------------------------------------------------ issuing
 
-    def _next_seq(self: Node) -> int:
-        self._record_seq = max(self._record_seq + 1, self.now_ms * SEQ_PER_MS)
+    def _next_seq(self) -> int:
+        self._record_seq = max(self._record_seq + 1, self.ctx.wall_ms * SEQ_PER_MS)
         return self._record_seq
 
-    def settle_credits(self: Node, job: OriginJob, accepted: list[Run]) -> None:
+    def settle_credits(self, job: OriginJob, accepted: list[Run]) -> None:
         """Issue a receipt to every worker of the canonical group (origin side)."""
-        verdict = "valid" if job.needed > 1 else "unverified"
+        verdict: Literal["valid", "unverified"] = "valid" if job.needed > 1 else "unverified"
         bounty = job.spec.bounty / len(accepted) if accepted else 0.0
         for run in accepted:
-            if run.worker == self.peer_id or run.result is None:
+            if run.worker == self.ctx.peer_id or run.result is None:
                 continue
             receipt = Receipt(
                 job_id=job.job_id,
                 attempt=run.attempt,
                 replica=run.replica,
-                origin=self.peer_id,
+                origin=self.ctx.peer_id,
                 worker=run.worker,
                 credits=self._run_credits(job, run) + bounty,
                 duration_ms=int(run.result.get("duration_ms", 0)),
@@ -146,9 +147,9 @@ class CreditsMixin:
                 verdict=verdict,
                 seq=self._next_seq(),
             )
-            raw = self._seal(receipt)
-            self._index_record(self.peer_id, receipt, raw)
-            self._append(
+            raw = self.ctx.seal(receipt)
+            self._index_record(self.ctx.peer_id, receipt, raw)
+            self.ctx.append(
                 "receipt",
                 {
                     "job_id": job.job_id,
@@ -159,55 +160,54 @@ class CreditsMixin:
                 },
                 key=b"receipt:%d" % receipt.seq,
             )
-            self._emit(Send(run.worker, raw, "receipt", job.job_id))
-            self.counters["receipts_issued"] += 1
+            self.ctx.emit(Send(run.worker, raw, "receipt", job.job_id))
+            self.ctx.counters["receipts_issued"] += 1
             self._track_pending(receipt.seq, PendingReceipt(run.worker, job.job_id, raw))
 
-    def _run_credits(self: Node, job: OriginJob, run: Run) -> float:
+    def _run_credits(self, job: OriginJob, run: Run) -> float:
         """Delivered GFLOP priced at the worker's advertised rate, never above its bid."""
         assert run.result is not None
-        entry = self.peers.get(run.worker)
+        entry = self.ctx.peers.get(run.worker)
         duration_ms = int(run.result.get("duration_ms", 0))
         if entry is None:
             return run.price
         cost = actual_cost(duration_ms, run.score_gflops, entry.advert.price, job.spec.credit_rate)
         return min(cost, run.price)
 
-    def _track_pending(self: Node, seq: int, pending: PendingReceipt) -> None:
+    def _track_pending(self, seq: int, pending: PendingReceipt) -> None:
         self._receipts_pending[seq] = pending
-        while len(self._receipts_pending) > self.params.max_receipts_pending:
+        while len(self._receipts_pending) > self.ctx.params.max_receipts_pending:
             self._receipts_pending.popitem(last=False)
-            self.counters["receipts_uncosigned"] += 1
-        self._at(self.now_ms + self.params.receipt_resend_ms, T_RECEIPT, seq)
+            self.ctx.counters["receipts_uncosigned"] += 1
+        self.ctx.at(self.ctx.now_ms + self.ctx.params.receipt_resend_ms, T_RECEIPT, seq)
 
-    def _timer_receipt_resend(self: Node, seq: int) -> None:
+    def timer_receipt_resend(self, seq: int) -> None:
         pending = self._receipts_pending.get(seq)
         if pending is None:
             return
         pending.tries += 1
-        if pending.tries > self.params.receipt_resend_max:
+        if pending.tries > self.ctx.params.receipt_resend_max:
             del self._receipts_pending[seq]
-            self.counters["receipts_uncosigned"] += 1
+            self.ctx.counters["receipts_uncosigned"] += 1
             return
-        self._emit(Send(pending.worker, pending.raw, "receipt", pending.job_id))
-        self._at(self.now_ms + self.params.receipt_resend_ms, T_RECEIPT, seq)
+        self.ctx.emit(Send(pending.worker, pending.raw, "receipt", pending.job_id))
+        self.ctx.at(self.ctx.now_ms + self.ctx.params.receipt_resend_ms, T_RECEIPT, seq)
 
-    def publish_attestations(
-        self: Node, job: OriginJob, valid: list[str], invalid: list[str]
-    ) -> None:
+    def publish_attestations(self, job: OriginJob, valid: list[str], invalid: list[str]) -> None:
         """Gossip this node's verdict on each judged worker of a replicated job."""
-        for subject, outcome in [
+        judged: list[tuple[str, Literal["valid", "invalid"]]] = [
             *((w, "valid") for w in valid),
             *((w, "invalid") for w in invalid),
-        ]:
-            if subject == self.peer_id:
+        ]
+        for subject, outcome in judged:
+            if subject == self.ctx.peer_id:
                 continue
             att = Attestation(
                 subject=subject, job_id=job.job_id, outcome=outcome, seq=self._next_seq()
             )
-            raw = self._seal(att)
-            self._index_record(self.peer_id, att, raw)
-            self._append(
+            raw = self.ctx.seal(att)
+            self._index_record(self.ctx.peer_id, att, raw)
+            self.ctx.append(
                 "attestation",
                 {
                     "subject": subject,
@@ -217,39 +217,41 @@ class CreditsMixin:
                     "envelope": raw,
                 },
             )
-            self._emit(Publish(TOPIC_RECEIPTS, raw))
-            self.counters["attestations_sent"] += 1
+            self.ctx.emit(Publish(TOPIC_RECEIPTS, raw))
+            self.ctx.counters["attestations_sent"] += 1
 
     # ------------------------------------------------------------ worker side
 
-    def on_receipt(self: Node, msg: Opened) -> None:
+    def on_receipt(self, msg: Opened) -> None:
         """A receipt sent to us directly by an origin: check, log, countersign, publish."""
         r: Receipt = msg.body
-        if r.origin != msg.sender or r.worker != self.peer_id or r.seq < 1:
-            self._reject("receipt_mismatch")
+        if r.origin != msg.sender or r.worker != self.ctx.peer_id or r.seq < 1:
+            self.ctx.reject("receipt_mismatch")
             return
         if (
             r.origin,
             r.seq,
-        ) in self.ledger:  # a re-send: our cosign was lost, or the origin restarted
+        ) in self.entries:  # a re-send: our cosign was lost, or the origin restarted
             if self._index_record(r.origin, r, msg.raw):
                 # A fresh envelope: the stored one may be older than max_message_age_ms.
-                self._emit(Publish(TOPIC_RECEIPTS, self._seal(ReceiptCosign(receipt=msg.raw))))
-                self.counters["receipts_recosigned"] += 1
+                self.ctx.emit(
+                    Publish(TOPIC_RECEIPTS, self.ctx.seal(ReceiptCosign(receipt=msg.raw)))
+                )
+                self.ctx.counters["receipts_recosigned"] += 1
             return
-        work = self.work.get((r.job_id, r.attempt, r.replica))
+        work = self.worker.work.get((r.job_id, r.attempt, r.replica))
         if (
             work is None
             or work.origin != msg.sender
             or work.result is None
             or work.result.status != "succeeded"
         ):
-            self._reject("receipt_unknown_run")
+            self.ctx.reject("receipt_unknown_run")
             return
         if not self._index_record(r.origin, r, msg.raw):
             return
-        cosign = self._seal(ReceiptCosign(receipt=msg.raw))
-        self._append(
+        cosign = self.ctx.seal(ReceiptCosign(receipt=msg.raw))
+        self.ctx.append(
             "receipt_cosigned",
             {
                 "job_id": r.job_id,
@@ -261,68 +263,63 @@ class CreditsMixin:
             },
             key=b"cosign:%s:%d" % (r.origin.encode(), r.seq),
         )
-        self._emit(Publish(TOPIC_RECEIPTS, cosign))
-        self.counters["receipts_cosigned"] += 1
+        self.ctx.emit(Publish(TOPIC_RECEIPTS, cosign))
+        self.ctx.counters["receipts_cosigned"] += 1
         self._ledger_add(r, msg.ts_ms, cosign)
 
     # ------------------------------------------------------------ any node
 
-    def on_receipt_gossip(self: Node, msg: Opened) -> None:
-        """Countersigned receipts and attestations gossiped by others."""
-        if msg.type == "receipt_cosign":
-            self._on_cosign(msg)
-        elif msg.type == "attestation":
-            self._on_attestation(msg)
-
-    def _on_cosign(self: Node, msg: Opened) -> None:
-        inner = self.codec.open(msg.body.receipt, self.params.max_message_bytes)
+    def on_cosign(self, msg: Opened) -> None:
+        inner = self.ctx.codec.open(msg.body.receipt, self.ctx.params.max_message_bytes)
         if isinstance(inner, Rejected) or inner.type != "receipt":
-            self._reject("bad_receipt", inner.reason if isinstance(inner, Rejected) else inner.type)
+            self.ctx.reject(
+                "bad_receipt", inner.reason if isinstance(inner, Rejected) else inner.type
+            )
             return
         r: Receipt = inner.body
         if r.origin != inner.sender or r.worker != msg.sender or r.seq < 1:
-            self._reject("receipt_mismatch")
+            self.ctx.reject("receipt_mismatch")
             return
         if not self._index_record(r.origin, r, inner.raw):
             return
-        if (r.origin, r.seq) in self.ledger:
-            self.counters["receipt_duplicate"] += 1
+        if (r.origin, r.seq) in self.entries:
+            self.ctx.counters["receipt_duplicate"] += 1
             return
         self._ledger_add(r, inner.ts_ms, msg.raw)
-        if r.origin == self.peer_id:
+        if r.origin == self.ctx.peer_id:
             self._receipts_pending.pop(r.seq, None)
 
-    def _on_attestation(self: Node, msg: Opened) -> None:
+    def on_attestation(self, msg: Opened) -> None:
         a: Attestation = msg.body
         if a.seq < 1:
-            self._reject("attestation_unsequenced")
+            self.ctx.reject("attestation_unsequenced")
             return
         if not self._index_record(msg.sender, a, msg.raw):
             return
         key = (msg.sender, a.subject, a.job_id)
-        if key in self._attestations_seen or a.subject == self.peer_id:
+        if key in self._attestations_seen or a.subject == self.ctx.peer_id:
             return
         self._attestations_seen[key] = None
-        while len(self._attestations_seen) > self.params.max_attestations_seen:
+        while len(self._attestations_seen) > self.ctx.params.max_attestations_seen:
             self._attestations_seen.popitem(last=False)
-        if self.trust.observe_remote(msg.sender, a.subject, a.outcome, self.now_ms):
-            self.counters["attestations_applied"] += 1
+        if self.ctx.trust.observe_remote(msg.sender, a.subject, a.outcome, self.ctx.now_ms):
+            self.ctx.counters["attestations_applied"] += 1
         else:
-            self.counters["attestations_ignored"] += 1
+            self.ctx.counters["attestations_ignored"] += 1
 
     def _ledger_add(
-        self: Node, r: Receipt, ts_ms: int, cosign: Any, counter: str = "receipts_ledgered"
+        self, r: Receipt, ts_ms: int, cosign: Any, counter: str = "receipts_ledgered"
     ) -> None:
-        self.ledger[(r.origin, r.seq)] = LedgerEntry(
+        self.entries[(r.origin, r.seq)] = LedgerEntry(
             r.job_id, r.origin, r.worker, r.credits, ts_ms, r.seq, cosign
         )
-        while len(self.ledger) > self.params.max_ledger_receipts:
-            self.ledger.popitem(last=False)
-        self.counters[counter] += 1
+        while len(self.entries) > self.ctx.params.max_ledger_receipts:
+            self.entries.popitem(last=False)
+        self.ctx.counters[counter] += 1
 
     # ------------------------------------------------------------ equivocation
 
-    def _index_record(self: Node, issuer: str, body: Body, raw: Any) -> bool:
+    def _index_record(self, issuer: str, body: Body, raw: Any) -> bool:
         """Remember (issuer, seq) -> body digest; False (and proof kept) on a conflict."""
         seq = getattr(body, "seq", 0)
         digest = hashlib.sha256(
@@ -332,7 +329,7 @@ class CreditsMixin:
         seen = self._records.get(key)
         if seen is None:
             self._records[key] = (digest, raw)
-            while len(self._records) > self.params.max_records_indexed:
+            while len(self._records) > self.ctx.params.max_records_indexed:
                 self._records.popitem(last=False)
             return True
         if seen[0] == digest:
@@ -340,59 +337,59 @@ class CreditsMixin:
         self._equivocation(issuer, seq, seen[1], raw)
         return False
 
-    def _equivocation(self: Node, issuer: str, seq: int, first: Any, second: Any) -> None:
+    def _equivocation(self, issuer: str, seq: int, first: Any, second: Any) -> None:
         proof = {
             "issuer": issuer,
             "seq": seq,
             "first": first,
             "second": second,
-            "detected_ms": self.now_ms,
+            "detected_ms": self.ctx.now_ms,
         }
         self.equivocations.append(proof)
-        self.counters["equivocations"] += 1
-        self._append("equivocation", proof)
-        self.trust.ban_forever(
-            issuer, f"equivocation: two signed records with seq {seq}", self.now_ms
+        self.ctx.counters["equivocations"] += 1
+        self.ctx.append("equivocation", proof)
+        self.ctx.trust.ban_forever(
+            issuer, f"equivocation: two signed records with seq {seq}", self.ctx.now_ms
         )
 
     # ------------------------------------------------------------ restore
 
-    def restore_credits_record(self: Node, kind: str, body: dict[str, Any]) -> None:
+    def restore_record(self, kind: str, body: dict[str, Any]) -> None:
         """Take one of this node's own log records (oldest first) into account after a restart.
 
         Cheap per record: envelopes are only kept (the newest ``max_records_indexed``)
-        and opened once, in :meth:`resume_credits`."""
+        and opened once, in :meth:`resume`."""
         if kind in ("receipt", "attestation"):
             self._record_seq = max(self._record_seq, int(body.get("seq", 0)))
         if kind in ("receipt", "attestation", "receipt_cosigned"):
             if self._restoring is None:
-                self._restoring = deque(maxlen=self.params.max_records_indexed)
+                self._restoring = deque(maxlen=self.ctx.params.max_records_indexed)
             self._restoring.append((kind, body))
         elif kind == "equivocation":
             self.equivocations.append(body)
-            self.trust.ban_forever(
+            self.ctx.trust.ban_forever(
                 body["issuer"],
                 f"equivocation: two signed records with seq {body['seq']}",
-                self.now_ms,
+                self.ctx.now_ms,
             )
 
-    def resume_credits(self: Node) -> None:
+    def resume(self) -> None:
         """After the records: rebuild the record index and the ledger entries this node
         countersigned, and ask again for the countersignatures of the newest
         ``max_receipts_pending`` receipts it issued (which ones came back before the
         restart is not logged). Ledger entries learned only from gossip are not in
         the log; they come back only as they are gossiped again."""
         restoring, self._restoring = self._restoring, None
-        issued: deque[Receipt] = deque(maxlen=self.params.max_receipts_pending)
+        issued: deque[Receipt] = deque(maxlen=self.ctx.params.max_receipts_pending)
         for kind, body in restoring or ():
-            opened = self.codec.open(
+            opened = self.ctx.codec.open(
                 body.get("receipt" if kind == "receipt_cosigned" else "envelope"),
-                self.params.max_message_bytes,
+                self.ctx.params.max_message_bytes,
             )
             if isinstance(opened, Rejected):
-                self.counters["restore_unreadable"] += 1
+                self.ctx.counters["restore_unreadable"] += 1
                 continue
-            issuer = opened.body.origin if kind == "receipt_cosigned" else self.peer_id
+            issuer = opened.body.origin if kind == "receipt_cosigned" else self.ctx.peer_id
             if not self._index_record(issuer, opened.body, opened.raw):
                 continue
             if kind == "receipt_cosigned":
@@ -403,26 +400,28 @@ class CreditsMixin:
                 issued.append(opened.body)
         self._rearm_receipts(issued)
 
-    def _rearm_receipts(self: Node, issued: deque[Receipt]) -> None:
+    def _rearm_receipts(self, issued: deque[Receipt]) -> None:
         # Re-sealed (the logged envelope may be stale by now; the body and seq are
         # the same, so this is no equivocation) and spread out per worker at half
         # its gossip rate, so its republished countersignatures are not dropped.
-        spacing_ms = int(2_000 / max(self.params.rate_gossip_per_s, 0.001))
+        spacing_ms = int(2_000 / max(self.ctx.params.rate_gossip_per_s, 0.001))
         per_worker: dict[str, int] = {}
         for r in issued:
             n = per_worker[r.worker] = per_worker.get(r.worker, 0) + 1
-            self._receipts_pending[r.seq] = PendingReceipt(r.worker, r.job_id, self._seal(r))
-            self._at(
-                self.now_ms + self.params.receipt_resend_ms + (n - 1) * spacing_ms, T_RECEIPT, r.seq
+            self._receipts_pending[r.seq] = PendingReceipt(r.worker, r.job_id, self.ctx.seal(r))
+            self.ctx.at(
+                self.ctx.now_ms + self.ctx.params.receipt_resend_ms + (n - 1) * spacing_ms,
+                T_RECEIPT,
+                r.seq,
             )
-        self.counters["receipts_rearmed"] += len(issued)
+        self.ctx.counters["receipts_rearmed"] += len(issued)
 
     # ------------------------------------------------------------ views
 
     def balances(self) -> dict[str, dict[str, float]]:
         """peer -> {earned, spent, balance}, from countersigned receipts only."""
         out: dict[str, dict[str, float]] = {}
-        for e in self.ledger.values():
+        for e in self.entries.values():
             w = out.setdefault(e.worker, {"earned": 0.0, "spent": 0.0})
             w["earned"] += e.credits
             o = out.setdefault(e.origin, {"earned": 0.0, "spent": 0.0})
@@ -446,6 +445,6 @@ class CreditsMixin:
                 "ts_ms": e.ts_ms,
                 "seq": e.seq,
             }
-            for e in sorted(self.ledger.values(), key=lambda e: (e.ts_ms, e.origin, e.seq))
+            for e in sorted(self.entries.values(), key=lambda e: (e.ts_ms, e.origin, e.seq))
         ]
         return {"balances": balances, "receipts": receipts}

@@ -21,9 +21,11 @@ used, so a job never has two accepted results from two different attempts.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .context import Context
 from .events import (
     TOPIC_OFFERS,
     BlobFetched,
@@ -37,7 +39,7 @@ from .events import (
     SendFailed,
 )
 from .jobspec import JobSpec, parse_job_spec
-from .lifecycle import RUN_LIVE, TERMINAL, check_transition, transition_path
+from .lifecycle import RUN_LIVE, TERMINAL, check_transition, run_next
 from .placement import Capacity, actual_cost, estimate_cost, fit_reason, rank_bids
 from .rtt import PeerRtt
 from .wire import (
@@ -54,7 +56,7 @@ from .wire import (
 )
 
 if TYPE_CHECKING:
-    from .node import Node
+    from .credits import Ledger
 
 T_WINDOW, T_REOFFER, T_LEASE, T_AWARD = "window", "reoffer", "lease", "award_timeout"
 AWARD_TIMEOUT = "award not acknowledged in time"
@@ -137,14 +139,19 @@ class OriginJob:
     """Peers that declined the open round."""
 
 
-class OriginMixin:
-    """Origin-side behaviour of :class:`meshd.core.node.Node`."""
+class Origin:
+    """The origin role: the jobs submitted to this node, from offer to settlement.
 
-    jobs: dict[str, OriginJob]
+    Owns its jobs, their runs and the flow-control state of its offer rounds;
+    shares only the :class:`~meshd.core.context.Context`; settles credit by
+    calling the :class:`~meshd.core.credits.Ledger` role.
+    """
 
-    def init_origin(self: Node) -> None:
-        self.jobs = {}
-        self.bid_delays: deque[int] = deque(maxlen=self.params.bid_delay_samples)
+    def __init__(self, ctx: Context, ledger: Ledger) -> None:
+        self.ctx = ctx
+        self.ledger = ledger
+        self.jobs: dict[str, OriginJob] = {}
+        self.bid_delays: deque[int] = deque(maxlen=self.ctx.params.bid_delay_samples)
         self.holding_jobs: set[str] = set()
         """Jobs whose open round is held for a less loaded worker (``_close_window``)."""
         self.open_rounds: set[str] = set()
@@ -154,7 +161,7 @@ class OriginMixin:
         self.admission: OrderedDict[str, None] = OrderedDict()
         """Jobs ready for an offer round, waiting for room, oldest first."""
         self._admitting = False
-        p = self.params
+        p = self.ctx.params
         self.round_limit = float(p.max_offers_in_flight)
         """Open rounds allowed now (AIMD between 1 and ``max_offers_in_flight``)."""
         self._last_cut_ms = -(10**12)
@@ -165,6 +172,25 @@ class OriginMixin:
             peers_kept=p.rtt_peers_kept,
         )
 
+    def timers(self) -> dict[str, Callable[[Any], None]]:
+        """This role's timer kinds and what runs when one is due."""
+        return {
+            T_WINDOW: self.timer_window,
+            T_REOFFER: self.timer_reoffer,
+            T_LEASE: self.timer_lease,
+            T_AWARD: self.timer_award_timeout,
+        }
+
+    def direct_handlers(self) -> dict[str, Callable[[Opened], None]]:
+        """The direct messages this role answers, by wire type."""
+        return {
+            "bid": self.on_bid,
+            "decline": self.on_decline,
+            "award_reply": self.on_award_reply,
+            "heartbeat": self.on_heartbeat,
+            "result": self.on_result,
+        }
+
     # ------------------------------------------------------------ bounded work in flight
 
     def _set_open(self, job: OriginJob, is_open: bool) -> None:
@@ -174,10 +200,17 @@ class OriginMixin:
         else:
             self.open_rounds.discard(job.job_id)
 
-    def _set_run_state(self, job: OriginJob, run: Run, state: str) -> None:
-        run.state = state
+    def _add_run(self, job: OriginJob, run: Run) -> None:
+        """A new run, just awarded (state ``awarding``)."""
+        assert run.state == "awarding"
+        job.runs[(run.attempt, run.replica)] = run
+        self.awarding.add((job.job_id, run.attempt, run.replica))
+
+    def _set_run_state(self, job: OriginJob, run: Run, event: str) -> None:
+        """Move ``run`` on ``event`` through ``lifecycle.RUN_TRANSITIONS``."""
+        run.state = run_next(run.state, event)
         key = (job.job_id, run.attempt, run.replica)
-        if state == "awarding":
+        if run.state == "awarding":
             self.awarding.add(key)
         else:
             self.awarding.discard(key)
@@ -185,28 +218,28 @@ class OriginMixin:
     def _room_for_round(self) -> bool:
         return (
             len(self.open_rounds) < int(self.round_limit)
-            and len(self.awarding) < self.params.max_awards_in_flight
+            and len(self.awarding) < self.ctx.params.max_awards_in_flight
         )
 
-    def _congested(self: Node, why: str) -> None:
+    def _congested(self, why: str) -> None:
         """A sign that we ask the mesh faster than it answers: halve the open-round limit."""
-        if self.now_ms - self._last_cut_ms < self.params.congestion_cooldown_ms:
+        if self.ctx.now_ms - self._last_cut_ms < self.ctx.params.congestion_cooldown_ms:
             return
-        self._last_cut_ms = self.now_ms
+        self._last_cut_ms = self.ctx.now_ms
         self.round_limit = max(1.0, self.round_limit / 2)
-        self.counters["congestion_" + why] += 1
+        self.ctx.counters["congestion_" + why] += 1
 
     def _relieved(self) -> None:
         """An award was acknowledged in time: allow a little more in flight."""
-        cap = float(self.params.max_offers_in_flight)
+        cap = float(self.ctx.params.max_offers_in_flight)
         self.round_limit = min(cap, self.round_limit + 1.0 / self.round_limit)
 
     def _defer(self, job: OriginJob) -> None:
         if job.job_id not in self.admission:
             self.admission[job.job_id] = None
-            self.counters["offers_deferred"] += 1
+            self.ctx.counters["offers_deferred"] += 1
 
-    def _admit(self: Node) -> None:
+    def _admit(self) -> None:
         """Open rounds for waiting jobs, oldest first, while there is room."""
         if self._admitting:
             return
@@ -220,21 +253,23 @@ class OriginMixin:
         finally:
             self._admitting = False
 
-    def _backoff(self: Node, job: OriginJob) -> None:
+    def _backoff(self, job: OriginJob) -> None:
         """Double the job's re-offer delay (jittered) after a round or award that failed."""
-        p = self.params
+        p = self.ctx.params
         job.backoff_ms = min(p.reoffer_max_ms, max(p.reoffer_base_ms, job.backoff_ms * 2))
         spread = p.reoffer_jitter * job.backoff_ms
-        job.next_offer_ms = self.now_ms + int(job.backoff_ms + self.rng.uniform(-spread, spread))
+        job.next_offer_ms = self.ctx.now_ms + int(
+            job.backoff_ms + self.ctx.rng.uniform(-spread, spread)
+        )
 
     # ------------------------------------------------------------ API-facing
 
-    def estimate(self: Node, spec: JobSpec) -> dict[str, Any]:
+    def estimate(self, spec: JobSpec) -> dict[str, Any]:
         """Cost/time estimate from the adverts we hold: the cheapest fitting peer."""
         req = offer_requirements(spec)
         best: tuple[float, float] | None = None
         candidates = 0
-        for entry in self.peers.alive(self.now_ms):
+        for entry in self.ctx.peers.alive(self.ctx.now_ms):
             cap = Capacity.from_advert(entry.advert)
             if fit_reason(cap, req) is not None:
                 continue
@@ -255,26 +290,26 @@ class OriginMixin:
             "candidates": candidates,
         }
 
-    def _on_JobSubmitted(self: Node, inp: JobSubmitted) -> None:
+    def on_job_submitted(self, inp: JobSubmitted) -> None:
         if inp.job_id in self.jobs:
-            self.counters["duplicate_submit"] += 1
+            self.ctx.counters["duplicate_submit"] += 1
             return
         self._evict_jobs()
         spec = inp.spec.model_copy(update={"job_id": inp.job_id})
-        job = OriginJob(inp.job_id, spec, self.now_ms, updated_ms=self.now_ms)
+        job = OriginJob(inp.job_id, spec, self.ctx.now_ms, updated_ms=self.ctx.now_ms)
         job.cost_estimate = self.estimate(spec)["credits"]
         if spec.replicas is not None:
             job.needed, job.replicate_decided = min(spec.replicas, 2), True
         self.jobs[job.job_id] = job
-        job.history.append((self.now_ms, "queued", "submitted"))
-        self._append(
+        job.history.append((self.ctx.now_ms, "queued", "submitted"))
+        self.ctx.append(
             "job_submitted",
             {"job_id": job.job_id, "spec": spec.model_dump(mode="json")},
             key=b"submit:" + job.job_id.encode(),
         )
         self._advance(job)
 
-    def _on_CancelRequested(self: Node, inp: CancelRequested) -> None:
+    def on_cancel_requested(self, inp: CancelRequested) -> None:
         job = self.jobs.get(inp.job_id)
         if job is None or job.state in TERMINAL:
             return
@@ -283,7 +318,7 @@ class OriginMixin:
             if run.state in RUN_LIVE:
                 self._set_run_state(job, run, "cancelled")
                 freed.append(run.worker)
-                self._send(
+                self.ctx.send(
                     run.worker,
                     Cancel(job_id=job.job_id, attempt=run.attempt, reason="cancelled by the user"),
                     job.job_id,
@@ -292,26 +327,26 @@ class OriginMixin:
         for worker in freed:
             self._freed(worker)
 
-    def _on_RetryRequested(self: Node, inp: RetryRequested) -> None:
+    def on_retry_requested(self, inp: RetryRequested) -> None:
         job = self.jobs.get(inp.job_id)
         if job is None or job.state not in ("failed", "cancelled"):
             return
         job.failures, job.reason, job.excluded, job.readmit_failed = 0, "", set(), False
         job.waiting_since_ms = None
         job.runs = {k: r for k, r in job.runs.items() if r.state == "done" and r.fetched}
-        job.next_offer_ms, job.backoff_ms = self.now_ms, 0
+        job.next_offer_ms, job.backoff_ms = self.ctx.now_ms, 0
         self._set_state(job, "queued", "retried by the user")
-        self._append("job_retried", {"job_id": job.job_id})
+        self.ctx.append("job_retried", {"job_id": job.job_id})
         self._advance(job)
 
     # ------------------------------------------------------------ offering
 
-    def _advance(self: Node, job: OriginJob, *, admitted: bool = False) -> None:
+    def _advance(self, job: OriginJob, *, admitted: bool = False) -> None:
         if job.state in TERMINAL:
             return
         if self._try_settle(job):
             return
-        if job.failures >= self.params.max_attempts:
+        if job.failures >= self.ctx.params.max_attempts:
             self._finish(
                 job, "failed", f"gave up after {job.failures} failed attempts: {job.last_failure}"
             )
@@ -340,18 +375,18 @@ class OriginMixin:
                 )
                 return
             if job.waiting_since_ms is None:
-                job.waiting_since_ms = self.now_ms
-            if self.now_ms - job.waiting_since_ms > self.params.max_queue_time_ms:
+                job.waiting_since_ms = self.ctx.now_ms
+            if self.ctx.now_ms - job.waiting_since_ms > self.ctx.params.max_queue_time_ms:
                 self._finish(job, "failed", "no worker took the job: " + summarize_declines(job))
                 return
-            if self.now_ms >= job.next_offer_ms:
+            if self.ctx.now_ms >= job.next_offer_ms:
                 if self._room_for_round() and (admitted or not self.admission):
                     self.admission.pop(job.job_id, None)
                     self._open_offer(job)
                 else:
                     self._defer(job)
             else:
-                self._at(job.next_offer_ms, T_REOFFER, job.job_id)
+                self.ctx.at(job.next_offer_ms, T_REOFFER, job.job_id)
         self._derive_state(job)
 
     def _busy_runs(self, job: OriginJob) -> int:
@@ -376,7 +411,7 @@ class OriginMixin:
             return job.needed - best  # disagreement: one tie-breaker per missing vote
         return max(0, job.needed - sum(len(g) for g in results))
 
-    def _open_offer(self: Node, job: OriginJob) -> None:
+    def _open_offer(self, job: OriginJob) -> None:
         slots = max(1, self._wanted_runs(job) - self._busy_runs(job))
         if not job.replicate_decided:
             slots = 1  # replication is decided when the first worker is chosen
@@ -401,21 +436,21 @@ class OriginMixin:
             exclude=sorted(exclude)[:64],
         )
         job.offer_slots = offer.slots
-        job.offered_ms = self.now_ms
+        job.offered_ms = self.ctx.now_ms
         job.offer_candidates = self._candidates(job, offer)
-        self._append(
+        self.ctx.append(
             "job_offered", {"job_id": job.job_id, "attempt": job.attempt, "slots": offer.slots}
         )
-        self._publish(TOPIC_OFFERS, offer)
-        self.counters["offers_sent"] += 1
-        self._at(self.now_ms + self._window_ms(job), T_WINDOW, (job.job_id, job.attempt))
+        self.ctx.publish(TOPIC_OFFERS, offer)
+        self.ctx.counters["offers_sent"] += 1
+        self.ctx.at(self.ctx.now_ms + self._window_ms(job), T_WINDOW, (job.job_id, job.attempt))
 
     def _window_ms(self, job: OriginJob) -> int:
         """The bid window doubles after each round that closed with candidates
         known but no bid in (bids were late: the mesh is loaded); it is back to
         ``bid_window_ms`` after an award. It is never shorter than the learned
         window (:meth:`_learned_window_ms`), nor longer than ``bid_window_max_ms``."""
-        p = self.params
+        p = self.ctx.params
         return min(
             p.bid_window_max_ms, max(p.bid_window_ms << job.slow_rounds, self._learned_window_ms())
         )
@@ -427,27 +462,29 @@ class OriginMixin:
             return 0
         ordered = sorted(self.bid_delays)
         p90 = ordered[min(len(ordered) - 1, (len(ordered) * 9) // 10)]
-        return int(self.params.bid_window_factor * p90)
+        return int(self.ctx.params.bid_window_factor * p90)
 
-    def _candidates(self: Node, job: OriginJob, offer: Offer) -> int:
+    def _candidates(self, job: OriginJob, offer: Offer) -> int:
         n = 0
-        for entry in self.peers.alive(self.now_ms):
-            if entry.peer_id in offer.exclude or self.trust.banned(entry.peer_id, self.now_ms):
+        for entry in self.ctx.peers.alive(self.ctx.now_ms):
+            if entry.peer_id in offer.exclude or self.ctx.trust.banned(
+                entry.peer_id, self.ctx.now_ms
+            ):
                 continue
             if fit_reason(Capacity.from_advert(entry.advert), offer.requirements) is None:
                 n += 1
         return n
 
-    def on_bid(self: Node, msg: Opened) -> None:
+    def on_bid(self, msg: Opened) -> None:
         bid: Bid = msg.body
         job = self.jobs.get(bid.job_id)
         if job is None or job.state in TERMINAL or bid.attempt > job.attempt:
-            self.counters["bid_unknown"] += 1
+            self.ctx.counters["bid_unknown"] += 1
             return
-        if msg.sender in job.excluded or len(job.bids) >= self.params.max_bids_kept:
+        if msg.sender in job.excluded or len(job.bids) >= self.ctx.params.max_bids_kept:
             return
         if bid.attempt == job.attempt:
-            delay = max(0, self.now_ms - job.offered_ms)
+            delay = max(0, self.ctx.now_ms - job.offered_ms)
             self.bid_delays.append(delay)
             self.rtt.sample(msg.sender, delay)  # offer out, bid back: about one round trip
         if (msg.sender, NO_ANSWER) in job.declines:  # it did answer, late
@@ -457,7 +494,7 @@ class OriginMixin:
             # this round: the worker judged the same job (exclusions are
             # re-checked above and when awarding).
             if bid.attempt != job.attempt:
-                self.counters["bid_carried_over"] += 1
+                self.ctx.counters["bid_carried_over"] += 1
             job.bids[msg.sender] = bid
             if job.job_id in self.holding_jobs:
                 self._close_window(job)  # closes unless this bidder is saturated too
@@ -467,8 +504,8 @@ class OriginMixin:
         # Late binding: a bid that missed its window is still an offer of
         # work. If the job is waiting for a worker, award it now instead of
         # waiting for the next round's back-off.
-        self.counters["bid_late"] += 1
-        if len(self.awarding) >= self.params.max_awards_in_flight:
+        self.ctx.counters["bid_late"] += 1
+        if len(self.awarding) >= self.ctx.params.max_awards_in_flight:
             return  # the job keeps its place among those waiting for a round
         if not job.offer_open and self._wanted_runs(job) > self._busy_runs(job):
             # Collect late bids for a short window (no new offer is published),
@@ -479,16 +516,18 @@ class OriginMixin:
             job.declined_round = set()
             self._set_open(job, True)
             self.admission.pop(job.job_id, None)
-            p = self.params
+            p = self.ctx.params
             until = max(
-                self.now_ms + p.late_bid_window_ms, job.offered_ms + self._learned_window_ms()
+                self.ctx.now_ms + p.late_bid_window_ms, job.offered_ms + self._learned_window_ms()
             )
-            self._at(
-                min(until, self.now_ms + p.bid_window_max_ms), T_WINDOW, (job.job_id, job.attempt)
+            self.ctx.at(
+                min(until, self.ctx.now_ms + p.bid_window_max_ms),
+                T_WINDOW,
+                (job.job_id, job.attempt),
             )
             self._derive_state(job)
 
-    def on_decline(self: Node, msg: Opened) -> None:
+    def on_decline(self, msg: Opened) -> None:
         job = self.jobs.get(msg.body.job_id)
         if job is None or msg.body.attempt != job.attempt:
             return
@@ -501,30 +540,30 @@ class OriginMixin:
 
     def _note_decline(self, job: OriginJob, peer: str, reason: str) -> None:
         job.declines.append((peer, reason))
-        while len(job.declines) > self.params.max_declines_kept:
+        while len(job.declines) > self.ctx.params.max_declines_kept:
             job.declines.popleft()
 
-    def _maybe_close_window(self: Node, job: OriginJob) -> None:
+    def _maybe_close_window(self, job: OriginJob) -> None:
         slots, candidates = job.offer_slots, job.offer_candidates
         answered = len(job.bids) + job.declined_now
-        if len(job.bids) >= self.params.bids_enough * slots or (
+        if len(job.bids) >= self.ctx.params.bids_enough * slots or (
             candidates and answered >= candidates
         ):
             self._close_window(job)
 
-    def _timer_window(self: Node, key: tuple[str, int]) -> None:
+    def timer_window(self, key: tuple[str, int]) -> None:
         job = self.jobs.get(key[0])
         if job is not None and job.offer_open and job.attempt == key[1]:
             self._close_window(job)
 
-    def _timer_reoffer(self: Node, job_id: str) -> None:
+    def timer_reoffer(self, job_id: str) -> None:
         job = self.jobs.get(job_id)
-        if job is not None and not job.offer_open and self.now_ms >= job.next_offer_ms:
+        if job is not None and not job.offer_open and self.ctx.now_ms >= job.next_offer_ms:
             self._advance(job)
 
-    def _close_window(self: Node, job: OriginJob) -> None:
-        hold_until = job.offered_ms + self.params.saturated_hold_max_ms
-        if self.now_ms < hold_until and self._only_saturated_bids(job):
+    def _close_window(self, job: OriginJob) -> None:
+        hold_until = job.offered_ms + self.ctx.params.saturated_hold_max_ms
+        if self.ctx.now_ms < hold_until and self._only_saturated_bids(job):
             # Every bidder in hand already holds as many of our runs as it has
             # slots, while a less loaded candidate has not answered yet: wait
             # for its bid, or for one of our runs on a bidder to end (then
@@ -532,8 +571,8 @@ class OriginMixin:
             # of queueing the job behind our own work on the quickest responder.
             if job.job_id not in self.holding_jobs:
                 self.holding_jobs.add(job.job_id)
-                self.counters["rounds_held"] += 1
-                self._at(hold_until, T_WINDOW, (job.job_id, job.attempt))
+                self.ctx.counters["rounds_held"] += 1
+                self.ctx.at(hold_until, T_WINDOW, (job.job_id, job.attempt))
             return
         self.holding_jobs.discard(job.job_id)
         self._set_open(job, False)
@@ -542,7 +581,7 @@ class OriginMixin:
         self._advance(job)
         self._admit()
 
-    def _freed(self: Node, worker: str) -> None:
+    def _freed(self, worker: str) -> None:
         """A run of ours on ``worker`` ended: rounds held while ``worker`` was
         saturated are ranked again (it may now be the best bid)."""
         for job_id in list(self.holding_jobs):
@@ -550,7 +589,7 @@ class OriginMixin:
             if job is not None and worker in job.bids:
                 self._close_window(job)
 
-    def _only_saturated_bids(self: Node, job: OriginJob) -> bool:
+    def _only_saturated_bids(self, job: OriginJob) -> bool:
         """Every usable bidder of the round already holds at least as many of
         our live runs as it has slots, and some fitting candidate that has not
         answered holds fewer of them than the least loaded bidder."""
@@ -560,7 +599,7 @@ class OriginMixin:
         inflight = self._inflight()
 
         def slots(peer: str) -> int:
-            entry = self.peers.get(peer)
+            entry = self.ctx.peers.get(peer)
             return max(1, entry.advert.capacity if entry is not None else 1)
 
         if any(inflight.get(p, 0) < slots(p) for p in bidders):
@@ -568,21 +607,21 @@ class OriginMixin:
         least = min(inflight.get(p, 0) for p in bidders)
         req = offer_requirements(job.spec)
         ran = job.excluded | self._ran(job)
-        for entry in self.peers.alive(self.now_ms):
+        for entry in self.ctx.peers.alive(self.ctx.now_ms):
             p = entry.peer_id
             if (
                 p in job.bids
                 or p in job.declined_round
                 or p in ran
                 or inflight.get(p, 0) >= least
-                or self.trust.banned(p, self.now_ms)
+                or self.ctx.trust.banned(p, self.ctx.now_ms)
             ):
                 continue
             if fit_reason(Capacity.from_advert(entry.advert), req) is None:
                 return True
         return False
 
-    def _award_next(self: Node, job: OriginJob) -> None:
+    def _award_next(self, job: OriginJob) -> None:
         """Award as many untried bids of this round as runs are still wanted."""
         live = self._busy_runs(job)
         want = self._wanted_runs(job) - live
@@ -593,7 +632,7 @@ class OriginMixin:
             if p not in job.tried
             and p not in busy
             and p not in job.excluded
-            and not self.trust.banned(p, self.now_ms)
+            and not self.ctx.trust.banned(p, self.ctx.now_ms)
             and (job.spec.max_budget is None or b.price <= job.spec.max_budget)
         }
         if want > 0 and not usable:
@@ -602,9 +641,9 @@ class OriginMixin:
         ranked = rank_bids(
             usable,
             job.spec.speed,
-            {p: self.trust.rank_reputation(p, self.now_ms) for p in usable},
+            {p: self.ctx.trust.rank_reputation(p, self.ctx.now_ms) for p in usable},
             self._inflight(),
-            {p: self.rng.random() for p in usable},
+            {p: self.ctx.rng.random() for p in usable},
             per_gflop=not job.spec.estimated_flops,
         )
         for peer in ranked:
@@ -616,12 +655,14 @@ class OriginMixin:
                 # anything; in a mesh with one candidate the result is accepted
                 # unverified (and says so in the verdict).
                 enough = len(usable) >= 2 or job.offer_candidates >= 2
-                job.needed = 2 if enough and self.trust.should_replicate(peer, self.rng) else 1
+                job.needed = (
+                    2 if enough and self.ctx.trust.should_replicate(peer, self.ctx.rng) else 1
+                )
                 want = self._wanted_runs(job) - live
             self._award(job, peer, usable[peer])
             want -= 1
 
-    def _no_bids(self: Node, job: OriginJob) -> None:
+    def _no_bids(self, job: OriginJob) -> None:
         over_budget = [
             (p, b.price)
             for p, b in job.bids.items()
@@ -637,14 +678,14 @@ class OriginMixin:
             if not job.declined_round:
                 self._congested("silent_round")
         self._backoff(job)
-        self.counters["offers_unanswered"] += 1
-        self._append(
+        self.ctx.counters["offers_unanswered"] += 1
+        self.ctx.append(
             "job_no_bids",
             {"job_id": job.job_id, "attempt": job.attempt, "reasons": summarize_declines(job)},
         )
         if self._nobody_left(job):
             job.readmit_failed, job.excluded = True, set()
-            job.next_offer_ms = self.now_ms
+            job.next_offer_ms = self.ctx.now_ms
 
     def _ran(self, job: OriginJob) -> set[str]:
         """Workers not to offer the job to: live runs, and runs with a result
@@ -656,41 +697,43 @@ class OriginMixin:
             or (r.result and (not job.readmit_failed or r.result.get("status") == "succeeded"))
         }
 
-    def _nobody_left(self: Node, job: OriginJob) -> bool:
+    def _nobody_left(self, job: OriginJob) -> bool:
         """The job failed before and every known peer that fits it already ran it."""
         return bool(job.failures) and self._all_fitting_ran(job)
 
-    def _all_fitting_ran(self: Node, job: OriginJob) -> bool:
+    def _all_fitting_ran(self, job: OriginJob) -> bool:
         """Every live peer that fits the job already ran it (or is banned)."""
         req = offer_requirements(job.spec)
         ran = job.excluded | self._ran(job)
         fitting = [
             e.peer_id
-            for e in self.peers.alive(self.now_ms)
+            for e in self.ctx.peers.alive(self.ctx.now_ms)
             if fit_reason(Capacity.from_advert(e.advert), req) is None
         ]
-        return bool(fitting) and all(p in ran or self.trust.banned(p, self.now_ms) for p in fitting)
+        return bool(fitting) and all(
+            p in ran or self.ctx.trust.banned(p, self.ctx.now_ms) for p in fitting
+        )
 
-    def _derive_declines(self: Node, job: OriginJob) -> None:
+    def _derive_declines(self, job: OriginJob) -> None:
         """Reasons we can read off adverts for peers that did not bid."""
         req = offer_requirements(job.spec)
         seen = {p for p, _ in job.declines} | set(job.bids)
-        for entry in self.peers.alive(self.now_ms):
+        for entry in self.ctx.peers.alive(self.ctx.now_ms):
             if entry.peer_id in seen:
                 continue
             if entry.peer_id in job.excluded:
                 reason = "excluded after an earlier failure"
             elif entry.peer_id in self._ran(job):
                 reason = "already ran this job (replicas must run on distinct workers)"
-            elif self.trust.banned(entry.peer_id, self.now_ms):
+            elif self.ctx.trust.banned(entry.peer_id, self.ctx.now_ms):
                 reason = "banned for misbehaviour"
             else:
                 reason = fit_reason(Capacity.from_advert(entry.advert), req) or NO_ANSWER
             self._note_decline(job, entry.peer_id, reason)
-        if not self.peers.alive(self.now_ms):
+        if not self.ctx.peers.alive(self.ctx.now_ms):
             self._note_decline(job, "-", "no peers known (is this node connected to the mesh?)")
 
-    def origin_serves(self, peer: str, digest: str) -> bool:
+    def serves(self, peer: str, digest: str) -> bool:
         """``peer`` holds a live run of a job of ours that has input ``digest``."""
         for job in self.jobs.values():
             if job.state in TERMINAL or not any(
@@ -714,7 +757,7 @@ class OriginMixin:
                     counts[r.worker] = counts.get(r.worker, 0) + 1
         return counts
 
-    def _award(self: Node, job: OriginJob, peer: str, bid: Bid) -> None:
+    def _award(self, job: OriginJob, peer: str, bid: Bid) -> None:
         job.tried.add(peer)
         job.slow_rounds = 0
         replica = job.next_replica
@@ -725,13 +768,12 @@ class OriginMixin:
             peer,
             bid.price,
             bid.score_gflops,
-            deadline_ms=self.now_ms + self.rtt.timeout_ms(peer) + self.inbox_wait_ms,
-            awarded_ms=self.now_ms,
+            deadline_ms=self.ctx.now_ms + self.rtt.timeout_ms(peer) + self.ctx.inbox_wait_ms,
+            awarded_ms=self.ctx.now_ms,
             ack_timeout_ms=self.rtt.timeout_ms(peer),
         )
-        job.runs[(run.attempt, run.replica)] = run
-        self._set_run_state(job, run, "awarding")
-        self._append(
+        self._add_run(job, run)
+        self.ctx.append(
             "run_awarded",
             {
                 "job_id": job.job_id,
@@ -742,7 +784,7 @@ class OriginMixin:
                 "score": bid.score_gflops,
             },
         )
-        self._send(
+        self.ctx.send(
             peer,
             Award(
                 job_id=job.job_id,
@@ -750,13 +792,13 @@ class OriginMixin:
                 replica=replica,
                 spec=job.spec.model_dump(mode="json"),
                 price=bid.price,
-                lease_ms=self.params.lease_ms,
+                lease_ms=self.ctx.params.lease_ms,
             ),
             job.job_id,
-            ttl_ms=run.deadline_ms - self.now_ms,
+            ttl_ms=run.deadline_ms - self.ctx.now_ms,
         )
-        self.counters["awards_sent"] += 1
-        self._at(run.deadline_ms, T_AWARD, (job.job_id, run.attempt, replica))
+        self.ctx.counters["awards_sent"] += 1
+        self.ctx.at(run.deadline_ms, T_AWARD, (job.job_id, run.attempt, replica))
 
     def _run_of(
         self, job_id: str, attempt: int, replica: int, sender: str
@@ -767,20 +809,20 @@ class OriginMixin:
             return None
         return job, run
 
-    def on_award_reply(self: Node, msg: Opened) -> None:
+    def on_award_reply(self, msg: Opened) -> None:
         b = msg.body
         found = self._run_of(b.job_id, b.attempt, b.replica, msg.sender)
         if found is None:
             return
         job, run = found
         if run.state == "refused" and run.timed_out and b.accepted:
-            self.counters["award_ack_late"] += 1
+            self.ctx.counters["award_ack_late"] += 1
             if not self._revive(job, run):
                 self._withdraw(job, run, "award withdrawn: acknowledged after its time-out")
             return
         if run.state != "awarding":
             return
-        self.rtt.sample(msg.sender, self.now_ms - run.awarded_ms)
+        self.rtt.sample(msg.sender, self.ctx.now_ms - run.awarded_ms)
         if b.accepted:
             self._relieved()
             self._activate(job, run)
@@ -793,22 +835,22 @@ class OriginMixin:
     def _lease_end(self, run: Run) -> int:
         """A lease runs ``lease_ms`` from the last contact, plus the worker's
         round-trip time-out (a busy peer's heartbeat takes longer to arrive)."""
-        return self.now_ms + self.params.lease_ms + self.rtt.timeout_ms(run.worker)
+        return self.ctx.now_ms + self.ctx.params.lease_ms + self.rtt.timeout_ms(run.worker)
 
-    def _activate(self: Node, job: OriginJob, run: Run) -> None:
-        self._set_run_state(job, run, "active")
+    def _activate(self, job: OriginJob, run: Run) -> None:
+        self._set_run_state(job, run, "accepted")
         run.timed_out = False
         run.deadline_ms = run.lease_base_ms = self._lease_end(run)
         job.waiting_since_ms = None
         job.backoff_ms = 0
-        self._append(
+        self.ctx.append(
             "run_accepted",
             {"job_id": job.job_id, "attempt": run.attempt, "replica": run.replica},
         )
-        self._at(run.deadline_ms, T_LEASE, (job.job_id, run.attempt, run.replica))
+        self.ctx.at(run.deadline_ms, T_LEASE, (job.job_id, run.attempt, run.replica))
         self._derive_state(job)
 
-    def _revive(self: Node, job: OriginJob, run: Run) -> bool:
+    def _revive(self, job: OriginJob, run: Run) -> bool:
         """A run refused for a late acknowledgement turns out to be under way
         (its acknowledgement or heartbeat came after all): keep it rather than
         place the job again, when the job still wants a run, or when the run
@@ -823,7 +865,7 @@ class OriginMixin:
             if not pending:
                 return False
             self._withdraw(job, pending[-1], "award withdrawn: an earlier award is under way")
-        self.counters["award_late_honoured"] += 1
+        self.ctx.counters["award_late_honoured"] += 1
         late = "refused award: " + AWARD_TIMEOUT
         job.declines = deque(
             d for d in job.declines if not (d[0] == run.worker and d[1].startswith(late))
@@ -831,21 +873,21 @@ class OriginMixin:
         self._activate(job, run)
         return True
 
-    def _log_refused(self: Node, job: OriginJob, run: Run, reason: str) -> None:
+    def _log_refused(self, job: OriginJob, run: Run, reason: str) -> None:
         body = {"job_id": job.job_id, "attempt": run.attempt, "replica": run.replica}
-        self._append("run_refused", {**body, "reason": reason})
+        self.ctx.append("run_refused", {**body, "reason": reason})
 
-    def _withdraw(self: Node, job: OriginJob, run: Run, reason: str) -> None:
+    def _withdraw(self, job: OriginJob, run: Run, reason: str) -> None:
         """Tell a worker to drop a run we no longer want (acknowledged too late)."""
         if run.state == "awarding":
             self._set_run_state(job, run, "refused")
             self._log_refused(job, run, reason)
-        self.counters["awards_withdrawn"] += 1
-        self._send(
+        self.ctx.counters["awards_withdrawn"] += 1
+        self.ctx.send(
             run.worker, Cancel(job_id=job.job_id, attempt=run.attempt, reason=reason), job.job_id
         )
 
-    def origin_award_failed(self: Node, inp: SendFailed) -> None:
+    def on_award_failed(self, inp: SendFailed) -> None:
         job = self.jobs.get(inp.job_id or "")
         if job is None:
             return
@@ -853,33 +895,31 @@ class OriginMixin:
             if run.worker == inp.to_peer and run.state == "awarding":
                 self._run_refused(job, run, f"unreachable: {inp.error}", backoff=True)
 
-    def _timer_award_timeout(self: Node, key: tuple[str, int, int]) -> None:
+    def timer_award_timeout(self, key: tuple[str, int, int]) -> None:
         job = self.jobs.get(key[0])
         run = job.runs.get((key[1], key[2])) if job else None
         if (
             job is not None
             and run is not None
             and run.state == "awarding"
-            and self.now_ms >= run.deadline_ms
+            and self.ctx.now_ms >= run.deadline_ms
         ):
             # The reply may be waiting in our own inbox: time out only once the
             # peer's time-out plus our inbox's current wait has passed.
-            due = run.awarded_ms + run.ack_timeout_ms + self.inbox_wait_ms
-            if self.now_ms < due:
+            due = run.awarded_ms + run.ack_timeout_ms + self.ctx.inbox_wait_ms
+            if self.ctx.now_ms < due:
                 run.deadline_ms = due
-                self._at(due, T_AWARD, key)
+                self.ctx.at(due, T_AWARD, key)
                 return
             run.timed_out = True
             self.rtt.timed_out(run.worker)
             self._congested("award_timeout")
-            self.counters["award_timeouts"] += 1
+            self.ctx.counters["award_timeouts"] += 1
             self._run_refused(
                 job, run, f"{AWARD_TIMEOUT} ({run.deadline_ms - run.awarded_ms} ms)", backoff=True
             )
 
-    def _run_refused(
-        self: Node, job: OriginJob, run: Run, reason: str, *, backoff: bool = False
-    ) -> None:
+    def _run_refused(self, job: OriginJob, run: Run, reason: str, *, backoff: bool = False) -> None:
         self._set_run_state(job, run, "refused")
         if backoff and self._wanted_runs(job) > self._busy_runs(job):
             self._backoff(job)  # the mesh is slow to answer: do not re-offer at once
@@ -893,7 +933,7 @@ class OriginMixin:
 
     # ------------------------------------------------------------ leases
 
-    def on_heartbeat(self: Node, msg: Opened) -> None:
+    def on_heartbeat(self, msg: Opened) -> None:
         b = msg.body
         found = self._run_of(b.job_id, b.attempt, b.replica, msg.sender)
         if found is not None and found[1].state == "refused" and found[1].timed_out:
@@ -902,57 +942,57 @@ class OriginMixin:
         if found is not None and keep:
             job, run = found
             if run.state == "awarding":  # heartbeat overtook the award reply
-                self._set_run_state(job, run, "active")
+                self._set_run_state(job, run, "accepted")
                 job.waiting_since_ms = None
                 self._admit()
             run.deadline_ms = run.lease_base_ms = self._lease_end(run)
-            self._at(run.deadline_ms, T_LEASE, (job.job_id, run.attempt, run.replica))
+            self.ctx.at(run.deadline_ms, T_LEASE, (job.job_id, run.attempt, run.replica))
             if b.state == "running" and not run.started:
                 run.started = True
-                self._append(
+                self.ctx.append(
                     "run_started",
                     {"job_id": job.job_id, "attempt": run.attempt, "replica": run.replica},
                 )
             if b.log:
                 self._job_log(job, b.log)
             self._derive_state(job)
-        self._send(
+        self.ctx.send(
             msg.sender,
             HeartbeatReply(job_id=b.job_id, attempt=b.attempt, replica=b.replica, keep=keep),
             b.job_id,
         )
 
-    def _job_log(self: Node, job: OriginJob, data: bytes) -> None:
-        room = self.params.max_job_log_bytes - len(job.log)
+    def _job_log(self, job: OriginJob, data: bytes) -> None:
+        room = self.ctx.params.max_job_log_bytes - len(job.log)
         if room > 0:
             job.log += data[:room]
-        self._emit(JobLog(job.job_id, data))
+        self.ctx.emit(JobLog(job.job_id, data))
 
-    def _timer_lease(self: Node, key: tuple[str, int, int]) -> None:
+    def timer_lease(self, key: tuple[str, int, int]) -> None:
         job = self.jobs.get(key[0])
         run = job.runs.get((key[1], key[2])) if job else None
-        if job is None or run is None or run.state != "active" or self.now_ms < run.deadline_ms:
+        if job is None or run is None or run.state != "active" or self.ctx.now_ms < run.deadline_ms:
             return
-        due = run.lease_base_ms + self.inbox_wait_ms
-        if self.now_ms < due:  # a heartbeat may be waiting in our own congested inbox
-            self._at(due, T_LEASE, key)
+        due = run.lease_base_ms + self.ctx.inbox_wait_ms
+        if self.ctx.now_ms < due:  # a heartbeat may be waiting in our own congested inbox
+            self.ctx.at(due, T_LEASE, key)
             return
-        self._set_run_state(job, run, "lost")
-        self.trust.observe(run.worker, "abandoned", self.now_ms)
+        self._set_run_state(job, run, "lease_lost")
+        self.ctx.trust.observe(run.worker, "abandoned", self.ctx.now_ms)
         self._run_failed(
             job,
             run,
-            f"lease lost: no heartbeat from {run.worker[-8:]} for {self.params.lease_ms} ms",
+            f"lease lost: no heartbeat from {run.worker[-8:]} for {self.ctx.params.lease_ms} ms",
             exclude=True,
         )
         self._freed(run.worker)
 
-    def _run_failed(self: Node, job: OriginJob, run: Run, reason: str, *, exclude: bool) -> None:
+    def _run_failed(self, job: OriginJob, run: Run, reason: str, *, exclude: bool) -> None:
         job.failures += 1
         job.last_failure = reason
         if exclude:
             job.excluded.add(run.worker)
-        self._append(
+        self.ctx.append(
             "run_failed",
             {
                 "job_id": job.job_id,
@@ -962,18 +1002,18 @@ class OriginMixin:
                 "reason": reason,
             },
         )
-        job.history.append((self.now_ms, job.state, reason))
+        job.history.append((self.ctx.now_ms, job.state, reason))
         self._advance(job)
 
     # ------------------------------------------------------------ results
 
-    def on_result(self: Node, msg: Opened) -> None:
+    def on_result(self, msg: Opened) -> None:
         b = msg.body
         found = self._run_of(b.job_id, b.attempt, b.replica, msg.sender)
         if found is not None and found[1].state == "refused" and found[1].timed_out:
             self._revive(*found)  # it ran although its acknowledgement was late or lost
         usable = found is not None and found[1].state in RUN_LIVE and found[0].state not in TERMINAL
-        self._send(
+        self.ctx.send(
             msg.sender,
             ResultAck(
                 job_id=b.job_id,
@@ -985,20 +1025,20 @@ class OriginMixin:
             b.job_id,
         )
         if not usable:
-            self.counters["result_ignored"] += 1
+            self.ctx.counters["result_ignored"] += 1
             return
         job, run = found  # type: ignore[misc]
-        self._set_run_state(job, run, "done")
+        self._set_run_state(job, run, "result")
         run.result = b.model_dump(mode="json")
         job.cost_actual += actual_cost(
             b.duration_ms, run.score_gflops, self._price_of(run), job.spec.credit_rate
         )
-        self._append("run_result", {"job_id": job.job_id, "worker": run.worker, **run.result})
+        self.ctx.append("run_result", {"job_id": job.job_id, "worker": run.worker, **run.result})
         if b.status == "succeeded":
             self._check_claimed_score(job, run, b.duration_ms)
         if b.status != "succeeded" or b.output_digest is None:
-            self.trust.observe(
-                run.worker, "abandoned" if b.status == "error" else "completed", self.now_ms
+            self.ctx.trust.observe(
+                run.worker, "abandoned" if b.status == "error" else "completed", self.ctx.now_ms
             )
             why = b.reason or b.status
             if b.exit_code not in (None, 0):
@@ -1007,11 +1047,13 @@ class OriginMixin:
                 job, run, f"run on {run.worker[-8:]} {b.status}: {why}", exclude=b.status == "error"
             )
         else:
-            self._emit(FetchBlob(job.job_id, run.attempt, run.replica, run.worker, b.output_digest))
+            self.ctx.emit(
+                FetchBlob(job.job_id, run.attempt, run.replica, run.worker, b.output_digest)
+            )
             self._advance(job)
         self._freed(run.worker)
 
-    def _check_claimed_score(self: Node, job: OriginJob, run: Run, duration_ms: int) -> None:
+    def _check_claimed_score(self, job: OriginJob, run: Run, duration_ms: int) -> None:
         """Compare the score a worker bid with (its measured, advertised GFLOPS)
         with what it achieved on a job of known size; a large over-claim is
         recorded in the log and counts against its reputation."""
@@ -1020,10 +1062,10 @@ class OriginMixin:
             return
         achieved = flops / (duration_ms / 1000) / 1e9
         ratio = run.score_gflops / achieved if achieved > 0 else float("inf")
-        if ratio > self.params.score_mismatch_ratio:
-            self.counters["score_overclaims"] += 1
-            self.trust.observe(run.worker, "overclaimed", self.now_ms)
-            self._append(
+        if ratio > self.ctx.params.score_mismatch_ratio:
+            self.ctx.counters["score_overclaims"] += 1
+            self.ctx.trust.observe(run.worker, "overclaimed", self.ctx.now_ms)
+            self.ctx.append(
                 "score_mismatch",
                 {
                     "job_id": job.job_id,
@@ -1034,19 +1076,19 @@ class OriginMixin:
                 },
             )
 
-    def _price_of(self: Node, run: Run) -> float:
-        entry = self.peers.get(run.worker)
+    def _price_of(self, run: Run) -> float:
+        entry = self.ctx.peers.get(run.worker)
         if entry is not None:
             return entry.advert.price
         return 0.0
 
-    def _on_BlobFetched(self: Node, inp: BlobFetched) -> None:
+    def on_blob_fetched(self, inp: BlobFetched) -> None:
         job = self.jobs.get(inp.job_id)
         run = job.runs.get((inp.attempt, inp.replica)) if job else None
         if job is None or run is None or run.result is None or job.state in TERMINAL:
             return
         if not inp.ok:
-            self._set_run_state(job, run, "failed")
+            self._set_run_state(job, run, "output_lost")
             self._run_failed(
                 job,
                 run,
@@ -1055,7 +1097,7 @@ class OriginMixin:
             )
             return
         run.fetched = True
-        self._append(
+        self.ctx.append(
             "run_output",
             {
                 "job_id": job.job_id,
@@ -1082,7 +1124,7 @@ class OriginMixin:
             return False
         return job.equiv.get(frozenset((a, b)))
 
-    def _request_checks(self: Node, job: OriginJob) -> None:
+    def _request_checks(self, job: OriginJob) -> None:
         """Ask the shell to judge every pair of distinct fetched outputs not yet judged."""
         digests = sorted({r.result["output_digest"] for r in self._fetched_runs(job)})  # type: ignore[index]
         for i, a in enumerate(digests):
@@ -1090,13 +1132,13 @@ class OriginMixin:
                 pair = frozenset((a, b))
                 if self._same(job, a, b) is None and pair not in job.pending_checks:
                     job.pending_checks.add(pair)
-                    self._emit(RunChecker(job.job_id, job.spec.checker_image or "", a, b))
+                    self.ctx.emit(RunChecker(job.job_id, job.spec.checker_image or "", a, b))
 
-    def _on_CheckerFinished(self: Node, inp: CheckerFinished) -> None:
+    def on_checker_finished(self, inp: CheckerFinished) -> None:
         job = self.jobs.get(inp.job_id)
         pair = frozenset((inp.a, inp.b))
         if job is None or job.state in TERMINAL or pair not in job.pending_checks:
-            self.counters["checker_verdict_unsolicited"] += 1
+            self.ctx.counters["checker_verdict_unsolicited"] += 1
             return
         job.pending_checks.discard(pair)
         job.equiv[pair] = inp.equivalent
@@ -1118,7 +1160,7 @@ class OriginMixin:
                 groups.append([run])
         return groups
 
-    def _try_settle(self: Node, job: OriginJob) -> bool:
+    def _try_settle(self, job: OriginJob) -> bool:
         self._request_checks(job)  # judgements lost in a restart are asked for again
         if job.pending_checks:
             return False
@@ -1127,7 +1169,7 @@ class OriginMixin:
             return False
         best = max(groups, key=len)
         if len(best) < job.needed:
-            if sum(len(g) for g in groups) >= self.params.max_disagreeing_results:
+            if sum(len(g) for g in groups) >= self.ctx.params.max_disagreeing_results:
                 self._finish(
                     job,
                     "failed",
@@ -1144,9 +1186,9 @@ class OriginMixin:
         invalid = [r.worker for g in groups if g is not best for r in g]
         replicated = job.needed > 1
         for w in valid:
-            self.trust.observe(w, "valid" if replicated else "completed", self.now_ms)
+            self.ctx.trust.observe(w, "valid" if replicated else "completed", self.ctx.now_ms)
         for w in invalid:
-            self.trust.observe(w, "invalid", self.now_ms)
+            self.ctx.trust.observe(w, "invalid", self.ctx.now_ms)
         job.canonical = canonical
         job.exit_code = best[0].result.get("exit_code")  # type: ignore[union-attr]
         job.verdict = {
@@ -1156,22 +1198,24 @@ class OriginMixin:
             "valid": valid,
             "invalid": invalid,
         }
-        self._append("job_verdict", {"job_id": job.job_id, "canonical": canonical, **job.verdict})
+        self.ctx.append(
+            "job_verdict", {"job_id": job.job_id, "canonical": canonical, **job.verdict}
+        )
         for r in job.runs.values():  # stop anything still running for this job
             if r.state in RUN_LIVE:
                 self._set_run_state(job, r, "cancelled")
-                self._send(
+                self.ctx.send(
                     r.worker,
                     Cancel(job_id=job.job_id, attempt=r.attempt, reason="result settled"),
                     job.job_id,
                 )
         if replicated:
-            self.publish_attestations(job, valid, invalid)
-        self.settle_credits(job, best)
+            self.ledger.publish_attestations(job, valid, invalid)
+        self.ledger.settle_credits(job, best)
         self._finish(job, "succeeded", "")
         return True
 
-    def _second_opinion_wanted(self: Node, job: OriginJob, run: Run) -> bool:
+    def _second_opinion_wanted(self, job: OriginJob, run: Run) -> bool:
         """An unverified result from a worker other than the one the replication
         decision was made for (the first award; later ones are re-offers) gets
         its own decision, so a retry cannot slip an untrusted result through."""
@@ -1181,16 +1225,16 @@ class OriginMixin:
             return False
         others = [
             e
-            for e in self.peers.alive(self.now_ms)
+            for e in self.ctx.peers.alive(self.ctx.now_ms)
             if e.peer_id != run.worker
             and e.peer_id not in job.excluded
-            and not self.trust.banned(e.peer_id, self.now_ms)
+            and not self.ctx.trust.banned(e.peer_id, self.ctx.now_ms)
         ]
-        return bool(others) and self.trust.should_replicate(run.worker, self.rng)
+        return bool(others) and self.ctx.trust.should_replicate(run.worker, self.ctx.rng)
 
     # ------------------------------------------------------------ state
 
-    def _finish(self: Node, job: OriginJob, state: str, reason: str) -> None:
+    def _finish(self, job: OriginJob, state: str, reason: str) -> None:
         job.reason = reason
         self._set_open(job, False)
         self.holding_jobs.discard(job.job_id)
@@ -1199,7 +1243,7 @@ class OriginMixin:
             if r.state == "awarding":  # its acknowledgement, if any, is answered with a cancel
                 self._set_run_state(job, r, "refused")
         self._set_state(job, state, reason)
-        self._append(
+        self.ctx.append(
             "job_finished",
             {
                 "job_id": job.job_id,
@@ -1212,7 +1256,7 @@ class OriginMixin:
         )
         self._admit()
 
-    def _derive_state(self: Node, job: OriginJob) -> None:
+    def _derive_state(self, job: OriginJob) -> None:
         """The user-visible state follows from the runs and the open offer."""
         if job.state in TERMINAL:
             return
@@ -1233,18 +1277,18 @@ class OriginMixin:
             new = "queued"
         self._set_state(job, new, "")
 
-    def _set_state(self: Node, job: OriginJob, new: str, detail: str) -> None:
+    def _set_state(self, job: OriginJob, new: str, detail: str) -> None:
         if new == job.state:
             return
-        for mid in transition_path(job.state, new)[1:-1]:
-            self._set_state(job, mid, "")
         check_transition(job.state, new)
-        old, job.state, job.updated_ms = job.state, new, self.now_ms
-        job.history.append((self.now_ms, new, detail))
-        self._append("job_state", {"job_id": job.job_id, "from": old, "to": new, "detail": detail})
+        old, job.state, job.updated_ms = job.state, new, self.ctx.now_ms
+        job.history.append((self.ctx.now_ms, new, detail))
+        self.ctx.append(
+            "job_state", {"job_id": job.job_id, "from": old, "to": new, "detail": detail}
+        )
 
     def _evict_jobs(self) -> None:
-        if len(self.jobs) < self.params.max_jobs_tracked:
+        if len(self.jobs) < self.ctx.params.max_jobs_tracked:
             return
         done = sorted(
             (j for j in self.jobs.values() if j.state in TERMINAL), key=lambda j: j.updated_ms
@@ -1254,11 +1298,11 @@ class OriginMixin:
 
     # ------------------------------------------------------------ restore
 
-    def restore_origin_record(self: Node, kind: str, body: dict[str, Any]) -> None:
-        jid = body.get("job_id")
+    def restore_record(self, kind: str, body: dict[str, Any]) -> None:
+        jid: str = body.get("job_id", "")
         if kind == "job_submitted":
             spec = parse_job_spec(body["spec"])
-            self.jobs[jid] = OriginJob(jid, spec, self.now_ms, updated_ms=self.now_ms)
+            self.jobs[jid] = OriginJob(jid, spec, self.ctx.now_ms, updated_ms=self.ctx.now_ms)
             if spec.replicas is not None:
                 self.jobs[jid].needed, self.jobs[jid].replicate_decided = (
                     min(spec.replicas, 2),
@@ -1315,7 +1359,7 @@ class OriginMixin:
             }
         elif kind == "job_state":
             job.state = body["to"]
-            job.history.append((self.now_ms, body["to"], body.get("detail", "")))
+            job.history.append((self.ctx.now_ms, body["to"], body.get("detail", "")))
         elif kind == "job_finished":
             job.state, job.reason, job.cost_actual = (
                 body["state"],
@@ -1325,7 +1369,7 @@ class OriginMixin:
         elif kind == "job_retried":
             job.failures, job.excluded = 0, set()
 
-    def resume_origin(self: Node) -> None:
+    def resume(self) -> None:
         """After a restart: renew leases (workers get a fresh lease) and resume offering."""
         for job in self.jobs.values():
             if job.state in TERMINAL:
@@ -1334,11 +1378,11 @@ class OriginMixin:
             for run in job.runs.values():
                 if run.state in RUN_LIVE:
                     run.state = "active"
-                    run.deadline_ms = run.lease_base_ms = self.now_ms + self.params.lease_ms
-                    self._at(run.deadline_ms, T_LEASE, (job.job_id, run.attempt, run.replica))
+                    run.deadline_ms = run.lease_base_ms = self.ctx.now_ms + self.ctx.params.lease_ms
+                    self.ctx.at(run.deadline_ms, T_LEASE, (job.job_id, run.attempt, run.replica))
                 elif run.state == "done" and run.result and not run.fetched:
                     if run.result.get("status") == "succeeded" and run.result.get("output_digest"):
-                        self._emit(
+                        self.ctx.emit(
                             FetchBlob(
                                 job.job_id,
                                 run.attempt,
@@ -1347,7 +1391,7 @@ class OriginMixin:
                                 run.result["output_digest"],
                             )
                         )
-            self._append("job_resumed", {"job_id": job.job_id, "state": job.state})
+            self.ctx.append("job_resumed", {"job_id": job.job_id, "state": job.state})
             self._advance(job)
 
 

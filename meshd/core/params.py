@@ -87,8 +87,16 @@ class CoreParams:
     """Bids kept per offer attempt."""
     startup_overhead_s: float = 1.0
     """Added to every duration estimate (container start, input fetch)."""
+    run_time_initial_s: float = 5.0
+    """A worker's guess at its average run time before it has finished one
+    (how long each award queued ahead of a new one makes it wait)."""
+    run_time_weight: float = 0.2
+    """Weight of each finished run in that moving average (0 < w ≤ 1)."""
 
     # --- leases and execution
+    executor_failures_cold: int = 3
+    """Failed health checks (or executor faults) in a row that turn a warm
+    node cold; a node not yet warm stays cold after the first."""
     lease_ms: int = 15_000
     """A worker that sends no heartbeat for this long loses the job."""
     heartbeat_interval_ms: int = 3_000

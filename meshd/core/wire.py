@@ -48,6 +48,13 @@ than open round MAX_ATTEMPT + 1."""
 MAX_REPLICA = 1_000
 """Highest run index (``replica``) of one job: every award, refused or not,
 takes the next index. An origin fails a job rather than exceed it."""
+MAX_ADVERT_ADDRS = 16
+"""Listen addresses an advert may carry (each at most 256 characters)."""
+MAX_ADVERT_IMAGES = 256
+"""Image names an advert may list; a node with more advertises the first ones."""
+MAX_HEARTBEAT_LOG_BYTES = 16 * 1024
+"""Live log bytes one heartbeat may carry; the worker keeps at most this much
+between two heartbeats and drops the rest (the full log stays with the run's output)."""
 
 PeerId = Annotated[str, Field(min_length=1, max_length=128)]
 JobId = Annotated[str, Field(min_length=8, max_length=64)]
@@ -69,14 +76,18 @@ class Advert(Body):
 
     seq: Annotated[int, Field(ge=0)]
     ttl_ms: Annotated[int, Field(gt=0, le=3_600_000)]
-    addrs: Annotated[list[Annotated[str, Field(max_length=256)]], Field(max_length=16)] = []
+    addrs: Annotated[
+        list[Annotated[str, Field(max_length=256)]], Field(max_length=MAX_ADVERT_ADDRS)
+    ] = []
     cores: Annotated[int, Field(ge=0, le=100_000)]
     ram_mb: Annotated[int, Field(ge=0)]
     disk_free_mb: Annotated[int, Field(ge=0)] = 0
     gpus: Annotated[list[GpuInfo], Field(max_length=64)] = []
     gpu_runtime: bool = False
     runtimes: Annotated[list[Literal["docker", "process"]], Field(max_length=4)] = []
-    images: Annotated[list[Annotated[str, Field(max_length=255)]], Field(max_length=256)] = []
+    images: Annotated[
+        list[Annotated[str, Field(max_length=255)]], Field(max_length=MAX_ADVERT_IMAGES)
+    ] = []
     score_gflops: Annotated[float, Field(ge=0, le=1e9)]
     gpu_gflops: Annotated[float, Field(ge=0, le=1e9)] | None = None
     tier: Literal["cpu", "consumer-gpu", "datacenter-gpu"] = "cpu"
@@ -162,7 +173,7 @@ class Heartbeat(Body):
     replica: int = 0
     state: Literal["queued", "fetching", "running", "finished"]
     elapsed_ms: Annotated[int, Field(ge=0)] = 0
-    log: Annotated[bytes, Field(max_length=16 * 1024)] = b""
+    log: Annotated[bytes, Field(max_length=MAX_HEARTBEAT_LOG_BYTES)] = b""
     """Live log bytes produced since the previous heartbeat (bounded)."""
 
 

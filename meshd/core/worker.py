@@ -19,27 +19,46 @@ the shell) — the origin's lease expires and it re-offers the job elsewhere.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal, cast
 
+from .context import Context
 from .events import (
+    TOPIC_ADVERTS,
     CancelExecution,
     ExecutionFinished,
     ExecutionProgress,
     ExecutorHealth,
     FetchInputs,
     InputsFetched,
+    LocalCapabilities,
     StartExecution,
 )
 from .jobspec import JobSpec, JobSpecError, parse_job_spec
-from .placement import budget_timeout_s, decline_reason, make_bid
-from .wire import AwardReply, Decline, Heartbeat, Opened, Result
+from .lifecycle import work_next
+from .placement import Capacity, budget_timeout_s, decline_reason, make_bid
+from .wire import (
+    MAX_ADVERT_ADDRS,
+    MAX_ADVERT_IMAGES,
+    MAX_HEARTBEAT_LOG_BYTES,
+    Advert,
+    AwardReply,
+    Decline,
+    GpuInfo,
+    Heartbeat,
+    Opened,
+    Result,
+)
 
-if TYPE_CHECKING:
-    from .node import Node
-
-T_HEARTBEAT, T_RESEND = "heartbeat", "resend"
+T_HEARTBEAT, T_RESEND, T_ADVERT = "heartbeat", "resend", "advert"
 RunKey = tuple[str, int, int]
+_HEARTBEAT_STATE: dict[str, Literal["queued", "fetching", "running", "finished"]] = {
+    "queued": "queued",
+    "fetching": "fetching",
+    "running": "running",
+}
+"""What a heartbeat says of a held run (a cancelled one says finished)."""
 
 
 @dataclass
@@ -58,17 +77,120 @@ class Work:
     log_buf: bytes = b""
 
 
-class WorkerMixin:
-    """Worker-side behaviour of :class:`meshd.core.node.Node`."""
+class Worker:
+    """The worker role: what this node offers, its bids, and the runs it holds.
 
-    work: dict[RunKey, Work]
-    work_queue: deque[RunKey]
-    avg_run_s: float
+    Owns the local capabilities and warmth (and so the adverts that announce
+    them), the runs awarded to this node (``work``) and their queue; shares
+    only the :class:`~meshd.core.context.Context`.
+    """
 
-    def init_worker(self: Node) -> None:
-        self.work = {}
-        self.work_queue = deque()
-        self.avg_run_s = 5.0
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.work: dict[RunKey, Work] = {}
+        self.work_queue: deque[RunKey] = deque()
+        self.avg_run_s = ctx.params.run_time_initial_s
+        """Moving average of our runs' durations (s): how long a queued award waits."""
+        self.caps: LocalCapabilities | None = None
+        self.warm = False
+        self.cold_reason: str | None = "health check pending"
+        self.executor_failures = 0
+        self._advert_seq = 0
+        ctx.at(ctx.now_ms, T_ADVERT, None)
+
+    def timers(self) -> dict[str, Callable[[Any], None]]:
+        """This role's timer kinds and what runs when one is due."""
+        return {
+            T_HEARTBEAT: self.timer_heartbeat,
+            T_RESEND: self.timer_resend,
+            T_ADVERT: self.timer_advert,
+        }
+
+    def direct_handlers(self) -> dict[str, Callable[[Opened], None]]:
+        """The direct messages this role answers, by wire type."""
+        return {
+            "award": self.on_award,
+            "heartbeat_reply": self.on_heartbeat_reply,
+            "cancel": self.on_cancel,
+            "result_ack": self.on_result_ack,
+        }
+
+    # ------------------------------------------------------------ what we offer
+
+    def on_local_capabilities(self, inp: LocalCapabilities) -> None:
+        first = self.caps is None
+        self.caps = inp
+        if first:
+            self._advertise()
+
+    def on_executor_health(self, inp: ExecutorHealth) -> None:
+        p = self.ctx.params
+        was = self.warm
+        if inp.ok:
+            self.warm, self.cold_reason, self.executor_failures = True, None, 0
+        else:
+            self.executor_failures += 1
+            if self.executor_failures >= p.executor_failures_cold or not self.warm:
+                self.warm, self.cold_reason = False, inp.reason or "executor failing"
+        if was != self.warm:
+            self.ctx.append("node_warmth", {"warm": self.warm, "reason": self.cold_reason or ""})
+            self._advertise()
+
+    def capacity(self) -> Capacity | None:
+        if self.caps is None:
+            return None
+        return Capacity.from_local(
+            self.caps,
+            warm=self.warm,
+            cold_reason=self.cold_reason,
+            running=self.work_running(),
+            queued=self.work_queued(),
+        )
+
+    def make_advert(self) -> Advert | None:
+        c = self.caps
+        if c is None:
+            return None
+        p = self.ctx.params
+        # Seeded from the clock so a restarted node's adverts outrank the ones
+        # it sent before the restart (peers ignore a seq they have seen).
+        self._advert_seq = max(self._advert_seq + 1, self.ctx.wall_ms)
+        return Advert(
+            seq=self._advert_seq,
+            ttl_ms=p.advert_ttl_ms,
+            addrs=list(c.addrs)[:MAX_ADVERT_ADDRS],
+            cores=c.cores,
+            ram_mb=c.ram_mb,
+            disk_free_mb=c.disk_free_mb,
+            gpus=[GpuInfo(model=m, memory_mb=mem) for m, mem in c.gpus],
+            gpu_runtime=c.gpu_runtime,
+            # pydantic checks both against the wire's literals when the advert is built
+            runtimes=cast(Any, list(c.runtimes)),
+            images=list(c.images)[:MAX_ADVERT_IMAGES],
+            score_gflops=c.score_gflops,
+            gpu_gflops=c.gpu_gflops,
+            tier=cast(Any, c.tier),
+            price=c.price,
+            running=self.work_running(),
+            queued=self.work_queued(),
+            capacity=c.capacity,
+            warm=self.warm,
+            cold_reason=self.cold_reason,
+            network_allowed=c.network_allowed,
+            version=c.version,
+        )
+
+    def _advertise(self) -> None:
+        advert = self.make_advert()
+        if advert is not None:
+            self.ctx.publish(TOPIC_ADVERTS, advert)
+            self.ctx.counters["adverts_sent"] += 1
+
+    def timer_advert(self, _key: Any) -> None:
+        self._advertise()
+        self.ctx.at(self.ctx.now_ms + self.ctx.params.advert_interval_ms, T_ADVERT, None)
+
+    # ------------------------------------------------------------ runs held
 
     def work_running(self) -> int:
         return sum(1 for w in self.work.values() if w.state in ("fetching", "running"))
@@ -78,7 +200,7 @@ class WorkerMixin:
 
     # ------------------------------------------------------------ offers
 
-    def worker_on_offer(self: Node, msg: Opened) -> None:
+    def on_offer(self, msg: Opened) -> None:
         cap = self.capacity()
         if cap is None:
             return
@@ -86,34 +208,34 @@ class WorkerMixin:
         reason, send = decline_reason(
             cap,
             offer,
-            self_id=self.peer_id,
-            queue_max=self.params.worker_queue_max,
-            overhead_s=self.params.startup_overhead_s,
+            self_id=self.ctx.peer_id,
+            queue_max=self.ctx.params.worker_queue_max,
+            overhead_s=self.ctx.params.startup_overhead_s,
         )
         if reason is None and (busy := self._busy_reason()) is not None:
             reason, send = busy, True
         if reason is not None:
-            self.counters["offers_declined"] += 1
+            self.ctx.counters["offers_declined"] += 1
             if send:
-                self._send(
+                self.ctx.send(
                     msg.sender,
                     Decline(job_id=offer.job_id, attempt=offer.attempt, reason=reason[:500]),
                     offer.job_id,
                 )
             return
         bid = make_bid(
-            cap, offer, avg_run_s=self.avg_run_s, overhead_s=self.params.startup_overhead_s
+            cap, offer, avg_run_s=self.avg_run_s, overhead_s=self.ctx.params.startup_overhead_s
         )
-        self.counters["bids_sent"] += 1
-        self._send(msg.sender, bid, offer.job_id)
+        self.ctx.counters["bids_sent"] += 1
+        self.ctx.send(msg.sender, bid, offer.job_id)
 
     # ------------------------------------------------------------ awards
 
-    def on_award(self: Node, msg: Opened) -> None:
+    def on_award(self, msg: Opened) -> None:
         a = msg.body
         key: RunKey = (a.job_id, a.attempt, a.replica)
         if key in self.work:  # a re-sent award: answer the same
-            self._send(
+            self.ctx.send(
                 msg.sender,
                 AwardReply(job_id=a.job_id, attempt=a.attempt, replica=a.replica, accepted=True),
                 a.job_id,
@@ -129,8 +251,8 @@ class WorkerMixin:
         if reason is None and spec is not None and spec.job_id != a.job_id:
             reason = "job descriptor does not match the award"
         if reason is not None or spec is None:
-            self.counters["awards_refused"] += 1
-            self._send(
+            self.ctx.counters["awards_refused"] += 1
+            self.ctx.send(
                 msg.sender,
                 AwardReply(
                     job_id=a.job_id,
@@ -148,11 +270,17 @@ class WorkerMixin:
             spec.timeout_s, spec.max_budget, cap.score_gflops, cap.price, spec.credit_rate
         )
         work = Work(
-            key, msg.sender, spec, a.price, timeout, self.now_ms, last_contact_ms=self.now_ms
+            key,
+            msg.sender,
+            spec,
+            a.price,
+            timeout,
+            self.ctx.now_ms,
+            last_contact_ms=self.ctx.now_ms,
         )
         self.work[key] = work
         self.work_queue.append(key)
-        self._append(
+        self.ctx.append(
             "work_accepted",
             {
                 "job_id": a.job_id,
@@ -165,34 +293,34 @@ class WorkerMixin:
             },
             key=b"work:%s:%d:%d" % (a.job_id.encode(), a.attempt, a.replica),
         )
-        self.counters["awards_accepted"] += 1
-        self._send(
+        self.ctx.counters["awards_accepted"] += 1
+        self.ctx.send(
             msg.sender,
             AwardReply(job_id=a.job_id, attempt=a.attempt, replica=a.replica, accepted=True),
             a.job_id,
         )
-        self._at(self.now_ms + self.params.heartbeat_interval_ms, T_HEARTBEAT, key)
+        self.ctx.at(self.ctx.now_ms + self.ctx.params.heartbeat_interval_ms, T_HEARTBEAT, key)
         self._start_queued()
 
-    def _award_refusal(self: Node, a: Any) -> str | None:
+    def _award_refusal(self, a: Any) -> str | None:
         cap = self.capacity()
         if cap is None:
             return "node not ready"
         if not cap.warm:
             return f"node is cold: {cap.cold_reason}"
-        if cap.running + cap.queued >= cap.capacity + self.params.worker_queue_max:
+        if cap.running + cap.queued >= cap.capacity + self.ctx.params.worker_queue_max:
             return "busy: queue full"
         return self._busy_reason()
 
-    def _busy_reason(self: Node) -> str | None:
+    def _busy_reason(self) -> str | None:
         """Our own inbox is congested: say so now rather than take work whose
         acknowledgement and heartbeats would reach the origin too late."""
-        if self.inbox_wait_ms > self.params.worker_busy_wait_ms:
-            self.counters["busy_refusals"] += 1
-            return f"busy: messages wait {self.inbox_wait_ms} ms in this node's inbox"
+        if self.ctx.inbox_wait_ms > self.ctx.params.worker_busy_wait_ms:
+            self.ctx.counters["busy_refusals"] += 1
+            return f"busy: messages wait {self.ctx.inbox_wait_ms} ms in this node's inbox"
         return None
 
-    def _start_queued(self: Node) -> None:
+    def _start_queued(self) -> None:
         cap = self.caps
         slots = cap.capacity if cap else 1
         while self.work_queue and self.work_running() < slots:
@@ -200,10 +328,10 @@ class WorkerMixin:
             work = self.work.get(key)
             if work is None or work.state != "queued":
                 continue
-            work.state = "fetching"
-            self._emit(FetchInputs(key[0], key[1], key[2], work.origin, work.spec))
+            work.state = work_next(work.state, "start")
+            self.ctx.emit(FetchInputs(key[0], key[1], key[2], work.origin, work.spec))
 
-    def _on_InputsFetched(self: Node, inp: InputsFetched) -> None:
+    def on_inputs_fetched(self, inp: InputsFetched) -> None:
         work = self.work.get((inp.job_id, inp.attempt, inp.replica))
         if work is None or work.state != "fetching":
             return
@@ -219,27 +347,30 @@ class WorkerMixin:
                 ),
             )
             return
-        work.state, work.started_ms = "running", self.now_ms
-        self._append(
+        work.state, work.started_ms = work_next(work.state, "inputs_fetched"), self.ctx.now_ms
+        self.ctx.append(
             "work_started", {"job_id": inp.job_id, "attempt": inp.attempt, "replica": inp.replica}
         )
-        self._emit(StartExecution(inp.job_id, inp.attempt, inp.replica, work.spec, work.timeout_s))
+        self.ctx.emit(
+            StartExecution(inp.job_id, inp.attempt, inp.replica, work.spec, work.timeout_s)
+        )
         self._heartbeat(work)
 
-    def _on_ExecutionProgress(self: Node, inp: ExecutionProgress) -> None:
+    def on_execution_progress(self, inp: ExecutionProgress) -> None:
         work = self.work.get((inp.job_id, inp.attempt, inp.replica))
         if work is not None and work.state == "running":
-            room = 16 * 1024 - len(work.log_buf)
+            room = MAX_HEARTBEAT_LOG_BYTES - len(work.log_buf)
             work.log_buf += inp.log[: max(0, room)]
 
-    def _on_ExecutionFinished(self: Node, inp: ExecutionFinished) -> None:
+    def on_execution_finished(self, inp: ExecutionFinished) -> None:
         work = self.work.get((inp.job_id, inp.attempt, inp.replica))
         if work is None or work.state != "running":
             return
         if inp.executor_fault:
-            self._on_ExecutorHealth(ExecutorHealth(False, inp.reason))
+            self.on_executor_health(ExecutorHealth(False, inp.reason))
         elif inp.status in ("succeeded", "failed"):
-            self.avg_run_s = 0.8 * self.avg_run_s + 0.2 * inp.duration_ms / 1000
+            w = self.ctx.params.run_time_weight
+            self.avg_run_s = (1 - w) * self.avg_run_s + w * inp.duration_ms / 1000
         cap = self.caps
         result = Result(
             job_id=inp.job_id,
@@ -257,23 +388,21 @@ class WorkerMixin:
         )
         self._finish_work(work, result)
 
-    def _finish_work(self: Node, work: Work, result: Result) -> None:
-        work.state, work.result = "finished", result
-        self._append("work_finished", {**result.model_dump(mode="json"), "origin": work.origin})
-        self._send(work.origin, result, result.job_id)
-        self._at(self.now_ms + self.params.result_resend_ms, T_RESEND, work.key)
+    def _finish_work(self, work: Work, result: Result) -> None:
+        work.state, work.result = work_next(work.state, "finished"), result
+        self.ctx.append("work_finished", {**result.model_dump(mode="json"), "origin": work.origin})
+        self.ctx.send(work.origin, result, result.job_id)
+        self.ctx.at(self.ctx.now_ms + self.ctx.params.result_resend_ms, T_RESEND, work.key)
         self._start_queued()
         self._gc_work()
 
     # ------------------------------------------------------------ talking to the origin
 
-    def _heartbeat(self: Node, work: Work) -> None:
-        state = {"queued": "queued", "fetching": "fetching", "running": "running"}.get(
-            work.state, "finished"
-        )
+    def _heartbeat(self, work: Work) -> None:
+        state = _HEARTBEAT_STATE.get(work.state, "finished")
         log, work.log_buf = work.log_buf, b""
-        elapsed = self.now_ms - work.started_ms if work.started_ms else 0
-        self._send(
+        elapsed = self.ctx.now_ms - work.started_ms if work.started_ms else 0
+        self.ctx.send(
             work.origin,
             Heartbeat(
                 job_id=work.key[0],
@@ -284,38 +413,38 @@ class WorkerMixin:
                 log=log,
             ),
             work.key[0],
-        )  # type: ignore[arg-type]
+        )
 
-    def _timer_heartbeat(self: Node, key: RunKey) -> None:
+    def timer_heartbeat(self, key: RunKey) -> None:
         work = self.work.get(key)
         if work is None or work.state in ("finished", "cancelled"):
             return
-        if self.now_ms - work.last_contact_ms > 2 * self.params.lease_ms:
+        if self.ctx.now_ms - work.last_contact_ms > 2 * self.ctx.params.lease_ms:
             self._cancel_work(work, "origin unreachable for two leases")
             return
         self._heartbeat(work)
-        self._at(self.now_ms + self.params.heartbeat_interval_ms, T_HEARTBEAT, key)
+        self.ctx.at(self.ctx.now_ms + self.ctx.params.heartbeat_interval_ms, T_HEARTBEAT, key)
 
-    def on_heartbeat_reply(self: Node, msg: Opened) -> None:
+    def on_heartbeat_reply(self, msg: Opened) -> None:
         b = msg.body
         work = self.work.get((b.job_id, b.attempt, b.replica))
         if work is None or work.origin != msg.sender:
             return
-        work.last_contact_ms = self.now_ms
+        work.last_contact_ms = self.ctx.now_ms
         if not b.keep and work.state not in ("finished", "cancelled"):
             self._cancel_work(work, "origin no longer wants this run")
 
-    def on_cancel(self: Node, msg: Opened) -> None:
+    def on_cancel(self, msg: Opened) -> None:
         b = msg.body
         for key, work in list(self.work.items()):
             if key[0] == b.job_id and key[1] == b.attempt and work.origin == msg.sender:
                 if work.state not in ("finished", "cancelled"):
                     self._cancel_work(work, b.reason or "cancelled by the origin")
 
-    def _cancel_work(self: Node, work: Work, reason: str) -> None:
+    def _cancel_work(self, work: Work, reason: str) -> None:
         was = work.state
-        work.state = "cancelled"
-        self._append(
+        work.state = work_next(work.state, "cancelled")
+        self.ctx.append(
             "work_cancelled",
             {
                 "job_id": work.key[0],
@@ -325,30 +454,30 @@ class WorkerMixin:
             },
         )
         if was == "running" or was == "fetching":
-            self._emit(CancelExecution(work.key[0], work.key[1], work.key[2], reason))
+            self.ctx.emit(CancelExecution(work.key[0], work.key[1], work.key[2], reason))
         self._start_queued()
         self._gc_work()
 
-    def _timer_resend(self: Node, key: RunKey) -> None:
+    def timer_resend(self, key: RunKey) -> None:
         work = self.work.get(key)
         if work is None or work.result is None or work.acked:
             return
-        if self.now_ms - work.last_contact_ms > 2 * self.params.lease_ms:
-            self._append(
+        if self.ctx.now_ms - work.last_contact_ms > 2 * self.ctx.params.lease_ms:
+            self.ctx.append(
                 "work_unacknowledged", {"job_id": key[0], "attempt": key[1], "replica": key[2]}
             )
             work.acked = True
             return
-        self._send(work.origin, work.result, key[0])
-        self._at(self.now_ms + self.params.result_resend_ms, T_RESEND, key)
+        self.ctx.send(work.origin, work.result, key[0])
+        self.ctx.at(self.ctx.now_ms + self.ctx.params.result_resend_ms, T_RESEND, key)
 
-    def on_result_ack(self: Node, msg: Opened) -> None:
+    def on_result_ack(self, msg: Opened) -> None:
         b = msg.body
         work = self.work.get((b.job_id, b.attempt, b.replica))
         if work is None or work.origin != msg.sender or work.acked:
             return
-        work.acked, work.last_contact_ms = True, self.now_ms
-        self._append(
+        work.acked, work.last_contact_ms = True, self.ctx.now_ms
+        self.ctx.append(
             "work_acked",
             {
                 "job_id": b.job_id,
@@ -358,7 +487,7 @@ class WorkerMixin:
             },
         )
 
-    def worker_serves(self: Node, peer: str, digest: str) -> bool:
+    def serves(self, peer: str, digest: str) -> bool:
         """We ran a job for origin ``peer`` whose output archive is ``digest``."""
         return any(
             w.origin == peer
@@ -376,7 +505,7 @@ class WorkerMixin:
 
     # ------------------------------------------------------------ restore
 
-    def restore_worker_record(self: Node, kind: str, body: dict[str, Any]) -> None:
+    def restore_record(self, kind: str, body: dict[str, Any]) -> None:
         if kind == "work_accepted":
             key = (body["job_id"], body["attempt"], body["replica"])
             try:
@@ -389,12 +518,12 @@ class WorkerMixin:
                 spec,
                 body["price"],
                 body["timeout_s"],
-                self.now_ms,
-                last_contact_ms=self.now_ms,
+                self.ctx.now_ms,
+                last_contact_ms=self.ctx.now_ms,
             )
             return
         key = (body.get("job_id"), body.get("attempt"), body.get("replica"))
-        work = self.work.get(key)  # type: ignore[arg-type]
+        work = self.work.get(key)
         if work is None:
             return
         if kind == "work_started":
@@ -409,13 +538,13 @@ class WorkerMixin:
             if kind == "work_abandoned":
                 work.state = "cancelled"
 
-    def resume_worker(self: Node) -> None:
+    def resume(self) -> None:
         """After a restart: runs that were executing died with us; results not yet
         acknowledged are sent again."""
         for key, work in self.work.items():
             if work.state in ("queued", "fetching", "running"):
                 work.state, work.acked = "cancelled", True
-                self._append(
+                self.ctx.append(
                     "work_abandoned",
                     {
                         "job_id": key[0],
@@ -425,7 +554,7 @@ class WorkerMixin:
                     },
                 )
             elif work.state == "finished" and not work.acked and work.result is not None:
-                work.last_contact_ms = self.now_ms
-                self._send(work.origin, work.result, key[0])
-                self._at(self.now_ms + self.params.result_resend_ms, T_RESEND, key)
+                work.last_contact_ms = self.ctx.now_ms
+                self.ctx.send(work.origin, work.result, key[0])
+                self.ctx.at(self.ctx.now_ms + self.ctx.params.result_resend_ms, T_RESEND, key)
         self.work_queue.clear()

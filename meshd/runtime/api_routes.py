@@ -94,7 +94,7 @@ def install_routes(api: ApiServer, d: Daemon) -> None:
                     f"input {ref.path}: blob {ref.digest} is not on this node; upload it first",
                 )
         assert d.node is not None
-        estimate = d.node.estimate(spec)
+        estimate = d.node.origin.estimate(spec)
         if (
             spec.max_budget is not None
             and estimate["credits"] is not None
@@ -108,7 +108,7 @@ def install_routes(api: ApiServer, d: Daemon) -> None:
                 fields=[{"loc": "max_budget", "msg": "below the estimate", "estimate": estimate}],
             )
         job_id = spec.job_id or f"j-{secrets.token_hex(8)}"
-        if job_id in d.node.jobs:
+        if job_id in d.node.origin.jobs:
             raise ApiError(409, "duplicate_job", f"job {job_id} exists already")
         await d.submit(JobSubmitted(spec, job_id))
         return json_response({"job_id": job_id, "estimate": estimate}, status=201)
@@ -116,7 +116,7 @@ def install_routes(api: ApiServer, d: Daemon) -> None:
     async def jobs(req: Request) -> Response:
         assert d.node is not None
         out = []
-        for job in sorted(d.node.jobs.values(), key=lambda j: -j.submitted_ms):
+        for job in sorted(d.node.origin.jobs.values(), key=lambda j: -j.submitted_ms):
             v = job_view(job)
             out.append(
                 {
@@ -135,7 +135,7 @@ def install_routes(api: ApiServer, d: Daemon) -> None:
 
     def get_job_or_404(job_id: str) -> Any:
         assert d.node is not None
-        job = d.node.jobs.get(job_id)
+        job = d.node.origin.jobs.get(job_id)
         if job is None:
             raise ApiError(
                 404, "no_such_job", f"no job {job_id} on this node (jobs are kept by their origin)"
@@ -206,7 +206,7 @@ async def _follow_logs(d: Daemon, job_id: str, follow: bool) -> AsyncIterator[An
             yield {"ts_ms": ts, "stream": "output", "data": data.decode("utf-8", "replace")}
         sent = len(chunks)
         assert d.node is not None
-        job = d.node.jobs.get(job_id)
+        job = d.node.origin.jobs.get(job_id)
         state = job.state if job else "unknown"
         if not follow or state in TERMINAL:
             yield {"end": True, "state": state}
@@ -232,7 +232,7 @@ def status_view(d: Daemon) -> dict[str, Any]:
     node = d.node
     assert node is not None and d.log is not None
     hw, score = d.hardware, d.score
-    caps = node.caps
+    caps = node.worker.caps
     counters = dict(node.counters)
     counters["inbox_dropped"] = d.dropped_inputs
     for reason, n in d.blob_requests_refused.items():
@@ -254,8 +254,8 @@ def status_view(d: Daemon) -> dict[str, Any]:
             "sandboxed": d.executor.sandboxed,
             "reason": d.executor_reason,
         },
-        "warm": node.warm,
-        "cold_reason": node.cold_reason,
+        "warm": node.worker.warm,
+        "cold_reason": node.worker.cold_reason,
         "hardware": {
             "cores": hw.cpu_logical if hw else None,
             "cpu_model": hw.cpu_model if hw else None,
@@ -271,8 +271,8 @@ def status_view(d: Daemon) -> dict[str, Any]:
         "score": score.to_dict() if score else None,
         "price": d.config.price,
         "load": {
-            "running": node.work_running(),
-            "queued": node.work_queued(),
+            "running": node.worker.work_running(),
+            "queued": node.worker.work_queued(),
             "capacity": caps.capacity if caps else 0,
         },
         "log": {"head_seq": head_seq, "head_hash": head_hash.hex()},
@@ -298,12 +298,12 @@ def backlog_view(d: Daemon) -> dict[str, Any]:
         "send_queues": d.sendq.statistics(),
         "net": d.host.queue_stats(),
         "origin": {
-            "rounds_open": len(node.open_rounds),
-            "rounds_bound": int(node.round_limit),
+            "rounds_open": len(node.origin.open_rounds),
+            "rounds_bound": int(node.origin.round_limit),
             "rounds_ceiling": node.params.max_offers_in_flight,
-            "awards_unacknowledged": len(node.awarding),
+            "awards_unacknowledged": len(node.origin.awarding),
             "awards_bound": node.params.max_awards_in_flight,
-            "jobs_waiting_for_a_round": len(node.admission),
+            "jobs_waiting_for_a_round": len(node.origin.admission),
         },
         "api": api or {},
     }
@@ -314,21 +314,25 @@ def why_not_picked(d: Daemon) -> list[str]:
     node = d.node
     assert node is not None
     out = []
-    if not node.warm:
-        out.append(f"node is cold: {node.cold_reason}")
+    if not node.worker.warm:
+        out.append(f"node is cold: {node.worker.cold_reason}")
     alive = node.peers.alive(node.now_ms)
     if not alive:
         out.append("no peers known: check --bootstrap and that other daemons are reachable")
-    if node.caps is not None and alive:
+    if node.worker.caps is not None and alive:
         prices = [e.advert.price for e in alive]
         scores = [e.advert.score_gflops for e in alive]
-        if prices and node.caps.price > 2 * statistics.median(prices) > 0:
+        if prices and node.worker.caps.price > 2 * statistics.median(prices) > 0:
             out.append(f"price {d.config.price:g} is above twice the mesh median")
-        if scores and node.caps.score_gflops < 0.5 * statistics.median(scores):
+        if scores and node.worker.caps.score_gflops < 0.5 * statistics.median(scores):
             out.append(
                 "compute score is below half the mesh median: slower bids lose on expected finish"
             )
-    if node.caps is not None and not node.caps.images and node.caps.runtimes == ("docker",):
+    if (
+        node.worker.caps is not None
+        and not node.worker.caps.images
+        and node.worker.caps.runtimes == ("docker",)
+    ):
         out.append("no local images: every docker job is declined (build or load images)")
     return out
 

@@ -588,7 +588,7 @@ class Daemon:
 
     async def _check(self, eff: RunChecker) -> None:
         assert self.node is not None
-        job = self.node.jobs.get(eff.job_id)
+        job = self.node.origin.jobs.get(eff.job_id)
         try:
             if job is not None and job.spec.checker_image:
                 same = await run_checker_container(
@@ -678,7 +678,9 @@ class Daemon:
                 log.warning("executor health check failed: %s", reason)
             assert self.node is not None
             await trio.sleep(
-                self.rp.health_recheck_s if not self.node.warm else self.rp.health_recheck_s * 10
+                self.rp.health_recheck_s
+                if not self.node.worker.warm
+                else self.rp.health_recheck_s * 10
             )
 
     async def _capabilities_loop(self) -> None:

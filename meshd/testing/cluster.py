@@ -220,7 +220,7 @@ class Cluster:
             idx = self.running()
             for i in idx:
                 node = self.daemon(i).node
-                if node is None or not node.warm:
+                if node is None or not node.worker.warm:
                     return False
                 for j in idx:
                     if i != j and not self.sees(i, j):
@@ -240,7 +240,7 @@ class Cluster:
     def job(self, i: int, job_id: str) -> Any:
         node = self.daemon(i).node
         assert node is not None
-        return node.jobs.get(job_id)
+        return node.origin.jobs.get(job_id)
 
     async def wait_job(self, i: int, job_id: str, *states: str, timeout_s: float = 60.0) -> Any:
         """Until node i's job is in one of ``states`` (default: terminal) and the

@@ -359,4 +359,4 @@ class CoreNet:
         return True
 
     def job(self, origin: int | str, job_id: str) -> Any:
-        return self.node(origin).jobs[job_id]
+        return self.node(origin).origin.jobs[job_id]
