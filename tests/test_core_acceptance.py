@@ -163,6 +163,19 @@ def test_direct_message_signed_by_someone_else_is_rejected() -> None:
     node.step(DirectReceived(MALLORY.peer_id, envelope(bid, ALICE)), NOW)
     assert rejections(node) == {"rejected_wrong_sender": 1}
     assert node.counters["accepted_bid"] == 0
+    # The rejection keeps its detail and says whose fault it is: the relay's.
+    (r,) = node.rejections
+    assert (r.reason, r.peer) == ("wrong_sender", MALLORY.peer_id)
+    assert ALICE.peer_id in r.detail
+
+
+def test_rejections_kept_are_bounded_and_name_the_peer_at_fault() -> None:
+    node = make_node()
+    for _ in range(PARAMS.rejections_kept + 5):
+        node.step(DirectReceived(MALLORY.peer_id, b"\xc1"), NOW)
+    assert len(node.rejections) == PARAMS.rejections_kept
+    assert {(r.reason, r.peer) for r in node.rejections} == {("malformed", MALLORY.peer_id)}
+    assert rejections(node) == {"rejected_malformed": PARAMS.rejections_kept + 5}
 
 
 def test_message_on_the_wrong_topic_is_rejected() -> None:

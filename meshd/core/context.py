@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections import Counter
+from collections import Counter, deque
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .events import Append, Effect, Publish, Send
@@ -40,6 +41,22 @@ class Codec(Protocol):
 
     def seal(self, identity: Identity, body: Body, ts_ms: int, nonce: bytes) -> Any: ...
     def open(self, data: Any, max_bytes: int) -> Opened | Rejected: ...
+
+
+MAX_DETAIL = 300
+"""Characters of a rejection's detail kept (a peer chooses what it contains)."""
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A peer's input the core refused, as h11 reports a remote protocol
+    error: what rule it broke, the detail, and whose fault it is — always the
+    ``peer`` (the transport peer, or the signed author once known)."""
+
+    reason: str
+    peer: str
+    detail: str
+    at_ms: int
 
 
 class Context:
@@ -67,6 +84,8 @@ class Context:
         self.trust = Trust(params)
         self.inbox_wait_ms = 0
         """How long messages wait in our shell's inbox (``InboxLoad``)."""
+        self.rejections: deque[Rejection] = deque(maxlen=params.rejections_kept)
+        """The newest peer inputs refused, with why and whose fault (``reject``)."""
         self._timers: list[tuple[int, int, str, Any]] = []
         self._timer_seq = 0
         self._appends: list[Append] = []
@@ -112,9 +131,13 @@ class Context:
         self._timer_seq += 1
         heapq.heappush(self._timers, (when_ms, self._timer_seq, kind, key))
 
-    def reject(self, reason: str, detail: str = "") -> None:
-        """Count a peer's input we refused; ``detail`` is for a debugger, not a counter."""
+    def reject(self, reason: str, peer: str, detail: str = "") -> None:
+        """A peer's input refused: counted by ``reason`` and kept, with its
+        ``detail`` and the ``peer`` at fault, among the newest
+        ``rejections_kept`` (``Node.rejections``). Our own misuse is never a
+        rejection: it is an assertion."""
         self.counters["rejected_" + reason] += 1
+        self.rejections.append(Rejection(reason, peer, detail[:MAX_DETAIL], self.now_ms))
 
     # ------------------------------------------------------------ for the node
 

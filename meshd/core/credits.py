@@ -226,7 +226,7 @@ class Ledger:
         """A receipt sent to us directly by an origin: check, log, countersign, publish."""
         r: Receipt = msg.body
         if r.origin != msg.sender or r.worker != self.ctx.peer_id or r.seq < 1:
-            self.ctx.reject("receipt_mismatch")
+            self.ctx.reject("receipt_mismatch", msg.sender, f"receipt {r.origin}/{r.seq}")
             return
         if (
             r.origin,
@@ -246,7 +246,7 @@ class Ledger:
             or work.result is None
             or work.result.status != "succeeded"
         ):
-            self.ctx.reject("receipt_unknown_run")
+            self.ctx.reject("receipt_unknown_run", msg.sender, f"job {r.job_id}")
             return
         if not self._index_record(r.origin, r, msg.raw):
             return
@@ -273,12 +273,14 @@ class Ledger:
         inner = self.ctx.codec.open(msg.body.receipt, self.ctx.params.max_message_bytes)
         if isinstance(inner, Rejected) or inner.type != "receipt":
             self.ctx.reject(
-                "bad_receipt", inner.reason if isinstance(inner, Rejected) else inner.type
+                "bad_receipt",
+                msg.sender,
+                inner.reason if isinstance(inner, Rejected) else inner.type,
             )
             return
         r: Receipt = inner.body
         if r.origin != inner.sender or r.worker != msg.sender or r.seq < 1:
-            self.ctx.reject("receipt_mismatch")
+            self.ctx.reject("receipt_mismatch", msg.sender, f"receipt {r.origin}/{r.seq}")
             return
         if not self._index_record(r.origin, r, inner.raw):
             return
@@ -292,7 +294,7 @@ class Ledger:
     def on_attestation(self, msg: Opened) -> None:
         a: Attestation = msg.body
         if a.seq < 1:
-            self.ctx.reject("attestation_unsequenced")
+            self.ctx.reject("attestation_unsequenced", msg.sender)
             return
         if not self._index_record(msg.sender, a, msg.raw):
             return

@@ -42,7 +42,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, TypeVar, get_args
 
-from .context import Codec, Context
+from .context import Codec, Context, Rejection
 from .credits import Ledger
 from .events import (
     TOPIC_ADVERTS,
@@ -219,6 +219,11 @@ class Node:
     def trust(self) -> Trust:
         return self.ctx.trust
 
+    @property
+    def rejections(self) -> Collection[Rejection]:
+        """The newest peer inputs refused (reason, peer at fault, detail)."""
+        return self.ctx.rejections
+
     # ------------------------------------------------------------ driving
 
     def step(self, inp: Input, now_ms: int, wall_ms: int | None = None) -> list[Effect]:
@@ -287,22 +292,22 @@ class Node:
             return "banned"
         return None
 
-    def _open(self, data: Any, allowed: set[str]) -> Opened | None:
+    def _open(self, data: Any, allowed: set[str], from_peer: str) -> Opened | None:
         ctx = self.ctx
         opened = ctx.codec.open(data, ctx.params.max_message_bytes)
         if isinstance(opened, Rejected):
-            ctx.reject(opened.reason, opened.detail)
+            ctx.reject(opened.reason, from_peer, opened.detail)
             return None
         reason = self.acceptance_reason(opened, allowed, ctx.wall_ms)
         if reason is not None:
-            ctx.reject(reason)
+            ctx.reject(reason, opened.sender, f"type {opened.type!r}, stamped {opened.ts_ms}")
             return None
         # Charged to the signed author, after the cheap checks (a replay or a
         # banned peer's message costs no tokens) and before it is remembered.
         if opened.sender != self.peer_id and not self.ratelimit.allow(
             opened.sender, classes_of(opened.type, allowed is not DIRECT_TYPES), ctx.now_ms
         ):
-            ctx.reject("rate_limited")
+            ctx.reject("rate_limited", opened.sender, opened.type)
             return None
         self._replay[(opened.sender, opened.nonce)] = opened.ts_ms
         while len(self._replay) > ctx.params.replay_cache_size:
@@ -313,7 +318,7 @@ class Node:
         """Charge one inbound message to the peer that carried it, before decoding."""
         if from_peer == self.peer_id or self.ratelimit.allow(from_peer, TRANSPORT, self.now_ms):
             return True
-        self.ctx.reject("rate_limited_transport")
+        self.ctx.reject("rate_limited_transport", from_peer)
         return False
 
     def _on_gossip(self, inp: GossipReceived) -> None:
@@ -321,9 +326,9 @@ class Node:
             return
         allowed = GOSSIP_TYPES.get(inp.topic)
         if allowed is None:
-            self.ctx.reject("unknown_topic")
+            self.ctx.reject("unknown_topic", inp.from_peer, inp.topic[:64])
             return
-        msg = self._open(inp.data, allowed)
+        msg = self._open(inp.data, allowed, inp.from_peer)
         if msg is None or msg.sender == self.peer_id:
             return
         self.ctx.counters["accepted_" + msg.type] += 1
@@ -332,11 +337,11 @@ class Node:
     def _on_direct(self, inp: DirectReceived) -> None:
         if not self._transport_allows(inp.from_peer):
             return
-        msg = self._open(inp.data, DIRECT_TYPES)
+        msg = self._open(inp.data, DIRECT_TYPES, inp.from_peer)
         if msg is None:
             return
         if msg.sender != inp.from_peer:
-            self.ctx.reject("wrong_sender")
+            self.ctx.reject("wrong_sender", inp.from_peer, f"signed by {msg.sender}")
             return
         self.ctx.counters["accepted_" + msg.type] += 1
         self._direct[msg.type](msg)

@@ -35,6 +35,8 @@ class CoreParams:
     """A message stamped further in the future than this is rejected."""
     max_message_age_ms: int = 120_000
     """A message older than this is rejected as stale (replay window)."""
+    rejections_kept: int = 100
+    """Newest refused peer inputs kept with their detail and the peer at fault."""
     replay_cache_size: int = 65_536
     """(sender, nonce) pairs remembered to reject replays inside the window."""
 
