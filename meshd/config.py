@@ -28,9 +28,12 @@ flags, and hands the result to the daemon. The daemon publishes its API port
 with :func:`write_api_addr`; ``mesh`` finds it through :func:`read_api_addr`
 and :func:`read_api_token`.
 
-Units: ``price`` is in credits per GFLOPS-hour — what the node asks for one
-hour of work at one GFLOPS of its *measured* compute score (a 50-GFLOPS node
-running 6 minutes at price 1.0 asks 5 credits).
+Units: the price has two names for its two units. In ``config.toml`` it is
+``price_per_gflops_hour`` — what the node asks for one hour of work at one
+GFLOPS of its *measured* compute score (a 50-GFLOPS node running 6 minutes at
+1.0 asks 5 credits); the older key ``price`` is read as the same thing. On the
+wire and in the core it is ``price``, credits per GFLOP
+(:attr:`NodeConfig.price_per_gflop` converts, the only place that does).
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from meshd.core.identity import Identity
 
@@ -135,6 +138,9 @@ def _check_multiaddr(addr: str, *, tcp_port: bool) -> str:
     return addr
 
 
+SECONDS_PER_HOUR = 3_600
+
+
 class NodeConfig(BaseModel):
     """What ``config.toml`` holds. Every field has a default; unknown keys are errors."""
 
@@ -150,8 +156,16 @@ class NodeConfig(BaseModel):
     """Permit unsandboxed subprocess execution (trusted, local use only)."""
     allow_network_jobs: bool = False
     """Permit jobs that ask for network access."""
-    price: Annotated[float, Field(ge=0, le=MAX_PRICE)] = 1.0
-    """Credits per GFLOPS-hour of measured compute (see the module header)."""
+    price_per_gflops_hour: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=MAX_PRICE,
+            validation_alias=AliasChoices("price_per_gflops_hour", "price"),
+        ),
+    ] = 1.0
+    """Credits per GFLOPS-hour of measured compute (see the module header;
+    ``price`` is accepted as the older name)."""
     api_port: Annotated[int, Field(ge=0, le=65535)] = 0
     """Loopback port of the control API; 0 picks a free one (published in api.addr)."""
     log_format: Literal["human", "json"] = "human"
@@ -184,6 +198,11 @@ class NodeConfig(BaseModel):
                     f"[params] {key} must be a number, boolean or string, not {type(value).__name__}"
                 )
         return v
+
+    @property
+    def price_per_gflop(self) -> float:
+        """The price in the protocol's unit (credits per GFLOP), as adverts carry it."""
+        return self.price_per_gflops_hour / SECONDS_PER_HOUR
 
     def to_toml(self) -> str:
         """The config as TOML text, with a comment pointing at the docs."""
@@ -316,9 +335,17 @@ def load_node(data_dir: str | os.PathLike[str]) -> tuple[NodeConfig, Identity]:
     return parse_config(text, where=d.config), identity
 
 
+OLD_NAMES = {"price": "price_per_gflops_hour"}
+"""Keys read under an older name (config files and overrides)."""
+
+
+def _new_names(values: dict[str, Any]) -> dict[str, Any]:
+    return {OLD_NAMES.get(k, k): v for k, v in values.items()}
+
+
 def apply_overrides(config: NodeConfig, overrides: dict[str, Any]) -> NodeConfig:
     """``config`` with command-line values replacing its fields, validated again."""
-    merged = {**config.model_dump(), **overrides}
+    merged = {**config.model_dump(), **_new_names(overrides)}
     try:
         return NodeConfig.model_validate(merged)
     except ValidationError as exc:

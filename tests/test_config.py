@@ -141,8 +141,19 @@ def test_params_table_passes_through(node: Path) -> None:
         "price = 2.5\n[params]\nbid_window_ms = 500\nreplication_fraction = 0.2\n"
     )
     config, _ = load_node(node)
-    assert config.price == 2.5
+    assert config.price_per_gflops_hour == 2.5  # `price` is the older name
     assert config.params == {"bid_window_ms": 500, "replication_fraction": 0.2}
+
+
+def test_price_has_two_names_for_two_units(node: Path) -> None:
+    """Config: credits per GFLOPS-hour; wire and core: credits per GFLOP."""
+    (node / "config.toml").write_text("price_per_gflops_hour = 3.6\n")
+    config, _ = load_node(node)
+    assert config.price_per_gflop == pytest.approx(0.001)
+    assert "price_per_gflops_hour = 3.6" in config.to_toml()
+    assert apply_overrides(config, {"price": 7.2}).price_per_gflop == pytest.approx(0.002)
+    with pytest.raises(ConfigError, match="price"):
+        apply_overrides(config, {"price_per_gflops_hour": -1})
 
 
 def test_api_addr_and_token_files(node: Path) -> None:

@@ -27,6 +27,7 @@ from meshd.api.server import (
     json_response,
     ndjson_response,
 )
+from meshd.config import SECONDS_PER_HOUR
 from meshd.core.events import CancelRequested, JobSubmitted, RetryRequested
 from meshd.core.jobspec import JobSpecError, parse_job_spec
 from meshd.core.lifecycle import TERMINAL
@@ -269,7 +270,7 @@ def status_view(d: Daemon) -> dict[str, Any]:
             "gpu_reason": hw.gpu_reason if hw else "",
         },
         "score": score.to_dict() if score else None,
-        "price": d.config.price,
+        "price": d.config.price_per_gflops_hour,
         "load": {
             "running": node.worker.work_running(),
             "queued": node.worker.work_queued(),
@@ -323,7 +324,7 @@ def why_not_picked(d: Daemon) -> list[str]:
         prices = [e.advert.price for e in alive]
         scores = [e.advert.score_gflops for e in alive]
         if prices and node.worker.caps.price > 2 * statistics.median(prices) > 0:
-            out.append(f"price {d.config.price:g} is above twice the mesh median")
+            out.append(f"price {d.config.price_per_gflops_hour:g} is above twice the mesh median")
         if scores and node.worker.caps.score_gflops < 0.5 * statistics.median(scores):
             out.append(
                 "compute score is below half the mesh median: slower bids lose on expected finish"
@@ -353,7 +354,7 @@ def peers_view(d: Daemon) -> dict[str, Any]:
                 "cores": a.cores,
                 "ram_gb": round(a.ram_mb / 1024, 1),
                 "gpus": [{"model": g.model, "memory_mb": g.memory_mb} for g in a.gpus],
-                "price": round(a.price * d.rp.price_unit_s, 6),
+                "price": round(a.price * SECONDS_PER_HOUR, 6),
                 "running": a.running,
                 "queued": a.queued,
                 "warm": a.warm,

@@ -125,8 +125,6 @@ class RuntimeParams:
     """How often a cold node re-runs its executor health check."""
     score_refresh_s: float = 3_600.0
     """How often the compute score is re-measured."""
-    price_unit_s: float = 3_600.0
-    """config.price is credits per GFLOPS-hour; the core's price is per GFLOP."""
     verified_cache_entries: int = 512
     """Envelopes the gossip validator opened, kept until the core opens them
     (so a signature is verified once); a miss only costs a second check. At
@@ -659,7 +657,7 @@ class Daemon:
             score_gflops=round(score.cpu_gflops, 3),
             gpu_gflops=score.gpu_gflops,
             tier=score.tier,
-            price=self.config.price / self.rp.price_unit_s,
+            price=self.config.price_per_gflop,
             capacity=max(1, hw.cpu_logical),
             network_allowed=self.config.allow_network_jobs,
             addrs=tuple(self.host.listen_addrs),
