@@ -272,7 +272,7 @@ async def test_third_node_balances_equal_the_parties_own_logs(
     # takes no part; it only hears the countersigned receipts on gossip.
     def pricey_observer(i: int, overrides: dict[str, Any]) -> None:
         if i == 2:
-            overrides["price"] = 1000.0
+            overrides["price_per_gflops_hour"] = 1000.0
 
     async with Cluster.started(nursery, tmp_path, 3, configure=pricey_observer) as c:
         a, b, third = (c.daemon(i).node for i in range(3))

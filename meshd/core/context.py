@@ -109,10 +109,10 @@ class Context:
     ) -> None:
         kind = type(body).__name__.lower()
         if ttl_ms is None:
-            ttl_ms = self.useful_for_ms(kind)
+            ttl_ms = self._useful_for_ms(kind)
         self.emit(Send(to_peer, self.seal(body), kind, job_id, ttl_ms))
 
-    def useful_for_ms(self, kind: str) -> int | None:
+    def _useful_for_ms(self, kind: str) -> int | None:
         """How long a message of ``kind`` is worth sending: a heartbeat (or its
         reply) is superseded by the next one; a bid is worth something while
         its round, or a late-bid window after it, may still use it."""

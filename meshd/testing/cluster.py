@@ -32,7 +32,7 @@ from typing import Any
 
 import trio
 
-from meshd.config import init_node, load_node
+from meshd.config import apply_overrides, init_node, load_node
 from meshd.core.events import JobSubmitted, Tick
 from meshd.core.jobspec import parse_job_spec
 from meshd.core.params import CoreParams
@@ -136,7 +136,7 @@ class Cluster:
         }
         if self.configure is not None:
             self.configure(i, overrides)
-        config = config.model_copy(update=overrides)
+        config = apply_overrides(config, overrides)  # validated, as `meshd start` flags are
         daemon = build_daemon(
             config,
             identity,
