@@ -13,11 +13,15 @@ Rules checked:
 
 from __future__ import annotations
 
+import math
 import random
+
+import pytest
 
 from meshd.core.events import (
     TOPIC_ADVERTS,
     TOPIC_OFFERS,
+    Append,
     DirectReceived,
     ExecutorHealth,
     GossipReceived,
@@ -27,7 +31,16 @@ from meshd.core.events import (
 from meshd.core.identity import Identity
 from meshd.core.node import Node
 from meshd.core.params import CoreParams
-from meshd.core.wire import Advert, Bid, Body, Offer, OfferRequirements, open_envelope, seal
+from meshd.core.wire import (
+    Advert,
+    Award,
+    Bid,
+    Body,
+    Offer,
+    OfferRequirements,
+    open_envelope,
+    seal,
+)
 from meshd.testing.corenet import default_caps
 
 NOW = 5_000_000
@@ -265,3 +278,33 @@ def test_going_cold_is_advertised_at_once_and_signed() -> None:
     assert opened.sender == ME.peer_id  # type: ignore[union-attr]
     assert opened.body.warm is False  # type: ignore[union-attr]
     assert opened.body.cold_reason == "disk full"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("timeout_s", [math.inf, math.nan, 1e300])
+def test_an_offer_with_a_hostile_time_out_is_rejected_not_raised(timeout_s: float) -> None:
+    """Regression (issue 16): ``timeout_s = inf`` or ``1e300`` raised
+    OverflowError inside every core that saw the offer."""
+    node = make_node()
+    hostile = offer().model_copy(update={"timeout_s": timeout_s})  # skips validation
+    effects = gossip(node, TOPIC_OFFERS, envelope(hostile))
+    assert effects == []
+    assert set(rejections(node)) <= {"rejected_non_finite", "rejected_out_of_range"}
+    assert sum(rejections(node).values()) == 1
+    assert node.rejections and node.rejections[-1].peer == ALICE.peer_id
+
+
+def test_an_award_priced_at_infinity_is_rejected_and_never_logged() -> None:
+    """Regression (issue 16): such an award was accepted and logged, after
+    which the log API answered 500 for every page holding it."""
+    node = make_node()
+    award = Award.model_construct(
+        job_id="job-000000000001",
+        attempt=1,
+        replica=0,
+        spec={},
+        price=math.inf,
+        lease_ms=15_000,
+    )
+    effects = node.step(DirectReceived(ALICE.peer_id, envelope(award)), NOW)
+    assert not [e for e in effects if isinstance(e, Append)]
+    assert rejections(node) == {"rejected_non_finite": 1}

@@ -157,3 +157,19 @@ def test_spec_round_trips_through_json_dump() -> None:
     )
     again = parse_job_spec(s.model_dump(mode="json"))
     assert again == s and again.digest() == s.digest()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("timeout_s", float("inf")),
+        ("timeout_s", float("nan")),
+        ("max_budget", float("inf")),
+        ("bounty", 1e300),
+        ("estimated_flops", float("inf")),
+        ("credit_rate", float("-inf")),
+    ],
+)
+def test_non_finite_and_extreme_numbers_are_refused(field: str, value: float) -> None:
+    with pytest.raises(JobSpecError, match=field):
+        parse_job_spec({"image": "meshd/busybox:1", "command": ["true"], field: value})

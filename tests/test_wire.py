@@ -8,6 +8,8 @@ Rules checked (module header of wire.py):
 
 from __future__ import annotations
 
+import math
+
 import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -212,7 +214,7 @@ def test_bad_header_fields_are_malformed() -> None:
 
 
 @pytest.mark.parametrize(
-    ("mtype", "body", "field"),
+    ("mtype", "body", "field", "reason"),
     [
         (
             "bid",
@@ -225,26 +227,97 @@ def test_bad_header_fields_are_malformed() -> None:
                 "score_gflops": 1.0,
             },
             "price",
+            "out_of_range",
         ),
-        ("decline", {"job_id": "short", "attempt": 1, "reason": "x"}, "job_id"),
+        ("decline", {"job_id": "short", "attempt": 1, "reason": "x"}, "job_id", "bad_body"),
         (
             "result",
             {"job_id": JOB, "attempt": 1, "status": "succeeded", "output_digest": "md5:abc"},
             "output_digest",
+            "bad_body",
         ),
-        ("cancel", {"job_id": JOB, "attempt": 1, "evil": True}, "evil"),
+        ("cancel", {"job_id": JOB, "attempt": 1, "evil": True}, "evil", "bad_body"),
         (
             "advert",
             {"seq": 1, "ttl_ms": 0, "cores": 1, "ram_mb": 1, "score_gflops": 1.0, "price": 0.0},
             "ttl_ms",
+            "out_of_range",
         ),
     ],
 )
-def test_bad_body_field_is_rejected_naming_the_field(mtype: str, body: dict, field: str) -> None:
+def test_bad_body_field_is_rejected_naming_the_field(
+    mtype: str, body: dict, field: str, reason: str
+) -> None:
     data = sign_payload(ALICE, [PROTOCOL_VERSION, mtype, ALICE.public_key, TS, NONCE, body])
     out = open_envelope(data, MAX)
-    assert isinstance(out, Rejected) and out.reason == "bad_body"
+    assert isinstance(out, Rejected) and out.reason == reason
     assert field in out.detail
+
+
+# ------------------------------------------------------------ hostile numbers
+
+HOSTILE_FLOATS = [math.nan, math.inf, -math.inf, 1e300, -1e300]
+HOSTILE_INTS = [2**63, 2**64 - 1, -(2**63)]  # msgpack carries no wider int
+
+
+def _numeric_paths(value: object, path: tuple = ()) -> list[tuple[tuple, object]]:
+    """Every (path, number) inside a sample body's plain form (bools excluded)."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, (int, float)):
+        return [(path, value)]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _numeric_paths(v, (*path, k))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _numeric_paths(v, (*path, i))]
+    return []
+
+
+def _replaced(value: object, path: tuple, new: object) -> object:
+    if not path:
+        return new
+    head, rest = path[0], path[1:]
+    if isinstance(value, dict):
+        return {k: (_replaced(v, rest, new) if k == head else v) for k, v in value.items()}
+    assert isinstance(value, list)
+    return [(_replaced(v, rest, new) if i == head else v) for i, v in enumerate(value)]
+
+
+def _hostile_cases() -> list[tuple[str, tuple, object, dict]]:
+    cases = []
+    for sample in SAMPLES:
+        mtype = next(t for t, cls in BODY_TYPES.items() if isinstance(sample, cls))
+        plain = sample.model_dump(mode="python")
+        for path, _number in _numeric_paths(plain):
+            if path and path[0] == "spec":
+                continue  # the job descriptor travels as data; parse_job_spec checks it
+            for bad in HOSTILE_FLOATS + HOSTILE_INTS:
+                cases.append((mtype, path, bad, plain))
+    return cases
+
+
+HOSTILE = _hostile_cases()
+
+
+def test_every_numeric_field_of_every_message_is_exercised() -> None:
+    types = {mtype for mtype, *_ in HOSTILE}
+    assert types >= {"advert", "offer", "bid", "award", "result", "receipt", "heartbeat"}
+    assert len(HOSTILE) > 200
+
+
+@pytest.mark.parametrize(("mtype", "path", "bad", "plain"), HOSTILE)
+def test_non_finite_and_extreme_numbers_are_rejected_with_a_reason(
+    mtype: str, path: tuple, bad: object, plain: dict
+) -> None:
+    """Regression (issue 16): an award with price = inf was accepted and logged,
+    and an offer with timeout_s = inf or 1e300 raised inside every core."""
+    body = _replaced(plain, path, bad)
+    data = sign_payload(ALICE, [PROTOCOL_VERSION, mtype, ALICE.public_key, TS, NONCE, body])
+    out = open_envelope(data, MAX)
+    assert isinstance(out, Rejected), f"{mtype}.{path} = {bad!r} was accepted"
+    assert out.reason in ("non_finite", "out_of_range", "bad_body"), out
+    if isinstance(bad, float) and not math.isfinite(bad):
+        assert out.reason in ("non_finite", "bad_body")  # bad_body: an int field
 
 
 # ------------------------------------------------------------ fuzzing

@@ -36,7 +36,7 @@ Speed = Literal["fast", "balanced", "cheap"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False)
 
 
 class Requirements(_Strict):
@@ -93,7 +93,7 @@ class Tolerance(_Strict):
     """Numeric comparison of replicated outputs (see specs/CREDITS.md)."""
 
     rel: Annotated[float, Field(ge=0, le=1)] = 0.0
-    abs: Annotated[float, Field(ge=0)] = 0.0
+    abs: Annotated[float, Field(ge=0, le=1e300)] = 0.0
 
 
 class JobSpec(_Strict):
@@ -116,10 +116,10 @@ class JobSpec(_Strict):
     requirements: Requirements = Field(default_factory=Requirements)
     estimated_flops: Annotated[float, Field(ge=0, le=1e21)] | None = None
     timeout_s: Annotated[float, Field(gt=0, le=7 * 86_400)] = 600.0
-    max_budget: Annotated[float, Field(gt=0)] | None = None
+    max_budget: Annotated[float, Field(gt=0, le=1e12)] | None = None
     speed: Speed = "balanced"
     credit_rate: Annotated[float, Field(gt=0, le=1000)] = 1.0
-    bounty: Annotated[float, Field(ge=0)] = 0.0
+    bounty: Annotated[float, Field(ge=0, le=1e12)] = 0.0
     tolerance: Tolerance | None = None
     checker_image: str | None = None
     """A container that judges two outputs (exit 0 = equivalent)."""

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import msgpack
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .identity import (
     PUBLIC_KEY_LEN,
@@ -62,38 +62,68 @@ ShortText = Annotated[str, Field(max_length=512)]
 Digest = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
 
 
+MAX_INT = 2**63 - 1
+"""No integer on the wire exceeds a signed 64-bit one (``Body`` checks every field)."""
+MAX_CREDITS = 1e12
+"""Largest price, budget or credit amount a message may carry."""
+MAX_TIMEOUT_S = 7 * 86_400
+"""Longest job time-out (the job descriptor's own bound)."""
+MAX_MS = 30 * 86_400_000
+"""Longest duration or delay a message may state in milliseconds (30 days)."""
+MAX_BYTES = 2**50
+"""Largest memory or output size a message may state."""
+MAX_GFLOPS = 1e9
+"""Largest compute score a message may claim."""
+
+
+Attempt = Annotated[int, Field(ge=0, le=MAX_ATTEMPT)]
+Replica = Annotated[int, Field(ge=0, le=MAX_REPLICA)]
+
+
 class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Every message body. Floats must be finite (no NaN or infinities), every
+    integer fits in a signed 64-bit one, and every numeric field has its own
+    range below: a value outside is rejected with a reason code
+    (``non_finite``, ``out_of_range``), never raised and never forwarded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _ints_fit(self) -> Body:
+        for name, value in self.__dict__.items():
+            if isinstance(value, int) and not -MAX_INT - 1 <= value <= MAX_INT:
+                raise ValueError(f"{name}: integer out of range")
+        return self
 
 
 class GpuInfo(Body):
     model: Annotated[str, Field(max_length=128)]
-    memory_mb: Annotated[int, Field(ge=0)]
+    memory_mb: Annotated[int, Field(ge=0, le=MAX_BYTES >> 20)]
 
 
 class Advert(Body):
     """Capability advert; also the liveness heartbeat (valid for ``ttl_ms``)."""
 
-    seq: Annotated[int, Field(ge=0)]
+    seq: Annotated[int, Field(ge=0, le=MAX_INT)]
     ttl_ms: Annotated[int, Field(gt=0, le=3_600_000)]
     addrs: Annotated[
         list[Annotated[str, Field(max_length=256)]], Field(max_length=MAX_ADVERT_ADDRS)
     ] = []
     cores: Annotated[int, Field(ge=0, le=100_000)]
-    ram_mb: Annotated[int, Field(ge=0)]
-    disk_free_mb: Annotated[int, Field(ge=0)] = 0
+    ram_mb: Annotated[int, Field(ge=0, le=MAX_BYTES >> 20)]
+    disk_free_mb: Annotated[int, Field(ge=0, le=MAX_BYTES >> 20)] = 0
     gpus: Annotated[list[GpuInfo], Field(max_length=64)] = []
     gpu_runtime: bool = False
     runtimes: Annotated[list[Literal["docker", "process"]], Field(max_length=4)] = []
     images: Annotated[
         list[Annotated[str, Field(max_length=255)]], Field(max_length=MAX_ADVERT_IMAGES)
     ] = []
-    score_gflops: Annotated[float, Field(ge=0, le=1e9)]
-    gpu_gflops: Annotated[float, Field(ge=0, le=1e9)] | None = None
+    score_gflops: Annotated[float, Field(ge=0, le=MAX_GFLOPS)]
+    gpu_gflops: Annotated[float, Field(ge=0, le=MAX_GFLOPS)] | None = None
     tier: Literal["cpu", "consumer-gpu", "datacenter-gpu"] = "cpu"
     price: Annotated[float, Field(ge=0, le=1e6)]
-    running: Annotated[int, Field(ge=0)] = 0
-    queued: Annotated[int, Field(ge=0)] = 0
+    running: Annotated[int, Field(ge=0, le=1_000_000)] = 0
+    queued: Annotated[int, Field(ge=0, le=1_000_000)] = 0
     capacity: Annotated[int, Field(ge=0, le=100_000)] = 1
     warm: bool = False
     cold_reason: ShortText | None = None
@@ -102,10 +132,10 @@ class Advert(Body):
 
 
 class OfferRequirements(Body):
-    cpus: float = 1.0
-    memory_mb: int = 256
-    gpus: int = 0
-    gpu_min_memory_mb: int = 0
+    cpus: Annotated[float, Field(gt=0, le=1024)] = 1.0
+    memory_mb: Annotated[int, Field(ge=0, le=MAX_BYTES >> 20)] = 256
+    gpus: Annotated[int, Field(ge=0, le=64)] = 0
+    gpu_min_memory_mb: Annotated[int, Field(ge=0, le=MAX_BYTES >> 20)] = 0
     tier: Literal["cpu", "consumer-gpu", "datacenter-gpu"] | None = None
     runtime: Literal["docker", "process"] | None = None
     network: bool = False
@@ -119,10 +149,10 @@ class Offer(Body):
     attempt: Annotated[int, Field(ge=1, le=MAX_ATTEMPT)]
     spec_digest: Digest
     requirements: OfferRequirements
-    estimated_flops: float | None = None
-    timeout_s: Annotated[float, Field(gt=0)]
-    max_budget: float | None = None
-    credit_rate: float = 1.0
+    estimated_flops: Annotated[float, Field(ge=0, le=1e21)] | None = None
+    timeout_s: Annotated[float, Field(gt=0, le=MAX_TIMEOUT_S)]
+    max_budget: Annotated[float, Field(gt=0, le=MAX_CREDITS)] | None = None
+    credit_rate: Annotated[float, Field(gt=0, le=1000)] = 1.0
     speed: Literal["fast", "balanced", "cheap"] = "balanced"
     bid_window_ms: Annotated[int, Field(gt=0, le=60_000)]
     slots: Annotated[int, Field(ge=1, le=5)] = 1
@@ -131,86 +161,86 @@ class Offer(Body):
 
 class Bid(Body):
     job_id: JobId
-    attempt: int
-    price: Annotated[float, Field(ge=0)]
+    attempt: Attempt
+    price: Annotated[float, Field(ge=0, le=MAX_CREDITS)]
     """Estimated total credits for the job at this worker."""
-    est_start_ms: Annotated[int, Field(ge=0)]
+    est_start_ms: Annotated[int, Field(ge=0, le=MAX_MS)]
     """Expected wait before the job starts (relative)."""
-    est_duration_ms: Annotated[int, Field(ge=0)]
-    score_gflops: Annotated[float, Field(ge=0)]
-    running: Annotated[int, Field(ge=0)] = 0
-    queued: Annotated[int, Field(ge=0)] = 0
+    est_duration_ms: Annotated[int, Field(ge=0, le=MAX_MS)]
+    score_gflops: Annotated[float, Field(ge=0, le=MAX_GFLOPS)]
+    running: Annotated[int, Field(ge=0, le=1_000_000)] = 0
+    queued: Annotated[int, Field(ge=0, le=1_000_000)] = 0
     gpus: Annotated[list[GpuInfo], Field(max_length=64)] = []
 
 
 class Decline(Body):
     job_id: JobId
-    attempt: int
+    attempt: Attempt
     reason: ShortText
 
 
 class Award(Body):
     job_id: JobId
-    attempt: int
-    replica: Annotated[int, Field(ge=0, le=MAX_REPLICA)] = 0
+    attempt: Attempt
+    replica: Replica = 0
     spec: dict[str, Any]
     """The full job descriptor (validated by the worker as a JobSpec)."""
-    price: Annotated[float, Field(ge=0)]
-    lease_ms: Annotated[int, Field(gt=0)]
+    price: Annotated[float, Field(ge=0, le=MAX_CREDITS)]
+    lease_ms: Annotated[int, Field(gt=0, le=MAX_MS)]
 
 
 class AwardReply(Body):
     job_id: JobId
-    attempt: int
-    replica: int = 0
+    attempt: Attempt
+    replica: Replica = 0
     accepted: bool
     reason: ShortText = ""
 
 
 class Heartbeat(Body):
     job_id: JobId
-    attempt: int
-    replica: int = 0
+    attempt: Attempt
+    replica: Replica = 0
     state: Literal["queued", "fetching", "running", "finished"]
-    elapsed_ms: Annotated[int, Field(ge=0)] = 0
+    elapsed_ms: Annotated[int, Field(ge=0, le=MAX_MS)] = 0
     log: Annotated[bytes, Field(max_length=MAX_HEARTBEAT_LOG_BYTES)] = b""
     """Live log bytes produced since the previous heartbeat (bounded)."""
 
 
 class HeartbeatReply(Body):
     job_id: JobId
-    attempt: int
-    replica: int = 0
+    attempt: Attempt
+    replica: Replica = 0
     keep: bool
     """False: the origin no longer wants this run (cancelled, lease lost)."""
 
 
 class Result(Body):
     job_id: JobId
-    attempt: int
-    replica: int = 0
+    attempt: Attempt
+    replica: Replica = 0
     status: Literal["succeeded", "failed", "timeout", "oom", "output_limit", "cancelled", "error"]
-    exit_code: int | None = None
+    exit_code: Annotated[int, Field(ge=-(2**31), le=2**32)] | None = None
     reason: ShortText = ""
     output_digest: Digest | None = None
-    output_size: Annotated[int, Field(ge=0)] = 0
-    duration_ms: Annotated[int, Field(ge=0)] = 0
-    cpu_ms: Annotated[int, Field(ge=0)] | None = None
-    peak_memory_bytes: Annotated[int, Field(ge=0)] | None = None
-    score_gflops: Annotated[float, Field(ge=0)] = 0.0
+    output_size: Annotated[int, Field(ge=0, le=MAX_BYTES)] = 0
+    duration_ms: Annotated[int, Field(ge=0, le=MAX_MS)] = 0
+    cpu_ms: Annotated[int, Field(ge=0, le=MAX_MS)] | None = None
+    peak_memory_bytes: Annotated[int, Field(ge=0, le=MAX_BYTES)] | None = None
+    score_gflops: Annotated[float, Field(ge=0, le=MAX_GFLOPS)] = 0.0
 
 
 class ResultAck(Body):
     job_id: JobId
-    attempt: int
-    replica: int = 0
+    attempt: Attempt
+    replica: Replica = 0
     accepted: bool
     reason: ShortText = ""
 
 
 class Cancel(Body):
     job_id: JobId
-    attempt: int
+    attempt: Attempt
     reason: ShortText = ""
 
 
@@ -222,15 +252,15 @@ class Receipt(Body):
     proof of equivocation. 0 means unsequenced and earns nothing."""
 
     job_id: JobId
-    attempt: int
-    replica: int = 0
+    attempt: Attempt
+    replica: Replica = 0
     origin: PeerId
     worker: PeerId
-    credits: Annotated[float, Field(ge=0, le=1e12)]
-    duration_ms: Annotated[int, Field(ge=0)]
+    credits: Annotated[float, Field(ge=0, le=MAX_CREDITS)]
+    duration_ms: Annotated[int, Field(ge=0, le=MAX_MS)]
     output_digest: Digest | None = None
     verdict: Literal["valid", "unverified"] = "unverified"
-    seq: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0
+    seq: Annotated[int, Field(ge=0, le=MAX_INT)] = 0
 
 
 class ReceiptCosign(Body):
@@ -249,7 +279,7 @@ class Attestation(Body):
     subject: PeerId
     job_id: JobId
     outcome: Literal["valid", "invalid", "abandoned"]
-    seq: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0
+    seq: Annotated[int, Field(ge=0, le=MAX_INT)] = 0
 
 
 BODY_TYPES: dict[str, type[Body]] = {
@@ -277,6 +307,8 @@ RejectReason = Literal[
     "unknown_type",
     "bad_signature",
     "bad_body",
+    "non_finite",
+    "out_of_range",
     "stale",
     "future",
     "replay",
@@ -351,6 +383,23 @@ def peek_type(data: bytes, max_bytes: int) -> str | None:
     return mtype if isinstance(mtype, str) else None
 
 
+NON_FINITE = frozenset({"finite_number"})
+OUT_OF_RANGE = frozenset(
+    {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "value_error"}
+)
+
+
+def body_reason(error_type: str) -> RejectReason:
+    """The reason code for a body that failed validation: ``non_finite`` (NaN or
+    an infinity), ``out_of_range`` (a number outside its field's range), or
+    ``bad_body`` (anything else)."""
+    if error_type in NON_FINITE:
+        return "non_finite"
+    if error_type in OUT_OF_RANGE:
+        return "out_of_range"
+    return "bad_body"
+
+
 def open_envelope(data: bytes, max_bytes: int) -> Opened | Rejected:
     """Decode and verify an envelope; never raises on bad input."""
     if not isinstance(data, (bytes, bytearray)) or len(data) > max_bytes:
@@ -392,7 +441,8 @@ def open_envelope(data: bytes, max_bytes: int) -> Opened | Rejected:
         model = BODY_TYPES[mtype].model_validate(body)
     except ValidationError as exc:
         first = exc.errors()[0]
-        return Rejected("bad_body", f"{mtype}: {'.'.join(map(str, first['loc']))}: {first['msg']}")
+        where = ".".join(map(str, first["loc"]))
+        return Rejected(body_reason(first["type"]), f"{mtype}: {where}: {first['msg']}")
     return Opened(mtype, peer_id_from_public_key(key), key, ts_ms, nonce, model, bytes(data))
 
 
