@@ -22,6 +22,8 @@ Rules checked:
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -34,7 +36,7 @@ import trio
 from meshd.core.events import DIRECT_PROTOCOL, TOPIC_ADVERTS, TOPIC_OFFERS, TOPIC_RECEIPTS
 from meshd.core.identity import Identity
 from meshd.core.params import PROTOCOL_VERSION
-from meshd.core.wire import SIGNING_DOMAIN, Advert, Bid, seal
+from meshd.core.wire import SIGNING_DOMAIN, Advert, Bid, Offer, OfferRequirements, seal
 from meshd.net.host import MeshHost
 from meshd.net.params import NetParams
 from meshd.runtime.daemon import now_ms
@@ -380,3 +382,78 @@ async def test_a_neighbour_forwarding_forged_gossip_is_blocked_and_jobs_keep_com
         job = await c.wait_job(A, await c.submit(A, JOB), timeout_s=30)
         assert job.state == "succeeded", job.reason
         assert a.core_errors == 0
+
+
+async def test_hostile_numbers_are_rejected_at_the_door_never_forwarded_never_logged(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """Regression (issue 16): an offer with ``timeout_s`` = inf or 1e300 raised
+    inside every core and was forwarded mesh-wide; an award priced at inf was
+    accepted and logged, after which the log could not be served as JSON."""
+    net = NetParams(gossip_heartbeat_s=0.2, peer_exchange_interval_s=0.5, target_peers=2)
+    async with Cluster.started(nursery, tmp_path, 3, core_params=FAST_CORE, net_params=net) as c:
+        a = c.daemon(A)
+        peer = FloodPeer(Identity.generate(), refuse=[c.peer_id(B), c.peer_id(C)])
+        me = peer.identity
+        offer = Offer(
+            job_id="job-hostile000",
+            attempt=1,
+            spec_digest="sha256:" + "ab" * 32,
+            requirements=OfferRequirements(image="meshd/busybox:1"),
+            timeout_s=10.0,
+            bid_window_ms=250,
+        ).model_dump(mode="python")
+        award = {
+            "job_id": "job-hostile001",
+            "attempt": 1,
+            "replica": 0,
+            "spec": JOB,
+            "price": math.inf,
+            "lease_ms": 15_000,
+        }
+        async with trio.open_nursery() as tn:
+            await tn.start(peer.host.run)
+            await peer.host.connect(a.host.listen_addrs[0])
+            await wait_until(
+                lambda: peer.host.mesh_peers(TOPIC_OFFERS) == [c.peer_id(A)],
+                10,
+                "the test peer to join A's offers mesh",
+            )
+            for timeout_s in (math.inf, 1e300):
+                data = envelope(
+                    me, me.public_key, "offer", {**offer, "timeout_s": timeout_s}, now_ms()
+                )
+                await peer.host.publish(TOPIC_OFFERS, data)
+            reply = await peer.host.request(
+                c.peer_id(A), DIRECT_PROTOCOL, envelope(me, me.public_key, "award", award, now_ms())
+            )
+            rejected = a.gossip_check.rejected  # type: ignore[union-attr]
+            core = a.node.counters  # type: ignore[union-attr]
+            await wait_until(
+                lambda: (
+                    rejected["non_finite"] >= 1
+                    and rejected["out_of_range"] >= 1
+                    and core["rejected_non_finite"] >= 1
+                ),
+                10,
+                "A to reject both offers and the award",
+            )
+            tn.cancel_scope.cancel()
+        assert reply is not None
+        assert a.core_errors == 0 and not c.members[A].done.is_set()  # type: ignore[union-attr]
+        # Never forwarded: B and C saw neither offer.
+        for i in (B, C):
+            d = c.daemon(i)
+            assert not d.gossip_check.rejected["non_finite"]  # type: ignore[union-attr]
+            assert not d.gossip_check.rejected["out_of_range"]  # type: ignore[union-attr]
+            assert d.log is not None
+            assert not any("job-hostile" in json.dumps(r.body, default=repr) for r in d.log.iter())
+        # Never logged: every record of A's log encodes as strict JSON.
+        assert a.log is not None
+        for record in a.log.iter():
+            json.dumps(record.body, allow_nan=False, default=repr)
+        assert not any("job-hostile" in json.dumps(r.body, default=repr) for r in a.log.iter())
+        # And A keeps working.
+        job_id = await c.submit(A, JOB)
+        job = await c.wait_job(A, job_id, timeout_s=30)
+        assert job.state == "succeeded", job.reason
