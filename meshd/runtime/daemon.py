@@ -36,6 +36,7 @@ import secrets
 import shutil
 import time
 from collections import Counter, deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,7 @@ from meshd.core.events import (
 )
 from meshd.core.identity import Identity
 from meshd.core.inbox import Inbox, InboxParams, Lane, direct_lane
+from meshd.core.interpreter import EffectInterpreter, split_appends
 from meshd.core.logrecord import AppendItem
 from meshd.core.node import Node
 from meshd.core.params import CoreParams
@@ -147,7 +149,7 @@ def mono_ms() -> int:
     return int(time.monotonic() * 1000)
 
 
-class Daemon:
+class Daemon(EffectInterpreter):
     """One meshd node: event log, protocol core, libp2p host, executor, control API."""
 
     def __init__(
@@ -215,6 +217,7 @@ class Daemon:
             self.rp.blob_requests_per_s, self.rp.blob_request_burst, 4 * self.net_params.max_peers
         )
         self.blob_requests_refused: Counter[str] = Counter()
+        self._staged: list[Append] = []
 
     # ------------------------------------------------------------ lifecycle
 
@@ -372,16 +375,21 @@ class Daemon:
             effects.extend(self.node.step(InboxLoad(congestion), now_ms()))
 
     async def _apply(self, effects: list[Any]) -> None:
-        """Carry out one batch: appends durably first, then everything else in order."""
+        """Carry out one batch: appends durably first (one synced write), then
+        everything else in order."""
         assert self.log is not None and self._nursery is not None
-        appends = [e for e in effects if isinstance(e, Append)]
+        appends, rest = split_appends(effects)
         if appends:
-            ts = now_ms()
-            items = [(a.kind, a.body, ts, a.key) for a in appends]
-            await trio.to_thread.run_sync(self._append_items, items)
-        for eff in effects:
-            if not isinstance(eff, Append):
-                self._carry_out(eff)
+            self.carry_out(appends)
+            await self._commit()
+        self.carry_out(rest)
+
+    async def _commit(self) -> None:
+        """Write the staged appends in one synced ``EventLog.append_batch``."""
+        ts = now_ms()
+        items = [(a.kind, a.body, ts, a.key) for a in self._staged]
+        self._staged = []
+        await trio.to_thread.run_sync(self._append_items, items)
 
     def _append_items(self, items: list[tuple[str, Any, int, bytes | None]]) -> None:
         assert self.log is not None
@@ -389,36 +397,49 @@ class Daemon:
             [AppendItem(kind=k, body=b, ts_ms=t, key=key) for k, b, t, key in items]
         )
 
-    def _carry_out(self, eff: Any) -> None:
-        n = self._nursery
-        assert n is not None
-        if isinstance(eff, Publish):
-            n.start_soon(self._publish, eff)
-        elif isinstance(eff, Send):
-            if eff.to_peer in self.drop_peers:
-                self._send_failed(eff, "partitioned (test fault)")
-            else:
-                self.sendq.put(eff)
-        elif isinstance(eff, FetchInputs):
-            n.start_soon(self._fetch_inputs, eff)
-        elif isinstance(eff, StartExecution):
-            n.start_soon(self._execute, eff)
-        elif isinstance(eff, CancelExecution):
-            scope = self._runs.get((eff.job_id, eff.attempt, eff.replica))
-            if scope is not None:
-                scope.cancel()
-        elif isinstance(eff, FetchBlob):
-            n.start_soon(self._fetch_blob, eff)
-        elif isinstance(eff, RunChecker):
-            n.start_soon(self._check, eff)
-        elif isinstance(eff, JobLog):
-            self._job_log(eff.job_id, eff.data)
-        elif isinstance(eff, SetPeerScore):
-            self._reputation[eff.peer_id] = eff.reputation
-            if eff.banned:
-                self.host.block_peer(eff.peer_id)
+    # ------------------------------------------------------------ effects
+
+    def do_append(self, eff: Append) -> None:
+        """Stage the record for the batch's group commit (``_commit``)."""
+        self._staged.append(eff)
+
+    def do_publish(self, eff: Publish) -> None:
+        self._spawn(self._publish, eff)
+
+    def do_send(self, eff: Send) -> None:
+        if eff.to_peer in self.drop_peers:
+            self._send_failed(eff, "partitioned (test fault)")
         else:
-            raise AssertionError(f"unknown effect {eff!r}")
+            self.sendq.put(eff)
+
+    def do_fetch_inputs(self, eff: FetchInputs) -> None:
+        self._spawn(self._fetch_inputs, eff)
+
+    def do_start_execution(self, eff: StartExecution) -> None:
+        self._spawn(self._execute, eff)
+
+    def do_cancel_execution(self, eff: CancelExecution) -> None:
+        scope = self._runs.get((eff.job_id, eff.attempt, eff.replica))
+        if scope is not None:
+            scope.cancel()
+
+    def do_fetch_blob(self, eff: FetchBlob) -> None:
+        self._spawn(self._fetch_blob, eff)
+
+    def do_run_checker(self, eff: RunChecker) -> None:
+        self._spawn(self._check, eff)
+
+    def do_job_log(self, eff: JobLog) -> None:
+        self._job_log(eff.job_id, eff.data)
+
+    def do_set_peer_score(self, eff: SetPeerScore) -> None:
+        self._reputation[eff.peer_id] = eff.reputation
+        if eff.banned:
+            self.host.block_peer(eff.peer_id)
+
+    def _spawn(self, fn: Callable[[Any], Awaitable[None]], eff: Any) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(fn, eff)
 
     # ------------------------------------------------------------ network adapters
 
