@@ -197,7 +197,7 @@ async def test_blobs_are_served_only_to_the_peers_a_job_entitles(
                 raise AssertionError("an input was served without a live run")
             except RemoteError as exc:
                 assert "no blob" in str(exc)
-        refused = c.daemon(0).blob_requests_refused
+        refused = c.daemon(0).transfer.refused
         assert refused["not_entitled"] == 2
         # The per-peer bucket, at the handler (no network in between, so the
         # bucket barely refills): a burst beyond blob_request_burst is refused
@@ -207,11 +207,11 @@ async def test_blobs_are_served_only_to_the_peers_a_job_entitles(
         answers = []
         for _ in range(burst + 10):
             try:
-                await w._on_blob_request(c.peer_id(bystander), output.encode())
+                await w.transfer.serve(c.peer_id(bystander), output.encode())
             except LookupError as exc:
                 answers.append("busy" if str(exc).startswith("busy") else "no blob")
         # The bystander spent one token on its network request above; one may
         # have refilled since (20 per second).
         assert answers.count("busy") in (10, 11), answers
         assert answers[: burst - 2] == ["no blob"] * (burst - 2)
-        assert w.blob_requests_refused["rate"] == answers.count("busy")
+        assert w.transfer.refused["rate"] == answers.count("busy")
