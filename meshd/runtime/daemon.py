@@ -44,7 +44,6 @@ from __future__ import annotations
 import logging
 import random
 import secrets
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -92,6 +91,8 @@ from meshd.store.eventlog import EventLog
 
 from .capabilities import Capabilities
 from .checker import Checker
+from .clock import Clock, SystemClock
+from .clock import now_ms as now_ms  # re-exported: tools and tests stamp messages with it
 from .execution import Executions
 from .gossipcheck import CachingCodec, GossipValidator
 from .joblogs import JobLogs
@@ -105,14 +106,6 @@ log = logging.getLogger("meshd.daemon")
 
 class InboxBusy(Exception):
     """A peer's direct message met a full inbox: the request is answered busy."""
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def mono_ms() -> int:
-    return int(time.monotonic() * 1000)
 
 
 class Daemon(EffectInterpreter):
@@ -132,6 +125,7 @@ class Daemon(EffectInterpreter):
         runtime_params: RuntimeParams | None = None,
         measure_score: bool = True,
         host: MeshHost | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.dirs = DataDir(Path(data_dir))
         self.config = config
@@ -144,7 +138,10 @@ class Daemon(EffectInterpreter):
         self.rp = runtime_params or RuntimeParams()
         self.executor = executor
         self.executor_reason = executor_reason
-        self.started_ms = now_ms()
+        self.clock: Clock = clock or SystemClock()
+        """Timers run on ``clock.monotonic_ms()``; ``clock.wall_ms()`` only stamps."""
+        self.started_ms = 0
+        """When ``run`` started, on the monotonic timeline."""
         self.node: Node | None = None
         self.view: NodeView | None = None
         """The read-only view the API answers from (set once the core is restored)."""
@@ -162,7 +159,7 @@ class Daemon(EffectInterpreter):
             self.rp.sendq,
             request=self._request_direct,
             on_failed=self._send_failed,
-            clock_ms=mono_ms,
+            clock_ms=self.clock.monotonic_ms,
             retryable=(PeerUnreachable, RemoteError),
         )
         self.transfer = BlobTransfer(
@@ -170,7 +167,7 @@ class Daemon(EffectInterpreter):
             self.host,
             may_serve=self._may_serve_blob,
             feed=self._feed,
-            monotonic_ms=mono_ms,
+            monotonic_ms=self.clock.monotonic_ms,
             requests_per_s=self.rp.blob_requests_per_s,
             request_burst=self.rp.blob_request_burst,
             max_peers=4 * self.net_params.max_peers,
@@ -187,7 +184,7 @@ class Daemon(EffectInterpreter):
             allow_network=config.allow_network_jobs,
         )
         self.checker = Checker(self.blobs, executor, self.dirs.work, self._feed)
-        self.job_logs = JobLogs(self.rp.job_log_lines, now_ms)
+        self.job_logs = JobLogs(self.rp.job_log_lines, self.clock.wall_ms)
         self.capabilities = Capabilities(
             executor,
             self.dirs.root,
@@ -196,7 +193,7 @@ class Daemon(EffectInterpreter):
             listen_addrs=lambda: self.host.listen_addrs,
             warm=self._warm,
             feed=self._feed,
-            monotonic_ms=mono_ms,
+            monotonic_ms=self.clock.monotonic_ms,
             measure_score=measure_score,
         )
         self.counts: Counter[str] = Counter()
@@ -227,12 +224,12 @@ class Daemon(EffectInterpreter):
 
     async def _run_opened(self, task_status: Any) -> None:
         assert self.log is not None
-        t = now_ms()
+        self.started_ms = self.clock.monotonic_ms()
         node = self.node = Node(
             self.core_params,
             self.identity,
             random.Random(secrets.randbits(64)),
-            t,
+            self.started_ms,
             codec=self.codec,
             version=__version__,
         )
@@ -245,7 +242,8 @@ class Daemon(EffectInterpreter):
         from .api_routes import install_routes
 
         api = self.api = ApiServer(ensure_api_token(self.dirs.root))
-        self.gossip_check = GossipValidator(node, self.codec, now_ms)
+        # Gossip validation judges message stamps: the wall clock.
+        self.gossip_check = GossipValidator(node, self.codec, self.clock.wall_ms)
         self.view = NodeView(
             node,
             log=self.log,
@@ -265,7 +263,7 @@ class Daemon(EffectInterpreter):
             shell_counts=self.counts,
             api_statistics=api.statistics,
             started_ms=self.started_ms,
-            monotonic_ms=mono_ms,
+            monotonic_ms=self.clock.monotonic_ms,
         )
         install_routes(api, self.view, self)
         async with trio.open_nursery() as nursery:
@@ -309,7 +307,7 @@ class Daemon(EffectInterpreter):
 
     async def _feed(self, inp: Any) -> None:
         """Queue one of our own inputs, waiting for room in the inbox's local lane."""
-        while not self.inbox.put(inp, Lane.LOCAL, mono_ms()):
+        while not self.inbox.put(inp, Lane.LOCAL, self.clock.monotonic_ms()):
             if self._inbox_room.is_set():
                 self._inbox_room = trio.Event()
             await self._inbox_room.wait()
@@ -325,7 +323,7 @@ class Daemon(EffectInterpreter):
     def _feed_peer(self, inp: Any, lane: Lane) -> bool:
         """Queue an input without waiting: gossip always (the oldest may be
         dropped); other lanes only if they have room."""
-        ok = self.inbox.put(inp, lane, mono_ms())
+        ok = self.inbox.put(inp, lane, self.clock.monotonic_ms())
         if ok:
             self._inbox_nonempty.set()
         return ok
@@ -354,7 +352,11 @@ class Daemon(EffectInterpreter):
         while True:
             if not len(self.inbox):
                 deadline = self.node.next_deadline()
-                wait_s = max(0.0, (deadline - now_ms()) / 1000) if deadline is not None else 3600.0
+                wait_s = (
+                    max(0.0, (deadline - self.clock.monotonic_ms()) / 1000)
+                    if deadline is not None
+                    else 3600.0
+                )
                 self._inbox_nonempty = trio.Event()
                 with trio.move_on_after(wait_s):
                     await self._inbox_nonempty.wait()
@@ -362,7 +364,7 @@ class Daemon(EffectInterpreter):
             awaited: list[trio.Event] = []
             handled = 0
             while handled < self.rp.max_batch_inputs:
-                popped = self.inbox.pop(mono_ms())
+                popped = self.inbox.pop(self.clock.monotonic_ms())
                 if popped is None:
                     break
                 handled += 1
@@ -383,7 +385,7 @@ class Daemon(EffectInterpreter):
             awaited.append(inp.done)
             inp = inp.inp
         try:
-            effects.extend(self.node.step(inp, now_ms()))
+            effects.extend(self.node.step(inp, self.clock.monotonic_ms(), self.clock.wall_ms()))
         except Exception:
             if not isinstance(inp, (GossipReceived, DirectReceived)):
                 raise
@@ -396,13 +398,13 @@ class Daemon(EffectInterpreter):
         """Tell the core how congested our inbox is, once per ``load_report_ms``
         and whenever it crosses the busy threshold."""
         assert self.node is not None
-        t = mono_ms()
+        t = self.clock.monotonic_ms()
         congestion = self.inbox.congestion_ms(t)
         busy = self.node.params.worker_busy_wait_ms
         crossed = (congestion > busy) != (self._last_congestion > busy)
         if crossed or t - self._last_load_report >= self.rp.load_report_ms:
             self._last_load_report, self._last_congestion = t, congestion
-            effects.extend(self.node.step(InboxLoad(congestion), now_ms()))
+            effects.extend(self.node.step(InboxLoad(congestion), t, self.clock.wall_ms()))
 
     async def _apply(self, effects: list[Any]) -> None:
         """Carry out one batch: appends durably first (one synced write), then
@@ -416,7 +418,7 @@ class Daemon(EffectInterpreter):
 
     async def _commit(self) -> None:
         """Write the staged appends in one synced ``EventLog.append_batch``."""
-        ts = now_ms()
+        ts = self.clock.wall_ms()  # records are stamped with the wall clock
         items = [(a.kind, a.body, ts, a.key) for a in self._staged]
         self._staged = []
         await trio.to_thread.run_sync(self._append_items, items)

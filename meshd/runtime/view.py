@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import statistics
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -219,7 +218,7 @@ class NodeView:
         return {
             "peer_id": self._identity.peer_id,
             "version": __version__,
-            "uptime_s": round(time.time() - self._started_ms / 1000, 1),
+            "uptime_s": round((self._monotonic_ms() - self._started_ms) / 1000, 1),
             "listen_addrs": self._host.listen_addrs,
             "executor": {
                 "name": self._executor.name,

@@ -40,6 +40,7 @@ from meshd.core.jobspec import parse_job_spec
 from meshd.core.params import CoreParams
 from meshd.exec.base import ExecParams, Executor
 from meshd.net.params import NetParams
+from meshd.runtime.clock import Clock
 from meshd.runtime.daemon import Daemon, RuntimeParams, make_executor
 
 from .partition import PartitionedHost
@@ -78,6 +79,7 @@ class Cluster:
         net_params: NetParams | None = None,
         configure: Callable[[int, dict[str, Any]], None] | None = None,
         wrap_executor: Callable[[int, Executor], Executor] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.nursery = nursery
         self.root = root
@@ -90,6 +92,10 @@ class Cluster:
         self.wrap_executor = wrap_executor
         """Fault injection: ``wrap_executor(i, executor)`` replaces node i's executor
         when its daemon is built (see :mod:`meshd.testing.faults`)."""
+        self.clock = clock
+        """The clock every daemon reads (None: each its own ``SystemClock``); one
+        :class:`meshd.testing.clock.SkewedClock` lets a test step the wall clock
+        of the whole cluster, as of one machine."""
         self.members = [Member(i, root / f"node{i}") for i in range(n)]
 
     @classmethod
@@ -161,6 +167,7 @@ class Cluster:
             net_params=self.net_params,
             runtime_params=dataclasses.replace(RuntimeParams(), capabilities_refresh_s=1.0),
             host=host,
+            clock=self.clock,
         )
         m.daemon, m.done, m.scope = daemon, trio.Event(), trio.CancelScope()
 
