@@ -120,6 +120,7 @@ from meshd.core.events import (
 )
 from meshd.core.identity import Identity
 from meshd.core.inbox import Inbox, InboxParams, Lane, direct_lane
+from meshd.core.interpreter import EffectInterpreter, UnknownEffect
 from meshd.core.node import Node
 from meshd.core.params import CoreParams
 from meshd.core.wire import Opened
@@ -216,6 +217,55 @@ class Slot:
         return self.identity.peer_id
 
 
+class SlotEffects(EffectInterpreter):
+    """Carries out one simulated node's effects through the engine: its log,
+    the network model, the fake executor and transfers. The engine's ``apply``
+    checks the batch (append-first, torn crashes) and dispatches each effect here."""
+
+    def __init__(self, engine: Engine, slot: Slot) -> None:
+        self.engine = engine
+        self.slot = slot
+
+    def do_append(self, eff: Append) -> None:
+        self.engine._append(self.slot, eff)
+
+    def do_publish(self, eff: Publish) -> None:
+        self.engine._publish(self.slot, eff)
+
+    def do_send(self, eff: Send) -> None:
+        self.engine._send(self.slot, eff)
+
+    def do_fetch_inputs(self, eff: FetchInputs) -> None:
+        e = self.engine
+        e._local(
+            self.slot,
+            1 + e.rng_exec.randrange(20),
+            InputsFetched(eff.job_id, eff.attempt, eff.replica, True),
+        )
+
+    def do_start_execution(self, eff: StartExecution) -> None:
+        self.engine._start(self.slot, eff)
+
+    def do_cancel_execution(self, eff: CancelExecution) -> None:
+        self.slot.running.pop((eff.job_id, eff.attempt, eff.replica), None)
+
+    def do_fetch_blob(self, eff: FetchBlob) -> None:
+        self.engine._fetch_blob(self.slot, eff)
+
+    def do_run_checker(self, eff: RunChecker) -> None:
+        self.engine._local(self.slot, 1, CheckerFinished(eff.job_id, eff.a, eff.b, False))
+
+    def do_job_log(self, eff: JobLog) -> None:
+        self._count(eff)
+
+    def do_set_peer_score(self, eff: SetPeerScore) -> None:
+        self._count(eff)
+
+    def _count(self, eff: Any) -> None:
+        stats, name = self.engine.stats, type(eff).__name__
+        stats[name] = stats.get(name, 0) + 1
+
+
 @dataclass
 class OfferCast:
     origin: int
@@ -284,6 +334,8 @@ class Engine:
                 slot.inbox = Inbox(self.inbox_params)
             self.slots.append(slot)
             self.by_peer[ident.peer_id] = i
+        self.interpreters = [SlotEffects(self, slot) for slot in self.slots]
+        """Each node's effect interpreter, by slot index."""
         self.subscribers = self._draw_views(len(hw), knobs.advert_fanout)
         rf = (
             knobs.receipt_fanout
@@ -558,36 +610,16 @@ class Engine:
                     f"invariant violated at t={self.now} ms: node {slot.idx} returned an Append "
                     "after a message/execution in one batch"
                 )
+        fx = self.interpreters[slot.idx]
         for eff in effects:
-            t = type(eff)
-            if t is Append:
-                self._append(slot, eff)
-                continue
-            if slot.dying:  # torn batch: appends are durable, the rest never happened
+            if type(eff) is not Append and slot.dying:
+                # torn batch: appends are durable, the rest never happened
                 self._die(slot)
                 return
-            if t is Send:
-                self._send(slot, eff)
-            elif t is Publish:
-                self._publish(slot, eff)
-            elif t is StartExecution:
-                self._start(slot, eff)
-            elif t is FetchInputs:
-                self._local(
-                    slot,
-                    1 + self.rng_exec.randrange(20),
-                    InputsFetched(eff.job_id, eff.attempt, eff.replica, True),
-                )
-            elif t is CancelExecution:
-                slot.running.pop((eff.job_id, eff.attempt, eff.replica), None)
-            elif t is FetchBlob:
-                self._fetch_blob(slot, eff)
-            elif t is RunChecker:
-                self._local(slot, 1, CheckerFinished(eff.job_id, eff.a, eff.b, False))
-            elif t is JobLog or t is SetPeerScore:
-                self.stats[t.__name__] = self.stats.get(t.__name__, 0) + 1
-            else:
-                raise SimFailure(f"node {slot.idx} returned an unknown effect {eff!r}")
+            try:
+                fx.dispatch(eff)
+            except UnknownEffect as exc:
+                raise SimFailure(f"node {slot.idx} returned an unknown effect {eff!r}") from exc
         if slot.dying:
             self._die(slot)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import trio
 
+from meshd.testing.clock import SkewedClock
 from meshd.testing.cluster import Cluster, cluster_fixture
 
 
@@ -159,7 +160,8 @@ async def test_blobs_are_served_only_to_the_peers_a_job_entitles(
     from meshd.core.events import BLOB_PROTOCOL
     from meshd.net import RemoteError
 
-    async with Cluster.started(nursery, tmp_path, 3) as c:
+    clock = SkewedClock()
+    async with Cluster.started(nursery, tmp_path, 3, clock=clock) as c:
         secret = c.daemon(0).blobs.put(b"the submitter's private input\n")
         job_id = await c.submit(
             0,
@@ -184,6 +186,9 @@ async def test_blobs_are_served_only_to_the_peers_a_job_entitles(
         assert _tar_files(await fetch(0, worker, output)) == {
             "o": b"the submitter's private input\n"
         }
+        # From here to the end of the burst below the daemons' clock stands
+        # still, so no token of the per-peer bucket refills meanwhile.
+        clock.pause()
         try:
             await fetch(bystander, worker, output)
             raise AssertionError("a bystander fetched another origin's output")
@@ -197,21 +202,21 @@ async def test_blobs_are_served_only_to_the_peers_a_job_entitles(
                 raise AssertionError("an input was served without a live run")
             except RemoteError as exc:
                 assert "no blob" in str(exc)
-        refused = c.daemon(0).blob_requests_refused
+        refused = c.daemon(0).transfer.refused
         assert refused["not_entitled"] == 2
-        # The per-peer bucket, at the handler (no network in between, so the
-        # bucket barely refills): a burst beyond blob_request_burst is refused
-        # as busy before any look-up.
+        # The per-peer bucket, at the handler: a burst beyond
+        # blob_request_burst is refused as busy before any look-up.
         w = c.daemon(worker)
         burst = int(w.rp.blob_request_burst)
         answers = []
         for _ in range(burst + 10):
             try:
-                await w._on_blob_request(c.peer_id(bystander), output.encode())
+                await w.transfer.serve(c.peer_id(bystander), output.encode())
             except LookupError as exc:
                 answers.append("busy" if str(exc).startswith("busy") else "no blob")
-        # The bystander spent one token on its network request above; one may
-        # have refilled since (20 per second).
-        assert answers.count("busy") in (10, 11), answers
+        clock.resume()
+        # The bystander spent one token on its network request above, and none
+        # refilled since (the clock stood still).
+        assert answers.count("busy") == 11, answers
         assert answers[: burst - 2] == ["no blob"] * (burst - 2)
-        assert w.blob_requests_refused["rate"] == answers.count("busy")
+        assert w.transfer.refused["rate"] == answers.count("busy")

@@ -25,7 +25,8 @@ async def test_jobs_run_sandboxed_in_docker_across_the_mesh(
         for i in range(3):
             d = c.daemon(i)
             assert d.executor.name == "docker" and d.executor.sandboxed
-            assert "meshd/busybox:1" in d.images  # advertised, so origins know who can run it
+            # advertised, so origins know who can run it
+            assert "meshd/busybox:1" in d.capabilities.images
         # The job sees: no network, a read-only root, a non-root user.
         script = (
             "id -u > $MESH_OUTPUTS/uid; (touch /etc/x 2>/dev/null && echo rw || echo ro) > $MESH_OUTPUTS/root;"

@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 import trio
+import trio.testing
 from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.rpc_queue import RpcQueue
@@ -125,8 +126,11 @@ def test_publish_params_are_validated() -> None:
             NetParams(**bad)
 
 
-async def test_a_queue_that_does_not_drain_is_waited_for_once_until_it_moves() -> None:
-    # no network: a peer queue nobody drains, as when a peer stops reading
+async def test_a_queue_that_does_not_drain_is_waited_for_once_until_it_moves(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # no network: a peer queue nobody drains, as when a peer stops reading; the
+    # waits run in virtual time (exact, and no real time passes)
     host = make_host(LINE)
     pubsub = host._pubsub
     peer = ID.from_base58(Identity.generate().peer_id)

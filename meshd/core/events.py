@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .jobspec import JobSpec
+from .jobspec import JobSpec, Tolerance
 
 # ---------------------------------------------------------------- topics
 
@@ -239,10 +239,16 @@ class FetchBlob:
 
 @dataclass(frozen=True)
 class RunChecker:
+    """Compare two output digests of one job; the verdict comes back as ``CheckerFinished``."""
+
     job_id: str
     image: str
+    """The job's checker image, or "" for none."""
     a: str
     b: str
+    tolerance: Tolerance | None = None
+    """The job's numeric tolerance, used when there is no checker image (None:
+    exact comparison)."""
 
 
 @dataclass(frozen=True)

@@ -21,17 +21,15 @@ import shutil
 import tarfile
 import tempfile
 import urllib.request
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import trio
 
 from meshd.core.jobspec import JobSpec
+from meshd.exec.base import Executor
 from meshd.store.blobs import BlobStore
-
-if TYPE_CHECKING:
-    from .daemon import Daemon
 
 DIGEST_PREFIX = "sha256:"
 _NUMBER = re.compile(rb"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
@@ -77,9 +75,16 @@ def fetch_uri(uri: str, gw: GatewayParams) -> bytes:
 
 
 async def fetch_inputs(
-    daemon: Daemon, origin: str, spec: JobSpec, dest: Path, gw: GatewayParams = GatewayParams()
+    fetch_blob: Callable[[str, str], Awaitable[None]],
+    blobs: BlobStore,
+    origin: str,
+    spec: JobSpec,
+    dest: Path,
+    gw: GatewayParams = GatewayParams(),
 ) -> None:
-    """Place every input of ``spec`` under ``dest`` (raises with a reason on failure)."""
+    """Place every input of ``spec`` under ``dest`` (raises with a reason on
+    failure); inputs named by digest are fetched from ``origin`` into
+    ``blobs`` by ``fetch_blob(peer, digest)`` first."""
     if not spec.inputs:
         return
     dest.mkdir(parents=True, exist_ok=True)
@@ -87,8 +92,8 @@ async def fetch_inputs(
         target = dest / ref.path
         target.parent.mkdir(parents=True, exist_ok=True)
         if ref.digest is not None:
-            await daemon.fetch_blob_from(origin, ref.digest)
-            src = daemon.blobs.path_of(bare(ref.digest))
+            await fetch_blob(origin, ref.digest)
+            src = blobs.path_of(bare(ref.digest))
             await trio.to_thread.run_sync(shutil.copyfile, src, target)
         else:
             assert ref.uri is not None
@@ -139,16 +144,19 @@ def _readable_by_sandbox(top: Path) -> None:
             os.chmod(os.path.join(dirpath, f), 0o444)
 
 
-async def run_checker_container(daemon: Daemon, image: str, a: str, b: str, job_id: str) -> bool:
-    """Run the user's checker with the two outputs at /mesh/inputs/a and /mesh/inputs/b."""
+async def run_checker_container(
+    executor: Executor, blobs: BlobStore, work_dir: Path, image: str, a: str, b: str, job_id: str
+) -> bool:
+    """Run the user's checker with the two outputs at /mesh/inputs/a and
+    /mesh/inputs/b (unpacked under a temporary dir in ``work_dir``)."""
     from meshd.exec.base import ExecRequest
     from meshd.store.blobs import unpack_tar
 
-    with tempfile.TemporaryDirectory(dir=daemon.dirs.work) as tmp:
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         root = Path(tmp)
         (root / "inputs").mkdir()
         for name, digest in (("a", a), ("b", b)):
-            data = await trio.to_thread.run_sync(daemon.blobs.get, bare(digest))
+            data = await trio.to_thread.run_sync(blobs.get, bare(digest))
             await trio.to_thread.run_sync(unpack_tar, data, root / "inputs" / name)
         await trio.to_thread.run_sync(_readable_by_sandbox, root / "inputs")
         (root / "outputs").mkdir()
@@ -161,5 +169,5 @@ async def run_checker_container(daemon: Daemon, image: str, a: str, b: str, job_
             output_dir=root / "outputs",
             timeout_s=300.0,
         )
-        result = await daemon.executor.run(req)
+        result = await executor.run(req)
         return result.status == "succeeded"

@@ -11,7 +11,9 @@ of the process, nothing is flushed that was not already durable),
 :meth:`Cluster.restart` (same data dir and key), :meth:`Cluster.partition`
 (daemons drop all traffic with the other group) and :meth:`Cluster.heal`;
 misbehaving executors (liars, noise) through ``wrap_executor`` (see
-:mod:`meshd.testing.faults`).
+:mod:`meshd.testing.faults`). Each daemon's host is a
+:class:`meshd.testing.partition.PartitionedHost`, the one place partitions
+are made: the daemon itself has no test hooks.
 
 Usage (pytest-trio)::
 
@@ -38,7 +40,10 @@ from meshd.core.jobspec import parse_job_spec
 from meshd.core.params import CoreParams
 from meshd.exec.base import ExecParams, Executor
 from meshd.net.params import NetParams
-from meshd.runtime.daemon import Daemon, RuntimeParams, build_daemon
+from meshd.runtime.clock import Clock
+from meshd.runtime.daemon import Daemon, RuntimeParams, make_executor
+
+from .partition import PartitionedHost
 
 FAST_CORE = CoreParams(
     bid_window_ms=500,
@@ -74,6 +79,7 @@ class Cluster:
         net_params: NetParams | None = None,
         configure: Callable[[int, dict[str, Any]], None] | None = None,
         wrap_executor: Callable[[int, Executor], Executor] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.nursery = nursery
         self.root = root
@@ -86,6 +92,10 @@ class Cluster:
         self.wrap_executor = wrap_executor
         """Fault injection: ``wrap_executor(i, executor)`` replaces node i's executor
         when its daemon is built (see :mod:`meshd.testing.faults`)."""
+        self.clock = clock
+        """The clock every daemon reads (None: each its own ``SystemClock``); one
+        :class:`meshd.testing.clock.SkewedClock` lets a test step the wall clock
+        of the whole cluster, as of one machine."""
         self.members = [Member(i, root / f"node{i}") for i in range(n)]
 
     @classmethod
@@ -137,18 +147,28 @@ class Cluster:
         if self.configure is not None:
             self.configure(i, overrides)
         config = apply_overrides(config, overrides)  # validated, as `meshd start` flags are
-        daemon = build_daemon(
+        executor, reason, exec_params = make_executor(
+            config, identity, ExecParams(health_check_timeout_s=30.0)
+        )
+        if self.wrap_executor is not None:
+            executor = self.wrap_executor(i, executor)
+        host = PartitionedHost(
+            identity, self.net_params, list(config.listen), list(config.bootstrap)
+        )
+        daemon = Daemon(
+            m.data_dir,
             config,
             identity,
-            m.data_dir,
+            executor=executor,
+            executor_reason=reason,
+            exec_params=exec_params,
             measure_score=False,
             core_params=self.core_params,
             net_params=self.net_params,
-            exec_params=ExecParams(health_check_timeout_s=30.0),
             runtime_params=dataclasses.replace(RuntimeParams(), capabilities_refresh_s=1.0),
+            host=host,
+            clock=self.clock,
         )
-        if self.wrap_executor is not None:
-            daemon.executor = self.wrap_executor(i, daemon.executor)
         m.daemon, m.done, m.scope = daemon, trio.Event(), trio.CancelScope()
 
         async def run(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -184,18 +204,24 @@ class Cluster:
 
     # ------------------------------------------------------------ faults
 
+    def host(self, i: int) -> PartitionedHost:
+        host = self.daemon(i).host
+        assert isinstance(host, PartitionedHost)
+        return host
+
     def partition(self, group_a: list[int], group_b: list[int]) -> None:
-        """Drop all traffic between the two groups (both directions)."""
+        """Drop all traffic between the two groups (both directions; see
+        :mod:`meshd.testing.partition`)."""
         ids_a = {self.peer_id(i) for i in group_a}
         ids_b = {self.peer_id(i) for i in group_b}
         for i in group_a:
-            self.daemon(i).drop_peers |= ids_b
+            self.host(i).dropped |= ids_b
         for i in group_b:
-            self.daemon(i).drop_peers |= ids_a
+            self.host(i).dropped |= ids_a
 
     def heal(self) -> None:
         for i in self.running():
-            self.daemon(i).drop_peers.clear()
+            self.host(i).dropped.clear()
 
     # ------------------------------------------------------------ waiting and jobs
 

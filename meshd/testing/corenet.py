@@ -43,6 +43,7 @@ from meshd.core.events import (
     Tick,
 )
 from meshd.core.identity import Identity
+from meshd.core.interpreter import EffectInterpreter
 from meshd.core.jobspec import JobSpec
 from meshd.core.node import Node
 from meshd.core.params import CoreParams
@@ -101,6 +102,90 @@ class NodeSlot:
     worker: FakeWorker
     alive: bool = True
     running: dict[tuple[str, int, int], int] = field(default_factory=dict)
+    effects: CoreNetEffects = field(init=False)
+
+
+class CoreNetEffects(EffectInterpreter):
+    """Carries out one node's effects on the fake link: appends to its
+    in-memory log, messages scheduled after a latency (or ``SendFailed`` across
+    a cut), fake executions, transfers and checker verdicts as scheduled inputs."""
+
+    def __init__(self, net: CoreNet, slot: NodeSlot) -> None:
+        self.net = net
+        self.slot = slot
+        self.peer = slot.node.peer_id
+
+    def do_append(self, eff: Append) -> None:
+        self.slot.log.append((eff.kind, eff.body))
+
+    def do_publish(self, eff: Publish) -> None:
+        net, peer = self.net, self.peer
+        for other in net.order:
+            if other != peer and net.reachable(peer, other) and net.rng.random() >= net.drop_rate:
+                net._schedule(
+                    net.now_ms + net._latency(peer),
+                    other,
+                    GossipReceived(eff.topic, peer, eff.data),
+                )
+
+    def do_send(self, eff: Send) -> None:
+        net, peer = self.net, self.peer
+        if eff.kind in net.silenced.get(peer, ()):
+            return
+        if (
+            eff.to_peer in net.slots
+            and net.reachable(peer, eff.to_peer)
+            and net.rng.random() >= net.drop_rate
+        ):
+            net._schedule(
+                net.now_ms + net._latency(peer), eff.to_peer, DirectReceived(peer, eff.data)
+            )
+        else:
+            net._schedule(
+                net.now_ms + net._latency(),
+                peer,
+                SendFailed(eff.to_peer, eff.kind, eff.job_id, "unreachable"),
+            )
+
+    def do_fetch_inputs(self, eff: FetchInputs) -> None:
+        self.net._schedule(
+            self.net.now_ms + 1,
+            self.peer,
+            InputsFetched(eff.job_id, eff.attempt, eff.replica, True),
+        )
+
+    def do_start_execution(self, eff: StartExecution) -> None:
+        self.net._start(self.peer, self.slot, eff)
+
+    def do_cancel_execution(self, eff: CancelExecution) -> None:
+        self.slot.running.pop((eff.job_id, eff.attempt, eff.replica), None)
+
+    def do_fetch_blob(self, eff: FetchBlob) -> None:
+        net = self.net
+        ok = net.reachable(self.peer, eff.from_peer)
+        reason = "" if ok else "worker unreachable"
+        if ok and net.refuse_outputs > 0:
+            net.refuse_outputs -= 1
+            ok, reason = False, "worker refused the output"
+        net._schedule(
+            net.now_ms + net._latency(),
+            self.peer,
+            BlobFetched(eff.job_id, eff.attempt, eff.replica, eff.digest, ok, reason),
+        )
+
+    def do_run_checker(self, eff: RunChecker) -> None:
+        net = self.net
+        net._schedule(
+            net.now_ms + net.checker_delay_ms,
+            self.peer,
+            CheckerFinished(eff.job_id, eff.a, eff.b, net.checker(eff)),
+        )
+
+    def do_job_log(self, eff: JobLog) -> None:
+        pass
+
+    def do_set_peer_score(self, eff: SetPeerScore) -> None:
+        pass
 
 
 class CoreNet:
@@ -148,6 +233,7 @@ class CoreNet:
     def add_node(self, identity: Identity, worker: FakeWorker) -> str:
         node = Node(self.params, identity, random.Random(self.rng.random()), self.now_ms)
         slot = NodeSlot(node, [], worker)
+        slot.effects = CoreNetEffects(self, slot)
         self.slots[node.peer_id] = slot
         self.order.append(node.peer_id)
         self._boot(slot)
@@ -220,70 +306,7 @@ class CoreNet:
         self._feed(self.order[i] if isinstance(i, int) else i, inp)
 
     def _apply(self, peer: str, effects: list[Any]) -> None:
-        slot = self.slots[peer]
-        for eff in effects:
-            if isinstance(eff, Append):
-                slot.log.append((eff.kind, eff.body))
-            elif isinstance(eff, Publish):
-                for other in self.order:
-                    if (
-                        other != peer
-                        and self.reachable(peer, other)
-                        and self.rng.random() >= self.drop_rate
-                    ):
-                        self._schedule(
-                            self.now_ms + self._latency(peer),
-                            other,
-                            GossipReceived(eff.topic, peer, eff.data),
-                        )
-            elif isinstance(eff, Send):
-                if eff.kind in self.silenced.get(peer, ()):
-                    continue
-                if (
-                    eff.to_peer in self.slots
-                    and self.reachable(peer, eff.to_peer)
-                    and self.rng.random() >= self.drop_rate
-                ):
-                    self._schedule(
-                        self.now_ms + self._latency(peer),
-                        eff.to_peer,
-                        DirectReceived(peer, eff.data),
-                    )
-                else:
-                    self._schedule(
-                        self.now_ms + self._latency(),
-                        peer,
-                        SendFailed(eff.to_peer, eff.kind, eff.job_id, "unreachable"),
-                    )
-            elif isinstance(eff, FetchInputs):
-                self._schedule(
-                    self.now_ms + 1, peer, InputsFetched(eff.job_id, eff.attempt, eff.replica, True)
-                )
-            elif isinstance(eff, StartExecution):
-                self._start(peer, slot, eff)
-            elif isinstance(eff, CancelExecution):
-                slot.running.pop((eff.job_id, eff.attempt, eff.replica), None)
-            elif isinstance(eff, FetchBlob):
-                ok = self.reachable(peer, eff.from_peer)
-                reason = "" if ok else "worker unreachable"
-                if ok and self.refuse_outputs > 0:
-                    self.refuse_outputs -= 1
-                    ok, reason = False, "worker refused the output"
-                self._schedule(
-                    self.now_ms + self._latency(),
-                    peer,
-                    BlobFetched(eff.job_id, eff.attempt, eff.replica, eff.digest, ok, reason),
-                )
-            elif isinstance(eff, RunChecker):
-                self._schedule(
-                    self.now_ms + self.checker_delay_ms,
-                    peer,
-                    CheckerFinished(eff.job_id, eff.a, eff.b, self.checker(eff)),
-                )
-            elif isinstance(eff, (JobLog, SetPeerScore)):
-                pass
-            else:
-                raise AssertionError(f"unknown effect {eff!r}")
+        self.slots[peer].effects.carry_out(effects)
 
     def _start(self, peer: str, slot: NodeSlot, eff: StartExecution) -> None:
         key = (eff.job_id, eff.attempt, eff.replica)

@@ -35,7 +35,7 @@ from typing import Any
 from meshd.core.events import TOPIC_RECEIPTS
 from meshd.core.wire import Body, seal
 from meshd.exec.base import ExecRequest, ExecResult, Executor, LogCallback
-from meshd.runtime.daemon import Daemon, now_ms
+from meshd.runtime.daemon import Daemon
 from meshd.runtime.jobio import _members, prefixed
 from meshd.store.blobs import pack_dir, sha256_hex
 
@@ -197,7 +197,8 @@ async def publish_equivocation(daemon: Daemon, bodies: Iterable[Body]) -> list[b
     """Sign each body with ``daemon``'s identity and gossip it on the receipts
     topic from ``daemon``'s own host; returns the envelopes. Bodies that share
     a ``seq`` but differ are an equivocation every receiver can prove."""
-    raws = [seal(daemon.identity, body, now_ms(), secrets.token_bytes(8)) for body in bodies]
+    now = daemon.clock.wall_ms()
+    raws = [seal(daemon.identity, body, now, secrets.token_bytes(8)) for body in bodies]
     for raw in raws:
         await daemon.host.publish(TOPIC_RECEIPTS, raw)
     return raws

@@ -1,0 +1,153 @@
+"""Runs on this node: the core's ``FetchInputs``, ``StartExecution`` and ``CancelExecution``.
+
+Theory of operation
+-------------------
+Each run ``(job, attempt, replica)`` gets its own directory under the data
+dir's ``work/`` (:meth:`Executions.run_dir`): ``inputs/`` (placed by
+``FetchInputs``: blobs from the origin, or URIs; :func:`.jobio.fetch_inputs`)
+and ``outputs/`` (world-writable: the job runs as an unprivileged user).
+
+``StartExecution`` runs the job through the executor in a cancel scope held
+by run key, so ``CancelExecution`` stops it (the executor is told to cancel;
+no ``ExecutionFinished`` comes back for a cancelled run). A finished run's
+outputs are packed into one deterministic tar (``pack_dir``) and stored in
+the blob store; its digest and size go back to the core in
+``ExecutionFinished``, with ``status="output_limit"`` when they cannot be
+packed. Log lines go back as ``ExecutionProgress`` without waiting (a full
+local lane drops them, counted by the daemon). The run dir is removed after.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from meshd.core.events import (
+    CancelExecution,
+    ExecutionFinished,
+    ExecutionProgress,
+    FetchInputs,
+    InputsFetched,
+    StartExecution,
+)
+from meshd.exec.base import ExecRequest, Executor
+from meshd.store.blobs import BlobStore, pack_dir
+
+from .jobio import fetch_inputs, prefixed
+
+
+class Executions:
+    """The runs this node executes, from inputs to packed outputs."""
+
+    def __init__(
+        self,
+        work_dir: Path,
+        executor: Executor,
+        blobs: BlobStore,
+        *,
+        fetch_blob: Callable[[str, str], Awaitable[None]],
+        feed: Callable[[Any], Awaitable[None]],
+        feed_nowait: Callable[[Any], bool],
+        allow_network: bool,
+    ) -> None:
+        self.work_dir = work_dir
+        self.executor = executor
+        self.blobs = blobs
+        self._fetch_blob = fetch_blob
+        self._feed = feed
+        self._feed_nowait = feed_nowait
+        self.allow_network = allow_network
+        """Whether jobs that ask for the network get it (``allow_network_jobs``)."""
+        self._runs: dict[tuple[str, int, int], trio.CancelScope] = {}
+
+    def run_dir(self, job_id: str, attempt: int, replica: int) -> Path:
+        return self.work_dir / f"{job_id}-{attempt}-{replica}"
+
+    async def fetch_inputs(self, eff: FetchInputs) -> None:
+        """Carry out ``FetchInputs``: the outcome comes back as ``InputsFetched``."""
+        d = self.run_dir(eff.job_id, eff.attempt, eff.replica)
+        try:
+            await fetch_inputs(self._fetch_blob, self.blobs, eff.origin, eff.spec, d / "inputs")
+            inp = InputsFetched(eff.job_id, eff.attempt, eff.replica, True)
+        except Exception as exc:
+            inp = InputsFetched(eff.job_id, eff.attempt, eff.replica, False, str(exc)[:300])
+        await self._feed(inp)
+
+    async def execute(self, eff: StartExecution) -> None:
+        """Carry out ``StartExecution``: run, pack the outputs, report
+        ``ExecutionFinished`` (nothing when cancelled)."""
+        key = (eff.job_id, eff.attempt, eff.replica)
+        d = self.run_dir(*key)
+        out_dir = d / "outputs"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(out_dir, 0o777)  # the job runs as an unprivileged user
+        spec = eff.spec
+        req = ExecRequest(
+            job_id=f"{eff.job_id}-{eff.attempt}-{eff.replica}",
+            image=spec.image,
+            command=tuple(spec.command),
+            env=dict(spec.env),
+            input_dir=d / "inputs" if (d / "inputs").exists() else None,
+            output_dir=out_dir,
+            cpus=spec.requirements.cpus,
+            memory_mb=spec.requirements.memory_mb,
+            gpus=spec.requirements.gpus,
+            gpu_min_memory_mb=spec.requirements.gpu_min_memory_mb,
+            network=spec.requirements.network and self.allow_network,
+            timeout_s=eff.timeout_s,
+        )
+
+        def on_log(data: bytes) -> None:
+            self._feed_nowait(ExecutionProgress(eff.job_id, eff.attempt, eff.replica, data))
+
+        with trio.CancelScope() as scope:
+            self._runs[key] = scope
+            try:
+                result = await self.executor.run(req, on_log)
+            finally:
+                self._runs.pop(key, None)
+        if scope.cancelled_caught:
+            await self.executor.cancel(req.job_id)
+            shutil.rmtree(d, ignore_errors=True)
+            return
+        digest, size = None, 0
+        if result.status == "succeeded":
+            try:
+                archive = await trio.to_thread.run_sync(pack_dir, out_dir)
+                digest = prefixed(await trio.to_thread.run_sync(self.blobs.put, archive))
+                size = len(archive)
+            except Exception as exc:
+                result = type(result)(
+                    status="output_limit",
+                    exit_code=result.exit_code,
+                    reason=f"outputs could not be packed: {exc}"[:300],
+                    duration_s=result.duration_s,
+                )
+        await self._feed(
+            ExecutionFinished(
+                eff.job_id,
+                eff.attempt,
+                eff.replica,
+                result.status,
+                result.exit_code,
+                result.reason,
+                int(result.duration_s * 1000),
+                None if result.cpu_s is None else int(result.cpu_s * 1000),
+                result.peak_memory_bytes,
+                digest,
+                size,
+                executor_fault=result.status == "error",
+            )
+        )
+        shutil.rmtree(d, ignore_errors=True)
+
+    def cancel(self, eff: CancelExecution) -> None:
+        """Carry out ``CancelExecution``: stop the run if it is running here."""
+        scope = self._runs.get((eff.job_id, eff.attempt, eff.replica))
+        if scope is not None:
+            scope.cancel()

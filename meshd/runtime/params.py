@@ -1,0 +1,48 @@
+"""The shell's bounds: one frozen ``RuntimeParams`` (mirrored by specs/PROTOCOL.md §10.3).
+
+The inbox's and the send queues' own bounds are nested tables
+(``InboxParams`` in :mod:`meshd.core.inbox`, ``SendQueueParams`` in
+:mod:`.sendq`); the protocol's are ``CoreParams``, the network's ``NetParams``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from meshd.core.inbox import InboxParams
+
+from .sendq import SendQueueParams
+
+
+@dataclass(frozen=True)
+class RuntimeParams:
+    inbox: InboxParams = field(default_factory=InboxParams)
+    """The inbox's lanes and shedding (``meshd.core.inbox``; own table)."""
+    sendq: SendQueueParams = field(default_factory=SendQueueParams)
+    """The per-peer send queues (``meshd.runtime.sendq``; own table)."""
+    max_batch_inputs: int = 64
+    """Inputs handled in one turn of the loop, whose log records go to disk in
+    one synced write before any of their effects is carried out."""
+    load_report_ms: int = 1_000
+    """How often the core is told how congested the inbox is (``InboxLoad``)."""
+    max_concurrent_fetches: int = 8
+    """Blob transfers (inputs, outputs) in flight at once."""
+    blob_requests_per_s: float = 20.0
+    """Blob requests per second one peer may make of us (a token bucket);
+    beyond it a request is refused as busy, before any look-up. An honest
+    peer makes one per input of a run it holds, or one per output we made
+    for it."""
+    blob_request_burst: float = 64.0
+    """Size of that bucket: requests one peer may make at once."""
+    job_log_lines: int = 2_000
+    """Log chunks kept per job for `mesh logs`."""
+    capabilities_refresh_s: float = 30.0
+    """How often hardware, images and load are re-read for the advert."""
+    health_recheck_s: float = 60.0
+    """How often a cold node re-runs its executor health check."""
+    score_refresh_s: float = 3_600.0
+    """How often the compute score is re-measured."""
+    verified_cache_entries: int = 512
+    """Envelopes the gossip validator opened, kept until the core opens them
+    (so a signature is verified once); a miss only costs a second check. At
+    most this many × ``max_message_bytes`` of memory, typically a few hundred KB."""

@@ -1,0 +1,348 @@
+"""A read-only view of one daemon for its control API: the only runtime code
+besides the daemon's loop that reads the protocol core.
+
+Theory of operation
+-------------------
+The API (``api_routes``) answers from :class:`NodeView` and changes nothing
+through it: commands (submit, cancel, retry, blob upload) go to the daemon's
+narrow methods instead. Every read of the core's state (``Node`` attributes
+such as jobs, peers, counters, capabilities, origin rounds, trust) made on
+the API's behalf is in this module, so a change of the core's layout is
+answered here alone. The view also gathers the shell's own figures (inbox,
+send queues, network, event log, executor, hardware, blob refusals, gossip
+drops) into the JSON shapes documented in mesh_cli/CLI.md.
+
+Nothing here mutates: the view reads the node between two of the loop's
+steps (the API runs in the same trio thread), so every answer is one
+consistent snapshot.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import statistics
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from meshd import __version__
+from meshd.config import SECONDS_PER_HOUR, NodeConfig
+from meshd.core.identity import Identity
+from meshd.core.inbox import Inbox
+from meshd.core.jobspec import JobSpec, Tolerance
+from meshd.core.node import Node
+from meshd.core.origin import job_view
+from meshd.exec.base import Executor
+from meshd.net.host import MeshHost
+from meshd.store.blobs import BlobStore
+from meshd.store.eventlog import EventLog
+
+from .capabilities import Capabilities
+from .gossipcheck import GossipValidator
+from .jobio import bare
+from .joblogs import JobLogBuffer, JobLogs
+from .params import RuntimeParams
+from .sendq import SendQueues
+from .transfer import BlobTransfer
+
+
+@dataclass(frozen=True)
+class JobBrief:
+    """What the API's job commands need to know of a job."""
+
+    job_id: str
+    state: str
+    canonical: str | None
+    """The accepted output's digest, once there is one."""
+
+
+class NodeView:
+    """Read-only answers about one running daemon (its core and its parts)."""
+
+    def __init__(
+        self,
+        node: Node,
+        *,
+        log: EventLog,
+        identity: Identity,
+        config: NodeConfig,
+        rp: RuntimeParams,
+        host: MeshHost,
+        executor: Executor,
+        executor_reason: str,
+        capabilities: Capabilities,
+        inbox: Inbox[Any],
+        sendq: SendQueues,
+        transfer: BlobTransfer,
+        gossip_check: GossipValidator,
+        job_logs: JobLogs,
+        blobs: BlobStore,
+        shell_counts: Counter[str],
+        api_statistics: Callable[[], Any] | None,
+        started_ms: int,
+        monotonic_ms: Callable[[], int],
+    ) -> None:
+        self._node = node
+        self._log = log
+        self._identity = identity
+        self._config = config
+        self._rp = rp
+        self._host = host
+        self._executor = executor
+        self._executor_reason = executor_reason
+        self._caps = capabilities
+        self._inbox = inbox
+        self._sendq = sendq
+        self._transfer = transfer
+        self._gossip_check = gossip_check
+        self._job_logs = job_logs
+        self._blobs = blobs
+        self._shell_counts = shell_counts
+        self._api_statistics = api_statistics
+        self._started_ms = started_ms
+        self._monotonic_ms = monotonic_ms
+
+    # ------------------------------------------------------------ the node
+
+    def warm(self) -> bool:
+        return self._node.worker.warm
+
+    def counters(self) -> Mapping[str, int]:
+        """The core's counters (live, read-only)."""
+        return self._node.counters
+
+    # ------------------------------------------------------------ jobs
+
+    def has_job(self, job_id: str) -> bool:
+        return job_id in self._node.origin.jobs
+
+    def job(self, job_id: str) -> JobBrief | None:
+        job = self._node.origin.jobs.get(job_id)
+        if job is None:
+            return None
+        return JobBrief(job.job_id, job.state, job.canonical)
+
+    def job_view(self, job_id: str) -> dict[str, Any] | None:
+        """``GET /v1/jobs/{id}``: the job as the origin sees it, or None."""
+        job = self._node.origin.jobs.get(job_id)
+        return None if job is None else job_view(job)
+
+    def jobs(self) -> dict[str, Any]:
+        """``GET /v1/jobs``: every job this node originated, newest first."""
+        out = []
+        for job in sorted(self._node.origin.jobs.values(), key=lambda j: -j.submitted_ms):
+            v = job_view(job)
+            out.append(
+                {
+                    "job_id": v["job_id"],
+                    "state": v["state"],
+                    "image": job.spec.image,
+                    "command": job.spec.command,
+                    "worker": v["worker"],
+                    "submitted_at": v["submitted_at"],
+                    "updated_at": v["updated_at"],
+                    "cost": v["cost"]["actual"],
+                    "reason": v["reason"],
+                }
+            )
+        return {"jobs": out}
+
+    def job_tolerance(self, job_id: str) -> Tolerance | None:
+        """The numeric tolerance of one of our jobs (None: exact, or no such job)."""
+        job = self._node.origin.jobs.get(job_id)
+        return None if job is None else job.spec.tolerance
+
+    def estimate(self, spec: JobSpec) -> dict[str, Any]:
+        """The core's cost and time estimate for ``spec`` on the mesh it knows."""
+        return self._node.origin.estimate(spec)
+
+    def job_log(self, job_id: str) -> JobLogBuffer | None:
+        return self._job_logs.get(job_id)
+
+    def credits(self) -> dict[str, Any]:
+        """``GET /v1/credits``: balances and receipts."""
+        view = getattr(self._node, "credits_view", None)
+        return view() if callable(view) else {"balances": [], "receipts": []}
+
+    # ------------------------------------------------------------ blobs and log
+
+    def has_blob(self, digest: str) -> bool:
+        return self._blobs.has(bare(digest))
+
+    def read_blob(self, digest: str) -> bytes:
+        """A blob's bytes (blocking: call from a thread)."""
+        return self._blobs.get(bare(digest))
+
+    def log_page(self, start: int, limit: int) -> dict[str, Any]:
+        """``GET /v1/log``: up to ``limit`` records from ``start``, and the head."""
+        head = self._log.head[0]
+        records = []
+        for r in self._log.iter(start, min(head + 1, start + limit)):
+            records.append(
+                {
+                    "seq": r.seq,
+                    "ts_ms": r.ts_ms,
+                    "kind": r.kind,
+                    "body": _jsonable(r.body),
+                    "hash": r.hash.hex(),
+                    "signature": r.signature.hex(),
+                    "raw": base64.b64encode(r.raw).decode(),
+                }
+            )
+        return {
+            "records": records,
+            "head_seq": head,
+            "public_key": self._identity.public_key.hex(),
+            "peer_id": self._identity.peer_id,
+        }
+
+    # ------------------------------------------------------------ status
+
+    def status(self) -> dict[str, Any]:
+        """``GET /v1/status``: identity, executor, hardware, load, counters, standing, backlog."""
+        node = self._node
+        hw, score = self._caps.hardware, self._caps.score
+        caps = node.worker.caps
+        counters = dict(node.counters)
+        counters["inbox_dropped"] = self._shell_counts["inbox_dropped"]
+        for reason, n in self._transfer.refused.items():
+            counters["blob_requests_refused_" + reason] = n
+        for reason, n in self._gossip_check.rejected.items():
+            counters["gossip_rejected_" + reason] = n
+        for k, v in dataclasses.asdict(self._host.statistics()).items():
+            if isinstance(v, int):
+                counters["net_" + k] = v
+        head_seq, head_hash = self._log.head
+        return {
+            "peer_id": self._identity.peer_id,
+            "version": __version__,
+            "uptime_s": round((self._monotonic_ms() - self._started_ms) / 1000, 1),
+            "listen_addrs": self._host.listen_addrs,
+            "executor": {
+                "name": self._executor.name,
+                "sandboxed": self._executor.sandboxed,
+                "reason": self._executor_reason,
+            },
+            "warm": node.worker.warm,
+            "cold_reason": node.worker.cold_reason,
+            "hardware": {
+                "cores": hw.cpu_logical if hw else None,
+                "cpu_model": hw.cpu_model if hw else None,
+                "ram_gb": round(hw.ram_total_bytes / 2**30, 1) if hw else None,
+                "disk_free_gb": round(hw.disk_free_bytes / 2**30, 1) if hw else None,
+                "gpus": [
+                    {"index": g.index, "model": g.name, "memory_mb": g.memory_total_mb}
+                    for g in hw.gpus
+                ]
+                if hw
+                else [],
+                "gpu_reason": hw.gpu_reason if hw else "",
+            },
+            "score": score.to_dict() if score else None,
+            "price": self._config.price_per_gflops_hour,
+            "load": {
+                "running": node.worker.work_running(),
+                "queued": node.worker.work_queued(),
+                "capacity": caps.capacity if caps else 0,
+            },
+            "log": {"head_seq": head_seq, "head_hash": head_hash.hex()},
+            "peers": len(node.peers.alive(node.now_ms)),
+            "connected": len(self._host.connected_peers()),
+            "counters": counters,
+            "standing": {"reputation": None, "why_not_picked": self.why_not_picked()},
+            "backlog": self.backlog(),
+        }
+
+    def backlog(self) -> dict[str, Any]:
+        """Where work waits on its way from the socket to the core and back (issue
+        10): the inbox's lanes (queued, bound, waits), the per-peer send queues,
+        the network layer's queues, the origin's rounds and awards in flight, and
+        the control API's connections."""
+        node = self._node
+        api = (
+            dataclasses.asdict(self._api_statistics()) if self._api_statistics is not None else None
+        )
+        return {
+            "congestion_ms": self._inbox.congestion_ms(self._monotonic_ms()),
+            "inbox": self._inbox.statistics(),
+            "send_queues": self._sendq.statistics(),
+            "net": self._host.queue_stats(),
+            "origin": {
+                "rounds_open": len(node.origin.open_rounds),
+                "rounds_bound": int(node.origin.round_limit),
+                "rounds_ceiling": node.params.max_offers_in_flight,
+                "awards_unacknowledged": len(node.origin.awarding),
+                "awards_bound": node.params.max_awards_in_flight,
+                "jobs_waiting_for_a_round": len(node.origin.admission),
+            },
+            "api": api or {},
+        }
+
+    def why_not_picked(self) -> list[str]:
+        """Reasons this node may not be getting work, for `mesh status`."""
+        node = self._node
+        out = []
+        if not node.worker.warm:
+            out.append(f"node is cold: {node.worker.cold_reason}")
+        alive = node.peers.alive(node.now_ms)
+        if not alive:
+            out.append("no peers known: check --bootstrap and that other daemons are reachable")
+        if node.worker.caps is not None and alive:
+            prices = [e.advert.price for e in alive]
+            scores = [e.advert.score_gflops for e in alive]
+            if prices and node.worker.caps.price > 2 * statistics.median(prices) > 0:
+                out.append(
+                    f"price {self._config.price_per_gflops_hour:g} is above twice the mesh median"
+                )
+            if scores and node.worker.caps.score_gflops < 0.5 * statistics.median(scores):
+                out.append(
+                    "compute score is below half the mesh median: slower bids lose on expected finish"
+                )
+        if (
+            node.worker.caps is not None
+            and not node.worker.caps.images
+            and node.worker.caps.runtimes == ("docker",)
+        ):
+            out.append("no local images: every docker job is declined (build or load images)")
+        return out
+
+    def peers(self) -> dict[str, Any]:
+        """``GET /v1/peers``: the peers whose adverts are alive, by peer id."""
+        node = self._node
+        now = node.now_ms
+        out = []
+        for e in sorted(node.peers.alive(now), key=lambda e: e.peer_id):
+            a = e.advert
+            out.append(
+                {
+                    "peer_id": e.peer_id,
+                    "addrs": list(a.addrs),
+                    "tier": a.tier,
+                    "score_gflops": a.score_gflops,
+                    "cores": a.cores,
+                    "ram_gb": round(a.ram_mb / 1024, 1),
+                    "gpus": [{"model": g.model, "memory_mb": g.memory_mb} for g in a.gpus],
+                    "price": round(a.price * SECONDS_PER_HOUR, 6),
+                    "running": a.running,
+                    "queued": a.queued,
+                    "warm": a.warm,
+                    "cold_reason": a.cold_reason,
+                    "version": a.version,
+                    "reputation": round(node.trust.reputation(e.peer_id, now), 3),
+                    "last_seen_s": round((now - e.last_seen_ms) / 1000, 1),
+                    "expires_in_s": round((e.expires_ms - now) / 1000, 1),
+                }
+            )
+        return {"peers": out}
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return {"hex": v.hex()}
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return v
