@@ -24,6 +24,10 @@ DIRECT_PROTOCOL = "/meshd/direct/1"
 BLOB_PROTOCOL = "/meshd/blob/1"
 
 
+MAX_ERROR_CHARS = 300
+"""Characters of an error's text an input carries (``SendFailed.error``,
+``InputsFetched.error``, ``ExecutorHealth.reason`` ...); the shell cuts longer ones."""
+
 # ---------------------------------------------------------------- inputs
 
 

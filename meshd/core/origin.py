@@ -44,6 +44,7 @@ from .placement import Capacity, actual_cost, estimate_cost, fit_reason, rank_bi
 from .rtt import PeerRtt
 from .wire import (
     MAX_ATTEMPT,
+    MAX_EXCLUDE,
     MAX_REPLICA,
     Award,
     Bid,
@@ -433,7 +434,7 @@ class Origin:
             speed=spec.speed,
             bid_window_ms=self._window_ms(job),
             slots=min(slots, 5),
-            exclude=sorted(exclude)[:64],
+            exclude=sorted(exclude)[:MAX_EXCLUDE],
         )
         job.offer_slots = offer.slots
         job.offered_ms = self.ctx.now_ms
@@ -1132,7 +1133,11 @@ class Origin:
                 pair = frozenset((a, b))
                 if self._same(job, a, b) is None and pair not in job.pending_checks:
                     job.pending_checks.add(pair)
-                    self.ctx.emit(RunChecker(job.job_id, job.spec.checker_image or "", a, b))
+                    self.ctx.emit(
+                        RunChecker(
+                            job.job_id, job.spec.checker_image or "", a, b, job.spec.tolerance
+                        )
+                    )
 
     def on_checker_finished(self, inp: CheckerFinished) -> None:
         job = self.jobs.get(inp.job_id)

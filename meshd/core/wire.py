@@ -58,7 +58,11 @@ between two heartbeats and drops the rest (the full log stays with the run's out
 
 PeerId = Annotated[str, Field(min_length=1, max_length=128)]
 JobId = Annotated[str, Field(min_length=8, max_length=64)]
-ShortText = Annotated[str, Field(max_length=512)]
+MAX_EXCLUDE = 64
+"""Workers an offer may name as excluded (the most recently excluded first)."""
+MAX_SHORT_TEXT = 512
+"""Characters of a reason or other short text in a message."""
+ShortText = Annotated[str, Field(max_length=MAX_SHORT_TEXT)]
 Digest = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
 
 
@@ -156,7 +160,7 @@ class Offer(Body):
     speed: Literal["fast", "balanced", "cheap"] = "balanced"
     bid_window_ms: Annotated[int, Field(gt=0, le=60_000)]
     slots: Annotated[int, Field(ge=1, le=5)] = 1
-    exclude: Annotated[list[PeerId], Field(max_length=64)] = []
+    exclude: Annotated[list[PeerId], Field(max_length=MAX_EXCLUDE)] = []
 
 
 class Bid(Body):

@@ -42,6 +42,7 @@ from .wire import (
     MAX_ADVERT_ADDRS,
     MAX_ADVERT_IMAGES,
     MAX_HEARTBEAT_LOG_BYTES,
+    MAX_SHORT_TEXT,
     Advert,
     AwardReply,
     Decline,
@@ -219,7 +220,9 @@ class Worker:
             if send:
                 self.ctx.send(
                     msg.sender,
-                    Decline(job_id=offer.job_id, attempt=offer.attempt, reason=reason[:500]),
+                    Decline(
+                        job_id=offer.job_id, attempt=offer.attempt, reason=reason[:MAX_SHORT_TEXT]
+                    ),
                     offer.job_id,
                 )
             return
@@ -247,7 +250,7 @@ class Worker:
             try:
                 spec = parse_job_spec(a.spec)
             except JobSpecError as exc:
-                reason = f"invalid job descriptor: {exc}"[:500]
+                reason = f"invalid job descriptor: {exc}"[:MAX_SHORT_TEXT]
         if reason is None and spec is not None and spec.job_id != a.job_id:
             reason = "job descriptor does not match the award"
         if reason is not None or spec is None:
@@ -343,7 +346,7 @@ class Worker:
                     attempt=inp.attempt,
                     replica=inp.replica,
                     status="error",
-                    reason=f"input fetch failed: {inp.error}"[:500],
+                    reason=f"input fetch failed: {inp.error}"[:MAX_SHORT_TEXT],
                 ),
             )
             return
@@ -378,7 +381,7 @@ class Worker:
             replica=inp.replica,
             status=inp.status,  # type: ignore[arg-type]
             exit_code=inp.exit_code,
-            reason=inp.reason[:500],
+            reason=inp.reason[:MAX_SHORT_TEXT],
             output_digest=inp.output_digest,
             output_size=inp.output_size,
             duration_ms=inp.duration_ms,

@@ -34,7 +34,8 @@ import trio
 
 from meshd import __version__
 from meshd.config import NodeConfig
-from meshd.core.events import ExecutorHealth, LocalCapabilities
+from meshd.core.events import MAX_ERROR_CHARS, ExecutorHealth, LocalCapabilities
+from meshd.core.wire import MAX_ADVERT_IMAGES
 from meshd.exec.base import Executor
 
 from .params import RuntimeParams
@@ -78,7 +79,7 @@ class Capabilities:
         if not callable(lister):
             return
         try:
-            self.images = tuple(await trio.to_thread.run_sync(lister))[:256]
+            self.images = tuple(await trio.to_thread.run_sync(lister))[:MAX_ADVERT_IMAGES]
         except Exception as exc:
             log.warning("listing local images failed: %s", exc)
 
@@ -124,7 +125,7 @@ class Capabilities:
                 ok, reason = result.status == "succeeded", result.reason
             except Exception as exc:
                 ok, reason = False, f"health check crashed: {exc}"
-            await self._feed(ExecutorHealth(ok, reason[:300]))
+            await self._feed(ExecutorHealth(ok, reason[:MAX_ERROR_CHARS]))
             if not ok:
                 log.warning("executor health check failed: %s", reason)
             await trio.sleep(

@@ -57,6 +57,7 @@ from meshd.config import DataDir, NodeConfig, remove_api_addr, write_api_addr
 from meshd.core.events import (
     BLOB_PROTOCOL,
     DIRECT_PROTOCOL,
+    MAX_ERROR_CHARS,
     TOPIC_ADVERTS,
     TOPIC_OFFERS,
     TOPIC_RECEIPTS,
@@ -184,7 +185,7 @@ class Daemon(EffectInterpreter):
             allow_network=config.allow_network_jobs,
         )
         self.checker = Checker(self.blobs, executor, self.dirs.work, self._feed)
-        self.job_logs = JobLogs(self.rp.job_log_lines, self.clock.wall_ms)
+        self.job_logs = JobLogs(self.rp.job_log_lines, self.clock.wall_ms, self.rp.job_log_jobs)
         self.capabilities = Capabilities(
             executor,
             self.dirs.root,
@@ -454,12 +455,6 @@ class Daemon(EffectInterpreter):
         self._spawn(self.transfer.fetch, eff)
 
     def do_run_checker(self, eff: RunChecker) -> None:
-        if eff.tolerance is None and not eff.image:
-            # Until the core fills RunChecker.tolerance itself, take it from the job.
-            assert self.view is not None
-            tolerance = self.view.job_tolerance(eff.job_id)
-            if tolerance is not None:
-                eff = RunChecker(eff.job_id, eff.image, eff.a, eff.b, tolerance)
         self._spawn(self.checker.check, eff)
 
     def do_job_log(self, eff: JobLog) -> None:
@@ -488,7 +483,7 @@ class Daemon(EffectInterpreter):
         (an award's matters to the core; others are counted there)."""
         key = error.split(":")[0][:60]
         self.send_errors[key] = self.send_errors.get(key, 0) + 1
-        self.feed_nowait(SendFailed(eff.to_peer, eff.kind, eff.job_id, error[:300]))
+        self.feed_nowait(SendFailed(eff.to_peer, eff.kind, eff.job_id, error[:MAX_ERROR_CHARS]))
 
     # ------------------------------------------------------------ the core, for the parts
 

@@ -28,6 +28,7 @@ from typing import Any
 import trio
 
 from meshd.core.events import (
+    MAX_ERROR_CHARS,
     CancelExecution,
     ExecutionFinished,
     ExecutionProgress,
@@ -75,7 +76,9 @@ class Executions:
             await fetch_inputs(self._fetch_blob, self.blobs, eff.origin, eff.spec, d / "inputs")
             inp = InputsFetched(eff.job_id, eff.attempt, eff.replica, True)
         except Exception as exc:
-            inp = InputsFetched(eff.job_id, eff.attempt, eff.replica, False, str(exc)[:300])
+            inp = InputsFetched(
+                eff.job_id, eff.attempt, eff.replica, False, str(exc)[:MAX_ERROR_CHARS]
+            )
         await self._feed(inp)
 
     async def execute(self, eff: StartExecution) -> None:
@@ -125,7 +128,7 @@ class Executions:
                 result = type(result)(
                     status="output_limit",
                     exit_code=result.exit_code,
-                    reason=f"outputs could not be packed: {exc}"[:300],
+                    reason=f"outputs could not be packed: {exc}"[:MAX_ERROR_CHARS],
                     duration_s=result.duration_s,
                 )
         await self._feed(

@@ -27,7 +27,7 @@ class JobLogBuffer:
 class JobLogs:
     """The buffers of the jobs whose output arrived here."""
 
-    def __init__(self, lines: int, wall_ms: Callable[[], int], max_jobs: int = 10_000) -> None:
+    def __init__(self, lines: int, wall_ms: Callable[[], int], max_jobs: int) -> None:
         self.lines = lines
         self.max_jobs = max_jobs
         self._wall_ms = wall_ms

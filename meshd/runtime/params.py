@@ -36,6 +36,8 @@ class RuntimeParams:
     """Size of that bucket: requests one peer may make at once."""
     job_log_lines: int = 2_000
     """Log chunks kept per job for `mesh logs`."""
+    job_log_jobs: int = 10_000
+    """Jobs whose log chunks are kept; the oldest job's go first."""
     capabilities_refresh_s: float = 30.0
     """How often hardware, images and load are re-read for the advert."""
     health_recheck_s: float = 60.0

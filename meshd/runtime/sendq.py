@@ -35,7 +35,7 @@ from typing import Any
 
 import trio
 
-from meshd.core.events import Send
+from meshd.core.events import MAX_ERROR_CHARS, Send
 
 log = logging.getLogger("meshd.sendq")
 
@@ -194,7 +194,7 @@ class SendQueues:
 
     def _fail_exc(self, eff: Send, exc: BaseException) -> None:
         log.debug("send %s to %s failed: %s (%r)", eff.kind, eff.to_peer, exc, exc.__cause__)
-        self._fail(eff, "failed", str(exc)[:300])
+        self._fail(eff, "failed", str(exc)[:MAX_ERROR_CHARS])
 
     # ------------------------------------------------------------ reading
 

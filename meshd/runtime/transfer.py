@@ -29,7 +29,7 @@ from typing import Any
 
 import trio
 
-from meshd.core.events import BLOB_PROTOCOL, BlobFetched, FetchBlob
+from meshd.core.events import BLOB_PROTOCOL, MAX_ERROR_CHARS, BlobFetched, FetchBlob
 from meshd.core.ratelimit import PeerBuckets
 from meshd.net.host import MeshHost
 from meshd.store.blobs import BlobStore
@@ -101,6 +101,6 @@ class BlobTransfer:
             inp = BlobFetched(eff.job_id, eff.attempt, eff.replica, eff.digest, True)
         except Exception as exc:
             inp = BlobFetched(
-                eff.job_id, eff.attempt, eff.replica, eff.digest, False, str(exc)[:300]
+                eff.job_id, eff.attempt, eff.replica, eff.digest, False, str(exc)[:MAX_ERROR_CHARS]
             )
         await self._feed(inp)

@@ -31,7 +31,7 @@ from meshd import __version__
 from meshd.config import SECONDS_PER_HOUR, NodeConfig
 from meshd.core.identity import Identity
 from meshd.core.inbox import Inbox
-from meshd.core.jobspec import JobSpec, Tolerance
+from meshd.core.jobspec import JobSpec
 from meshd.core.node import Node
 from meshd.core.origin import job_view
 from meshd.exec.base import Executor
@@ -148,11 +148,6 @@ class NodeView:
                 }
             )
         return {"jobs": out}
-
-    def job_tolerance(self, job_id: str) -> Tolerance | None:
-        """The numeric tolerance of one of our jobs (None: exact, or no such job)."""
-        job = self._node.origin.jobs.get(job_id)
-        return None if job is None else job.spec.tolerance
 
     def estimate(self, spec: JobSpec) -> dict[str, Any]:
         """The core's cost and time estimate for ``spec`` on the mesh it knows."""
