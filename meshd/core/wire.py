@@ -59,7 +59,7 @@ between two heartbeats and drops the rest (the full log stays with the run's out
 PeerId = Annotated[str, Field(min_length=1, max_length=128)]
 JobId = Annotated[str, Field(min_length=8, max_length=64)]
 MAX_EXCLUDE = 64
-"""Workers an offer may name as excluded (the most recently excluded first)."""
+"""Workers an offer may name as excluded (the origin sends the first, in peer-id order)."""
 MAX_SHORT_TEXT = 512
 """Characters of a reason or other short text in a message."""
 ShortText = Annotated[str, Field(max_length=MAX_SHORT_TEXT)]
