@@ -401,7 +401,7 @@ class Daemon(EffectInterpreter):
         assert self.node is not None
         t = self.clock.monotonic_ms()
         congestion = self.inbox.congestion_ms(t)
-        busy = self.node.params.worker_busy_wait_ms
+        busy = self.core_params.worker_busy_wait_ms
         crossed = (congestion > busy) != (self._last_congestion > busy)
         if crossed or t - self._last_load_report >= self.rp.load_report_ms:
             self._last_load_report, self._last_congestion = t, congestion
