@@ -211,6 +211,17 @@ async def capture_publish(host: MeshHost, topic: str, timeout_s: float = 10.0) -
     return got[0]
 
 
+async def join_only_a(tn: trio.Nursery, peer: FloodPeer, c: Cluster, topic: str) -> None:
+    """Start the test peer and wait until A is its only mesh peer on ``topic``."""
+    await tn.start(peer.host.run)
+    await peer.host.connect(c.daemon(A).host.listen_addrs[0])
+    await wait_until(
+        lambda: peer.host.mesh_peers(topic) == [c.peer_id(A)],
+        10,
+        f"the test peer to join A's mesh on {topic}",
+    )
+
+
 async def run_all(*fns: Callable[[], Awaitable[None]]) -> None:
     async with trio.open_nursery() as n:
         for fn in fns:
@@ -349,13 +360,7 @@ async def test_a_neighbour_forwarding_forged_gossip_is_blocked_and_jobs_keep_com
         victim = Identity.from_seed_int(4242)
         body = advert(1).model_dump(mode="python")
         async with trio.open_nursery() as tn:
-            await tn.start(peer.host.run)
-            await peer.host.connect(a.host.listen_addrs[0])
-            await wait_until(
-                lambda: peer.host.mesh_peers(TOPIC_ADVERTS) == [c.peer_id(A)],
-                10,
-                "the test peer to join A's mesh",
-            )
+            await join_only_a(tn, peer, c, TOPIC_ADVERTS)
             sent = 0
             with trio.move_on_after(20):
                 while c.peer_id(A) in peer.host.connected_peers() and sent < 1_000:
@@ -412,13 +417,7 @@ async def test_hostile_numbers_are_rejected_at_the_door_never_forwarded_never_lo
             "lease_ms": 15_000,
         }
         async with trio.open_nursery() as tn:
-            await tn.start(peer.host.run)
-            await peer.host.connect(a.host.listen_addrs[0])
-            await wait_until(
-                lambda: peer.host.mesh_peers(TOPIC_OFFERS) == [c.peer_id(A)],
-                10,
-                "the test peer to join A's offers mesh",
-            )
+            await join_only_a(tn, peer, c, TOPIC_OFFERS)
             for timeout_s in (math.inf, 1e300):
                 data = envelope(
                     me, me.public_key, "offer", {**offer, "timeout_s": timeout_s}, now_ms()
