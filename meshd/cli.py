@@ -23,13 +23,17 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
+import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from meshd import __version__
 from meshd.config import (
     ConfigError,
+    DataDir,
     NodeConfig,
     apply_overrides,
     default_data_dir,
@@ -95,6 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="override config `log_level`",
     )
     p.add_argument("--api-port", type=int, metavar="PORT", help="override config `api_port`")
+
+    p = sub.add_parser("stop", parents=[data_dir], help="stop the daemon running on this data dir")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds to wait for it to exit (default 30)",
+    )
 
     p = sub.add_parser(
         "demo", help="run the local demo (several nodes on this machine)", add_help=False
@@ -170,7 +183,73 @@ def cmd_start(args: argparse.Namespace) -> int:
             result = trio.run(_main)
     except LogLockedError as exc:
         return _fail(f"{exc}", EXIT_RUNTIME)
+    except BaseExceptionGroup as group:  # raised inside the daemon's task group
+        locked, rest = group.split(LogLockedError)
+        if locked is None or rest is not None:
+            raise
+        return _fail(str(_first_leaf(locked)), EXIT_RUNTIME)
     return result if isinstance(result, int) else EXIT_OK
+
+
+def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    """Stop the daemon running on a data dir (SIGTERM to the pid in ``daemon.pid``)."""
+    data_dir = Path(args.data_dir or default_data_dir())
+    pid_file = DataDir(data_dir).pid
+    try:
+        pid = int(pid_file.read_text().strip())
+    except FileNotFoundError:
+        return _fail(f"no daemon is running for {data_dir} (no {pid_file.name})", EXIT_RUNTIME)
+    except (OSError, ValueError) as exc:
+        return _fail(f"cannot read {pid_file}: {exc}", EXIT_RUNTIME)
+    if not _is_meshd(pid):
+        pid_file.unlink(missing_ok=True)
+        return _fail(
+            f"no daemon is running for {data_dir} ({pid_file.name} named pid {pid}, "
+            "which is not a meshd process; removed it)",
+            EXIT_RUNTIME,
+        )
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            print(f"meshd: stopped the daemon for {data_dir} (pid {pid})")
+            return EXIT_OK
+        time.sleep(0.1)
+    return _fail(
+        f"the daemon (pid {pid}) did not stop within {args.timeout:g} s; "
+        f"`kill -KILL {pid}` ends it at once (its log stays consistent)",
+        EXIT_RUNTIME,
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours has exited
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return True
+
+
+def _is_meshd(pid: int) -> bool:
+    if not _alive(pid):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # no /proc: trust the pid file
+    return b"meshd" in cmdline
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -182,7 +261,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return result if isinstance(result, int) else EXIT_OK
 
 
-COMMANDS = {"init": cmd_init, "start": cmd_start, "demo": cmd_demo}
+COMMANDS = {"init": cmd_init, "start": cmd_start, "stop": cmd_stop, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

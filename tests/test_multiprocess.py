@@ -66,12 +66,15 @@ def test_a_second_daemon_on_the_same_data_dir_fails_fast(tmp_path: Path) -> None
             text=True,
             timeout=30,
         )
-        assert cp.returncode != 0
-        assert (
-            "another meshd" in (cp.stdout + cp.stderr).lower()
-            or "in use" in (cp.stdout + cp.stderr).lower()
-        ), cp.stdout + cp.stderr
+        assert cp.returncode == 1
+        said = cp.stdout + cp.stderr
+        assert "another meshd" in said.lower() or "in use" in said.lower(), said
+        # One clean line, no traceback or exception group (issue 12).
+        assert "Traceback" not in said and "ExceptionGroup" not in said, said
         assert procs[0].status() is not None  # the running daemon is unharmed
+        pid_file = procs[0].data_dir / "daemon.pid"
+        assert procs[0].proc is not None
+        assert pid_file.read_text().strip() == str(procs[0].proc.pid)  # not overwritten
     finally:
         stop_all(procs)
 
@@ -161,3 +164,40 @@ def test_twenty_jobs_spread_over_five_workers(tmp_path: Path) -> None:
             assert most <= slots + 2, (worker[-6:], most, slots, sorted(spans))
     finally:
         stop_all(procs)
+
+
+def test_daemon_pid_meshd_stop_and_sigint(tmp_path: Path) -> None:
+    """``daemon.pid`` names the running daemon; ``meshd stop`` ends it (exit 0)
+    and removes the file; SIGINT ends a daemon with exit 130 (CLI.md)."""
+    import signal
+    import subprocess
+
+    from meshd.testing.procs import _bin
+
+    (a,) = start_mesh(tmp_path, 1)
+    try:
+        assert a.proc is not None
+        pid_file = a.data_dir / "daemon.pid"
+        assert pid_file.read_text().strip() == str(a.proc.pid)
+        cp = subprocess.run(
+            [*_bin("meshd"), "stop", "--data-dir", str(a.data_dir)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert cp.returncode == 0, cp.stdout + cp.stderr
+        assert a.proc.wait(timeout=30) == 0
+        assert not pid_file.exists()
+        cp = subprocess.run(
+            [*_bin("meshd"), "stop", "--data-dir", str(a.data_dir)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert cp.returncode == 1 and "no daemon is running" in cp.stderr, cp.stderr
+        a.start()
+        a.proc.send_signal(signal.SIGINT)
+        assert a.proc.wait(timeout=30) == 130
+        assert not pid_file.exists()
+    finally:
+        stop_all([a])

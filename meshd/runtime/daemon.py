@@ -42,6 +42,7 @@ daemon only when it is ready).
 from __future__ import annotations
 
 import logging
+import os
 import random
 import secrets
 from collections import Counter
@@ -53,7 +54,7 @@ from typing import Any
 import trio
 
 from meshd import __version__
-from meshd.config import DataDir, NodeConfig, remove_api_addr, write_api_addr
+from meshd.config import DataDir, NodeConfig, remove_api_addr, write_api_addr, write_atomic
 from meshd.core.events import (
     BLOB_PROTOCOL,
     DIRECT_PROTOCOL,
@@ -558,7 +559,10 @@ def build_daemon(
 
 
 def run(config: NodeConfig, identity: Identity, data_dir: Path, overrides: dict[str, Any]) -> int:
-    """``meshd start``: run the daemon until SIGINT/SIGTERM; returns the exit code."""
+    """``meshd start``: run the daemon until SIGINT (exit 130) or SIGTERM (exit 0).
+
+    ``daemon.pid`` is written once the daemon holds its data dir (its event
+    log's lock) and is ready, and removed when it stops."""
     import signal
 
     from meshd.exec.base import ExecutorUnavailable
@@ -570,15 +574,35 @@ def run(config: NodeConfig, identity: Identity, data_dir: Path, overrides: dict[
     except ExecutorUnavailable as exc:
         log.error("%s", exc)
         return 1
+    pid_file = DataDir(data_dir).pid
 
     async def main() -> int:
+        code = 0
         async with trio.open_nursery() as nursery:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 await nursery.start(daemon.run)
-                async for signum in signals:
-                    log.info("received %s: shutting down", signal.Signals(signum).name)
-                    nursery.cancel_scope.cancel()
-                    break
-        return 0
+                write_atomic(pid_file, f"{os.getpid()}\n".encode(), mode=0o644)
+                try:
+                    async for signum in signals:
+                        log.info("received %s: shutting down", signal.Signals(signum).name)
+                        code = EXIT_INTERRUPTED if signum == signal.SIGINT else 0
+                        nursery.cancel_scope.cancel()
+                        break
+                finally:
+                    _remove_own_pid_file(pid_file)
+        return code
 
     return trio.run(main)
+
+
+EXIT_INTERRUPTED = 130
+"""``meshd start``'s exit code after SIGINT (mesh_cli/CLI.md)."""
+
+
+def _remove_own_pid_file(path: Path) -> None:
+    """Remove ``daemon.pid`` if it still names this process."""
+    try:
+        if path.read_text().strip() == str(os.getpid()):
+            path.unlink()
+    except OSError:
+        pass
