@@ -28,23 +28,18 @@ import base64
 import csv
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mesh_cli import render
-from mesh_cli.jobs import (
-    JobError,
-    UsageError,
-    fetch_result,
-    load_spec_file,
-    spec_from_args,
-    upload_inputs,
-    wait_for_job,
-)
 from meshd import __version__
-from meshd.api.client import ApiClient, ApiClientError, ApiHttpError, DaemonUnreachable
-from meshd.config import ConfigError, default_data_dir
+
+if TYPE_CHECKING:
+    from meshd.api.client import ApiClient
+
+# The client, the renderer and pydantic load only when a command runs
+# (``mesh --version`` and ``mesh --help`` stay as quick as Python itself).
 
 EXIT_OK = 0
 EXIT_API = 1
@@ -55,6 +50,8 @@ LOG_PAGE_RECORDS = 500
 """Records fetched per request by `mesh log verify` through the API."""
 DEFAULT_LOG_SHOW = 50
 SPEC_SUFFIXES = (".json", ".yaml", ".yml")
+WAIT_POLL_S = 0.5
+"""How often `mesh wait` asks the daemon."""
 
 
 def _out(obj: Any) -> None:
@@ -69,18 +66,24 @@ def _err(message: str) -> None:
 
 
 def cmd_status(args: argparse.Namespace, client: ApiClient) -> int:
+    from mesh_cli import render
+
     data = client.status()
     _out(data) if args.json else render.render_status(data, render.make_console())
     return EXIT_OK
 
 
 def cmd_peers(args: argparse.Namespace, client: ApiClient) -> int:
+    from mesh_cli import render
+
     data = client.peers()
     _out(data) if args.json else render.render_peers(data, render.make_console())
     return EXIT_OK
 
 
 def cmd_log_show(args: argparse.Namespace, client: ApiClient) -> int:
+    from mesh_cli import render
+
     data = client.log(args.start or 1, args.limit)
     head = data.get("head_seq")
     if args.start is None and isinstance(head, int) and head > args.limit:
@@ -128,6 +131,8 @@ def _report(report: Any, source: str, as_json: bool) -> int:
 
 
 def _verify_on_disk(data_dir: Path) -> Any:
+    from mesh_cli.jobs import JobError
+
     """Open the log on disk and verify it; None if a daemon holds it (use the API)."""
     from meshd.config import DataDir, load_node
     from meshd.core.logrecord import LogCorruptError, LogLockedError, VerifyReport
@@ -152,6 +157,7 @@ def _verify_on_disk(data_dir: Path) -> Any:
 
 
 def cmd_log_verify(args: argparse.Namespace, client_factory: Callable[[], ApiClient]) -> int:
+    from mesh_cli.jobs import JobError
     from meshd.core.identity import public_key_from_peer_id
     from meshd.core.logrecord import VerifyReport, verify_records
 
@@ -184,6 +190,15 @@ def cmd_log_verify(args: argparse.Namespace, client_factory: Callable[[], ApiCli
 
 
 def cmd_submit(args: argparse.Namespace, client: ApiClient) -> int:
+    from mesh_cli import render
+    from mesh_cli.jobs import (
+        fetch_result,
+        load_spec_file,
+        spec_from_args,
+        upload_inputs,
+        wait_for_job,
+    )
+
     base = None
     if args.command and args.command[0].endswith(SPEC_SUFFIXES) and not args.image:
         base = load_spec_file(Path(args.command[0]))
@@ -204,7 +219,9 @@ def cmd_submit(args: argparse.Namespace, client: ApiClient) -> int:
                 file=sys.stderr,
             )
         return EXIT_OK
-    console = render.make_console(stderr=args.json)
+    if not args.json:
+        print(job_id, flush=True)  # stdout carries only the id; progress goes to stderr
+    console = render.make_console(stderr=True)
     console.print(f"submitted {job_id}")
     job = wait_for_job(client, job_id, console)
     if job.get("state") == "succeeded":
@@ -219,12 +236,95 @@ def cmd_submit(args: argparse.Namespace, client: ApiClient) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace, client: ApiClient) -> int:
+    from mesh_cli import render
+
     data = client.jobs()
+    data["jobs"] = filter_jobs(data.get("jobs") or [], args.state, args.label, args.limit)
     _out(data) if args.json else render.render_jobs(data, render.make_console())
     return EXIT_OK
 
 
+def filter_jobs(
+    jobs: list[dict[str, Any]],
+    states: list[str] | None,
+    labels: list[str] | None,
+    limit: int | None,
+) -> list[dict[str, Any]]:
+    """``mesh jobs --state/--label/--limit``: the newest matching jobs first."""
+    from mesh_cli.jobs import UsageError
+
+    want: dict[str, str] = {}
+    for item in labels or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--label wants KEY=VALUE, got {item!r}")
+        want[key] = value
+    out = [
+        j
+        for j in jobs
+        if (not states or j.get("state") in states)
+        and all((j.get("labels") or {}).get(k) == v for k, v in want.items())
+    ]
+    return out if limit is None else out[:limit]
+
+
+def resolve_job_id(client: ApiClient, given: str) -> str:
+    """A job id from an unambiguous prefix of one (``mesh job 3fa``); an exact
+    id, or a prefix of none, is passed on as given (the daemon answers for it)."""
+    from mesh_cli.jobs import UsageError
+
+    ids = [str(j.get("job_id")) for j in client.jobs().get("jobs") or []]
+    if given in ids:
+        return given
+    matches = [i for i in ids if i.startswith(given)]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        shown = ", ".join(sorted(matches)[:5]) + (" …" if len(matches) > 5 else "")
+        raise UsageError(f"job id prefix {given!r} is ambiguous: {shown}")
+    return given
+
+
+def cmd_wait(args: argparse.Namespace, client: ApiClient) -> int:
+    """Wait until a job ends (or ``--timeout`` passes): 0 succeeded, 1 otherwise."""
+    from mesh_cli.jobs import TERMINAL_STATES
+
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    while True:
+        job = client.job(args.job_id)
+        state = job.get("state")
+        if state in TERMINAL_STATES:
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            _err(f"job {args.job_id} is still {state} after {args.timeout:g} s")
+            return EXIT_API
+        time.sleep(WAIT_POLL_S)
+    if args.json:
+        _out(job)
+    else:
+        print(f"{args.job_id}: {state}")
+    return EXIT_OK if state == "succeeded" else EXIT_API
+
+
+def cmd_version(args: argparse.Namespace, client_factory: Callable[[], ApiClient]) -> int:
+    """The client's version and, when one answers, the daemon's."""
+    from meshd.api.client import DaemonUnreachable
+
+    try:
+        daemon: str | None = str(client_factory().status().get("version"))
+    except DaemonUnreachable:
+        daemon = None
+    if args.json:
+        _out({"client": __version__, "daemon": daemon})
+    else:
+        print(f"mesh {__version__}")
+        print(f"meshd {daemon}" if daemon else "meshd: no daemon running")
+    return EXIT_OK
+
+
 def cmd_job(args: argparse.Namespace, client: ApiClient) -> int:
+    from mesh_cli import render
+
     data = client.job(args.job_id)
     _out(data) if args.json else render.render_job(data, render.make_console())
     return EXIT_OK
@@ -245,6 +345,8 @@ def cmd_logs(args: argparse.Namespace, client: ApiClient) -> int:
 
 
 def cmd_result(args: argparse.Namespace, client: ApiClient) -> int:
+    from mesh_cli.jobs import fetch_result
+
     dest = args.out if args.out is not None else Path(args.job_id)
     count = fetch_result(client, args.job_id, dest, tar_path=args.tar)
     print(
@@ -269,6 +371,8 @@ RECEIPT_COLUMNS = ("job_id", "worker", "origin", "credits", "ts_ms", "time_utc",
 
 
 def cmd_credits(args: argparse.Namespace, client: ApiClient) -> int:
+    from mesh_cli import render
+
     data = client.credits()
     if args.credits_command != "export":
         _out(data) if args.json else render.render_credits(data, render.make_console())
@@ -377,7 +481,20 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--limit", type=int, default=DEFAULT_LOG_SHOW, metavar="N")
     log_sub.add_parser("verify", parents=[common], help="check hash links and every signature")
     _add_submit(sub, common)
-    sub.add_parser("jobs", parents=[common], help="jobs submitted from this node")
+    p = sub.add_parser("jobs", parents=[common], help="jobs submitted from this node")
+    p.add_argument(
+        "--state",
+        action="append",
+        choices=("queued", "offered", "awarded", "running", "verifying")
+        + ("succeeded", "failed", "cancelled"),
+        help="only jobs in this state (repeatable)",
+    )
+    p.add_argument("--label", action="append", metavar="K=V", help="only jobs with this label")
+    p.add_argument("--limit", type=int, metavar="N", help="at most N jobs, newest first")
+    p = sub.add_parser("wait", parents=[common], help="wait until a job ends")
+    p.add_argument("job_id", metavar="JOB_ID")
+    p.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds (exit 1)")
+    sub.add_parser("version", parents=[common], help="the client's and the daemon's versions")
     for name, text in (
         ("job", "one job: history, bids, declines, result"),
         ("cancel", "cancel a job"),
@@ -416,10 +533,15 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, ApiClient], int]] = {
     "cancel": cmd_cancel,
     "retry": cmd_retry,
     "credits": cmd_credits,
+    "wait": cmd_wait,
 }
+TAKES_JOB_ID = ("job", "cancel", "retry", "logs", "result", "wait")
+"""Commands whose JOB_ID may be an unambiguous prefix."""
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    from meshd.api.client import ApiClient
+
     def client() -> ApiClient:
         return ApiClient.from_data_dir(args.data_dir)
 
@@ -427,12 +549,21 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.log_command == "verify":
             return cmd_log_verify(args, client)
         return cmd_log_show(args, client())
-    return COMMANDS[args.cmd](args, client())
+    if args.cmd == "version":
+        return cmd_version(args, client)
+    c = client()
+    if args.cmd in TAKES_JOB_ID:
+        args.job_id = resolve_job_id(c, args.job_id)
+    return COMMANDS[args.cmd](args, c)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``mesh``; returns the exit code."""
     args = build_parser().parse_args(argv)
+    from mesh_cli.jobs import JobError, UsageError
+    from meshd.api.client import ApiClientError, ApiHttpError, DaemonUnreachable
+    from meshd.config import ConfigError, default_data_dir
+
     if args.data_dir is None:
         args.data_dir = default_data_dir()
     try:

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import trio
 
+from meshd import __version__
 from meshd.api.server import (
     ApiError,
     ApiServer,
@@ -462,7 +463,9 @@ async def test_submit_uploads_inputs_waits_and_unpacks_outputs(
     )
     assert (tmp_path / "out" / "result.txt").read_text() == "hi\n"
     assert (tmp_path / "out" / "sub" / "more.txt").read_text() == "more"
-    text = out(proc)
+    # stdout carries only the job id (for `id=$(mesh submit --wait ...)`); progress is on stderr.
+    assert out(proc).strip() == "job-00000001"
+    text = err(proc)
     assert "running" in text and "succeeded" in text and "2 output file(s)" in text
 
 
@@ -622,3 +625,87 @@ async def test_log_verify_through_the_api_when_the_daemon_holds_the_log(
         proc = await mesh(written_log, "log", "verify")
         assert proc.returncode == 1
         assert "event log INVALID" in out(proc) and "first bad seq 4" in out(proc)
+
+
+# ---------------------------------------------------------------- habits (issue 12)
+
+
+async def test_job_ids_may_be_given_by_an_unambiguous_prefix(
+    daemon: FakeDaemon, data_dir: Path
+) -> None:
+    proc = await mesh(data_dir, "job", JOB[:7], "--json")
+    assert proc.returncode == 0, err(proc)
+    assert json.loads(out(proc))["job_id"] == JOB
+    proc = await mesh(data_dir, "job", "job-9", "--json")  # a prefix of nothing: the daemon's 404
+    assert proc.returncode == 1 and "no job 'job-9'" in err(proc)
+
+
+def test_an_ambiguous_prefix_is_refused_naming_the_candidates() -> None:
+    from mesh_cli.jobs import UsageError
+    from mesh_cli.main import resolve_job_id
+
+    class Jobs:
+        def jobs(self) -> dict[str, Any]:
+            return {"jobs": [{"job_id": "job-aa1"}, {"job_id": "job-aa2"}, {"job_id": "job-b"}]}
+
+    assert resolve_job_id(Jobs(), "job-b") == "job-b"  # type: ignore[arg-type]
+    assert resolve_job_id(Jobs(), "job-aa1") == "job-aa1"  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="ambiguous: job-aa1, job-aa2"):
+        resolve_job_id(Jobs(), "job-a")  # type: ignore[arg-type]
+
+
+def test_jobs_filters_by_state_label_and_limit() -> None:
+    from mesh_cli.jobs import UsageError
+    from mesh_cli.main import filter_jobs
+
+    jobs = [
+        {"job_id": "j3", "state": "running", "labels": {"team": "ml"}},
+        {"job_id": "j2", "state": "failed", "labels": {"team": "ml"}},
+        {"job_id": "j1", "state": "running", "labels": {"team": "bio"}},
+    ]
+    assert [j["job_id"] for j in filter_jobs(jobs, ["running"], None, None)] == ["j3", "j1"]
+    assert [j["job_id"] for j in filter_jobs(jobs, None, ["team=ml"], None)] == ["j3", "j2"]
+    assert [j["job_id"] for j in filter_jobs(jobs, None, None, 1)] == ["j3"]
+    assert filter_jobs(jobs, ["running"], ["team=ml"], None) == [jobs[0]]
+    with pytest.raises(UsageError, match="KEY=VALUE"):
+        filter_jobs(jobs, None, ["team"], None)
+
+
+async def test_jobs_state_filter_from_the_command_line(daemon: FakeDaemon, data_dir: Path) -> None:
+    proc = await mesh(data_dir, "jobs", "--state", "failed", "--json")
+    assert proc.returncode == 0 and json.loads(out(proc))["jobs"] == []
+    proc = await mesh(data_dir, "jobs", "--state", "running", "--limit", "1", "--json")
+    assert [j["job_id"] for j in json.loads(out(proc))["jobs"]] == [JOB]
+
+
+async def test_wait_returns_when_the_job_ends_or_times_out(
+    daemon: FakeDaemon, data_dir: Path
+) -> None:
+    daemon.polls = 0
+    proc = await mesh(data_dir, "wait", JOB, "--timeout", "0")  # first poll: queued
+    assert proc.returncode == 1 and "still queued after 0 s" in err(proc)
+    proc = await mesh(data_dir, "wait", JOB)  # running, then succeeded
+    assert proc.returncode == 0, err(proc)
+    assert out(proc).strip() == f"{JOB}: succeeded"
+
+
+async def test_version_names_client_and_daemon(daemon: FakeDaemon, data_dir: Path) -> None:
+    proc = await mesh(data_dir, "version", "--json")
+    assert proc.returncode == 0
+    assert json.loads(out(proc)) == {"client": __version__, "daemon": "0.1.0"}
+    proc = await mesh(data_dir.parent / "nowhere", "version")  # no daemon: still answers
+    assert proc.returncode == 0 and "no daemon running" in out(proc)
+
+
+def test_version_and_help_load_no_client_renderer_or_pydantic() -> None:
+    """`mesh --version` answers as fast as Python starts: nothing heavy is imported."""
+    code = (
+        "import sys\n"
+        "from mesh_cli.main import main\n"
+        "try:\n    main(['--version'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('rich', 'pydantic', 'meshd.api.client', 'meshd.config')"
+        " if m in sys.modules]\n"
+        "print(heavy)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip().endswith("[]"), proc.stdout

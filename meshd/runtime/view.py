@@ -145,6 +145,7 @@ class NodeView:
                     "updated_at": v["updated_at"],
                     "cost": v["cost"]["actual"],
                     "reason": v["reason"],
+                    "labels": dict(job.spec.labels),
                 }
             )
         return {"jobs": out}
