@@ -205,7 +205,7 @@ def cmd_submit(args: argparse.Namespace, client: ApiClient) -> int:
         args.command = args.command[1:]
     spec = spec_from_args(args, base)
     spec = upload_inputs(client, spec, lambda m: print(m, file=sys.stderr))
-    answer = client.submit(spec, wait=False)
+    answer = client.submit(spec, wait=False, queue=args.queue)
     job_id = str(answer.get("job_id"))
     if not args.wait:
         if args.json:
@@ -453,6 +453,11 @@ def _add_submit(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--label", action="append", metavar="K=V")
     p.add_argument("--replicas", type=int, metavar="N", help="independent runs to compare")
     p.add_argument("--wait", action="store_true", help="follow the job live and fetch its outputs")
+    p.add_argument(
+        "--queue",
+        action="store_true",
+        help="accept the job even if no known peer can run it now (it waits for one)",
+    )
     p.add_argument(
         "-o",
         "--out",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -103,6 +104,35 @@ async def test_impossible_job_is_queued_with_reasons(tmp_path: Path, nursery: tr
         assert job.state in ("queued", "offered")
         reasons = {r for _, r in job.declines}
         assert any("GPU" in r for r in reasons), reasons
+
+
+async def test_a_job_no_known_peer_can_run_is_refused_at_submit_unless_queued(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """Issue 12 "No silent wait": the refusal names each reason and how many peers fail it."""
+    from meshd.api.client import ApiClient, ApiHttpError
+
+    async with Cluster.started(nursery, tmp_path, 3) as c:
+        await c.wait_mesh()
+        client = ApiClient.from_data_dir(c.members[0].data_dir)
+        spec = {"image": "meshd/busybox:1", "command": ["true"], "requirements": {"gpus": 1}}
+
+        def submit(queue: bool) -> dict[str, Any]:
+            return client.submit(spec, queue=queue)
+
+        try:
+            await trio.to_thread.run_sync(submit, False)
+        except ApiHttpError as exc:
+            assert exc.status == 409 and exc.code == "no_capable_peer", exc
+            assert "node has no GPU (2 of 2)" in exc.message, exc.message
+            assert exc.fields == [{"loc": "node has no GPU", "msg": "2 of 2 peers"}]
+            assert "--queue" in exc.message
+        else:
+            raise AssertionError("a job no peer can run was accepted")
+        assert not c.daemon(0).node.origin.jobs  # type: ignore[union-attr]
+        answer = await trio.to_thread.run_sync(submit, True)
+        assert answer["estimate"]["candidates"] == 0 and answer["estimate"]["known"] == 2
+        assert answer["job_id"] in c.daemon(0).node.origin.jobs  # type: ignore[union-attr]
 
 
 async def test_budget_below_estimate_is_refused_with_the_estimate(

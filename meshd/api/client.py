@@ -124,8 +124,12 @@ class ApiClient:
             "POST", "/v1/blobs", body=source, size=size, content_type="application/octet-stream"
         )
 
-    def submit(self, spec: dict[str, Any], *, wait: bool = False) -> dict[str, Any]:
-        return self._json("POST", "/v1/jobs", payload={"spec": spec, "wait": wait})
+    def submit(
+        self, spec: dict[str, Any], *, wait: bool = False, queue: bool = False
+    ) -> dict[str, Any]:
+        """``queue``: accept the job even if no known peer can run it now."""
+        payload = {"spec": spec, "wait": wait, **({"queue": True} if queue else {})}
+        return self._json("POST", "/v1/jobs", payload=payload)
 
     def jobs(self) -> dict[str, Any]:
         return self._json("GET", "/v1/jobs")

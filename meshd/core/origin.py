@@ -61,6 +61,8 @@ if TYPE_CHECKING:
 
 T_WINDOW, T_REOFFER, T_LEASE, T_AWARD = "window", "reoffer", "lease", "award_timeout"
 AWARD_TIMEOUT = "award not acknowledged in time"
+MAX_UNFIT_REASONS = 8
+"""Distinct reasons an estimate lists for peers that cannot run a job."""
 NO_ANSWER = "did not answer the offer"
 """Decline noted for a candidate silent when a window closed (withdrawn if its bid arrives later)."""
 
@@ -266,13 +268,20 @@ class Origin:
     # ------------------------------------------------------------ API-facing
 
     def estimate(self, spec: JobSpec) -> dict[str, Any]:
-        """Cost/time estimate from the adverts we hold: the cheapest fitting peer."""
+        """Cost/time estimate from the adverts we hold: the cheapest fitting peer.
+
+        Also says how many live peers are ``known`` and, for those that cannot
+        run the job at all, why (``unfit``: reason -> how many peers)."""
         req = offer_requirements(spec)
         best: tuple[float, float] | None = None
-        candidates = 0
+        candidates = known = 0
+        unfit: dict[str, int] = {}
         for entry in self.ctx.peers.alive(self.ctx.now_ms):
+            known += 1
             cap = Capacity.from_advert(entry.advert)
-            if fit_reason(cap, req) is not None:
+            why = fit_reason(cap, req)
+            if why is not None:
+                unfit[why] = unfit.get(why, 0) + 1
                 continue
             candidates += 1
             cost = estimate_cost(
@@ -289,6 +298,8 @@ class Origin:
             "credits": best[0] if best else None,
             "seconds": best[1] if best else None,
             "candidates": candidates,
+            "known": known,
+            "unfit": dict(sorted(unfit.items(), key=lambda kv: -kv[1])[:MAX_UNFIT_REASONS]),
         }
 
     def on_job_submitted(self, inp: JobSubmitted) -> None:

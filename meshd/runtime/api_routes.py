@@ -78,6 +78,20 @@ def install_routes(api: ApiServer, view: NodeView, control: Control) -> None:
                     f"input {ref.path}: blob {ref.digest} is not on this node; upload it first",
                 )
         estimate = view.estimate(spec)
+        if estimate["known"] and not estimate["candidates"] and not body.get("queue"):
+            reasons = "; ".join(
+                f"{why} ({n} of {estimate['known']})" for why, n in estimate["unfit"].items()
+            )
+            raise ApiError(
+                409,
+                "no_capable_peer",
+                f"no known peer can run this job: {reasons}. Submit with queue=true "
+                "(`mesh submit --queue`) to wait for one",
+                fields=[
+                    {"loc": why, "msg": f"{n} of {estimate['known']} peers"}
+                    for why, n in estimate["unfit"].items()
+                ],
+            )
         if (
             spec.max_budget is not None
             and estimate["credits"] is not None
