@@ -86,7 +86,15 @@ async def test_origin_restarted_mid_job_completes_once(
             0, {**SLEEP_JOB, "command": ["sh", "-c", "sleep 3; echo ok > $MESH_OUTPUTS/ok"]}
         )
         await c.wait_job(0, job_id, "running", timeout_s=60)
+        before = c.job(0, job_id)
+        history_before = list(before.history)
+        submitted_ms, estimate = before.submitted_ms, before.cost_estimate
         await c.restart(0)
+        restored = c.job(0, job_id)
+        # The history survives with its original times (issue 12), and the estimate.
+        assert restored.submitted_ms == submitted_ms
+        assert restored.history[: len(history_before)] == history_before
+        assert restored.cost_estimate == estimate
         job = await c.wait_job(0, job_id, timeout_s=90)
         assert job.state == "succeeded", job.reason
         assert len(_records(c, 0, job_id, "job_finished")) == 1

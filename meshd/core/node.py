@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar, get_args
 
 from .context import Codec, Context, Rejection
@@ -380,14 +380,19 @@ class Node:
 
     # ------------------------------------------------------------ restore
 
-    def restore(self, records: list[tuple[str, dict[str, Any]]]) -> list[Effect]:
-        """Rebuild state from this node's own log records (kind, body), oldest first.
+    def restore(
+        self, records: Sequence[tuple[str, dict[str, Any]] | tuple[str, dict[str, Any], int]]
+    ) -> list[Effect]:
+        """Rebuild state from this node's own log records, oldest first: (kind,
+        body) or (kind, body, ts_ms), where ``ts_ms`` is when the record was
+        written (a job's history keeps its original times).
 
         Returns effects to carry out after a restart (e.g. re-sending results,
         recording runs the crash abandoned).
         """
-        for kind, body in records:
-            self.origin.restore_record(kind, body)
+        for record in records:
+            kind, body = record[0], record[1]
+            self.origin.restore_record(kind, body, record[2] if len(record) > 2 else None)
             self.worker.restore_record(kind, body)
             self.ledger.restore_record(kind, body)
         self.origin.resume()

@@ -316,7 +316,12 @@ class Origin:
         job.history.append((self.ctx.now_ms, "queued", "submitted"))
         self.ctx.append(
             "job_submitted",
-            {"job_id": job.job_id, "spec": spec.model_dump(mode="json")},
+            {
+                "job_id": job.job_id,
+                "spec": spec.model_dump(mode="json"),
+                "estimate": job.cost_estimate,
+                "ts_ms": job.submitted_ms,
+            },
             key=b"submit:" + job.job_id.encode(),
         )
         self._advance(job)
@@ -1300,7 +1305,14 @@ class Origin:
         old, job.state, job.updated_ms = job.state, new, self.ctx.now_ms
         job.history.append((self.ctx.now_ms, new, detail))
         self.ctx.append(
-            "job_state", {"job_id": job.job_id, "from": old, "to": new, "detail": detail}
+            "job_state",
+            {
+                "job_id": job.job_id,
+                "from": old,
+                "to": new,
+                "detail": detail,
+                "ts_ms": self.ctx.now_ms,
+            },
         )
 
     def _evict_jobs(self) -> None:
@@ -1314,11 +1326,17 @@ class Origin:
 
     # ------------------------------------------------------------ restore
 
-    def restore_record(self, kind: str, body: dict[str, Any]) -> None:
+    def restore_record(self, kind: str, body: dict[str, Any], ts_ms: int | None = None) -> None:
+        """Take one of our own log records (oldest first) into account after a
+        restart. A job's history keeps its original times: the time the record
+        carries in its body, else ``ts_ms`` (when the record was written), else now."""
         jid: str = body.get("job_id", "")
+        t = body.get("ts_ms", self.ctx.now_ms if ts_ms is None else ts_ms)
         if kind == "job_submitted":
             spec = parse_job_spec(body["spec"])
-            self.jobs[jid] = OriginJob(jid, spec, self.ctx.now_ms, updated_ms=self.ctx.now_ms)
+            self.jobs[jid] = OriginJob(jid, spec, t, updated_ms=t)
+            self.jobs[jid].history.append((t, "queued", "submitted"))
+            self.jobs[jid].cost_estimate = body.get("estimate")
             if spec.replicas is not None:
                 self.jobs[jid].needed, self.jobs[jid].replicate_decided = (
                     min(spec.replicas, 2),
@@ -1374,13 +1392,14 @@ class Origin:
                 k: body[k] for k in ("replicas", "needed", "verdict", "valid", "invalid")
             }
         elif kind == "job_state":
-            job.state = body["to"]
-            job.history.append((self.ctx.now_ms, body["to"], body.get("detail", "")))
+            job.state, job.updated_ms = body["to"], t
+            job.history.append((t, body["to"], body.get("detail", "")))
         elif kind == "job_finished":
-            job.state, job.reason, job.cost_actual = (
+            job.state, job.reason, job.cost_actual, job.updated_ms = (
                 body["state"],
                 body["reason"],
                 body.get("cost", 0.0),
+                t,
             )
         elif kind == "job_retried":
             job.failures, job.excluded = 0, set()

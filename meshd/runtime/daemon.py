@@ -235,7 +235,7 @@ class Daemon(EffectInterpreter):
             codec=self.codec,
             version=__version__,
         )
-        records = [(r.kind, r.body) for r in self.log.iter() if r.kind != "genesis"]
+        records = [(r.kind, r.body, r.ts_ms) for r in self.log.iter() if r.kind != "genesis"]
         restore_effects = node.restore(records)
         log.info("event log: %d records, head seq %d", len(records) + 1, self.log.head[0])
         from meshd.api.server import ApiServer
