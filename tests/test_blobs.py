@@ -138,6 +138,20 @@ def test_pack_then_unpack_round_trips(tmp_path: Path) -> None:
     assert pack_dir(tmp_path / "dst") == data
 
 
+def test_pack_keeps_only_the_named_outputs(tmp_path: Path) -> None:
+    """``--output PATH`` (JobSpec.outputs): only those paths come back (issue 12)."""
+    src = tmp_path / "src"
+    for name in ["keep.txt", "drop.txt", "sub/deep/c", "sub/other", "subx/y"]:
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(name.encode())
+    names = tarfile.open(fileobj=io.BytesIO(pack_dir(src, only=["keep.txt"]))).getnames()
+    assert names == ["keep.txt"]
+    data = pack_dir(src, only=["sub/deep", "keep.txt"])
+    names = tarfile.open(fileobj=io.BytesIO(data)).getnames()
+    assert names == ["keep.txt", "sub", "sub/deep", "sub/deep/c"]  # not subx/ nor sub/other
+    assert pack_dir(src, only=[]) == pack_dir(src)
+
+
 def test_pack_refuses_symlinks_and_limits(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()

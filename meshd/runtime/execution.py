@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +122,10 @@ class Executions:
         digest, size = None, 0
         if result.status == "succeeded":
             try:
-                archive = await trio.to_thread.run_sync(pack_dir, out_dir)
+                # only the paths the job names (``--output``), or everything
+                archive = await trio.to_thread.run_sync(
+                    partial(pack_dir, out_dir, only=tuple(spec.outputs))
+                )
                 digest = prefixed(await trio.to_thread.run_sync(self.blobs.put, archive))
                 size = len(archive)
             except Exception as exc:

@@ -30,7 +30,7 @@ import shutil
 import stat
 import tarfile
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -265,12 +265,26 @@ def _walk(root: Path, max_files: int) -> list[tuple[str, Path, os.stat_result]]:
     return found
 
 
+def _selected(name: str, only: Sequence[str]) -> bool:
+    """Whether entry ``name`` is one of the ``only`` paths, inside one, or a
+    directory on the way to one."""
+    for p in only:
+        p = p.strip("/")
+        if name == p or name.startswith(p + "/") or p.startswith(name + "/"):
+            return True
+    return False
+
+
 def pack_dir(
     path: str | os.PathLike[str],
     max_bytes: int = DEFAULT_MAX_TAR_BYTES,
     max_files: int = DEFAULT_MAX_TAR_FILES,
+    only: Sequence[str] = (),
 ) -> bytes:
     """A deterministic uncompressed tar (PAX) of the tree under ``path``.
+
+    ``only``: relative paths to keep (a file, or a directory with everything
+    under it, and the directories leading to them); empty keeps everything.
 
     Entries are sorted by path; mtime 0, uid/gid 0, no owner names, mode 0o755
     for directories and executables, 0o644 otherwise. Symlinks and special
@@ -283,6 +297,8 @@ def pack_dir(
     entries: list[tuple[tarfile.TarInfo, bytes | None]] = []
     total = 0
     for name, entry_path, st in _walk(root, max_files):
+        if only and not _selected(name, only):
+            continue
         if stat.S_ISDIR(st.st_mode):
             entries.append((_tarinfo(name, is_dir=True, size=0, st_mode=st.st_mode), None))
             continue
