@@ -98,6 +98,8 @@ def _executor_line(ex: dict[str, Any]) -> Text:
     name = dash(ex.get("name"))
     if ex.get("sandboxed"):
         return Text(f"{name} (sandboxed)")
+    if name == "none":  # a client: runs no jobs
+        return Text(f"none: {dash(ex.get('reason'))}")
     line = Text(f"{name} ", style="")
     line.append("(NOT sandboxed)", style="bold red")
     if ex.get("reason"):
@@ -127,6 +129,8 @@ def render_status(st: dict[str, Any], console: Console) -> None:
     grid.add_row("peer id", dash(st.get("peer_id")))
     grid.add_row("version", f"{dash(st.get('version'))}, up {fmt_duration(st.get('uptime_s'))}")
     grid.add_row("listen", "\n".join(st.get("listen_addrs") or []) or "-")
+    if st.get("role"):
+        grid.add_row("role", dash(st.get("role")))
     grid.add_row("executor", _executor_line(st.get("executor") or {}))
     if st.get("warm"):
         grid.add_row("state", Text("warm (ready to bid)", style="green"))
@@ -230,6 +234,8 @@ def render_peers(data: dict[str, Any], console: Console) -> None:
     table = Table(show_edge=False)
     for col, just in (
         ("peer", "left"),
+        ("role", "left"),
+        ("sandbox", "left"),
         ("tier", "left"),
         ("GFLOPS", "right"),
         ("cores", "right"),
@@ -249,6 +255,8 @@ def render_peers(data: dict[str, Any], console: Console) -> None:
         )
         table.add_row(
             dash(p.get("peer_id")),
+            dash(p.get("role")),
+            dash(p.get("sandbox")),
             dash(p.get("tier")),
             fmt_num(p.get("score_gflops"), 1),
             dash(p.get("cores")),

@@ -258,3 +258,40 @@ async def test_blobs_are_served_only_to_the_peers_a_job_entitles(
         assert answers.count("busy") == 11, answers
         assert answers[: burst - 2] == ["no blob"] * (burst - 2)
         assert w.transfer.refused["rate"] == answers.count("busy")
+
+
+async def test_a_node_without_an_executor_joins_as_a_client_and_its_job_runs_elsewhere(
+    tmp_path: Path, nursery: trio.Nursery, monkeypatch: Any
+) -> None:
+    """Issue 12 "Roles": no Docker engine and the process executor not opted in:
+    the node still starts, as a client; it runs nothing and says so; its job
+    runs on a worker."""
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-such-engine.sock")
+
+    def client_first(i: int, overrides: dict[str, Any]) -> None:
+        if i == 0:
+            overrides["executor"] = "auto"
+            overrides["allow_process_executor"] = False
+
+    async with Cluster.started(nursery, tmp_path, 3, configure=client_first) as c:
+        client = c.daemon(0)
+        assert client.executor.name == "none"
+        assert client.view is not None
+        status = client.view.status()
+        assert status["role"] == "client"
+        assert "allow_process_executor = true" in status["executor"]["reason"]
+        await c.wait_for(
+            lambda: (
+                c.daemon(1).view is not None
+                and any(p["peer_id"] == c.peer_id(0) for p in c.daemon(1).view.peers()["peers"])
+            ),
+            30,
+            "a worker to hear the client's advert",
+        )
+        assert c.daemon(1).view is not None
+        seen = next(p for p in c.daemon(1).view.peers()["peers"] if p["peer_id"] == c.peer_id(0))
+        assert (seen["role"], seen["sandbox"]) == ("client", "none")
+        job_id = await c.submit(0, SLEEP_JOB)
+        job = await c.wait_job(0, job_id, timeout_s=60)
+        assert job.state == "succeeded", job.reason
+        assert {r.worker for r in job.runs.values()} <= {c.peer_id(1), c.peer_id(2)}

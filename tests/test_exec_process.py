@@ -30,7 +30,8 @@ def req(tmp_path: Path, script: str, job_id: str = "p-1", **kw: object) -> ExecR
 
 
 def test_refuses_unless_opted_in():
-    with pytest.raises(ExecutorUnavailable, match="process_executor_enabled"):
+    # The message names the real configuration key (issue 12).
+    with pytest.raises(ExecutorUnavailable, match="allow_process_executor = true"):
         ProcessExecutor(ExecParams(), "n")
 
 

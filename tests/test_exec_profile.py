@@ -85,10 +85,18 @@ def test_request_and_params_validation(tmp_path):
     assert ExecParams().run_as_ids() == (65534, 65534)
 
 
-def test_auto_without_engine_or_opt_in_is_a_clear_error(monkeypatch):
+def test_auto_without_engine_or_opt_in_makes_a_client(monkeypatch):
+    """No engine and no opt-in: the node joins as a client (issue 12), saying why."""
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
-    with pytest.raises(ExecutorUnavailable, match="process_executor_enabled"):
-        make_executor("auto", ExecParams(docker_connect_timeout_s=1), "n")
+    ex, why = make_executor("auto", ExecParams(docker_connect_timeout_s=1), "n")
+    assert ex.name == "none" and why.startswith("client")
+    assert "allow_process_executor = true" in why and "/nonexistent/docker.sock" in why
+    assert "runs no jobs" in (
+        ex.decline_reason(
+            image="x", gpus=0, gpu_min_memory_mb=0, network=False, cpus=1, memory_mb=1
+        )
+        or ""
+    )
     ex, why = make_executor("auto", ExecParams(process_executor_enabled=True), "n")
     assert ex.name == "process" and "falling back" in why
     with pytest.raises(ExecutorUnavailable, match="docker executor requested"):

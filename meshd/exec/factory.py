@@ -6,7 +6,8 @@ Rules:
   ``params.process_executor_enabled``.
 - ``"auto"``: Docker if an engine answers within
   ``params.docker_connect_timeout_s``; else the process executor only if the
-  operator opted in; else ``ExecutorUnavailable`` saying what was tried.
+  operator opted in; else a :class:`~meshd.exec.none_exec.NoExecutor`: the
+  node joins as a *client* (submits, verifies, runs nothing), with the reason.
 - The returned reason is one human sentence for logs and ``mesh status``.
 """
 
@@ -66,10 +67,13 @@ def make_executor(kind: ExecutorKind, params: ExecParams, node_label: str) -> tu
         return ProcessExecutor(params, node_label), (
             f"auto: {why_not}; falling back to the UNSANDBOXED process executor (opted in)"
         )
-    raise ExecutorUnavailable(
-        f"no executor available: {why_not}. Start a Docker engine (or set DOCKER_HOST), "
-        "or opt in to the unsandboxed process executor (process_executor_enabled=True)."
+    from .none_exec import NoExecutor
+
+    why = (
+        f"{why_not}; to run jobs, start a Docker engine (or set DOCKER_HOST), or opt in "
+        "to the unsandboxed process executor with `allow_process_executor = true` in config.toml"
     )
+    return NoExecutor(why), f"client: no executor ({why})"
 
 
 def _where() -> str:

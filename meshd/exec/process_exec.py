@@ -85,7 +85,7 @@ class ProcessExecutor(Executor):
         if not params.process_executor_enabled:
             raise ExecutorUnavailable(
                 "the process executor is unsandboxed and disabled; "
-                "set ExecParams.process_executor_enabled=True to opt in"
+                "set `allow_process_executor = true` in config.toml to opt in"
             )
         self.params = params
         self.node_label = node_label

@@ -527,11 +527,14 @@ def make_executor(
 
     exec_params = dataclasses.replace(
         exec_params or ExecParams(),
-        process_executor_enabled=config.allow_process_executor or config.executor == "process",
+        # A flag alone never enables it: only `allow_process_executor = true` does.
+        process_executor_enabled=config.allow_process_executor,
         allow_network=config.allow_network_jobs,
     )
     executor, reason = choose(config.executor, exec_params, identity.peer_id[-12:])
-    if not executor.sandboxed:
+    if executor.name == "none":
+        log.warning("this node is a client and runs no jobs: %s", reason)
+    elif not executor.sandboxed:
         log.warning("UNSANDBOXED: jobs run as plain processes of this user (%s)", reason)
     return executor, reason, exec_params
 

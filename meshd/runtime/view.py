@@ -23,7 +23,7 @@ import base64
 import dataclasses
 import statistics
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -216,6 +216,7 @@ class NodeView:
             "version": __version__,
             "uptime_s": round((self._monotonic_ms() - self._started_ms) / 1000, 1),
             "listen_addrs": self._host.listen_addrs,
+            "role": "client" if self._executor.name == "none" else "worker",
             "executor": {
                 "name": self._executor.name,
                 "sandboxed": self._executor.sandboxed,
@@ -314,6 +315,8 @@ class NodeView:
             out.append(
                 {
                     "peer_id": e.peer_id,
+                    "role": "worker" if a.runtimes and a.capacity else "client",
+                    "sandbox": sandbox_of(a.runtimes),
                     "addrs": list(a.addrs),
                     "tier": a.tier,
                     "score_gflops": a.score_gflops,
@@ -332,6 +335,15 @@ class NodeView:
                 }
             )
         return {"peers": out}
+
+
+def sandbox_of(runtimes: Sequence[str]) -> str:
+    """How a peer runs jobs, from its advert: ``docker``, ``process-unsandboxed`` or ``none``."""
+    if "docker" in runtimes:
+        return "docker"
+    if "process" in runtimes:
+        return "process-unsandboxed"
+    return "none"
 
 
 def _jsonable(v: Any) -> Any:

@@ -240,13 +240,15 @@ class Cluster:
         return entry is not None and node is not None and entry.expires_ms > node.now_ms
 
     async def wait_mesh(self, timeout_s: float = 30.0) -> None:
-        """Until every running node holds a live, warm advert of every other."""
+        """Until every running node holds a live advert of every other, and
+        every worker is warm (a client, with no executor, never is)."""
 
         def formed() -> bool:
             idx = self.running()
             for i in idx:
-                node = self.daemon(i).node
-                if node is None or not node.worker.warm:
+                d = self.daemon(i)
+                node = d.node
+                if node is None or (not node.worker.warm and d.executor.name != "none"):
                     return False
                 for j in idx:
                     if i != j and not self.sees(i, j):
