@@ -108,6 +108,7 @@ def spec_from_args(args: Any, base: dict[str, Any] | None) -> dict[str, Any]:
     for flag, key in (
         ("timeout", "timeout_s"),
         ("max_budget", "max_budget"),
+        ("estimated_flops", "estimated_flops"),
         ("speed", "speed"),
         ("replicas", "replicas"),
     ):

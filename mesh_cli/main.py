@@ -448,6 +448,13 @@ def _add_submit(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--network", action="store_true", help="the job needs network access")
     p.add_argument("--timeout", type=float, metavar="S", help="wall-clock limit in seconds")
     p.add_argument("--max-budget", type=float, metavar="C", help="most credits to spend")
+    p.add_argument(
+        "--estimated-flops",
+        type=float,
+        metavar="F",
+        help="floating-point operations the job needs (lets speed and price, "
+        "not the timeout, decide the estimate and the ranking)",
+    )
     p.add_argument("--speed", choices=("fast", "balanced", "cheap"))
     p.add_argument("--env", action="append", metavar="K=V")
     p.add_argument("--label", action="append", metavar="K=V")

@@ -440,6 +440,8 @@ async def test_submit_uploads_inputs_waits_and_unpacks_outputs(
         "team=ml",
         "--timeout",
         "60",
+        "--estimated-flops",
+        "2e9",
         "--wait",
         "-o",
         tmp_path / "out",
@@ -460,6 +462,7 @@ async def test_submit_uploads_inputs_waits_and_unpacks_outputs(
         spec["env"] == {"MODE": "fast"}
         and spec["labels"] == {"team": "ml"}
         and spec["timeout_s"] == 60
+        and spec["estimated_flops"] == 2e9
     )
     assert (tmp_path / "out" / "result.txt").read_text() == "hi\n"
     assert (tmp_path / "out" / "sub" / "more.txt").read_text() == "more"
