@@ -95,6 +95,7 @@ from .capabilities import Capabilities
 from .checker import Checker
 from .clock import Clock, SystemClock
 from .clock import now_ms as now_ms  # re-exported: tools and tests stamp messages with it
+from .eventlogger import EventLogger
 from .execution import Executions
 from .gossipcheck import CachingCodec, GossipValidator
 from .joblogs import JobLogs
@@ -146,6 +147,9 @@ class Daemon(EffectInterpreter):
         """When ``run`` started, on the monotonic timeline."""
         self.node: Node | None = None
         self.view: NodeView | None = None
+        self.events = EventLogger()
+        """INFO lines for what the node does (records appended, peers joining/leaving)."""
+        self._peers_logged_ms = -(10**12)
         """The read-only view the API answers from (set once the core is restored)."""
         self.codec = CachingCodec(self.rp.verified_cache_entries)
         self.gossip_check: GossipValidator | None = None
@@ -377,9 +381,18 @@ class Daemon(EffectInterpreter):
             self._report_load(effects)
             if effects:
                 await self._apply(effects)
+            self._log_peers()
             for done in awaited:
                 done.set()
             await trio.sleep(0)  # let adapters queue more work between batches
+
+    def _log_peers(self) -> None:
+        """Log peers joining and leaving, at most once per advert interval."""
+        assert self.node is not None
+        t = self.clock.monotonic_ms()
+        if t - self._peers_logged_ms >= self.core_params.advert_interval_ms:
+            self._peers_logged_ms = t
+            self.events.peers(e.peer_id for e in self.node.peers.alive(self.node.now_ms))
 
     def _step(self, inp: Any, effects: list[Any], awaited: list[trio.Event]) -> None:
         assert self.node is not None
@@ -436,6 +449,7 @@ class Daemon(EffectInterpreter):
     def do_append(self, eff: Append) -> None:
         """Stage the record for the batch's group commit (``_commit``)."""
         self._staged.append(eff)
+        self.events.record(eff.kind, eff.body)
 
     def do_publish(self, eff: Publish) -> None:
         self._spawn(self._publish, eff)

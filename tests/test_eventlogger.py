@@ -1,0 +1,77 @@
+"""The daemon's log at INFO tells an operator what happened (issue 15).
+
+Rules checked (``meshd/runtime/eventlogger.py`` header): jobs submitted,
+placed, finished; runs started and ended; peers joining; each line carries
+its fields as structured fields, which ``--log-format json`` writes as JSON
+fields (``meshd/logsetup.py``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from pathlib import Path
+
+import trio
+
+from meshd.logsetup import JsonFormatter
+from meshd.runtime.eventlogger import EventLogger
+from meshd.testing.cluster import Cluster
+
+JOB = {"image": "meshd/busybox:1", "command": ["sh", "-c", "echo ok > $MESH_OUTPUTS/o"]}
+
+
+def _capture() -> tuple[logging.Logger, io.StringIO]:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("meshd.events.test")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return logger, stream
+
+
+def test_records_become_lines_with_their_fields_as_json_fields() -> None:
+    logger, stream = _capture()
+    events = EventLogger(logger)
+    events.record("job_finished", {"job_id": "j-1", "state": "failed", "reason": "exit code 3"})
+    events.record("work_acked", {"job_id": "j-1"})  # not worth a line at INFO
+    events.record("equivocation", {"issuer": "12D3KooWxyz", "seq": 7})
+    lines = [json.loads(x) for x in stream.getvalue().splitlines()]
+    assert [x["event"] for x in lines] == ["job_finished", "equivocation"]
+    assert lines[0]["msg"] == "job j-1 failed: exit code 3"
+    assert (lines[0]["job_id"], lines[0]["state"], lines[0]["level"]) == ("j-1", "failed", "INFO")
+    assert lines[1]["peer_id"] == "12D3KooWxyz" and lines[1]["level"] == "WARNING"
+
+
+def test_peers_joining_and_leaving_are_logged_once() -> None:
+    logger, stream = _capture()
+    events = EventLogger(logger)
+    events.peers(["a", "b"])
+    events.peers(["a", "b"])
+    events.peers(["b", "c"])
+    lines = [json.loads(x) for x in stream.getvalue().splitlines()]
+    assert [(x["event"], x.get("peer_id")) for x in lines] == [
+        ("peers", None),
+        ("peer_joined", "c"),
+        ("peer_left", "a"),
+    ]
+
+
+async def test_a_jobs_life_reads_in_the_daemon_log(
+    tmp_path: Path, nursery: trio.Nursery, caplog: object
+) -> None:
+    import pytest
+
+    assert isinstance(caplog, pytest.LogCaptureFixture)
+    with caplog.at_level(logging.INFO, logger="meshd.events"):
+        async with Cluster.started(nursery, tmp_path, 3) as c:
+            job_id = await c.submit(0, JOB)
+            job = await c.wait_job(0, job_id, timeout_s=60)
+            assert job.state == "succeeded", job.reason
+    events = [(getattr(r, "event", None), getattr(r, "job_id", None)) for r in caplog.records]
+    for kind in ("job_submitted", "run_awarded", "work_started", "work_finished", "job_finished"):
+        assert (kind, job_id) in events, (kind, events)
+    assert any(kind in ("peers", "peer_joined") for kind, _ in events)
