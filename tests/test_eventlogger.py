@@ -75,3 +75,37 @@ async def test_a_jobs_life_reads_in_the_daemon_log(
     for kind in ("job_submitted", "run_awarded", "work_started", "work_finished", "job_finished"):
         assert (kind, job_id) in events, (kind, events)
     assert any(kind in ("peers", "peer_joined") for kind, _ in events)
+
+
+async def test_metrics_scraped_during_a_job_move(tmp_path: Path, nursery: trio.Nursery) -> None:
+    """Issue 15: ``GET /metrics`` (Prometheus text, the API token) shows the job
+    counters and the placement histogram moving."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from meshd.api.client import ApiClient
+
+    async with Cluster.started(nursery, tmp_path, 3) as c:
+        client = ApiClient.from_data_dir(c.members[0].data_dir)
+
+        def scrape() -> dict[str, float]:
+            text = client.metrics()
+            out: dict[str, float] = {}
+            for family in text_string_to_metric_families(text):
+                for s in family.samples:
+                    key = s.name + "".join(f"{{{k}={v}}}" for k, v in sorted(s.labels.items()))
+                    out[key] = s.value
+            return out
+
+        before = await trio.to_thread.run_sync(scrape)
+        job_id = await c.submit(0, JOB)
+        job = await c.wait_job(0, job_id, timeout_s=60)
+        assert job.state == "succeeded", job.reason
+        after = await trio.to_thread.run_sync(scrape)
+        assert before.get("meshd_jobs_submitted_total", 0) == 0
+        assert after["meshd_jobs_submitted_total"] == 1
+        assert after["meshd_jobs_finished_total{state=succeeded}"] == 1
+        assert after["meshd_placement_seconds_count"] == before["meshd_placement_seconds_count"] + 1
+        assert after["meshd_placement_seconds_sum"] > 0
+        assert after["meshd_peers"] == 2
+        assert after["meshd_core_events_total{name=accepted_bid}"] >= 1
+        assert after["meshd_eventlog_head_seq"] > before["meshd_eventlog_head_seq"]

@@ -131,6 +131,12 @@ class ApiClient:
         payload = {"spec": spec, "wait": wait, **({"queue": True} if queue else {})}
         return self._json("POST", "/v1/jobs", payload=payload)
 
+    def metrics(self) -> str:
+        """``GET /metrics``: the node's Prometheus families, in text format."""
+        with self._request("GET", "/metrics") as resp:
+            self._raise_for_status(resp)
+            return resp.read().decode("utf-8")
+
     def jobs(self) -> dict[str, Any]:
         return self._json("GET", "/v1/jobs")
 

@@ -28,6 +28,7 @@ from meshd.core.jobspec import JobSpecError, parse_job_spec
 from meshd.core.lifecycle import TERMINAL
 
 from .jobio import prefixed
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .view import JobBrief, NodeView
 
 MAX_LOG_PAGE = 1_000
@@ -43,6 +44,10 @@ class Control(Protocol):
 
     async def put_blob(self, data: bytes) -> str:
         """Store a blob; returns its bare sha256 hex digest."""
+        ...
+
+    def metrics_text(self) -> bytes:
+        """The node's Prometheus families, in text format."""
         ...
 
 
@@ -162,7 +167,11 @@ def install_routes(api: ApiServer, view: NodeView, control: Control) -> None:
     async def credits(req: Request) -> Response:
         return json_response(view.credits())
 
+    async def metrics(req: Request) -> Response:
+        return bytes_response(control.metrics_text(), METRICS_CONTENT_TYPE)
+
     api.route("GET", "/v1/status", status)
+    api.route("GET", "/metrics", metrics)
     api.route("GET", "/v1/peers", peers)
     api.route("GET", "/v1/log", log_page)
     api.route("POST", "/v1/blobs", put_blob, max_body_bytes=api.params.max_upload_bytes)

@@ -99,6 +99,7 @@ from .eventlogger import EventLogger
 from .execution import Executions
 from .gossipcheck import CachingCodec, GossipValidator
 from .joblogs import JobLogs
+from .metrics import Metrics
 from .params import RuntimeParams
 from .sendq import SendQueues
 from .transfer import BlobTransfer
@@ -150,6 +151,8 @@ class Daemon(EffectInterpreter):
         self.events = EventLogger()
         """INFO lines for what the node does (records appended, peers joining/leaving)."""
         self._peers_logged_ms = -(10**12)
+        self.metrics = Metrics(lambda: self.view, self.clock.monotonic_ms)
+        """Prometheus families (``GET /metrics``)."""
         """The read-only view the API answers from (set once the core is restored)."""
         self.codec = CachingCodec(self.rp.verified_cache_entries)
         self.gossip_check: GossipValidator | None = None
@@ -450,6 +453,7 @@ class Daemon(EffectInterpreter):
         """Stage the record for the batch's group commit (``_commit``)."""
         self._staged.append(eff)
         self.events.record(eff.kind, eff.body)
+        self.metrics.record(eff.kind, eff.body)
 
     def do_publish(self, eff: Publish) -> None:
         self._spawn(self._publish, eff)
@@ -518,6 +522,10 @@ class Daemon(EffectInterpreter):
         done = trio.Event()
         await self._feed(_Awaited(inp, done))
         await done.wait()
+
+    def metrics_text(self) -> bytes:
+        """``GET /metrics``: the node's Prometheus families in text format."""
+        return self.metrics.exposition()
 
     async def put_blob(self, data: bytes) -> str:
         """Store a blob (an upload for a job's inputs); returns its bare digest."""
