@@ -24,7 +24,14 @@ from meshd.core.events import DirectReceived, Send
 from meshd.core.identity import Identity
 from meshd.core.node import Node
 from meshd.core.params import CoreParams
-from meshd.core.wire import LedgerDelta, LedgerSummary, Opened, OriginSummary, open_envelope
+from meshd.core.wire import (
+    LedgerDelta,
+    LedgerSummary,
+    Opened,
+    OriginSummary,
+    ReceiptCosign,
+    open_envelope,
+)
 from meshd.testing.corenet import CoreNet, FakeWorker
 from tests.test_credits import NOW, ORIGIN, WORKER, cosigned, gossip, receipt, sealed, spec
 
@@ -187,6 +194,49 @@ def test_a_summary_naming_an_origin_outside_its_range_is_rejected() -> None:
     summary = LedgerSummary(after="12D3KooWb", origins=[outside])
     assert _answers(holder, asker, summary) == []
     assert holder.counters["rejected_sync_bad_summary"] == 1
+
+
+def test_a_summary_of_origins_the_peer_never_heard_of_gets_an_empty_answer() -> None:
+    holder, asker = two_nodes(CoreParams())
+    unknown = OriginSummary(origin="12D3KooWnobody", count=3, digest=b"\1" * 32)
+    sent = _answers(holder, asker, LedgerSummary(origins=[unknown]))
+    reply = open_envelope(sent[0].data, CoreParams().max_message_bytes)
+    assert isinstance(reply, Opened) and reply.body.cosigns == []
+    assert not any(k.startswith("rejected_") for k in holder.counters)
+
+
+def test_an_answer_resuming_outside_the_asked_range_is_rejected() -> None:
+    asker, peer = two_nodes(CoreParams(ledger_sync_max_origins=1))
+    second = Identity.from_seed_int(73)
+    r2 = receipt(1).model_copy(update={"origin": second.peer_id})
+    gossip(asker, cosigned(receipt(1)))
+    gossip(asker, sealed(WORKER, ReceiptCosign(receipt=sealed(second, r2))))
+    asker.ledger._send_summary(peer.peer_id)
+    asker.ctx.take_effects()
+    _, after, through = asker.ledger._sync_asked
+    assert after == "" and through == min(ORIGIN.peer_id, second.peer_id)  # one window of two
+    beyond = max(ORIGIN.peer_id, second.peer_id)
+    bad = LedgerDelta(cosigns=[cosigned(receipt(2))], resume_origin=beyond, resume_seq=5)
+    asker.step(DirectReceived(peer.peer_id, sealed_as(peer, bad)), NOW)
+    assert asker.counters["rejected_sync_bad_delta"] == 1
+    assert (ORIGIN.peer_id, 2) not in asker.ledger.entries
+    assert asker.ledger._sync_from == {}
+
+
+def test_an_unasked_answer_adds_its_receipts_but_moves_no_cursor() -> None:
+    asker, peer = two_nodes(CoreParams())
+    stranger = Node(CoreParams(), Identity.from_seed_int(83), random.Random(3), NOW)
+    asker.ledger._send_summary(peer.peer_id)
+    asker.ctx.take_effects()
+    delta = LedgerDelta(cosigns=[cosigned(receipt(2))], resume_origin=ORIGIN.peer_id, resume_seq=7)
+    effects = asker.step(DirectReceived(stranger.peer_id, sealed_as(stranger, delta)), NOW)
+    assert (ORIGIN.peer_id, 2) in asker.ledger.entries
+    assert asker.ledger._sync_from == {}
+    assert not [e for e in effects if isinstance(e, Send)]  # no follow-up to a stranger
+    # The same answer from the peer we asked moves the cursor and asks again.
+    effects = asker.step(DirectReceived(peer.peer_id, sealed_as(peer, delta)), NOW)
+    assert asker.ledger._sync_from == {ORIGIN.peer_id: 7}
+    assert [e.to_peer for e in effects if isinstance(e, Send)] == [peer.peer_id]
 
 
 def test_an_equal_summary_gets_an_empty_answer() -> None:

@@ -151,8 +151,8 @@ class Ledger:
         self._sync_from: dict[str, int] = {}
         """origin -> the seq a cut-short sync answer asked us to go on from."""
         self._sync_followups = 0
-        self._sync_asked: tuple[str, str | None] = ("", None)
-        """The origin range (after, through) of the last summary we sent."""
+        self._sync_asked: tuple[str, str, str | None] = ("", "", None)
+        """The peer and origin range (after, through) of the last summary we sent."""
         if ctx.params.ledger_sync_interval_ms > 0:
             ctx.at(ctx.now_ms + ctx.params.ledger_sync_interval_ms, T_SYNC, None)
 
@@ -400,7 +400,6 @@ class Ledger:
         window = known[:limit]
         through: str | None = window[-1] if len(known) > limit else None
         self._sync_after = through or ""
-        self._sync_asked = (after, through)
         return LedgerSummary(
             after=after,
             through=through,
@@ -418,7 +417,9 @@ class Ledger:
         self._send_summary(ctx.rng.choice(peers))
 
     def _send_summary(self, peer: str) -> None:
-        self.ctx.send(peer, self._summary(), ttl_ms=self.ctx.params.ledger_sync_interval_ms)
+        summary = self._summary()
+        self._sync_asked = (peer, summary.after, summary.through)
+        self.ctx.send(peer, summary, ttl_ms=self.ctx.params.ledger_sync_interval_ms)
         self.ctx.counters["ledger_sync_sent"] += 1
 
     def on_ledger_summary(self, msg: Opened) -> None:
@@ -489,6 +490,16 @@ class Ledger:
         if len(delta.cosigns) > p.ledger_sync_max_receipts:
             ctx.reject("sync_oversize", msg.sender, f"{len(delta.cosigns)} receipts")
             return
+        peer, after, through = self._sync_asked
+        stop = delta.resume_origin
+        ours = msg.sender == peer
+        if (
+            ours
+            and stop is not None
+            and not (stop > after and (through is None or stop <= through))
+        ):
+            ctx.reject("sync_bad_delta", msg.sender, f"resume_origin {stop}")
+            return
         added = 0
         for raw in delta.cosigns:
             opened = ctx.codec.open(raw, p.max_message_bytes)
@@ -505,10 +516,10 @@ class Ledger:
             if self._take_cosign(opened):
                 added += 1
         ctx.counters["ledger_sync_receipts_added"] += added
+        if not ours:
+            return  # an answer we did not ask this peer for: its receipts count, not its cursor
         # Origins of the range we asked about that the answer finished need no
         # cursor any more; the one it was cut short in goes on from resume_seq.
-        after, through = self._sync_asked
-        stop = delta.resume_origin
         self._sync_from = {
             o: s
             for o, s in self._sync_from.items()
