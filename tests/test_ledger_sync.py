@@ -239,6 +239,20 @@ def test_an_unasked_answer_adds_its_receipts_but_moves_no_cursor() -> None:
     assert [e.to_peer for e in effects if isinstance(e, Send)] == [peer.peer_id]
 
 
+def test_a_full_ledger_takes_no_synced_receipt_older_than_its_oldest() -> None:
+    asker, peer = two_nodes(CoreParams(max_ledger_receipts=3))
+    for seq in (10, 11, 12):
+        gossip(asker, cosigned(receipt(seq)))
+    old = sealed(WORKER, ReceiptCosign(receipt=sealed(ORIGIN, receipt(1), ts=NOW - 1_000)))
+    new = sealed(WORKER, ReceiptCosign(receipt=sealed(ORIGIN, receipt(13), ts=NOW + 1)))
+    asker.step(DirectReceived(peer.peer_id, sealed_as(peer, LedgerDelta(cosigns=[old, new]))), NOW)
+    assert set(asker.ledger.entries) == {(ORIGIN.peer_id, s) for s in (11, 12, 13)}
+    assert asker.counters["ledger_sync_too_old"] == 1
+    # Gossip is not held back by this: the same old pair gossiped is taken.
+    gossip(asker, old)
+    assert (ORIGIN.peer_id, 1) in asker.ledger.entries
+
+
 def test_an_equal_summary_gets_an_empty_answer() -> None:
     holder, asker = two_nodes(CoreParams())
     for node in (holder, asker):

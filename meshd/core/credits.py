@@ -323,10 +323,14 @@ class Ledger:
         """A gossiped countersigned receipt (the node checked the outer envelope)."""
         self._take_cosign(msg)
 
-    def _take_cosign(self, msg: Opened) -> bool:
+    def _take_cosign(self, msg: Opened, synced: bool = False) -> bool:
         """Verify an opened ``receipt_cosign`` (the inner receipt's signature,
         signer and worker, seq, the equivocation rule) and add it to the
-        ledger; the same checks for gossip and sync. True if it was new."""
+        ledger; the same checks for gossip and sync. True if it was new.
+
+        A ``synced`` receipt no newer than the oldest one kept is not added to
+        a full ledger: it would push out a newer one, which sync would then
+        bring back, and so on."""
         inner = self.ctx.codec.open(msg.body.receipt, self.ctx.params.max_message_bytes)
         if isinstance(inner, Rejected) or inner.type != "receipt":
             self.ctx.reject(
@@ -343,6 +347,13 @@ class Ledger:
             return False
         if (r.origin, r.seq) in self.entries:
             self.ctx.counters["receipt_duplicate"] += 1
+            return False
+        if (
+            synced
+            and len(self.entries) >= self.ctx.params.max_ledger_receipts
+            and inner.ts_ms <= next(iter(self.entries.values())).ts_ms
+        ):
+            self.ctx.counters["ledger_sync_too_old"] += 1
             return False
         self._ledger_add(r, inner.ts_ms, msg.raw)
         if r.origin == self.ctx.peer_id:
@@ -513,7 +524,7 @@ class Ledger:
             if ctx.trust.banned(opened.sender, ctx.now_ms):
                 ctx.reject("sync_banned_cosigner", msg.sender, opened.sender)
                 continue
-            if self._take_cosign(opened):
+            if self._take_cosign(opened, synced=True):
                 added += 1
         ctx.counters["ledger_sync_receipts_added"] += added
         if not ours:
