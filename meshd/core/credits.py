@@ -430,7 +430,7 @@ class Ledger:
     def _send_summary(self, peer: str) -> None:
         summary = self._summary()
         self._sync_asked = (peer, summary.after, summary.through)
-        self.ctx.send(peer, summary, ttl_ms=self.ctx.params.ledger_sync_interval_ms)
+        self.ctx.send(peer, summary, ttl_ms=self.ctx.params.ledger_sync_interval_ms or None)
         self.ctx.counters["ledger_sync_sent"] += 1
 
     def on_ledger_summary(self, msg: Opened) -> None:
