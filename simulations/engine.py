@@ -173,6 +173,8 @@ MSG_CODES = {
             "cancel",
             "receipt",
             "attestation",
+            "ledger_summary",
+            "ledger_delta",
         ]
     )
 }

@@ -12,6 +12,7 @@ Rules checked (specs/CREDITS.md):
 
 from __future__ import annotations
 
+import math
 import random
 
 from meshd.core.events import TOPIC_RECEIPTS, Append, DirectReceived, GossipReceived, SetPeerScore
@@ -93,7 +94,7 @@ def test_third_node_balances_equal_the_parties_ledgers() -> None:
     view = third.ledger.credits_view()
     assert view == origin.ledger.credits_view()
     by_peer = {b["peer_id"]: b for b in view["balances"]}
-    assert by_peer[origin.peer_id]["spent"] == sum(b["credits"] for b in issued)
+    assert by_peer[origin.peer_id]["spent"] == math.fsum(b["credits"] for b in issued)
     assert abs(sum(b["balance"] for b in view["balances"])) < 1e-9
     for w in net.order[1:4]:
         mine = net.node(w).ledger.balances().get(w, {"earned": 0.0})

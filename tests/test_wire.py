@@ -31,9 +31,12 @@ from meshd.core.wire import (
     GpuInfo,
     Heartbeat,
     HeartbeatReply,
+    LedgerDelta,
+    LedgerSummary,
     Offer,
     OfferRequirements,
     Opened,
+    OriginSummary,
     Receipt,
     ReceiptCosign,
     Rejected,
@@ -112,6 +115,12 @@ SAMPLES: list[Body] = [
     ),
     Attestation(subject="12D3KooWb", job_id=JOB, outcome="invalid"),
     ReceiptCosign(receipt=b"\x92\xc4\x01x\xc4\x01y"),
+    LedgerSummary(
+        after="",
+        through="12D3KooWz",
+        origins=[OriginSummary(origin="12D3KooWb", from_seq=7, count=2, digest=b"\x01" * 32)],
+    ),
+    LedgerDelta(cosigns=[b"\x92\xc4\x01x\xc4\x01y"], resume_origin="12D3KooWb", resume_seq=9),
 ]
 
 

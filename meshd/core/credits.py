@@ -30,7 +30,20 @@ earn nothing.
 log rebuilds the sequence floor, the record index of what it issued and
 countersigned, its countersigned ledger entries and its equivocation bans.
 Ledger entries it learned only from gossip (third parties' receipts) are not
-logged; they come back only when gossiped again.
+logged; they come back by anti-entropy.
+
+*Anti-entropy* (``timer_sync``, ``on_ledger_summary``, ``on_ledger_delta``;
+CREDITS.md §7.4). Gossip delivers a receipt once, so a node that was down or
+cut off would hold fewer than its peers and balances would depend on whom one
+asks. Every ``ledger_sync_interval_ms`` a node sends one live peer, drawn
+with ``rng``, a bounded summary of its ledger — per origin the count and a
+sha256 of the seqs it holds (from a cursor) — and the peer answers with the
+countersignature envelopes of the origins whose summaries differ, at most
+``ledger_sync_max_receipts``, and where to resume when cut short. The asker
+checks each exactly as a gossiped pair (:meth:`_take_cosign`, shared with
+:meth:`on_cosign`); counts and digests are never trusted. Balances are
+exactly rounded sums (``math.fsum``), so nodes holding the same receipts
+agree to the bit whatever order they learned them in.
 
 *Attestations.* For every replicated verdict the origin publishes one signed
 :class:`Attestation` per judged worker (``valid``/``invalid``); receivers fold
@@ -50,6 +63,7 @@ the issuer is banned for ever.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,14 +73,35 @@ from .context import Context
 from .events import TOPIC_RECEIPTS, Publish, Send
 from .jobspec import canonical_bytes
 from .placement import actual_cost
-from .wire import Attestation, Body, Opened, Receipt, ReceiptCosign, Rejected
+from .wire import (
+    Attestation,
+    Body,
+    LedgerDelta,
+    LedgerSummary,
+    Opened,
+    OriginSummary,
+    Receipt,
+    ReceiptCosign,
+    Rejected,
+)
 
 if TYPE_CHECKING:
     from .origin import OriginJob, Run
     from .worker import Worker
 
 T_RECEIPT = "receipt_resend"
+T_SYNC = "ledger_sync"
 SEQ_PER_MS = 1000
+SYNC_REPLY_OVERHEAD = 1_024
+"""Bytes of a ``ledger_delta`` envelope kept free for everything but its cosigns."""
+
+
+def seq_digest(seqs: list[int]) -> bytes:
+    """sha256 over ``seqs`` (ascending), each as 8 bytes big-endian (CREDITS.md §7.4)."""
+    h = hashlib.sha256()
+    for seq in seqs:
+        h.update(seq.to_bytes(8, "big"))
+    return h.digest()
 
 
 @dataclass
@@ -109,14 +144,29 @@ class Ledger:
         self._receipts_pending: OrderedDict[int, PendingReceipt] = OrderedDict()
         self._attestations_seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
         self._restoring: deque[tuple[str, dict[str, Any]]] | None = None
+        self._by_origin: dict[str, set[int]] = {}
+        """origin -> the seqs of its receipts in :attr:`entries` (for sync summaries)."""
+        self._sync_after = ""
+        """Where the next summary's window of origins starts (exclusive)."""
+        self._sync_from: dict[str, int] = {}
+        """origin -> the seq a cut-short sync answer asked us to go on from."""
+        self._sync_followups = 0
+        self._sync_asked: tuple[str, str, str | None] = ("", "", None)
+        """The peer and origin range (after, through) of the last summary we sent."""
+        if ctx.params.ledger_sync_interval_ms > 0:
+            ctx.at(ctx.now_ms + ctx.params.ledger_sync_interval_ms, T_SYNC, None)
 
     def timers(self) -> dict[str, Callable[[Any], None]]:
         """This role's timer kinds and what runs when one is due."""
-        return {T_RECEIPT: self.timer_receipt_resend}
+        return {T_RECEIPT: self.timer_receipt_resend, T_SYNC: self.timer_sync}
 
     def direct_handlers(self) -> dict[str, Callable[[Opened], None]]:
         """The direct messages this role answers, by wire type."""
-        return {"receipt": self.on_receipt}
+        return {
+            "receipt": self.on_receipt,
+            "ledger_summary": self.on_ledger_summary,
+            "ledger_delta": self.on_ledger_delta,
+        }
 
     def gossip_handlers(self) -> dict[str, Callable[[Opened], None]]:
         """The gossip messages this role answers, by wire type."""
@@ -270,6 +320,17 @@ class Ledger:
     # ------------------------------------------------------------ any node
 
     def on_cosign(self, msg: Opened) -> None:
+        """A gossiped countersigned receipt (the node checked the outer envelope)."""
+        self._take_cosign(msg)
+
+    def _take_cosign(self, msg: Opened, synced: bool = False) -> bool:
+        """Verify an opened ``receipt_cosign`` (the inner receipt's signature,
+        signer and worker, seq, the equivocation rule) and add it to the
+        ledger; the same checks for gossip and sync. True if it was new.
+
+        A ``synced`` receipt no newer than the oldest one kept is not added to
+        a full ledger: it would push out a newer one, which sync would then
+        bring back, and so on."""
         inner = self.ctx.codec.open(msg.body.receipt, self.ctx.params.max_message_bytes)
         if isinstance(inner, Rejected) or inner.type != "receipt":
             self.ctx.reject(
@@ -277,19 +338,27 @@ class Ledger:
                 msg.sender,
                 inner.reason if isinstance(inner, Rejected) else inner.type,
             )
-            return
+            return False
         r: Receipt = inner.body
         if r.origin != inner.sender or r.worker != msg.sender or r.seq < 1:
             self.ctx.reject("receipt_mismatch", msg.sender, f"receipt {r.origin}/{r.seq}")
-            return
+            return False
         if not self._index_record(r.origin, r, inner.raw):
-            return
+            return False
         if (r.origin, r.seq) in self.entries:
             self.ctx.counters["receipt_duplicate"] += 1
-            return
+            return False
+        if (
+            synced
+            and len(self.entries) >= self.ctx.params.max_ledger_receipts
+            and inner.ts_ms <= next(iter(self.entries.values())).ts_ms
+        ):
+            self.ctx.counters["ledger_sync_too_old"] += 1
+            return False
         self._ledger_add(r, inner.ts_ms, msg.raw)
         if r.origin == self.ctx.peer_id:
             self._receipts_pending.pop(r.seq, None)
+        return True
 
     def on_attestation(self, msg: Opened) -> None:
         a: Attestation = msg.body
@@ -315,9 +384,167 @@ class Ledger:
         self.entries[(r.origin, r.seq)] = LedgerEntry(
             r.job_id, r.origin, r.worker, r.credits, ts_ms, r.seq, cosign
         )
+        self._by_origin.setdefault(r.origin, set()).add(r.seq)
         while len(self.entries) > self.ctx.params.max_ledger_receipts:
-            self.entries.popitem(last=False)
+            (origin, seq), _ = self.entries.popitem(last=False)
+            held = self._by_origin[origin]
+            held.discard(seq)
+            if not held:
+                del self._by_origin[origin]
         self.ctx.counters[counter] += 1
+
+    # ------------------------------------------------------------ anti-entropy (CREDITS.md §7.4)
+
+    def _origin_summary(self, origin: str, from_seq: int) -> OriginSummary:
+        seqs = sorted(s for s in self._by_origin.get(origin, ()) if s >= from_seq)
+        return OriginSummary(
+            origin=origin, from_seq=from_seq, count=len(seqs), digest=seq_digest(seqs)
+        )
+
+    def _summary(self) -> LedgerSummary:
+        """A summary of the next window of at most ``ledger_sync_max_origins``
+        origins (in peer-id order) after :attr:`_sync_after`; windows take
+        turns, so every origin is described every few rounds."""
+        limit = max(1, self.ctx.params.ledger_sync_max_origins)
+        after = self._sync_after
+        known = sorted(o for o in set(self._by_origin).union(self._sync_from) if o > after)
+        window = known[:limit]
+        through: str | None = window[-1] if len(known) > limit else None
+        self._sync_after = through or ""
+        return LedgerSummary(
+            after=after,
+            through=through,
+            origins=[self._origin_summary(o, self._sync_from.get(o, 0)) for o in window],
+        )
+
+    def timer_sync(self, _key: Any) -> None:
+        """Every ``ledger_sync_interval_ms``: summarise our ledger to one live peer."""
+        ctx = self.ctx
+        ctx.at(ctx.now_ms + ctx.params.ledger_sync_interval_ms, T_SYNC, None)
+        peers = sorted(e.peer_id for e in ctx.peers.alive(ctx.now_ms) if e.peer_id != ctx.peer_id)
+        if not peers:
+            return
+        self._sync_followups = 0
+        self._send_summary(ctx.rng.choice(peers))
+
+    def _send_summary(self, peer: str) -> None:
+        summary = self._summary()
+        self._sync_asked = (peer, summary.after, summary.through)
+        self.ctx.send(peer, summary, ttl_ms=self.ctx.params.ledger_sync_interval_ms or None)
+        self.ctx.counters["ledger_sync_sent"] += 1
+
+    def on_ledger_summary(self, msg: Opened) -> None:
+        """Answer a summary with the countersigned receipts the asker may lack:
+        for each origin of its range where our (count, digest) of the seqs from
+        its ``from_seq`` on differs, ours in ascending seq, at most
+        ``ledger_sync_max_receipts`` (and under ``max_message_bytes``) in all."""
+        ctx, p = self.ctx, self.ctx.params
+        summary: LedgerSummary = msg.body
+        if len(summary.origins) > p.ledger_sync_max_origins:
+            ctx.reject("sync_oversize", msg.sender, f"{len(summary.origins)} origins")
+            return
+        theirs: dict[str, OriginSummary] = {}
+        for o in summary.origins:
+            in_range = o.origin > summary.after and (
+                summary.through is None or o.origin <= summary.through
+            )
+            if not in_range or o.origin in theirs:
+                ctx.reject("sync_bad_summary", msg.sender, f"origin {o.origin}")
+                return
+            theirs[o.origin] = o
+        mine = sorted(
+            o
+            for o in self._by_origin
+            if o > summary.after and (summary.through is None or o <= summary.through)
+        )
+        cosigns: list[bytes] = []
+        size = SYNC_REPLY_OVERHEAD
+        resume: tuple[str, int] | None = None
+        for origin in mine:
+            if resume is not None:
+                break
+            asked = theirs.get(origin)
+            from_seq = asked.from_seq if asked is not None else 0
+            ours = self._origin_summary(origin, from_seq)
+            if asked is not None and (asked.count, asked.digest) == (ours.count, ours.digest):
+                continue
+            for seq in sorted(s for s in self._by_origin[origin] if s >= from_seq):
+                raw = _cosign_bytes(self.entries[(origin, seq)].cosign)
+                if raw is None:
+                    continue
+                if len(cosigns) >= p.ledger_sync_max_receipts or (
+                    size + len(raw) + 8 > p.max_message_bytes
+                ):
+                    resume = (origin, seq)
+                    break
+                cosigns.append(raw)
+                size += len(raw) + 8
+        ctx.send(
+            msg.sender,
+            LedgerDelta(
+                cosigns=cosigns,
+                resume_origin=resume[0] if resume else None,
+                resume_seq=resume[1] if resume else 0,
+            ),
+            ttl_ms=p.ledger_sync_interval_ms or None,
+        )
+        ctx.counters["ledger_sync_answered"] += 1
+        ctx.counters["ledger_sync_receipts_sent"] += len(cosigns)
+
+    def on_ledger_delta(self, msg: Opened) -> None:
+        """Verify each countersigned receipt of an answer as gossip would (a
+        forged one is rejected, the rest still count), move the cursors, and
+        ask the same peer again at once if it was cut short (at most
+        ``ledger_sync_max_followups`` times a round)."""
+        ctx, p = self.ctx, self.ctx.params
+        delta: LedgerDelta = msg.body
+        if len(delta.cosigns) > p.ledger_sync_max_receipts:
+            ctx.reject("sync_oversize", msg.sender, f"{len(delta.cosigns)} receipts")
+            return
+        peer, after, through = self._sync_asked
+        stop = delta.resume_origin
+        ours = msg.sender == peer
+        if (
+            ours
+            and stop is not None
+            and not (stop > after and (through is None or stop <= through))
+        ):
+            ctx.reject("sync_bad_delta", msg.sender, f"resume_origin {stop}")
+            return
+        added = 0
+        for raw in delta.cosigns:
+            opened = ctx.codec.open(raw, p.max_message_bytes)
+            if isinstance(opened, Rejected) or opened.type != "receipt_cosign":
+                ctx.reject(
+                    "sync_bad_cosign",
+                    msg.sender,
+                    opened.reason if isinstance(opened, Rejected) else opened.type,
+                )
+                continue
+            if ctx.trust.banned(opened.sender, ctx.now_ms):
+                ctx.reject("sync_banned_cosigner", msg.sender, opened.sender)
+                continue
+            if self._take_cosign(opened, synced=True):
+                added += 1
+        ctx.counters["ledger_sync_receipts_added"] += added
+        if not ours:
+            return  # an answer we did not ask this peer for: its receipts count, not its cursor
+        # Origins of the range we asked about that the answer finished need no
+        # cursor any more; the one it was cut short in goes on from resume_seq.
+        self._sync_from = {
+            o: s
+            for o, s in self._sync_from.items()
+            if not (o > after and (through is None or o <= through) and (stop is None or o < stop))
+        }
+        if stop is None:
+            return
+        self._sync_from[stop] = delta.resume_seq
+        while len(self._sync_from) > max(1, p.ledger_sync_max_origins):
+            self._sync_from.pop(max(self._sync_from))
+        if self._sync_followups < p.ledger_sync_max_followups:
+            self._sync_followups += 1
+            self._sync_after = after  # the same window again, from the new cursor
+            self._send_summary(msg.sender)
 
     # ------------------------------------------------------------ equivocation
 
@@ -421,15 +648,19 @@ class Ledger:
     # ------------------------------------------------------------ views
 
     def balances(self) -> dict[str, dict[str, float]]:
-        """peer -> {earned, spent, balance}, from countersigned receipts only."""
-        out: dict[str, dict[str, float]] = {}
+        """peer -> {earned, spent, balance}, from countersigned receipts only.
+
+        Sums are exactly rounded (``math.fsum``), so two nodes holding the same
+        receipts get the same figures whatever order they learned them in."""
+        earned: dict[str, list[float]] = {}
+        spent: dict[str, list[float]] = {}
         for e in self.entries.values():
-            w = out.setdefault(e.worker, {"earned": 0.0, "spent": 0.0})
-            w["earned"] += e.credits
-            o = out.setdefault(e.origin, {"earned": 0.0, "spent": 0.0})
-            o["spent"] += e.credits
-        for v in out.values():
-            v["balance"] = v["earned"] - v["spent"]
+            earned.setdefault(e.worker, []).append(e.credits)
+            spent.setdefault(e.origin, []).append(e.credits)
+        out: dict[str, dict[str, float]] = {}
+        for peer in earned.keys() | spent.keys():
+            got, paid = math.fsum(earned.get(peer, ())), math.fsum(spent.get(peer, ()))
+            out[peer] = {"earned": got, "spent": paid, "balance": math.fsum((got, -paid))}
         return out
 
     def credits_view(self) -> dict[str, Any]:
@@ -450,3 +681,12 @@ class Ledger:
             for e in sorted(self.entries.values(), key=lambda e: (e.ts_ms, e.origin, e.seq))
         ]
         return {"balances": balances, "receipts": receipts}
+
+
+def _cosign_bytes(cosign: Any) -> bytes | None:
+    """A ledger entry's countersignature as the bytes a ``ledger_delta`` carries
+    (the simulator's codec keeps an object whose ``raw`` is its token)."""
+    if isinstance(cosign, (bytes, bytearray)):
+        return bytes(cosign)
+    raw = getattr(cosign, "raw", None)
+    return raw if isinstance(raw, bytes) and raw else None

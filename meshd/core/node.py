@@ -106,6 +106,8 @@ DIRECT_TYPES = {
     "result_ack",
     "cancel",
     "receipt",
+    "ledger_summary",
+    "ledger_delta",
 }
 # Timer kinds the node itself owns (each role names its own).
 T_EXPIRE, T_STANDING = "expire", "standing"

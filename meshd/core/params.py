@@ -209,6 +209,21 @@ class CoreParams:
     """Equivocation proofs (pairs of conflicting signed records) kept in memory."""
     max_receipts_pending: int = 10_000
     """Receipts the origin still re-sends awaiting a countersignature."""
+    ledger_sync_interval_ms: int = 30_000
+    """Ledger anti-entropy (specs/CREDITS.md §7.4): how often a node sends a
+    ``ledger_summary`` of its countersigned receipts to one live peer drawn at
+    random, which answers with the receipts this node lacks. 0 turns it off."""
+    ledger_sync_max_origins: int = 128
+    """Origins one ``ledger_summary`` describes (a node with more summarises
+    them in turns, a window of peer ids at a time); a received summary with
+    more is refused."""
+    ledger_sync_max_receipts: int = 48
+    """Countersigned receipts one ``ledger_delta`` carries (also kept under
+    ``max_message_bytes``); the rest follows from a cursor."""
+    ledger_sync_max_followups: int = 8
+    """Summaries a node sends straight after a cut-short ``ledger_delta`` (to
+    the same peer, from the cursor it gave) before it waits for the next
+    interval again."""
 
     # --- abuse protection (token buckets per signed sender; see specs/CREDITS.md)
     rate_offer_per_s: float = 20.0
@@ -227,6 +242,12 @@ class CoreParams:
     """Sustained gossip messages of any topic accepted per author."""
     rate_gossip_burst: int = 200
     """Gossip messages an author may send in a burst."""
+    rate_sync_per_s: float = 2.0
+    """Sustained ledger sync messages (``ledger_summary``, ``ledger_delta``)
+    accepted per peer: each may cost the receiver a few hundred signature
+    checks or digests, so they have their own, small bucket."""
+    rate_sync_burst: int = 20
+    """Ledger sync messages a peer may send in a burst (a catch-up's follow-ups)."""
     rate_limit_peers: int = 4_096
     """Peers with token buckets kept (least recently seen evicted)."""
     rate_transport_per_s: float = 300.0

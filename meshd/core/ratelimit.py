@@ -5,7 +5,8 @@ Theory of operation
 Every accepted message is charged to its *signed author* (the envelope's key,
 checked before this runs, so nobody can spend another peer's tokens) in one or
 two classes (:func:`classes_of`): offers also count as gossip; bids and
-declines share one bucket; every other direct message shares another. A bucket
+declines share one bucket; the ledger sync messages (``ledger_summary``,
+``ledger_delta``) a third; every other direct message shares another. A bucket
 holds at most ``burst`` tokens and refills at ``per_s`` tokens a second of the
 node's clock (time comes from the caller — the module is pure). A message that
 finds a bucket empty is dropped and counted by the caller; nothing blocks or
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from .params import CoreParams
 
 BID_TYPES = frozenset({"bid", "decline"})
+SYNC_TYPES = frozenset({"ledger_summary", "ledger_delta"})
 TRANSPORT = ("transport",)
 """The bucket class every inbound message is charged to, by transport peer, before decoding."""
 
@@ -38,6 +40,8 @@ def classes_of(msg_type: str, gossip: bool) -> tuple[str, ...]:
     """The bucket classes one message of ``msg_type`` is charged to."""
     if gossip:
         return ("offer", "gossip") if msg_type == "offer" else ("gossip",)
+    if msg_type in SYNC_TYPES:
+        return ("sync",)
     return ("bid",) if msg_type in BID_TYPES else ("direct",)
 
 
@@ -87,6 +91,7 @@ class RateLimiter:
             "bid": (params.rate_bid_per_s, float(params.rate_bid_burst)),
             "direct": (params.rate_direct_per_s, float(params.rate_direct_burst)),
             "gossip": (params.rate_gossip_per_s, float(params.rate_gossip_burst)),
+            "sync": (params.rate_sync_per_s, float(params.rate_sync_burst)),
             "transport": (params.rate_transport_per_s, float(params.rate_transport_burst)),
         }
         self.max_peers = max(1, params.rate_limit_peers)

@@ -286,6 +286,53 @@ class Attestation(Body):
     seq: Annotated[int, Field(ge=0, le=MAX_INT)] = 0
 
 
+MAX_SYNC_ORIGINS = 1_024
+"""Origins a ``ledger_summary`` may carry on the wire (a node sends at most
+``ledger_sync_max_origins`` and refuses more)."""
+MAX_SYNC_RECEIPTS = 256
+"""Countersigned receipts a ``ledger_delta`` may carry on the wire (a node
+sends at most ``ledger_sync_max_receipts``)."""
+MAX_COSIGN_BYTES = 8_192
+"""Size of one countersignature envelope in a ``ledger_delta`` (it wraps a
+receipt envelope of at most 4,096 bytes)."""
+SyncDigest = Annotated[bytes, Field(min_length=32, max_length=32)]
+
+
+class OriginSummary(Body):
+    """What a node holds of one origin's countersigned receipts with
+    ``seq >= from_seq``: how many, and sha256 over their seqs in ascending
+    order, each as 8 bytes big-endian (specs/CREDITS.md §7.4)."""
+
+    origin: PeerId
+    from_seq: Annotated[int, Field(ge=0, le=MAX_INT)] = 0
+    count: Annotated[int, Field(ge=0, le=MAX_INT)]
+    digest: SyncDigest
+
+
+class LedgerSummary(Body):
+    """Ledger anti-entropy, asking (direct): a summary of the sender's ledger
+    for the origins with ``after < origin`` (and ``origin <= through`` unless
+    ``through`` is nil), in peer-id order. An origin of that range it does not
+    list is one it holds nothing of."""
+
+    after: Annotated[str, Field(max_length=128)] = ""
+    through: PeerId | None = None
+    origins: Annotated[list[OriginSummary], Field(max_length=MAX_SYNC_ORIGINS)] = []
+
+
+class LedgerDelta(Body):
+    """Ledger anti-entropy, answering (direct): countersignature envelopes
+    (``receipt_cosign``, exact bytes) the asker may lack; when cut short,
+    where to go on from (``resume_origin``, from its ``resume_seq``)."""
+
+    cosigns: Annotated[
+        list[Annotated[bytes, Field(min_length=1, max_length=MAX_COSIGN_BYTES)]],
+        Field(max_length=MAX_SYNC_RECEIPTS),
+    ] = []
+    resume_origin: PeerId | None = None
+    resume_seq: Annotated[int, Field(ge=0, le=MAX_INT)] = 0
+
+
 BODY_TYPES: dict[str, type[Body]] = {
     "advert": Advert,
     "offer": Offer,
@@ -301,6 +348,8 @@ BODY_TYPES: dict[str, type[Body]] = {
     "receipt": Receipt,
     "receipt_cosign": ReceiptCosign,
     "attestation": Attestation,
+    "ledger_summary": LedgerSummary,
+    "ledger_delta": LedgerDelta,
 }
 TYPE_OF: dict[type[Body], str] = {v: k for k, v in BODY_TYPES.items()}
 
@@ -465,4 +514,6 @@ Message = (
     | Receipt
     | ReceiptCosign
     | Attestation
+    | LedgerSummary
+    | LedgerDelta
 )
