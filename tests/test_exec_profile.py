@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
+import sys
 
 import pytest
 
@@ -19,7 +21,7 @@ from meshd.exec import (
 )
 from meshd.exec.gpu import GpuDevice
 from meshd.exec.outputs import LogSink, discard_outputs, measure_dir, over_cap
-from meshd.exec.score import ScoreParams
+from meshd.exec.score import ScoreParams, measure_cpu, summarise
 
 
 def test_profile_is_sane_and_serialisable(tmp_path):
@@ -34,11 +36,40 @@ def test_profile_is_sane_and_serialisable(tmp_path):
 
 
 def test_score_is_measured_and_cpu_tier_here():
-    s = measure_compute_score((), ScoreParams(matrix_n=256, budget_s=0.05))
+    s = measure_compute_score((), ScoreParams(matrix_n=256, runs=5, budget_s=0.05))
     assert 0.05 < s.cpu_gflops < 100_000
+    assert s.cpu_method == "numpy" and s.cpu_runs >= 3  # min_runs even past the budget
+    assert s.cpu_spread is not None and s.cpu_spread >= 1.0
+    assert s.cpu_threads == 1
     assert s.gpu_gflops is None  # no GPU, no CuPy/torch: skipped cleanly
     assert s.tier == "cpu"
-    assert s.to_dict()["tier"] == "cpu"
+    d = s.to_dict()
+    assert d["tier"] == "cpu" and d["cpu_spread"] == round(s.cpu_spread, 3)
+
+
+def test_score_is_the_median_run_and_the_spread_is_slowest_over_fastest():
+    # One disturbed run (2) and one lucky one (90) move neither the median.
+    assert summarise([50.0, 2.0, 52.0, 90.0, 51.0]) == (51.0, 45.0)
+
+
+def test_cpu_runs_are_fixed_count_and_the_median_of_them():
+    m = measure_cpu(ScoreParams(matrix_n=128, reps_per_run=1, runs=6, min_runs=6, budget_s=0.0))
+    assert m.method == "numpy" and len(m.runs) == 6
+    assert m.gflops == statistics.median(m.runs)
+    assert m.spread == max(m.runs) / min(m.runs)
+
+
+def test_score_without_numpy_degrades_to_the_fallback():
+    # ``-S``: the same interpreter without site-packages, so numpy is really absent.
+    m = measure_cpu(ScoreParams(fallback_gflops=3.0), python=(sys.executable, "-S"))
+    assert m.gflops == 3.0 and m.spread is None and m.runs == ()
+    assert m.method.startswith("unmeasured: numpy not importable")
+
+
+def test_score_measurement_is_bounded_by_its_timeout():
+    p = ScoreParams(matrix_n=2048, reps_per_run=50, runs=50, min_runs=50, timeout_s=0.2)
+    m = measure_cpu(p)
+    assert m.gflops == p.fallback_gflops and m.method == "unmeasured: timed out after 0.2 s"
 
 
 @pytest.mark.parametrize(
