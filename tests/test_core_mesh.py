@@ -539,6 +539,37 @@ def test_honest_score_is_not_flagged() -> None:
     assert not [b for k, b in net.slots[net.order[0]].log if k == "score_mismatch"]
 
 
+def test_a_persistent_over_claim_costs_reputation_and_work_and_honesty_does_not() -> None:
+    """specs/CREDITS.md "Over-claimed score": every run whose claimed score is
+    above ``score_mismatch_ratio`` × the achieved one is evidence of weight
+    −``overclaim_weight`` against the worker, which outweighs what the run
+    earns (``completed_weight``); a worker that keeps over-claiming goes
+    negative and loses bids it would win on its claimed speed alone."""
+    honest = FakeWorker(caps=default_caps(score=50.0), duration_ms=lambda s: 2_000)
+    # Claims 20x its real speed: its bids promise a 0.1 s run, it takes 2 s (50 GFLOPS).
+    liar = FakeWorker(caps=default_caps(score=1_000.0), duration_ms=lambda s: 2_000)
+    idle_origin = FakeWorker(caps=default_caps(images=()))  # bids on nothing
+    net = mesh(3, seed=23, workers=[idle_origin, honest, liar])
+    honest_id, liar_id = net.order[1], net.order[2]
+    winners = []
+    for _ in range(16):
+        job_id = net.submit(0, spec(estimated_flops=1e11))  # 2 s at 50 GFLOPS
+        job = run_to_end(net, 0, job_id)
+        assert job.state == "succeeded"
+        (run,) = job.runs.values()
+        winners.append(run.worker)
+    trust, now = net.node(0).trust, net.now_ms
+    mismatches = records(net, 0, "score_mismatch")
+    assert mismatches and {m["worker"] for m in mismatches} == {liar_id}
+    assert len(mismatches) == winners.count(liar_id), "every over-claimed run is caught"
+    assert trust.reputation(liar_id, now) < 0 < trust.reputation(honest_id, now)
+    # Its claimed speed wins the liar the first jobs (about 5 here: −0.4 of evidence
+    # per run until the penalty outweighs a bid 20x faster); then it wins none.
+    assert winners[0] == liar_id
+    assert winners[8:].count(liar_id) == 0
+    assert winners.count(liar_id) < winners.count(honest_id)
+
+
 def test_a_gpu_job_is_priced_and_settled_with_the_workers_gpu_score() -> None:
     """core/placement.py: a job that needs a GPU is priced with the worker's
     measured ``gpu_gflops``; the bid carries it, so the origin's actual cost,
