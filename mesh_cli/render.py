@@ -107,14 +107,15 @@ def _executor_line(ex: dict[str, Any]) -> Text:
 
 def _score_detail(score: dict[str, Any]) -> str:
     """How the CPU score was measured (runs, threads, spread), or why it was not."""
-    method = score.get("cpu_method")
-    if method and method != "numpy":
+    method = str(score.get("cpu_method") or "")
+    if method and not method.startswith("numpy"):
         return f" ({method})"
     if score.get("cpu_spread") is None:
         return ""
+    timing = method.removeprefix("numpy").strip(", ")
     return (
-        f" (median of {score.get('cpu_runs')} runs on {score.get('cpu_threads')} thread(s), "
-        f"spread {fmt_num(score.get('cpu_spread'), 2)})"
+        f" (median of {score.get('cpu_runs')} runs on {score.get('cpu_threads')} thread(s)"
+        f"{', ' + timing if timing else ''}, spread {fmt_num(score.get('cpu_spread'), 2)})"
     )
 
 

@@ -21,7 +21,7 @@ from meshd.exec import (
 )
 from meshd.exec.gpu import GpuDevice
 from meshd.exec.outputs import LogSink, discard_outputs, measure_dir, over_cap
-from meshd.exec.score import ScoreParams, measure_cpu, summarise
+from meshd.exec.score import ScoreParams, measure_cpu, parse_child_output, summarise
 
 
 def test_profile_is_sane_and_serialisable(tmp_path):
@@ -38,7 +38,7 @@ def test_profile_is_sane_and_serialisable(tmp_path):
 def test_score_is_measured_and_cpu_tier_here():
     s = measure_compute_score((), ScoreParams(matrix_n=256, runs=5, budget_s=0.05))
     assert 0.05 < s.cpu_gflops < 100_000
-    assert s.cpu_method == "numpy" and s.cpu_runs >= 3  # min_runs even past the budget
+    assert s.cpu_method == "numpy, cpu time" and s.cpu_runs >= 3  # min_runs even past the budget
     assert s.cpu_spread is not None and s.cpu_spread >= 1.0
     assert s.cpu_threads == 1
     assert s.gpu_gflops is None  # no GPU, no CuPy/torch: skipped cleanly
@@ -54,9 +54,38 @@ def test_score_is_the_median_run_and_the_spread_is_slowest_over_fastest():
 
 def test_cpu_runs_are_fixed_count_and_the_median_of_them():
     m = measure_cpu(ScoreParams(matrix_n=128, reps_per_run=1, runs=6, min_runs=6, budget_s=0.0))
-    assert m.method == "numpy" and len(m.runs) == 6
+    assert m.method == "numpy, cpu time" and len(m.runs) == 6
     assert m.gflops == statistics.median(m.runs)
     assert m.spread == max(m.runs) / min(m.runs)
+
+
+def test_the_timing_parameter_picks_the_cpu_or_the_wall_runs():
+    out = json.dumps({"wall": [10.0, 20.0, 30.0], "cpu": [49.0, 50.0, 51.0]}).encode()
+    cpu = parse_child_output(b"noise\n" + out, 0, ScoreParams())
+    assert (cpu.gflops, cpu.runs, cpu.method) == (50.0, (49.0, 50.0, 51.0), "numpy, cpu time")
+    wall = parse_child_output(out, 0, ScoreParams(timing="wall"))
+    assert (wall.gflops, wall.spread, wall.method) == (20.0, 3.0, "numpy, wall time")
+
+
+@pytest.mark.parametrize(
+    "stdout",
+    [
+        b"",
+        b"not json",
+        b"[1, 2]",
+        b'{"cpu": []}',
+        b'{"cpu": [50.0, "x"]}',
+        b'{"cpu": [50.0, true]}',
+        b'{"cpu": [50.0, -1.0]}',
+        b'{"cpu": [50.0, Infinity]}',
+        b'{"cpu": [50.0, NaN]}',
+        b'{"wall": [50.0]}',
+    ],
+)
+def test_a_garbled_child_output_falls_back_and_never_raises(stdout):
+    m = parse_child_output(stdout, 1, ScoreParams(fallback_gflops=2.0))
+    assert m.gflops == 2.0 and m.spread is None and m.runs == ()
+    assert m.method.startswith("unmeasured: child exited 1")
 
 
 def test_score_without_numpy_degrades_to_the_fallback():
