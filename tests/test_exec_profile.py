@@ -36,9 +36,10 @@ def test_profile_is_sane_and_serialisable(tmp_path):
 
 
 def test_score_is_measured_and_cpu_tier_here():
-    s = measure_compute_score((), ScoreParams(matrix_n=256, runs=5, budget_s=0.05))
+    s = measure_compute_score((), ScoreParams(matrix_n=256, runs=50, min_runs=3, budget_s=0.0))
     assert 0.05 < s.cpu_gflops < 100_000
-    assert s.cpu_method == "numpy, cpu time" and s.cpu_runs >= 3  # min_runs even past the budget
+    # Past the budget from the start: min_runs are timed, then the child stops.
+    assert s.cpu_method == "numpy, cpu time" and s.cpu_runs == 3
     assert s.cpu_spread is not None and s.cpu_spread >= 1.0
     assert s.cpu_threads == 1
     assert s.gpu_gflops is None  # no GPU, no CuPy/torch: skipped cleanly
@@ -47,9 +48,23 @@ def test_score_is_measured_and_cpu_tier_here():
     assert d["tier"] == "cpu" and d["cpu_spread"] == round(s.cpu_spread, 3)
 
 
+def test_a_gpu_nvml_reports_but_nothing_can_drive_is_scored_none_not_an_error():
+    # NVML may list a device where neither CuPy nor PyTorch with CUDA works
+    # (as on this machine): the GPU score is absent, the CPU score still measured,
+    # and GPU jobs are then priced at the CPU score (core.placement.job_gflops).
+    h200 = GpuDevice(index=0, uuid="GPU-0", name="NVIDIA H200", memory_total_mb=143_771)
+    s = measure_compute_score((h200,), ScoreParams(matrix_n=128, runs=3, gpu_runs=2))
+    assert s.gpu_gflops is None and s.tier == "datacenter-gpu"
+    assert s.cpu_method == "numpy, cpu time" and s.cpu_gflops > 0
+
+
 def test_score_is_the_median_run_and_the_spread_is_slowest_over_fastest():
     # One disturbed run (2) and one lucky one (90) move neither the median.
     assert summarise([50.0, 2.0, 52.0, 90.0, 51.0]) == (51.0, 45.0)
+
+
+def test_the_child_runs_with_the_fixed_thread_count():
+    assert measure_cpu(ScoreParams(matrix_n=64, runs=3, threads=3)).threads == 3
 
 
 def test_cpu_runs_are_fixed_count_and_the_median_of_them():

@@ -139,6 +139,8 @@ class CpuMeasurement:
     spread: float | None
     runs: tuple[float, ...]
     method: str
+    threads: int = 0
+    """The BLAS thread count the child ran with (0: unknown / not measured)."""
 
 
 def tier_for(devices: Sequence[GpuDevice]) -> Tier:
@@ -158,10 +160,11 @@ def summarise(runs: Sequence[float]) -> tuple[float, float]:
 
 
 # The measuring child. Its argv: n, reps, runs, min_runs, budget_s. It prints
-# one JSON object: {"wall": [gflops, ...], "cpu": [gflops, ...]} (per run, by
-# elapsed and by CPU time) or {"error": "..."}.
+# one JSON object: {"wall": [gflops, ...], "cpu": [gflops, ...], "threads": n}
+# (per run, by elapsed and by CPU time; the BLAS thread count its environment
+# set) or {"error": "..."}.
 _CHILD = r"""
-import json, sys, time
+import json, os, sys, time
 try:
     import numpy as np
 except Exception as e:
@@ -186,7 +189,7 @@ for i in range(runs):
     cpu.append(flops / max(c1 - c0, 1e-9) / 1e9)
     if i + 1 >= min_runs and t1 - start >= budget:
         break
-print(json.dumps({"wall": wall, "cpu": cpu}))
+print(json.dumps({"wall": wall, "cpu": cpu, "threads": os.environ.get("OMP_NUM_THREADS")}))
 """
 
 
@@ -247,8 +250,10 @@ def parse_child_output(stdout: bytes, returncode: int, params: ScoreParams) -> C
         why = str(why)[:200] if why else f"child exited {returncode}, no {params.timing} runs"
         return CpuMeasurement(fallback, None, (), f"unmeasured: {why}")
     median, spread = summarise(runs)
+    seen = body.get("threads")
+    threads = int(seen) if isinstance(seen, str) and seen.isdigit() else 0
     return CpuMeasurement(
-        median, spread, tuple(float(r) for r in runs), f"numpy, {params.timing} time"
+        median, spread, tuple(float(r) for r in runs), f"numpy, {params.timing} time", threads
     )
 
 
@@ -324,6 +329,6 @@ def measure_compute_score(
         measured_at_monotonic=clock(),
         cpu_spread=cpu.spread,
         cpu_runs=len(cpu.runs),
-        cpu_threads=params.threads,
+        cpu_threads=cpu.threads,
         cpu_method=cpu.method,
     )
