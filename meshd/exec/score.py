@@ -81,6 +81,9 @@ THREAD_ENV_VARS = (
 
 @dataclass(frozen=True, kw_only=True)
 class ScoreParams:
+    """Bounds of one score measurement (module rules); the defaults take about
+    0.3 s on an idle core, at most ``timeout_s``."""
+
     matrix_n: int = 512
     """CPU matmul size: 2 n^3 = 0.27 GFLOP per matmul."""
     reps_per_run: int = 4
@@ -107,6 +110,10 @@ class ScoreParams:
 
 @dataclass(frozen=True, kw_only=True)
 class ComputeScore:
+    """One measurement: what the advert carries (``cpu_gflops`` as
+    ``score_gflops``, ``gpu_gflops``, ``tier``) and how it was obtained
+    (shown by ``mesh status``)."""
+
     cpu_gflops: float
     gpu_gflops: float | None
     tier: Tier
