@@ -235,7 +235,7 @@ def test_a_gpu_job_falls_back_to_the_cpu_score_without_a_measured_gpu_score() ->
     assert make_bid(worker, o, avg_run_s=5.0, overhead_s=1.0).score_gflops == 50.0
 
 
-def test_the_budget_check_of_a_gpu_job_uses_the_gpu_score() -> None:
+def test_a_gpu_job_bid_without_a_flops_estimate_is_bounded_at_the_gpu_rate() -> None:
     # No flops estimate: 10 s × 20,000 GFLOPS × 0.01 = 2,000 credits worst case;
     # the bid is capped at the budget (at the CPU score it would be 5 credits, under it).
     o = offer(requirements=req(gpus=1), timeout_s=10.0, max_budget=100.0)
