@@ -107,6 +107,20 @@ def _executor_line(ex: dict[str, Any]) -> Text:
     return line
 
 
+def _score_detail(score: dict[str, Any]) -> str:
+    """How the CPU score was measured (runs, threads, spread), or why it was not."""
+    method = str(score.get("cpu_method") or "")
+    if method and not method.startswith("numpy"):
+        return f" ({method})"
+    if score.get("cpu_spread") is None:
+        return ""
+    timing = method.removeprefix("numpy").strip(", ")
+    return (
+        f" (median of {score.get('cpu_runs')} runs on {score.get('cpu_threads')} thread(s)"
+        f"{', ' + timing if timing else ''}, spread {fmt_num(score.get('cpu_spread'), 2)})"
+    )
+
+
 def _hardware_line(hw: dict[str, Any]) -> str:
     parts = [
         f"{dash(hw.get('cores'))} cores",
@@ -140,8 +154,8 @@ def render_status(st: dict[str, Any], console: Console) -> None:
     score = st.get("score") or {}
     grid.add_row(
         "score",
-        f"cpu {fmt_num(score.get('cpu_gflops'), 1)} GFLOPS, gpu {fmt_num(score.get('gpu_gflops'), 1)} GFLOPS, "
-        f"tier {dash(score.get('tier'))}",
+        f"cpu {fmt_num(score.get('cpu_gflops'), 1)} GFLOPS{_score_detail(score)}, "
+        f"gpu {fmt_num(score.get('gpu_gflops'), 1)} GFLOPS, tier {dash(score.get('tier'))}",
     )
     grid.add_row("price", f"{fmt_num(st.get('price'))} credits per GFLOPS-hour")
     load = st.get("load") or {}

@@ -66,7 +66,15 @@ def status_doc(peer_id: str) -> dict[str, Any]:
             "disk_free_gb": 120.5,
             "gpus": [{"index": 0, "model": "NVIDIA RTX 3090", "memory_mb": 24576}],
         },
-        "score": {"cpu_gflops": 52.1, "gpu_gflops": 35000.0, "tier": "consumer-gpu"},
+        "score": {
+            "cpu_gflops": 52.1,
+            "cpu_spread": 1.034,
+            "cpu_runs": 9,
+            "cpu_threads": 1,
+            "cpu_method": "numpy, cpu time",
+            "gpu_gflops": 35000.0,
+            "tier": "consumer-gpu",
+        },
         "price": 1.5,
         "load": {"running": 1, "queued": 0, "capacity": 4},
         "log": {"head_seq": 42, "head_hash": "ab" * 32},
@@ -371,6 +379,7 @@ async def test_status_shows_the_nodes_standing(daemon: FakeDaemon, data_dir: Pat
     assert "cold: compute score not measured yet" in text
     assert "Why this node may not be picked" in text and "above the mesh median" in text
     assert "NVIDIA RTX 3090" in text and "not yet rated" in text
+    assert "median of 9 runs on 1 thread(s), cpu time, spread 1.03" in text
 
 
 async def test_job_explains_why_nobody_took_it(daemon: FakeDaemon, data_dir: Path) -> None:

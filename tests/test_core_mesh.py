@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+import pytest
+
 from meshd.core.events import CancelRequested, RetryRequested
 from meshd.core.jobspec import JobSpec, parse_job_spec
 from meshd.core.lifecycle import TERMINAL
@@ -535,6 +537,88 @@ def test_honest_score_is_not_flagged() -> None:
     )
     assert net.run_until(lambda: net.job(0, job_id).state == "succeeded", 60_000)
     assert not [b for k, b in net.slots[net.order[0]].log if k == "score_mismatch"]
+
+
+def test_a_persistent_over_claim_costs_reputation_and_work_and_honesty_does_not() -> None:
+    """specs/CREDITS.md "Over-claimed score": every run whose claimed score is
+    above ``score_mismatch_ratio`` × the achieved one is evidence of weight
+    −``overclaim_weight`` against the worker, which outweighs what the run
+    earns (``completed_weight``); a worker that keeps over-claiming goes
+    negative and loses bids it would win on its claimed speed alone."""
+    honest = FakeWorker(caps=default_caps(score=50.0), duration_ms=lambda s: 2_000)
+    # Claims 20x its real speed: its bids promise a 0.1 s run, it takes 2 s (50 GFLOPS).
+    liar = FakeWorker(caps=default_caps(score=1_000.0), duration_ms=lambda s: 2_000)
+    idle_origin = FakeWorker(caps=default_caps(images=()))  # bids on nothing
+    net = mesh(3, seed=23, workers=[idle_origin, honest, liar])
+    honest_id, liar_id = net.order[1], net.order[2]
+    winners = []
+    for _ in range(16):
+        job_id = net.submit(0, spec(estimated_flops=1e11))  # 2 s at 50 GFLOPS
+        job = run_to_end(net, 0, job_id)
+        assert job.state == "succeeded"
+        (run,) = job.runs.values()
+        winners.append(run.worker)
+    trust, now = net.node(0).trust, net.now_ms
+    mismatches = records(net, 0, "score_mismatch")
+    assert mismatches and {m["worker"] for m in mismatches} == {liar_id}
+    assert len(mismatches) == winners.count(liar_id), "every over-claimed run is caught"
+    assert trust.reputation(liar_id, now) < 0 < trust.reputation(honest_id, now)
+    # Its claimed speed wins the liar the first jobs (about 5 here: −0.4 of evidence
+    # per run until the penalty outweighs a bid 20x faster); then it wins none.
+    assert winners[0] == liar_id
+    assert winners[8:].count(liar_id) == 0
+    assert winners.count(liar_id) < winners.count(honest_id)
+
+
+def test_a_gpu_job_is_priced_and_settled_with_the_workers_gpu_score() -> None:
+    """core/placement.py: a job that needs a GPU is priced with the worker's
+    measured ``gpu_gflops``; the bid carries it, so the origin's actual cost,
+    the receipt and the claimed-vs-achieved check all use it."""
+    gpu = (("RTX 4090", 24_576),)
+    gpu_worker = FakeWorker(
+        caps=default_caps(gpus=gpu, gpu_gflops=10_000.0, price=0.001),
+        duration_ms=lambda s: 2_000,
+    )
+    net = mesh(3, seed=21, workers=[FakeWorker(), gpu_worker, gpu_worker])
+    # 2e13 flop at 10,000 GFLOPS = 2 s, exactly what the workers take: no over-claim.
+    job_spec = spec(requirements={"gpus": 1}, estimated_flops=2e13)
+    est = net.node(0).origin.estimate(job_spec)
+    assert est["candidates"] == 2 and est["seconds"] == 2.0  # 400 s at the CPU score
+    job_id = net.submit(0, job_spec)
+    job = run_to_end(net, 0, job_id)
+    assert job.state == "succeeded"
+    # 2 s × 10,000 GFLOPS × 0.001 credits/GFLOP (the CPU score would give 0.1).
+    assert job.cost_actual == pytest.approx(20.0)
+    assert [r["credits"] for r in records(net, 0, "receipt", job_id)] == [pytest.approx(20.0)]
+    assert not records(net, 0, "score_mismatch", job_id)
+    (run,) = job.runs.values()
+    assert [r["score_gflops"] for r in records(net, run.worker, "work_finished", job_id)] == [
+        10_000.0
+    ]
+    # Without a flops estimate the worker stops the run at the budget, at the GPU rate:
+    # 3 credits ÷ (10,000 GFLOPS × 0.001) = 0.3 s (at the CPU score it would be 60 s).
+    capped = net.submit(0, spec(requirements={"gpus": 1}, max_budget=3.0, timeout_s=100))
+    assert net.run_until(lambda: started(net, 0, capped), 60_000)
+    held = [
+        w
+        for pid in net.order[1:]
+        for w in net.slots[pid].node.worker.work.values()
+        if w.key[0] == capped
+    ]
+    assert [w.timeout_s for w in held] == [pytest.approx(0.3)]
+
+
+def test_a_cpu_job_on_a_gpu_worker_is_priced_with_its_cpu_score() -> None:
+    gpu = (("RTX 4090", 24_576),)
+    gpu_worker = FakeWorker(
+        caps=default_caps(gpus=gpu, gpu_gflops=10_000.0, price=0.001),
+        duration_ms=lambda s: 2_000,
+    )
+    net = mesh(3, seed=22, workers=[FakeWorker(), gpu_worker, gpu_worker])
+    job_id = net.submit(0, spec(estimated_flops=1e11))  # 2 s at 50 GFLOPS
+    job = run_to_end(net, 0, job_id)
+    assert job.state == "succeeded"
+    assert job.cost_actual == pytest.approx(2.0 * 50.0 * 0.001)  # not 2 s × 10,000 GFLOPS
 
 
 def test_a_job_past_the_run_index_bound_fails_instead_of_sending_a_bad_award(

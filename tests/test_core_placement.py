@@ -23,6 +23,7 @@ from meshd.core.placement import (
     estimate_duration_s,
     fit_reason,
     image_present,
+    job_gflops,
     make_bid,
     rank_bids,
 )
@@ -195,6 +196,58 @@ def test_duration_and_cost_model() -> None:
     assert actual_cost(2_000, 50.0, 0.01, 1.0) == pytest.approx(1.0)
     assert budget_timeout_s(60.0, None, 50.0, 0.01, 1.0) == 60.0
     assert budget_timeout_s(60.0, 1.0, 0.0, 0.01, 1.0) == 60.0
+
+
+# ------------------------------------------------------------ GPU jobs: priced by the GPU score
+
+GPU_CAP = {"gpus": GPU, "gpu_runtime": True, "tier": "consumer-gpu", "gpu_gflops": 20_000.0}
+
+
+def test_a_gpu_job_is_timed_and_priced_with_the_gpu_score() -> None:
+    """Module rule: "the measured gpu_gflops when the job needs a GPU and the
+    worker advertises one, its CPU score_gflops otherwise"."""
+    worker = cap(**GPU_CAP)
+    assert job_gflops(worker, 1) == 20_000.0
+    assert job_gflops(worker, 0) == 50.0
+    # 1e14 flop at 20,000 GFLOPS = 5 s (at the CPU score it would be 2,000 s).
+    o = offer(requirements=req(gpus=1), estimated_flops=1e14, timeout_s=10_000.0)
+    bid = make_bid(worker, o, avg_run_s=5.0, overhead_s=1.0)
+    assert bid.est_duration_ms == 6_000
+    assert bid.score_gflops == 20_000.0  # the origin's cost accounting uses the bid's score
+    assert bid.price == pytest.approx(1e14 / 1e9 * 0.01)
+    # Without a flops estimate the bound is timeout × GPU score × price.
+    bound = make_bid(
+        worker, offer(requirements=req(gpus=1), timeout_s=10.0), avg_run_s=5.0, overhead_s=1.0
+    )
+    assert bound.price == pytest.approx(10.0 * 20_000.0 * 0.01)
+    assert bound.score_gflops == 20_000.0
+
+
+def test_a_cpu_job_on_a_gpu_worker_is_priced_with_the_cpu_score() -> None:
+    bid = make_bid(cap(**GPU_CAP), offer(estimated_flops=1e12), avg_run_s=5.0, overhead_s=1.0)
+    assert bid.score_gflops == 50.0 and bid.est_duration_ms == 21_000
+
+
+def test_a_gpu_job_falls_back_to_the_cpu_score_without_a_measured_gpu_score() -> None:
+    worker = cap(**{**GPU_CAP, "gpu_gflops": None})
+    assert job_gflops(worker, 1) == 50.0
+    o = offer(requirements=req(gpus=1), estimated_flops=1e12)
+    assert make_bid(worker, o, avg_run_s=5.0, overhead_s=1.0).score_gflops == 50.0
+
+
+def test_a_gpu_job_bid_without_a_flops_estimate_is_bounded_at_the_gpu_rate() -> None:
+    # No flops estimate: 10 s × 20,000 GFLOPS × 0.01 = 2,000 credits worst case;
+    # the bid is capped at the budget (at the CPU score it would be 5 credits, under it).
+    o = offer(requirements=req(gpus=1), timeout_s=10.0, max_budget=100.0)
+    assert make_bid(cap(**GPU_CAP), o, avg_run_s=5.0, overhead_s=1.0).price == 100.0
+
+
+def test_capacity_carries_the_advertised_gpu_score() -> None:
+    from meshd.testing.corenet import default_caps
+
+    local = default_caps(gpus=GPU, gpu_gflops=12_345.0)
+    c = Capacity.from_local(local, warm=True, cold_reason=None, running=0, queued=0)
+    assert c.gpu_gflops == 12_345.0
 
 
 # ------------------------------------------------------------ ranking

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
+import sys
 
 import pytest
 
@@ -19,7 +21,7 @@ from meshd.exec import (
 )
 from meshd.exec.gpu import GpuDevice
 from meshd.exec.outputs import LogSink, discard_outputs, measure_dir, over_cap
-from meshd.exec.score import ScoreParams
+from meshd.exec.score import ScoreParams, measure_cpu, parse_child_output, summarise
 
 
 def test_profile_is_sane_and_serialisable(tmp_path):
@@ -34,11 +36,84 @@ def test_profile_is_sane_and_serialisable(tmp_path):
 
 
 def test_score_is_measured_and_cpu_tier_here():
-    s = measure_compute_score((), ScoreParams(matrix_n=256, budget_s=0.05))
+    s = measure_compute_score((), ScoreParams(matrix_n=256, runs=50, min_runs=3, budget_s=0.0))
     assert 0.05 < s.cpu_gflops < 100_000
+    # Past the budget from the start: min_runs are timed, then the child stops.
+    assert s.cpu_method == "numpy, cpu time" and s.cpu_runs == 3
+    assert s.cpu_spread is not None and s.cpu_spread >= 1.0
+    assert s.cpu_threads == 1
     assert s.gpu_gflops is None  # no GPU, no CuPy/torch: skipped cleanly
     assert s.tier == "cpu"
-    assert s.to_dict()["tier"] == "cpu"
+    d = s.to_dict()
+    assert d["tier"] == "cpu" and d["cpu_spread"] == round(s.cpu_spread, 3)
+
+
+def test_a_gpu_nvml_reports_but_nothing_can_drive_is_scored_none_not_an_error():
+    # NVML may list a device where neither CuPy nor PyTorch with CUDA works
+    # (as on this machine): the GPU score is absent, the CPU score still measured,
+    # and GPU jobs are then priced at the CPU score (core.placement.job_gflops).
+    h200 = GpuDevice(index=0, uuid="GPU-0", name="NVIDIA H200", memory_total_mb=143_771)
+    s = measure_compute_score((h200,), ScoreParams(matrix_n=128, runs=3, gpu_runs=2))
+    assert s.gpu_gflops is None and s.tier == "datacenter-gpu"
+    assert s.cpu_method == "numpy, cpu time" and s.cpu_gflops > 0
+
+
+def test_score_is_the_median_run_and_the_spread_is_slowest_over_fastest():
+    # One disturbed run (2) and one lucky one (90) move neither the median.
+    assert summarise([50.0, 2.0, 52.0, 90.0, 51.0]) == (51.0, 45.0)
+
+
+def test_the_child_runs_with_the_fixed_thread_count():
+    assert measure_cpu(ScoreParams(matrix_n=64, runs=3, threads=3)).threads == 3
+
+
+def test_cpu_runs_are_fixed_count_and_the_median_of_them():
+    m = measure_cpu(ScoreParams(matrix_n=128, reps_per_run=1, runs=6, min_runs=6, budget_s=0.0))
+    assert m.method == "numpy, cpu time" and len(m.runs) == 6
+    assert m.gflops == statistics.median(m.runs)
+    assert m.spread == max(m.runs) / min(m.runs)
+
+
+def test_the_timing_parameter_picks_the_cpu_or_the_wall_runs():
+    out = json.dumps({"wall": [10.0, 20.0, 30.0], "cpu": [49.0, 50.0, 51.0]}).encode()
+    cpu = parse_child_output(b"noise\n" + out, 0, ScoreParams())
+    assert (cpu.gflops, cpu.runs, cpu.method) == (50.0, (49.0, 50.0, 51.0), "numpy, cpu time")
+    wall = parse_child_output(out, 0, ScoreParams(timing="wall"))
+    assert (wall.gflops, wall.spread, wall.method) == (20.0, 3.0, "numpy, wall time")
+
+
+@pytest.mark.parametrize(
+    "stdout",
+    [
+        b"",
+        b"not json",
+        b"[1, 2]",
+        b'{"cpu": []}',
+        b'{"cpu": [50.0, "x"]}',
+        b'{"cpu": [50.0, true]}',
+        b'{"cpu": [50.0, -1.0]}',
+        b'{"cpu": [50.0, Infinity]}',
+        b'{"cpu": [50.0, NaN]}',
+        b'{"wall": [50.0]}',
+    ],
+)
+def test_a_garbled_child_output_falls_back_and_never_raises(stdout):
+    m = parse_child_output(stdout, 1, ScoreParams(fallback_gflops=2.0))
+    assert m.gflops == 2.0 and m.spread is None and m.runs == ()
+    assert m.method.startswith("unmeasured: child exited 1")
+
+
+def test_score_without_numpy_degrades_to_the_fallback():
+    # ``-S``: the same interpreter without site-packages, so numpy is really absent.
+    m = measure_cpu(ScoreParams(fallback_gflops=3.0), python=(sys.executable, "-S"))
+    assert m.gflops == 3.0 and m.spread is None and m.runs == ()
+    assert m.method.startswith("unmeasured: numpy not importable")
+
+
+def test_score_measurement_is_bounded_by_its_timeout():
+    p = ScoreParams(matrix_n=2048, reps_per_run=50, runs=50, min_runs=50, timeout_s=0.2)
+    m = measure_cpu(p)
+    assert m.gflops == p.fallback_gflops and m.method == "unmeasured: timed out after 0.2 s"
 
 
 @pytest.mark.parametrize(

@@ -40,7 +40,14 @@ from .events import (
 )
 from .jobspec import JobSpec, parse_job_spec
 from .lifecycle import RUN_LIVE, TERMINAL, check_transition, run_next
-from .placement import Capacity, actual_cost, estimate_cost, fit_reason, rank_bids
+from .placement import (
+    Capacity,
+    actual_cost,
+    estimate_cost,
+    fit_reason,
+    job_gflops,
+    rank_bids,
+)
 from .rtt import PeerRtt
 from .wire import (
     MAX_ATTEMPT,
@@ -284,12 +291,13 @@ class Origin:
                 unfit[why] = unfit.get(why, 0) + 1
                 continue
             candidates += 1
+            gflops = job_gflops(cap, req.gpus)
             cost = estimate_cost(
-                spec.estimated_flops, spec.timeout_s, cap.score_gflops, cap.price, spec.credit_rate
+                spec.estimated_flops, spec.timeout_s, gflops, cap.price, spec.credit_rate
             )
             secs = (
-                spec.estimated_flops / (cap.score_gflops * 1e9)
-                if spec.estimated_flops and cap.score_gflops
+                spec.estimated_flops / (gflops * 1e9)
+                if spec.estimated_flops and gflops
                 else spec.timeout_s
             )
             if best is None or cost < best[0]:

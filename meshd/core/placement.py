@@ -15,6 +15,11 @@ Pure functions over values. The rules (normative text in specs/PROTOCOL.md,
   the worker delivered priced at its ``price`` per GFLOP. Estimates use
   ``estimated_flops`` where given (then cost does not depend on the worker's
   speed) and the timeout otherwise (an upper bound).
+- The score that prices and times a job is :func:`job_gflops`: the worker's
+  measured ``gpu_gflops`` when the job needs a GPU (``requirements.gpus > 0``)
+  and the worker advertises one, its CPU ``score_gflops`` otherwise. The bid
+  carries that score, so the origin's cost accounting, the receipt and the
+  claimed-vs-achieved check all use the same figure.
 - Ranking: lower is better; expected finish (wait + duration) and price
   (the unit price when the job has no flops estimate) are min-max normalised
   over the bids, the origin's own runs in flight at the worker are added in
@@ -70,6 +75,7 @@ class Capacity:
     running: int
     queued: int
     capacity: int
+    gpu_gflops: float | None = None
 
     @classmethod
     def from_advert(cls, a: Advert) -> Capacity:
@@ -89,6 +95,7 @@ class Capacity:
             a.running,
             a.queued,
             a.capacity,
+            a.gpu_gflops,
         )
 
     @classmethod
@@ -111,6 +118,7 @@ class Capacity:
             running,
             queued,
             c.capacity,
+            c.gpu_gflops,
         )
 
 
@@ -148,6 +156,15 @@ def fit_reason(cap: Capacity, req: OfferRequirements) -> str | None:
     if req.network and not cap.network_allowed:
         return "job needs network; node does not allow it"
     return None
+
+
+def job_gflops(cap: Capacity, gpus: int) -> float:
+    """The score a job needing ``gpus`` GPUs is priced and timed with on ``cap``
+    (module rules): the measured GPU score for a GPU job where advertised,
+    else the CPU score."""
+    if gpus > 0 and cap.gpu_gflops is not None and cap.gpu_gflops > 0:
+        return cap.gpu_gflops
+    return cap.score_gflops
 
 
 def estimate_duration_s(
@@ -201,8 +218,9 @@ def decline_reason(
     if cap.running + cap.queued >= cap.capacity + queue_max:
         return f"busy: {cap.running} running, {cap.queued} queued", True
     if offer.max_budget is not None:
+        gflops = job_gflops(cap, offer.requirements.gpus)
         cost = estimate_cost(
-            offer.estimated_flops, offer.timeout_s, cap.score_gflops, cap.price, offer.credit_rate
+            offer.estimated_flops, offer.timeout_s, gflops, cap.price, offer.credit_rate
         )
         if cost > offer.max_budget and not offer.estimated_flops:
             # Without a flops estimate the cost is a bound: bid anyway, the
@@ -214,13 +232,12 @@ def decline_reason(
 
 
 def make_bid(cap: Capacity, offer: Offer, *, avg_run_s: float, overhead_s: float) -> Bid:
-    duration = estimate_duration_s(
-        offer.estimated_flops, offer.timeout_s, cap.score_gflops, overhead_s
-    )
+    gflops = job_gflops(cap, offer.requirements.gpus)
+    duration = estimate_duration_s(offer.estimated_flops, offer.timeout_s, gflops, overhead_s)
     waiting_jobs = max(0, cap.running + cap.queued + 1 - cap.capacity)
     wait_s = waiting_jobs * avg_run_s / max(1, cap.capacity)
     cost = estimate_cost(
-        offer.estimated_flops, offer.timeout_s, cap.score_gflops, cap.price, offer.credit_rate
+        offer.estimated_flops, offer.timeout_s, gflops, cap.price, offer.credit_rate
     )
     if offer.max_budget is not None:
         cost = min(cost, offer.max_budget)
@@ -230,7 +247,7 @@ def make_bid(cap: Capacity, offer: Offer, *, avg_run_s: float, overhead_s: float
         price=cost,
         est_start_ms=int(wait_s * 1000),
         est_duration_ms=int(duration * 1000),
-        score_gflops=cap.score_gflops,
+        score_gflops=gflops,
         running=cap.running,
         queued=cap.queued,
     )

@@ -37,7 +37,7 @@ from .events import (
 )
 from .jobspec import JobSpec, JobSpecError, parse_job_spec
 from .lifecycle import work_next
-from .placement import Capacity, budget_timeout_s, decline_reason, make_bid
+from .placement import Capacity, budget_timeout_s, decline_reason, job_gflops, make_bid
 from .wire import (
     MAX_ADVERT_ADDRS,
     MAX_ADVERT_IMAGES,
@@ -270,7 +270,11 @@ class Worker:
         cap = self.capacity()
         assert cap is not None
         timeout = budget_timeout_s(
-            spec.timeout_s, spec.max_budget, cap.score_gflops, cap.price, spec.credit_rate
+            spec.timeout_s,
+            spec.max_budget,
+            job_gflops(cap, spec.requirements.gpus),
+            cap.price,
+            spec.credit_rate,
         )
         work = Work(
             key,
@@ -374,7 +378,7 @@ class Worker:
         elif inp.status in ("succeeded", "failed"):
             w = self.ctx.params.run_time_weight
             self.avg_run_s = (1 - w) * self.avg_run_s + w * inp.duration_ms / 1000
-        cap = self.caps
+        cap = self.capacity()
         result = Result(
             job_id=inp.job_id,
             attempt=inp.attempt,
@@ -387,7 +391,7 @@ class Worker:
             duration_ms=inp.duration_ms,
             cpu_ms=inp.cpu_ms,
             peak_memory_bytes=inp.peak_memory_bytes,
-            score_gflops=cap.score_gflops if cap else 0.0,
+            score_gflops=job_gflops(cap, work.spec.requirements.gpus) if cap else 0.0,
         )
         self._finish_work(work, result)
 

@@ -92,7 +92,11 @@ class Capabilities:
             self.score = await trio.to_thread.run_sync(measure_compute_score, self.hardware.gpus)
         else:
             self.score = ComputeScore(
-                cpu_gflops=10.0, gpu_gflops=None, tier="cpu", measured_at_monotonic=time.monotonic()
+                cpu_gflops=10.0,
+                gpu_gflops=None,
+                tier="cpu",
+                measured_at_monotonic=time.monotonic(),
+                cpu_method="configured (measure_score off)",
             )
 
     def local(self) -> LocalCapabilities:

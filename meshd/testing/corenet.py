@@ -62,6 +62,7 @@ def default_caps(
     price: float = 0.001,
     gpus: tuple = (),
     images: tuple[str, ...] = ("meshd/busybox:1",),
+    gpu_gflops: float | None = None,
 ) -> LocalCapabilities:
     return LocalCapabilities(
         cores=cores,
@@ -72,7 +73,7 @@ def default_caps(
         runtimes=("docker",),
         images=images,
         score_gflops=score,
-        gpu_gflops=None,
+        gpu_gflops=gpu_gflops,
         tier="consumer-gpu" if gpus else "cpu",
         price=price,
         capacity=cores,
