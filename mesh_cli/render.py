@@ -146,6 +146,17 @@ def render_status(st: dict[str, Any], console: Console) -> None:
     if st.get("role"):
         grid.add_row("role", dash(st.get("role")))
     grid.add_row("executor", _executor_line(st.get("executor") or {}))
+    lost = st.get("tail_lost")
+    if lost:
+        grid.add_row(
+            "event log",
+            Text(
+                f"LOST ITS TAIL: ends at record seq {dash(lost.get('log_head_seq'))}, but peer "
+                f"{short_id(lost.get('peer'))} holds a receipt signed here with seq "
+                f"{dash(lost.get('seen_seq'))}; restore the data dir from a backup if you can",
+                style="bold red",
+            ),
+        )
     if st.get("warm"):
         grid.add_row("state", Text("warm (ready to bid)", style="green"))
     else:

@@ -96,3 +96,47 @@ async def test_a_restarted_node_agrees_on_every_balance_within_30s(
         restarted = c.daemon(3).node
         assert restarted is not None
         assert restarted.counters["ledger_sync_receipts_added"] > 0
+
+
+async def test_a_node_whose_log_lost_its_tail_does_not_go_on_silently(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """Issue 16 "Noticing a lost tail" (CREDITS.md §8.1): node 0's log is rolled
+    back to a copy taken before it signed more receipts (as a lost write-ahead
+    log would); once restarted, its peers hold receipts it signed with later
+    sequence numbers, and it says so: a ``tail_lost`` record, an ERROR line,
+    ``tail_lost`` in its status."""
+    import shutil
+
+    async with Cluster.started(nursery, tmp_path, 3, core_params=SYNC_CORE) as c:
+        log_dir = c.members[0].data_dir / "log"
+        first = await c.submit(0, job(1))
+        assert (await c.wait_job(0, first, timeout_s=60)).state == "succeeded"
+        await c.wait_for(lambda: len(ledger_keys(c, 1)) >= 1, 30, "the first receipt")
+        await c.kill(0)
+        shutil.copytree(log_dir, tmp_path / "log-before")
+        await c.start(0)
+        await c.wait_mesh()
+        later = [await c.submit(0, job(i)) for i in (2, 3)]
+        for j in later:
+            assert (await c.wait_job(0, j, timeout_s=60)).state == "succeeded"
+        issued = {r["seq"] for r in log_records(c.daemon(0), "receipt")}
+        await c.wait_for(
+            lambda: {s for o, s in ledger_keys(c, 1) if o == c.peer_id(0)} >= issued,
+            30,
+            "node 1 to hold every receipt node 0 signed",
+        )
+        await c.kill(0)
+        shutil.rmtree(log_dir)
+        shutil.copytree(tmp_path / "log-before", log_dir)  # the tail is gone
+        await c.start(0)
+        head = max(r["seq"] for r in log_records(c.daemon(0), "receipt"))
+        assert head < max(issued)
+        node = c.daemon(0).node
+        assert node is not None
+        await c.wait_for(lambda: node.ledger.lost_tail is not None, 30, "the lost tail to show")
+        lost = node.ledger.lost_tail
+        assert lost is not None and lost["log_head_seq"] == head and lost["seen_seq"] in issued
+        assert any(r["seen_seq"] in issued for r in log_records(c.daemon(0), "tail_lost"))
+        view = c.daemon(0).view
+        assert view is not None and view.status()["tail_lost"] == lost

@@ -302,3 +302,44 @@ def test_equivocation_ban_and_proof_survive_a_restart() -> None:
     assert list(fresh.ledger.equivocations) == [log[0][1]]
     assert SetPeerScore(ORIGIN.peer_id, -1.0, True) in effects
     assert not any(isinstance(e, Append) for e in effects)  # the proof is not logged twice
+
+
+# ---------------------------------------------------------------- a lost tail (issue 16)
+
+
+def _origin_restored_from(records: list[tuple[str, dict[str, object]]]) -> Node:
+    node = Node(CoreParams(), ORIGIN, random.Random(3), NOW)
+    node.restore(records)  # type: ignore[arg-type]
+    return node
+
+
+def test_a_receipt_newer_than_the_restored_log_says_the_tail_was_lost() -> None:
+    """CREDITS.md §8.1: a peer holds a receipt this node signed with a seq its
+    log does not reach: the node records ``tail_lost`` (once per newer seq) and
+    never signs that seq again."""
+    origin = _origin_restored_from(
+        [("receipt", {"seq": 5, "envelope": sealed(ORIGIN, receipt(5))})]
+    )
+    effects = gossip(origin, cosigned(receipt(9)))
+    lost = [e for e in effects if isinstance(e, Append) and e.kind == "tail_lost"]
+    assert [e.body for e in lost] == [{"log_head_seq": 5, "seen_seq": 9, "peer": WORKER.peer_id}]
+    assert origin.ledger.lost_tail == {"log_head_seq": 5, "seen_seq": 9, "peer": WORKER.peer_id}
+    assert origin.counters["tail_lost"] == 1
+    gossip(origin, cosigned(receipt(8)))  # older than what was already reported: no new alarm
+    gossip(origin, cosigned(receipt(9)))
+    assert origin.counters["tail_lost"] == 1
+    assert origin.ledger._next_seq() > 9  # the lost seqs are never signed again
+
+
+def test_receipts_the_log_holds_or_signed_since_the_start_raise_no_alarm() -> None:
+    origin = _origin_restored_from(
+        [("receipt", {"seq": 5, "envelope": sealed(ORIGIN, receipt(5))})]
+    )
+    gossip(origin, cosigned(receipt(5)))  # in the log
+    gossip(origin, cosigned(receipt(3)))  # older than the head (the index is bounded)
+    new_seq = origin.ledger._next_seq()
+    gossip(origin, cosigned(receipt(new_seq + 1)))  # newer than what we signed since: not lost
+    assert origin.counters["tail_lost"] == 0 and origin.ledger.lost_tail is None
+    fresh = Node(CoreParams(), ORIGIN, random.Random(3), NOW)  # never restored (a simulator node)
+    gossip(fresh, cosigned(receipt(9)))
+    assert fresh.counters["tail_lost"] == 0

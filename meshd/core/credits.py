@@ -144,6 +144,12 @@ class Ledger:
         self._receipts_pending: OrderedDict[int, PendingReceipt] = OrderedDict()
         self._attestations_seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
         self._restoring: deque[tuple[str, dict[str, Any]]] | None = None
+        self._restored_head: int | None = None
+        """The highest record seq our own log held at start (None: not restored)."""
+        self._first_new_seq: int | None = None
+        """The first record seq signed since the start."""
+        self.lost_tail: dict[str, Any] | None = None
+        """Set when a peer holds a record we signed that our log has lost (§8.1)."""
         self._by_origin: dict[str, set[int]] = {}
         """origin -> the seqs of its receipts in :attr:`entries` (for sync summaries)."""
         self._sync_after = ""
@@ -176,7 +182,26 @@ class Ledger:
 
     def _next_seq(self) -> int:
         self._record_seq = max(self._record_seq + 1, self.ctx.wall_ms * SEQ_PER_MS)
+        if self._first_new_seq is None:
+            self._first_new_seq = self._record_seq
         return self._record_seq
+
+    def _check_own_record(self, seq: int, peer: str) -> None:
+        """A record we signed, shown to us by ``peer``: if our log does not hold
+        it and it is newer than the log's head at start (but older than what
+        we signed since), our log has lost its tail (CREDITS.md §8.1). Say so
+        loudly, once per newer seq, and never sign that seq again."""
+        head, first_new = self._restored_head, self._first_new_seq
+        if head is None or seq <= head or (first_new is not None and seq >= first_new):
+            return
+        if (self.ctx.peer_id, seq) in self._records:
+            return
+        if self.lost_tail is not None and seq <= self.lost_tail["seen_seq"]:
+            return
+        self.lost_tail = {"log_head_seq": head, "seen_seq": seq, "peer": peer}
+        self._record_seq = max(self._record_seq, seq)
+        self.ctx.counters["tail_lost"] += 1
+        self.ctx.append("tail_lost", {"log_head_seq": head, "seen_seq": seq, "peer": peer})
 
     def settle_credits(self, job: OriginJob, accepted: list[Run]) -> None:
         """Issue a receipt to every worker of the canonical group (origin side)."""
@@ -343,6 +368,8 @@ class Ledger:
         if r.origin != inner.sender or r.worker != msg.sender or r.seq < 1:
             self.ctx.reject("receipt_mismatch", msg.sender, f"receipt {r.origin}/{r.seq}")
             return False
+        if r.origin == self.ctx.peer_id:
+            self._check_own_record(r.seq, msg.sender)
         if not self._index_record(r.origin, r, inner.raw):
             return False
         if (r.origin, r.seq) in self.entries:
@@ -628,6 +655,7 @@ class Ledger:
             elif kind == "receipt":
                 issued.append(opened.body)
         self._rearm_receipts(issued)
+        self._restored_head = self._record_seq
 
     def _rearm_receipts(self, issued: deque[Receipt]) -> None:
         # Re-sealed (the logged envelope may be stale by now; the body and seq are

@@ -92,6 +92,17 @@ _EVENTS: dict[str, tuple[int, Callable[[dict[str, Any]], str]]] = {
             f"with seq {b.get('seq')}"
         ),
     ),
+    "tail_lost": (
+        logging.ERROR,
+        lambda b: (
+            f"THIS NODE'S EVENT LOG LOST ITS TAIL: it ends at record seq "
+            f"{b.get('log_head_seq')}, but peer {_short(b.get('peer'))} holds a receipt this node "
+            f"signed with seq {b.get('seen_seq')}. What the node signed after seq "
+            f"{b.get('log_head_seq')} (receipts, attestations, job records) is missing from its "
+            "log. Restore the data dir from a backup if you have one; otherwise the node goes "
+            "on, numbering new records after the lost ones (see `mesh status`)."
+        ),
+    ),
     "score_mismatch": (
         logging.WARNING,
         lambda b: f"peer {_short(b.get('worker'))} claims a faster score than it achieves",
@@ -119,6 +130,8 @@ class EventLogger:
         if not self.log.isEnabledFor(level):
             return
         extra = {"event": kind, **{k: body[k] for k in FIELDS if k in body}}
+        if "peer" in body:
+            extra["peer_id"] = body["peer"]
         if "issuer" in body:
             extra["peer_id"] = body["issuer"]
         self.log.log(level, message(body), extra=extra)

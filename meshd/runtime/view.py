@@ -248,6 +248,7 @@ class NodeView:
             "peers": len(node.peers.alive(node.now_ms)),
             "connected": len(self._host.connected_peers()),
             "counters": counters,
+            "tail_lost": node.ledger.lost_tail,
             "standing": {"reputation": None, "why_not_picked": self.why_not_picked()},
             "backlog": self.backlog(),
         }
