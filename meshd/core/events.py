@@ -88,6 +88,9 @@ class LocalCapabilities:
     network_allowed: bool
     addrs: tuple[str, ...] = ()
     version: str = ""
+    gpu_driver: str = ""
+    """The GPU driver's version ("" without GPUs); with ``runtimes`` and the
+    GPU models it makes the node's determinism class (``placement.determinism_class``)."""
 
 
 @dataclass(frozen=True)

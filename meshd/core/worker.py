@@ -37,7 +37,13 @@ from .events import (
 )
 from .jobspec import JobSpec, JobSpecError, parse_job_spec
 from .lifecycle import work_next
-from .placement import Capacity, budget_timeout_s, decline_reason, make_bid
+from .placement import (
+    Capacity,
+    budget_timeout_s,
+    decline_reason,
+    determinism_class,
+    make_bid,
+)
 from .wire import (
     MAX_ADVERT_ADDRS,
     MAX_ADVERT_IMAGES,
@@ -199,6 +205,15 @@ class Worker:
     def work_queued(self) -> int:
         return sum(1 for w in self.work.values() if w.state == "queued")
 
+    def det_class(self, uses_gpu: bool) -> str:
+        """The determinism class a job runs in here ("" before capabilities are known)."""
+        c = self.caps
+        if c is None:
+            return ""
+        return determinism_class(
+            c.runtimes, tuple(m for m, _ in c.gpus), c.gpu_driver, uses_gpu=uses_gpu
+        )
+
     # ------------------------------------------------------------ offers
 
     def on_offer(self, msg: Opened) -> None:
@@ -227,7 +242,11 @@ class Worker:
                 )
             return
         bid = make_bid(
-            cap, offer, avg_run_s=self.avg_run_s, overhead_s=self.ctx.params.startup_overhead_s
+            cap,
+            offer,
+            avg_run_s=self.avg_run_s,
+            overhead_s=self.ctx.params.startup_overhead_s,
+            det_class=self.det_class(offer.requirements.gpus > 0),
         )
         self.ctx.counters["bids_sent"] += 1
         self.ctx.send(msg.sender, bid, offer.job_id)
@@ -388,6 +407,7 @@ class Worker:
             cpu_ms=inp.cpu_ms,
             peak_memory_bytes=inp.peak_memory_bytes,
             score_gflops=cap.score_gflops if cap else 0.0,
+            det_class=self.det_class(work.spec.requirements.gpus > 0),
         )
         self._finish_work(work, result)
 

@@ -115,6 +115,7 @@ class Capabilities:
             network_allowed=self.config.allow_network_jobs,
             addrs=tuple(self._listen_addrs()),
             version=__version__,
+            gpu_driver=hw.gpus[0].driver_version if hw.gpus else "",
         )
 
     async def health_loop(self) -> None:

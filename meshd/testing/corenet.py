@@ -62,6 +62,7 @@ def default_caps(
     price: float = 0.001,
     gpus: tuple = (),
     images: tuple[str, ...] = ("meshd/busybox:1",),
+    gpu_driver: str = "",
 ) -> LocalCapabilities:
     return LocalCapabilities(
         cores=cores,
@@ -77,6 +78,7 @@ def default_caps(
         price=price,
         capacity=cores,
         network_allowed=False,
+        gpu_driver=gpu_driver,
     )
 
 
@@ -93,6 +95,9 @@ class FakeWorker:
     duration_ms: Callable[[JobSpec], int] = lambda spec: 1_000
     exit_code: Callable[[JobSpec], int] = lambda spec: 0
     healthy: bool = True
+    output: Callable[[JobSpec], str] = honest_output
+    """The digest an honest run produces (e.g. one per GPU model: honest
+    replicas of different determinism classes that disagree)."""
 
 
 @dataclass
@@ -316,7 +321,7 @@ class CoreNet:
         duration = min(w.duration_ms(eff.spec), int(eff.timeout_s * 1000))
         timed_out = w.duration_ms(eff.spec) > eff.timeout_s * 1000
         code = w.exit_code(eff.spec)
-        digest = honest_output(eff.spec)
+        digest = w.output(eff.spec)
         if self.rng.random() < w.lie_rate:
             digest = "sha256:" + hashlib.sha256(b"lie" + token.to_bytes(4, "big")).hexdigest()
         elif w.float_noise:
