@@ -13,7 +13,7 @@ from typing import Any
 from meshd.core.jobspec import JobSpec, parse_job_spec
 from meshd.core.lifecycle import TERMINAL
 from meshd.core.params import CoreParams
-from meshd.core.placement import determinism_class
+from meshd.core.placement import determinism_class, local_image_id
 from meshd.core.wire import MAX_DET_CLASS, Bid, Result
 from meshd.testing.corenet import CoreNet, FakeWorker, default_caps, honest_output
 
@@ -177,3 +177,45 @@ def test_a_tolerance_job_compares_across_classes() -> None:
     assert job.state == "succeeded"
     v = verdict_of(net, job_id)
     assert v["invalid"] == [net.order[2]] and v["other_class"] == []
+
+
+def test_image_id_is_part_of_the_class() -> None:
+    base = determinism_class(("docker",), (), "", uses_gpu=False, image_id="sha256:" + "a" * 64)
+    other = determinism_class(("docker",), (), "", uses_gpu=False, image_id="sha256:" + "b" * 64)
+    assert base != other
+    ids = (("ubuntu:latest", "sha256:" + "c" * 64), ("meshd/busybox:1", "sha256:" + "d" * 64))
+    assert local_image_id("ubuntu", ids) == "sha256:" + "c" * 64
+    assert local_image_id("meshd/busybox:1", ids) == "sha256:" + "d" * 64
+    assert local_image_id("meshd/busybox:2", ids) == ""
+
+
+def test_one_tag_two_builds_are_two_classes_and_results_state_the_bid_class() -> None:
+    """A CPU job whose image tag names different builds on different workers:
+    the honest disagreement penalises nobody, a same-build pair settles, and
+    every result states the class its worker bid with."""
+    build = {"x": "sha256:" + "1" * 64, "y": "sha256:" + "2" * 64}
+
+    def worker(b: str, score: float) -> FakeWorker:
+        caps = default_caps(score=score, image_ids=(("meshd/busybox:1", build[b]),))
+        return FakeWorker(caps=caps, output=per_model_output(b))
+
+    no_image = default_caps(images=())  # the origin cannot run the job
+    workers = [FakeWorker(caps=no_image), worker("x", 100.0), worker("y", 90.0), worker("x", 10.0)]
+    net = CoreNet(4, seed=7, params=SINGLE, workers=workers)
+    late = net.order[3]
+    net.isolate(late)
+    net.run_for(3_000)
+    job_id = net.submit(
+        0,
+        parse_job_spec(
+            {"image": "meshd/busybox:1", "command": ["x"], "replicas": 2, "estimated_flops": 1e12}
+        ),
+    )
+    assert net.run_until(lambda: sum(1 for r in net.job(0, job_id).runs.values() if r.fetched) == 2)
+    net.heal()
+    job = run_to_end(net, job_id)
+    assert job.state == "succeeded"
+    v = verdict_of(net, job_id)
+    assert v["invalid"] == [] and v["other_class"] == [net.order[2]]
+    for run in job.runs.values():
+        assert run.result is not None and run.result["det_class"] == run.det_class != ""

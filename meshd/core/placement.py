@@ -219,14 +219,30 @@ def decline_reason(
     return None, False
 
 
+def local_image_id(image: str, image_ids: tuple[tuple[str, str], ...]) -> str:
+    """The local id of ``image`` (as :func:`image_present` names it), or ""."""
+    ids = dict(image_ids)
+    if image in ids:
+        return ids[image]
+    if ":" not in image.rsplit("/", 1)[-1]:
+        return ids.get(f"{image}:latest", "")
+    return ""
+
+
 def determinism_class(
-    runtimes: tuple[str, ...], gpu_models: tuple[str, ...], gpu_driver: str, *, uses_gpu: bool
+    runtimes: tuple[str, ...],
+    gpu_models: tuple[str, ...],
+    gpu_driver: str,
+    *,
+    uses_gpu: bool,
+    image_id: str = "",
 ) -> str:
     """The determinism class a job runs in on a node: ``dc1:`` and the first
-    32 hex digits of SHA-256 over the executor's name and, for a job that
-    uses a GPU, the sorted GPU models and the driver version (NUL-separated).
-    Two honest runs of a deterministic job in one class give one digest."""
-    parts = [runtimes[0] if runtimes else ""]
+    32 hex digits of SHA-256 over the executor's name, the image's id ("" if
+    unknown) and, for a job that uses a GPU, the sorted GPU models and the
+    driver version (NUL-separated). Two honest runs of a deterministic job in
+    one class give one digest."""
+    parts = [runtimes[0] if runtimes else "", image_id]
     if uses_gpu:
         parts += [",".join(sorted(gpu_models)), gpu_driver]
     return "dc1:" + hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]

@@ -42,6 +42,7 @@ from .placement import (
     budget_timeout_s,
     decline_reason,
     determinism_class,
+    local_image_id,
     make_bid,
 )
 from .wire import (
@@ -205,13 +206,18 @@ class Worker:
     def work_queued(self) -> int:
         return sum(1 for w in self.work.values() if w.state == "queued")
 
-    def det_class(self, uses_gpu: bool) -> str:
-        """The determinism class a job runs in here ("" before capabilities are known)."""
+    def det_class(self, uses_gpu: bool, image: str, image_id: str = "") -> str:
+        """The determinism class a job runs in here ("" before capabilities are
+        known); ``image_id`` is the id a run used, else the local id of ``image``."""
         c = self.caps
         if c is None:
             return ""
         return determinism_class(
-            c.runtimes, tuple(m for m, _ in c.gpus), c.gpu_driver, uses_gpu=uses_gpu
+            c.runtimes,
+            tuple(m for m, _ in c.gpus),
+            c.gpu_driver,
+            uses_gpu=uses_gpu,
+            image_id=image_id or local_image_id(image, c.image_ids),
         )
 
     # ------------------------------------------------------------ offers
@@ -246,7 +252,7 @@ class Worker:
             offer,
             avg_run_s=self.avg_run_s,
             overhead_s=self.ctx.params.startup_overhead_s,
-            det_class=self.det_class(offer.requirements.gpus > 0),
+            det_class=self.det_class(offer.requirements.gpus > 0, offer.requirements.image),
         )
         self.ctx.counters["bids_sent"] += 1
         self.ctx.send(msg.sender, bid, offer.job_id)
@@ -407,7 +413,9 @@ class Worker:
             cpu_ms=inp.cpu_ms,
             peak_memory_bytes=inp.peak_memory_bytes,
             score_gflops=cap.score_gflops if cap else 0.0,
-            det_class=self.det_class(work.spec.requirements.gpus > 0),
+            det_class=self.det_class(
+                work.spec.requirements.gpus > 0, work.spec.image, inp.image_id
+            ),
         )
         self._finish_work(work, result)
 

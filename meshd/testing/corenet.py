@@ -47,6 +47,7 @@ from meshd.core.interpreter import EffectInterpreter
 from meshd.core.jobspec import JobSpec
 from meshd.core.node import Node
 from meshd.core.params import CoreParams
+from meshd.core.placement import local_image_id
 
 
 def honest_output(spec: JobSpec) -> str:
@@ -63,6 +64,7 @@ def default_caps(
     gpus: tuple = (),
     images: tuple[str, ...] = ("meshd/busybox:1",),
     gpu_driver: str = "",
+    image_ids: tuple[tuple[str, str], ...] = (),
 ) -> LocalCapabilities:
     return LocalCapabilities(
         cores=cores,
@@ -79,6 +81,7 @@ def default_caps(
         capacity=cores,
         network_allowed=False,
         gpu_driver=gpu_driver,
+        image_ids=image_ids,
     )
 
 
@@ -341,6 +344,7 @@ class CoreNet:
             1 << 20,
             digest if status == "succeeded" else None,
             1024,
+            image_id=local_image_id(eff.spec.image, w.caps.image_ids),
         )
         self._schedule(self.now_ms + duration, peer, ("finish", key, token, fin))
 
