@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import trio
 
+from meshd.core.placement import determinism_class
 from meshd.runtime.daemon import now_ms
 from meshd.testing.cluster import Cluster
 from meshd.testing.faults import tar_members
@@ -42,6 +43,11 @@ async def test_jobs_run_sandboxed_in_docker_across_the_mesh(
         assert files["root"].strip() == b"ro"
         assert files["net"].strip() == b"nonet"
         assert job.verdict["verdict"] == "agreed"  # both sandboxed runs produced the same archive
+        # Bid and result state one determinism class: docker and this image's id.
+        image_id = dict(c.daemon(0).capabilities.image_ids)["meshd/busybox:1"]
+        want = determinism_class(("docker",), (), "", uses_gpu=False, image_id=image_id)
+        done = [r for r in job.runs.values() if r.result is not None]
+        assert done and all(r.det_class == want == r.result["det_class"] for r in done)
 
 
 async def test_gpu_job_on_gpu_less_mesh_is_declined_with_the_reason(

@@ -370,3 +370,13 @@ async def test_health_check_and_factory(docker_executor, node_label):
         assert why.startswith("docker executor (auto: engine answered)")
     finally:
         ex.close()
+
+
+async def test_result_names_the_image_id_it_ran(docker_executor, tmp_path):
+    """The determinism class (specs/CREDITS.md §5) uses the id of the image a
+    run used, and a bid the id listed for the job's tag: the two are one id."""
+    ids = await trio.to_thread.run_sync(docker_executor.local_image_ids)
+    assert ids[TEST_IMAGE].startswith("sha256:")
+    res = await docker_executor.run(req(tmp_path, "true"))
+    assert res.ok, res.reason
+    assert res.image_id == ids[TEST_IMAGE]

@@ -88,6 +88,12 @@ class LocalCapabilities:
     network_allowed: bool
     addrs: tuple[str, ...] = ()
     version: str = ""
+    gpu_driver: str = ""
+    """The GPU driver's version ("" without GPUs); with ``runtimes``, the
+    image's id and the GPU models it makes a job's determinism class
+    (``placement.determinism_class``)."""
+    image_ids: tuple[tuple[str, str], ...] = ()
+    """(image name, image id) of local images, as far as the executor knows them."""
 
 
 @dataclass(frozen=True)
@@ -147,6 +153,8 @@ class ExecutionFinished:
     output_size: int
     executor_fault: bool = False
     """True when the executor itself failed (not the job): counts against warmth."""
+    image_id: str = ""
+    """The id of the image the run ran ("" if none or unknown)."""
 
 
 @dataclass(frozen=True)

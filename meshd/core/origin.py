@@ -46,6 +46,7 @@ from .placement import (
     estimate_cost,
     fit_reason,
     job_gflops,
+    prefer_classes,
     rank_bids,
 )
 from .rtt import PeerRtt
@@ -94,6 +95,8 @@ class Run:
     timed_out: bool = False
     lease_base_ms: int = 0
     """Lease end as set by the last contact (before allowing for our own inbox's wait)."""
+    det_class: str = ""
+    """The determinism class the worker bid with ("" if it stated none)."""
     """Refused because its acknowledgement did not come in time: an
     acknowledgement or heartbeat arriving later may still revive it."""
 
@@ -671,9 +674,15 @@ class Origin:
             {p: self.ctx.rng.random() for p in usable},
             per_gflop=not job.spec.estimated_flops,
         )
-        for peer in ranked:
+        while ranked:
             if want <= 0 or job.next_replica > MAX_REPLICA:
                 break
+            # An exact-hash job's results are compared within a determinism
+            # class: bidders of the classes its runs already have go first.
+            classes = self._run_classes(job)
+            group = want if self._exact(job) and job.replicate_decided else 1
+            peer = prefer_classes(ranked, usable, classes, group=group)[0]
+            ranked.remove(peer)
             if not job.replicate_decided:
                 job.replicate_decided = True
                 # A second, distinct worker must exist for replication to mean
@@ -793,6 +802,7 @@ class Origin:
             peer,
             bid.price,
             bid.score_gflops,
+            det_class=bid.det_class,
             deadline_ms=self.ctx.now_ms + self.rtt.timeout_ms(peer) + self.ctx.inbox_wait_ms,
             awarded_ms=self.ctx.now_ms,
             ack_timeout_ms=self.rtt.timeout_ms(peer),
@@ -807,6 +817,7 @@ class Origin:
                 "worker": peer,
                 "price": bid.price,
                 "score": bid.score_gflops,
+                "det_class": bid.det_class,
             },
         )
         self.ctx.send(
@@ -1212,7 +1223,11 @@ class Origin:
             return False
         canonical = best[0].result["output_digest"]  # type: ignore[index]
         valid = [r.worker for r in best]
-        invalid = [r.worker for g in groups if g is not best for r in g]
+        # A result outside the canonical group is a lie only if it is
+        # comparable with it; from another determinism class it is not judged.
+        outside = [r for g in groups if g is not best for r in g]
+        invalid = [r.worker for r in outside if any(self._comparable(job, r, b) for b in best)]
+        other_class = [r.worker for r in outside if r.worker not in invalid]
         replicated = job.needed > 1
         for w in valid:
             self.ctx.trust.observe(w, "valid" if replicated else "completed", self.ctx.now_ms)
@@ -1226,6 +1241,7 @@ class Origin:
             "verdict": "agreed" if replicated else "unverified",
             "valid": valid,
             "invalid": invalid,
+            "other_class": other_class,
         }
         self.ctx.append(
             "job_verdict", {"job_id": job.job_id, "canonical": canonical, **job.verdict}
@@ -1243,6 +1259,39 @@ class Origin:
         self.ledger.settle_credits(job, best)
         self._finish(job, "succeeded", "")
         return True
+
+    @staticmethod
+    def _exact(job: OriginJob) -> bool:
+        """The job's outputs agree only when their digests are equal (no tolerance, no checker)."""
+        return job.spec.tolerance is None and job.spec.checker_image is None
+
+    @staticmethod
+    def _class_of(run: Run) -> str:
+        """The determinism class of a run: the one its result states, else its bid's."""
+        stated = run.result.get("det_class") if run.result else None
+        return stated or run.det_class
+
+    def _comparable(self, job: OriginJob, a: Run, b: Run) -> bool:
+        """Whether a disagreement between ``a`` and ``b`` is evidence: always
+        for a job with a tolerance or checker; for an exact-hash job only
+        within one determinism class (or when either class is unknown)."""
+        if not self._exact(job):
+            return True
+        ca, cb = self._class_of(a), self._class_of(b)
+        return not ca or not cb or ca == cb
+
+    def _run_classes(self, job: OriginJob) -> set[str]:
+        """The known determinism classes of an exact-hash job's runs that are
+        live or have a successful result (empty for other jobs)."""
+        if not self._exact(job):
+            return set()
+        return {
+            c
+            for r in job.runs.values()
+            if r.state in RUN_LIVE
+            or (r.result is not None and r.result.get("status") == "succeeded")
+            if (c := self._class_of(r))
+        }
 
     def _second_opinion_wanted(self, job: OriginJob, run: Run) -> bool:
         """An unverified result from a worker other than the one the replication
@@ -1363,6 +1412,7 @@ class Origin:
                 body["worker"],
                 body["price"],
                 body.get("score", 0.0),
+                det_class=body.get("det_class", ""),
             )
             job.next_replica = max(job.next_replica, body["replica"] + 1)
             if not job.replicate_decided:
@@ -1399,6 +1449,7 @@ class Origin:
             job.verdict = {
                 k: body[k] for k in ("replicas", "needed", "verdict", "valid", "invalid")
             }
+            job.verdict["other_class"] = body.get("other_class", [])
         elif kind == "job_state":
             job.state, job.updated_ms = body["to"], t
             job.history.append((t, body["to"], body.get("detail", "")))

@@ -28,10 +28,16 @@ Pure functions over values. The rules (normative text in specs/PROTOCOL.md,
   penalty and good standing divides by a small bonus (so newcomers are not
   starved). Load spreads because wait grows with a worker's queue and the
   origin counts awards it has in flight to each worker.
+- Determinism classes (specs/CREDITS.md §5): a worker states the class a job
+  runs in (:func:`determinism_class`: its executor, and for a GPU job the GPU
+  models and driver); for an exact-hash job the origin tries bidders of the
+  classes its runs already have first (:func:`prefer_classes`), so that two
+  results it compares came from one class.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from .events import LocalCapabilities
@@ -231,7 +237,58 @@ def decline_reason(
     return None, False
 
 
-def make_bid(cap: Capacity, offer: Offer, *, avg_run_s: float, overhead_s: float) -> Bid:
+def local_image_id(image: str, image_ids: tuple[tuple[str, str], ...]) -> str:
+    """The local id of ``image`` (as :func:`image_present` names it), or ""."""
+    ids = dict(image_ids)
+    if image in ids:
+        return ids[image]
+    if ":" not in image.rsplit("/", 1)[-1]:
+        return ids.get(f"{image}:latest", "")
+    return ""
+
+
+def determinism_class(
+    runtimes: tuple[str, ...],
+    gpu_models: tuple[str, ...],
+    gpu_driver: str,
+    *,
+    uses_gpu: bool,
+    image_id: str = "",
+) -> str:
+    """The determinism class a job runs in on a node: ``dc1:`` and the first
+    32 hex digits of SHA-256 over the executor's name, the image's id ("" if
+    unknown) and, for a job that uses a GPU, the sorted GPU models and the
+    driver version (NUL-separated). Two honest runs of a deterministic job in
+    one class give one digest."""
+    parts = [runtimes[0] if runtimes else "", image_id]
+    if uses_gpu:
+        parts += [",".join(sorted(gpu_models)), gpu_driver]
+    return "dc1:" + hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
+
+
+def prefer_classes(
+    ranked: list[str], bids: dict[str, Bid], classes: set[str], *, group: int = 1
+) -> list[str]:
+    """``ranked`` with the bidders whose ``det_class`` is in ``classes`` first
+    (each part keeps its order). With no class given and ``group`` > 1 runs to
+    award together, the classes with at least ``group`` bidders in ``ranked``
+    go first, so the group can be formed in one class. Unchanged when no
+    class qualifies."""
+    if not classes and group > 1:
+        counts: dict[str, int] = {}
+        for p in ranked:
+            counts[bids[p].det_class] = counts.get(bids[p].det_class, 0) + 1
+        classes = {c for c, n in counts.items() if c and n >= group}
+    if not classes:
+        return list(ranked)
+    return [p for p in ranked if bids[p].det_class in classes] + [
+        p for p in ranked if bids[p].det_class not in classes
+    ]
+
+
+def make_bid(
+    cap: Capacity, offer: Offer, *, avg_run_s: float, overhead_s: float, det_class: str = ""
+) -> Bid:
     gflops = job_gflops(cap, offer.requirements.gpus)
     duration = estimate_duration_s(offer.estimated_flops, offer.timeout_s, gflops, overhead_s)
     waiting_jobs = max(0, cap.running + cap.queued + 1 - cap.capacity)
@@ -250,6 +307,7 @@ def make_bid(cap: Capacity, offer: Offer, *, avg_run_s: float, overhead_s: float
         score_gflops=gflops,
         running=cap.running,
         queued=cap.queued,
+        det_class=det_class,
     )
 
 

@@ -78,6 +78,10 @@ MAX_BYTES = 2**50
 """Largest memory or output size a message may state."""
 MAX_GFLOPS = 1e9
 """Largest compute score a message may claim."""
+MAX_DET_CLASS = 64
+"""Characters of a determinism class (``Bid.det_class``, ``Result.det_class``):
+printable ASCII; the reference worker sends ``dc1:`` and 32 hex digits."""
+DetClass = Annotated[str, Field(max_length=MAX_DET_CLASS, pattern=r"^[!-~]*$")]
 
 
 Attempt = Annotated[int, Field(ge=0, le=MAX_ATTEMPT)]
@@ -175,6 +179,9 @@ class Bid(Body):
     running: Annotated[int, Field(ge=0, le=1_000_000)] = 0
     queued: Annotated[int, Field(ge=0, le=1_000_000)] = 0
     gpus: Annotated[list[GpuInfo], Field(max_length=64)] = []
+    det_class: DetClass = ""
+    """The determinism class the job would run in here (specs/CREDITS.md §5);
+    "" when not stated (older peers)."""
 
 
 class Decline(Body):
@@ -232,6 +239,9 @@ class Result(Body):
     cpu_ms: Annotated[int, Field(ge=0, le=MAX_MS)] | None = None
     peak_memory_bytes: Annotated[int, Field(ge=0, le=MAX_BYTES)] | None = None
     score_gflops: Annotated[float, Field(ge=0, le=MAX_GFLOPS)] = 0.0
+    det_class: DetClass = ""
+    """The determinism class the run ran in (specs/CREDITS.md §5); "" when not
+    stated (older peers)."""
 
 
 class ResultAck(Body):

@@ -37,7 +37,15 @@ from .events import (
 )
 from .jobspec import JobSpec, JobSpecError, parse_job_spec
 from .lifecycle import work_next
-from .placement import Capacity, budget_timeout_s, decline_reason, job_gflops, make_bid
+from .placement import (
+    Capacity,
+    budget_timeout_s,
+    decline_reason,
+    determinism_class,
+    job_gflops,
+    local_image_id,
+    make_bid,
+)
 from .wire import (
     MAX_ADVERT_ADDRS,
     MAX_ADVERT_IMAGES,
@@ -199,6 +207,20 @@ class Worker:
     def work_queued(self) -> int:
         return sum(1 for w in self.work.values() if w.state == "queued")
 
+    def det_class(self, uses_gpu: bool, image: str, image_id: str = "") -> str:
+        """The determinism class a job runs in here ("" before capabilities are
+        known); ``image_id`` is the id a run used, else the local id of ``image``."""
+        c = self.caps
+        if c is None:
+            return ""
+        return determinism_class(
+            c.runtimes,
+            tuple(m for m, _ in c.gpus),
+            c.gpu_driver,
+            uses_gpu=uses_gpu,
+            image_id=image_id or local_image_id(image, c.image_ids),
+        )
+
     # ------------------------------------------------------------ offers
 
     def on_offer(self, msg: Opened) -> None:
@@ -227,7 +249,11 @@ class Worker:
                 )
             return
         bid = make_bid(
-            cap, offer, avg_run_s=self.avg_run_s, overhead_s=self.ctx.params.startup_overhead_s
+            cap,
+            offer,
+            avg_run_s=self.avg_run_s,
+            overhead_s=self.ctx.params.startup_overhead_s,
+            det_class=self.det_class(offer.requirements.gpus > 0, offer.requirements.image),
         )
         self.ctx.counters["bids_sent"] += 1
         self.ctx.send(msg.sender, bid, offer.job_id)
@@ -392,6 +418,9 @@ class Worker:
             cpu_ms=inp.cpu_ms,
             peak_memory_bytes=inp.peak_memory_bytes,
             score_gflops=job_gflops(cap, work.spec.requirements.gpus) if cap else 0.0,
+            det_class=self.det_class(
+                work.spec.requirements.gpus > 0, work.spec.image, inp.image_id
+            ),
         )
         self._finish_work(work, result)
 

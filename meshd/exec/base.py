@@ -132,6 +132,8 @@ class ExecResult:
     log_tail: bytes = b""
     # How many processes the job had at most (cgroup pids.peak); None if unknown.
     pids_peak: int | None = None
+    # The id of the image the job ran ("sha256:..."); "" when there is none (process executor).
+    image_id: str = ""
 
     def __post_init__(self) -> None:
         _check(self.status in EXEC_STATUSES, f"unknown status {self.status!r}")

@@ -45,6 +45,7 @@ reached its ``pids_limit`` (forks failed) is ``failed`` even with exit code 0.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import secrets
@@ -233,6 +234,16 @@ class DockerExecutor(Executor):
                     tags.append(tag)
         return sorted(tags)[:limit]
 
+    def local_image_ids(self, limit: int = 256) -> dict[str, str]:
+        """Tag -> image id of the images present in the engine (the id is part
+        of a job's determinism class). Blocking: call in a thread."""
+        ids: dict[str, str] = {}
+        for img in self._api.images():
+            for tag in img.get("RepoTags") or ():
+                if tag and tag != "<none>:<none>" and len(ids) < limit:
+                    ids[tag] = str(img.get("Id") or "")
+        return ids
+
     def _image_present_cached(self, image: str) -> bool:
         now = time.monotonic()
         hit = self._image_cache.get(image)
@@ -342,9 +353,10 @@ class DockerExecutor(Executor):
                     lambda: measure_dir(req.output_dir, max_entries=p.max_output_entries)
                 )
                 state.output_reason = over_cap(usage_dir, max_bytes=p.effective_output_cap(req))
-            return self._classify(
+            result = self._classify(
                 req, state, exit_code, inspect, usage, sink, devices, t_end - t_start
             )
+            return dataclasses.replace(result, image_id=str(inspect.get("Image") or ""))
         finally:
             with trio.CancelScope(shield=True):
                 if state.container_id is not None:

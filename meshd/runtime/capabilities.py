@@ -69,6 +69,8 @@ class Capabilities:
         self._monotonic_ms = monotonic_ms
         self.measure_score = measure_score
         self.images: tuple[str, ...] = ()
+        self.image_ids: tuple[tuple[str, str], ...] = ()
+        """(name, id) of the local images, when the executor can say."""
         self.hardware: Any = None
         """``meshd.exec.hardware.HardwareProfile`` once measured."""
         self.score: Any = None
@@ -82,6 +84,13 @@ class Capabilities:
             self.images = tuple(await trio.to_thread.run_sync(lister))[:MAX_ADVERT_IMAGES]
         except Exception as exc:
             log.warning("listing local images failed: %s", exc)
+        ids = getattr(self.executor, "local_image_ids", None)
+        if callable(ids):
+            try:
+                found = await trio.to_thread.run_sync(ids)
+                self.image_ids = tuple(sorted(found.items()))[:MAX_ADVERT_IMAGES]
+            except Exception as exc:
+                log.warning("listing local image ids failed: %s", exc)
 
     async def measure(self) -> None:
         from meshd.exec.hardware import profile_hardware
@@ -119,6 +128,8 @@ class Capabilities:
             network_allowed=self.config.allow_network_jobs,
             addrs=tuple(self._listen_addrs()),
             version=__version__,
+            gpu_driver=hw.gpus[0].driver_version if hw.gpus else "",
+            image_ids=self.image_ids,
         )
 
     async def health_loop(self) -> None:

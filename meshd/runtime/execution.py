@@ -149,6 +149,7 @@ class Executions:
                 digest,
                 size,
                 executor_fault=result.status == "error",
+                image_id=result.image_id,
             )
         )
         shutil.rmtree(d, ignore_errors=True)

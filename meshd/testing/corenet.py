@@ -47,6 +47,7 @@ from meshd.core.interpreter import EffectInterpreter
 from meshd.core.jobspec import JobSpec
 from meshd.core.node import Node
 from meshd.core.params import CoreParams
+from meshd.core.placement import local_image_id
 
 
 def honest_output(spec: JobSpec) -> str:
@@ -63,6 +64,8 @@ def default_caps(
     gpus: tuple = (),
     images: tuple[str, ...] = ("meshd/busybox:1",),
     gpu_gflops: float | None = None,
+    gpu_driver: str = "",
+    image_ids: tuple[tuple[str, str], ...] = (),
 ) -> LocalCapabilities:
     return LocalCapabilities(
         cores=cores,
@@ -78,6 +81,8 @@ def default_caps(
         price=price,
         capacity=cores,
         network_allowed=False,
+        gpu_driver=gpu_driver,
+        image_ids=image_ids,
     )
 
 
@@ -94,6 +99,9 @@ class FakeWorker:
     duration_ms: Callable[[JobSpec], int] = lambda spec: 1_000
     exit_code: Callable[[JobSpec], int] = lambda spec: 0
     healthy: bool = True
+    output: Callable[[JobSpec], str] = honest_output
+    """The digest an honest run produces (e.g. one per GPU model: honest
+    replicas of different determinism classes that disagree)."""
 
 
 @dataclass
@@ -317,7 +325,7 @@ class CoreNet:
         duration = min(w.duration_ms(eff.spec), int(eff.timeout_s * 1000))
         timed_out = w.duration_ms(eff.spec) > eff.timeout_s * 1000
         code = w.exit_code(eff.spec)
-        digest = honest_output(eff.spec)
+        digest = w.output(eff.spec)
         if self.rng.random() < w.lie_rate:
             digest = "sha256:" + hashlib.sha256(b"lie" + token.to_bytes(4, "big")).hexdigest()
         elif w.float_noise:
@@ -337,6 +345,7 @@ class CoreNet:
             1 << 20,
             digest if status == "succeeded" else None,
             1024,
+            image_id=local_image_id(eff.spec.image, w.caps.image_ids),
         )
         self._schedule(self.now_ms + duration, peer, ("finish", key, token, fin))
 
