@@ -84,6 +84,22 @@ async def test_collector_removes_retained_blobs_oldest_first_only_over_the_cap(
     assert set(store.digests()) == {kept[0]}  # pinned stays, even over the cap
 
 
+async def test_collector_makes_room_for_an_upload_from_retained_blobs(
+    tmp_path: Path,
+) -> None:
+    store = BlobStore(tmp_path / "blobs", BlobParams(max_total_bytes=40))
+    kept = [store.put(bytes([i]) * 10) for i in range(4)]
+    for i, d in enumerate(kept):
+        _age(store, d, NOW_MS - 3_600_000 + i)
+    gc = _gc(store, tmp_path, BlobRefs(frozenset(), frozenset(kept)), blob_store_max_bytes=40)
+    assert await gc.collect() == 0  # at the cap, not over it: all retained stay
+    with pytest.raises(BlobStoreFullError):
+        store.put(b"new" * 5, essential=False)
+    assert await gc.collect(room=15) == 2  # the two oldest make room for 15 bytes
+    assert set(store.digests()) == set(kept[2:])
+    store.put(b"new" * 5, essential=False)
+
+
 async def test_collector_pass_is_bounded(tmp_path: Path) -> None:
     store = BlobStore(tmp_path / "blobs")
     for i in range(7):
@@ -119,8 +135,12 @@ async def test_blob_store_stays_under_its_cap_under_a_stream_of_jobs(
 ) -> None:
     cap = 128 * 1024
     # A short grace (still far longer than an upload takes to be submitted),
-    # so that only a job or two's blobs are young at any time.
-    rp = dataclasses.replace(FAST_GC, blob_store_max_bytes=cap, blob_grace_s=0.5)
+    # so that only a job or two's blobs are young at any time; a retention
+    # longer than a few jobs take, so the cap, not the retention, bounds the
+    # store (the oldest retained blobs go when an upload finds it full).
+    rp = dataclasses.replace(
+        FAST_GC, blob_store_max_bytes=cap, blob_grace_s=0.5, blob_retention_s=30.0
+    )
     async with Cluster.started(nursery, tmp_path, 2, runtime_params=rp) as c:
         peak = 0
         for k in range(20):
@@ -137,6 +157,8 @@ async def test_blob_store_stays_under_its_cap_under_a_stream_of_jobs(
             assert job.state == "succeeded", job.reason
             peak = max(peak, *(c.daemon(i).blobs.total_bytes for i in range(2)))
         await trio.sleep(3 * rp.blob_grace_s)  # past the grace, a few passes
+        await c.daemon(0).disk.collect()
+        await c.daemon(1).disk.collect()
         for i in range(2):
             d = c.daemon(i)
             on_disk = sum(p.stat().st_size for p in d.dirs.blobs.rglob("*") if p.is_file())
@@ -177,9 +199,11 @@ async def test_a_killed_workers_run_dirs_are_removed_at_its_restart(
 async def test_an_input_of_a_running_job_is_never_collected(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
-    async with Cluster.started(nursery, tmp_path, 2, runtime_params=FAST_GC) as c:
+    # A 1-byte cap: every pass removes all it may, retained blobs included.
+    rp = dataclasses.replace(FAST_GC, blob_store_max_bytes=1)
+    async with Cluster.started(nursery, tmp_path, 2, runtime_params=rp) as c:
         origin = c.daemon(0)
-        digest = await origin.put_blob(b"keep me\n")
+        digest = origin.blobs.put(b"keep me\n")  # as an essential write: over the cap
         job_id = await c.submit(
             0,
             {

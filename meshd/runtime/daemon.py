@@ -526,7 +526,7 @@ class Daemon(EffectInterpreter):
         try:
             return await trio.to_thread.run_sync(self._put_upload, data)
         except BlobStoreFullError:
-            await self.disk.collect()
+            await self.disk.collect(room=len(data))
         return await trio.to_thread.run_sync(self._put_upload, data)
 
     def _put_upload(self, data: bytes) -> str:

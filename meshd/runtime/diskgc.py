@@ -21,8 +21,9 @@ whose job is not submitted yet, an output packed but not yet reported).
 
 One pass (:meth:`DiskGC.collect`, every ``blob_gc_interval_s`` and at once
 when an upload finds the store full) removes the unreferenced blobs, oldest
-first; if the store is still over ``blob_store_max_bytes`` it removes
-retained blobs, oldest first, until it is under. A pass removes at most
+first; if the store is still over ``blob_store_max_bytes`` (less the size of
+the upload waiting for room) it removes retained blobs, oldest first, until
+it is under. A pass removes at most
 ``blob_gc_max_deletes`` blobs (bounded work); listing the store is one
 ``stat`` per blob, in a worker thread. Pinned blobs are never removed, so the
 store can stay over its cap; uploads are then refused by the store
@@ -133,14 +134,15 @@ class DiskGC:
 
     # ------------------------------------------------------------ blobs
 
-    async def collect(self) -> int:
-        """One pass; returns the blobs removed. References are read in the trio
-        thread (one consistent snapshot), the store is listed and pruned in a
-        worker thread."""
+    async def collect(self, room: int = 0) -> int:
+        """One pass; returns the blobs removed. With ``room``, retained blobs
+        go until that many bytes fit under the cap (an upload waiting for
+        space). References are read in the trio thread (one consistent
+        snapshot), the store is listed and pruned in a worker thread."""
         assert self._references is not None
         async with self._lock:
             refs = self._references()
-            removed, freed = await trio.to_thread.run_sync(self._collect_sync, refs)
+            removed, freed = await trio.to_thread.run_sync(self._collect_sync, refs, room)
             self.passes += 1
             self.collected_blobs += removed
             self.collected_bytes += freed
@@ -148,13 +150,13 @@ class DiskGC:
             log.info("blob collector: removed %d blobs, %d bytes", removed, freed)
         return removed
 
-    def _collect_sync(self, refs: BlobRefs) -> tuple[int, int]:
+    def _collect_sync(self, refs: BlobRefs, room: int) -> tuple[int, int]:
         plan = plan_collection(
             self.blobs.entries(),
             refs,
             now_wall_ms=self._wall_ms(),
             grace_ms=int(self.rp.blob_grace_s * 1000),
-            max_total_bytes=self.rp.blob_store_max_bytes,
+            max_total_bytes=max(0, self.rp.blob_store_max_bytes - room),
             max_deletes=self.rp.blob_gc_max_deletes,
         )
         removed = freed = 0
