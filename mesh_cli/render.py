@@ -141,8 +141,8 @@ def _disk_line(disk: dict[str, Any]) -> str:
         f"blobs {fmt_bytes(b.get('bytes'))} of {fmt_bytes(b.get('max_bytes'))} "
         f"({dash(b.get('files'))} files, {dash(b.get('collected_blobs'))} collected"
     )
-    if b.get("refused_writes"):
-        line += f", {b['refused_writes']} uploads refused: store full"
+    if b.get("refused_uploads"):
+        line += f", {b['refused_uploads']} uploads refused: store full"
     line += (
         f"); run dirs {dash(r.get('count'))} ({dash(r.get('orphans_removed'))} orphans removed "
         f"at start); event log {fmt_bytes(lg.get('bytes'))}"

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from meshd.api.client import ApiClient, ApiHttpError
 from meshd.runtime.diskgc import BlobRefs, DiskGC
 from meshd.runtime.params import RuntimeParams
 from meshd.store.blobs import BlobParams, BlobStore, BlobStoreFullError
@@ -42,7 +43,7 @@ def test_store_counts_bytes_and_refuses_non_essential_writes_over_its_cap(
     assert (store.total_bytes, store.file_count) == (60, 1)
     with pytest.raises(BlobStoreFullError, match="blob store is full"):
         store.put(b"b" * 50, essential=False)
-    assert store.refused_writes == 1 and store.file_count == 1
+    assert store.file_count == 1
     store.put(b"a" * 60, essential=False)  # already stored: takes no room
     b = store.put(b"b" * 50)  # essential (an output, a fetched input): written anyway
     assert (store.total_bytes, store.file_count) == (110, 2)
@@ -231,3 +232,22 @@ async def test_an_input_of_a_running_job_is_never_collected(
         # Finished, retention 0: nothing references them now, and they go.
         for d in (origin, worker):
             await c.wait_for(lambda d=d: d.blobs.file_count == 0, what="blobs collected")
+
+
+async def test_an_upload_over_the_configured_cap_is_refused_with_507(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    def configure(i: int, overrides: dict[str, object]) -> None:
+        overrides["blob_store_max_bytes"] = 20_000  # the config.toml key
+
+    async with Cluster.started(nursery, tmp_path, 2, configure=configure) as c:
+        client = ApiClient.from_data_dir(c.members[0].data_dir)
+        first = await trio.to_thread.run_sync(client.upload_blob, os.urandom(16_000))
+        assert first["size"] == 16_000
+        with pytest.raises(ApiHttpError) as err:
+            await trio.to_thread.run_sync(client.upload_blob, os.urandom(16_000))
+        assert (err.value.status, err.value.code) == (507, "blob_store_full")
+        assert "blob store is full" in str(err.value)
+        disk = (await trio.to_thread.run_sync(client.status))["disk"]
+        assert disk["blobs"]["max_bytes"] == 20_000 and disk["blobs"]["refused_uploads"] == 1
+        assert disk["blobs"]["files"] == 1 and disk["blobs"]["gc_passes"] >= 1

@@ -527,7 +527,11 @@ class Daemon(EffectInterpreter):
             return await trio.to_thread.run_sync(self._put_upload, data)
         except BlobStoreFullError:
             await self.disk.collect(room=len(data))
-        return await trio.to_thread.run_sync(self._put_upload, data)
+        try:
+            return await trio.to_thread.run_sync(self._put_upload, data)
+        except BlobStoreFullError:
+            self.disk.refused_uploads += 1
+            raise
 
     def _put_upload(self, data: bytes) -> str:
         return self.blobs.put(data, essential=False)

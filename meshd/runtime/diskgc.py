@@ -127,6 +127,9 @@ class DiskGC:
         self.collected_blobs = 0
         self.collected_bytes = 0
         self.orphan_run_dirs_removed = 0
+        self.refused_uploads = 0
+        """Uploads refused because the store stayed full after a pass (counted
+        by the daemon, which tries them)."""
 
     def set_references(self, references: Callable[[], BlobRefs]) -> None:
         """Where the live references come from (the view, once the core is restored)."""
@@ -211,7 +214,7 @@ class DiskGC:
                 "max_bytes": self.rp.blob_store_max_bytes,
                 "collected_blobs": self.collected_blobs,
                 "collected_bytes": self.collected_bytes,
-                "refused_writes": self.blobs.refused_writes,
+                "refused_uploads": self.refused_uploads,
                 "gc_passes": self.passes,
             },
             "run_dirs": {

@@ -132,8 +132,6 @@ class BlobStore:
         """Bytes of all stored blobs (counted on open, kept by put/delete)."""
         self.file_count = 0
         """Stored blobs."""
-        self.refused_writes = 0
-        """Non-essential writes refused because the store was full."""
         for entry in self.entries():
             self.total_bytes += entry.size
             self.file_count += 1
@@ -211,7 +209,6 @@ class BlobStore:
             cap = self.params.max_total_bytes
             grows = size - (old or 0)
             if not essential and cap is not None and self.total_bytes + grows > cap:
-                self.refused_writes += 1
                 raise BlobStoreFullError(
                     f"blob store is full: {self.total_bytes} of {cap} bytes used, "
                     f"a {size}-byte blob does not fit (unreferenced blobs are collected "
