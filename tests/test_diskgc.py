@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,17 @@ def test_store_counts_bytes_and_refuses_non_essential_writes_over_its_cap(
     reopened = BlobStore(tmp_path / "blobs", BlobParams(max_total_bytes=100))
     assert (reopened.total_bytes, reopened.file_count) == (50, 1)
     assert reopened.has(b)
+
+
+def test_a_blob_written_again_after_it_was_listed_is_not_deleted(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    digest = store.put(b"uploaded twice")
+    _age(store, digest, time.time_ns() // 1_000_000 - 3_600_000)
+    (listed,) = store.entries()
+    store.put(b"uploaded twice")  # the user uploads it again: it is young again
+    assert not store.delete(digest, unless_written_after_ms=listed.mtime_ms)
+    assert store.has(digest) and store.file_count == 1
+    assert store.delete(digest) and store.file_count == 0
 
 
 async def test_collector_keeps_pinned_young_and_retained_blobs_under_the_cap(

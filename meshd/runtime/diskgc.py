@@ -164,7 +164,7 @@ class DiskGC:
         )
         removed = freed = 0
         for e in plan:
-            if self.blobs.delete(e.digest):
+            if self.blobs.delete(e.digest, unless_written_after_ms=e.mtime_ms):
                 removed += 1
                 freed += e.size
         return removed, freed

@@ -198,10 +198,14 @@ class BlobStore:
 
     def _install(self, tmp: Path, digest: str, size: int, essential: bool) -> None:
         final = self.path_of(digest)
-        if final.is_file() and self._hashes_to(final, digest):
-            os.utime(final)  # already stored intact: it is young again
-            return  # (a corrupt copy is replaced below)
-        with self._lock:
+        intact = final.is_file() and self._hashes_to(final, digest)
+        with self._lock:  # the refresh and a collector's delete do not interleave
+            if intact:
+                try:
+                    os.utime(final)  # already stored intact: it is young again
+                    return
+                except FileNotFoundError:
+                    pass  # deleted meanwhile: install it again (as a corrupt copy is)
             try:
                 old = final.stat().st_size
             except FileNotFoundError:
@@ -261,12 +265,20 @@ class BlobStore:
         if hasher.hexdigest() != digest:
             raise BlobCorruptError(f"blob {digest} on disk is corrupt")
 
-    def delete(self, digest: str) -> bool:
-        """Remove a blob; True if it existed."""
+    def delete(self, digest: str, *, unless_written_after_ms: int | None = None) -> bool:
+        """Remove a blob; True if it existed and was removed. With
+        ``unless_written_after_ms``, a blob written again after that time (its
+        mtime moved on since it was listed) is kept."""
         path = self.path_of(digest)
         with self._lock:
             try:
-                size = path.stat().st_size
+                st = path.stat()
+                if (
+                    unless_written_after_ms is not None
+                    and st.st_mtime_ns // 1_000_000 > unless_written_after_ms
+                ):
+                    return False
+                size = st.st_size
                 path.unlink()
             except FileNotFoundError:
                 return False
