@@ -138,6 +138,34 @@ def _hardware_line(hw: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def fmt_bytes(n: Any) -> str:
+    if not isinstance(n, int | float):
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return "-"
+
+
+def _disk_line(disk: dict[str, Any]) -> str:
+    """Blob store use against its cap, run dirs, the event log's size."""
+    b = disk.get("blobs") or {}
+    r = disk.get("run_dirs") or {}
+    lg = disk.get("event_log") or {}
+    line = (
+        f"blobs {fmt_bytes(b.get('bytes'))} of {fmt_bytes(b.get('max_bytes'))} "
+        f"({dash(b.get('files'))} files, {dash(b.get('collected_blobs'))} collected"
+    )
+    if b.get("refused_uploads"):
+        line += f", {b['refused_uploads']} uploads refused: store full"
+    line += (
+        f"); run dirs {dash(r.get('count'))} ({dash(r.get('orphans_removed'))} orphans removed "
+        f"at start); event log {fmt_bytes(lg.get('bytes'))}"
+    )
+    return line
+
+
 def render_status(st: dict[str, Any], console: Console) -> None:
     grid = _kv_grid()
     grid.add_row("peer id", dash(st.get("peer_id")))
@@ -180,6 +208,9 @@ def render_status(st: dict[str, Any], console: Console) -> None:
         "event log",
         f"head seq {dash(lg.get('head_seq'))}, hash {str(lg.get('head_hash') or '-')[:16]}",
     )
+    disk = st.get("disk")
+    if disk:
+        grid.add_row("disk", _disk_line(disk))
     standing = st.get("standing") or {}
     rep = standing.get("reputation")
     grid.add_row("reputation", "not yet rated by peers" if rep is None else fmt_num(rep, 3))

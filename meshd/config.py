@@ -172,6 +172,9 @@ class NodeConfig(BaseModel):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     mdns: bool = True
     """Discover peers on the local network with mDNS."""
+    blob_store_max_bytes: Annotated[int | None, Field(ge=1)] = None
+    """Cap on the blob store's bytes (None: ``RuntimeParams.blob_store_max_bytes``,
+    20 GiB); above it unreferenced blobs are collected and uploads refused."""
     params: Annotated[dict[str, Any], Field(max_length=MAX_PARAMS)] = Field(default_factory=dict)
     """Overrides of protocol bounds (``CoreParams`` names); the daemon validates them."""
 
@@ -206,7 +209,7 @@ class NodeConfig(BaseModel):
 
     def to_toml(self) -> str:
         """The config as TOML text, with a comment pointing at the docs."""
-        body = tomli_w.dumps(self.model_dump(mode="json"))
+        body = tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))
         return "# meshd node configuration (see meshd/config.py for every key).\n" + body
 
 

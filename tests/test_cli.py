@@ -79,6 +79,19 @@ def status_doc(peer_id: str) -> dict[str, Any]:
         "load": {"running": 1, "queued": 0, "capacity": 4},
         "log": {"head_seq": 42, "head_hash": "ab" * 32},
         "counters": {"offers_seen": 12, "bids_sent": 3, "declines_sent": 9},
+        "disk": {
+            "blobs": {
+                "bytes": 3 * 2**20 // 2,
+                "files": 7,
+                "max_bytes": 20 * 2**30,
+                "collected_blobs": 5,
+                "collected_bytes": 4096,
+                "refused_uploads": 2,
+                "gc_passes": 9,
+            },
+            "run_dirs": {"count": 1, "orphans_removed": 3},
+            "event_log": {"bytes": 2 * 2**20},
+        },
         "standing": {
             "reputation": None,
             "why_not_picked": [
@@ -380,6 +393,9 @@ async def test_status_shows_the_nodes_standing(daemon: FakeDaemon, data_dir: Pat
     assert "Why this node may not be picked" in text and "above the mesh median" in text
     assert "NVIDIA RTX 3090" in text and "not yet rated" in text
     assert "median of 9 runs on 1 thread(s), cpu time, spread 1.03" in text
+    disk = " ".join(text.split())  # the disk line may wrap
+    assert "blobs 1.5 MiB of 20.0 GiB (7 files, 5 collected, 2 uploads refused" in disk
+    assert "run dirs 1 (3 orphans removed" in disk and "event log 2.0 MiB" in disk
 
 
 async def test_job_explains_why_nobody_took_it(daemon: FakeDaemon, data_dir: Path) -> None:

@@ -26,6 +26,7 @@ from meshd.api.server import (
 from meshd.core.events import CancelRequested, JobSubmitted, RetryRequested
 from meshd.core.jobspec import JobSpecError, parse_job_spec
 from meshd.core.lifecycle import TERMINAL
+from meshd.store.blobs import BlobStoreFullError
 
 from .jobio import prefixed
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -64,7 +65,10 @@ def install_routes(api: ApiServer, view: NodeView, control: Control) -> None:
         return json_response(view.log_page(start, limit))
 
     async def put_blob(req: Request) -> Response:
-        digest = await control.put_blob(req.body)
+        try:
+            digest = await control.put_blob(req.body)
+        except BlobStoreFullError as exc:
+            raise ApiError(507, "blob_store_full", str(exc)) from None
         return json_response({"digest": prefixed(digest), "size": len(req.body)})
 
     async def submit(req: Request) -> Response:

@@ -27,6 +27,7 @@ The daemon holds the loop and nothing else; its parts do the I/O:
 - :mod:`.checker` — ``RunChecker``;
 - :mod:`.joblogs` — ``JobLog`` buffers for ``mesh logs``;
 - :mod:`.capabilities` — hardware, score, images, executor health (inputs);
+- :mod:`.diskgc` — the blob collector and the sweep of orphaned run dirs;
 - :mod:`.gossipcheck` — gossip validation before libp2p forwards a message
   (signature, type, freshness, replay, ban; the core checks again);
 - :mod:`.view` and :mod:`.api_routes` — the control API, which reads the node
@@ -34,13 +35,14 @@ The daemon holds the loop and nothing else; its parts do the I/O:
   :meth:`Daemon.submit` and :meth:`Daemon.put_blob`.
 
 Start order: event log (fails fast if another daemon holds the data dir) →
-restore the core from the log → network → executor (reap orphans, health
+restore the core from the log → remove orphaned run dirs → network → executor (reap orphans, health
 check) → capabilities → API (``api.addr`` written last, so ``mesh`` sees the
 daemon only when it is ready).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -88,13 +90,14 @@ from meshd.exec.base import ExecParams, Executor
 from meshd.net.errors import PeerUnreachable, RemoteError
 from meshd.net.host import MeshHost
 from meshd.net.params import NetParams
-from meshd.store.blobs import BlobStore
+from meshd.store.blobs import BlobParams, BlobStore, BlobStoreFullError
 from meshd.store.eventlog import EventLog
 
 from .capabilities import Capabilities
 from .checker import Checker
 from .clock import Clock, SystemClock
 from .clock import now_ms as now_ms  # re-exported: tools and tests stamp messages with it
+from .diskgc import DiskGC
 from .eventlogger import EventLogger
 from .execution import Executions
 from .gossipcheck import CachingCodec, GossipValidator
@@ -140,6 +143,8 @@ class Daemon(EffectInterpreter):
         self.net_params = net_params or NetParams()
         self.exec_params = exec_params or ExecParams()
         self.rp = runtime_params or RuntimeParams()
+        if config.blob_store_max_bytes is not None:
+            self.rp = dataclasses.replace(self.rp, blob_store_max_bytes=config.blob_store_max_bytes)
         self.executor = executor
         self.executor_reason = executor_reason
         self.clock: Clock = clock or SystemClock()
@@ -157,7 +162,12 @@ class Daemon(EffectInterpreter):
         self.codec = CachingCodec(self.rp.verified_cache_entries)
         self.gossip_check: GossipValidator | None = None
         self.log: EventLog | None = None
-        self.blobs = BlobStore(self.dirs.blobs)
+        self.blobs = BlobStore(
+            self.dirs.blobs, BlobParams(max_total_bytes=self.rp.blob_store_max_bytes)
+        )
+        self.disk = DiskGC(
+            self.blobs, self.dirs.work, self.dirs.log, self.rp, wall_ms=self.clock.wall_ms
+        )
         self.host = host or MeshHost(
             identity, self.net_params, list(config.listen), list(config.bootstrap)
         )
@@ -273,7 +283,11 @@ class Daemon(EffectInterpreter):
             api_statistics=api.statistics,
             started_ms=self.started_ms,
             monotonic_ms=self.clock.monotonic_ms,
+            disk=self.disk,
         )
+        self.disk.set_references(self.view.blob_references)
+        live_dirs = {self.executions.run_dir(*k).name for k in self.view.live_run_keys()}
+        await trio.to_thread.run_sync(self.disk.sweep_run_dirs, live_dirs)
         install_routes(api, self.view, self)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
@@ -294,6 +308,7 @@ class Daemon(EffectInterpreter):
             await self._feed(self.capabilities.local())
             nursery.start_soon(self.capabilities.health_loop)
             nursery.start_soon(self.capabilities.refresh_loop)
+            nursery.start_soon(self.disk.loop)
             port: int = await nursery.start(api.serve, "127.0.0.1", self.config.api_port)
             self.api_port = port
             write_api_addr(self.dirs.root, "127.0.0.1", port)
@@ -528,8 +543,21 @@ class Daemon(EffectInterpreter):
         return self.metrics.exposition()
 
     async def put_blob(self, data: bytes) -> str:
-        """Store a blob (an upload for a job's inputs); returns its bare digest."""
-        return await trio.to_thread.run_sync(self.blobs.put, data)
+        """Store a blob (an upload for a job's inputs); returns its bare digest.
+        An upload is not essential: if the store is full, one collector pass
+        runs and the upload is tried again; then BlobStoreFullError."""
+        try:
+            return await trio.to_thread.run_sync(self._put_upload, data)
+        except BlobStoreFullError:
+            await self.disk.collect(room=len(data))
+        try:
+            return await trio.to_thread.run_sync(self._put_upload, data)
+        except BlobStoreFullError:
+            self.disk.refused_uploads += 1
+            raise
+
+    def _put_upload(self, data: bytes) -> str:
+        return self.blobs.put(data, essential=False)
 
 
 @dataclass(frozen=True)

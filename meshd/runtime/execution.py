@@ -14,7 +14,9 @@ outputs are packed into one deterministic tar (``pack_dir``) and stored in
 the blob store; its digest and size go back to the core in
 ``ExecutionFinished``, with ``status="output_limit"`` when they cannot be
 packed. Log lines go back as ``ExecutionProgress`` without waiting (a full
-local lane drops them, counted by the daemon). The run dir is removed after.
+local lane drops them, counted by the daemon). The run dir is removed after;
+the dirs of runs a killed daemon left behind are removed at its next start
+(:meth:`.diskgc.DiskGC.sweep_run_dirs`).
 """
 
 from __future__ import annotations

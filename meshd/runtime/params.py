@@ -44,6 +44,24 @@ class RuntimeParams:
     """How often a cold node re-runs its executor health check."""
     score_refresh_s: float = 3_600.0
     """How often the compute score is re-measured."""
+    blob_store_max_bytes: int = 20 * 1024**3
+    """Cap on the blob store's bytes (20 GiB; ``blob_store_max_bytes`` in
+    config.toml overrides it). Above it the collector removes the oldest
+    retained blobs, and uploads through the control API are refused
+    (``blob_store_full``); blobs accepted work needs are still written."""
+    blob_retention_s: float = 86_400.0
+    """How long the blobs of a finished job (its inputs and outputs, at its
+    origin) and the outputs we made for an acknowledged result (at the worker)
+    are kept after the job finished or the result was acknowledged, while
+    the store is under its cap."""
+    blob_grace_s: float = 600.0
+    """A blob written less than this long ago is never collected: an upload
+    whose job is not submitted yet, an output not yet reported to the core."""
+    blob_gc_interval_s: float = 60.0
+    """How often the blob collector runs (and at once when an upload finds
+    the store full)."""
+    blob_gc_max_deletes: int = 1_000
+    """Blobs one collector pass removes at most (bounded work per pass)."""
     verified_cache_entries: int = 512
     """Envelopes the gossip validator opened, kept until the core opens them
     (so a signature is verified once); a miss only costs a second check. At

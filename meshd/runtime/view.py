@@ -32,6 +32,7 @@ from meshd.config import SECONDS_PER_HOUR, NodeConfig
 from meshd.core.identity import Identity
 from meshd.core.inbox import Inbox
 from meshd.core.jobspec import JobSpec
+from meshd.core.lifecycle import TERMINAL, WORK_LIVE
 from meshd.core.node import Node
 from meshd.core.origin import job_view
 from meshd.exec.base import Executor
@@ -40,6 +41,7 @@ from meshd.store.blobs import BlobStore
 from meshd.store.eventlog import EventLog
 
 from .capabilities import Capabilities
+from .diskgc import BlobRefs, DiskGC
 from .gossipcheck import GossipValidator
 from .jobio import bare
 from .joblogs import JobLogBuffer, JobLogs
@@ -83,6 +85,7 @@ class NodeView:
         api_statistics: Callable[[], Any] | None,
         started_ms: int,
         monotonic_ms: Callable[[], int],
+        disk: DiskGC | None = None,
     ) -> None:
         self._node = node
         self._log = log
@@ -103,6 +106,7 @@ class NodeView:
         self._api_statistics = api_statistics
         self._started_ms = started_ms
         self._monotonic_ms = monotonic_ms
+        self._disk = disk
 
     # ------------------------------------------------------------ the node
 
@@ -170,6 +174,47 @@ class NodeView:
     def read_blob(self, digest: str) -> bytes:
         """A blob's bytes (blocking: call from a thread)."""
         return self._blobs.get(bare(digest))
+
+    def blob_references(self) -> BlobRefs:
+        """The blobs the node's state references, for the collector
+        (:mod:`.diskgc`): pinned — inputs and run outputs of our unfinished
+        jobs, inputs of the runs we hold live, outputs we made whose result is
+        not acknowledged; retained for ``blob_retention_s`` — inputs and run
+        outputs of our finished jobs (from ``updated_ms``, when they finished)
+        and outputs we made whose result was acknowledged (from that contact)."""
+        node = self._node
+        now, keep_ms = node.now_ms, int(self._rp.blob_retention_s * 1000)
+        pinned: set[str] = set()
+        retained: set[str] = set()
+        for job in node.origin.jobs.values():
+            if job.state in TERMINAL:
+                if now - job.updated_ms >= keep_ms:
+                    continue
+                into = retained
+            else:
+                into = pinned
+            into.update(bare(i.digest) for i in job.spec.inputs if i.digest is not None)
+            if job.canonical is not None:
+                into.add(bare(job.canonical))
+            for run in job.runs.values():
+                out = run.result.get("output_digest") if run.result else None
+                if isinstance(out, str):
+                    into.add(bare(out))
+        for work in node.worker.work.values():
+            if work.state in WORK_LIVE:
+                pinned.update(bare(i.digest) for i in work.spec.inputs if i.digest is not None)
+            made = work.result.output_digest if work.result is not None else None
+            if made is None:
+                continue
+            if not work.acked:
+                pinned.add(bare(made))
+            elif now - work.last_contact_ms < keep_ms:
+                retained.add(bare(made))
+        return BlobRefs(frozenset(pinned), frozenset(retained - pinned))
+
+    def live_run_keys(self) -> list[tuple[str, int, int]]:
+        """The runs this node holds that are live (their run dirs are in use)."""
+        return [k for k, w in self._node.worker.work.items() if w.state in WORK_LIVE]
 
     def log_page(self, start: int, limit: int) -> dict[str, Any]:
         """``GET /v1/log``: up to ``limit`` records from ``start``, and the head."""
@@ -251,6 +296,7 @@ class NodeView:
             "tail_lost": node.ledger.lost_tail,
             "standing": {"reputation": None, "why_not_picked": self.why_not_picked()},
             "backlog": self.backlog(),
+            "disk": self._disk.status() if self._disk is not None else None,
         }
 
     def backlog(self) -> dict[str, Any]:

@@ -11,6 +11,15 @@ Rules:
   bytes are never handed out. Putting the right bytes again repairs the blob.
 - Every size has a bound (``BlobParams`` and the ``max_*`` arguments); bad
   input gets a clear error and leaves nothing behind.
+- The store keeps a running total of its bytes and files (counted on open,
+  kept by ``put``/``delete``). With ``max_total_bytes`` set, a write marked
+  non-essential (``essential=False``: an upload nobody needs yet) that would
+  take the total over it raises BlobStoreFullError; writes the protocol needs
+  to finish accepted work (outputs, fetched inputs and results) always go
+  through. What is deleted, and when, is the shell's decision
+  (``meshd.runtime.diskgc``): the store only counts, lists and deletes.
+- A blob written again while already stored has its mtime refreshed, so its
+  age (``entries``) is the time of its latest write.
 - ``pack_dir`` is deterministic: the same tree (names, contents, exec bits)
   gives the same bytes, hence the same digest, on any machine.
 - ``unpack_tar`` accepts only what ``pack_dir`` can produce — regular files
@@ -30,6 +39,7 @@ import shutil
 import stat
 import tarfile
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -56,6 +66,10 @@ class BlobLimitError(BlobError):
     """A size or count bound was exceeded."""
 
 
+class BlobStoreFullError(BlobLimitError):
+    """A non-essential write would take the store over ``max_total_bytes``."""
+
+
 class UnsafeArchiveError(BlobError):
     """A tar archive (or a directory to pack) holds something not allowed."""
 
@@ -68,6 +82,18 @@ class BlobParams:
     """Largest blob accepted by ``put`` / ``put_stream`` (1 GiB)."""
     chunk_bytes: int = CHUNK_BYTES
     """Read/write granularity when streaming."""
+    max_total_bytes: int | None = None
+    """Cap on the bytes of all blobs for non-essential writes (None: no cap)."""
+
+
+@dataclass(frozen=True)
+class BlobEntry:
+    """One stored blob as listed by :meth:`BlobStore.entries`."""
+
+    digest: str
+    size: int
+    mtime_ms: int
+    """Wall-clock time of its latest write."""
 
 
 def sha256_hex(data: bytes) -> str:
@@ -101,6 +127,14 @@ class BlobStore:
         self._tmp.mkdir(parents=True, exist_ok=True)
         for stray in self._tmp.iterdir():  # left by a crash mid-write
             stray.unlink()
+        self._lock = threading.Lock()  # puts and deletes run in worker threads
+        self.total_bytes = 0
+        """Bytes of all stored blobs (counted on open, kept by put/delete)."""
+        self.file_count = 0
+        """Stored blobs."""
+        for entry in self.entries():
+            self.total_bytes += entry.size
+            self.file_count += 1
 
     def path_of(self, digest: str) -> Path:
         """Where the blob ``digest`` lives (whether or not it exists)."""
@@ -116,21 +150,25 @@ class BlobStore:
         except FileNotFoundError:
             raise BlobNotFoundError(digest) from None
 
-    def put(self, data: bytes) -> str:
+    def put(self, data: bytes, *, essential: bool = True) -> str:
         """Store ``data``; return its digest. Durable on return."""
-        return self.put_stream([data])
+        return self.put_stream([data], essential=essential)
 
     def put_stream(
         self,
         chunks: Iterable[bytes],
         expected_digest: str | None = None,
         max_bytes: int | None = None,
+        *,
+        essential: bool = True,
     ) -> str:
         """Store bytes arriving in chunks (e.g. from a peer); return the digest.
 
         With ``expected_digest`` the bytes must hash to it (BlobCorruptError
         otherwise). More than ``max_bytes`` (default ``max_blob_bytes``) raises
-        BlobLimitError. On any error nothing is stored.
+        BlobLimitError. A non-essential write of a new blob that would take
+        the store over ``max_total_bytes`` raises BlobStoreFullError. On any
+        error nothing is stored.
         """
         if expected_digest is not None:
             check_digest(expected_digest)
@@ -153,18 +191,38 @@ class BlobStore:
                 raise BlobCorruptError(
                     f"received bytes hash to {digest}, expected {expected_digest}"
                 )
-            self._install(tmp, digest)
+            self._install(tmp, digest, total, essential)
         finally:
             tmp.unlink(missing_ok=True)
         return digest
 
-    def _install(self, tmp: Path, digest: str) -> None:
+    def _install(self, tmp: Path, digest: str, size: int, essential: bool) -> None:
         final = self.path_of(digest)
-        if final.is_file() and self._hashes_to(final, digest):
-            return  # already stored intact; a corrupt copy is replaced below
-        final.parent.mkdir(exist_ok=True)
-        os.chmod(tmp, 0o444)
-        os.replace(tmp, final)
+        intact = final.is_file() and self._hashes_to(final, digest)
+        with self._lock:  # the refresh and a collector's delete do not interleave
+            if intact:
+                try:
+                    os.utime(final)  # already stored intact: it is young again
+                    return
+                except FileNotFoundError:
+                    pass  # deleted meanwhile: install it again (as a corrupt copy is)
+            try:
+                old = final.stat().st_size
+            except FileNotFoundError:
+                old = None
+            cap = self.params.max_total_bytes
+            grows = size - (old or 0)
+            if not essential and cap is not None and self.total_bytes + grows > cap:
+                raise BlobStoreFullError(
+                    f"blob store is full: {self.total_bytes} of {cap} bytes used, "
+                    f"a {size}-byte blob does not fit (unreferenced blobs are collected "
+                    "over time; raise blob_store_max_bytes to allow more)"
+                )
+            final.parent.mkdir(exist_ok=True)
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, final)
+            self.total_bytes += grows
+            self.file_count += old is None
         _fsync_dir(final.parent)
         _fsync_dir(self._objects)
 
@@ -207,15 +265,40 @@ class BlobStore:
         if hasher.hexdigest() != digest:
             raise BlobCorruptError(f"blob {digest} on disk is corrupt")
 
-    def delete(self, digest: str) -> bool:
-        """Remove a blob; True if it existed."""
+    def delete(self, digest: str, *, unless_written_after_ms: int | None = None) -> bool:
+        """Remove a blob; True if it existed and was removed. With
+        ``unless_written_after_ms``, a blob written again after that time (its
+        mtime moved on since it was listed) is kept."""
         path = self.path_of(digest)
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            return False
+        with self._lock:
+            try:
+                st = path.stat()
+                if (
+                    unless_written_after_ms is not None
+                    and st.st_mtime_ns // 1_000_000 > unless_written_after_ms
+                ):
+                    return False
+                size = st.st_size
+                path.unlink()
+            except FileNotFoundError:
+                return False
+            self.total_bytes -= size
+            self.file_count -= 1
         _fsync_dir(path.parent)
         return True
+
+    def entries(self) -> Iterator[BlobEntry]:
+        """Every stored blob with its size and the time of its latest write
+        (unchecked), in digest order. A blob deleted meanwhile is skipped."""
+        for sub in sorted(self._objects.iterdir()):
+            for blob in sorted(sub.iterdir()):
+                if not DIGEST_RE.fullmatch(blob.name):
+                    continue
+                try:
+                    st = blob.stat()
+                except FileNotFoundError:
+                    continue
+                yield BlobEntry(blob.name, st.st_size, st.st_mtime_ns // 1_000_000)
 
     def digests(self) -> Iterator[str]:
         """Every stored digest (unchecked), in sorted order."""

@@ -80,6 +80,7 @@ class Cluster:
         configure: Callable[[int, dict[str, Any]], None] | None = None,
         wrap_executor: Callable[[int, Executor], Executor] | None = None,
         clock: Clock | None = None,
+        runtime_params: RuntimeParams | None = None,
     ) -> None:
         self.nursery = nursery
         self.root = root
@@ -96,6 +97,10 @@ class Cluster:
         """The clock every daemon reads (None: each its own ``SystemClock``); one
         :class:`meshd.testing.clock.SkewedClock` lets a test step the wall clock
         of the whole cluster, as of one machine."""
+        self.runtime_params = dataclasses.replace(
+            runtime_params or RuntimeParams(), capabilities_refresh_s=1.0
+        )
+        """The shell's bounds of every daemon (capabilities refreshed each second)."""
         self.members = [Member(i, root / f"node{i}") for i in range(n)]
 
     @classmethod
@@ -165,7 +170,7 @@ class Cluster:
             measure_score=False,
             core_params=self.core_params,
             net_params=self.net_params,
-            runtime_params=dataclasses.replace(RuntimeParams(), capabilities_refresh_s=1.0),
+            runtime_params=self.runtime_params,
             host=host,
             clock=self.clock,
         )
