@@ -109,6 +109,8 @@ class Ledger:
         self._receipts_pending: OrderedDict[int, PendingReceipt] = OrderedDict()
         self._attestations_seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
         self._restoring: deque[tuple[str, dict[str, Any]]] | None = None
+        self._balance_cache: dict[str, float] = {}
+        self._balance_stamp: tuple[int, tuple[str, int], tuple[str, int]] | None = None
 
     def timers(self) -> dict[str, Callable[[Any], None]]:
         """This role's timer kinds and what runs when one is due."""
@@ -431,6 +433,21 @@ class Ledger:
         for v in out.values():
             v["balance"] = v["earned"] - v["spent"]
         return out
+
+    def balance(self, peer: str) -> float:
+        """``peer``'s balance in this node's ledger (0 for a peer it holds no
+        receipt of). The worker asks this when saturated (``Worker.on_offer``).
+
+        The totals are recomputed only when the ledger changed; a change is
+        seen from its size and its first and last keys, since entries are only
+        added at the end and dropped from the front (a re-added key carries the
+        same signed body, or it is an equivocation)."""
+        entries = self.entries
+        stamp = (len(entries), next(iter(entries)), next(reversed(entries))) if entries else None
+        if stamp != self._balance_stamp:
+            self._balance_cache = {p: v["balance"] for p, v in self.balances().items()}
+            self._balance_stamp = stamp
+        return self._balance_cache.get(peer, 0.0)
 
     def credits_view(self) -> dict[str, Any]:
         """The JSON shape of ``GET /v1/credits``."""
