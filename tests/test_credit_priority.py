@@ -17,6 +17,7 @@ from meshd.core.events import TOPIC_RECEIPTS, GossipReceived
 from meshd.core.jobspec import JobSpec
 from meshd.core.params import CoreParams
 from meshd.core.wire import Receipt, ReceiptCosign, seal
+from meshd.runtime.view import credits_document
 from meshd.testing.corenet import CoreNet, FakeWorker, default_caps
 
 ALLOWANCE = 1.0
@@ -117,3 +118,27 @@ def test_saturated_worker_serves_newcomer_with_zero_balance() -> None:
     assert not credit_declines(net, NEWCOMER, newcomer_job)
     assert credit_declines(net, DEBTOR, debt_job)
     assert not done(net, DEBTOR, debt_job)
+
+
+def test_credits_document_says_where_a_balance_comes_from() -> None:
+    """``GET /v1/credits`` (meshd/runtime/view.py) from the worker's real ledger."""
+    net = mesh()
+    ledger_debt(net, DEBTOR, CREDITOR, 2.0, seq=1)
+    ledger_debt(net, DEBTOR, CREDITOR, 3.0, seq=2)
+    ledger_debt(net, DEBTOR, NEWCOMER, 0.5, seq=3)
+    doc = credits_document(net.node(W), top=1)
+    assert doc["free_allowance"] == ALLOWANCE and doc["peer_id"] == net.order[W]
+    assert len(doc["receipts"]) == 3
+    by_peer = {b["peer_id"]: b for b in doc["balances"]}
+    debtor = by_peer[net.order[DEBTOR]]
+    assert (debtor["balance"], debtor["spent_receipts"], debtor["earned_receipts"]) == (-5.5, 3, 0)
+    assert debtor["top_payees"] == [{"peer_id": net.order[CREDITOR], "credits": 5.0, "receipts": 2}]
+    creditor = by_peer[net.order[CREDITOR]]
+    assert creditor["top_payers"] == [{"peer_id": net.order[DEBTOR], "credits": 5.0, "receipts": 2}]
+    assert creditor["earned_receipts"] == 2 and creditor["top_payees"] == []
+    assert credits_document(net.node(W), top=3)["balances"][0].keys() >= {
+        "peer_id",
+        "balance",
+        "earned",
+        "spent",
+    }
