@@ -29,11 +29,14 @@ def spec(i: int) -> JobSpec:
     return JobSpec(image="meshd/busybox:1", command=["echo", str(i)], timeout_s=60)
 
 
-def mesh() -> CoreNet:
+def mesh(**params_kw: int) -> CoreNet:
     """Node 0 is the only worker (one slot, 20 s runs); 1-3 only submit.
     No replication, so one worker is enough to finish a job."""
     params = CoreParams(
-        replication_fraction=0.0, untrusted_replication=0.0, credit_free_allowance=ALLOWANCE
+        replication_fraction=0.0,
+        untrusted_replication=0.0,
+        credit_free_allowance=ALLOWANCE,
+        **params_kw,  # type: ignore[arg-type]
     )
     workers = [FakeWorker(caps=default_caps(cores=1), duration_ms=lambda s: 20_000)] + [
         FakeWorker(healthy=False) for _ in range(3)
@@ -79,6 +82,22 @@ def test_balance_follows_the_ledger() -> None:
     assert ledger.balance(debtor) == -4.0 and ledger.balance(creditor) == 4.0
     ledger_debt(net, DEBTOR, CREDITOR, 1.5, seq=2)  # the same receipt again: counted once
     assert ledger.balance(debtor) == -4.0
+
+
+def test_balance_forgets_receipts_the_ledger_drops() -> None:
+    net = mesh(max_ledger_receipts=3)
+    ledger = net.node(W).ledger
+    debtor, newcomer, creditor = net.order[DEBTOR], net.order[NEWCOMER], net.order[CREDITOR]
+    ledger_debt(net, DEBTOR, CREDITOR, 4.0, seq=1)
+    assert ledger.balance(debtor) == -4.0
+    ledger_debt(net, DEBTOR, NEWCOMER, 1.0, seq=2)
+    ledger_debt(net, NEWCOMER, CREDITOR, 0.5, seq=1)
+    ledger_debt(net, CREDITOR, NEWCOMER, 0.25, seq=1)  # the oldest (4.0) is dropped
+    assert len(ledger.entries) == 3
+    assert ledger.balance(debtor) == -1.0
+    assert (ledger.balance(newcomer), ledger.balance(creditor)) == (0.75, 0.25)
+    del ledger.entries[(newcomer, 1)]  # gone from the middle: recounted
+    assert (ledger.balance(newcomer), ledger.balance(creditor)) == (1.25, -0.25)
 
 
 def test_saturated_worker_serves_origin_in_credit_before_deep_debt() -> None:

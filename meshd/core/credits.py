@@ -109,8 +109,9 @@ class Ledger:
         self._receipts_pending: OrderedDict[int, PendingReceipt] = OrderedDict()
         self._attestations_seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
         self._restoring: deque[tuple[str, dict[str, Any]]] | None = None
-        self._balance_cache: dict[str, float] = {}
-        self._balance_stamp: tuple[int, tuple[str, int], tuple[str, int]] | None = None
+        self._counted: OrderedDict[tuple[str, int], tuple[str, str, float]] = OrderedDict()
+        """The ledger entries ``_balance`` counts, in ledger order (see :meth:`balance`)."""
+        self._balance: dict[str, float] = {}
 
     def timers(self) -> dict[str, Callable[[Any], None]]:
         """This role's timer kinds and what runs when one is due."""
@@ -438,16 +439,38 @@ class Ledger:
         """``peer``'s balance in this node's ledger (0 for a peer it holds no
         receipt of). The worker asks this when saturated (``Worker.on_offer``).
 
-        The totals are recomputed only when the ledger changed; a change is
-        seen from its size and its first and last keys, since entries are only
-        added at the end and dropped from the front (a re-added key carries the
-        same signed body, or it is an equivocation)."""
-        entries = self.entries
-        stamp = (len(entries), next(iter(entries)), next(reversed(entries))) if entries else None
-        if stamp != self._balance_stamp:
-            self._balance_cache = {p: v["balance"] for p, v in self.balances().items()}
-            self._balance_stamp = stamp
-        return self._balance_cache.get(peer, 0.0)
+        Kept up to date incrementally, in time proportional to what changed:
+        entries are only added at the end of the ledger and dropped from its
+        front, so the receipts counted so far (``_counted``, in ledger order)
+        are brought in line by dropping the ones that left from their front
+        and adding the new ones from the ledger's end; should the two ever
+        disagree in size (an entry removed from the middle), all is recounted."""
+        entries, counted, bal = self.entries, self._counted, self._balance
+        while counted:
+            key = next(iter(counted))
+            if key in entries:
+                break
+            origin, worker, credits = counted.popitem(last=False)[1]
+            bal[origin] += credits
+            bal[worker] -= credits
+        fresh = []
+        for key in reversed(entries):
+            if key in counted:
+                break
+            fresh.append(key)
+        for key in reversed(fresh):
+            e = entries[key]
+            counted[key] = (e.origin, e.worker, e.credits)
+            bal[e.worker] = bal.get(e.worker, 0.0) + e.credits
+            bal[e.origin] = bal.get(e.origin, 0.0) - e.credits
+        if len(counted) != len(entries):
+            counted.clear()
+            bal.clear()
+            for key, e in entries.items():
+                counted[key] = (e.origin, e.worker, e.credits)
+                bal[e.worker] = bal.get(e.worker, 0.0) + e.credits
+                bal[e.origin] = bal.get(e.origin, 0.0) - e.credits
+        return bal.get(peer, 0.0)
 
     def credits_view(self) -> dict[str, Any]:
         """The JSON shape of ``GET /v1/credits``."""
