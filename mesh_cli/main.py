@@ -374,6 +374,27 @@ def cmd_credits(args: argparse.Namespace, client: ApiClient) -> int:
     from mesh_cli import render
 
     data = client.credits()
+    if args.credits_command != "export" and args.peer:
+        if not args.json:
+            if render.render_credits_peer(data, args.peer, render.make_console()):
+                return EXIT_OK
+        else:
+            rows = [
+                b for b in data.get("balances") or [] if str(b.get("peer_id")).startswith(args.peer)
+            ]
+            if len(rows) == 1:
+                pid = rows[0]["peer_id"]
+                receipts = data.get("receipts") or []
+                _out(
+                    {
+                        "balance": rows[0],
+                        "receipts": [r for r in receipts if pid in (r["worker"], r["origin"])],
+                        "free_allowance": data.get("free_allowance"),
+                    }
+                )
+                return EXIT_OK
+        _err(f"no single peer in this node's ledger matches {args.peer!r}")
+        return EXIT_USAGE
     if args.credits_command != "export":
         _out(data) if args.json else render.render_credits(data, render.make_console())
         return EXIT_OK
@@ -525,6 +546,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--tar", type=Path, metavar="FILE", help="save the tar file instead of unpacking"
     )
     p = sub.add_parser("credits", parents=[common], help="balances and signed receipts")
+    p.add_argument(
+        "--peer",
+        metavar="PEER",
+        help="one peer's balance: every counterparty and the receipts behind it (id or prefix)",
+    )
     credits_sub = p.add_subparsers(dest="credits_command", metavar="export")
     q = credits_sub.add_parser("export", parents=[common], help="receipts as CSV")
     q.add_argument("--csv", action="store_true", default=True, help="CSV format (the only one)")

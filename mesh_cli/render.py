@@ -527,19 +527,66 @@ def wait_panel(job: dict[str, Any]) -> Table:
 
 
 def render_credits(data: dict[str, Any], console: Console) -> None:
+    allowance = data.get("free_allowance")
+    if allowance is not None:
+        console.print(
+            f"this node {short_id(data.get('peer_id'))}; free allowance {fmt_num(allowance)} "
+            f"credits: with no free slot it declines offers from origins below "
+            f"−{fmt_num(allowance)}"
+        )
     balances = data.get("balances") or []
     table = Table(title="balances", title_justify="left", show_edge=False)
-    for col in ("peer", "balance", "earned", "spent"):
-        table.add_column(col, justify="left" if col == "peer" else "right")
+    for col in ("peer", "balance", "earned", "spent", "top payers", "top payees"):
+        table.add_column(
+            col, justify="left" if col in ("peer", "top payers", "top payees") else "right"
+        )
     for b in balances:
         table.add_row(
-            dash(b.get("peer_id")),
+            dash(b.get("peer_id")) + _over_allowance(b, allowance),
             fmt_num(b.get("balance")),
-            fmt_num(b.get("earned")),
-            fmt_num(b.get("spent")),
+            fmt_num(b.get("earned")) + _receipt_count(b.get("earned_receipts")),
+            fmt_num(b.get("spent")) + _receipt_count(b.get("spent_receipts")),
+            _counterparties(b.get("top_payers")),
+            _counterparties(b.get("top_payees")),
         )
     console.print(table)
-    receipts = data.get("receipts") or []
+    _render_receipts(data.get("receipts") or [], console)
+
+
+def render_credits_peer(data: dict[str, Any], peer: str, console: Console) -> bool:
+    """``mesh credits --peer P``: one peer's balance, every counterparty, its
+    receipts. False if no balance matches ``peer`` (a peer id or its prefix)."""
+    rows = [b for b in data.get("balances") or [] if str(b.get("peer_id", "")).startswith(peer)]
+    if len(rows) != 1:
+        return False
+    b = rows[0]
+    pid = b.get("peer_id")
+    allowance = data.get("free_allowance")
+    console.print(
+        f"{pid}: balance {fmt_num(b.get('balance'))}{_over_allowance(b, allowance)} = "
+        f"earned {fmt_num(b.get('earned'))}{_receipt_count(b.get('earned_receipts'))} − "
+        f"spent {fmt_num(b.get('spent'))}{_receipt_count(b.get('spent_receipts'))}"
+        + ("" if allowance is None else f"; free allowance {fmt_num(allowance)}")
+    )
+    receipts = [r for r in data.get("receipts") or [] if pid in (r.get("worker"), r.get("origin"))]
+    sums: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0])
+    for r in receipts:
+        side = "paid by" if r.get("worker") == pid else "paid to"
+        other = r.get("origin") if side == "paid by" else r.get("worker")
+        acc = sums[(side, str(other))]
+        acc[0] += float(r.get("credits") or 0.0)
+        acc[1] += 1
+    table = Table(title="counterparties", title_justify="left", show_edge=False)
+    for col in ("direction", "peer", "credits", "receipts"):
+        table.add_column(col, justify="right" if col in ("credits", "receipts") else "left")
+    for (side, other), (credits, n) in sorted(sums.items(), key=lambda kv: (kv[0][0], -kv[1][0])):
+        table.add_row(side, other, fmt_num(credits), fmt_num(int(n)))
+    console.print(table)
+    _render_receipts(receipts, console)
+    return True
+
+
+def _render_receipts(receipts: list[dict[str, Any]], console: Console) -> None:
     table = Table(title=f"receipts ({len(receipts)})", title_justify="left", show_edge=False)
     for col in ("job", "worker", "origin", "credits", "time (UTC)", "seq"):
         table.add_column(col, justify="right" if col in ("credits", "seq") else "left")
@@ -553,3 +600,23 @@ def render_credits(data: dict[str, Any], console: Console) -> None:
             dash(r.get("seq")),
         )
     console.print(table)
+
+
+def _receipt_count(n: Any) -> str:
+    return "" if not isinstance(n, int) else f" ({n} receipt{'' if n == 1 else 's'})"
+
+
+def _over_allowance(b: dict[str, Any], allowance: Any) -> str:
+    bal = b.get("balance")
+    if isinstance(allowance, int | float) and isinstance(bal, int | float) and bal < -allowance:
+        return " (over allowance)"
+    return ""
+
+
+def _counterparties(items: Any) -> str:
+    if not items:
+        return "-"
+    return ", ".join(
+        f"{short_id(c.get('peer_id'))} {fmt_num(c.get('credits'))} ({c.get('receipts')})"
+        for c in items
+    )

@@ -1,4 +1,4 @@
-"""``python -m simulations run SCENARIO --seed N ...`` / ``list`` / ``sweep``."""
+"""``python -m simulations run SCENARIO --seed N ...`` / ``list`` / ``sweep`` / ``spotcheck``."""
 
 from __future__ import annotations
 
@@ -43,7 +43,44 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE")
     s.add_argument("--json", metavar="OUT")
     s.add_argument("--png", metavar="OUT")
+    c = sub.add_parser(
+        "spotcheck",
+        help="spot-check floor: verification overhead vs wrong results accepted (spotcheck.py)",
+    )
+    c.add_argument("--seed", type=int, default=1)
+    c.add_argument("--workers", type=int, default=100)
+    c.add_argument("--jobs", type=int, default=100_000)
+    c.add_argument("--model", choices=("patient", "constant"), default="patient")
+    c.add_argument("--lie-rate", type=float, default=0.5)
+    c.add_argument("--shares", default="0,0.01,0.1,0.3", help="liar shares, comma-separated")
+    c.add_argument("--floors", default="0.02,0.05,0.1,0.2,0.3,0.5", help="comma-separated")
+    c.add_argument(
+        "--policy",
+        choices=("core", "one-strike"),
+        default="core",
+        help="core: trust.py as it is; one-strike: what-if, caught once = banned for ever",
+    )
+    c.add_argument("--json", metavar="OUT")
     a = ap.parse_args(argv)
+
+    if a.cmd == "spotcheck":
+        from .spotcheck import curve, print_curve
+
+        results = curve(
+            shares=tuple(float(x) for x in a.shares.split(",")),
+            floors=tuple(float(x) for x in a.floors.split(",")),
+            workers=a.workers,
+            jobs=a.jobs,
+            model=a.model,
+            lie_rate=a.lie_rate,
+            seed=a.seed,
+            policy=a.policy,
+        )
+        print_curve(results)
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump([r.as_dict() for r in results], f, indent=1)
+        return 0
 
     if a.cmd == "list":
         from .knobs import knob_docs

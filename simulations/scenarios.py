@@ -495,6 +495,7 @@ class Run:
                     "result_ignored",
                     "send_failed",
                     "adverts_applied",
+                    "credit_declines",
                 )
             },
             "escapes": len(c.escapes),

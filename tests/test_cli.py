@@ -125,17 +125,48 @@ PEERS = {
 }
 
 CREDITS = {
-    "balances": [{"peer_id": WORKER, "balance": 12.5, "earned": 12.5, "spent": 0.0}],
+    "balances": [
+        {
+            "peer_id": OTHER,
+            "balance": -12.5,
+            "earned": 0.0,
+            "spent": 12.5,
+            "earned_receipts": 0,
+            "spent_receipts": 2,
+            "top_payers": [],
+            "top_payees": [{"peer_id": WORKER, "credits": 12.5, "receipts": 2}],
+        },
+        {
+            "peer_id": WORKER,
+            "balance": 12.5,
+            "earned": 12.5,
+            "spent": 0.0,
+            "earned_receipts": 2,
+            "spent_receipts": 0,
+            "top_payers": [{"peer_id": OTHER, "credits": 12.5, "receipts": 2}],
+            "top_payees": [],
+        },
+    ],
     "receipts": [
         {
             "job_id": JOB,
             "worker": WORKER,
             "origin": OTHER,
-            "credits": 12.5,
+            "credits": 10.0,
             "ts_ms": 1_700_000_000_000,
             "seq": 17,
-        }
+        },
+        {
+            "job_id": "job-00000002",
+            "worker": WORKER,
+            "origin": OTHER,
+            "credits": 2.5,
+            "ts_ms": 1_700_000_001_000,
+            "seq": 18,
+        },
     ],
+    "peer_id": WORKER,
+    "free_allowance": 10.0,
 }
 
 
@@ -569,17 +600,46 @@ async def test_cancel_and_credits_export(
     proc = await mesh(data_dir, "credits", "export", "--csv", "-o", tmp_path / "r.csv")
     assert proc.returncode == 0, err(proc)
     rows = list(csv.DictReader((tmp_path / "r.csv").open()))
-    assert rows == [
-        {
-            "job_id": JOB,
-            "worker": WORKER,
-            "origin": OTHER,
-            "credits": "12.5",
-            "ts_ms": "1700000000000",
-            "time_utc": "2023-11-14 22:13:20Z",
-            "seq": "17",
-        }
-    ]
+    assert rows[0] == {
+        "job_id": JOB,
+        "worker": WORKER,
+        "origin": OTHER,
+        "credits": "10.0",
+        "ts_ms": "1700000000000",
+        "time_utc": "2023-11-14 22:13:20Z",
+        "seq": "17",
+    }
+    assert [r["seq"] for r in rows] == ["17", "18"]
+
+
+async def test_credits_shows_where_balances_come_from(daemon: FakeDaemon, data_dir: Path) -> None:
+    proc = await mesh(data_dir, "credits")
+    assert proc.returncode == 0, err(proc)
+    lines = out(proc).splitlines()
+    assert "free allowance 10.00 credits" in lines[0]
+    (worker_row,) = [ln for ln in lines if ln.lstrip().startswith(WORKER)]
+    assert "12.50 (2 receipts)" in worker_row  # earned, and the receipts behind it
+    assert "12D3KooW…NASuq 12.50 (2)" in worker_row  # its top payer
+    (other_row,) = [ln for ln in lines if ln.lstrip().startswith(OTHER)]
+    assert "(over allowance)" in other_row and "12D3KooW…Ve2Xo 12.50 (2)" in other_row
+    assert "receipts (2)" in out(proc)
+
+
+async def test_credits_peer_drill_down(daemon: FakeDaemon, data_dir: Path) -> None:
+    proc = await mesh(data_dir, "credits", "--peer", OTHER[:20])
+    assert proc.returncode == 0, err(proc)
+    text = out(proc)
+    assert text.startswith(f"{OTHER}: balance -12.50 (over allowance) = earned 0.00 (0 receipts)")
+    assert "spent 12.50 (2 receipts); free allowance 10.00" in text
+    (paid_to,) = [ln for ln in text.splitlines() if ln.lstrip().startswith("paid to")]
+    assert WORKER in paid_to and "12.50" in paid_to and paid_to.rstrip().endswith("2")
+    assert "receipts (2)" in text
+    proc = await mesh(data_dir, "credits", "--peer", WORKER, "--json")
+    doc = json.loads(out(proc))
+    assert doc["balance"]["earned_receipts"] == 2 and len(doc["receipts"]) == 2
+    assert doc["free_allowance"] == 10.0
+    proc = await mesh(data_dir, "credits", "--peer", "12D3KooW")  # matches both: ambiguous
+    assert proc.returncode == 2 and "no single peer" in err(proc)
 
 
 # ------------------------------------------------------------------ meshd

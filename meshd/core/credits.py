@@ -161,6 +161,9 @@ class Ledger:
         """The peer and origin range (after, through) of the last summary we sent."""
         if ctx.params.ledger_sync_interval_ms > 0:
             ctx.at(ctx.now_ms + ctx.params.ledger_sync_interval_ms, T_SYNC, None)
+        self._counted: OrderedDict[tuple[str, int], tuple[str, str, float]] = OrderedDict()
+        """The ledger entries ``_balance`` counts, in ledger order (see :meth:`balance`)."""
+        self._balance: dict[str, float] = {}
 
     def timers(self) -> dict[str, Callable[[Any], None]]:
         """This role's timer kinds and what runs when one is due."""
@@ -690,6 +693,43 @@ class Ledger:
             got, paid = math.fsum(earned.get(peer, ())), math.fsum(spent.get(peer, ()))
             out[peer] = {"earned": got, "spent": paid, "balance": math.fsum((got, -paid))}
         return out
+
+    def balance(self, peer: str) -> float:
+        """``peer``'s balance in this node's ledger (0 for a peer it holds no
+        receipt of). The worker asks this when saturated (``Worker.on_offer``).
+
+        Kept up to date incrementally, in time proportional to what changed:
+        entries are only added at the end of the ledger and dropped from its
+        front, so the receipts counted so far (``_counted``, in ledger order)
+        are brought in line by dropping the ones that left from their front
+        and adding the new ones from the ledger's end; should the two ever
+        disagree in size (an entry removed from the middle), all is recounted."""
+        entries, counted, bal = self.entries, self._counted, self._balance
+        while counted:
+            key = next(iter(counted))
+            if key in entries:
+                break
+            origin, worker, credits = counted.popitem(last=False)[1]
+            bal[origin] += credits
+            bal[worker] -= credits
+        fresh = []
+        for key in reversed(entries):
+            if key in counted:
+                break
+            fresh.append(key)
+        for key in reversed(fresh):
+            e = entries[key]
+            counted[key] = (e.origin, e.worker, e.credits)
+            bal[e.worker] = bal.get(e.worker, 0.0) + e.credits
+            bal[e.origin] = bal.get(e.origin, 0.0) - e.credits
+        if len(counted) != len(entries):
+            counted.clear()
+            bal.clear()
+            for key, e in entries.items():
+                counted[key] = (e.origin, e.worker, e.credits)
+                bal[e.worker] = bal.get(e.worker, 0.0) + e.credits
+                bal[e.origin] = bal.get(e.origin, 0.0) - e.credits
+        return bal.get(peer, 0.0)
 
     def credits_view(self) -> dict[str, Any]:
         """The JSON shape of ``GET /v1/credits``."""

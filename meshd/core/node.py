@@ -149,6 +149,7 @@ class Node:
         self._replay: OrderedDict[tuple[str, bytes], int] = OrderedDict()
         self.worker = self.worker_class(self.ctx)
         self.ledger = self.ledger_class(self.ctx, self.worker)
+        self.worker.balance_of = self.ledger.balance  # saturated workers prefer origins in credit
         self.origin = self.origin_class(self.ctx, self.ledger)
         self.ctx.trust.listener = self._standing_changed
 

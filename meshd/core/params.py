@@ -151,6 +151,11 @@ class CoreParams:
     """Consecutive valid results before a worker is trusted (BOINC-style)."""
     untrusted_replication: float = 1.0
     """Replication probability for a worker that is not yet trusted."""
+    credit_free_allowance: float = 10.0
+    """Debt (credits) an origin may run up and still be served by a saturated
+    worker: a worker with no free slot declines offers from origins whose
+    balance in its own ledger is below ``-credit_free_allowance`` (an idle
+    worker serves everyone, so newcomers can start). See specs/CREDITS.md §7.5."""
     reputation_half_life_ms: int = 86_400_000
     """Reputation evidence halves in weight over this time."""
     ban_reputation: float = -0.5

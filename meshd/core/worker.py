@@ -105,6 +105,9 @@ class Worker:
         self.cold_reason: str | None = "health check pending"
         self.executor_failures = 0
         self._advert_seq = 0
+        self.balance_of: Callable[[str], float] = lambda peer: 0.0
+        """A peer's credit balance: the Node wires in ``Ledger.balance`` (the
+        ledger role owns the receipts); until then everyone counts as 0."""
         ctx.at(ctx.now_ms, T_ADVERT, None)
 
     def timers(self) -> dict[str, Callable[[Any], None]]:
@@ -237,6 +240,8 @@ class Worker:
         )
         if reason is None and (busy := self._busy_reason()) is not None:
             reason, send = busy, True
+        if reason is None and (debt := self._credit_reason(cap, msg.sender)) is not None:
+            reason, send = debt, True
         if reason is not None:
             self.ctx.counters["offers_declined"] += 1
             if send:
@@ -344,6 +349,22 @@ class Worker:
         if cap.running + cap.queued >= cap.capacity + self.ctx.params.worker_queue_max:
             return "busy: queue full"
         return self._busy_reason()
+
+    def _credit_reason(self, cap: Capacity, origin: str) -> str | None:
+        """No free slot, and ``origin`` owes more than the free allowance in our
+        ledger: leave the queue to origins in credit (specs/CREDITS.md §7.5).
+        A worker with a free slot serves everyone, so newcomers can start."""
+        if cap.running + cap.queued < cap.capacity:
+            return None
+        allowance = self.ctx.params.credit_free_allowance
+        balance = self.balance_of(origin)
+        if balance >= -allowance:
+            return None
+        self.ctx.counters["credit_declines"] += 1
+        return (
+            f"credit: origin balance {balance:.4g} is below the free allowance "
+            f"-{allowance:.4g} and this worker has no free slot"
+        )
 
     def _busy_reason(self) -> str | None:
         """Our own inbox is congested: say so now rather than take work whose

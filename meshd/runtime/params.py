@@ -38,6 +38,9 @@ class RuntimeParams:
     """Log chunks kept per job for `mesh logs`."""
     job_log_jobs: int = 10_000
     """Jobs whose log chunks are kept; the oldest job's go first."""
+    credits_top_counterparties: int = 3
+    """Counterparties listed per peer by `GET /v1/credits` (``top_payers`` /
+    ``top_payees``, most credits first); ``mesh credits --peer`` lists all."""
     capabilities_refresh_s: float = 30.0
     """How often hardware, images and load are re-read for the advert."""
     health_recheck_s: float = 60.0

@@ -162,9 +162,8 @@ class NodeView:
         return self._job_logs.get(job_id)
 
     def credits(self) -> dict[str, Any]:
-        """``GET /v1/credits``: balances and receipts."""
-        view = getattr(self._node, "credits_view", None)
-        return view() if callable(view) else {"balances": [], "receipts": []}
+        """``GET /v1/credits``: balances, where they come from, and receipts."""
+        return credits_document(self._node, self._rp.credits_top_counterparties)
 
     # ------------------------------------------------------------ blobs and log
 
@@ -401,3 +400,38 @@ def _jsonable(v: Any) -> Any:
     if isinstance(v, (list, tuple)):
         return [_jsonable(x) for x in v]
     return v
+
+
+def credits_document(node: Node, top: int) -> dict[str, Any]:
+    """The ledger's view (``Ledger.credits_view``: ``balances``, ``receipts``)
+    plus where each balance comes from — per peer the number of receipts
+    behind ``earned`` and ``spent`` and its ``top`` counterparties each way —
+    this node's ``peer_id`` and the ``free_allowance`` a saturated worker
+    gives origins in debt (specs/CREDITS.md §7.5)."""
+    doc = node.ledger.credits_view()
+    paid_by: dict[str, dict[str, float]] = {}
+    paid_to: dict[str, dict[str, float]] = {}
+    n_by: dict[str, Counter[str]] = {}
+    n_to: dict[str, Counter[str]] = {}
+    for r in doc["receipts"]:
+        w, o, c = r["worker"], r["origin"], float(r["credits"])
+        by, to = paid_by.setdefault(w, {}), paid_to.setdefault(o, {})
+        by[o], to[w] = by.get(o, 0.0) + c, to.get(w, 0.0) + c
+        n_by.setdefault(w, Counter())[o] += 1
+        n_to.setdefault(o, Counter())[w] += 1
+
+    def ranked(sums: dict[str, float] | None, counts: Counter[str] | None) -> list[dict[str, Any]]:
+        if not sums or counts is None:
+            return []
+        best = sorted(sums.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+        return [{"peer_id": p, "credits": c, "receipts": counts[p]} for p, c in best]
+
+    for b in doc["balances"]:
+        p = b["peer_id"]
+        b["earned_receipts"] = sum(n_by.get(p, Counter()).values())
+        b["spent_receipts"] = sum(n_to.get(p, Counter()).values())
+        b["top_payers"] = ranked(paid_by.get(p), n_by.get(p))
+        b["top_payees"] = ranked(paid_to.get(p), n_to.get(p))
+    doc["peer_id"] = node.peer_id
+    doc["free_allowance"] = node.ctx.params.credit_free_allowance
+    return doc
