@@ -73,7 +73,7 @@ def load_spec_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def _pairs(values: list[str] | None, flag: str) -> dict[str, str]:
+def parse_pairs(values: list[str] | None, flag: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in values or []:
         key, sep, value = item.partition("=")
@@ -115,9 +115,9 @@ def spec_from_args(args: Any, base: dict[str, Any] | None) -> dict[str, Any]:
         if getattr(args, flag) is not None:
             spec[key] = getattr(args, flag)
     if args.env:
-        spec["env"] = {**(spec.get("env") or {}), **_pairs(args.env, "--env")}
+        spec["env"] = {**(spec.get("env") or {}), **parse_pairs(args.env, "--env")}
     if args.label:
-        spec["labels"] = {**(spec.get("labels") or {}), **_pairs(args.label, "--label")}
+        spec["labels"] = {**(spec.get("labels") or {}), **parse_pairs(args.label, "--label")}
     if args.output:
         spec["outputs"] = [*(spec.get("outputs") or []), *args.output]
     inputs = list(spec.get("inputs") or [])

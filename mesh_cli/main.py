@@ -251,14 +251,9 @@ def filter_jobs(
     limit: int | None,
 ) -> list[dict[str, Any]]:
     """``mesh jobs --state/--label/--limit``: the newest matching jobs first."""
-    from mesh_cli.jobs import UsageError
+    from mesh_cli.jobs import parse_pairs
 
-    want: dict[str, str] = {}
-    for item in labels or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--label wants KEY=VALUE, got {item!r}")
-        want[key] = value
+    want = parse_pairs(labels, "--label")
     out = [
         j
         for j in jobs
