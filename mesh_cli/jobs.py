@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mesh_cli.render import TERMINAL_STATES, wait_line, wait_panel
 from meshd.api.client import ApiClient
 
 WAIT_POLL_S = 0.5
@@ -200,6 +199,8 @@ def wait_for_job(
     client: ApiClient, job_id: str, console: Any, *, poll_s: float = WAIT_POLL_S
 ) -> dict[str, Any]:
     """Poll until the job ends; live view on a terminal, a line per change otherwise."""
+    from mesh_cli.render import TERMINAL_STATES, wait_line, wait_panel
+
     if console.is_terminal:
         from rich.live import Live
 

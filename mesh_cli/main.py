@@ -282,7 +282,7 @@ def resolve_job_id(client: ApiClient, given: str) -> str:
 
 def cmd_wait(args: argparse.Namespace, client: ApiClient) -> int:
     """Wait until a job ends (or ``--timeout`` passes): 0 succeeded, 1 otherwise."""
-    from mesh_cli.jobs import TERMINAL_STATES
+    from mesh_cli.render import TERMINAL_STATES
 
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     while True:
@@ -595,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from mesh_cli.jobs import JobError, UsageError
     from meshd.api.client import ApiClientError, ApiHttpError, DaemonUnreachable
-    from meshd.config import ConfigError, default_data_dir
+    from meshd.datadir import ConfigError, default_data_dir
 
     if args.data_dir is None:
         args.data_dir = default_data_dir()

@@ -43,7 +43,6 @@ import re
 import secrets
 import stat
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -51,17 +50,24 @@ import tomli_w
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from meshd.core.identity import Identity
+from meshd.datadir import (  # noqa: F401 (re-exported: callers import these from here)
+    API_ADDR_FILE,
+    BLOBS_DIR,
+    CONFIG_FILE,
+    DATA_DIR_ENV,
+    KEY_FILE,
+    LOG_DIR,
+    PID_FILE,
+    TOKEN_FILE,
+    TOKEN_HEX_LEN,
+    WORK_DIR,
+    ConfigError,
+    DataDir,
+    default_data_dir,
+    read_api_addr,
+    read_api_token,
+)
 
-KEY_FILE = "node.key"
-CONFIG_FILE = "config.toml"
-TOKEN_FILE = "api.token"
-API_ADDR_FILE = "api.addr"
-PID_FILE = "daemon.pid"
-LOG_DIR = "log"
-BLOBS_DIR = "blobs"
-WORK_DIR = "work"
-
-DATA_DIR_ENV = "MESH_DATA_DIR"
 DEFAULT_P2P_PORT = 7700
 """libp2p TCP port of a node by default; a second node on one host passes
 ``--listen /ip4/127.0.0.1/tcp/0`` (any free port) or another fixed port."""
@@ -72,60 +78,10 @@ MAX_PRICE = 1e6
 MAX_PARAMS = 256
 """Most ``[params]`` overrides a config may carry."""
 SEED_LEN = 32
-TOKEN_HEX_LEN = 64
 
 # A light syntactic check; libp2p parses the address for real at start.
 _MULTIADDR_RE = re.compile(r"^(/[A-Za-z0-9][A-Za-z0-9\-]*/[^/\s]+)+(/p2p/[1-9A-HJ-NP-Za-km-z]+)?$")
 _TCP_ADDR_RE = re.compile(r"^/(ip4|ip6|dns|dns4|dns6)/[^/\s]+/tcp/(\d{1,5})(/.*)?$")
-
-
-class ConfigError(Exception):
-    """The data dir or its configuration is missing or wrong: the operator's to fix."""
-
-
-@dataclass(frozen=True)
-class DataDir:
-    """Paths inside one data directory (see the module header)."""
-
-    root: Path
-
-    @property
-    def key(self) -> Path:
-        return self.root / KEY_FILE
-
-    @property
-    def config(self) -> Path:
-        return self.root / CONFIG_FILE
-
-    @property
-    def token(self) -> Path:
-        return self.root / TOKEN_FILE
-
-    @property
-    def api_addr(self) -> Path:
-        return self.root / API_ADDR_FILE
-
-    @property
-    def pid(self) -> Path:
-        return self.root / PID_FILE
-
-    @property
-    def log(self) -> Path:
-        return self.root / LOG_DIR
-
-    @property
-    def blobs(self) -> Path:
-        return self.root / BLOBS_DIR
-
-    @property
-    def work(self) -> Path:
-        return self.root / WORK_DIR
-
-
-def default_data_dir() -> Path:
-    """``$MESH_DATA_DIR`` if set, else ``~/.meshd``."""
-    env = os.environ.get(DATA_DIR_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".meshd"
 
 
 def _check_multiaddr(addr: str, *, tcp_port: bool) -> str:
@@ -372,20 +328,6 @@ def ensure_api_token(data_dir: str | os.PathLike[str]) -> str:
     return read_api_token(data_dir)
 
 
-def read_api_token(data_dir: str | os.PathLike[str]) -> str:
-    """The API token of a data dir; ConfigError if it is missing or malformed."""
-    path = DataDir(Path(data_dir)).token
-    try:
-        token = path.read_text(encoding="ascii").strip()
-    except FileNotFoundError:
-        raise ConfigError(f"{path} is missing; start the daemon once to create it") from None
-    except (PermissionError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read the API token {path}: {exc}") from None
-    if len(token) != TOKEN_HEX_LEN or not re.fullmatch(r"[0-9a-f]+", token):
-        raise ConfigError(f"{path} is corrupt (expected {TOKEN_HEX_LEN} hex characters)")
-    return token
-
-
 def write_api_addr(data_dir: str | os.PathLike[str], host: str, port: int) -> None:
     """Publish the bound API address for ``mesh`` (the daemon calls this once bound)."""
     write_atomic(DataDir(Path(data_dir)).api_addr, f"{host}:{port}\n".encode(), mode=0o644)
@@ -394,16 +336,3 @@ def write_api_addr(data_dir: str | os.PathLike[str], host: str, port: int) -> No
 def remove_api_addr(data_dir: str | os.PathLike[str]) -> None:
     """Withdraw ``api.addr`` (the daemon calls this when it stops)."""
     DataDir(Path(data_dir)).api_addr.unlink(missing_ok=True)
-
-
-def read_api_addr(data_dir: str | os.PathLike[str]) -> tuple[str, int] | None:
-    """``(host, port)`` from ``api.addr``, or None if no daemon published one."""
-    path = DataDir(Path(data_dir)).api_addr
-    try:
-        text = path.read_text(encoding="ascii").strip()
-    except (FileNotFoundError, UnicodeDecodeError):
-        return None
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) <= 65535:
-        raise ConfigError(f"{path} is corrupt ({text[:60]!r}); restart the daemon")
-    return host, int(port)

@@ -797,3 +797,16 @@ def test_version_and_help_load_no_client_renderer_or_pydantic() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip().endswith("[]"), proc.stdout
+
+
+def test_a_json_read_loads_neither_pydantic_nor_rich(tmp_path: Path) -> None:
+    """`mesh status --json` needs the client and the data dir's two files only."""
+    code = (
+        "import sys\n"
+        "from mesh_cli.main import main\n"
+        f"main(['--data-dir', {str(tmp_path / 'none')!r}, 'status', '--json'])\n"
+        "print([m for m in ('rich', 'pydantic', 'meshd.config') if m in sys.modules])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout.strip().endswith("[]"), proc.stdout + proc.stderr
+    assert "no daemon running" in proc.stderr  # it did run the command

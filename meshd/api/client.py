@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from meshd.config import DataDir, read_api_addr, read_api_token
+from meshd.datadir import DataDir, read_api_addr, read_api_token
 
 DEFAULT_TIMEOUT_S = 30.0
 """Longest wait for any one response (not for the lines of a followed stream)."""
@@ -97,7 +97,7 @@ class ApiClient:
         """A client for the daemon of ``data_dir``.
 
         DaemonUnreachable if no daemon published its address; ConfigError
-        (``meshd.config``) if ``api.addr`` or ``api.token`` is corrupt.
+        (``meshd.datadir``) if ``api.addr`` or ``api.token`` is corrupt.
         """
         root = Path(data_dir)
         addr = read_api_addr(root)
