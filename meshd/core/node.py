@@ -71,10 +71,9 @@ from .identity import Identity
 from .origin import Origin
 from .params import CoreParams
 from .peers import PeerTable
-from .placement import Capacity
 from .ratelimit import TRANSPORT, RateLimiter, classes_of
 from .trust import Trust
-from .wire import Advert, Body, Opened, Rejected, open_envelope, seal
+from .wire import Body, Opened, Rejected, open_envelope, seal
 from .worker import Worker
 
 __all__ = ["Codec", "Node", "WireCodec"]
@@ -372,14 +371,6 @@ class Node:
                 ctx.trust.sample_uptime(peer, peer in alive, ctx.now_ms)
         ctx.trust.refresh(ctx.now_ms)
         ctx.at(ctx.now_ms + ctx.params.peer_score_interval_ms, T_STANDING, None)
-
-    # ------------------------------------------------------------ for shells and tests
-
-    def capacity(self) -> Capacity | None:
-        return self.worker.capacity()
-
-    def make_advert(self) -> Advert | None:
-        return self.worker.make_advert()
 
     # ------------------------------------------------------------ restore
 

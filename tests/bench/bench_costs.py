@@ -110,7 +110,7 @@ def award(i: int) -> Award:
 def advert_body(i: int) -> Any:
     node = Node(CoreParams(), PEERS[i % len(PEERS)], random.Random(i), NOW)
     node.step(HW.caps(), NOW)
-    adv = node.make_advert()
+    adv = node.worker.make_advert()
     return adv.model_copy(update={"seq": NOW + i})
 
 
