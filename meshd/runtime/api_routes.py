@@ -80,7 +80,7 @@ def install_routes(api: ApiServer, view: NodeView, control: Control) -> None:
         except JobSpecError as exc:
             raise ApiError(400, "invalid_job", str(exc), fields=exc.fields) from None
         for ref in spec.inputs:
-            if ref.digest is not None and not view.has_blob(ref.digest):
+            if ref.uri is None and ref.digest is not None and not view.has_blob(ref.digest):
                 raise ApiError(
                     400,
                     "missing_input",

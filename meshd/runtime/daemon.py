@@ -201,6 +201,7 @@ class Daemon(EffectInterpreter):
             feed=self._feed,
             feed_nowait=self.feed_nowait,
             allow_network=config.allow_network_jobs,
+            inputs=config.inputs,
         )
         self.checker = Checker(self.blobs, executor, self.dirs.work, self._feed)
         self.job_logs = JobLogs(self.rp.job_log_lines, self.clock.wall_ms, self.rp.job_log_jobs)

@@ -30,6 +30,7 @@ from typing import Any
 
 import trio
 
+from meshd.config import InputsConfig
 from meshd.core.events import (
     MAX_ERROR_CHARS,
     CancelExecution,
@@ -58,6 +59,7 @@ class Executions:
         feed: Callable[[Any], Awaitable[None]],
         feed_nowait: Callable[[Any], bool],
         allow_network: bool,
+        inputs: InputsConfig | None = None,
     ) -> None:
         self.work_dir = work_dir
         self.executor = executor
@@ -67,6 +69,8 @@ class Executions:
         self._feed_nowait = feed_nowait
         self.allow_network = allow_network
         """Whether jobs that ask for the network get it (``allow_network_jobs``)."""
+        self.inputs = inputs or InputsConfig()
+        """Where URI inputs come from and which addresses they may name."""
         self._runs: dict[tuple[str, int, int], trio.CancelScope] = {}
 
     def run_dir(self, job_id: str, attempt: int, replica: int) -> Path:
@@ -76,7 +80,9 @@ class Executions:
         """Carry out ``FetchInputs``: the outcome comes back as ``InputsFetched``."""
         d = self.run_dir(eff.job_id, eff.attempt, eff.replica)
         try:
-            await fetch_inputs(self._fetch_blob, self.blobs, eff.origin, eff.spec, d / "inputs")
+            await fetch_inputs(
+                self._fetch_blob, self.blobs, eff.origin, eff.spec, d / "inputs", self.inputs
+            )
             inp = InputsFetched(eff.job_id, eff.attempt, eff.replica, True)
         except Exception as exc:
             inp = InputsFetched(
