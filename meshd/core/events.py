@@ -155,6 +155,8 @@ class ExecutionFinished:
     """True when the executor itself failed (not the job): counts against warmth."""
     image_id: str = ""
     """The id of the image the run ran ("" if none or unknown)."""
+    manifest_sig: str | None = None
+    """The worker's signature of the output manifest, hex (specs/JOB.md §3.1)."""
 
 
 @dataclass(frozen=True)

@@ -242,6 +242,9 @@ class Result(Body):
     det_class: DetClass = ""
     """The determinism class the run ran in (specs/CREDITS.md §5); "" when not
     stated (older peers)."""
+    manifest_sig: Annotated[str, Field(pattern=r"^[0-9a-f]{128}$")] | None = None
+    """The worker's Ed25519 signature of the output archive's manifest, in
+    hex (specs/JOB.md §3.1); None without outputs or from older peers."""
 
 
 class ResultAck(Body):

@@ -442,6 +442,7 @@ class Worker:
             det_class=self.det_class(
                 work.spec.requirements.gpus > 0, work.spec.image, inp.image_id
             ),
+            manifest_sig=inp.manifest_sig,
         )
         self._finish_work(work, result)
 
