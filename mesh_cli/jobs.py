@@ -18,8 +18,10 @@ Rules:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import os
 import re
 import tarfile
 import tempfile
@@ -226,6 +228,46 @@ def wait_for_job(
 # ------------------------------------------------------------------ results
 
 
+HAS_TAR_FILTERS = hasattr(tarfile, "data_filter")
+"""Python 3.11.4+ has tarfile's extraction filters; Debian 12's 3.11.2 has not."""
+
+
+def _within(path: str, root: str) -> bool:
+    return os.path.commonpath([path, root]) == root
+
+
+def _data_filter_compat(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+    """The refusals of tarfile's ``data`` filter, for Pythons without it:
+    leading slashes dropped, nothing outside ``dest``, no links leading out of it, no
+    devices or FIFOs; modes lose setuid/setgid/sticky and group/other write;
+    owners are dropped."""
+    root = os.path.realpath(dest)
+    name = member.name.lstrip("/" + os.sep)  # as the filter does: "/a" unpacks as "a"
+    target = os.path.realpath(os.path.join(root, name))
+    if not _within(target, root):
+        raise JobError(f"refusing to unpack the output: {member.name!r} is outside the destination")
+    if member.ischr() or member.isblk() or member.isfifo() or member.isdev():
+        raise JobError(f"refusing to unpack the output: {member.name!r} is a special file")
+    if member.issym() or member.islnk():
+        if os.path.isabs(member.linkname):
+            raise JobError(
+                f"refusing to unpack the output: {member.name!r} links to an absolute path"
+            )
+        base = os.path.dirname(target) if member.issym() else root
+        if not _within(os.path.realpath(os.path.join(base, member.linkname)), root):
+            raise JobError(
+                f"refusing to unpack the output: {member.name!r} links outside the destination"
+            )
+    safe = copy.copy(member)
+    safe.name = name
+    safe.mode = member.mode & 0o755
+    if member.isfile() and not member.mode & 0o100:
+        safe.mode &= 0o644
+    safe.uid = safe.gid = 0
+    safe.uname = safe.gname = ""
+    return safe
+
+
 def _check_members(tar: tarfile.TarFile, dest: Path) -> list[tarfile.TarInfo]:
     members: list[tarfile.TarInfo] = []
     for member in tar:
@@ -233,6 +275,9 @@ def _check_members(tar: tarfile.TarFile, dest: Path) -> list[tarfile.TarInfo]:
             raise JobError(
                 f"the output holds more than {MAX_RESULT_MEMBERS} entries; refusing to unpack"
             )
+        if not HAS_TAR_FILTERS:
+            members.append(_data_filter_compat(member, str(dest)))
+            continue
         try:
             members.append(tarfile.data_filter(member, str(dest)))
         except tarfile.FilterError as exc:
@@ -262,7 +307,10 @@ def fetch_result(
             with tarfile.open(fileobj=tmp, mode="r:*") as tar:
                 members = _check_members(tar, dest.absolute())
                 dest.mkdir(parents=True, exist_ok=True)
-                tar.extractall(dest, members=members, filter="data")
+                if HAS_TAR_FILTERS:
+                    tar.extractall(dest, members=members, filter="data")
+                else:  # the members were checked by _data_filter_compat
+                    tar.extractall(dest, members=members)
         except tarfile.TarError as exc:
             raise JobError(f"the output of {job_id} is not a valid tar archive: {exc}") from None
     return sum(1 for m in members if m.isfile())

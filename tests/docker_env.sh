@@ -50,6 +50,10 @@ ensure_packages() {
     # busybox-static provides a static /bin/busybox; the dynamic `busybox`
     # package would not run inside an image without a libc.
     dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
+    # deploy/build-image.sh and tests/test_deploy.py: the image's Debian root
+    # and the compose mesh.
+    command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
+    command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
     if ((${#missing[@]})); then
         [[ $(id -u) -eq 0 ]] || { log "error: need root to apt-get install ${missing[*]}"; exit 1; }
         log "installing ${missing[*]}"

@@ -179,6 +179,10 @@ class ExecParams:
     cgroup_root: str = "/sys/fs/cgroup"
     health_check_image: str = "meshd/busybox:1"
     health_check_timeout_s: float = 30.0
+    scratch_dir: str | None = None
+    """Where executors make scratch directories (the health check's, the process
+    executor's); None: the system's temp dir. The daemon sets its ``work/`` dir,
+    a path a Docker engine outside the node's container can also bind-mount."""
     assume_gpu_runtime: bool = False  # trust that the engine can do GPU device requests
 
     def __post_init__(self) -> None:

@@ -18,7 +18,7 @@ from .base import ExecParams, ExecRequest, ExecResult, Executor
 async def health_check(executor: Executor, params: ExecParams) -> ExecResult:
     """Run ``sh -c 'echo ok > $MESH_OUTPUTS/health'`` and check the file."""
     token = secrets.token_hex(8)
-    with tempfile.TemporaryDirectory(prefix="meshd-health-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="meshd-health-", dir=params.scratch_dir) as tmp:
         out = Path(tmp) / "out"
         req = ExecRequest(
             job_id=f"health-{token}",

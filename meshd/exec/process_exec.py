@@ -133,7 +133,7 @@ class ProcessExecutor(Executor):
             return error_result(f"declined: {reason}")
         state = _ProcState()
         self._runs[req.job_id] = state
-        scratch = Path(tempfile.mkdtemp(prefix="meshd-proc-"))
+        scratch = Path(tempfile.mkdtemp(prefix="meshd-proc-", dir=self.params.scratch_dir))
         try:
             req.output_dir.mkdir(parents=True, exist_ok=True)
             return await self._run_process(req, on_log, state, scratch)

@@ -603,10 +603,15 @@ class _Awaited:
 
 
 def make_executor(
-    config: NodeConfig, identity: Identity, exec_params: ExecParams | None = None
+    config: NodeConfig,
+    identity: Identity,
+    exec_params: ExecParams | None = None,
+    *,
+    scratch_dir: Path | None = None,
 ) -> tuple[Executor, str, ExecParams]:
     """The executor the configuration chooses (raises ExecutorUnavailable), why,
-    and the executor parameters the configuration implies."""
+    and the executor parameters the configuration implies (scratch directories
+    under ``scratch_dir``, the data dir's ``work/``, when given)."""
     import dataclasses
 
     from meshd.exec.factory import make_executor as choose
@@ -617,6 +622,9 @@ def make_executor(
         process_executor_enabled=config.allow_process_executor,
         allow_network=config.allow_network_jobs,
     )
+    if scratch_dir is not None:
+        scratch_dir.mkdir(parents=True, exist_ok=True)
+        exec_params = dataclasses.replace(exec_params, scratch_dir=str(scratch_dir))
     executor, reason = choose(config.executor, exec_params, identity.peer_id[-12:])
     if executor.name == "none":
         log.warning("this node is a client and runs no jobs: %s", reason)
@@ -634,7 +642,9 @@ def build_daemon(
     **kwargs: Any,
 ) -> Daemon:
     """A daemon with the executor chosen by the configuration (raises ExecutorUnavailable)."""
-    executor, reason, exec_params = make_executor(config, identity, kwargs.pop("exec_params", None))
+    executor, reason, exec_params = make_executor(
+        config, identity, kwargs.pop("exec_params", None), scratch_dir=DataDir(data_dir).work
+    )
     return Daemon(
         data_dir,
         config,
