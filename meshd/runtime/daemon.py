@@ -72,7 +72,6 @@ from meshd.core.events import (
     GossipReceived,
     InboxLoad,
     JobLog,
-    JobSubmitted,
     Publish,
     RunChecker,
     Send,
@@ -551,8 +550,6 @@ class Daemon(EffectInterpreter):
     async def submit(self, inp: Any) -> None:
         """Queue an API input and return once the core has processed it (and its
         records are durable), so the caller's next read sees its effect."""
-        if isinstance(inp, JobSubmitted):  # its image travels if our engine has it
-            inp = JobSubmitted(await self.images.attach(inp.spec), inp.job_id)
         done = trio.Event()
         await self._feed(_Awaited(inp, done))
         await done.wait()
@@ -574,6 +571,11 @@ class Daemon(EffectInterpreter):
         except BlobStoreFullError:
             self.disk.refused_uploads += 1
             raise
+
+    async def attach_image(self, spec: Any) -> Any:
+        """The descriptor with ``image_blob`` set when our engine has its image
+        (:meth:`.images.ImageCache.attach`)."""
+        return await self.images.attach(spec)
 
     def _put_upload(self, data: bytes) -> str:
         return self.blobs.put(data, essential=False)
