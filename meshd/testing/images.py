@@ -33,8 +33,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKER_ENV = REPO_ROOT / "tests" / "docker_env.sh"
 
 
-def import_marker_image(api: Any, name: str, token: str, busybox: Path) -> str:
-    """Import a busybox image with ``/etc/marker`` = ``token`` as ``name``; its id."""
+def import_marker_image(
+    api: Any, name: str, token: str, busybox: Path, *, payload: bytes = b""
+) -> str:
+    """Import a busybox image with ``/etc/marker`` = ``token`` (and ``/payload``
+    holding ``payload``, to make it larger) as ``name``; its id."""
     src = io.BytesIO(health_root_tar(busybox))
     out = io.BytesIO()
     with tarfile.open(fileobj=src, mode="r:") as tin, tarfile.open(fileobj=out, mode="w") as tout:
@@ -44,6 +47,10 @@ def import_marker_image(api: Any, name: str, token: str, busybox: Path) -> str:
         info = tarfile.TarInfo("etc/marker")
         info.size, info.mode = len(body), 0o644
         tout.addfile(info, io.BytesIO(body))
+        if payload:
+            info = tarfile.TarInfo("payload")
+            info.size, info.mode = len(payload), 0o644
+            tout.addfile(info, io.BytesIO(payload))
     repo, _, tag = name.rpartition(":")
     api.import_image_from_data(
         out.getvalue(), repository=repo, tag=tag, changes=list(IMAGE_CHANGES)
