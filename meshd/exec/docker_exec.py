@@ -671,7 +671,7 @@ class DockerExecutor(Executor):
                 root, repository=repo, tag=tag, changes=list(IMAGE_CHANGES)
             )
         except HealthImageUnavailable as exc:
-            return f"health-check image {image} is missing and cannot be built: {exc}"
+            return f"health-check image {image} missing; {exc}"
         except (OSError, docker.errors.DockerException) as exc:
             return f"health-check image {image} is missing; building it failed: {_explain(exc)}"
         log.info("built health-check image %s from %s", image, busybox)

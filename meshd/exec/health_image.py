@@ -16,7 +16,7 @@ Rules:
   ELF ``PT_INTERP`` program header is refused (:func:`is_static_elf`).
 - Candidates are tried in ``ExecParams.busybox_paths`` order; none usable ->
   :class:`HealthImageUnavailable`, whose message names every candidate, why
-  each was refused, and the exact command that fixes it
+  each was refused, and first the exact command that fixes it
   (:data:`FIX_COMMAND`). Nothing is written to disk: the tar is built in
   memory (a static busybox is about 2 MB).
 """
@@ -82,8 +82,9 @@ def find_static_busybox(paths: Sequence[str]) -> Path:
         if problem is None:
             return Path(p)
         why.append(problem)
+    # the fix first: the reason may be cut to MAX_ERROR_CHARS on its way
     raise HealthImageUnavailable(
-        f"no static busybox ({'; '.join(why) or 'no candidate paths'}); fix: `{FIX_COMMAND}`"
+        f"fix: `{FIX_COMMAND}` (no static busybox: {'; '.join(why) or 'no candidate paths'})"
     )
 
 
