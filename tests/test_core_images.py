@@ -135,3 +135,37 @@ def test_the_image_blob_is_validated() -> None:
         ImageBlob(id="latest", digest=BLOB, size=1)
     with pytest.raises(ValidationError):
         ImageBlob(id=IMAGE_ID, digest=BLOB, size=0)
+
+
+def test_on_a_core_mesh_workers_without_the_image_take_the_job_and_only_they_may_fetch_it() -> None:
+    from meshd.testing.corenet import CoreNet, FakeWorker, default_caps
+
+    bare = FakeWorker(caps=default_caps(images=()))
+    cold = FakeWorker(caps=default_caps(images=()), healthy=False)  # never holds a run
+    net = CoreNet(4, workers=[FakeWorker(caps=default_caps(images=(IMAGE,))), bare, bare, cold])
+    net.run_for(3_000)  # adverts
+    origin = net.node(0)
+    spec = parse_job_spec({"image": IMAGE, "command": ["true"], "timeout_s": 30})
+
+    # Without an image_blob, nobody has the image: the job waits.
+    stuck = net.submit(0, spec)
+    net.run_for(3_000)
+    assert net.job(0, stuck).state in ("queued", "offered") and not net.job(0, stuck).runs
+
+    travelling = spec.model_copy(
+        update={"image_blob": ImageBlob(id=IMAGE_ID, digest=BLOB, size=5 * MiB)}
+    )
+    job_id = net.submit(0, travelling)
+    live: dict[str, bool] = {}
+
+    def running() -> bool:
+        runs = [r for r in net.job(0, job_id).runs.values() if r.state == "active"]
+        if runs:
+            live["worker"] = all(origin.may_serve_blob(r.worker, BLOB) for r in runs)
+            live["bystander"] = origin.may_serve_blob(net.order[3], BLOB)
+        return bool(runs)
+
+    assert net.run_until(running)
+    assert live == {"worker": True, "bystander": False}
+    assert net.run_until(lambda: net.job(0, job_id).state == "succeeded")
+    assert not any(origin.may_serve_blob(p, BLOB) for p in net.order[1:])
