@@ -163,7 +163,8 @@ class ImageCache:
     def _export(self, image: str, image_id: str) -> ImageBlob:
         chunks = self.executor.save_image(image)
         try:
-            digest = self.blobs.put_stream(chunks, max_bytes=self.max_image_bytes)
+            # like an upload: a full store refuses it (the image then does not travel)
+            digest = self.blobs.put_stream(chunks, max_bytes=self.max_image_bytes, essential=False)
         finally:
             close = getattr(chunks, "close", None)
             if callable(close):
