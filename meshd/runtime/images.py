@@ -219,7 +219,8 @@ class ImageCache:
         log.info("loaded image %s (%s) from %s", spec.image, blob.id, origin)
         size = await trio.to_thread.run_sync(ex.image_size, blob.id) or blob.size
         self._record(blob.id, spec.image, size)
-        await trio.to_thread.run_sync(self._evict, blob.id)
+        busy = self._in_use() | {blob.id}  # read here: the core's state is not for threads
+        await trio.to_thread.run_sync(self._evict, busy)
 
     def _check_and_load(self, image: str, blob: ImageBlob, digest: str) -> None:
         size = self.blobs.size(digest)
@@ -272,10 +273,10 @@ class ImageCache:
     def cached_bytes(self) -> int:
         return sum(int(e.get("size", 0)) for e in self.index.values())
 
-    def _evict(self, keep: str) -> None:
+    def _evict(self, busy: set[str]) -> None:
         """Remove least recently used images meshd loaded until the cache is
-        within ``cache_max_bytes``; never ``keep`` nor one a live run uses."""
-        busy = self._in_use() | {keep}
+        within ``cache_max_bytes``; never one named or identified in ``busy``
+        (what live runs use, and the image just loaded). Blocking."""
         for image_id, entry in sorted(self.index.items(), key=lambda kv: kv[1].get("used", 0)):
             if self.cached_bytes() <= self.cache_max_bytes:
                 break
