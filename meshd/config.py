@@ -172,6 +172,9 @@ class NodeConfig(BaseModel):
     """Permit unsandboxed subprocess execution (trusted, local use only)."""
     allow_network_jobs: bool = False
     """Permit jobs that ask for network access."""
+    pull_images: bool = False
+    """Let the Docker engine pull a job's image from its registry (by digest,
+    where the job names one) instead of only using local or travelling images."""
     price_per_gflops_hour: Annotated[
         float,
         Field(

@@ -23,6 +23,8 @@
 #   MESHD_DOCKER_START_TIMEOUT_S  wait for readiness  default 60
 #   MESHD_DOCKER_STOP_TIMEOUT_S   wait for exit       default 20
 #   MESHD_DOCKERD_EXTRA_ARGS      extra dockerd flags default "" (e.g. --bridge=none)
+#   MESHD_DOCKER_IMAGES           build test images   default 1 (0: an engine with no
+#                                 image at all, as on a fresh machine)
 #
 # Rules: stdout carries only the export line (so `eval` is safe); progress
 # and errors go to stderr. Only the dockerd whose pid is in our pidfile (and
@@ -111,7 +113,9 @@ cmd_start() {
         wait_ready
         log "engine ready: $(docker version --format '{{.Server.Version}}')"
     fi
-    bash "$HERE/images/build.sh" >&2
+    if [[ "${MESHD_DOCKER_IMAGES:-1}" != 0 ]]; then
+        bash "$HERE/images/build.sh" >&2
+    fi
     echo "export DOCKER_HOST=$DOCKER_HOST"
 }
 

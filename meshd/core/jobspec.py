@@ -90,6 +90,25 @@ class InputRef(_Strict):
         return self
 
 
+class ImageBlob(_Strict):
+    """The job's image as it travels: a ``docker save`` archive stored as a
+    blob at the origin (``digest``, ``size`` bytes) whose image id is ``id``.
+    Filled in by the origin's shell at submit when its engine has the image;
+    a worker that lacks the image fetches the blob, checks the digest and the
+    archive's image id, and loads it."""
+
+    id: str
+    digest: str
+    size: Annotated[int, Field(ge=1, le=1 << 40)]
+
+    @field_validator("id", "digest")
+    @classmethod
+    def _digest(cls, v: str) -> str:
+        if not _DIGEST_RE.match(v):
+            raise ValueError("must be 'sha256:' followed by 64 lowercase hex digits")
+        return v
+
+
 class Tolerance(_Strict):
     """Numeric comparison of replicated outputs (see specs/CREDITS.md)."""
 
@@ -124,6 +143,9 @@ class JobSpec(_Strict):
     tolerance: Tolerance | None = None
     checker_image: str | None = None
     """A container that judges two outputs (exit 0 = equivalent)."""
+    image_blob: ImageBlob | None = None
+    """The image as a blob at the origin, so workers without it can run the
+    job (set by the origin's shell; see ``ImageBlob``)."""
     replicas: Annotated[int, Field(ge=1, le=5)] | None = None
     """Force this many independent runs (overrides the node's replication policy)."""
     type: Annotated[str, Field(max_length=64)] = "batch"

@@ -768,7 +768,8 @@ class Origin:
             self._note_decline(job, "-", "no peers known (is this node connected to the mesh?)")
 
     def serves(self, peer: str, digest: str) -> bool:
-        """``peer`` holds a live run of a job of ours that has input ``digest``."""
+        """``peer`` holds a live run of a job of ours that has input ``digest``
+        (or whose travelling image archive is ``digest``)."""
         for job in self.jobs.values():
             if job.state in TERMINAL or not any(
                 r.worker == peer and r.state in RUN_LIVE for r in job.runs.values()
@@ -778,6 +779,9 @@ class Origin:
                 i.digest is not None and i.digest.removeprefix("sha256:") == digest
                 for i in job.spec.inputs
             ):
+                return True
+            blob = job.spec.image_blob
+            if blob is not None and blob.digest.removeprefix("sha256:") == digest:
                 return True
         return False
 
@@ -1500,6 +1504,8 @@ def offer_requirements(spec: JobSpec) -> OfferRequirements:
         runtime=r.runtime,
         network=r.network,
         image=spec.image,
+        image_id=spec.image_blob.id if spec.image_blob else None,
+        image_size=spec.image_blob.size if spec.image_blob else 0,
     )
 
 

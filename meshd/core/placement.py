@@ -82,6 +82,8 @@ class Capacity:
     queued: int
     capacity: int
     gpu_gflops: float | None = None
+    image_ids: tuple[tuple[str, str], ...] = ()
+    """(name, id) of local images, where known (our own; adverts carry none)."""
 
     @classmethod
     def from_advert(cls, a: Advert) -> Capacity:
@@ -125,6 +127,7 @@ class Capacity:
             queued,
             c.capacity,
             c.gpu_gflops,
+            c.image_ids,
         )
 
 
@@ -134,15 +137,32 @@ def image_present(image: str, images: tuple[str, ...]) -> bool:
     return ":" not in image.rsplit("/", 1)[-1] and f"{image}:latest" in images
 
 
+def image_fetch_bytes(cap: Capacity, req: OfferRequirements) -> int | None:
+    """Bytes a node must fetch before it can run the job: 0 when it needs no
+    image or has it (by name, and with the pinned id where both are known),
+    the archive's size when the image travels (the offer pins an id and a
+    size), None when the image is absent and does not travel."""
+    if "docker" not in cap.runtimes:
+        return 0
+    present = image_present(req.image, cap.images)
+    if present and req.image_id is not None:
+        local = local_image_id(req.image, cap.image_ids)
+        present = not local or local == req.image_id
+    if present:
+        return 0
+    if req.image_id is not None and req.image_size > 0:
+        return req.image_size
+    return None
+
+
 def fit_reason(cap: Capacity, req: OfferRequirements) -> str | None:
     """Why this capacity cannot run the job at all (static), or None."""
     if not cap.warm:
         return f"node is cold: {cap.cold_reason or 'health check pending'}"
     if req.runtime is not None and req.runtime not in cap.runtimes:
         return f"runtime {req.runtime} not available (has {', '.join(cap.runtimes) or 'none'})"
-    if "docker" in cap.runtimes and not image_present(req.image, cap.images):
-        if "process" not in cap.runtimes:
-            return f"image {req.image} not present locally"
+    if image_fetch_bytes(cap, req) is None and "process" not in cap.runtimes:
+        return f"image {req.image} not present locally"
     if req.cpus > cap.cores:
         return f"needs {req.cpus:g} CPUs, node has {cap.cores}"
     if req.memory_mb > cap.ram_mb:
@@ -213,14 +233,28 @@ def budget_timeout_s(
 
 
 def decline_reason(
-    cap: Capacity, offer: Offer, *, self_id: str, queue_max: int, overhead_s: float
+    cap: Capacity,
+    offer: Offer,
+    *,
+    self_id: str,
+    queue_max: int,
+    overhead_s: float,
+    max_image_bytes: int | None = None,
 ) -> tuple[str | None, bool]:
-    """(reason or None, whether the origin could not know it from our advert)."""
+    """(reason or None, whether the origin could not know it from our advert).
+    ``max_image_bytes``: the largest image archive this node fetches (None: no bound)."""
     if self_id in offer.exclude:
         return "excluded by the origin (earlier failure)", False
     static = fit_reason(cap, offer.requirements)
     if static is not None:
         return static, False
+    fetch = image_fetch_bytes(cap, offer.requirements) or 0
+    if max_image_bytes is not None and fetch > max_image_bytes:
+        return (
+            f"image {offer.requirements.image} is absent and its {fetch}-byte archive "
+            f"exceeds this node's max_image_bytes ({max_image_bytes})",
+            True,
+        )
     if cap.running + cap.queued >= cap.capacity + queue_max:
         return f"busy: {cap.running} running, {cap.queued} queued", True
     if offer.max_budget is not None:
@@ -287,8 +321,16 @@ def prefer_classes(
 
 
 def make_bid(
-    cap: Capacity, offer: Offer, *, avg_run_s: float, overhead_s: float, det_class: str = ""
+    cap: Capacity,
+    offer: Offer,
+    *,
+    avg_run_s: float,
+    overhead_s: float,
+    det_class: str = "",
+    image_bytes_per_s: float | None = None,
 ) -> Bid:
+    """Our bid for ``offer``. With ``image_bytes_per_s``, a job whose image
+    must travel here starts later by the archive's size at that rate."""
     gflops = job_gflops(cap, offer.requirements.gpus)
     duration = estimate_duration_s(offer.estimated_flops, offer.timeout_s, gflops, overhead_s)
     waiting_jobs = max(0, cap.running + cap.queued + 1 - cap.capacity)
@@ -298,11 +340,14 @@ def make_bid(
     )
     if offer.max_budget is not None:
         cost = min(cost, offer.max_budget)
+    fetch_s = 0.0
+    if image_bytes_per_s:
+        fetch_s = (image_fetch_bytes(cap, offer.requirements) or 0) / image_bytes_per_s
     return Bid(
         job_id=offer.job_id,
         attempt=offer.attempt,
         price=cost,
-        est_start_ms=int(wait_s * 1000),
+        est_start_ms=int((wait_s + fetch_s) * 1000),
         est_duration_ms=int(duration * 1000),
         score_gflops=gflops,
         running=cap.running,

@@ -148,6 +148,11 @@ class OfferRequirements(Body):
     runtime: Literal["docker", "process"] | None = None
     network: bool = False
     image: Annotated[str, Field(max_length=255)]
+    image_id: Digest | None = None
+    """The image id the job pins (``sha256:…``) when its image travels: a
+    worker that lacks it fetches it from the origin instead of declining."""
+    image_size: Annotated[int, Field(ge=0, le=MAX_BYTES)] = 0
+    """Bytes of the image's archive to fetch (0: the image does not travel)."""
 
 
 class Offer(Body):

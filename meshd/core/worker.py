@@ -237,6 +237,7 @@ class Worker:
             self_id=self.ctx.peer_id,
             queue_max=self.ctx.params.worker_queue_max,
             overhead_s=self.ctx.params.startup_overhead_s,
+            max_image_bytes=self.ctx.params.max_image_bytes,
         )
         if reason is None and (busy := self._busy_reason()) is not None:
             reason, send = busy, True
@@ -258,7 +259,13 @@ class Worker:
             offer,
             avg_run_s=self.avg_run_s,
             overhead_s=self.ctx.params.startup_overhead_s,
-            det_class=self.det_class(offer.requirements.gpus > 0, offer.requirements.image),
+            # a travelling image runs as the id the offer pins
+            det_class=self.det_class(
+                offer.requirements.gpus > 0,
+                offer.requirements.image,
+                offer.requirements.image_id or "",
+            ),
+            image_bytes_per_s=self.ctx.params.image_transfer_bytes_per_s,
         )
         self.ctx.counters["bids_sent"] += 1
         self.ctx.send(msg.sender, bid, offer.job_id)

@@ -178,6 +178,8 @@ class ExecParams:
     cgroup_accounting: bool = True  # read cpu/memory/pids peaks from cgroupfs when possible
     cgroup_root: str = "/sys/fs/cgroup"
     health_check_image: str = "meshd/busybox:1"
+    # built from the first static busybox among these when missing (no registry)
+    busybox_paths: tuple[str, ...] = ("/bin/busybox", "/usr/bin/busybox")
     health_check_timeout_s: float = 30.0
     scratch_dir: str | None = None
     """Where executors make scratch directories (the health check's, the process

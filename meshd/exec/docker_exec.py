@@ -80,6 +80,12 @@ from .gpu import (
     sample_gpus,
 )
 from .health import health_check
+from .health_image import (
+    IMAGE_CHANGES,
+    HealthImageUnavailable,
+    find_static_busybox,
+    health_root_tar,
+)
 from .outputs import LogSink, discard_outputs, measure_dir, over_cap
 
 log = logging.getLogger(__name__)
@@ -639,7 +645,95 @@ class DockerExecutor(Executor):
         return n
 
     async def health_check(self) -> ExecResult:
+        """Build the health-check image if it is missing (no registry), then run
+        the health job with it; a reason that names the fix when neither works."""
+        problem = await trio.to_thread.run_sync(self.ensure_health_image)
+        if problem is not None:
+            return error_result(problem)
         return await health_check(self, self.params)
+
+    # ------------------------------------------------------------ images
+
+    def ensure_health_image(self) -> str | None:
+        """Import ``health_check_image`` from the host's static busybox when the
+        engine lacks it (``meshd.exec.health_image``). None when it is there
+        (now), else why not, with the command that fixes it. Blocking."""
+        image = self.params.health_check_image
+        if self._image_present(image):
+            return None
+        repo, _, tag = image.rpartition(":")
+        if not repo or "/" in tag:
+            repo, tag = image, "latest"
+        try:
+            busybox = find_static_busybox(self.params.busybox_paths)
+            root = health_root_tar(busybox)
+            self._api.import_image_from_data(
+                root, repository=repo, tag=tag, changes=list(IMAGE_CHANGES)
+            )
+        except HealthImageUnavailable as exc:
+            return f"health-check image {image} missing; {exc}"
+        except (OSError, docker.errors.DockerException) as exc:
+            return f"health-check image {image} is missing; building it failed: {_explain(exc)}"
+        log.info("built health-check image %s from %s", image, busybox)
+        self._image_cache.pop(image, None)
+        return None if self._image_present(image) else f"health-check image {image} missing"
+
+    def image_id(self, ref: str) -> str | None:
+        """The engine's id of image ``ref`` (a name or an id), or None. Blocking."""
+        try:
+            return str(self._api.inspect_image(ref).get("Id") or "") or None
+        except docker.errors.DockerException:
+            return None
+
+    def image_size(self, ref: str) -> int:
+        """Bytes the image takes in the engine (0 if unknown). Blocking."""
+        try:
+            return int(self._api.inspect_image(ref).get("Size") or 0)
+        except docker.errors.DockerException:
+            return 0
+
+    def save_image(self, ref: str) -> Any:
+        """``docker save`` of one image: an iterator of byte chunks. Blocking."""
+        return self._stream_api.get_image(ref)
+
+    def load_image(self, data: bytes) -> None:
+        """``docker load`` of an archive; raises RuntimeError with the engine's
+        reason when it refuses (e.g. a layer that does not match its digest)."""
+        try:
+            for msg in self._stream_api.load_image(data, quiet=True):
+                if isinstance(msg, dict) and msg.get("error"):
+                    raise RuntimeError(str(msg["error"]).strip())
+        except docker.errors.DockerException as exc:
+            raise RuntimeError(_explain(exc)) from None
+        self._image_cache.clear()
+
+    def remove_image(self, image_id: str) -> str | None:
+        """Remove an image: its tags one by one, then the id, never forced (an
+        image a container uses stays). None when removed, else why not. Blocking."""
+        try:
+            tags = self._api.inspect_image(image_id).get("RepoTags") or []
+            for ref in [*tags, image_id]:
+                self._api.remove_image(ref, force=False)
+        except docker.errors.ImageNotFound:
+            pass
+        except docker.errors.DockerException as exc:
+            return _explain(exc)
+        finally:
+            self._image_cache.clear()
+        return None
+
+    def pull_image(self, ref: str) -> str | None:
+        """Pull ``ref`` from its registry (only where ``pull_images`` allows);
+        the pulled image's id, or None. Blocking."""
+        if not self.params.pull_images:
+            return None
+        try:
+            self._api.pull(ref)
+        except docker.errors.DockerException as exc:
+            log.warning("pull of %s failed: %s", ref, _explain(exc))
+            return None
+        self._image_cache.clear()
+        return self.image_id(ref)
 
     def close(self) -> None:
         """Close the engine connections (runs must have finished)."""

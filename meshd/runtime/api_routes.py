@@ -48,6 +48,11 @@ class Control(Protocol):
         """Store a blob; returns its bare sha256 hex digest."""
         ...
 
+    async def attach_image(self, spec: Any) -> Any:
+        """The descriptor with its image attached to travel (``image_blob``)
+        when this node's engine has the image; else unchanged."""
+        ...
+
     def metrics_text(self) -> bytes:
         """The node's Prometheus families, in text format."""
         ...
@@ -92,6 +97,14 @@ def install_routes(api: ApiServer, view: NodeView, control: Control) -> None:
                     "missing_input",
                     f"input {ref.path}: blob {ref.digest} is not on this node; upload it first",
                 )
+        if spec.image_blob is not None and not view.has_blob(spec.image_blob.digest):
+            raise ApiError(
+                400,
+                "missing_input",
+                f"image_blob: blob {spec.image_blob.digest} is not on this node; upload it first",
+            )
+        # before the estimate: workers without the image can run it if it travels
+        spec = await control.attach_image(spec)
         estimate = view.estimate(spec)
         if estimate["known"] and not estimate["candidates"] and not body.get("queue"):
             reasons = "; ".join(

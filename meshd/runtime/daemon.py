@@ -102,6 +102,7 @@ from .diskgc import DiskGC
 from .eventlogger import EventLogger
 from .execution import Executions
 from .gossipcheck import CachingCodec, GossipValidator
+from .images import ImageCache
 from .joblogs import JobLogs
 from .metrics import Metrics
 from .params import RuntimeParams
@@ -194,11 +195,25 @@ class Daemon(EffectInterpreter):
             max_concurrent_fetches=self.rp.max_concurrent_fetches,
             request_timeout_s=self.net_params.request_timeout_s,
         )
+        self.counts: Counter[str] = Counter()
+        """The shell's own counts (``inbox_dropped``, ``image_*``), shown with the core's."""
+        self.images = ImageCache(
+            executor,
+            self.blobs,
+            self.dirs.root / "images.json",
+            fetch_blob=self.transfer.fetch_from,
+            in_use=self._images_in_use,
+            counts=self.counts,
+            max_image_bytes=self.core_params.max_image_bytes,
+            cache_max_bytes=self.rp.image_cache_max_bytes,
+            pull_images=self.exec_params.pull_images,
+        )
         self.executions = Executions(
             self.dirs.work,
             executor,
             self.blobs,
             fetch_blob=self.transfer.fetch_from,
+            ensure_image=self.images.ensure,
             feed=self._feed,
             feed_nowait=self.feed_nowait,
             allow_network=config.allow_network_jobs,
@@ -218,8 +233,6 @@ class Daemon(EffectInterpreter):
             monotonic_ms=self.clock.monotonic_ms,
             measure_score=measure_score,
         )
-        self.counts: Counter[str] = Counter()
-        """The shell's own counts (``inbox_dropped``), shown with the core's."""
         self.core_errors = 0
         self.send_errors: dict[str, int] = {}
         self.api: Any = None
@@ -532,6 +545,9 @@ class Daemon(EffectInterpreter):
         assert self.view is not None
         return self.view.warm()
 
+    def _images_in_use(self) -> set[str]:
+        return set() if self.view is None else self.view.live_images()
+
     # ------------------------------------------------------------ commands (the API's)
 
     async def submit(self, inp: Any) -> None:
@@ -592,6 +608,11 @@ class Daemon(EffectInterpreter):
             self.disk.refused_uploads += 1
             raise
 
+    async def attach_image(self, spec: Any) -> Any:
+        """The descriptor with ``image_blob`` set when our engine has its image
+        (:meth:`.images.ImageCache.attach`)."""
+        return await self.images.attach(spec)
+
     def _put_upload(self, data: bytes) -> str:
         return self.blobs.put(data, essential=False)
 
@@ -621,6 +642,7 @@ def make_executor(
         # A flag alone never enables it: only `allow_process_executor = true` does.
         process_executor_enabled=config.allow_process_executor,
         allow_network=config.allow_network_jobs,
+        pull_images=config.pull_images,
     )
     if scratch_dir is not None:
         scratch_dir.mkdir(parents=True, exist_ok=True)

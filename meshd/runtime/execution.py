@@ -4,7 +4,8 @@ Theory of operation
 -------------------
 Each run ``(job, attempt, replica)`` gets its own directory under the data
 dir's ``work/`` (:meth:`Executions.run_dir`): ``inputs/`` (placed by
-``FetchInputs``: blobs from the origin, or URIs; :func:`.jobio.fetch_inputs`)
+``FetchInputs``: blobs from the origin, or URIs; :func:`.jobio.fetch_inputs`;
+before them a travelling image, :meth:`.images.ImageCache.ensure`)
 and ``outputs/`` (world-writable: the job runs as an unprivileged user).
 
 ``StartExecution`` runs the job through the executor in a cancel scope held
@@ -60,6 +61,7 @@ class Executions:
         blobs: BlobStore,
         *,
         fetch_blob: Callable[[str, str], Awaitable[None]],
+        ensure_image: Callable[[str, Any], Awaitable[None]],
         feed: Callable[[Any], Awaitable[None]],
         feed_nowait: Callable[[Any], bool],
         allow_network: bool,
@@ -70,6 +72,7 @@ class Executions:
         self.executor = executor
         self.blobs = blobs
         self._fetch_blob = fetch_blob
+        self._ensure_image = ensure_image
         self._feed = feed
         self._feed_nowait = feed_nowait
         self.allow_network = allow_network
@@ -84,9 +87,11 @@ class Executions:
         return self.work_dir / f"{job_id}-{attempt}-{replica}"
 
     async def fetch_inputs(self, eff: FetchInputs) -> None:
-        """Carry out ``FetchInputs``: the outcome comes back as ``InputsFetched``."""
+        """Carry out ``FetchInputs`` (the job's image first, where it must
+        travel here): the outcome comes back as ``InputsFetched``."""
         d = self.run_dir(eff.job_id, eff.attempt, eff.replica)
         try:
+            await self._ensure_image(eff.origin, eff.spec)
             await fetch_inputs(
                 self._fetch_blob, self.blobs, eff.origin, eff.spec, d / "inputs", self.inputs
             )

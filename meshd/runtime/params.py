@@ -65,6 +65,11 @@ class RuntimeParams:
     the store full)."""
     blob_gc_max_deletes: int = 1_000
     """Blobs one collector pass removes at most (bounded work per pass)."""
+    image_cache_max_bytes: int = 10 * 1024**3
+    """Engine bytes of the job images this node loaded itself (images that
+    travelled, ``meshd.runtime.images``); beyond it the least recently used
+    that no live run uses are removed. Images meshd did not load are never
+    removed."""
     verified_cache_entries: int = 512
     """Envelopes the gossip validator opened, kept until the core opens them
     (so a signature is verified once); a miss only costs a second check. At

@@ -190,7 +190,7 @@ class NodeView:
     def blob_references(self) -> BlobRefs:
         """The blobs the node's state references, for the collector
         (:mod:`.diskgc`): pinned — inputs and run outputs of our unfinished
-        jobs, inputs of the runs we hold live, outputs we made whose result is
+        jobs (and their travelling image archives), inputs of the runs we hold live, outputs we made whose result is
         not acknowledged; retained for ``blob_retention_s`` — inputs and run
         outputs of our finished jobs (from ``updated_ms``, when they finished)
         and outputs we made whose result was acknowledged (from that contact)."""
@@ -206,6 +206,8 @@ class NodeView:
             else:
                 into = pinned
             into.update(bare(i.digest) for i in job.spec.inputs if i.digest is not None)
+            if job.spec.image_blob is not None:
+                into.add(bare(job.spec.image_blob.digest))
             if job.canonical is not None:
                 into.add(bare(job.canonical))
             for run in job.runs.values():
@@ -223,6 +225,17 @@ class NodeView:
             elif now - work.last_contact_ms < keep_ms:
                 retained.add(bare(made))
         return BlobRefs(frozenset(pinned), frozenset(retained - pinned))
+
+    def live_images(self) -> set[str]:
+        """Names and pinned ids of the images the runs we hold live use (the
+        image cache never evicts these)."""
+        used: set[str] = set()
+        for w in self._node.worker.work.values():
+            if w.state in WORK_LIVE:
+                used.add(w.spec.image)
+                if w.spec.image_blob is not None:
+                    used.add(w.spec.image_blob.id)
+        return used
 
     def live_run_keys(self) -> list[tuple[str, int, int]]:
         """The runs this node holds that are live (their run dirs are in use)."""
@@ -260,6 +273,7 @@ class NodeView:
         caps = node.worker.caps
         counters = dict(node.counters)
         counters["inbox_dropped"] = self._shell_counts["inbox_dropped"]
+        counters.update((k, n) for k, n in self._shell_counts.items() if k.startswith("image_"))
         for reason, n in self._transfer.refused.items():
             counters["blob_requests_refused_" + reason] = n
         for reason, n in self._gossip_check.rejected.items():

@@ -60,6 +60,8 @@ class DaemonProcess:
     params: dict[str, Any] = field(default_factory=lambda: dict(FAST_PARAMS))
     proc: subprocess.Popen[bytes] | None = None
     bootstrap: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    """Added to the daemon's environment (e.g. its own ``DOCKER_HOST``)."""
 
     def init(self) -> None:
         subprocess.run(
@@ -97,7 +99,7 @@ class DaemonProcess:
         (self.data_dir / "api.addr").unlink(missing_ok=True)
         log = open(self.data_dir / "daemon.log", "ab")
         self.proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ)
+            cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env}
         )
         self.wait_for(lambda: self.status() is not None, timeout_s, "the daemon's API")
 
