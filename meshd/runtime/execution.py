@@ -40,9 +40,15 @@ from meshd.core.events import (
     StartExecution,
 )
 from meshd.exec.base import ExecRequest, Executor
-from meshd.store.blobs import BlobStore, pack_dir
+from meshd.store.blobs import (
+    BlobLimitError,
+    BlobStore,
+    BlobStoreFullError,
+    UnsafeArchiveError,
+    pack_dir,
+)
 
-from .jobio import fetch_inputs, prefixed
+from .jobio import InputUnavailable, fetch_inputs, prefixed
 
 
 class Executions:
@@ -79,8 +85,11 @@ class Executions:
             await fetch_inputs(self._fetch_blob, self.blobs, eff.origin, eff.spec, d / "inputs")
             inp = InputsFetched(eff.job_id, eff.attempt, eff.replica, True)
         except Exception as exc:
+            # A URI the submitter named that cannot be fetched is the job's
+            # fault; a blob from the origin that does not arrive is ours.
+            fault = "job" if isinstance(exc, InputUnavailable) else "worker"
             inp = InputsFetched(
-                eff.job_id, eff.attempt, eff.replica, False, str(exc)[:MAX_ERROR_CHARS]
+                eff.job_id, eff.attempt, eff.replica, False, str(exc)[:MAX_ERROR_CHARS], fault
             )
         await self._feed(inp)
 
@@ -131,11 +140,17 @@ class Executions:
                 digest = prefixed(await trio.to_thread.run_sync(self.blobs.put, archive))
                 size = len(archive)
             except Exception as exc:
+                # Too much output, or entries no archive may hold, is the
+                # job's doing; a full store or a disk error is this node's.
+                job_made = isinstance(exc, (BlobLimitError, UnsafeArchiveError)) and not isinstance(
+                    exc, BlobStoreFullError
+                )
                 result = type(result)(
-                    status="output_limit",
+                    status="output_limit" if job_made else "error",
                     exit_code=result.exit_code,
                     reason=f"outputs could not be packed: {exc}"[:MAX_ERROR_CHARS],
                     duration_s=result.duration_s,
+                    image_id=result.image_id,
                 )
         await self._feed(
             ExecutionFinished(
@@ -152,6 +167,7 @@ class Executions:
                 size,
                 executor_fault=result.status == "error",
                 image_id=result.image_id,
+                fault=result.fault,
             )
         )
         shutil.rmtree(d, ignore_errors=True)

@@ -6,7 +6,9 @@ Rules:
   with a size cap and a timeout (``s3://`` and ``ipfs://`` through the
   gateways in :class:`GatewayParams`).
 - Every input lands at ``inputs/<path>`` (paths were validated by the job
-  descriptor: relative, no ``..``).
+  descriptor: relative, no ``..``). A URI that cannot be fetched raises
+  :class:`InputUnavailable`: the submitter named it, so the run fails by the
+  job's fault (specs/PROTOCOL.md §10).
 - Output archives are deterministic tars (``meshd.store.blobs.pack_dir``);
   comparing two of them "within tolerance" follows specs/CREDITS.md.
 """
@@ -45,6 +47,11 @@ class GatewayParams:
     """Largest input fetched from a URI."""
     uri_timeout_s: float = 60.0
     """Timeout of one URI fetch."""
+
+
+class InputUnavailable(Exception):
+    """An input the submitter named by URI cannot be fetched (the job's fault,
+    not the worker's: the origin fails the job once another worker confirms)."""
 
 
 def bare(digest: str) -> str:
@@ -97,7 +104,10 @@ async def fetch_inputs(
             await trio.to_thread.run_sync(shutil.copyfile, src, target)
         else:
             assert ref.uri is not None
-            data = await trio.to_thread.run_sync(fetch_uri, ref.uri, gw)
+            try:
+                data = await trio.to_thread.run_sync(fetch_uri, ref.uri, gw)
+            except (OSError, ValueError) as exc:  # urllib's URLError/HTTPError are OSErrors
+                raise InputUnavailable(f"input {ref.path} from {ref.uri}: {exc}") from exc
             target.write_bytes(data)
         target.chmod(0o444)
 
