@@ -417,11 +417,18 @@ def cost_text(cost: dict[str, Any]) -> str:
     """``estimate E (from B), charged A of budget M credits``: the charge is
     what the ledger holds (the job's receipts), the basis what the estimate
     rests on (the job's flops, earlier runs of its image, or the default)."""
-    est = f"estimate {fmt_num(cost.get('estimate'))}{basis_text(cost.get('basis'))}"
-    charged = f"charged {fmt_num(cost.get('actual'))}"
+    est = f"estimate {fmt_credits(cost.get('estimate'))}{basis_text(cost.get('basis'))}"
+    charged = f"charged {fmt_credits(cost.get('actual'))}"
     if cost.get("budget") is not None:
-        charged += f" of budget {fmt_num(cost.get('budget'))}"
+        charged += f" of budget {fmt_credits(cost.get('budget'))}"
     return f"{est}, {charged} credits"
+
+
+def fmt_credits(value: Any) -> str:
+    """Credits to four significant digits (a job may cost 0.0003 credits)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return dash(value)
+    return f"{value:.4g}"
 
 
 def _job_summary(job: dict[str, Any]) -> Table:
