@@ -277,3 +277,34 @@ def test_a_bid_above_the_budget_left_is_not_awarded(monkeypatch: pytest.MonkeyPa
     job = net.job(0, job_id)
     assert job.runs == {}
     assert job.declines and any("exceeds the budget left, 0.5" in r for _, r in job.declines)
+
+
+def test_a_replicated_job_shares_its_budget_between_its_runs() -> None:
+    """Replication is decided when the first bid is awarded, after the round
+    was offered (and bid) at the whole budget: each of the two runs is awarded
+    half of it (the worker stops a run at its award's price), so both fit and
+    the job is verified within budget."""
+    params = CoreParams(replication_fraction=1.0, untrusted_replication=1.0)
+    workers = [FakeWorker(duration_ms=lambda s: 10_000) for _ in range(4)]
+    net = mesh(4, seed=41, workers=workers, params=params)
+    budget = 1.2  # a 10 s run costs 0.5; the timeout bound (30) is capped at the budget
+    job_id = net.submit(0, spec(max_budget=budget, timeout_s=600))
+    job = run_to_end(net, job_id)
+    assert job.state == "succeeded", job.reason
+    assert job.verdict["verdict"] == "agreed"
+    assert sorted(r.price for r in job.runs.values()) == [pytest.approx(budget / 2)] * 2
+    assert job.cost_actual == pytest.approx(ledger_charged(net, job_id)) == pytest.approx(1.0)
+
+
+def test_a_budget_that_cannot_pay_two_runs_of_a_flops_job_is_not_replicated() -> None:
+    """CREDITS.md §4: the budget pays for verification too; when the first
+    bid's exact price fits once but not twice, the result is accepted
+    unverified rather than the job waiting for a second run it cannot pay."""
+    params = CoreParams(replication_fraction=1.0, untrusted_replication=1.0)
+    net = mesh(4, seed=42, workers=[FakeWorker(duration_ms=lambda s: 2_000)] * 4, params=params)
+    # 1e11 flop at 0.001 credits per GFLOP = 0.1 credits a run; the budget pays 1.5 runs.
+    job_id = net.submit(0, spec(estimated_flops=1e11, max_budget=0.15))
+    job = run_to_end(net, job_id)
+    assert job.state == "succeeded", job.reason
+    assert len(job.runs) == 1 and job.verdict["verdict"] == "unverified"
+    assert job.cost_actual == pytest.approx(0.1) == pytest.approx(ledger_charged(net, job_id))

@@ -730,21 +730,34 @@ class Origin:
             group = want if self._exact(job) and job.replicate_decided else 1
             peer = prefer_classes(ranked, usable, classes, group=group)[0]
             ranked.remove(peer)
-            if left is not None:
-                if usable[peer].price > left:
-                    continue  # the runs awarded before it took what the budget had left
-                left -= usable[peer].price
+            bid = usable[peer]
+            if left is not None and bid.price > left:
+                continue  # the runs awarded before it took what the budget had left
             if not job.replicate_decided:
                 job.replicate_decided = True
                 # A second, distinct worker must exist for replication to mean
                 # anything; in a mesh with one candidate the result is accepted
-                # unverified (and says so in the verdict).
+                # unverified (and says so in the verdict). So must the budget:
+                # a job priced by its flops whose budget cannot pay two runs
+                # at this price is not replicated.
                 enough = len(usable) >= 2 or job.offer_candidates >= 2
+                if left is not None and job.spec.estimated_flops and 2 * bid.price > left:
+                    enough = False
                 job.needed = (
                     2 if enough and self.ctx.trust.should_replicate(peer, self.ctx.rng) else 1
                 )
                 want = self._wanted_runs(job) - live
-            self._award(job, peer, usable[peer])
+            price = bid.price
+            if left is not None:
+                # The runs still wanted share what is left: a bid priced by
+                # flops must fit its share; a bound (no flops) is cut to it,
+                # and the worker stops the run at the award's price.
+                share = left / max(1, want)
+                if price > share and job.spec.estimated_flops:
+                    continue
+                price = min(price, share)
+                left -= price
+            self._award(job, peer, bid, price)
             want -= 1
 
     def _no_bids(self, job: OriginJob) -> None:
@@ -841,7 +854,9 @@ class Origin:
                     counts[r.worker] = counts.get(r.worker, 0) + 1
         return counts
 
-    def _award(self, job: OriginJob, peer: str, bid: Bid) -> None:
+    def _award(self, job: OriginJob, peer: str, bid: Bid, price: float) -> None:
+        """Award ``bid`` at ``price`` (the bid's, or less: the job's share of
+        its budget; a run never earns more than its award's price)."""
         job.tried.add(peer)
         job.slow_rounds = 0
         replica = job.next_replica
@@ -850,7 +865,7 @@ class Origin:
             job.attempt,
             replica,
             peer,
-            bid.price,
+            price,
             bid.score_gflops,
             det_class=bid.det_class,
             deadline_ms=self.ctx.now_ms + self.rtt.timeout_ms(peer) + self.ctx.inbox_wait_ms,
@@ -865,7 +880,7 @@ class Origin:
                 "attempt": run.attempt,
                 "replica": replica,
                 "worker": peer,
-                "price": bid.price,
+                "price": price,
                 "score": bid.score_gflops,
                 "det_class": bid.det_class,
             },
@@ -877,7 +892,7 @@ class Origin:
                 attempt=run.attempt,
                 replica=replica,
                 spec=job.spec.model_dump(mode="json"),
-                price=bid.price,
+                price=price,
                 lease_ms=self.ctx.params.lease_ms,
             ),
             job.job_id,
