@@ -308,3 +308,20 @@ def test_a_budget_that_cannot_pay_two_runs_of_a_flops_job_is_not_replicated() ->
     assert job.state == "succeeded", job.reason
     assert len(job.runs) == 1 and job.verdict["verdict"] == "unverified"
     assert job.cost_actual == pytest.approx(0.1) == pytest.approx(ledger_charged(net, job_id))
+
+
+def test_an_origin_restarted_between_the_two_runs_still_stops_at_two() -> None:
+    """The job-fault count is rebuilt from the log (``run_failed`` with
+    ``fault: job``): a restart does not buy the job a third run."""
+    workers = [FakeWorker(exit_code=lambda s: 3, duration_ms=lambda s: 2_000) for _ in range(6)]
+    net = mesh(6, seed=43, workers=workers)
+    origin = net.order[0]
+    job_id = net.submit(0, spec())
+    assert net.run_until(lambda: bool(records(net, origin, "run_failed", job_id)))
+    net.crash(origin)
+    net.restart(origin)
+    job = run_to_end(net, job_id)
+    assert job.state == "failed", job.reason
+    assert len(job.runs) == 2 and job.reason.startswith("the job failed on 2 workers")
+    assert job.cost_actual > 0
+    assert job.cost_actual == pytest.approx(ledger_charged(net, job_id))
