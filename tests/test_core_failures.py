@@ -325,3 +325,17 @@ def test_an_origin_restarted_between_the_two_runs_still_stops_at_two() -> None:
     assert len(job.runs) == 2 and job.reason.startswith("the job failed on 2 workers")
     assert job.cost_actual > 0
     assert job.cost_actual == pytest.approx(ledger_charged(net, job_id))
+
+
+def test_a_failure_is_named_once() -> None:
+    from meshd.core.origin import failure_text
+
+    assert failure_text("failed", 3, "exit code 3") == "exit code 3"
+    assert failure_text("failed", 3, "") == "exit code 3"
+    assert failure_text("failed", 143, "exit code 143 (killed by signal 15)") == (
+        "exit code 143 (killed by signal 15)"
+    )
+    assert failure_text("timeout", 137, "killed after the 5 s wall-clock limit") == (
+        "hit its timeout: killed after the 5 s wall-clock limit"
+    )
+    assert failure_text("oom", 137, "") == "ran out of memory"

@@ -1641,11 +1641,13 @@ FAILURE_WORDS = {
 
 def failure_text(status: str, exit_code: int | None, reason: str) -> str:
     """One phrase for a failed run that names its cause once: the worker's
-    reason, with the status's words or the exit code only when the reason
-    does not say them already (``exit code 3``, not ``exit code 3: exit code 3``)."""
+    reason, with the status's words, and the exit code of a ``failed`` run
+    only when the reason does not say it already (``exit code 3``, not
+    ``exit code 3: exit code 3``; a run killed at its timeout or memory
+    limit is named by that, not by the kill's exit code)."""
     words = FAILURE_WORDS.get(status, status)
     text = reason.strip()
-    if exit_code not in (None, 0) and f"exit code {exit_code}" not in text:
+    if status == "failed" and exit_code not in (None, 0) and f"exit code {exit_code}" not in text:
         text = f"exit code {exit_code}" + (f": {text}" if text else "")
     if not text:
         return words
