@@ -342,12 +342,50 @@ def cmd_logs(args: argparse.Namespace, client: ApiClient) -> int:
 
 def cmd_result(args: argparse.Namespace, client: ApiClient) -> int:
     from mesh_cli.jobs import fetch_result
+    from mesh_cli.manifests import VerifyError, manifest_path_for, save_manifest, verify_outputs
+    from meshd.api.client import ApiHttpError
 
     dest = args.out if args.out is not None else Path(args.job_id)
     count = fetch_result(client, args.job_id, dest, tar_path=args.tar)
     print(
         f"saved the output tar to {args.tar}" if args.tar else f"{count} output file(s) in {dest}"
     )
+    target = args.tar or dest
+    try:
+        doc = client.result_manifest(args.job_id)
+    except ApiHttpError as exc:
+        _err(f"warning: no signed manifest: {exc.message}")
+        return EXIT_OK
+    if manifest_path_for(target).exists():
+        _err(f"warning: not saving the manifest: {manifest_path_for(target)} already exists")
+        return EXIT_OK
+    where = save_manifest(doc, target)
+    try:
+        checked, n = verify_outputs(target, where)
+    except VerifyError as exc:
+        _err(f"error: the outputs do not match their signed manifest: {exc}")
+        return EXIT_API
+    print(f"verified {n} file(s) against {where} ({_signers(checked)})")
+    return EXIT_OK
+
+
+def _signers(checked: Any) -> str:
+    verdict = checked.verdict.get("verdict")
+    return (
+        f"worker {checked.worker[-12:]}, countersigned by origin {checked.origin[-12:]}: {verdict}"
+    )
+
+
+def cmd_result_verify(args: argparse.Namespace) -> int:
+    """``mesh result --verify PATH``: offline, no daemon asked."""
+    from mesh_cli.manifests import VerifyError, verify_outputs
+
+    try:
+        checked, n = verify_outputs(args.verify, args.manifest)
+    except VerifyError as exc:
+        _err(f"error: {exc}")
+        return EXIT_API
+    print(f"ok: {n} file(s) of job {checked.job_id} match the manifest ({_signers(checked)})")
     return EXIT_OK
 
 
@@ -533,8 +571,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("logs", parents=[common], help="a job's output lines")
     p.add_argument("job_id", metavar="JOB_ID")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
-    p = sub.add_parser("result", parents=[common], help="download and unpack a job's outputs")
-    p.add_argument("job_id", metavar="JOB_ID")
+    p = sub.add_parser(
+        "result",
+        parents=[common],
+        help="download and unpack a job's outputs and their signed manifest, or check them",
+    )
+    p.add_argument("job_id", metavar="JOB_ID", nargs="?")
+    p.add_argument(
+        "--verify",
+        type=Path,
+        metavar="PATH",
+        help="check downloaded outputs (a directory or a tar) against their manifest, offline",
+    )
+    p.add_argument(
+        "--manifest", type=Path, metavar="FILE", help="the manifest to check against (--verify)"
+    )
     p.add_argument(
         "-o", "--out", type=Path, metavar="DIR", help="directory to unpack into (default ./JOB_ID)"
     )
@@ -585,6 +636,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return cmd_log_show(args, client())
     if args.cmd == "version":
         return cmd_version(args, client)
+    if args.cmd == "result" and (args.verify is not None) == (args.job_id is not None):
+        from mesh_cli.jobs import UsageError
+
+        raise UsageError("give either JOB_ID (download) or --verify PATH (check offline)")
+    if args.cmd == "result" and args.verify is not None:
+        return cmd_result_verify(args)
     c = client()
     if args.cmd in TAKES_JOB_ID:
         args.job_id = resolve_job_id(c, args.job_id)

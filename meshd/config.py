@@ -78,6 +78,10 @@ MAX_PRICE = 1e6
 MAX_PARAMS = 256
 """Most ``[params]`` overrides a config may carry."""
 SEED_LEN = 32
+MAX_ALLOW_HOSTS = 64
+"""Most ``[inputs] allow_hosts`` entries."""
+_URL_RE = re.compile(r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9\-.]{0,252})$")
 
 # A light syntactic check; libp2p parses the address for real at start.
 _MULTIADDR_RE = re.compile(r"^(/[A-Za-z0-9][A-Za-z0-9\-]*/[^/\s]+)+(/p2p/[1-9A-HJ-NP-Za-km-z]+)?$")
@@ -95,6 +99,62 @@ def _check_multiaddr(addr: str, *, tcp_port: bool) -> str:
 
 
 SECONDS_PER_HOUR = 3_600
+
+
+class InputsConfig(BaseModel):
+    """``[inputs]``: where URI inputs come from and which addresses a job may
+    name (meshd/runtime/inputs.py; defaults in specs/JOB.md §4)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    s3_endpoint: str = ""
+    """Endpoint of ``s3://`` inputs; empty means AWS's regional endpoint
+    ``https://s3.<s3_region>.amazonaws.com``."""
+    s3_region: Annotated[str, Field(pattern=r"^[a-z0-9-]{1,32}$")] = "us-east-1"
+    s3_addressing: Literal["path", "virtual"] = "path"
+    """``path``: ``<endpoint>/<bucket>/<key>``; ``virtual``: ``<bucket>.<endpoint host>/<key>``."""
+    s3_anonymous: bool = True
+    """Unsigned requests (public buckets). Signed requests are not supported."""
+    ipfs_gateway: str = "https://ipfs.io"
+    """HTTP gateway of ``ipfs://`` inputs (``<gateway>/ipfs/<cid>``)."""
+    allow_hosts: Annotated[tuple[str, ...], Field(max_length=MAX_ALLOW_HOSTS)] = ()
+    """Host names or CIDR networks a job's URI may reach although they are not
+    public (loopback, private, link-local...)."""
+    max_bytes: Annotated[int, Field(ge=1, le=1 << 40)] = 256 * 1024 * 1024
+    """Largest input fetched from a URI (a larger one is refused)."""
+    timeout_s: Annotated[float, Field(gt=0, le=86_400)] = 60.0
+    """Time for one input's fetch, redirects included."""
+    max_redirects: Annotated[int, Field(ge=0, le=20)] = 5
+    """Redirects followed for one input, each checked like the first address."""
+
+    @field_validator("s3_endpoint", "ipfs_gateway")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if v and not _URL_RE.match(v):
+            raise ValueError(f"{v!r} must be an http:// or https:// URL")
+        return v
+
+    @field_validator("s3_anonymous")
+    @classmethod
+    def _anonymous(cls, v: bool) -> bool:
+        if not v:
+            raise ValueError("signed S3 requests are not supported; use public buckets")
+        return v
+
+    @field_validator("allow_hosts")
+    @classmethod
+    def _hosts(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        import ipaddress
+
+        for entry in v:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                if not _HOST_RE.match(entry):
+                    raise ValueError(
+                        f"{entry!r} is neither a host name nor a CIDR network"
+                    ) from None
+        return v
 
 
 class NodeConfig(BaseModel):
@@ -131,6 +191,8 @@ class NodeConfig(BaseModel):
     blob_store_max_bytes: Annotated[int | None, Field(ge=1)] = None
     """Cap on the blob store's bytes (None: ``RuntimeParams.blob_store_max_bytes``,
     20 GiB); above it unreferenced blobs are collected and uploads refused."""
+    inputs: InputsConfig = Field(default_factory=InputsConfig)
+    """Where URI inputs come from, and which non-public addresses they may name."""
     params: Annotated[dict[str, Any], Field(max_length=MAX_PARAMS)] = Field(default_factory=dict)
     """Overrides of protocol bounds (``CoreParams`` names); the daemon validates them."""
 

@@ -120,11 +120,10 @@ def test_input_digest_format(digest: str) -> None:
     assert "inputs.0.digest" in bad_fields(spec(inputs=[{"path": "a", "digest": digest}]))
 
 
-def test_input_needs_exactly_one_source() -> None:
+def test_input_needs_a_source_and_a_uri_may_be_pinned() -> None:
     assert "inputs.0" in bad_fields(spec(inputs=[{"path": "a"}]))
-    assert "inputs.0" in bad_fields(
-        spec(inputs=[{"path": "a", "digest": DIGEST, "uri": "https://x/y"}])
-    )
+    pinned = parse_job_spec(spec(inputs=[{"path": "a", "digest": DIGEST, "uri": "https://x/y"}]))
+    assert (pinned.inputs[0].uri, pinned.inputs[0].digest) == ("https://x/y", DIGEST)
     assert "inputs.0.uri" in bad_fields(spec(inputs=[{"path": "a", "uri": "file:///etc/passwd"}]))
 
 

@@ -161,6 +161,11 @@ class ApiClient:
                 total += len(chunk)
         return total
 
+    def result_manifest(self, job_id: str) -> dict[str, Any]:
+        """The accepted result's manifest, signed by its worker and countersigned
+        by this origin (specs/JOB.md §3.1)."""
+        return self._json("GET", f"/v1/jobs/{_q(job_id)}/manifest")
+
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._json("POST", f"/v1/jobs/{_q(job_id)}/cancel", payload={})
 

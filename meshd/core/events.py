@@ -161,6 +161,8 @@ class ExecutionFinished:
     fault: str = ""
     """Whose fault a failed run is, as the executor classed it (``job`` or
     ``worker``; "" for a success or when not stated, see ``wire.fault_of``)."""
+    manifest_sig: str | None = None
+    """The worker's signature of the output manifest, hex (specs/JOB.md §3.1)."""
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,8 @@ class Requirements(_Strict):
 
 
 class InputRef(_Strict):
-    """One input, placed at ``/mesh/inputs/<path>``: a blob (by digest) or a URI."""
+    """One input, placed at ``/mesh/inputs/<path>``: a blob (by ``digest``), or a
+    URI, optionally pinned by ``digest`` (the worker refuses other content)."""
 
     path: str
     digest: str | None = None
@@ -84,8 +85,8 @@ class InputRef(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> InputRef:
-        if (self.digest is None) == (self.uri is None):
-            raise ValueError("give exactly one of 'digest' or 'uri'")
+        if self.digest is None and self.uri is None:
+            raise ValueError("give 'digest' (an uploaded blob) or 'uri' (optionally with 'digest')")
         return self
 
 

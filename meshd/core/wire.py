@@ -253,6 +253,9 @@ class Result(Body):
     nonzero, hit its timeout or memory limit, wrote too much, or named an input
     that cannot be fetched) or ``worker`` (the executor or the node failed); ""
     for a succeeded run, or when not stated (then :func:`fault_of` its status)."""
+    manifest_sig: Annotated[str, Field(pattern=r"^[0-9a-f]{128}$")] | None = None
+    """The worker's Ed25519 signature of the output archive's manifest, in
+    hex (specs/JOB.md §3.1); None without outputs or from older peers."""
 
 
 JOB_FAULT_STATUSES = frozenset({"failed", "timeout", "oom", "output_limit"})

@@ -446,6 +446,7 @@ class Worker:
                 work.spec.requirements.gpus > 0, work.spec.image, inp.image_id
             ),
             fault=fault_of(inp.status, inp.fault),  # type: ignore[arg-type]
+            manifest_sig=inp.manifest_sig,
         )
         self._finish_work(work, result)
 

@@ -26,6 +26,7 @@ from meshd.api.server import (
 from meshd.core.events import CancelRequested, JobSubmitted, RetryRequested
 from meshd.core.jobspec import JobSpecError, parse_job_spec
 from meshd.core.lifecycle import TERMINAL
+from meshd.core.manifest import ManifestError
 from meshd.store.blobs import BlobStoreFullError
 
 from .jobio import prefixed
@@ -49,6 +50,11 @@ class Control(Protocol):
 
     def metrics_text(self) -> bytes:
         """The node's Prometheus families, in text format."""
+        ...
+
+    def result_manifest(self, job_id: str) -> dict[str, Any]:
+        """The accepted result's countersigned manifest (blocking; raises
+        ManifestError when there is none)."""
         ...
 
 
@@ -80,7 +86,7 @@ def install_routes(api: ApiServer, view: NodeView, control: Control) -> None:
         except JobSpecError as exc:
             raise ApiError(400, "invalid_job", str(exc), fields=exc.fields) from None
         for ref in spec.inputs:
-            if ref.digest is not None and not view.has_blob(ref.digest):
+            if ref.uri is None and ref.digest is not None and not view.has_blob(ref.digest):
                 raise ApiError(
                     400,
                     "missing_input",
@@ -150,6 +156,14 @@ def install_routes(api: ApiServer, view: NodeView, control: Control) -> None:
         data = await trio.to_thread.run_sync(view.read_blob, j.canonical)
         return bytes_response(data, "application/x-tar")
 
+    async def manifest(req: Request) -> Response:
+        j = get_job_or_404(req.path_params["job_id"])
+        try:
+            doc = await trio.to_thread.run_sync(control.result_manifest, j.job_id)
+        except ManifestError as exc:
+            raise ApiError(409, "no_manifest", f"job {j.job_id}: {exc}") from None
+        return json_response(doc)
+
     async def cancel(req: Request) -> Response:
         j = get_job_or_404(req.path_params["job_id"])
         if j.state in TERMINAL:
@@ -184,6 +198,7 @@ def install_routes(api: ApiServer, view: NodeView, control: Control) -> None:
     api.route("GET", "/v1/jobs/{job_id}", job)
     api.route("GET", "/v1/jobs/{job_id}/logs", logs)
     api.route("GET", "/v1/jobs/{job_id}/result", result)
+    api.route("GET", "/v1/jobs/{job_id}/manifest", manifest)
     api.route("POST", "/v1/jobs/{job_id}/cancel", cancel)
     api.route("POST", "/v1/jobs/{job_id}/retry", retry)
     api.route("GET", "/v1/credits", credits)

@@ -84,6 +84,7 @@ from meshd.core.identity import Identity
 from meshd.core.inbox import Inbox, Lane, direct_lane
 from meshd.core.interpreter import EffectInterpreter, split_appends
 from meshd.core.logrecord import AppendItem
+from meshd.core.manifest import ManifestError, countersign, manifest_body
 from meshd.core.node import Node
 from meshd.core.params import CoreParams
 from meshd.exec.base import ExecParams, Executor
@@ -201,6 +202,8 @@ class Daemon(EffectInterpreter):
             feed=self._feed,
             feed_nowait=self.feed_nowait,
             allow_network=config.allow_network_jobs,
+            inputs=config.inputs,
+            signer=(identity.peer_id, identity.sign),
         )
         self.checker = Checker(self.blobs, executor, self.dirs.work, self._feed)
         self.job_logs = JobLogs(self.rp.job_log_lines, self.clock.wall_ms, self.rp.job_log_jobs)
@@ -537,6 +540,39 @@ class Daemon(EffectInterpreter):
         done = trio.Event()
         await self._feed(_Awaited(inp, done))
         await done.wait()
+
+    def result_manifest(self, job_id: str) -> dict[str, Any]:
+        """``GET /v1/jobs/{id}/manifest``: the accepted result's manifest, the
+        worker's signature checked and this origin's countersignature added
+        (specs/JOB.md §3.1; blocking: run it in a thread). Raises ManifestError
+        when there is none to give."""
+        found = self.view.accepted_run(job_id) if self.view is not None else None
+        if found is None or self.view is None:
+            raise ManifestError(f"job {job_id} has no accepted result")
+        run, verdict = found
+        if not run.get("manifest_sig"):
+            raise ManifestError("the worker sent no manifest signature (an older peer)")
+        body = manifest_body(
+            job_id=job_id,
+            attempt=run["attempt"],
+            replica=run["replica"],
+            worker=run["worker"],
+            archive=self.view.read_blob(run["output_digest"]),
+        )
+        summary = {
+            "state": "succeeded",
+            "verdict": verdict.get("verdict"),
+            "replicas": verdict.get("replicas"),
+            "needed": verdict.get("needed"),
+            "valid": verdict.get("valid", []),
+        }
+        return countersign(
+            body,
+            run["manifest_sig"],
+            summary,
+            peer_id=self.identity.peer_id,
+            sign=self.identity.sign,
+        )
 
     def metrics_text(self) -> bytes:
         """``GET /metrics``: the node's Prometheus families in text format."""

@@ -21,6 +21,7 @@ the dirs of runs a killed daemon left behind are removed at its next start
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Awaitable, Callable
@@ -30,6 +31,7 @@ from typing import Any
 
 import trio
 
+from meshd.config import InputsConfig
 from meshd.core.events import (
     MAX_ERROR_CHARS,
     CancelExecution,
@@ -39,6 +41,7 @@ from meshd.core.events import (
     InputsFetched,
     StartExecution,
 )
+from meshd.core.manifest import ManifestError, manifest_body, worker_payload
 from meshd.exec.base import ExecRequest, Executor
 from meshd.store.blobs import (
     BlobLimitError,
@@ -48,7 +51,10 @@ from meshd.store.blobs import (
     pack_dir,
 )
 
-from .jobio import InputUnavailable, fetch_inputs, prefixed
+from .inputs import InputError
+from .jobio import fetch_inputs, prefixed
+
+log = logging.getLogger(__name__)
 
 
 class Executions:
@@ -64,6 +70,8 @@ class Executions:
         feed: Callable[[Any], Awaitable[None]],
         feed_nowait: Callable[[Any], bool],
         allow_network: bool,
+        inputs: InputsConfig | None = None,
+        signer: tuple[str, Callable[[bytes], bytes]] | None = None,
     ) -> None:
         self.work_dir = work_dir
         self.executor = executor
@@ -73,6 +81,10 @@ class Executions:
         self._feed_nowait = feed_nowait
         self.allow_network = allow_network
         """Whether jobs that ask for the network get it (``allow_network_jobs``)."""
+        self.inputs = inputs or InputsConfig()
+        """Where URI inputs come from and which addresses they may name."""
+        self.signer = signer
+        """This node's peer id and signing function, for output manifests."""
         self._runs: dict[tuple[str, int, int], trio.CancelScope] = {}
 
     def run_dir(self, job_id: str, attempt: int, replica: int) -> Path:
@@ -82,12 +94,14 @@ class Executions:
         """Carry out ``FetchInputs``: the outcome comes back as ``InputsFetched``."""
         d = self.run_dir(eff.job_id, eff.attempt, eff.replica)
         try:
-            await fetch_inputs(self._fetch_blob, self.blobs, eff.origin, eff.spec, d / "inputs")
+            await fetch_inputs(
+                self._fetch_blob, self.blobs, eff.origin, eff.spec, d / "inputs", self.inputs
+            )
             inp = InputsFetched(eff.job_id, eff.attempt, eff.replica, True)
         except Exception as exc:
             # A URI the submitter named that cannot be fetched is the job's
             # fault; a blob from the origin that does not arrive is ours.
-            fault = "job" if isinstance(exc, InputUnavailable) else "worker"
+            fault = "job" if isinstance(exc, InputError) else "worker"
             inp = InputsFetched(
                 eff.job_id, eff.attempt, eff.replica, False, str(exc)[:MAX_ERROR_CHARS], fault
             )
@@ -130,7 +144,7 @@ class Executions:
             await self.executor.cancel(req.job_id)
             shutil.rmtree(d, ignore_errors=True)
             return
-        digest, size = None, 0
+        digest, size, manifest_sig = None, 0, None
         if result.status == "succeeded":
             try:
                 # only the paths the job names (``--output``), or everything
@@ -139,6 +153,7 @@ class Executions:
                 )
                 digest = prefixed(await trio.to_thread.run_sync(self.blobs.put, archive))
                 size = len(archive)
+                manifest_sig = await trio.to_thread.run_sync(self._sign_manifest, eff, archive)
             except Exception as exc:
                 # Too much output, or entries no archive may hold, is the
                 # job's doing; a full store or a disk error is this node's.
@@ -168,9 +183,29 @@ class Executions:
                 executor_fault=result.status == "error",
                 image_id=result.image_id,
                 fault=result.fault,
+                manifest_sig=manifest_sig,
             )
         )
         shutil.rmtree(d, ignore_errors=True)
+
+    def _sign_manifest(self, eff: StartExecution, archive: bytes) -> str | None:
+        """The worker's signature of the archive's manifest (specs/JOB.md §3.1),
+        hex; None when unsigned (no signer, or an archive it cannot describe)."""
+        if self.signer is None:
+            return None
+        peer_id, sign = self.signer
+        try:
+            body = manifest_body(
+                job_id=eff.job_id,
+                attempt=eff.attempt,
+                replica=eff.replica,
+                worker=peer_id,
+                archive=archive,
+            )
+        except ManifestError as exc:
+            log.warning("job %s: output manifest not signed: %s", eff.job_id, exc)
+            return None
+        return sign(worker_payload(body)).hex()
 
     def cancel(self, eff: CancelExecution) -> None:
         """Carry out ``CancelExecution``: stop the run if it is running here."""

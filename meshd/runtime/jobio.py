@@ -3,12 +3,13 @@
 Rules:
 - Inputs named by digest come from the origin's blob store over the blob
   protocol and are sha256-checked before use; inputs named by URI are fetched
-  with a size cap and a timeout (``s3://`` and ``ipfs://`` through the
-  gateways in :class:`GatewayParams`).
+  by :mod:`.inputs` (public addresses only unless allow-listed, size cap,
+  timeout, ``s3://`` and ``ipfs://`` through the operator's endpoints), and
+  checked against their pinned digest when they carry one.
 - Every input lands at ``inputs/<path>`` (paths were validated by the job
-  descriptor: relative, no ``..``). A URI that cannot be fetched raises
-  :class:`InputUnavailable`: the submitter named it, so the run fails by the
-  job's fault (specs/PROTOCOL.md §10).
+  descriptor: relative, no ``..``). A URI input that cannot be fetched or
+  does not match its pin raises :class:`.inputs.InputError`: the submitter
+  named it, so the run fails by the job's fault (specs/PROTOCOL.md §10).
 - Output archives are deterministic tars (``meshd.store.blobs.pack_dir``);
   comparing two of them "within tolerance" follows specs/CREDITS.md.
 """
@@ -22,36 +23,21 @@ import re
 import shutil
 import tarfile
 import tempfile
-import urllib.request
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import trio
 
+from meshd.config import InputsConfig
 from meshd.core.jobspec import JobSpec
 from meshd.exec.base import Executor
 from meshd.store.blobs import BlobStore
 
+from .inputs import check_pin, fetch_uri
+
 DIGEST_PREFIX = "sha256:"
 _NUMBER = re.compile(rb"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
-
-
-@dataclass(frozen=True)
-class GatewayParams:
-    ipfs_gateway: str = "http://127.0.0.1:8080"
-    """HTTP gateway for ipfs:// inputs (``{gateway}/ipfs/<cid>``)."""
-    s3_endpoint: str = "http://127.0.0.1:9000"
-    """Endpoint for s3:// inputs (``{endpoint}/<bucket>/<key>``, unsigned GET)."""
-    max_uri_bytes: int = 256 * 1024 * 1024
-    """Largest input fetched from a URI."""
-    uri_timeout_s: float = 60.0
-    """Timeout of one URI fetch."""
-
-
-class InputUnavailable(Exception):
-    """An input the submitter named by URI cannot be fetched (the job's fault,
-    not the worker's: the origin fails the job once another worker confirms)."""
 
 
 def bare(digest: str) -> str:
@@ -63,52 +49,38 @@ def prefixed(hex_digest: str) -> str:
     return hex_digest if hex_digest.startswith(DIGEST_PREFIX) else DIGEST_PREFIX + hex_digest
 
 
-def resolve_uri(uri: str, gw: GatewayParams) -> str:
-    if uri.startswith("ipfs://"):
-        return f"{gw.ipfs_gateway.rstrip('/')}/ipfs/{uri[len('ipfs://') :]}"
-    if uri.startswith("s3://"):
-        return f"{gw.s3_endpoint.rstrip('/')}/{uri[len('s3://') :]}"
-    return uri
-
-
-def fetch_uri(uri: str, gw: GatewayParams) -> bytes:
-    """GET a URI with a size cap (blocking; run in a thread)."""
-    url = resolve_uri(uri, gw)
-    with urllib.request.urlopen(url, timeout=gw.uri_timeout_s) as resp:  # noqa: S310 (schemes validated)
-        data = resp.read(gw.max_uri_bytes + 1)
-    if len(data) > gw.max_uri_bytes:
-        raise ValueError(f"{uri} is larger than {gw.max_uri_bytes} bytes")
-    return data
-
-
 async def fetch_inputs(
     fetch_blob: Callable[[str, str], Awaitable[None]],
     blobs: BlobStore,
     origin: str,
     spec: JobSpec,
     dest: Path,
-    gw: GatewayParams = GatewayParams(),
+    cfg: InputsConfig | None = None,
 ) -> None:
     """Place every input of ``spec`` under ``dest`` (raises with a reason on
-    failure); inputs named by digest are fetched from ``origin`` into
-    ``blobs`` by ``fetch_blob(peer, digest)`` first."""
+    failure); inputs named by digest alone are fetched from ``origin`` into
+    ``blobs`` by ``fetch_blob(peer, digest)`` first; URI inputs are fetched by
+    :func:`.inputs.fetch_uri` unless their pinned digest is in ``blobs``."""
     if not spec.inputs:
         return
     dest.mkdir(parents=True, exist_ok=True)
     for ref in spec.inputs:
         target = dest / ref.path
         target.parent.mkdir(parents=True, exist_ok=True)
-        if ref.digest is not None:
+        if ref.uri is None:
+            assert ref.digest is not None
             await fetch_blob(origin, ref.digest)
-            src = blobs.path_of(bare(ref.digest))
-            await trio.to_thread.run_sync(shutil.copyfile, src, target)
-        else:
-            assert ref.uri is not None
-            try:
-                data = await trio.to_thread.run_sync(fetch_uri, ref.uri, gw)
-            except (OSError, ValueError) as exc:  # urllib's URLError/HTTPError are OSErrors
-                raise InputUnavailable(f"input {ref.path} from {ref.uri}: {exc}") from exc
-            target.write_bytes(data)
+        elif ref.digest is None or not blobs.has(bare(ref.digest)):
+            data = await trio.to_thread.run_sync(partial(fetch_uri, ref.uri, cfg or InputsConfig()))
+            check_pin(ref.uri, data, ref.digest)
+            if ref.digest is None:  # unpinned: used once, not cached
+                await trio.to_thread.run_sync(target.write_bytes, data)
+                target.chmod(0o444)
+                continue
+            await trio.to_thread.run_sync(blobs.put, data)  # the cache, by digest
+        assert ref.digest is not None
+        src = blobs.path_of(bare(ref.digest))
+        await trio.to_thread.run_sync(shutil.copyfile, src, target)
         target.chmod(0o444)
 
 

@@ -128,6 +128,19 @@ class NodeView:
             return None
         return JobBrief(job.job_id, job.state, job.canonical)
 
+    def accepted_run(self, job_id: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The accepted result of a succeeded job (the first run of the
+        canonical group, with the worker, attempt and replica added) and the
+        verdict; None before there is one."""
+        job = self._node.origin.jobs.get(job_id)
+        if job is None or job.state != "succeeded" or job.canonical is None:
+            return None
+        for r in sorted(job.runs.values(), key=lambda r: (r.attempt, r.replica)):
+            if r.result and r.result.get("output_digest") == job.canonical:
+                run = {**r.result, "worker": r.worker, "attempt": r.attempt, "replica": r.replica}
+                return run, dict(job.verdict or {})
+        return None
+
     def job_view(self, job_id: str) -> dict[str, Any] | None:
         """``GET /v1/jobs/{id}``: the job as the origin sees it, or None."""
         job = self._node.origin.jobs.get(job_id)
