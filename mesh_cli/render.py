@@ -378,7 +378,7 @@ def render_jobs(data: dict[str, Any], console: Console) -> None:
             cmd[:40],
             short_id(j.get("worker")),
             fmt_ts(j.get("submitted_at")),
-            fmt_num(j.get("cost")),
+            fmt_credits(j.get("cost")),
             dash(j.get("reason")),
         )
     console.print(table)
