@@ -1091,10 +1091,16 @@ class Origin:
     def _run_failed(
         self, job: OriginJob, run: Run, reason: str, *, exclude: bool, fault: str = "worker"
     ) -> None:
-        job.failures += 1
-        job.last_failure = reason
+        self._note_failed(job, run, reason, fault)
         if exclude:
             job.excluded.add(run.worker)
+        job.history.append((self.ctx.now_ms, job.state, reason))
+        self._advance(job)
+
+    def _note_failed(self, job: OriginJob, run: Run, reason: str, fault: str) -> None:
+        """Count a failed run and log it (``run_failed``, with whose fault it is)."""
+        job.failures += 1
+        job.last_failure = reason
         self.ctx.append(
             "run_failed",
             {
@@ -1106,8 +1112,6 @@ class Origin:
                 "fault": fault,
             },
         )
-        job.history.append((self.ctx.now_ms, job.state, reason))
-        self._advance(job)
 
     def _job_fault(self, job: OriginJob, run: Run, why: str) -> None:
         """A run failed by the job's own doing: no mark against the worker.
@@ -1115,19 +1119,7 @@ class Origin:
         ``job_fault_runs`` of them the job fails, naming the cause once."""
         job.job_faults.append((run.attempt, run.replica))
         if len(job.job_faults) >= self.ctx.params.job_fault_runs:
-            job.failures += 1
-            job.last_failure = why
-            self.ctx.append(
-                "run_failed",
-                {
-                    "job_id": job.job_id,
-                    "attempt": run.attempt,
-                    "replica": run.replica,
-                    "worker": run.worker,
-                    "reason": f"run on {run.worker[-8:]}: {why}",
-                    "fault": "job",
-                },
-            )
+            self._note_failed(job, run, f"run on {run.worker[-8:]}: {why}", "job")
             workers = ", ".join(job.runs[k].worker[-8:] for k in job.job_faults)
             self._finish(
                 job, "failed", f"the job failed on {len(job.job_faults)} workers ({workers}): {why}"
