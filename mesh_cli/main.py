@@ -215,7 +215,8 @@ def cmd_submit(args: argparse.Namespace, client: ApiClient) -> int:
             print(job_id)
             print(
                 f"submitted: estimate {render.fmt_num(est.get('credits'))} credits, "
-                f"{render.fmt_duration(est.get('seconds'))}; see `mesh job {job_id}`",
+                f"{render.fmt_duration(est.get('seconds'))}{render.basis_text(est.get('basis'))}; "
+                f"see `mesh job {job_id}`",
                 file=sys.stderr,
             )
         return EXIT_OK

@@ -378,7 +378,7 @@ def render_jobs(data: dict[str, Any], console: Console) -> None:
             cmd[:40],
             short_id(j.get("worker")),
             fmt_ts(j.get("submitted_at")),
-            fmt_num(j.get("cost")),
+            fmt_credits(j.get("cost")),
             dash(j.get("reason")),
         )
     console.print(table)
@@ -401,6 +401,36 @@ def _declines_table(declines: list[dict[str, Any]]) -> Table:
     return table
 
 
+ESTIMATE_BASIS = {
+    "estimated_flops": "its flops",
+    "history": "earlier runs",
+    "default": "the default",
+}
+
+
+def basis_text(basis: Any) -> str:
+    """`` (from earlier runs)``: what an estimate rests on; "" when not said."""
+    return f" (from {ESTIMATE_BASIS[basis]})" if basis in ESTIMATE_BASIS else ""
+
+
+def cost_text(cost: dict[str, Any]) -> str:
+    """``estimate E (from B), charged A of budget M credits``: the charge is
+    what the ledger holds (the job's receipts), the basis what the estimate
+    rests on (the job's flops, earlier runs of its image, or the default)."""
+    est = f"estimate {fmt_credits(cost.get('estimate'))}{basis_text(cost.get('basis'))}"
+    charged = f"charged {fmt_credits(cost.get('actual'))}"
+    if cost.get("budget") is not None:
+        charged += f" of budget {fmt_credits(cost.get('budget'))}"
+    return f"{est}, {charged} credits"
+
+
+def fmt_credits(value: Any) -> str:
+    """Credits to four significant digits (a job may cost 0.0003 credits)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return dash(value)
+    return f"{value:.4g}"
+
+
 def _job_summary(job: dict[str, Any]) -> Table:
     spec = job.get("spec") or {}
     grid = _kv_grid()
@@ -409,11 +439,7 @@ def _job_summary(job: dict[str, Any]) -> Table:
     command = spec.get("command")
     grid.add_row("image", dash(spec.get("image")))
     grid.add_row("command", " ".join(command) if isinstance(command, list) else dash(command))
-    cost = job.get("cost") or {}
-    grid.add_row(
-        "cost",
-        f"estimate {fmt_num(cost.get('estimate'))}, actual {fmt_num(cost.get('actual'))} credits",
-    )
+    grid.add_row("cost", cost_text(job.get("cost") or {}))
     awards = job.get("awards") or []
     if awards:
         grid.add_row(

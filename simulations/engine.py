@@ -52,7 +52,7 @@ interval and TTL are also scaled together by ``nodes / 100`` (knob
 missed adverts; only how fast a crashed peer leaves others' views slows.
 Dead *workers* are detected by leases and heartbeats, which are not scaled.
 Because views are partial, an origin often has no advert for the worker it
-awarded, and credits it its bid price (``credits._run_credits``).
+awarded, and credits it its bid price (``Ledger.run_credits``).
 
 CPU model (knob ``cpu_model``, off by default)
 ----------------------------------------------

@@ -810,3 +810,16 @@ def test_a_json_read_loads_neither_pydantic_nor_rich(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.stdout.strip().endswith("[]"), proc.stdout + proc.stderr
     assert "no daemon running" in proc.stderr  # it did run the command
+
+
+def test_the_cost_line_shows_the_charge_the_ledger_holds_and_the_estimates_basis() -> None:
+    """mesh_cli/CLI.md: ``estimate E (from B), charged A of budget M credits``,
+    credits to four significant digits (a job often costs a few hundredths)."""
+    from mesh_cli.render import cost_text
+
+    cost = {"estimate": 0.027778, "basis": "history", "actual": 0.029636, "budget": 0.04}
+    assert (
+        cost_text(cost)
+        == "estimate 0.02778 (from earlier runs), charged 0.02964 of budget 0.04 credits"
+    )
+    assert cost_text({"estimate": None, "actual": 0.0}) == "estimate -, charged 0 credits"

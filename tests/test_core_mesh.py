@@ -211,31 +211,32 @@ def test_bids_over_budget_are_not_awarded_and_declines_say_why() -> None:
     assert job.declines and all("exceeds budget" in r for _, r in job.declines)
 
 
-def test_non_zero_exit_is_retried_elsewhere_then_fails_with_the_exit_code() -> None:
-    """params.max_attempts: "Execution attempts per job (first run plus retries) before it fails"."""
-    workers = [FakeWorker(exit_code=lambda s: 3) for _ in range(6)]
+def test_executor_errors_are_retried_elsewhere_then_fail_with_the_reason() -> None:
+    """params.max_attempts: "Execution attempts per job (first run plus retries) before it fails"
+    (a worker's fault, here its executor failing, is re-offered to other workers)."""
+    workers = [FakeWorker(status=lambda s: "error") for _ in range(6)]
     net = mesh(6, seed=10, workers=workers)
     job_id = net.submit(0, spec())
     job = run_to_end(net, 0, job_id)
     assert job.state == "failed"
-    assert "exit code 3" in job.reason
+    assert f"after {SINGLE.max_attempts} failed attempts" in job.reason
     ran_on = [r.worker for r in job.runs.values()]
     assert len(ran_on) == SINGLE.max_attempts == len(set(ran_on)), "each retry on another worker"
     assert len(records(net, 0, "run_failed", job_id)) == SINGLE.max_attempts
+    assert all(b["fault"] == "worker" for b in records(net, 0, "run_failed", job_id))
 
 
-def test_failing_job_in_a_small_mesh_uses_all_its_attempts_and_reports_the_exit_code() -> None:
+def test_failing_worker_in_a_small_mesh_uses_all_its_attempts_and_reports_the_reason() -> None:
     """With fewer workers than attempts, workers that failed the job are asked again
-    once nobody fresh is left: the job fails after max_attempts with the exit
-    code, not after max_queue_time_ms with "no worker took the job"."""
-    workers = [FakeWorker(exit_code=lambda s: 3) for _ in range(3)]
+    once nobody fresh is left: the job fails after max_attempts with the
+    reason, not after max_queue_time_ms with "no worker took the job"."""
+    workers = [FakeWorker(status=lambda s: "error") for _ in range(3)]
     net = mesh(3, seed=21, workers=workers)
     job_id = net.submit(0, spec())
     job = run_to_end(net, 0, job_id, max_ms=60_000)
     assert job.state == "failed"
-    assert (
-        "exit code 3" in job.reason and f"after {SINGLE.max_attempts} failed attempts" in job.reason
-    )
+    assert "failed on the worker" in job.reason
+    assert f"after {SINGLE.max_attempts} failed attempts" in job.reason
     assert len(job.runs) == SINGLE.max_attempts
     assert {r.worker for r in job.runs.values()} == set(net.order[1:])
 

@@ -206,43 +206,61 @@ class Ledger:
         self.ctx.counters["tail_lost"] += 1
         self.ctx.append("tail_lost", {"log_head_seq": head, "seen_seq": seq, "peer": peer})
 
-    def settle_credits(self, job: OriginJob, accepted: list[Run]) -> None:
-        """Issue a receipt to every worker of the canonical group (origin side)."""
+    def settle_credits(self, job: OriginJob, accepted: list[Run]) -> float:
+        """Issue a receipt to every worker of the canonical group (origin side);
+        returns the credits charged to this node (the job's ``cost.actual``)."""
         verdict: Literal["valid", "unverified"] = "valid" if job.needed > 1 else "unverified"
         bounty = job.spec.bounty / len(accepted) if accepted else 0.0
-        for run in accepted:
-            if run.worker == self.ctx.peer_id or run.result is None:
-                continue
-            receipt = Receipt(
-                job_id=job.job_id,
-                attempt=run.attempt,
-                replica=run.replica,
-                origin=self.ctx.peer_id,
-                worker=run.worker,
-                credits=self._run_credits(job, run) + bounty,
-                duration_ms=int(run.result.get("duration_ms", 0)),
-                output_digest=run.result.get("output_digest"),
-                verdict=verdict,
-                seq=self._next_seq(),
-            )
-            raw = self.ctx.seal(receipt)
-            self._index_record(self.ctx.peer_id, receipt, raw)
-            self.ctx.append(
-                "receipt",
-                {
-                    "job_id": job.job_id,
-                    "worker": run.worker,
-                    "seq": receipt.seq,
-                    "credits": receipt.credits,
-                    "envelope": raw,
-                },
-                key=b"receipt:%d" % receipt.seq,
-            )
-            self.ctx.emit(Send(run.worker, raw, "receipt", job.job_id))
-            self.ctx.counters["receipts_issued"] += 1
-            self._track_pending(receipt.seq, PendingReceipt(run.worker, job.job_id, raw))
+        return math.fsum(self._issue_receipt(job, run, bounty, verdict) for run in accepted)
 
-    def _run_credits(self, job: OriginJob, run: Run) -> float:
+    def charge_failed(self, job: OriginJob, runs: list[Run]) -> float:
+        """The job failed by its own fault: pay each worker that ran it to the
+        failure (at most ``job_fault_runs``) for the work, with verdict
+        ``job_failed``; returns the credits charged to this node."""
+        return math.fsum(self._issue_receipt(job, run, 0.0, "job_failed") for run in runs)
+
+    def _issue_receipt(
+        self,
+        job: OriginJob,
+        run: Run,
+        bounty: float,
+        verdict: Literal["valid", "unverified", "job_failed"],
+    ) -> float:
+        """Seal, log and send one receipt; the credits it carries (0 for a run
+        of our own: nobody pays themselves)."""
+        if run.worker == self.ctx.peer_id or run.result is None:
+            return 0.0
+        receipt = Receipt(
+            job_id=job.job_id,
+            attempt=run.attempt,
+            replica=run.replica,
+            origin=self.ctx.peer_id,
+            worker=run.worker,
+            credits=self.run_credits(job, run) + bounty,
+            duration_ms=int(run.result.get("duration_ms", 0)),
+            output_digest=run.result.get("output_digest"),
+            verdict=verdict,
+            seq=self._next_seq(),
+        )
+        raw = self.ctx.seal(receipt)
+        self._index_record(self.ctx.peer_id, receipt, raw)
+        self.ctx.append(
+            "receipt",
+            {
+                "job_id": job.job_id,
+                "worker": run.worker,
+                "seq": receipt.seq,
+                "credits": receipt.credits,
+                "envelope": raw,
+            },
+            key=b"receipt:%d" % receipt.seq,
+        )
+        self.ctx.emit(Send(run.worker, raw, "receipt", job.job_id))
+        self.ctx.counters["receipts_issued"] += 1
+        self._track_pending(receipt.seq, PendingReceipt(run.worker, job.job_id, raw))
+        return receipt.credits
+
+    def run_credits(self, job: OriginJob, run: Run) -> float:
         """Delivered GFLOP priced at the worker's advertised rate, never above its bid."""
         assert run.result is not None
         entry = self.ctx.peers.get(run.worker)
@@ -322,7 +340,10 @@ class Ledger:
             work is None
             or work.origin != msg.sender
             or work.result is None
-            or work.result.status != "succeeded"
+            or not (
+                work.result.status == "succeeded"
+                or (r.verdict == "job_failed" and work.result.fault == "job")
+            )
         ):
             self.ctx.reject("receipt_unknown_run", msg.sender, f"job {r.job_id}")
             return

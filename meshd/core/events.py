@@ -128,6 +128,9 @@ class InputsFetched:
     replica: int
     ok: bool
     error: str = ""
+    fault: str = "worker"
+    """Whose fault a failed fetch is: ``job`` for an input the submitter named
+    (a URI) that cannot be fetched, ``worker`` otherwise."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,9 @@ class ExecutionFinished:
     """True when the executor itself failed (not the job): counts against warmth."""
     image_id: str = ""
     """The id of the image the run ran ("" if none or unknown)."""
+    fault: str = ""
+    """Whose fault a failed run is, as the executor classed it (``job`` or
+    ``worker``; "" for a success or when not stated, see ``wire.fault_of``)."""
     manifest_sig: str | None = None
     """The worker's signature of the output manifest, hex (specs/JOB.md §3.1)."""
 

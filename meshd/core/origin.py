@@ -14,8 +14,20 @@ most one open *offer*. After every event it calls :meth:`_advance`, which
 
 Failures never lose a job: a lost lease, a refused award, a failed run each
 exclude that worker and count an attempt; past ``max_attempts`` the job fails
-with the reason. A result for a run that is not live is acknowledged but not
-used, so a job never has two accepted results from two different attempts.
+with the reason. A run that fails by the *job's* fault (a result whose
+``fault`` is ``job``: nonzero exit, its timeout, out of memory, too much
+output, an input it named that cannot be fetched) is confirmed by one run
+elsewhere: after ``job_fault_runs`` such runs the job fails, the workers are
+paid for that work (``Ledger.charge_failed``) and their reputation is left as
+it was. A result for a run that is not live is acknowledged but not used, so a
+job never has two accepted results from two different attempts.
+
+Budget: ``max_budget`` bounds what the job costs across all its runs. A run
+never earns more than its award's price (``Ledger.run_credits``), so the
+origin counts every run that may still be paid at its price (or its cost, once
+known) and awards only bids within what is left (:meth:`Origin._budget_left`);
+the offer's ``max_budget`` is that remainder shared among the round's slots.
+``cost.actual`` is what the receipts charged, nothing else.
 """
 
 from __future__ import annotations
@@ -42,8 +54,7 @@ from .jobspec import JobSpec, parse_job_spec
 from .lifecycle import RUN_LIVE, TERMINAL, check_transition, run_next
 from .placement import (
     Capacity,
-    actual_cost,
-    estimate_cost,
+    WorkHistory,
     fit_reason,
     job_gflops,
     prefer_classes,
@@ -62,6 +73,7 @@ from .wire import (
     OfferRequirements,
     Opened,
     ResultAck,
+    fault_of,
 )
 
 if TYPE_CHECKING:
@@ -126,6 +138,8 @@ class OriginJob:
     excluded: set[str] = field(default_factory=set)
     failures: int = 0
     last_failure: str = ""
+    job_faults: list[tuple[int, int]] = field(default_factory=list)
+    """Runs ``(attempt, replica)`` that failed by the job's own fault."""
     runs: dict[tuple[int, int], Run] = field(default_factory=dict)
     equiv: dict[frozenset[str], bool] = field(default_factory=dict)
     pending_checks: set[frozenset[str]] = field(default_factory=set)
@@ -134,7 +148,10 @@ class OriginJob:
     canonical: str | None = None
     exit_code: int | None = None
     cost_estimate: float | None = None
+    estimate_basis: str = ""
+    """What the estimate rests on: ``estimated_flops``, ``history`` or ``default``."""
     cost_actual: float = 0.0
+    """What the ledger charges the job: the sum of the receipts issued for it."""
     verdict: dict[str, Any] | None = None
     log: bytearray = field(default_factory=bytearray)
     next_replica: int = 0
@@ -178,6 +195,8 @@ class Origin:
         self.round_limit = float(p.max_offers_in_flight)
         """Open rounds allowed now (AIMD between 1 and ``max_offers_in_flight``)."""
         self._last_cut_ms = -(10**12)
+        self.work_history = WorkHistory(p.work_history_images, p.work_history_runs)
+        """GFLOP of earlier runs per image: the guess for jobs without ``estimated_flops``."""
         self.rtt = PeerRtt(
             initial_ms=p.award_ack_timeout_ms,
             floor_ms=p.award_ack_timeout_min_ms,
@@ -277,11 +296,25 @@ class Origin:
 
     # ------------------------------------------------------------ API-facing
 
+    def expected_work(self, spec: JobSpec) -> tuple[float, str]:
+        """The work (flops) a job is expected to take and what that rests on:
+        its ``estimated_flops``, else the median of earlier runs of its image
+        (``history``), else ``default_job_gflop`` (``default``)."""
+        if spec.estimated_flops:
+            return spec.estimated_flops, "estimated_flops"
+        learned = self.work_history.guess(spec.image)
+        if learned is not None:
+            return learned * 1e9, "history"
+        return self.ctx.params.default_job_gflop * 1e9, "default"
+
     def estimate(self, spec: JobSpec) -> dict[str, Any]:
         """Cost/time estimate from the adverts we hold: the cheapest fitting peer.
 
-        Also says how many live peers are ``known`` and, for those that cannot
-        run the job at all, why (``unfit``: reason -> how many peers)."""
+        The work is :meth:`expected_work` (``basis`` says what it rests on),
+        its duration capped at the job's timeout. Also says how many live
+        peers are ``known`` and, for those that cannot run the job at all, why
+        (``unfit``: reason -> how many peers)."""
+        work, basis = self.expected_work(spec)
         req = offer_requirements(spec)
         best: tuple[float, float] | None = None
         candidates = known = 0
@@ -295,19 +328,17 @@ class Origin:
                 continue
             candidates += 1
             gflops = job_gflops(cap, req.gpus)
-            cost = estimate_cost(
-                spec.estimated_flops, spec.timeout_s, gflops, cap.price, spec.credit_rate
-            )
-            secs = (
-                spec.estimated_flops / (gflops * 1e9)
-                if spec.estimated_flops and gflops
-                else spec.timeout_s
-            )
+            secs = min(spec.timeout_s, work / (gflops * 1e9)) if gflops > 0 else spec.timeout_s
+            if basis == "estimated_flops":
+                cost = work / 1e9 * cap.price * spec.credit_rate
+            else:
+                cost = secs * gflops * cap.price * spec.credit_rate
             if best is None or cost < best[0]:
                 best = (cost, secs)
         return {
             "credits": best[0] if best else None,
             "seconds": best[1] if best else None,
+            "basis": basis,
             "candidates": candidates,
             "known": known,
             "unfit": dict(sorted(unfit.items(), key=lambda kv: -kv[1])[:MAX_UNFIT_REASONS]),
@@ -320,7 +351,8 @@ class Origin:
         self._evict_jobs()
         spec = inp.spec.model_copy(update={"job_id": inp.job_id})
         job = OriginJob(inp.job_id, spec, self.ctx.now_ms, updated_ms=self.ctx.now_ms)
-        job.cost_estimate = self.estimate(spec)["credits"]
+        est = self.estimate(spec)
+        job.cost_estimate, job.estimate_basis = est["credits"], est["basis"]
         if spec.replicas is not None:
             job.needed, job.replicate_decided = min(spec.replicas, 2), True
         self.jobs[job.job_id] = job
@@ -331,6 +363,7 @@ class Origin:
                 "job_id": job.job_id,
                 "spec": spec.model_dump(mode="json"),
                 "estimate": job.cost_estimate,
+                "estimate_basis": job.estimate_basis,
                 "ts_ms": job.submitted_ms,
             },
             key=b"submit:" + job.job_id.encode(),
@@ -360,6 +393,7 @@ class Origin:
         if job is None or job.state not in ("failed", "cancelled"):
             return
         job.failures, job.reason, job.excluded, job.readmit_failed = 0, "", set(), False
+        job.job_faults = []
         job.waiting_since_ms = None
         job.runs = {k: r for k, r in job.runs.items() if r.state == "done" and r.fetched}
         job.next_offer_ms, job.backoff_ms = self.ctx.now_ms, 0
@@ -394,6 +428,15 @@ class Origin:
             )
             return
         if self._wanted_runs(job) > self._busy_runs(job) and not job.offer_open:
+            left = self._budget_left(job)
+            if left is not None and left <= 0:
+                self._finish(
+                    job,
+                    "failed",
+                    f"budget spent: its runs cost or may still cost {self._committed(job):.4g} "
+                    f"of max_budget {job.spec.max_budget:.4g} credits",
+                )
+                return
             if job.attempt >= MAX_ATTEMPT or job.next_replica > MAX_REPLICA:
                 self._finish(
                     job,
@@ -449,14 +492,16 @@ class Origin:
         job.declined_round = set()
         exclude = set(job.excluded) | self._ran(job)
         spec = job.spec
+        left = self._budget_left(job)
         offer = Offer(
             job_id=job.job_id,
             attempt=job.attempt,
             spec_digest=spec.digest(),
             requirements=offer_requirements(spec),
             estimated_flops=spec.estimated_flops,
+            expected_flops=None if spec.estimated_flops else self.expected_work(spec)[0],
             timeout_s=spec.timeout_s,
-            max_budget=spec.max_budget,
+            max_budget=None if left is None else left / min(slots, 5),
             credit_rate=spec.credit_rate,
             speed=spec.speed,
             bid_window_ms=self._window_ms(job),
@@ -654,6 +699,7 @@ class Origin:
         live = self._busy_runs(job)
         want = self._wanted_runs(job) - live
         busy = self._ran(job)
+        left = self._budget_left(job)
         usable = {
             p: b
             for p, b in job.bids.items()
@@ -661,7 +707,7 @@ class Origin:
             and p not in busy
             and p not in job.excluded
             and not self.ctx.trust.banned(p, self.ctx.now_ms)
-            and (job.spec.max_budget is None or b.price <= job.spec.max_budget)
+            and (left is None or b.price <= left)
         }
         if want > 0 and not usable:
             self._no_bids(job)
@@ -673,6 +719,7 @@ class Origin:
             self._inflight(),
             {p: self.ctx.rng.random() for p in usable},
             per_gflop=not job.spec.estimated_flops,
+            bound_s=job.spec.timeout_s,
         )
         while ranked:
             if want <= 0 or job.next_replica > MAX_REPLICA:
@@ -683,28 +730,44 @@ class Origin:
             group = want if self._exact(job) and job.replicate_decided else 1
             peer = prefer_classes(ranked, usable, classes, group=group)[0]
             ranked.remove(peer)
+            bid = usable[peer]
+            if left is not None and bid.price > left:
+                continue  # the runs awarded before it took what the budget had left
             if not job.replicate_decided:
                 job.replicate_decided = True
                 # A second, distinct worker must exist for replication to mean
                 # anything; in a mesh with one candidate the result is accepted
-                # unverified (and says so in the verdict).
+                # unverified (and says so in the verdict). So must the budget:
+                # a job priced by its flops whose budget cannot pay two runs
+                # at this price is not replicated.
                 enough = len(usable) >= 2 or job.offer_candidates >= 2
+                if left is not None and job.spec.estimated_flops and 2 * bid.price > left:
+                    enough = False
                 job.needed = (
                     2 if enough and self.ctx.trust.should_replicate(peer, self.ctx.rng) else 1
                 )
                 want = self._wanted_runs(job) - live
-            self._award(job, peer, usable[peer])
+            price = bid.price
+            if left is not None:
+                # The runs still wanted share what is left: a bid priced by
+                # flops must fit its share; a bound (no flops) is cut to it,
+                # and the worker stops the run at the award's price.
+                share = left / max(1, want)
+                if price > share and job.spec.estimated_flops:
+                    continue
+                price = min(price, share)
+                left -= price
+            self._award(job, peer, bid, price)
             want -= 1
 
     def _no_bids(self, job: OriginJob) -> None:
+        left = self._budget_left(job)
         over_budget = [
-            (p, b.price)
-            for p, b in job.bids.items()
-            if job.spec.max_budget is not None and b.price > job.spec.max_budget
+            (p, b.price) for p, b in job.bids.items() if left is not None and b.price > left
         ]
         for p, price in over_budget:
             self._note_decline(
-                job, p, f"bid {price:.4g} credits exceeds budget {job.spec.max_budget:.4g}"
+                job, p, f"bid {price:.4g} credits exceeds the budget left, {left:.4g}"
             )
         self._derive_declines(job)
         if not job.bids and job.offer_candidates > 0:
@@ -795,7 +858,9 @@ class Origin:
                     counts[r.worker] = counts.get(r.worker, 0) + 1
         return counts
 
-    def _award(self, job: OriginJob, peer: str, bid: Bid) -> None:
+    def _award(self, job: OriginJob, peer: str, bid: Bid, price: float) -> None:
+        """Award ``bid`` at ``price`` (the bid's, or less: the job's share of
+        its budget; a run never earns more than its award's price)."""
         job.tried.add(peer)
         job.slow_rounds = 0
         replica = job.next_replica
@@ -804,7 +869,7 @@ class Origin:
             job.attempt,
             replica,
             peer,
-            bid.price,
+            price,
             bid.score_gflops,
             det_class=bid.det_class,
             deadline_ms=self.ctx.now_ms + self.rtt.timeout_ms(peer) + self.ctx.inbox_wait_ms,
@@ -819,7 +884,7 @@ class Origin:
                 "attempt": run.attempt,
                 "replica": replica,
                 "worker": peer,
-                "price": bid.price,
+                "price": price,
                 "score": bid.score_gflops,
                 "det_class": bid.det_class,
             },
@@ -831,7 +896,7 @@ class Origin:
                 attempt=run.attempt,
                 replica=replica,
                 spec=job.spec.model_dump(mode="json"),
-                price=bid.price,
+                price=price,
                 lease_ms=self.ctx.params.lease_ms,
             ),
             job.job_id,
@@ -1027,11 +1092,19 @@ class Origin:
         )
         self._freed(run.worker)
 
-    def _run_failed(self, job: OriginJob, run: Run, reason: str, *, exclude: bool) -> None:
-        job.failures += 1
-        job.last_failure = reason
+    def _run_failed(
+        self, job: OriginJob, run: Run, reason: str, *, exclude: bool, fault: str = "worker"
+    ) -> None:
+        self._note_failed(job, run, reason, fault)
         if exclude:
             job.excluded.add(run.worker)
+        job.history.append((self.ctx.now_ms, job.state, reason))
+        self._advance(job)
+
+    def _note_failed(self, job: OriginJob, run: Run, reason: str, fault: str) -> None:
+        """Count a failed run and log it (``run_failed``, with whose fault it is)."""
+        job.failures += 1
+        job.last_failure = reason
         self.ctx.append(
             "run_failed",
             {
@@ -1040,10 +1113,48 @@ class Origin:
                 "replica": run.replica,
                 "worker": run.worker,
                 "reason": reason,
+                "fault": fault,
             },
         )
-        job.history.append((self.ctx.now_ms, job.state, reason))
-        self._advance(job)
+
+    def _job_fault(self, job: OriginJob, run: Run, why: str) -> None:
+        """A run failed by the job's own doing: no mark against the worker.
+        The first such run is confirmed on another worker; after
+        ``job_fault_runs`` of them the job fails, naming the cause once."""
+        job.job_faults.append((run.attempt, run.replica))
+        if len(job.job_faults) >= self.ctx.params.job_fault_runs:
+            self._note_failed(job, run, f"run on {run.worker[-8:]}: {why}", "job")
+            workers = ", ".join(job.runs[k].worker[-8:] for k in job.job_faults)
+            self._finish(
+                job, "failed", f"the job failed on {len(job.job_faults)} workers ({workers}): {why}"
+            )
+            return
+        self._run_failed(job, run, f"run on {run.worker[-8:]}: {why}", exclude=True, fault="job")
+
+    def _committed(self, job: OriginJob) -> float:
+        """Credits the job's runs on other workers have cost or may still cost:
+        a live run at its price (it never earns more), a result that may be
+        paid (succeeded, or failed by the job's fault) at what it earns."""
+        total = 0.0
+        for key, r in job.runs.items():
+            if r.worker == self.ctx.peer_id:
+                continue  # nobody pays themselves
+            if r.state in RUN_LIVE:
+                total += r.price
+            elif (
+                r.state == "done"
+                and r.result is not None
+                and (r.result.get("status") == "succeeded" or key in job.job_faults)
+            ):
+                total += self.ledger.run_credits(job, r)
+        return total
+
+    def _budget_left(self, job: OriginJob) -> float | None:
+        """What a further run may cost within ``max_budget`` (less the bounty,
+        which is paid on top of the runs); None without a budget."""
+        if job.spec.max_budget is None:
+            return None
+        return job.spec.max_budget - job.spec.bounty - self._committed(job)
 
     # ------------------------------------------------------------ results
 
@@ -1070,21 +1181,21 @@ class Origin:
         job, run = found  # type: ignore[misc]
         self._set_run_state(job, run, "result")
         run.result = b.model_dump(mode="json")
-        job.cost_actual += actual_cost(
-            b.duration_ms, run.score_gflops, self._price_of(run), job.spec.credit_rate
-        )
         self.ctx.append("run_result", {"job_id": job.job_id, "worker": run.worker, **run.result})
         if b.status == "succeeded":
             self._check_claimed_score(job, run, b.duration_ms)
-        if b.status != "succeeded" or b.output_digest is None:
+            self.work_history.learn(job.spec.image, b.duration_ms / 1000 * run.score_gflops)
+        if fault_of(b.status, b.fault) == "job":
+            self._job_fault(job, run, failure_text(b.status, b.exit_code, b.reason))
+        elif b.status != "succeeded" or b.output_digest is None:
             self.ctx.trust.observe(
                 run.worker, "abandoned" if b.status == "error" else "completed", self.ctx.now_ms
             )
-            why = b.reason or b.status
-            if b.exit_code not in (None, 0):
-                why = f"exit code {b.exit_code}: {why}"
             self._run_failed(
-                job, run, f"run on {run.worker[-8:]} {b.status}: {why}", exclude=b.status == "error"
+                job,
+                run,
+                f"run on {run.worker[-8:]}: {failure_text(b.status, b.exit_code, b.reason)}",
+                exclude=b.status == "error",
             )
         else:
             self.ctx.emit(
@@ -1115,12 +1226,6 @@ class Origin:
                     "ratio": round(ratio, 2),
                 },
             )
-
-    def _price_of(self, run: Run) -> float:
-        entry = self.ctx.peers.get(run.worker)
-        if entry is not None:
-            return entry.advert.price
-        return 0.0
 
     def on_blob_fetched(self, inp: BlobFetched) -> None:
         job = self.jobs.get(inp.job_id)
@@ -1260,7 +1365,7 @@ class Origin:
                 )
         if replicated:
             self.ledger.publish_attestations(job, valid, invalid)
-        self.ledger.settle_credits(job, best)
+        job.cost_actual += self.ledger.settle_credits(job, best)
         self._finish(job, "succeeded", "")
         return True
 
@@ -1317,6 +1422,12 @@ class Origin:
     # ------------------------------------------------------------ state
 
     def _finish(self, job: OriginJob, state: str, reason: str) -> None:
+        if state == "failed" and job.job_faults:
+            # The submitter pays for the runs its job failed on (at most
+            # ``job_fault_runs``); other failed runs are not paid.
+            job.cost_actual += self.ledger.charge_failed(
+                job, [job.runs[k] for k in job.job_faults if k in job.runs]
+            )
         job.reason = reason
         self._set_open(job, False)
         self.holding_jobs.discard(job.job_id)
@@ -1398,6 +1509,7 @@ class Origin:
             self.jobs[jid] = OriginJob(jid, spec, t, updated_ms=t)
             self.jobs[jid].history.append((t, "queued", "submitted"))
             self.jobs[jid].cost_estimate = body.get("estimate")
+            self.jobs[jid].estimate_basis = body.get("estimate_basis", "")
             if spec.replicas is not None:
                 self.jobs[jid].needed, self.jobs[jid].replicate_decided = (
                     min(spec.replicas, 2),
@@ -1439,11 +1551,17 @@ class Origin:
                 job.last_failure = body["reason"]
                 if body.get("worker"):
                     job.excluded.add(body["worker"])
+                if body.get("fault") == "job":
+                    job.job_faults.append((body["attempt"], body["replica"]))
         elif kind == "run_result":
             run = job.runs.get((body["attempt"], body["replica"]))
             if run is not None:
                 run.state = "done"
                 run.result = {k: v for k, v in body.items() if k not in ("job_id", "worker")}
+                if body.get("status") == "succeeded":
+                    self.work_history.learn(
+                        job.spec.image, body.get("duration_ms", 0) / 1000 * run.score_gflops
+                    )
         elif kind == "run_output":
             run = job.runs.get((body["attempt"], body["replica"]))
             if run is not None:
@@ -1465,7 +1583,7 @@ class Origin:
                 t,
             )
         elif kind == "job_retried":
-            job.failures, job.excluded = 0, set()
+            job.failures, job.excluded, job.job_faults = 0, set(), []
 
     def resume(self) -> None:
         """After a restart: renew leases (workers get a fresh lease) and resume offering."""
@@ -1507,6 +1625,33 @@ def offer_requirements(spec: JobSpec) -> OfferRequirements:
         image_id=spec.image_blob.id if spec.image_blob else None,
         image_size=spec.image_blob.size if spec.image_blob else 0,
     )
+
+
+FAILURE_WORDS = {
+    "failed": "failed",
+    "timeout": "hit its timeout",
+    "oom": "ran out of memory",
+    "output_limit": "wrote more output than allowed",
+    "error": "failed on the worker",
+    "cancelled": "was cancelled by the worker",
+}
+
+
+def failure_text(status: str, exit_code: int | None, reason: str) -> str:
+    """One phrase for a failed run that names its cause once: the worker's
+    reason, with the status's words, and the exit code of a ``failed`` run
+    only when the reason does not say it already (``exit code 3``, not
+    ``exit code 3: exit code 3``; a run killed at its timeout or memory
+    limit is named by that, not by the kill's exit code)."""
+    words = FAILURE_WORDS.get(status, status)
+    text = reason.strip()
+    if status == "failed" and exit_code not in (None, 0) and f"exit code {exit_code}" not in text:
+        text = f"exit code {exit_code}" + (f": {text}" if text else "")
+    if not text:
+        return words
+    if status == "failed":
+        return text
+    return f"{words}: {text}"
 
 
 def summarize_declines(job: OriginJob) -> str:
@@ -1558,7 +1703,12 @@ def job_view(job: OriginJob) -> dict[str, Any]:
         ],
         "worker": next((r.worker for r in reversed(runs) if r.state in ("active", "done")), None),
         "result": result if job.state in TERMINAL or result else None,
-        "cost": {"estimate": job.cost_estimate, "actual": job.cost_actual},
+        "cost": {
+            "estimate": job.cost_estimate,
+            "basis": job.estimate_basis,
+            "actual": job.cost_actual,
+            "budget": job.spec.max_budget,
+        },
         "verification": job.verdict,
         "attempts": job.attempt,
         "failures": job.failures,

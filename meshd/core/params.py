@@ -83,6 +83,18 @@ class CoreParams:
     """A job nobody takes fails after waiting this long (with the declines)."""
     max_attempts: int = 4
     """Execution attempts per job (first run plus retries) before it fails."""
+    job_fault_runs: int = 2
+    """Runs that fail by the job's own fault (nonzero exit, its timeout, out of
+    memory, output over the cap, an input it named that cannot be fetched)
+    after which the job fails: the first run plus one confirming run elsewhere."""
+    work_history_images: int = 256
+    """Images whose earlier runs' work (GFLOP) the origin remembers, to estimate
+    jobs that give no ``estimated_flops`` (least recently used dropped first)."""
+    work_history_runs: int = 8
+    """Succeeded runs remembered per image; the estimate is their median."""
+    default_job_gflop: float = 100.0
+    """Work assumed for a job with no ``estimated_flops`` and no earlier run of
+    its image (about 20 s on a 5 GFLOPS core): a stated guess, never the timeout."""
     max_declines_kept: int = 64
     """Decline reasons kept per job, for `mesh job` ("why nobody took it")."""
     max_bids_kept: int = 64

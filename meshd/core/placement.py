@@ -14,7 +14,9 @@ Pure functions over values. The rules (normative text in specs/PROTOCOL.md,
   ``duration_s × score_gflops × price × credit_rate`` credits, i.e. the GFLOP
   the worker delivered priced at its ``price`` per GFLOP. Estimates use
   ``estimated_flops`` where given (then cost does not depend on the worker's
-  speed) and the timeout otherwise (an upper bound).
+  speed); otherwise a bid is priced at the timeout (an upper bound, capped at
+  the budget) but timed with the origin's guess at the work
+  (``Offer.expected_flops``), so a faster worker still bids an earlier finish.
 - The score that prices and times a job is :func:`job_gflops`: the worker's
   measured ``gpu_gflops`` when the job needs a GPU (``requirements.gpus > 0``)
   and the worker advertises one, its CPU ``score_gflops`` otherwise. The bid
@@ -38,6 +40,7 @@ Pure functions over values. The rules (normative text in specs/PROTOCOL.md,
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from .events import LocalCapabilities
@@ -232,6 +235,51 @@ def budget_timeout_s(
     return max(0.001, min(timeout_s, max_budget / rate))
 
 
+class WorkHistory:
+    """What earlier runs of each image took, in GFLOP (duration × the score
+    that ran it): the origin's guess at a job that gives no ``estimated_flops``.
+
+    Bounded: at most ``images`` images (the least recently learned or asked
+    dropped first), ``runs`` samples each; the guess is their median."""
+
+    def __init__(self, images: int, runs: int) -> None:
+        self.images = images
+        self.runs = runs
+        self._work: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def learn(self, image: str, gflop: float) -> None:
+        if gflop <= 0 or self.images <= 0 or self.runs <= 0:
+            return
+        samples = self._work.pop(image, None) or deque(maxlen=self.runs)
+        samples.append(gflop)
+        self._work[image] = samples
+        while len(self._work) > self.images:
+            self._work.popitem(last=False)
+
+    def guess(self, image: str) -> float | None:
+        """The median GFLOP of the image's remembered runs, or None."""
+        samples = self._work.get(image)
+        if not samples:
+            return None
+        self._work.move_to_end(image)
+        ordered = sorted(samples)
+        mid = len(ordered) // 2
+        return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+    def __len__(self) -> int:
+        return len(self._work)
+
+
+def run_budget(max_budget: float | None, flops: float | None, award_price: float) -> float | None:
+    """The most one run may cost, which the worker stops it at: without a
+    flops estimate the award's price is that bound (the bid's timeout bound,
+    capped at the round's share of the budget the origin has left); with one
+    the price is an estimate and the job's budget stays the bound."""
+    if max_budget is None:
+        return None
+    return max_budget if flops else min(max_budget, award_price)
+
+
 def decline_reason(
     cap: Capacity,
     offer: Offer,
@@ -332,7 +380,10 @@ def make_bid(
     """Our bid for ``offer``. With ``image_bytes_per_s``, a job whose image
     must travel here starts later by the archive's size at that rate."""
     gflops = job_gflops(cap, offer.requirements.gpus)
-    duration = estimate_duration_s(offer.estimated_flops, offer.timeout_s, gflops, overhead_s)
+    # Timed with the job's flops, else the origin's guess (earlier runs of its
+    # image, or a default); priced with the job's flops only, else the bound.
+    work = offer.estimated_flops or offer.expected_flops
+    duration = estimate_duration_s(work, offer.timeout_s, gflops, overhead_s)
     waiting_jobs = max(0, cap.running + cap.queued + 1 - cap.capacity)
     wait_s = waiting_jobs * avg_run_s / max(1, cap.capacity)
     cost = estimate_cost(
@@ -364,14 +415,16 @@ def rank_bids(
     tiebreak: dict[str, float],
     *,
     per_gflop: bool = False,
+    bound_s: float = 0.0,
 ) -> list[str]:
     """Peer ids, best first. ``reputation`` in [-1, 1]; ``inflight`` awards we hold.
 
     ``per_gflop``: the job has no flops estimate, so each bid's ``price`` is
-    the bound ``duration × score × unit price`` and grows with the worker's
-    speed; compare what the work would cost instead, ``price ÷ (duration ×
-    score)`` (the unit price). Otherwise a worker whose benchmark came out
-    low looks cheap, and took most of a burst in the 6-daemon test."""
+    the bound ``bound_s × score × unit price`` (``bound_s`` the job's timeout)
+    and grows with the worker's speed; compare what the work would cost
+    instead, ``price ÷ (bound_s × score)`` (the unit price). Otherwise a
+    worker whose benchmark came out low looks cheap, and took most of a burst
+    in the 6-daemon test. (Without ``bound_s`` the bid's duration stands in.)"""
     if not bids:
         return []
     w_finish, w_price = SPEED_WEIGHTS[speed]
@@ -383,7 +436,8 @@ def rank_bids(
         b = bids[p]
         if not per_gflop:
             return b.price
-        gflop = b.est_duration_ms / 1000 * b.score_gflops
+        secs = bound_s if bound_s > 0 else b.est_duration_ms / 1000
+        gflop = secs * b.score_gflops
         return b.price / gflop if gflop > 0 else b.price
 
     finishes = {p: base_finish(p) for p in bids}

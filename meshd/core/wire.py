@@ -163,8 +163,14 @@ class Offer(Body):
     spec_digest: Digest
     requirements: OfferRequirements
     estimated_flops: Annotated[float, Field(ge=0, le=1e21)] | None = None
+    expected_flops: Annotated[float, Field(ge=0, le=1e21)] | None = None
+    """The origin's guess at the work when the job gives no ``estimated_flops``
+    (learned from earlier runs of its image, else a default): it times bids,
+    it does not price them (PROTOCOL.md §8.2)."""
     timeout_s: Annotated[float, Field(gt=0, le=MAX_TIMEOUT_S)]
     max_budget: Annotated[float, Field(gt=0, le=MAX_CREDITS)] | None = None
+    """What one run of this round may cost: the job's budget less what its
+    other runs have cost or may still cost, shared among the round's slots."""
     credit_rate: Annotated[float, Field(gt=0, le=1000)] = 1.0
     speed: Literal["fast", "balanced", "cheap"] = "balanced"
     bid_window_ms: Annotated[int, Field(gt=0, le=60_000)]
@@ -247,9 +253,29 @@ class Result(Body):
     det_class: DetClass = ""
     """The determinism class the run ran in (specs/CREDITS.md §5); "" when not
     stated (older peers)."""
+    fault: Literal["", "job", "worker"] = ""
+    """Whose fault a failed run is (PROTOCOL.md §10): ``job`` (it exited
+    nonzero, hit its timeout or memory limit, wrote too much, or named an input
+    that cannot be fetched) or ``worker`` (the executor or the node failed); ""
+    for a succeeded run, or when not stated (then :func:`fault_of` its status)."""
     manifest_sig: Annotated[str, Field(pattern=r"^[0-9a-f]{128}$")] | None = None
     """The worker's Ed25519 signature of the output archive's manifest, in
     hex (specs/JOB.md §3.1); None without outputs or from older peers."""
+
+
+JOB_FAULT_STATUSES = frozenset({"failed", "timeout", "oom", "output_limit"})
+"""Result statuses that are the job's own doing when a run does not say whose fault it is."""
+
+
+def fault_of(status: str, stated: str = "") -> str:
+    """Whose fault a run with ``status`` is: ``stated`` when given, else
+    ``job`` for the job-caused statuses, ``worker`` for any other failure,
+    "" for a success."""
+    if status == "succeeded":
+        return ""
+    if stated:
+        return stated
+    return "job" if status in JOB_FAULT_STATUSES else "worker"
 
 
 class ResultAck(Body):
@@ -281,7 +307,9 @@ class Receipt(Body):
     credits: Annotated[float, Field(ge=0, le=MAX_CREDITS)]
     duration_ms: Annotated[int, Field(ge=0, le=MAX_MS)]
     output_digest: Digest | None = None
-    verdict: Literal["valid", "unverified"] = "unverified"
+    verdict: Literal["valid", "unverified", "job_failed"] = "unverified"
+    """``job_failed``: the run failed by the job's own fault and the job
+    failed with it; the submitter pays for the work (specs/CREDITS.md §7)."""
     seq: Annotated[int, Field(ge=0, le=MAX_INT)] = 0
 
 

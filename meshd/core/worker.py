@@ -45,6 +45,7 @@ from .placement import (
     job_gflops,
     local_image_id,
     make_bid,
+    run_budget,
 )
 from .wire import (
     MAX_ADVERT_ADDRS,
@@ -58,6 +59,7 @@ from .wire import (
     Heartbeat,
     Opened,
     Result,
+    fault_of,
 )
 
 T_HEARTBEAT, T_RESEND, T_ADVERT = "heartbeat", "resend", "advert"
@@ -309,7 +311,7 @@ class Worker:
         assert cap is not None
         timeout = budget_timeout_s(
             spec.timeout_s,
-            spec.max_budget,
+            run_budget(spec.max_budget, spec.estimated_flops, a.price),
             job_gflops(cap, spec.requirements.gpus),
             cap.price,
             spec.credit_rate,
@@ -405,6 +407,7 @@ class Worker:
                     replica=inp.replica,
                     status="error",
                     reason=f"input fetch failed: {inp.error}"[:MAX_SHORT_TEXT],
+                    fault="job" if inp.fault == "job" else "worker",
                 ),
             )
             return
@@ -449,6 +452,7 @@ class Worker:
             det_class=self.det_class(
                 work.spec.requirements.gpus > 0, work.spec.image, inp.image_id
             ),
+            fault=fault_of(inp.status, inp.fault),  # type: ignore[arg-type]
             manifest_sig=inp.manifest_sig,
         )
         self._finish_work(work, result)

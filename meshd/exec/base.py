@@ -8,6 +8,11 @@ Rules:
   timeout, OOM, output flood, fork bomb): that is an ``ExecResult`` with a
   status and a human ``reason``. Engine trouble (image missing, engine gone)
   is also a result, with status ``"error"``. Only our own misuse raises.
+- Every failed result says whose fault it is (``ExecResult.fault``): ``job``
+  for what the job did (``failed``, ``timeout``, ``oom``, ``output_limit``),
+  ``worker`` for what the node did (``error``, ``cancelled``). The origin
+  retries a worker's fault elsewhere and fails a job's fault after one
+  confirming run (specs/PROTOCOL.md §10).
 - ``Executor.decline_reason`` is synchronous and fast (no container start):
   the core asks it before bidding so a node never bids on a job it would fail.
 - Every bound has a name and a documented default in ``ExecParams``; the
@@ -30,6 +35,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
 
+from meshd.core.wire import fault_of
+
 MiB = 1024 * 1024
 
 ExecStatus = Literal["succeeded", "failed", "timeout", "oom", "output_limit", "cancelled", "error"]
@@ -42,6 +49,8 @@ EXEC_STATUSES: tuple[str, ...] = (
     "cancelled",
     "error",
 )
+
+Fault = Literal["", "job", "worker"]
 
 LogCallback = Callable[[bytes], None]
 
@@ -134,9 +143,13 @@ class ExecResult:
     pids_peak: int | None = None
     # The id of the image the job ran ("sha256:..."); "" when there is none (process executor).
     image_id: str = ""
+    # Whose fault a failure is: "job" or "worker"; "" derives it from the status
+    # (``meshd.core.wire.fault_of``), and is "" for a success.
+    fault: Fault = ""
 
     def __post_init__(self) -> None:
         _check(self.status in EXEC_STATUSES, f"unknown status {self.status!r}")
+        object.__setattr__(self, "fault", fault_of(self.status, self.fault))
 
     @property
     def ok(self) -> bool:

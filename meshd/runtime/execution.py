@@ -44,8 +44,15 @@ from meshd.core.events import (
 )
 from meshd.core.manifest import ManifestError, manifest_body, worker_payload
 from meshd.exec.base import ExecRequest, Executor
-from meshd.store.blobs import BlobStore, pack_dir
+from meshd.store.blobs import (
+    BlobLimitError,
+    BlobStore,
+    BlobStoreFullError,
+    UnsafeArchiveError,
+    pack_dir,
+)
 
+from .inputs import InputError
 from .jobio import fetch_inputs, prefixed
 
 log = logging.getLogger(__name__)
@@ -97,8 +104,11 @@ class Executions:
             )
             inp = InputsFetched(eff.job_id, eff.attempt, eff.replica, True)
         except Exception as exc:
+            # A URI the submitter named that cannot be fetched is the job's
+            # fault; a blob from the origin that does not arrive is ours.
+            fault = "job" if isinstance(exc, InputError) else "worker"
             inp = InputsFetched(
-                eff.job_id, eff.attempt, eff.replica, False, str(exc)[:MAX_ERROR_CHARS]
+                eff.job_id, eff.attempt, eff.replica, False, str(exc)[:MAX_ERROR_CHARS], fault
             )
         await self._feed(inp)
 
@@ -150,11 +160,17 @@ class Executions:
                 size = len(archive)
                 manifest_sig = await trio.to_thread.run_sync(self._sign_manifest, eff, archive)
             except Exception as exc:
+                # Too much output, or entries no archive may hold, is the
+                # job's doing; a full store or a disk error is this node's.
+                job_made = isinstance(exc, (BlobLimitError, UnsafeArchiveError)) and not isinstance(
+                    exc, BlobStoreFullError
+                )
                 result = type(result)(
-                    status="output_limit",
+                    status="output_limit" if job_made else "error",
                     exit_code=result.exit_code,
                     reason=f"outputs could not be packed: {exc}"[:MAX_ERROR_CHARS],
                     duration_s=result.duration_s,
+                    image_id=result.image_id,
                 )
         await self._feed(
             ExecutionFinished(
@@ -171,6 +187,7 @@ class Executions:
                 size,
                 executor_fault=result.status == "error",
                 image_id=result.image_id,
+                fault=result.fault,
                 manifest_sig=manifest_sig,
             )
         )

@@ -7,7 +7,9 @@ Rules:
   timeout, ``s3://`` and ``ipfs://`` through the operator's endpoints), and
   checked against their pinned digest when they carry one.
 - Every input lands at ``inputs/<path>`` (paths were validated by the job
-  descriptor: relative, no ``..``).
+  descriptor: relative, no ``..``). A URI input that cannot be fetched or
+  does not match its pin raises :class:`.inputs.InputError`: the submitter
+  named it, so the run fails by the job's fault (specs/PROTOCOL.md §10).
 - Output archives are deterministic tars (``meshd.store.blobs.pack_dir``);
   comparing two of them "within tolerance" follows specs/CREDITS.md.
 """

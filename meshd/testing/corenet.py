@@ -102,6 +102,12 @@ class FakeWorker:
     output: Callable[[JobSpec], str] = honest_output
     """The digest an honest run produces (e.g. one per GPU model: honest
     replicas of different determinism classes that disagree)."""
+    status: Callable[[JobSpec], str | None] = lambda spec: None
+    """A status that overrides the run's outcome (e.g. ``error``: the executor
+    failed, the worker's fault; ``oom``: the job's); None: from the exit code."""
+    input_failure: Callable[[JobSpec], str | None] = lambda spec: None
+    """Whose fault (``job`` or ``worker``) it is that the run's inputs cannot
+    be fetched; None: they arrive."""
 
 
 @dataclass
@@ -157,11 +163,13 @@ class CoreNetEffects(EffectInterpreter):
             )
 
     def do_fetch_inputs(self, eff: FetchInputs) -> None:
-        self.net._schedule(
-            self.net.now_ms + 1,
-            self.peer,
-            InputsFetched(eff.job_id, eff.attempt, eff.replica, True),
-        )
+        fault = self.slot.worker.input_failure(eff.spec)
+        inp = InputsFetched(eff.job_id, eff.attempt, eff.replica, True)
+        if fault is not None:
+            inp = InputsFetched(
+                eff.job_id, eff.attempt, eff.replica, False, "HTTP Error 404: Not Found", fault
+            )
+        self.net._schedule(self.net.now_ms + 1, self.peer, inp)
 
     def do_start_execution(self, eff: StartExecution) -> None:
         self.net._start(self.peer, self.slot, eff)
@@ -332,14 +340,16 @@ class CoreNet:
             noisy = "sha256:" + hashlib.sha256(b"noise" + token.to_bytes(4, "big")).hexdigest()
             self.noisy[noisy] = digest
             digest = noisy
-        status = "timeout" if timed_out else ("succeeded" if code == 0 else "failed")
+        status = w.status(eff.spec) or (
+            "timeout" if timed_out else ("succeeded" if code == 0 else "failed")
+        )
         fin = ExecutionFinished(
             eff.job_id,
             eff.attempt,
             eff.replica,
             status,
             None if timed_out else code,
-            "",
+            f"exit code {code}" if status == "failed" else "",
             duration,
             duration,
             1 << 20,
