@@ -48,7 +48,7 @@ async def test_outputs_come_back_and_inputs_are_read_only(docker_executor, tmp_p
     logs: list[bytes] = []
     res = await docker_executor.run(
         req(tmp_path, "sh", "-c", script, input_dir=inputs, env={"GREETING": "hi"}),
-        on_log=logs.append,
+        on_log=lambda _s, b: logs.append(b),
     )
     assert res.status == "succeeded", res
     assert res.exit_code == 0
@@ -207,7 +207,7 @@ async def test_log_flood_is_capped(docker_executor, tmp_path):
     seen: list[bytes] = []
     res = await docker_executor.run(
         req(tmp_path, "sh", "-c", "yes flood | head -c 5000000; echo END", max_log_bytes=cap),
-        on_log=seen.append,
+        on_log=lambda _s, b: seen.append(b),
     )
     assert res.status == "succeeded", res
     streamed = b"".join(seen)
@@ -227,7 +227,7 @@ async def test_cancel_stops_the_job(docker_executor, docker_api, tmp_path):
         result.append(
             await docker_executor.run(
                 req(tmp_path, "sh", "-c", "echo go; sleep 30", job_id="to-cancel"),
-                on_log=lambda b: started.set(),
+                on_log=lambda _s, b: started.set(),
             )
         )
 
@@ -249,7 +249,8 @@ async def test_trio_cancellation_of_run_still_removes_container(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(
                 lambda: docker_executor.run(
-                    req(tmp_path, "sh", "-c", "echo go; sleep 30"), on_log=lambda b: started.set()
+                    req(tmp_path, "sh", "-c", "echo go; sleep 30"),
+                    on_log=lambda _s, b: started.set(),
                 )
             )
             await started.wait()
@@ -266,7 +267,7 @@ _OWNER = textwrap.dedent("""
 
     async def main():
         ex = DockerExecutor(ExecParams(), sys.argv[1])
-        def on_log(b):
+        def on_log(s, b):
             sys.stdout.write("STARTED\\n"); sys.stdout.flush()
         await ex.run(ExecRequest(job_id="orphan", image=sys.argv[3], output_dir=Path(sys.argv[2]),
                                  command=("sh", "-c", "echo up; sleep 120")), on_log=on_log)

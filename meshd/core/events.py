@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .jobspec import JobSpec, Tolerance
+from .wire import LogChunk
 
 # ---------------------------------------------------------------- topics
 
@@ -132,9 +133,15 @@ class InputsFetched:
 
 @dataclass(frozen=True)
 class ExecutionProgress:
+    """Output a running job wrote: ``log`` is the bytes of ``stream`` from
+    byte ``offset`` on, read at wall time ``ts_ms`` (the shell's stamp)."""
+
     job_id: str
     attempt: int
     replica: int
+    stream: str
+    offset: int
+    ts_ms: int
     log: bytes
 
 
@@ -155,6 +162,9 @@ class ExecutionFinished:
     """True when the executor itself failed (not the job): counts against warmth."""
     image_id: str = ""
     """The id of the image the run ran ("" if none or unknown)."""
+    log_digest: str | None = None
+    """The run's stored log in the blob store (specs/JOB.md §6); None if it wrote nothing."""
+    log_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -209,6 +219,9 @@ class Send:
     """How long the message stays useful: a shell that could not send it
     within this drops it (an award comes back as ``SendFailed``). None: the
     shell's default."""
+    coalesce: bool = True
+    """Whether a newer message of the same kind and job may replace this one
+    while it is queued (False for a heartbeat carrying live output)."""
 
 
 @dataclass(frozen=True)
@@ -265,10 +278,24 @@ class RunChecker:
 
 @dataclass(frozen=True)
 class JobLog:
-    """Live log bytes for a job the API may be following."""
+    """Live output of one run of a job we originated, for whoever follows it."""
 
     job_id: str
-    data: bytes
+    attempt: int
+    replica: int
+    chunks: tuple[LogChunk, ...]
+
+
+@dataclass(frozen=True)
+class FetchLog:
+    """Fetch a finished run's stored log from its worker into the local blob
+    store (best effort: no outcome comes back; the job does not wait for it)."""
+
+    job_id: str
+    attempt: int
+    replica: int
+    from_peer: str
+    digest: str
 
 
 @dataclass(frozen=True)
@@ -290,6 +317,7 @@ Effect = (
     | FetchBlob
     | RunChecker
     | JobLog
+    | FetchLog
     | SetPeerScore
 )
 Input = (

@@ -37,7 +37,8 @@ Theory of operation: all engine calls are blocking SDK calls run with
 ``trio.to_thread.run_sync``. ``run`` creates and starts the container, then
 supervises it with three concurrent pieces: a thread blocked in the engine's
 ``wait`` (abandoned on timeout/cancel, after which the container is killed and
-waited for again), a thread pumping the log stream into a ``LogSink``, and a
+waited for again), two threads pumping the stdout and stderr log streams
+(asked of the engine apart) into one ``LogSink``, and a
 periodic output-dir check. The outcome is classified in a fixed precedence:
 cancelled > timeout > output_limit > oom > exit code; a job whose pids peak
 reached its ``pids_limit`` (forks failed) is ``failed`` even with exit code 0.
@@ -66,6 +67,7 @@ from .base import (
     Executor,
     InvalidRequest,
     LogCallback,
+    LogStream,
     error_result,
 )
 from .cgroups import CgroupAccounting, CgroupUsage, safe_component
@@ -441,9 +443,10 @@ class DockerExecutor(Executor):
         state: _RunState,
         devices: tuple[GpuDevice, ...],
     ) -> int | None:
-        log_done = trio.Event()
+        out_done, err_done = trio.Event(), trio.Event()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._pump_logs, cid, sink, log_done)
+            nursery.start_soon(self._pump_logs, cid, "stdout", sink, out_done)
+            nursery.start_soon(self._pump_logs, cid, "stderr", sink, err_done)
             nursery.start_soon(self._watch, req, cid, state, devices)
             with trio.move_on_after(self.params.effective_timeout_s(req)) as scope:
                 # trio-stubs (from trio-typing, a libp2p dependency) shadow trio's inline types
@@ -454,7 +457,8 @@ class DockerExecutor(Executor):
                 await self._kill(cid)
                 code = await trio.to_thread.run_sync(self._wait, cid)
             with trio.move_on_after(self.params.log_drain_timeout_s):
-                await log_done.wait()
+                await out_done.wait()
+                await err_done.wait()
             nursery.cancel_scope.cancel()
         return code
 
@@ -464,15 +468,21 @@ class DockerExecutor(Executor):
         except docker.errors.NotFound:
             return None
 
-    async def _pump_logs(self, cid: str, sink: LogSink, done: trio.Event) -> None:
+    async def _pump_logs(self, cid: str, name: LogStream, sink: LogSink, done: trio.Event) -> None:
         holder: list[Any] = []
 
         def pump() -> None:
             try:
-                stream = self._stream_api.logs(cid, stream=True, follow=True)
+                stream = self._stream_api.logs(
+                    cid,
+                    stream=True,
+                    follow=True,
+                    stdout=name == "stdout",
+                    stderr=name == "stderr",
+                )
                 holder.append(stream)
                 for chunk in stream:
-                    trio.from_thread.run_sync(sink.feed, chunk)
+                    trio.from_thread.run_sync(sink.feed, name, chunk)
                     if sink.truncated:
                         break  # stop reading: the engine's own log file is capped
             except Exception as e:  # stream closed under us, container gone
