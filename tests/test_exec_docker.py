@@ -202,6 +202,22 @@ async def test_output_flood_while_running_is_stopped(docker_executor, tmp_path):
     assert list((tmp_path / "out").iterdir()) == []
 
 
+async def test_every_byte_of_stdout_and_stderr_arrives_apart_even_when_the_stream_lags(
+    make_docker_executor, tmp_path
+):
+    # No time at all to drain the live streams after exit: what they did not
+    # deliver must still come, from the engine's stored streams.
+    ex = make_docker_executor(log_drain_timeout_s=0.0)
+    got: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
+    script = (
+        'i=1; while [ $i -le 300 ]; do echo "out $i"; echo "err $i" >&2; i=$((i+1)); done; exit 3'
+    )
+    res = await ex.run(req(tmp_path, "sh", "-c", script), on_log=lambda s, b: got[s].extend(b))
+    assert (res.status, res.exit_code) == ("failed", 3), res
+    assert bytes(got["stdout"]) == b"".join(b"out %d\n" % i for i in range(1, 301))
+    assert bytes(got["stderr"]) == b"".join(b"err %d\n" % i for i in range(1, 301))
+
+
 async def test_log_flood_is_capped(docker_executor, tmp_path):
     cap = 64 * 1024
     seen: list[bytes] = []

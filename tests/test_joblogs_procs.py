@@ -1,6 +1,8 @@
-"""`mesh logs` against real `meshd start` daemons (process executor): every line
-of stdout and stderr, apart and in order, after the job ended and after both
-daemons restarted; `-f` shows a line while the job still runs."""
+"""`mesh logs` against real `meshd start` daemons (the process executor, and the
+Docker sandbox when an engine is up): every line of stdout and stderr, apart
+and in order, after the job ended and after both daemons restarted; `-f`
+shows a line while the job still runs (process executor: the job waits for a
+file on the host)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,7 +66,16 @@ def _assert_every_line(node: DaemonProcess, job_id: str) -> None:
 def test_a_failed_job_shows_every_line_of_both_streams_after_it_ended_and_after_restarts(
     tmp_path: Path,
 ) -> None:
-    procs = start_mesh(tmp_path, 2)
+    _every_line_after_the_end_and_restarts(tmp_path, "process")
+
+
+@pytest.mark.docker
+def test_the_same_in_the_docker_sandbox(tmp_path: Path, docker_api: Any) -> None:
+    _every_line_after_the_end_and_restarts(tmp_path, "docker")
+
+
+def _every_line_after_the_end_and_restarts(tmp_path: Path, executor: str) -> None:
+    procs = start_mesh(tmp_path, 2, executor=executor)
     origin = procs[1]
     try:
         job_id = _submit(origin, NUMBERED)
