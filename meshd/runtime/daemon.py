@@ -311,6 +311,8 @@ class Daemon(EffectInterpreter):
             await self.capabilities.measure()
             await self.capabilities.refresh_images()
             await self._apply(restore_effects)
+            for eff in self.view.missing_logs():  # fetches a restart cut short
+                self.do_fetch_log(eff)
             await self._feed(self.capabilities.local())
             nursery.start_soon(self.capabilities.health_loop)
             nursery.start_soon(self.capabilities.refresh_loop)

@@ -24,7 +24,9 @@ reads is stamped with the wall clock when it was read.
 - **Stored path.** The origin's core emits ``FetchLog`` when a result names a
   log; the daemon fetches it into its blob store (:meth:`.transfer.BlobTransfer.fetch_log`)
   and calls :meth:`JobLogs.stored`, which drops the run's live buffers and
-  wakes followers. Stored logs survive restarts (they are blobs; the digest is
+  wakes followers. After a restart the core asks again for the logs of its
+  unfinished jobs; the daemon fetches those of finished jobs (within
+  ``log_retention_s``) that are not in the store (``NodeView.missing_logs``). Stored logs survive restarts (they are blobs; the digest is
   in the ``run_result`` record) and are collected like other blobs of a
   finished job, after ``log_retention_s`` (:mod:`.diskgc`).
 - **Reading.** :func:`follow_logs` turns both into line records for the API:

@@ -29,6 +29,7 @@ from typing import Any
 
 from meshd import __version__
 from meshd.config import SECONDS_PER_HOUR, NodeConfig
+from meshd.core.events import FetchLog
 from meshd.core.identity import Identity
 from meshd.core.inbox import Inbox
 from meshd.core.jobspec import JobSpec
@@ -186,6 +187,22 @@ class NodeView:
             return self._blobs.get(bare(digest)) if self._blobs.has(bare(digest)) else None
         except OSError:
             return None
+
+    def missing_logs(self) -> list[FetchLog]:
+        """The stored logs of our finished jobs (within ``log_retention_s``)
+        that are not in the blob store: a restart cut their fetch short. (Those
+        of unfinished jobs are asked for again by the core's ``resume``.)"""
+        node = self._node
+        keep_ms = int(self._rp.log_retention_s * 1000)
+        out = []
+        for job in node.origin.jobs.values():
+            if job.state not in TERMINAL or node.now_ms - job.updated_ms >= keep_ms:
+                continue
+            for (attempt, replica), run in sorted(job.runs.items()):
+                d = run.result.get("log_digest") if run.result else None
+                if isinstance(d, str) and not self._blobs.has(bare(d)):
+                    out.append(FetchLog(job.job_id, attempt, replica, run.worker, d))
+        return out
 
     def log_fetch_wait_s(self) -> float:
         return self._rp.log_fetch_wait_s
