@@ -327,17 +327,73 @@ def cmd_job(args: argparse.Namespace, client: ApiClient) -> int:
 
 
 def cmd_logs(args: argparse.Namespace, client: ApiClient) -> int:
-    for line in client.logs(args.job_id, follow=args.follow):
+    label = False
+    if not args.json and args.replica is None:
+        job = client.job(args.job_id)
+        label = (
+            len(job.get("awards") or []) > 1 or ((job.get("spec") or {}).get("replicas") or 1) > 1
+        )
+    lines = client.logs(
+        args.job_id,
+        follow=args.follow,
+        replica=args.replica,
+        tail=args.tail,
+        since_ms=args.since,
+    )
+    for line in lines:
         if args.json:
             print(json.dumps(line, ensure_ascii=False), flush=True)
         elif line.get("end"):
+            for r in line.get("incomplete") or []:
+                print(
+                    f"mesh: the stored log of replica {r} did not arrive; "
+                    "its lines above are the live output and may be incomplete",
+                    file=sys.stderr,
+                )
             if args.follow:
                 print(f"mesh: job {args.job_id} ended: {line.get('state')}", file=sys.stderr)
         else:
-            out = sys.stderr if line.get("stream") == "stderr" else sys.stdout
-            out.write(str(line.get("data", "")))
-            out.flush()
+            print_log_line(line, label=label, timestamps=args.timestamps)
     return EXIT_OK
+
+
+def print_log_line(line: dict[str, Any], *, label: bool, timestamps: bool) -> None:
+    """One output line: stdout's to stdout, stderr's to stderr, with the
+    replica (``label``) and the time it was read (``timestamps``) in front."""
+    prefix = ""
+    if timestamps:
+        ts = int(line.get("ts_ms") or 0)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts // 1000))
+        prefix += f"{stamp}.{ts % 1000:03d}Z "
+    if label:
+        prefix += f"[r{line.get('replica')}] "
+    out = sys.stderr if line.get("stream") == "stderr" else sys.stdout
+    out.write(f"{prefix}{line.get('data', '')}\n")
+    out.flush()
+
+
+def parse_since(text: str) -> int:
+    """``--since``: a duration back from now (``90s``, ``10m``, ``2h``, ``1d``;
+    bare seconds) or an ISO 8601 time (UTC when it names no zone); wall ms."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+    t = text.strip()
+    try:
+        if t and t[-1] in units:
+            return int((time.time() - float(t[:-1]) * units[t[-1]]) * 1000)
+        return int((time.time() - float(t)) * 1000)
+    except ValueError:
+        pass
+    from datetime import UTC, datetime
+
+    try:
+        when = datetime.fromisoformat(t.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a duration (90s, 10m, 2h, 1d) nor an ISO time"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)
 
 
 def cmd_result(args: argparse.Namespace, client: ApiClient) -> int:
@@ -571,6 +627,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("logs", parents=[common], help="a job's output lines")
     p.add_argument("job_id", metavar="JOB_ID")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
+    p.add_argument("--replica", type=int, metavar="N", help="only replica N's output")
+    p.add_argument("--tail", type=int, metavar="N", help="only the last N lines (then follow)")
+    p.add_argument(
+        "--since",
+        type=parse_since,
+        metavar="WHEN",
+        help="only lines from WHEN on: a duration back (90s, 10m, 2h, 1d) or an ISO time",
+    )
+    p.add_argument(
+        "-t", "--timestamps", action="store_true", help="show when each line was printed (UTC)"
+    )
     p = sub.add_parser(
         "result",
         parents=[common],

@@ -149,13 +149,15 @@ def fmt_bytes(n: Any) -> str:
 
 
 def _disk_line(disk: dict[str, Any]) -> str:
-    """Blob store use against its cap, run dirs, the event log's size."""
+    """Blob store use against its cap (job logs among the blobs), run dirs,
+    the event log's size."""
     b = disk.get("blobs") or {}
     r = disk.get("run_dirs") or {}
     lg = disk.get("event_log") or {}
     line = (
         f"blobs {fmt_bytes(b.get('bytes'))} of {fmt_bytes(b.get('max_bytes'))} "
-        f"({dash(b.get('files'))} files, {dash(b.get('collected_blobs'))} collected"
+        f"({dash(b.get('files'))} files, {dash(b.get('log_blobs'))} job logs "
+        f"{fmt_bytes(b.get('log_bytes'))}, {dash(b.get('collected_blobs'))} collected"
     )
     if b.get("refused_uploads"):
         line += f", {b['refused_uploads']} uploads refused: store full"

@@ -105,6 +105,7 @@ from meshd.core.events import (
     ExecutorHealth,
     FetchBlob,
     FetchInputs,
+    FetchLog,
     GossipReceived,
     InboxLoad,
     InputsFetched,
@@ -258,6 +259,9 @@ class SlotEffects(EffectInterpreter):
         self.engine._local(self.slot, 1, CheckerFinished(eff.job_id, eff.a, eff.b, False))
 
     def do_job_log(self, eff: JobLog) -> None:
+        self._count(eff)
+
+    def do_fetch_log(self, eff: FetchLog) -> None:
         self._count(eff)
 
     def do_set_peer_score(self, eff: SetPeerScore) -> None:

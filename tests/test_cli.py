@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,8 @@ def status_doc(peer_id: str) -> dict[str, Any]:
                 "collected_bytes": 4096,
                 "refused_uploads": 2,
                 "gc_passes": 9,
+                "log_blobs": 3,
+                "log_bytes": 3 * 1024,
             },
             "run_dirs": {"count": 1, "orphans_removed": 3},
             "event_log": {"bytes": 2 * 2**20},
@@ -179,6 +182,7 @@ class FakeDaemon:
         self.blobs: dict[str, bytes] = {}
         self.polls = 0
         self.log_raw: list[bytes] = []
+        self.log_queries: list[dict[str, str]] = []
         self.head_seq: int | None = None  # status' log head, if not len(log_raw)
 
     def job_doc(self, job_id: str, state: str) -> dict[str, Any]:
@@ -299,10 +303,25 @@ class FakeDaemon:
         return json_response(self.job_doc(job_id, states[min(self.polls - 1, 2)]))
 
     async def logs(self, req: Request) -> Response:
+        self.log_queries.append(dict(req.query))
+        want = req.query.get("replica")
+        canned = [
+            (1_700_000_000_001, 0, "stdout", "hello from the job"),
+            (1_700_000_000_002, 0, "stderr", "a warning"),
+            (1_700_000_000_003, 1, "stdout", "second run"),
+        ]
+
         async def lines() -> Any:
-            yield {"ts_ms": 1, "stream": "stdout", "data": "hello from the job\n"}
-            yield {"ts_ms": 2, "stream": "stderr", "data": "a warning\n"}
-            yield {"end": True, "state": "succeeded"}
+            for ts, replica, stream, data in canned:
+                if want is None or int(want) == replica:
+                    yield {
+                        "ts_ms": ts,
+                        "attempt": 1,
+                        "replica": replica,
+                        "stream": stream,
+                        "data": data,
+                    }
+            yield {"end": True, "state": "succeeded", "incomplete": [1] if want is None else []}
 
         return ndjson_response(lines())
 
@@ -425,7 +444,10 @@ async def test_status_shows_the_nodes_standing(daemon: FakeDaemon, data_dir: Pat
     assert "NVIDIA RTX 3090" in text and "not yet rated" in text
     assert "median of 9 runs on 1 thread(s), cpu time, spread 1.03" in text
     disk = " ".join(text.split())  # the disk line may wrap
-    assert "blobs 1.5 MiB of 20.0 GiB (7 files, 5 collected, 2 uploads refused" in disk
+    assert (
+        "blobs 1.5 MiB of 20.0 GiB (7 files, 3 job logs 3.0 KiB, 5 collected, 2 uploads refused"
+        in disk
+    )
     assert "run dirs 1 (3 orphans removed" in disk and "event log 2.0 MiB" in disk
 
 
@@ -588,8 +610,33 @@ async def test_logs_follow_prints_each_stream_and_the_end(
 ) -> None:
     proc = await mesh(data_dir, "logs", JOB, "-f")
     assert proc.returncode == 0
-    assert out(proc) == "hello from the job\n"
-    assert "a warning" in err(proc) and f"job {JOB} ended: succeeded" in err(proc)
+    assert out(proc) == "hello from the job\nsecond run\n"
+    assert err(proc).startswith("a warning\n") and f"job {JOB} ended: succeeded" in err(proc)
+    assert "stored log of replica 1 did not arrive" in err(proc)
+    assert daemon.log_queries[-1] == {"follow": "1"}
+
+
+async def test_logs_label_replicas_and_pass_their_options(
+    daemon: FakeDaemon, data_dir: Path
+) -> None:
+    daemon.specs.append({"image": "busybox", "command": ["true"], "replicas": 2})
+    proc = await mesh(data_dir, "logs", JOB)
+    assert proc.returncode == 0, err(proc)
+    assert out(proc) == "[r0] hello from the job\n[r1] second run\n"
+    assert err(proc).startswith("[r0] a warning\n")
+
+    proc = await mesh(
+        data_dir, "logs", JOB, "--replica", "0", "--tail", "5", "--since", "10m", "-t"
+    )
+    assert proc.returncode == 0, err(proc)
+    assert out(proc) == "2023-11-14T22:13:20.001Z hello from the job\n"
+    q = daemon.log_queries[-1]
+    assert (q["replica"], q["tail"]) == ("0", "5") and "follow" not in q
+    assert abs(int(q["since_ms"]) - (time.time() - 600) * 1000) < 60_000
+
+    proc = await mesh(data_dir, "logs", JOB, "--since", "yesterday")
+    assert proc.returncode == 2 and "neither a duration" in err(proc)
+    assert "Traceback" not in err(proc)
 
 
 async def test_cancel_and_credits_export(

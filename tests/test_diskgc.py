@@ -263,3 +263,35 @@ async def test_an_upload_over_the_configured_cap_is_refused_with_507(
         disk = (await trio.to_thread.run_sync(client.status))["disk"]
         assert disk["blobs"]["max_bytes"] == 20_000 and disk["blobs"]["refused_uploads"] == 1
         assert disk["blobs"]["files"] == 1 and disk["blobs"]["gc_passes"] >= 1
+
+
+async def test_a_finished_jobs_stored_log_is_kept_for_log_retention_and_counted(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    # Outputs of finished jobs go at once (blob retention 0); their logs stay
+    # for log_retention_s, retained (not pinned: over the cap they would go).
+    rp = dataclasses.replace(FAST_GC, blob_grace_s=0.5, log_retention_s=3600.0)
+    async with Cluster.started(nursery, tmp_path, 2, runtime_params=rp) as c:
+        job_id = await c.submit(
+            0,
+            {
+                "image": "meshd/busybox:1",
+                "command": ["sh", "-c", "echo out; echo err >&2; echo x > $MESH_OUTPUTS/o.txt"],
+            },
+        )
+        job = await c.wait_job(0, job_id, timeout_s=60)
+        assert job.state == "succeeded", job.reason
+        origin = c.daemon(0)
+        run = next(r for r in job.runs.values() if r.result)
+        log_digest = run.result["log_digest"].removeprefix("sha256:")  # type: ignore[index]
+        out_digest = run.result["output_digest"].removeprefix("sha256:")  # type: ignore[index]
+        await c.wait_for(lambda: origin.blobs.has(log_digest), what="stored log fetched")
+        refs = origin.view.blob_references()
+        assert log_digest in refs.retained and log_digest in refs.logs
+        assert log_digest not in refs.pinned
+        await trio.sleep(3 * rp.blob_grace_s)
+        await c.wait_for(lambda: not origin.blobs.has(out_digest), what="output collected")
+        await origin.disk.collect()
+        assert origin.blobs.has(log_digest)
+        disk = origin.view.status()["disk"]["blobs"]  # type: ignore[index]
+        assert disk["log_blobs"] == 1 and disk["log_bytes"] == len(origin.blobs.get(log_digest))

@@ -40,7 +40,7 @@ class Teleport:
 
 def test_the_union_is_what_the_core_returns() -> None:
     assert EFFECT_TYPES == get_args(events.Effect)
-    assert len(EFFECT_TYPES) == 10 and Append in EFFECT_TYPES and Send in EFFECT_TYPES
+    assert len(EFFECT_TYPES) == 11 and Append in EFFECT_TYPES and Send in EFFECT_TYPES
 
 
 @pytest.mark.parametrize("shell", SHELLS, ids=lambda c: c.__name__)
@@ -104,6 +104,7 @@ def test_a_handler_left_abstract_is_reported_and_the_shell_cannot_be_built() -> 
         def do_cancel_execution(self, eff: Any) -> None: ...
         def do_fetch_blob(self, eff: Any) -> None: ...
         def do_run_checker(self, eff: Any) -> None: ...
+        def do_fetch_log(self, eff: Any) -> None: ...
         def do_set_peer_score(self, eff: Any) -> None: ...
 
     assert missing_handlers(Partial) == [JobLog]
@@ -123,5 +124,5 @@ def test_an_unknown_effect_is_refused_by_name_and_nothing_after_it_runs() -> Non
 def test_split_appends_keeps_each_kind_in_order() -> None:
     a1, a2 = Append("a", {}), Append("b", {})
     s1 = Send("p", b"x", "bid")
-    s2 = JobLog("j", b"log")
+    s2 = JobLog("j", 0, 0, ())
     assert split_appends([a1, s1, a2, s2]) == ([a1, a2], [s1, s2])

@@ -48,7 +48,7 @@ async def test_outputs_come_back_and_inputs_are_read_only(docker_executor, tmp_p
     logs: list[bytes] = []
     res = await docker_executor.run(
         req(tmp_path, "sh", "-c", script, input_dir=inputs, env={"GREETING": "hi"}),
-        on_log=logs.append,
+        on_log=lambda _s, b: logs.append(b),
     )
     assert res.status == "succeeded", res
     assert res.exit_code == 0
@@ -202,12 +202,28 @@ async def test_output_flood_while_running_is_stopped(docker_executor, tmp_path):
     assert list((tmp_path / "out").iterdir()) == []
 
 
+async def test_every_byte_of_stdout_and_stderr_arrives_apart_even_when_the_stream_lags(
+    make_docker_executor, tmp_path
+):
+    # No time at all to drain the live streams after exit: what they did not
+    # deliver must still come, from the engine's stored streams.
+    ex = make_docker_executor(log_drain_timeout_s=0.0)
+    got: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
+    script = (
+        'i=1; while [ $i -le 300 ]; do echo "out $i"; echo "err $i" >&2; i=$((i+1)); done; exit 3'
+    )
+    res = await ex.run(req(tmp_path, "sh", "-c", script), on_log=lambda s, b: got[s].extend(b))
+    assert (res.status, res.exit_code) == ("failed", 3), res
+    assert bytes(got["stdout"]) == b"".join(b"out %d\n" % i for i in range(1, 301))
+    assert bytes(got["stderr"]) == b"".join(b"err %d\n" % i for i in range(1, 301))
+
+
 async def test_log_flood_is_capped(docker_executor, tmp_path):
     cap = 64 * 1024
     seen: list[bytes] = []
     res = await docker_executor.run(
         req(tmp_path, "sh", "-c", "yes flood | head -c 5000000; echo END", max_log_bytes=cap),
-        on_log=seen.append,
+        on_log=lambda _s, b: seen.append(b),
     )
     assert res.status == "succeeded", res
     streamed = b"".join(seen)
@@ -227,7 +243,7 @@ async def test_cancel_stops_the_job(docker_executor, docker_api, tmp_path):
         result.append(
             await docker_executor.run(
                 req(tmp_path, "sh", "-c", "echo go; sleep 30", job_id="to-cancel"),
-                on_log=lambda b: started.set(),
+                on_log=lambda _s, b: started.set(),
             )
         )
 
@@ -249,7 +265,8 @@ async def test_trio_cancellation_of_run_still_removes_container(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(
                 lambda: docker_executor.run(
-                    req(tmp_path, "sh", "-c", "echo go; sleep 30"), on_log=lambda b: started.set()
+                    req(tmp_path, "sh", "-c", "echo go; sleep 30"),
+                    on_log=lambda _s, b: started.set(),
                 )
             )
             await started.wait()
@@ -266,7 +283,7 @@ _OWNER = textwrap.dedent("""
 
     async def main():
         ex = DockerExecutor(ExecParams(), sys.argv[1])
-        def on_log(b):
+        def on_log(s, b):
             sys.stdout.write("STARTED\\n"); sys.stdout.flush()
         await ex.run(ExecRequest(job_id="orphan", image=sys.argv[3], output_dir=Path(sys.argv[2]),
                                  command=("sh", "-c", "echo up; sleep 120")), on_log=on_log)

@@ -59,7 +59,8 @@ async def test_outputs_env_and_logs(pex, tmp_path, monkeypatch):
         'echo "$GREETING"; pwd > "$MESH_OUTPUTS/cwd"'
     )
     res = await pex.run(
-        req(tmp_path, script, input_dir=inputs, env={"GREETING": "hi"}), on_log=logs.append
+        req(tmp_path, script, input_dir=inputs, env={"GREETING": "hi"}),
+        on_log=lambda _s, b: logs.append(b),
     )
     assert res.status == "succeeded", res
     assert (tmp_path / "out" / "copy").read_text() == "A"
@@ -67,6 +68,15 @@ async def test_outputs_env_and_logs(pex, tmp_path, monkeypatch):
     cwd = Path((tmp_path / "out" / "cwd").read_text().strip())
     assert cwd.name.startswith("meshd-proc-") and not cwd.exists()  # scratch removed
     assert res.cpu_s is not None and res.peak_memory_bytes is not None and res.peak_memory_bytes > 0
+
+
+async def test_stdout_and_stderr_stay_apart(pex, tmp_path):
+    got: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
+    script = 'for i in 1 2 3; do echo "out $i"; echo "err $i" >&2; done; exit 3'
+    res = await pex.run(req(tmp_path, script), on_log=lambda stream, data: got[stream].extend(data))
+    assert (res.status, res.exit_code) == ("failed", 3)
+    assert bytes(got["stdout"]) == b"out 1\nout 2\nout 3\n"
+    assert bytes(got["stderr"]) == b"err 1\nerr 2\nerr 3\n"
 
 
 async def test_exit_codes(pex, tmp_path):
@@ -128,7 +138,7 @@ async def test_log_cap(pex, tmp_path):
     seen: list[bytes] = []
     res = await pex.run(
         req(tmp_path, "yes flood | head -c 3000000; echo END", max_log_bytes=4096),
-        on_log=seen.append,
+        on_log=lambda _s, b: seen.append(b),
     )
     assert res.status == "succeeded"
     streamed = b"".join(seen)
@@ -144,7 +154,7 @@ async def test_cancel(pex, tmp_path):
     async def run() -> None:
         out.append(
             await pex.run(
-                req(tmp_path, "echo go; sleep 30", job_id="c"), on_log=lambda b: started.set()
+                req(tmp_path, "echo go; sleep 30", job_id="c"), on_log=lambda _s, b: started.set()
             )
         )
 

@@ -194,11 +194,12 @@ def test_measure_dir_and_discard(tmp_path):
 
 
 def test_log_sink_caps_and_keeps_tail():
-    got: list[bytes] = []
-    s = LogSink(got.append, cap=10, tail_bytes=4)
-    s.feed(b"12345")
-    s.feed(b"67890abc")
-    s.feed(b"def")
-    assert b"".join(got) == b"1234567890" + s.marker()
+    got: list[tuple[str, bytes]] = []
+    s = LogSink(lambda stream, data: got.append((stream, data)), cap=10, tail_bytes=4)
+    s.feed("stdout", b"12345")
+    s.feed("stderr", b"67890abc")
+    s.feed("stdout", b"def")
+    # the cap counts both streams; each chunk keeps its stream; the marker goes to stderr
+    assert got == [("stdout", b"12345"), ("stderr", b"67890"), ("stderr", s.marker())]
     assert s.truncated and s.forwarded == 10 and s.seen == 16
     assert s.tail() == b"cdef"

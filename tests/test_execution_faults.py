@@ -41,10 +41,16 @@ def executions(tmp_path: Path, fed: list[Any], *, max_blob: int = 1 << 30) -> Ex
         pex,
         blobs,
         fetch_blob=fetch_blob,
+        ensure_image=no_image_travels,
         feed=feed,
         feed_nowait=lambda inp: True,
         allow_network=False,
+        wall_ms=lambda: 0,
     )
+
+
+async def no_image_travels(origin: str, spec: Any) -> None:
+    return None
 
 
 def spec(**extra: Any) -> Any:

@@ -33,6 +33,7 @@ from meshd.core.wire import (
     HeartbeatReply,
     LedgerDelta,
     LedgerSummary,
+    LogChunk,
     Offer,
     OfferRequirements,
     Opened,
@@ -90,7 +91,16 @@ SAMPLES: list[Body] = [
         lease_ms=15_000,
     ),
     AwardReply(job_id=JOB, attempt=1, accepted=False, reason="busy"),
-    Heartbeat(job_id=JOB, attempt=1, state="running", elapsed_ms=10, log=b"hello\n"),
+    Heartbeat(
+        job_id=JOB,
+        attempt=1,
+        state="running",
+        elapsed_ms=10,
+        log=[
+            LogChunk(stream="stdout", offset=0, ts_ms=TS, data=b"hello\n"),
+            LogChunk(stream="stderr", offset=0, ts_ms=TS, data=b"oops\n"),
+        ],
+    ),
     HeartbeatReply(job_id=JOB, attempt=1, keep=True),
     Result(
         job_id=JOB,
@@ -246,6 +256,31 @@ def test_bad_header_fields_are_malformed() -> None:
             "bad_body",
         ),
         ("cancel", {"job_id": JOB, "attempt": 1, "evil": True}, "evil", "bad_body"),
+        (
+            "heartbeat",
+            {
+                "job_id": JOB,
+                "attempt": 1,
+                "state": "running",
+                "log": [
+                    {"stream": "stdout", "offset": i * 9000, "ts_ms": TS, "data": b"x" * 9000}
+                    for i in range(2)
+                ],
+            },
+            "MAX_HEARTBEAT_LOG_BYTES",
+            "out_of_range",
+        ),
+        (
+            "heartbeat",
+            {
+                "job_id": JOB,
+                "attempt": 1,
+                "state": "running",
+                "log": [{"stream": "stdin", "offset": 0, "ts_ms": TS, "data": b"x"}],
+            },
+            "stream",
+            "bad_body",
+        ),
         (
             "advert",
             {"seq": 1, "ttl_ms": 0, "cores": 1, "ram_mb": 1, "score_gflops": 1.0, "price": 0.0},

@@ -143,10 +143,22 @@ class ApiClient:
     def job(self, job_id: str) -> dict[str, Any]:
         return self._json("GET", f"/v1/jobs/{_q(job_id)}")
 
-    def logs(self, job_id: str, *, follow: bool = False) -> Iterator[dict[str, Any]]:
-        """Log lines ``{ts_ms, stream, data}``, then ``{"end": true, "state": ...}``."""
-        query = {"follow": 1} if follow else None
-        return self.stream("GET", f"/v1/jobs/{_q(job_id)}/logs", query=query)
+    def logs(
+        self,
+        job_id: str,
+        *,
+        follow: bool = False,
+        replica: int | None = None,
+        tail: int | None = None,
+        since_ms: int | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Output lines ``{ts_ms, attempt, replica, stream, data}``, then
+        ``{"end": true, "state": ..., "incomplete": [...]}`` (mesh_cli/CLI.md)."""
+        query: dict[str, Any] = {"follow": 1} if follow else {}
+        for name, value in (("replica", replica), ("tail", tail), ("since_ms", since_ms)):
+            if value is not None:
+                query[name] = value
+        return self.stream("GET", f"/v1/jobs/{_q(job_id)}/logs", query=query or None)
 
     def download_result(self, job_id: str, dest: IO[bytes]) -> int:
         """Copy the job's output tar into ``dest``; returns the bytes written."""

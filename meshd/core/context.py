@@ -105,12 +105,18 @@ class Context:
         return self.codec.seal(self.identity, body, self.wall_ms, nonce)
 
     def send(
-        self, to_peer: str, body: Body, job_id: str | None = None, *, ttl_ms: int | None = None
+        self,
+        to_peer: str,
+        body: Body,
+        job_id: str | None = None,
+        *,
+        ttl_ms: int | None = None,
+        coalesce: bool = True,
     ) -> None:
         kind = type(body).__name__.lower()
         if ttl_ms is None:
             ttl_ms = self._useful_for_ms(kind)
-        self.emit(Send(to_peer, self.seal(body), kind, job_id, ttl_ms))
+        self.emit(Send(to_peer, self.seal(body), kind, job_id, ttl_ms, coalesce))
 
     def _useful_for_ms(self, kind: str) -> int | None:
         """How long a message of ``kind`` is worth sending: a heartbeat (or its

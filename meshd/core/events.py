@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .jobspec import JobSpec, Tolerance
+from .wire import LogChunk
 
 # ---------------------------------------------------------------- topics
 
@@ -135,9 +136,15 @@ class InputsFetched:
 
 @dataclass(frozen=True)
 class ExecutionProgress:
+    """Output a running job wrote: ``log`` is the bytes of ``stream`` from
+    byte ``offset`` on, read at wall time ``ts_ms`` (the shell's stamp)."""
+
     job_id: str
     attempt: int
     replica: int
+    stream: str
+    offset: int
+    ts_ms: int
     log: bytes
 
 
@@ -163,6 +170,9 @@ class ExecutionFinished:
     ``worker``; "" for a success or when not stated, see ``wire.fault_of``)."""
     manifest_sig: str | None = None
     """The worker's signature of the output manifest, hex (specs/JOB.md §3.1)."""
+    log_digest: str | None = None
+    """The run's stored log in the blob store (specs/JOB.md §6); None if it wrote nothing."""
+    log_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -217,6 +227,9 @@ class Send:
     """How long the message stays useful: a shell that could not send it
     within this drops it (an award comes back as ``SendFailed``). None: the
     shell's default."""
+    coalesce: bool = True
+    """Whether a newer message of the same kind and job may replace this one
+    while it is queued (False for a heartbeat carrying live output)."""
 
 
 @dataclass(frozen=True)
@@ -273,10 +286,24 @@ class RunChecker:
 
 @dataclass(frozen=True)
 class JobLog:
-    """Live log bytes for a job the API may be following."""
+    """Live output of one run of a job we originated, for whoever follows it."""
 
     job_id: str
-    data: bytes
+    attempt: int
+    replica: int
+    chunks: tuple[LogChunk, ...]
+
+
+@dataclass(frozen=True)
+class FetchLog:
+    """Fetch a finished run's stored log from its worker into the local blob
+    store (best effort: no outcome comes back; the job does not wait for it)."""
+
+    job_id: str
+    attempt: int
+    replica: int
+    from_peer: str
+    digest: str
 
 
 @dataclass(frozen=True)
@@ -298,6 +325,7 @@ Effect = (
     | FetchBlob
     | RunChecker
     | JobLog
+    | FetchLog
     | SetPeerScore
 )
 Input = (

@@ -40,6 +40,7 @@ from .events import (
     Effect,
     FetchBlob,
     FetchInputs,
+    FetchLog,
     JobLog,
     Publish,
     RunChecker,
@@ -87,6 +88,7 @@ class EffectInterpreter(ABC):
             FetchBlob: cls.do_fetch_blob,
             RunChecker: cls.do_run_checker,
             JobLog: cls.do_job_log,
+            FetchLog: cls.do_fetch_log,
             SetPeerScore: cls.do_set_peer_score,
         }
 
@@ -152,6 +154,10 @@ class EffectInterpreter(ABC):
     @abstractmethod
     def do_job_log(self, eff: JobLog) -> None:
         """Keep a job's live log bytes for whoever follows them."""
+
+    @abstractmethod
+    def do_fetch_log(self, eff: FetchLog) -> None:
+        """Fetch a finished run's stored log from its worker (best effort, no outcome)."""
 
     @abstractmethod
     def do_set_peer_score(self, eff: SetPeerScore) -> None:

@@ -44,6 +44,7 @@ from .events import (
     CancelRequested,
     CheckerFinished,
     FetchBlob,
+    FetchLog,
     JobLog,
     JobSubmitted,
     RetryRequested,
@@ -153,7 +154,6 @@ class OriginJob:
     cost_actual: float = 0.0
     """What the ledger charges the job: the sum of the receipts issued for it."""
     verdict: dict[str, Any] | None = None
-    log: bytearray = field(default_factory=bytearray)
     next_replica: int = 0
     slow_rounds: int = 0
     """Consecutive rounds that closed with candidates but no bid (widens the window)."""
@@ -1059,19 +1059,13 @@ class Origin:
                     {"job_id": job.job_id, "attempt": run.attempt, "replica": run.replica},
                 )
             if b.log:
-                self._job_log(job, b.log)
+                self.ctx.emit(JobLog(job.job_id, run.attempt, run.replica, tuple(b.log)))
             self._derive_state(job)
         self.ctx.send(
             msg.sender,
             HeartbeatReply(job_id=b.job_id, attempt=b.attempt, replica=b.replica, keep=keep),
             b.job_id,
         )
-
-    def _job_log(self, job: OriginJob, data: bytes) -> None:
-        room = self.ctx.params.max_job_log_bytes - len(job.log)
-        if room > 0:
-            job.log += data[:room]
-        self.ctx.emit(JobLog(job.job_id, data))
 
     def timer_lease(self, key: tuple[str, int, int]) -> None:
         job = self.jobs.get(key[0])
@@ -1182,6 +1176,7 @@ class Origin:
         self._set_run_state(job, run, "result")
         run.result = b.model_dump(mode="json")
         self.ctx.append("run_result", {"job_id": job.job_id, "worker": run.worker, **run.result})
+        self._fetch_log(job, run)
         if b.status == "succeeded":
             self._check_claimed_score(job, run, b.duration_ms)
             self.work_history.learn(job.spec.image, b.duration_ms / 1000 * run.score_gflops)
@@ -1203,6 +1198,12 @@ class Origin:
             )
             self._advance(job)
         self._freed(run.worker)
+
+    def _fetch_log(self, job: OriginJob, run: Run) -> None:
+        """Ask the shell to fetch a run's stored log (specs/JOB.md §6), if it has one."""
+        digest = run.result.get("log_digest") if run.result else None
+        if digest:
+            self.ctx.emit(FetchLog(job.job_id, run.attempt, run.replica, run.worker, digest))
 
     def _check_claimed_score(self, job: OriginJob, run: Run, duration_ms: int) -> None:
         """Compare the score a worker bid with (its measured, advertised GFLOPS)
@@ -1592,6 +1593,7 @@ class Origin:
                 continue
             self._set_open(job, False)
             for run in job.runs.values():
+                self._fetch_log(job, run)  # the shell skips a log it has
                 if run.state in RUN_LIVE:
                     run.state = "active"
                     run.deadline_ms = run.lease_base_ms = self.ctx.now_ms + self.ctx.params.lease_ms

@@ -123,6 +123,10 @@ class CoreParams:
     """A worker that sends no heartbeat for this long loses the job."""
     heartbeat_interval_ms: int = 3_000
     """Worker → origin heartbeat period while a job is held."""
+    log_push_ms: int = 200
+    """A running job's output goes to its origin in an early heartbeat at most
+    this long after it was read (so `mesh logs -f` shows a line within it plus
+    a round trip), rather than waiting for the next periodic heartbeat."""
     result_resend_ms: int = 2_000
     """A worker re-sends an unacknowledged result this often (until lease end)."""
     award_ack_timeout_ms: int = 5_000
@@ -161,8 +165,6 @@ class CoreParams:
     """Awarded jobs a worker holds waiting for a free slot."""
     max_jobs_tracked: int = 100_000
     """Jobs kept in memory (finished ones are evicted oldest first)."""
-    max_job_log_bytes: int = 1024 * 1024
-    """Live log bytes the origin keeps per job."""
 
     # --- verification, reputation, credits (see specs/CREDITS.md)
     replication_fraction: float = 0.10

@@ -53,8 +53,11 @@ MAX_ADVERT_ADDRS = 16
 MAX_ADVERT_IMAGES = 256
 """Image names an advert may list; a node with more advertises the first ones."""
 MAX_HEARTBEAT_LOG_BYTES = 16 * 1024
-"""Live log bytes one heartbeat may carry; the worker keeps at most this much
-between two heartbeats and drops the rest (the full log stays with the run's output)."""
+"""Live log bytes one heartbeat may carry (all its chunks together); the
+worker keeps at most this much between two heartbeats and drops the rest from
+the live stream only (the full log is the run's stored log, ``Result.log_digest``)."""
+MAX_HEARTBEAT_LOG_CHUNKS = 64
+"""Live log chunks one heartbeat may carry."""
 
 PeerId = Annotated[str, Field(min_length=1, max_length=128)]
 JobId = Annotated[str, Field(min_length=8, max_length=64)]
@@ -219,14 +222,31 @@ class AwardReply(Body):
     reason: ShortText = ""
 
 
+class LogChunk(Body):
+    """Bytes a run wrote to one of its streams, from byte ``offset`` of that
+    stream on, first read at wall time ``ts_ms`` (specs/JOB.md §6)."""
+
+    stream: Literal["stdout", "stderr"]
+    offset: Annotated[int, Field(ge=0, le=MAX_BYTES)]
+    ts_ms: Annotated[int, Field(ge=0, le=MAX_INT)]
+    data: Annotated[bytes, Field(max_length=MAX_HEARTBEAT_LOG_BYTES)]
+
+
 class Heartbeat(Body):
     job_id: JobId
     attempt: Attempt
     replica: Replica = 0
     state: Literal["queued", "fetching", "running", "finished"]
     elapsed_ms: Annotated[int, Field(ge=0, le=MAX_MS)] = 0
-    log: Annotated[bytes, Field(max_length=MAX_HEARTBEAT_LOG_BYTES)] = b""
-    """Live log bytes produced since the previous heartbeat (bounded)."""
+    log: Annotated[list[LogChunk], Field(max_length=MAX_HEARTBEAT_LOG_CHUNKS)] = []
+    """Live output read since the previous heartbeat, in the order it was
+    read; at most ``MAX_HEARTBEAT_LOG_BYTES`` of data in all."""
+
+    @model_validator(mode="after")
+    def _log_fits(self) -> Heartbeat:
+        if sum(len(c.data) for c in self.log) > MAX_HEARTBEAT_LOG_BYTES:
+            raise ValueError("log: more than MAX_HEARTBEAT_LOG_BYTES in all")
+        return self
 
 
 class HeartbeatReply(Body):
@@ -261,6 +281,10 @@ class Result(Body):
     manifest_sig: Annotated[str, Field(pattern=r"^[0-9a-f]{128}$")] | None = None
     """The worker's Ed25519 signature of the output archive's manifest, in
     hex (specs/JOB.md §3.1); None without outputs or from older peers."""
+    log_digest: Digest | None = None
+    """The run's stored log (specs/JOB.md §6), a blob its origin may fetch
+    from the worker; None when the run wrote nothing."""
+    log_size: Annotated[int, Field(ge=0, le=MAX_BYTES)] = 0
 
 
 JOB_FAULT_STATUSES = frozenset({"failed", "timeout", "oom", "output_limit"})

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 from .context import Context
@@ -51,18 +51,20 @@ from .wire import (
     MAX_ADVERT_ADDRS,
     MAX_ADVERT_IMAGES,
     MAX_HEARTBEAT_LOG_BYTES,
+    MAX_HEARTBEAT_LOG_CHUNKS,
     MAX_SHORT_TEXT,
     Advert,
     AwardReply,
     Decline,
     GpuInfo,
     Heartbeat,
+    LogChunk,
     Opened,
     Result,
     fault_of,
 )
 
-T_HEARTBEAT, T_RESEND, T_ADVERT = "heartbeat", "resend", "advert"
+T_HEARTBEAT, T_RESEND, T_ADVERT, T_LOG_PUSH = "heartbeat", "resend", "advert", "log_push"
 RunKey = tuple[str, int, int]
 _HEARTBEAT_STATE: dict[str, Literal["queued", "fetching", "running", "finished"]] = {
     "queued": "queued",
@@ -85,7 +87,11 @@ class Work:
     last_contact_ms: int = 0
     result: Result | None = None
     acked: bool = False
-    log_buf: bytes = b""
+    log_buf: list[LogChunk] = field(default_factory=list)
+    """Live output not yet sent to the origin (at most ``MAX_HEARTBEAT_LOG_BYTES``)."""
+    log_buf_bytes: int = 0
+    log_push_due: bool = False
+    """A ``T_LOG_PUSH`` timer is set for this run."""
 
 
 class Worker:
@@ -118,6 +124,7 @@ class Worker:
             T_HEARTBEAT: self.timer_heartbeat,
             T_RESEND: self.timer_resend,
             T_ADVERT: self.timer_advert,
+            T_LOG_PUSH: self.timer_log_push,
         }
 
     def direct_handlers(self) -> dict[str, Callable[[Opened], None]]:
@@ -421,10 +428,37 @@ class Worker:
         self._heartbeat(work)
 
     def on_execution_progress(self, inp: ExecutionProgress) -> None:
+        """Keep a running job's output for the origin (live only: what does not
+        fit before the next heartbeat is dropped here, never from the run's
+        stored log) and make sure it leaves within ``log_push_ms``."""
         work = self.work.get((inp.job_id, inp.attempt, inp.replica))
-        if work is not None and work.state == "running":
-            room = MAX_HEARTBEAT_LOG_BYTES - len(work.log_buf)
-            work.log_buf += inp.log[: max(0, room)]
+        if work is None or work.state != "running" or inp.stream not in ("stdout", "stderr"):
+            return
+        data = inp.log[: max(0, MAX_HEARTBEAT_LOG_BYTES - work.log_buf_bytes)]
+        if not data:
+            return
+        last = work.log_buf[-1] if work.log_buf else None
+        if last and last.stream == inp.stream and last.offset + len(last.data) == inp.offset:
+            work.log_buf[-1] = last.model_copy(update={"data": last.data + data})
+        elif len(work.log_buf) < MAX_HEARTBEAT_LOG_CHUNKS:
+            stream: Literal["stdout", "stderr"] = "stdout" if inp.stream == "stdout" else "stderr"
+            work.log_buf.append(
+                LogChunk(stream=stream, offset=inp.offset, ts_ms=inp.ts_ms, data=data)
+            )
+        else:
+            return
+        work.log_buf_bytes += len(data)
+        if not work.log_push_due:
+            work.log_push_due = True
+            self.ctx.at(self.ctx.now_ms + self.ctx.params.log_push_ms, T_LOG_PUSH, work.key)
+
+    def timer_log_push(self, key: RunKey) -> None:
+        work = self.work.get(key)
+        if work is None:
+            return
+        work.log_push_due = False
+        if work.log_buf and work.state == "running":
+            self._heartbeat(work)
 
     def on_execution_finished(self, inp: ExecutionFinished) -> None:
         work = self.work.get((inp.job_id, inp.attempt, inp.replica))
@@ -454,6 +488,8 @@ class Worker:
             ),
             fault=fault_of(inp.status, inp.fault),  # type: ignore[arg-type]
             manifest_sig=inp.manifest_sig,
+            log_digest=inp.log_digest,
+            log_size=inp.log_size,
         )
         self._finish_work(work, result)
 
@@ -469,7 +505,7 @@ class Worker:
 
     def _heartbeat(self, work: Work) -> None:
         state = _HEARTBEAT_STATE.get(work.state, "finished")
-        log, work.log_buf = work.log_buf, b""
+        log, work.log_buf, work.log_buf_bytes = work.log_buf, [], 0
         elapsed = self.ctx.now_ms - work.started_ms if work.started_ms else 0
         self.ctx.send(
             work.origin,
@@ -482,6 +518,7 @@ class Worker:
                 log=log,
             ),
             work.key[0],
+            coalesce=not log,
         )
 
     def timer_heartbeat(self, key: RunKey) -> None:
@@ -557,12 +594,14 @@ class Worker:
         )
 
     def serves(self, peer: str, digest: str) -> bool:
-        """We ran a job for origin ``peer`` whose output archive is ``digest``."""
+        """We ran a job for origin ``peer`` whose output archive or stored log is ``digest``."""
         return any(
             w.origin == peer
             and w.result is not None
-            and w.result.output_digest is not None
-            and w.result.output_digest.removeprefix("sha256:") == digest
+            and any(
+                d is not None and d.removeprefix("sha256:") == digest
+                for d in (w.result.output_digest, w.result.log_digest)
+            )
             for w in self.work.values()
         )
 

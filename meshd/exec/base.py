@@ -21,7 +21,7 @@ Rules:
 Theory of operation: the runtime shell builds one executor at start-up with
 ``make_executor`` (``meshd.exec.factory``), calls ``reap_orphans()`` once, and
 then, for each ``StartExecution`` effect, ``await executor.run(req, on_log)``
-in its own task; ``Cancel`` effects become ``await executor.cancel(job_id)``.
+in its own task (``on_log(stream, chunk)`` gets stdout and stderr apart); ``Cancel`` effects become ``await executor.cancel(job_id)``.
 The result is fed back to the core as an ``ExecutionFinished`` input.
 """
 
@@ -50,9 +50,12 @@ EXEC_STATUSES: tuple[str, ...] = (
     "error",
 )
 
+LogStream = Literal["stdout", "stderr"]
+"""Which of the job's two output streams a log chunk came from."""
+LOG_STREAMS: tuple[LogStream, ...] = ("stdout", "stderr")
+LogCallback = Callable[[LogStream, bytes], None]
+"""``on_log(stream, chunk)``: output as it is read, each stream in its own order."""
 Fault = Literal["", "job", "worker"]
-
-LogCallback = Callable[[bytes], None]
 
 # Job ids go into container names and cgroup paths (sanitised) and labels (verbatim).
 JOB_ID_MAX_LEN = 128
@@ -173,7 +176,7 @@ class ExecParams:
     max_timeout_s: float = 24 * 3600.0
     max_output_bytes: int = 256 * MiB
     max_output_entries: int = 100_000  # files+dirs in the output dir; more -> output_limit
-    max_log_bytes: int = 1 * MiB  # bytes of log streamed to on_log; the rest is dropped
+    max_log_bytes: int = 1 * MiB  # bytes of stdout+stderr streamed to on_log; the rest is dropped
     log_tail_bytes: int = 64 * 1024  # bytes of log kept in ExecResult.log_tail
     max_pids: int = 4096
     max_cpus: float | None = None  # None: the host's logical CPU count
@@ -258,7 +261,8 @@ class Executor(ABC):
 
     @abstractmethod
     async def run(self, req: ExecRequest, on_log: LogCallback | None = None) -> ExecResult:
-        """Run the job to completion; stream log bytes to ``on_log`` while it runs."""
+        """Run the job to completion; stream its stdout and stderr, apart, to
+        ``on_log(stream, chunk)`` while it runs."""
 
     @abstractmethod
     async def cancel(self, job_id: str) -> None:

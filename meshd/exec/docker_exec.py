@@ -37,7 +37,10 @@ Theory of operation: all engine calls are blocking SDK calls run with
 ``trio.to_thread.run_sync``. ``run`` creates and starts the container, then
 supervises it with three concurrent pieces: a thread blocked in the engine's
 ``wait`` (abandoned on timeout/cancel, after which the container is killed and
-waited for again), a thread pumping the log stream into a ``LogSink``, and a
+waited for again), two threads pumping the stdout and stderr log streams
+(asked of the engine apart) into one ``LogSink`` -- after exit, whatever of
+each stream the live pump had not delivered within ``log_drain_timeout_s`` is
+read whole from the engine, so no byte under the log cap is lost -- and a
 periodic output-dir check. The outcome is classified in a fixed precedence:
 cancelled > timeout > output_limit > oom > exit code; a job whose pids peak
 reached its ``pids_limit`` (forks failed) is ``failed`` even with exit code 0.
@@ -60,12 +63,14 @@ import trio
 from docker.types import LogConfig, Mount, Ulimit
 
 from .base import (
+    LOG_STREAMS,
     ExecParams,
     ExecRequest,
     ExecResult,
     Executor,
     InvalidRequest,
     LogCallback,
+    LogStream,
     error_result,
 )
 from .cgroups import CgroupAccounting, CgroupUsage, safe_component
@@ -447,9 +452,19 @@ class DockerExecutor(Executor):
         state: _RunState,
         devices: tuple[GpuDevice, ...],
     ) -> int | None:
-        log_done = trio.Event()
+        out_done, err_done = trio.Event(), trio.Event()
+        taken = dict.fromkeys(LOG_STREAMS, 0)
+        closed = False
+
+        def take(name: LogStream, chunk: bytes) -> None:
+            """Forward a chunk of the live stream (in the trio thread), unless caught up."""
+            if not closed:
+                taken[name] += len(chunk)
+                sink.feed(name, chunk)
+
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._pump_logs, cid, sink, log_done)
+            nursery.start_soon(self._pump_logs, cid, "stdout", take, sink, out_done)
+            nursery.start_soon(self._pump_logs, cid, "stderr", take, sink, err_done)
             nursery.start_soon(self._watch, req, cid, state, devices)
             with trio.move_on_after(self.params.effective_timeout_s(req)) as scope:
                 # trio-stubs (from trio-typing, a libp2p dependency) shadow trio's inline types
@@ -460,9 +475,24 @@ class DockerExecutor(Executor):
                 await self._kill(cid)
                 code = await trio.to_thread.run_sync(self._wait, cid)
             with trio.move_on_after(self.params.log_drain_timeout_s):
-                await log_done.wait()
+                await out_done.wait()
+                await err_done.wait()
             nursery.cancel_scope.cancel()
+        closed = True
+        for name in LOG_STREAMS:  # what the live streams had not delivered yet
+            if sink.truncated:
+                break
+            whole = await trio.to_thread.run_sync(self._engine_stream, cid, name)
+            if len(whole) > taken[name]:
+                sink.feed(name, whole[taken[name] :])
         return code
+
+    def _engine_stream(self, cid: str, name: LogStream) -> bytes:
+        """One whole stream of an exited container, as the engine stored it."""
+        try:
+            return bytes(self._api.logs(cid, stdout=name == "stdout", stderr=name == "stderr"))
+        except docker.errors.DockerException:
+            return b""
 
     def _wait(self, cid: str) -> int | None:
         try:
@@ -470,15 +500,28 @@ class DockerExecutor(Executor):
         except docker.errors.NotFound:
             return None
 
-    async def _pump_logs(self, cid: str, sink: LogSink, done: trio.Event) -> None:
+    async def _pump_logs(
+        self,
+        cid: str,
+        name: LogStream,
+        take: LogCallback,
+        sink: LogSink,
+        done: trio.Event,
+    ) -> None:
         holder: list[Any] = []
 
         def pump() -> None:
             try:
-                stream = self._stream_api.logs(cid, stream=True, follow=True)
+                stream = self._stream_api.logs(
+                    cid,
+                    stream=True,
+                    follow=True,
+                    stdout=name == "stdout",
+                    stderr=name == "stderr",
+                )
                 holder.append(stream)
                 for chunk in stream:
-                    trio.from_thread.run_sync(sink.feed, chunk)
+                    trio.from_thread.run_sync(take, name, chunk)
                     if sink.truncated:
                         break  # stop reading: the engine's own log file is capped
             except Exception as e:  # stream closed under us, container gone

@@ -6,8 +6,9 @@ Rules:
   creating millions of files. Symlinks are counted, never followed.
 - ``discard_outputs`` empties the output dir (keeps the dir itself): outputs
   of a job that broke a bound are never handed on.
-- ``LogSink`` forwards at most ``cap`` bytes to the caller, then one marker
-  line, and keeps the last ``tail_bytes`` it saw for ``ExecResult.log_tail``.
+- ``LogSink`` forwards at most ``cap`` bytes of stdout and stderr together to
+  the caller (each chunk labelled with its stream), then one marker line on
+  stderr, and keeps the last ``tail_bytes`` it saw for ``ExecResult.log_tail``.
   The callback's exceptions are the caller's bug and are not swallowed.
 
 Theory of operation: executors check the output dir every
@@ -25,7 +26,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .base import LogCallback
+from .base import LogCallback, LogStream
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ class LogSink:
     def full(self) -> bool:
         return self.truncated
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, stream: LogStream, chunk: bytes) -> None:
         if not chunk:
             return
         self.seen += len(chunk)
@@ -115,12 +116,12 @@ class LogSink:
         room = self._cap - self.forwarded
         part = chunk[:room]
         if part and self._on_log is not None:
-            self._on_log(part)
+            self._on_log(stream, part)
         self.forwarded += len(part)
         if len(chunk) > room:
             self.truncated = True
             if self._on_log is not None:
-                self._on_log(self.marker())
+                self._on_log("stderr", self.marker())
 
     def marker(self) -> bytes:
         return f"\n[meshd: log truncated after {self._cap} bytes]\n".encode()

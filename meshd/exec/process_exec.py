@@ -25,8 +25,8 @@ Rules:
 - ``cpu_s`` / ``peak_memory_bytes`` come from ``wait4`` rusage of the leader
   (including the children it waited for; the ~10 ms launcher start included).
 
-Theory of operation: spawn the launcher in a new session, pump its merged
-stdout/stderr pipe into a ``LogSink``, and wait for the leader's exit with
+Theory of operation: spawn the launcher in a new session, pump its stdout
+and stderr pipes (kept apart) into one ``LogSink``, and wait for the leader's exit with
 ``waitid(WNOWAIT)`` in a thread (the zombie keeps the pgid from being reused
 while we kill the group), then SIGKILL the group and reap with ``wait4``.
 """
@@ -56,6 +56,7 @@ from .base import (
     ExecutorUnavailable,
     InvalidRequest,
     LogCallback,
+    LogStream,
     error_result,
 )
 from .health import health_check
@@ -190,7 +191,7 @@ class ProcessExecutor(Executor):
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
+                stderr=subprocess.PIPE,
                 cwd=scratch,
                 env=env,
                 start_new_session=True,
@@ -198,15 +199,18 @@ class ProcessExecutor(Executor):
             )
         except OSError as e:
             return error_result(f"cannot start process: {e}")
-        assert proc.stdout is not None
+        assert proc.stdout is not None and proc.stderr is not None
         state.pid = proc.pid
-        stream = trio.lowlevel.FdStream(os.dup(proc.stdout.fileno()))
+        out = trio.lowlevel.FdStream(os.dup(proc.stdout.fileno()))
+        err = trio.lowlevel.FdStream(os.dup(proc.stderr.fileno()))
         proc.stdout.close()
+        proc.stderr.close()
         exited = trio.Event()
-        log_done = trio.Event()
+        out_done, err_done = trio.Event(), trio.Event()
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._pump, stream, sink, log_done)
+                nursery.start_soon(self._pump, out, "stdout", sink, out_done)
+                nursery.start_soon(self._pump, err, "stderr", sink, err_done)
                 nursery.start_soon(self._wait_exit, proc.pid, exited)
                 nursery.start_soon(self._watch, req, state)
                 try:
@@ -220,10 +224,12 @@ class ProcessExecutor(Executor):
                     _killpg(proc.pid)  # stragglers; also unblocks the waiter if we are cancelled
                 duration = time.monotonic() - t0
                 with trio.move_on_after(p.log_drain_timeout_s):
-                    await log_done.wait()
+                    await out_done.wait()
+                    await err_done.wait()
                 nursery.cancel_scope.cancel()
         finally:
-            await stream.aclose()
+            await out.aclose()
+            await err.aclose()
             _, status, rusage = os.wait4(proc.pid, 0)
             proc.returncode = os.waitstatus_to_exitcode(status)
             state.reaped = True
@@ -245,13 +251,15 @@ class ProcessExecutor(Executor):
         await trio.to_thread.run_sync(os.waitid, os.P_PID, pid, os.WEXITED | os.WNOWAIT)
         exited.set()
 
-    async def _pump(self, stream: trio.lowlevel.FdStream, sink: LogSink, done: trio.Event) -> None:
+    async def _pump(
+        self, stream: trio.lowlevel.FdStream, name: LogStream, sink: LogSink, done: trio.Event
+    ) -> None:
         try:
             while True:
                 chunk = await stream.receive_some(_READ_CHUNK)
                 if not chunk:
                     break
-                sink.feed(chunk)  # past the cap: keep draining so the job never blocks on us
+                sink.feed(name, chunk)  # past the cap: keep draining so the job never blocks on us
         except (trio.ClosedResourceError, OSError):
             pass
         finally:

@@ -9,7 +9,6 @@ core. The JSON shapes are documented in mesh_cli/CLI.md and read by ``mesh``.
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 import trio
@@ -27,9 +26,11 @@ from meshd.core.events import CancelRequested, JobSubmitted, RetryRequested
 from meshd.core.jobspec import JobSpecError, parse_job_spec
 from meshd.core.lifecycle import TERMINAL
 from meshd.core.manifest import ManifestError
+from meshd.core.wire import MAX_REPLICA
 from meshd.store.blobs import BlobStoreFullError
 
 from .jobio import prefixed
+from .joblogs import LogQuery, follow_logs
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .view import JobBrief, NodeView
 
@@ -157,8 +158,7 @@ def install_routes(api: ApiServer, view: NodeView, control: Control) -> None:
     async def logs(req: Request) -> Response:
         job_id = req.path_params["job_id"]
         get_job_or_404(job_id)
-        follow = req.query_flag("follow")
-        return ndjson_response(_follow_logs(view, job_id, follow))
+        return ndjson_response(follow_logs(view, job_id, log_query(req, view)))
 
     async def result(req: Request) -> Response:
         j = get_job_or_404(req.path_params["job_id"])
@@ -217,21 +217,17 @@ def install_routes(api: ApiServer, view: NodeView, control: Control) -> None:
     api.route("GET", "/v1/credits", credits)
 
 
-async def _follow_logs(view: NodeView, job_id: str, follow: bool) -> AsyncIterator[Any]:
-    sent = 0
-    while True:
-        buf = view.job_log(job_id)
-        chunks = list(buf.chunks) if buf else []
-        for ts, data in chunks[sent:]:
-            yield {"ts_ms": ts, "stream": "output", "data": data.decode("utf-8", "replace")}
-        sent = len(chunks)
-        job = view.job(job_id)
-        state = job.state if job else "unknown"
-        if not follow or state in TERMINAL:
-            yield {"end": True, "state": state}
-            return
-        with trio.move_on_after(1.0):
-            if buf is not None:
-                await buf.changed.wait()
-            else:
-                await trio.sleep(1.0)
+def log_query(req: Request, view: NodeView) -> LogQuery:
+    """``GET /v1/jobs/{id}/logs``'s query: ``follow``, ``replica``, ``tail``,
+    ``since_ms`` (mesh_cli/CLI.md)."""
+    unset = -1
+    replica = req.query_int("replica", unset, lo=0, hi=MAX_REPLICA)
+    tail = req.query_int("tail", unset, lo=0)
+    since_ms = req.query_int("since_ms", unset, lo=0)
+    return LogQuery(
+        follow=req.query_flag("follow"),
+        replica=None if replica == unset else replica,
+        tail=None if tail == unset else tail,
+        since_ms=None if since_ms == unset else since_ms,
+        fetch_wait_s=view.log_fetch_wait_s(),
+    )

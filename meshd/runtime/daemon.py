@@ -23,9 +23,9 @@ The daemon holds the loop and nothing else; its parts do the I/O:
 
 - :mod:`.sendq` — per-peer send queues for ``Send``;
 - :mod:`.execution` — ``FetchInputs``, ``StartExecution``, ``CancelExecution``;
-- :mod:`.transfer` — the blob protocol (serving, ``FetchBlob``);
+- :mod:`.transfer` — the blob protocol (serving, ``FetchBlob``, ``FetchLog``);
 - :mod:`.checker` — ``RunChecker``;
-- :mod:`.joblogs` — ``JobLog`` buffers for ``mesh logs``;
+- :mod:`.joblogs` — runs' stored logs and ``JobLog`` live buffers for ``mesh logs``;
 - :mod:`.capabilities` — hardware, score, images, executor health (inputs);
 - :mod:`.diskgc` — the blob collector and the sweep of orphaned run dirs;
 - :mod:`.gossipcheck` — gossip validation before libp2p forwards a message
@@ -69,6 +69,7 @@ from meshd.core.events import (
     DirectReceived,
     FetchBlob,
     FetchInputs,
+    FetchLog,
     GossipReceived,
     InboxLoad,
     JobLog,
@@ -219,9 +220,14 @@ class Daemon(EffectInterpreter):
             allow_network=config.allow_network_jobs,
             inputs=config.inputs,
             signer=(identity.peer_id, identity.sign),
+            wall_ms=self.clock.wall_ms,
         )
         self.checker = Checker(self.blobs, executor, self.dirs.work, self._feed)
-        self.job_logs = JobLogs(self.rp.job_log_lines, self.clock.wall_ms, self.rp.job_log_jobs)
+        self.job_logs = JobLogs(
+            stream_bytes=self.rp.job_log_live_bytes,
+            total_bytes=self.rp.job_log_live_total_bytes,
+            max_jobs=self.rp.job_log_jobs,
+        )
         self.capabilities = Capabilities(
             executor,
             self.dirs.root,
@@ -321,6 +327,8 @@ class Daemon(EffectInterpreter):
             await self.capabilities.measure()
             await self.capabilities.refresh_images()
             await self._apply(restore_effects)
+            for eff in self.view.missing_logs():  # fetches a restart cut short
+                self.do_fetch_log(eff)
             await self._feed(self.capabilities.local())
             nursery.start_soon(self.capabilities.health_loop)
             nursery.start_soon(self.capabilities.refresh_loop)
@@ -508,7 +516,16 @@ class Daemon(EffectInterpreter):
         self._spawn(self.checker.check, eff)
 
     def do_job_log(self, eff: JobLog) -> None:
-        self.job_logs.add(eff.job_id, eff.data)
+        self.job_logs.add(eff.job_id, eff.attempt, eff.replica, eff.chunks)
+
+    def do_fetch_log(self, eff: FetchLog) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(
+            self.transfer.fetch_log,
+            eff,
+            self.rp.log_fetch_attempts,
+            lambda: self.job_logs.stored(eff.job_id, eff.attempt, eff.replica),
+        )
 
     def do_set_peer_score(self, eff: SetPeerScore) -> None:
         self._reputation[eff.peer_id] = eff.reputation

@@ -14,7 +14,10 @@ directly. Two tiers of reference:
 - **retained** — kept for ``blob_retention_s`` while the store is under its
   cap: the inputs and outputs of finished jobs we originated (counted from
   when the job finished) and the outputs we made for an acknowledged result
-  (counted from the acknowledgement; the origin may still be fetching).
+  (counted from the acknowledgement; the origin may still be fetching); the
+  stored run logs of those jobs and results the same way, for
+  ``log_retention_s``. Over the cap, retained logs go like any other
+  retained blob, oldest first.
 
 A blob written less than ``blob_grace_s`` ago is never collected (an upload
 whose job is not submitted yet, an output packed but not yet reported).
@@ -61,6 +64,8 @@ class BlobRefs:
     """Never collected."""
     retained: frozenset[str]
     """Kept while the store is under its cap."""
+    logs: frozenset[str] = frozenset()
+    """The referenced blobs that are run logs (pinned or retained), for ``status``."""
 
 
 def plan_collection(
@@ -130,6 +135,9 @@ class DiskGC:
         self.refused_uploads = 0
         """Uploads refused because the store stayed full after a pass (counted
         by the daemon, which tries them)."""
+        self.log_blobs = 0
+        self.log_bytes = 0
+        """Run logs kept in the store, and their bytes, as of the last pass."""
 
     def set_references(self, references: Callable[[], BlobRefs]) -> None:
         """Where the live references come from (the view, once the core is restored)."""
@@ -154,8 +162,9 @@ class DiskGC:
         return removed
 
     def _collect_sync(self, refs: BlobRefs, room: int) -> tuple[int, int]:
+        entries = list(self.blobs.entries())
         plan = plan_collection(
-            self.blobs.entries(),
+            entries,
             refs,
             now_wall_ms=self._wall_ms(),
             grace_ms=int(self.rp.blob_grace_s * 1000),
@@ -167,6 +176,9 @@ class DiskGC:
             if self.blobs.delete(e.digest, unless_written_after_ms=e.mtime_ms):
                 removed += 1
                 freed += e.size
+        gone = {e.digest for e in plan}
+        kept_logs = [e for e in entries if e.digest in refs.logs and e.digest not in gone]
+        self.log_blobs, self.log_bytes = len(kept_logs), sum(e.size for e in kept_logs)
         return removed, freed
 
     async def loop(self) -> None:
@@ -216,6 +228,8 @@ class DiskGC:
                 "collected_bytes": self.collected_bytes,
                 "refused_uploads": self.refused_uploads,
                 "gc_passes": self.passes,
+                "log_blobs": self.log_blobs,
+                "log_bytes": self.log_bytes,
             },
             "run_dirs": {
                 "count": run_dirs,

@@ -14,8 +14,13 @@ no ``ExecutionFinished`` comes back for a cancelled run). A finished run's
 outputs are packed into one deterministic tar (``pack_dir``) and stored in
 the blob store; its digest and size go back to the core in
 ``ExecutionFinished``, with ``status="output_limit"`` when they cannot be
-packed. Log lines go back as ``ExecutionProgress`` without waiting (a full
-local lane drops them, counted by the daemon). The run dir is removed after;
+packed. The job's stdout and stderr are kept apart in a
+:class:`.joblogs.RunLog`, each chunk stamped with the wall clock when read;
+each chunk also goes back as ``ExecutionProgress`` (its stream, offset and
+stamp) without waiting (a full local lane drops it from the live path only,
+counted by the daemon). When the run ends, the run log is stored as a blob
+(the run's stored log) and its digest goes back in ``ExecutionFinished``,
+whatever the run's status. The run dir is removed after;
 the dirs of runs a killed daemon left behind are removed at its next start
 (:meth:`.diskgc.DiskGC.sweep_run_dirs`).
 """
@@ -43,7 +48,7 @@ from meshd.core.events import (
     StartExecution,
 )
 from meshd.core.manifest import ManifestError, manifest_body, worker_payload
-from meshd.exec.base import ExecRequest, Executor
+from meshd.exec.base import ExecRequest, Executor, LogStream
 from meshd.store.blobs import (
     BlobLimitError,
     BlobStore,
@@ -54,6 +59,7 @@ from meshd.store.blobs import (
 
 from .inputs import InputError
 from .jobio import fetch_inputs, prefixed
+from .joblogs import RunLog
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +78,7 @@ class Executions:
         feed: Callable[[Any], Awaitable[None]],
         feed_nowait: Callable[[Any], bool],
         allow_network: bool,
+        wall_ms: Callable[[], int],
         inputs: InputsConfig | None = None,
         signer: tuple[str, Callable[[bytes], bytes]] | None = None,
     ) -> None:
@@ -88,7 +95,10 @@ class Executions:
         """Where URI inputs come from and which addresses they may name."""
         self.signer = signer
         """This node's peer id and signing function, for output manifests."""
+        self._wall_ms = wall_ms
         self._runs: dict[tuple[str, int, int], trio.CancelScope] = {}
+        self.log_store_failures = 0
+        """Run logs the blob store could not take (the run is reported without one)."""
 
     def run_dir(self, job_id: str, attempt: int, replica: int) -> Path:
         return self.work_dir / f"{job_id}-{attempt}-{replica}"
@@ -136,8 +146,14 @@ class Executions:
             timeout_s=eff.timeout_s,
         )
 
-        def on_log(data: bytes) -> None:
-            self._feed_nowait(ExecutionProgress(eff.job_id, eff.attempt, eff.replica, data))
+        run_log = RunLog()
+
+        def on_log(stream: LogStream, data: bytes) -> None:
+            ts = self._wall_ms()
+            offset = run_log.add(stream, ts, data)
+            self._feed_nowait(
+                ExecutionProgress(eff.job_id, eff.attempt, eff.replica, stream, offset, ts, data)
+            )
 
         with trio.CancelScope() as scope:
             self._runs[key] = scope
@@ -172,6 +188,7 @@ class Executions:
                     duration_s=result.duration_s,
                     image_id=result.image_id,
                 )
+        log_digest, log_size = await self._store_log(run_log)
         await self._feed(
             ExecutionFinished(
                 eff.job_id,
@@ -189,6 +206,8 @@ class Executions:
                 image_id=result.image_id,
                 fault=result.fault,
                 manifest_sig=manifest_sig,
+                log_digest=log_digest,
+                log_size=log_size,
             )
         )
         shutil.rmtree(d, ignore_errors=True)
@@ -211,6 +230,19 @@ class Executions:
             log.warning("job %s: output manifest not signed: %s", eff.job_id, exc)
             return None
         return sign(worker_payload(body)).hex()
+
+    async def _store_log(self, run_log: RunLog) -> tuple[str | None, int]:
+        """Store a finished run's log as a blob: (digest, size), or (None, 0)
+        when the run wrote nothing or the store refused it (the run's result
+        stands either way)."""
+        if not run_log.chunks:
+            return None, 0
+        blob = run_log.to_blob()
+        try:
+            return prefixed(await trio.to_thread.run_sync(self.blobs.put, blob)), len(blob)
+        except OSError:
+            self.log_store_failures += 1
+            return None, 0
 
     def cancel(self, eff: CancelExecution) -> None:
         """Carry out ``CancelExecution``: stop the run if it is running here."""

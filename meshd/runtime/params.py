@@ -34,10 +34,24 @@ class RuntimeParams:
     for it."""
     blob_request_burst: float = 64.0
     """Size of that bucket: requests one peer may make at once."""
-    job_log_lines: int = 2_000
-    """Log chunks kept per job for `mesh logs`."""
+    job_log_live_bytes: int = 1024 * 1024
+    """Live output kept per run and stream at the origin for `mesh logs`
+    until the run's stored log arrives (older bytes go first; they are then
+    shown from the stored log)."""
+    job_log_live_total_bytes: int = 64 * 1024 * 1024
+    """Live output kept in all; beyond it the oldest job's live buffers go."""
     job_log_jobs: int = 10_000
-    """Jobs whose log chunks are kept; the oldest job's go first."""
+    """Jobs whose live output is kept; the oldest job's goes first."""
+    log_fetch_wait_s: float = 10.0
+    """How long `mesh logs` waits for a finished run's stored log to arrive
+    before it shows the live output in its place (and says so)."""
+    log_fetch_attempts: int = 3
+    """Tries to fetch a run's stored log from its worker (1 s, 2 s, ... apart)."""
+    log_retention_s: float = 7 * 86_400.0
+    """How long the stored logs of a finished job are kept at its origin after
+    it finished (and, at the worker, after its result was acknowledged), while
+    the blob store is under ``blob_store_max_bytes``; above it they go oldest
+    first like other retained blobs."""
     credits_top_counterparties: int = 3
     """Counterparties listed per peer by `GET /v1/credits` (``top_payers`` /
     ``top_payees``, most credits first); ``mesh credits --peer`` lists all."""

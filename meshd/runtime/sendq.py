@@ -16,7 +16,9 @@ work (bids, declines), FIFO within each class. And:
 - a message not sent within its useful life (``Send.ttl_ms``, else
   ``send_max_age_ms``) is dropped unsent (``expired``);
 - a newer heartbeat, heartbeat reply, bid or decline for the same job
-  replaces one still queued (``coalesced``): only the latest says anything;
+  replaces one still queued (``coalesced``): only the latest says anything
+  (unless the queued one says ``Send.coalesce=False``: a heartbeat carrying
+  live output is never replaced);
 - a full peer queue drops its oldest message (``dropped_full``); past
   ``max_queued_sends`` in all, the new message is refused (``refused_full``).
 
@@ -119,7 +121,11 @@ class SendQueues:
         q = self._queues.setdefault(eff.to_peer, deque())
         if eff.kind in COALESCING_KINDS and eff.job_id is not None:
             for i, item in enumerate(q):
-                if item.eff.kind == eff.kind and item.eff.job_id == eff.job_id:
+                if (
+                    item.eff.kind == eff.kind
+                    and item.eff.job_id == eff.job_id
+                    and item.eff.coalesce
+                ):
                     q[i] = _Item(eff, item.queued_ms)  # keeps its place, says the newest
                     self.counts["coalesced"] += 1
                     return

@@ -18,7 +18,10 @@ answers it only
 :meth:`BlobTransfer.fetch_from` fetches a blob into the local store,
 sha256-checked against the digest asked for, at most
 ``max_concurrent_fetches`` at once; :meth:`BlobTransfer.fetch` carries out the
-core's ``FetchBlob`` and reports the outcome as ``BlobFetched``.
+core's ``FetchBlob`` and reports the outcome as ``BlobFetched``;
+:meth:`BlobTransfer.fetch_log` carries out ``FetchLog`` (a run's stored log:
+``log_fetch_attempts`` tries, 1 s, 2 s, ... apart; no outcome goes back, a
+log that never arrives is counted in ``log_fetch_failures``).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any
 
 import trio
 
-from meshd.core.events import BLOB_PROTOCOL, MAX_ERROR_CHARS, BlobFetched, FetchBlob
+from meshd.core.events import BLOB_PROTOCOL, MAX_ERROR_CHARS, BlobFetched, FetchBlob, FetchLog
 from meshd.core.ratelimit import PeerBuckets
 from meshd.net.host import MeshHost
 from meshd.store.blobs import BlobStore
@@ -64,6 +67,8 @@ class BlobTransfer:
         self._timeout_s = max(60.0, request_timeout_s)
         self.refused: Counter[str] = Counter()
         """Requests refused, by reason (``rate``, ``not_entitled``)."""
+        self.log_fetch_failures = 0
+        """Stored run logs that could not be fetched (after every try)."""
 
     async def serve(self, from_peer: str, data: bytes) -> bytes:
         """The ``BLOB_PROTOCOL`` handler: the blob, or a ``LookupError`` the
@@ -93,6 +98,19 @@ class BlobTransfer:
         await trio.to_thread.run_sync(
             lambda: self.blobs.put_stream([data], expected_digest=bare(digest))
         )
+
+    async def fetch_log(self, eff: FetchLog, attempts: int, stored: Callable[[], None]) -> None:
+        """Carry out ``FetchLog``: up to ``attempts`` tries; ``stored()`` once it is here."""
+        for i in range(max(1, attempts)):
+            if i:
+                await trio.sleep(float(i))
+            try:
+                await self.fetch_from(eff.from_peer, eff.digest)
+            except Exception:
+                continue
+            stored()
+            return
+        self.log_fetch_failures += 1
 
     async def fetch(self, eff: FetchBlob) -> None:
         """Carry out ``FetchBlob``: the outcome comes back as ``BlobFetched``."""

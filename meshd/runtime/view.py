@@ -29,6 +29,7 @@ from typing import Any
 
 from meshd import __version__
 from meshd.config import SECONDS_PER_HOUR, NodeConfig
+from meshd.core.events import FetchLog
 from meshd.core.identity import Identity
 from meshd.core.inbox import Inbox
 from meshd.core.jobspec import JobSpec
@@ -44,7 +45,7 @@ from .capabilities import Capabilities
 from .diskgc import BlobRefs, DiskGC
 from .gossipcheck import GossipValidator
 from .jobio import bare
-from .joblogs import JobLogBuffer, JobLogs
+from .joblogs import JobLogBuffer, JobLogs, RunRef
 from .params import RuntimeParams
 from .sendq import SendQueues
 from .transfer import BlobTransfer
@@ -171,8 +172,53 @@ class NodeView:
         """The core's cost and time estimate for ``spec`` on the mesh it knows."""
         return self._node.origin.estimate(spec)
 
+    # --- `mesh logs` (:class:`.joblogs.LogSource`)
+
+    def job_state(self, job_id: str) -> str | None:
+        job = self._node.origin.jobs.get(job_id)
+        return None if job is None else job.state
+
+    def job_runs(self, job_id: str) -> list[RunRef]:
+        """The job's runs that were awarded, oldest first, with their stored logs."""
+        job = self._node.origin.jobs.get(job_id)
+        if job is None:
+            return []
+        refs = []
+        for (attempt, replica), run in sorted(job.runs.items()):
+            digest = run.result.get("log_digest") if run.result else None
+            refs.append(
+                RunRef(attempt, replica, run.result is not None, digest if digest else None)
+            )
+        return refs
+
     def job_log(self, job_id: str) -> JobLogBuffer | None:
         return self._job_logs.get(job_id)
+
+    def stored_log(self, digest: str) -> bytes | None:
+        """A run's stored log from the blob store, or None when it is not here."""
+        try:
+            return self._blobs.get(bare(digest)) if self._blobs.has(bare(digest)) else None
+        except OSError:
+            return None
+
+    def missing_logs(self) -> list[FetchLog]:
+        """The stored logs of our finished jobs (within ``log_retention_s``)
+        that are not in the blob store: a restart cut their fetch short. (Those
+        of unfinished jobs are asked for again by the core's ``resume``.)"""
+        node = self._node
+        keep_ms = int(self._rp.log_retention_s * 1000)
+        out = []
+        for job in node.origin.jobs.values():
+            if job.state not in TERMINAL or node.now_ms - job.updated_ms >= keep_ms:
+                continue
+            for (attempt, replica), run in sorted(job.runs.items()):
+                d = run.result.get("log_digest") if run.result else None
+                if isinstance(d, str) and not self._blobs.has(bare(d)):
+                    out.append(FetchLog(job.job_id, attempt, replica, run.worker, d))
+        return out
+
+    def log_fetch_wait_s(self) -> float:
+        return self._rp.log_fetch_wait_s
 
     def credits(self) -> dict[str, Any]:
         """``GET /v1/credits``: balances, where they come from, and receipts."""
@@ -189,22 +235,33 @@ class NodeView:
 
     def blob_references(self) -> BlobRefs:
         """The blobs the node's state references, for the collector
-        (:mod:`.diskgc`): pinned — inputs and run outputs of our unfinished
-        jobs (and their travelling image archives), inputs of the runs we hold live, outputs we made whose result is
-        not acknowledged; retained for ``blob_retention_s`` — inputs and run
-        outputs of our finished jobs (from ``updated_ms``, when they finished)
-        and outputs we made whose result was acknowledged (from that contact)."""
+        (:mod:`.diskgc`): pinned — inputs, run outputs and run logs of our
+        unfinished jobs (and their travelling image archives), inputs of the runs we hold live, outputs and logs we
+        made whose result is not acknowledged; retained — inputs and run
+        outputs of our finished jobs for ``blob_retention_s`` and their run
+        logs for ``log_retention_s`` (from ``updated_ms``, when they
+        finished), and outputs (logs) we made whose result was acknowledged,
+        for ``blob_retention_s`` (``log_retention_s``) from that contact.
+        ``logs`` names every referenced run log (for the disk figures)."""
         node = self._node
-        now, keep_ms = node.now_ms, int(self._rp.blob_retention_s * 1000)
+        now = node.now_ms
+        keep_ms = int(self._rp.blob_retention_s * 1000)
+        keep_log_ms = int(self._rp.log_retention_s * 1000)
         pinned: set[str] = set()
         retained: set[str] = set()
+        logs: set[str] = set()
         for job in node.origin.jobs.values():
-            if job.state in TERMINAL:
-                if now - job.updated_ms >= keep_ms:
-                    continue
-                into = retained
-            else:
-                into = pinned
+            finished = job.state in TERMINAL
+            age = now - job.updated_ms
+            if not finished or age < keep_log_ms:
+                for run in job.runs.values():
+                    d = run.result.get("log_digest") if run.result else None
+                    if isinstance(d, str):
+                        (retained if finished else pinned).add(bare(d))
+                        logs.add(bare(d))
+            if finished and age >= keep_ms:
+                continue
+            into = retained if finished else pinned
             into.update(bare(i.digest) for i in job.spec.inputs if i.digest is not None)
             if job.spec.image_blob is not None:
                 into.add(bare(job.spec.image_blob.digest))
@@ -217,14 +274,21 @@ class NodeView:
         for work in node.worker.work.values():
             if work.state in WORK_LIVE:
                 pinned.update(bare(i.digest) for i in work.spec.inputs if i.digest is not None)
-            made = work.result.output_digest if work.result is not None else None
-            if made is None:
+            if work.result is None:
                 continue
-            if not work.acked:
-                pinned.add(bare(made))
-            elif now - work.last_contact_ms < keep_ms:
-                retained.add(bare(made))
-        return BlobRefs(frozenset(pinned), frozenset(retained - pinned))
+            for made, keep in (
+                (work.result.output_digest, keep_ms),
+                (work.result.log_digest, keep_log_ms),
+            ):
+                if made is None:
+                    continue
+                if not work.acked:
+                    pinned.add(bare(made))
+                elif now - work.last_contact_ms < keep:
+                    retained.add(bare(made))
+                if made == work.result.log_digest:
+                    logs.add(bare(made))
+        return BlobRefs(frozenset(pinned), frozenset(retained - pinned), frozenset(logs))
 
     def live_images(self) -> set[str]:
         """Names and pinned ids of the images the runs we hold live use (the

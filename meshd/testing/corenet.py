@@ -30,6 +30,7 @@ from meshd.core.events import (
     ExecutorHealth,
     FetchBlob,
     FetchInputs,
+    FetchLog,
     GossipReceived,
     InputsFetched,
     JobLog,
@@ -108,6 +109,8 @@ class FakeWorker:
     input_failure: Callable[[JobSpec], str | None] = lambda spec: None
     """Whose fault (``job`` or ``worker``) it is that the run's inputs cannot
     be fetched; None: they arrive."""
+    writes_log: bool = False
+    """Every run reports a stored log (``ExecutionFinished.log_digest``)."""
 
 
 @dataclass
@@ -117,6 +120,10 @@ class NodeSlot:
     worker: FakeWorker
     alive: bool = True
     running: dict[tuple[str, int, int], int] = field(default_factory=dict)
+    job_logs: list[JobLog] = field(default_factory=list)
+    """The ``JobLog`` effects this node carried out (live output it received)."""
+    log_fetches: list[FetchLog] = field(default_factory=list)
+    """The ``FetchLog`` effects this node carried out."""
     effects: CoreNetEffects = field(init=False)
 
 
@@ -199,7 +206,10 @@ class CoreNetEffects(EffectInterpreter):
         )
 
     def do_job_log(self, eff: JobLog) -> None:
-        pass
+        self.slot.job_logs.append(eff)
+
+    def do_fetch_log(self, eff: FetchLog) -> None:
+        self.slot.log_fetches.append(eff)
 
     def do_set_peer_score(self, eff: SetPeerScore) -> None:
         pass
@@ -356,6 +366,11 @@ class CoreNet:
             digest if status == "succeeded" else None,
             1024,
             image_id=local_image_id(eff.spec.image, w.caps.image_ids),
+            log_digest=(
+                "sha256:" + hashlib.sha256(b"log" + token.to_bytes(4, "big")).hexdigest()
+                if w.writes_log
+                else None
+            ),
         )
         self._schedule(self.now_ms + duration, peer, ("finish", key, token, fin))
 
