@@ -49,7 +49,7 @@ import json
 import logging
 import urllib.parse
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
@@ -66,6 +66,8 @@ from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response as StarletteResponse
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
+
+from meshd.runtime.metrics import ApiStatistics, Metrics, api_statistics
 
 log = logging.getLogger("meshd.api")
 
@@ -275,28 +277,6 @@ class _Route:
         return params
 
 
-@dataclass(frozen=True)
-class ApiStatistics:
-    connections_open: int
-    connections_total: int
-    rejected_busy: int
-    evicted_unauthenticated: int
-    requests_total: int
-    errors_5xx: int
-
-
-@dataclass
-class _Counters:
-    open: int = 0
-    busy_open: int = 0
-    total: int = 0
-    rejected_busy: int = 0
-    evicted: int = 0
-    requests: int = 0
-    errors_5xx: int = 0
-    by_status: dict[int, int] = field(default_factory=dict)
-
-
 @dataclass(eq=False)
 class _Connection:
     """One accepted connection: its cancel scope, and whether it proved the token."""
@@ -312,13 +292,31 @@ _Address = tuple[str, int]
 class ApiServer:
     """Routes plus the HTTP machinery; see the module header."""
 
-    def __init__(self, token: str, params: ApiParams | None = None) -> None:
-        if len(token) < 16:
+    def __init__(
+        self,
+        token: str | None,
+        params: ApiParams | None = None,
+        *,
+        metrics: Metrics | None = None,
+        public: bool = False,
+    ) -> None:
+        """``metrics``: the node's registry, where the server counts its
+        connections and requests (a registry of its own if not given).
+
+        ``public``: a server without a token that may listen on any address
+        and serves only ``GET`` routes (the scrape address of ``/metrics``);
+        ``token`` must then be None.
+        """
+        if public:
+            assert token is None, "a public server has no token"
+        elif token is None or len(token) < 16:
             raise ValueError("API token too short (need at least 16 characters)")
-        self._token = token.encode()
+        self._token = token.encode() if token is not None else None
+        self.public = public
         self.params = params if params is not None else ApiParams()
         self._routes: list[_Route] = []
-        self._n = _Counters()
+        self.metrics = metrics if metrics is not None else Metrics()
+        self._busy_open = 0
         self._connections: dict[_Address, _Connection] = {}  # insertion order = age
         self.app = Starlette(routes=[Route("/{path:path}", self._endpoint, methods=list(_METHODS))])
 
@@ -329,6 +327,7 @@ class ApiServer:
     ) -> None:
         """Register ``handler`` for ``method`` and a ``/path/{param}`` pattern."""
         assert method in _METHODS, f"unsupported method {method!r}"
+        assert method == "GET" or not self.public, "a public server serves only GET routes"
         assert pattern.startswith("/"), "route patterns start with '/'"
         segments = tuple(pattern.strip("/").split("/"))
         limit = self.params.max_body_bytes if max_body_bytes is None else max_body_bytes
@@ -338,8 +337,8 @@ class ApiServer:
         self._routes.append(_Route(method, segments, handler, limit))
 
     def statistics(self) -> ApiStatistics:
-        n = self._n
-        return ApiStatistics(n.open, n.total, n.rejected_busy, n.evicted, n.requests, n.errors_5xx)
+        """Connections and requests so far, read from the registry."""
+        return api_statistics(self.metrics)
 
     async def serve(
         self,
@@ -350,14 +349,16 @@ class ApiServer:
         # and do not export TaskStatus, which trio itself does.
         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,  # type: ignore[name-defined]
     ) -> None:
-        """Listen on loopback ``host:port`` (0 = any free port); reports the bound port."""
-        bind = check_loopback(host)
+        """Listen on loopback ``host:port`` (0 = any free port; any address if
+        ``public``); reports the bound port."""
+        bind = host if self.public else check_loopback(host)
         listeners = await trio.open_tcp_listeners(port, host=bind)
         bound = listeners[0].socket.getsockname()[1]
         config = self._hypercorn_config()
         app = wrap_app(self.app, config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
         context = WorkerContext(None)
-        log.info("control API listening on %s:%d", bind, bound)
+        what = "metrics (no token)" if self.public else "control API"
+        log.info("%s listening on %s:%d", what, bind, bound)
 
         async def serve_one(stream: trio.SocketStream) -> None:
             await TCPServer(app, config, context, ConnectionState({}), stream).run()  # type: ignore[arg-type]
@@ -386,7 +387,7 @@ class ApiServer:
         stream: trio.SocketStream,
         serve_one: Callable[[trio.SocketStream], Awaitable[None]],
     ) -> None:
-        self._n.total += 1
+        self.metrics.api_connections.inc()
         try:
             sock = stream.socket
             address: _Address = parse_socket_addr(sock.family, sock.getpeername())  # type: ignore[assignment]
@@ -394,12 +395,12 @@ class ApiServer:
                 await self._reject_busy(stream)
                 return
             conn = self._connections[address] = _Connection(trio.CancelScope())
-            self._n.open += 1
+            self.metrics.api_open.inc()
             try:
                 with conn.scope:
                     await serve_one(_EndOnEof(stream, conn.scope))  # type: ignore[arg-type]
             finally:
-                self._n.open -= 1
+                self.metrics.api_open.dec()
                 if self._connections.get(address) is conn:
                     del self._connections[address]
         except (OSError, *_DISCONNECTS):
@@ -416,15 +417,15 @@ class ApiServer:
             if not conn.authenticated:
                 del self._connections[address]
                 conn.scope.cancel()
-                self._n.evicted += 1
+                self.metrics.api_refused.labels(reason="evicted").inc()
                 return True
         return False
 
     async def _reject_busy(self, stream: trio.SocketStream) -> None:
-        self._n.rejected_busy += 1
-        if self._n.busy_open >= self.params.max_connections:
+        self.metrics.api_refused.labels(reason="busy").inc()
+        if self._busy_open >= self.params.max_connections:
             return  # under a flood even the 503 is not worth a task
-        self._n.busy_open += 1
+        self._busy_open += 1
         try:
             parser = h11.Connection(
                 h11.SERVER, max_incomplete_event_size=self.params.max_header_bytes
@@ -439,7 +440,7 @@ class ApiServer:
         except h11.RemoteProtocolError:
             pass
         finally:
-            self._n.busy_open -= 1
+            self._busy_open -= 1
 
     async def _linger(self, stream: trio.SocketStream) -> None:
         """Half-close and discard a bounded amount of unread input, so the
@@ -454,14 +455,11 @@ class ApiServer:
 
     async def _endpoint(self, request: StarletteRequest) -> StarletteResponse:
         """Starlette's one endpoint: every request, whatever its path, comes here."""
-        self._n.requests += 1
         try:
             response, close = await self._respond(request)
         except ClientDisconnect:
             response, close = error_response(400, "disconnected", "client went away"), True
-        self._n.by_status[response.status] = self._n.by_status.get(response.status, 0) + 1
-        if response.status >= 500:
-            self._n.errors_5xx += 1
+        self.metrics.api_requests.labels(status=str(response.status)).inc()
         headers = {"Server": SERVER_NAME, **dict(response.headers)}
         if close:
             headers["Connection"] = "close"
@@ -544,6 +542,8 @@ class ApiServer:
     # --------------------------------------------------------------- helpers
 
     def _authorized(self, header: str) -> bool:
+        if self._token is None:
+            return True  # public: GET routes only, no token
         scheme, _, token = header.partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(
             token.strip().encode(), self._token

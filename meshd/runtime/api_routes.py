@@ -9,7 +9,7 @@ core. The JSON shapes are documented in mesh_cli/CLI.md and read by ``mesh``.
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 import trio
@@ -171,11 +171,8 @@ def install_routes(api: ApiServer, view: NodeView, control: Control) -> None:
     async def credits(req: Request) -> Response:
         return json_response(view.credits())
 
-    async def metrics(req: Request) -> Response:
-        return bytes_response(control.metrics_text(), METRICS_CONTENT_TYPE)
-
     api.route("GET", "/v1/status", status)
-    api.route("GET", "/metrics", metrics)
+    api.route("GET", "/metrics", api_metrics_route(control))
     api.route("GET", "/v1/peers", peers)
     api.route("GET", "/v1/log", log_page)
     api.route("POST", "/v1/blobs", put_blob, max_body_bytes=api.params.max_upload_bytes)
@@ -187,6 +184,16 @@ def install_routes(api: ApiServer, view: NodeView, control: Control) -> None:
     api.route("POST", "/v1/jobs/{job_id}/cancel", cancel)
     api.route("POST", "/v1/jobs/{job_id}/retry", retry)
     api.route("GET", "/v1/credits", credits)
+
+
+def api_metrics_route(control: Control) -> Callable[[Request], Awaitable[Response]]:
+    """``GET /metrics``: the node's Prometheus text (on the control API, and
+    on ``metrics_listen`` without the token)."""
+
+    async def metrics(req: Request) -> Response:
+        return bytes_response(control.metrics_text(), METRICS_CONTENT_TYPE)
+
+    return metrics
 
 
 async def _follow_logs(view: NodeView, job_id: str, follow: bool) -> AsyncIterator[Any]:
