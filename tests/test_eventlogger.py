@@ -123,6 +123,7 @@ async def test_metrics_scraped_during_a_job_move(tmp_path: Path, nursery: trio.N
         accepted = f"meshd_gossip_messages_total{{outcome=accepted}}{{topic={TOPIC_ADVERTS}}}"
         assert after[accepted] > before.get(accepted, 0)
         assert after["meshd_net_events_total{name=delivered}"] > 0
+        assert after["meshd_send_queue_messages_total{outcome=sent}"] >= 1  # the award at least
         assert after["meshd_executor_ready{executor=process}"] == 1
         # One place names every metric: nothing exported is missing from it.
         names = {key.partition("{")[0] for key in after}

@@ -179,6 +179,7 @@ class Daemon(EffectInterpreter):
             on_failed=self._send_failed,
             clock_ms=self.clock.monotonic_ms,
             retryable=(PeerUnreachable, RemoteError),
+            metrics=self.metrics,
         )
         self.transfer = BlobTransfer(
             self.blobs,

@@ -16,7 +16,8 @@ kinds of families live in the registry:
 - **counted** by the shell's parts, which hold this object and increment
   its counters directly (there is no other tally in the shell): gossip
   checked before forwarding by topic and outcome (``GossipValidator``),
-  blob requests refused (``BlobTransfer``), direct messages not delivered
+  blob requests refused (``BlobTransfer``), messages through the send
+  queues (``SendQueues``), direct messages not delivered
   and local inputs dropped (``Daemon``), control-API requests and
   connections (``ApiServer``). Parts that show these numbers elsewhere
   (``GET /v1/status``) read them back from here (:func:`by_label`);
@@ -244,6 +245,12 @@ class Metrics:
             "meshd_send_failures",
             "Direct messages not delivered, by error kind",
             ["error"],
+            registry=r,
+        )
+        self.send_queue = Counter(
+            "meshd_send_queue_messages",
+            "Direct messages through the per-peer send queues, by what became of them",
+            ["outcome"],
             registry=r,
         )
         self.inbox_dropped = Counter(
