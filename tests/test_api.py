@@ -73,6 +73,10 @@ def make_server(probe: Probe, params: ApiParams | None = None) -> ApiServer:
             fields=[{"loc": "requirements.gpus", "msg": "must be >= 0"}],
         )
 
+    async def slowish(req: Request) -> Response:
+        await trio.sleep(0.2)
+        return json_response({"slept": True})
+
     async def slow(req: Request) -> Response:
         await trio.sleep_forever()
         raise AssertionError("unreachable")
@@ -96,6 +100,7 @@ def make_server(probe: Probe, params: ApiParams | None = None) -> ApiServer:
     server.route("POST", "/v1/blobs", blob, max_body_bytes=server.params.max_upload_bytes)
     server.route("POST", "/v1/jobs", invalid)
     server.route("GET", "/v1/slow", slow)
+    server.route("GET", "/v1/slowish", slowish)
     server.route("GET", "/v1/jobs/{job_id}/logs", logs)
     return server
 
@@ -372,6 +377,19 @@ async def test_idle_unauthenticated_connections_cannot_lock_out_the_operator(
     assert stats.connections_open <= server.params.max_connections
     for stream in idle:
         await stream.aclose()
+
+
+async def test_a_client_that_half_closes_after_its_request_still_gets_the_answer(
+    port: int,
+) -> None:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        head = f"GET /v1/slowish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+        await stream.send_all(head.encode())
+        await stream.send_eof()  # done sending (as `nc -N` does); still reading
+        with trio.fail_after(5):
+            data = await read_until_closed(stream)
+    assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b'{"slept":true}'), data
 
 
 async def test_deeply_nested_json_is_a_400_not_a_500(

@@ -360,8 +360,11 @@ class ApiServer:
         what = "metrics (no token)" if self.public else "control API"
         log.info("%s listening on %s:%d", what, bind, bound)
 
-        async def serve_one(stream: trio.SocketStream) -> None:
-            await TCPServer(app, config, context, ConnectionState({}), stream).run()  # type: ignore[arg-type]
+        async def serve_one(stream: trio.SocketStream, scope: trio.CancelScope) -> None:
+            wrapped = _EndOnEof(stream, scope)
+            server = TCPServer(app, config, context, ConnectionState({}), wrapped)  # type: ignore[arg-type]
+            wrapped.answering = lambda: _answering(server)
+            await server.run()
 
         async with trio.open_nursery() as nursery:
             task_status.started(bound)
@@ -385,7 +388,7 @@ class ApiServer:
     async def _on_connection(
         self,
         stream: trio.SocketStream,
-        serve_one: Callable[[trio.SocketStream], Awaitable[None]],
+        serve_one: Callable[[trio.SocketStream, trio.CancelScope], Awaitable[None]],
     ) -> None:
         self.metrics.api_connections.inc()
         try:
@@ -398,7 +401,7 @@ class ApiServer:
             self.metrics.api_open.inc()
             try:
                 with conn.scope:
-                    await serve_one(_EndOnEof(stream, conn.scope))  # type: ignore[arg-type]
+                    await serve_one(stream, conn.scope)
             finally:
                 self.metrics.api_open.dec()
                 if self._connections.get(address) is conn:
@@ -571,20 +574,24 @@ _DISCONNECTS = (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlow
 
 class _EndOnEof:
     """The socket as Hypercorn sees it, except that the client's end of input
-    ends the connection at once: Hypercorn would otherwise keep a closed
-    connection's task until its keep-alive timer ran out (and count it open)."""
+    on an idle connection ends it at once: Hypercorn would otherwise keep the
+    closed connection's task until its keep-alive timer ran out (and count it
+    open). With a request in flight Hypercorn closes after the answer itself
+    (so a client that half-closes after its request still reads the answer)."""
 
     def __init__(self, stream: trio.SocketStream, scope: trio.CancelScope) -> None:
         self._stream = stream
         self._scope = scope
         self.socket = stream.socket
+        self.answering: Callable[[], bool] = lambda: False
+        """Whether a request is being answered (set once Hypercorn's server exists)."""
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         try:
             data = await self._stream.receive_some(max_bytes)
         except _DISCONNECTS:
             data = b""
-        if not data:
+        if not data and not self.answering():
             self._scope.cancel()
         return data
 
@@ -596,6 +603,14 @@ class _EndOnEof:
 
     async def aclose(self) -> None:
         await self._stream.aclose()
+
+
+def _answering(server: TCPServer) -> bool:
+    """Whether Hypercorn's HTTP/1.1 protocol has a request open (it sets the
+    stream when it parses a head, before it reads again, and clears it once
+    the response is sent)."""
+    wrapper = getattr(server, "protocol", None)
+    return getattr(getattr(wrapper, "protocol", None), "stream", None) is not None
 
 
 def _with(response: Response, header: tuple[str, str]) -> Response:
