@@ -228,6 +228,19 @@ async def test_unknown_route_is_404_and_wrong_method_405(port: int) -> None:
     assert status == 405 and headers["allow"] == "POST"
 
 
+async def test_any_method_is_authenticated_first_and_answered_in_json(port: int) -> None:
+    client = await RawClient.connect(port)
+    async with client.stream:
+        status, _, body = await client.request("OPTIONS", "/v1/ok", headers=())
+        assert (status, body["error"]["code"]) == (401, "unauthorized")
+        status, headers, body = await client.request("OPTIONS", "/v1/ok")
+        assert (status, body["error"]["code"], headers["allow"]) == (
+            405,
+            "method_not_allowed",
+            "GET",
+        )
+
+
 async def test_handler_api_error_keeps_its_status_and_fields(port: int) -> None:
     status, _, body = await get(port, "/v1/jobs/missing")
     assert (status, body["error"]["code"]) == (404, "unknown_job")

@@ -318,7 +318,10 @@ class ApiServer:
         self.metrics = metrics if metrics is not None else Metrics()
         self._busy_open = 0
         self._connections: dict[_Address, _Connection] = {}  # insertion order = age
-        self.app = Starlette(routes=[Route("/{path:path}", self._endpoint, methods=list(_METHODS))])
+        # Every method reaches the endpoint, which authenticates before it
+        # answers 404/405 (Starlette would answer an unlisted method itself).
+        every = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+        self.app = Starlette(routes=[Route("/{path:path}", self._endpoint, methods=every)])
 
     # ---------------------------------------------------------------- public
 
