@@ -99,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="override config `log_level`",
     )
     p.add_argument("--api-port", type=int, metavar="PORT", help="override config `api_port`")
+    p.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="override config `metrics_listen`: also serve GET /metrics there, without the token",
+    )
 
     p = sub.add_parser("stop", parents=[data_dir], help="stop the daemon running on this data dir")
     p.add_argument(
@@ -137,6 +142,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "log_format": args.log_format,
         "log_level": args.log_level,
         "api_port": args.api_port,
+        "metrics_listen": args.metrics_listen,
     }
     return {k: v for k, v in pairs.items() if v is not None}
 

@@ -38,6 +38,7 @@ wire and in the core it is ``price``, credits per GFLOP
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets
@@ -86,6 +87,19 @@ _HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9\-.]{0,252})$")
 # A light syntactic check; libp2p parses the address for real at start.
 _MULTIADDR_RE = re.compile(r"^(/[A-Za-z0-9][A-Za-z0-9\-]*/[^/\s]+)+(/p2p/[1-9A-HJ-NP-Za-km-z]+)?$")
 _TCP_ADDR_RE = re.compile(r"^/(ip4|ip6|dns|dns4|dns6)/[^/\s]+/tcp/(\d{1,5})(/.*)?$")
+
+
+def parse_host_port(addr: str) -> tuple[str, int]:
+    """``"HOST:PORT"`` (``"[v6]:PORT"``) as ``(ip, port)``; ValueError naming what is wrong."""
+    host, sep, port = addr.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{addr!r} is not HOST:PORT with HOST an IP address") from None
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{addr!r} is not HOST:PORT with PORT in 0..65535")
+    return host, int(port)
 
 
 def _check_multiaddr(addr: str, *, tcp_port: bool) -> str:
@@ -187,6 +201,10 @@ class NodeConfig(BaseModel):
     ``price`` is accepted as the older name)."""
     api_port: Annotated[int, Field(ge=0, le=65535)] = 0
     """Loopback port of the control API; 0 picks a free one (published in api.addr)."""
+    metrics_listen: str | None = None
+    """``HOST:PORT`` (an IP literal; IPv6 in brackets) where ``GET /metrics`` is
+    also served *without* the API token, for a Prometheus scraper; None: only
+    on the control API. Port 0 picks a free one."""
     log_format: Literal["human", "json"] = "human"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     mdns: bool = True
@@ -198,6 +216,13 @@ class NodeConfig(BaseModel):
     """Where URI inputs come from, and which non-public addresses they may name."""
     params: Annotated[dict[str, Any], Field(max_length=MAX_PARAMS)] = Field(default_factory=dict)
     """Overrides of protocol bounds (``CoreParams`` names); the daemon validates them."""
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _metrics_listen(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_host_port(v)
+        return v
 
     @field_validator("listen")
     @classmethod

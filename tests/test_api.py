@@ -12,6 +12,7 @@ from typing import Any
 import h11
 import pytest
 import trio
+import trio.testing
 
 from meshd.api.client import ApiClient, ApiHttpError, AuthError, DaemonUnreachable
 from meshd.api.server import (
@@ -72,6 +73,10 @@ def make_server(probe: Probe, params: ApiParams | None = None) -> ApiServer:
             fields=[{"loc": "requirements.gpus", "msg": "must be >= 0"}],
         )
 
+    async def slowish(req: Request) -> Response:
+        await trio.sleep(0.2)
+        return json_response({"slept": True})
+
     async def slow(req: Request) -> Response:
         await trio.sleep_forever()
         raise AssertionError("unreachable")
@@ -95,6 +100,7 @@ def make_server(probe: Probe, params: ApiParams | None = None) -> ApiServer:
     server.route("POST", "/v1/blobs", blob, max_body_bytes=server.params.max_upload_bytes)
     server.route("POST", "/v1/jobs", invalid)
     server.route("GET", "/v1/slow", slow)
+    server.route("GET", "/v1/slowish", slowish)
     server.route("GET", "/v1/jobs/{job_id}/logs", logs)
     return server
 
@@ -220,6 +226,19 @@ async def test_unknown_route_is_404_and_wrong_method_405(port: int) -> None:
     assert status == 404 and body["error"]["code"] == "not_found"
     status, headers, body = await get(port, "/v1/echo")
     assert status == 405 and headers["allow"] == "POST"
+
+
+async def test_any_method_is_authenticated_first_and_answered_in_json(port: int) -> None:
+    client = await RawClient.connect(port)
+    async with client.stream:
+        status, _, body = await client.request("OPTIONS", "/v1/ok", headers=())
+        assert (status, body["error"]["code"]) == (401, "unauthorized")
+        status, headers, body = await client.request("OPTIONS", "/v1/ok")
+        assert (status, body["error"]["code"], headers["allow"]) == (
+            405,
+            "method_not_allowed",
+            "GET",
+        )
 
 
 async def test_handler_api_error_keeps_its_status_and_fields(port: int) -> None:
@@ -350,6 +369,58 @@ async def test_connections_over_the_cap_get_503(nursery: trio.Nursery, probe: Pr
             await trio.sleep(0.01)
     assert (await get(bound, "/v1/ok"))[0] == 200
     await second.stream.aclose()
+
+
+async def test_idle_unauthenticated_connections_cannot_lock_out_the_operator(
+    nursery: trio.Nursery, probe: Probe
+) -> None:
+    server = make_server(probe)  # the default cap: fewer connections than the idle crowd
+    bound = await nursery.start(server.serve, "127.0.0.1", 0)
+    idle = [await trio.open_tcp_stream("127.0.0.1", bound) for _ in range(64)]
+    half = b"GET /v1/ok HTTP/1.1\r\nHost: x\r\n"  # a head that never ends
+    for stream in idle[::2]:
+        await stream.send_all(half)
+    await trio.testing.wait_all_tasks_blocked()
+    with trio.fail_after(5):  # a hang guard: the old server made this wait 60 s
+        status, _, body = await get(bound, "/v1/ok")
+    assert (status, body["ok"]) == (200, True)
+    stats = server.statistics()
+    assert stats.rejected_busy == 0
+    assert stats.evicted_unauthenticated >= 64 + 1 - server.params.max_connections
+    assert stats.connections_open <= server.params.max_connections
+    for stream in idle:
+        await stream.aclose()
+
+
+async def test_a_client_that_half_closes_after_its_request_still_gets_the_answer(
+    port: int,
+) -> None:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        head = f"GET /v1/slowish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+        await stream.send_all(head.encode())
+        await stream.send_eof()  # done sending (as `nc -N` does); still reading
+        with trio.fail_after(5):
+            data = await read_until_closed(stream)
+    assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b'{"slept":true}'), data
+
+
+async def test_deeply_nested_json_is_a_400_not_a_500(
+    nursery: trio.Nursery, probe: Probe, caplog: pytest.LogCaptureFixture
+) -> None:
+    params = ApiParams(max_body_bytes=1024 * 1024, max_json_depth=64)
+    bound = await nursery.start(make_server(probe, params).serve, "127.0.0.1", 0)
+    client = await RawClient.connect(bound)
+    with caplog.at_level(logging.ERROR, logger="meshd.api"):
+        async with client.stream:
+            for depth in (100_000, 65):  # past the parser's recursion limit; one level too deep
+                nested = b"[" * depth + b"]" * depth
+                status, _, body = await client.request("POST", "/v1/echo", body=nested)
+                assert (status, body["error"]["code"]) == (400, "bad_json"), depth
+                assert "deeper than 64 levels" in body["error"]["message"]
+            status, _, body = await client.request("POST", "/v1/echo", body=b"[" * 64 + b"]" * 64)
+            assert status == 200
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 # ------------------------------------------------------------------ streaming

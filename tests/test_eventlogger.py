@@ -90,6 +90,8 @@ async def test_metrics_scraped_during_a_job_move(tmp_path: Path, nursery: trio.N
     from prometheus_client.parser import text_string_to_metric_families
 
     from meshd.api.client import ApiClient
+    from meshd.core.events import TOPIC_ADVERTS
+    from meshd.runtime.metrics import FAMILY_NAMES, by_label
 
     async with Cluster.started(nursery, tmp_path, 3) as c:
         client = ApiClient.from_data_dir(c.members[0].data_dir)
@@ -116,3 +118,16 @@ async def test_metrics_scraped_during_a_job_move(tmp_path: Path, nursery: trio.N
         assert after["meshd_peers"] == 2
         assert after["meshd_core_events_total{name=accepted_bid}"] >= 1
         assert after["meshd_eventlog_head_seq"] > before["meshd_eventlog_head_seq"]
+        assert after["meshd_eventlog_records_total{kind=job_finished}"] == 1
+        assert after["meshd_api_requests_total{status=200}"] >= 1
+        accepted = f"meshd_gossip_messages_total{{outcome=accepted}}{{topic={TOPIC_ADVERTS}}}"
+        assert after[accepted] > before.get(accepted, 0)
+        assert after["meshd_net_events_total{name=delivered}"] > 0
+        assert after["meshd_send_queue_messages_total{outcome=sent}"] >= 1  # the award at least
+        assert after["meshd_executor_ready{executor=process}"] == 1
+        # One place names every metric: nothing exported is missing from it.
+        names = {key.partition("{")[0] for key in after}
+        assert names <= FAMILY_NAMES, names - FAMILY_NAMES
+        # The worker that ran it counted the run (replicated jobs: each worker one).
+        runs = [by_label(c.daemon(i).metrics.runs, "outcome") for i in (1, 2)]
+        assert sum(r["succeeded"] for r in runs) >= 1, runs

@@ -1,6 +1,6 @@
 """specs/PROTOCOL.md's parameter tables are the code's parameters, field for field:
-§2 is ``CoreParams``; §10.3 the shell's ``InboxParams``, ``SendQueueParams`` and
-``RuntimeParams``."""
+§2 is ``CoreParams``; §10.3 the shell's ``InboxParams``, ``SendQueueParams``,
+``RuntimeParams`` and the control API's ``ApiParams``."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from meshd.api.server import ApiParams
 from meshd.core.inbox import InboxParams
 from meshd.core.params import CoreParams, markdown_table, param_docs
 from meshd.runtime.daemon import RuntimeParams
 from meshd.runtime.sendq import SendQueueParams
 
 SPEC = Path(__file__).resolve().parents[1] / "specs" / "PROTOCOL.md"
-SHELL_CLASSES = (InboxParams, SendQueueParams, RuntimeParams)
+SHELL_CLASSES = (InboxParams, SendQueueParams, RuntimeParams, ApiParams)
 
 
 def shell_tables() -> str:

@@ -14,22 +14,22 @@ Rules:
   waits without a timeout between lines but caps one line at
   ``max_line_bytes``.
 
-Theory of operation: one ``http.client.HTTPConnection`` per call (the CLI
+Theory of operation: one ``httpx.Client`` connection per call (the CLI
 makes few calls; a fresh connection keeps failure handling simple), the
 bearer token on every request, JSON bodies both ways. A streamed response is
-read line by line as NDJSON.
+read line by line as NDJSON. httpx is imported on the first call, not with
+this module, so ``mesh --version`` and ``--help`` do not pay for it.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from meshd.datadir import DataDir, read_api_addr, read_api_token
 
@@ -38,6 +38,9 @@ DEFAULT_TIMEOUT_S = 30.0
 MAX_LINE_BYTES = 8 * 1024 * 1024
 """Longest NDJSON line accepted from a stream."""
 COPY_CHUNK_BYTES = 1024 * 1024
+
+if TYPE_CHECKING:
+    import httpx
 
 
 class ApiClientError(Exception):
@@ -165,7 +168,7 @@ class ApiClient:
         with self._request("GET", f"/v1/jobs/{_q(job_id)}/result") as resp:
             self._raise_for_status(resp)
             total = 0
-            while chunk := resp.read(COPY_CHUNK_BYTES):
+            for chunk in resp.iter_bytes(COPY_CHUNK_BYTES):
                 try:
                     dest.write(chunk)
                 except OSError as exc:
@@ -195,16 +198,18 @@ class ApiClient:
         """Yield the NDJSON objects of a streamed response, as they arrive."""
         with self._request(method, path, query=query, stream=True) as resp:
             self._raise_for_status(resp)
-            while True:
-                line = resp.readline(MAX_LINE_BYTES + 1)
-                if not line:
-                    return
-                if len(line) > MAX_LINE_BYTES:
+            pending = b""
+            for chunk in resp.iter_bytes():
+                *lines, pending = (pending + chunk).split(b"\n")
+                if len(pending) > MAX_LINE_BYTES or any(len(x) > MAX_LINE_BYTES for x in lines):
                     raise ApiClientError(
                         f"the daemon sent a stream line over {MAX_LINE_BYTES} bytes"
                     )
-                if line.strip():
-                    yield _decode_json(line, path)
+                for line in lines:
+                    if line.strip():
+                        yield _decode_json(line, path)
+            if pending.strip():
+                yield _decode_json(pending, path)
 
     def _json(
         self,
@@ -240,68 +245,81 @@ class ApiClient:
         size: int | None = None,
         content_type: str = "application/json",
         stream: bool = False,
-    ) -> Iterator[http.client.HTTPResponse]:
+    ) -> Iterator[httpx.Response]:
         """Send one request on a fresh connection; yields the response, then closes both."""
-        url = path + ("?" + urllib.parse.urlencode(query) if query else "")
+        import httpx  # here, not at the top: see the module header
+
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        url = f"http://{host}:{self.port}{path}"
         headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
+        content: bytes | Iterator[bytes] | None = None
         if body is not None:
             headers["Content-Type"] = content_type
             headers["Content-Length"] = str(len(body) if isinstance(body, bytes) else size)
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
+            content = body if isinstance(body, bytes) else _chunks(body)
+        # A followed log may be quiet for long: no read timeout on a stream.
+        timeout = httpx.Timeout(self.timeout_s, read=None if stream else self.timeout_s)
+        # Plain HTTP on loopback: no TLS, so no certificate store to load.
+        client = httpx.Client(timeout=timeout, transport=httpx.HTTPTransport(verify=False))
         try:
             try:
-                conn.request(method, url, body=body, headers=headers)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the daemon answered before taking the whole body (413): read that answer
-            resp = conn.getresponse()
-        except ConnectionRefusedError:
-            conn.close()
-            raise _not_running(
-                self.data_dir, f"nothing listens on {self.host}:{self.port}"
-            ) from None
-        except TimeoutError:
-            conn.close()
-            raise DaemonUnreachable(
-                f"the daemon for {self.data_dir} did not answer {method} {path} within {self.timeout_s:g} s"
-            ) from None
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
-            raise DaemonUnreachable(
-                f"lost the connection to the daemon for {self.data_dir}: {exc}"
-            ) from None
-        if stream and conn.sock is not None:
-            conn.sock.settimeout(None)  # a followed log may be quiet for long
-        try:
-            yield resp
-        except TimeoutError:
-            raise DaemonUnreachable(
-                f"the daemon for {self.data_dir} stopped answering {method} {path} "
-                f"(no data for {self.timeout_s:g} s)"
-            ) from None
-        except (OSError, http.client.HTTPException) as exc:
-            raise DaemonUnreachable(
-                f"lost the connection to the daemon for {self.data_dir}: {exc}"
-            ) from None
+                request = client.build_request(
+                    method, url, params=query, content=content, headers=headers
+                )
+                resp = client.send(request, stream=True)
+            except httpx.ConnectError:
+                raise _not_running(
+                    self.data_dir, f"nothing listens on {self.host}:{self.port}"
+                ) from None
+            except httpx.TimeoutException:
+                raise DaemonUnreachable(
+                    f"the daemon for {self.data_dir} did not answer {method} {path} within {self.timeout_s:g} s"
+                ) from None
+            except httpx.TransportError as exc:
+                raise DaemonUnreachable(
+                    f"lost the connection to the daemon for {self.data_dir}: {exc}"
+                ) from None
+            try:
+                yield resp
+            except httpx.TimeoutException:
+                raise DaemonUnreachable(
+                    f"the daemon for {self.data_dir} stopped answering {method} {path} "
+                    f"(no data for {self.timeout_s:g} s)"
+                ) from None
+            except httpx.TransportError as exc:
+                raise DaemonUnreachable(
+                    f"lost the connection to the daemon for {self.data_dir}: {exc}"
+                ) from None
+            finally:
+                resp.close()
         finally:
-            resp.close()
-            conn.close()
+            client.close()
 
-    def _raise_for_status(self, resp: http.client.HTTPResponse) -> None:
-        if resp.status < 400:
+    def _raise_for_status(self, resp: httpx.Response) -> None:
+        if resp.status_code < 400:
             return
-        data = resp.read(MAX_LINE_BYTES)
-        code, message, fields = "http_error", f"HTTP {resp.status} {resp.reason}", None
+        data = b""
+        for chunk in resp.iter_bytes():
+            data += chunk
+            if len(data) > MAX_LINE_BYTES:
+                break
+        code, message, fields = "http_error", f"HTTP {resp.status_code} {resp.reason_phrase}", None
         try:
             err = json.loads(data)["error"]
             code, message, fields = str(err["code"]), str(err["message"]), err.get("fields")
         except (ValueError, KeyError, TypeError):
             pass
-        if resp.status == 401:
+        if resp.status_code == 401:
             raise AuthError(
                 f"the daemon refused the API token in {self.data_dir}/api.token ({message}); "
                 "if the node was re-initialised, restart its daemon"
             )
-        raise ApiHttpError(resp.status, code, message, fields)
+        raise ApiHttpError(resp.status_code, code, message, fields)
+
+
+def _chunks(source: IO[bytes]) -> Iterator[bytes]:
+    while chunk := source.read(COPY_CHUNK_BYTES):
+        yield chunk
 
 
 def _q(segment: str) -> str:

@@ -1,4 +1,4 @@
-"""The local control API: a small HTTP/1.1 JSON server on trio + h11.
+"""The local control API: JSON routes on Starlette, served by Hypercorn's trio worker.
 
 Rules:
 - Loopback only. :meth:`ApiServer.serve` refuses any host that is not a
@@ -7,25 +7,31 @@ Rules:
 - Every request carries ``Authorization: Bearer <token>`` (``DIR/api.token``),
   compared in constant time; anything else gets 401 before any body is read.
 - Every bound is a field of :class:`ApiParams` with a documented default:
-  body size (per route), header size, concurrent connections, idle and
-  per-request time, send time. A request over a bound is answered with the
-  matching status (413, 431, 408, 503) and its connection is closed; the
-  body of an oversize request is never read.
+  body size (per route), header size, JSON nesting depth, connections,
+  idle and per-request time. A request over a bound is answered with the
+  matching status (400, 413, 431, 503); the body of an oversize request is
+  never read, and its connection is closed.
+- An unauthenticated client cannot lock the operator out: when all
+  ``max_connections`` are open, a new connection evicts the oldest one that
+  has not yet made an authenticated request; only when every open
+  connection has proved the token is the newcomer answered 503.
 - Errors are JSON ``{"error": {"code", "message"[, "fields"]}}``. A handler
-  raising :class:`ApiError` chooses its status; any other exception becomes
-  a 500 naming the exception, is logged with its traceback, and the server
+  raising :class:`ApiError` chooses its status; malformed or too deeply
+  nested JSON is a 400 ``bad_json``; any other exception becomes a 500
+  naming the exception, is logged with its traceback, and the server
   carries on. Cancellation is never caught.
 
-Theory of operation: one trio task per connection runs an h11 state machine.
-A cycle reads a request head (waiting at most ``keepalive_idle_s`` for its
-first byte, then ``request_timeout_s`` for the whole request and handler),
-checks auth, routes, reads the body within the route's limit, calls the
-handler, and sends its :class:`Response`: a whole body (with Content-Length)
-or a stream of chunks (chunked transfer, e.g. NDJSON for ``logs -f``). A
-streamed response ends the connection afterwards, and while it streams a
-second task watches the socket so a client that hangs up stops the stream.
-Handlers see a :class:`Request`: method, path, path parameters, query,
-lower-cased headers and body bytes.
+Theory of operation: :meth:`ApiServer.serve` accepts connections itself
+(so it can count, cap and evict them) and hands each to Hypercorn's trio
+``TCPServer``, which speaks HTTP/1.1 (h11) and calls the ASGI app, a
+:class:`starlette.applications.Starlette` whose one endpoint (:meth:`ApiServer._endpoint`)
+checks the head, authenticates, routes on the raw path (so a quoted ``/``
+in a job id stays inside its segment), reads the body within the route's
+limit and calls the handler under ``request_timeout_s``. Handlers see a
+:class:`Request` (method, path, path parameters, query, lower-cased headers,
+body bytes) and return a :class:`Response`: a whole body, or a stream of
+chunks (chunked transfer, e.g. NDJSON for ``logs -f``) that stops when the
+client hangs up (Starlette watches for the disconnect).
 
 Example (the daemon)::
 
@@ -43,46 +49,59 @@ import json
 import logging
 import urllib.parse
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
 import h11
 import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import parse_socket_addr, wrap_app
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect
+from starlette.requests import Request as StarletteRequest
+from starlette.responses import Response as StarletteResponse
+from starlette.responses import StreamingResponse
+from starlette.routing import Route
+
+from meshd.runtime.metrics import ApiStatistics, Metrics, api_statistics
 
 log = logging.getLogger("meshd.api")
 
-SERVER_NAME = b"meshd-api"
+SERVER_NAME = "meshd-api"
 _METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH"})
 
 
 @dataclass(frozen=True)
 class ApiParams:
-    """Bounds of the control API server."""
+    """Bounds of the control API server (``specs/PROTOCOL.md``, control API table)."""
 
     max_body_bytes: int = 1024 * 1024
     """Request body limit of a route that does not set its own (JSON requests)."""
     max_upload_bytes: int = 64 * 1024 * 1024
-    """Body limit meant for blob upload (``POST /v1/blobs`` passes it to :meth:`ApiServer.route`)."""
+    """Body limit of blob upload (``POST /v1/blobs``)."""
     max_header_bytes: int = 16 * 1024
-    """Request line plus headers; larger gets 431."""
+    """Request line plus headers; larger gets 431 (beyond twice this, HTTP's
+    parser gives up first: 400 and the connection closed)."""
+    max_json_depth: int = 64
+    """Deepest nesting of arrays and objects accepted in a JSON body; deeper gets 400."""
     max_connections: int = 32
-    """Connections served at once; one more is answered 503 and closed."""
+    """Connections served at once. One more evicts the oldest connection that
+    has made no authenticated request; if there is none it is answered 503."""
     max_query_fields: int = 32
     """Query-string parameters per request."""
     keepalive_idle_s: float = 60.0
-    """An idle keep-alive connection is closed after this long without a byte."""
+    """A connection is closed after this long without a request in progress."""
     request_timeout_s: float = 30.0
-    """From a request's first byte to its response being ready (not streaming)."""
-    send_timeout_s: float = 30.0
-    """Longest one send may block on a client that does not read."""
+    """From a request's head to its response being ready (not streaming)."""
     busy_timeout_s: float = 2.0
     """Time given to an over-capacity connection to send its head before the 503."""
     linger_bytes: int = 256 * 1024
-    """After an error response, unread request bytes discarded before closing
+    """After a 503 busy, unread request bytes discarded before closing
     (so the client sees the response rather than a reset)."""
-    read_chunk_bytes: int = 64 * 1024
-    """Size of one socket read."""
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -112,13 +131,23 @@ class Request:
     query: dict[str, str]
     headers: dict[str, str]
     body: bytes = b""
+    max_json_depth: int = ApiParams.max_json_depth
 
     def json(self) -> Any:
-        """The body as JSON; ApiError 400 ``bad_json`` if it is not."""
+        """The body as JSON; ApiError 400 ``bad_json`` if it is not, or if it
+        nests deeper than ``max_json_depth``."""
         try:
-            return json.loads(self.body)
+            value = json.loads(self.body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ApiError(400, "bad_json", f"request body is not valid JSON: {exc}") from None
+        except RecursionError:
+            value = None  # nested past the interpreter's limit: certainly too deep
+        else:
+            if json_depth(value) <= self.max_json_depth:
+                return value
+        raise ApiError(
+            400, "bad_json", f"request body nests JSON deeper than {self.max_json_depth} levels"
+        )
 
     def query_int(self, name: str, default: int, *, lo: int = 0, hi: int = 2**63 - 1) -> int:
         """An integer query parameter within ``[lo, hi]``; ApiError 400 otherwise."""
@@ -154,6 +183,20 @@ class Response:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+def json_depth(value: Any) -> int:
+    """Nesting depth of a decoded JSON value (a scalar is 0, ``[]`` is 1), without recursion."""
+    depth = 0
+    todo: list[tuple[Any, int]] = [(value, 0)]
+    while todo:
+        item, d = todo.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            depth = max(depth, d + 1)
+            todo.extend((x, d + 1) for x in item if isinstance(x, (list, dict)))
+    return depth
+
+
 def _json_bytes(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
@@ -187,7 +230,7 @@ def ndjson_response(objects: AsyncIterable[Any]) -> Response:
 
 
 def _raw_error(status: int, code: str, message: str) -> bytes:
-    """A complete error response for when h11 has no request to answer (busy, bad head)."""
+    """A complete error response written on a socket no HTTP server serves (busy)."""
     body = _json_bytes({"error": {"code": code, "message": message}})
     reason = HTTPStatus(status).phrase
     head = (
@@ -234,44 +277,51 @@ class _Route:
         return params
 
 
-@dataclass(frozen=True)
-class ApiStatistics:
-    connections_open: int
-    connections_total: int
-    rejected_busy: int
-    requests_total: int
-    errors_5xx: int
+@dataclass(eq=False)
+class _Connection:
+    """One accepted connection: its cancel scope, and whether it proved the token."""
+
+    scope: trio.CancelScope
+    authenticated: bool = False
 
 
-@dataclass
-class _Counters:
-    open: int = 0
-    busy_open: int = 0
-    total: int = 0
-    rejected_busy: int = 0
-    requests: int = 0
-    errors_5xx: int = 0
-    by_status: dict[int, int] = field(default_factory=dict)
-
-
-_DISCONNECTS = (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError)
-"""What a client that hangs up or stops reading makes our socket calls raise."""
-
-
-class _Close(Exception):
-    """Internal: the current connection must close after what was sent."""
+_Address = tuple[str, int]
+"""A client's address as Hypercorn reports it in the ASGI scope (loopback: unique per connection)."""
 
 
 class ApiServer:
     """Routes plus the HTTP machinery; see the module header."""
 
-    def __init__(self, token: str, params: ApiParams | None = None) -> None:
-        if len(token) < 16:
+    def __init__(
+        self,
+        token: str | None,
+        params: ApiParams | None = None,
+        *,
+        metrics: Metrics | None = None,
+        public: bool = False,
+    ) -> None:
+        """``metrics``: the node's registry, where the server counts its
+        connections and requests (a registry of its own if not given).
+
+        ``public``: a server without a token that may listen on any address
+        and serves only ``GET`` routes (the scrape address of ``/metrics``);
+        ``token`` must then be None.
+        """
+        if public:
+            assert token is None, "a public server has no token"
+        elif token is None or len(token) < 16:
             raise ValueError("API token too short (need at least 16 characters)")
-        self._token = token.encode()
+        self._token = token.encode() if token is not None else None
+        self.public = public
         self.params = params if params is not None else ApiParams()
         self._routes: list[_Route] = []
-        self._n = _Counters()
+        self.metrics = metrics if metrics is not None else Metrics()
+        self._busy_open = 0
+        self._connections: dict[_Address, _Connection] = {}  # insertion order = age
+        # Every method reaches the endpoint, which authenticates before it
+        # answers 404/405 (Starlette would answer an unlisted method itself).
+        every = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+        self.app = Starlette(routes=[Route("/{path:path}", self._endpoint, methods=every)])
 
     # ---------------------------------------------------------------- public
 
@@ -280,6 +330,7 @@ class ApiServer:
     ) -> None:
         """Register ``handler`` for ``method`` and a ``/path/{param}`` pattern."""
         assert method in _METHODS, f"unsupported method {method!r}"
+        assert method == "GET" or not self.public, "a public server serves only GET routes"
         assert pattern.startswith("/"), "route patterns start with '/'"
         segments = tuple(pattern.strip("/").split("/"))
         limit = self.params.max_body_bytes if max_body_bytes is None else max_body_bytes
@@ -289,8 +340,8 @@ class ApiServer:
         self._routes.append(_Route(method, segments, handler, limit))
 
     def statistics(self) -> ApiStatistics:
-        n = self._n
-        return ApiStatistics(n.open, n.total, n.rejected_busy, n.requests, n.errors_5xx)
+        """Connections and requests so far, read from the registry."""
+        return api_statistics(self.metrics)
 
     async def serve(
         self,
@@ -301,29 +352,64 @@ class ApiServer:
         # and do not export TaskStatus, which trio itself does.
         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,  # type: ignore[name-defined]
     ) -> None:
-        """Listen on loopback ``host:port`` (0 = any free port); reports the bound port."""
-        bind = check_loopback(host)
+        """Listen on loopback ``host:port`` (0 = any free port; any address if
+        ``public``); reports the bound port."""
+        bind = host if self.public else check_loopback(host)
         listeners = await trio.open_tcp_listeners(port, host=bind)
         bound = listeners[0].socket.getsockname()[1]
-        log.info("control API listening on %s:%d", bind, bound)
+        config = self._hypercorn_config()
+        app = wrap_app(self.app, config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
+        context = WorkerContext(None)
+        what = "metrics (no token)" if self.public else "control API"
+        log.info("%s listening on %s:%d", what, bind, bound)
+
+        async def serve_one(stream: trio.SocketStream, scope: trio.CancelScope) -> None:
+            wrapped = _EndOnEof(stream, scope)
+            server = TCPServer(app, config, context, ConnectionState({}), wrapped)  # type: ignore[arg-type]
+            wrapped.answering = lambda: _answering(server)
+            await server.run()
+
         async with trio.open_nursery() as nursery:
             task_status.started(bound)
-            await trio.serve_listeners(self._on_connection, listeners, handler_nursery=nursery)
+            await trio.serve_listeners(
+                lambda stream: self._on_connection(stream, serve_one),
+                listeners,
+                handler_nursery=nursery,
+            )
 
     # ------------------------------------------------------------ connection
 
-    async def _on_connection(self, stream: trio.SocketStream) -> None:
-        self._n.total += 1
+    def _hypercorn_config(self) -> HypercornConfig:
+        config = HypercornConfig()
+        config.keep_alive_timeout = self.params.keepalive_idle_s
+        config.h11_max_incomplete_size = 2 * self.params.max_header_bytes
+        config.include_server_header = False
+        config.accesslog = None
+        config.errorlog = log
+        return config
+
+    async def _on_connection(
+        self,
+        stream: trio.SocketStream,
+        serve_one: Callable[[trio.SocketStream, trio.CancelScope], Awaitable[None]],
+    ) -> None:
+        self.metrics.api_connections.inc()
         try:
-            if self._n.open >= self.params.max_connections:
+            sock = stream.socket
+            address: _Address = parse_socket_addr(sock.family, sock.getpeername())  # type: ignore[assignment]
+            if len(self._connections) >= self.params.max_connections and not self._evict():
                 await self._reject_busy(stream)
                 return
-            self._n.open += 1
+            conn = self._connections[address] = _Connection(trio.CancelScope())
+            self.metrics.api_open.inc()
             try:
-                await self._serve_connection(_Conn(stream, self.params))
+                with conn.scope:
+                    await serve_one(stream, conn.scope)
             finally:
-                self._n.open -= 1
-        except _DISCONNECTS:
+                self.metrics.api_open.dec()
+                if self._connections.get(address) is conn:
+                    del self._connections[address]
+        except (OSError, *_DISCONNECTS):
             pass  # the client went away or stalled; nothing to answer
         except Exception:
             log.exception("API connection failed unexpectedly (the server carries on)")
@@ -331,82 +417,102 @@ class ApiServer:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 
+    def _evict(self) -> bool:
+        """Close the oldest connection that made no authenticated request; False if none."""
+        for address, conn in self._connections.items():
+            if not conn.authenticated:
+                del self._connections[address]
+                conn.scope.cancel()
+                self.metrics.api_refused.labels(reason="evicted").inc()
+                return True
+        return False
+
     async def _reject_busy(self, stream: trio.SocketStream) -> None:
-        self._n.rejected_busy += 1
-        if self._n.busy_open >= self.params.max_connections:
+        self.metrics.api_refused.labels(reason="busy").inc()
+        if self._busy_open >= self.params.max_connections:
             return  # under a flood even the 503 is not worth a task
-        self._n.busy_open += 1
+        self._busy_open += 1
         try:
-            conn = _Conn(stream, self.params)
+            parser = h11.Connection(
+                h11.SERVER, max_incomplete_event_size=self.params.max_header_bytes
+            )
             with trio.move_on_after(self.params.busy_timeout_s):
-                event = await conn.next_event()
+                while (event := parser.next_event()) is h11.NEED_DATA:
+                    parser.receive_data(await stream.receive_some(64 * 1024))
                 if isinstance(event, h11.Request):
                     msg = f"too many API connections (limit {self.params.max_connections}); retry shortly"
-                    await conn.send_raw(_raw_error(503, "busy", msg))
-                    await conn.linger()
+                    await stream.send_all(_raw_error(503, "busy", msg))
+                    await self._linger(stream)
         except h11.RemoteProtocolError:
             pass
         finally:
-            self._n.busy_open -= 1
+            self._busy_open -= 1
 
-    async def _serve_connection(self, conn: _Conn) -> None:
-        while True:
-            try:
-                keep_alive = await self._one_cycle(conn)
-            except _Close:
-                return
-            except h11.RemoteProtocolError as exc:
-                status = exc.error_status_hint
-                code = "headers_too_large" if status == 431 else "bad_request"
-                await conn.send_raw(_raw_error(status, code, f"malformed request: {exc}"))
-                await conn.linger()
-                return
-            if conn.h11.our_state is not h11.DONE or conn.h11.their_state is not h11.DONE:
-                if conn.h11.their_state is not h11.MUST_CLOSE:
-                    await conn.linger()
-                return
-            if not keep_alive:
-                return
-            conn.h11.start_next_cycle()
+    async def _linger(self, stream: trio.SocketStream) -> None:
+        """Half-close and discard a bounded amount of unread input, so the
+        client reads our response instead of a connection reset."""
+        await stream.send_eof()
+        left = self.params.linger_bytes
+        with trio.move_on_after(1.0):
+            while left > 0 and (data := await stream.receive_some(min(left, 64 * 1024))):
+                left -= len(data)
 
-    async def _one_cycle(self, conn: _Conn) -> bool:
-        """Serve one request; returns whether the connection may be reused."""
-        head = await conn.read_head()
-        if head is None:
-            return False
-        self._n.requests += 1
-        with trio.CancelScope(deadline=conn.request_deadline) as scope:
-            response, reusable = await self._respond(conn, head)
-        if scope.cancelled_caught:
-            msg = f"request not completed within {self.params.request_timeout_s:g} s"
-            response, reusable = error_response(503, "timeout", msg), False
-        await self._send(conn, response, head)
-        if reusable and conn.h11.their_state is h11.SEND_BODY:
-            # An early answer (401, 404, 405) to a request declaring no body:
-            # consume its end so the connection can serve the next request.
-            reusable = await conn.read_body(0) is not None
-        return reusable
+    # --------------------------------------------------------------- requests
 
-    async def _respond(self, conn: _Conn, head: h11.Request) -> tuple[Response, bool]:
-        """Check and route a request head; read its body; run the handler."""
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in head.headers}
-        method = head.method.decode("ascii", "replace")
-        target = head.target.decode("ascii", "replace")
-        head_bytes = len(head.target) + sum(len(k) + len(v) + 4 for k, v in head.headers)
+    async def _endpoint(self, request: StarletteRequest) -> StarletteResponse:
+        """Starlette's one endpoint: every request, whatever its path, comes here."""
+        try:
+            response, close = await self._respond(request)
+        except ClientDisconnect:
+            response, close = error_response(400, "disconnected", "client went away"), True
+        self.metrics.api_requests.labels(status=str(response.status)).inc()
+        headers = {"Server": SERVER_NAME, **dict(response.headers)}
+        if close:
+            headers["Connection"] = "close"
+        log.debug("%s %s -> %d", request.method, request.url.path, response.status)
+        if response.stream is not None:
+            return StreamingResponse(
+                _logged_stream(response.stream),
+                status_code=response.status,
+                headers=headers,
+                media_type=response.content_type,
+            )
+        return StarletteResponse(
+            response.body,
+            status_code=response.status,
+            headers=headers,
+            media_type=response.content_type,
+        )
+
+    async def _respond(self, request: StarletteRequest) -> tuple[Response, bool]:
+        """Check, authenticate and route a request; read its body; run the handler.
+
+        Returns the response and whether the connection must close after it.
+        """
+        scope = request.scope
+        raw_target = bytes(scope.get("raw_path") or scope["path"].encode())
+        raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
+        head_bytes = len(raw_target) + sum(len(k) + len(v) + 4 for k, v in raw_headers)
         if head_bytes > self.params.max_header_bytes:
             msg = f"request headers exceed {self.params.max_header_bytes} bytes"
-            return error_response(431, "headers_too_large", msg), False
+            return error_response(431, "headers_too_large", msg), True
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw_headers}
         bodyless = _declares_no_body(headers)
         if not self._authorized(headers.get("authorization", "")):
             resp = error_response(
                 401, "unauthorized", "missing or wrong API token (see DATA_DIR/api.token)"
             )
-            return _with(resp, ("WWW-Authenticate", "Bearer")), bodyless
-        path, _, qs = target.partition("?")
+            return _with(resp, ("WWW-Authenticate", "Bearer")), not bodyless
+        conn = self._connections.get(scope.get("client"))  # type: ignore[arg-type]
+        if conn is not None:
+            conn.authenticated = True
+        method = request.method
+        path = raw_target.decode("ascii", "replace")
+        qs = scope.get("query_string", b"").decode("ascii", "replace")
         parts = [urllib.parse.unquote(p) for p in path.strip("/").split("/")]
         route, params = self._match(method, parts)
         if route is None:
-            return self._no_route(method, path, parts), bodyless
+            return self._no_route(method, path, parts), not bodyless
         try:
             query = dict(
                 urllib.parse.parse_qsl(
@@ -414,17 +520,20 @@ class ApiServer:
                 )
             )
         except ValueError as exc:
-            return error_response(400, "bad_query", str(exc)), bodyless
-        declared = headers.get("content-length")
-        if declared is not None and int(declared) > route.max_body_bytes:
-            msg = f"request body of {int(declared)} bytes exceeds the {route.max_body_bytes}-byte limit"
-            return error_response(413, "body_too_large", msg), False
-        body = await conn.read_body(route.max_body_bytes)
-        if body is None:
-            msg = f"request body exceeds the {route.max_body_bytes}-byte limit"
-            return error_response(413, "body_too_large", msg), False
-        request = Request(method, path, params, query, headers, body)
-        return await self._call(route, request), True
+            return error_response(400, "bad_query", str(exc)), not bodyless
+        with trio.move_on_after(self.params.request_timeout_s):
+            declared = headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > route.max_body_bytes:
+                msg = f"request body of {int(declared)} bytes exceeds the {route.max_body_bytes}-byte limit"
+                return error_response(413, "body_too_large", msg), True
+            body = await _read_body(request, route.max_body_bytes)
+            if body is None:
+                msg = f"request body exceeds the {route.max_body_bytes}-byte limit"
+                return error_response(413, "body_too_large", msg), True
+            req = Request(method, path, params, query, headers, body, self.params.max_json_depth)
+            return await self._call(route, req), False
+        msg = f"request not completed within {self.params.request_timeout_s:g} s"
+        return error_response(503, "timeout", msg), True
 
     async def _call(self, route: _Route, request: Request) -> Response:
         try:
@@ -436,28 +545,11 @@ class ApiServer:
             msg = f"internal error in {request.method} {request.path}: {type(exc).__name__}: {exc} (see the daemon log)"
             return error_response(500, "internal", msg)
 
-    async def _send(self, conn: _Conn, response: Response, head: h11.Request) -> None:
-        self._n.by_status[response.status] = self._n.by_status.get(response.status, 0) + 1
-        if response.status >= 500:
-            self._n.errors_5xx += 1
-        headers = [("Content-Type", response.content_type), ("Server", SERVER_NAME.decode())]
-        headers += list(response.headers)
-        if response.stream is None:
-            headers.append(("Content-Length", str(len(response.body))))
-        else:
-            headers.append(("Connection", "close"))
-        await conn.send(h11.Response(status_code=response.status, headers=headers))
-        if response.stream is None:
-            if response.body:
-                await conn.send(h11.Data(data=response.body))
-            await conn.send(h11.EndOfMessage())
-        else:
-            await conn.send_stream(response.stream)
-        log.debug("%s %s -> %d", head.method.decode(), head.target.decode(), response.status)
-
     # --------------------------------------------------------------- helpers
 
     def _authorized(self, header: str) -> bool:
+        if self._token is None:
+            return True  # public: GET routes only, no token
         scheme, _, token = header.partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(
             token.strip().encode(), self._token
@@ -479,6 +571,51 @@ class ApiServer:
         return error_response(404, "not_found", f"no such API route: {method} {path}")
 
 
+_DISCONNECTS = (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError)
+"""What a client that hangs up or stops reading makes our socket calls raise."""
+
+
+class _EndOnEof:
+    """The socket as Hypercorn sees it, except that the client's end of input
+    on an idle connection ends it at once: Hypercorn would otherwise keep the
+    closed connection's task until its keep-alive timer ran out (and count it
+    open). With a request in flight Hypercorn closes after the answer itself
+    (so a client that half-closes after its request still reads the answer)."""
+
+    def __init__(self, stream: trio.SocketStream, scope: trio.CancelScope) -> None:
+        self._stream = stream
+        self._scope = scope
+        self.socket = stream.socket
+        self.answering: Callable[[], bool] = lambda: False
+        """Whether a request is being answered (set once Hypercorn's server exists)."""
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        try:
+            data = await self._stream.receive_some(max_bytes)
+        except _DISCONNECTS:
+            data = b""
+        if not data and not self.answering():
+            self._scope.cancel()
+        return data
+
+    async def send_all(self, data: bytes | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+def _answering(server: TCPServer) -> bool:
+    """Whether Hypercorn's HTTP/1.1 protocol has a request open (it sets the
+    stream when it parses a head, before it reads again, and clears it once
+    the response is sent)."""
+    wrapper = getattr(server, "protocol", None)
+    return getattr(getattr(wrapper, "protocol", None), "stream", None) is not None
+
+
 def _with(response: Response, header: tuple[str, str]) -> Response:
     return Response(
         response.status, response.body, response.content_type, (*response.headers, header)
@@ -489,123 +626,29 @@ def _declares_no_body(headers: dict[str, str]) -> bool:
     return "transfer-encoding" not in headers and headers.get("content-length", "0") == "0"
 
 
-class _Conn:
-    """One client connection: the socket, its h11 machine and its deadlines."""
-
-    def __init__(self, stream: trio.SocketStream, params: ApiParams) -> None:
-        self.stream = stream
-        self.params = params
-        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=params.max_header_bytes)
-        self.request_deadline = float("inf")
-
-    async def _receive(self) -> None:
-        self.h11.receive_data(await self.stream.receive_some(self.params.read_chunk_bytes))
-
-    async def next_event(self) -> Any:
-        while True:
-            event = self.h11.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            await self._receive()
-
-    async def read_head(self) -> h11.Request | None:
-        """The next request head, or None on a clean close or an idle timeout.
-
-        The wait for a head's first byte is bounded by ``keepalive_idle_s``; from
-        that byte on, the whole request and its handler by ``request_timeout_s``.
-        """
-        p = self.params
-        now = trio.current_time()
-        started = bool(self.h11.trailing_data[0])  # a pipelined head already buffered
-        deadline = now + (p.request_timeout_s if started else p.keepalive_idle_s)
-        with trio.CancelScope(deadline=deadline) as scope:
-            event = self.h11.next_event()
-            while event is h11.NEED_DATA:
-                await self._receive()
-                if not started:
-                    started = True
-                    scope.deadline = trio.current_time() + p.request_timeout_s
-                event = self.h11.next_event()
-        if scope.cancelled_caught:
-            if started:
-                msg = f"request head not received within {p.request_timeout_s:g} s"
-                await self.send_raw(_raw_error(408, "request_timeout", msg))
+async def _read_body(request: StarletteRequest, limit: int) -> bytes | None:
+    """The whole body, or None as soon as it grows past ``limit``."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
             return None
-        self.request_deadline = scope.deadline if started else now + p.request_timeout_s
-        if isinstance(event, h11.ConnectionClosed):
-            return None
-        assert isinstance(event, h11.Request), event
-        return event
+        chunks.append(chunk)
+    return b"".join(chunks)
 
-    async def read_body(self, limit: int) -> bytes | None:
-        """The whole body, or None as soon as it grows past ``limit``."""
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            event = await self.next_event()
-            if isinstance(event, h11.Data):
-                size += len(event.data)
-                if size > limit:
-                    return None
-                chunks.append(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                return b"".join(chunks)
-            else:  # ConnectionClosed mid-body
-                raise _Close()
 
-    async def send(self, event: Any) -> None:
-        data = self.h11.send(event)
-        if data:
-            await self.send_raw(data)
-
-    async def send_raw(self, data: bytes) -> None:
-        with trio.fail_after(self.params.send_timeout_s):
-            await self.stream.send_all(data)
-
-    async def send_stream(self, chunks: AsyncIterator[bytes]) -> None:
-        """Send chunks until the iterator ends or the client hangs up.
-
-        A failing iterator cannot be reported mid-body: it is logged and the
-        connection closed, so the client sees a truncated chunked body.
-        """
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch_hangup, nursery.cancel_scope)
-            try:
-                async for chunk in chunks:
-                    if chunk:
-                        await self.send(h11.Data(data=chunk))
-                await self.send(h11.EndOfMessage())
-            except _DISCONNECTS:
-                pass
-            except Exception:
-                log.exception("API response stream failed; closing the connection")
-            finally:
-                aclose = getattr(chunks, "aclose", None)
-                if aclose is not None:
-                    with trio.CancelScope(shield=True):
-                        await aclose()
-                nursery.cancel_scope.cancel()
-
-    async def _watch_hangup(self, scope: trio.CancelScope) -> None:
-        # The request is fully read; anything more is discarded, EOF means gone.
-        try:
-            while await self.stream.receive_some(self.params.read_chunk_bytes):
-                pass
-        except _DISCONNECTS:
-            pass
-        scope.cancel()
-
-    async def linger(self) -> None:
-        """Half-close and discard a bounded amount of unread input, so the
-        client reads our error response instead of a connection reset."""
-        try:
-            await self.stream.send_eof()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return
-        left = self.params.linger_bytes
-        with trio.move_on_after(1.0):
-            while left > 0:
-                data = await self.stream.receive_some(min(left, self.params.read_chunk_bytes))
-                if not data:
-                    return
-                left -= len(data)
+async def _logged_stream(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Pass a handler's chunks on; a failing iterator cannot be reported
+    mid-body, so it is logged and the body ends there."""
+    try:
+        async for chunk in chunks:
+            if chunk:
+                yield chunk
+    except Exception:
+        log.exception("API response stream failed; ending the response")
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            with trio.CancelScope(shield=True):
+                await aclose()

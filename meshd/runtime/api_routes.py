@@ -9,6 +9,7 @@ core. The JSON shapes are documented in mesh_cli/CLI.md and read by ``mesh``.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import trio
@@ -198,11 +199,8 @@ def install_routes(api: ApiServer, view: NodeView, control: Control) -> None:
     async def credits(req: Request) -> Response:
         return json_response(view.credits())
 
-    async def metrics(req: Request) -> Response:
-        return bytes_response(control.metrics_text(), METRICS_CONTENT_TYPE)
-
     api.route("GET", "/v1/status", status)
-    api.route("GET", "/metrics", metrics)
+    api.route("GET", "/metrics", api_metrics_route(control))
     api.route("GET", "/v1/peers", peers)
     api.route("GET", "/v1/log", log_page)
     api.route("POST", "/v1/blobs", put_blob, max_body_bytes=api.params.max_upload_bytes)
@@ -231,3 +229,13 @@ def log_query(req: Request, view: NodeView) -> LogQuery:
         since_ms=None if since_ms == unset else since_ms,
         fetch_wait_s=view.log_fetch_wait_s(),
     )
+
+
+def api_metrics_route(control: Control) -> Callable[[Request], Awaitable[Response]]:
+    """``GET /metrics``: the node's Prometheus text (on the control API, and
+    on ``metrics_listen`` without the token)."""
+
+    async def metrics(req: Request) -> Response:
+        return bytes_response(control.metrics_text(), METRICS_CONTENT_TYPE)
+
+    return metrics

@@ -183,6 +183,7 @@ class Daemon(EffectInterpreter):
             on_failed=self._send_failed,
             clock_ms=self.clock.monotonic_ms,
             retryable=(PeerUnreachable, RemoteError),
+            metrics=self.metrics,
         )
         self.transfer = BlobTransfer(
             self.blobs,
@@ -195,9 +196,10 @@ class Daemon(EffectInterpreter):
             max_peers=4 * self.net_params.max_peers,
             max_concurrent_fetches=self.rp.max_concurrent_fetches,
             request_timeout_s=self.net_params.request_timeout_s,
+            metrics=self.metrics,
         )
         self.counts: Counter[str] = Counter()
-        """The shell's own counts (``inbox_dropped``, ``image_*``), shown with the core's."""
+        """The image cache's counts (``image_*``), also counted in the registry."""
         self.images = ImageCache(
             executor,
             self.blobs,
@@ -208,6 +210,9 @@ class Daemon(EffectInterpreter):
             max_image_bytes=self.core_params.max_image_bytes,
             cache_max_bytes=self.rp.image_cache_max_bytes,
             pull_images=self.exec_params.pull_images,
+            on_count=lambda name: self.metrics.images.labels(
+                event=name.removeprefix("image_")
+            ).inc(),
         )
         self.executions = Executions(
             self.dirs.work,
@@ -240,9 +245,10 @@ class Daemon(EffectInterpreter):
             measure_score=measure_score,
         )
         self.core_errors = 0
-        self.send_errors: dict[str, int] = {}
         self.api: Any = None
         self.api_port: int | None = None
+        self.metrics_port: int | None = None
+        """Port of ``metrics_listen`` (the token-less ``/metrics``), once bound."""
         self.ready = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._reputation: dict[str, float] = {}
@@ -278,13 +284,15 @@ class Daemon(EffectInterpreter):
         restore_effects = node.restore(records)
         log.info("event log: %d records, head seq %d", len(records) + 1, self.log.head[0])
         from meshd.api.server import ApiServer
-        from meshd.config import ensure_api_token
+        from meshd.config import ensure_api_token, parse_host_port
 
-        from .api_routes import install_routes
+        from .api_routes import api_metrics_route, install_routes
 
-        api = self.api = ApiServer(ensure_api_token(self.dirs.root))
+        api = self.api = ApiServer(ensure_api_token(self.dirs.root), metrics=self.metrics)
         # Gossip validation judges message stamps: the wall clock.
-        self.gossip_check = GossipValidator(node, self.codec, self.clock.wall_ms)
+        self.gossip_check = GossipValidator(
+            node, self.codec, self.clock.wall_ms, metrics=self.metrics
+        )
         self.view = NodeView(
             node,
             log=self.log,
@@ -301,8 +309,7 @@ class Daemon(EffectInterpreter):
             gossip_check=self.gossip_check,
             job_logs=self.job_logs,
             blobs=self.blobs,
-            shell_counts=self.counts,
-            api_statistics=api.statistics,
+            metrics=self.metrics,
             started_ms=self.started_ms,
             monotonic_ms=self.clock.monotonic_ms,
             disk=self.disk,
@@ -333,6 +340,11 @@ class Daemon(EffectInterpreter):
             nursery.start_soon(self.capabilities.health_loop)
             nursery.start_soon(self.capabilities.refresh_loop)
             nursery.start_soon(self.disk.loop)
+            if self.config.metrics_listen is not None:
+                scrape = ApiServer(None, metrics=self.metrics, public=True)
+                scrape.route("GET", "/metrics", api_metrics_route(self))
+                host, want = parse_host_port(self.config.metrics_listen)
+                self.metrics_port = await nursery.start(scrape.serve, host, want)
             port: int = await nursery.start(api.serve, "127.0.0.1", self.config.api_port)
             self.api_port = port
             write_api_addr(self.dirs.root, "127.0.0.1", port)
@@ -365,7 +377,7 @@ class Daemon(EffectInterpreter):
         """Queue an input from a sync callback; False (and counted) if the lane is full."""
         if self._feed_peer(inp, Lane.LOCAL):
             return True
-        self.counts["inbox_dropped"] += 1
+        self.metrics.inbox_dropped.inc()
         return False
 
     def _feed_peer(self, inp: Any, lane: Lane) -> bool:
@@ -548,8 +560,7 @@ class Daemon(EffectInterpreter):
     def _send_failed(self, eff: Send, error: str) -> None:
         """A direct message that will not be delivered becomes ``SendFailed``
         (an award's matters to the core; others are counted there)."""
-        key = error.split(":")[0][:60]
-        self.send_errors[key] = self.send_errors.get(key, 0) + 1
+        self.metrics.send_failed(error)
         self.feed_nowait(SendFailed(eff.to_peer, eff.kind, eff.job_id, error[:MAX_ERROR_CHARS]))
 
     # ------------------------------------------------------------ the core, for the parts

@@ -7,8 +7,9 @@ libp2p runs a topic's validator on every inbound message before it delivers
 forged or malformed message travels the whole mesh before each core rejects
 it. :class:`GossipValidator` repeats, for one topic, the message-acceptance
 checks of specs/PROTOCOL.md §4 that need no protocol state, plus two that need
-only a look-up; the first failure drops the message (counted by reason in
-``rejected``, and by the host as ``dropped_invalid``):
+only a look-up; the first failure drops the message (counted in the node's
+registry as ``meshd_gossip_messages_total{topic, outcome=<reason>}``, read
+back by reason as ``rejected``, and by the host as ``dropped_invalid``):
 
 1. ``oversize``: larger than ``max_message_bytes``;
 2. the codec's decode and signature check (``malformed``, ``bad_version``,
@@ -56,6 +57,8 @@ from meshd.net import PROVABLY_INVALID
 from meshd.net.gossip import TopicValidator
 from meshd.net.standing import TopicVerdict
 
+from .metrics import Metrics, by_label
+
 PROVABLE = frozenset({"malformed", "bad_signature", "author_mismatch"})
 """Reasons no honest forwarder could share (it runs the same checks before
 forwarding, and they depend on nothing local: not the clock, the replay cache,
@@ -63,6 +66,10 @@ bans or the protocol version's type list); the host holds them against the
 neighbour (``NetParams.invalid_forwarder_limit``)."""
 
 log = logging.getLogger("meshd.gossipcheck")
+
+
+ACCEPTED = "accepted"
+"""The ``outcome`` of a message that passed (any other outcome names why it was refused)."""
 
 
 class CachingCodec:
@@ -111,17 +118,34 @@ class CachingCodec:
 class GossipValidator:
     """The validators of one daemon's gossip topics (one per topic, shared state)."""
 
-    def __init__(self, node: Node, codec: CachingCodec, clock_ms: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        node: Node,
+        codec: CachingCodec,
+        clock_ms: Callable[[], int],
+        metrics: Metrics | None = None,
+    ) -> None:
         self.node = node
         self.codec = codec
         self.clock_ms = clock_ms
-        self.rejected: Counter[str] = Counter()
-        """Drops by reason (the host counts them all as ``dropped_invalid``)."""
-        self.passed = 0
+        self.metrics = metrics if metrics is not None else Metrics()
+
+    @property
+    def rejected(self) -> Counter[str]:
+        """Drops by reason, all topics (the host counts them all as ``dropped_invalid``)."""
+        outcomes = by_label(self.metrics.gossip, "outcome")
+        del outcomes[ACCEPTED]
+        return outcomes
+
+    @property
+    def passed(self) -> int:
+        """Messages accepted, all topics."""
+        return by_label(self.metrics.gossip, "outcome")[ACCEPTED]
 
     def for_topic(self, topic: str) -> TopicValidator:
         """The ``fn(author_peer_id, data) -> bool`` to register for ``topic``."""
         allowed = frozenset(GOSSIP_TYPES[topic])
+        count = self.metrics.gossip.labels
 
         def validate(author: str, data: bytes) -> TopicVerdict:
             try:
@@ -130,9 +154,9 @@ class GossipValidator:
                 log.exception("gossip validator failed on a message from %s", author)
                 reason = "validator_error"
             if reason is None:
-                self.passed += 1
+                count(topic, ACCEPTED).inc()
                 return True
-            self.rejected[reason] += 1
+            count(topic, reason).inc()
             return PROVABLY_INVALID if reason in PROVABLE else False
 
         return validate

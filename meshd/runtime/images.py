@@ -113,6 +113,7 @@ class ImageCache:
         max_image_bytes: int,
         cache_max_bytes: int,
         pull_images: bool,
+        on_count: Callable[[str], None] | None = None,
     ) -> None:
         self.executor = executor
         self.blobs = blobs
@@ -120,7 +121,9 @@ class ImageCache:
         self._fetch_blob = fetch_blob
         self._in_use = in_use
         self.counts = counts
-        """Shared with the daemon's own counts (``GET /v1/status`` counters)."""
+        """What happened to images here (``image_loaded``, ``image_refused_<reason>``...)."""
+        self._on_count = on_count
+        """Told each count too (the daemon's metrics registry, ``meshd_images_total``)."""
         self.max_image_bytes = max_image_bytes
         self.cache_max_bytes = cache_max_bytes
         self.pull_images = pull_images
@@ -130,6 +133,11 @@ class ImageCache:
         """Images meshd loaded itself: id -> {names, size, used}."""
         self._seq = 0
         self._read_index()
+
+    def _count(self, name: str) -> None:
+        self.counts[name] += 1
+        if self._on_count is not None:
+            self._on_count(name)
 
     @property
     def enabled(self) -> bool:
@@ -152,11 +160,11 @@ class ImageCache:
             try:
                 made = await trio.to_thread.run_sync(self._export, spec.image, image_id)
             except (BlobLimitError, ValueError, RuntimeError, OSError) as exc:
-                self.counts["image_export_failed"] += 1
+                self._count("image_export_failed")
                 log.warning("image %s will not travel: %s", spec.image, exc)
                 return spec
             self._exported[image_id] = made
-            self.counts["image_exported"] += 1
+            self._count("image_exported")
             log.info("image %s (%s) saved for workers: %d bytes", spec.image, image_id, made.size)
         return spec.model_copy(update={"image_blob": made})
 
@@ -186,7 +194,7 @@ class ImageCache:
             try:
                 await self._ensure(origin, spec, blob)
             except ImageRefused as exc:
-                self.counts["image_refused_" + exc.code] += 1
+                self._count("image_refused_" + exc.code)
                 log.warning("job %s: %s", spec.job_id, exc)
                 raise
             finally:
@@ -200,7 +208,7 @@ class ImageCache:
             return
         if self.pull_images and "@sha256:" in spec.image:
             if await trio.to_thread.run_sync(ex.pull_image, spec.image) == blob.id:
-                self.counts["image_pulled"] += 1
+                self._count("image_pulled")
                 return
         if blob.size > self.max_image_bytes:
             raise ImageRefused(
@@ -215,7 +223,7 @@ class ImageCache:
             await trio.to_thread.run_sync(self._check_and_load, spec.image, blob, digest)
         finally:
             self.blobs.delete(digest)
-        self.counts["image_loaded"] += 1
+        self._count("image_loaded")
         log.info("loaded image %s (%s) from %s", spec.image, blob.id, origin)
         size = await trio.to_thread.run_sync(ex.image_size, blob.id) or blob.size
         self._record(blob.id, spec.image, size)
@@ -287,6 +295,6 @@ class ImageCache:
                 log.warning("could not evict image %s: %s", image_id, why)
                 continue
             del self.index[image_id]
-            self.counts["image_evicted"] += 1
+            self._count("image_evicted")
             log.info("evicted image %s (%s)", ",".join(entry.get("names", ())), image_id)
         self._write_index()

@@ -39,6 +39,11 @@ import trio
 
 from meshd.core.events import MAX_ERROR_CHARS, Send
 
+from .metrics import Metrics, by_label
+
+OUTCOMES = ("sent", "failed", "expired", "coalesced", "dropped_full", "refused_full")
+"""What becomes of a queued message (``meshd_send_queue_messages_total{outcome}``)."""
+
 log = logging.getLogger("meshd.sendq")
 
 COALESCING_KINDS = frozenset({"heartbeat", "heartbeatreply", "bid", "decline"})
@@ -83,6 +88,7 @@ class SendQueues:
         on_failed: Callable[[Send, str], None],
         clock_ms: Callable[[], int],
         retryable: tuple[type[BaseException], ...] = (),
+        metrics: Metrics | None = None,
     ) -> None:
         self.params = params
         self._request = request
@@ -95,14 +101,8 @@ class SendQueues:
         self._in_flight = 0
         self._global = trio.Semaphore(params.max_concurrent_sends)
         self._nursery: trio.Nursery | None = None
-        self.counts = {
-            "sent": 0,
-            "failed": 0,
-            "expired": 0,
-            "coalesced": 0,
-            "dropped_full": 0,
-            "refused_full": 0,
-        }
+        self._metrics = metrics if metrics is not None else Metrics()
+        self._count = self._metrics.send_queue.labels
         self.wait_max_ms = 0
         self.high_water = 0
         """Most messages ever queued at once, all peers together."""
@@ -127,7 +127,7 @@ class SendQueues:
                     and item.eff.coalesce
                 ):
                     q[i] = _Item(eff, item.queued_ms)  # keeps its place, says the newest
-                    self.counts["coalesced"] += 1
+                    self._count("coalesced").inc()
                     return
         if self._queued >= self.params.max_queued_sends:
             self._fail(eff, "refused_full", "send queues full")
@@ -151,7 +151,7 @@ class SendQueues:
             self._nursery.start_soon(self._drain, eff.to_peer)
 
     def _fail(self, eff: Send, count: str, why: str) -> None:
-        self.counts[count] += 1
+        self._count(count).inc()
         self._on_failed(eff, why)
 
     # ------------------------------------------------------------ draining
@@ -187,7 +187,7 @@ class SendQueues:
         for attempt in range(self.params.send_retries + 1):
             try:
                 await self._request(eff.to_peer, eff.data)
-                self.counts["sent"] += 1
+                self._count("sent").inc()
                 return
             except self._retryable as exc:
                 if attempt == self.params.send_retries:
@@ -204,6 +204,11 @@ class SendQueues:
 
     # ------------------------------------------------------------ reading
 
+    def counts(self) -> dict[str, int]:
+        """Messages by what became of them (:data:`OUTCOMES`), from the registry."""
+        done = by_label(self._metrics.send_queue, "outcome")
+        return {outcome: done[outcome] for outcome in OUTCOMES}
+
     def statistics(self) -> dict[str, int]:
         """Queued now (all peers, and the longest one queue), in flight, and
         the running counts of sent, failed, expired, coalesced and dropped."""
@@ -217,5 +222,5 @@ class SendQueues:
             "bound": self.params.max_queued_sends,
             "bound_peer": self.params.send_queue_per_peer,
             "wait_max_ms": self.wait_max_ms,
-            **self.counts,
+            **self.counts(),
         }

@@ -8,12 +8,12 @@ answers it only
 1. within the peer's request budget: a token bucket per peer,
    ``blob_requests_per_s`` with bursts of ``blob_request_burst``
    (``RuntimeParams``), charged before any look-up; beyond it the request is
-   refused as busy (counted ``refused["rate"]``);
+   refused as busy (counted ``meshd_blob_requests_refused_total{reason="rate"}``);
 2. if the core says the peer is entitled to the blob
    (``Node.may_serve_blob``: a worker holding a run of our job that has it as
    input, the origin of a run whose output it is). A blob the peer may not
    have is answered exactly like a missing one (counted
-   ``refused["not_entitled"]``).
+   ``meshd_blob_requests_refused_total{reason="not_entitled"}``).
 
 :meth:`BlobTransfer.fetch_from` fetches a blob into the local store,
 sha256-checked against the digest asked for, at most
@@ -38,6 +38,7 @@ from meshd.net.host import MeshHost
 from meshd.store.blobs import BlobStore
 
 from .jobio import bare
+from .metrics import Metrics, by_label
 
 
 class BlobTransfer:
@@ -56,6 +57,7 @@ class BlobTransfer:
         max_peers: int,
         max_concurrent_fetches: int,
         request_timeout_s: float,
+        metrics: Metrics | None = None,
     ) -> None:
         self.blobs = blobs
         self.host = host
@@ -65,20 +67,24 @@ class BlobTransfer:
         self._bucket = PeerBuckets(requests_per_s, request_burst, max_peers)
         self._fetch_limit = trio.Semaphore(max_concurrent_fetches)
         self._timeout_s = max(60.0, request_timeout_s)
-        self.refused: Counter[str] = Counter()
-        """Requests refused, by reason (``rate``, ``not_entitled``)."""
+        self.metrics = metrics if metrics is not None else Metrics()
         self.log_fetch_failures = 0
         """Stored run logs that could not be fetched (after every try)."""
+
+    @property
+    def refused(self) -> Counter[str]:
+        """Requests refused, by reason (``rate``, ``not_entitled``), from the registry."""
+        return by_label(self.metrics.blob_refused, "reason")
 
     async def serve(self, from_peer: str, data: bytes) -> bytes:
         """The ``BLOB_PROTOCOL`` handler: the blob, or a ``LookupError`` the
         peer receives as an error."""
         if not self._bucket.take(from_peer, self._monotonic_ms()):
-            self.refused["rate"] += 1
+            self.metrics.blob_refused.labels(reason="rate").inc()
             raise LookupError("busy: too many blob requests; retry later")
         digest = bare(data.decode("ascii", "replace"))
         if not self._may_serve(from_peer, digest):
-            self.refused["not_entitled"] += 1
+            self.metrics.blob_refused.labels(reason="not_entitled").inc()
             raise LookupError(f"no blob {digest[:80]}")
         try:
             if self.blobs.has(digest):

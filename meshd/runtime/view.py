@@ -46,6 +46,7 @@ from .diskgc import BlobRefs, DiskGC
 from .gossipcheck import GossipValidator
 from .jobio import bare
 from .joblogs import JobLogBuffer, JobLogs, RunRef
+from .metrics import Metrics, api_statistics, by_label, total
 from .params import RuntimeParams
 from .sendq import SendQueues
 from .transfer import BlobTransfer
@@ -82,8 +83,7 @@ class NodeView:
         gossip_check: GossipValidator,
         job_logs: JobLogs,
         blobs: BlobStore,
-        shell_counts: Counter[str],
-        api_statistics: Callable[[], Any] | None,
+        metrics: Metrics,
         started_ms: int,
         monotonic_ms: Callable[[], int],
         disk: DiskGC | None = None,
@@ -103,8 +103,7 @@ class NodeView:
         self._gossip_check = gossip_check
         self._job_logs = job_logs
         self._blobs = blobs
-        self._shell_counts = shell_counts
-        self._api_statistics = api_statistics
+        self._metrics = metrics
         self._started_ms = started_ms
         self._monotonic_ms = monotonic_ms
         self._disk = disk
@@ -117,6 +116,10 @@ class NodeView:
     def counters(self) -> Mapping[str, int]:
         """The core's counters (live, read-only)."""
         return self._node.counters
+
+    def net_statistics(self) -> dict[str, int]:
+        """The network layer's counters and gauges (``NetStats``)."""
+        return {k: v for k, v in dataclasses.asdict(self._host.statistics()).items()}
 
     # ------------------------------------------------------------ jobs
 
@@ -336,13 +339,14 @@ class NodeView:
         hw, score = self._caps.hardware, self._caps.score
         caps = node.worker.caps
         counters = dict(node.counters)
-        counters["inbox_dropped"] = self._shell_counts["inbox_dropped"]
-        counters.update((k, n) for k, n in self._shell_counts.items() if k.startswith("image_"))
+        counters["inbox_dropped"] = total(self._metrics.inbox_dropped)
+        for event, n in by_label(self._metrics.images, "event").items():
+            counters["image_" + event] = n
         for reason, n in self._transfer.refused.items():
             counters["blob_requests_refused_" + reason] = n
         for reason, n in self._gossip_check.rejected.items():
             counters["gossip_rejected_" + reason] = n
-        for k, v in dataclasses.asdict(self._host.statistics()).items():
+        for k, v in self.net_statistics().items():
             if isinstance(v, int):
                 counters["net_" + k] = v
         head_seq, head_hash = self._log.head
@@ -395,9 +399,7 @@ class NodeView:
         the network layer's queues, the origin's rounds and awards in flight, and
         the control API's connections."""
         node = self._node
-        api = (
-            dataclasses.asdict(self._api_statistics()) if self._api_statistics is not None else None
-        )
+        api = dataclasses.asdict(api_statistics(self._metrics))
         return {
             "congestion_ms": self._inbox.congestion_ms(self._monotonic_ms()),
             "inbox": self._inbox.statistics(),
