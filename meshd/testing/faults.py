@@ -35,8 +35,9 @@ from typing import Any
 from meshd.core.events import TOPIC_RECEIPTS
 from meshd.core.wire import Body, seal
 from meshd.exec.base import ExecRequest, ExecResult, Executor, LogCallback
+from meshd.runtime.compare import members
 from meshd.runtime.daemon import Daemon
-from meshd.runtime.jobio import _members, prefixed
+from meshd.runtime.jobio import prefixed
 from meshd.store.blobs import pack_dir, sha256_hex
 
 _DECIMAL = re.compile(rb"[-+]?\d+\.\d+")
@@ -181,7 +182,7 @@ def expected_digest(files: dict[str, bytes]) -> str:
 def tar_members(archive: bytes) -> dict[str, bytes]:
     """Regular files of an output archive, name -> content (read as the daemon's
     tolerance comparison reads them)."""
-    return _members(archive)
+    return members(archive)
 
 
 def log_records(daemon: Daemon, kind: str) -> list[dict[str, Any]]:
