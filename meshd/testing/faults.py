@@ -24,6 +24,8 @@ the node stays warm, bids and is paid like any other.
 
 from __future__ import annotations
 
+import fnmatch
+import io
 import random
 import re
 import secrets
@@ -32,10 +34,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from meshd.core.events import TOPIC_RECEIPTS
 from meshd.core.wire import Body, seal
 from meshd.exec.base import ExecRequest, ExecResult, Executor, LogCallback
-from meshd.runtime.compare import members
+from meshd.runtime.compare import load_npy, members
 from meshd.runtime.daemon import Daemon
 from meshd.runtime.jobio import prefixed
 from meshd.store.blobs import pack_dir, sha256_hex
@@ -141,21 +145,53 @@ class NoisyExecutor(ExecutorWrapper):
     """Perturbs each decimal number in the output files by a relative amount in
     ``[rel_noise/10, rel_noise]`` (random sign), like an honest worker whose
     floating-point results differ in the last digits. Integers and all other
-    text stay as they are. ``perturbed`` counts the numbers changed."""
+    text stay as they are; in a ``.npy`` file of floats every element is
+    perturbed the same way (other arrays stay). ``only``: output paths to
+    perturb (shell-style patterns; empty: every file). ``perturbed`` counts
+    the numbers changed."""
 
-    def __init__(self, inner: Executor, rel_noise: float, rng: random.Random) -> None:
+    def __init__(
+        self,
+        inner: Executor,
+        rel_noise: float,
+        rng: random.Random,
+        only: tuple[str, ...] = (),
+    ) -> None:
         super().__init__(inner)
         assert 0.0 < rel_noise < 1e-3
         self.rel_noise = rel_noise
         self.rng = rng
+        self.only = only
         self.perturbed = 0
 
     async def run(self, req: ExecRequest, on_log: LogCallback | None = None) -> ExecResult:
         result = await self.inner.run(req, on_log)
         if result.ok:
             for f in output_files(req.output_dir):
+                rel = f.relative_to(req.output_dir).as_posix()
+                if self.only and not any(fnmatch.fnmatchcase(rel, p) for p in self.only):
+                    continue
+                if f.suffix == ".npy" and self._noisy_array(f):
+                    continue
                 f.write_bytes(_DECIMAL.sub(self._noisy, f.read_bytes()))
         return result
+
+    def _noisy_array(self, f: Path) -> bool:
+        """Perturb a float ``.npy`` array in place; False if ``f`` is not one."""
+        arr = load_npy(f.read_bytes())
+        if arr is None or arr.dtype.kind not in "fc":
+            return False
+        size = arr.shape
+        eps = np.array(
+            [self.rng.uniform(self.rel_noise / 10, self.rel_noise) for _ in range(arr.size)]
+        ).reshape(size)
+        sign = np.array([self.rng.choice((-1.0, 1.0)) for _ in range(arr.size)]).reshape(size)
+        noisy = (arr * (1.0 + sign * eps)).astype(arr.dtype)
+        self.perturbed += int(np.count_nonzero(noisy != arr))
+        buf = io.BytesIO()
+        np.save(buf, noisy, allow_pickle=False)
+        f.write_bytes(buf.getvalue())
+        return True
 
     def _noisy(self, m: re.Match[bytes]) -> bytes:
         x = float(m.group(0))
