@@ -32,7 +32,7 @@ import yaml
 
 from meshd.exec.base import Executor
 from meshd.testing.cluster import Cluster
-from meshd.testing.faults import NoisyExecutor
+from meshd.testing.faults import GlobalPhaseExecutor, NoisyExecutor
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -175,3 +175,28 @@ async def test_float_replicas_agree_within_tolerance_and_a_far_one_is_caught(
         assert close_agreed, "no job paired node 2's noisy result with an honest one"
         assert far_caught, "node 3 never ran a job"  # (it bids cheapest: it should run the first)
         assert noisy[2].perturbed > 0 and noisy[3].perturbed > 0
+
+
+async def test_checker_container_accepts_a_state_with_another_global_phase(
+    runner: ModuleType, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """Node 2's statevector differs from node 1's by a global phase (e^{0.7i}):
+    element by element far apart, physically the same. The job's checker
+    container (/mesh/check, fidelity) is run by the origin and accepts it."""
+    phased: list[GlobalPhaseExecutor] = []
+
+    def wrap(i: int, ex: Executor) -> Executor:
+        if i == 2:
+            phased.append(GlobalPhaseExecutor(ex, phase=0.7))
+            return phased[-1]
+        return ex
+
+    spec = dict(yaml.safe_load((REPO / "examples" / "quantum" / "job.yaml").read_text()))
+    async with Cluster.started(nursery, tmp_path, 3, executor="docker", wrap_executor=wrap) as c:
+        job_id = await c.submit(0, spec)
+        job = await c.wait_job(0, job_id, timeout_s=300)
+        assert job.state == "succeeded", job.reason
+        assert job.verdict["verdict"] == "agreed" and job.verdict["invalid"] == []
+        assert set(job.verdict["valid"]) == {c.peer_id(1), c.peer_id(2)}
+        digests = {r.result["output_digest"] for r in job.runs.values() if r.result is not None}
+        assert len(digests) == 2 and phased[0].rotated == 1

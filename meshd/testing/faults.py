@@ -9,6 +9,8 @@ Each fault is a real one, injected where a real bad node would produce it:
 - :class:`NoisyExecutor` perturbs every decimal number in the output files by
   a tiny relative amount — an honest worker on different hardware, whose
   outputs differ bit-wise but agree within a job's ``tolerance``;
+- :class:`GlobalPhaseExecutor` rotates complex arrays (statevectors) by a
+  global phase: the same physical state, other numbers;
 - :func:`publish_equivocation` makes a running daemon sign several different
   records with one sequence number and gossip them from its own host.
 
@@ -199,6 +201,30 @@ class NoisyExecutor(ExecutorWrapper):
         y = x * (1.0 + eps)
         self.perturbed += 1
         return repr(y).encode() if y != x else m.group(0)
+
+
+class GlobalPhaseExecutor(ExecutorWrapper):
+    """Multiplies every complex ``.npy`` array in the outputs by ``e^{i phase}``:
+    an honest simulator whose statevector carries another global phase, the
+    same physical state, which element-wise tolerance cannot see past (a
+    checker container comparing fidelity can). ``rotated`` counts the files."""
+
+    def __init__(self, inner: Executor, phase: float) -> None:
+        super().__init__(inner)
+        self.factor = complex(np.exp(1j * phase))
+        self.rotated = 0
+
+    async def run(self, req: ExecRequest, on_log: LogCallback | None = None) -> ExecResult:
+        result = await self.inner.run(req, on_log)
+        if result.ok:
+            for f in output_files(req.output_dir):
+                arr = load_npy(f.read_bytes()) if f.suffix == ".npy" else None
+                if arr is not None and arr.dtype.kind == "c":
+                    buf = io.BytesIO()
+                    np.save(buf, (arr * self.factor).astype(arr.dtype), allow_pickle=False)
+                    f.write_bytes(buf.getvalue())
+                    self.rotated += 1
+        return result
 
 
 # ---------------------------------------------------------------- outputs
