@@ -10,6 +10,9 @@ Rules:
 - In a descriptor file, an input may name a local file with ``"local":
   "./data.csv"`` (``path`` defaults to its base name): it is uploaded and
   replaced by its digest before submission.
+- A descriptor file in NEXAPod's schema 1.0 (``schema_version: "1.0"``) is
+  mapped to a meshd descriptor (``meshd.core.nexapod``); its local
+  ``input_files`` are relative to the file's directory.
 - Outputs are unpacked all-or-nothing: every tar member is checked with
   ``tarfile``'s ``data`` filter (no absolute paths, no ``..``, no links out,
   no devices) before any file is written, into a directory that is new or
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from meshd.api.client import ApiClient
+from meshd.core.nexapod import NexapodError, from_nexapod, is_nexapod
 
 WAIT_POLL_S = 0.5
 """How often `submit --wait` polls the job."""
@@ -71,6 +75,11 @@ def load_spec_file(path: Path) -> dict[str, Any]:
         raise UsageError(
             f"{path} must hold a mapping (a job descriptor), not {type(data).__name__}"
         )
+    if is_nexapod(data):
+        try:
+            return from_nexapod(data, str(path.parent))
+        except NexapodError as exc:
+            raise UsageError(f"{path} (a NEXAPod 1.0 descriptor): {exc}") from None
     return data
 
 

@@ -574,6 +574,46 @@ async def test_submit_from_a_yaml_file_uploads_its_local_inputs(
     ]
 
 
+async def test_submit_maps_a_nexapod_descriptor_and_uploads_its_input_files(
+    daemon: FakeDaemon, data_dir: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "circuit.json").write_text('{"ghz_qubits": 4}')
+    nexapod = {
+        "schema_version": "1.0",
+        "job_id": "ghz_four_qubits",
+        "type": "quantum_simulation",
+        "input_files": ["circuit.json"],
+        "docker_image": "meshd/sci:1",
+        "estimated_flops": 1e6,
+        "tier": 0,
+        "requirements": {"gpu": False, "ram_gb": 1},
+        "input_uri": "",
+        "tolerance": 1e-9,
+        "credit_rate": 2.0,
+    }
+    (tmp_path / "job.json").write_text(json.dumps(nexapod))
+    # run from elsewhere: the input file is found beside the descriptor
+    proc = await mesh(data_dir, "submit", tmp_path / "job.json", cwd=REPO / "mesh_cli")
+    assert proc.returncode == 0, err(proc)
+    spec = daemon.specs[-1]
+    assert spec["schema_version"] == 1 and spec["image"] == "meshd/sci:1"
+    assert spec["command"] == ["/mesh/run"] and spec["job_id"] == "ghz-four-qubits"
+    assert spec["env"] == {"MESH_JOB_TYPE": "quantum_simulation"}
+    assert spec["tolerance"] == {"rel": 1e-9, "abs": 1e-9} and spec["credit_rate"] == 2.0
+    assert spec["requirements"] == {"tier": "cpu", "gpus": 0, "memory_mb": 1024}
+    data = b'{"ghz_qubits": 4}'
+    assert spec["inputs"] == [
+        {"path": "circuit.json", "digest": "sha256:" + hashlib.sha256(data).hexdigest(), "size": 17}
+    ]
+    # an unknown field: one line naming it, exit 2, nothing submitted
+    (tmp_path / "bad.json").write_text(json.dumps({**nexapod, "priority": "high"}))
+    before = len(daemon.specs)
+    proc = await mesh(data_dir, "submit", tmp_path / "bad.json")
+    assert proc.returncode == 2
+    assert "priority: unknown field" in err(proc) and "NEXAPod" in err(proc)
+    assert len(err(proc).strip().splitlines()) == 1 and len(daemon.specs) == before
+
+
 async def test_invalid_job_prints_the_fields_at_fault(daemon: FakeDaemon, data_dir: Path) -> None:
     pytest.importorskip("meshd.core.jobspec")
     proc = await mesh(data_dir, "submit", "--image", "busybox", "--gpus", "-1", "--", "true")

@@ -30,8 +30,9 @@ import trio
 from meshd.core.lifecycle import TERMINAL
 from meshd.core.wire import Attestation, Opened, open_envelope
 from meshd.exec.base import Executor
+from meshd.runtime.compare import numbers_close
 from meshd.runtime.daemon import now_ms
-from meshd.runtime.jobio import bare, numbers_close
+from meshd.runtime.jobio import bare
 from meshd.testing.cluster import Cluster
 from meshd.testing.faults import (
     LyingExecutor,

@@ -369,6 +369,24 @@ def test_liar_among_noisy_workers_is_still_outvoted() -> None:
     assert net.node(0).trust.banned(liar, net.now_ms)
 
 
+def test_last_tie_breaker_waits_for_the_comparison_before_giving_up() -> None:
+    """Every fitting worker has run the job and two results disagree, but the
+    comparison of the tie-breaker's result is still pending: the job must wait
+    for the verdict (which settles it), not fail as "no tie-breaker possible"."""
+    workers = [FakeWorker(), FakeWorker(float_noise=True), FakeWorker(float_noise=True)]
+    workers.append(FakeWorker(lie_rate=1.0))
+    net = CoreNet(4, seed=5, workers=workers)
+    net.checker_delay_ms = 3_000
+    net.run_for(3_000)
+    liar = net.order[3]
+    ids = run_jobs(net, [spec(i, tolerance=Tolerance(rel=1e-9), replicas=2) for i in range(8)])
+    jobs = [net.job(0, j) for j in ids]
+    assert all(j.state == "succeeded" for j in jobs), [j.reason for j in jobs]
+    caught = [j for j in jobs if liar in j.verdict["invalid"]]
+    assert caught and all(len(j.runs) == 3 for j in caught)
+    assert all(liar not in j.verdict["valid"] for j in jobs)
+
+
 def test_mismatch_brings_a_tie_breaker_and_majority_wins() -> None:
     workers = [FakeWorker(), FakeWorker(), FakeWorker(), FakeWorker(lie_rate=1.0)]
     net = CoreNet(4, seed=12, workers=workers)

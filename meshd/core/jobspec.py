@@ -10,6 +10,7 @@ Rules:
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import re
 from typing import Annotated, Any, Literal
@@ -24,11 +25,13 @@ MAX_ENV = 128
 MAX_INPUTS = 256
 MAX_OUTPUTS = 64
 MAX_LABELS = 32
+MAX_TOLERANCE_FILES = 64
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _IMAGE_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-/:@]{0,254}$")
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _REL_PATH_RE = re.compile(r"^(?!/)(?!.*(^|/)\.\.(/|$))[A-Za-z0-9_.\-/]{1,255}$")
 _URI_RE = re.compile(r"^(https?|s3|ipfs)://[^\s]{1,2000}$")
+_GLOB_RE = re.compile(r"^(?!/)(?!.*(^|/)\.\.(/|$))[A-Za-z0-9_.\-/*?\[\]!]{1,255}$")
 
 Tier = Literal["cpu", "consumer-gpu", "datacenter-gpu"]
 TIERS: tuple[str, ...] = ("cpu", "consumer-gpu", "datacenter-gpu")
@@ -109,11 +112,42 @@ class ImageBlob(_Strict):
         return v
 
 
+class FileTolerance(_Strict):
+    """The tolerance of the output files whose relative path matches ``path``."""
+
+    path: str
+    """A shell-style pattern over the whole relative path: ``*`` any run of
+    characters (``/`` included), ``?`` one character, ``[seq]``/``[!seq]`` a set."""
+    rel: Annotated[float, Field(ge=0, le=1)] = 0.0
+    abs: Annotated[float, Field(ge=0, le=1e300)] = 0.0
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not _GLOB_RE.match(v):
+            raise ValueError(
+                "must be a relative path pattern without '..' (letters, digits, _ . - / * ? [ ] !)"
+            )
+        return v
+
+
 class Tolerance(_Strict):
-    """Numeric comparison of replicated outputs (see specs/CREDITS.md)."""
+    """Numeric comparison of replicated outputs (see specs/CREDITS.md §5).
+
+    ``rel``/``abs`` hold for every output file that no entry of ``files``
+    matches; the first entry of ``files`` whose pattern matches a file's path
+    gives that file's own ``rel``/``abs``."""
 
     rel: Annotated[float, Field(ge=0, le=1)] = 0.0
     abs: Annotated[float, Field(ge=0, le=1e300)] = 0.0
+    files: list[FileTolerance] = Field(default_factory=list, max_length=MAX_TOLERANCE_FILES)
+
+    def for_path(self, path: str) -> tuple[float, float]:
+        """``(rel, abs)`` for the output file at relative ``path``."""
+        for entry in self.files:
+            if fnmatch.fnmatchcase(path, entry.path):
+                return entry.rel, entry.abs
+        return self.rel, self.abs
 
 
 class JobSpec(_Strict):

@@ -415,11 +415,13 @@ class Origin:
             return
         if (
             not self._busy_runs(job)
+            and not job.pending_checks
             and len(groups := self._result_groups(job)) > 1
             and self._all_fitting_ran(job)
         ):
             # A tie-breaker is wanted but every worker that could run the job
             # already has: waiting max_queue_time_ms would change nothing.
+            # (Not while a comparison is pending: its verdict may settle it.)
             self._finish(
                 job,
                 "failed",

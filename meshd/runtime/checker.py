@@ -6,9 +6,10 @@ the effect's own fields:
 - ``image`` set: the job's checker container decides (exit 0: equivalent),
   with the two outputs unpacked at ``/mesh/inputs/a`` and ``/mesh/inputs/b``
   (:func:`.jobio.run_checker_container`);
-- else ``tolerance`` set: the two archives hold the same files whose text is
-  the same outside numbers and whose numbers agree within the tolerance
-  (:func:`.jobio.compare_outputs`);
+- else ``tolerance`` set: the two archives hold the same files, each pair
+  agreeing within the tolerance its path is given — ``.npy`` arrays element
+  by element, text (CSV included) outside numbers identical and its numbers
+  close (:func:`.compare.archives_close`);
 - else: equivalent only if the digests are equal.
 
 A comparison that fails (a missing blob, a crashed checker) is a "different"
@@ -64,6 +65,6 @@ class Checker:
             )
         if eff.tolerance is not None:
             return await trio.to_thread.run_sync(
-                compare_outputs, self.blobs, eff.a, eff.b, eff.tolerance.rel, eff.tolerance.abs
+                compare_outputs, self.blobs, eff.a, eff.b, eff.tolerance
             )
         return eff.a == eff.b

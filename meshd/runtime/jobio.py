@@ -11,17 +11,13 @@ Rules:
   does not match its pin raises :class:`.inputs.InputError`: the submitter
   named it, so the run fails by the job's fault (specs/PROTOCOL.md §10).
 - Output archives are deterministic tars (``meshd.store.blobs.pack_dir``);
-  comparing two of them "within tolerance" follows specs/CREDITS.md.
+  comparing two of them "within tolerance" is :mod:`.compare`'s (specs/CREDITS.md §5).
 """
 
 from __future__ import annotations
 
-import io
-import math
 import os
-import re
 import shutil
-import tarfile
 import tempfile
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -30,14 +26,14 @@ from pathlib import Path
 import trio
 
 from meshd.config import InputsConfig
-from meshd.core.jobspec import JobSpec
+from meshd.core.jobspec import JobSpec, Tolerance
 from meshd.exec.base import Executor
 from meshd.store.blobs import BlobStore
 
+from .compare import archives_close
 from .inputs import check_pin, fetch_uri
 
 DIGEST_PREFIX = "sha256:"
-_NUMBER = re.compile(rb"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 
 
 def bare(digest: str) -> str:
@@ -84,35 +80,11 @@ async def fetch_inputs(
         target.chmod(0o444)
 
 
-def _members(archive: bytes) -> dict[str, bytes]:
-    out: dict[str, bytes] = {}
-    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:") as tar:
-        for m in tar.getmembers():
-            if m.isfile():
-                f = tar.extractfile(m)
-                out[m.name] = f.read() if f else b""
-    return out
-
-
-def numbers_close(a: bytes, b: bytes, rel: float, abs_: float) -> bool:
-    """Same text outside numbers; every pair of number tokens within tolerance."""
-    if _NUMBER.sub(b"#", a) != _NUMBER.sub(b"#", b):
-        return False
-    for x, y in zip(_NUMBER.findall(a), _NUMBER.findall(b), strict=True):
-        fx, fy = float(x), float(y)
-        if not math.isclose(fx, fy, rel_tol=rel, abs_tol=abs_):
-            return False
-    return True
-
-
-def compare_outputs(blobs: BlobStore, a: str, b: str, rel: float, abs_: float) -> bool:
-    """Two output archives are equivalent within the job's tolerance (specs/CREDITS.md)."""
+def compare_outputs(blobs: BlobStore, a: str, b: str, tolerance: Tolerance) -> bool:
+    """Two output archives are equivalent within the job's tolerance (specs/CREDITS.md §5)."""
     if a == b:
         return True
-    fa, fb = _members(blobs.get(bare(a))), _members(blobs.get(bare(b)))
-    if fa.keys() != fb.keys():
-        return False
-    return all(fa[k] == fb[k] or numbers_close(fa[k], fb[k], rel, abs_) for k in fa)
+    return archives_close(blobs.get(bare(a)), blobs.get(bare(b)), tolerance)
 
 
 def _readable_by_sandbox(top: Path) -> None:

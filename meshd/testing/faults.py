@@ -9,6 +9,8 @@ Each fault is a real one, injected where a real bad node would produce it:
 - :class:`NoisyExecutor` perturbs every decimal number in the output files by
   a tiny relative amount — an honest worker on different hardware, whose
   outputs differ bit-wise but agree within a job's ``tolerance``;
+- :class:`GlobalPhaseExecutor` rotates complex arrays (statevectors) by a
+  global phase: the same physical state, other numbers;
 - :func:`publish_equivocation` makes a running daemon sign several different
   records with one sequence number and gossip them from its own host.
 
@@ -24,6 +26,8 @@ the node stays warm, bids and is paid like any other.
 
 from __future__ import annotations
 
+import fnmatch
+import io
 import random
 import re
 import secrets
@@ -32,11 +36,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from meshd.core.events import TOPIC_RECEIPTS
 from meshd.core.wire import Body, seal
 from meshd.exec.base import ExecRequest, ExecResult, Executor, LogCallback
+from meshd.runtime.compare import load_npy, members
 from meshd.runtime.daemon import Daemon
-from meshd.runtime.jobio import _members, prefixed
+from meshd.runtime.jobio import prefixed
 from meshd.store.blobs import pack_dir, sha256_hex
 
 _DECIMAL = re.compile(rb"[-+]?\d+\.\d+")
@@ -140,21 +147,53 @@ class NoisyExecutor(ExecutorWrapper):
     """Perturbs each decimal number in the output files by a relative amount in
     ``[rel_noise/10, rel_noise]`` (random sign), like an honest worker whose
     floating-point results differ in the last digits. Integers and all other
-    text stay as they are. ``perturbed`` counts the numbers changed."""
+    text stay as they are; in a ``.npy`` file of floats every element is
+    perturbed the same way (other arrays stay). ``only``: output paths to
+    perturb (shell-style patterns; empty: every file). ``perturbed`` counts
+    the numbers changed."""
 
-    def __init__(self, inner: Executor, rel_noise: float, rng: random.Random) -> None:
+    def __init__(
+        self,
+        inner: Executor,
+        rel_noise: float,
+        rng: random.Random,
+        only: tuple[str, ...] = (),
+    ) -> None:
         super().__init__(inner)
         assert 0.0 < rel_noise < 1e-3
         self.rel_noise = rel_noise
         self.rng = rng
+        self.only = only
         self.perturbed = 0
 
     async def run(self, req: ExecRequest, on_log: LogCallback | None = None) -> ExecResult:
         result = await self.inner.run(req, on_log)
         if result.ok:
             for f in output_files(req.output_dir):
+                rel = f.relative_to(req.output_dir).as_posix()
+                if self.only and not any(fnmatch.fnmatchcase(rel, p) for p in self.only):
+                    continue
+                if f.suffix == ".npy" and self._noisy_array(f):
+                    continue
                 f.write_bytes(_DECIMAL.sub(self._noisy, f.read_bytes()))
         return result
+
+    def _noisy_array(self, f: Path) -> bool:
+        """Perturb a float ``.npy`` array in place; False if ``f`` is not one."""
+        arr = load_npy(f.read_bytes())
+        if arr is None or arr.dtype.kind not in "fc":
+            return False
+        size = arr.shape
+        eps = np.array(
+            [self.rng.uniform(self.rel_noise / 10, self.rel_noise) for _ in range(arr.size)]
+        ).reshape(size)
+        sign = np.array([self.rng.choice((-1.0, 1.0)) for _ in range(arr.size)]).reshape(size)
+        noisy = (arr * (1.0 + sign * eps)).astype(arr.dtype)
+        self.perturbed += int(np.count_nonzero(noisy != arr))
+        buf = io.BytesIO()
+        np.save(buf, noisy, allow_pickle=False)
+        f.write_bytes(buf.getvalue())
+        return True
 
     def _noisy(self, m: re.Match[bytes]) -> bytes:
         x = float(m.group(0))
@@ -162,6 +201,30 @@ class NoisyExecutor(ExecutorWrapper):
         y = x * (1.0 + eps)
         self.perturbed += 1
         return repr(y).encode() if y != x else m.group(0)
+
+
+class GlobalPhaseExecutor(ExecutorWrapper):
+    """Multiplies every complex ``.npy`` array in the outputs by ``e^{i phase}``:
+    an honest simulator whose statevector carries another global phase, the
+    same physical state, which element-wise tolerance cannot see past (a
+    checker container comparing fidelity can). ``rotated`` counts the files."""
+
+    def __init__(self, inner: Executor, phase: float) -> None:
+        super().__init__(inner)
+        self.factor = complex(np.exp(1j * phase))
+        self.rotated = 0
+
+    async def run(self, req: ExecRequest, on_log: LogCallback | None = None) -> ExecResult:
+        result = await self.inner.run(req, on_log)
+        if result.ok:
+            for f in output_files(req.output_dir):
+                arr = load_npy(f.read_bytes()) if f.suffix == ".npy" else None
+                if arr is not None and arr.dtype.kind == "c":
+                    buf = io.BytesIO()
+                    np.save(buf, (arr * self.factor).astype(arr.dtype), allow_pickle=False)
+                    f.write_bytes(buf.getvalue())
+                    self.rotated += 1
+        return result
 
 
 # ---------------------------------------------------------------- outputs
@@ -181,7 +244,7 @@ def expected_digest(files: dict[str, bytes]) -> str:
 def tar_members(archive: bytes) -> dict[str, bytes]:
     """Regular files of an output archive, name -> content (read as the daemon's
     tolerance comparison reads them)."""
-    return _members(archive)
+    return members(archive)
 
 
 def log_records(daemon: Daemon, kind: str) -> list[dict[str, Any]]:
