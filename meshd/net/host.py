@@ -32,7 +32,9 @@ Rules:
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,7 +49,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from meshd.core.identity import Identity
 from meshd.net.context import HostContext
 from meshd.net.discovery import Discovery
-from meshd.net.errors import NetError
+from meshd.net.errors import ListenError, NetError
 from meshd.net.gossip import Gossip, GossipHandler, TopicValidator
 from meshd.net.libp2p_hooks import take_over_dialing
 from meshd.net.logs import quiet_libp2p_logs
@@ -79,6 +81,45 @@ def _split_cancelled(
     if isinstance(exc, BaseExceptionGroup):
         return exc.split(trio.Cancelled)
     return None, exc
+
+
+def check_listen_addr_free(addr: multiaddr.Multiaddr) -> None:
+    """Raise :class:`ListenError` if a socket already listens on ``addr``.
+
+    py-libp2p 0.8.1 binds its listener with ``SO_REUSEPORT`` (DCUtR dials from
+    the listen port), so a second daemon on a taken port would bind it too and
+    share the first one's connections. A probe bound *without* ``SO_REUSEPORT``
+    (with ``SO_REUSEADDR``, so a port in TIME_WAIT is still free) fails while
+    any other socket listens there. Port 0 and DNS names are not probed. Two
+    daemons started at the very same moment can both pass the probe; one
+    started against a running daemon cannot."""
+    family = None
+    for proto, fam in (("ip4", socket.AF_INET), ("ip6", socket.AF_INET6)):
+        try:
+            ip = addr.value_for_protocol(proto)
+        except Exception:
+            continue
+        family = fam
+        break
+    try:
+        port = int(addr.value_for_protocol("tcp"))
+    except Exception:
+        return
+    if family is None or port == 0:
+        return
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((ip, port))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ListenError(
+                f"cannot listen on {addr}: the address is already in use "
+                "(another meshd or program listens there; choose another port with --listen)"
+            ) from None
+        raise ListenError(f"cannot listen on {addr}: {exc.strerror or exc}") from None
+    finally:
+        probe.close()
 
 
 def _build_libp2p_host(
@@ -142,12 +183,15 @@ class MeshHost:
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled. ``started()`` once listening, pubsub ready and
-        subscribed. Raises NetError if the host cannot start or libp2p fails."""
+        subscribed. Raises ListenError if a listen address is taken (or not
+        ours), NetError if the host cannot start or libp2p fails."""
         if self._ctx.state != "new":
             raise RuntimeError("MeshHost.run() can be called only once")
         try:
+            for addr in self._listen:
+                check_listen_addr_free(addr)
             await self._run_libp2p(task_status)
-        except (KeyboardInterrupt, SystemExit):
+        except (KeyboardInterrupt, SystemExit, ListenError):
             raise
         except BaseException as exc:
             cancelled, other = _split_cancelled(exc)
