@@ -1,5 +1,6 @@
 """The network layer as real `meshd start` processes see it (specs/NETWORK.md
-"Listening"): a taken listen address is refused with one line.
+"Listening"): a taken listen address is refused with one line; mDNS runs only
+where a node can be reached from its link.
 """
 
 from __future__ import annotations
@@ -8,6 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import multiaddr
+
+from meshd.net.host import uses_mdns
+from meshd.net.params import NetParams
 from meshd.testing.procs import DaemonProcess, stop_all
 
 
@@ -49,3 +54,12 @@ def test_a_second_daemon_on_a_taken_port_fails_with_one_line(tmp_path: Path) -> 
         assert first.status() is not None  # the running daemon is unharmed
     finally:
         stop_all([first, second])
+
+
+def test_mdns_runs_only_with_an_address_off_loopback() -> None:
+    on, off = NetParams(mdns=True), NetParams(mdns=False)
+    lo = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
+    lan = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0"), multiaddr.Multiaddr("/ip4/0.0.0.0/tcp/0")]
+    assert uses_mdns(on, lan)
+    assert not uses_mdns(on, lo)  # a loopback node would only find strangers on this machine
+    assert not uses_mdns(off, lan)

@@ -9,11 +9,13 @@ from __future__ import annotations
 import socket
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from meshd.testing import netns
-from meshd.testing.netns import Host, Testbed
+from meshd.testing.netns import Host, NetnsDaemon, Testbed
+from meshd.testing.procs import stop_all
 
 _why = netns.unavailable()
 pytestmark = pytest.mark.skipif(_why is not None, reason=_why or "")
@@ -71,3 +73,20 @@ def test_the_testbed_leaves_nothing_behind_even_after_a_crash() -> None:
     assert not [ns for ns in netns._namespaces() if ns.startswith(f"{netns.PREFIX}{other.tag}-")]
     links = subprocess.run(["ip", "-o", "link"], text=True, capture_output=True).stdout
     assert "mv999999" not in links and f"mv{other.tag}x" not in links
+
+
+def test_mdns_setting_finds_a_peer_on_the_segment_without_bootstrap(
+    bed: Testbed, tmp_path: Path
+) -> None:
+    hosts = [bed.public("m1"), bed.public("m2")]
+    procs = [
+        NetnsDaemon(tmp_path / f"n{i}", host=h, config={"mdns": True}) for i, h in enumerate(hosts)
+    ]
+    try:
+        for p in procs:
+            p.init()
+            p.start()
+        for p in procs:
+            p.wait_for(lambda p=p: (p.status() or {}).get("peers", 0) >= 1, 60, "an mDNS peer")
+    finally:
+        stop_all(procs)

@@ -118,9 +118,10 @@ class Discovery:
         if self._mdns_handler is not None:
             peerDiscovery.unregister_peer_discovered_handler(self._mdns_handler)
 
-    def listen_to_mdns(self) -> None:
-        """Turn libp2p's mDNS discoveries into dial candidates (if ``mdns``)."""
-        if not self._ctx.params.mdns:
+    def listen_to_mdns(self, enabled: bool) -> None:
+        """Turn libp2p's mDNS discoveries into dial candidates (if ``enabled``:
+        see :func:`meshd.net.host.uses_mdns`)."""
+        if not enabled:
             return
         token = trio.lowlevel.current_trio_token()
 

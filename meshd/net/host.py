@@ -122,6 +122,20 @@ def check_listen_addr_free(addr: multiaddr.Multiaddr) -> None:
         probe.close()
 
 
+def uses_mdns(params: NetParams, listen: Sequence[multiaddr.Multiaddr]) -> bool:
+    """Whether a host runs mDNS: ``params.mdns`` and at least one listen
+    address off loopback. A node that listens only on loopback cannot be
+    reached from its link, and advertising 127.0.0.1 would only join it to
+    unrelated nodes on the same machine (tests, demos)."""
+    if not params.mdns:
+        return False
+    for addr in listen:
+        text = str(addr)
+        if not (text.startswith(("/ip4/127.", "/ip6/::1/")) or "/dns/localhost/" in text):
+            return True
+    return False
+
+
 def _build_libp2p_host(
     identity: Identity, params: NetParams, listen: list[multiaddr.Multiaddr]
 ) -> Any:
@@ -141,7 +155,7 @@ def _build_libp2p_host(
     host = new_host(
         key_pair=KeyPair(key, key.get_public_key()),
         listen_addrs=listen,
-        enable_mDNS=p.mdns,
+        enable_mDNS=uses_mdns(p, listen),
         connection_config=config,
     )
     if str(host.get_id()) != identity.peer_id:
@@ -215,7 +229,7 @@ class MeshHost:
                         async with trio.open_nursery() as nursery:
                             ctx.nursery = nursery
                             ctx.state = "running"
-                            self._discovery.listen_to_mdns()
+                            self._discovery.listen_to_mdns(uses_mdns(self.params, self._listen))
                             await self._gossip.start(nursery)
                             self._discovery.start(nursery)
                             task_status.started()

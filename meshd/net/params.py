@@ -171,7 +171,9 @@ class NetParams:
     """libp2p's retries of a failed dial (its default, 3, makes a dead peer
     cost ~0.7 s); 0 = no retry."""
     mdns: bool = False
-    """Also discover peers on the local link with mDNS."""
+    """Also discover peers on the local link with mDNS (the daemon sets it from
+    ``config.toml``'s ``mdns``). Only a host with a listen address off
+    loopback runs it."""
 
     # --- Reputation ------------------------------------------------------------
     app_score_weight: float = 1.0
