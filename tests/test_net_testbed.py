@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,5 +89,72 @@ def test_mdns_setting_finds_a_peer_on_the_segment_without_bootstrap(
             p.start()
         for p in procs:
             p.wait_for(lambda p=p: (p.status() or {}).get("peers", 0) >= 1, 60, "an mDNS peer")
+    finally:
+        stop_all(procs)
+
+
+def test_a_job_crosses_two_home_nats_through_a_public_relay(bed: Testbed, tmp_path: Path) -> None:
+    """A and B each behind its own NAT, R public and running no jobs: a job
+    submitted on A runs on B, its input and outputs travel A <-> B."""
+    r_host, a_host, b_host = bed.public("r"), bed.home("a"), bed.home("b")
+    assert b_host.router is not None
+    r = NetnsDaemon(
+        tmp_path / "r", host=r_host, executor="auto", config={"allow_process_executor": False}
+    )
+    a = NetnsDaemon(tmp_path / "a", host=a_host)
+    b = NetnsDaemon(tmp_path / "b", host=b_host)
+    procs = [r, b, a]
+    try:
+        for p in procs:
+            p.init()
+        r.start()
+        st_r = r.status() or {}
+        assert st_r["role"] == "client", st_r["executor"]  # R runs no jobs
+        a.bootstrap = b.bootstrap = [r.addr]
+        b.start()
+        # the NAT is real: A cannot open a connection to B, neither at B's
+        # listen address nor at its router's public address
+        assert not a_host.can_connect(b_host.ip, b.port, timeout_s=1)
+        assert not a_host.can_connect(b_host.router.wan_ip or "", b.port, timeout_s=1)
+        t0 = time.monotonic()
+        a.start()
+
+        def reached(p: NetnsDaemon, other: NetnsDaemon) -> str | None:
+            other_id = (other.status() or {}).get("peer_id")
+            peers = p.call(lambda: p.client().peers())["peers"]
+            return next((q["reached"] for q in peers if q["peer_id"] == other_id), None)
+
+        a.wait_for(lambda: reached(a, b) in ("relayed", "direct"), 90, "A to reach B")
+        data = tmp_path / "numbers.txt"
+        data.write_text("\n".join(str(i) for i in range(1, 101)) + "\n")
+        out = tmp_path / "out"
+        cp = a.mesh(
+            "submit",
+            "--image",
+            "meshd/busybox:1",
+            "--input",
+            f"numbers.txt={data}",
+            "--wait",
+            "--timeout",
+            "60",
+            "-o",
+            str(out),
+            "--",
+            "sh",
+            "-c",
+            'awk "{s+=\\$1} END {print s}" "$MESH_INPUTS/numbers.txt" > "$MESH_OUTPUTS/sum.txt"',
+            timeout_s=180,
+        )
+        took = time.monotonic() - t0
+        assert cp.returncode == 0, cp.stdout + cp.stderr + netns.daemon_log(a)[-3000:]
+        assert (out / "sum.txt").read_text().strip() == "5050"
+        job_id = cp.stdout.strip().splitlines()[-1]
+        job = a.call(lambda: a.client().job(job_id))
+        assert job["result"]["worker"] == (b.status() or {})["peer_id"]
+        st_a, st_b = a.status() or {}, b.status() or {}
+        assert st_a["reachability"] == st_b["reachability"] == "private"
+        assert (r.status() or {})["reachability"] == "public"
+        how = reached(a, b)
+        print(f"\njob across two NATs: {took:.1f}s from A's start to outputs on A; A-B {how}")
     finally:
         stop_all(procs)

@@ -9,6 +9,7 @@ Theory of operation:
       bounded inbox, paced publishing;
     * :mod:`meshd.net.reqresp` -- request/response streams;
     * :mod:`meshd.net.discovery` -- bootstrap, peer exchange, mDNS, dialling;
+    * :mod:`meshd.net.relay` -- reachability (dial-back check), circuit relay v2;
     * :mod:`meshd.net.standing` -- app score, block list, forgery charges;
     * :mod:`meshd.net.libp2p_hooks` -- every override of py-libp2p internals;
     * :mod:`meshd.net.context` -- what the parts share (counters, nursery).
@@ -55,6 +56,7 @@ from meshd.net.libp2p_hooks import take_over_dialing
 from meshd.net.logs import quiet_libp2p_logs
 from meshd.net.params import NetParams
 from meshd.net.px import PX_PROTOCOL
+from meshd.net.relay import Relay
 from meshd.net.reqresp import RequestHandler, RequestResponse
 from meshd.net.standing import PROVABLY_INVALID, AppScore, Standing
 from meshd.net.stats import NetStats
@@ -186,7 +188,8 @@ class MeshHost:
         self._standing = Standing(ctx)
         self._gossip = Gossip(ctx, self._standing)
         self._reqresp = RequestResponse(ctx, self._standing)
-        self._discovery = Discovery(ctx, self._standing, self._reqresp, bootstrap)
+        self._relay = Relay(ctx, self._reqresp)
+        self._discovery = Discovery(ctx, self._standing, self._reqresp, bootstrap, self._relay)
         # The libp2p objects, for tests that drive them directly.
         self._host = ctx.libp2p
         self._pid = ctx.pid
@@ -226,12 +229,16 @@ class MeshHost:
                 async with background_trio_service(pubsub):
                     async with background_trio_service(router):
                         await pubsub.wait_until_ready()
-                        async with trio.open_nursery() as nursery:
+                        async with (
+                            background_trio_service(self._relay.protocol),
+                            trio.open_nursery() as nursery,
+                        ):
                             ctx.nursery = nursery
                             ctx.state = "running"
                             self._discovery.listen_to_mdns(uses_mdns(self.params, self._listen))
                             await self._gossip.start(nursery)
                             self._discovery.start(nursery)
+                            self._relay.start(nursery)
                             task_status.started()
                             await trio.sleep_forever()
             finally:
@@ -307,6 +314,22 @@ class MeshHost:
 
     def connected_peers(self) -> list[str]:
         return self._ctx.connected_peers()
+
+    @property
+    def reachability(self) -> str:
+        """``unknown``, ``public`` or ``private``: what the dial-back check says
+        about this node (see :mod:`meshd.net.relay`)."""
+        return self._relay.state
+
+    def reached(self, peer_id: str) -> str | None:
+        """How we are connected to ``peer_id`` now: ``direct``, ``relayed``, or
+        None when not connected."""
+        return self._relay.reached(peer_id)
+
+    @property
+    def relays(self) -> list[str]:
+        """Peers we hold a relay reservation with."""
+        return self._relay.relays
 
     def known_addrs(self, peer_id: str) -> list[str]:
         """Addresses we hold for ``peer_id`` (with ``/p2p/<id>``)."""

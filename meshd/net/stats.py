@@ -36,6 +36,10 @@ class NetStats:
     dials_failed: int = 0
     px_rounds: int = 0  # peer-exchange requests that got an answer
     refused_peers: int = 0  # connections/streams refused (blocked, low score, full)
+    # reachability and relays
+    autonat_checks: int = 0  # dial-back check rounds that asked at least one peer
+    relay_reservations: int = 0  # relay slots reserved (renewals not counted)
+    relayed_dials: int = 0  # connections opened through a relay
     # gauges
     connected_peers: int = 0
     known_peers: int = 0

@@ -1,0 +1,70 @@
+"""Reachability and relays on loopback hosts (meshd/net/relay.py; specs/NETWORK.md
+"Reachability and relays"). Across real NATs: tests/test_net_testbed.py."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import msgpack
+import pytest
+import trio
+
+from meshd.core.identity import Identity
+from meshd.net import MeshHost, RemoteError
+from meshd.net.px import dialable_addr
+from meshd.net.relay import AUTONAT_PROTOCOL
+from meshd.testing.nethosts import FAST, LOOPBACK, connected, wait_until
+
+R = Identity.generate().peer_id
+B = Identity.generate().peer_id
+
+
+def test_peer_exchange_carries_relayed_addresses() -> None:
+    circuit = f"/ip4/198.18.0.10/tcp/4001/p2p/{R}/p2p-circuit"
+    assert dialable_addr(circuit) == circuit
+    assert dialable_addr(f"{circuit}/p2p/{B}") == circuit  # the target's id is added back
+    assert dialable_addr("/ip4/198.18.0.10/tcp/4001/p2p-circuit") is None  # which relay?
+    assert dialable_addr(f"/ip4/198.18.0.10/tcp/4001/ws/p2p/{R}/p2p-circuit") is None
+
+
+async def _two_hosts(relay_service: bool) -> tuple[MeshHost, MeshHost]:
+    params = dataclasses.replace(FAST, relay_service=relay_service, autonat_retry_s=0.2)
+    a = MeshHost(Identity.generate(), params, [LOOPBACK])
+    return a, MeshHost(Identity.generate(), params, [LOOPBACK])
+
+
+@pytest.mark.parametrize("relay_service", [True, False])
+async def test_hosts_that_can_dial_each_other_are_public_and_relay_only_if_allowed(
+    relay_service: bool,
+) -> None:
+    a, b = await _two_hosts(relay_service)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)
+        await nursery.start(b.run)
+        await b.connect(a.listen_addrs[0])
+        await wait_until(lambda: connected(a, b))
+        await wait_until(lambda: a.reachability == b.reachability == "public", 20)
+        assert a.reached(b.peer_id) == b.reached(a.peer_id) == "direct"
+        served = "/libp2p/circuit/relay/0.2.0/hop" in a._host.get_mux().handlers
+        assert served is relay_service
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_malformed_dial_back_request_is_refused_and_the_host_serves_on() -> None:
+    a, b = await _two_hosts(True)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)
+        await nursery.start(b.run)
+        await b.connect(a.listen_addrs[0])
+        for bad in (
+            b"\xc1",
+            msgpack.packb(0),
+            msgpack.packb(70000),
+            msgpack.packb("x"),
+            b"\x00" * 17,
+        ):
+            with pytest.raises(RemoteError):
+                await b.request(a.peer_id, AUTONAT_PROTOCOL, bad)
+        answer = msgpack.unpackb(await b.request(a.peer_id, AUTONAT_PROTOCOL, msgpack.packb(9)))
+        assert answer == [False, "127.0.0.1"]  # nothing listens on port 9: not reachable there
+        nursery.cancel_scope.cancel()
