@@ -8,9 +8,10 @@ import dataclasses
 import msgpack
 import pytest
 import trio
+from multiaddr import Multiaddr
 
 from meshd.core.identity import Identity
-from meshd.net import MeshHost, RemoteError
+from meshd.net import MeshHost, NetError, RemoteError
 from meshd.net.px import dialable_addr
 from meshd.net.relay import AUTONAT_PROTOCOL
 from meshd.testing.nethosts import FAST, LOOPBACK, connected, wait_until
@@ -67,4 +68,38 @@ async def test_a_malformed_dial_back_request_is_refused_and_the_host_serves_on()
                 await b.request(a.peer_id, AUTONAT_PROTOCOL, bad)
         answer = msgpack.unpackb(await b.request(a.peer_id, AUTONAT_PROTOCOL, msgpack.packb(9)))
         assert answer == [False, "127.0.0.1"]  # nothing listens on port 9: not reachable there
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_relay_byte_limit_fails_a_transfer_loudly_never_short() -> None:
+    limit = 256 * 1024
+    r = MeshHost(
+        Identity.generate(),
+        dataclasses.replace(FAST, reachability="public", relay_circuit_max_bytes=limit),
+        [LOOPBACK],
+    )
+    b = MeshHost(
+        Identity.generate(),
+        dataclasses.replace(FAST, reachability="private", target_peers=1),
+        [LOOPBACK],
+    )
+    # target_peers=1: A and B dial no one beyond R (on loopback they could)
+    a = MeshHost(Identity.generate(), dataclasses.replace(FAST, target_peers=1), [LOOPBACK])
+
+    async def sized(peer_id: str, body: bytes) -> bytes:
+        return b"x" * int(body)
+
+    b.handle("/meshd/test/sized/1", sized)
+    async with trio.open_nursery() as nursery:
+        for h in (r, b, a):
+            await nursery.start(h.run)
+        await b.connect(r.listen_addrs[0])
+        await wait_until(lambda: b.relays == [r.peer_id], 20)
+        await a.connect(r.listen_addrs[0])
+        await a._relay.dial_circuit(b.peer_id, [Multiaddr(f"{r.listen_addrs[0]}/p2p-circuit")])
+        assert a.reached(b.peer_id) == "relayed"
+        small = await a.request(b.peer_id, "/meshd/test/sized/1", b"1000")
+        assert small == b"x" * 1000
+        with pytest.raises(NetError):  # the relay cuts the circuit: an error, not a short body
+            await a.request(b.peer_id, "/meshd/test/sized/1", str(4 * limit).encode())
         nursery.cancel_scope.cancel()

@@ -176,6 +176,10 @@ class NetParams:
     loopback runs it."""
 
     # --- Reachability and relays ----------------------------------------------
+    reachability: str = "auto"
+    """``auto``: the dial-back check decides; ``public`` or ``private``: fixed
+    (an operator who knows the node is behind a NAT, or has a port mapping),
+    and no check runs."""
     autonat_interval_s: float = 60.0
     """Period of the dial-back check once reachability is known."""
     autonat_retry_s: float = 2.0
@@ -286,6 +290,8 @@ class NetParams:
                 raise ValueError(f"NetParams.{name} must be > 0, got {getattr(self, name)!r}")
         if not 1 <= self.degree_low <= self.degree <= self.degree_high:
             raise ValueError("NetParams needs 1 <= degree_low <= degree <= degree_high")
+        if self.reachability not in ("auto", "public", "private"):
+            raise ValueError("NetParams.reachability must be auto, public or private")
         if self.dial_retries < 0:
             raise ValueError("NetParams.dial_retries must be >= 0")
         if self.idontwant_min_bytes < 0:

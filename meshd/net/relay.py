@@ -11,7 +11,8 @@ Theory of operation:
       reaches directly to open a TCP connection to its listen port at the IP
       address they see it connect from. One success makes it ``public``;
       answers that all failed make it ``private``; no answer keeps
-      ``unknown``. The server dials only back to the requester's own
+      ``unknown``. ``reachability`` = ``public``/``private`` fixes the
+      answer and no check runs. The server dials only back to the requester's own
       observed IP (no amplification to third parties), at most
       ``autonat_max_dialbacks`` at once, each bounded by
       ``autonat_dial_timeout_s``.
@@ -85,7 +86,7 @@ class Relay:
         p = ctx.params
         self._ctx = ctx
         self._reqresp = reqresp
-        self.state = "unknown"
+        self.state = "unknown" if p.reachability == "auto" else p.reachability
         """``unknown``, ``public`` or ``private`` (see the dial-back check)."""
         limits = RelayLimits(
             duration=p.relay_circuit_max_duration_s,
@@ -114,7 +115,8 @@ class Relay:
     async def _loop(self) -> None:
         p = self._ctx.params
         while True:
-            await self._check_reachability()
+            if p.reachability == "auto":
+                await self._check_reachability()
             if self.state == "public" and p.relay_service and not self._hop_served:
                 self._serve_hop()
             if self.state == "private":
