@@ -231,6 +231,7 @@ class MeshHost:
                         await pubsub.wait_until_ready()
                         async with (
                             background_trio_service(self._relay.protocol),
+                            background_trio_service(self._relay.dcutr),
                             trio.open_nursery() as nursery,
                         ):
                             ctx.nursery = nursery

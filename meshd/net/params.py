@@ -208,6 +208,9 @@ class NetParams:
     """How long a reservation we grant lasts; clients renew at half of it."""
     relay_reservations: int = 2
     """Relays a node that is not publicly reachable reserves a slot with."""
+    reach_sample_s: float = 1.0
+    """How often the host notes which peers it reaches only through a relay
+    (a later direct connection to one of them is reported hole-punched)."""
     relay_retry_s: float = 5.0
     """Pause before asking a peer that refused a reservation again, and the
     longest pause of the reservation loop of a private node."""
@@ -284,6 +287,7 @@ class NetParams:
             "relay_reservation_ttl_s",
             "relay_reservations",
             "relay_retry_s",
+            "reach_sample_s",
         )
         for name in positive:
             if not getattr(self, name) > 0:

@@ -29,6 +29,11 @@ Theory of operation:
       before the reservation expires.
     * Dialling a relayed address is :meth:`Relay.dial_circuit` (used by
       discovery when no direct address answers).
+    * **Hole punching.** py-libp2p's DCUtR service runs on every host: for
+      each relayed connection it tries a direct dial, then a synchronised
+      TCP simultaneous open from both listen ports (``SO_REUSEPORT``) to the
+      NAT-mapped addresses identify observed. A direct connection to a peer
+      we had reached only through a relay is reported as hole-punched.
 
 Rules:
 - A relayed connection is never used for the dial-back check or for a
@@ -42,6 +47,7 @@ Rules:
 
 from __future__ import annotations
 
+import collections
 import logging
 import random
 from typing import Any
@@ -52,6 +58,7 @@ import trio
 from libp2p.network.connection.raw_connection import ConnectionType
 from libp2p.peer.id import ID
 from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
+from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
 from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_PROTOCOL
 from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
 from libp2p.relay.circuit_v2.resources import RelayLimits
@@ -73,6 +80,7 @@ assert AUTONAT_PROTOCOL in INTERNAL_PROTOCOLS
 # How a peer is reached (``MeshHost.reached``).
 DIRECT = "direct"
 RELAYED = "relayed"
+HOLE_PUNCHED = "hole-punched"
 
 
 def is_circuit_addr(addr: multiaddr.Multiaddr | str) -> bool:
@@ -96,12 +104,15 @@ class Relay:
             reservation_ttl=p.relay_reservation_ttl_s,
         )
         self.protocol = CircuitV2Protocol(ctx.libp2p, limits=limits, allow_hop=False)
+        self.dcutr = DCUtRProtocol(ctx.libp2p, dial_timeout=max(1, int(p.connect_timeout_s)))
         self._transport = CircuitV2Transport(
             ctx.libp2p,
             self.protocol,
             RelayConfig(roles=RelayRole.STOP | RelayRole.CLIENT, limits=limits),
         )
         self._hop_served = False
+        self._first_relayed: collections.OrderedDict[str, None] = collections.OrderedDict()
+        """Peers we were connected to only through a relay (most recent last)."""
         self._reservations: dict[str, float] = {}  # relay peer -> renew at (trio time)
         self._refused: dict[str, float] = {}  # peer -> ask again at (trio time)
         self._dialbacks = trio.CapacityLimiter(p.autonat_max_dialbacks)
@@ -111,6 +122,20 @@ class Relay:
 
     def start(self, nursery: trio.Nursery) -> None:
         nursery.start_soon(self._loop)
+        nursery.start_soon(self._watch_relayed)
+
+    async def _watch_relayed(self) -> None:
+        """Remember the peers reached only through a relay (every
+        ``reach_sample_s``), so a later direct connection counts as hole-punched."""
+        p = self._ctx.params
+        while True:
+            for peer_id in self._ctx.connected_peers():
+                if self._kinds(peer_id) == {RELAYED}:
+                    self._first_relayed[peer_id] = None
+                    self._first_relayed.move_to_end(peer_id)
+            while len(self._first_relayed) > p.known_peers_max:
+                self._first_relayed.popitem(last=False)
+            await trio.sleep(p.reach_sample_s)
 
     async def _loop(self) -> None:
         p = self._ctx.params
@@ -129,23 +154,28 @@ class Relay:
     # ---------------------------------------------------- connection kinds
 
     def _direct_peers(self) -> list[str]:
-        return [q for q in self._ctx.connected_peers() if self.reached(q) != RELAYED]
+        return [q for q in self._ctx.connected_peers() if DIRECT in self._kinds(q)]
 
-    def reached(self, peer_id: str) -> str | None:
-        """How we are connected to ``peer_id`` now: DIRECT, RELAYED or None (not
-        connected). Direct wins when both kinds are open."""
+    def _kinds(self, peer_id: str) -> set[str]:
         try:
             conns = self._ctx.libp2p.get_network().get_connections(ID.from_base58(peer_id))
         except Exception:
-            return None
+            return set()
         kinds = set()
         for conn in conns:
             relayed = conn.get_connection_type() == ConnectionType.RELAYED or any(
                 is_circuit_addr(a) for a in conn.get_transport_addresses()
             )
             kinds.add(RELAYED if relayed else DIRECT)
+        return kinds
+
+    def reached(self, peer_id: str) -> str | None:
+        """How we are connected to ``peer_id`` now: DIRECT, RELAYED, HOLE_PUNCHED
+        (a direct connection to a peer we had reached only through a relay:
+        DCUtR's upgrade) or None (not connected). Direct wins over relayed."""
+        kinds = self._kinds(peer_id)
         if DIRECT in kinds:
-            return DIRECT
+            return HOLE_PUNCHED if peer_id in self._first_relayed else DIRECT
         return RELAYED if kinds else None
 
     # ------------------------------------------------------- dial-back check
@@ -222,7 +252,7 @@ class Relay:
 
     def _observed_ip(self, peer_id: str) -> str | None:
         """The IP address ``peer_id``'s direct connection comes from."""
-        if self.reached(peer_id) != DIRECT:
+        if DIRECT not in self._kinds(peer_id):
             return None
         for conn in self._ctx.libp2p.get_network().get_connections(ID.from_base58(peer_id)):
             try:
