@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import msgpack
 import pytest
@@ -80,11 +81,16 @@ async def test_a_relay_byte_limit_fails_a_transfer_loudly_never_short() -> None:
     )
     b = MeshHost(
         Identity.generate(),
-        dataclasses.replace(FAST, reachability="private", target_peers=1),
+        dataclasses.replace(FAST, reachability="private", target_peers=1, hole_punching=False),
         [LOOPBACK],
     )
-    # target_peers=1: A and B dial no one beyond R (on loopback they could)
-    a = MeshHost(Identity.generate(), dataclasses.replace(FAST, target_peers=1), [LOOPBACK])
+    # target_peers=1: A and B dial no one beyond R (on loopback they could),
+    # and no hole punching: the circuit must stay relayed
+    a = MeshHost(
+        Identity.generate(),
+        dataclasses.replace(FAST, target_peers=1, hole_punching=False),
+        [LOOPBACK],
+    )
 
     async def sized(peer_id: str, body: bytes) -> bytes:
         return b"x" * int(body)
@@ -103,3 +109,37 @@ async def test_a_relay_byte_limit_fails_a_transfer_loudly_never_short() -> None:
         with pytest.raises(NetError):  # the relay cuts the circuit: an error, not a short body
             await a.request(b.peer_id, "/meshd/test/sized/1", str(4 * limit).encode())
         nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_that_cannot_be_reached_is_marked_and_said_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    a, b = await _two_hosts(True)
+    b.handle("/meshd/test/echo/1", _echo)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)
+        b_scope = trio.CancelScope()
+
+        async def run_b(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            with b_scope:
+                await b.run(task_status=task_status)
+
+        await nursery.start(run_b)
+        await a.connect(b.listen_addrs[0])
+        assert await a.request(b.peer_id, "/meshd/test/echo/1", b"hi") == b"hi"
+        assert a.reached(b.peer_id) == "direct"
+        b_scope.cancel()  # b goes away: its listener closes
+        await wait_until(lambda: b.peer_id not in a.connected_peers())
+        caplog.set_level(logging.INFO, logger="meshd.net")
+        for _ in range(2):
+            with pytest.raises(NetError):
+                await a.request(b.peer_id, "/meshd/test/echo/1", b"hi")
+        assert a.reached(b.peer_id) == "unreachable"
+        assert a.statistics().peers_unreachable == 1
+        said = [r.getMessage() for r in caplog.records if "cannot reach peer" in r.getMessage()]
+        assert len(said) == 1 and b.peer_id in said[0], said
+        nursery.cancel_scope.cancel()
+
+
+async def _echo(peer_id: str, body: bytes) -> bytes:
+    return body

@@ -176,6 +176,7 @@ class Discovery:
             if not await self._dial_relayed(peer_id):
                 self._ctx.count("dials_failed")
                 self._note_dial_failure(peer_id)
+                self._ctx.note_unreachable(peer_id, f"dial failed: {exc}")
                 raise PeerUnreachable(f"cannot connect to {peer_id}: {exc}") from exc
         self._remember(peer_id)
 
@@ -239,6 +240,7 @@ class Discovery:
             self._ctx.count("refused_peers")
             self._ctx.spawn(self._ctx.drop_peer, peer_id)
             return
+        self._ctx.note_reached(peer_id)
         self._remember(peer_id)
         self._wake.set()
 

@@ -231,7 +231,7 @@ class MeshHost:
                         await pubsub.wait_until_ready()
                         async with (
                             background_trio_service(self._relay.protocol),
-                            background_trio_service(self._relay.dcutr),
+                            self._relay.hole_punching(),
                             trio.open_nursery() as nursery,
                         ):
                             ctx.nursery = nursery
@@ -323,9 +323,13 @@ class MeshHost:
         return self._relay.state
 
     def reached(self, peer_id: str) -> str | None:
-        """How we are connected to ``peer_id`` now: ``direct``, ``relayed``, or
-        None when not connected."""
-        return self._relay.reached(peer_id)
+        """How we are connected to ``peer_id`` now: ``direct``, ``relayed``,
+        ``hole-punched``; when not connected ``unreachable`` if our last dial
+        or request to it failed, else None."""
+        how = self._relay.reached(peer_id)
+        if how is None and peer_id in self._ctx.unreachable:
+            return "unreachable"
+        return how
 
     @property
     def relays(self) -> list[str]:

@@ -208,6 +208,9 @@ class NetParams:
     """How long a reservation we grant lasts; clients renew at half of it."""
     relay_reservations: int = 2
     """Relays a node that is not publicly reachable reserves a slot with."""
+    hole_punching: bool = True
+    """Run DCUtR: try to turn each relayed connection into a direct one.
+    False: relayed connections stay relayed."""
     reach_sample_s: float = 1.0
     """How often the host notes which peers it reaches only through a relay
     (a later direct connection to one of them is reported hole-punched)."""

@@ -29,7 +29,8 @@ Theory of operation:
       before the reservation expires.
     * Dialling a relayed address is :meth:`Relay.dial_circuit` (used by
       discovery when no direct address answers).
-    * **Hole punching.** py-libp2p's DCUtR service runs on every host: for
+    * **Hole punching.** py-libp2p's DCUtR service runs on every host
+      (unless ``hole_punching`` is off): for
       each relayed connection it tries a direct dial, then a synchronised
       TCP simultaneous open from both listen ports (``SO_REUSEPORT``) to the
       NAT-mapped addresses identify observed. A direct connection to a peer
@@ -48,8 +49,10 @@ Rules:
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import random
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgpack
@@ -63,6 +66,7 @@ from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_PROTOCOL
 from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
 from libp2p.relay.circuit_v2.resources import RelayLimits
 from libp2p.relay.circuit_v2.transport import CircuitV2Transport
+from libp2p.tools.anyio_service import background_trio_service
 
 from meshd.net.context import HostContext
 from meshd.net.errors import NetError, PeerUnreachable
@@ -119,6 +123,15 @@ class Relay:
         reqresp.handle(AUTONAT_PROTOCOL, self._serve_autonat, internal=True)
 
     # ------------------------------------------------------------- lifecycle
+
+    @contextlib.asynccontextmanager
+    async def hole_punching(self) -> AsyncIterator[None]:
+        """Run DCUtR while the host runs (if ``hole_punching``)."""
+        if not self._ctx.params.hole_punching:
+            yield
+            return
+        async with background_trio_service(self.dcutr):
+            yield
 
     def start(self, nursery: trio.Nursery) -> None:
         nursery.start_soon(self._loop)

@@ -289,8 +289,10 @@ class RequestResponse:
         except StreamFailure as exc:
             if network.get_connections(pid):
                 raise RemoteError(f"{pid} does not serve {protocol}") from exc
+            self._ctx.note_unreachable(str(pid), f"{type(exc).__name__}: {exc}")
             raise PeerUnreachable(f"cannot reach {pid}: {exc}") from exc
         except Exception as exc:  # dial failures, errors of a dying connection
+            self._ctx.note_unreachable(str(pid), f"{type(exc).__name__}: {exc}")
             raise PeerUnreachable(f"cannot reach {pid}: {exc}") from exc
 
     # -------------------------------------------------------------- queue stats

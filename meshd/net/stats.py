@@ -40,6 +40,7 @@ class NetStats:
     autonat_checks: int = 0  # dial-back check rounds that asked at least one peer
     relay_reservations: int = 0  # relay slots reserved (renewals not counted)
     relayed_dials: int = 0  # connections opened through a relay
+    peers_unreachable: int = 0  # peers marked unreachable (a dial or stream open failed)
     # gauges
     connected_peers: int = 0
     known_peers: int = 0
