@@ -173,6 +173,9 @@ def render_status(st: dict[str, Any], console: Console) -> None:
     grid.add_row("peer id", dash(st.get("peer_id")))
     grid.add_row("version", f"{dash(st.get('version'))}, up {fmt_duration(st.get('uptime_s'))}")
     grid.add_row("listen", "\n".join(st.get("listen_addrs") or []) or "-")
+    relays = ", ".join(r[:16] for r in st.get("relays") or [])
+    reach = dash(st.get("reachability")) + (f" (relays: {relays})" if relays else "")
+    grid.add_row("reachable", reach)
     if st.get("role"):
         grid.add_row("role", dash(st.get("role")))
     grid.add_row("executor", _executor_line(st.get("executor") or {}))
@@ -303,6 +306,7 @@ def render_peers(data: dict[str, Any], console: Console) -> None:
         ("run/queue", "right"),
         ("warm", "left"),
         ("rep", "right"),
+        ("reached", "left"),
         ("seen", "right"),
         ("version", "left"),
     ):
@@ -324,6 +328,7 @@ def render_peers(data: dict[str, Any], console: Console) -> None:
             f"{dash(p.get('running'))}/{dash(p.get('queued'))}",
             "yes" if p.get("warm") else "no",
             fmt_num(p.get("reputation"), 2),
+            dash(p.get("reached")),
             f"{fmt_duration(p.get('last_seen_s'))} ago",
             dash(p.get("version")),
         )

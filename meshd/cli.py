@@ -175,7 +175,9 @@ def cmd_start(args: argparse.Namespace) -> int:
             f"the daemon runtime cannot be loaded ({exc}); is meshd fully installed?", EXIT_RUNTIME
         )
     from meshd.core.logrecord import LogLockedError
+    from meshd.net.errors import ListenError
 
+    start_failures = (LogLockedError, ListenError)  # one line each, exit 1
     try:
         result = run(config, identity, Path(data_dir), overrides)
         if inspect.iscoroutine(result):  # an async run(): drive it with trio
@@ -187,13 +189,13 @@ def cmd_start(args: argparse.Namespace) -> int:
                 return await coro
 
             result = trio.run(_main)
-    except LogLockedError as exc:
+    except start_failures as exc:
         return _fail(f"{exc}", EXIT_RUNTIME)
     except BaseExceptionGroup as group:  # raised inside the daemon's task group
-        locked, rest = group.split(LogLockedError)
-        if locked is None or rest is not None:
+        failed, rest = group.split(start_failures)
+        if failed is None or rest is not None:
             raise
-        return _fail(str(_first_leaf(locked)), EXIT_RUNTIME)
+        return _fail(str(_first_leaf(failed)), EXIT_RUNTIME)
     return result if isinstance(result, int) else EXIT_OK
 
 

@@ -209,6 +209,12 @@ class NodeConfig(BaseModel):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     mdns: bool = True
     """Discover peers on the local network with mDNS."""
+    relay_service: bool = True
+    """Relay connections for peers behind NATs (circuit relay v2) once this node
+    is found publicly reachable (``NetParams.relay_service``)."""
+    reachability: Literal["auto", "public", "private"] = "auto"
+    """``auto``: a dial-back check by peers decides; ``public``/``private``: fixed
+    (``NetParams.reachability``)."""
     blob_store_max_bytes: Annotated[int | None, Field(ge=1)] = None
     """Cap on the blob store's bytes (None: ``RuntimeParams.blob_store_max_bytes``,
     20 GiB); above it unreferenced blobs are collected and uploads refused."""

@@ -6,6 +6,7 @@ operation and ``meshd/net/PROTOCOL-net.md`` for the wire format.
 
 from meshd.net.errors import (
     InvalidMessage,
+    ListenError,
     MessageTooLarge,
     NetError,
     NotRunning,
@@ -25,6 +26,7 @@ __all__ = [
     "PROVABLY_INVALID",
     "PX_PROTOCOL",
     "InvalidMessage",
+    "ListenError",
     "MeshHost",
     "MessageTooLarge",
     "NetError",

@@ -19,6 +19,7 @@ Rules:
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -52,6 +53,28 @@ class HostContext:
         self.state = "new"  # new -> running -> stopping -> stopped
         self.nursery: trio.Nursery | None = None
         self.counts = dict.fromkeys(COUNTER_NAMES, 0)
+        self.unreachable: collections.OrderedDict[str, str] = collections.OrderedDict()
+        """Peers our last attempt to reach failed (-> why), until one connects."""
+
+    def note_unreachable(self, peer_id: str, why: str) -> None:
+        """Our attempt to reach ``peer_id`` failed: mark it (logged once, until
+        it connects again; at most ``known_peers_max`` marked)."""
+        if peer_id not in self.unreachable:
+            self.count("peers_unreachable")
+            log.info(
+                "cannot reach peer %s (%s): messages to it are not delivered until it connects",
+                peer_id,
+                why[:200],
+            )
+        self.unreachable[peer_id] = why
+        self.unreachable.move_to_end(peer_id)
+        while len(self.unreachable) > self.params.known_peers_max:
+            self.unreachable.popitem(last=False)
+
+    def note_reached(self, peer_id: str) -> None:
+        """``peer_id`` connected: it is reachable again."""
+        if self.unreachable.pop(peer_id, None) is not None:
+            log.info("peer %s is reachable again", peer_id)
 
     def count(self, name: str, n: int = 1) -> None:
         self.counts[name] += n

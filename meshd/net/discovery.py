@@ -40,6 +40,7 @@ from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from meshd.net import px
 from meshd.net.context import HostContext, parse_peer_id
 from meshd.net.errors import NetError, PeerUnreachable
+from meshd.net.relay import Relay, is_circuit_addr
 from meshd.net.reqresp import RequestResponse
 from meshd.net.standing import Standing
 
@@ -91,8 +92,10 @@ class Discovery:
         standing: Standing,
         reqresp: RequestResponse,
         bootstrap: Sequence[str],
+        relay: Relay,
     ) -> None:
         self._ctx = ctx
+        self._relay = relay
         self._standing = standing
         self._reqresp = reqresp
         self._bootstrap = [split_p2p_addr(a) for a in bootstrap]
@@ -118,9 +121,10 @@ class Discovery:
         if self._mdns_handler is not None:
             peerDiscovery.unregister_peer_discovered_handler(self._mdns_handler)
 
-    def listen_to_mdns(self) -> None:
-        """Turn libp2p's mDNS discoveries into dial candidates (if ``mdns``)."""
-        if not self._ctx.params.mdns:
+    def listen_to_mdns(self, enabled: bool) -> None:
+        """Turn libp2p's mDNS discoveries into dial candidates (if ``enabled``:
+        see :func:`meshd.net.host.uses_mdns`)."""
+        if not enabled:
             return
         token = trio.lowlevel.current_trio_token()
 
@@ -161,17 +165,39 @@ class Discovery:
         pid = ID.from_base58(peer_id)
         if addrs:
             host.get_peerstore().add_addrs(pid, list(addrs), p.known_addr_ttl_s)
+        direct = [a for a in addrs if not is_circuit_addr(a)]
         try:
             with trio.fail_after(p.connect_timeout_s):
-                if addrs:
-                    await host.connect(PeerInfo(pid, list(addrs)))
-                else:
+                if direct:
+                    await host.connect(PeerInfo(pid, direct))
+                else:  # libp2p skips relayed addresses
                     await host.get_network().dial_peer(pid)
         except Exception as exc:  # dial errors, TooSlowError
-            self._ctx.count("dials_failed")
-            self._note_dial_failure(peer_id)
-            raise PeerUnreachable(f"cannot connect to {peer_id}: {exc}") from exc
+            if not await self._dial_relayed(peer_id):
+                self._ctx.count("dials_failed")
+                self._note_dial_failure(peer_id)
+                self._ctx.note_unreachable(peer_id, f"dial failed: {exc}")
+                raise PeerUnreachable(f"cannot connect to {peer_id}: {exc}") from exc
         self._remember(peer_id)
+
+    async def _dial_relayed(self, peer_id: str) -> bool:
+        """Connect through a relayed address of ``peer_id`` we hold, if any."""
+        circuits = [a for a in self._peerstore_addrs(peer_id) if is_circuit_addr(a)]
+        if not circuits:
+            return False
+        with trio.move_on_after(self._ctx.params.connect_timeout_s):
+            try:
+                await self._relay.dial_circuit(peer_id, circuits)
+                return True
+            except PeerUnreachable as exc:
+                log.debug("%s", exc)
+        return False
+
+    def _peerstore_addrs(self, peer_id: str) -> list[multiaddr.Multiaddr]:
+        try:
+            return list(self._ctx.libp2p.get_peerstore().addrs(parse_peer_id(peer_id)))
+        except Exception:
+            return []
 
     async def _dial_quietly(self, peer_id: str, addrs: Sequence[multiaddr.Multiaddr]) -> None:
         try:
@@ -181,12 +207,8 @@ class Discovery:
 
     def known_addrs(self, peer_id: str) -> list[str]:
         """See :meth:`MeshHost.known_addrs`."""
-        try:
-            addrs = self._ctx.libp2p.get_peerstore().addrs(parse_peer_id(peer_id))
-        except Exception:
-            return []
         out = []
-        for a in addrs:
+        for a in self._peerstore_addrs(peer_id):
             text = str(a).split("/p2p/")[0]
             out.append(f"{text}/p2p/{peer_id}")
         return list(dict.fromkeys(out))
@@ -218,6 +240,7 @@ class Discovery:
             self._ctx.count("refused_peers")
             self._ctx.spawn(self._ctx.drop_peer, peer_id)
             return
+        self._ctx.note_reached(peer_id)
         self._remember(peer_id)
         self._wake.set()
 
@@ -310,7 +333,9 @@ class Discovery:
             if q != peer_id and not self._standing.is_blocked(q)
         ]
         random.shuffle(others)
-        entries = [(q, self.known_addrs(q)) for q in others]
+        # relayed addresses through us first: a peer that holds a reservation
+        # here is one the asker most likely cannot dial directly
+        entries = [(q, self._relay.circuit_addrs_for(q) + self.known_addrs(q)) for q in others]
         return px.encode_px_response(
             entries, want, p.max_px_addrs_per_peer, max_addr_chars=p.max_px_addr_chars
         )

@@ -15,6 +15,13 @@ class NetError(Exception):
     """Base class of every error raised by ``meshd.net``."""
 
 
+class ListenError(NetError):
+    """A listen address cannot be taken: another process listens on it (py-libp2p
+    sets ``SO_REUSEPORT``, so without a check two daemons would share a port),
+    or the address is not one of this machine's. The text is one line for the
+    user."""
+
+
 class NotRunning(NetError):
     """The host is not running (``run()`` not started yet, or already returned)."""
 

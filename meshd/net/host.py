@@ -9,6 +9,7 @@ Theory of operation:
       bounded inbox, paced publishing;
     * :mod:`meshd.net.reqresp` -- request/response streams;
     * :mod:`meshd.net.discovery` -- bootstrap, peer exchange, mDNS, dialling;
+    * :mod:`meshd.net.relay` -- reachability (dial-back check), circuit relay v2;
     * :mod:`meshd.net.standing` -- app score, block list, forgery charges;
     * :mod:`meshd.net.libp2p_hooks` -- every override of py-libp2p internals;
     * :mod:`meshd.net.context` -- what the parts share (counters, nursery).
@@ -32,7 +33,9 @@ Rules:
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,12 +50,13 @@ from libp2p.tools.anyio_service import background_trio_service
 from meshd.core.identity import Identity
 from meshd.net.context import HostContext
 from meshd.net.discovery import Discovery
-from meshd.net.errors import NetError
+from meshd.net.errors import ListenError, NetError
 from meshd.net.gossip import Gossip, GossipHandler, TopicValidator
 from meshd.net.libp2p_hooks import take_over_dialing
 from meshd.net.logs import quiet_libp2p_logs
 from meshd.net.params import NetParams
 from meshd.net.px import PX_PROTOCOL
+from meshd.net.relay import Relay
 from meshd.net.reqresp import RequestHandler, RequestResponse
 from meshd.net.standing import PROVABLY_INVALID, AppScore, Standing
 from meshd.net.stats import NetStats
@@ -81,6 +85,59 @@ def _split_cancelled(
     return None, exc
 
 
+def check_listen_addr_free(addr: multiaddr.Multiaddr) -> None:
+    """Raise :class:`ListenError` if a socket already listens on ``addr``.
+
+    py-libp2p 0.8.1 binds its listener with ``SO_REUSEPORT`` (DCUtR dials from
+    the listen port), so a second daemon on a taken port would bind it too and
+    share the first one's connections. A probe bound *without* ``SO_REUSEPORT``
+    (with ``SO_REUSEADDR``, so a port in TIME_WAIT is still free) fails while
+    any other socket listens there. Port 0 and DNS names are not probed. Two
+    daemons started at the very same moment can both pass the probe; one
+    started against a running daemon cannot."""
+    family = None
+    for proto, fam in (("ip4", socket.AF_INET), ("ip6", socket.AF_INET6)):
+        try:
+            ip = addr.value_for_protocol(proto)
+        except Exception:
+            continue
+        family = fam
+        break
+    try:
+        port = int(addr.value_for_protocol("tcp"))
+    except Exception:
+        return
+    if family is None or port == 0:
+        return
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((ip, port))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ListenError(
+                f"cannot listen on {addr}: the address is already in use "
+                "(another meshd or program listens there; choose another port with --listen)"
+            ) from None
+        raise ListenError(f"cannot listen on {addr}: {exc.strerror or exc}") from None
+    finally:
+        probe.close()
+
+
+def uses_mdns(params: NetParams, listen: Sequence[multiaddr.Multiaddr]) -> bool:
+    """Whether a host runs mDNS: ``params.mdns`` and at least one listen
+    address off loopback. A node that listens only on loopback cannot be
+    reached from its link, and advertising 127.0.0.1 would only join it to
+    unrelated nodes on the same machine (tests, demos)."""
+    if not params.mdns:
+        return False
+    for addr in listen:
+        text = str(addr)
+        if not (text.startswith(("/ip4/127.", "/ip6/::1/")) or "/dns/localhost/" in text):
+            return True
+    return False
+
+
 def _build_libp2p_host(
     identity: Identity, params: NetParams, listen: list[multiaddr.Multiaddr]
 ) -> Any:
@@ -100,7 +157,7 @@ def _build_libp2p_host(
     host = new_host(
         key_pair=KeyPair(key, key.get_public_key()),
         listen_addrs=listen,
-        enable_mDNS=p.mdns,
+        enable_mDNS=uses_mdns(p, listen),
         connection_config=config,
     )
     if str(host.get_id()) != identity.peer_id:
@@ -131,7 +188,8 @@ class MeshHost:
         self._standing = Standing(ctx)
         self._gossip = Gossip(ctx, self._standing)
         self._reqresp = RequestResponse(ctx, self._standing)
-        self._discovery = Discovery(ctx, self._standing, self._reqresp, bootstrap)
+        self._relay = Relay(ctx, self._reqresp)
+        self._discovery = Discovery(ctx, self._standing, self._reqresp, bootstrap, self._relay)
         # The libp2p objects, for tests that drive them directly.
         self._host = ctx.libp2p
         self._pid = ctx.pid
@@ -142,12 +200,15 @@ class MeshHost:
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled. ``started()`` once listening, pubsub ready and
-        subscribed. Raises NetError if the host cannot start or libp2p fails."""
+        subscribed. Raises ListenError if a listen address is taken (or not
+        ours), NetError if the host cannot start or libp2p fails."""
         if self._ctx.state != "new":
             raise RuntimeError("MeshHost.run() can be called only once")
         try:
+            for addr in self._listen:
+                check_listen_addr_free(addr)
             await self._run_libp2p(task_status)
-        except (KeyboardInterrupt, SystemExit):
+        except (KeyboardInterrupt, SystemExit, ListenError):
             raise
         except BaseException as exc:
             cancelled, other = _split_cancelled(exc)
@@ -168,12 +229,17 @@ class MeshHost:
                 async with background_trio_service(pubsub):
                     async with background_trio_service(router):
                         await pubsub.wait_until_ready()
-                        async with trio.open_nursery() as nursery:
+                        async with (
+                            background_trio_service(self._relay.protocol),
+                            self._relay.hole_punching(),
+                            trio.open_nursery() as nursery,
+                        ):
                             ctx.nursery = nursery
                             ctx.state = "running"
-                            self._discovery.listen_to_mdns()
+                            self._discovery.listen_to_mdns(uses_mdns(self.params, self._listen))
                             await self._gossip.start(nursery)
                             self._discovery.start(nursery)
+                            self._relay.start(nursery)
                             task_status.started()
                             await trio.sleep_forever()
             finally:
@@ -249,6 +315,26 @@ class MeshHost:
 
     def connected_peers(self) -> list[str]:
         return self._ctx.connected_peers()
+
+    @property
+    def reachability(self) -> str:
+        """``unknown``, ``public`` or ``private``: what the dial-back check says
+        about this node (see :mod:`meshd.net.relay`)."""
+        return self._relay.state
+
+    def reached(self, peer_id: str) -> str | None:
+        """How we are connected to ``peer_id`` now: ``direct``, ``relayed``,
+        ``hole-punched``; when not connected ``unreachable`` if our last dial
+        or request to it failed, else None."""
+        how = self._relay.reached(peer_id)
+        if how is None and peer_id in self._ctx.unreachable:
+            return "unreachable"
+        return how
+
+    @property
+    def relays(self) -> list[str]:
+        """Peers we hold a relay reservation with."""
+        return self._relay.relays
 
     def known_addrs(self, peer_id: str) -> list[str]:
         """Addresses we hold for ``peer_id`` (with ``/p2p/<id>``)."""

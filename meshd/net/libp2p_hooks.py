@@ -36,6 +36,9 @@ Hooks (what it overrides -- why -- checked against libp2p 0.8.1):
   -- checked against libp2p 0.8.1.
 - ``AutoConnector.maybe_connect`` -- no-op: meshd's discovery owns dialing (the library would
   redial blocked and dead peers) -- checked against libp2p 0.8.1.
+- ``RelayResourceManager._reservations`` (read only) -- which peers hold a relay reservation
+  with us, to list their relayed addresses in peer exchange (the library has no accessor)
+  -- checked against libp2p 0.8.1.
 - ``Swarm.retry_config`` (attribute) -- fewer dial retries (the default 3 makes a dead peer
   cost ~0.7 s) -- checked against libp2p 0.8.1.
 - ``Swarm.auto_connector`` (attribute) -- installs the no-op auto-connector above
@@ -372,3 +375,13 @@ def take_over_dialing(swarm: Any, dial_retries: int) -> None:
     on its own (no auto-connector)."""
     swarm.retry_config = RetryConfig(max_retries=dial_retries)
     swarm.auto_connector = _NoAutoDial(swarm)
+
+
+def relay_reserved_peers(protocol: Any) -> set[str]:
+    """Peer ids holding an unexpired reservation with this relay (a
+    ``CircuitV2Protocol``); empty if the library's layout is not as expected."""
+    try:
+        reservations = protocol.resource_manager._reservations
+        return {str(pid) for pid, r in reservations.items() if not r.is_expired()}
+    except Exception:
+        return set()

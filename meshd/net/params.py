@@ -171,7 +171,52 @@ class NetParams:
     """libp2p's retries of a failed dial (its default, 3, makes a dead peer
     cost ~0.7 s); 0 = no retry."""
     mdns: bool = False
-    """Also discover peers on the local link with mDNS."""
+    """Also discover peers on the local link with mDNS (the daemon sets it from
+    ``config.toml``'s ``mdns``). Only a host with a listen address off
+    loopback runs it."""
+
+    # --- Reachability and relays ----------------------------------------------
+    reachability: str = "auto"
+    """``auto``: the dial-back check decides; ``public`` or ``private``: fixed
+    (an operator who knows the node is behind a NAT, or has a port mapping),
+    and no check runs."""
+    autonat_interval_s: float = 60.0
+    """Period of the dial-back check once reachability is known."""
+    autonat_retry_s: float = 2.0
+    """Period of the dial-back check while reachability is unknown (no answer yet)."""
+    autonat_peers: int = 3
+    """Directly connected peers asked in one dial-back check."""
+    autonat_dial_timeout_s: float = 3.0
+    """Longest a dial-back (a TCP connect to the requester's listen port at its
+    observed IP) may take; no answer in time counts as unreachable."""
+    autonat_max_dialbacks: int = 8
+    """Dial-backs a node runs for others at once; beyond it a request is
+    answered "could not try"."""
+    relay_service: bool = True
+    """Serve circuit relay v2 (hop) once the dial-back check says this node is
+    publicly reachable. False: never relay for others."""
+    relay_max_reservations: int = 32
+    """Most peers holding a reservation with us as their relay."""
+    relay_max_circuits: int = 64
+    """Most relayed connections we carry at once."""
+    relay_circuit_max_bytes: int = 256 * 1024 * 1024
+    """Bytes one relayed connection may carry (both directions) before the
+    relay resets it; above ``max_response_bytes`` so one blob fits."""
+    relay_circuit_max_duration_s: int = 3600
+    """Seconds one relayed connection may last before the relay resets it."""
+    relay_reservation_ttl_s: int = 3600
+    """How long a reservation we grant lasts; clients renew at half of it."""
+    relay_reservations: int = 2
+    """Relays a node that is not publicly reachable reserves a slot with."""
+    hole_punching: bool = True
+    """Run DCUtR: try to turn each relayed connection into a direct one.
+    False: relayed connections stay relayed."""
+    reach_sample_s: float = 1.0
+    """How often the host notes which peers it reaches only through a relay
+    (a later direct connection to one of them is reported hole-punched)."""
+    relay_retry_s: float = 5.0
+    """Pause before asking a peer that refused a reservation again, and the
+    longest pause of the reservation loop of a private node."""
 
     # --- Reputation ------------------------------------------------------------
     app_score_weight: float = 1.0
@@ -233,12 +278,27 @@ class NetParams:
             "known_addr_ttl_s",
             "max_blocked_peers",
             "shutdown_timeout_s",
+            "autonat_interval_s",
+            "autonat_retry_s",
+            "autonat_peers",
+            "autonat_dial_timeout_s",
+            "autonat_max_dialbacks",
+            "relay_max_reservations",
+            "relay_max_circuits",
+            "relay_circuit_max_bytes",
+            "relay_circuit_max_duration_s",
+            "relay_reservation_ttl_s",
+            "relay_reservations",
+            "relay_retry_s",
+            "reach_sample_s",
         )
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"NetParams.{name} must be > 0, got {getattr(self, name)!r}")
         if not 1 <= self.degree_low <= self.degree <= self.degree_high:
             raise ValueError("NetParams needs 1 <= degree_low <= degree <= degree_high")
+        if self.reachability not in ("auto", "public", "private"):
+            raise ValueError("NetParams.reachability must be auto, public or private")
         if self.dial_retries < 0:
             raise ValueError("NetParams.dial_retries must be >= 0")
         if self.idontwant_min_bytes < 0:

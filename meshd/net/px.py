@@ -16,6 +16,7 @@ Rules:
   that are not dialable ``/ip4|ip6|dns*/.../tcp/N`` multiaddrs are skipped.
   Only a body that is not msgpack at all raises ``ValueError``.
 - Addresses travel without their ``/p2p/<id>`` suffix; the receiver adds it.
+  A relayed address travels as ``<relay tcp addr>/p2p/<relay id>/p2p-circuit``.
 """
 
 from __future__ import annotations
@@ -58,8 +59,9 @@ def decode_px_request(body: bytes, cap: int, *, max_bytes: int = _REQUEST_BYTES)
 
 
 def dialable_addr(text: str, max_chars: int = _ADDR_CHARS) -> str | None:
-    """``text`` as a dialable TCP multiaddr without ``/p2p``, or None (also
-    when longer than ``max_chars``)."""
+    """``text`` as a dialable TCP multiaddr without ``/p2p`` (or a relayed
+    address ending in ``/p2p-circuit``), or None (also when longer than
+    ``max_chars``)."""
     if not isinstance(text, str) or len(text) > max_chars:
         return None
     try:
@@ -69,8 +71,11 @@ def dialable_addr(text: str, max_chars: int = _ADDR_CHARS) -> str | None:
         return None
     if len(names) < 2 or names[0] not in _HOST_PROTOCOLS or names[1] != "tcp":
         return None
+    if names[2:] == ["p2p", "p2p-circuit"] or names[2:] == ["p2p", "p2p-circuit", "p2p"]:
+        # a relayed address: the relay's TCP address and id, then /p2p-circuit
+        return str(addr).split("/p2p-circuit")[0] + "/p2p-circuit"
     if any(n not in ("p2p",) for n in names[2:]):
-        return None  # /ws, /p2p-circuit ...: not dialable by our TCP-only host
+        return None  # /ws ...: not dialable by our TCP-only host
     return str(addr).split("/p2p/")[0]
 
 

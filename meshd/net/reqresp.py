@@ -60,6 +60,10 @@ from meshd.net.standing import Standing
 
 log = logging.getLogger("meshd.net")
 
+INTERNAL_PROTOCOLS = frozenset({PX_PROTOCOL, "/meshd/autonat/1"})
+"""meshd.net's own protocols (peer exchange, the dial-back check): reserved,
+and not counted in the application's request counters."""
+
 RequestHandler = Callable[[str, bytes], Awaitable[bytes]]
 
 
@@ -123,8 +127,8 @@ class RequestResponse:
         """See :meth:`MeshHost.handle`; ``internal`` allows the reserved PX protocol."""
         if not protocol.startswith("/"):
             raise ValueError(f"protocol ids start with '/': {protocol!r}")
-        if protocol == PX_PROTOCOL and not internal:
-            raise ValueError(f"{PX_PROTOCOL} is reserved for peer exchange")
+        if protocol in INTERNAL_PROTOCOLS and not internal:
+            raise ValueError(f"{protocol} is reserved for meshd.net")
         self._handlers[protocol] = handler
 
         async def serve(stream: INetStream) -> None:
@@ -134,7 +138,7 @@ class RequestResponse:
 
     async def _serve_stream(self, protocol: str, stream: INetStream) -> None:
         peer = str(stream.muxed_conn.peer_id)
-        counted = protocol != PX_PROTOCOL  # counters describe the application's traffic
+        counted = protocol not in INTERNAL_PROTOCOLS  # counters: the application's traffic
         if counted:
             self._ctx.count("requests_in")
         self._inflight_in[peer] = self._inflight_in.get(peer, 0) + 1
@@ -201,7 +205,7 @@ class RequestResponse:
         if self._standing.is_blocked(peer_id):
             raise PeerUnreachable(f"peer {peer_id} is blocked")
         timeout = p.request_timeout_s if timeout_s is None else timeout_s
-        counted = protocol != PX_PROTOCOL  # counters describe the application's traffic
+        counted = protocol not in INTERNAL_PROTOCOLS  # counters: the application's traffic
         if counted:
             self._ctx.count("requests_out")
         self._inflight_out += 1
@@ -285,8 +289,10 @@ class RequestResponse:
         except StreamFailure as exc:
             if network.get_connections(pid):
                 raise RemoteError(f"{pid} does not serve {protocol}") from exc
+            self._ctx.note_unreachable(str(pid), f"{type(exc).__name__}: {exc}")
             raise PeerUnreachable(f"cannot reach {pid}: {exc}") from exc
         except Exception as exc:  # dial failures, errors of a dying connection
+            self._ctx.note_unreachable(str(pid), f"{type(exc).__name__}: {exc}")
             raise PeerUnreachable(f"cannot reach {pid}: {exc}") from exc
 
     # -------------------------------------------------------------- queue stats

@@ -36,6 +36,11 @@ class NetStats:
     dials_failed: int = 0
     px_rounds: int = 0  # peer-exchange requests that got an answer
     refused_peers: int = 0  # connections/streams refused (blocked, low score, full)
+    # reachability and relays
+    autonat_checks: int = 0  # dial-back check rounds that asked at least one peer
+    relay_reservations: int = 0  # relay slots reserved (renewals not counted)
+    relayed_dials: int = 0  # connections opened through a relay
+    peers_unreachable: int = 0  # peers marked unreachable (a dial or stream open failed)
     # gauges
     connected_peers: int = 0
     known_peers: int = 0

@@ -143,7 +143,11 @@ class Daemon(EffectInterpreter):
         self.core_params = core_params or CoreParams().with_overrides(
             {k: v for k, v in config.params.items()}
         )
-        self.net_params = net_params or NetParams()
+        self.net_params = net_params or NetParams(
+            mdns=config.mdns,
+            relay_service=config.relay_service,
+            reachability=config.reachability,
+        )
         self.exec_params = exec_params or ExecParams()
         self.rp = runtime_params or RuntimeParams()
         if config.blob_store_max_bytes is not None:

@@ -355,6 +355,8 @@ class NodeView:
             "version": __version__,
             "uptime_s": round((self._monotonic_ms() - self._started_ms) / 1000, 1),
             "listen_addrs": self._host.listen_addrs,
+            "reachability": self._host.reachability,
+            "relays": self._host.relays,
             "role": "client" if self._executor.name == "none" else "worker",
             "executor": {
                 "name": self._executor.name,
@@ -469,6 +471,7 @@ class NodeView:
                     "cold_reason": a.cold_reason,
                     "version": a.version,
                     "reputation": round(node.trust.reputation(e.peer_id, now), 3),
+                    "reached": self._host.reached(e.peer_id) or "not connected",
                     "last_seen_s": round((now - e.last_seen_ms) / 1000, 1),
                     "expires_in_s": round((e.expires_ms - now) / 1000, 1),
                 }

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from meshd.api.client import ApiClient, ApiClientError
 from meshd.config import update_config
@@ -31,6 +31,8 @@ FAST_PARAMS = {
     "reoffer_max_ms": 2000,
 }
 """Protocol timings shortened for tests (same rules, smaller numbers)."""
+
+T = TypeVar("T")
 
 
 def _bin(name: str) -> list[str]:
@@ -62,6 +64,27 @@ class DaemonProcess:
     bootstrap: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     """Added to the daemon's environment (e.g. its own ``DOCKER_HOST``)."""
+    listen: str = "/ip4/127.0.0.1/tcp/0"
+    config: dict[str, Any] = field(default_factory=dict)
+    """More ``config.toml`` keys (e.g. ``{"mdns": True}``)."""
+
+    def wrap(self, cmd: list[str]) -> list[str]:
+        """The command line that runs ``cmd`` where this daemon lives (here: as is;
+        :class:`meshd.testing.netns.NetnsDaemon` runs it in a namespace)."""
+        return cmd
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """``fn()`` where this daemon's control API is reachable (here: at once)."""
+        return fn()
+
+    def mesh(self, *args: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess[str]:
+        """Run the real `mesh` CLI against this daemon."""
+        return subprocess.run(
+            self.wrap([*_bin("mesh"), "--data-dir", str(self.data_dir), *args]),
+            text=True,
+            capture_output=True,
+            timeout=timeout_s,
+        )
 
     def init(self) -> None:
         subprocess.run(
@@ -71,14 +94,19 @@ class DaemonProcess:
                 "--data-dir",
                 str(self.data_dir),
                 "--listen",
-                "/ip4/127.0.0.1/tcp/0",
+                self.listen,
             ],
             check=True,
             capture_output=True,
         )
         update_config(
             self.data_dir,
-            {"allow_process_executor": True, "mdns": False, "params": dict(self.params)},
+            {
+                "allow_process_executor": True,
+                "mdns": False,
+                "params": dict(self.params),
+                **self.config,
+            },
         )
 
     def start(self, timeout_s: float = 60.0) -> None:
@@ -99,7 +127,7 @@ class DaemonProcess:
         (self.data_dir / "api.addr").unlink(missing_ok=True)
         log = open(self.data_dir / "daemon.log", "ab")
         self.proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env}
+            self.wrap(cmd), stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env}
         )
         self.wait_for(lambda: self.status() is not None, timeout_s, "the daemon's API")
 
@@ -113,7 +141,7 @@ class DaemonProcess:
                 + (self.data_dir / "daemon.log").read_text()[-2000:]
             )
         try:
-            return self.client().status()
+            return self.call(lambda: self.client().status())
         except (ApiClientError, OSError):
             return None
 
