@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mesh_cli.errors import JobError, UsageError
 from meshd.api.client import ApiClient
 
 WAIT_POLL_S = 0.5
@@ -37,14 +38,6 @@ MAX_RESULT_MEMBERS = 100_000
 """Tar members accepted in a job's output."""
 HASH_CHUNK_BYTES = 1024 * 1024
 _URI_RE = re.compile(r"^(https?|s3|ipfs)://")
-
-
-class UsageError(Exception):
-    """The user's command line or descriptor file is wrong (exit 2)."""
-
-
-class JobError(Exception):
-    """Something about a job or its files failed (exit 1)."""
 
 
 # ------------------------------------------------------------- descriptors

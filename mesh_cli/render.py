@@ -42,7 +42,8 @@ TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 def make_console(stderr: bool = False) -> Console:
     probe = Console(stderr=stderr)
     width = None if probe.is_terminal else PIPE_WIDTH
-    return Console(stderr=stderr, width=width, highlight=False, soft_wrap=False)
+    # emoji=False: no ":name:" codes in what we draw (and their table stays unloaded)
+    return Console(stderr=stderr, width=width, highlight=False, soft_wrap=False, emoji=False)
 
 
 def dash(value: Any) -> str:

@@ -800,12 +800,14 @@ def test_version_and_help_load_no_client_renderer_or_pydantic() -> None:
 
 
 def test_a_json_read_loads_neither_pydantic_nor_rich(tmp_path: Path) -> None:
-    """`mesh status --json` needs the client and the data dir's two files only."""
+    """`mesh status --json` needs the client and the data dir's two files only
+    (not even http.client, which brings email and ssl, nor the job helpers)."""
+    heavy = ("rich", "pydantic", "meshd.config", "http.client", "ssl", "mesh_cli.jobs")
     code = (
         "import sys\n"
         "from mesh_cli.main import main\n"
         f"main(['--data-dir', {str(tmp_path / 'none')!r}, 'status', '--json'])\n"
-        "print([m for m in ('rich', 'pydantic', 'meshd.config') if m in sys.modules])\n"
+        f"print([m for m in {heavy!r} if m in sys.modules])\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.stdout.strip().endswith("[]"), proc.stdout + proc.stderr

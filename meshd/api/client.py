@@ -14,15 +14,14 @@ Rules:
   waits without a timeout between lines but caps one line at
   ``max_line_bytes``.
 
-Theory of operation: one ``http.client.HTTPConnection`` per call (the CLI
-makes few calls; a fresh connection keeps failure handling simple), the
+Theory of operation: one connection per call (:mod:`meshd.api.http1`; the
+CLI makes few calls, and a fresh connection keeps failure handling simple), the
 bearer token on every request, JSON bodies both ways. A streamed response is
 read line by line as NDJSON.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import urllib.parse
@@ -31,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from meshd.api import http1
 from meshd.datadir import DataDir, read_api_addr, read_api_token
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -223,37 +223,29 @@ class ApiClient:
         size: int | None = None,
         content_type: str = "application/json",
         stream: bool = False,
-    ) -> Iterator[http.client.HTTPResponse]:
+    ) -> Iterator[http1.Response]:
         """Send one request on a fresh connection; yields the response, then closes both."""
         url = path + ("?" + urllib.parse.urlencode(query) if query else "")
         headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type
             headers["Content-Length"] = str(len(body) if isinstance(body, bytes) else size)
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
         try:
-            try:
-                conn.request(method, url, body=body, headers=headers)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the daemon answered before taking the whole body (413): read that answer
-            resp = conn.getresponse()
+            resp = http1.request(self.host, self.port, method, url, headers, body, self.timeout_s)
         except ConnectionRefusedError:
-            conn.close()
             raise _not_running(
                 self.data_dir, f"nothing listens on {self.host}:{self.port}"
             ) from None
         except TimeoutError:
-            conn.close()
             raise DaemonUnreachable(
                 f"the daemon for {self.data_dir} did not answer {method} {path} within {self.timeout_s:g} s"
             ) from None
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
+        except OSError as exc:
             raise DaemonUnreachable(
                 f"lost the connection to the daemon for {self.data_dir}: {exc}"
             ) from None
-        if stream and conn.sock is not None:
-            conn.sock.settimeout(None)  # a followed log may be quiet for long
+        if stream:
+            resp.sock.settimeout(None)  # a followed log may be quiet for long
         try:
             yield resp
         except TimeoutError:
@@ -261,15 +253,14 @@ class ApiClient:
                 f"the daemon for {self.data_dir} stopped answering {method} {path} "
                 f"(no data for {self.timeout_s:g} s)"
             ) from None
-        except (OSError, http.client.HTTPException) as exc:
+        except OSError as exc:
             raise DaemonUnreachable(
                 f"lost the connection to the daemon for {self.data_dir}: {exc}"
             ) from None
         finally:
             resp.close()
-            conn.close()
 
-    def _raise_for_status(self, resp: http.client.HTTPResponse) -> None:
+    def _raise_for_status(self, resp: http1.Response) -> None:
         if resp.status < 400:
             return
         data = resp.read(MAX_LINE_BYTES)
