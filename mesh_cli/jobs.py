@@ -95,6 +95,8 @@ def spec_from_args(args: Any, base: dict[str, Any] | None) -> dict[str, Any]:
             req[key] = getattr(args, flag)
     if args.network:
         req["network"] = True
+    if args.runtime:
+        req["runtime"] = args.runtime
     if req:
         spec["requirements"] = req
     for flag, key in (

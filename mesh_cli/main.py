@@ -213,7 +213,7 @@ def cmd_submit(args: argparse.Namespace, client: ApiClient) -> int:
         args.command = args.command[1:]
     spec = spec_from_args(args, base)
     spec = upload_inputs(client, spec, lambda m: print(m, file=sys.stderr))
-    answer = client.submit(spec, wait=False, queue=args.queue)
+    answer = client.submit(spec, wait=False, queue=args.queue, queue_timeout_s=args.queue_timeout)
     job_id = str(answer.get("job_id"))
     if not args.wait:
         if args.json:
@@ -468,6 +468,12 @@ def _add_submit(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus", type=int)
     p.add_argument("--gpu-memory", type=int, metavar="MB", help="minimum memory of each GPU")
     p.add_argument("--network", action="store_true", help="the job needs network access")
+    p.add_argument(
+        "--runtime",
+        choices=("docker", "process"),
+        help="executor kind: docker (the default: the sandbox, in IMG) or process "
+        "(unsandboxed, on the worker's host; only nodes that allow it take it)",
+    )
     p.add_argument("--timeout", type=float, metavar="S", help="wall-clock limit in seconds")
     p.add_argument("--max-budget", type=float, metavar="C", help="most credits to spend")
     p.add_argument(
@@ -486,6 +492,13 @@ def _add_submit(sub: Any, common: argparse.ArgumentParser) -> None:
         "--queue",
         action="store_true",
         help="accept the job even if no known peer can run it now (it waits for one)",
+    )
+    p.add_argument(
+        "--queue-timeout",
+        type=float,
+        metavar="S",
+        help="fail the job if no worker took it within S seconds "
+        "(default and cap: the node's max_queue_time_ms)",
     )
     p.add_argument(
         "-o",

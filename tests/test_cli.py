@@ -176,6 +176,8 @@ class FakeDaemon:
     def __init__(self, peer_id: str) -> None:
         self.peer_id = peer_id
         self.specs: list[dict[str, Any]] = []
+        self.submits: list[dict[str, Any]] = []
+        """Each submit's body beside its spec (queue, queue_timeout_s)."""
         self.blobs: dict[str, bytes] = {}
         self.polls = 0
         self.log_raw: list[bytes] = []
@@ -269,6 +271,7 @@ class FakeDaemon:
                     400, "invalid_job", "invalid job descriptor", fields=exc.fields
                 ) from None
         self.specs.append(spec)
+        self.submits.append({k: v for k, v in req.json().items() if k != "spec"})
         return json_response({"job_id": JOB, "estimate": {"credits": 1.0, "seconds": 12.0}})
 
     async def jobs(self, req: Request) -> Response:
@@ -498,6 +501,11 @@ async def test_submit_uploads_inputs_waits_and_unpacks_outputs(
         "60",
         "--estimated-flops",
         "2e9",
+        "--runtime",
+        "process",
+        "--queue",
+        "--queue-timeout",
+        "90",
         "--wait",
         "-o",
         tmp_path / "out",
@@ -513,7 +521,8 @@ async def test_submit_uploads_inputs_waits_and_unpacks_outputs(
     assert spec["inputs"] == [{"path": "data.csv", "digest": digest, "size": 8}]
     assert daemon.blobs[digest] == b"a,b\n1,2\n"
     assert spec["command"] == ["sh", "-c", "cat data.csv"] and spec["image"] == "busybox:1"
-    assert spec["requirements"] == {"cpus": 2.0, "memory_mb": 512}
+    assert spec["requirements"] == {"cpus": 2.0, "memory_mb": 512, "runtime": "process"}
+    assert daemon.submits[-1] == {"wait": False, "queue": True, "queue_timeout_s": 90.0}
     assert (
         spec["env"] == {"MODE": "fast"}
         and spec["labels"] == {"team": "ml"}
@@ -526,6 +535,8 @@ async def test_submit_uploads_inputs_waits_and_unpacks_outputs(
     assert out(proc).strip() == "job-00000001"
     text = err(proc)
     assert "running" in text and "succeeded" in text and "2 output file(s)" in text
+    # In a pipe, while nobody has taken the job, the line says the latest decline.
+    assert "queued" in text and "(last decline: image not present)" in text, text
 
 
 async def test_submit_from_a_yaml_file_uploads_its_local_inputs(
@@ -662,6 +673,31 @@ async def test_meshd_init_refuses_to_run_twice_and_start_needs_init(tmp_path: Pa
     assert start.returncode == 2 and "no_such_param" in err(start)
     version = await run("meshd.cli", "--version")
     assert version.returncode == 0 and out(version).startswith("meshd ")
+
+
+async def test_exit_codes_follow_cli_md(tmp_path: Path) -> None:
+    """mesh_cli/CLI.md's exit codes, for the cases no other test covers:
+    `meshd start --executor process` without `allow_process_executor = true`
+    is a configuration error (2) before anything runs (issue 12 "Roles": a
+    flag alone never runs jobs unsandboxed); `meshd stop` with no daemon is 1;
+    `mesh version` without a daemon still answers (0); `mesh wait` on a data
+    dir with no daemon is 3."""
+    d = tmp_path / "node"
+    assert (await run("meshd.cli", "init", "--data-dir", d)).returncode == 0
+    start = await run("meshd.cli", "start", "--data-dir", d, "--executor", "process")
+    assert start.returncode == 2, err(start)
+    assert "allow_process_executor = true" in err(start) and str(d / "config.toml") in err(start)
+    assert "Traceback" not in err(start)
+    assert not (d / "daemon.pid").exists() and not (d / "api.addr").exists()
+    (d / "config.toml").write_text('executor = "process"\n')  # the file's key, not a flag
+    start = await run("meshd.cli", "start", "--data-dir", d)
+    assert start.returncode == 2 and "allow_process_executor" in err(start), err(start)
+    stop = await run("meshd.cli", "stop", "--data-dir", d)
+    assert stop.returncode == 1 and "no daemon is running" in err(stop), err(stop)
+    version = await mesh(d, "version")
+    assert version.returncode == 0 and "meshd: no daemon running" in out(version)
+    wait = await mesh(d, "wait", "j-1")
+    assert wait.returncode == 3 and "no daemon running" in err(wait)
 
 
 # ------------------------------------------------------------------ log verify

@@ -45,6 +45,7 @@ from .placement import (
     actual_cost,
     estimate_cost,
     fit_reason,
+    fit_reasons,
     job_gflops,
     prefer_classes,
     rank_bids,
@@ -150,6 +151,13 @@ class OriginJob:
     """Declines received in the open round."""
     declined_round: set[str] = field(default_factory=set)
     """Peers that declined the open round."""
+    queue_timeout_ms: int | None = None
+    """The submitter's bound on the wait for a worker (None: ``max_queue_time_ms``)."""
+    bid_ms: dict[str, int] = field(default_factory=dict)
+    """When each bid in ``bids`` arrived."""
+    logged_bids: list[dict[str, Any]] = field(default_factory=list)
+    """The last closed round's bids as ``job_view`` shows them (logged as
+    ``job_bids``, so they survive a restart with their times)."""
 
 
 class Origin:
@@ -281,7 +289,8 @@ class Origin:
         """Cost/time estimate from the adverts we hold: the cheapest fitting peer.
 
         Also says how many live peers are ``known`` and, for those that cannot
-        run the job at all, why (``unfit``: reason -> how many peers)."""
+        run the job at all, why: ``unfit`` maps each failed requirement's reason
+        to how many peers fail it (a peer failing two counts under both)."""
         req = offer_requirements(spec)
         best: tuple[float, float] | None = None
         candidates = known = 0
@@ -289,9 +298,10 @@ class Origin:
         for entry in self.ctx.peers.alive(self.ctx.now_ms):
             known += 1
             cap = Capacity.from_advert(entry.advert)
-            why = fit_reason(cap, req)
-            if why is not None:
+            whys = list(fit_reasons(cap, req))
+            for why in whys:
                 unfit[why] = unfit.get(why, 0) + 1
+            if whys:
                 continue
             candidates += 1
             gflops = job_gflops(cap, req.gpus)
@@ -321,6 +331,7 @@ class Origin:
         spec = inp.spec.model_copy(update={"job_id": inp.job_id})
         job = OriginJob(inp.job_id, spec, self.ctx.now_ms, updated_ms=self.ctx.now_ms)
         job.cost_estimate = self.estimate(spec)["credits"]
+        job.queue_timeout_ms = inp.queue_timeout_ms
         if spec.replicas is not None:
             job.needed, job.replicate_decided = min(spec.replicas, 2), True
         self.jobs[job.job_id] = job
@@ -332,6 +343,7 @@ class Origin:
                 "spec": spec.model_dump(mode="json"),
                 "estimate": job.cost_estimate,
                 "ts_ms": job.submitted_ms,
+                **({"queue_timeout_ms": inp.queue_timeout_ms} if inp.queue_timeout_ms else {}),
             },
             key=b"submit:" + job.job_id.encode(),
         )
@@ -404,8 +416,14 @@ class Origin:
                 return
             if job.waiting_since_ms is None:
                 job.waiting_since_ms = self.ctx.now_ms
-            if self.ctx.now_ms - job.waiting_since_ms > self.ctx.params.max_queue_time_ms:
-                self._finish(job, "failed", "no worker took the job: " + summarize_declines(job))
+            limit_ms = self._queue_limit_ms(job)
+            if self.ctx.now_ms - job.waiting_since_ms > limit_ms:
+                self._finish(
+                    job,
+                    "failed",
+                    f"no worker took the job within its queue timeout ({limit_ms / 1000:g} s): "
+                    + summarize_declines(job),
+                )
                 return
             if self.ctx.now_ms >= job.next_offer_ms:
                 if self._room_for_round() and (admitted or not self.admission):
@@ -416,6 +434,12 @@ class Origin:
             else:
                 self.ctx.at(job.next_offer_ms, T_REOFFER, job.job_id)
         self._derive_state(job)
+
+    def _queue_limit_ms(self, job: OriginJob) -> int:
+        """How long ``job`` may wait for a worker: its submitter's queue
+        timeout, at most the node's ``max_queue_time_ms``."""
+        limit = self.ctx.params.max_queue_time_ms
+        return limit if job.queue_timeout_ms is None else min(job.queue_timeout_ms, limit)
 
     def _busy_runs(self, job: OriginJob) -> int:
         """Runs that may still yield a result: live, or succeeded with the output in transfer."""
@@ -445,7 +469,7 @@ class Origin:
             slots = 1  # replication is decided when the first worker is chosen
         job.attempt += 1
         self._set_open(job, True)
-        job.bids, job.tried = {}, set()
+        job.bids, job.bid_ms, job.tried = {}, {}, set()
         job.declined_round = set()
         exclude = set(job.excluded) | self._ran(job)
         spec = job.spec
@@ -524,6 +548,7 @@ class Origin:
             if bid.attempt != job.attempt:
                 self.ctx.counters["bid_carried_over"] += 1
             job.bids[msg.sender] = bid
+            job.bid_ms[msg.sender] = self.ctx.now_ms
             if job.job_id in self.holding_jobs:
                 self._close_window(job)  # closes unless this bidder is saturated too
             else:
@@ -539,7 +564,7 @@ class Origin:
             # Collect late bids for a short window (no new offer is published),
             # so that the first late bidder does not win by arriving first:
             # ranking among several bids is what spreads load.
-            job.bids = {msg.sender: bid}
+            job.bids, job.bid_ms = {msg.sender: bid}, {msg.sender: self.ctx.now_ms}
             job.tried = set()
             job.declined_round = set()
             self._set_open(job, True)
@@ -605,9 +630,22 @@ class Origin:
         self.holding_jobs.discard(job.job_id)
         self._set_open(job, False)
         job.declined_now = 0
+        self._log_bids(job)
         self._award_next(job)
         self._advance(job)
         self._admit()
+
+    def _log_bids(self, job: OriginJob) -> None:
+        """Record the closed round's bids (``job_bids``), with when each arrived,
+        so that ``mesh job`` shows them after a restart too."""
+        if not job.bids:
+            return
+        job.logged_bids = [
+            bid_view(p, b, job.bid_ms.get(p, self.ctx.now_ms)) for p, b in job.bids.items()
+        ]
+        self.ctx.append(
+            "job_bids", {"job_id": job.job_id, "attempt": job.attempt, "bids": job.logged_bids}
+        )
 
     def _freed(self, worker: str) -> None:
         """A run of ours on ``worker`` ended: rounds held while ``worker`` was
@@ -1394,6 +1432,7 @@ class Origin:
             self.jobs[jid] = OriginJob(jid, spec, t, updated_ms=t)
             self.jobs[jid].history.append((t, "queued", "submitted"))
             self.jobs[jid].cost_estimate = body.get("estimate")
+            self.jobs[jid].queue_timeout_ms = body.get("queue_timeout_ms")
             if spec.replicas is not None:
                 self.jobs[jid].needed, self.jobs[jid].replicate_decided = (
                     min(spec.replicas, 2),
@@ -1405,6 +1444,8 @@ class Origin:
             return
         if kind == "job_offered":
             job.attempt = body["attempt"]
+        elif kind == "job_bids":
+            job.logged_bids = list(body["bids"])
         elif kind == "run_awarded":
             job.runs[(body["attempt"], body["replica"])] = Run(
                 body["attempt"],
@@ -1512,6 +1553,19 @@ def summarize_declines(job: OriginJob) -> str:
     return "; ".join(f"{n}× {r}" for r, n in sorted(counts.items(), key=lambda x: -x[1]))
 
 
+def bid_view(peer: str, b: Bid, ts_ms: int | None) -> dict[str, Any]:
+    """One bid as ``GET /v1/jobs/{id}`` shows it and ``job_bids`` records it."""
+    return {
+        "peer_id": peer,
+        "price": b.price,
+        "est_finish_s": (b.est_start_ms + b.est_duration_ms) / 1000,
+        "score": b.score_gflops,
+        "queue": b.queued,
+        "gpu": [g.model for g in b.gpus],
+        "ts_ms": ts_ms,
+    }
+
+
 def job_view(job: OriginJob) -> dict[str, Any]:
     """The JSON shape of ``GET /v1/jobs/{id}``."""
     runs = sorted(job.runs.values(), key=lambda r: (r.attempt, r.replica))
@@ -1534,17 +1588,9 @@ def job_view(job: OriginJob) -> dict[str, Any]:
         "submitted_at": job.submitted_ms,
         "updated_at": job.updated_ms,
         "history": [{"ts_ms": t, "state": s, "detail": d} for t, s, d in job.history],
-        "bids": [
-            {
-                "peer_id": p,
-                "price": b.price,
-                "est_finish_s": (b.est_start_ms + b.est_duration_ms) / 1000,
-                "score": b.score_gflops,
-                "queue": b.queued,
-                "gpu": [g.model for g in b.gpus],
-            }
-            for p, b in job.bids.items()
-        ],
+        "bids": [bid_view(p, b, job.bid_ms.get(p)) for p, b in job.bids.items()]
+        if job.bids
+        else job.logged_bids,
         "declines": [{"peer_id": p, "reason": r} for p, r in job.declines],
         "awards": [
             {"peer_id": r.worker, "attempt": r.attempt, "replica": r.replica, "state": r.state}

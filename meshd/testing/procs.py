@@ -60,6 +60,10 @@ class DaemonProcess:
     params: dict[str, Any] = field(default_factory=lambda: dict(FAST_PARAMS))
     proc: subprocess.Popen[bytes] | None = None
     bootstrap: list[str] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=lambda: {"allow_process_executor": True})
+    """``config.toml`` keys written at init (beside ``mdns = false`` and ``params``)."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Environment of the daemon beside ours (e.g. a ``DOCKER_HOST`` of its own)."""
 
     def init(self) -> None:
         subprocess.run(
@@ -76,7 +80,7 @@ class DaemonProcess:
         )
         update_config(
             self.data_dir,
-            {"allow_process_executor": True, "mdns": False, "params": dict(self.params)},
+            {**self.config, "mdns": False, "params": dict(self.params)},
         )
 
     def start(self, timeout_s: float = 60.0) -> None:
@@ -97,7 +101,7 @@ class DaemonProcess:
         (self.data_dir / "api.addr").unlink(missing_ok=True)
         log = open(self.data_dir / "daemon.log", "ab")
         self.proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ)
+            cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env}
         )
         self.wait_for(lambda: self.status() is not None, timeout_s, "the daemon's API")
 
