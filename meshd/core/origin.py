@@ -47,6 +47,7 @@ from .placement import (
     fit_reason,
     fit_reasons,
     job_gflops,
+    offer_requirements,
     prefer_classes,
     rank_bids,
 )
@@ -60,7 +61,6 @@ from .wire import (
     Cancel,
     HeartbeatReply,
     Offer,
-    OfferRequirements,
     Opened,
     ResultAck,
 )
@@ -1528,20 +1528,6 @@ class Origin:
                         )
             self.ctx.append("job_resumed", {"job_id": job.job_id, "state": job.state})
             self._advance(job)
-
-
-def offer_requirements(spec: JobSpec) -> OfferRequirements:
-    r = spec.requirements
-    return OfferRequirements(
-        cpus=r.cpus,
-        memory_mb=r.memory_mb,
-        gpus=r.gpus,
-        gpu_min_memory_mb=r.gpu_min_memory_mb,
-        tier=r.tier,
-        runtime=r.runtime,
-        network=r.network,
-        image=spec.image,
-    )
 
 
 def summarize_declines(job: OriginJob) -> str:

@@ -46,7 +46,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .events import LocalCapabilities
-from .jobspec import TIERS
+from .jobspec import TIERS, JobSpec
 from .wire import Advert, Bid, Offer, OfferRequirements
 
 REPUTATION_BONUS = 0.1
@@ -175,6 +175,22 @@ def fit_reasons(cap: Capacity, req: OfferRequirements) -> Iterator[str]:
         yield f"needs tier {req.tier}, node is {cap.tier}"
     if req.network and not cap.network_allowed:
         yield "job needs network; node does not allow it"
+
+
+def offer_requirements(spec: JobSpec) -> OfferRequirements:
+    """What an offer of ``spec`` asks of a worker (the origin sends it; a worker
+    checks an award's descriptor against its own capacity with it too)."""
+    r = spec.requirements
+    return OfferRequirements(
+        cpus=r.cpus,
+        memory_mb=r.memory_mb,
+        gpus=r.gpus,
+        gpu_min_memory_mb=r.gpu_min_memory_mb,
+        tier=r.tier,
+        runtime=r.runtime,
+        network=r.network,
+        image=spec.image,
+    )
 
 
 def job_gflops(cap: Capacity, gpus: int) -> float:
