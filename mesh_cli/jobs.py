@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mesh_cli.errors import JobError, UsageError
 from meshd.api.client import ApiClient
 from meshd.core.nexapod import NexapodError, from_nexapod, is_nexapod
 
@@ -43,14 +44,6 @@ MAX_RESULT_MEMBERS = 100_000
 """Tar members accepted in a job's output."""
 HASH_CHUNK_BYTES = 1024 * 1024
 _URI_RE = re.compile(r"^(https?|s3|ipfs)://")
-
-
-class UsageError(Exception):
-    """The user's command line or descriptor file is wrong (exit 2)."""
-
-
-class JobError(Exception):
-    """Something about a job or its files failed (exit 1)."""
 
 
 # ------------------------------------------------------------- descriptors
@@ -113,6 +106,8 @@ def spec_from_args(args: Any, base: dict[str, Any] | None) -> dict[str, Any]:
             req[key] = getattr(args, flag)
     if args.network:
         req["network"] = True
+    if args.runtime:
+        req["runtime"] = args.runtime
     if req:
         spec["requirements"] = req
     for flag, key in (

@@ -24,13 +24,12 @@ codes. Job submission, waiting and output unpacking live in
 from __future__ import annotations
 
 import argparse
-import base64
-import csv
 import json
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from meshd import __version__
@@ -62,44 +61,53 @@ def _err(message: str) -> None:
     print(f"mesh: {message}", file=sys.stderr)
 
 
+def _show(
+    args: argparse.Namespace, data: Any, pick: Callable[[ModuleType], Callable[[Any, Any], None]]
+) -> None:
+    """Print the daemon's JSON unchanged (``--json``), else draw it with the
+    renderer ``pick`` chooses from :mod:`mesh_cli.render` (rich loads only then)."""
+    if args.json:
+        _out(data)
+        return
+    from mesh_cli import render
+
+    pick(render)(data, render.make_console())
+
+
 # ---------------------------------------------------------------- commands
 
 
 def cmd_status(args: argparse.Namespace, client: ApiClient) -> int:
-    from mesh_cli import render
-
     data = client.status()
-    _out(data) if args.json else render.render_status(data, render.make_console())
+    _show(args, data, lambda render: render.render_status)
     return EXIT_OK
 
 
 def cmd_peers(args: argparse.Namespace, client: ApiClient) -> int:
-    from mesh_cli import render
-
     data = client.peers()
-    _out(data) if args.json else render.render_peers(data, render.make_console())
+    _show(args, data, lambda render: render.render_peers)
     return EXIT_OK
 
 
 def cmd_log_show(args: argparse.Namespace, client: ApiClient) -> int:
-    from mesh_cli import render
-
     data = client.log(args.start or 1, args.limit)
     head = data.get("head_seq")
     if args.start is None and isinstance(head, int) and head > args.limit:
         data = client.log(head - args.limit + 1, args.limit)  # default: the newest records
-    _out(data) if args.json else render.render_log(data, render.make_console())
+    _show(args, data, lambda render: render.render_log)
     return EXIT_OK
 
 
 def _api_raw_records(client: ApiClient, head_seq: int) -> Iterator[bytes]:
+    from base64 import b64decode
+
     start = 1
     while start <= head_seq:
         page = client.log(start, LOG_PAGE_RECORDS).get("records") or []
         if not page:
             return
         for record in page:
-            yield base64.b64decode(record["raw"], validate=True)
+            yield b64decode(record["raw"], validate=True)
         start = int(page[-1]["seq"]) + 1
 
 
@@ -131,7 +139,7 @@ def _report(report: Any, source: str, as_json: bool) -> int:
 
 
 def _verify_on_disk(data_dir: Path) -> Any:
-    from mesh_cli.jobs import JobError
+    from mesh_cli.errors import JobError
 
     """Open the log on disk and verify it; None if a daemon holds it (use the API)."""
     from meshd.config import DataDir, load_node
@@ -157,7 +165,7 @@ def _verify_on_disk(data_dir: Path) -> Any:
 
 
 def cmd_log_verify(args: argparse.Namespace, client_factory: Callable[[], ApiClient]) -> int:
-    from mesh_cli.jobs import JobError
+    from mesh_cli.errors import JobError
     from meshd.core.identity import public_key_from_peer_id
     from meshd.core.logrecord import VerifyReport, verify_records
 
@@ -205,7 +213,7 @@ def cmd_submit(args: argparse.Namespace, client: ApiClient) -> int:
         args.command = args.command[1:]
     spec = spec_from_args(args, base)
     spec = upload_inputs(client, spec, lambda m: print(m, file=sys.stderr))
-    answer = client.submit(spec, wait=False, queue=args.queue)
+    answer = client.submit(spec, wait=False, queue=args.queue, queue_timeout_s=args.queue_timeout)
     job_id = str(answer.get("job_id"))
     if not args.wait:
         if args.json:
@@ -237,11 +245,9 @@ def cmd_submit(args: argparse.Namespace, client: ApiClient) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace, client: ApiClient) -> int:
-    from mesh_cli import render
-
     data = client.jobs()
     data["jobs"] = filter_jobs(data.get("jobs") or [], args.state, args.label, args.limit)
-    _out(data) if args.json else render.render_jobs(data, render.make_console())
+    _show(args, data, lambda render: render.render_jobs)
     return EXIT_OK
 
 
@@ -267,7 +273,7 @@ def filter_jobs(
 def resolve_job_id(client: ApiClient, given: str) -> str:
     """A job id from an unambiguous prefix of one (``mesh job 3fa``); an exact
     id, or a prefix of none, is passed on as given (the daemon answers for it)."""
-    from mesh_cli.jobs import UsageError
+    from mesh_cli.errors import UsageError
 
     ids = [str(j.get("job_id")) for j in client.jobs().get("jobs") or []]
     if given in ids:
@@ -319,10 +325,8 @@ def cmd_version(args: argparse.Namespace, client_factory: Callable[[], ApiClient
 
 
 def cmd_job(args: argparse.Namespace, client: ApiClient) -> int:
-    from mesh_cli import render
-
     data = client.job(args.job_id)
-    _out(data) if args.json else render.render_job(data, render.make_console())
+    _show(args, data, lambda render: render.render_job)
     return EXIT_OK
 
 
@@ -502,6 +506,8 @@ def cmd_credits(args: argparse.Namespace, client: ApiClient) -> int:
 
 
 def _write_csv(f: Any, rows: list[dict[str, Any]]) -> None:
+    import csv
+
     writer = csv.DictWriter(f, fieldnames=RECEIPT_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
@@ -557,6 +563,12 @@ def _add_submit(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus", type=int)
     p.add_argument("--gpu-memory", type=int, metavar="MB", help="minimum memory of each GPU")
     p.add_argument("--network", action="store_true", help="the job needs network access")
+    p.add_argument(
+        "--runtime",
+        choices=("docker", "process"),
+        help="executor kind: docker (the default: the sandbox, in IMG) or process "
+        "(unsandboxed, on the worker's host; only nodes that allow it take it)",
+    )
     p.add_argument("--timeout", type=float, metavar="S", help="wall-clock limit in seconds")
     p.add_argument("--max-budget", type=float, metavar="C", help="most credits to spend")
     p.add_argument(
@@ -575,6 +587,13 @@ def _add_submit(sub: Any, common: argparse.ArgumentParser) -> None:
         "--queue",
         action="store_true",
         help="accept the job even if no known peer can run it now (it waits for one)",
+    )
+    p.add_argument(
+        "--queue-timeout",
+        type=float,
+        metavar="S",
+        help="fail the job if no worker took it within S seconds "
+        "(default and cap: the node's max_queue_time_ms)",
     )
     p.add_argument(
         "-o",
@@ -718,7 +737,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``mesh``; returns the exit code."""
     args = build_parser().parse_args(argv)
-    from mesh_cli.jobs import JobError, UsageError
+    from mesh_cli.errors import JobError, UsageError
     from meshd.api.client import ApiClientError, ApiHttpError, DaemonUnreachable
     from meshd.datadir import ConfigError, default_data_dir
 

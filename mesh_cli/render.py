@@ -42,7 +42,8 @@ TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 def make_console(stderr: bool = False) -> Console:
     probe = Console(stderr=stderr)
     width = None if probe.is_terminal else PIPE_WIDTH
-    return Console(stderr=stderr, width=width, highlight=False, soft_wrap=False)
+    # emoji=False: no ":name:" codes in what we draw (and their table stays unloaded)
+    return Console(stderr=stderr, width=width, highlight=False, soft_wrap=False, emoji=False)
 
 
 def dash(value: Any) -> str:
@@ -511,12 +512,13 @@ def render_job(job: dict[str, Any], console: Console) -> None:
 
 def wait_line(job: dict[str, Any]) -> str:
     """One line summarising a job's progress (for `submit --wait` in a pipe)."""
-    awards = ", ".join(short_id(a.get("peer_id")) for a in job.get("awards") or []) or "-"
+    awards = ", ".join(short_id(a.get("peer_id")) for a in job.get("awards") or [])
     verification = job.get("verification") or {}
     declines = job.get("declines") or []
     line = (
         f"{dash(job.get('state')):<10} bids={len(job.get('bids') or [])} "
-        f"declines={len(declines)} awarded={awards} verdict={dash(verification.get('verdict'))}"
+        f"declines={len(declines)} awarded={awards or '-'} "
+        f"verdict={dash(verification.get('verdict'))}"
     )
     if declines and not awards:
         line += f" (last decline: {dash(declines[-1].get('reason'))})"

@@ -158,12 +158,23 @@ def _check_params(config: NodeConfig, data_dir: Path) -> None:
         raise ConfigError(f"{data_dir / 'config.toml'}: [params]: {exc}") from None
 
 
+def _check_executor(config: NodeConfig, data_dir: Path) -> None:
+    """The unsandboxed executor asked for (flag or file) but not allowed: a
+    configuration error before anything starts (a flag alone never enables it)."""
+    if config.executor == "process" and not config.allow_process_executor:
+        raise ConfigError(
+            f"{data_dir / 'config.toml'}: executor `process` runs jobs UNSANDBOXED and needs "
+            "`allow_process_executor = true` in that file (a flag alone does not enable it)"
+        )
+
+
 def cmd_start(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or default_data_dir()
     config, identity = load_node(data_dir)
     overrides = _overrides(args)
     config = apply_overrides(config, overrides)
     _check_params(config, Path(data_dir))
+    _check_executor(config, Path(data_dir))
     ensure_api_token(data_dir)
     from meshd.logsetup import setup_logging
 

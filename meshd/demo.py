@@ -14,10 +14,14 @@ What it does, printing each step and the `mesh` command a user would type:
    every node's signed event log;
 6. stops every daemon (SIGTERM) and removes the temp dir unless ``--keep``.
 
-Executor: the Docker executor where an engine answers and the demo image is
-present (it is built from a static busybox when missing and possible);
-otherwise the process executor (unsandboxed, fine for this local demo), and
-the demo says which and why.
+Executor: the Docker sandbox wherever it can be had. An engine that answers
+(``DOCKER_HOST`` or the default socket) is used, with the demo image built
+from a static busybox when missing. With none, as root, the demo starts a
+private engine of its own under its temp dir (``tests/docker_env.sh``, as
+``tests/run.sh`` does: it installs docker.io and busybox-static with apt when
+missing) and stops it at the end. Only where neither works does it fall back
+to the process executor (unsandboxed, fine for this local demo; its job then
+asks for ``runtime: process``), saying why in one line.
 """
 
 from __future__ import annotations
@@ -66,14 +70,64 @@ def _bin(name: str) -> str:
     return str(cand) if cand.exists() else (shutil.which(name) or name)
 
 
-def choose_executor(requested: str) -> tuple[str, str]:
-    """(executor kind, why) for the demo."""
+DOCKER_ENV_SCRIPT = Path(__file__).resolve().parents[1] / "tests" / "docker_env.sh"
+"""Starts and stops a private Docker engine (in a source checkout, as the
+README's quick start has)."""
+ENGINE_START_TIMEOUT_S = 600.0
+"""Longest wait for the private engine's start (an apt install included)."""
+
+
+def start_private_engine(engine_dir: Path) -> str | None:
+    """Start a private Docker engine under ``engine_dir`` and point this process
+    (and the daemons it starts) at it; None on success, else why not."""
+    if os.geteuid() != 0:
+        return "not root, so no private engine can be started"
+    if not DOCKER_ENV_SCRIPT.exists():
+        return f"{DOCKER_ENV_SCRIPT} is missing (not a source checkout)"
+    _say(f"no Docker engine answers: starting a private one under {engine_dir}")
+    env = {**os.environ, "MESHD_DOCKER_DIR": str(engine_dir)}
+    try:
+        cp = subprocess.run(
+            ["bash", str(DOCKER_ENV_SCRIPT), "start"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=ENGINE_START_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        return f"the private engine did not start within {ENGINE_START_TIMEOUT_S:.0f} s"
+    export = cp.stdout.strip().rpartition("export DOCKER_HOST=")[2]
+    if cp.returncode != 0 or not export:
+        last = (cp.stderr.strip().splitlines() or ["(no output)"])[-1]
+        return f"the private engine did not start: {last}"
+    os.environ["DOCKER_HOST"] = export
+    return None
+
+
+def stop_private_engine(engine_dir: Path) -> None:
+    """Stop the engine :func:`start_private_engine` started (and remove its files)."""
+    env = {**os.environ, "MESHD_DOCKER_DIR": str(engine_dir)}
+    subprocess.run(
+        ["bash", str(DOCKER_ENV_SCRIPT), "stop"], env=env, capture_output=True, timeout=120
+    )
+    os.environ.pop("DOCKER_HOST", None)
+
+
+def choose_executor(requested: str, engine_dir: Path | None = None) -> tuple[str, str]:
+    """(executor kind, why) for the demo; with ``engine_dir``, a private
+    engine may be started there when none answers (the caller stops it)."""
     if requested != "auto":
         return requested, f"--executor {requested} given"
     from meshd.exec.base import ExecParams
     from meshd.exec.factory import probe_docker
 
     why_not = probe_docker(ExecParams())
+    if why_not is not None and engine_dir is not None:
+        why_no_engine = start_private_engine(engine_dir)
+        if why_no_engine is None:
+            why_not = probe_docker(ExecParams())
+        else:
+            why_not = f"{why_not}; {why_no_engine}"
     if why_not is not None:
         return (
             "process",
@@ -163,11 +217,12 @@ def main(argv: list[str] | None = None) -> int:
 
     base = args.dir or Path(tempfile.mkdtemp(prefix="meshd-demo-"))
     base.mkdir(parents=True, exist_ok=True)
-    kind, why = choose_executor(args.executor)
-    _say(f"executor: {kind} — {why}")
+    engine_dir = base / "docker"
     procs: list[subprocess.Popen[bytes]] = []
     dirs = [base / f"node{i}" for i in range(args.nodes)]
     try:
+        kind, why = choose_executor(args.executor, engine_dir)
+        _say(f"executor: {kind} — {why}")
         _say(f"creating {args.nodes} nodes under {base}")
         for d in dirs:
             _cmd(
@@ -222,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                 "submit",
                 "--image",
                 DEMO_IMAGE,
+                *(["--runtime", "process"] if kind == "process" else []),
                 "--input",
                 f"poem.txt={poem}",
                 "--timeout",
@@ -266,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
                 p.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 p.kill()
+        if engine_dir.exists():  # a private engine was started (or tried)
+            _say("stopping the private Docker engine")
+            stop_private_engine(engine_dir)
         if not args.keep and args.dir is None:
             shutil.rmtree(base, ignore_errors=True)
         elif args.keep:

@@ -521,3 +521,43 @@ def test_client_without_a_daemon_says_how_to_start_one(tmp_path: Path) -> None:
     with pytest.raises(DaemonUnreachable) as info:
         ApiClient.from_data_dir(d).status()
     assert hint in str(info.value) and "nothing listens" in str(info.value)
+
+
+def _one_shot_server(answer: bytes) -> int:
+    """A socket that answers one connection with ``answer`` and closes (a
+    daemon gone wrong), for the client's handling of malformed responses."""
+    import socket
+    import threading
+
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(answer)
+        srv.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return int(srv.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (b'HTTP/1.1 200 OK\r\n\r\n{"a": 1}', {"a": 1}),  # body ends with the connection
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{}\n\r\n0\r\n\r\n", {}),
+        (b"garbage\r\n\r\n", "lost the connection"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{}", "lost the connection"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "lost the connection"),
+    ],
+)
+def test_client_reads_close_delimited_and_chunked_bodies_and_names_bad_ones(
+    tmp_path: Path, answer: bytes, expected: Any
+) -> None:
+    client = ApiClient("127.0.0.1", _one_shot_server(answer), TOKEN, data_dir=tmp_path)
+    if isinstance(expected, dict):
+        assert client.status() == expected
+    else:
+        with pytest.raises(DaemonUnreachable, match=expected):
+            client.status()

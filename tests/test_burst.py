@@ -30,6 +30,7 @@ JOB = {
     "image": "meshd/busybox:1",
     "command": ["sh", "-c", "echo ok > $MESH_OUTPUTS/o"],
     "replicas": 1,
+    "requirements": {"runtime": "process"},  # the workers run the process executor
 }
 LIVENESS_S = 420.0
 """The whole burst must end within this (before the fix it never ended)."""

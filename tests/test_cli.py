@@ -179,6 +179,8 @@ class FakeDaemon:
     def __init__(self, peer_id: str) -> None:
         self.peer_id = peer_id
         self.specs: list[dict[str, Any]] = []
+        self.submits: list[dict[str, Any]] = []
+        """Each submit's body beside its spec (queue, queue_timeout_s)."""
         self.blobs: dict[str, bytes] = {}
         self.polls = 0
         self.log_raw: list[bytes] = []
@@ -273,6 +275,7 @@ class FakeDaemon:
                     400, "invalid_job", "invalid job descriptor", fields=exc.fields
                 ) from None
         self.specs.append(spec)
+        self.submits.append({k: v for k, v in req.json().items() if k != "spec"})
         return json_response({"job_id": JOB, "estimate": {"credits": 1.0, "seconds": 12.0}})
 
     async def jobs(self, req: Request) -> Response:
@@ -520,6 +523,11 @@ async def test_submit_uploads_inputs_waits_and_unpacks_outputs(
         "60",
         "--estimated-flops",
         "2e9",
+        "--runtime",
+        "process",
+        "--queue",
+        "--queue-timeout",
+        "90",
         "--wait",
         "-o",
         tmp_path / "out",
@@ -535,7 +543,8 @@ async def test_submit_uploads_inputs_waits_and_unpacks_outputs(
     assert spec["inputs"] == [{"path": "data.csv", "digest": digest, "size": 8}]
     assert daemon.blobs[digest] == b"a,b\n1,2\n"
     assert spec["command"] == ["sh", "-c", "cat data.csv"] and spec["image"] == "busybox:1"
-    assert spec["requirements"] == {"cpus": 2.0, "memory_mb": 512}
+    assert spec["requirements"] == {"cpus": 2.0, "memory_mb": 512, "runtime": "process"}
+    assert daemon.submits[-1] == {"wait": False, "queue": True, "queue_timeout_s": 90.0}
     assert (
         spec["env"] == {"MODE": "fast"}
         and spec["labels"] == {"team": "ml"}
@@ -548,6 +557,8 @@ async def test_submit_uploads_inputs_waits_and_unpacks_outputs(
     assert out(proc).strip() == "job-00000001"
     text = err(proc)
     assert "running" in text and "succeeded" in text and "2 output file(s)" in text
+    # In a pipe, while nobody has taken the job, the line says the latest decline.
+    assert "queued" in text and "(last decline: image not present)" in text, text
 
 
 async def test_submit_from_a_yaml_file_uploads_its_local_inputs(
@@ -751,6 +762,31 @@ async def test_meshd_init_refuses_to_run_twice_and_start_needs_init(tmp_path: Pa
     assert version.returncode == 0 and out(version).startswith("meshd ")
 
 
+async def test_exit_codes_follow_cli_md(tmp_path: Path) -> None:
+    """mesh_cli/CLI.md's exit codes, for the cases no other test covers:
+    `meshd start --executor process` without `allow_process_executor = true`
+    is a configuration error (2) before anything runs (issue 12 "Roles": a
+    flag alone never runs jobs unsandboxed); `meshd stop` with no daemon is 1;
+    `mesh version` without a daemon still answers (0); `mesh wait` on a data
+    dir with no daemon is 3."""
+    d = tmp_path / "node"
+    assert (await run("meshd.cli", "init", "--data-dir", d)).returncode == 0
+    start = await run("meshd.cli", "start", "--data-dir", d, "--executor", "process")
+    assert start.returncode == 2, err(start)
+    assert "allow_process_executor = true" in err(start) and str(d / "config.toml") in err(start)
+    assert "Traceback" not in err(start)
+    assert not (d / "daemon.pid").exists() and not (d / "api.addr").exists()
+    (d / "config.toml").write_text('executor = "process"\n')  # the file's key, not a flag
+    start = await run("meshd.cli", "start", "--data-dir", d)
+    assert start.returncode == 2 and "allow_process_executor" in err(start), err(start)
+    stop = await run("meshd.cli", "stop", "--data-dir", d)
+    assert stop.returncode == 1 and "no daemon is running" in err(stop), err(stop)
+    version = await mesh(d, "version")
+    assert version.returncode == 0 and "meshd: no daemon running" in out(version)
+    wait = await mesh(d, "wait", "j-1")
+    assert wait.returncode == 3 and "no daemon running" in err(wait)
+
+
 # ------------------------------------------------------------------ log verify
 
 
@@ -887,12 +923,14 @@ def test_version_and_help_load_no_client_renderer_or_pydantic() -> None:
 
 
 def test_a_json_read_loads_neither_pydantic_nor_rich(tmp_path: Path) -> None:
-    """`mesh status --json` needs the client and the data dir's two files only."""
+    """`mesh status --json` needs the client and the data dir's two files only
+    (nor the job helpers; the HTTP client is httpx, loaded when a request is made)."""
+    heavy = ("rich", "pydantic", "meshd.config", "mesh_cli.jobs")
     code = (
         "import sys\n"
         "from mesh_cli.main import main\n"
         f"main(['--data-dir', {str(tmp_path / 'none')!r}, 'status', '--json'])\n"
-        "print([m for m in ('rich', 'pydantic', 'meshd.config') if m in sys.modules])\n"
+        f"print([m for m in {heavy!r} if m in sys.modules])\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.stdout.strip().endswith("[]"), proc.stdout + proc.stderr

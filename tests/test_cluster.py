@@ -10,6 +10,7 @@ from typing import Any
 
 import trio
 
+from meshd.core.origin import job_view
 from meshd.testing.clock import SkewedClock
 from meshd.testing.cluster import Cluster, cluster_fixture
 
@@ -89,12 +90,16 @@ async def test_origin_restarted_mid_job_completes_once(
         before = c.job(0, job_id)
         history_before = list(before.history)
         submitted_ms, estimate = before.submitted_ms, before.cost_estimate
+        bids_before = job_view(before)["bids"]
+        assert bids_before and all(b["ts_ms"] >= submitted_ms for b in bids_before)
         await c.restart(0)
         restored = c.job(0, job_id)
-        # The history survives with its original times (issue 12), and the estimate.
+        # The history survives with its original times (issue 12), the estimate,
+        # and the bids (each with when it arrived).
         assert restored.submitted_ms == submitted_ms
         assert restored.history[: len(history_before)] == history_before
         assert restored.cost_estimate == estimate
+        assert job_view(restored)["bids"] == bids_before
         job = await c.wait_job(0, job_id, timeout_s=90)
         assert job.state == "succeeded", job.reason
         assert len(_records(c, 0, job_id, "job_finished")) == 1
@@ -117,30 +122,44 @@ async def test_impossible_job_is_queued_with_reasons(tmp_path: Path, nursery: tr
 async def test_a_job_no_known_peer_can_run_is_refused_at_submit_unless_queued(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
-    """Issue 12 "No silent wait": the refusal names each reason and how many peers fail it."""
+    """Issue 12 "No silent wait": the refusal names each failed requirement and
+    how many peers fail it; ``--queue`` accepts the job, and its queue timeout
+    fails it with that reason."""
     from meshd.api.client import ApiClient, ApiHttpError
 
     async with Cluster.started(nursery, tmp_path, 3) as c:
         await c.wait_mesh()
         client = ApiClient.from_data_dir(c.members[0].data_dir)
-        spec = {"image": "meshd/busybox:1", "command": ["true"], "requirements": {"gpus": 1}}
+        cores = c.daemon(1).node.worker.caps.cores  # type: ignore[union-attr]
+        spec = {
+            "image": "meshd/busybox:1",
+            "command": ["true"],
+            "requirements": {"gpus": 1, "cpus": 1024, "runtime": "process"},
+        }
 
-        def submit(queue: bool) -> dict[str, Any]:
-            return client.submit(spec, queue=queue)
+        def submit(queue: bool, queue_timeout_s: float | None = None) -> dict[str, Any]:
+            return client.submit(spec, queue=queue, queue_timeout_s=queue_timeout_s)
 
         try:
             await trio.to_thread.run_sync(submit, False)
         except ApiHttpError as exc:
             assert exc.status == 409 and exc.code == "no_capable_peer", exc
             assert "node has no GPU (2 of 2)" in exc.message, exc.message
-            assert exc.fields == [{"loc": "node has no GPU", "msg": "2 of 2 peers"}]
+            assert f"needs 1024 CPUs, node has {cores} (2 of 2)" in exc.message, exc.message
+            assert sorted(exc.fields, key=lambda f: f["loc"]) == [
+                {"loc": f"needs 1024 CPUs, node has {cores}", "msg": "2 of 2 peers"},
+                {"loc": "node has no GPU", "msg": "2 of 2 peers"},
+            ]
             assert "--queue" in exc.message
         else:
             raise AssertionError("a job no peer can run was accepted")
         assert not c.daemon(0).node.origin.jobs  # type: ignore[union-attr]
-        answer = await trio.to_thread.run_sync(submit, True)
+        answer = await trio.to_thread.run_sync(submit, True, 1.0)
         assert answer["estimate"]["candidates"] == 0 and answer["estimate"]["known"] == 2
-        assert answer["job_id"] in c.daemon(0).node.origin.jobs  # type: ignore[union-attr]
+        job = await c.wait_job(0, answer["job_id"], timeout_s=30)
+        assert job.state == "failed"
+        assert job.reason.startswith("no worker took the job within its queue timeout (1 s)")
+        assert "needs 1024 CPUs" in job.reason, job.reason  # the declines it derived
 
 
 async def test_budget_below_estimate_is_refused_with_the_estimate(
@@ -155,6 +174,7 @@ async def test_budget_below_estimate_is_refused_with_the_estimate(
             "command": ["true"],
             "estimated_flops": 1e15,
             "max_budget": 0.001,
+            "requirements": {"runtime": "process"},
         }
 
         def submit() -> None:

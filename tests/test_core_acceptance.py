@@ -13,6 +13,7 @@ Rules checked:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 
@@ -38,6 +39,7 @@ from meshd.core.wire import (
     Body,
     Offer,
     OfferRequirements,
+    Opened,
     open_envelope,
     seal,
 )
@@ -308,3 +310,39 @@ def test_an_award_priced_at_infinity_is_rejected_and_never_logged() -> None:
     effects = node.step(DirectReceived(ALICE.peer_id, envelope(award)), NOW)
     assert not [e for e in effects if isinstance(e, Append)]
     assert rejections(node) == {"rejected_non_finite": 1}
+
+
+@pytest.mark.parametrize(
+    ("runtime", "accepted"),
+    [(None, False), ("docker", False), ("process", True)],
+)
+def test_a_process_worker_refuses_an_award_it_could_not_honour(
+    runtime: str | None, accepted: bool
+) -> None:
+    """Issue 12 "Roles": a peer cannot hand the unsandboxed process executor,
+    unoffered, a job that names an image to run in; the award is refused with
+    the reason, and only a job asking for runtime process is taken."""
+    node = Node(PARAMS, ME, random.Random(7), NOW)
+    node.step(dataclasses.replace(default_caps(), runtimes=("process",)), NOW)
+    node.step(ExecutorHealth(True), NOW)
+    spec: dict[str, object] = {
+        "job_id": "job-000000000001",
+        "image": "meshd/busybox:1",
+        "command": ["true"],
+    }
+    if runtime is not None:
+        spec["requirements"] = {"runtime": runtime}
+    award = Award(
+        job_id="job-000000000001", attempt=1, replica=0, spec=spec, price=1.0, lease_ms=15_000
+    )
+    effects = node.step(DirectReceived(ALICE.peer_id, envelope(award)), NOW)
+    replies = [e for e in effects if isinstance(e, Send) and e.kind == "awardreply"]
+    assert len(replies) == 1
+    reply = open_envelope(replies[0].data, PARAMS.max_message_bytes)
+    assert isinstance(reply, Opened)
+    assert reply.body.accepted is accepted
+    if not accepted:
+        assert "runs only jobs asking for runtime process" in reply.body.reason
+        assert not node.worker.work
+    else:
+        assert ("job-000000000001", 1, 0) in node.worker.work

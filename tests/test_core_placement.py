@@ -22,6 +22,7 @@ from meshd.core.placement import (
     estimate_cost,
     estimate_duration_s,
     fit_reason,
+    fit_reasons,
     image_present,
     job_gflops,
     make_bid,
@@ -126,8 +127,32 @@ def test_higher_tier_satisfies_a_lower_requirement() -> None:
 def test_image_matching() -> None:
     assert image_present("meshd/busybox", ("meshd/busybox:latest",))
     assert not image_present("meshd/busybox:2", ("meshd/busybox:1",))
-    # A process-capable node can run without the image.
-    assert fit_reason(cap(images=(), runtimes=("docker", "process")), req()) is None
+
+
+def test_the_process_executor_takes_only_jobs_that_ask_for_it() -> None:
+    """Issue 12 "Roles": an unsandboxed worker never runs an image job as if it
+    could honour the image; only a job asking for runtime process."""
+    process = cap(images=(), runtimes=("process",))
+    assert fit_reason(process, req()) == (
+        "node's process executor is unsandboxed and runs only jobs asking for runtime process"
+    )
+    assert fit_reason(process, req(runtime="docker")) == fit_reason(process, req())
+    assert fit_reason(process, req(runtime="process")) is None
+    # Its missing image does not matter to a process job, and matters to any other.
+    both = cap(images=(), runtimes=("docker", "process"))
+    assert fit_reason(both, req(runtime="process")) is None
+    assert fit_reason(both, req()) == f"image {IMAGE} not present locally"
+    assert fit_reason(cap(runtimes=()), req()) == "node is a client (runs no jobs)"
+
+
+def test_every_failed_requirement_has_its_reason() -> None:
+    """The refusal at submit counts peers per requirement, not per first failure."""
+    assert list(fit_reasons(cap(warm=False, cold_reason="x", cores=2), req(cpus=3, gpus=1))) == [
+        "node is cold: x",
+        "needs 3 CPUs, node has 2",
+        "node has no GPU",
+    ]
+    assert list(fit_reasons(cap(), req())) == []
 
 
 # ------------------------------------------------------------ decline / bid

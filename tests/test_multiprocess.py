@@ -90,6 +90,8 @@ def test_submit_wait_from_one_node_runs_on_another(tmp_path: Path) -> None:
             "submit",
             "--image",
             "meshd/busybox:1",
+            "--runtime",
+            "process",  # the workers run the process executor
             "--input",
             f"numbers.txt={data}",
             "--wait",
@@ -119,6 +121,7 @@ def test_twenty_jobs_spread_over_five_workers(tmp_path: Path) -> None:
             "image": "meshd/busybox:1",
             "command": ["sh", "-c", "sleep 1; echo ok > $MESH_OUTPUTS/o"],
             "replicas": 1,
+            "requirements": {"runtime": "process"},
         }
         ids = [client.submit(dict(job))["job_id"] for _ in range(20)]
         views = {}

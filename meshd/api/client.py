@@ -128,10 +128,20 @@ class ApiClient:
         )
 
     def submit(
-        self, spec: dict[str, Any], *, wait: bool = False, queue: bool = False
+        self,
+        spec: dict[str, Any],
+        *,
+        wait: bool = False,
+        queue: bool = False,
+        queue_timeout_s: float | None = None,
     ) -> dict[str, Any]:
-        """``queue``: accept the job even if no known peer can run it now."""
-        payload = {"spec": spec, "wait": wait, **({"queue": True} if queue else {})}
+        """``queue``: accept the job even if no known peer can run it now;
+        ``queue_timeout_s``: fail it if no worker took it within that long."""
+        payload: dict[str, Any] = {"spec": spec, "wait": wait}
+        if queue:
+            payload["queue"] = True
+        if queue_timeout_s is not None:
+            payload["queue_timeout_s"] = queue_timeout_s
         return self._json("POST", "/v1/jobs", payload=payload)
 
     def metrics(self) -> str:

@@ -110,6 +110,9 @@ class JobSubmitted:
     spec: JobSpec
     job_id: str
     """Chosen by the shell (unique); the core records it."""
+    queue_timeout_ms: int | None = None
+    """How long the job may wait for a worker before it fails (``mesh submit
+    --queue-timeout``); None: the node's ``max_queue_time_ms``, which also caps it."""
 
 
 @dataclass(frozen=True)

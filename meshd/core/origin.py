@@ -57,7 +57,9 @@ from .placement import (
     Capacity,
     WorkHistory,
     fit_reason,
+    fit_reasons,
     job_gflops,
+    offer_requirements,
     prefer_classes,
     rank_bids,
 )
@@ -71,7 +73,6 @@ from .wire import (
     Cancel,
     HeartbeatReply,
     Offer,
-    OfferRequirements,
     Opened,
     ResultAck,
     fault_of,
@@ -167,6 +168,13 @@ class OriginJob:
     """Declines received in the open round."""
     declined_round: set[str] = field(default_factory=set)
     """Peers that declined the open round."""
+    queue_timeout_ms: int | None = None
+    """The submitter's bound on the wait for a worker (None: ``max_queue_time_ms``)."""
+    bid_ms: dict[str, int] = field(default_factory=dict)
+    """When each bid in ``bids`` arrived."""
+    logged_bids: list[dict[str, Any]] = field(default_factory=list)
+    """The last closed round's bids as ``job_view`` shows them (logged as
+    ``job_bids``, so they survive a restart with their times)."""
 
 
 class Origin:
@@ -312,8 +320,9 @@ class Origin:
 
         The work is :meth:`expected_work` (``basis`` says what it rests on),
         its duration capped at the job's timeout. Also says how many live
-        peers are ``known`` and, for those that cannot run the job at all, why
-        (``unfit``: reason -> how many peers)."""
+        peers are ``known`` and, for those that cannot run the job at all, why:
+        ``unfit`` maps each failed requirement's reason to how many peers fail
+        it (a peer failing two counts under both)."""
         work, basis = self.expected_work(spec)
         req = offer_requirements(spec)
         best: tuple[float, float] | None = None
@@ -322,9 +331,10 @@ class Origin:
         for entry in self.ctx.peers.alive(self.ctx.now_ms):
             known += 1
             cap = Capacity.from_advert(entry.advert)
-            why = fit_reason(cap, req)
-            if why is not None:
+            whys = list(fit_reasons(cap, req))
+            for why in whys:
                 unfit[why] = unfit.get(why, 0) + 1
+            if whys:
                 continue
             candidates += 1
             gflops = job_gflops(cap, req.gpus)
@@ -353,6 +363,8 @@ class Origin:
         job = OriginJob(inp.job_id, spec, self.ctx.now_ms, updated_ms=self.ctx.now_ms)
         est = self.estimate(spec)
         job.cost_estimate, job.estimate_basis = est["credits"], est["basis"]
+        job.cost_estimate = self.estimate(spec)["credits"]
+        job.queue_timeout_ms = inp.queue_timeout_ms
         if spec.replicas is not None:
             job.needed, job.replicate_decided = min(spec.replicas, 2), True
         self.jobs[job.job_id] = job
@@ -365,6 +377,7 @@ class Origin:
                 "estimate": job.cost_estimate,
                 "estimate_basis": job.estimate_basis,
                 "ts_ms": job.submitted_ms,
+                **({"queue_timeout_ms": inp.queue_timeout_ms} if inp.queue_timeout_ms else {}),
             },
             key=b"submit:" + job.job_id.encode(),
         )
@@ -449,8 +462,14 @@ class Origin:
                 return
             if job.waiting_since_ms is None:
                 job.waiting_since_ms = self.ctx.now_ms
-            if self.ctx.now_ms - job.waiting_since_ms > self.ctx.params.max_queue_time_ms:
-                self._finish(job, "failed", "no worker took the job: " + summarize_declines(job))
+            limit_ms = self._queue_limit_ms(job)
+            if self.ctx.now_ms - job.waiting_since_ms > limit_ms:
+                self._finish(
+                    job,
+                    "failed",
+                    f"no worker took the job within its queue timeout ({limit_ms / 1000:g} s): "
+                    + summarize_declines(job),
+                )
                 return
             if self.ctx.now_ms >= job.next_offer_ms:
                 if self._room_for_round() and (admitted or not self.admission):
@@ -461,6 +480,12 @@ class Origin:
             else:
                 self.ctx.at(job.next_offer_ms, T_REOFFER, job.job_id)
         self._derive_state(job)
+
+    def _queue_limit_ms(self, job: OriginJob) -> int:
+        """How long ``job`` may wait for a worker: its submitter's queue
+        timeout, at most the node's ``max_queue_time_ms``."""
+        limit = self.ctx.params.max_queue_time_ms
+        return limit if job.queue_timeout_ms is None else min(job.queue_timeout_ms, limit)
 
     def _busy_runs(self, job: OriginJob) -> int:
         """Runs that may still yield a result: live, or succeeded with the output in transfer."""
@@ -490,7 +515,7 @@ class Origin:
             slots = 1  # replication is decided when the first worker is chosen
         job.attempt += 1
         self._set_open(job, True)
-        job.bids, job.tried = {}, set()
+        job.bids, job.bid_ms, job.tried = {}, {}, set()
         job.declined_round = set()
         exclude = set(job.excluded) | self._ran(job)
         spec = job.spec
@@ -571,6 +596,7 @@ class Origin:
             if bid.attempt != job.attempt:
                 self.ctx.counters["bid_carried_over"] += 1
             job.bids[msg.sender] = bid
+            job.bid_ms[msg.sender] = self.ctx.now_ms
             if job.job_id in self.holding_jobs:
                 self._close_window(job)  # closes unless this bidder is saturated too
             else:
@@ -586,7 +612,7 @@ class Origin:
             # Collect late bids for a short window (no new offer is published),
             # so that the first late bidder does not win by arriving first:
             # ranking among several bids is what spreads load.
-            job.bids = {msg.sender: bid}
+            job.bids, job.bid_ms = {msg.sender: bid}, {msg.sender: self.ctx.now_ms}
             job.tried = set()
             job.declined_round = set()
             self._set_open(job, True)
@@ -652,9 +678,22 @@ class Origin:
         self.holding_jobs.discard(job.job_id)
         self._set_open(job, False)
         job.declined_now = 0
+        self._log_bids(job)
         self._award_next(job)
         self._advance(job)
         self._admit()
+
+    def _log_bids(self, job: OriginJob) -> None:
+        """Record the closed round's bids (``job_bids``), with when each arrived,
+        so that ``mesh job`` shows them after a restart too."""
+        if not job.bids:
+            return
+        job.logged_bids = [
+            bid_view(p, b, job.bid_ms.get(p, self.ctx.now_ms)) for p, b in job.bids.items()
+        ]
+        self.ctx.append(
+            "job_bids", {"job_id": job.job_id, "attempt": job.attempt, "bids": job.logged_bids}
+        )
 
     def _freed(self, worker: str) -> None:
         """A run of ours on ``worker`` ended: rounds held while ``worker`` was
@@ -1513,6 +1552,7 @@ class Origin:
             self.jobs[jid].history.append((t, "queued", "submitted"))
             self.jobs[jid].cost_estimate = body.get("estimate")
             self.jobs[jid].estimate_basis = body.get("estimate_basis", "")
+            self.jobs[jid].queue_timeout_ms = body.get("queue_timeout_ms")
             if spec.replicas is not None:
                 self.jobs[jid].needed, self.jobs[jid].replicate_decided = (
                     min(spec.replicas, 2),
@@ -1524,6 +1564,8 @@ class Origin:
             return
         if kind == "job_offered":
             job.attempt = body["attempt"]
+        elif kind == "job_bids":
+            job.logged_bids = list(body["bids"])
         elif kind == "run_awarded":
             job.runs[(body["attempt"], body["replica"])] = Run(
                 body["attempt"],
@@ -1615,22 +1657,6 @@ class Origin:
             self._advance(job)
 
 
-def offer_requirements(spec: JobSpec) -> OfferRequirements:
-    r = spec.requirements
-    return OfferRequirements(
-        cpus=r.cpus,
-        memory_mb=r.memory_mb,
-        gpus=r.gpus,
-        gpu_min_memory_mb=r.gpu_min_memory_mb,
-        tier=r.tier,
-        runtime=r.runtime,
-        network=r.network,
-        image=spec.image,
-        image_id=spec.image_blob.id if spec.image_blob else None,
-        image_size=spec.image_blob.size if spec.image_blob else 0,
-    )
-
-
 FAILURE_WORDS = {
     "failed": "failed",
     "timeout": "hit its timeout",
@@ -1667,6 +1693,19 @@ def summarize_declines(job: OriginJob) -> str:
     return "; ".join(f"{n}× {r}" for r, n in sorted(counts.items(), key=lambda x: -x[1]))
 
 
+def bid_view(peer: str, b: Bid, ts_ms: int | None) -> dict[str, Any]:
+    """One bid as ``GET /v1/jobs/{id}`` shows it and ``job_bids`` records it."""
+    return {
+        "peer_id": peer,
+        "price": b.price,
+        "est_finish_s": (b.est_start_ms + b.est_duration_ms) / 1000,
+        "score": b.score_gflops,
+        "queue": b.queued,
+        "gpu": [g.model for g in b.gpus],
+        "ts_ms": ts_ms,
+    }
+
+
 def job_view(job: OriginJob) -> dict[str, Any]:
     """The JSON shape of ``GET /v1/jobs/{id}``."""
     runs = sorted(job.runs.values(), key=lambda r: (r.attempt, r.replica))
@@ -1689,17 +1728,9 @@ def job_view(job: OriginJob) -> dict[str, Any]:
         "submitted_at": job.submitted_ms,
         "updated_at": job.updated_ms,
         "history": [{"ts_ms": t, "state": s, "detail": d} for t, s, d in job.history],
-        "bids": [
-            {
-                "peer_id": p,
-                "price": b.price,
-                "est_finish_s": (b.est_start_ms + b.est_duration_ms) / 1000,
-                "score": b.score_gflops,
-                "queue": b.queued,
-                "gpu": [g.model for g in b.gpus],
-            }
-            for p, b in job.bids.items()
-        ],
+        "bids": [bid_view(p, b, job.bid_ms.get(p)) for p, b in job.bids.items()]
+        if job.bids
+        else job.logged_bids,
         "declines": [{"peer_id": p, "reason": r} for p, r in job.declines],
         "awards": [
             {"peer_id": r.worker, "attempt": r.attempt, "replica": r.replica, "state": r.state}

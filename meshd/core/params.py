@@ -80,7 +80,9 @@ class CoreParams:
     reoffer_max_ms: int = 15_000
     """Cap of the exponential re-offer back-off."""
     max_queue_time_ms: int = 3_600_000
-    """A job nobody takes fails after waiting this long (with the declines)."""
+    """A job nobody takes fails after waiting this long (with the declines): the
+    default, and the cap, of the queue timeout a submit may give (``mesh submit
+    --queue-timeout``)."""
     max_attempts: int = 4
     """Execution attempts per job (first run plus retries) before it fails."""
     job_fault_runs: int = 2

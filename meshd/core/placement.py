@@ -3,6 +3,10 @@
 Pure functions over values. The rules (normative text in specs/PROTOCOL.md,
 "Placement"):
 
+- Runtimes: a job without ``requirements.runtime`` runs in the Docker
+  sandbox, in its image, only where that image is present; the unsandboxed
+  process executor (which ignores the image) takes only jobs that ask for
+  ``runtime: process`` (specs/JOB.md §1), never another job.
 - A worker bids iff it is warm, fits every requirement, is not excluded, has
   room (running + queued < capacity + queue bound) and its price is within the
   budget. Otherwise it has a *decline reason*. Reasons visible from the
@@ -41,10 +45,11 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict, deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .events import LocalCapabilities
-from .jobspec import TIERS
+from .jobspec import TIERS, JobSpec
 from .wire import Advert, Bid, Offer, OfferRequirements
 
 REPUTATION_BONUS = 0.1
@@ -160,31 +165,58 @@ def image_fetch_bytes(cap: Capacity, req: OfferRequirements) -> int | None:
 
 def fit_reason(cap: Capacity, req: OfferRequirements) -> str | None:
     """Why this capacity cannot run the job at all (static), or None."""
+    return next(fit_reasons(cap, req), None)
+
+
+def fit_reasons(cap: Capacity, req: OfferRequirements) -> Iterator[str]:
+    """Every requirement this capacity fails, one reason each (the origin's
+    refusal at submit counts peers per reason; a worker needs only the first)."""
     if not cap.warm:
-        return f"node is cold: {cap.cold_reason or 'health check pending'}"
-    if req.runtime is not None and req.runtime not in cap.runtimes:
-        return f"runtime {req.runtime} not available (has {', '.join(cap.runtimes) or 'none'})"
-    if image_fetch_bytes(cap, req) is None and "process" not in cap.runtimes:
-        return f"image {req.image} not present locally"
+        yield f"node is cold: {cap.cold_reason or 'health check pending'}"
+    wanted = req.runtime or "docker"
+    if wanted not in cap.runtimes:
+        if not cap.runtimes:
+            yield "node is a client (runs no jobs)"
+        elif wanted == "docker" and "process" in cap.runtimes:
+            yield "node's process executor is unsandboxed and runs only jobs asking for runtime process"
+        else:
+            yield f"runtime {wanted} not available (has {', '.join(cap.runtimes)})"
+    elif wanted == "docker" and image_fetch_bytes(cap, req) is None:
+        yield f"image {req.image} not present locally"
     if req.cpus > cap.cores:
-        return f"needs {req.cpus:g} CPUs, node has {cap.cores}"
+        yield f"needs {req.cpus:g} CPUs, node has {cap.cores}"
     if req.memory_mb > cap.ram_mb:
-        return f"needs {req.memory_mb} MB RAM, node has {cap.ram_mb}"
+        yield f"needs {req.memory_mb} MB RAM, node has {cap.ram_mb}"
     if req.gpus:
-        if not cap.gpus:
-            return "node has no GPU"
-        if not cap.gpu_runtime:
-            return "engine has no GPU runtime"
         fitting = [g for g in cap.gpus if g[1] >= req.gpu_min_memory_mb]
-        if len(fitting) < req.gpus:
-            return (
-                f"needs {req.gpus} GPU(s) with ≥{req.gpu_min_memory_mb} MB, node has {len(fitting)}"
-            )
+        if not cap.gpus:
+            yield "node has no GPU"
+        elif not cap.gpu_runtime:
+            yield "engine has no GPU runtime"
+        elif len(fitting) < req.gpus:
+            yield f"needs {req.gpus} GPU(s) with ≥{req.gpu_min_memory_mb} MB, node has {len(fitting)}"
     if req.tier is not None and TIERS.index(cap.tier) < TIERS.index(req.tier):
-        return f"needs tier {req.tier}, node is {cap.tier}"
+        yield f"needs tier {req.tier}, node is {cap.tier}"
     if req.network and not cap.network_allowed:
-        return "job needs network; node does not allow it"
-    return None
+        yield "job needs network; node does not allow it"
+
+
+def offer_requirements(spec: JobSpec) -> OfferRequirements:
+    """What an offer of ``spec`` asks of a worker (the origin sends it; a worker
+    checks an award's descriptor against its own capacity with it too)."""
+    r = spec.requirements
+    return OfferRequirements(
+        cpus=r.cpus,
+        memory_mb=r.memory_mb,
+        gpus=r.gpus,
+        gpu_min_memory_mb=r.gpu_min_memory_mb,
+        tier=r.tier,
+        runtime=r.runtime,
+        network=r.network,
+        image=spec.image,
+        image_id=spec.image_blob.id if spec.image_blob else None,
+        image_size=spec.image_blob.size if spec.image_blob else 0,
+    )
 
 
 def job_gflops(cap: Capacity, gpus: int) -> float:

@@ -42,9 +42,11 @@ from .placement import (
     budget_timeout_s,
     decline_reason,
     determinism_class,
+    fit_reason,
     job_gflops,
     local_image_id,
     make_bid,
+    offer_requirements,
     run_budget,
 )
 from .wire import (
@@ -300,6 +302,10 @@ class Worker:
                 reason = f"invalid job descriptor: {exc}"[:MAX_SHORT_TEXT]
         if reason is None and spec is not None and spec.job_id != a.job_id:
             reason = "job descriptor does not match the award"
+        if reason is None and spec is not None and (cap := self.capacity()) is not None:
+            # An award is checked like an offer: a peer cannot hand us, unoffered,
+            # a job we could not honour (an image job to the process executor).
+            reason = fit_reason(cap, offer_requirements(spec))
         if reason is not None or spec is None:
             self.ctx.counters["awards_refused"] += 1
             self.ctx.send(

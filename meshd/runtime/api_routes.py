@@ -134,10 +134,11 @@ def install_routes(api: ApiServer, view: NodeView, control: Control) -> None:
                 f"{spec.max_budget:.4g}",
                 fields=[{"loc": "max_budget", "msg": "below the estimate", "estimate": estimate}],
             )
+        queue_timeout_ms = _queue_timeout_ms(body.get("queue_timeout_s"))
         job_id = spec.job_id or f"j-{secrets.token_hex(8)}"
         if view.has_job(job_id):
             raise ApiError(409, "duplicate_job", f"job {job_id} exists already")
-        await control.submit(JobSubmitted(spec, job_id))
+        await control.submit(JobSubmitted(spec, job_id, queue_timeout_ms))
         return json_response({"job_id": job_id, "estimate": estimate}, status=201)
 
     async def jobs(req: Request) -> Response:
@@ -239,3 +240,26 @@ def api_metrics_route(control: Control) -> Callable[[Request], Awaitable[Respons
         return bytes_response(control.metrics_text(), METRICS_CONTENT_TYPE)
 
     return metrics
+
+
+MAX_QUEUE_TIMEOUT_S = 30 * 86_400
+"""Largest ``queue_timeout_s`` a submit may ask for (the node's
+``max_queue_time_ms`` caps the wait anyway)."""
+
+
+def _queue_timeout_ms(value: Any) -> int | None:
+    """A submit body's ``queue_timeout_s`` (seconds, > 0) in ms; None when absent."""
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 < value <= MAX_QUEUE_TIMEOUT_S
+    ):
+        raise ApiError(
+            400,
+            "invalid_request",
+            f"queue_timeout_s must be a number of seconds in (0, {MAX_QUEUE_TIMEOUT_S}]",
+            fields=[{"loc": "queue_timeout_s", "msg": f"got {value!r}"}],
+        )
+    return max(1, round(value * 1000))

@@ -263,9 +263,12 @@ class Cluster:
         await self.wait_for(formed, timeout_s, "the mesh to form")
 
     async def submit(self, i: int, spec: dict[str, Any], job_id: str | None = None) -> str:
+        """Submit ``spec`` at node i, as ``mesh submit`` would. On a cluster of
+        process executors a spec that names no runtime asks for ``process``
+        (those workers take nothing else; specs/JOB.md §1)."""
         import secrets
 
-        parsed = parse_job_spec(spec)
+        parsed = parse_job_spec(with_runtime(spec, self.executor))
         job_id = job_id or f"t-{secrets.token_hex(6)}"
         await self.daemon(i).submit(JobSubmitted(parsed, job_id))
         return job_id
@@ -310,3 +313,12 @@ def cluster_fixture(n: int, **kw: Any) -> Any:
             yield c
 
     return fixture
+
+
+def with_runtime(spec: dict[str, Any], executor: str) -> dict[str, Any]:
+    """``spec`` asking for the ``process`` runtime when the workers it is meant
+    for run the process executor and it names no runtime itself."""
+    requirements = dict(spec.get("requirements") or {})
+    if executor != "process" or "runtime" in requirements:
+        return spec
+    return {**spec, "requirements": {**requirements, "runtime": "process"}}

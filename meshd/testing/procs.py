@@ -62,11 +62,12 @@ class DaemonProcess:
     params: dict[str, Any] = field(default_factory=lambda: dict(FAST_PARAMS))
     proc: subprocess.Popen[bytes] | None = None
     bootstrap: list[str] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=lambda: {"allow_process_executor": True})
+    """``config.toml`` keys written at init (beside ``mdns = false`` and ``params``),
+    e.g. ``{"mdns": True}``."""
     env: dict[str, str] = field(default_factory=dict)
-    """Added to the daemon's environment (e.g. its own ``DOCKER_HOST``)."""
+    """Environment of the daemon beside ours (e.g. a ``DOCKER_HOST`` of its own)."""
     listen: str = "/ip4/127.0.0.1/tcp/0"
-    config: dict[str, Any] = field(default_factory=dict)
-    """More ``config.toml`` keys (e.g. ``{"mdns": True}``)."""
 
     def wrap(self, cmd: list[str]) -> list[str]:
         """The command line that runs ``cmd`` where this daemon lives (here: as is;
@@ -101,12 +102,7 @@ class DaemonProcess:
         )
         update_config(
             self.data_dir,
-            {
-                "allow_process_executor": True,
-                "mdns": False,
-                "params": dict(self.params),
-                **self.config,
-            },
+            {"mdns": False, "params": dict(self.params), **self.config},
         )
 
     def start(self, timeout_s: float = 60.0) -> None:

@@ -47,6 +47,7 @@ JOB = {
     "image": "meshd/busybox:1",
     "command": ["sh", "-c", "echo ok > $MESH_OUTPUTS/o"],
     "replicas": 1,
+    "requirements": {"runtime": "process"},  # the workers run the process executor
 }
 
 
