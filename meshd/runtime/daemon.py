@@ -193,7 +193,11 @@ class Daemon(EffectInterpreter):
             request_burst=self.rp.blob_request_burst,
             max_peers=4 * self.net_params.max_peers,
             max_concurrent_fetches=self.rp.max_concurrent_fetches,
-            request_timeout_s=self.net_params.request_timeout_s,
+            chunk_bytes=self.rp.blob_chunk_bytes,
+            chunks_in_flight=self.rp.blob_chunks_in_flight,
+            chunk_retries=self.rp.blob_chunk_retries,
+            chunk_timeout_s=self.rp.blob_chunk_timeout_s,
+            retry_pause_s=self.rp.blob_retry_pause_s,
         )
         self.counts: Counter[str] = Counter()
         """The shell's own counts (``inbox_dropped``, ``image_*``), shown with the core's."""
