@@ -4,6 +4,7 @@ refused over a bound, and carried on by another holder when one dies."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,7 +16,7 @@ import pytest
 import trio
 
 from meshd.core.events import BLOB_PROTOCOL
-from meshd.net import MeshHost, NetError
+from meshd.net import MeshHost, NetError, NetParams
 from meshd.runtime.transfer import BlobTransfer, encode_blob_request
 from meshd.store.blobs import BlobCorruptError, BlobLimitError, BlobStore
 from meshd.testing.nethosts import LINE, make_host
@@ -75,12 +76,14 @@ class Holder:
 
 
 @asynccontextmanager
-async def mesh(tmp_path: Path, holders: int) -> AsyncIterator[tuple[list[Holder], BlobTransfer]]:
+async def mesh(
+    tmp_path: Path, holders: int, params: NetParams = LINE
+) -> AsyncIterator[tuple[list[Holder], BlobTransfer]]:
     """``holders`` serving hosts and one fetching host bootstrapped to them."""
     async with trio.open_nursery() as nursery:
         served: list[Holder] = []
         for i in range(holders):
-            host = make_host(LINE)
+            host = make_host(params)
             scope = trio.CancelScope()
 
             async def run(
@@ -96,7 +99,7 @@ async def mesh(tmp_path: Path, holders: int) -> AsyncIterator[tuple[list[Holder]
             h = Holder(host, blobs, _transfer(blobs, host), scope)
             host.handle(BLOB_PROTOCOL, h.serve)
             served.append(h)
-        fetcher = make_host(LINE, [h.host.listen_addrs[0] for h in served])
+        fetcher = make_host(params, [h.host.listen_addrs[0] for h in served])
         await nursery.start(fetcher.run)
         yield served, _transfer(BlobStore(tmp_path / "fetcher"), fetcher)
         nursery.cancel_scope.cancel()
@@ -109,8 +112,12 @@ def _leftovers(t: BlobTransfer) -> list[Path]:
 async def test_a_blob_of_many_ranges_travels_whole_with_bounded_ranges_in_flight(
     tmp_path: Path,
 ) -> None:
+    """Far larger than the network's largest response (as an image of
+    hundreds of MiB is beside the default 64 MiB)."""
+    small = dataclasses.replace(LINE, max_response_bytes=4 * CHUNK)
     data = os.urandom(40 * CHUNK + 123)
-    async with mesh(tmp_path, 1) as ([a], fetch):
+    assert len(data) > 10 * small.max_response_bytes
+    async with mesh(tmp_path, 1, small) as ([a], fetch):
         digest = a.blobs.put(data)
         await fetch.fetch_from(a.host.peer_id, "sha256:" + digest)
         assert fetch.blobs.get(digest) == data

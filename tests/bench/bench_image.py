@@ -128,7 +128,9 @@ async def serve_origin(origin_url: str) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(host.run)
             blobs = BlobStore(tmp / "blobs")
-            host.handle(BLOB_PROTOCOL, transfer(blobs, host).serve)
+            # serves any range the fetcher's --chunk-kib asks for
+            serving = RuntimeParams(blob_chunk_bytes=63 << 20)
+            host.handle(BLOB_PROTOCOL, transfer(blobs, host, serving).serve)
             cache = _cache(ex, blobs, tmp / "images.json", None)
             print(json.dumps({"addr": host.listen_addrs[0], "peer": host.peer_id}), flush=True)
             while line := await trio.to_thread.run_sync(sys.stdin.readline):
@@ -173,12 +175,15 @@ async def bench(args: argparse.Namespace, origin_url: str, worker_url: str) -> N
             host = make_host(LINE, [hello["addr"]])
             await nursery.start(host.run)
             wblobs = BlobStore(tmp / "w")
-            fetcher = transfer(wblobs, host)
+            rp = RuntimeParams(
+                blob_chunk_bytes=args.chunk_kib << 10, blob_chunks_in_flight=args.in_flight
+            )
+            fetcher = transfer(wblobs, host, rp)
             fetch_s: list[float] = []
 
-            async def timed_fetch(peer: str, digest: str) -> None:
+            async def timed_fetch(peer: str, digest: str, **kw: int | None) -> None:
                 t0 = time.perf_counter()
-                await fetcher.fetch_from(peer, digest)
+                await fetcher.fetch_from(peer, digest, **kw)
                 fetch_s.append(time.perf_counter() - t0)
 
             wcache = _cache(wx, wblobs, tmp / "w.json", timed_fetch)
@@ -258,6 +263,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--mb", type=int, default=32, help="random payload in the image, MiB")
     ap.add_argument("--runs", type=int, default=5)
+    rp = RuntimeParams()
+    ap.add_argument(
+        "--chunk-kib", type=int, default=rp.blob_chunk_bytes >> 10, help="blob_chunk_bytes, KiB"
+    )
+    ap.add_argument("--in-flight", type=int, default=rp.blob_chunks_in_flight)
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     origin_url = os.environ.get("DOCKER_HOST")
