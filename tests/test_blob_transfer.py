@@ -194,3 +194,28 @@ async def test_malformed_and_oversized_range_requests_are_refused(tmp_path: Path
             a.host.peer_id, BLOB_PROTOCOL, encode_blob_request(digest, 3 * CHUNK, 10)
         )
         assert body == (3 * CHUNK).to_bytes(8, "big")
+
+
+async def test_a_host_sends_yamux_frames_of_at_most_one_noise_message(tmp_path: Path) -> None:
+    """A bulk transfer's frames each go out as one Noise message, not a full
+    one and a 29-byte rest (``libp2p_hooks.fit_yamux_frames_to_noise``)."""
+    import libp2p.security.noise.io as noise_io
+    import libp2p.stream_muxer.yamux.yamux as yamux
+
+    sizes: list[int] = []
+    real = noise_io.BaseNoiseMsgReadWriter.write_msg
+
+    async def spy(self: Any, msg: bytes, prefix_encoded: bool = False) -> None:
+        sizes.append(len(msg))
+        await real(self, msg, prefix_encoded)
+
+    noise_io.BaseNoiseMsgReadWriter.write_msg = spy  # type: ignore[method-assign]
+    try:
+        async with mesh(tmp_path, 1) as ([a], fetch):
+            digest = a.blobs.put(os.urandom(8 * CHUNK))
+            await fetch.fetch_from(a.host.peer_id, "sha256:" + digest)
+    finally:
+        noise_io.BaseNoiseMsgReadWriter.write_msg = real  # type: ignore[method-assign]
+    assert yamux.MAX_MESSAGE_SIZE <= noise_io.MAX_PLAINTEXT_LENGTH
+    assert max(sizes) <= noise_io.MAX_PLAINTEXT_LENGTH
+    assert sum(1 for n in sizes if n >= 60_000) >= 8  # the blob went in full-size frames
