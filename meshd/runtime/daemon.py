@@ -107,7 +107,7 @@ from .joblogs import JobLogs
 from .metrics import Metrics
 from .params import RuntimeParams
 from .sendq import SendQueues
-from .transfer import BlobTransfer
+from .transfer import SIZE_HEADER_BYTES, BlobTransfer
 from .view import NodeView
 
 log = logging.getLogger("meshd.daemon")
@@ -183,6 +183,8 @@ class Daemon(EffectInterpreter):
             clock_ms=self.clock.monotonic_ms,
             retryable=(PeerUnreachable, RemoteError),
         )
+        if self.rp.blob_chunk_bytes + SIZE_HEADER_BYTES > self.net_params.max_response_bytes:
+            raise ValueError("blob_chunk_bytes must leave room in the network's max_response_bytes")
         self.transfer = BlobTransfer(
             self.blobs,
             self.host,

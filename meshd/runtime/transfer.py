@@ -97,6 +97,8 @@ class BlobTransfer:
         chunk_timeout_s: float,
         retry_pause_s: float,
     ) -> None:
+        if chunk_bytes < 1 or chunks_in_flight < 1 or chunk_retries < 0:
+            raise ValueError("blob transfer needs chunk_bytes, chunks_in_flight >= 1")
         self.blobs = blobs
         self.host = host
         self._may_serve = may_serve

@@ -18,6 +18,10 @@ Rules:
   to finish accepted work (outputs, fetched inputs and results) always go
   through. What is deleted, and when, is the shell's decision
   (``meshd.runtime.diskgc``): the store only counts, lists and deletes.
+- A blob may also arrive in pieces, out of order (``writer``, a
+  :class:`BlobWriter`: ranges fetched in parallel): they go straight to the
+  temporary file, hashed as the contiguous prefix grows, and the blob is
+  installed only when whole and matching its digest.
 - A blob written again while already stored has its mtime refreshed, so its
   age (``entries``) is the time of its latest write.
 - ``pack_dir`` is deterministic: the same tree (names, contents, exec bits)
