@@ -217,6 +217,7 @@ async def test_blobs_are_served_only_to_the_peers_a_job_entitles(
     each peer may make at most ``blob_request_burst`` requests at once."""
     from meshd.core.events import BLOB_PROTOCOL
     from meshd.net import RemoteError
+    from meshd.runtime.transfer import SIZE_HEADER_BYTES, encode_blob_request
 
     clock = SkewedClock()
     async with Cluster.started(nursery, tmp_path, 3, clock=clock) as c:
@@ -238,7 +239,9 @@ async def test_blobs_are_served_only_to_the_peers_a_job_entitles(
         output = job.canonical
 
         async def fetch(i: int, from_i: int, digest: str) -> bytes:
-            return await c.daemon(i).host.request(c.peer_id(from_i), BLOB_PROTOCOL, digest.encode())
+            request = encode_blob_request(digest, 0, c.daemon(i).rp.blob_chunk_bytes)
+            answer = await c.daemon(i).host.request(c.peer_id(from_i), BLOB_PROTOCOL, request)
+            return answer[SIZE_HEADER_BYTES:]  # the blob's size, then the (whole) range
 
         # The output: its origin may fetch it again from the worker; the bystander may not.
         assert _tar_files(await fetch(0, worker, output)) == {
@@ -269,7 +272,7 @@ async def test_blobs_are_served_only_to_the_peers_a_job_entitles(
         answers = []
         for _ in range(burst + 10):
             try:
-                await w.transfer.serve(c.peer_id(bystander), output.encode())
+                await w.transfer.serve(c.peer_id(bystander), encode_blob_request(output, 0, 1))
             except LookupError as exc:
                 answers.append("busy" if str(exc).startswith("busy") else "no blob")
         clock.resume()

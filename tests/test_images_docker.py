@@ -90,7 +90,7 @@ def test_an_archives_image_id_is_the_engines_id_and_a_changed_config_changes_it(
 def _cache(ex: Any, tmp_path: Path, **kw: Any) -> ImageCache:
     blobs = BlobStore(tmp_path / "blobs")
 
-    async def fetch_blob(peer: str, digest: str) -> None:
+    async def fetch_blob(peer: str, digest: str, *, max_bytes: int | None = None) -> None:
         # The blob is already in this one store (the origin's and the worker's
         # here), as BlobTransfer.fetch_from finds it when it has it.
         assert blobs.has(digest.removeprefix("sha256:"))

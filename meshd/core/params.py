@@ -103,11 +103,11 @@ class CoreParams:
     """Bids kept per offer attempt."""
     startup_overhead_s: float = 1.0
     """Added to every duration estimate (container start, input fetch)."""
-    max_image_bytes: int = 64 * 1024 * 1024
+    max_image_bytes: int = 1024 * 1024 * 1024
     """Largest job image (its ``docker save`` archive) this node serves as an
     origin or fetches as a worker; an offer whose image is larger and absent
-    here is declined. At most ``NetParams.max_response_bytes`` (a blob
-    travels as one response)."""
+    here is declined. At most the blob store's largest blob (1 GiB): the
+    archive travels in ranges, so no message bound limits it."""
     image_transfer_bytes_per_s: float = 20.0 * 1024 * 1024
     """The rate a worker assumes for fetching and loading a job image it
     lacks: the transfer's share of its bid's expected start."""

@@ -43,6 +43,11 @@ Hooks (what it overrides -- why -- checked against libp2p 0.8.1):
   cost ~0.7 s) -- checked against libp2p 0.8.1.
 - ``Swarm.auto_connector`` (attribute) -- installs the no-op auto-connector above
   -- checked against libp2p 0.8.1.
+- ``libp2p.stream_muxer.yamux.yamux.MAX_MESSAGE_SIZE`` (module constant, process-wide) --
+  yamux frames of at most one Noise message (65519 bytes, not 64 KiB, which Noise splits
+  into a full message and a 29-byte one): half the Noise messages, encryptions and reads
+  per byte of a bulk transfer (blobs); smaller frames are always valid yamux
+  -- checked against libp2p 0.8.1.
 
 Rules: the callbacks are synchronous and must not raise; the host's parts own
 them. Reading public attributes (``peer_queues``, ``mesh``, ``fanout``) is not a
@@ -60,6 +65,8 @@ from typing import Any, cast
 
 import libp2p.pubsub.gossipsub as _libp2p_gossipsub
 import libp2p.pubsub.pubsub as _libp2p_pubsub
+import libp2p.security.noise.io as _libp2p_noise_io
+import libp2p.stream_muxer.yamux.yamux as _libp2p_yamux
 import trio
 from libp2p.abc import INetStream
 from libp2p.network.auto_connector import AutoConnector
@@ -385,3 +392,14 @@ def relay_reserved_peers(protocol: Any) -> set[str]:
         return {str(pid) for pid, r in reservations.items() if not r.is_expired()}
     except Exception:
         return set()
+
+
+# -------------------------------------------------------------------- muxing
+
+
+def fit_yamux_frames_to_noise() -> None:
+    """Make yamux send frames no larger than one Noise message (idempotent;
+    affects every host in the process)."""
+    _libp2p_yamux.MAX_MESSAGE_SIZE = min(
+        _libp2p_yamux.MAX_MESSAGE_SIZE, _libp2p_noise_io.MAX_PLAINTEXT_LENGTH
+    )

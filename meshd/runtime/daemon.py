@@ -108,7 +108,7 @@ from .joblogs import JobLogs
 from .metrics import Metrics
 from .params import RuntimeParams
 from .sendq import SendQueues
-from .transfer import BlobTransfer
+from .transfer import SIZE_HEADER_BYTES, BlobTransfer
 from .view import NodeView
 
 log = logging.getLogger("meshd.daemon")
@@ -189,6 +189,8 @@ class Daemon(EffectInterpreter):
             retryable=(PeerUnreachable, RemoteError),
             metrics=self.metrics,
         )
+        if self.rp.blob_chunk_bytes + SIZE_HEADER_BYTES > self.net_params.max_response_bytes:
+            raise ValueError("blob_chunk_bytes must leave room in the network's max_response_bytes")
         self.transfer = BlobTransfer(
             self.blobs,
             self.host,
@@ -199,8 +201,12 @@ class Daemon(EffectInterpreter):
             request_burst=self.rp.blob_request_burst,
             max_peers=4 * self.net_params.max_peers,
             max_concurrent_fetches=self.rp.max_concurrent_fetches,
-            request_timeout_s=self.net_params.request_timeout_s,
             metrics=self.metrics,
+            chunk_bytes=self.rp.blob_chunk_bytes,
+            chunks_in_flight=self.rp.blob_chunks_in_flight,
+            chunk_retries=self.rp.blob_chunk_retries,
+            chunk_timeout_s=self.rp.blob_chunk_timeout_s,
+            retry_pause_s=self.rp.blob_retry_pause_s,
         )
         self.counts: Counter[str] = Counter()
         """The image cache's counts (``image_*``), also counted in the registry."""

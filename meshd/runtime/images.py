@@ -20,7 +20,8 @@ pinned id. Otherwise, with ``pull_images`` on and a name that pins a digest
 the origin through the blob protocol and refused — counted
 ``image_refused_<reason>`` and logged, the image never loaded — when
 
-- ``size``: it is larger than ``max_image_bytes`` or than the descriptor says;
+- ``size``: it is larger than ``max_image_bytes`` or than the descriptor says
+  (the fetch stops as soon as the holder's first range says so);
 - ``digest``: its bytes do not hash to the digest (the blob transfer's check);
 - ``image_id``: the archive's image id (the sha256 of the config it names)
   is not the pinned id;
@@ -107,7 +108,7 @@ class ImageCache:
         blobs: BlobStore,
         index_path: Path,
         *,
-        fetch_blob: Callable[[str, str], Awaitable[None]],
+        fetch_blob: Callable[..., Awaitable[None]],
         in_use: Callable[[], set[str]],
         counts: Counter[str],
         max_image_bytes: int,
@@ -216,9 +217,11 @@ class ImageCache:
             )
         digest = blob.digest.removeprefix("sha256:")
         try:
-            await self._fetch_blob(origin, blob.digest)
+            await self._fetch_blob(origin, blob.digest, max_bytes=blob.size)
         except BlobCorruptError as exc:
             raise ImageRefused("digest", str(exc)) from None
+        except BlobLimitError as exc:
+            raise ImageRefused("size", str(exc)) from None
         try:
             await trio.to_thread.run_sync(self._check_and_load, spec.image, blob, digest)
         finally:

@@ -27,13 +27,28 @@ class RuntimeParams:
     """How often the core is told how congested the inbox is (``InboxLoad``)."""
     max_concurrent_fetches: int = 8
     """Blob transfers (inputs, outputs) in flight at once."""
-    blob_requests_per_s: float = 20.0
-    """Blob requests per second one peer may make of us (a token bucket);
-    beyond it a request is refused as busy, before any look-up. An honest
-    peer makes one per input of a run it holds, or one per output we made
-    for it."""
-    blob_request_burst: float = 64.0
-    """Size of that bucket: requests one peer may make at once."""
+    blob_requests_per_s: float = 100.0
+    """Blob range requests per second one peer may make of us (a token
+    bucket); beyond it a request is refused as busy, before any look-up. An
+    honest peer makes one per ``blob_chunk_bytes`` of each input of a run it
+    holds, or of each output we made for it."""
+    blob_request_burst: float = 256.0
+    """Size of that bucket: range requests one peer may make at once."""
+    blob_chunk_bytes: int = 4 * 1024 * 1024
+    """Largest range of a blob one request asks for (and we serve): what one
+    blob response carries, so it stays far below the network's
+    ``max_response_bytes``."""
+    blob_chunks_in_flight: int = 4
+    """Ranges of one blob fetched at once; also how far ahead of the hashed
+    prefix a range may be asked, so one fetch holds at most this many ranges
+    in memory."""
+    blob_chunk_retries: int = 3
+    """Times a failed range (error, bad answer, holder gone) is asked again,
+    each time of the next holder, before the fetch fails."""
+    blob_chunk_timeout_s: float = 30.0
+    """Deadline of one range request (stream, request, the range's bytes)."""
+    blob_retry_pause_s: float = 0.2
+    """Pause before a failed range is asked again."""
     job_log_live_bytes: int = 1024 * 1024
     """Live output kept per run and stream at the origin for `mesh logs`
     until the run's stored log arrives (older bytes go first; they are then

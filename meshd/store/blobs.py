@@ -18,6 +18,10 @@ Rules:
   to finish accepted work (outputs, fetched inputs and results) always go
   through. What is deleted, and when, is the shell's decision
   (``meshd.runtime.diskgc``): the store only counts, lists and deletes.
+- A blob may also arrive in pieces, out of order (``writer``, a
+  :class:`BlobWriter`: ranges fetched in parallel): they go straight to the
+  temporary file, hashed as the contiguous prefix grows, and the blob is
+  installed only when whole and matching its digest.
 - A blob written again while already stored has its mtime refreshed, so its
   age (``entries``) is the time of its latest write.
 - ``pack_dir`` is deterministic: the same tree (names, contents, exec bits)
@@ -170,31 +174,25 @@ class BlobStore:
         the store over ``max_total_bytes`` raises BlobStoreFullError. On any
         error nothing is stored.
         """
+        with self.writer(expected_digest, max_bytes, essential=essential) as w:
+            for chunk in chunks:
+                w.write_at(w.size, chunk)
+            return w.commit()
+
+    def writer(
+        self,
+        expected_digest: str | None = None,
+        max_bytes: int | None = None,
+        *,
+        essential: bool = True,
+    ) -> BlobWriter:
+        """A :class:`BlobWriter` for a blob arriving in pieces (same rules as
+        :meth:`put_stream`); use it as a context manager so an unfinished
+        blob leaves nothing behind."""
         if expected_digest is not None:
             check_digest(expected_digest)
         limit = self.params.max_blob_bytes if max_bytes is None else max_bytes
-        hasher, total = hashlib.sha256(), 0
-        fd, tmp_name = tempfile.mkstemp(dir=self._tmp)
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                for chunk in chunks:
-                    total += len(chunk)
-                    if total > limit:
-                        raise BlobLimitError(f"blob is over the {limit}-byte limit")
-                    hasher.update(chunk)
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            digest = hasher.hexdigest()
-            if expected_digest is not None and digest != expected_digest:
-                raise BlobCorruptError(
-                    f"received bytes hash to {digest}, expected {expected_digest}"
-                )
-            self._install(tmp, digest, total, essential)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return digest
+        return BlobWriter(self, expected_digest, limit, essential)
 
     def _install(self, tmp: Path, digest: str, size: int, essential: bool) -> None:
         final = self.path_of(digest)
@@ -248,6 +246,23 @@ class BlobStore:
         if actual != digest:
             raise BlobCorruptError(f"blob {digest} on disk hashes to {actual}: corrupt")
         return data
+
+    def read_range(self, digest: str, offset: int, length: int) -> tuple[int, bytes]:
+        """The blob's size and its bytes ``[offset, offset + length)`` (fewer
+        at its end), unchecked: a range cannot be checked against the digest,
+        so its receiver hashes the whole. BlobError if ``offset`` is past the
+        end, BlobNotFoundError if there is no such blob."""
+        try:
+            fd = os.open(self.path_of(digest), os.O_RDONLY)
+        except FileNotFoundError:
+            raise BlobNotFoundError(digest) from None
+        try:
+            size = os.fstat(fd).st_size
+            if not 0 <= offset <= size or length < 0:
+                raise BlobError(f"range {offset}+{length} is outside the {size}-byte blob")
+            return size, os.pread(fd, min(length, size - offset), offset)
+        finally:
+            os.close(fd)
 
     def iter_chunks(self, digest: str) -> Iterator[bytes]:
         """Stream a blob (for sending). The digest is checked at the end:
@@ -306,6 +321,81 @@ class BlobStore:
             for blob in sorted(sub.iterdir()):
                 if DIGEST_RE.fullmatch(blob.name):
                     yield blob.name
+
+
+class BlobWriter:
+    """One blob arriving in pieces, perhaps out of order (ranges fetched in
+    parallel), straight into a temporary file of its store.
+
+    :meth:`write_at` puts a piece at its offset; the sha256 runs over the
+    contiguous prefix as it grows, so a piece that arrives ahead of a gap is
+    held in memory until the gap is filled (the caller bounds how far ahead
+    it asks). More than ``max_bytes`` in all raises BlobLimitError at once.
+    :meth:`commit` checks that nothing is missing, fsyncs, checks the digest
+    and installs the blob as :meth:`BlobStore.put_stream` does. Writes may
+    come from several threads (a lock orders them). Leaving the context
+    without a commit removes the temporary file.
+    """
+
+    def __init__(
+        self, store: BlobStore, expected: str | None, max_bytes: int, essential: bool
+    ) -> None:
+        self._store = store
+        self._expected = expected
+        self.max_bytes = max_bytes
+        self._essential = essential
+        fd, name = tempfile.mkstemp(dir=store._tmp)
+        self._file = os.fdopen(fd, "wb")
+        self._tmp = Path(name)
+        self._hasher = hashlib.sha256()
+        self.size = 0
+        """Bytes of the contiguous prefix written and hashed so far."""
+        self._ahead: dict[int, bytes] = {}  # offset -> piece beyond a gap
+        self._lock = threading.Lock()
+
+    def write_at(self, offset: int, data: bytes) -> None:
+        """Put ``data`` at ``offset``. A piece overlapping what is written,
+        or reaching past ``max_bytes``, raises BlobLimitError (nothing is
+        written then)."""
+        end = offset + len(data)
+        if end > self.max_bytes:
+            raise BlobLimitError(f"blob is over the {self.max_bytes}-byte limit")
+        with self._lock:
+            if offset < self.size or offset in self._ahead:
+                raise BlobLimitError(f"a piece at offset {offset} was already written")
+            self._ahead[offset] = data
+            while (piece := self._ahead.pop(self.size, None)) is not None:
+                self._hasher.update(piece)
+                self._file.write(piece)
+                self.size += len(piece)
+
+    def commit(self) -> str:
+        """Install the blob; its digest. BlobError if a piece is missing,
+        BlobCorruptError if the bytes do not hash to the expected digest."""
+        with self._lock:
+            if self._ahead:
+                raise BlobError(f"blob has a gap at offset {self.size}")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            digest = self._hasher.hexdigest()
+            if self._expected is not None and digest != self._expected:
+                raise BlobCorruptError(
+                    f"received bytes hash to {digest}, expected {self._expected}"
+                )
+            self._store._install(self._tmp, digest, self.size, self._essential)
+            return digest
+
+    def abort(self) -> None:
+        """Drop what was written (idempotent; after a commit, a no-op)."""
+        self._file.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()
 
 
 # ----------------------------------------------------------------------------

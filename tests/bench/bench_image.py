@@ -43,11 +43,13 @@ from pathlib import Path
 import docker
 import trio
 
+from meshd.core.events import BLOB_PROTOCOL
 from meshd.core.jobspec import JobSpec
 from meshd.exec import ExecParams
 from meshd.exec.docker_exec import DockerExecutor
 from meshd.exec.health_image import find_static_busybox
 from meshd.runtime.images import ImageCache
+from meshd.runtime.params import RuntimeParams
 from meshd.runtime.transfer import BlobTransfer
 from meshd.store.blobs import BlobStore
 from meshd.testing.images import import_marker_image, second_engine
@@ -76,7 +78,9 @@ def baseline(origin_url: str, worker_url: str, image: str) -> float:
     return time.perf_counter() - t0
 
 
-def transfer(blobs: BlobStore, host: object) -> BlobTransfer:
+def transfer(blobs: BlobStore, host: object, rp: RuntimeParams | None = None) -> BlobTransfer:
+    rp = rp or RuntimeParams()
+
     async def feed(_inp: object) -> None:
         return None
 
@@ -90,7 +94,11 @@ def transfer(blobs: BlobStore, host: object) -> BlobTransfer:
         request_burst=1000.0,
         max_peers=16,
         max_concurrent_fetches=8,
-        request_timeout_s=120.0,
+        chunk_bytes=rp.blob_chunk_bytes,
+        chunks_in_flight=rp.blob_chunks_in_flight,
+        chunk_retries=rp.blob_chunk_retries,
+        chunk_timeout_s=rp.blob_chunk_timeout_s,
+        retry_pause_s=rp.blob_retry_pause_s,
     )
 
 
@@ -120,7 +128,9 @@ async def serve_origin(origin_url: str) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(host.run)
             blobs = BlobStore(tmp / "blobs")
-            host.handle("/meshd/blob/1", transfer(blobs, host).serve)
+            # serves any range the fetcher's --chunk-kib asks for
+            serving = RuntimeParams(blob_chunk_bytes=63 << 20)
+            host.handle(BLOB_PROTOCOL, transfer(blobs, host, serving).serve)
             cache = _cache(ex, blobs, tmp / "images.json", None)
             print(json.dumps({"addr": host.listen_addrs[0], "peer": host.peer_id}), flush=True)
             while line := await trio.to_thread.run_sync(sys.stdin.readline):
@@ -165,12 +175,15 @@ async def bench(args: argparse.Namespace, origin_url: str, worker_url: str) -> N
             host = make_host(LINE, [hello["addr"]])
             await nursery.start(host.run)
             wblobs = BlobStore(tmp / "w")
-            fetcher = transfer(wblobs, host)
+            rp = RuntimeParams(
+                blob_chunk_bytes=args.chunk_kib << 10, blob_chunks_in_flight=args.in_flight
+            )
+            fetcher = transfer(wblobs, host, rp)
             fetch_s: list[float] = []
 
-            async def timed_fetch(peer: str, digest: str) -> None:
+            async def timed_fetch(peer: str, digest: str, **kw: int | None) -> None:
                 t0 = time.perf_counter()
-                await fetcher.fetch_from(peer, digest)
+                await fetcher.fetch_from(peer, digest, **kw)
                 fetch_s.append(time.perf_counter() - t0)
 
             wcache = _cache(wx, wblobs, tmp / "w.json", timed_fetch)
@@ -250,6 +263,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--mb", type=int, default=32, help="random payload in the image, MiB")
     ap.add_argument("--runs", type=int, default=5)
+    rp = RuntimeParams()
+    ap.add_argument(
+        "--chunk-kib", type=int, default=rp.blob_chunk_bytes >> 10, help="blob_chunk_bytes, KiB"
+    )
+    ap.add_argument("--in-flight", type=int, default=rp.blob_chunks_in_flight)
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     origin_url = os.environ.get("DOCKER_HOST")
