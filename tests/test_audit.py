@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from meshd.core.audit import AuditBook
 from meshd.core.jobspec import JobSpec
 from meshd.core.params import CoreParams
@@ -138,3 +140,52 @@ def test_an_audit_of_an_honest_result_confirms_it() -> None:
     log = net.slots[origin_id].log
     paid = [b["worker"] for k, b in log if k == "receipt" and b["job_id"] == first]
     assert paid.count(liar) == 1 and len(paid) == 2  # the audit paid only the new run
+
+
+@pytest.mark.parametrize("credible", [True, False])
+def test_a_conviction_by_a_credible_origin_audits_here_too(credible: bool) -> None:
+    """Origin B accepted the liar's wrong results unverified; origin A convicts
+    the liar and publishes the invalid attestation; B, if it finds A fully
+    credible, audits and retracts its own accepted results (a partly credible
+    issuer's attestation audits nothing)."""
+    workers = [FakeWorker(healthy=False), FakeWorker(healthy=False)]
+    workers += [FakeWorker() for _ in range(3)] + [FakeWorker(lie_rate=1.0)]
+    net = CoreNet(6, seed=13, params=P, workers=workers)
+    net.run_for(3_000)
+    a_id, b_id, honest, liar = net.order[0], net.order[1], net.order[2:5], net.order[5]
+    # B has verified work of A's (full credibility), or only one unverified
+    # result of A's (credibility about 0.5: the attestation counts, audits nothing).
+    net.node(1).trust.observe(a_id, "valid" if credible else "completed", net.now_ms)
+    assert (net.node(1).trust.credibility(a_id, net.now_ms) == 1.0) == credible
+    for h in honest:
+        net.cut(b_id, h)
+    early = [spec(i) for i in range(2)]
+    early_ids = [net.submit(1, s) for s in early]
+    assert net.run_until(lambda: all(net.job(1, j).state == "succeeded" for j in early_ids))
+    wrong = {j: net.job(1, j).canonical for j in early_ids}
+    assert all(wrong[j] != honest_output(s) for j, s in zip(early_ids, early, strict=True))
+    net.heal()
+    for h in honest[1:]:
+        net.cut(a_id, h)
+    check = net.submit(0, spec(99, replicas=2))
+    assert net.run_until(lambda: len(net.job(0, check).runs) >= 2, 30_000)
+    net.heal()
+    assert net.run_until(lambda: net.job(0, check).state == "succeeded", 120_000)
+    assert liar in net.job(0, check).verdict["invalid"]
+    b = net.node(1)
+    if not credible:
+        net.run_for(10_000)
+        assert b.counters["audits_started"] == 0 and b.counters["attestations_applied"] > 0
+        assert all(net.job(1, j).canonical == wrong[j] for j in early_ids)
+        return
+    assert net.run_until(lambda: b.counters["audits_started"] == 2, 10_000)
+    assert not b.trust.banned(liar, net.now_ms)  # an attestation never bans...
+    assert net.run_until(
+        lambda: all(net.job(1, j).state == "succeeded" for j in early_ids), 120_000
+    )
+    for j, s in zip(early_ids, early, strict=True):  # ...but B's own audit convicts
+        job = net.job(1, j)
+        assert job.canonical == honest_output(s) and job.verdict["retracted"] == wrong[j]
+    assert b.trust.convicted(liar, net.now_ms)
+    audits = [body for k, body in net.slots[b_id].log if k == "job_audit"]
+    assert {x["by"] for x in audits} == {a_id} and {x["worker"] for x in audits} == {liar}

@@ -1285,16 +1285,18 @@ class Origin:
         self._finish(job, "succeeded", self._audit_outcome(job, audit))
         for w in invalid:
             if self.ctx.trust.convicted(w, now):
-                self._audit(w)
+                self.audit(w, self.ctx.peer_id)
         return True
 
-    def _audit(self, worker: str) -> None:
-        """``worker`` was just convicted: re-verify the results this origin
-        accepted from it unreplicated within ``audit_window_ms``
-        (specs/CREDITS.md §4.1). Each such job is reopened with its accepted
-        result kept as one vote and two agreeing results needed; the convicted
-        worker is excluded, so other workers decide. Evicted or since-replicated
-        jobs are skipped."""
+    def audit(self, worker: str, by: str) -> None:
+        """``worker`` was just convicted — by this node's own verdict, or by
+        ``by``, a fully credible origin whose ``invalid`` attestation we
+        applied: re-verify the results this origin accepted from it
+        unreplicated within ``audit_window_ms`` (specs/CREDITS.md §4.1). Each
+        such job is reopened with its accepted result kept as one vote and two
+        agreeing results needed; the worker is excluded, so others decide.
+        Evicted or since-replicated jobs are skipped; a job is audited at most
+        once per note (``AuditBook.take`` forgets what it hands out)."""
         for job_id in self.audits.take(worker, self.ctx.now_ms):
             job = self.jobs.get(job_id)
             if (
@@ -1308,12 +1310,14 @@ class Origin:
             body = {
                 "job_id": job_id,
                 "worker": worker,
+                "by": by,
                 "canonical": job.canonical,
                 "from_replica": job.next_replica,
             }
             self.ctx.append("job_audit", body)
             self._reopen_for_audit(job, body)
-            self._set_state(job, "queued", f"audit: worker {worker[-8:]} was convicted")
+            where = "here" if by == self.ctx.peer_id else f"by {by[-8:]}"
+            self._set_state(job, "queued", f"audit: worker {worker[-8:]} was convicted {where}")
             self._advance(job)
 
     @staticmethod
