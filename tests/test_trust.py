@@ -30,6 +30,8 @@ from meshd.core.trust import Trust
 from meshd.testing.corenet import CoreNet, FakeWorker, honest_output
 
 P = CoreParams()
+AT_TRUST = max(P.replication_fraction, 1 / P.trust_after_valid)
+"""Replication probability the moment trust is earned (1/streak, floored)."""
 T0 = 1_000_000
 W = "12D3KooWworker"
 
@@ -52,7 +54,7 @@ def test_stranger_is_always_replicated_and_trusted_after_ten_valid() -> None:
     assert not t.trusted(W) and t.replication_probability(W) == 1.0
     t.observe(W, "valid", T0)
     assert t.trusted(W)
-    assert t.replication_probability(W) == P.replication_fraction
+    assert t.replication_probability(W) == AT_TRUST
 
 
 def test_one_invalid_resets_the_streak() -> None:
@@ -80,7 +82,7 @@ def test_should_replicate_follows_the_probability() -> None:
         t.observe(W, "valid", T0)
     rng = random.Random(5)
     share = sum(t.should_replicate(W, rng) for _ in range(10_000)) / 10_000
-    assert abs(share - P.replication_fraction) < 0.015
+    assert abs(share - AT_TRUST) < 0.015
 
 
 # ---------------------------------------------------------------- reputation and bans
@@ -201,7 +203,7 @@ def test_five_credible_origins_vouching_twice_make_a_worker_trusted() -> None:
         for _ in range(2):
             assert t.observe_remote(o, W, "valid", T0)
         assert t.trusted(W) == (i == 4)
-    assert t.replication_probability(W) == P.replication_fraction
+    assert t.replication_probability(W) == AT_TRUST
 
 
 def test_one_issuer_cannot_make_a_worker_trusted_however_often_it_vouches() -> None:

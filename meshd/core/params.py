@@ -145,8 +145,12 @@ class CoreParams:
     """Live log bytes the origin keeps per job."""
 
     # --- verification, reputation, credits (see specs/CREDITS.md)
-    replication_fraction: float = 0.10
-    """Share of jobs run on two workers regardless of reputation."""
+    replication_fraction: float = 0.05
+    """Share of jobs run on two workers regardless of reputation: the spot-check
+    floor. 5% sits on the measured curve (specs/CREDITS.md §11.1): with
+    one-strike conviction and the audit, 10% patient liars leave no wrong result
+    standing at 0.06 extra runs per job; each liar gets ``(1−f)/f`` lies
+    accepted (and later retracted) before it is caught."""
     trust_after_valid: int = 10
     """Consecutive valid results before a worker is trusted (BOINC-style)."""
     untrusted_replication: float = 1.0

@@ -75,11 +75,12 @@ at the floor rate), never exempt from verification: the worst a lying
 vouching ring buys is the floor rate a patient liar gets anyway. Untrusted: replicate with
 ``untrusted_replication``. Trusted: ``max(replication_fraction, 1/streak)``
 (BOINC's 1/CV, floored by the base fraction everyone gets). With the defaults
-(10, 10%) 1/CV equals the floor at the moment trust is earned, so trusted
-workers cost exactly the base 10%; the 1/CV term matters when an operator
-lowers the floor. The floor is what a patient liar (honest until trusted,
-then lying on a fraction ``l`` of its jobs) faces: it is caught after
-``1/(floor × l)`` results on average (20 for a half-liar at 10%).
+(10, 5%) a newly trusted worker is replicated with 1/10, falling to the floor
+at a streak of 20. The floor is what a patient liar (honest until trusted,
+then lying on a fraction ``l`` of its jobs) faces: it is caught after about
+``1/(floor × l)`` results (at most 40 for a half-liar at 5%), having had
+``(1−floor)/floor`` lies accepted — which conviction and the audit bound
+(below, and specs/CREDITS.md §4.1, §11.1).
 
 *Standing changes* (a ban flip or a reputation move of at least
 ``peer_score_min_change`` since last reported) are handed to ``listener`` —
