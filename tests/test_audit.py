@@ -189,3 +189,24 @@ def test_a_conviction_by_a_credible_origin_audits_here_too(credible: bool) -> No
     assert b.trust.convicted(liar, net.now_ms)
     audits = [body for k, body in net.slots[b_id].log if k == "job_audit"]
     assert {x["by"] for x in audits} == {a_id} and {x["worker"] for x in audits} == {liar}
+
+
+def test_mesh_job_shows_a_retracted_result() -> None:
+    """mesh_cli/CLI.md ``mesh job``: the verification row names the retracted digest."""
+    import io
+
+    from rich.console import Console
+
+    from mesh_cli.render import render_job
+
+    job = {
+        "job_id": "j-1",
+        "state": "succeeded",
+        "spec": {"image": "meshd/busybox:1", "command": ["true"]},
+        "verification": {"replicas": 3, "verdict": "agreed", "retracted": "sha256:bad"},
+        "history": [{"ts_ms": 0, "state": "queued", "detail": "audit: worker liar was convicted"}],
+    }
+    out = io.StringIO()
+    render_job(job, Console(file=out, width=200))
+    text = out.getvalue()
+    assert "RETRACTED by an audit: sha256:bad" in text and "audit: worker liar" in text
