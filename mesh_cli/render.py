@@ -463,11 +463,13 @@ def _job_summary(job: dict[str, Any]) -> Table:
         )
     verification = job.get("verification")
     if verification:
-        grid.add_row(
-            "verification",
+        text = (
             f"{dash(verification.get('replicas'))} replicas, "
-            f"verdict {dash(verification.get('verdict'))}",
+            f"verdict {dash(verification.get('verdict'))}"
         )
+        if verification.get("retracted"):  # an audit overturned the result accepted first
+            text += f"; RETRACTED by an audit: {verification['retracted']}"
+        grid.add_row("verification", text)
     return grid
 
 

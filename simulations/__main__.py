@@ -53,30 +53,38 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--model", choices=("patient", "constant"), default="patient")
     c.add_argument("--lie-rate", type=float, default=0.5)
     c.add_argument("--shares", default="0,0.01,0.1,0.3", help="liar shares, comma-separated")
-    c.add_argument("--floors", default="0.02,0.05,0.1,0.2,0.3,0.5", help="comma-separated")
+    c.add_argument("--floors", default="0.02,0.05,0.1,0.2", help="comma-separated")
+    c.add_argument("--no-audit", action="store_true", help="what-if: no audit on a conviction")
     c.add_argument(
-        "--policy",
-        choices=("core", "one-strike"),
-        default="core",
-        help="core: trust.py as it is; one-strike: what-if, caught once = banned for ever",
+        "--rejoin",
+        choices=("off", "on", "both"),
+        default="both",
+        help="on: a convicted liar comes back at once under a new identity (whitewash)",
     )
     c.add_argument("--json", metavar="OUT")
     a = ap.parse_args(argv)
 
     if a.cmd == "spotcheck":
-        from .spotcheck import curve, print_curve
+        from .spotcheck import SpotConfig, curve, print_curve
 
-        results = curve(
-            shares=tuple(float(x) for x in a.shares.split(",")),
-            floors=tuple(float(x) for x in a.floors.split(",")),
-            workers=a.workers,
-            jobs=a.jobs,
-            model=a.model,
-            lie_rate=a.lie_rate,
-            seed=a.seed,
-            policy=a.policy,
-        )
-        print_curve(results)
+        results = []
+        for rejoin in {"off": (False,), "on": (True,), "both": (False, True)}[a.rejoin]:
+            base = SpotConfig(
+                workers=a.workers,
+                jobs=a.jobs,
+                lie_rate=a.lie_rate,
+                model=a.model,
+                seed=a.seed,
+                audit=not a.no_audit,
+                rejoin=rejoin,
+            )
+            table = curve(
+                shares=tuple(float(x) for x in a.shares.split(",")),
+                floors=tuple(float(x) for x in a.floors.split(",")),
+                base=base,
+            )
+            print_curve(table)
+            results += table
         if a.json:
             with open(a.json, "w") as f:
                 json.dump([r.as_dict() for r in results], f, indent=1)

@@ -75,6 +75,8 @@ class Checker:
             self._on_verdict(slot, body)
         elif kind == "job_finished":
             self._on_finished(slot, body)
+        elif kind == "job_audit":
+            self._on_audit(body)
         elif "credit" in kind or "receipt" in kind:
             self._on_credit(slot, kind, body)
 
@@ -109,6 +111,12 @@ class Checker:
                     f"valid={body.get('valid')}, invalid={body.get('invalid')})"
                 )
             self.escapes.append(jid)
+
+    def _on_audit(self, body: dict[str, Any]) -> None:
+        """specs/CREDITS.md §4.1: an audit reopens a succeeded job, so it may
+        finish again, and its canonical may change (the accepted one retracted)."""
+        self.finished.pop(body["job_id"], None)
+        self.canonical.pop(body["job_id"], None)
 
     def _on_finished(self, slot: Slot, body: dict[str, Any]) -> None:
         jid = body["job_id"]

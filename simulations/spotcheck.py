@@ -3,42 +3,56 @@
 ``python -m simulations spotcheck`` prints, for liar shares 0, 1, 10 and 30 %
 and several floors (``replication_fraction``, the replication probability
 even a trusted worker gets; the default is marked ``*``), the verification
-overhead (extra runs ÷ jobs) and the wrong results accepted per 10,000 jobs.
-Normative text and the figures: specs/CREDITS.md §4 and §11.
+overhead (extra runs ÷ jobs, audit runs included) and, per 10,000 jobs, the
+wrong results accepted at any time, those retracted by an audit and those
+still standing at the end, with the liar identities convicted. Normative
+text and the figures: specs/CREDITS.md §4, §4.1 and §11.1.
 
 Theory of operation
 -------------------
 This is a verification-only model, many jobs long (10⁵ in seconds), built
 on the real policy: one :class:`~meshd.core.trust.Trust` with the real
 :class:`~meshd.core.params.CoreParams` decides every replication
-(``should_replicate``) and takes every verdict (``observe``), so streaks,
-trust, the floor, reputation and bans are the core's own. It stands for the
-mesh's view of its workers: with remote streaks (trust.py) a worker is
-verified about ``trust_after_valid`` times in all, as by one origin.
+(``should_replicate``), takes every verdict (``observe``: streaks, trust, the
+floor, one-strike conviction, reputation and bans are the core's own), and
+one :class:`~meshd.core.audit.AuditBook` notes every unreplicated accepted
+result and picks what to audit on a conviction. It stands for the mesh's
+view of its workers: with remote streaks and conviction attestations
+(trust.py) a worker is verified about ``trust_after_valid`` times in all,
+and convicted everywhere at once, as by one origin.
 
 Left out, on purpose (the full simulator, ``python -m simulations run
 cheaters``, has them but is too slow for 10⁵-job curves): the network,
-bidding and load, attestations between origins. Jobs are spaced
-``job_interval_ms`` apart in virtual time (reputation decays on it).
+bidding and load. Jobs are spaced ``job_interval_ms`` apart in virtual time
+(reputation decays, convictions and audit windows run on it).
 
 Per job: the primary is drawn uniformly from the workers that are not banned
 and whose reputation is not negative (bid ranking puts a negative reputation
-last, PROTOCOL.md §8.4: such a worker gets no work while others bid); with
-``should_replicate`` further workers run it until two results agree (a
-liar's wrong digests are its own, so two never agree) or
-``max_disagreeing_results`` were collected (the job fails). Agreeing workers
-are ``valid``, the others ``invalid``; an unreplicated result is accepted as
-``completed`` — and is a *wrong result accepted* if its worker lied.
+last, PROTOCOL.md §8.4); with ``should_replicate`` further workers run it
+until two results agree (a liar's wrong digests are its own, so two never
+agree) or ``max_disagreeing_results`` were collected (the job fails). Agreeing
+workers are ``valid``, the others ``invalid`` (convicted); an unreplicated
+result is accepted as ``completed`` — a *wrong result accepted* if its worker
+lied. An audit (origin.py ``_audit`` does the same) keeps the accepted result
+as one vote and runs the job on other workers until two agree: if the
+majority is not the accepted result, it is *retracted*. Wrong results still
+accepted when the run ends are *standing*: the lies of liars not caught yet,
+or of convicted ones the audit window no longer reached.
 
 Liars (``--model``):
 
-- ``patient`` (the case the floor is for): honest while untrusted, wrong
-  with ``lie_rate`` once trusted; caught, it loses its streak and is honest
-  again until it has earned it back.
+- ``patient`` (the case the floor is for, ``tests/bench/bench_trust.py``'s
+  liar): honest while untrusted, wrong with ``lie_rate`` once trusted.
 - ``constant``: wrong with ``lie_rate`` on every job.
 
-Steady-state figures are over the second half of the jobs (the first pays
-for verifying every stranger ``trust_after_valid`` times).
+With ``rejoin`` a convicted liar comes back at once under a
+new identity (a whitewash): the liar share stays constant and every new
+identity pays the newcomer's verification again (``untrusted_replication``
+until ``trust_after_valid`` valid results).
+
+Figures are over the whole run: the overhead includes verifying every
+stranger ``trust_after_valid`` times (1% of 10⁵ jobs on 100 workers) and every
+audit run; a wrong result counts against the job it was accepted for.
 """
 
 from __future__ import annotations
@@ -47,11 +61,12 @@ import dataclasses
 import random
 from dataclasses import dataclass
 
+from meshd.core.audit import AuditBook
 from meshd.core.params import CoreParams
 from meshd.core.trust import Trust
 
 LIAR_SHARES = (0.0, 0.01, 0.10, 0.30)
-FLOORS = (0.02, 0.05, 0.10, 0.20, 0.30, 0.50)
+FLOORS = (0.02, 0.05, 0.10, 0.20)
 TARGET_WRONG_PER_10K = 1.0
 TARGET_OVERHEAD = 0.10
 REFRESH_JOBS = 1000
@@ -67,9 +82,10 @@ class SpotConfig:
     floor: float = CoreParams().replication_fraction
     seed: int = 1
     job_interval_ms: int = 100
-    policy: str = "core"
-    """``core``: trust.py as it is; ``one-strike``: a what-if, a worker this
-    node has caught returning a wrong result is banned for ever (:class:`OneStrike`)."""
+    audit: bool = True
+    """Audit a convicted worker's unreplicated results (off: the what-if without)."""
+    rejoin: bool = False
+    """A convicted liar returns at once under a new identity."""
 
 
 @dataclass
@@ -77,63 +93,85 @@ class SpotResult:
     config: SpotConfig
     jobs: int = 0
     runs: int = 0
+    """Runs for the jobs themselves (primary and replicas)."""
+    audit_runs: int = 0
+    """Runs made by audits (the accepted result is not run again)."""
     wrong_accepted: int = 0
+    """Wrong results accepted, at any time."""
+    retracted: int = 0
+    """... of those, retracted by an audit before the end."""
     failed: int = 0
-    steady_jobs: int = 0
-    steady_runs: int = 0
-    steady_wrong: int = 0
     trusted_primary: int = 0
-    """Steady-state jobs whose primary was trusted when the decision was made."""
+    """Jobs whose primary was trusted when the decision was made."""
     trusted_replicated: int = 0
     """... and of those, how many were replicated (the floor at work)."""
-    liars_banned: int = 0
+    convicted: int = 0
+    """Liar identities convicted (over all jobs)."""
+    honest_convicted: int = 0
 
     def as_dict(self) -> dict[str, object]:
         return {
             **dataclasses.asdict(self.config),
             "overhead": round(self.overhead, 4),
             "wrong_per_10k": round(self.wrong_per_10k, 2),
+            "retracted_per_10k": round(self.retracted_per_10k, 2),
+            "standing_per_10k": round(self.standing_per_10k, 2),
             "trusted_replication_rate": round(self.trusted_rate, 4),
-            "wrong_accepted_all_jobs": self.wrong_accepted,
+            "wrong_accepted": self.wrong_accepted,
+            "retracted": self.retracted,
+            "audit_runs": self.audit_runs,
             "failed": self.failed,
-            "liars_banned": self.liars_banned,
+            "liars_convicted": self.convicted,
+            "honest_convicted": self.honest_convicted,
         }
 
     @property
     def overhead(self) -> float:
-        return (self.steady_runs - self.steady_jobs) / max(1, self.steady_jobs)
+        """Extra runs (replicas and audits) per job."""
+        return (self.runs + self.audit_runs - self.jobs) / max(1, self.jobs)
+
+    def _per_10k(self, n: int) -> float:
+        return 10_000 * n / max(1, self.jobs)
 
     @property
     def wrong_per_10k(self) -> float:
-        """Steady state (the second half of the jobs)."""
-        return 10_000 * self.steady_wrong / max(1, self.steady_jobs)
+        """Wrong results accepted at any time, per 10,000 jobs."""
+        return self._per_10k(self.wrong_accepted)
+
+    @property
+    def retracted_per_10k(self) -> float:
+        return self._per_10k(self.retracted)
+
+    @property
+    def standing(self) -> int:
+        """Wrong results still accepted at the end (what the target bounds)."""
+        return self.wrong_accepted - self.retracted
+
+    @property
+    def standing_per_10k(self) -> float:
+        return self._per_10k(self.standing)
 
     @property
     def trusted_rate(self) -> float:
         return self.trusted_replicated / max(1, self.trusted_primary)
 
-
-class OneStrike(Trust):
-    """What-if, not the protocol: one own ``invalid`` verdict bans for ever."""
-
-    def observe(self, peer: str, outcome: str, now_ms: int) -> None:
-        super().observe(peer, outcome, now_ms)
-        if outcome == "invalid":
-            self.ban_forever(peer, "caught returning a wrong result", now_ms)
-
-
-POLICIES: dict[str, type[Trust]] = {"core": Trust, "one-strike": OneStrike}
+    @property
+    def target_met(self) -> bool:
+        return self.standing_per_10k <= TARGET_WRONG_PER_10K and self.overhead <= TARGET_OVERHEAD
 
 
 def simulate(cfg: SpotConfig) -> SpotResult:
     """One run of the model (see the module docstring)."""
     params = dataclasses.replace(CoreParams(), replication_fraction=cfg.floor)
-    trust = POLICIES[cfg.policy](params)
+    trust = Trust(params)
+    book = AuditBook(params)
     rng = random.Random(cfg.seed)
     names = [f"w{i:04d}" for i in range(cfg.workers)]
     liars = set(rng.sample(names, round(cfg.liar_share * cfg.workers)))
     res = SpotResult(cfg)
     now = 1_000_000
+    accepted: dict[str, tuple[str, bool]] = {}
+    """Unreplicated accepted job -> (worker, its result was wrong), until audited."""
 
     def lies(w: str) -> bool:
         if w not in liars:
@@ -149,51 +187,77 @@ def simulate(cfg: SpotConfig) -> SpotResult:
     def refresh(w: str) -> None:
         standing[w] = (trust.banned(w, now), trust.reputation(w, now) >= 0.0)
 
+    def eligible() -> list[str]:
+        live = [w for w in names if not standing[w][0]]
+        return [w for w in live if standing[w][1]] or live
+
+    def collect(results: list[tuple[str, bool]], pool: list[str]) -> bool:
+        """Run on workers from ``pool`` until two results agree; judge them all."""
+        others = [w for w in pool if all(w != r for r, _ in results)]
+        rng.shuffle(others)
+        while others and len(results) < params.max_disagreeing_results:
+            if sum(1 for _, lied in results if not lied) >= 2:
+                break
+            w = others.pop()
+            results.append((w, lies(w)))
+        agreed = sum(1 for _, lied in results if not lied) >= 2
+        if agreed:
+            for w, lied in results:
+                trust.observe(w, "invalid" if lied else "valid", now)
+                refresh(w)
+        return agreed
+
+    def convictions(results: list[tuple[str, bool]]) -> None:
+        """Conviction: the origin audits, a whitewashing liar comes back anew."""
+        todo = [w for w, lied in results if lied and trust.convicted(w, now)]
+        while todo:
+            w = todo.pop()
+            if w in liars:
+                res.convicted += 1
+            else:
+                res.honest_convicted += 1
+            if cfg.rejoin and w in liars:
+                fresh = f"w{len(standing):04d}"
+                names[names.index(w)] = fresh
+                liars.add(fresh)
+                refresh(fresh)
+            for job in book.take(w, now) if cfg.audit else []:
+                worker, wrong = accepted.pop(job, (w, False))
+                votes = [(worker, wrong)]
+                pool = [x for x in eligible() if x != worker]
+                collect(votes, pool)
+                res.audit_runs += len(votes) - 1
+                if wrong and sum(1 for _, lied in votes if not lied) >= 2:
+                    res.retracted += 1
+                todo += [x for x, lied in votes[1:] if lied and trust.convicted(x, now)]
+
     for j in range(cfg.jobs):
         now += cfg.job_interval_ms
-        steady = j >= cfg.jobs // 2
         if j % REFRESH_JOBS == 0:
             for w in names:
                 refresh(w)
-        live = [w for w in names if not standing[w][0]]
-        eligible = [w for w in live if standing[w][1]] or live
-        if not eligible:
+        pool = eligible()
+        if not pool:
             break
-        primary = rng.choice(eligible)
+        primary = rng.choice(pool)
         was_trusted = trust.trusted(primary)
         replicate = trust.should_replicate(primary, rng)
         results = [(primary, lies(primary))]
         if replicate:
-            others = [w for w in eligible if w != primary]
-            rng.shuffle(others)
-            while others and len(results) < params.max_disagreeing_results:
-                if sum(1 for _, lied in results if not lied) >= 2:
-                    break
-                w = others.pop()
-                results.append((w, lies(w)))
-            agreed = sum(1 for _, lied in results if not lied) >= 2
-            for w, lied in results:
-                if agreed:
-                    trust.observe(w, "invalid" if lied else "valid", now)
-                    refresh(w)
-            if not agreed:
+            if not collect(results, pool):
                 res.failed += 1
+            convictions(results)
         else:
             trust.observe(primary, "completed", now)
             refresh(primary)
-            if results[0][1]:
-                res.wrong_accepted += 1
-                if steady:
-                    res.steady_wrong += 1
+            book.note(primary, str(j), now)
+            accepted[str(j)] = (primary, results[0][1])
+            res.wrong_accepted += int(results[0][1])
         res.jobs += 1
         res.runs += len(results)
-        if steady:
-            res.steady_jobs += 1
-            res.steady_runs += len(results)
-            if was_trusted:
-                res.trusted_primary += 1
-                res.trusted_replicated += int(replicate)
-    res.liars_banned = sum(1 for w in liars if trust.banned(w, now))
+        if was_trusted:
+            res.trusted_primary += 1
+            res.trusted_replicated += int(replicate)
     return res
 
 
@@ -201,17 +265,10 @@ def curve(
     *,
     shares: tuple[float, ...] = LIAR_SHARES,
     floors: tuple[float, ...] = FLOORS,
-    workers: int,
-    jobs: int,
-    model: str,
-    lie_rate: float,
-    seed: int,
-    policy: str = "core",
+    base: SpotConfig = SpotConfig(),
 ) -> list[SpotResult]:
     return [
-        simulate(SpotConfig(workers, jobs, s, lie_rate, model, f, seed, policy=policy))
-        for s in shares
-        for f in floors
+        simulate(dataclasses.replace(base, liar_share=s, floor=f)) for s in shares for f in floors
     ]
 
 
@@ -221,28 +278,29 @@ def print_curve(results: list[SpotResult]) -> None:
         return
     c0 = results[0].config
     print(
-        f"spot-check curve: {c0.model} liars, lie_rate {c0.lie_rate}, policy {c0.policy}, "
+        f"spot-check curve: {c0.model} liars, lie_rate {c0.lie_rate}, "
+        f"audit {'on' if c0.audit else 'off'}, rejoin {'on' if c0.rejoin else 'off'}, "
         f"{c0.workers} workers, "
-        f"{c0.jobs} jobs (steady state: the last {c0.jobs - c0.jobs // 2}), seed {c0.seed}"
+        f"{c0.jobs} jobs, seed {c0.seed}"
     )
     print(
-        f"target at 10% liars: ≤ {TARGET_WRONG_PER_10K:g} wrong result accepted per 10,000 jobs "
-        f"with ≤ {TARGET_OVERHEAD:.0%} overhead; * marks the default floor ({default:g})"
+        f"target at 10% liars: ≤ {TARGET_WRONG_PER_10K:g} wrong result standing per 10,000 jobs "
+        f"with ≤ {TARGET_OVERHEAD:.0%} overhead (audit runs included); "
+        f"* marks the default floor ({default:g})"
     )
+    print("per 10k jobs: wrong = accepted at any time, = retracted + standing at the end")
     print(
-        f"{'liars':>6} {'floor':>7} {'overhead':>9} {'wrong/10k':>10} {'(all jobs)':>10} "
-        f"{'trusted repl.':>14} "
-        f"{'failed':>7} {'banned':>7} {'target':>7}"
+        f"{'liars':>6} {'floor':>7} {'overhead':>9} {'wrong':>7} {'retracted':>10} "
+        f"{'standing':>9} {'convicted':>10} {'honest conv.':>13} {'failed':>7} {'target':>7}"
     )
     for r in results:
         c = r.config
         mark = "*" if abs(c.floor - default) < 1e-12 else " "
         target = ""
         if abs(c.liar_share - 0.10) < 1e-12:
-            met = r.wrong_per_10k <= TARGET_WRONG_PER_10K and r.overhead <= TARGET_OVERHEAD
-            target = "met" if met else "missed"
+            target = "met" if r.target_met else "missed"
         print(
-            f"{c.liar_share:>6.0%} {c.floor:>6.2f}{mark} {r.overhead:>9.3f} {r.wrong_per_10k:>10.1f} "
-            f"{10_000 * r.wrong_accepted / max(1, r.jobs):>10.1f} "
-            f"{r.trusted_rate:>14.3f} {r.failed:>7} {r.liars_banned:>7} {target:>7}"
+            f"{c.liar_share:>6.0%} {c.floor:>6.2f}{mark} {r.overhead:>9.3f} {r.wrong_per_10k:>7.1f} "
+            f"{r.retracted_per_10k:>10.1f} {r.standing_per_10k:>9.1f} {r.convicted:>10} "
+            f"{r.honest_convicted:>13} {r.failed:>7} {target:>7}"
         )

@@ -46,6 +46,25 @@ def test_records_become_lines_with_their_fields_as_json_fields() -> None:
     assert lines[1]["peer_id"] == "12D3KooWxyz" and lines[1]["level"] == "WARNING"
 
 
+def test_an_audit_and_a_retracted_result_are_warnings() -> None:
+    """specs/CREDITS.md §4.1: job_audit and job_retracted records become lines."""
+    logger, stream = _capture()
+    events = EventLogger(logger)
+    worker = "12D3KooWliarliar"
+    events.record("job_audit", {"job_id": "j-2", "worker": worker, "by": "12D3KooWorigin"})
+    events.record(
+        "job_retracted",
+        {"job_id": "j-2", "worker": worker, "retracted": "sha256:bad", "canonical": "sha256:ok"},
+    )
+    lines = [json.loads(x) for x in stream.getvalue().splitlines()]
+    assert [(x["event"], x["level"], x["worker"]) for x in lines] == [
+        ("job_audit", "WARNING", worker),
+        ("job_retracted", "WARNING", worker),
+    ]
+    assert "audited" in lines[0]["msg"] and "RETRACTED" in lines[1]["msg"]
+    assert "sha256:bad" in lines[1]["msg"] and "sha256:ok" in lines[1]["msg"]
+
+
 def test_peers_joining_and_leaving_are_logged_once() -> None:
     logger, stream = _capture()
     events = EventLogger(logger)
@@ -121,6 +140,12 @@ async def test_metrics_scraped_during_a_job_move(tmp_path: Path, nursery: trio.N
         assert after["meshd_eventlog_records_total{kind=job_finished}"] == 1
         assert after["meshd_api_requests_total{status=200}"] >= 1
         accepted = f"meshd_gossip_messages_total{{outcome=accepted}}{{topic={TOPIC_ADVERTS}}}"
+        # adverts arrive every advert interval; a quick job may end between two
+        for _ in range(100):
+            if after.get(accepted, 0) > before.get(accepted, 0):
+                break
+            await trio.sleep(0.2)
+            after = await trio.to_thread.run_sync(scrape)
         assert after[accepted] > before.get(accepted, 0)
         assert after["meshd_net_events_total{name=delivered}"] > 0
         assert after["meshd_send_queue_messages_total{outcome=sent}"] >= 1  # the award at least

@@ -30,6 +30,8 @@ from meshd.core.trust import Trust
 from meshd.testing.corenet import CoreNet, FakeWorker, honest_output
 
 P = CoreParams()
+AT_TRUST = max(P.replication_fraction, 1 / P.trust_after_valid)
+"""Replication probability the moment trust is earned (1/streak, floored)."""
 T0 = 1_000_000
 W = "12D3KooWworker"
 
@@ -52,7 +54,7 @@ def test_stranger_is_always_replicated_and_trusted_after_ten_valid() -> None:
     assert not t.trusted(W) and t.replication_probability(W) == 1.0
     t.observe(W, "valid", T0)
     assert t.trusted(W)
-    assert t.replication_probability(W) == P.replication_fraction
+    assert t.replication_probability(W) == AT_TRUST
 
 
 def test_one_invalid_resets_the_streak() -> None:
@@ -80,7 +82,7 @@ def test_should_replicate_follows_the_probability() -> None:
         t.observe(W, "valid", T0)
     rng = random.Random(5)
     share = sum(t.should_replicate(W, rng) for _ in range(10_000)) / 10_000
-    assert abs(share - P.replication_fraction) < 0.015
+    assert abs(share - AT_TRUST) < 0.015
 
 
 # ---------------------------------------------------------------- reputation and bans
@@ -98,18 +100,36 @@ def test_a_strangers_first_proven_lie_bans_it_and_the_ban_fades_with_its_evidenc
     assert seen[-1][2] is False  # standing change reported: ban lifted
 
 
-def test_a_long_standing_peer_that_turns_liar_is_banned_within_a_few_lies() -> None:
+def test_one_proven_lie_convicts_a_long_standing_peer_for_conviction_ms() -> None:
+    """One-strike conviction (CREDITS.md §6.1): whatever its record."""
+    t, seen = trust()
+    for _ in range(200):
+        t.observe(W, "valid", T0)
+    assert t.reputation(W, T0) > 0.9 and not t.banned(W, T0)
+    t.observe(W, "invalid", T0)
+    assert t.convicted(W, T0) and t.banned(W, T0) and t.reputation(W, T0) == -1.0
+    assert seen[-1] == (W, -1.0, True)
+    t.observe(W, "valid", T0 + 1)  # an audit may confirm an old honest result: still convicted
+    end = T0 + P.conviction_ms
+    assert t.convicted(W, end - 1) and t.banned(W, end - 1)
+    assert not t.convicted(W, end)
+    assert t.rank_reputation("12D3KooWother", T0) == 0.0  # nobody else is touched
+
+
+def test_a_credible_conviction_elsewhere_makes_a_trusted_worker_verified_again() -> None:
+    """The invalid attestation another origin publishes with its verdict resets
+    this node's own streak (times the issuer's credibility), never bans."""
     t, _ = trust()
-    for _ in range(20):
+    (issuer,) = vouchers(t, 1)
+    for _ in range(30):
         t.observe(W, "valid", T0)
-    for _ in range(80):
-        t.observe(W, "completed", T0)
-    lies = 0
-    while not t.banned(W, T0):
-        t.observe(W, "invalid", T0)
+    assert t.trusted(W) and t.replication_probability(W) == P.replication_fraction
+    assert t.observe_remote(issuer, W, "invalid", T0)
+    assert not t.trusted(W) and t.replication_probability(W) == P.untrusted_replication
+    assert not t.banned(W, T0) and not t.convicted(W, T0)
+    for _ in range(P.trust_after_valid):
         t.observe(W, "valid", T0)
-        lies += 1
-    assert lies <= 15
+    assert t.trusted(W)
 
 
 def test_small_changes_are_not_reported_but_ban_flips_are() -> None:
@@ -183,7 +203,7 @@ def test_five_credible_origins_vouching_twice_make_a_worker_trusted() -> None:
         for _ in range(2):
             assert t.observe_remote(o, W, "valid", T0)
         assert t.trusted(W) == (i == 4)
-    assert t.replication_probability(W) == P.replication_fraction
+    assert t.replication_probability(W) == AT_TRUST
 
 
 def test_one_issuer_cannot_make_a_worker_trusted_however_often_it_vouches() -> None:

@@ -143,6 +143,9 @@ class Ledger:
         self._records: OrderedDict[tuple[str, int], tuple[bytes, Any]] = OrderedDict()
         self._receipts_pending: OrderedDict[int, PendingReceipt] = OrderedDict()
         self._attestations_seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        self.on_conviction: Callable[[str, str], None] | None = None
+        """Called with (subject, issuer) for an applied ``invalid`` attestation
+        from a fully credible issuer (the node hands it ``Origin.audit``)."""
         self._restoring: deque[tuple[str, dict[str, Any]]] | None = None
         self._restored_head: int | None = None
         """The highest record seq our own log held at start (None: not restored)."""
@@ -426,6 +429,12 @@ class Ledger:
             self._attestations_seen.popitem(last=False)
         if self.ctx.trust.observe_remote(msg.sender, a.subject, a.outcome, self.ctx.now_ms):
             self.ctx.counters["attestations_applied"] += 1
+            if (
+                a.outcome == "invalid"
+                and self.on_conviction is not None
+                and self.ctx.trust.credibility(msg.sender, self.ctx.now_ms) >= 1.0
+            ):
+                self.on_conviction(a.subject, msg.sender)
         else:
             self.ctx.counters["attestations_ignored"] += 1
 

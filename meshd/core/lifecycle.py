@@ -71,6 +71,7 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     ("verifying", "cancelled"): "cancelled by the user",
     ("failed", "queued"): "retried by the user",
     ("cancelled", "queued"): "retried by the user",
+    ("succeeded", "queued"): "audit: the worker of a result accepted unverified was convicted",
 }
 
 # A run is one worker's execution of one job, as its origin sees it.

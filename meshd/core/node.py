@@ -150,6 +150,7 @@ class Node:
         self.ledger = self.ledger_class(self.ctx, self.worker)
         self.worker.balance_of = self.ledger.balance  # saturated workers prefer origins in credit
         self.origin = self.origin_class(self.ctx, self.ledger)
+        self.ledger.on_conviction = self.origin.audit  # a conviction elsewhere audits here too
         self.ctx.trust.listener = self._standing_changed
 
         self._inputs: dict[type, Callable[[Any], None]] = {

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .audit import AuditBook
 from .context import Context
 from .events import (
     TOPIC_OFFERS,
@@ -64,6 +65,7 @@ from .placement import (
     rank_bids,
 )
 from .rtt import PeerRtt
+from .scorecheck import ScoreCheck
 from .wire import (
     MAX_ATTEMPT,
     MAX_EXCLUDE,
@@ -175,6 +177,11 @@ class OriginJob:
     logged_bids: list[dict[str, Any]] = field(default_factory=list)
     """The last closed round's bids as ``job_view`` shows them (logged as
     ``job_bids``, so they survive a restart with their times)."""
+    audit: dict[str, Any] | None = None
+    """While an accepted unverified result is re-verified after its worker's
+    conviction (``Origin._audit``): the convicted ``worker``, the ``canonical``
+    accepted before, and ``from_replica``, the first replica number of the
+    audit's runs (the runs before it were settled already)."""
 
 
 class Origin:
@@ -189,6 +196,10 @@ class Origin:
         self.ctx = ctx
         self.ledger = ledger
         self.jobs: dict[str, OriginJob] = {}
+        self.audits = AuditBook(ctx.params)
+        """Unreplicated accepted results per worker, audited on its conviction."""
+        self.scores = ScoreCheck(ctx.params)
+        """Achieved against claimed score per worker (``_check_claimed_score``)."""
         self.bid_delays: deque[int] = deque(maxlen=self.ctx.params.bid_delay_samples)
         self.holding_jobs: set[str] = set()
         """Jobs whose open round is held for a less loaded worker (``_close_window``)."""
@@ -1219,7 +1230,6 @@ class Origin:
         self.ctx.append("run_result", {"job_id": job.job_id, "worker": run.worker, **run.result})
         self._fetch_log(job, run)
         if b.status == "succeeded":
-            self._check_claimed_score(job, run, b.duration_ms)
             self.work_history.learn(job.spec.image, b.duration_ms / 1000 * run.score_gflops)
         if fault_of(b.status, b.fault) == "job":
             self._job_fault(job, run, failure_text(b.status, b.exit_code, b.reason))
@@ -1246,18 +1256,20 @@ class Origin:
         if digest:
             self.ctx.emit(FetchLog(job.job_id, run.attempt, run.replica, run.worker, digest))
 
-    def _check_claimed_score(self, job: OriginJob, run: Run, duration_ms: int) -> None:
-        """Compare the score a worker bid with (its measured, advertised GFLOPS)
-        with what it achieved on a job of known size; a large over-claim is
-        recorded in the log and counts against its reputation."""
+    def _check_claimed_score(self, job: OriginJob, run: Run) -> None:
+        """Cross-check the score an accepted run's worker bid with (its measured,
+        advertised GFLOPS) against what it achieved on a job of known size
+        (scorecheck.py: the best of its recent runs, beyond a tolerance); an
+        over-claim is logged and counts against its reputation, more the larger."""
         flops = job.spec.estimated_flops
+        duration_ms = int((run.result or {}).get("duration_ms", 0))
         if not flops or duration_ms <= 0 or run.score_gflops <= 0:
             return
         achieved = flops / (duration_ms / 1000) / 1e9
-        ratio = run.score_gflops / achieved if achieved > 0 else float("inf")
-        if ratio > self.ctx.params.score_mismatch_ratio:
+        v = self.scores.sample(run.worker, run.score_gflops, achieved)
+        if v.weight > 0:
             self.ctx.counters["score_overclaims"] += 1
-            self.ctx.trust.observe(run.worker, "overclaimed", self.ctx.now_ms)
+            self.ctx.trust.observe(run.worker, "overclaimed", self.ctx.now_ms, weight=v.weight)
             self.ctx.append(
                 "score_mismatch",
                 {
@@ -1265,7 +1277,10 @@ class Origin:
                     "worker": run.worker,
                     "claimed_gflops": run.score_gflops,
                     "achieved_gflops": round(achieved, 3),
-                    "ratio": round(ratio, 2),
+                    "best_gflops": round(run.score_gflops * v.best, 3),
+                    "ratio": round(v.gap, 2),
+                    "samples": v.samples,
+                    "weight": round(v.weight, 3),
                 },
             )
 
@@ -1380,10 +1395,13 @@ class Origin:
         invalid = [r.worker for r in outside if any(self._comparable(job, r, b) for b in best)]
         other_class = [r.worker for r in outside if r.worker not in invalid]
         replicated = job.needed > 1
+        now = self.ctx.now_ms
         for w in valid:
-            self.ctx.trust.observe(w, "valid" if replicated else "completed", self.ctx.now_ms)
+            self.ctx.trust.observe(w, "valid" if replicated else "completed", now)
+            if not replicated:
+                self.audits.note(w, job.job_id, now)
         for w in invalid:
-            self.ctx.trust.observe(w, "invalid", self.ctx.now_ms)
+            self.ctx.trust.observe(w, "invalid", now)
         job.canonical = canonical
         job.exit_code = best[0].result.get("exit_code")  # type: ignore[union-attr]
         job.verdict = {
@@ -1407,9 +1425,91 @@ class Origin:
                 )
         if replicated:
             self.ledger.publish_attestations(job, valid, invalid)
-        job.cost_actual += self.ledger.settle_credits(job, best)
-        self._finish(job, "succeeded", "")
+        audit, job.audit = job.audit, None
+        # The runs settled before an audit were paid and score-checked then.
+        fresh = best if audit is None else [r for r in best if r.replica >= audit["from_replica"]]
+        for r in fresh:
+            self._check_claimed_score(job, r)
+        job.cost_actual += self.ledger.settle_credits(job, fresh)
+        if audit is not None:
+            if canonical != audit["canonical"]:
+                self._retract(job, audit)
+        self._finish(job, "succeeded", self._audit_outcome(job, audit))
+        for w in invalid:
+            if self.ctx.trust.convicted(w, now):
+                self.audit(w, self.ctx.peer_id)
         return True
+
+    def audit(self, worker: str, by: str) -> None:
+        """``worker`` was just convicted — by this node's own verdict, or by
+        ``by``, a fully credible origin whose ``invalid`` attestation we
+        applied: re-verify the results this origin accepted from it
+        unreplicated within ``audit_window_ms`` (specs/CREDITS.md §4.1). Each
+        such job is reopened with its accepted result kept as one vote and two
+        agreeing results needed; the worker is excluded, so others decide.
+        Evicted or since-replicated jobs are skipped; a job is audited at most
+        once per note (``AuditBook.take`` forgets what it hands out)."""
+        for job_id in self.audits.take(worker, self.ctx.now_ms):
+            job = self.jobs.get(job_id)
+            if (
+                job is None
+                or job.state != "succeeded"
+                or job.audit is not None
+                or (job.verdict or {}).get("verdict") != "unverified"
+            ):
+                continue
+            self.ctx.counters["audits_started"] += 1
+            body = {
+                "job_id": job_id,
+                "worker": worker,
+                "by": by,
+                "canonical": job.canonical,
+                "from_replica": job.next_replica,
+            }
+            self.ctx.append("job_audit", body)
+            self._reopen_for_audit(job, body)
+            where = "here" if by == self.ctx.peer_id else f"by {by[-8:]}"
+            self._set_state(job, "queued", f"audit: worker {worker[-8:]} was convicted {where}")
+            self._advance(job)
+
+    @staticmethod
+    def _reopen_for_audit(job: OriginJob, body: dict[str, Any]) -> None:
+        """The state change a ``job_audit`` record makes (live and on restore)."""
+        job.audit = {k: body[k] for k in ("worker", "canonical", "from_replica")}
+        job.needed, job.replicate_decided = 2, True
+        job.excluded = {body["worker"]}
+        job.failures, job.reason, job.waiting_since_ms = 0, "", None
+        job.runs = {k: r for k, r in job.runs.items() if r.state == "done" and r.fetched}
+        job.next_offer_ms, job.backoff_ms = 0, 0
+
+    @staticmethod
+    def _audit_outcome(job: OriginJob, audit: dict[str, Any] | None) -> str:
+        """The finished job's reason: what an audit found, if one ran."""
+        if audit is None:
+            return ""
+        who = f"convicted worker {audit['worker'][-8:]}"
+        if job.canonical == audit["canonical"]:
+            return f"audit confirmed the result accepted from {who}"
+        return (
+            f"audit RETRACTED the result accepted from {who} "
+            f"({str(audit['canonical'])[:12]}); the re-verified result replaces it"
+        )
+
+    def _retract(self, job: OriginJob, audit: dict[str, Any]) -> None:
+        """An audit's majority overturned a result accepted unverified: log it;
+        the job's history and ``verification`` show it to the submitter."""
+        self.ctx.counters["results_retracted"] += 1
+        if job.verdict is not None:
+            job.verdict["retracted"] = audit["canonical"]
+        self.ctx.append(
+            "job_retracted",
+            {
+                "job_id": job.job_id,
+                "worker": audit["worker"],
+                "retracted": audit["canonical"],
+                "canonical": job.canonical,
+            },
+        )
 
     @staticmethod
     def _exact(job: OriginJob) -> bool:
@@ -1617,6 +1717,10 @@ class Origin:
                 k: body[k] for k in ("replicas", "needed", "verdict", "valid", "invalid")
             }
             job.verdict["other_class"] = body.get("other_class", [])
+            job.audit = None
+            if body["verdict"] == "unverified":
+                for w in body["valid"]:
+                    self.audits.note(w, jid, t)
         elif kind == "job_state":
             job.state, job.updated_ms = body["to"], t
             job.history.append((t, body["to"], body.get("detail", "")))
@@ -1629,6 +1733,10 @@ class Origin:
             )
         elif kind == "job_retried":
             job.failures, job.excluded, job.job_faults = 0, set(), []
+        elif kind == "job_audit":
+            self._reopen_for_audit(job, body)
+        elif kind == "job_retracted" and job.verdict is not None:
+            job.verdict["retracted"] = body["retracted"]
 
     def resume(self) -> None:
         """After a restart: renew leases (workers get a fresh lease) and resume offering."""

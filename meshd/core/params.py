@@ -169,8 +169,12 @@ class CoreParams:
     """Jobs kept in memory (finished ones are evicted oldest first)."""
 
     # --- verification, reputation, credits (see specs/CREDITS.md)
-    replication_fraction: float = 0.10
-    """Share of jobs run on two workers regardless of reputation."""
+    replication_fraction: float = 0.05
+    """Share of jobs run on two workers regardless of reputation: the spot-check
+    floor. 5% sits on the measured curve (specs/CREDITS.md §11.1): with
+    one-strike conviction and the audit, 10% patient liars leave no wrong result
+    standing at 0.06 extra runs per job; each liar gets ``(1−f)/f`` lies
+    accepted (and later retracted) before it is caught."""
     trust_after_valid: int = 10
     """Consecutive valid results before a worker is trusted (BOINC-style)."""
     untrusted_replication: float = 1.0
@@ -194,6 +198,21 @@ class CoreParams:
     """Reputation penalty of one invalid (out-voted) result; a valid one counts 1.
     Large, so a stranger is banned by its first proven lie and a long-standing
     peer that turns liar falls below ``ban_reputation`` within a few more."""
+    conviction_ms: int = 172_800_000
+    """How long one own ``invalid`` verdict (a worker's result proven wrong by a
+    replica majority) bans the worker, whatever its record: one-strike
+    conviction, specs/CREDITS.md §6.1. At least ``audit_window_ms``, so a
+    convicted worker gets no new work while its past results are audited."""
+    audit_window_ms: int = 86_400_000
+    """On a conviction the origin re-verifies the convicted worker's results it
+    accepted unreplicated within this window before the conviction (CREDITS.md §4.1)."""
+    audit_max_per_worker: int = 256
+    """Unreplicated accepted results remembered per worker for an audit (oldest
+    dropped first): at the default floor a patient liar gets ~9 before it is
+    caught, so this covers a liar 28 times more patient."""
+    audit_max_workers: int = 10_000
+    """Workers whose unreplicated results are remembered for an audit (the one
+    with the oldest remembered result is forgotten first)."""
     completed_weight: float = 0.1
     """Reputation credit of an unverified result (weak evidence: it may be a lie)."""
     attestation_weight: float = 0.25
@@ -293,11 +312,18 @@ class CoreParams:
     ten seconds of that rate, above the author bursts together (1,200) and a
     pubsub replay of recent messages to a (re)joining peer."""
 
-    score_mismatch_ratio: float = 4.0
-    """A run whose claimed compute score exceeds the score it achieved on a job
-    with ``estimated_flops`` by more than this factor is recorded against it."""
+    score_mismatch_ratio: float = 1.5
+    """Tolerance of the claimed-score cross-check (specs/CREDITS.md §6): a worker
+    whose claimed compute score exceeds the *best* score it achieved over its last
+    ``score_check_window`` accepted runs of jobs with ``estimated_flops`` by more
+    than this factor is over-claiming (load only slows an honest run down)."""
+    score_check_window: int = 16
+    """Accepted runs per worker the claimed-score cross-check looks back on."""
+    score_check_min_samples: int = 5
+    """Accepted runs a worker must have in that window before it can be judged."""
     overclaim_weight: float = 0.5
-    """Reputation evidence weight of one such over-claim (a lie is ``invalid_weight``)."""
+    """Reputation evidence weight of an over-claim per accepted run, times
+    ``gap − 1`` (0.5 for a 2× over-claim), at most ``invalid_weight``."""
 
     def with_overrides(self, overrides: dict[str, Any]) -> CoreParams:
         """A copy with ``overrides`` applied; ValueError names a bad key or value."""

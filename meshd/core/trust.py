@@ -44,6 +44,20 @@ nobody).
 was caught equivocating (:meth:`ban_forever`, proof kept by credits.py). A
 banned peer gets no awards and its messages are dropped (``node._open``).
 
+*One-strike conviction.* One own ``invalid`` verdict (a replica majority
+proved the worker's result wrong) convicts it: banned, reputation -1, for
+``conviction_ms`` — whatever its record. A patient liar (honest until
+trusted, then wrong on a share ``l`` of its jobs) facing the floor ``f`` gets
+``(1−f)/f`` wrong results accepted on average before its first replica
+catches it (9 at 10%), and no more: without conviction it would be honest
+again, re-earn trust and repeat. The origin then audits what it accepted from
+it unreplicated (audit.py). The conviction reaches other origins as the
+``invalid`` attestation the verdict publishes (credits.py): a credible
+issuer's attestation resets the receiver's own streak too (scaled by the
+issuer's credibility), so every origin verifies the worker anew — but
+attestations never ban. A convicted liar that returns under a new identity is
+a stranger: verified ``trust_after_valid`` times before it is trusted.
+
 *Adaptive replication* (BOINC style, :meth:`replication_probability`): a
 worker is *trusted* after ``trust_after_valid`` consecutive valid results;
 one invalid result resets the streak. The streak is this node's own
@@ -61,11 +75,12 @@ at the floor rate), never exempt from verification: the worst a lying
 vouching ring buys is the floor rate a patient liar gets anyway. Untrusted: replicate with
 ``untrusted_replication``. Trusted: ``max(replication_fraction, 1/streak)``
 (BOINC's 1/CV, floored by the base fraction everyone gets). With the defaults
-(10, 10%) 1/CV equals the floor at the moment trust is earned, so trusted
-workers cost exactly the base 10%; the 1/CV term matters when an operator
-lowers the floor. The floor is what a patient liar (honest until trusted,
-then lying on a fraction ``l`` of its jobs) faces: it is caught after
-``1/(floor × l)`` results on average (20 for a half-liar at 10%).
+(10, 5%) a newly trusted worker is replicated with 1/10, falling to the floor
+at a streak of 20. The floor is what a patient liar (honest until trusted,
+then lying on a fraction ``l`` of its jobs) faces: it is caught after about
+``1/(floor × l)`` results (at most 40 for a half-liar at 5%), having had
+``(1−floor)/floor`` lies accepted — which conviction and the audit bound
+(below, and specs/CREDITS.md §4.1, §11.1).
 
 *Standing changes* (a ban flip or a reputation move of at least
 ``peer_score_min_change`` since last reported) are handed to ``listener`` —
@@ -116,6 +131,9 @@ class Evidence:
     """Availability in [0, 1] sampled from adverts (None until first sampled)."""
     reported: tuple[float, bool] | None = None
     """(reputation, banned) last handed to the listener."""
+    convicted_until: int = 0
+    """While ``now_ms`` is before this, the peer stands convicted (own proof of
+    a wrong result): banned, reputation -1."""
 
 
 StandingListener = Callable[[str, float, bool], None]
@@ -159,10 +177,13 @@ class Trust:
         for p, _ in victims:
             del self._ev[p]
 
-    def observe(self, peer: str, outcome: str, now_ms: int) -> None:
-        """Record one of this node's own observations of ``peer``."""
+    def observe(self, peer: str, outcome: str, now_ms: int, *, weight: float | None = None) -> None:
+        """Record one of this node's own observations of ``peer`` (``weight``:
+        the evidence's magnitude when it is graded, as an over-claim is)."""
         ev = self._entry(peer, now_ms)
         w = outcome_weight(self.params, outcome)
+        if weight is not None:
+            w = math.copysign(weight, w)
         ev.score += w
         ev.mass += abs(w)
         if outcome == "valid":
@@ -171,7 +192,13 @@ class Trust:
         elif outcome == "invalid":
             ev.valid_streak = 0
             ev.invalid += 1
+            ev.convicted_until = max(ev.convicted_until, now_ms + self.params.conviction_ms)
         self._report(peer, ev, now_ms)
+
+    def convicted(self, peer: str, now_ms: int) -> bool:
+        """Whether this node's own verdict proved ``peer`` wrong within ``conviction_ms``."""
+        ev = self._ev.get(peer)
+        return ev is not None and now_ms < ev.convicted_until
 
     def sample_uptime(self, peer: str, up: bool, now_ms: int) -> None:
         """One availability sample (the node takes one per peer per standing tick)."""
@@ -221,6 +248,9 @@ class Trust:
             ev.remote_streak = max(0.0, ev.remote_streak - cred * p.trust_after_valid)
             if ev.remote_streak == 0.0:
                 ev.remote_by = None
+            # Another origin's conviction: this node verifies the worker anew
+            # (a credible issuer's proof resets the own streak; never a ban).
+            ev.valid_streak = math.floor(ev.valid_streak * (1.0 - cred))
         self._report(subject, ev, now_ms)
         return True
 
@@ -240,6 +270,8 @@ class Trust:
         ev = self._ev.get(peer)
         if ev is None:
             return 0.0
+        if own and now_ms < ev.convicted_until:
+            return -1.0
         f = self._factor(ev, now_ms)
         score, mass = ev.remote_score * f, ev.remote_mass * f
         if own:
@@ -268,7 +300,12 @@ class Trust:
         if peer in self._banned_forever:
             return True
         ev = self._ev.get(peer)
-        return ev is not None and self.reputation(peer, now_ms) < self.params.ban_reputation
+        if ev is None:
+            return False
+        return (
+            now_ms < ev.convicted_until
+            or self.reputation(peer, now_ms) < self.params.ban_reputation
+        )
 
     def ban_forever(self, peer: str, reason: str, now_ms: int) -> None:
         """Ban on proof (equivocation); survives decay. Bounded like the evidence table."""

@@ -6,7 +6,7 @@ Everything the core decides that an operator cares about is already an
 ``Append`` (a record of the signed event log), so :meth:`EventLogger.record`
 turns the interesting record kinds into log lines: jobs submitted, placed,
 finished and failed with their reason; runs started and ended on this node;
-verdicts; warmth; equivocation bans. :meth:`EventLogger.peers` compares the
+verdicts, audits and retracted results; warmth; equivocation bans. :meth:`EventLogger.peers` compares the
 set of live peers with the last one it saw and logs who joined and who left.
 
 Every line carries its fields as ``extra=`` (``event``, ``job_id``,
@@ -101,6 +101,21 @@ _EVENTS: dict[str, tuple[int, Callable[[dict[str, Any]], str]]] = {
             f"{b.get('log_head_seq')} (receipts, attestations, job records) is missing from its "
             "log. Restore the data dir from a backup if you have one; otherwise the node goes "
             "on, numbering new records after the lost ones (see `mesh status`)."
+        ),
+    ),
+    "job_audit": (
+        logging.WARNING,
+        lambda b: (
+            f"job {b.get('job_id')} audited: its result came from {_short(b.get('worker'))}, "
+            "convicted since; re-verifying it on other workers"
+        ),
+    ),
+    "job_retracted": (
+        logging.WARNING,
+        lambda b: (
+            f"job {b.get('job_id')}: result from convicted worker {_short(b.get('worker'))} "
+            f"RETRACTED by its audit ({str(b.get('retracted'))[:19]} replaced by "
+            f"{str(b.get('canonical'))[:19]})"
         ),
     ),
     "score_mismatch": (

@@ -1,0 +1,83 @@
+"""Claimed against achieved compute score: a bounded, per-worker cross-check.
+
+Theory of operation
+-------------------
+A worker bids with its measured compute score (GFLOPS, ``score_gflops``);
+a faster claim wins bids (placement.py ranks by estimated finish time) and,
+for jobs without ``estimated_flops``, is what the worker is paid by. For a
+job *with* ``estimated_flops`` the origin can see what the worker achieved:
+``estimated_flops / duration_s / 10⁹``. One run says little — a busy
+machine, a slow start or an input fetch make an honest run slower than its
+claim — so each accepted run (its output in the job's canonical group) adds
+one sample ``achieved / claimed`` to a window of the worker's last
+``score_check_window`` samples, and the worker is judged on the *best*
+sample in that window once it holds ``score_check_min_samples``:
+
+    gap = 1 / max(window)
+
+An honest worker achieves its claim whenever its machine is not loaded, so
+one such run among the window keeps its gap near 1 however slow the other
+runs were (load only ever slows a run down). A worker claiming ``k`` times
+its speed can never do better than ``1/k``: its gap stays ``k``. A gap above
+``score_mismatch_ratio`` (the tolerance) is an over-claim: every further
+accepted run is then evidence ``overclaimed`` of weight
+
+    overclaim_weight × (gap − 1), at most invalid_weight
+
+(trust.py), so the penalty grows with the gap: 0.5 for a 2× over-claim (a
+run nets ``completed_weight − 0.5 = −0.4``), 9.5 for 20×. The worker's own
+verdicts decide nothing else: its results still count, it is only ranked
+lower (and banned if its reputation falls below ``ban_reputation``).
+
+Bounds: ``score_check_window`` samples per worker; at most
+``max_trust_entries`` workers (the one sampled longest ago is forgotten).
+Samples are clamped to [1/1000, 1000] so a zero duration cannot poison one.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from .params import CoreParams
+
+
+@dataclass(frozen=True)
+class ScoreVerdict:
+    """The state of one worker's check after a sample."""
+
+    samples: int
+    best: float
+    """Highest achieved/claimed in the window."""
+    gap: float
+    """``1 / best``: how many times faster the claim is than the best run."""
+    weight: float
+    """Evidence weight of the over-claim (0: within tolerance, or too few samples)."""
+
+
+class ScoreCheck:
+    """Per worker, the last ``score_check_window`` achieved/claimed ratios."""
+
+    def __init__(self, params: CoreParams) -> None:
+        self.params = params
+        self._by_worker: dict[str, deque[float]] = {}
+
+    def sample(self, worker: str, claimed_gflops: float, achieved_gflops: float) -> ScoreVerdict:
+        """Fold in one accepted run; says whether the worker now over-claims."""
+        p = self.params
+        window = self._by_worker.pop(worker, None)
+        if window is None:
+            if len(self._by_worker) >= p.max_trust_entries:
+                self._by_worker.pop(next(iter(self._by_worker)))
+            window = deque(maxlen=p.score_check_window)
+        window.append(min(1000.0, max(0.001, achieved_gflops / claimed_gflops)))
+        self._by_worker[worker] = window  # re-inserted: dict order is by last sample
+        best = max(window)
+        gap = 1.0 / best
+        weight = 0.0
+        if len(window) >= p.score_check_min_samples and gap > p.score_mismatch_ratio:
+            weight = min(p.invalid_weight, p.overclaim_weight * (gap - 1.0))
+        return ScoreVerdict(len(window), best, gap, weight)
+
+    def samples(self, worker: str) -> int:
+        return len(self._by_worker.get(worker, ()))

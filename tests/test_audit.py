@@ -1,0 +1,212 @@
+"""Audit on conviction (meshd/core/audit.py, origin.py ``_audit``; specs/CREDITS.md §4.1,
+specs/JOB.md §4): when one of the origin's own verdicts convicts a worker, the
+results it accepted from that worker unreplicated within ``audit_window_ms``
+are re-run elsewhere; a wrong one is retracted (``job_retracted``, the job's
+reason and ``verification.retracted``) and replaced by the majority's result,
+also after a restart; an honest one is confirmed."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from meshd.core.audit import AuditBook
+from meshd.core.jobspec import JobSpec
+from meshd.core.params import CoreParams
+from meshd.testing.corenet import CoreNet, FakeWorker, honest_output
+
+# Nothing replicated unless the job asks (replicas=2): what the liar returns
+# on other jobs is accepted unverified, as past the spot-check floor.
+P = dataclasses.replace(CoreParams(), replication_fraction=0.0, untrusted_replication=0.0)
+
+
+def spec(i: int, **kw: object) -> JobSpec:
+    return JobSpec(image="meshd/busybox:1", command=["echo", str(i)], timeout_s=60, **kw)  # type: ignore[arg-type]
+
+
+def test_audit_book_takes_only_the_window_and_is_bounded() -> None:
+    p = dataclasses.replace(P, audit_window_ms=1_000, audit_max_per_worker=3, audit_max_workers=2)
+    book = AuditBook(p)
+    for i in range(5):
+        book.note("w", f"j{i}", 10_000 + 100 * i)
+    assert book.noted("w") == 3  # the oldest two were dropped
+    book.note("x", "k", 10_000)
+    book.note("y", "m", 10_000)  # a third worker: "w" (oldest newest note... ) goes
+    assert book.noted("w") == 0 or book.noted("x") == 0
+    book2 = AuditBook(p)
+    for i in range(3):
+        book2.note("w", f"j{i}", 10_000 + 600 * i)  # 10000, 10600, 11200
+    assert book2.take("w", 11_500) == ["j1", "j2"]  # 10000 is out of the window
+    assert book2.take("w", 11_500) == []  # taken once
+
+
+def _liar_net() -> tuple[CoreNet, str, list[str]]:
+    """Origin (node 0, runs nothing), three honest workers, one liar (node 4)."""
+    workers = [FakeWorker(healthy=False)] + [FakeWorker() for _ in range(3)]
+    workers.append(FakeWorker(lie_rate=1.0))
+    net = CoreNet(5, seed=11, params=P, workers=workers)
+    net.run_for(3_000)
+    return net, net.order[4], net.order[1:4]
+
+
+def _settled(net: CoreNet, ids: list[str]) -> bool:
+    return all(net.job(0, j).state in ("succeeded", "failed") for j in ids)
+
+
+def test_a_convicted_liars_unverified_results_are_audited_and_retracted() -> None:
+    net, liar, honest = _liar_net()
+    origin_id = net.order[0]
+    # Only the liar can be reached: its wrong results are accepted unverified.
+    for h in honest:
+        net.cut(origin_id, h)
+    early = [spec(i) for i in range(3)]
+    early_ids = [net.submit(0, s) for s in early]
+    assert net.run_until(lambda: _settled(net, early_ids), 60_000)
+    for j in early_ids:
+        job = net.job(0, j)
+        assert job.state == "succeeded" and job.verdict["verdict"] == "unverified"
+        assert job.runs[min(job.runs)].worker == liar
+    wrong = {j: net.job(0, j).canonical for j in early_ids}
+    assert all(wrong[j] != honest_output(s) for j, s in zip(early_ids, early, strict=True))
+    # A replicated job reaches the liar and one honest worker; the tie-breaker
+    # after healing convicts the liar.
+    net.heal()
+    for h in honest[1:]:
+        net.cut(origin_id, h)
+    check = net.submit(0, spec(99, replicas=2))
+    assert net.run_until(lambda: len(net.job(0, check).runs) >= 2, 30_000)
+    net.heal()
+    assert net.run_until(lambda: net.job(0, check).state == "succeeded", 120_000)
+    origin = net.node(0)
+    assert liar in net.job(0, check).verdict["invalid"]
+    assert origin.trust.convicted(liar, net.now_ms)
+    assert net.run_until(lambda: origin.counters["audits_started"] == 3, 10_000)
+    assert not _settled(net, early_ids)
+    net.restart(origin_id)  # mid-audit: the log's job_audit records reopen the jobs
+    assert net.run_until(lambda: _settled(net, early_ids), 120_000)
+    origin = net.node(0)
+    for j, s in zip(early_ids, early, strict=True):
+        job = net.job(0, j)
+        assert job.state == "succeeded"
+        assert job.canonical == honest_output(s)
+        assert job.verdict["retracted"] == wrong[j]
+        assert liar in job.verdict["invalid"]
+        assert "RETRACTED" in job.reason
+        assert any("audit" in detail for _, _, detail in job.history)
+    assert origin.counters["results_retracted"] == 3  # counted since the restart
+    log = net.slots[origin_id].log
+    retracted = [b for k, b in log if k == "job_retracted"]
+    assert sorted(b["job_id"] for b in retracted) == sorted(early_ids)
+    assert all(b["worker"] == liar for b in retracted)
+    # The liar was paid once per early job (before the audit), the auditors once each.
+    for j in early_ids:
+        paid = [b["worker"] for k, b in log if k == "receipt" and b["job_id"] == j]
+        assert paid.count(liar) == 1 and len(paid) == 3
+    # A restart rebuilds the same retracted view from the log.
+    net.restart(origin_id)
+    for j, s in zip(early_ids, early, strict=True):
+        job = net.job(0, j)
+        assert job.state == "succeeded" and job.canonical == honest_output(s)
+        assert job.verdict["retracted"] == wrong[j] and "RETRACTED" in job.reason
+
+
+def test_an_audit_of_an_honest_result_confirms_it() -> None:
+    """A liar honest on one job (lie_rate 0 at first) then caught: that job's
+    audit finds the same output; nothing is retracted."""
+    net, liar, honest = _liar_net()
+    origin_id = net.order[0]
+    slot = net.slots[liar]
+    slot.worker = dataclasses.replace(slot.worker, lie_rate=0.0)
+    for h in honest:
+        net.cut(origin_id, h)
+    first = net.submit(0, spec(1))
+    assert net.run_until(lambda: _settled(net, [first]), 60_000)
+    assert net.job(0, first).canonical == honest_output(spec(1))
+    slot.worker = dataclasses.replace(slot.worker, lie_rate=1.0)
+    net.heal()
+    for h in honest[1:]:
+        net.cut(origin_id, h)
+    check = net.submit(0, spec(99, replicas=2))
+    assert net.run_until(lambda: len(net.job(0, check).runs) >= 2, 30_000)
+    net.heal()
+    origin = net.node(0)
+    assert net.run_until(lambda: origin.counters["audits_started"] == 1, 120_000)
+    assert net.run_until(lambda: _settled(net, [first]), 120_000)
+    job = net.job(0, first)
+    assert job.canonical == honest_output(spec(1)) and "confirmed" in job.reason
+    assert "retracted" not in job.verdict and job.verdict["verdict"] == "agreed"
+    assert origin.counters["results_retracted"] == 0
+    log = net.slots[origin_id].log
+    paid = [b["worker"] for k, b in log if k == "receipt" and b["job_id"] == first]
+    assert paid.count(liar) == 1 and len(paid) == 2  # the audit paid only the new run
+
+
+@pytest.mark.parametrize("credible", [True, False])
+def test_a_conviction_by_a_credible_origin_audits_here_too(credible: bool) -> None:
+    """Origin B accepted the liar's wrong results unverified; origin A convicts
+    the liar and publishes the invalid attestation; B, if it finds A fully
+    credible, audits and retracts its own accepted results (a partly credible
+    issuer's attestation audits nothing)."""
+    workers = [FakeWorker(healthy=False), FakeWorker(healthy=False)]
+    workers += [FakeWorker() for _ in range(3)] + [FakeWorker(lie_rate=1.0)]
+    net = CoreNet(6, seed=13, params=P, workers=workers)
+    net.run_for(3_000)
+    a_id, b_id, honest, liar = net.order[0], net.order[1], net.order[2:5], net.order[5]
+    # B has verified work of A's (full credibility), or only one unverified
+    # result of A's (credibility about 0.5: the attestation counts, audits nothing).
+    net.node(1).trust.observe(a_id, "valid" if credible else "completed", net.now_ms)
+    assert (net.node(1).trust.credibility(a_id, net.now_ms) == 1.0) == credible
+    for h in honest:
+        net.cut(b_id, h)
+    early = [spec(i) for i in range(2)]
+    early_ids = [net.submit(1, s) for s in early]
+    assert net.run_until(lambda: all(net.job(1, j).state == "succeeded" for j in early_ids))
+    wrong = {j: net.job(1, j).canonical for j in early_ids}
+    assert all(wrong[j] != honest_output(s) for j, s in zip(early_ids, early, strict=True))
+    net.heal()
+    for h in honest[1:]:
+        net.cut(a_id, h)
+    check = net.submit(0, spec(99, replicas=2))
+    assert net.run_until(lambda: len(net.job(0, check).runs) >= 2, 30_000)
+    net.heal()
+    assert net.run_until(lambda: net.job(0, check).state == "succeeded", 120_000)
+    assert liar in net.job(0, check).verdict["invalid"]
+    b = net.node(1)
+    if not credible:
+        net.run_for(10_000)
+        assert b.counters["audits_started"] == 0 and b.counters["attestations_applied"] > 0
+        assert all(net.job(1, j).canonical == wrong[j] for j in early_ids)
+        return
+    assert net.run_until(lambda: b.counters["audits_started"] == 2, 10_000)
+    assert not b.trust.banned(liar, net.now_ms)  # an attestation never bans...
+    assert net.run_until(
+        lambda: all(net.job(1, j).state == "succeeded" for j in early_ids), 120_000
+    )
+    for j, s in zip(early_ids, early, strict=True):  # ...but B's own audit convicts
+        job = net.job(1, j)
+        assert job.canonical == honest_output(s) and job.verdict["retracted"] == wrong[j]
+    assert b.trust.convicted(liar, net.now_ms)
+    audits = [body for k, body in net.slots[b_id].log if k == "job_audit"]
+    assert {x["by"] for x in audits} == {a_id} and {x["worker"] for x in audits} == {liar}
+
+
+def test_mesh_job_shows_a_retracted_result() -> None:
+    """mesh_cli/CLI.md ``mesh job``: the verification row names the retracted digest."""
+    import io
+
+    from rich.console import Console
+
+    from mesh_cli.render import render_job
+
+    job = {
+        "job_id": "j-1",
+        "state": "succeeded",
+        "spec": {"image": "meshd/busybox:1", "command": ["true"]},
+        "verification": {"replicas": 3, "verdict": "agreed", "retracted": "sha256:bad"},
+        "history": [{"ts_ms": 0, "state": "queued", "detail": "audit: worker liar was convicted"}],
+    }
+    out = io.StringIO()
+    render_job(job, Console(file=out, width=200))
+    text = out.getvalue()
+    assert "RETRACTED by an audit: sha256:bad" in text and "audit: worker liar" in text
