@@ -154,3 +154,27 @@ async def test_mesh_result_saves_and_verifies_the_manifest_offline(
 
     usage = await _mesh(tmp_path / "nowhere", "result")
     assert usage.returncode == 2 and "either JOB_ID" in usage.stderr.decode()
+
+
+async def test_the_origin_stores_the_countersigned_manifest_beside_the_archive(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """Once a job succeeds its origin stores the document as a blob, names it
+    in a ``result_manifest`` record and serves that one, also after a restart."""
+    from meshd.api.client import ApiClient
+
+    async with Cluster.started(nursery, tmp_path, 2) as c:
+        job_id = await c.submit(
+            0, {"image": "meshd/busybox:1", "command": ["sh", "-c", 'echo 1 > "$MESH_OUTPUTS/x"']}
+        )
+        await c.wait_job(0, job_id, "succeeded")
+        await c.wait_for(lambda: c.job(0, job_id).manifest is not None, 30, "the stored manifest")
+        digest = c.job(0, job_id).manifest
+        stored = json.loads(c.daemon(0).blobs.get(digest.removeprefix("sha256:")))
+        assert verify_document(stored).job_id == job_id
+        assert stored["body"]["archive"]["sha256"] == c.job(0, job_id).canonical
+        await c.restart(0)
+        assert c.job(0, job_id).manifest == digest  # from the result_manifest record
+        client = ApiClient.from_data_dir(c.members[0].data_dir)
+        served = await trio.to_thread.run_sync(client.result_manifest, job_id)
+        assert served == stored

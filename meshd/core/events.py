@@ -200,6 +200,16 @@ class CheckerFinished:
     equivalent: bool
 
 
+@dataclass(frozen=True)
+class ManifestStored:
+    """The shell stored the countersigned manifest of a job's accepted result
+    (``canonical``) as the blob ``manifest`` (specs/JOB.md §3.1)."""
+
+    job_id: str
+    canonical: str
+    manifest: str
+
+
 # ---------------------------------------------------------------- effects
 
 
@@ -347,4 +357,5 @@ Input = (
     | ExecutionFinished
     | BlobFetched
     | CheckerFinished
+    | ManifestStored
 )

@@ -62,6 +62,7 @@ from .events import (
     InputsFetched,
     JobSubmitted,
     LocalCapabilities,
+    ManifestStored,
     RetryRequested,
     SendFailed,
     SetPeerScore,
@@ -169,6 +170,7 @@ class Node:
             ExecutionFinished: self.worker.on_execution_finished,
             BlobFetched: self.origin.on_blob_fetched,
             CheckerFinished: self.origin.on_checker_finished,
+            ManifestStored: self.origin.on_manifest_stored,
         }
         """Input class -> handler; every class of ``events.Input``, no other."""
         self._direct: dict[str, Callable[[Opened], None]] = _merge(

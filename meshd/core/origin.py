@@ -48,6 +48,7 @@ from .events import (
     FetchLog,
     JobLog,
     JobSubmitted,
+    ManifestStored,
     RetryRequested,
     RunChecker,
     SendFailed,
@@ -177,6 +178,10 @@ class OriginJob:
     logged_bids: list[dict[str, Any]] = field(default_factory=list)
     """The last closed round's bids as ``job_view`` shows them (logged as
     ``job_bids``, so they survive a restart with their times)."""
+    manifest: str | None = None
+    """The blob holding the countersigned manifest of the accepted result
+    (specs/JOB.md §3.1), once the shell stored it; None before, and again
+    whenever a new verdict replaces the result."""
     audit: dict[str, Any] | None = None
     """While an accepted unverified result is re-verified after its worker's
     conviction (``Origin._audit``): the convicted ``worker``, the ``canonical``
@@ -1340,6 +1345,21 @@ class Origin:
                         )
                     )
 
+    def on_manifest_stored(self, inp: ManifestStored) -> None:
+        """The shell stored the accepted result's countersigned manifest: name
+        it in the log (``result_manifest``), so it is served, and kept with the
+        job's outputs, after a restart."""
+        job = self.jobs.get(inp.job_id)
+        if job is None or job.state != "succeeded" or job.canonical != inp.canonical:
+            return  # re-opened or replaced meanwhile: the next verdict stores its own
+        if job.manifest == inp.manifest:
+            return
+        job.manifest = inp.manifest
+        self.ctx.append(
+            "result_manifest",
+            {"job_id": job.job_id, "canonical": inp.canonical, "manifest": inp.manifest},
+        )
+
     def on_checker_finished(self, inp: CheckerFinished) -> None:
         job = self.jobs.get(inp.job_id)
         pair = frozenset((inp.a, inp.b))
@@ -1402,7 +1422,7 @@ class Origin:
                 self.audits.note(w, job.job_id, now)
         for w in invalid:
             self.ctx.trust.observe(w, "invalid", now)
-        job.canonical = canonical
+        job.canonical, job.manifest = canonical, None
         job.exit_code = best[0].result.get("exit_code")  # type: ignore[union-attr]
         job.verdict = {
             "replicas": sum(len(g) for g in groups),
@@ -1712,7 +1732,7 @@ class Origin:
             if run is not None:
                 run.fetched = True
         elif kind == "job_verdict":
-            job.canonical = body["canonical"]
+            job.canonical, job.manifest = body["canonical"], None
             job.verdict = {
                 k: body[k] for k in ("replicas", "needed", "verdict", "valid", "invalid")
             }
@@ -1733,6 +1753,9 @@ class Origin:
             )
         elif kind == "job_retried":
             job.failures, job.excluded, job.job_faults = 0, set(), []
+        elif kind == "result_manifest":
+            if body.get("canonical") == job.canonical:
+                job.manifest = body.get("manifest")
         elif kind == "job_audit":
             self._reopen_for_audit(job, body)
         elif kind == "job_retracted" and job.verdict is not None:
@@ -1853,6 +1876,7 @@ def job_view(job: OriginJob) -> dict[str, Any]:
             "budget": job.spec.max_budget,
         },
         "verification": job.verdict,
+        "manifest": job.manifest,
         "attempts": job.attempt,
         "failures": job.failures,
     }

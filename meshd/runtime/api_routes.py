@@ -59,9 +59,9 @@ class Control(Protocol):
         """The node's Prometheus families, in text format."""
         ...
 
-    def result_manifest(self, job_id: str) -> dict[str, Any]:
-        """The accepted result's countersigned manifest (blocking; raises
-        ManifestError when there is none)."""
+    async def result_manifest(self, job_id: str) -> dict[str, Any]:
+        """The accepted result's countersigned manifest (raises ManifestError
+        when there is none)."""
         ...
 
 
@@ -174,7 +174,7 @@ def install_routes(api: ApiServer, view: NodeView, control: Control) -> None:
     async def manifest(req: Request) -> Response:
         j = get_job_or_404(req.path_params["job_id"])
         try:
-            doc = await trio.to_thread.run_sync(control.result_manifest, j.job_id)
+            doc = await control.result_manifest(j.job_id)
         except ManifestError as exc:
             raise ApiError(409, "no_manifest", f"job {j.job_id}: {exc}") from None
         return json_response(doc)

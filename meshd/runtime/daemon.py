@@ -43,6 +43,7 @@ daemon only when it is ready).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import random
@@ -73,6 +74,7 @@ from meshd.core.events import (
     GossipReceived,
     InboxLoad,
     JobLog,
+    ManifestStored,
     Publish,
     RunChecker,
     Send,
@@ -104,6 +106,7 @@ from .eventlogger import EventLogger
 from .execution import Executions
 from .gossipcheck import CachingCodec, GossipValidator
 from .images import ImageCache
+from .jobio import prefixed
 from .joblogs import JobLogs
 from .metrics import Metrics
 from .params import RuntimeParams
@@ -513,6 +516,8 @@ class Daemon(EffectInterpreter):
     def do_append(self, eff: Append) -> None:
         """Stage the record for the batch's group commit (``_commit``)."""
         self._staged.append(eff)
+        if eff.kind == "job_finished" and eff.body.get("state") == "succeeded":
+            self._spawn(self._store_manifest, eff.body["job_id"])
         self.events.record(eff.kind, eff.body)
         self.metrics.record(eff.kind, eff.body)
 
@@ -595,15 +600,27 @@ class Daemon(EffectInterpreter):
         await self._feed(_Awaited(inp, done))
         await done.wait()
 
-    def result_manifest(self, job_id: str) -> dict[str, Any]:
+    async def result_manifest(self, job_id: str) -> dict[str, Any]:
         """``GET /v1/jobs/{id}/manifest``: the accepted result's manifest, the
         worker's signature checked and this origin's countersignature added
-        (specs/JOB.md §3.1; blocking: run it in a thread). Raises ManifestError
-        when there is none to give."""
-        found = self.view.accepted_run(job_id) if self.view is not None else None
-        if found is None or self.view is None:
+        (specs/JOB.md §3.1): the stored one (``result_manifest`` record), else
+        made now. Raises ManifestError when there is none to give."""
+        assert self.view is not None
+        stored = self.view.job_manifest(job_id)
+        if stored is not None and self.view.has_blob(stored):
+            data = await trio.to_thread.run_sync(self.view.read_blob, stored)
+            doc: dict[str, Any] = json.loads(data)
+            return doc
+        found = self.view.accepted_run(job_id)  # the core's state: read here, not in a thread
+        if found is None:
             raise ManifestError(f"job {job_id} has no accepted result")
-        run, verdict = found
+        return await trio.to_thread.run_sync(self._countersigned, job_id, *found)
+
+    def _countersigned(
+        self, job_id: str, run: dict[str, Any], verdict: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The manifest document of an accepted run (blocking: reads its archive)."""
+        assert self.view is not None
         if not run.get("manifest_sig"):
             raise ManifestError("the worker sent no manifest signature (an older peer)")
         body = manifest_body(
@@ -627,6 +644,22 @@ class Daemon(EffectInterpreter):
             peer_id=self.identity.peer_id,
             sign=self.identity.sign,
         )
+
+    async def _store_manifest(self, job_id: str) -> None:
+        """Store a job's countersigned manifest beside its accepted archive (a
+        blob, named to the core by ``ManifestStored``) once it succeeded."""
+        assert self.view is not None
+        found = self.view.accepted_run(job_id)
+        if found is None:
+            return
+        try:
+            doc = await trio.to_thread.run_sync(self._countersigned, job_id, *found)
+            data = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+            digest = await trio.to_thread.run_sync(self.blobs.put, data)
+        except (ManifestError, OSError) as exc:
+            log.info("job %s: no result manifest stored: %s", job_id, exc)
+            return
+        await self._feed(ManifestStored(job_id, found[0]["output_digest"], prefixed(digest)))
 
     def metrics_text(self) -> bytes:
         """``GET /metrics``: the node's Prometheus families in text format."""

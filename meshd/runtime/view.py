@@ -132,6 +132,11 @@ class NodeView:
             return None
         return JobBrief(job.job_id, job.state, job.canonical)
 
+    def job_manifest(self, job_id: str) -> str | None:
+        """The blob holding a job's stored result manifest, if any."""
+        job = self._node.origin.jobs.get(job_id)
+        return None if job is None else job.manifest
+
     def accepted_run(self, job_id: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """The accepted result of a succeeded job (the first run of the
         canonical group, with the worker, attempt and replica added) and the
@@ -270,6 +275,8 @@ class NodeView:
                 into.add(bare(job.spec.image_blob.digest))
             if job.canonical is not None:
                 into.add(bare(job.canonical))
+            if job.manifest is not None:
+                into.add(bare(job.manifest))
             for run in job.runs.values():
                 out = run.result.get("output_digest") if run.result else None
                 if isinstance(out, str):
