@@ -27,8 +27,18 @@ NUMBERED = (
 
 
 def _submit(node: DaemonProcess, script: str, *extra: str) -> str:
+    runtime = ("--runtime", "process") if node.executor == "process" else ()
     cp = mesh_cli(
-        node.data_dir, "submit", *extra, "--image", "meshd/busybox:1", "--", "sh", "-c", script
+        node.data_dir,
+        "submit",
+        *runtime,
+        *extra,
+        "--image",
+        "meshd/busybox:1",
+        "--",
+        "sh",
+        "-c",
+        script,
     )
     assert cp.returncode == 0, cp.stdout + cp.stderr
     return cp.stdout.strip().splitlines()[0]

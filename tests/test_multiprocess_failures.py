@@ -50,6 +50,7 @@ def test_a_worker_killed_mid_run_is_not_paid_and_the_budget_holds(tmp_path: Path
                 "command": ["sh", "-c", 'sleep 6; echo ok > "$MESH_OUTPUTS/ok"'],
                 "timeout_s": 60,
                 "max_budget": budget,
+                "requirements": {"runtime": "process"},
             }
         )
         job_id = answer["job_id"]
@@ -97,6 +98,8 @@ def test_a_job_that_exits_nonzero_fails_after_two_runs_paid_by_its_submitter(
         cp = mesh_cli(
             origin.data_dir,
             "submit",
+            "--runtime",
+            "process",
             "--image",
             "meshd/busybox:1",
             "--wait",

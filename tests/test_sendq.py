@@ -40,4 +40,4 @@ async def test_a_heartbeat_carrying_output_is_never_replaced_by_a_newer_one(
     release.set()
     await trio.testing.wait_all_tasks_blocked()
     assert sent == [b"a", b"b-with-output", b"d"]
-    assert q.counts["coalesced"] == 1 and not failed
+    assert q.counts()["coalesced"] == 1 and not failed

@@ -102,7 +102,12 @@ class DaemonProcess:
         )
         update_config(
             self.data_dir,
-            {"mdns": False, "params": dict(self.params), **self.config},
+            {
+                "allow_process_executor": self.executor == "process",
+                "mdns": False,
+                "params": dict(self.params),
+                **self.config,
+            },
         )
 
     def start(self, timeout_s: float = 60.0) -> None:
