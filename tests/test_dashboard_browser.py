@@ -1,7 +1,8 @@
 """The live dashboard in a real headless Chromium (Playwright, Debian's
 ``chromium``), against two real ``meshd start`` daemons: the page opens from
 the URL ``mesh dashboard`` prints, a job submitted with the CLI appears and
-reaches ``succeeded`` without a reload, and the contributor wall changes.
+reaches ``succeeded`` without a reload, and the contributor wall changes;
+the Cancel and Retry buttons act on a running job.
 Screenshots are kept under the test's tmp dir (their paths are printed)."""
 
 from __future__ import annotations
@@ -21,6 +22,24 @@ CHROMIUM = os.environ.get("MESHD_CHROMIUM", "/usr/bin/chromium")
 pytestmark = pytest.mark.slow
 
 SCRIPT = "for i in 1 2 3; do echo line $i; sleep 0.3; done; echo done > $MESH_OUTPUTS/done.txt"
+
+
+def _submit(data_dir: Path, script: str) -> str:
+    """Submit a process-runtime job with the real `mesh` CLI; its id."""
+    cp = mesh_cli(
+        data_dir,
+        "submit",
+        "--runtime",
+        "process",
+        "--image",
+        "meshd/busybox:1",
+        "--",
+        "sh",
+        "-c",
+        script,
+    )
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    return cp.stdout.strip().splitlines()[0]
 
 
 @pytest.fixture
@@ -59,20 +78,7 @@ def test_dashboard_shows_a_cli_job_reach_succeeded_live(tmp_path: Path, chromium
                 page.evaluate("window.__notReloaded = true")
                 page.screenshot(path=str(shots / "1-before.png"), full_page=True)
 
-                cp = mesh_cli(
-                    origin.data_dir,
-                    "submit",
-                    "--runtime",
-                    "process",
-                    "--image",
-                    "meshd/busybox:1",
-                    "--",
-                    "sh",
-                    "-c",
-                    SCRIPT,
-                )
-                assert cp.returncode == 0, cp.stdout + cp.stderr
-                job_id = cp.stdout.strip().splitlines()[0]
+                job_id = _submit(origin.data_dir, SCRIPT)
 
                 row = page.locator(f'#jobs tr[data-job-id="{job_id}"]')
                 expect(row).to_have_count(1, timeout=15_000)
@@ -88,6 +94,21 @@ def test_dashboard_shows_a_cli_job_reach_succeeded_live(tmp_path: Path, chromium
                 assert page.evaluate("window.__notReloaded") is True  # live, no reload
                 final = shots / "2-succeeded.png"
                 page.screenshot(path=str(final), full_page=True)
+
+                # the buttons: cancel a running job, then retry it
+                long_id = _submit(origin.data_dir, "sleep 120")
+                row = page.locator(f'#jobs tr[data-job-id="{long_id}"]')
+                row.get_by_role("button").click()
+                state = row.locator("td.state")
+                expect(state).to_have_attribute("data-state", "running", timeout=60_000)
+                expect(page.locator("#retry-job")).to_be_disabled()
+                page.locator("#cancel-job").click()
+                expect(page.locator("#action-result")).to_have_text("cancel requested")
+                expect(state).to_have_attribute("data-state", "cancelled", timeout=30_000)
+                page.locator("#retry-job").click()
+                expect(page.locator("#action-result")).to_have_text("retry requested")
+                expect(state).not_to_have_attribute("data-state", "cancelled", timeout=30_000)
+                page.screenshot(path=str(shots / "3-retried.png"), full_page=True)
             finally:
                 browser.close()
         print(f"dashboard screenshots: {shots}")
