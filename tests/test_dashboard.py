@@ -191,3 +191,19 @@ async def test_log_audit_verifies_in_bounded_steps_and_reports_a_broken_chain(
         report = await fresh.step()
     assert report["state"] == "broken" and report["first_bad_seq"] == 7, report
     assert report["verified_seq"] == 6 and "signature" in report["reason"]
+
+
+def test_every_page_file_is_package_data_so_the_wheel_carries_it() -> None:
+    import fnmatch
+    import tomllib
+
+    from meshd.runtime.dashboard import ASSETS
+
+    repo = Path(__file__).resolve().parents[1]
+    pyproject = tomllib.loads((repo / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["meshd.runtime"]
+    root = repo / "meshd" / "runtime"
+    files = sorted(p.relative_to(root).as_posix() for p in (root / "static").rglob("*.*"))
+    assert [f.rsplit("/", 1)[1] for f in files] == sorted(ASSETS)
+    for f in files:
+        assert any(fnmatch.fnmatch(f, g) for g in globs), f"{f} is not package data"
