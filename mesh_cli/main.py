@@ -324,6 +324,37 @@ def cmd_version(args: argparse.Namespace, client_factory: Callable[[], ApiClient
     return EXIT_OK
 
 
+def dashboard_url(client: ApiClient) -> str:
+    """The dashboard's login URL: the token rides in the fragment, which a
+    browser never sends to the server (the page moves it to sessionStorage)."""
+    import urllib.parse
+
+    host = f"[{client.host}]" if ":" in client.host else client.host
+    return f"http://{host}:{client.port}/dashboard/#token={urllib.parse.quote(client.token)}"
+
+
+def cmd_dashboard(args: argparse.Namespace, client: ApiClient) -> int:
+    """Print (and with ``--open`` open) the live dashboard's login URL, once
+    the daemon answers with this token."""
+    client.status()  # no daemon: exit 3; a refused token: exit 1
+    url = dashboard_url(client)
+    if args.json:
+        _out({"url": url})
+    else:
+        print(url)
+        _err("this URL holds the node's API token: keep it to yourself")
+    if args.open:
+        import webbrowser
+
+        try:
+            opened = webbrowser.open(url)
+        except webbrowser.Error:
+            opened = False
+        if not opened:
+            _err("no browser could be started here; open the URL above in one")
+    return EXIT_OK
+
+
 def cmd_job(args: argparse.Namespace, client: ApiClient) -> int:
     data = client.job(args.job_id)
     _show(args, data, lambda render: render.render_job)
@@ -637,6 +668,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_id", metavar="JOB_ID")
     p.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds (exit 1)")
     sub.add_parser("version", parents=[common], help="the client's and the daemon's versions")
+    p = sub.add_parser(
+        "dashboard", parents=[common], help="the live web dashboard's login URL (holds the token)"
+    )
+    p.add_argument("--open", action="store_true", help="also open it in a web browser")
     for name, text in (
         ("job", "one job: history, bids, declines, result"),
         ("cancel", "cancel a job"),
@@ -705,6 +740,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, ApiClient], int]] = {
     "retry": cmd_retry,
     "credits": cmd_credits,
     "wait": cmd_wait,
+    "dashboard": cmd_dashboard,
 }
 TAKES_JOB_ID = ("job", "cancel", "retry", "logs", "result", "wait")
 """Commands whose JOB_ID may be an unambiguous prefix."""

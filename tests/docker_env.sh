@@ -56,6 +56,9 @@ ensure_packages() {
     # and the compose mesh.
     command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
     command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+    # tests/test_dashboard_browser.py drives Debian's Chromium with Playwright
+    # (no browser download).
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
     if ((${#missing[@]})); then
         [[ $(id -u) -eq 0 ]] || { log "error: need root to apt-get install ${missing[*]}"; exit 1; }
         log "installing ${missing[*]}"

@@ -948,3 +948,31 @@ def test_the_cost_line_shows_the_charge_the_ledger_holds_and_the_estimates_basis
         == "estimate 0.02778 (from earlier runs), charged 0.02964 of budget 0.04 credits"
     )
     assert cost_text({"estimate": None, "actual": 0.0}) == "estimate -, charged 0 credits"
+
+
+async def test_dashboard_prints_the_login_url_and_open_hands_it_to_the_browser(
+    daemon: FakeDaemon, data_dir: Path, tmp_path: Path
+) -> None:
+    token = read_api_token(data_dir)
+    port = int((data_dir / "api.addr").read_text().strip().rsplit(":", 1)[1])
+    proc = await mesh(data_dir, "dashboard")
+    assert proc.returncode == 0, err(proc)
+    assert out(proc).strip() == f"http://127.0.0.1:{port}/dashboard/#token={token}"
+    assert "holds the node's API token" in err(proc)
+    # --open: webbrowser honours $BROWSER; this one records what it was given
+    seen = tmp_path / "opened.txt"
+    browser = tmp_path / "browser.sh"
+    browser.write_text(f'#!/bin/sh\nprintf %s "$1" > {seen}\n')
+    browser.chmod(0o755)
+    env = {"BROWSER": str(browser), "MESH_DATA_DIR": str(data_dir)}
+    proc = await run("mesh_cli.main", "dashboard", "--open", "--json", env=env)
+    assert proc.returncode == 0, err(proc)
+    url = json.loads(out(proc))["url"]
+    assert url.endswith(f"#token={token}")
+    with trio.fail_after(10):
+        while not seen.exists() or not seen.read_text():
+            await trio.sleep(0.05)
+    assert seen.read_text() == url
+    # no daemon: exit 3 with the one line saying how to start one
+    proc = await mesh(tmp_path / "nowhere", "dashboard")
+    assert proc.returncode == 3 and "no daemon running" in err(proc)

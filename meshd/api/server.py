@@ -6,6 +6,9 @@ Rules:
   submit jobs and spend credits, so it is never reachable from the network.
 - Every request carries ``Authorization: Bearer <token>`` (``DIR/api.token``),
   compared in constant time; anything else gets 401 before any body is read.
+  The one exception is a route registered ``open=True``: a ``GET`` of fixed
+  bytes that carry no data of the node (the dashboard's HTML, JS and CSS),
+  answered without the token.
 - Every bound is a field of :class:`ApiParams` with a documented default:
   body size (per route), header size, JSON nesting depth, connections,
   idle and per-request time. A request over a bound is answered with the
@@ -262,6 +265,8 @@ class _Route:
     segments: tuple[str, ...]
     handler: Handler
     max_body_bytes: int
+    open: bool = False
+    """Answered without the token (a ``GET`` of assets that carry no data)."""
 
     def match(self, parts: list[str]) -> dict[str, str] | None:
         if len(parts) != len(self.segments):
@@ -326,10 +331,20 @@ class ApiServer:
     # ---------------------------------------------------------------- public
 
     def route(
-        self, method: str, pattern: str, handler: Handler, *, max_body_bytes: int | None = None
+        self,
+        method: str,
+        pattern: str,
+        handler: Handler,
+        *,
+        max_body_bytes: int | None = None,
+        open: bool = False,
     ) -> None:
-        """Register ``handler`` for ``method`` and a ``/path/{param}`` pattern."""
+        """Register ``handler`` for ``method`` and a ``/path/{param}`` pattern.
+
+        ``open``: answered without the token; only for ``GET`` routes of fixed
+        assets that carry none of the node's data (the dashboard's page)."""
         assert method in _METHODS, f"unsupported method {method!r}"
+        assert not open or method == "GET", "only GET routes may be open"
         assert method == "GET" or not self.public, "a public server serves only GET routes"
         assert pattern.startswith("/"), "route patterns start with '/'"
         segments = tuple(pattern.strip("/").split("/"))
@@ -337,7 +352,7 @@ class ApiServer:
         assert limit >= 0
         for r in self._routes:
             assert not (r.method == method and r.segments == segments), f"duplicate route {pattern}"
-        self._routes.append(_Route(method, segments, handler, limit))
+        self._routes.append(_Route(method, segments, handler, limit, open))
 
     def statistics(self) -> ApiStatistics:
         """Connections and requests so far, read from the registry."""
@@ -498,18 +513,19 @@ class ApiServer:
             return error_response(431, "headers_too_large", msg), True
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw_headers}
         bodyless = _declares_no_body(headers)
-        if not self._authorized(headers.get("authorization", "")):
+        method = request.method
+        path = raw_target.decode("ascii", "replace")
+        parts = [urllib.parse.unquote(p) for p in path.strip("/").split("/")]
+        authorized = self._authorized(headers.get("authorization", ""))
+        if not authorized and not self._open(method, parts):
             resp = error_response(
                 401, "unauthorized", "missing or wrong API token (see DATA_DIR/api.token)"
             )
             return _with(resp, ("WWW-Authenticate", "Bearer")), not bodyless
         conn = self._connections.get(scope.get("client"))  # type: ignore[arg-type]
-        if conn is not None:
+        if conn is not None and authorized:
             conn.authenticated = True
-        method = request.method
-        path = raw_target.decode("ascii", "replace")
         qs = scope.get("query_string", b"").decode("ascii", "replace")
-        parts = [urllib.parse.unquote(p) for p in path.strip("/").split("/")]
         route, params = self._match(method, parts)
         if route is None:
             return self._no_route(method, path, parts), not bodyless
@@ -554,6 +570,11 @@ class ApiServer:
         return scheme.lower() == "bearer" and hmac.compare_digest(
             token.strip().encode(), self._token
         )
+
+    def _open(self, method: str, parts: list[str]) -> bool:
+        """Whether this request names an open route (answered without the token)."""
+        route, _ = self._match(method, parts)
+        return route is not None and route.open
 
     def _match(self, method: str, parts: list[str]) -> tuple[_Route | None, dict[str, str]]:
         for r in self._routes:

@@ -300,6 +300,7 @@ class Daemon(EffectInterpreter):
         from meshd.config import ensure_api_token, parse_host_port
 
         from .api_routes import api_metrics_route, install_routes
+        from .dashboard import Dashboard
 
         api = self.api = ApiServer(ensure_api_token(self.dirs.root), metrics=self.metrics)
         # Gossip validation judges message stamps: the wall clock.
@@ -331,6 +332,7 @@ class Daemon(EffectInterpreter):
         live_dirs = {self.executions.run_dir(*k).name for k in self.view.live_run_keys()}
         await trio.to_thread.run_sync(self.disk.sweep_run_dirs, live_dirs)
         install_routes(api, self.view, self)
+        Dashboard(self.view, self.rp, self.log).install(api)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self.sendq.start(nursery)

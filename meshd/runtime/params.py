@@ -103,3 +103,19 @@ class RuntimeParams:
     """Envelopes the gossip validator opened, kept until the core opens them
     (so a signature is verified once); a miss only costs a second check. At
     most this many × ``max_message_bytes`` of memory, typically a few hundred KB."""
+    dashboard_streams: int = 4
+    """Live dashboard streams (``GET /v1/dashboard/stream``) served at once;
+    one more is answered 503 ``too_many_streams``. Each holds one API
+    connection and one snapshot: the last it sent."""
+    dashboard_interval_s: float = 1.0
+    """How often a live dashboard stream builds a snapshot; it sends it only
+    when it differs from the last one sent (so at most one event per interval
+    and per stream, and nothing queues behind a slow reader)."""
+    dashboard_jobs: int = 50
+    """Jobs in a dashboard snapshot (the newest submitted; `mesh jobs` lists all)."""
+    dashboard_contributors: int = 50
+    """Peers on the dashboard's contributor wall (most verified credits first)."""
+    dashboard_audit_records: int = 500
+    """Event-log records the dashboard's audit verifies per snapshot (hash
+    link and signature, about 170 µs each, in a worker thread), so a long
+    log is checked in bounded steps and each new record once."""

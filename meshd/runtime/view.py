@@ -176,6 +176,11 @@ class NodeView:
             )
         return {"jobs": out}
 
+    def recent_job_views(self, n: int) -> list[dict[str, Any]]:
+        """The ``n`` newest submitted jobs as ``GET /v1/jobs/{id}`` shows each (the dashboard)."""
+        newest = sorted(self._node.origin.jobs.values(), key=lambda j: -j.submitted_ms)[:n]
+        return [job_view(job) for job in newest]
+
     def estimate(self, spec: JobSpec) -> dict[str, Any]:
         """The core's cost and time estimate for ``spec`` on the mesh it knows."""
         return self._node.origin.estimate(spec)
