@@ -19,6 +19,7 @@
 #                           it, waited for up to MESHD_BOOTSTRAP_WAIT_S (default 120)
 #   MESHD_CONFIG_FILE       a config.toml copied into the data dir at every start
 #                           (e.g. from a ConfigMap); listen/bootstrap flags still apply
+#   MESHD_MDNS              true|false: set `mdns` in config.toml at every start
 set -eu
 
 DATA="${MESH_DATA_DIR:-/data}"
@@ -45,6 +46,10 @@ fi
 if [ -n "${MESHD_CONFIG_FILE:-}" ]; then
     cp "$MESHD_CONFIG_FILE" "$DATA/config.toml.new"
     mv "$DATA/config.toml.new" "$DATA/config.toml"
+fi
+if [ -n "${MESHD_MDNS:-}" ]; then
+    /opt/meshd/bin/python -c 'import sys; from meshd.config import update_config
+update_config(sys.argv[1], {"mdns": sys.argv[2] == "true"})' "$DATA" "$MESHD_MDNS"
 fi
 SELF="$(/opt/meshd/bin/python -c \
     'import sys; from meshd.config import load_node; print(load_node(sys.argv[1])[1].peer_id)' "$DATA")"

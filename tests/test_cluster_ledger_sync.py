@@ -137,6 +137,10 @@ async def test_a_node_whose_log_lost_its_tail_does_not_go_on_silently(
         await c.wait_for(lambda: node.ledger.lost_tail is not None, 30, "the lost tail to show")
         lost = node.ledger.lost_tail
         assert lost is not None and lost["log_head_seq"] == head and lost["seen_seq"] in issued
-        assert any(r["seen_seq"] in issued for r in log_records(c.daemon(0), "tail_lost"))
+        await c.wait_for(  # the record is durable at the batch's group commit
+            lambda: any(r["seen_seq"] in issued for r in log_records(c.daemon(0), "tail_lost")),
+            30,
+            "the tail_lost record",
+        )
         view = c.daemon(0).view
         assert view is not None and view.status()["tail_lost"] == lost
