@@ -28,6 +28,26 @@ export MESH_DATA_DIR="$DATA"
 
 say() { echo "meshd-entrypoint: $*" >&2; }
 
+# wait_for WHAT CMD...: run CMD each second until it succeeds, at most
+# MESHD_BOOTSTRAP_WAIT_S (default 120) seconds; then fail saying WHAT.
+wait_for() {
+    what="$1"
+    shift
+    waited=0
+    until "$@"; do
+        if [ "$waited" -ge "${MESHD_BOOTSTRAP_WAIT_S:-120}" ]; then
+            say "error: $what after ${waited}s"
+            exit 1
+        fi
+        sleep 1
+        waited=$((waited + 1))
+    done
+}
+
+bootstrap_ip() {
+    ip="$(getent ahostsv4 "$MESHD_BOOTSTRAP_HOST" | awk 'NR==1 {print $1}')" && [ -n "$ip" ]
+}
+
 if [ "${1:-start}" != "start" ]; then
     exec "$@"
 fi
@@ -66,15 +86,7 @@ done
 if [ -n "${MESHD_BOOTSTRAP_HOST:-}" ]; then
     id="${MESHD_BOOTSTRAP_ID:-}"
     if [ -z "$id" ] && [ -n "${MESHD_BOOTSTRAP_ID_FILE:-}" ]; then
-        waited=0
-        until [ -s "$MESHD_BOOTSTRAP_ID_FILE" ]; do
-            if [ "$waited" -ge "${MESHD_BOOTSTRAP_WAIT_S:-120}" ]; then
-                say "error: no peer id in $MESHD_BOOTSTRAP_ID_FILE after ${waited}s"
-                exit 1
-            fi
-            sleep 1
-            waited=$((waited + 1))
-        done
+        wait_for "no peer id in $MESHD_BOOTSTRAP_ID_FILE" test -s "$MESHD_BOOTSTRAP_ID_FILE"
         id="$(head -n1 "$MESHD_BOOTSTRAP_ID_FILE")"
     fi
     if [ -z "$id" ]; then
@@ -82,15 +94,8 @@ if [ -n "${MESHD_BOOTSTRAP_HOST:-}" ]; then
         exit 2
     fi
     if [ "$id" != "$SELF" ]; then
-        waited=0
-        until ip="$(getent ahostsv4 "$MESHD_BOOTSTRAP_HOST" | awk 'NR==1 {print $1}')" && [ -n "$ip" ]; do
-            if [ "$waited" -ge "${MESHD_BOOTSTRAP_WAIT_S:-120}" ]; then
-                say "error: cannot resolve $MESHD_BOOTSTRAP_HOST after ${waited}s"
-                exit 1
-            fi
-            sleep 1
-            waited=$((waited + 1))
-        done
+        ip=""
+        wait_for "cannot resolve $MESHD_BOOTSTRAP_HOST" bootstrap_ip
         set -- "$@" --bootstrap "/ip4/$ip/tcp/$PORT/p2p/$id"
         say "bootstrap $MESHD_BOOTSTRAP_HOST ($ip) $id"
     fi
