@@ -11,9 +11,18 @@ virtual time.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-from meshd.core.events import TOPIC_OFFERS, Effect, ExecutorHealth, Publish, Send
+from meshd.core.events import (
+    TOPIC_OFFERS,
+    Effect,
+    ExecutorHealth,
+    JobSubmitted,
+    Publish,
+    Send,
+    Tick,
+)
 from meshd.core.jobspec import JobSpec, parse_job_spec
 from meshd.core.lifecycle import TERMINAL
 from meshd.core.params import CoreParams
@@ -112,6 +121,7 @@ def test_a_replicated_job_gets_its_second_run_elsewhere() -> None:
     assert sorted(r.worker for r in job.runs.values() if r.result) == sorted([me, peer])
     assert job.verdict["needed"] == 2 and job.verdict["run_by_origin"] is True
     node = net.node(0)
+    assert node.counters["offers_to_self"] == 1  # never again once it held a run
     # The peer earned a receipt and trust; the origin neither, nor an attestation.
     assert node.counters["receipts_issued"] == 1
     assert node.counters["attestations_sent"] == 1
@@ -128,3 +138,19 @@ def test_a_self_run_is_free_so_a_budget_too_small_for_any_peer_does_not_stop_it(
     job = run_to_end(net, net.submit(0, spec(estimated_flops=1e13, max_budget=1e-6)))
     assert job.state == "succeeded", job.reason
     assert [r.price for r in job.runs.values()] == [0.0] and job.cost_actual == 0
+
+
+def test_local_messages_per_step_bounds_one_step_and_the_rest_are_due_at_once() -> None:
+    """``local_messages_per_step``: a step delivers at most that many of our
+    own roles' messages; the next step is due at once and takes the rest."""
+    params = dataclasses.replace(SINGLE, local_messages_per_step=1)
+    net = CoreNet(1, params=params)
+    net.run_for(WARMUP_MS)
+    node = net.node(0)
+    node.step(JobSubmitted(spec(), "job-000000000001"), net.now_ms)
+    assert node.counters["local_offer"] == 1 and node.counters["local_bid"] == 0
+    assert node.next_deadline() == node.now_ms
+    node.step(Tick(), node.now_ms)
+    assert node.counters["local_bid"] == 1 and node.counters["local_award"] == 0
+    net.run_until(lambda: node.origin.jobs["job-000000000001"].state in TERMINAL)
+    assert node.origin.jobs["job-000000000001"].state == "succeeded"

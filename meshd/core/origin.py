@@ -1473,11 +1473,7 @@ class Origin:
                     job.job_id,
                 )
         if replicated:
-            self.ledger.publish_attestations(
-                job,
-                [w for w in valid if w != self.ctx.peer_id],
-                [w for w in invalid if w != self.ctx.peer_id],
-            )
+            self.ledger.publish_attestations(job, valid, invalid)  # none about ourselves
         audit, job.audit = job.audit, None
         # The runs settled before an audit were paid and score-checked then.
         fresh = best if audit is None else [r for r in best if r.replica >= audit["from_replica"]]
