@@ -154,3 +154,22 @@ def test_local_messages_per_step_bounds_one_step_and_the_rest_are_due_at_once() 
     assert node.counters["local_bid"] == 1 and node.counters["local_award"] == 0
     net.run_until(lambda: node.origin.jobs["job-000000000001"].state in TERMINAL)
     assert node.origin.jobs["job-000000000001"].state == "succeeded"
+
+
+def test_a_lone_origin_whose_own_run_was_lost_runs_the_job_again_after_a_restart() -> None:
+    """The lost lease excludes the worker — here the origin itself; as the only
+    worker that fits it is asked again (``_all_fitting_ran`` counts it), not
+    left waiting for a peer that does not exist."""
+    net = CoreNet(1, params=SINGLE)
+    net.run_for(WARMUP_MS)
+    me = net.order[0]
+    net.slots[me].worker.duration_ms = lambda s: 20_000
+    job_id = net.submit(0, spec())
+    assert net.run_until(lambda: net.job(0, job_id).state == "running")
+    net.crash(me)
+    net.run_for(1_000)
+    net.restart(me)
+    net.slots[me].worker.duration_ms = lambda s: 1_000
+    job = run_to_end(net, job_id, max_ms=120_000)
+    assert job.state == "succeeded", job.reason
+    assert [(r.worker, r.state) for r in job.runs.values()] == [(me, "lost"), (me, "done")]

@@ -890,7 +890,9 @@ class Origin:
         return bool(job.failures) and self._all_fitting_ran(job)
 
     def _all_fitting_ran(self, job: OriginJob) -> bool:
-        """Every live peer that fits the job already ran it (or is banned)."""
+        """Every live peer that fits the job already ran it (or is banned) —
+        our own worker too, when it fits (a lone node whose own run was lost
+        offers the job to itself again, §8.5)."""
         req = offer_requirements(job.spec)
         ran = job.excluded | self._ran(job)
         fitting = [
@@ -898,6 +900,9 @@ class Origin:
             for e in self.ctx.peers.alive(self.ctx.now_ms)
             if fit_reason(Capacity.from_advert(e.advert), req) is None
         ]
+        own = self.own_capacity()
+        if own is not None and fit_reason(own, req) is None:
+            fitting.append(self.ctx.peer_id)
         return bool(fitting) and all(
             p in ran or self.ctx.trust.banned(p, self.ctx.now_ms) for p in fitting
         )
