@@ -173,3 +173,18 @@ def test_a_lone_origin_whose_own_run_was_lost_runs_the_job_again_after_a_restart
     job = run_to_end(net, job_id, max_ms=120_000)
     assert job.state == "succeeded", job.reason
     assert [(r.worker, r.state) for r in job.runs.values()] == [(me, "lost"), (me, "done")]
+
+
+def test_when_no_other_worker_is_left_the_origin_breaks_a_tie_itself() -> None:
+    """Two replicas disagree and no third peer exists: the origin's own run is
+    the tie-breaker. Its vote counts, but it is no evidence about itself."""
+    workers = [FakeWorker(), FakeWorker(), FakeWorker(lie_rate=1.0)]
+    net = CoreNet(3, params=SINGLE, workers=workers)
+    net.run_for(WARMUP_MS)
+    me, honest, liar = net.order
+    job = run_to_end(net, net.submit(0, spec(replicas=2)))
+    assert job.state == "succeeded", job.reason
+    assert sorted(job.verdict["valid"]) == sorted([me, honest])
+    assert job.verdict["invalid"] == [liar] and job.verdict["run_by_origin"] is True
+    snap = net.node(0).trust.snapshot(net.now_ms)
+    assert me not in snap and snap[liar]["invalid"] == 1 and snap[honest]["valid"] == 1
