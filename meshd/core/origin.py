@@ -368,8 +368,6 @@ class Origin:
                 best = (cost, secs)
 
         for entry in self.ctx.peers.alive(self.ctx.now_ms):
-            if entry.peer_id == self.ctx.peer_id:
-                continue
             known += 1
             cap = Capacity.from_advert(entry.advert)
             whys = list(fit_reasons(cap, req))
