@@ -257,6 +257,11 @@ class Run:
         if sc.burst:
             self.burst_origin = self.rng_work.randrange(cfg.nodes)
             self.engine.slots[self.burst_origin].cpu_slowdown = k.cpu_slowdown
+            # Its own worker would take the jobs whose awards time out (§8.5),
+            # hiding what the burst does to the mesh's placement: a client.
+            self.engine.slots[self.burst_origin].hw = dataclasses.replace(
+                self.engine.slots[self.burst_origin].hw, client=True
+            )
             self.plans = burst_jobs(self.rng_work, cfg.jobs, self.t_start, k.speed)
         else:
             self.plans = draw_jobs(

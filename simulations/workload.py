@@ -33,6 +33,9 @@ class Hardware:
     liar: bool = False
     lie_rate: float = 0.0
     spammer: bool = False
+    client: bool = False
+    """Runs no jobs (no runtime): not even its own, which a node's own worker
+    otherwise takes when no other peer can (specs/PROTOCOL.md §8.5)."""
 
     def caps(self) -> LocalCapabilities:
         return LocalCapabilities(
@@ -41,7 +44,7 @@ class Hardware:
             disk_free_mb=100_000,
             gpus=(),
             gpu_runtime=False,
-            runtimes=("docker",),
+            runtimes=() if self.client else ("docker",),
             images=(IMAGE,),
             score_gflops=self.score_gflops,
             gpu_gflops=None,

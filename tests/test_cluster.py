@@ -12,7 +12,7 @@ import trio
 
 from meshd.core.origin import job_view
 from meshd.testing.clock import SkewedClock
-from meshd.testing.cluster import Cluster, cluster_fixture
+from meshd.testing.cluster import Cluster
 
 
 def _tar_files(data: bytes) -> dict[str, bytes]:
@@ -162,6 +162,44 @@ async def test_a_job_no_known_peer_can_run_is_refused_at_submit_unless_queued(
         assert "needs 1024 CPUs" in job.reason, job.reason  # the declines it derived
 
 
+async def test_a_lone_daemon_runs_its_own_job_with_its_inputs_and_outputs(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """Issue 12 "Anyone can take part" (specs/PROTOCOL.md §8.5): one daemon,
+    no peers. ``submit`` is accepted (its own worker counts as capable), the
+    job runs on the node itself, in-process, and succeeds with its outputs;
+    nobody is paid and nothing about it went over the network."""
+    from meshd.api.client import ApiClient
+
+    async with Cluster.started(nursery, tmp_path, 1) as c:
+        d = c.daemon(0)
+        await c.wait_for(lambda: d.node.worker.capacity() is not None, 30, "capabilities")  # type: ignore[union-attr]
+        client = ApiClient.from_data_dir(c.members[0].data_dir)
+        data = await trio.to_thread.run_sync(d.blobs.put, b"six times seven\n")
+        spec = {
+            "image": "meshd/busybox:1",
+            "inputs": [{"path": "in.txt", "digest": "sha256:" + data}],
+            "command": [
+                "sh",
+                "-c",
+                "cp $MESH_INPUTS/in.txt $MESH_OUTPUTS/in.txt; echo $((6*7)) > $MESH_OUTPUTS/a",
+            ],
+            "requirements": {"runtime": "process"},
+        }
+        answer = await trio.to_thread.run_sync(lambda: client.submit(spec))
+        assert answer["estimate"]["candidates"] == 1 and answer["estimate"]["known"] == 0
+        job = await c.wait_job(0, answer["job_id"], timeout_s=60)
+        assert job.state == "succeeded", job.reason
+        assert [r.worker for r in job.runs.values()] == [c.peer_id(0)]
+        assert job.verdict["run_by_origin"] is True and job.cost_actual == 0
+        outputs = _tar_files(d.blobs.get(job.canonical.split(":", 1)[1]))
+        assert outputs == {"in.txt": b"six times seven\n", "a": b"42\n"}
+        assert not _records(c, 0, answer["job_id"], "receipt")
+        counters = d.node.counters  # type: ignore[union-attr]
+        assert counters["local_award"] == 1 and counters["local_result"] >= 1
+        assert counters["send_failed"] == 0
+
+
 async def test_budget_below_estimate_is_refused_with_the_estimate(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
@@ -190,11 +228,23 @@ async def test_budget_below_estimate_is_refused_with_the_estimate(
         assert not c.daemon(0).node.origin.jobs  # type: ignore[union-attr]
 
 
-cluster3 = cluster_fixture(3)
+def _client_first(i: int, overrides: dict[str, Any]) -> None:
+    """Node 0 runs no jobs (no Docker engine, the process executor not opted
+    in: a client), so none of its own either (specs/PROTOCOL.md §8.5)."""
+    if i == 0:
+        overrides["executor"] = "auto"
+        overrides["allow_process_executor"] = False
 
 
-async def test_partition_queues_the_job_and_heal_lets_it_finish(cluster3: Cluster) -> None:
-    c = cluster3
+async def test_partition_queues_the_job_and_heal_lets_it_finish(
+    tmp_path: Path, nursery: trio.Nursery, monkeypatch: Any
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-such-engine.sock")
+    async with Cluster.started(nursery, tmp_path, 3, configure=_client_first) as c:
+        await _partition_queues_the_job_and_heal_lets_it_finish(c)
+
+
+async def _partition_queues_the_job_and_heal_lets_it_finish(c: Cluster) -> None:
     c.partition([0], [1, 2])
     # Node 0 sees no worker once their adverts expire (advert_ttl_ms = 4 s).
     await c.wait_for(lambda: not c.sees(0, 1) and not c.sees(0, 2), 20, "node 0 to lose its peers")
@@ -291,12 +341,7 @@ async def test_a_node_without_an_executor_joins_as_a_client_and_its_job_runs_els
     runs on a worker."""
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-such-engine.sock")
 
-    def client_first(i: int, overrides: dict[str, Any]) -> None:
-        if i == 0:
-            overrides["executor"] = "auto"
-            overrides["allow_process_executor"] = False
-
-    async with Cluster.started(nursery, tmp_path, 3, configure=client_first) as c:
+    async with Cluster.started(nursery, tmp_path, 3, configure=_client_first) as c:
         client = c.daemon(0)
         assert client.executor.name == "none"
         assert client.view is not None

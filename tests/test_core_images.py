@@ -142,7 +142,8 @@ def test_on_a_core_mesh_workers_without_the_image_take_the_job_and_only_they_may
 
     bare = FakeWorker(caps=default_caps(images=()))
     cold = FakeWorker(caps=default_caps(images=()), healthy=False)  # never holds a run
-    net = CoreNet(4, workers=[FakeWorker(caps=default_caps(images=(IMAGE,))), bare, bare, cold])
+    # The origin lacks the image too (one that has it would run the job itself, §8.5).
+    net = CoreNet(4, workers=[bare, bare, bare, cold])
     net.run_for(3_000)  # adverts
     origin = net.node(0)
     spec = parse_job_spec({"image": IMAGE, "command": ["true"], "timeout_s": 30})

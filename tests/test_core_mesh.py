@@ -230,7 +230,8 @@ def test_failing_worker_in_a_small_mesh_uses_all_its_attempts_and_reports_the_re
     """With fewer workers than attempts, workers that failed the job are asked again
     once nobody fresh is left: the job fails after max_attempts with the
     reason, not after max_queue_time_ms with "no worker took the job"."""
-    workers = [FakeWorker(status=lambda s: "error") for _ in range(3)]
+    # The origin is cold: its own worker never runs the job (§8.5).
+    workers = [FakeWorker(healthy=False)] + [FakeWorker(status=lambda s: "error") for _ in range(2)]
     net = mesh(3, seed=21, workers=workers)
     job_id = net.submit(0, spec())
     job = run_to_end(net, 0, job_id, max_ms=60_000)
@@ -339,7 +340,8 @@ def test_cold_node_never_bids() -> None:
 
 
 def test_cold_only_mesh_explains_why() -> None:
-    workers = [FakeWorker(), FakeWorker(healthy=False), FakeWorker(healthy=False)]
+    # The origin is cold too, or it would run the job itself (§8.5).
+    workers = [FakeWorker(healthy=False) for _ in range(3)]
     net = mesh(3, seed=16, workers=workers)
     job_id = net.submit(0, spec())
     net.run_for(5_000)
@@ -377,7 +379,8 @@ def test_restarted_node_is_seen_with_its_new_advert_at_once() -> None:
 
 
 def test_partitioned_origin_completes_queued_jobs_after_heal() -> None:
-    net = mesh(4, seed=19)
+    # The origin is cold, or alone it would run its jobs itself (§8.5).
+    net = mesh(4, seed=19, workers=[FakeWorker(healthy=False)] + [FakeWorker() for _ in range(3)])
     origin = net.order[0]
     net.isolate(origin)
     jobs = [net.submit(0, spec(command=["echo", str(i)])) for i in range(3)]

@@ -14,13 +14,22 @@ from meshd.testing.cluster import Cluster
 async def test_a_finished_jobs_log_missing_at_restart_is_fetched_again(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
-    async with Cluster.started(nursery, tmp_path, 2) as c:
+    # Two workers besides the origin and one replica: the job's fault is
+    # confirmed on the second worker, not on the origin's own (whose log
+    # never travels, specs/PROTOCOL.md §8.5).
+    async with Cluster.started(nursery, tmp_path, 3) as c:
+        await c.wait_mesh()
         job_id = await c.submit(
             0,
-            {"image": "meshd/busybox:1", "command": ["sh", "-c", "echo one; echo two >&2; exit 3"]},
+            {
+                "image": "meshd/busybox:1",
+                "command": ["sh", "-c", "echo one; echo two >&2; exit 3"],
+                "replicas": 1,
+            },
         )
         job = await c.wait_job(0, job_id, timeout_s=60)
         assert job.state == "failed"
+        assert c.peer_id(0) not in {r.worker for r in job.runs.values()}
         origin = c.daemon(0)
         digests = {
             r.result["log_digest"].removeprefix("sha256:")  # type: ignore[index]

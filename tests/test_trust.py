@@ -435,8 +435,10 @@ def test_checker_verdict_decides_and_persistent_disagreement_fails_without_blame
 
 def test_disagreement_with_no_worker_left_to_break_the_tie_fails_at_once_without_blame() -> None:
     """Three workers, three different outputs: no fourth worker exists, so the
-    job fails now (not after max_queue_time_ms) and nobody is penalised."""
-    net = CoreNet(4, seed=3, workers=[FakeWorker()] + [FakeWorker(lie_rate=1.0) for _ in range(3)])
+    job fails now (not after max_queue_time_ms) and nobody is penalised. (The
+    origin is cold: a fitting origin would run the tie-breaker itself, §8.5.)"""
+    workers = [FakeWorker(healthy=False)] + [FakeWorker(lie_rate=1.0) for _ in range(3)]
+    net = CoreNet(4, seed=3, workers=workers)
     net.run_for(3_000)
     start = net.now_ms
     ids = run_jobs(net, [spec(1, replicas=2)])

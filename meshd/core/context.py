@@ -14,6 +14,13 @@ each owning its own state. What they share is here and nowhere else:
   topic, ``emit`` any other effect, ``seal`` a body, set a timer with ``at``,
   and count a ``reject``.
 
+A message one role sends to this node itself (the origin to its own worker,
+which may run the node's own jobs: specs/PROTOCOL.md §8.5, and back) never
+becomes a ``Send``: ``send`` to our own peer id queues it unsealed (no
+signature, no network), and ``Node.step`` takes it with ``pop_local`` and
+hands it to its handler within the same step, at most
+``local_messages_per_step`` of them.
+
 Effects leave in the order ``Node.step`` promises (``events.py``): every
 ``append`` of a step before any other effect of that step. Timers are keyed
 by a *kind* (a constant of the role that owns it) and dispatched by the
@@ -33,7 +40,7 @@ from .identity import Identity
 from .params import CoreParams
 from .peers import PeerTable
 from .trust import Trust
-from .wire import Body, Opened, Rejected
+from .wire import TYPE_OF, Body, Opened, Rejected
 
 
 class Codec(Protocol):
@@ -90,6 +97,8 @@ class Context:
         self._timer_seq = 0
         self._appends: list[Append] = []
         self._out: list[Effect] = []
+        self._local: deque[Opened] = deque()
+        """Messages from one of our roles to another, not yet delivered."""
 
     # ------------------------------------------------------------ verbs
 
@@ -113,6 +122,12 @@ class Context:
         ttl_ms: int | None = None,
         coalesce: bool = True,
     ) -> None:
+        if to_peer == self.peer_id:
+            # To our own roles: in-process, unsealed, stamped now.
+            self._local.append(
+                Opened(TYPE_OF[type(body)], self.peer_id, b"", self.wall_ms, b"", body, b"")
+            )
+            return
         kind = type(body).__name__.lower()
         if ttl_ms is None:
             ttl_ms = self._useful_for_ms(kind)
@@ -154,7 +169,14 @@ class Context:
             return kind, key
         return None
 
+    def pop_local(self) -> Opened | None:
+        """The oldest message ``send`` addressed to this node itself, removed;
+        None when there is none."""
+        return self._local.popleft() if self._local else None
+
     def next_deadline(self) -> int | None:
+        if self._local:
+            return self.now_ms  # local messages left over from the last step
         return self._timers[0][0] if self._timers else None
 
     def take_effects(self) -> list[Effect]:

@@ -25,7 +25,10 @@ sharing only the narrow :class:`~meshd.core.context.Context`:
 ``Node`` itself checks every message (signature, channel, clock window,
 replay, ban, rate limit), keeps the peer table and peer standing, and routes
 with dispatch tables built once: by input class, by message type and by timer
-kind. A role calls another only by an explicit method (origin -> ledger on
+kind. A message one of its roles addresses to the node itself (its origin to
+its own worker and back, specs/PROTOCOL.md §8.5) is delivered in-process
+within the same step (``Context.send``, ``Node._run_due``): no
+signature, no network, no acceptance checks. A role calls another only by an explicit method (origin -> ledger on
 settlement, ledger -> worker to check a receipt).
 
 Rules:
@@ -151,6 +154,7 @@ class Node:
         self.ledger = self.ledger_class(self.ctx, self.worker)
         self.worker.balance_of = self.ledger.balance  # saturated workers prefer origins in credit
         self.origin = self.origin_class(self.ctx, self.ledger)
+        self.origin.own_capacity = self.worker.capacity  # a lone node may run its own jobs
         self.ledger.on_conviction = self.origin.audit  # a conviction elsewhere audits here too
         self.ctx.trust.listener = self._standing_changed
 
@@ -191,6 +195,11 @@ class Node:
             self.ledger.timers(),
         )
         """Timer kind -> handler."""
+        self._local: dict[str, Callable[[Opened], None]] = {
+            **self._direct,
+            "offer": self.worker.on_offer,
+        }
+        """Message type -> handler for messages between our own roles."""
         assert set(self._inputs) == set(get_args(Input)), "an input without a handler"
         assert set(self._direct) == DIRECT_TYPES, "a direct message type without a handler"
         assert set(self._gossip) == set().union(*GOSSIP_TYPES.values())
@@ -245,10 +254,27 @@ class Node:
         ctx.now_ms = max(ctx.now_ms, now_ms)
         ctx.wall_ms = ctx.now_ms if wall_ms is None else wall_ms
         self._inputs[type(inp)](inp)
-        while (due := ctx.pop_due()) is not None:
-            kind, key = due
-            self._timers[kind](key)
+        self._run_due()
         return ctx.take_effects()
+
+    def _run_due(self) -> None:
+        """Run the timers due and deliver our own roles' messages to each
+        other, at most ``local_messages_per_step`` of them (the rest make the
+        next step due at once)."""
+        ctx = self.ctx
+        delivered = 0
+        while True:
+            while (due := ctx.pop_due()) is not None:
+                kind, key = due
+                self._timers[kind](key)
+            if delivered >= ctx.params.local_messages_per_step:
+                return
+            msg = ctx.pop_local()
+            if msg is None:
+                return
+            delivered += 1
+            ctx.counters["local_" + msg.type] += 1
+            self._local[msg.type](msg)
 
     def next_deadline(self) -> int | None:
         """When the next Tick is due (ms), or None if nothing is scheduled."""

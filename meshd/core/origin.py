@@ -28,6 +28,17 @@ origin counts every run that may still be paid at its price (or its cost, once
 known) and awards only bids within what is left (:meth:`Origin._budget_left`);
 the offer's ``max_budget`` is that remainder shared among the round's slots.
 ``cost.actual`` is what the receipts charged, nothing else.
+
+Self-runs (specs/PROTOCOL.md §8.5): the node's own worker is a candidate for
+a round of its own job only when no other live, unbanned, not excluded peer's
+advert fits the round and its own capacity does (:meth:`_self_candidate`);
+the offer then also goes to it in-process, and so do the award, heartbeats,
+result and cancel. Others are preferred whenever their adverts fit, since a
+self-run is checked by nobody else. A self-run earns no credits and no
+receipt, moves no reputation or trust, publishes no attestation, is not
+score-checked or kept for audit, and its result never verifies itself: a
+replicated job still needs a second, distinct worker (the verdict says
+``run_by_origin``).
 """
 
 from __future__ import annotations
@@ -221,6 +232,8 @@ class Origin:
         self._last_cut_ms = -(10**12)
         self.work_history = WorkHistory(p.work_history_images, p.work_history_runs)
         """GFLOP of earlier runs per image: the guess for jobs without ``estimated_flops``."""
+        self.own_capacity: Callable[[], Capacity | None] = lambda: None
+        """This node's own worker's capacity (``Worker.capacity``; set by ``Node``)."""
         self.rtt = PeerRtt(
             initial_ms=p.award_ack_timeout_ms,
             floor_ms=p.award_ack_timeout_min_ms,
@@ -338,29 +351,38 @@ class Origin:
         its duration capped at the job's timeout. Also says how many live
         peers are ``known`` and, for those that cannot run the job at all, why:
         ``unfit`` maps each failed requirement's reason to how many peers fail
-        it (a peer failing two counts under both)."""
+        it (a peer failing two counts under both). When no other peer fits, our
+        own worker counts among the ``candidates`` if it fits, at no cost (a
+        self-run, §8.5); it is never among ``known`` or ``unfit``."""
         work, basis = self.expected_work(spec)
         req = offer_requirements(spec)
         best: tuple[float, float] | None = None
         candidates = known = 0
         unfit: dict[str, int] = {}
+
+        def consider(cap: Capacity, price: float) -> None:
+            nonlocal best, candidates
+            candidates += 1
+            gflops = job_gflops(cap, req.gpus)
+            secs = min(spec.timeout_s, work / (gflops * 1e9)) if gflops > 0 else spec.timeout_s
+            if basis == "estimated_flops":
+                cost = work / 1e9 * price * spec.credit_rate
+            else:
+                cost = secs * gflops * price * spec.credit_rate
+            if best is None or cost < best[0]:
+                best = (cost, secs)
+
         for entry in self.ctx.peers.alive(self.ctx.now_ms):
             known += 1
             cap = Capacity.from_advert(entry.advert)
             whys = list(fit_reasons(cap, req))
             for why in whys:
                 unfit[why] = unfit.get(why, 0) + 1
-            if whys:
-                continue
-            candidates += 1
-            gflops = job_gflops(cap, req.gpus)
-            secs = min(spec.timeout_s, work / (gflops * 1e9)) if gflops > 0 else spec.timeout_s
-            if basis == "estimated_flops":
-                cost = work / 1e9 * cap.price * spec.credit_rate
-            else:
-                cost = secs * gflops * cap.price * spec.credit_rate
-            if best is None or cost < best[0]:
-                best = (cost, secs)
+            if not whys:
+                consider(cap, cap.price)
+        own = self.own_capacity()
+        if not candidates and own is not None and fit_reason(own, req) is None:
+            consider(own, 0.0)  # a run of our own costs nothing (§8.5)
         return {
             "credits": best[0] if best else None,
             "seconds": best[1] if best else None,
@@ -554,10 +576,15 @@ class Origin:
         job.offer_slots = offer.slots
         job.offered_ms = self.ctx.now_ms
         job.offer_candidates = self._candidates(job, offer)
+        here = self._self_candidate(job, offer)
+        job.offer_candidates += here
         self.ctx.append(
             "job_offered", {"job_id": job.job_id, "attempt": job.attempt, "slots": offer.slots}
         )
         self.ctx.publish(TOPIC_OFFERS, offer)
+        if here:
+            self.ctx.counters["offers_to_self"] += 1
+            self.ctx.send(self.ctx.peer_id, offer, job.job_id)  # in-process
         self.ctx.counters["offers_sent"] += 1
         self.ctx.at(self.ctx.now_ms + self._window_ms(job), T_WINDOW, (job.job_id, job.attempt))
 
@@ -580,7 +607,17 @@ class Origin:
         p90 = ordered[min(len(ordered) - 1, (len(ordered) * 9) // 10)]
         return int(self.ctx.params.bid_window_factor * p90)
 
+    def _self_candidate(self, job: OriginJob, offer: Offer) -> bool:
+        """Our own worker takes part in this round: no other peer's advert
+        fits it (``job.offer_candidates`` is 0), we are not excluded, and our
+        own capacity fits (§8.5)."""
+        if job.offer_candidates or self.ctx.peer_id in offer.exclude:
+            return False
+        own = self.own_capacity()
+        return own is not None and fit_reason(own, offer.requirements) is None
+
     def _candidates(self, job: OriginJob, offer: Offer) -> int:
+        """Other live, unbanned, not excluded peers whose adverts fit ``offer``."""
         n = 0
         for entry in self.ctx.peers.alive(self.ctx.now_ms):
             if entry.peer_id in offer.exclude or self.ctx.trust.banned(
@@ -599,7 +636,7 @@ class Origin:
             return
         if msg.sender in job.excluded or len(job.bids) >= self.ctx.params.max_bids_kept:
             return
-        if bid.attempt == job.attempt:
+        if bid.attempt == job.attempt and msg.sender != self.ctx.peer_id:
             delay = max(0, self.ctx.now_ms - job.offered_ms)
             self.bid_delays.append(delay)
             self.rtt.sample(msg.sender, delay)  # offer out, bid back: about one round trip
@@ -856,7 +893,9 @@ class Origin:
         return bool(job.failures) and self._all_fitting_ran(job)
 
     def _all_fitting_ran(self, job: OriginJob) -> bool:
-        """Every live peer that fits the job already ran it (or is banned)."""
+        """Every live peer that fits the job already ran it (or is banned) —
+        our own worker too, when it fits (a lone node whose own run was lost
+        offers the job to itself again, §8.5)."""
         req = offer_requirements(job.spec)
         ran = job.excluded | self._ran(job)
         fitting = [
@@ -864,6 +903,9 @@ class Origin:
             for e in self.ctx.peers.alive(self.ctx.now_ms)
             if fit_reason(Capacity.from_advert(e.advert), req) is None
         ]
+        own = self.own_capacity()
+        if own is not None and fit_reason(own, req) is None:
+            fitting.append(self.ctx.peer_id)
         return bool(fitting) and all(
             p in ran or self.ctx.trust.banned(p, self.ctx.now_ms) for p in fitting
         )
@@ -984,7 +1026,8 @@ class Origin:
             return
         if run.state != "awarding":
             return
-        self.rtt.sample(msg.sender, self.ctx.now_ms - run.awarded_ms)
+        if msg.sender != self.ctx.peer_id:
+            self.rtt.sample(msg.sender, self.ctx.now_ms - run.awarded_ms)
         if b.accepted:
             self._relieved()
             self._activate(job, run)
@@ -1134,7 +1177,7 @@ class Origin:
             self.ctx.at(due, T_LEASE, key)
             return
         self._set_run_state(job, run, "lease_lost")
-        self.ctx.trust.observe(run.worker, "abandoned", self.ctx.now_ms)
+        self._observe(run.worker, "abandoned", self.ctx.now_ms)
         self._run_failed(
             job,
             run,
@@ -1239,7 +1282,7 @@ class Origin:
         if fault_of(b.status, b.fault) == "job":
             self._job_fault(job, run, failure_text(b.status, b.exit_code, b.reason))
         elif b.status != "succeeded" or b.output_digest is None:
-            self.ctx.trust.observe(
+            self._observe(
                 run.worker, "abandoned" if b.status == "error" else "completed", self.ctx.now_ms
             )
             self._run_failed(
@@ -1255,6 +1298,14 @@ class Origin:
             self._advance(job)
         self._freed(run.worker)
 
+    def _observe(
+        self, worker: str, outcome: str, now_ms: int, *, weight: float | None = None
+    ) -> None:
+        """Record an observation of ``worker`` — never of ourselves (a self-run
+        moves no reputation, §8.5)."""
+        if worker != self.ctx.peer_id:
+            self.ctx.trust.observe(worker, outcome, now_ms, weight=weight)
+
     def _fetch_log(self, job: OriginJob, run: Run) -> None:
         """Ask the shell to fetch a run's stored log (specs/JOB.md §6), if it has one."""
         digest = run.result.get("log_digest") if run.result else None
@@ -1268,13 +1319,13 @@ class Origin:
         over-claim is logged and counts against its reputation, more the larger."""
         flops = job.spec.estimated_flops
         duration_ms = int((run.result or {}).get("duration_ms", 0))
-        if not flops or duration_ms <= 0 or run.score_gflops <= 0:
+        if run.worker == self.ctx.peer_id or not flops or duration_ms <= 0 or run.score_gflops <= 0:
             return
         achieved = flops / (duration_ms / 1000) / 1e9
         v = self.scores.sample(run.worker, run.score_gflops, achieved)
         if v.weight > 0:
             self.ctx.counters["score_overclaims"] += 1
-            self.ctx.trust.observe(run.worker, "overclaimed", self.ctx.now_ms, weight=v.weight)
+            self._observe(run.worker, "overclaimed", self.ctx.now_ms, weight=v.weight)
             self.ctx.append(
                 "score_mismatch",
                 {
@@ -1417,11 +1468,11 @@ class Origin:
         replicated = job.needed > 1
         now = self.ctx.now_ms
         for w in valid:
-            self.ctx.trust.observe(w, "valid" if replicated else "completed", now)
-            if not replicated:
+            self._observe(w, "valid" if replicated else "completed", now)
+            if not replicated and w != self.ctx.peer_id:
                 self.audits.note(w, job.job_id, now)
         for w in invalid:
-            self.ctx.trust.observe(w, "invalid", now)
+            self._observe(w, "invalid", now)
         job.canonical, job.manifest = canonical, None
         job.exit_code = best[0].result.get("exit_code")  # type: ignore[union-attr]
         job.verdict = {
@@ -1431,6 +1482,7 @@ class Origin:
             "valid": valid,
             "invalid": invalid,
             "other_class": other_class,
+            "run_by_origin": self.ctx.peer_id in valid,
         }
         self.ctx.append(
             "job_verdict", {"job_id": job.job_id, "canonical": canonical, **job.verdict}
@@ -1444,7 +1496,7 @@ class Origin:
                     job.job_id,
                 )
         if replicated:
-            self.ledger.publish_attestations(job, valid, invalid)
+            self.ledger.publish_attestations(job, valid, invalid)  # none about ourselves
         audit, job.audit = job.audit, None
         # The runs settled before an audit were paid and score-checked then.
         fresh = best if audit is None else [r for r in best if r.replica >= audit["from_replica"]]
@@ -1737,10 +1789,12 @@ class Origin:
                 k: body[k] for k in ("replicas", "needed", "verdict", "valid", "invalid")
             }
             job.verdict["other_class"] = body.get("other_class", [])
+            job.verdict["run_by_origin"] = body.get("run_by_origin", False)
             job.audit = None
             if body["verdict"] == "unverified":
                 for w in body["valid"]:
-                    self.audits.note(w, jid, t)
+                    if w != self.ctx.peer_id:
+                        self.audits.note(w, jid, t)
         elif kind == "job_state":
             job.state, job.updated_ms = body["to"], t
             job.history.append((t, body["to"], body.get("detail", "")))

@@ -39,6 +39,10 @@ class CoreParams:
     """Newest refused peer inputs kept with their detail and the peer at fault."""
     replay_cache_size: int = 65_536
     """(sender, nonce) pairs remembered to reject replays inside the window."""
+    local_messages_per_step: int = 64
+    """Messages between this node's own roles (its origin and its own worker,
+    §8.5) delivered in-process within one ``Node.step``; the rest wait for the
+    next step, which is due at once (``Node.next_deadline``)."""
 
     # --- placement
     bid_window_ms: int = 250

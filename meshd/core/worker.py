@@ -14,13 +14,17 @@ While a run is held the worker heartbeats the origin; a heartbeat reply with
 ``keep=False`` or a ``cancel`` stops the run. After a restart, runs that were
 executing are recorded as abandoned (the executor's containers are reaped by
 the shell) — the origin's lease expires and it re-offers the job elsewhere.
+
+The node's own jobs come to this role in-process when no other peer can run
+them (specs/PROTOCOL.md §8.5); they are judged and run like any other, priced
+at nothing (:meth:`Worker.capacity_for`: nobody pays themselves).
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, cast
 
 from .context import Context
@@ -170,6 +174,15 @@ class Worker:
             queued=self.work_queued(),
         )
 
+    def capacity_for(self, origin: str) -> Capacity | None:
+        """Our capacity as ``origin``'s offers and awards are judged with: at
+        price 0 for our own jobs (a self-run earns nothing, so neither the
+        budget nor its bound on the run's time applies, §8.5)."""
+        cap = self.capacity()
+        if cap is None or origin != self.ctx.peer_id:
+            return cap
+        return replace(cap, price=0.0)
+
     def make_advert(self) -> Advert | None:
         c = self.caps
         if c is None:
@@ -238,7 +251,7 @@ class Worker:
     # ------------------------------------------------------------ offers
 
     def on_offer(self, msg: Opened) -> None:
-        cap = self.capacity()
+        cap = self.capacity_for(msg.sender)
         if cap is None:
             return
         offer = msg.body
@@ -320,7 +333,7 @@ class Worker:
                 a.job_id,
             )
             return
-        cap = self.capacity()
+        cap = self.capacity_for(msg.sender)
         assert cap is not None
         timeout = budget_timeout_s(
             spec.timeout_s,
