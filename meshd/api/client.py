@@ -270,7 +270,7 @@ class ApiClient:
         # A followed log may be quiet for long: no read timeout on a stream.
         timeout = httpx.Timeout(self.timeout_s, read=None if stream else self.timeout_s)
         # Plain HTTP on loopback: no TLS, so no certificate store to load.
-        client = httpx.Client(timeout=timeout, transport=httpx.HTTPTransport(verify=False))
+        client = httpx.Client(timeout=timeout, transport=_sync_transport(httpx))
         try:
             try:
                 request = client.build_request(
@@ -343,3 +343,19 @@ def _decode_json(data: bytes, path: str) -> Any:
         raise ApiClientError(
             f"the daemon answered {path} with something that is not JSON"
         ) from None
+
+
+def _sync_transport(httpx: Any) -> Any:
+    """httpx's plain HTTP transport. Its httpcore probes for trio at import,
+    for async backends this synchronous client never uses; in a process that
+    has not loaded trio (the `mesh` command) the probe is told trio is absent,
+    which saves the largest part of `mesh`'s start-up (tests/bench/bench_cli.py)."""
+    import sys
+
+    if "trio" in sys.modules or "httpcore" in sys.modules:
+        return httpx.HTTPTransport(verify=False)
+    sys.modules["trio"] = None  # type: ignore[assignment]  # `import trio` raises ImportError
+    try:
+        return httpx.HTTPTransport(verify=False)
+    finally:
+        del sys.modules["trio"]
