@@ -242,7 +242,10 @@ async def test_float_noise_within_tolerance_is_never_penalised_but_breaks_the_ex
             job = c.job(0, j)
             assert job.state == "succeeded", job.reason
             assert job.verdict["verdict"] == "agreed" and job.verdict["invalid"] == []
-            assert len(job.verdict["valid"]) == 2 and len(job.runs) == 2  # no tie-breaker
+            # no tie-breaker: two results (an award that was refused or timed
+            # out under load may add a run without a result)
+            assert len(job.verdict["valid"]) == 2
+            assert len([r for r in job.runs.values() if r.result]) == 2, job.runs
             digests = {r.result["output_digest"] for r in job.runs.values()}
             assert len(digests) == 2, "the replicas were bit-identical: no noise was injected"
             out = output_of(c, 0, job.canonical)["stats.txt"]

@@ -100,8 +100,9 @@ def _every_line_after_the_end_and_restarts(tmp_path: Path, executor: str) -> Non
         assert len(whole) == 2 * N and tail == whole[-2:]
         # merged by the time each chunk was read; each stream keeps its own order
         assert [r["ts_ms"] for r in whole] == sorted(r["ts_ms"] for r in whole)
-        last = max(r["ts_ms"] for r in tail)
-        assert len(_records(origin, job_id, "--replica", "0", "--since", _iso(last))) >= 3
+        first, last = min(r["ts_ms"] for r in tail), max(r["ts_ms"] for r in tail)
+        # --since the earlier tail line's time: both tail lines (and the end record)
+        assert len(_records(origin, job_id, "--replica", "0", "--since", _iso(first))) >= 3
         assert _records(origin, job_id, "--replica", "0", "--since", _iso(last + 1))[:-1] == []
 
         # Both daemons go down; the origin comes back alone: its stored copy answers.
