@@ -17,7 +17,8 @@ What it does, printing each step and the `mesh` command a user would type:
 Executor: the Docker sandbox wherever it can be had. An engine that answers
 (``DOCKER_HOST`` or the default socket) is used, with the demo image built
 from a static busybox when missing. With none, as root, the demo starts a
-private engine of its own under its temp dir (``tests/docker_env.sh``, as
+private engine of its own under its dir, or a short temp dir where that path
+is too long for its sockets (``tests/docker_env.sh``, as
 ``tests/run.sh`` does: it installs docker.io and busybox-static with apt when
 missing) and stops it at the end. Only where neither works does it fall back
 to the process executor (unsandboxed, fine for this local demo; its job then
@@ -71,6 +72,10 @@ def _bin(name: str) -> str:
 
 
 DOCKER_ENV_SCRIPT = Path(__file__).resolve().parents[1] / "tests" / "docker_env.sh"
+MAX_ENGINE_DIR_CHARS = 48
+"""Longest path of the private engine's dir: containerd's sockets live below it
+and a unix socket path has at most 107 bytes; a longer ``--dir`` gets the
+engine in a short temp dir instead."""
 """Starts and stops a private Docker engine (in a source checkout, as the
 README's quick start has)."""
 ENGINE_START_TIMEOUT_S = 600.0
@@ -218,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     base = args.dir or Path(tempfile.mkdtemp(prefix="meshd-demo-"))
     base.mkdir(parents=True, exist_ok=True)
     engine_dir = base / "docker"
+    if len(str(engine_dir)) > MAX_ENGINE_DIR_CHARS:  # its sockets would not fit a unix path
+        engine_dir = Path(tempfile.mkdtemp(prefix="meshd-demo-engine-"))
     procs: list[subprocess.Popen[bytes]] = []
     dirs = [base / f"node{i}" for i in range(args.nodes)]
     try:
