@@ -114,4 +114,5 @@ async def test_checker_container_judges_outputs_that_differ_byte_for_byte(
         node = c.daemon(0).node
         assert node is not None
         snap = node.trust.snapshot(now_ms())
-        assert all(snap[w]["invalid"] == 0 for w in job.verdict["valid"])
+        # the origin may have run a replica itself (§8.5): it keeps no trust about itself
+        assert all(snap[w]["invalid"] == 0 for w in job.verdict["valid"] if w != c.peer_id(0))

@@ -71,10 +71,19 @@ async def test_page_is_served_without_the_token_and_every_data_route_needs_it(
     assert snap["jobs"] == [] and snap["contributors"] == []
 
 
+def _client_first(i: int, overrides: dict[str, Any]) -> None:
+    """Node 0 runs no jobs (a client), so every run is node 1's and earns a
+    receipt (a node may otherwise run its own job: specs/PROTOCOL.md §8.5)."""
+    if i == 0:
+        overrides["executor"] = "auto"
+        overrides["allow_process_executor"] = False
+
+
 async def test_snapshot_shows_the_job_its_timeline_and_the_contributor_wall(
-    tmp_path: Path, nursery: trio.Nursery
+    tmp_path: Path, nursery: trio.Nursery, monkeypatch: Any
 ) -> None:
-    async with Cluster.started(nursery, tmp_path, 2) as c:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-such-engine.sock")
+    async with Cluster.started(nursery, tmp_path, 2, configure=_client_first) as c:
         await c.wait_mesh()
         job_id = await c.submit(0, JOB)
         job = await c.wait_job(0, job_id, timeout_s=60)
