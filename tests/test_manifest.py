@@ -124,7 +124,7 @@ async def test_mesh_result_saves_and_verifies_the_manifest_offline(
         tar = tmp_path / "r.tar"
         got = await _mesh(data, "result", job_id, "--tar", tar)
         assert got.returncode == 0, got.stderr.decode()
-        worker = c.peer_id(1)
+        worker = next(r.worker for r in c.job(0, job_id).runs.values() if r.result)
         origin = c.peer_id(0)
     # offline: the daemons are gone
     ok = await _mesh(tmp_path / "nowhere", "result", "--verify", out)
