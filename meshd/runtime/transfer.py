@@ -19,6 +19,9 @@ range only
    have is answered exactly like a missing one (counted
    ``meshd_blob_requests_refused_total{reason="not_entitled"}``).
 
+Each range served is counted (``meshd_blob_ranges_served_total``,
+``meshd_blob_bytes_served_total``).
+
 :meth:`BlobTransfer.fetch_from` fetches a blob into the local store from one
 or more holders: the first range says the size (over the caller's or the
 store's bound: refused before anything more is asked); then up to
@@ -160,6 +163,8 @@ class BlobTransfer:
             raise LookupError(f"{_NO_BLOB}{digest}") from None
         except (BlobError, OSError) as exc:
             raise LookupError(f"bad blob request: {exc}") from None
+        self.metrics.blob_served.inc()
+        self.metrics.blob_served_bytes.inc(len(body))
         return _SIZE.pack(size) + body
 
     # ---------------------------------------------------------------- fetching
