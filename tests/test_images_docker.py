@@ -194,6 +194,8 @@ async def test_the_archives_of_loaded_images_are_kept_within_their_bound_to_be_s
     digests = [s.image_blob.digest for s in specs]  # type: ignore[union-attr]
     for n in names:
         docker_api.remove_image(n, force=True)
+    exported = dict(cache._exported)
+    cache._exported.clear()  # from here on a worker only (it saved none as an origin)
 
     await cache.ensure("origin", specs[0], ("holder",))
     assert cache.archives() == (digests[0],)
@@ -207,3 +209,7 @@ async def test_the_archives_of_loaded_images_are_kept_within_their_bound_to_be_s
     # after a restart the kept archive is still served
     again = _cache(ex, tmp_path, archives_max_bytes=int(size * 1.5))
     assert again.archives() == (digests[1],)
+    # An archive this node also saved as an origin is forgotten, not deleted.
+    again._exported, again.archives_max_bytes = exported, 0
+    again._drop_archives()
+    assert again.archives() == () and again.blobs.has(digests[1].removeprefix("sha256:"))

@@ -44,8 +44,10 @@ of archives are kept: beyond it those of the least recently used images are
 deleted (the images stay). The cache holds at most
 ``RuntimeParams.image_cache_max_bytes`` of images meshd loaded itself:
 beyond it the least recently used are removed, with their archives, never
-one a live run uses (``in_use``) nor one meshd did not load. Each use of a
-cached image refreshes its place. Fetches of one image id are serialized. ``on_archives`` is called (in the trio thread)
+one a live run uses (``in_use``) nor one meshd did not load (an archive
+this node also saved as an origin is only forgotten, never deleted: its jobs
+need it). Each use of a cached image refreshes its place. Fetches of one
+image id are serialized. ``on_archives`` is called (in the trio thread)
 whenever the set of archives kept changes, so the advert follows at once.
 """
 
@@ -65,6 +67,8 @@ import trio
 from meshd.config import write_atomic
 from meshd.core.jobspec import ImageBlob, JobSpec
 from meshd.store.blobs import BlobCorruptError, BlobLimitError, BlobStore
+
+from .jobio import bare
 
 log = logging.getLogger("meshd.images")
 
@@ -316,19 +320,25 @@ class ImageCache:
         d = d.removeprefix("sha256:")
         return d if self.blobs.has(d) else None
 
+    def _forget_archive(self, entry: dict[str, Any]) -> None:
+        """Stop keeping an entry's archive: delete it, unless this node saved
+        it as an origin too (its jobs reference it). Blocking."""
+        d = self._kept(entry)
+        if d is not None and all(bare(b.digest) != d for b in self._exported.values()):
+            self.blobs.delete(d)
+        entry.pop("archive", None)
+        entry.pop("archive_size", None)
+
     def _drop_archives(self) -> None:
-        """Delete the archives of the least recently used images until those
+        """Forget the archives of the least recently used images until those
         kept are within ``archives_max_bytes``. Blocking."""
         kept = 0
         for entry in sorted(self.index.values(), key=lambda e: -int(e.get("used", 0))):
-            d = self._kept(entry)
-            if d is None:
+            if self._kept(entry) is None:
                 continue
             kept += int(entry.get("archive_size", 0))
             if kept > self.archives_max_bytes:
-                self.blobs.delete(d)
-                entry.pop("archive", None)
-                entry.pop("archive_size", None)
+                self._forget_archive(entry)
                 self._count("image_archive_dropped")
 
     def archives(self) -> tuple[str, ...]:
@@ -358,9 +368,7 @@ class ImageCache:
             if why is not None:
                 log.warning("could not evict image %s: %s", image_id, why)
                 continue
-            kept = self._kept(entry)
-            if kept is not None:
-                self.blobs.delete(kept)
+            self._forget_archive(entry)
             del self.index[image_id]
             self._count("image_evicted")
             log.info("evicted image %s (%s)", ",".join(entry.get("names", ())), image_id)
