@@ -166,6 +166,23 @@ async def test_a_holder_that_dies_mid_transfer_is_replaced_by_another(tmp_path: 
     assert fetch.retried >= 1
 
 
+async def test_a_holder_without_the_blob_is_asked_once_and_the_others_serve_it(
+    tmp_path: Path,
+) -> None:
+    """An origin that no longer has an image archive answers ``no blob``: the
+    fetch goes on from the peers that have it, asking it nothing more, and
+    spreads the ranges over those (specs/PROTOCOL.md §5.1)."""
+    data = os.urandom(30 * CHUNK)
+    async with mesh(tmp_path, 3) as ([gone, b, c], fetch):
+        digest = b.blobs.put(data)
+        assert c.blobs.put(data) == digest
+        holders = [gone.host.peer_id, b.host.peer_id, c.host.peer_id]
+        await fetch.fetch_from(holders, "sha256:" + digest)
+        assert fetch.blobs.get(digest) == data
+    assert gone.served == 1  # the first range; then it is asked no more
+    assert b.served > 5 and c.served > 5 and b.served + c.served == 30
+
+
 async def test_the_only_holder_dying_mid_transfer_fails_the_fetch_clearly(tmp_path: Path) -> None:
     async with mesh(tmp_path, 1) as ([a], fetch):
         digest = a.blobs.put(os.urandom(30 * CHUNK))

@@ -1,13 +1,15 @@
 """Images that travel, in the core: the offer pins the image, a worker that
 lacks it bids with the transfer in its estimate instead of declining
 (``meshd/core/placement.py``, ``Worker.on_offer``; specs/PROTOCOL.md §5.1,
-§8.1, §8.2), and the origin serves the archive only to a worker holding a
-live run of the job."""
+§8.1, §8.2), the origin serves the archive only to a worker holding a
+live run of the job, and a peer that advertises the archive serves it to
+anyone and is named to the fetching worker as a holder."""
 
 from __future__ import annotations
 
 import dataclasses
 
+from meshd.core.events import Tick
 from meshd.core.jobspec import ImageBlob, parse_job_spec
 from meshd.core.origin import offer_requirements
 from meshd.core.params import CoreParams
@@ -170,3 +172,55 @@ def test_on_a_core_mesh_workers_without_the_image_take_the_job_and_only_they_may
     assert live == {"worker": True, "bystander": False}
     assert net.run_until(lambda: net.job(0, job_id).state == "succeeded")
     assert not any(origin.may_serve_blob(p, BLOB) for p in net.order[1:])
+
+
+def test_a_peer_advertising_the_archive_is_named_as_a_holder_and_serves_anyone() -> None:
+    from meshd.testing.corenet import CoreNet, FakeWorker, default_caps
+
+    bare = FakeWorker(caps=default_caps(images=()))
+    # Holds the archive (it ran the job before); cold, so it runs nothing now.
+    holder = FakeWorker(caps=default_caps(images=(), image_archives=(BLOB,)), healthy=False)
+    net = CoreNet(4, workers=[bare, holder, bare, bare])
+    net.run_for(3_000)  # adverts
+    origin, kept = net.node(0), net.node(1)
+    assert origin.ctx.peers.get(net.order[1]).advert.image_archives == [BLOB]
+    # It serves its archive to any peer, nothing else it was not entitled to.
+    assert all(kept.may_serve_blob(p, BLOB) for p in net.order if p != net.order[1])
+    assert not kept.may_serve_blob(net.order[2], "sha256:" + "11" * 32)
+
+    spec = parse_job_spec(
+        {
+            "image": IMAGE,
+            "command": ["true"],
+            "timeout_s": 30,
+            "image_blob": {"id": IMAGE_ID, "digest": BLOB, "size": 5 * MiB},
+        }
+    )
+    job_id = net.submit(0, spec)
+    assert net.run_until(lambda: net.job(0, job_id).state == "succeeded")
+    fetches = [f for p in net.order for f in net.slots[p].input_fetches if f.job_id == job_id]
+    assert fetches and all(f.image_holders == (net.order[1],) for f in fetches)
+    assert {f.origin for f in fetches} == {net.order[0]}
+
+
+def test_a_change_of_the_archives_kept_is_advertised_at_once() -> None:
+    from meshd.testing.corenet import CoreNet, default_caps
+
+    net = CoreNet(2)
+    net.run_for(3_000)
+    seen = net.node(0).ctx.peers.get(net.order[1])
+    assert seen is not None and seen.advert.image_archives == []
+    # halfway between two periodic adverts
+    half = net.now_ms + CoreParams().advert_interval_ms // 2
+    net._schedule(half, net.order[1], Tick())
+    assert net.run_until(lambda: net.now_ms >= half)
+    t0 = net.now_ms
+    net.input(1, default_caps(image_archives=(BLOB,)))
+
+    def seen_archive() -> bool:
+        entry = net.node(0).ctx.peers.get(net.order[1])
+        return entry is not None and entry.advert.image_archives == [BLOB]
+
+    assert net.run_until(seen_archive)
+    # well before the next periodic advert: one gossip hop
+    assert net.now_ms - t0 < CoreParams().advert_interval_ms // 4

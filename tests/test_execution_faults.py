@@ -49,7 +49,7 @@ def executions(tmp_path: Path, fed: list[Any], *, max_blob: int = 1 << 30) -> Ex
     )
 
 
-async def no_image_travels(origin: str, spec: Any) -> None:
+async def no_image_travels(origin: str, spec: Any, holders: tuple[str, ...]) -> None:
     return None
 
 

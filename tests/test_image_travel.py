@@ -12,7 +12,10 @@ private engine that starts with no image at all. Checked:
   worker's engine now has the image under its pinned id;
 - a tampered image archive (its config changed, the pinned id kept) is
   refused by the workers — counted ``image_refused_image_id``, logged — and
-  never loaded.
+  never loaded;
+- any peer that has the image serves it: a worker that loaded it keeps the
+  archive and advertises it, and a second worker fetches it from that
+  worker while the origin no longer has it (specs/PROTOCOL.md §5.1).
 
 Skipped with the reason when not root, without dockerd, or without the
 first engine (like the other Docker tests).
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import secrets
 import tarfile
 from pathlib import Path
@@ -31,6 +35,7 @@ import docker
 import pytest
 
 from meshd.exec.health_image import find_static_busybox
+from meshd.store.blobs import BlobStore
 from meshd.testing.images import (
     engine_problem,
     import_marker_image,
@@ -38,7 +43,7 @@ from meshd.testing.images import (
     second_engine,
     tamper_archive,
 )
-from meshd.testing.procs import DaemonProcess, stop_all, wait_mesh
+from meshd.testing.procs import FAST_PARAMS, DaemonProcess, stop_all, wait_mesh
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -140,6 +145,114 @@ def test_a_job_image_travels_to_workers_whose_engine_has_none(
             assert any(image_id in i["images"] for i in index)
             wapi.close()
             stop_all(procs)  # before their engine stops
+            procs = []
+    finally:
+        stop_all(procs)
+        try:
+            docker_api.remove_image(name, force=True)
+        except Exception:
+            pass
+
+
+def _served(p: DaemonProcess) -> float:
+    """Blob ranges ``p`` served to peers (its ``/metrics``)."""
+    m = re.search(r"^meshd_blob_ranges_served_total (\S+)$", p.client().metrics(), re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def _marker(p: DaemonProcess, job: str) -> str:
+    buf = io.BytesIO()
+    p.client().download_result(job, buf)
+    with tarfile.open(fileobj=io.BytesIO(buf.getvalue())) as tar:
+        member = tar.extractfile("marker")
+        assert member is not None
+        return member.read().decode().strip()
+
+
+def test_a_worker_that_loaded_an_image_serves_it_when_the_origin_no_longer_has_it(
+    docker_api: Any, tmp_path: Path
+) -> None:
+    """Origin O and worker W2 on the first engine, worker W1 on a second one.
+    Job 1's image travels from O to W1, which keeps the archive. Then the
+    image leaves the first engine, and O's blob store loses the archive just
+    after job 2 (pinning the same archive, with a budget only W2's price
+    fits) is accepted: W2 gets the image from W1 alone."""
+    problem = engine_problem()
+    if problem is not None:
+        pytest.skip(problem)
+    try:
+        busybox = find_static_busybox(("/bin/busybox", "/usr/bin/busybox"))
+    except Exception as exc:
+        pytest.skip(f"no static busybox: {exc}")
+    token = secrets.token_hex(8)
+    name = f"meshd/held-{token[:8]}:1"
+    image_id = import_marker_image(docker_api, name, token, busybox)
+    procs: list[DaemonProcess] = []
+    engine_dir = Path(f"/tmp/mdh-{secrets.token_hex(3)}")
+    try:
+        with second_engine(engine_dir) as w1_host:
+            # one run per job: no second opinion to wait for (W1 declines job 2)
+            single = {**FAST_PARAMS, "untrusted_replication": 0.0, "replication_fraction": 0.0}
+            origin = DaemonProcess(tmp_path / "origin", executor="docker", params=single)
+            w1 = DaemonProcess(
+                tmp_path / "w1",
+                executor="docker",
+                env={"DOCKER_HOST": w1_host},
+                config={"price_per_gflops_hour": 1e6},  # too dear for job 2's budget
+            )
+            procs = [origin, w1]
+            for p in procs:
+                p.init()
+            origin.start()
+            w1.bootstrap = [origin.addr]
+            w1.start()
+            wait_mesh(procs, 120)
+            w1_id = w1.status()["peer_id"]  # type: ignore[index]
+            spec: dict[str, Any] = {
+                "image": name,
+                "command": ["sh", "-c", 'cat /etc/marker > "$MESH_OUTPUTS/marker"'],
+                "requirements": {"memory_mb": 64},
+                "timeout_s": 60,
+            }
+            job1 = origin.client().submit(spec)["job_id"]
+            view = _wait_job(origin, job1, 180)
+            assert view["state"] == "succeeded", view
+            assert view["result"]["worker"] == w1_id
+            blob = view["spec"]["image_blob"]
+            assert blob["id"] == image_id
+            # W1 keeps the archive and says so in its advert.
+            kept = json.loads((w1.data_dir / "images.json").read_text())["images"][image_id]
+            assert kept["archive"] == blob["digest"]
+            assert BlobStore(w1.data_dir / "blobs").has(blob["digest"].removeprefix("sha256:"))
+
+            # The first engine loses the image; W2 joins on it.
+            docker_api.remove_image(name, force=True)
+            w2 = DaemonProcess(tmp_path / "w2", executor="docker")
+            procs.append(w2)
+            w2.init()
+            w2.bootstrap = [origin.addr]
+            w2.start()
+            wait_mesh(procs, 120)
+            served_before = _served(w1), _served(origin)
+
+            spec2 = {**spec, "image_blob": blob, "estimated_flops": 1e9, "max_budget": 1.0}
+            job2 = origin.client().submit(spec2)["job_id"]
+            # Before any bid window closes: the origin no longer has the archive.
+            assert BlobStore(origin.data_dir / "blobs").delete(
+                blob["digest"].removeprefix("sha256:")
+            )
+            view = _wait_job(origin, job2, 180)
+            assert view["state"] == "succeeded", (
+                view.get("reason"),
+                (w2.data_dir / "daemon.log").read_text()[-3000:],
+            )
+            assert view["result"]["worker"] == w2.status()["peer_id"]  # type: ignore[index]
+            assert _marker(origin, job2) == token
+            assert docker_api.inspect_image(name)["Id"] == image_id
+            ranges = -(-blob["size"] // (4 << 20))  # blob_chunk_bytes
+            assert _served(w1) - served_before[0] >= ranges
+            assert _served(origin) == served_before[1]  # it had nothing to serve
+            stop_all(procs)  # before the second engine stops
             procs = []
     finally:
         stop_all(procs)

@@ -6,7 +6,8 @@ is imported from the host's static busybox; without one the reason names the
 fix) and ``meshd/runtime/images.py`` (an archive's image id is its config's
 hash and must be the pinned id; a tampered archive is refused and not
 loaded; the cache evicts the least recently used image meshd loaded, never
-one in use nor one it did not load).
+one in use nor one it did not load; it keeps the archives of the images it
+loaded, to serve them, within their own bound, across restarts).
 """
 
 from __future__ import annotations
@@ -169,3 +170,46 @@ async def test_the_cache_evicts_the_least_recently_used_image_it_loaded(
     assert set(cache.index) == {ids[0], ids[3]}
     # An image meshd did not load is never evicted, however full the cache.
     assert ex.image_id(TEST_IMAGE) is not None
+
+
+async def test_the_archives_of_loaded_images_are_kept_within_their_bound_to_be_served(
+    make_docker_executor: Any, docker_api: Any, scratch_images: list[str], tmp_path: Path
+) -> None:
+    bb = _busybox()
+    ex = make_docker_executor()
+    names = [f"meshd/travel-{secrets.token_hex(4)}:1" for _ in range(2)]
+    scratch_images.extend(names)
+    for n in names:
+        import_marker_image(docker_api, n, secrets.token_hex(8), bb)
+    probe = _cache(ex, tmp_path / "probe")
+    size = (await probe.attach(_spec(names[0]))).image_blob.size  # type: ignore[union-attr]
+    # room for one archive and a half
+    changed: list[tuple[str, ...]] = []
+
+    async def on_archives() -> None:
+        changed.append(cache.archives())
+
+    cache = _cache(ex, tmp_path, archives_max_bytes=int(size * 1.5), on_archives=on_archives)
+    specs = [await cache.attach(_spec(n)) for n in names]
+    digests = [s.image_blob.digest for s in specs]  # type: ignore[union-attr]
+    for n in names:
+        docker_api.remove_image(n, force=True)
+    exported = dict(cache._exported)
+    cache._exported.clear()  # from here on a worker only (it saved none as an origin)
+
+    await cache.ensure("origin", specs[0], ("holder",))
+    assert cache.archives() == (digests[0],)
+    assert cache.pinned() == {digests[0].removeprefix("sha256:")}
+    await cache.ensure("origin", specs[1])
+    # over the bound: the older image's archive goes, the image stays
+    assert cache.archives() == (digests[1],) and changed == [(digests[0],), (digests[1],)]
+    assert not cache.blobs.has(digests[0].removeprefix("sha256:"))
+    assert cache.counts["image_archive_dropped"] == 1
+    assert [ex.image_id(n) is not None for n in names] == [True, True]
+    # after a restart the kept archive is still served
+    again = _cache(ex, tmp_path, archives_max_bytes=int(size * 1.5))
+    assert again.archives() == (digests[1],)
+    # An archive this node also saved as an origin is forgotten, not deleted.
+    again._exported, again.archives_max_bytes = exported, 0
+    again._drop_archives()
+    assert again.archives() == () and again.blobs.has(digests[1].removeprefix("sha256:"))

@@ -95,6 +95,9 @@ class LocalCapabilities:
     (``placement.determinism_class``)."""
     image_ids: tuple[tuple[str, str], ...] = ()
     """(image name, image id) of local images, as far as the executor knows them."""
+    image_archives: tuple[str, ...] = ()
+    """Digests (``sha256:…``) of the image archives the shell keeps and
+    serves to any peer (its image cache's, specs/PROTOCOL.md §5.1)."""
 
 
 @dataclass(frozen=True)
@@ -252,6 +255,10 @@ class FetchInputs:
     replica: int
     origin: str
     spec: JobSpec
+    image_holders: tuple[str, ...] = ()
+    """Peers besides the origin whose live advert lists the job's image
+    archive (``spec.image_blob``), at most ``max_image_holders``: the shell
+    may fetch the archive's ranges from them too."""
 
 
 @dataclass(frozen=True)

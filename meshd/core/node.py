@@ -296,7 +296,8 @@ class Node:
     def may_serve_blob(self, peer: str, digest: str) -> bool:
         """Whether ``peer`` may fetch blob ``digest`` from us (specs/PROTOCOL.md
         §5): the inputs of a job we originated, to a worker holding a live run
-        of it; the output of a run we executed, to that run's origin. Digests
+        of it; the output of a run we executed, to that run's origin; an image
+        archive we advertise, to anyone (§5.1). Digests
         compare without their ``sha256:`` prefix. Read-only."""
         want = digest.removeprefix("sha256:")
         return self.origin.serves(peer, want) or self.worker.serves(peer, want)

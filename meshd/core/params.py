@@ -115,6 +115,10 @@ class CoreParams:
     image_transfer_bytes_per_s: float = 20.0 * 1024 * 1024
     """The rate a worker assumes for fetching and loading a job image it
     lacks: the transfer's share of its bid's expected start."""
+    max_image_holders: int = 4
+    """Peers besides the origin a worker asks for a travelling image's
+    archive: those whose live advert lists the archive
+    (``Advert.image_archives``, specs/PROTOCOL.md §5.1), at most this many."""
     run_time_initial_s: float = 5.0
     """A worker's guess at its average run time before it has finished one
     (how long each award queued ahead of a new one makes it wait)."""

@@ -52,6 +52,10 @@ MAX_ADVERT_ADDRS = 16
 """Listen addresses an advert may carry (each at most 256 characters)."""
 MAX_ADVERT_IMAGES = 256
 """Image names an advert may list; a node with more advertises the first ones."""
+MAX_ADVERT_ARCHIVES = 64
+"""Image archives (their blob digests) an advert may list as served by its
+node (specs/PROTOCOL.md §5.1); a node holding more advertises the most
+recently used."""
 MAX_HEARTBEAT_LOG_BYTES = 16 * 1024
 """Live log bytes one heartbeat may carry (all its chunks together); the
 worker keeps at most this much between two heartbeats and drops the rest from
@@ -129,6 +133,8 @@ class Advert(Body):
     images: Annotated[
         list[Annotated[str, Field(max_length=255)]], Field(max_length=MAX_ADVERT_IMAGES)
     ] = []
+    image_archives: Annotated[list[Digest], Field(max_length=MAX_ADVERT_ARCHIVES)] = []
+    """Digests of the image archives this node serves to any peer (§5.1)."""
     score_gflops: Annotated[float, Field(ge=0, le=MAX_GFLOPS)]
     gpu_gflops: Annotated[float, Field(ge=0, le=MAX_GFLOPS)] | None = None
     tier: Literal["cpu", "consumer-gpu", "datacenter-gpu"] = "cpu"

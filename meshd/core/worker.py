@@ -55,6 +55,7 @@ from .placement import (
 )
 from .wire import (
     MAX_ADVERT_ADDRS,
+    MAX_ADVERT_ARCHIVES,
     MAX_ADVERT_IMAGES,
     MAX_HEARTBEAT_LOG_BYTES,
     MAX_HEARTBEAT_LOG_CHUNKS,
@@ -145,10 +146,10 @@ class Worker:
     # ------------------------------------------------------------ what we offer
 
     def on_local_capabilities(self, inp: LocalCapabilities) -> None:
-        first = self.caps is None
+        before = self.caps
         self.caps = inp
-        if first:
-            self._advertise()
+        if before is None or before.image_archives != inp.image_archives:
+            self._advertise()  # at once: peers learn which archives we serve
 
     def on_executor_health(self, inp: ExecutorHealth) -> None:
         p = self.ctx.params
@@ -203,6 +204,7 @@ class Worker:
             # pydantic checks both against the wire's literals when the advert is built
             runtimes=cast(Any, list(c.runtimes)),
             images=list(c.images)[:MAX_ADVERT_IMAGES],
+            image_archives=list(c.image_archives)[:MAX_ADVERT_ARCHIVES],
             score_gflops=c.score_gflops,
             gpu_gflops=c.gpu_gflops,
             tier=cast(Any, c.tier),
@@ -418,7 +420,26 @@ class Worker:
             if work is None or work.state != "queued":
                 continue
             work.state = work_next(work.state, "start")
-            self.ctx.emit(FetchInputs(key[0], key[1], key[2], work.origin, work.spec))
+            holders = self._image_holders(work.origin, work.spec)
+            self.ctx.emit(FetchInputs(key[0], key[1], key[2], work.origin, work.spec, holders))
+
+    def _image_holders(self, origin: str, spec: JobSpec) -> tuple[str, ...]:
+        """Live peers besides the origin (and us) whose advert lists the job's
+        image archive, at most ``max_image_holders``, fewest runs first (the
+        least loaded serve), then by peer id (deterministic)."""
+        blob = spec.image_blob
+        if blob is None:
+            return ()
+        ctx = self.ctx
+        found = sorted(
+            (
+                e
+                for e in ctx.peers.alive(ctx.now_ms)
+                if e.peer_id not in (origin, ctx.peer_id) and blob.digest in e.advert.image_archives
+            ),
+            key=lambda e: (e.advert.running, e.peer_id),
+        )
+        return tuple(e.peer_id for e in found[: ctx.params.max_image_holders])
 
     def on_inputs_fetched(self, inp: InputsFetched) -> None:
         work = self.work.get((inp.job_id, inp.attempt, inp.replica))
@@ -613,7 +634,11 @@ class Worker:
         )
 
     def serves(self, peer: str, digest: str) -> bool:
-        """We ran a job for origin ``peer`` whose output archive or stored log is ``digest``."""
+        """We ran a job for origin ``peer`` whose output archive or stored log
+        is ``digest``; or ``digest`` is an image archive we advertise (served
+        to any peer, specs/PROTOCOL.md §5.1)."""
+        if self.caps is not None and "sha256:" + digest in self.caps.image_archives:
+            return True
         return any(
             w.origin == peer
             and w.result is not None

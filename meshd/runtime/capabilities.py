@@ -35,7 +35,7 @@ import trio
 from meshd import __version__
 from meshd.config import NodeConfig
 from meshd.core.events import MAX_ERROR_CHARS, ExecutorHealth, LocalCapabilities
-from meshd.core.wire import MAX_ADVERT_IMAGES
+from meshd.core.wire import MAX_ADVERT_ARCHIVES, MAX_ADVERT_IMAGES
 from meshd.exec.base import Executor
 
 from .params import RuntimeParams
@@ -58,6 +58,7 @@ class Capabilities:
         feed: Callable[[Any], Awaitable[None]],
         monotonic_ms: Callable[[], int],
         measure_score: bool = True,
+        image_archives: Callable[[], tuple[str, ...]] = tuple,
     ) -> None:
         self.executor = executor
         self.data_root = data_root
@@ -68,6 +69,8 @@ class Capabilities:
         self._feed = feed
         self._monotonic_ms = monotonic_ms
         self.measure_score = measure_score
+        self._image_archives = image_archives
+        """The image archives we keep and serve (``ImageCache.archives``)."""
         self.images: tuple[str, ...] = ()
         self.image_ids: tuple[tuple[str, str], ...] = ()
         """(name, id) of the local images, when the executor can say."""
@@ -108,6 +111,11 @@ class Capabilities:
                 cpu_method="configured (measure_score off)",
             )
 
+    @property
+    def measured(self) -> bool:
+        """Whether hardware and score are known (``local`` may be called)."""
+        return self.hardware is not None and self.score is not None
+
     def local(self) -> LocalCapabilities:
         """The ``LocalCapabilities`` input for what was measured last."""
         hw, score = self.hardware, self.score
@@ -130,6 +138,7 @@ class Capabilities:
             version=__version__,
             gpu_driver=hw.gpus[0].driver_version if hw.gpus else "",
             image_ids=self.image_ids,
+            image_archives=self._image_archives()[:MAX_ADVERT_ARCHIVES],
         )
 
     async def health_loop(self) -> None:

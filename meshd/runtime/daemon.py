@@ -101,7 +101,7 @@ from .capabilities import Capabilities
 from .checker import Checker
 from .clock import Clock, SystemClock
 from .clock import now_ms as now_ms  # re-exported: tools and tests stamp messages with it
-from .diskgc import DiskGC
+from .diskgc import BlobRefs, DiskGC
 from .eventlogger import EventLogger
 from .execution import Executions
 from .gossipcheck import CachingCodec, GossipValidator
@@ -222,10 +222,12 @@ class Daemon(EffectInterpreter):
             counts=self.counts,
             max_image_bytes=self.core_params.max_image_bytes,
             cache_max_bytes=self.rp.image_cache_max_bytes,
+            archives_max_bytes=self.rp.image_archives_max_bytes,
             pull_images=self.exec_params.pull_images,
             on_count=lambda name: self.metrics.images.labels(
                 event=name.removeprefix("image_")
             ).inc(),
+            on_archives=self._image_archives_changed,
         )
         self.executions = Executions(
             self.dirs.work,
@@ -256,6 +258,7 @@ class Daemon(EffectInterpreter):
             feed=self._feed,
             monotonic_ms=self.clock.monotonic_ms,
             measure_score=measure_score,
+            image_archives=self.images.archives,
         )
         self.core_errors = 0
         self.api: Any = None
@@ -328,7 +331,7 @@ class Daemon(EffectInterpreter):
             monotonic_ms=self.clock.monotonic_ms,
             disk=self.disk,
         )
-        self.disk.set_references(self.view.blob_references)
+        self.disk.set_references(self._blob_references)
         live_dirs = {self.executions.run_dir(*k).name for k in self.view.live_run_keys()}
         await trio.to_thread.run_sync(self.disk.sweep_run_dirs, live_dirs)
         install_routes(api, self.view, self)
@@ -592,6 +595,20 @@ class Daemon(EffectInterpreter):
 
     def _images_in_use(self) -> set[str]:
         return set() if self.view is None else self.view.live_images()
+
+    def _blob_references(self) -> BlobRefs:
+        """What the collector keeps: the state's references, and the image
+        archives the image cache keeps and serves (pinned, bounded by the
+        cache, specs/PROTOCOL.md §5.1)."""
+        assert self.view is not None
+        refs = self.view.blob_references()
+        kept = frozenset(self.images.pinned())
+        return dataclasses.replace(refs, pinned=refs.pinned | kept, retained=refs.retained - kept)
+
+    async def _image_archives_changed(self) -> None:
+        """The image archives we serve changed: tell the core (it re-advertises)."""
+        if self.capabilities.measured:
+            await self._feed(self.capabilities.local())
 
     # ------------------------------------------------------------ commands (the API's)
 

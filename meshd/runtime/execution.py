@@ -74,7 +74,7 @@ class Executions:
         blobs: BlobStore,
         *,
         fetch_blob: Callable[[str, str], Awaitable[None]],
-        ensure_image: Callable[[str, Any], Awaitable[None]],
+        ensure_image: Callable[[str, Any, tuple[str, ...]], Awaitable[None]],
         feed: Callable[[Any], Awaitable[None]],
         feed_nowait: Callable[[Any], bool],
         allow_network: bool,
@@ -108,7 +108,7 @@ class Executions:
         travel here): the outcome comes back as ``InputsFetched``."""
         d = self.run_dir(eff.job_id, eff.attempt, eff.replica)
         try:
-            await self._ensure_image(eff.origin, eff.spec)
+            await self._ensure_image(eff.origin, eff.spec, eff.image_holders)
             await fetch_inputs(
                 self._fetch_blob, self.blobs, eff.origin, eff.spec, d / "inputs", self.inputs
             )

@@ -1,5 +1,6 @@
-"""Job images that travel: served by the origin as blobs, fetched, checked and
-loaded by workers, kept in a bounded local cache.
+"""Job images that travel: served as blobs by the origin and by the workers
+that loaded them, fetched, checked and loaded by workers, kept in a bounded
+local cache.
 
 Theory of operation
 -------------------
@@ -16,8 +17,8 @@ image id is made per daemon run (later submits reuse it while it is stored).
 *Worker* (:meth:`ImageCache.ensure`, before a run's inputs are fetched):
 nothing to do when the engine has the image under the job's name with the
 pinned id. Otherwise, with ``pull_images`` on and a name that pins a digest
-(``name@sha256:…``), the engine may pull it; else the archive is fetched from
-the origin through the blob protocol and refused — counted
+(``name@sha256:…``), the engine may pull it; else the archive is fetched
+through the blob protocol (from its holders, below) and refused — counted
 ``image_refused_<reason>`` and logged, the image never loaded — when
 
 - ``size``: it is larger than ``max_image_bytes`` or than the descriptor says
@@ -29,12 +30,25 @@ the origin through the blob protocol and refused — counted
   against the config's diff ids), or what it loaded under the job's name is
   not the pinned id (then it is removed again).
 
+The archive is fetched from the origin and the *holders* the core names
+(``FetchInputs.image_holders``: peers whose advert lists the archive), its
+ranges spread over them all; a holder that answers it has no such blob is
+asked no more in that fetch.
+
 A loaded image is recorded in ``images.json`` in the data dir (id, names,
-size, last use); the archive is deleted from the blob store. The cache holds
-at most ``RuntimeParams.image_cache_max_bytes`` of images meshd loaded
-itself: beyond it the least recently used are removed, never one a live run
-uses (``in_use``) nor one meshd did not load. Each use of a cached image
-refreshes its place. Fetches of one image id are serialized.
+size, last use, and the archive's digest and size); the archive stays in the
+blob store, and this node serves it to any peer (:meth:`ImageCache.archives`
+goes into the advert, ``Advert.image_archives``; the collector keeps it,
+:meth:`ImageCache.pinned`). At most ``RuntimeParams.image_archives_max_bytes``
+of archives are kept: beyond it those of the least recently used images are
+deleted (the images stay). The cache holds at most
+``RuntimeParams.image_cache_max_bytes`` of images meshd loaded itself:
+beyond it the least recently used are removed, with their archives, never
+one a live run uses (``in_use``) nor one meshd did not load (an archive
+this node also saved as an origin is only forgotten, never deleted: its jobs
+need it). Each use of a cached image refreshes its place. Fetches of one
+image id are serialized. ``on_archives`` is called (in the trio thread)
+whenever the set of archives kept changes, so the advert follows at once.
 """
 
 from __future__ import annotations
@@ -53,6 +67,8 @@ import trio
 from meshd.config import write_atomic
 from meshd.core.jobspec import ImageBlob, JobSpec
 from meshd.store.blobs import BlobCorruptError, BlobLimitError, BlobStore
+
+from .jobio import bare
 
 log = logging.getLogger("meshd.images")
 
@@ -114,7 +130,9 @@ class ImageCache:
         max_image_bytes: int,
         cache_max_bytes: int,
         pull_images: bool,
+        archives_max_bytes: int = 0,
         on_count: Callable[[str], None] | None = None,
+        on_archives: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.executor = executor
         self.blobs = blobs
@@ -125,8 +143,11 @@ class ImageCache:
         """What happened to images here (``image_loaded``, ``image_refused_<reason>``...)."""
         self._on_count = on_count
         """Told each count too (the daemon's metrics registry, ``meshd_images_total``)."""
+        self._on_archives = on_archives
+        """Told when the archives kept change (the daemon re-advertises)."""
         self.max_image_bytes = max_image_bytes
         self.cache_max_bytes = cache_max_bytes
+        self.archives_max_bytes = archives_max_bytes
         self.pull_images = pull_images
         self._exported: dict[str, ImageBlob] = {}
         self._locks: dict[str, trio.Lock] = {}
@@ -185,15 +206,16 @@ class ImageCache:
 
     # ------------------------------------------------------------ worker
 
-    async def ensure(self, origin: str, spec: JobSpec) -> None:
-        """Make the job's pinned image present under its name, or raise ImageRefused."""
+    async def ensure(self, origin: str, spec: JobSpec, holders: tuple[str, ...] = ()) -> None:
+        """Make the job's pinned image present under its name, or raise
+        ImageRefused; its archive comes from ``origin`` and ``holders``."""
         blob = spec.image_blob
         if blob is None or not self.enabled:
             return
         lock = self._locks.setdefault(blob.id, trio.Lock())
         async with lock:
             try:
-                await self._ensure(origin, spec, blob)
+                await self._ensure(origin, spec, blob, holders)
             except ImageRefused as exc:
                 self._count("image_refused_" + exc.code)
                 log.warning("job %s: %s", spec.job_id, exc)
@@ -202,7 +224,9 @@ class ImageCache:
                 if not lock.statistics().tasks_waiting:
                     self._locks.pop(blob.id, None)
 
-    async def _ensure(self, origin: str, spec: JobSpec, blob: ImageBlob) -> None:
+    async def _ensure(
+        self, origin: str, spec: JobSpec, blob: ImageBlob, holders: tuple[str, ...]
+    ) -> None:
         ex = self.executor
         if await trio.to_thread.run_sync(ex.image_id, spec.image) == blob.id:
             self._touch(blob.id)
@@ -216,22 +240,25 @@ class ImageCache:
                 "size", f"{blob.size} bytes is over max_image_bytes ({self.max_image_bytes})"
             )
         digest = blob.digest.removeprefix("sha256:")
+        sources = [origin, *(h for h in holders if h != origin)]
         try:
-            await self._fetch_blob(origin, blob.digest, max_bytes=blob.size)
+            await self._fetch_blob(sources, blob.digest, max_bytes=blob.size)
         except BlobCorruptError as exc:
             raise ImageRefused("digest", str(exc)) from None
         except BlobLimitError as exc:
             raise ImageRefused("size", str(exc)) from None
         try:
             await trio.to_thread.run_sync(self._check_and_load, spec.image, blob, digest)
-        finally:
+        except BaseException:
             self.blobs.delete(digest)
+            raise
         self._count("image_loaded")
-        log.info("loaded image %s (%s) from %s", spec.image, blob.id, origin)
+        log.info("loaded image %s (%s) from %s", spec.image, blob.id, ", ".join(sources))
         size = await trio.to_thread.run_sync(ex.image_size, blob.id) or blob.size
-        self._record(blob.id, spec.image, size)
+        self._record(blob.id, spec.image, size, blob)
         busy = self._in_use() | {blob.id}  # read here: the core's state is not for threads
         await trio.to_thread.run_sync(self._evict, busy)
+        await self._archives_changed()
 
     def _check_and_load(self, image: str, blob: ImageBlob, digest: str) -> None:
         size = self.blobs.size(digest)
@@ -274,15 +301,59 @@ class ImageCache:
             entry["used"] = self._seq
             self._write_index()
 
-    def _record(self, image_id: str, name: str, size: int) -> None:
+    def _record(self, image_id: str, name: str, size: int, blob: ImageBlob) -> None:
         self._seq += 1
         entry = self.index.setdefault(image_id, {"names": [], "size": 0, "used": 0})
         entry["names"] = sorted(set(entry["names"]) | {name})
         entry["size"], entry["used"] = int(size), self._seq
+        entry["archive"], entry["archive_size"] = blob.digest, int(blob.size)
         self._write_index()
 
     def cached_bytes(self) -> int:
         return sum(int(e.get("size", 0)) for e in self.index.values())
+
+    def _kept(self, entry: dict[str, Any]) -> str | None:
+        """The bare digest of the archive kept for a cache entry, if stored."""
+        d = entry.get("archive")
+        if not isinstance(d, str):
+            return None
+        d = d.removeprefix("sha256:")
+        return d if self.blobs.has(d) else None
+
+    def _forget_archive(self, entry: dict[str, Any]) -> None:
+        """Stop keeping an entry's archive: delete it, unless this node saved
+        it as an origin too (its jobs reference it). Blocking."""
+        d = self._kept(entry)
+        if d is not None and all(bare(b.digest) != d for b in self._exported.values()):
+            self.blobs.delete(d)
+        entry.pop("archive", None)
+        entry.pop("archive_size", None)
+
+    def _drop_archives(self) -> None:
+        """Forget the archives of the least recently used images until those
+        kept are within ``archives_max_bytes``. Blocking."""
+        kept = 0
+        for entry in sorted(self.index.values(), key=lambda e: -int(e.get("used", 0))):
+            if self._kept(entry) is None:
+                continue
+            kept += int(entry.get("archive_size", 0))
+            if kept > self.archives_max_bytes:
+                self._forget_archive(entry)
+                self._count("image_archive_dropped")
+
+    def archives(self) -> tuple[str, ...]:
+        """Digests (``sha256:…``) of the archives we keep and serve, most
+        recently used first (the advert lists the first ones)."""
+        entries = sorted(self.index.values(), key=lambda e: -int(e.get("used", 0)))
+        return tuple("sha256:" + d for e in entries if (d := self._kept(e)) is not None)
+
+    def pinned(self) -> set[str]:
+        """Bare digests of the archives we keep (the blob collector keeps them)."""
+        return {d for e in self.index.values() if (d := self._kept(e)) is not None}
+
+    async def _archives_changed(self) -> None:
+        if self._on_archives is not None:
+            await self._on_archives()
 
     def _evict(self, busy: set[str]) -> None:
         """Remove least recently used images meshd loaded until the cache is
@@ -297,7 +368,9 @@ class ImageCache:
             if why is not None:
                 log.warning("could not evict image %s: %s", image_id, why)
                 continue
+            self._forget_archive(entry)
             del self.index[image_id]
             self._count("image_evicted")
             log.info("evicted image %s (%s)", ",".join(entry.get("names", ())), image_id)
+        self._drop_archives()
         self._write_index()

@@ -241,6 +241,16 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.blob_served = Counter(
+            "meshd_blob_ranges_served",
+            "Blob ranges served to peers",
+            registry=r,
+        )
+        self.blob_served_bytes = Counter(
+            "meshd_blob_bytes_served",
+            "Bytes of blob ranges served to peers",
+            registry=r,
+        )
         self.send_failures = Counter(
             "meshd_send_failures",
             "Direct messages not delivered, by error kind",

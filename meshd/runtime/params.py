@@ -99,6 +99,11 @@ class RuntimeParams:
     travelled, ``meshd.runtime.images``); beyond it the least recently used
     that no live run uses are removed. Images meshd did not load are never
     removed."""
+    image_archives_max_bytes: int = 4 * 1024**3
+    """Blob-store bytes of the archives of loaded images this node keeps and
+    serves to any peer (specs/PROTOCOL.md §5.1); beyond it the archives of
+    the least recently used images are deleted (the images stay). 0: keep
+    none, serve none. An evicted image loses its archive too."""
     verified_cache_entries: int = 512
     """Envelopes the gossip validator opened, kept until the core opens them
     (so a signature is verified once); a miss only costs a second check. At

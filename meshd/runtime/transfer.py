@@ -19,6 +19,9 @@ range only
    have is answered exactly like a missing one (counted
    ``meshd_blob_requests_refused_total{reason="not_entitled"}``).
 
+Each range served is counted (``meshd_blob_ranges_served_total``,
+``meshd_blob_bytes_served_total``).
+
 :meth:`BlobTransfer.fetch_from` fetches a blob into the local store from one
 or more holders: the first range says the size (over the caller's or the
 store's bound: refused before anything more is asked); then up to
@@ -27,8 +30,11 @@ each written straight into a :class:`~meshd.store.blobs.BlobWriter` (a
 temporary file, hashed in order), no range asked more than
 ``blob_chunks_in_flight`` ranges beyond the hashed prefix, so at most that
 many ranges sit in memory. A range that fails (an error, a short or
-inconsistent answer, a holder gone) is asked again, of the next holder, at
-most ``blob_chunk_retries`` times. The sha256 of the whole is checked before
+inconsistent answer, a holder gone) is asked again, of the next holder (at
+once; after ``blob_retry_pause_s`` when it is the same holder), at most
+``blob_chunk_retries`` times. A holder found unreachable, or that answers
+it has no such blob, is asked nothing more in that fetch (while another is
+left). The sha256 of the whole is checked before
 the blob is installed; on any failure nothing is stored. At most
 ``max_concurrent_fetches`` blobs are fetched at once;
 :meth:`BlobTransfer.fetch` carries out the core's ``FetchBlob`` and reports
@@ -50,7 +56,7 @@ import trio
 
 from meshd.core.events import BLOB_PROTOCOL, MAX_ERROR_CHARS, BlobFetched, FetchBlob, FetchLog
 from meshd.core.ratelimit import PeerBuckets
-from meshd.net.errors import NetError, PeerUnreachable
+from meshd.net.errors import NetError, PeerUnreachable, RemoteError
 from meshd.net.host import MeshHost
 from meshd.store.blobs import BlobError, BlobLimitError, BlobNotFoundError, BlobStore, BlobWriter
 
@@ -59,6 +65,8 @@ from .metrics import Metrics, by_label
 
 _REQUEST_RE = re.compile(rb"sha256:([0-9a-f]{64}) (0|[1-9][0-9]{0,18}) ([1-9][0-9]{0,18})")
 _SIZE = struct.Struct(">Q")
+_NO_BLOB = "no blob "
+"""How an answer says the holder has no such blob (or will not serve it)."""
 SIZE_HEADER_BYTES = _SIZE.size
 """Bytes before a range's data in an answer: the blob's size, big endian."""
 
@@ -143,7 +151,7 @@ class BlobTransfer:
             raise LookupError(f"bad blob request: {exc}") from None
         if not self._may_serve(from_peer, digest):
             self.metrics.blob_refused.labels(reason="not_entitled").inc()
-            raise LookupError(f"no blob {digest[:80]}")
+            raise LookupError(f"{_NO_BLOB}{digest[:80]}")
         if length > self.chunk_bytes:
             self.metrics.blob_refused.labels(reason="bad_request").inc()
             raise LookupError(f"bad blob request: length {length} is over {self.chunk_bytes}")
@@ -152,9 +160,11 @@ class BlobTransfer:
                 self.blobs.read_range, digest, offset, length
             )
         except BlobNotFoundError:
-            raise LookupError(f"no blob {digest}") from None
+            raise LookupError(f"{_NO_BLOB}{digest}") from None
         except (BlobError, OSError) as exc:
             raise LookupError(f"bad blob request: {exc}") from None
+        self.metrics.blob_served.inc()
+        self.metrics.blob_served_bytes.inc(len(body))
         return _SIZE.pack(size) + body
 
     # ---------------------------------------------------------------- fetching
@@ -262,16 +272,23 @@ class _Fetch:
         t = self.t
         index = offset // t.chunk_bytes
         last: Exception | None = None
+        asked: str | None = None
         for attempt in range(t.chunk_retries + 1):
             live = [h for h in self.holders if h not in self.gone] or self.holders
             peer = live[(index + attempt) % len(live)]
             if attempt:
                 t.retried += 1
-                await trio.sleep(t._retry_pause_s)
+                if peer == asked:  # another holder is asked at once
+                    await trio.sleep(t._retry_pause_s)
+            asked = peer
             try:
                 return await self._ask(peer, offset)
             except PeerUnreachable as exc:
                 self.gone.add(peer)
+                last = exc
+            except RemoteError as exc:
+                if _NO_BLOB in str(exc):  # it lacks the blob (or it is not ours)
+                    self.gone.add(peer)
                 last = exc
             except (NetError, BadRange) as exc:
                 last = exc

@@ -67,6 +67,7 @@ def default_caps(
     gpu_gflops: float | None = None,
     gpu_driver: str = "",
     image_ids: tuple[tuple[str, str], ...] = (),
+    image_archives: tuple[str, ...] = (),
 ) -> LocalCapabilities:
     return LocalCapabilities(
         cores=cores,
@@ -84,6 +85,7 @@ def default_caps(
         network_allowed=False,
         gpu_driver=gpu_driver,
         image_ids=image_ids,
+        image_archives=image_archives,
     )
 
 
@@ -124,6 +126,8 @@ class NodeSlot:
     """The ``JobLog`` effects this node carried out (live output it received)."""
     log_fetches: list[FetchLog] = field(default_factory=list)
     """The ``FetchLog`` effects this node carried out."""
+    input_fetches: list[FetchInputs] = field(default_factory=list)
+    """The ``FetchInputs`` effects this node carried out."""
     effects: CoreNetEffects = field(init=False)
 
 
@@ -170,6 +174,7 @@ class CoreNetEffects(EffectInterpreter):
             )
 
     def do_fetch_inputs(self, eff: FetchInputs) -> None:
+        self.slot.input_fetches.append(eff)
         fault = self.slot.worker.input_failure(eff.spec)
         inp = InputsFetched(eff.job_id, eff.attempt, eff.replica, True)
         if fault is not None:
