@@ -924,7 +924,7 @@ def test_version_and_help_load_no_client_renderer_or_pydantic() -> None:
 
 def test_a_json_read_loads_neither_pydantic_nor_rich(tmp_path: Path) -> None:
     """`mesh status --json` needs the client and the data dir's two files only
-    (nor the job helpers; the HTTP client is httpx, loaded when a request is made)."""
+    (nor the job helpers; the HTTP client, http.client, loads when a request is made)."""
     heavy = ("rich", "pydantic", "meshd.config", "mesh_cli.jobs")
     code = (
         "import sys\n"
