@@ -45,6 +45,7 @@ DEFAULT_TIMEOUT_S = 30.0
 MAX_LINE_BYTES = 8 * 1024 * 1024
 """Longest NDJSON line accepted from a stream."""
 COPY_CHUNK_BYTES = 1024 * 1024
+"""Largest piece of an uploaded file sent at once, and of a body read at once."""
 
 if TYPE_CHECKING:
     import http.client
