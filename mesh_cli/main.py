@@ -10,15 +10,17 @@ Rules:
   3 no daemon reachable; 130 interrupted. User errors print one line
   (``mesh: error: …``), never a traceback.
 - Every read command takes ``--json`` and then prints the daemon's JSON
-  unchanged (NDJSON for ``logs``), for scripts. Human output uses rich; in
-  a pipe it is plain text.
+  unchanged (NDJSON for ``logs``), for scripts. Human output uses rich
+  (``mesh status``'s does not: ``mesh_cli/statusview.py``, for a quick
+  start); in a pipe it is plain text.
 - ``--data-dir`` and ``--json`` may come before or after the subcommand.
 
 Theory of operation: :func:`build_parser` declares the commands; each
 ``cmd_*`` function takes the parsed arguments and an :class:`ApiClient`
 and returns an exit code; :func:`main` maps the client's exceptions to exit
 codes. Job submission, waiting and output unpacking live in
-``mesh_cli/jobs.py``; drawing lives in ``mesh_cli/render.py``.
+``mesh_cli/jobs.py``; drawing lives in ``mesh_cli/render.py`` (rich) and
+``mesh_cli/statusview.py`` (plain text, ``mesh_cli/plaintext.py``).
 """
 
 from __future__ import annotations
@@ -79,7 +81,13 @@ def _show(
 
 def cmd_status(args: argparse.Namespace, client: ApiClient) -> int:
     data = client.status()
-    _show(args, data, lambda render: render.render_status)
+    if args.json:
+        _out(data)
+        return EXIT_OK
+    from mesh_cli.plaintext import TextOut  # not rich: see mesh_cli/statusview.py
+    from mesh_cli.statusview import render_status
+
+    render_status(data, TextOut())
     return EXIT_OK
 
 

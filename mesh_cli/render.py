@@ -5,13 +5,15 @@ Rules:
   console, and prints. No API calls, no exits.
 - Tolerant: a field the daemon leaves out prints as "-", never a traceback
   (``--json`` is the exact, machine-readable form).
-- On a terminal, colour; in a pipe or file, plain text at a fixed width so
-  long peer ids are not cut.
+- On a terminal, colour; in a pipe or file, plain text at a fixed width
+  (:data:`~mesh_cli.plaintext.PIPE_WIDTH`, rich's default of 80 would fold
+  ids) so long peer ids are not cut.
+- `mesh status` is drawn without rich, for a quick start
+  (``mesh_cli/statusview.py``); values are formatted in ``mesh_cli/fmt.py``.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 from collections import defaultdict
 from typing import Any
@@ -20,9 +22,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-PIPE_WIDTH = 200
-"""Console width when output is not a terminal (rich's default of 80 would fold ids)."""
-SHORT_ID_CHARS = 14
+from mesh_cli.fmt import dash, fmt_duration, fmt_num, fmt_ts, short_id
+from mesh_cli.plaintext import PIPE_WIDTH
+
 BODY_PREVIEW_CHARS = 70
 MAX_DECLINE_PEERS_SHOWN = 3
 
@@ -46,41 +48,6 @@ def make_console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, width=width, highlight=False, soft_wrap=False, emoji=False)
 
 
-def dash(value: Any) -> str:
-    return "-" if value is None or value == "" else str(value)
-
-
-def short_id(peer_id: Any) -> str:
-    text = dash(peer_id)
-    if len(text) <= SHORT_ID_CHARS + 2:
-        return text
-    return f"{text[:8]}…{text[-5:]}"
-
-
-def fmt_ts(ts_ms: Any) -> str:
-    if not isinstance(ts_ms, int | float):
-        return "-"
-    when = _dt.datetime.fromtimestamp(ts_ms / 1000, _dt.UTC)
-    return when.strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def fmt_duration(seconds: Any) -> str:
-    if not isinstance(seconds, int | float):
-        return "-"
-    s = int(seconds)
-    if s < 60:
-        return f"{seconds:.1f}s" if seconds < 10 else f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
-
-
-def fmt_num(value: Any, digits: int = 2) -> str:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return dash(value)
-    return f"{value:,.{digits}f}" if isinstance(value, float) else f"{value:,}"
-
-
 def state_text(state: Any) -> Text:
     return Text(dash(state), style=STATE_STYLE.get(str(state), ""))
 
@@ -90,199 +57,6 @@ def _kv_grid() -> Table:
     grid.add_column(style="bold")
     grid.add_column(overflow="fold")
     return grid
-
-
-# ------------------------------------------------------------------ status
-
-
-def _executor_line(ex: dict[str, Any]) -> Text:
-    name = dash(ex.get("name"))
-    if ex.get("sandboxed"):
-        return Text(f"{name} (sandboxed)")
-    if name == "none":  # a client: runs no jobs
-        return Text(f"none: {dash(ex.get('reason'))}")
-    line = Text(f"{name} ", style="")
-    line.append("(NOT sandboxed)", style="bold red")
-    if ex.get("reason"):
-        line.append(f": {ex['reason']}")
-    return line
-
-
-def _score_detail(score: dict[str, Any]) -> str:
-    """How the CPU score was measured (runs, threads, spread), or why it was not."""
-    method = str(score.get("cpu_method") or "")
-    if method and not method.startswith("numpy"):
-        return f" ({method})"
-    if score.get("cpu_spread") is None:
-        return ""
-    timing = method.removeprefix("numpy").strip(", ")
-    return (
-        f" (median of {score.get('cpu_runs')} runs on {score.get('cpu_threads')} thread(s)"
-        f"{', ' + timing if timing else ''}, spread {fmt_num(score.get('cpu_spread'), 2)})"
-    )
-
-
-def _hardware_line(hw: dict[str, Any]) -> str:
-    parts = [
-        f"{dash(hw.get('cores'))} cores",
-        f"{fmt_num(hw.get('ram_gb'), 1)} GB RAM",
-        f"{fmt_num(hw.get('disk_free_gb'), 1)} GB disk free",
-    ]
-    gpus = hw.get("gpus") or []
-    if gpus:
-        parts += [
-            f"GPU {g.get('index', i)}: {dash(g.get('model'))} ({fmt_num(g.get('memory_mb'))} MB)"
-            for i, g in enumerate(gpus)
-        ]
-    else:
-        parts.append("no GPU")
-    return ", ".join(parts)
-
-
-def fmt_bytes(n: Any) -> str:
-    if not isinstance(n, int | float):
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return "-"
-
-
-def _disk_line(disk: dict[str, Any]) -> str:
-    """Blob store use against its cap (job logs among the blobs), run dirs,
-    the event log's size."""
-    b = disk.get("blobs") or {}
-    r = disk.get("run_dirs") or {}
-    lg = disk.get("event_log") or {}
-    line = (
-        f"blobs {fmt_bytes(b.get('bytes'))} of {fmt_bytes(b.get('max_bytes'))} "
-        f"({dash(b.get('files'))} files, {dash(b.get('log_blobs'))} job logs "
-        f"{fmt_bytes(b.get('log_bytes'))}, {dash(b.get('collected_blobs'))} collected"
-    )
-    if b.get("refused_uploads"):
-        line += f", {b['refused_uploads']} uploads refused: store full"
-    line += (
-        f"); run dirs {dash(r.get('count'))} ({dash(r.get('orphans_removed'))} orphans removed "
-        f"at start); event log {fmt_bytes(lg.get('bytes'))}"
-    )
-    return line
-
-
-def render_status(st: dict[str, Any], console: Console) -> None:
-    grid = _kv_grid()
-    grid.add_row("peer id", dash(st.get("peer_id")))
-    grid.add_row("version", f"{dash(st.get('version'))}, up {fmt_duration(st.get('uptime_s'))}")
-    grid.add_row("listen", "\n".join(st.get("listen_addrs") or []) or "-")
-    relays = ", ".join(r[:16] for r in st.get("relays") or [])
-    reach = dash(st.get("reachability")) + (f" (relays: {relays})" if relays else "")
-    grid.add_row("reachable", reach)
-    if st.get("role"):
-        grid.add_row("role", dash(st.get("role")))
-    grid.add_row("executor", _executor_line(st.get("executor") or {}))
-    lost = st.get("tail_lost")
-    if lost:
-        grid.add_row(
-            "event log",
-            Text(
-                f"LOST ITS TAIL: ends at record seq {dash(lost.get('log_head_seq'))}, but peer "
-                f"{short_id(lost.get('peer'))} holds a receipt signed here with seq "
-                f"{dash(lost.get('seen_seq'))}; restore the data dir from a backup if you can",
-                style="bold red",
-            ),
-        )
-    if st.get("warm"):
-        grid.add_row("state", Text("warm (ready to bid)", style="green"))
-    else:
-        grid.add_row("state", Text(f"cold: {dash(st.get('cold_reason'))}", style="yellow"))
-    grid.add_row("hardware", _hardware_line(st.get("hardware") or {}))
-    score = st.get("score") or {}
-    grid.add_row(
-        "score",
-        f"cpu {fmt_num(score.get('cpu_gflops'), 1)} GFLOPS{_score_detail(score)}, "
-        f"gpu {fmt_num(score.get('gpu_gflops'), 1)} GFLOPS, tier {dash(score.get('tier'))}",
-    )
-    grid.add_row("price", f"{fmt_num(st.get('price'))} credits per GFLOPS-hour")
-    load = st.get("load") or {}
-    grid.add_row(
-        "load",
-        f"{dash(load.get('running'))} running, {dash(load.get('queued'))} queued, "
-        f"capacity {dash(load.get('capacity'))}",
-    )
-    lg = st.get("log") or {}
-    grid.add_row(
-        "event log",
-        f"head seq {dash(lg.get('head_seq'))}, hash {str(lg.get('head_hash') or '-')[:16]}",
-    )
-    disk = st.get("disk")
-    if disk:
-        grid.add_row("disk", _disk_line(disk))
-    standing = st.get("standing") or {}
-    rep = standing.get("reputation")
-    grid.add_row("reputation", "not yet rated by peers" if rep is None else fmt_num(rep, 3))
-    console.print(grid)
-    why = standing.get("why_not_picked") or []
-    if why:
-        console.print(Text("Why this node may not be picked:", style="bold yellow"))
-        for reason in why:
-            console.print(f"  - {reason}")
-    _render_backlog(st.get("backlog") or {}, console)
-    counters = st.get("counters") or {}
-    if counters:
-        table = Table(title="counters", title_justify="left", show_edge=False)
-        table.add_column("name")
-        table.add_column("value", justify="right")
-        for name in sorted(counters):
-            table.add_row(name, fmt_num(counters[name]))
-        console.print(table)
-
-
-def _render_backlog(b: dict[str, Any], console: Console) -> None:
-    """Where work waits: inbox lanes, send queues, the origin's bounds."""
-    if not b:
-        return
-    table = Table(title="backlog", title_justify="left", show_edge=False)
-    for col in ("queue", "now", "bound", "peak", "wait p50/p99/max ms", "shed/refused/dropped"):
-        table.add_column(col, justify="left" if col == "queue" else "right")
-    for lane, q in (b.get("inbox") or {}).items():
-        table.add_row(
-            f"inbox {lane}",
-            fmt_num(q.get("queued")),
-            fmt_num(q.get("bound")),
-            fmt_num(q.get("high_water")),
-            f"{q.get('wait_p50_ms', 0)}/{q.get('wait_p99_ms', 0)}/{q.get('wait_max_ms', 0)}",
-            f"{q.get('shed', 0)}/{q.get('refused', 0)}/{q.get('dropped_oldest', 0)}",
-        )
-    sq = b.get("send_queues") or {}
-    if sq:
-        table.add_row(
-            "send queues",
-            fmt_num(sq.get("queued")),
-            "",
-            f"{fmt_num(sq.get('queued_max_peer'))} one peer",
-            f"-/-/{sq.get('wait_max_ms', 0)}",
-            f"{sq.get('expired', 0)} expired/{sq.get('refused_full', 0)}/{sq.get('dropped_full', 0)}",
-        )
-    o = b.get("origin") or {}
-    if o:
-        table.add_row(
-            "offer rounds open",
-            fmt_num(o.get("rounds_open")),
-            fmt_num(o.get("rounds_bound")),
-            f"{fmt_num(o.get('jobs_waiting_for_a_round'))} waiting",
-            "",
-            "",
-        )
-        table.add_row(
-            "awards unacknowledged",
-            fmt_num(o.get("awards_unacknowledged")),
-            fmt_num(o.get("awards_bound")),
-            "",
-            "",
-            "",
-        )
-    console.print(table)
-    console.print(f"inbox congestion: {b.get('congestion_ms', 0)} ms")
 
 
 # ------------------------------------------------------------------- peers

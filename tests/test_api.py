@@ -561,3 +561,63 @@ def test_client_reads_close_delimited_and_chunked_bodies_and_names_bad_ones(
     else:
         with pytest.raises(DaemonUnreachable, match=expected):
             client.status()
+
+
+async def test_client_reads_the_413_of_an_upload_refused_before_it_was_sent(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """The daemon answers 413 from the declared length and closes without
+    reading the body; the client, still writing a file far larger than the
+    socket buffers, reports the daemon's answer, not a lost connection."""
+    big = tmp_path / "big.bin"
+    with big.open("wb") as f:
+        f.truncate(64 * 1024 * 1024)
+
+    def work() -> ApiHttpError:
+        client = ApiClient.from_data_dir(data_dir)
+        with big.open("rb") as f, pytest.raises(ApiHttpError) as info:
+            client.upload_blob(f, big.stat().st_size)
+        return info.value
+
+    exc = await trio.to_thread.run_sync(work)
+    assert (exc.status, exc.code) == (413, "body_too_large")
+    assert "exceeds the 4096-byte limit" in exc.message
+
+
+def _silent_server() -> tuple[int, Any]:
+    """A socket that accepts connections and never answers; its closer."""
+    import socket
+
+    srv = socket.create_server(("127.0.0.1", 0), backlog=4)
+    return int(srv.getsockname()[1]), srv.close
+
+
+def test_a_daemon_that_does_not_answer_is_unreachable_within_the_timeout(tmp_path: Path) -> None:
+    port, close = _silent_server()
+    try:
+        client = ApiClient("127.0.0.1", port, TOKEN, data_dir=tmp_path, timeout_s=0.3)
+        with pytest.raises(DaemonUnreachable, match=r"did not answer GET /v1/status within 0.3 s"):
+            client.status()
+    finally:
+        close()
+
+
+async def test_a_followed_stream_waits_past_the_timeout_for_its_next_line(
+    data_dir: Path, probe: Probe
+) -> None:
+    """``logs -f``: a job may print nothing for longer than ``timeout_s``; the
+    followed stream waits for it (the request itself still has the timeout)."""
+    got: list[dict[str, Any]] = []
+
+    def follow() -> None:
+        client = ApiClient.from_data_dir(data_dir, timeout_s=0.2)
+        for line in client.logs("j1", follow=True):
+            got.append(line)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.to_thread.run_sync, follow)
+        await trio.sleep(1.0)  # five timeouts of silence after the first line
+        seen = list(got)
+        probe.release.set()
+    assert seen == [{"n": 1}]  # the first line arrived, and the stream stayed open
+    assert got == [{"n": 1}, {"n": 2}, {"end": True, "state": "succeeded"}]

@@ -924,7 +924,7 @@ def test_version_and_help_load_no_client_renderer_or_pydantic() -> None:
 
 def test_a_json_read_loads_neither_pydantic_nor_rich(tmp_path: Path) -> None:
     """`mesh status --json` needs the client and the data dir's two files only
-    (nor the job helpers; the HTTP client is httpx, loaded when a request is made)."""
+    (nor the job helpers; the HTTP client, http.client, loads when a request is made)."""
     heavy = ("rich", "pydantic", "meshd.config", "mesh_cli.jobs")
     code = (
         "import sys\n"
@@ -935,6 +935,52 @@ def test_a_json_read_loads_neither_pydantic_nor_rich(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.stdout.strip().endswith("[]"), proc.stdout + proc.stderr
     assert "no daemon running" in proc.stderr  # it did run the command
+
+
+QUICK_START_HEAVY = (
+    "httpx",
+    "httpcore",
+    "trio",
+    "libp2p",
+    "pydantic",
+    "cryptography",
+    "msgpack",
+    "rich",
+    "meshd.config",
+    "mesh_cli.jobs",
+)
+"""Packages `mesh status` and `mesh --version` must not load (issue 12: each
+costs start-up; the daemon's and the job helpers' belong to other commands)."""
+
+
+@pytest.mark.parametrize(
+    "argv", [["--version"], ["--help"], ["status"], ["status", "--json"]], ids=" ".join
+)
+async def test_status_and_version_load_no_heavy_package(
+    daemon: FakeDaemon, data_dir: Path, argv: list[str]
+) -> None:
+    """A behaviour test, not a speed test: the modules a real `mesh status`
+    (drawn, and --json) and `mesh --version` leave in ``sys.modules``."""
+    code = (
+        "import sys\n"
+        "from mesh_cli.main import main\n"
+        "try:\n    rc = main(sys.argv[1:])\nexcept SystemExit as exc:\n    rc = exc.code\n"
+        f"heavy = {QUICK_START_HEAVY!r}\n"
+        "loaded = sorted(m for m in sys.modules if any(m == h or m.startswith(h + '.') for h in heavy))\n"
+        "print('LOADED', rc, loaded, file=sys.stderr)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with trio.fail_after(30):
+        proc = await trio.run_process(
+            [sys.executable, "-c", code, "--data-dir", str(data_dir), *argv],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env=env,
+        )
+    assert err(proc).splitlines()[-1] == "LOADED 0 []", err(proc)
+    if argv[0] == "status":
+        assert daemon.peer_id in out(proc)  # it did ask the daemon and print its answer
 
 
 def test_the_cost_line_shows_the_charge_the_ledger_holds_and_the_estimates_basis() -> None:

@@ -14,11 +14,18 @@ Rules:
   waits without a timeout between lines but caps one line at
   ``max_line_bytes``.
 
-Theory of operation: one ``httpx.Client`` connection per call (the CLI
+Theory of operation: one ``http.client.HTTPConnection`` per call (the CLI
 makes few calls; a fresh connection keeps failure handling simple), the
-bearer token on every request, JSON bodies both ways. A streamed response is
-read line by line as NDJSON. httpx is imported on the first call, not with
-this module, so ``mesh --version`` and ``--help`` do not pay for it.
+bearer token on every request, JSON bodies both ways. The standard library's
+client costs ``mesh`` little start-up (httpx cost it most of its time,
+``tests/bench/bench_cli.py``); it is imported on the first call, not with
+this module, so ``mesh --version`` and ``--help`` do not pay for it. Every
+read of a response goes through :class:`_Response`, which turns the socket's
+and the parser's errors into :class:`DaemonUnreachable`. A file is uploaded
+in ``COPY_CHUNK_BYTES`` pieces under its declared ``Content-Length``; if the
+daemon refuses it before reading it all (413) and closes, its answer is
+still read. A streamed response is read as it arrives and split into NDJSON
+lines; a followed one has no read timeout.
 """
 
 from __future__ import annotations
@@ -26,10 +33,10 @@ from __future__ import annotations
 import json
 import os
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 from meshd.datadir import DataDir, read_api_addr, read_api_token
 
@@ -38,9 +45,10 @@ DEFAULT_TIMEOUT_S = 30.0
 MAX_LINE_BYTES = 8 * 1024 * 1024
 """Longest NDJSON line accepted from a stream."""
 COPY_CHUNK_BYTES = 1024 * 1024
+"""Largest piece of an uploaded file sent at once, and of a body read at once."""
 
 if TYPE_CHECKING:
-    import httpx
+    import http.client
 
 
 class ApiClientError(Exception):
@@ -178,7 +186,7 @@ class ApiClient:
         with self._request("GET", f"/v1/jobs/{_q(job_id)}/result") as resp:
             self._raise_for_status(resp)
             total = 0
-            for chunk in resp.iter_bytes(COPY_CHUNK_BYTES):
+            for chunk in resp.chunks():
                 try:
                     dest.write(chunk)
                 except OSError as exc:
@@ -209,7 +217,7 @@ class ApiClient:
         with self._request(method, path, query=query, stream=True) as resp:
             self._raise_for_status(resp)
             pending = b""
-            for chunk in resp.iter_bytes():
+            for chunk in resp.chunks():
                 *lines, pending = (pending + chunk).split(b"\n")
                 if len(pending) > MAX_LINE_BYTES or any(len(x) > MAX_LINE_BYTES for x in lines):
                     raise ApiClientError(
@@ -255,76 +263,120 @@ class ApiClient:
         size: int | None = None,
         content_type: str = "application/json",
         stream: bool = False,
-    ) -> Iterator[httpx.Response]:
+    ) -> Iterator[_Response]:
         """Send one request on a fresh connection; yields the response, then closes both."""
-        import httpx  # here, not at the top: see the module header
+        import http.client  # here, not at the top: see the module header
 
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        url = f"http://{host}:{self.port}{path}"
+        target = path + (f"?{urllib.parse.urlencode(query)}" if query else "")
         headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
         content: bytes | Iterator[bytes] | None = None
         if body is not None:
             headers["Content-Type"] = content_type
             headers["Content-Length"] = str(len(body) if isinstance(body, bytes) else size)
             content = body if isinstance(body, bytes) else _chunks(body)
-        # A followed log may be quiet for long: no read timeout on a stream.
-        timeout = httpx.Timeout(self.timeout_s, read=None if stream else self.timeout_s)
-        # Plain HTTP on loopback: no TLS, so no certificate store to load.
-        client = httpx.Client(timeout=timeout, transport=_sync_transport(httpx))
+        what = f"{method} {path}"
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
         try:
             try:
-                request = client.build_request(
-                    method, url, params=query, content=content, headers=headers
-                )
-                resp = client.send(request, stream=True)
-            except httpx.ConnectError:
+                conn.connect()
+            except TimeoutError:
+                self._lost(what, None)
+            except OSError:
                 raise _not_running(
                     self.data_dir, f"nothing listens on {self.host}:{self.port}"
                 ) from None
-            except httpx.TimeoutException:
-                raise DaemonUnreachable(
-                    f"the daemon for {self.data_dir} did not answer {method} {path} within {self.timeout_s:g} s"
-                ) from None
-            except httpx.TransportError as exc:
-                raise DaemonUnreachable(
-                    f"lost the connection to the daemon for {self.data_dir}: {exc}"
-                ) from None
+            try:
+                conn.request(method, target, body=content, headers=headers)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # refused before the body was read: its answer may be waiting (413)
+            except (OSError, http.client.HTTPException) as exc:
+                self._lost(what, exc)
+            if stream and conn.sock is not None:
+                conn.sock.settimeout(None)  # a followed log may be quiet for long
+            try:
+                raw = conn.getresponse()
+            except (OSError, http.client.HTTPException) as exc:
+                self._lost(what, exc)
+            resp = _Response(raw, lambda exc: self._lost(what, exc, answering=True))
             try:
                 yield resp
-            except httpx.TimeoutException:
+            finally:
+                raw.close()
+        finally:
+            conn.close()
+
+    def _lost(self, what: str, exc: BaseException | None, *, answering: bool = False) -> NoReturn:
+        """Raise the :class:`DaemonUnreachable` that ``exc`` (None: a timeout
+        before any answer) stands for; ``answering``: while reading the answer."""
+        if exc is None or isinstance(exc, TimeoutError):
+            if answering:
                 raise DaemonUnreachable(
-                    f"the daemon for {self.data_dir} stopped answering {method} {path} "
+                    f"the daemon for {self.data_dir} stopped answering {what} "
                     f"(no data for {self.timeout_s:g} s)"
                 ) from None
-            except httpx.TransportError as exc:
-                raise DaemonUnreachable(
-                    f"lost the connection to the daemon for {self.data_dir}: {exc}"
-                ) from None
-            finally:
-                resp.close()
-        finally:
-            client.close()
+            raise DaemonUnreachable(
+                f"the daemon for {self.data_dir} did not answer {what} within {self.timeout_s:g} s"
+            ) from None
+        detail = str(exc) or type(exc).__name__
+        raise DaemonUnreachable(
+            f"lost the connection to the daemon for {self.data_dir}: {detail}"
+        ) from None
 
-    def _raise_for_status(self, resp: httpx.Response) -> None:
-        if resp.status_code < 400:
+    def _raise_for_status(self, resp: _Response) -> None:
+        if resp.status < 400:
             return
         data = b""
-        for chunk in resp.iter_bytes():
+        for chunk in resp.chunks():
             data += chunk
             if len(data) > MAX_LINE_BYTES:
                 break
-        code, message, fields = "http_error", f"HTTP {resp.status_code} {resp.reason_phrase}", None
+        code, message, fields = "http_error", f"HTTP {resp.status} {resp.reason}", None
         try:
             err = json.loads(data)["error"]
             code, message, fields = str(err["code"]), str(err["message"]), err.get("fields")
         except (ValueError, KeyError, TypeError):
             pass
-        if resp.status_code == 401:
+        if resp.status == 401:
             raise AuthError(
                 f"the daemon refused the API token in {self.data_dir}/api.token ({message}); "
                 "if the node was re-initialised, restart its daemon"
             )
-        raise ApiHttpError(resp.status_code, code, message, fields)
+        raise ApiHttpError(resp.status, code, message, fields)
+
+
+class _Response:
+    """One response being read; a failed read calls ``lost`` (which raises
+    :class:`DaemonUnreachable`), so callers see only the client's errors."""
+
+    def __init__(
+        self, raw: http.client.HTTPResponse, lost: Callable[[BaseException], NoReturn]
+    ) -> None:
+        self._raw = raw
+        self._lost = lost
+        self.status = raw.status
+        self.reason = raw.reason
+
+    def read(self) -> bytes:
+        """The whole body."""
+        import http.client
+
+        try:
+            return self._raw.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self._lost(exc)
+
+    def chunks(self) -> Iterator[bytes]:
+        """The body as it arrives, at most ``COPY_CHUNK_BYTES`` at a time."""
+        import http.client
+
+        while True:
+            try:
+                chunk = self._raw.read1(COPY_CHUNK_BYTES)
+            except (OSError, http.client.HTTPException) as exc:
+                self._lost(exc)
+            if not chunk:
+                return
+            yield chunk
 
 
 def _chunks(source: IO[bytes]) -> Iterator[bytes]:
@@ -343,19 +395,3 @@ def _decode_json(data: bytes, path: str) -> Any:
         raise ApiClientError(
             f"the daemon answered {path} with something that is not JSON"
         ) from None
-
-
-def _sync_transport(httpx: Any) -> Any:
-    """httpx's plain HTTP transport. Its httpcore probes for trio at import,
-    for async backends this synchronous client never uses; in a process that
-    has not loaded trio (the `mesh` command) the probe is told trio is absent,
-    which saves the largest part of `mesh`'s start-up (tests/bench/bench_cli.py)."""
-    import sys
-
-    if "trio" in sys.modules or "httpcore" in sys.modules:
-        return httpx.HTTPTransport(verify=False)
-    sys.modules["trio"] = None  # type: ignore[assignment]  # `import trio` raises ImportError
-    try:
-        return httpx.HTTPTransport(verify=False)
-    finally:
-        del sys.modules["trio"]
