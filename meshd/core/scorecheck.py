@@ -29,6 +29,16 @@ run nets ``completed_weight − 0.5 = −0.4``), 9.5 for 20×. The worker's own
 verdicts decide nothing else: its results still count, it is only ranked
 lower (and banned if its reputation falls below ``ban_reputation``).
 
+*Whose clock.* The duration is the larger of the worker's report and
+:func:`observed_duration_ms`, the time from sending the award to receiving
+the result on the origin's own clock: the run cannot have started before
+the award left nor ended after its result arrived, so that span bounds it
+from above. A worker reporting ``1/k`` of its real durations therefore
+still achieves at most what the origin saw. The span also holds the award's
+and the result's transit, the input fetch and any wait in the worker's
+queue; those only slow a sample down, as load does, and the best sample in
+the window decides.
+
 Bounds: ``score_check_window`` samples per worker; at most
 ``max_trust_entries`` workers (the one sampled longest ago is forgotten).
 Samples are clamped to [1/1000, 1000] so a zero duration cannot poison one.
@@ -53,6 +63,12 @@ class ScoreVerdict:
     """``1 / best``: how many times faster the claim is than the best run."""
     weight: float
     """Evidence weight of the over-claim (0: within tolerance, or too few samples)."""
+
+
+def observed_duration_ms(awarded_ms: int, result_ms: int) -> int:
+    """What the origin saw of a run: from sending the award to receiving the
+    result, on its own monotonic clock (never negative)."""
+    return max(0, result_ms - awarded_ms)
 
 
 class ScoreCheck:
