@@ -20,7 +20,7 @@ from meshd.core.identity import Identity
 from meshd.core.jobspec import JobSpec
 from meshd.core.node import Node
 from meshd.core.params import CoreParams
-from meshd.core.wire import Attestation, Receipt, ReceiptCosign, seal
+from meshd.core.wire import Attestation, Receipt, ReceiptCosign, ReceiptReversal, seal
 from meshd.testing.corenet import CoreNet, FakeWorker
 
 NOW = 5_000_000
@@ -102,7 +102,10 @@ def test_third_node_balances_equal_the_parties_ledgers() -> None:
         logged = [b for k, b in net.slots[w].log if k == "receipt_cosigned"]
         assert len(logged) == sum(1 for b in issued if b["worker"] == w)
     assert {r["job_id"] for r in view["receipts"]} == set(ids)
-    assert {"job_id", "worker", "origin", "credits", "ts_ms", "seq"} == set(view["receipts"][0])
+    assert {"job_id", "worker", "origin", "credits", "ts_ms", "seq", "reverses"} == set(
+        view["receipts"][0]
+    )
+    assert all(r["reverses"] is None for r in view["receipts"])  # no clawback here
 
 
 def test_credit_is_duration_times_rate_plus_bounty_share() -> None:
@@ -343,3 +346,51 @@ def test_receipts_the_log_holds_or_signed_since_the_start_raise_no_alarm() -> No
     fresh = Node(CoreParams(), ORIGIN, random.Random(3), NOW)  # never restored (a simulator node)
     gossip(fresh, cosigned(receipt(9)))
     assert fresh.counters["tail_lost"] == 0
+
+
+def reversal(receipt_seq: int, seq: int, worker: Identity = WORKER, ts: int = NOW) -> bytes:
+    rev = ReceiptReversal(job_id=JOB, worker=worker.peer_id, receipt_seq=receipt_seq, seq=seq)
+    return sealed(ORIGIN, rev, ts)
+
+
+def test_a_reversal_counts_once_against_its_receipt_whatever_the_order() -> None:
+    """CREDITS.md §7.6: a clawback takes back exactly its receipt's credits,
+    held uncounted until the receipt arrives; a second reversal of one receipt
+    takes nothing more; both orders end with the same balances."""
+    a, b = observer(), Node(CoreParams(), Identity.from_seed_int(69), random.Random(2), NOW)
+    kept = cosigned(receipt(1, credits=2.5))
+    other = cosigned(receipt(2, credits=0.75))
+    first, second = reversal(1, seq=5), reversal(1, seq=6)
+    for raw in (kept, other, first, second):
+        gossip(a, raw)
+    for raw in (second, first, other):
+        gossip(b, raw)
+    assert b.ledger.balances()[WORKER.peer_id]["earned"] == 0.75  # waiting: takes nothing yet
+    gossip(b, kept)
+    for node in (a, b):
+        view = node.ledger.balances()
+        assert view[WORKER.peer_id]["earned"] == 0.75
+        assert view[ORIGIN.peer_id]["spent"] == 0.75
+        assert abs(node.ledger.balance(WORKER.peer_id) - 0.75) < 1e-12
+        assert node.counters["reversals_applied"] == 1
+        counted = [e for e in node.ledger.entries.values() if e.reverses and e.credits]
+        assert [e.credits for e in counted] == [-2.5]
+        assert len(node.ledger.entries) == 4  # both reversals kept: the seqs sync
+    assert a.ledger.balances() == b.ledger.balances()
+
+
+def test_a_reversal_that_does_not_match_its_receipt_takes_nothing() -> None:
+    node = observer()
+    valid = receipt(1, credits=1.0).model_copy(update={"verdict": "valid"})
+    gossip(node, cosigned(valid))  # a replicated result is never audited
+    gossip(node, cosigned(receipt(2, credits=1.0)))
+    gossip(node, reversal(1, seq=7))
+    stranger = Identity.from_seed_int(73)
+    gossip(node, reversal(2, seq=8, worker=stranger))  # names another worker
+    gossip(node, reversal(4, seq=3))  # a receipt newer than the reversal
+    late = NOW + CoreParams().clawback_window_ms + 1
+    # stamped past the clawback window
+    node.step(GossipReceived(TOPIC_RECEIPTS, "12D3KooWrelay", reversal(2, seq=9, ts=late)), late)
+    assert node.counters["reversal_not_applied"] == 3
+    assert node.counters["rejected_reversal_mismatch"] == 1
+    assert node.ledger.balances()[WORKER.peer_id]["earned"] == 2.0

@@ -45,6 +45,17 @@ checks each exactly as a gossiped pair (:meth:`_take_cosign`, shared with
 exactly rounded sums (``math.fsum``), so nodes holding the same receipts
 agree to the bit whatever order they learned them in.
 
+*Clawback* (``reverse_receipt``, ``on_reversal``; CREDITS.md §7.6). When an
+audit retracts a result accepted unverified, the origin signs a
+:class:`ReceiptReversal` naming the receipt it paid for it (one more record
+of its sequence), logs and gossips it. Every node keeps it in the ledger
+under ``(origin, seq)`` like a receipt — so the same summaries and answers
+sync it — with ``credits = −receipt.credits`` once the receipt it names is
+in the ledger and matches (same worker and job, verdict ``unverified``,
+stamped within ``clawback_window_ms`` of the receipt), else 0. The amount is
+the receipt's, never the reversal's, so whichever of two reversals of one
+receipt a node saw first, balances agree.
+
 *Attestations.* For every replicated verdict the origin publishes one signed
 :class:`Attestation` per judged worker (``valid``/``invalid``); receivers fold
 them into reputation with the Sybil limits of ``trust.py``.
@@ -82,6 +93,7 @@ from .wire import (
     OriginSummary,
     Receipt,
     ReceiptCosign,
+    ReceiptReversal,
     Rejected,
 )
 
@@ -113,7 +125,12 @@ class LedgerEntry:
     ts_ms: int
     seq: int
     cosign: Any
-    """The worker's countersignature envelope (holds the origin's receipt)."""
+    """The worker's countersignature envelope (holds the origin's receipt), or
+    for a reversal the origin's ``receipt_reversal`` envelope."""
+    verdict: str = ""
+    """The receipt's verdict ("" for a reversal)."""
+    reverses: int = 0
+    """For a reversal: the seq of the receipt it takes back (0: a receipt)."""
 
 
 @dataclass
@@ -164,6 +181,14 @@ class Ledger:
         """The peer and origin range (after, through) of the last summary we sent."""
         if ctx.params.ledger_sync_interval_ms > 0:
             ctx.at(ctx.now_ms + ctx.params.ledger_sync_interval_ms, T_SYNC, None)
+        self._issued: OrderedDict[tuple[str, str], int] = OrderedDict()
+        """(job_id, worker) -> the seq of the newest receipt we issued for it
+        (what a clawback names; at most ``max_records_indexed``)."""
+        self._reversal_of: dict[tuple[str, int], int] = {}
+        """(origin, receipt seq) -> the seq of the reversal that counts for it."""
+        self._reversals_waiting: OrderedDict[tuple[str, int], int] = OrderedDict()
+        """(origin, receipt seq) -> the seq of a reversal kept uncounted until
+        that receipt reaches the ledger (at most ``max_reversals_waiting``)."""
         self._counted: OrderedDict[tuple[str, int], tuple[str, str, float]] = OrderedDict()
         """The ledger entries ``_balance`` counts, in ledger order (see :meth:`balance`)."""
         self._balance: dict[str, float] = {}
@@ -182,7 +207,11 @@ class Ledger:
 
     def gossip_handlers(self) -> dict[str, Callable[[Opened], None]]:
         """The gossip messages this role answers, by wire type."""
-        return {"receipt_cosign": self.on_cosign, "attestation": self.on_attestation}
+        return {
+            "receipt_cosign": self.on_cosign,
+            "attestation": self.on_attestation,
+            "receipt_reversal": self.on_reversal,
+        }
 
     # ------------------------------------------------------------ issuing
 
@@ -247,6 +276,7 @@ class Ledger:
         )
         raw = self.ctx.seal(receipt)
         self._index_record(self.ctx.peer_id, receipt, raw)
+        self._note_issued(job.job_id, run.worker, receipt.seq)
         self.ctx.append(
             "receipt",
             {
@@ -262,6 +292,42 @@ class Ledger:
         self.ctx.counters["receipts_issued"] += 1
         self._track_pending(receipt.seq, PendingReceipt(run.worker, job.job_id, raw))
         return receipt.credits
+
+    def _note_issued(self, job_id: str, worker: str, seq: int) -> None:
+        self._issued.pop((job_id, worker), None)
+        self._issued[(job_id, worker)] = seq
+        while len(self._issued) > self.ctx.params.max_records_indexed:
+            self._issued.popitem(last=False)
+
+    def reverse_receipt(self, job_id: str, worker: str) -> bool:
+        """Clawback (origin side, CREDITS.md §7.6): an audit retracted the
+        result ``worker`` was paid for on ``job_id``; sign, log, gossip and
+        ledger a reversal of that receipt. False if we know no such receipt."""
+        receipt_seq = self._issued.get((job_id, worker))
+        if receipt_seq is None or worker == self.ctx.peer_id:
+            self.ctx.counters["reversal_no_receipt"] += 1
+            return False
+        rev = ReceiptReversal(
+            job_id=job_id, worker=worker, receipt_seq=receipt_seq, seq=self._next_seq()
+        )
+        raw = self.ctx.seal(rev)
+        self.ctx.append(
+            "receipt_reversal",
+            {
+                "job_id": job_id,
+                "worker": worker,
+                "receipt_seq": receipt_seq,
+                "seq": rev.seq,
+                "envelope": raw,
+            },
+            key=b"reversal:%d" % rev.seq,
+        )
+        self.ctx.emit(Publish(TOPIC_RECEIPTS, raw))
+        self.ctx.counters["reversals_issued"] += 1
+        opened = self.ctx.codec.open(raw, self.ctx.params.max_message_bytes)
+        if not isinstance(opened, Rejected):
+            self._take_reversal(opened)
+        return True
 
     def run_credits(self, job: OriginJob, run: Run) -> float:
         """Delivered GFLOP priced at the worker's advertised rate, never above its bid."""
@@ -438,20 +504,111 @@ class Ledger:
         else:
             self.ctx.counters["attestations_ignored"] += 1
 
+    def on_reversal(self, msg: Opened) -> None:
+        """A gossiped clawback (the node checked the envelope and its signer)."""
+        self._take_reversal(msg)
+
+    def _take_reversal(self, msg: Opened, synced: bool = False, shown_by: str = "") -> bool:
+        """Check a ``receipt_reversal`` (seqs, the equivocation rule) and keep
+        it in the ledger under ``(origin, seq)``: counted against the receipt it
+        names if that is in the ledger and matches, else kept uncounted until
+        the receipt comes (CREDITS.md §7.6). The same for gossip, sync and our
+        own. True if it was new."""
+        v: ReceiptReversal = msg.body
+        origin, p = msg.sender, self.ctx.params
+        if v.seq < 1 or v.receipt_seq >= v.seq:
+            self.ctx.reject("reversal_mismatch", shown_by or origin, f"reversal {origin}/{v.seq}")
+            return False
+        if origin == self.ctx.peer_id and shown_by:
+            self._check_own_record(v.seq, shown_by)
+        if not self._index_record(origin, v, msg.raw):
+            return False
+        if (origin, v.seq) in self.entries:
+            self.ctx.counters["reversal_duplicate"] += 1
+            return False
+        if (
+            synced
+            and len(self.entries) >= p.max_ledger_receipts
+            and msg.ts_ms <= next(iter(self.entries.values())).ts_ms
+        ):
+            self.ctx.counters["ledger_sync_too_old"] += 1
+            return False
+        entry = LedgerEntry(
+            v.job_id, origin, v.worker, 0.0, msg.ts_ms, v.seq, msg.raw, reverses=v.receipt_seq
+        )
+        self._entry_add(entry, "reversals_ledgered")
+        target = (origin, v.receipt_seq)
+        if target in self.entries:
+            self._apply_reversal(entry)
+        elif target not in self._reversal_of:
+            self._reversals_waiting[target] = v.seq
+            while len(self._reversals_waiting) > p.max_reversals_waiting:
+                self._reversals_waiting.popitem(last=False)
+                self.ctx.counters["reversals_forgotten"] += 1
+        return True
+
+    def _apply_reversal(self, rev: LedgerEntry) -> None:
+        """Count ``rev`` against the receipt it names (both in the ledger) if it
+        matches and is the first to; else it stays at 0."""
+        target = (rev.origin, rev.reverses)
+        receipt = self.entries[target]
+        if target in self._reversal_of:
+            self.ctx.counters["reversal_duplicate"] += 1
+            return
+        if (
+            receipt.reverses
+            or receipt.worker != rev.worker
+            or receipt.job_id != rev.job_id
+            or receipt.verdict != "unverified"
+            or not 0 <= rev.ts_ms - receipt.ts_ms <= self.ctx.params.clawback_window_ms
+        ):
+            self.ctx.counters["reversal_not_applied"] += 1
+            return
+        self._reversal_of[target] = rev.seq
+        rev.credits = -receipt.credits
+        self._recount()
+        self.ctx.counters["reversals_applied"] += 1
+
     def _ledger_add(
         self, r: Receipt, ts_ms: int, cosign: Any, counter: str = "receipts_ledgered"
     ) -> None:
-        self.entries[(r.origin, r.seq)] = LedgerEntry(
-            r.job_id, r.origin, r.worker, r.credits, ts_ms, r.seq, cosign
+        self._entry_add(
+            LedgerEntry(
+                r.job_id, r.origin, r.worker, r.credits, ts_ms, r.seq, cosign, verdict=r.verdict
+            ),
+            counter,
         )
-        self._by_origin.setdefault(r.origin, set()).add(r.seq)
+        waiting = self._reversals_waiting.pop((r.origin, r.seq), None)
+        if waiting is not None and (r.origin, waiting) in self.entries:
+            self._apply_reversal(self.entries[(r.origin, waiting)])
+
+    def _entry_add(self, entry: LedgerEntry, counter: str) -> None:
+        """Add a receipt or reversal at the ledger's end; drop the oldest past
+        ``max_ledger_receipts`` (a dropped receipt takes its reversal's
+        count with it, so the pair leaves no trace in any balance)."""
+        self.entries[(entry.origin, entry.seq)] = entry
+        self._by_origin.setdefault(entry.origin, set()).add(entry.seq)
         while len(self.entries) > self.ctx.params.max_ledger_receipts:
-            (origin, seq), _ = self.entries.popitem(last=False)
+            (origin, seq), gone = self.entries.popitem(last=False)
             held = self._by_origin[origin]
             held.discard(seq)
             if not held:
                 del self._by_origin[origin]
+            if gone.reverses:
+                if self._reversal_of.get((origin, gone.reverses)) == seq:
+                    del self._reversal_of[(origin, gone.reverses)]
+                continue
+            rev_seq = self._reversal_of.pop((origin, seq), None)
+            rev = self.entries.get((origin, rev_seq)) if rev_seq is not None else None
+            if rev is not None:
+                rev.credits = 0.0
+                self._recount()
         self.ctx.counters[counter] += 1
+
+    def _recount(self) -> None:
+        """An entry's credits changed in place: :meth:`balance` counts afresh."""
+        self._counted.clear()
+        self._balance.clear()
 
     # ------------------------------------------------------------ anti-entropy (CREDITS.md §7.4)
 
@@ -574,7 +731,10 @@ class Ledger:
         added = 0
         for raw in delta.cosigns:
             opened = ctx.codec.open(raw, p.max_message_bytes)
-            if isinstance(opened, Rejected) or opened.type != "receipt_cosign":
+            if isinstance(opened, Rejected) or opened.type not in (
+                "receipt_cosign",
+                "receipt_reversal",
+            ):
                 ctx.reject(
                     "sync_bad_cosign",
                     msg.sender,
@@ -584,7 +744,10 @@ class Ledger:
             if ctx.trust.banned(opened.sender, ctx.now_ms):
                 ctx.reject("sync_banned_cosigner", msg.sender, opened.sender)
                 continue
-            if self._take_cosign(opened, synced=True):
+            if opened.type == "receipt_reversal":
+                if self._take_reversal(opened, synced=True, shown_by=msg.sender):
+                    added += 1
+            elif self._take_cosign(opened, synced=True):
                 added += 1
         ctx.counters["ledger_sync_receipts_added"] += added
         if not ours:
@@ -648,9 +811,11 @@ class Ledger:
 
         Cheap per record: envelopes are only kept (the newest ``max_records_indexed``)
         and opened once, in :meth:`resume`."""
-        if kind in ("receipt", "attestation"):
+        if kind in ("receipt", "attestation", "receipt_reversal"):
             self._record_seq = max(self._record_seq, int(body.get("seq", 0)))
-        if kind in ("receipt", "attestation", "receipt_cosigned"):
+        if kind == "receipt" and body.get("worker"):
+            self._note_issued(str(body.get("job_id", "")), body["worker"], int(body.get("seq", 0)))
+        if kind in ("receipt", "attestation", "receipt_cosigned", "receipt_reversal"):
             if self._restoring is None:
                 self._restoring = deque(maxlen=self.ctx.params.max_records_indexed)
             self._restoring.append((kind, body))
@@ -677,6 +842,9 @@ class Ledger:
             )
             if isinstance(opened, Rejected):
                 self.ctx.counters["restore_unreadable"] += 1
+                continue
+            if kind == "receipt_reversal":
+                self._take_reversal(opened)
                 continue
             issuer = opened.body.origin if kind == "receipt_cosigned" else self.ctx.peer_id
             if not self._index_record(issuer, opened.body, opened.raw):
@@ -775,6 +943,7 @@ class Ledger:
                 "credits": e.credits,
                 "ts_ms": e.ts_ms,
                 "seq": e.seq,
+                "reverses": e.reverses or None,
             }
             for e in sorted(self.entries.values(), key=lambda e: (e.ts_ms, e.origin, e.seq))
         ]

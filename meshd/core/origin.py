@@ -1585,8 +1585,9 @@ class Origin:
         )
 
     def _retract(self, job: OriginJob, audit: dict[str, Any]) -> None:
-        """An audit's majority overturned a result accepted unverified: log it;
-        the job's history and ``verification`` show it to the submitter."""
+        """An audit's majority overturned a result accepted unverified: log it
+        (the job's history and ``verification`` show it to the submitter) and
+        take back what the worker was paid for it (a receipt reversal)."""
         self.ctx.counters["results_retracted"] += 1
         if job.verdict is not None:
             job.verdict["retracted"] = audit["canonical"]
@@ -1599,6 +1600,7 @@ class Origin:
                 "canonical": job.canonical,
             },
         )
+        self.ledger.reverse_receipt(job.job_id, audit["worker"])
 
     @staticmethod
     def _exact(job: OriginJob) -> bool:

@@ -261,6 +261,15 @@ class CoreParams:
     """Equivocation proofs (pairs of conflicting signed records) kept in memory."""
     max_receipts_pending: int = 10_000
     """Receipts the origin still re-sends awaiting a countersignature."""
+    clawback_window_ms: int = 172_800_000
+    """A ``receipt_reversal`` (clawback, specs/CREDITS.md §7.6) counts only if
+    its envelope is stamped at most this long after the receipt it reverses:
+    ``audit_window_ms`` plus a day for the audit itself, so an origin can take
+    back pay only for results an audit could still retract."""
+    max_reversals_waiting: int = 1_024
+    """Reversals held, uncounted, until the receipt they name reaches the
+    ledger (oldest forgotten first; a forgotten one stays in the ledger and
+    never counts)."""
     ledger_sync_interval_ms: int = 30_000
     """Ledger anti-entropy (specs/CREDITS.md §7.4): how often a node sends a
     ``ledger_summary`` of its countersigned receipts to one live peer drawn at
