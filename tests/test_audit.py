@@ -241,7 +241,7 @@ def test_a_retracted_results_pay_is_clawed_back_on_every_ledger() -> None:
     assert all(
         b["worker"] == liar and b["receipt_seq"] == paid[b["job_id"]]["seq"] for b in reversals
     )
-    assert net.node(away).ledger.balance(liar) > 0  # it has not heard of them yet
+    assert net.node(away).ledger.balances()[liar]["earned"] > 0  # it has not heard of them yet
     net.heal()
 
     def agreed() -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import random
 
+from meshd.core.credits import Bond
 from meshd.core.events import TOPIC_RECEIPTS, Append, DirectReceived, GossipReceived, SetPeerScore
 from meshd.core.identity import Identity
 from meshd.core.jobspec import JobSpec
@@ -95,7 +96,8 @@ def test_third_node_balances_equal_the_parties_ledgers() -> None:
     assert view == origin.ledger.credits_view()
     by_peer = {b["peer_id"]: b for b in view["balances"]}
     assert by_peer[origin.peer_id]["spent"] == math.fsum(b["credits"] for b in issued)
-    assert abs(sum(b["balance"] for b in view["balances"])) < 1e-9
+    # Zero-sum, counting what bonds keep back (§7.7)
+    assert abs(sum(b["balance"] + b["held"] + b["forfeited"] for b in view["balances"])) < 1e-9
     for w in net.order[1:4]:
         mine = net.node(w).ledger.balances().get(w, {"earned": 0.0})
         assert mine["earned"] == by_peer.get(w, {"earned": 0.0})["earned"]
@@ -371,7 +373,10 @@ def test_a_reversal_counts_once_against_its_receipt_whatever_the_order() -> None
         view = node.ledger.balances()
         assert view[WORKER.peer_id]["earned"] == 0.75
         assert view[ORIGIN.peer_id]["spent"] == 0.75
-        assert abs(node.ledger.balance(WORKER.peer_id) - 0.75) < 1e-12
+        # A newcomer with a result retracted: what else it earned is forfeited (§7.7)
+        assert node.ledger.bond(WORKER.peer_id) == Bond("forfeited", None, 0.75)
+        assert view[WORKER.peer_id]["forfeited"] == 0.75 and view[WORKER.peer_id]["balance"] == 0.0
+        assert abs(node.ledger.balance(WORKER.peer_id)) < 1e-12
         assert node.counters["reversals_applied"] == 1
         counted = [e for e in node.ledger.entries.values() if e.reverses and e.credits]
         assert [e.credits for e in counted] == [-2.5]
@@ -394,3 +399,49 @@ def test_a_reversal_that_does_not_match_its_receipt_takes_nothing() -> None:
     assert node.counters["reversal_not_applied"] == 3
     assert node.counters["rejected_reversal_mismatch"] == 1
     assert node.ledger.balances()[WORKER.peer_id]["earned"] == 2.0
+
+
+def test_a_newcomers_bond_holds_its_earnings_until_enough_valid_receipts() -> None:
+    """CREDITS.md §7.7: earnings are held (in no balance) until the ledger holds
+    ``bond_valid_receipts`` valid receipts for the worker, then released."""
+    params = CoreParams(bond_valid_receipts=3)
+    a = Node(params, Identity.from_seed_int(70), random.Random(1), NOW)
+    b = Node(params, Identity.from_seed_int(69), random.Random(2), NOW)
+    unverified = [cosigned(receipt(seq, credits=1.0)) for seq in (1, 2)]
+    valid = [
+        cosigned(receipt(seq, credits=0.5).model_copy(update={"verdict": "valid"}))
+        for seq in (3, 4, 5)
+    ]
+    for raw in [*unverified, *valid[:2]]:
+        gossip(a, raw)
+    held = a.ledger.balances()[WORKER.peer_id]
+    assert (held["earned"], held["held"], held["balance"]) == (3.0, 3.0, 0.0)
+    assert a.ledger.balance(WORKER.peer_id) == 0.0
+    assert a.ledger.balances()[ORIGIN.peer_id]["spent"] == 3.0  # the origin paid
+    gossip(a, valid[2])  # the third valid receipt releases the bond
+    for raw in reversed([*unverified, *valid]):
+        gossip(b, raw)
+    for node in (a, b):
+        view = node.ledger.balances()[WORKER.peer_id]
+        assert (view["earned"], view["held"], view["balance"]) == (3.5, 0.0, 3.5)
+        assert node.ledger.bond(WORKER.peer_id).state == "released"
+    assert a.ledger.balances() == b.ledger.balances()
+
+
+def test_a_clawback_before_the_bond_is_released_forfeits_what_it_held() -> None:
+    """CREDITS.md §7.7: a counting reversal before the release forfeits what was
+    earned up to the release for good; what is earned after it counts."""
+    params = CoreParams(bond_valid_receipts=2)
+    node = Node(params, Identity.from_seed_int(70), random.Random(1), NOW)
+    gossip(node, cosigned(receipt(1, credits=1.0)))
+    gossip(node, cosigned(receipt(2, credits=2.0)))  # a lie, retracted below
+    gossip(node, reversal(2, seq=3))
+    for seq in (4, 5):  # the bond's valid receipts, after the conviction
+        gossip(node, cosigned(receipt(seq, credits=0.25).model_copy(update={"verdict": "valid"})))
+    gossip(node, cosigned(receipt(6, credits=4.0)))  # after the release point
+    view = node.ledger.balances()[WORKER.peer_id]
+    assert view["earned"] == 1.0 + 0.5 + 4.0  # net of the 2.0 clawed back
+    assert view["forfeited"] == 1.5 and view["held"] == 0.0
+    assert view["balance"] == 4.0
+    assert node.ledger.bond(WORKER.peer_id).state == "forfeited"
+    assert abs(node.ledger.balance(WORKER.peer_id) - 4.0) < 1e-12

@@ -56,6 +56,15 @@ stamped within ``clawback_window_ms`` of the receipt), else 0. The amount is
 the receipt's, never the reversal's, so whichever of two reversals of one
 receipt a node saw first, balances agree.
 
+*Bond* (``bond_of``; CREDITS.md §7.7). A newcomer's earnings are held —
+in no balance — until the ledger holds ``bond_valid_receipts`` receipts with
+verdict ``valid`` for it (results a replica confirmed); a counting reversal
+(a retracted result: the worker was convicted) before that forfeits them
+for good. A whitewashing liar, convicted before its bond is released, is
+thus never paid under any identity. Like every balance rule it is a
+function of the ledger's entries alone (ordered by ``(seq, origin)``), so
+nodes holding the same entries agree.
+
 *Attestations.* For every replicated verdict the origin publishes one signed
 :class:`Attestation` per judged worker (``valid``/``invalid``); receivers fold
 them into reputation with the Sybil limits of ``trust.py``.
@@ -133,6 +142,39 @@ class LedgerEntry:
     """For a reversal: the seq of the receipt it takes back (0: a receipt)."""
 
 
+@dataclass(frozen=True)
+class Bond:
+    """A worker's bond (CREDITS.md §7.7), as the ledger's entries say."""
+
+    state: Literal["released", "held", "forfeited"]
+    through: tuple[int, str] | None
+    """The ``(seq, origin)`` of the receipt that released it (None: not
+    released); entries up to it were earned in the bond period."""
+    withheld: float
+    """Credits kept out of the worker's balance: held or forfeited (0 once released)."""
+
+
+RELEASED = Bond("released", None, 0.0)
+
+
+def bond_of(worker: str, entries: list[LedgerEntry], needed: int) -> Bond:
+    """The bond of ``worker`` over its ledger ``entries`` (receipts and
+    reversals naming it): released at its ``needed``-th ``valid`` receipt in
+    ``(seq, origin)`` order, unless a counting reversal came first, which
+    forfeits what was earned up to the release; until then, all it earned
+    is held. ``needed`` 0: no bond."""
+    if needed <= 0 or not entries:
+        return RELEASED
+    ordered = sorted(entries, key=lambda e: (e.seq, e.origin))
+    valid = [e for e in ordered if not e.reverses and e.verdict == "valid" and e.worker == worker]
+    release = (valid[needed - 1].seq, valid[needed - 1].origin) if len(valid) >= needed else None
+    forfeit = next(((e.seq, e.origin) for e in ordered if e.reverses and e.credits < 0), None)
+    if release is not None and (forfeit is None or forfeit > release):
+        return Bond("released", release, 0.0)
+    period = [e.credits for e in ordered if release is None or (e.seq, e.origin) <= release]
+    return Bond("forfeited" if forfeit is not None else "held", release, math.fsum(period))
+
+
 @dataclass
 class PendingReceipt:
     worker: str
@@ -189,6 +231,10 @@ class Ledger:
         self._reversals_waiting: OrderedDict[tuple[str, int], int] = OrderedDict()
         """(origin, receipt seq) -> the seq of a reversal kept uncounted until
         that receipt reaches the ledger (at most ``max_reversals_waiting``)."""
+        self._by_worker: dict[str, set[tuple[str, int]]] = {}
+        """worker -> the keys of the ledger entries naming it (for its bond)."""
+        self._bonds: dict[str, Bond] = {}
+        """worker -> its bond, as last computed (dropped when its entries change)."""
         self._counted: OrderedDict[tuple[str, int], tuple[str, str, float]] = OrderedDict()
         """The ledger entries ``_balance`` counts, in ledger order (see :meth:`balance`)."""
         self._balance: dict[str, float] = {}
@@ -566,6 +612,7 @@ class Ledger:
             return
         self._reversal_of[target] = rev.seq
         rev.credits = -receipt.credits
+        self._bonds.pop(rev.worker, None)
         self._recount()
         self.ctx.counters["reversals_applied"] += 1
 
@@ -588,12 +635,19 @@ class Ledger:
         count with it, so the pair leaves no trace in any balance)."""
         self.entries[(entry.origin, entry.seq)] = entry
         self._by_origin.setdefault(entry.origin, set()).add(entry.seq)
+        self._by_worker.setdefault(entry.worker, set()).add((entry.origin, entry.seq))
+        self._bonds.pop(entry.worker, None)
         while len(self.entries) > self.ctx.params.max_ledger_receipts:
             (origin, seq), gone = self.entries.popitem(last=False)
             held = self._by_origin[origin]
             held.discard(seq)
             if not held:
                 del self._by_origin[origin]
+            named = self._by_worker[gone.worker]
+            named.discard((origin, seq))
+            if not named:
+                del self._by_worker[gone.worker]
+            self._bonds.pop(gone.worker, None)
             if gone.reverses:
                 if self._reversal_of.get((origin, gone.reverses)) == seq:
                     del self._reversal_of[(origin, gone.reverses)]
@@ -602,6 +656,7 @@ class Ledger:
             rev = self.entries.get((origin, rev_seq)) if rev_seq is not None else None
             if rev is not None:
                 rev.credits = 0.0
+                self._bonds.pop(rev.worker, None)
                 self._recount()
         self.ctx.counters[counter] += 1
 
@@ -876,8 +931,22 @@ class Ledger:
 
     # ------------------------------------------------------------ views
 
+    def bond(self, worker: str) -> Bond:
+        """``worker``'s bond over this node's ledger (CREDITS.md §7.7)."""
+        if self.ctx.params.bond_valid_receipts <= 0:
+            return RELEASED
+        found = self._bonds.get(worker)
+        if found is None:
+            mine = [e for k in self._by_worker.get(worker, ()) if (e := self.entries.get(k))]
+            found = bond_of(worker, mine, self.ctx.params.bond_valid_receipts)
+            self._bonds[worker] = found
+        return found
+
     def balances(self) -> dict[str, dict[str, float]]:
-        """peer -> {earned, spent, balance}, from countersigned receipts only.
+        """peer -> {earned, spent, held, forfeited, balance}, from countersigned
+        receipts and reversals only: ``earned`` is all the peer was paid (net
+        of clawbacks), ``held``/``forfeited`` the part of it its bond keeps
+        back (§7.7), ``balance = earned − held − forfeited − spent``.
 
         Sums are exactly rounded (``math.fsum``), so two nodes holding the same
         receipts get the same figures whatever order they learned them in."""
@@ -889,7 +958,14 @@ class Ledger:
         out: dict[str, dict[str, float]] = {}
         for peer in earned.keys() | spent.keys():
             got, paid = math.fsum(earned.get(peer, ())), math.fsum(spent.get(peer, ()))
-            out[peer] = {"earned": got, "spent": paid, "balance": math.fsum((got, -paid))}
+            bond = self.bond(peer)
+            out[peer] = {
+                "earned": got,
+                "spent": paid,
+                "held": bond.withheld if bond.state == "held" else 0.0,
+                "forfeited": bond.withheld if bond.state == "forfeited" else 0.0,
+                "balance": math.fsum((got, -paid, -bond.withheld)),
+            }
         return out
 
     def balance(self, peer: str) -> float:
@@ -927,14 +1003,11 @@ class Ledger:
                 counted[key] = (e.origin, e.worker, e.credits)
                 bal[e.worker] = bal.get(e.worker, 0.0) + e.credits
                 bal[e.origin] = bal.get(e.origin, 0.0) - e.credits
-        return bal.get(peer, 0.0)
+        return bal.get(peer, 0.0) - self.bond(peer).withheld
 
     def credits_view(self) -> dict[str, Any]:
         """The JSON shape of ``GET /v1/credits``."""
-        balances = [
-            {"peer_id": p, "balance": v["balance"], "earned": v["earned"], "spent": v["spent"]}
-            for p, v in sorted(self.balances().items())
-        ]
+        balances = [{"peer_id": p, **v} for p, v in sorted(self.balances().items())]
         receipts = [
             {
                 "job_id": e.job_id,

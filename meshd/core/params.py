@@ -266,6 +266,12 @@ class CoreParams:
     its envelope is stamped at most this long after the receipt it reverses:
     ``audit_window_ms`` plus a day for the audit itself, so an origin can take
     back pay only for results an audit could still retract."""
+    bond_valid_receipts: int = 20
+    """The bond against whitewashing (specs/CREDITS.md §7.7): a worker's
+    earnings are held, in no balance, until the ledger holds this many of its
+    receipts with verdict ``valid`` (results a replica confirmed); a clawback
+    (§7.6) before then forfeits them. Twice ``trust_after_valid``: a patient
+    liar, lying once trusted, is convicted long before. 0: no bond."""
     max_reversals_waiting: int = 1_024
     """Reversals held, uncounted, until the receipt they name reaches the
     ledger (oldest forgotten first; a forgotten one stays in the ledger and
