@@ -77,7 +77,7 @@ from .placement import (
     rank_bids,
 )
 from .rtt import PeerRtt
-from .scorecheck import ScoreCheck, observed_duration_ms
+from .scorecheck import ScoreCheck, judged_duration_ms, observed_duration_ms
 from .wire import (
     MAX_ATTEMPT,
     MAX_EXCLUDE,
@@ -1324,8 +1324,8 @@ class Origin:
         over-claim is logged and counts against its reputation, more the larger.
 
         The duration judged is the larger of the worker's report and what we
-        saw ourselves (``observed_duration_ms``), so a worker cannot look faster
-        than our own clock allows; a run whose result we did not see live (it
+        saw ourselves less ``score_check_slack_ms`` (``judged_duration_ms``),
+        so a worker cannot look faster than our own clock allows; a run whose result we did not see live (it
         came before a restart) is not judged."""
         flops = job.spec.estimated_flops
         reported_ms = int((run.result or {}).get("duration_ms", 0))
@@ -1333,7 +1333,10 @@ class Origin:
             return
         if run.result_ms is None:
             return
-        duration_ms = max(reported_ms, observed_duration_ms(run.awarded_ms, run.result_ms))
+        observed_ms = observed_duration_ms(run.awarded_ms, run.result_ms)
+        duration_ms = judged_duration_ms(
+            reported_ms, observed_ms, self.ctx.params.score_check_slack_ms
+        )
         if duration_ms <= 0:
             return
         achieved = flops / (duration_ms / 1000) / 1e9
@@ -1349,7 +1352,7 @@ class Origin:
                     "claimed_gflops": run.score_gflops,
                     "achieved_gflops": round(achieved, 3),
                     "reported_ms": reported_ms,
-                    "observed_ms": observed_duration_ms(run.awarded_ms, run.result_ms),
+                    "observed_ms": observed_ms,
                     "best_gflops": round(run.score_gflops * v.best, 3),
                     "ratio": round(v.gap, 2),
                     "samples": v.samples,

@@ -340,6 +340,12 @@ class CoreParams:
     """Accepted runs per worker the claimed-score cross-check looks back on."""
     score_check_min_samples: int = 5
     """Accepted runs a worker must have in that window before it can be judged."""
+    score_check_slack_ms: int = 2_000
+    """What the origin's own clock may hold beyond the run itself (the award's
+    and the result's transit, the input fetch, the container's start): the
+    duration judged is ``max(reported, award-to-result span − this)``
+    (specs/CREDITS.md §6), so a short job's fixed overheads do not read as a
+    slow worker; a worker under-reporting can hide at most this much a run."""
     overclaim_weight: float = 0.5
     """Reputation evidence weight of an over-claim per accepted run, times
     ``gap − 1`` (0.5 for a 2× over-claim), at most ``invalid_weight``."""
