@@ -261,3 +261,15 @@ def test_a_retracted_results_pay_is_clawed_back_on_every_ledger() -> None:
             b["credits"] for b in paid.values() if b["job_id"] in early_ids
         )
     assert net.node(away).counters["ledger_sync_receipts_added"] >= 3
+    # The origin's own reversals come back from its log at a restart and wait
+    # for their receipts (which it takes from no one while the liar stays
+    # banned there): every balance still agrees, the liar's earnings are 0.
+    net.restart(origin_id)
+    assert net.node(0).ledger.balances().get(liar, {"earned": 0.0})["earned"] == 0.0
+    assert net.run_until(
+        lambda: all(
+            net.node(p).ledger.balances() == net.node(0).ledger.balances() for p in net.order
+        ),
+        300_000,
+    )
+    assert len([e for e in net.node(0).ledger.entries.values() if e.reverses]) == 3

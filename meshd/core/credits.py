@@ -52,7 +52,8 @@ of its sequence), logs and gossips it. Every node keeps it in the ledger
 under ``(origin, seq)`` like a receipt — so the same summaries and answers
 sync it — with ``credits = −receipt.credits`` once the receipt it names is
 in the ledger and matches (same worker and job, verdict ``unverified``,
-stamped within ``clawback_window_ms`` of the receipt), else 0. The amount is
+signed within ``clawback_window_ms`` of the receipt by the origin's record
+sequence, which counts microseconds of its clock), else 0. The amount is
 the receipt's, never the reversal's, so whichever of two reversals of one
 receipt a node saw first, balances agree.
 
@@ -606,7 +607,7 @@ class Ledger:
             or receipt.worker != rev.worker
             or receipt.job_id != rev.job_id
             or receipt.verdict != "unverified"
-            or not 0 <= rev.ts_ms - receipt.ts_ms <= self.ctx.params.clawback_window_ms
+            or rev.seq - receipt.seq > self.ctx.params.clawback_window_ms * SEQ_PER_MS
         ):
             self.ctx.counters["reversal_not_applied"] += 1
             return

@@ -263,7 +263,8 @@ class CoreParams:
     """Receipts the origin still re-sends awaiting a countersignature."""
     clawback_window_ms: int = 172_800_000
     """A ``receipt_reversal`` (clawback, specs/CREDITS.md §7.6) counts only if
-    its envelope is stamped at most this long after the receipt it reverses:
+    its ``seq`` is at most this long (× 1,000 per ms, the record sequence's
+    clock) after that of the receipt it reverses:
     ``audit_window_ms`` plus a day for the audit itself, so an origin can take
     back pay only for results an audit could still retract."""
     bond_valid_receipts: int = 20
