@@ -337,6 +337,12 @@ def wait_panel(job: dict[str, Any]) -> Table:
 # ----------------------------------------------------------------- credits
 
 
+def _bond(b: dict[str, Any]) -> str:
+    """`` (H held)`` / `` (F forfeited)``: what the peer's bond keeps out of its
+    balance (specs/CREDITS.md §7.7); "" when nothing."""
+    return "".join(f" ({fmt_num(b.get(k))} {k})" for k in ("held", "forfeited") if b.get(k))
+
+
 def render_credits(data: dict[str, Any], console: Console) -> None:
     allowance = data.get("free_allowance")
     if allowance is not None:
@@ -355,7 +361,7 @@ def render_credits(data: dict[str, Any], console: Console) -> None:
         table.add_row(
             dash(b.get("peer_id")) + _over_allowance(b, allowance),
             fmt_num(b.get("balance")),
-            fmt_num(b.get("earned")) + _receipt_count(b.get("earned_receipts")),
+            fmt_num(b.get("earned")) + _receipt_count(b.get("earned_receipts")) + _bond(b),
             fmt_num(b.get("spent")) + _receipt_count(b.get("spent_receipts")),
             _counterparties(b.get("top_payers")),
             _counterparties(b.get("top_payees")),
@@ -376,7 +382,8 @@ def render_credits_peer(data: dict[str, Any], peer: str, console: Console) -> bo
     console.print(
         f"{pid}: balance {fmt_num(b.get('balance'))}{_over_allowance(b, allowance)} = "
         f"earned {fmt_num(b.get('earned'))}{_receipt_count(b.get('earned_receipts'))} − "
-        f"spent {fmt_num(b.get('spent'))}{_receipt_count(b.get('spent_receipts'))}"
+        + "".join(f"{k} {fmt_num(b.get(k))} − " for k in ("held", "forfeited") if b.get(k))
+        + f"spent {fmt_num(b.get('spent'))}{_receipt_count(b.get('spent_receipts'))}"
         + ("" if allowance is None else f"; free allowance {fmt_num(allowance)}")
     )
     receipts = [r for r in data.get("receipts") or [] if pid in (r.get("worker"), r.get("origin"))]

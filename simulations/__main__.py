@@ -61,6 +61,18 @@ def main(argv: list[str] | None = None) -> int:
         default="both",
         help="on: a convicted liar comes back at once under a new identity (whitewash)",
     )
+    c.add_argument(
+        "--bond",
+        type=int,
+        default=None,
+        help="bond_valid_receipts (default: CoreParams'; 0: no bond)",
+    )
+    c.add_argument(
+        "--hold-s",
+        type=float,
+        default=0.0,
+        help="what-if: a result is final only after standing this long unretracted",
+    )
     c.add_argument("--json", metavar="OUT")
     a = ap.parse_args(argv)
 
@@ -77,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
                 seed=a.seed,
                 audit=not a.no_audit,
                 rejoin=rejoin,
+                hold_ms=int(a.hold_s * 1000),
+                **({} if a.bond is None else {"bond": a.bond}),
             )
             table = curve(
                 shares=tuple(float(x) for x in a.shares.split(",")),

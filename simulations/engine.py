@@ -176,6 +176,7 @@ MSG_CODES = {
             "attestation",
             "ledger_summary",
             "ledger_delta",
+            "receipt_reversal",
         ]
     )
 }

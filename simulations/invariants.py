@@ -77,6 +77,8 @@ class Checker:
             self._on_finished(slot, body)
         elif kind == "job_audit":
             self._on_audit(body)
+        elif kind == "receipt_reversal":
+            pass  # a clawback takes a credit back; it grants none
         elif "credit" in kind or "receipt" in kind:
             self._on_credit(slot, kind, body)
 

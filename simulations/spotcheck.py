@@ -50,6 +50,18 @@ new identity (a whitewash): the liar share stays constant and every new
 identity pays the newcomer's verification again (``untrusted_replication``
 until ``trust_after_valid`` valid results).
 
+*Pay* (specs/CREDITS.md §7, §7.6, §7.7), from the same ``CoreParams``:
+every accepted result earns its worker one credit (an unreplicated one, and
+each result of a replica majority, audits' included); a retracted result's
+credit is clawed back; a worker's earnings are held by its bond until it
+has ``bond_valid_receipts`` valid results, and forfeited if one of its
+results is retracted before then. Reported per 10,000 jobs: the pay liars
+keep (released to their balance), what their bonds forfeited or still
+hold, and the share of honest pay still held at the end. The bond moves
+credits only: which results are wrong and which runs are made (overhead,
+wrong, standing) are the same with it or without it (``bond 0``); what it
+changes is what a liar identity is paid.
+
 Figures are over the whole run: the overhead includes verifying every
 stranger ``trust_after_valid`` times (1% of 10⁵ jobs on 100 workers) and every
 audit run; a wrong result counts against the job it was accepted for.
@@ -86,6 +98,12 @@ class SpotConfig:
     """Audit a convicted worker's unreplicated results (off: the what-if without)."""
     rejoin: bool = False
     """A convicted liar returns at once under a new identity."""
+    bond: int = CoreParams().bond_valid_receipts
+    """``bond_valid_receipts``: valid results before a worker's pay is released."""
+    hold_ms: int = 0
+    """What-if: an unreplicated result is *final* only once it has stood this
+    long unretracted (0: at once). ``final`` counts the wrong results that
+    became final: standing at the end, or retracted only after the hold."""
 
 
 @dataclass
@@ -100,6 +118,9 @@ class SpotResult:
     """Wrong results accepted, at any time."""
     retracted: int = 0
     """... of those, retracted by an audit before the end."""
+    wrong_final: int = 0
+    """... of those, the ones that stood ``hold_ms`` before any retraction
+    (all standing ones included)."""
     failed: int = 0
     trusted_primary: int = 0
     """Jobs whose primary was trusted when the decision was made."""
@@ -108,6 +129,10 @@ class SpotResult:
     convicted: int = 0
     """Liar identities convicted (over all jobs)."""
     honest_convicted: int = 0
+    liar_pay: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Liars' pay (credits, net of clawbacks) by bond state: kept, held, forfeited."""
+    honest_pay: dict[str, float] = dataclasses.field(default_factory=dict)
+    """The same for honest workers."""
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -116,6 +141,7 @@ class SpotResult:
             "wrong_per_10k": round(self.wrong_per_10k, 2),
             "retracted_per_10k": round(self.retracted_per_10k, 2),
             "standing_per_10k": round(self.standing_per_10k, 2),
+            "final_per_10k": round(self._per_10k(self.wrong_final), 2),
             "trusted_replication_rate": round(self.trusted_rate, 4),
             "wrong_accepted": self.wrong_accepted,
             "retracted": self.retracted,
@@ -123,7 +149,18 @@ class SpotResult:
             "failed": self.failed,
             "liars_convicted": self.convicted,
             "honest_convicted": self.honest_convicted,
+            "liar_pay_per_10k": {k: round(self._per_10k_f(v), 1) for k, v in self.liar_pay.items()},
+            "honest_held_share": round(self.honest_held_share, 4),
         }
+
+    def _per_10k_f(self, x: float) -> float:
+        return 10_000 * x / max(1, self.jobs)
+
+    @property
+    def honest_held_share(self) -> float:
+        """Share of honest workers' pay still held by their bonds at the end."""
+        total = sum(self.honest_pay.values())
+        return self.honest_pay.get("held", 0.0) / total if total else 0.0
 
     @property
     def overhead(self) -> float:
@@ -157,12 +194,58 @@ class SpotResult:
 
     @property
     def target_met(self) -> bool:
+        """The target judged on what stands at the end."""
         return self.standing_per_10k <= TARGET_WRONG_PER_10K and self.overhead <= TARGET_OVERHEAD
+
+    @property
+    def strict_target_met(self) -> bool:
+        """The target judged on every wrong result that became final (with no
+        hold: every one ever accepted, retracted ones included)."""
+        final = self._per_10k(self.wrong_final)
+        return final <= TARGET_WRONG_PER_10K and self.overhead <= TARGET_OVERHEAD
+
+
+class Purse:
+    """One worker's pay under the bond rule (specs/CREDITS.md §7.7): what it
+    earned in the bond period, after it, its valid results, and whether the
+    bond was released or forfeited."""
+
+    def __init__(self) -> None:
+        self.period = 0.0
+        self.after = 0.0
+        self.valid = 0
+        self.released = False
+        self.forfeited = False
+
+    def earn(self, credits: float, valid: bool, needed: int) -> None:
+        if self.released or (self.forfeited and self.valid >= needed):
+            self.after += credits
+        else:
+            self.period += credits
+        if valid:
+            self.valid += 1
+            if self.valid >= needed and not self.forfeited:
+                self.released = True
+
+    def claw_back(self, credits: float) -> None:
+        """A retracted result: its credit goes; before the release, the bond is forfeited."""
+        self.period -= credits
+        if not self.released:
+            self.forfeited = True
+
+    def split(self) -> dict[str, float]:
+        if self.released:
+            return {"kept": self.period + self.after, "held": 0.0, "forfeited": 0.0}
+        if self.forfeited:
+            return {"kept": self.after, "held": 0.0, "forfeited": self.period}
+        return {"kept": self.after, "held": self.period, "forfeited": 0.0}
 
 
 def simulate(cfg: SpotConfig) -> SpotResult:
     """One run of the model (see the module docstring)."""
-    params = dataclasses.replace(CoreParams(), replication_fraction=cfg.floor)
+    params = dataclasses.replace(
+        CoreParams(), replication_fraction=cfg.floor, bond_valid_receipts=cfg.bond
+    )
     trust = Trust(params)
     book = AuditBook(params)
     rng = random.Random(cfg.seed)
@@ -172,6 +255,8 @@ def simulate(cfg: SpotConfig) -> SpotResult:
     now = 1_000_000
     accepted: dict[str, tuple[str, bool]] = {}
     """Unreplicated accepted job -> (worker, its result was wrong), until audited."""
+    accepted_ms: dict[str, int] = {}
+    """... and when it was accepted (for ``hold_ms``)."""
 
     def lies(w: str) -> bool:
         if w not in liars:
@@ -179,6 +264,17 @@ def simulate(cfg: SpotConfig) -> SpotResult:
         if cfg.model == "patient" and not trust.trusted(w):
             return False
         return rng.random() < cfg.lie_rate
+
+    purses: dict[str, Purse] = {}
+
+    def purse(w: str) -> Purse:
+        found = purses.get(w)
+        if found is None:
+            found = purses[w] = Purse()
+        return found
+
+    def earn(w: str, valid: bool) -> None:
+        purse(w).earn(1.0, valid, params.bond_valid_receipts)
 
     standing: dict[str, tuple[bool, bool]] = {}
     """worker -> (banned, reputation ≥ 0), refreshed after each verdict on it
@@ -191,8 +287,10 @@ def simulate(cfg: SpotConfig) -> SpotResult:
         live = [w for w in names if not standing[w][0]]
         return [w for w in live if standing[w][1]] or live
 
-    def collect(results: list[tuple[str, bool]], pool: list[str]) -> bool:
-        """Run on workers from ``pool`` until two results agree; judge them all."""
+    def collect(results: list[tuple[str, bool]], pool: list[str], paid_from: int = 0) -> bool:
+        """Run on workers from ``pool`` until two results agree; judge them all
+        and pay the majority's results from ``paid_from`` on (an audit's accepted
+        result was paid when it was first accepted)."""
         others = [w for w in pool if all(w != r for r, _ in results)]
         rng.shuffle(others)
         while others and len(results) < params.max_disagreeing_results:
@@ -205,6 +303,9 @@ def simulate(cfg: SpotConfig) -> SpotResult:
             for w, lied in results:
                 trust.observe(w, "invalid" if lied else "valid", now)
                 refresh(w)
+            for w, lied in results[paid_from:]:
+                if not lied:
+                    earn(w, valid=True)
         return agreed
 
     def convictions(results: list[tuple[str, bool]]) -> None:
@@ -223,12 +324,15 @@ def simulate(cfg: SpotConfig) -> SpotResult:
                 refresh(fresh)
             for job in book.take(w, now) if cfg.audit else []:
                 worker, wrong = accepted.pop(job, (w, False))
+                since = accepted_ms.pop(job, now)
                 votes = [(worker, wrong)]
                 pool = [x for x in eligible() if x != worker]
-                collect(votes, pool)
+                collect(votes, pool, paid_from=1)
                 res.audit_runs += len(votes) - 1
                 if wrong and sum(1 for _, lied in votes if not lied) >= 2:
                     res.retracted += 1
+                    res.wrong_final += int(now - since >= cfg.hold_ms)
+                    purse(worker).claw_back(1.0)
                 todo += [x for x, lied in votes[1:] if lied and trust.convicted(x, now)]
 
     for j in range(cfg.jobs):
@@ -252,12 +356,19 @@ def simulate(cfg: SpotConfig) -> SpotResult:
             refresh(primary)
             book.note(primary, str(j), now)
             accepted[str(j)] = (primary, results[0][1])
+            accepted_ms[str(j)] = now
+            earn(primary, valid=False)
             res.wrong_accepted += int(results[0][1])
         res.jobs += 1
         res.runs += len(results)
         if was_trusted:
             res.trusted_primary += 1
             res.trusted_replicated += int(replicate)
+    res.wrong_final += res.standing
+    for w, p in purses.items():
+        into = res.liar_pay if w in liars else res.honest_pay
+        for k, v in p.split().items():
+            into[k] = into.get(k, 0.0) + v
     return res
 
 
@@ -281,26 +392,44 @@ def print_curve(results: list[SpotResult]) -> None:
         f"spot-check curve: {c0.model} liars, lie_rate {c0.lie_rate}, "
         f"audit {'on' if c0.audit else 'off'}, rejoin {'on' if c0.rejoin else 'off'}, "
         f"{c0.workers} workers, "
-        f"{c0.jobs} jobs, seed {c0.seed}"
+        f"{c0.jobs} jobs, seed {c0.seed}, bond {c0.bond} valid results, "
+        f"hold {c0.hold_ms / 1000:g} s ({c0.hold_ms // c0.job_interval_ms} jobs)"
     )
     print(
         f"target at 10% liars: ≤ {TARGET_WRONG_PER_10K:g} wrong result standing per 10,000 jobs "
-        f"with ≤ {TARGET_OVERHEAD:.0%} overhead (audit runs included); "
+        f"with ≤ {TARGET_OVERHEAD:.0%} overhead (audit runs included; target: standing at the "
+        f"end, strict: final); "
         f"* marks the default floor ({default:g})"
     )
-    print("per 10k jobs: wrong = accepted at any time, = retracted + standing at the end")
+    print(
+        "per 10k jobs: wrong = accepted at any time, = retracted + standing at the end; "
+        "final = wrong that stood the hold before any retraction (= wrong with no hold)"
+    )
+    print(
+        "pay (1 credit per accepted result, clawed back when retracted), per 10k jobs: "
+        "what liars keep, what their bonds forfeited or still hold; honest held: "
+        "share of honest pay still held at the end"
+    )
     print(
         f"{'liars':>6} {'floor':>7} {'overhead':>9} {'wrong':>7} {'retracted':>10} "
-        f"{'standing':>9} {'convicted':>10} {'honest conv.':>13} {'failed':>7} {'target':>7}"
+        f"{'standing':>9} {'final':>6} {'convicted':>10} {'honest conv.':>13} {'failed':>7}"
+        f" {'liar pay kept':>14} {'forfeit':>8} {'held':>6} {'honest held':>12}"
+        f" {'target':>7} {'strict':>7}"
     )
     for r in results:
         c = r.config
         mark = "*" if abs(c.floor - default) < 1e-12 else " "
-        target = ""
+        target = strict = ""
         if abs(c.liar_share - 0.10) < 1e-12:
             target = "met" if r.target_met else "missed"
+            strict = "met" if r.strict_target_met else "missed"
         print(
             f"{c.liar_share:>6.0%} {c.floor:>6.2f}{mark} {r.overhead:>9.3f} {r.wrong_per_10k:>7.1f} "
-            f"{r.retracted_per_10k:>10.1f} {r.standing_per_10k:>9.1f} {r.convicted:>10} "
-            f"{r.honest_convicted:>13} {r.failed:>7} {target:>7}"
+            f"{r.retracted_per_10k:>10.1f} {r.standing_per_10k:>9.1f} "
+            f"{r._per_10k(r.wrong_final):>6.1f} {r.convicted:>10} "
+            f"{r.honest_convicted:>13} {r.failed:>7}"
+            f" {r._per_10k_f(r.liar_pay.get('kept', 0.0)):>14.1f}"
+            f" {r._per_10k_f(r.liar_pay.get('forfeited', 0.0)):>8.1f}"
+            f" {r._per_10k_f(r.liar_pay.get('held', 0.0)):>6.1f}"
+            f" {r.honest_held_share:>11.1%} {target:>7} {strict:>7}"
         )

@@ -210,3 +210,66 @@ def test_mesh_job_shows_a_retracted_result() -> None:
     render_job(job, Console(file=out, width=200))
     text = out.getvalue()
     assert "RETRACTED by an audit: sha256:bad" in text and "audit: worker liar" in text
+
+
+def test_a_retracted_results_pay_is_clawed_back_on_every_ledger() -> None:
+    """specs/CREDITS.md §7.6: the origin signs a ``receipt_reversal`` for each
+    retracted result; every node counts it against the receipt, a node that was
+    cut off when it was gossiped gets it by anti-entropy, and all agree."""
+    net, liar, honest = _liar_net()
+    origin_id = net.order[0]
+    for h in honest:
+        net.cut(origin_id, h)
+    early_ids = [net.submit(0, spec(i)) for i in range(3)]
+    assert net.run_until(lambda: _settled(net, early_ids), 60_000)
+    net.heal()
+    for h in honest[1:]:
+        net.cut(origin_id, h)
+    check = net.submit(0, spec(99, replicas=2))
+    assert net.run_until(lambda: len(net.job(0, check).runs) >= 2, 30_000)
+    net.heal()
+    # The third honest node hears nothing while the audits retract and reverse.
+    away = honest[2]
+    for other in net.order:
+        if other != away:
+            net.cut(other, away)
+    assert net.run_until(lambda: net.node(0).counters["reversals_issued"] == 3, 240_000)
+    log = net.slots[origin_id].log
+    paid = {b["job_id"]: b for k, b in log if k == "receipt" and b["worker"] == liar}
+    reversals = [b for k, b in log if k == "receipt_reversal"]
+    assert sorted(b["job_id"] for b in reversals) == sorted(early_ids)
+    assert all(
+        b["worker"] == liar and b["receipt_seq"] == paid[b["job_id"]]["seq"] for b in reversals
+    )
+    assert net.node(away).ledger.balances()[liar]["earned"] > 0  # it has not heard of them yet
+    net.heal()
+
+    def agreed() -> bool:
+        views = [net.node(p).ledger.balances() for p in net.order]
+        return all(v == views[0] for v in views) and all(
+            net.node(p).counters["reversals_applied"] == 3 for p in net.order
+        )
+
+    assert net.run_until(agreed, 300_000)
+    for p in net.order:
+        ledger = net.node(p).ledger
+        # The liar earned only the three retracted results: nothing is left.
+        assert ledger.balances()[liar]["earned"] == 0.0
+        assert abs(ledger.balance(liar)) < 1e-9  # the running sum is not exactly rounded
+        reversed_entries = [e for e in ledger.entries.values() if e.reverses]
+        assert sorted(-e.credits for e in reversed_entries) == sorted(
+            b["credits"] for b in paid.values() if b["job_id"] in early_ids
+        )
+    assert net.node(away).counters["ledger_sync_receipts_added"] >= 3
+    # The origin's own reversals come back from its log at a restart and wait
+    # for their receipts (which it takes from no one while the liar stays
+    # banned there): every balance still agrees, the liar's earnings are 0.
+    net.restart(origin_id)
+    assert net.node(0).ledger.balances().get(liar, {"earned": 0.0})["earned"] == 0.0
+    assert net.run_until(
+        lambda: all(
+            net.node(p).ledger.balances() == net.node(0).ledger.balances() for p in net.order
+        ),
+        300_000,
+    )
+    assert len([e for e in net.node(0).ledger.entries.values() if e.reverses]) == 3

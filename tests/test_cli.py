@@ -141,9 +141,11 @@ CREDITS = {
         },
         {
             "peer_id": WORKER,
-            "balance": 12.5,
+            "balance": 10.0,
             "earned": 12.5,
             "spent": 0.0,
+            "held": 2.5,
+            "forfeited": 0.0,
             "earned_receipts": 2,
             "spent_receipts": 0,
             "top_payers": [{"peer_id": OTHER, "credits": 12.5, "receipts": 2}],
@@ -716,7 +718,8 @@ async def test_credits_shows_where_balances_come_from(daemon: FakeDaemon, data_d
     lines = out(proc).splitlines()
     assert "free allowance 10.00 credits" in lines[0]
     (worker_row,) = [ln for ln in lines if ln.lstrip().startswith(WORKER)]
-    assert "12.50 (2 receipts)" in worker_row  # earned, and the receipts behind it
+    assert "12.50 (2 receipts) (2.50 held)" in worker_row  # earned, the receipts, the bond
+    assert "forfeited" not in worker_row
     assert "12D3KooW…NASuq 12.50 (2)" in worker_row  # its top payer
     (other_row,) = [ln for ln in lines if ln.lstrip().startswith(OTHER)]
     assert "(over allowance)" in other_row and "12D3KooW…Ve2Xo 12.50 (2)" in other_row
@@ -732,6 +735,10 @@ async def test_credits_peer_drill_down(daemon: FakeDaemon, data_dir: Path) -> No
     (paid_to,) = [ln for ln in text.splitlines() if ln.lstrip().startswith("paid to")]
     assert WORKER in paid_to and "12.50" in paid_to and paid_to.rstrip().endswith("2")
     assert "receipts (2)" in text
+    proc = await mesh(data_dir, "credits", "--peer", WORKER)
+    assert out(proc).startswith(
+        f"{WORKER}: balance 10.00 = earned 12.50 (2 receipts) − held 2.50 − spent 0.00"
+    )
     proc = await mesh(data_dir, "credits", "--peer", WORKER, "--json")
     doc = json.loads(out(proc))
     assert doc["balance"]["earned_receipts"] == 2 and len(doc["receipts"]) == 2

@@ -15,12 +15,13 @@ from __future__ import annotations
 import math
 import random
 
+from meshd.core.credits import Bond
 from meshd.core.events import TOPIC_RECEIPTS, Append, DirectReceived, GossipReceived, SetPeerScore
 from meshd.core.identity import Identity
 from meshd.core.jobspec import JobSpec
 from meshd.core.node import Node
 from meshd.core.params import CoreParams
-from meshd.core.wire import Attestation, Receipt, ReceiptCosign, seal
+from meshd.core.wire import Attestation, Receipt, ReceiptCosign, ReceiptReversal, seal
 from meshd.testing.corenet import CoreNet, FakeWorker
 
 NOW = 5_000_000
@@ -95,14 +96,18 @@ def test_third_node_balances_equal_the_parties_ledgers() -> None:
     assert view == origin.ledger.credits_view()
     by_peer = {b["peer_id"]: b for b in view["balances"]}
     assert by_peer[origin.peer_id]["spent"] == math.fsum(b["credits"] for b in issued)
-    assert abs(sum(b["balance"] for b in view["balances"])) < 1e-9
+    # Zero-sum, counting what bonds keep back (§7.7)
+    assert abs(sum(b["balance"] + b["held"] + b["forfeited"] for b in view["balances"])) < 1e-9
     for w in net.order[1:4]:
         mine = net.node(w).ledger.balances().get(w, {"earned": 0.0})
         assert mine["earned"] == by_peer.get(w, {"earned": 0.0})["earned"]
         logged = [b for k, b in net.slots[w].log if k == "receipt_cosigned"]
         assert len(logged) == sum(1 for b in issued if b["worker"] == w)
     assert {r["job_id"] for r in view["receipts"]} == set(ids)
-    assert {"job_id", "worker", "origin", "credits", "ts_ms", "seq"} == set(view["receipts"][0])
+    assert {"job_id", "worker", "origin", "credits", "ts_ms", "seq", "reverses"} == set(
+        view["receipts"][0]
+    )
+    assert all(r["reverses"] is None for r in view["receipts"])  # no clawback here
 
 
 def test_credit_is_duration_times_rate_plus_bounty_share() -> None:
@@ -343,3 +348,99 @@ def test_receipts_the_log_holds_or_signed_since_the_start_raise_no_alarm() -> No
     fresh = Node(CoreParams(), ORIGIN, random.Random(3), NOW)  # never restored (a simulator node)
     gossip(fresh, cosigned(receipt(9)))
     assert fresh.counters["tail_lost"] == 0
+
+
+def reversal(receipt_seq: int, seq: int, worker: Identity = WORKER, ts: int = NOW) -> bytes:
+    rev = ReceiptReversal(job_id=JOB, worker=worker.peer_id, receipt_seq=receipt_seq, seq=seq)
+    return sealed(ORIGIN, rev, ts)
+
+
+def test_a_reversal_counts_once_against_its_receipt_whatever_the_order() -> None:
+    """CREDITS.md §7.6: a clawback takes back exactly its receipt's credits,
+    held uncounted until the receipt arrives; a second reversal of one receipt
+    takes nothing more; both orders end with the same balances."""
+    a, b = observer(), Node(CoreParams(), Identity.from_seed_int(69), random.Random(2), NOW)
+    kept = cosigned(receipt(1, credits=2.5))
+    other = cosigned(receipt(2, credits=0.75))
+    first, second = reversal(1, seq=5), reversal(1, seq=6)
+    for raw in (kept, other, first, second):
+        gossip(a, raw)
+    for raw in (second, first, other):
+        gossip(b, raw)
+    assert b.ledger.balances()[WORKER.peer_id]["earned"] == 0.75  # waiting: takes nothing yet
+    gossip(b, kept)
+    for node in (a, b):
+        view = node.ledger.balances()
+        assert view[WORKER.peer_id]["earned"] == 0.75
+        assert view[ORIGIN.peer_id]["spent"] == 0.75
+        # A newcomer with a result retracted: what else it earned is forfeited (§7.7)
+        assert node.ledger.bond(WORKER.peer_id) == Bond("forfeited", None, 0.75)
+        assert view[WORKER.peer_id]["forfeited"] == 0.75 and view[WORKER.peer_id]["balance"] == 0.0
+        assert abs(node.ledger.balance(WORKER.peer_id)) < 1e-12
+        assert node.counters["reversals_applied"] == 1
+        counted = [e for e in node.ledger.entries.values() if e.reverses and e.credits]
+        assert [e.credits for e in counted] == [-2.5]
+        assert len(node.ledger.entries) == 4  # both reversals kept: the seqs sync
+    assert a.ledger.balances() == b.ledger.balances()
+
+
+def test_a_reversal_that_does_not_match_its_receipt_takes_nothing() -> None:
+    node = observer()
+    valid = receipt(1, credits=1.0).model_copy(update={"verdict": "valid"})
+    gossip(node, cosigned(valid))  # a replicated result is never audited
+    gossip(node, cosigned(receipt(2, credits=1.0)))
+    gossip(node, reversal(1, seq=7))
+    stranger = Identity.from_seed_int(73)
+    gossip(node, reversal(2, seq=8, worker=stranger))  # names another worker
+    gossip(node, reversal(4, seq=3))  # a receipt newer than the reversal
+    late = 2 + CoreParams().clawback_window_ms * 1000 + 1  # signed past the clawback window
+    gossip(node, reversal(2, seq=late))
+    assert node.counters["reversal_not_applied"] == 3
+    assert node.counters["rejected_reversal_mismatch"] == 1
+    assert node.ledger.balances()[WORKER.peer_id]["earned"] == 2.0
+
+
+def test_a_newcomers_bond_holds_its_earnings_until_enough_valid_receipts() -> None:
+    """CREDITS.md §7.7: earnings are held (in no balance) until the ledger holds
+    ``bond_valid_receipts`` valid receipts for the worker, then released."""
+    params = CoreParams(bond_valid_receipts=3)
+    a = Node(params, Identity.from_seed_int(70), random.Random(1), NOW)
+    b = Node(params, Identity.from_seed_int(69), random.Random(2), NOW)
+    unverified = [cosigned(receipt(seq, credits=1.0)) for seq in (1, 2)]
+    valid = [
+        cosigned(receipt(seq, credits=0.5).model_copy(update={"verdict": "valid"}))
+        for seq in (3, 4, 5)
+    ]
+    for raw in [*unverified, *valid[:2]]:
+        gossip(a, raw)
+    held = a.ledger.balances()[WORKER.peer_id]
+    assert (held["earned"], held["held"], held["balance"]) == (3.0, 3.0, 0.0)
+    assert a.ledger.balance(WORKER.peer_id) == 0.0
+    assert a.ledger.balances()[ORIGIN.peer_id]["spent"] == 3.0  # the origin paid
+    gossip(a, valid[2])  # the third valid receipt releases the bond
+    for raw in reversed([*unverified, *valid]):
+        gossip(b, raw)
+    for node in (a, b):
+        view = node.ledger.balances()[WORKER.peer_id]
+        assert (view["earned"], view["held"], view["balance"]) == (3.5, 0.0, 3.5)
+        assert node.ledger.bond(WORKER.peer_id).state == "released"
+    assert a.ledger.balances() == b.ledger.balances()
+
+
+def test_a_clawback_before_the_bond_is_released_forfeits_what_it_held() -> None:
+    """CREDITS.md §7.7: a counting reversal before the release forfeits what was
+    earned up to the release for good; what is earned after it counts."""
+    params = CoreParams(bond_valid_receipts=2)
+    node = Node(params, Identity.from_seed_int(70), random.Random(1), NOW)
+    gossip(node, cosigned(receipt(1, credits=1.0)))
+    gossip(node, cosigned(receipt(2, credits=2.0)))  # a lie, retracted below
+    gossip(node, reversal(2, seq=3))
+    for seq in (4, 5):  # the bond's valid receipts, after the conviction
+        gossip(node, cosigned(receipt(seq, credits=0.25).model_copy(update={"verdict": "valid"})))
+    gossip(node, cosigned(receipt(6, credits=4.0)))  # after the release point
+    view = node.ledger.balances()[WORKER.peer_id]
+    assert view["earned"] == 1.0 + 0.5 + 4.0  # net of the 2.0 clawed back
+    assert view["forfeited"] == 1.5 and view["held"] == 0.0
+    assert view["balance"] == 4.0
+    assert node.ledger.bond(WORKER.peer_id).state == "forfeited"
+    assert abs(node.ledger.balance(WORKER.peer_id) - 4.0) < 1e-12

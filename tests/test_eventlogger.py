@@ -47,7 +47,8 @@ def test_records_become_lines_with_their_fields_as_json_fields() -> None:
 
 
 def test_an_audit_and_a_retracted_result_are_warnings() -> None:
-    """specs/CREDITS.md §4.1: job_audit and job_retracted records become lines."""
+    """specs/CREDITS.md §4.1, §7.6: job_audit, job_retracted and receipt_reversal
+    records become lines."""
     logger, stream = _capture()
     events = EventLogger(logger)
     worker = "12D3KooWliarliar"
@@ -56,11 +57,16 @@ def test_an_audit_and_a_retracted_result_are_warnings() -> None:
         "job_retracted",
         {"job_id": "j-2", "worker": worker, "retracted": "sha256:bad", "canonical": "sha256:ok"},
     )
+    events.record(
+        "receipt_reversal", {"job_id": "j-2", "worker": worker, "receipt_seq": 7, "seq": 9}
+    )
     lines = [json.loads(x) for x in stream.getvalue().splitlines()]
     assert [(x["event"], x["level"], x["worker"]) for x in lines] == [
         ("job_audit", "WARNING", worker),
         ("job_retracted", "WARNING", worker),
+        ("receipt_reversal", "WARNING", worker),
     ]
+    assert "taken back" in lines[2]["msg"] and "seq 7" in lines[2]["msg"]
     assert "audited" in lines[0]["msg"] and "RETRACTED" in lines[1]["msg"]
     assert "sha256:bad" in lines[1]["msg"] and "sha256:ok" in lines[1]["msg"]
 

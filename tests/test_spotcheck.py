@@ -100,3 +100,33 @@ def test_curve_command_marks_the_default_and_reports_both_liar_models(
         wrong, retracted, standing = (float(x) for x in r[3:6])
         assert wrong == pytest.approx(retracted + standing, abs=0.11)
     assert all(r[-1] in ("met", "missed") for r in rows if r[0] == "10%")
+
+
+def test_the_bond_takes_a_whitewashers_pay_and_changes_no_verdict() -> None:
+    """CREDITS.md §7.7 in the model: with the bond a liar identity keeps
+    (almost) nothing; without it, it keeps pay for its honest work; runs and
+    verdicts are the same either way (the bond moves credits only)."""
+    whitewash = dataclasses.replace(PATIENT, rejoin=True)
+    bonded = simulate(whitewash)
+    free = simulate(dataclasses.replace(whitewash, bond=0))
+    assert bonded.config.bond == CoreParams().bond_valid_receipts > 0
+    assert (bonded.runs, bonded.audit_runs, bonded.wrong_accepted, bonded.retracted) == (
+        free.runs,
+        free.audit_runs,
+        free.wrong_accepted,
+        free.retracted,
+    )
+    assert free.liar_pay["kept"] > 10 * PATIENT.workers  # paid for its honest work
+    assert bonded.liar_pay.get("kept", 0.0) < free.liar_pay["kept"] / 10
+    assert bonded.liar_pay["forfeited"] > 0
+    # What liars were paid is the same; the bond only decides whether it counts.
+    assert sum(bonded.liar_pay.values()) == pytest.approx(sum(free.liar_pay.values()))
+    assert bonded.honest_held_share < 0.05  # honest workers' bonds are released
+
+
+def test_a_hold_before_a_result_is_final_keeps_retracted_lies_from_becoming_final() -> None:
+    base = simulate(PATIENT)
+    held = simulate(dataclasses.replace(PATIENT, hold_ms=10**9))  # longer than the run
+    assert base.wrong_final == base.wrong_accepted > 0  # no hold: every lie was final
+    assert held.wrong_accepted == base.wrong_accepted
+    assert held.wrong_final == held.standing == 0  # all retracted within the hold

@@ -42,6 +42,11 @@ class Figures:
     when it is never banned."""
     lies_accepted: int = 0
     liar_credits_for_rejected: float = 0.0
+    """Net of clawbacks (CREDITS.md §7.6): a retracted result's pay is taken back."""
+    liar_earned: float = 0.0
+    """All the liar was paid, net of clawbacks, in the origin's ledger."""
+    liar_balance: float = 0.0
+    """... of which it can spend (its bond, CREDITS.md §7.7, holds or forfeited the rest)."""
     honest_flagged: int = 0
     wrong_outputs: int = 0
     failed: int = 0
@@ -167,6 +172,9 @@ def _collect(
             for e in origin.ledger.entries.values()
             if e.worker == liar_id and e.job_id in invalid_jobs
         )
+        mine = origin.ledger.balances().get(liar_id)
+        if mine is not None:
+            fig.liar_earned, fig.liar_balance = mine["earned"], mine["balance"]
 
 
 # ---------------------------------------------------------------- tests

@@ -40,6 +40,7 @@ from meshd.core.wire import (
     OriginSummary,
     Receipt,
     ReceiptCosign,
+    ReceiptReversal,
     Rejected,
     Result,
     ResultAck,
@@ -124,6 +125,7 @@ SAMPLES: list[Body] = [
         verdict="valid",
     ),
     Attestation(subject="12D3KooWb", job_id=JOB, outcome="invalid"),
+    ReceiptReversal(job_id=JOB, worker="12D3KooWb", receipt_seq=3, seq=4),
     ReceiptCosign(receipt=b"\x92\xc4\x01x\xc4\x01y"),
     LedgerSummary(
         after="",

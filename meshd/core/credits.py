@@ -45,6 +45,27 @@ checks each exactly as a gossiped pair (:meth:`_take_cosign`, shared with
 exactly rounded sums (``math.fsum``), so nodes holding the same receipts
 agree to the bit whatever order they learned them in.
 
+*Clawback* (``reverse_receipt``, ``on_reversal``; CREDITS.md §7.6). When an
+audit retracts a result accepted unverified, the origin signs a
+:class:`ReceiptReversal` naming the receipt it paid for it (one more record
+of its sequence), logs and gossips it. Every node keeps it in the ledger
+under ``(origin, seq)`` like a receipt — so the same summaries and answers
+sync it — with ``credits = −receipt.credits`` once the receipt it names is
+in the ledger and matches (same worker and job, verdict ``unverified``,
+signed within ``clawback_window_ms`` of the receipt by the origin's record
+sequence, which counts microseconds of its clock), else 0. The amount is
+the receipt's, never the reversal's, so whichever of two reversals of one
+receipt a node saw first, balances agree.
+
+*Bond* (``bond_of``; CREDITS.md §7.7). A newcomer's earnings are held —
+in no balance — until the ledger holds ``bond_valid_receipts`` receipts with
+verdict ``valid`` for it (results a replica confirmed); a counting reversal
+(a retracted result: the worker was convicted) before that forfeits them
+for good. A whitewashing liar, convicted before its bond is released, is
+thus never paid under any identity. Like every balance rule it is a
+function of the ledger's entries alone (ordered by ``(seq, origin)``), so
+nodes holding the same entries agree.
+
 *Attestations.* For every replicated verdict the origin publishes one signed
 :class:`Attestation` per judged worker (``valid``/``invalid``); receivers fold
 them into reputation with the Sybil limits of ``trust.py``.
@@ -82,6 +103,7 @@ from .wire import (
     OriginSummary,
     Receipt,
     ReceiptCosign,
+    ReceiptReversal,
     Rejected,
 )
 
@@ -113,7 +135,45 @@ class LedgerEntry:
     ts_ms: int
     seq: int
     cosign: Any
-    """The worker's countersignature envelope (holds the origin's receipt)."""
+    """The worker's countersignature envelope (holds the origin's receipt), or
+    for a reversal the origin's ``receipt_reversal`` envelope."""
+    verdict: str = ""
+    """The receipt's verdict ("" for a reversal)."""
+    reverses: int = 0
+    """For a reversal: the seq of the receipt it takes back (0: a receipt)."""
+
+
+@dataclass(frozen=True)
+class Bond:
+    """A worker's bond (CREDITS.md §7.7), as the ledger's entries say."""
+
+    state: Literal["released", "held", "forfeited"]
+    through: tuple[int, str] | None
+    """The ``(seq, origin)`` of the receipt that released it (None: not
+    released); entries up to it were earned in the bond period."""
+    withheld: float
+    """Credits kept out of the worker's balance: held or forfeited (0 once released)."""
+
+
+RELEASED = Bond("released", None, 0.0)
+
+
+def bond_of(worker: str, entries: list[LedgerEntry], needed: int) -> Bond:
+    """The bond of ``worker`` over its ledger ``entries`` (receipts and
+    reversals naming it): released at its ``needed``-th ``valid`` receipt in
+    ``(seq, origin)`` order, unless a counting reversal came first, which
+    forfeits what was earned up to the release; until then, all it earned
+    is held. ``needed`` 0: no bond."""
+    if needed <= 0 or not entries:
+        return RELEASED
+    ordered = sorted(entries, key=lambda e: (e.seq, e.origin))
+    valid = [e for e in ordered if not e.reverses and e.verdict == "valid" and e.worker == worker]
+    release = (valid[needed - 1].seq, valid[needed - 1].origin) if len(valid) >= needed else None
+    forfeit = next(((e.seq, e.origin) for e in ordered if e.reverses and e.credits < 0), None)
+    if release is not None and (forfeit is None or forfeit > release):
+        return Bond("released", release, 0.0)
+    period = [e.credits for e in ordered if release is None or (e.seq, e.origin) <= release]
+    return Bond("forfeited" if forfeit is not None else "held", release, math.fsum(period))
 
 
 @dataclass
@@ -164,6 +224,18 @@ class Ledger:
         """The peer and origin range (after, through) of the last summary we sent."""
         if ctx.params.ledger_sync_interval_ms > 0:
             ctx.at(ctx.now_ms + ctx.params.ledger_sync_interval_ms, T_SYNC, None)
+        self._issued: OrderedDict[tuple[str, str], int] = OrderedDict()
+        """(job_id, worker) -> the seq of the newest receipt we issued for it
+        (what a clawback names; at most ``max_records_indexed``)."""
+        self._reversal_of: dict[tuple[str, int], int] = {}
+        """(origin, receipt seq) -> the seq of the reversal that counts for it."""
+        self._reversals_waiting: OrderedDict[tuple[str, int], int] = OrderedDict()
+        """(origin, receipt seq) -> the seq of a reversal kept uncounted until
+        that receipt reaches the ledger (at most ``max_reversals_waiting``)."""
+        self._by_worker: dict[str, set[tuple[str, int]]] = {}
+        """worker -> the keys of the ledger entries naming it (for its bond)."""
+        self._bonds: dict[str, Bond] = {}
+        """worker -> its bond, as last computed (dropped when its entries change)."""
         self._counted: OrderedDict[tuple[str, int], tuple[str, str, float]] = OrderedDict()
         """The ledger entries ``_balance`` counts, in ledger order (see :meth:`balance`)."""
         self._balance: dict[str, float] = {}
@@ -182,7 +254,11 @@ class Ledger:
 
     def gossip_handlers(self) -> dict[str, Callable[[Opened], None]]:
         """The gossip messages this role answers, by wire type."""
-        return {"receipt_cosign": self.on_cosign, "attestation": self.on_attestation}
+        return {
+            "receipt_cosign": self.on_cosign,
+            "attestation": self.on_attestation,
+            "receipt_reversal": self.on_reversal,
+        }
 
     # ------------------------------------------------------------ issuing
 
@@ -247,6 +323,7 @@ class Ledger:
         )
         raw = self.ctx.seal(receipt)
         self._index_record(self.ctx.peer_id, receipt, raw)
+        self._note_issued(job.job_id, run.worker, receipt.seq)
         self.ctx.append(
             "receipt",
             {
@@ -262,6 +339,42 @@ class Ledger:
         self.ctx.counters["receipts_issued"] += 1
         self._track_pending(receipt.seq, PendingReceipt(run.worker, job.job_id, raw))
         return receipt.credits
+
+    def _note_issued(self, job_id: str, worker: str, seq: int) -> None:
+        self._issued.pop((job_id, worker), None)
+        self._issued[(job_id, worker)] = seq
+        while len(self._issued) > self.ctx.params.max_records_indexed:
+            self._issued.popitem(last=False)
+
+    def reverse_receipt(self, job_id: str, worker: str) -> bool:
+        """Clawback (origin side, CREDITS.md §7.6): an audit retracted the
+        result ``worker`` was paid for on ``job_id``; sign, log, gossip and
+        ledger a reversal of that receipt. False if we know no such receipt."""
+        receipt_seq = self._issued.get((job_id, worker))
+        if receipt_seq is None or worker == self.ctx.peer_id:
+            self.ctx.counters["reversal_no_receipt"] += 1
+            return False
+        rev = ReceiptReversal(
+            job_id=job_id, worker=worker, receipt_seq=receipt_seq, seq=self._next_seq()
+        )
+        raw = self.ctx.seal(rev)
+        self.ctx.append(
+            "receipt_reversal",
+            {
+                "job_id": job_id,
+                "worker": worker,
+                "receipt_seq": receipt_seq,
+                "seq": rev.seq,
+                "envelope": raw,
+            },
+            key=b"reversal:%d" % rev.seq,
+        )
+        self.ctx.emit(Publish(TOPIC_RECEIPTS, raw))
+        self.ctx.counters["reversals_issued"] += 1
+        opened = self.ctx.codec.open(raw, self.ctx.params.max_message_bytes)
+        if not isinstance(opened, Rejected):
+            self._take_reversal(opened)
+        return True
 
     def run_credits(self, job: OriginJob, run: Run) -> float:
         """Delivered GFLOP priced at the worker's advertised rate, never above its bid."""
@@ -438,20 +551,120 @@ class Ledger:
         else:
             self.ctx.counters["attestations_ignored"] += 1
 
+    def on_reversal(self, msg: Opened) -> None:
+        """A gossiped clawback (the node checked the envelope and its signer)."""
+        self._take_reversal(msg)
+
+    def _take_reversal(self, msg: Opened, synced: bool = False, shown_by: str = "") -> bool:
+        """Check a ``receipt_reversal`` (seqs, the equivocation rule) and keep
+        it in the ledger under ``(origin, seq)``: counted against the receipt it
+        names if that is in the ledger and matches, else kept uncounted until
+        the receipt comes (CREDITS.md §7.6). The same for gossip, sync and our
+        own. True if it was new."""
+        v: ReceiptReversal = msg.body
+        origin, p = msg.sender, self.ctx.params
+        if v.seq < 1 or v.receipt_seq >= v.seq:
+            self.ctx.reject("reversal_mismatch", shown_by or origin, f"reversal {origin}/{v.seq}")
+            return False
+        if origin == self.ctx.peer_id and shown_by:
+            self._check_own_record(v.seq, shown_by)
+        if not self._index_record(origin, v, msg.raw):
+            return False
+        if (origin, v.seq) in self.entries:
+            self.ctx.counters["reversal_duplicate"] += 1
+            return False
+        if (
+            synced
+            and len(self.entries) >= p.max_ledger_receipts
+            and msg.ts_ms <= next(iter(self.entries.values())).ts_ms
+        ):
+            self.ctx.counters["ledger_sync_too_old"] += 1
+            return False
+        entry = LedgerEntry(
+            v.job_id, origin, v.worker, 0.0, msg.ts_ms, v.seq, msg.raw, reverses=v.receipt_seq
+        )
+        self._entry_add(entry, "reversals_ledgered")
+        target = (origin, v.receipt_seq)
+        if target in self.entries:
+            self._apply_reversal(entry)
+        elif target not in self._reversal_of:
+            self._reversals_waiting[target] = v.seq
+            while len(self._reversals_waiting) > p.max_reversals_waiting:
+                self._reversals_waiting.popitem(last=False)
+                self.ctx.counters["reversals_forgotten"] += 1
+        return True
+
+    def _apply_reversal(self, rev: LedgerEntry) -> None:
+        """Count ``rev`` against the receipt it names (both in the ledger) if it
+        matches and is the first to; else it stays at 0."""
+        target = (rev.origin, rev.reverses)
+        receipt = self.entries[target]
+        if target in self._reversal_of:
+            self.ctx.counters["reversal_duplicate"] += 1
+            return
+        if (
+            receipt.reverses
+            or receipt.worker != rev.worker
+            or receipt.job_id != rev.job_id
+            or receipt.verdict != "unverified"
+            or rev.seq - receipt.seq > self.ctx.params.clawback_window_ms * SEQ_PER_MS
+        ):
+            self.ctx.counters["reversal_not_applied"] += 1
+            return
+        self._reversal_of[target] = rev.seq
+        rev.credits = -receipt.credits
+        self._bonds.pop(rev.worker, None)
+        self._recount()
+        self.ctx.counters["reversals_applied"] += 1
+
     def _ledger_add(
         self, r: Receipt, ts_ms: int, cosign: Any, counter: str = "receipts_ledgered"
     ) -> None:
-        self.entries[(r.origin, r.seq)] = LedgerEntry(
-            r.job_id, r.origin, r.worker, r.credits, ts_ms, r.seq, cosign
+        self._entry_add(
+            LedgerEntry(
+                r.job_id, r.origin, r.worker, r.credits, ts_ms, r.seq, cosign, verdict=r.verdict
+            ),
+            counter,
         )
-        self._by_origin.setdefault(r.origin, set()).add(r.seq)
+        waiting = self._reversals_waiting.pop((r.origin, r.seq), None)
+        if waiting is not None and (r.origin, waiting) in self.entries:
+            self._apply_reversal(self.entries[(r.origin, waiting)])
+
+    def _entry_add(self, entry: LedgerEntry, counter: str) -> None:
+        """Add a receipt or reversal at the ledger's end; drop the oldest past
+        ``max_ledger_receipts`` (a dropped receipt takes its reversal's
+        count with it, so the pair leaves no trace in any balance)."""
+        self.entries[(entry.origin, entry.seq)] = entry
+        self._by_origin.setdefault(entry.origin, set()).add(entry.seq)
+        self._by_worker.setdefault(entry.worker, set()).add((entry.origin, entry.seq))
+        self._bonds.pop(entry.worker, None)
         while len(self.entries) > self.ctx.params.max_ledger_receipts:
-            (origin, seq), _ = self.entries.popitem(last=False)
+            (origin, seq), gone = self.entries.popitem(last=False)
             held = self._by_origin[origin]
             held.discard(seq)
             if not held:
                 del self._by_origin[origin]
+            named = self._by_worker[gone.worker]
+            named.discard((origin, seq))
+            if not named:
+                del self._by_worker[gone.worker]
+            self._bonds.pop(gone.worker, None)
+            if gone.reverses:
+                if self._reversal_of.get((origin, gone.reverses)) == seq:
+                    del self._reversal_of[(origin, gone.reverses)]
+                continue
+            rev_seq = self._reversal_of.pop((origin, seq), None)
+            rev = self.entries.get((origin, rev_seq)) if rev_seq is not None else None
+            if rev is not None:
+                rev.credits = 0.0
+                self._bonds.pop(rev.worker, None)
+                self._recount()
         self.ctx.counters[counter] += 1
+
+    def _recount(self) -> None:
+        """An entry's credits changed in place: :meth:`balance` counts afresh."""
+        self._counted.clear()
+        self._balance.clear()
 
     # ------------------------------------------------------------ anti-entropy (CREDITS.md §7.4)
 
@@ -574,7 +787,10 @@ class Ledger:
         added = 0
         for raw in delta.cosigns:
             opened = ctx.codec.open(raw, p.max_message_bytes)
-            if isinstance(opened, Rejected) or opened.type != "receipt_cosign":
+            if isinstance(opened, Rejected) or opened.type not in (
+                "receipt_cosign",
+                "receipt_reversal",
+            ):
                 ctx.reject(
                     "sync_bad_cosign",
                     msg.sender,
@@ -584,7 +800,10 @@ class Ledger:
             if ctx.trust.banned(opened.sender, ctx.now_ms):
                 ctx.reject("sync_banned_cosigner", msg.sender, opened.sender)
                 continue
-            if self._take_cosign(opened, synced=True):
+            if opened.type == "receipt_reversal":
+                if self._take_reversal(opened, synced=True, shown_by=msg.sender):
+                    added += 1
+            elif self._take_cosign(opened, synced=True):
                 added += 1
         ctx.counters["ledger_sync_receipts_added"] += added
         if not ours:
@@ -648,9 +867,11 @@ class Ledger:
 
         Cheap per record: envelopes are only kept (the newest ``max_records_indexed``)
         and opened once, in :meth:`resume`."""
-        if kind in ("receipt", "attestation"):
+        if kind in ("receipt", "attestation", "receipt_reversal"):
             self._record_seq = max(self._record_seq, int(body.get("seq", 0)))
-        if kind in ("receipt", "attestation", "receipt_cosigned"):
+        if kind == "receipt" and body.get("worker"):
+            self._note_issued(str(body.get("job_id", "")), body["worker"], int(body.get("seq", 0)))
+        if kind in ("receipt", "attestation", "receipt_cosigned", "receipt_reversal"):
             if self._restoring is None:
                 self._restoring = deque(maxlen=self.ctx.params.max_records_indexed)
             self._restoring.append((kind, body))
@@ -677,6 +898,9 @@ class Ledger:
             )
             if isinstance(opened, Rejected):
                 self.ctx.counters["restore_unreadable"] += 1
+                continue
+            if kind == "receipt_reversal":
+                self._take_reversal(opened)
                 continue
             issuer = opened.body.origin if kind == "receipt_cosigned" else self.ctx.peer_id
             if not self._index_record(issuer, opened.body, opened.raw):
@@ -708,8 +932,22 @@ class Ledger:
 
     # ------------------------------------------------------------ views
 
+    def bond(self, worker: str) -> Bond:
+        """``worker``'s bond over this node's ledger (CREDITS.md §7.7)."""
+        if self.ctx.params.bond_valid_receipts <= 0:
+            return RELEASED
+        found = self._bonds.get(worker)
+        if found is None:
+            mine = [e for k in self._by_worker.get(worker, ()) if (e := self.entries.get(k))]
+            found = bond_of(worker, mine, self.ctx.params.bond_valid_receipts)
+            self._bonds[worker] = found
+        return found
+
     def balances(self) -> dict[str, dict[str, float]]:
-        """peer -> {earned, spent, balance}, from countersigned receipts only.
+        """peer -> {earned, spent, held, forfeited, balance}, from countersigned
+        receipts and reversals only: ``earned`` is all the peer was paid (net
+        of clawbacks), ``held``/``forfeited`` the part of it its bond keeps
+        back (§7.7), ``balance = earned − held − forfeited − spent``.
 
         Sums are exactly rounded (``math.fsum``), so two nodes holding the same
         receipts get the same figures whatever order they learned them in."""
@@ -721,7 +959,14 @@ class Ledger:
         out: dict[str, dict[str, float]] = {}
         for peer in earned.keys() | spent.keys():
             got, paid = math.fsum(earned.get(peer, ())), math.fsum(spent.get(peer, ()))
-            out[peer] = {"earned": got, "spent": paid, "balance": math.fsum((got, -paid))}
+            bond = self.bond(peer)
+            out[peer] = {
+                "earned": got,
+                "spent": paid,
+                "held": bond.withheld if bond.state == "held" else 0.0,
+                "forfeited": bond.withheld if bond.state == "forfeited" else 0.0,
+                "balance": math.fsum((got, -paid, -bond.withheld)),
+            }
         return out
 
     def balance(self, peer: str) -> float:
@@ -759,14 +1004,11 @@ class Ledger:
                 counted[key] = (e.origin, e.worker, e.credits)
                 bal[e.worker] = bal.get(e.worker, 0.0) + e.credits
                 bal[e.origin] = bal.get(e.origin, 0.0) - e.credits
-        return bal.get(peer, 0.0)
+        return bal.get(peer, 0.0) - self.bond(peer).withheld
 
     def credits_view(self) -> dict[str, Any]:
         """The JSON shape of ``GET /v1/credits``."""
-        balances = [
-            {"peer_id": p, "balance": v["balance"], "earned": v["earned"], "spent": v["spent"]}
-            for p, v in sorted(self.balances().items())
-        ]
+        balances = [{"peer_id": p, **v} for p, v in sorted(self.balances().items())]
         receipts = [
             {
                 "job_id": e.job_id,
@@ -775,6 +1017,7 @@ class Ledger:
                 "credits": e.credits,
                 "ts_ms": e.ts_ms,
                 "seq": e.seq,
+                "reverses": e.reverses or None,
             }
             for e in sorted(self.entries.values(), key=lambda e: (e.ts_ms, e.origin, e.seq))
         ]

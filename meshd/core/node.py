@@ -96,7 +96,7 @@ class WireCodec:
 GOSSIP_TYPES = {
     TOPIC_ADVERTS: {"advert"},
     TOPIC_OFFERS: {"offer"},
-    TOPIC_RECEIPTS: {"receipt_cosign", "attestation"},
+    TOPIC_RECEIPTS: {"receipt_cosign", "attestation", "receipt_reversal"},
 }
 DIRECT_TYPES = {
     "bid",

@@ -77,7 +77,7 @@ from .placement import (
     rank_bids,
 )
 from .rtt import PeerRtt
-from .scorecheck import ScoreCheck
+from .scorecheck import ScoreCheck, judged_duration_ms, observed_duration_ms
 from .wire import (
     MAX_ATTEMPT,
     MAX_EXCLUDE,
@@ -118,6 +118,10 @@ class Run:
     fetched: bool = False
     awarded_ms: int = 0
     """When the award was sent (its acknowledgement is a round-trip sample)."""
+    result_ms: int | None = None
+    """When its result reached us (None: not seen live, e.g. restored from the
+    log). ``result_ms − awarded_ms`` bounds the run's duration from above on
+    our own clock (``_check_claimed_score``)."""
     ack_timeout_ms: int = 0
     """The peer's award time-out when the award was sent (§10.2)."""
     timed_out: bool = False
@@ -1275,6 +1279,7 @@ class Origin:
         job, run = found  # type: ignore[misc]
         self._set_run_state(job, run, "result")
         run.result = b.model_dump(mode="json")
+        run.result_ms = self.ctx.now_ms
         self.ctx.append("run_result", {"job_id": job.job_id, "worker": run.worker, **run.result})
         self._fetch_log(job, run)
         if b.status == "succeeded":
@@ -1316,10 +1321,23 @@ class Origin:
         """Cross-check the score an accepted run's worker bid with (its measured,
         advertised GFLOPS) against what it achieved on a job of known size
         (scorecheck.py: the best of its recent runs, beyond a tolerance); an
-        over-claim is logged and counts against its reputation, more the larger."""
+        over-claim is logged and counts against its reputation, more the larger.
+
+        The duration judged is the larger of the worker's report and what we
+        saw ourselves less ``score_check_slack_ms`` (``judged_duration_ms``),
+        so a worker cannot look faster than our own clock allows; a run whose result we did not see live (it
+        came before a restart) is not judged."""
         flops = job.spec.estimated_flops
-        duration_ms = int((run.result or {}).get("duration_ms", 0))
-        if run.worker == self.ctx.peer_id or not flops or duration_ms <= 0 or run.score_gflops <= 0:
+        reported_ms = int((run.result or {}).get("duration_ms", 0))
+        if run.worker == self.ctx.peer_id or not flops or run.score_gflops <= 0:
+            return
+        if run.result_ms is None:
+            return
+        observed_ms = observed_duration_ms(run.awarded_ms, run.result_ms)
+        duration_ms = judged_duration_ms(
+            reported_ms, observed_ms, self.ctx.params.score_check_slack_ms
+        )
+        if duration_ms <= 0:
             return
         achieved = flops / (duration_ms / 1000) / 1e9
         v = self.scores.sample(run.worker, run.score_gflops, achieved)
@@ -1333,6 +1351,8 @@ class Origin:
                     "worker": run.worker,
                     "claimed_gflops": run.score_gflops,
                     "achieved_gflops": round(achieved, 3),
+                    "reported_ms": reported_ms,
+                    "observed_ms": observed_ms,
                     "best_gflops": round(run.score_gflops * v.best, 3),
                     "ratio": round(v.gap, 2),
                     "samples": v.samples,
@@ -1568,8 +1588,9 @@ class Origin:
         )
 
     def _retract(self, job: OriginJob, audit: dict[str, Any]) -> None:
-        """An audit's majority overturned a result accepted unverified: log it;
-        the job's history and ``verification`` show it to the submitter."""
+        """An audit's majority overturned a result accepted unverified: log it
+        (the job's history and ``verification`` show it to the submitter) and
+        take back what the worker was paid for it (a receipt reversal)."""
         self.ctx.counters["results_retracted"] += 1
         if job.verdict is not None:
             job.verdict["retracted"] = audit["canonical"]
@@ -1582,6 +1603,7 @@ class Origin:
                 "canonical": job.canonical,
             },
         )
+        self.ledger.reverse_receipt(job.job_id, audit["worker"])
 
     @staticmethod
     def _exact(job: OriginJob) -> bool:

@@ -265,6 +265,22 @@ class CoreParams:
     """Equivocation proofs (pairs of conflicting signed records) kept in memory."""
     max_receipts_pending: int = 10_000
     """Receipts the origin still re-sends awaiting a countersignature."""
+    clawback_window_ms: int = 172_800_000
+    """A ``receipt_reversal`` (clawback, specs/CREDITS.md §7.6) counts only if
+    its ``seq`` is at most this long (× 1,000 per ms, the record sequence's
+    clock) after that of the receipt it reverses:
+    ``audit_window_ms`` plus a day for the audit itself, so an origin can take
+    back pay only for results an audit could still retract."""
+    bond_valid_receipts: int = 20
+    """The bond against whitewashing (specs/CREDITS.md §7.7): a worker's
+    earnings are held, in no balance, until the ledger holds this many of its
+    receipts with verdict ``valid`` (results a replica confirmed); a clawback
+    (§7.6) before then forfeits them. Twice ``trust_after_valid``: a patient
+    liar, lying once trusted, is convicted long before. 0: no bond."""
+    max_reversals_waiting: int = 1_024
+    """Reversals held, uncounted, until the receipt they name reaches the
+    ledger (oldest forgotten first; a forgotten one stays in the ledger and
+    never counts)."""
     ledger_sync_interval_ms: int = 30_000
     """Ledger anti-entropy (specs/CREDITS.md §7.4): how often a node sends a
     ``ledger_summary`` of its countersigned receipts to one live peer drawn at
@@ -329,6 +345,12 @@ class CoreParams:
     """Accepted runs per worker the claimed-score cross-check looks back on."""
     score_check_min_samples: int = 5
     """Accepted runs a worker must have in that window before it can be judged."""
+    score_check_slack_ms: int = 2_000
+    """What the origin's own clock may hold beyond the run itself (the award's
+    and the result's transit, the input fetch, the container's start): the
+    duration judged is ``max(reported, award-to-result span − this)``
+    (specs/CREDITS.md §6), so a short job's fixed overheads do not read as a
+    slow worker; a worker under-reporting can hide at most this much a run."""
     overclaim_weight: float = 0.5
     """Reputation evidence weight of an over-claim per accepted run, times
     ``gap − 1`` (0.5 for a 2× over-claim), at most ``invalid_weight``."""

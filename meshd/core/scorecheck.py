@@ -29,6 +29,20 @@ run nets ``completed_weight − 0.5 = −0.4``), 9.5 for 20×. The worker's own
 verdicts decide nothing else: its results still count, it is only ranked
 lower (and banned if its reputation falls below ``ban_reputation``).
 
+*Whose clock.* The duration is :func:`judged_duration_ms`: the larger of
+the worker's report and :func:`observed_duration_ms` less
+``score_check_slack_ms``. The observed span runs from sending the award to
+receiving the result on the origin's own clock: the run cannot have started
+before the award left nor ended after its result arrived, so it bounds the
+run from above. The span also holds the award's and the result's transit,
+the input fetch, the container's start and any wait in the worker's queue;
+the slack allows for the usual share of those (so a short job's overheads
+do not read as a slow worker), and what exceeds it only slows a sample
+down, as load does — the best sample in the window decides. A worker
+reporting ``1/k`` of its real durations therefore achieves, to the check,
+at most ``flops / (real − slack)``: on runs much longer than the slack its
+gap stays about ``k``.
+
 Bounds: ``score_check_window`` samples per worker; at most
 ``max_trust_entries`` workers (the one sampled longest ago is forgotten).
 Samples are clamped to [1/1000, 1000] so a zero duration cannot poison one.
@@ -53,6 +67,19 @@ class ScoreVerdict:
     """``1 / best``: how many times faster the claim is than the best run."""
     weight: float
     """Evidence weight of the over-claim (0: within tolerance, or too few samples)."""
+
+
+def observed_duration_ms(awarded_ms: int, result_ms: int) -> int:
+    """What the origin saw of a run: from sending the award to receiving the
+    result, on its own monotonic clock (never negative)."""
+    return max(0, result_ms - awarded_ms)
+
+
+def judged_duration_ms(reported_ms: int, observed_ms: int, slack_ms: int) -> int:
+    """The duration a run is judged by: the worker's report, or what the
+    origin saw less ``score_check_slack_ms`` (its fixed overheads) if that is
+    longer. A worker cannot look faster than that."""
+    return max(reported_ms, observed_ms - slack_ms)
 
 
 class ScoreCheck:

@@ -362,6 +362,20 @@ class Attestation(Body):
     seq: Annotated[int, Field(ge=0, le=MAX_INT)] = 0
 
 
+class ReceiptReversal(Body):
+    """Clawback: the origin takes back the receipt ``receipt_seq`` it issued to
+    ``worker`` for ``job_id``, because an audit retracted the result it paid
+    for (specs/CREDITS.md §7.6). Signed by the origin; ``seq`` is its record
+    sequence number (shared with its receipts and attestations). Gossiped on
+    the receipts topic and synced with the ledger like a countersigned receipt."""
+
+    job_id: JobId
+    worker: PeerId
+    receipt_seq: Annotated[int, Field(ge=1, le=MAX_INT)]
+    reason: Literal["retracted"] = "retracted"
+    seq: Annotated[int, Field(ge=0, le=MAX_INT)] = 0
+
+
 MAX_SYNC_ORIGINS = 1_024
 """Origins a ``ledger_summary`` may carry on the wire (a node sends at most
 ``ledger_sync_max_origins`` and refuses more)."""
@@ -397,8 +411,8 @@ class LedgerSummary(Body):
 
 
 class LedgerDelta(Body):
-    """Ledger anti-entropy, answering (direct): countersignature envelopes
-    (``receipt_cosign``, exact bytes) the asker may lack; when cut short,
+    """Ledger anti-entropy, answering (direct): ledger envelopes (a
+    ``receipt_cosign`` or a ``receipt_reversal``, exact bytes) the asker may lack; when cut short,
     where to go on from (``resume_origin``, from its ``resume_seq``)."""
 
     cosigns: Annotated[
@@ -424,6 +438,7 @@ BODY_TYPES: dict[str, type[Body]] = {
     "receipt": Receipt,
     "receipt_cosign": ReceiptCosign,
     "attestation": Attestation,
+    "receipt_reversal": ReceiptReversal,
     "ledger_summary": LedgerSummary,
     "ledger_delta": LedgerDelta,
 }
@@ -590,6 +605,7 @@ Message = (
     | Receipt
     | ReceiptCosign
     | Attestation
+    | ReceiptReversal
     | LedgerSummary
     | LedgerDelta
 )

@@ -118,6 +118,13 @@ _EVENTS: dict[str, tuple[int, Callable[[dict[str, Any]], str]]] = {
             f"{str(b.get('canonical'))[:19]})"
         ),
     ),
+    "receipt_reversal": (
+        logging.WARNING,
+        lambda b: (
+            f"job {b.get('job_id')}: pay for the retracted result of {_short(b.get('worker'))} "
+            f"taken back (reversal of receipt seq {b.get('receipt_seq')})"
+        ),
+    ),
     "score_mismatch": (
         logging.WARNING,
         lambda b: f"peer {_short(b.get('worker'))} claims a faster score than it achieves",

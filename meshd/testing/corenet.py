@@ -113,6 +113,9 @@ class FakeWorker:
     be fetched; None: they arrive."""
     writes_log: bool = False
     """Every run reports a stored log (``ExecutionFinished.log_digest``)."""
+    reported_share: float = 1.0
+    """The share of each run's real duration it reports in its result (a
+    worker that lies about its speed reports less)."""
 
 
 @dataclass
@@ -365,8 +368,8 @@ class CoreNet:
             status,
             None if timed_out else code,
             f"exit code {code}" if status == "failed" else "",
-            duration,
-            duration,
+            int(duration * w.reported_share),
+            int(duration * w.reported_share),
             1 << 20,
             digest if status == "succeeded" else None,
             1024,

@@ -86,7 +86,12 @@ def main() -> int:
             print(f"  liar results in the whole run: {fmt([f.liar_results_total for f in figs])}")
             print(f"  lies accepted: {fmt([f.lies_accepted for f in figs])}")
             print(
-                f"  credits for rejected work: {sum(f.liar_credits_for_rejected for f in figs):g}"
+                "  credits for rejected work (net of clawbacks): "
+                f"{sum(f.liar_credits_for_rejected for f in figs):.4g}"
+            )
+            print(
+                f"  liar paid in all: {sum(f.liar_earned for f in figs):.4g}, of which "
+                f"spendable (its bond released): {sum(f.liar_balance for f in figs):.4g}"
             )
         honest_flagged = sum(f.honest_flagged for f in figs)
         print(f"  honest workers flagged: {honest_flagged}")
