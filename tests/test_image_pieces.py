@@ -8,7 +8,10 @@ worker's ``docker load`` receives exactly the archive's bytes while a holder
 serves a tampered piece (refused on arrival, counted, asked of the origin
 instead, the job's image loaded with its pinned id); with only that holder
 the image is refused (``image_refused_digest``), the engine received only
-the checked pieces before the bad one, nothing is loaded, nothing is kept.
+the checked pieces before the bad one, nothing is loaded, nothing is kept;
+an archive whose pieces check but whose image is not the pinned one is
+loaded, refused by the id check after it (``image_refused_image_id``) and
+removed again.
 """
 
 from __future__ import annotations
@@ -30,9 +33,9 @@ from meshd.exec.health_image import find_static_busybox
 from meshd.net import MeshHost
 from meshd.runtime.images import ImageCache, ImageRefused
 from meshd.runtime.jobio import bare
-from meshd.runtime.transfer import BlobTransfer
+from meshd.runtime.transfer import BlobTransfer, PieceHasher
 from meshd.store.blobs import BlobStore
-from meshd.testing.images import LoadRecorder, import_marker_image
+from meshd.testing.images import LoadRecorder, import_marker_image, tamper_archive
 from meshd.testing.nethosts import FAST, blob_transfer, make_host, wait_until
 
 pytestmark = pytest.mark.docker
@@ -140,6 +143,28 @@ async def test_a_tampered_piece_never_reaches_the_engine(
             )
             assert ex.image_id(name) is None
             assert list(cache.blobs.digests()) == [] and cache.archives() == ()
+
+            # an origin pinning the right id with pieces of another image's
+            # archive (its config changed): the pieces pass, the load happens,
+            # the id check after it refuses, and what was loaded is removed
+            other = tamper_archive(archive, "config")
+            hasher = PieceHasher(PIECE)
+            hasher.update(other)
+            liar = BlobStore(tmp_path / "liar" / "blobs")
+            lied = ImageBlob(
+                id=blob.id,
+                digest="sha256:" + liar.put(other),
+                size=len(other),
+                pieces="sha256:" + liar.put(hasher.piece_list()),
+                piece_bytes=PIECE,
+            )
+            _serve(o_host, liar)
+            cache, rec, fetcher = await worker("w3")
+            with pytest.raises(ImageRefused) as refused:
+                await cache.ensure(o_host.peer_id, spec.model_copy(update={"image_blob": lied}))
+            assert refused.value.code == "image_id" and bytes(rec.received) == other
+            assert ex.image_id(name) is None and ex.image_id(blob.id) is None
+            assert list(cache.blobs.digests()) == []
     finally:
         try:
             docker_api.remove_image(name, force=True)

@@ -399,6 +399,9 @@ class ImageCache:
         sees the end of the archive only after its whole sha256 is checked.
         Then the archive's image id and what was loaded are checked."""
         pieces = await self._fetch_pieces(sources, blob)
+        ex = self.executor
+        had = await trio.to_thread.run_sync(ex.image_id, blob.id)  # under another name
+        named = await trio.to_thread.run_sync(ex.image_id, image)  # another id under the name
         feed = _LoadFeed(self.load_buffer_pieces)
         loaded: list[BaseException] = []
 
@@ -426,9 +429,18 @@ class ImageCache:
                 raise fetched
             await trio.to_thread.run_sync(self._check_loaded, image, blob)
         except BaseException:
-            with trio.CancelScope(shield=True):  # nothing unchecked stays loaded
-                await trio.to_thread.run_sync(self.executor.remove_image, blob.id)
+            with trio.CancelScope(shield=True):  # nothing refused stays loaded
+                await trio.to_thread.run_sync(self._unload, image, blob.id, {had, named})
             raise
+
+    def _unload(self, image: str, pinned: str, before: set[str | None]) -> None:
+        """Remove what a refused load left: the pinned id and what the job's
+        name names now, unless the engine had them before. Blocking."""
+        for image_id in {pinned, self.executor.image_id(image)} - before - {None}:
+            assert image_id is not None
+            why = self.executor.remove_image(image_id)
+            if why is not None:
+                log.warning("could not remove refused image %s: %s", image_id, why)
 
     def _load_stream(self, feed: _LoadFeed) -> None:
         """``docker load`` of the bytes ``feed`` yields. Blocking."""
