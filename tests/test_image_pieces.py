@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 import trio
 
+from meshd.api.client import ApiClient, ApiHttpError
 from meshd.core.events import BLOB_PROTOCOL
 from meshd.core.jobspec import ImageBlob, JobSpec
 from meshd.exec.health_image import find_static_busybox
@@ -35,10 +36,9 @@ from meshd.runtime.images import ImageCache, ImageRefused
 from meshd.runtime.jobio import bare
 from meshd.runtime.transfer import BlobTransfer, PieceHasher
 from meshd.store.blobs import BlobStore
+from meshd.testing.cluster import Cluster
 from meshd.testing.images import LoadRecorder, import_marker_image, tamper_archive
 from meshd.testing.nethosts import FAST, blob_transfer, make_host, wait_until
-
-pytestmark = pytest.mark.docker
 
 PIECE = 64 << 10
 
@@ -84,6 +84,7 @@ def _plant(blobs: BlobStore, digest: str, data: bytes) -> None:
     path.write_bytes(data)
 
 
+@pytest.mark.docker
 async def test_a_tampered_piece_never_reaches_the_engine(
     make_docker_executor: Any, docker_api: Any, tmp_path: Path
 ) -> None:
@@ -179,3 +180,23 @@ def test_a_piece_list_comes_with_its_piece_size() -> None:
     with pytest.raises(ValueError):
         ImageBlob(id=d, digest=d, size=10, pieces=d, piece_bytes=1024)  # under 64 KiB
     assert ImageBlob(id=d, digest=d, size=10, pieces=d, piece_bytes=PIECE).piece_bytes == PIECE
+
+
+async def test_a_descriptor_naming_a_piece_list_not_on_the_node_is_refused_in_one_line(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    async with Cluster.started(nursery, tmp_path, 1) as c:
+        client = ApiClient.from_data_dir(c.members[0].data_dir)
+        up = await trio.to_thread.run_sync(client.upload_blob, b"an archive")
+        missing = "sha256:" + "9a" * 32
+        image_blob = {"id": "sha256:" + "ab" * 32, "digest": up["digest"], "size": up["size"]}
+        spec = {"image": "example/job:1", "command": ["true"], "timeout_s": 30}
+        pieced = {**image_blob, "pieces": missing, "piece_bytes": PIECE}
+        with pytest.raises(ApiHttpError) as err:
+            await trio.to_thread.run_sync(
+                lambda: client.submit({**spec, "image_blob": pieced}, queue=True)
+            )
+        assert (err.value.status, err.value.code) == (400, "missing_input")
+        assert err.value.message == (
+            f"image_blob.pieces: blob {missing} is not on this node; upload it first"
+        )
