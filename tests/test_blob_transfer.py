@@ -5,6 +5,7 @@ refused over a bound, and carried on by another holder when one dies."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,7 +18,13 @@ import trio
 
 from meshd.core.events import BLOB_PROTOCOL
 from meshd.net import MeshHost, NetError, NetParams
-from meshd.runtime.transfer import BlobTransfer, encode_blob_request
+from meshd.runtime.transfer import (
+    BadPiece,
+    BlobTransfer,
+    PieceHasher,
+    Pieces,
+    encode_blob_request,
+)
 from meshd.store.blobs import BlobCorruptError, BlobLimitError, BlobStore
 from meshd.testing.nethosts import LINE, make_host
 
@@ -137,6 +144,78 @@ async def test_a_range_whose_bytes_were_altered_fails_the_whole_check(tmp_path: 
             f.write(bytes([data[6 * CHUNK + 5] ^ 1]))
         with pytest.raises(BlobCorruptError, match="expected"):
             await fetch.fetch_from(a.host.peer_id, "sha256:" + digest)
+    assert _leftovers(fetch) == []
+
+
+def _pieces(data: bytes, piece_bytes: int = CHUNK) -> Pieces:
+    h = PieceHasher(piece_bytes)
+    h.update(data)
+    return Pieces.parse(h.piece_list(), len(data), piece_bytes)
+
+
+def _flip(blobs: BlobStore, digest: str, offset: int) -> None:
+    """Change one byte of a stored blob in place (a holder serving bad bytes)."""
+    path = blobs.path_of(digest)
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 1]))
+
+
+def test_a_piece_list_has_one_hash_per_piece_and_nothing_else() -> None:
+    data = os.urandom(3 * CHUNK + 7)
+    got = _pieces(data)
+    assert len(got.hashes) == 4 and got.hashes[3] == hashlib.sha256(data[3 * CHUNK :]).digest()
+    fed = PieceHasher(CHUNK)  # fed in uneven chunks: the same list
+    for i in range(0, len(data), 1000):
+        fed.update(data[i : i + 1000])
+    assert fed.piece_list() == b"".join(got.hashes)
+    with pytest.raises(ValueError, match="does not fit"):
+        Pieces.parse(fed.piece_list()[:-1], len(data), CHUNK)
+    with pytest.raises(ValueError, match="does not fit"):
+        Pieces.parse(fed.piece_list(), len(data) + CHUNK, CHUNK)
+
+
+async def test_a_bad_piece_is_refused_on_arrival_and_asked_of_another_holder(
+    tmp_path: Path,
+) -> None:
+    """A holder serving one altered range: the range is refused before its
+    bytes go on (``on_data`` only ever sees the blob's own bytes, in order),
+    the holder is asked nothing more, and the other holder serves the rest."""
+    data = os.urandom(20 * CHUNK + 99)
+    async with mesh(tmp_path, 2) as ([bad, good], fetch):
+        digest = good.blobs.put(data)
+        assert bad.blobs.put(data) == digest
+        _flip(bad.blobs, digest, 3 * CHUNK + 5)  # piece 3: asked of `bad` first (odd)
+        seen = bytearray()
+        await fetch.fetch_from(
+            [good.host.peer_id, bad.host.peer_id],
+            "sha256:" + digest,
+            pieces=_pieces(data),
+            on_data=seen.extend,
+        )
+        assert fetch.blobs.get(digest) == data and bytes(seen) == data
+        assert fetch.metrics.blob_pieces_refused._value.get() == 1
+        asked_of_bad = bad.served
+        assert 1 <= asked_of_bad <= IN_FLIGHT + 1  # pieces 1, 3... in flight then none
+        assert good.served == 21 - (asked_of_bad - 1)
+
+
+async def test_with_only_a_bad_holder_the_fetch_fails_before_the_bad_bytes(
+    tmp_path: Path,
+) -> None:
+    data = os.urandom(12 * CHUNK)
+    async with mesh(tmp_path, 1) as ([bad], fetch):
+        digest = bad.blobs.put(data)
+        _flip(bad.blobs, digest, 5 * CHUNK)
+        seen = bytearray()
+        with pytest.raises(BadPiece, match="piece 5"):
+            await fetch.fetch_from(
+                bad.host.peer_id, "sha256:" + digest, pieces=_pieces(data), on_data=seen.extend
+            )
+        assert bytes(seen) == data[: 5 * CHUNK]  # what went on is the checked prefix
     assert _leftovers(fetch) == []
 
 

@@ -20,6 +20,7 @@ IMAGE = "example/job:1"
 IMAGE_ID = "sha256:" + "ab" * 32
 OTHER_ID = "sha256:" + "cd" * 32
 BLOB = "sha256:" + "ef" * 32
+PIECES = "sha256:" + "9a" * 32
 MiB = 1024 * 1024
 
 
@@ -156,7 +157,11 @@ def test_on_a_core_mesh_workers_without_the_image_take_the_job_and_only_they_may
     assert net.job(0, stuck).state in ("queued", "offered") and not net.job(0, stuck).runs
 
     travelling = spec.model_copy(
-        update={"image_blob": ImageBlob(id=IMAGE_ID, digest=BLOB, size=5 * MiB)}
+        update={
+            "image_blob": ImageBlob(
+                id=IMAGE_ID, digest=BLOB, size=5 * MiB, pieces=PIECES, piece_bytes=MiB
+            )
+        }
     )
     job_id = net.submit(0, travelling)
     live: dict[str, bool] = {}
@@ -164,14 +169,16 @@ def test_on_a_core_mesh_workers_without_the_image_take_the_job_and_only_they_may
     def running() -> bool:
         runs = [r for r in net.job(0, job_id).runs.values() if r.state == "active"]
         if runs:
-            live["worker"] = all(origin.may_serve_blob(r.worker, BLOB) for r in runs)
-            live["bystander"] = origin.may_serve_blob(net.order[3], BLOB)
+            live["worker"] = all(
+                origin.may_serve_blob(r.worker, d) for r in runs for d in (BLOB, PIECES)
+            )
+            live["bystander"] = any(origin.may_serve_blob(net.order[3], d) for d in (BLOB, PIECES))
         return bool(runs)
 
     assert net.run_until(running)
     assert live == {"worker": True, "bystander": False}
     assert net.run_until(lambda: net.job(0, job_id).state == "succeeded")
-    assert not any(origin.may_serve_blob(p, BLOB) for p in net.order[1:])
+    assert not any(origin.may_serve_blob(p, d) for p in net.order[1:] for d in (BLOB, PIECES))
 
 
 def test_a_peer_advertising_the_archive_is_named_as_a_holder_and_serves_anyone() -> None:
@@ -179,13 +186,18 @@ def test_a_peer_advertising_the_archive_is_named_as_a_holder_and_serves_anyone()
 
     bare = FakeWorker(caps=default_caps(images=()))
     # Holds the archive (it ran the job before); cold, so it runs nothing now.
-    holder = FakeWorker(caps=default_caps(images=(), image_archives=(BLOB,)), healthy=False)
+    holder = FakeWorker(
+        caps=default_caps(images=(), image_archives=(BLOB,), image_pieces=(PIECES,)),
+        healthy=False,
+    )
     net = CoreNet(4, workers=[bare, holder, bare, bare])
     net.run_for(3_000)  # adverts
     origin, kept = net.node(0), net.node(1)
     assert origin.ctx.peers.get(net.order[1]).advert.image_archives == [BLOB]
-    # It serves its archive to any peer, nothing else it was not entitled to.
-    assert all(kept.may_serve_blob(p, BLOB) for p in net.order if p != net.order[1])
+    # It serves its archive and the archive's piece list (not advertised) to
+    # any peer, nothing else it was not entitled to.
+    others = [p for p in net.order if p != net.order[1]]
+    assert all(kept.may_serve_blob(p, d) for p in others for d in (BLOB, PIECES))
     assert not kept.may_serve_blob(net.order[2], "sha256:" + "11" * 32)
 
     spec = parse_job_spec(

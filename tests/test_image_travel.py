@@ -14,8 +14,9 @@ private engine that starts with no image at all. Checked:
   refused by the workers — counted ``image_refused_image_id``, logged — and
   never loaded;
 - any peer that has the image serves it: a worker that loaded it keeps the
-  archive and advertises it, and a second worker fetches it from that
-  worker while the origin no longer has it (specs/PROTOCOL.md §5.1).
+  archive (and its piece list) and advertises it, and a second worker
+  fetches both from that worker while the origin no longer has them
+  (specs/PROTOCOL.md §5.1).
 
 Skipped with the reason when not root, without dockerd, or without the
 first engine (like the other Docker tests).
@@ -222,7 +223,7 @@ def test_a_worker_that_loaded_an_image_serves_it_when_the_origin_no_longer_has_i
             assert blob["id"] == image_id
             # W1 keeps the archive and says so in its advert.
             kept = json.loads((w1.data_dir / "images.json").read_text())["images"][image_id]
-            assert kept["archive"] == blob["digest"]
+            assert kept["archive"] == blob["digest"] and kept["pieces"] == blob["pieces"]
             assert BlobStore(w1.data_dir / "blobs").has(blob["digest"].removeprefix("sha256:"))
 
             # The first engine loses the image; W2 joins on it.
@@ -237,10 +238,10 @@ def test_a_worker_that_loaded_an_image_serves_it_when_the_origin_no_longer_has_i
 
             spec2 = {**spec, "image_blob": blob, "estimated_flops": 1e9, "max_budget": 1.0}
             job2 = origin.client().submit(spec2)["job_id"]
-            # Before any bid window closes: the origin no longer has the archive.
-            assert BlobStore(origin.data_dir / "blobs").delete(
-                blob["digest"].removeprefix("sha256:")
-            )
+            # Before any bid window closes: the origin no longer has the archive
+            # (nor its piece list).
+            for d in (blob["digest"], blob["pieces"]):
+                assert BlobStore(origin.data_dir / "blobs").delete(d.removeprefix("sha256:"))
             view = _wait_job(origin, job2, 180)
             assert view["state"] == "succeeded", (
                 view.get("reason"),
@@ -250,7 +251,7 @@ def test_a_worker_that_loaded_an_image_serves_it_when_the_origin_no_longer_has_i
             assert _marker(origin, job2) == token
             assert docker_api.inspect_image(name)["Id"] == image_id
             ranges = -(-blob["size"] // (4 << 20))  # blob_chunk_bytes
-            assert _served(w1) - served_before[0] >= ranges
+            assert _served(w1) - served_before[0] >= ranges + 1  # and the piece list
             assert _served(origin) == served_before[1]  # it had nothing to serve
             stop_all(procs)  # before the second engine stops
             procs = []

@@ -192,6 +192,8 @@ async def test_the_archives_of_loaded_images_are_kept_within_their_bound_to_be_s
     cache = _cache(ex, tmp_path, archives_max_bytes=int(size * 1.5), on_archives=on_archives)
     specs = [await cache.attach(_spec(n)) for n in names]
     digests = [s.image_blob.digest for s in specs]  # type: ignore[union-attr]
+    pieces = [s.image_blob.pieces for s in specs]  # type: ignore[union-attr]
+    assert all(p is not None for p in pieces)
     for n in names:
         docker_api.remove_image(n, force=True)
     exported = dict(cache._exported)
@@ -199,11 +201,14 @@ async def test_the_archives_of_loaded_images_are_kept_within_their_bound_to_be_s
 
     await cache.ensure("origin", specs[0], ("holder",))
     assert cache.archives() == (digests[0],)
-    assert cache.pinned() == {digests[0].removeprefix("sha256:")}
+    # its piece list is kept and served with it, not advertised
+    assert cache.piece_lists() == (pieces[0],)
+    assert cache.pinned() == {d.removeprefix("sha256:") for d in (digests[0], pieces[0])}  # type: ignore[union-attr]
     await cache.ensure("origin", specs[1])
     # over the bound: the older image's archive goes, the image stays
     assert cache.archives() == (digests[1],) and changed == [(digests[0],), (digests[1],)]
     assert not cache.blobs.has(digests[0].removeprefix("sha256:"))
+    assert not cache.blobs.has(pieces[0].removeprefix("sha256:"))  # type: ignore[union-attr]
     assert cache.counts["image_archive_dropped"] == 1
     assert [ex.image_id(n) is not None for n in names] == [True, True]
     # after a restart the kept archive is still served

@@ -98,6 +98,9 @@ class LocalCapabilities:
     image_archives: tuple[str, ...] = ()
     """Digests (``sha256:…``) of the image archives the shell keeps and
     serves to any peer (its image cache's, specs/PROTOCOL.md §5.1)."""
+    image_pieces: tuple[str, ...] = ()
+    """Digests of the piece lists of those archives: served to any peer
+    too, but not advertised (a fetcher asks the archive's holders)."""
 
 
 @dataclass(frozen=True)

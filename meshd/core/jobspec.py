@@ -26,6 +26,10 @@ MAX_INPUTS = 256
 MAX_OUTPUTS = 64
 MAX_LABELS = 32
 MAX_TOLERANCE_FILES = 64
+MIN_PIECE_BYTES = 64 << 10
+MAX_PIECE_BYTES = 64 << 20
+"""Bounds of an image archive's piece size (``ImageBlob.piece_bytes``)."""
+PIECE_HASH_BYTES = 32
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _IMAGE_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-/:@]{0,254}$")
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -103,13 +107,36 @@ class ImageBlob(_Strict):
     id: str
     digest: str
     size: Annotated[int, Field(ge=1, le=1 << 40)]
+    pieces: str | None = None
+    """The digest of the archive's *piece list* (``piece_list_bytes``): the
+    sha256 of each ``piece_bytes`` piece, so a worker checks each range as
+    it arrives and streams checked bytes into its engine; absent: the whole
+    archive is checked before it is loaded."""
+    piece_bytes: Annotated[int, Field(ge=MIN_PIECE_BYTES, le=MAX_PIECE_BYTES)] | None = None
 
-    @field_validator("id", "digest")
+    @field_validator("id", "digest", "pieces")
     @classmethod
-    def _digest(cls, v: str) -> str:
-        if not _DIGEST_RE.match(v):
+    def _digest(cls, v: str | None) -> str | None:
+        if v is not None and not _DIGEST_RE.match(v):
             raise ValueError("must be 'sha256:' followed by 64 lowercase hex digits")
         return v
+
+    @model_validator(mode="after")
+    def _pieces_together(self) -> ImageBlob:
+        if (self.pieces is None) != (self.piece_bytes is None):
+            raise ValueError("pieces and piece_bytes come together")
+        return self
+
+
+def piece_count(size: int, piece_bytes: int) -> int:
+    """Pieces of ``piece_bytes`` (the last one shorter) in ``size`` bytes."""
+    return -(-size // piece_bytes)
+
+
+def piece_list_bytes(size: int, piece_bytes: int) -> int:
+    """Bytes of the piece list of a ``size``-byte archive: one raw 32-byte
+    sha256 per piece, in order (specs/PROTOCOL.md §5.1)."""
+    return PIECE_HASH_BYTES * piece_count(size, piece_bytes)
 
 
 class FileTolerance(_Strict):

@@ -935,7 +935,7 @@ class Origin:
 
     def serves(self, peer: str, digest: str) -> bool:
         """``peer`` holds a live run of a job of ours that has input ``digest``
-        (or whose travelling image archive is ``digest``)."""
+        (or whose travelling image archive, or its piece list, is ``digest``)."""
         for job in self.jobs.values():
             if job.state in TERMINAL or not any(
                 r.worker == peer and r.state in RUN_LIVE for r in job.runs.values()
@@ -947,7 +947,10 @@ class Origin:
             ):
                 return True
             blob = job.spec.image_blob
-            if blob is not None and blob.digest.removeprefix("sha256:") == digest:
+            if blob is not None and digest in (
+                blob.digest.removeprefix("sha256:"),
+                (blob.pieces or "").removeprefix("sha256:"),
+            ):
                 return True
         return False
 

@@ -636,8 +636,9 @@ class Worker:
     def serves(self, peer: str, digest: str) -> bool:
         """We ran a job for origin ``peer`` whose output archive or stored log
         is ``digest``; or ``digest`` is an image archive we advertise (served
-        to any peer, specs/PROTOCOL.md §5.1)."""
-        if self.caps is not None and "sha256:" + digest in self.caps.image_archives:
+        to any peer, specs/PROTOCOL.md §5.1), or the piece list of one."""
+        caps, want = self.caps, "sha256:" + digest
+        if caps is not None and (want in caps.image_archives or want in caps.image_pieces):
             return True
         return any(
             w.origin == peer

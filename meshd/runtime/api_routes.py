@@ -99,12 +99,17 @@ def install_routes(api: ApiServer, view: NodeView, control: Control) -> None:
                     "missing_input",
                     f"input {ref.path}: blob {ref.digest} is not on this node; upload it first",
                 )
-        if spec.image_blob is not None and not view.has_blob(spec.image_blob.digest):
-            raise ApiError(
-                400,
-                "missing_input",
-                f"image_blob: blob {spec.image_blob.digest} is not on this node; upload it first",
-            )
+        if spec.image_blob is not None:
+            for field, d in (
+                ("digest", spec.image_blob.digest),
+                ("pieces", spec.image_blob.pieces),
+            ):
+                if d is not None and not view.has_blob(d):
+                    raise ApiError(
+                        400,
+                        "missing_input",
+                        f"image_blob.{field}: blob {d} is not on this node; upload it first",
+                    )
         # before the estimate: workers without the image can run it if it travels
         spec = await control.attach_image(spec)
         estimate = view.estimate(spec)

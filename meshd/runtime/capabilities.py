@@ -59,6 +59,7 @@ class Capabilities:
         monotonic_ms: Callable[[], int],
         measure_score: bool = True,
         image_archives: Callable[[], tuple[str, ...]] = tuple,
+        image_pieces: Callable[[], tuple[str, ...]] = tuple,
     ) -> None:
         self.executor = executor
         self.data_root = data_root
@@ -71,6 +72,8 @@ class Capabilities:
         self.measure_score = measure_score
         self._image_archives = image_archives
         """The image archives we keep and serve (``ImageCache.archives``)."""
+        self._image_pieces = image_pieces
+        """Their piece lists, served too (``ImageCache.piece_lists``)."""
         self.images: tuple[str, ...] = ()
         self.image_ids: tuple[tuple[str, str], ...] = ()
         """(name, id) of the local images, when the executor can say."""
@@ -139,6 +142,7 @@ class Capabilities:
             gpu_driver=hw.gpus[0].driver_version if hw.gpus else "",
             image_ids=self.image_ids,
             image_archives=self._image_archives()[:MAX_ADVERT_ARCHIVES],
+            image_pieces=self._image_pieces(),
         )
 
     async def health_loop(self) -> None:

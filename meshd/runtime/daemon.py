@@ -228,6 +228,9 @@ class Daemon(EffectInterpreter):
                 event=name.removeprefix("image_")
             ).inc(),
             on_archives=self._image_archives_changed,
+            piece_bytes=self.rp.image_piece_bytes,
+            fetch_piece_max=self.rp.blob_chunk_bytes,
+            load_buffer_pieces=self.rp.image_load_buffer_pieces,
         )
         self.executions = Executions(
             self.dirs.work,
@@ -259,6 +262,7 @@ class Daemon(EffectInterpreter):
             monotonic_ms=self.clock.monotonic_ms,
             measure_score=measure_score,
             image_archives=self.images.archives,
+            image_pieces=self.images.piece_lists,
         )
         self.core_errors = 0
         self.api: Any = None

@@ -251,6 +251,11 @@ class Metrics:
             "Bytes of blob ranges served to peers",
             registry=r,
         )
+        self.blob_pieces_refused = Counter(
+            "meshd_blob_pieces_refused",
+            "Ranges fetched whose bytes did not hash to their piece list's entry (refused)",
+            registry=r,
+        )
         self.send_failures = Counter(
             "meshd_send_failures",
             "Direct messages not delivered, by error kind",

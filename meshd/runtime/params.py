@@ -104,6 +104,19 @@ class RuntimeParams:
     serves to any peer (specs/PROTOCOL.md §5.1); beyond it the archives of
     the least recently used images are deleted (the images stay). 0: keep
     none, serve none. An evicted image loses its archive too."""
+    image_piece_bytes: int = 4 * 1024**2
+    """Piece size of the image archives this node saves as an origin: each
+    archive gets a piece list (the sha256 of each piece, specs/PROTOCOL.md
+    §5.1) so a worker checks every range on arrival and streams checked bytes
+    into ``docker load`` while the fetch goes on. Equal to
+    ``blob_chunk_bytes``: one range is one piece (a worker whose
+    ``blob_chunk_bytes`` is smaller than a descriptor's ``piece_bytes``
+    checks the whole archive before loading, as without a piece list).
+    64 KiB to 64 MiB."""
+    image_load_buffer_pieces: int = 4
+    """Checked pieces of an image archive waiting for ``docker load`` at
+    most (memory: this many × ``piece_bytes``); when the engine reads slower
+    than the fetch, the fetch waits."""
     verified_cache_entries: int = 512
     """Envelopes the gossip validator opened, kept until the core opens them
     (so a signature is verified once); a miss only costs a second check. At

@@ -35,7 +35,15 @@ once; after ``blob_retry_pause_s`` when it is the same holder), at most
 ``blob_chunk_retries`` times. A holder found unreachable, or that answers
 it has no such blob, is asked nothing more in that fetch (while another is
 left). The sha256 of the whole is checked before
-the blob is installed; on any failure nothing is stored. At most
+the blob is installed; on any failure nothing is stored.
+
+Given the blob's piece list (:class:`Pieces`, an image archive's, checked
+against its pinned digest by the caller), each range is one piece and is
+checked against its hash as it arrives: a range that does not match is
+refused (counted ``meshd_blob_pieces_refused_total``), its holder is asked
+nothing more in that fetch, and the range is asked of the next holder. The
+writer's ``on_data`` then sees only checked bytes, in order, while the fetch
+goes on (the image cache streams them into ``docker load``). At most
 ``max_concurrent_fetches`` blobs are fetched at once;
 :meth:`BlobTransfer.fetch` carries out the core's ``FetchBlob`` and reports
 the outcome as ``BlobFetched``;
@@ -46,15 +54,18 @@ log that never arrives is counted in ``log_fetch_failures``).
 
 from __future__ import annotations
 
+import hashlib
 import re
 import struct
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import trio
 
 from meshd.core.events import BLOB_PROTOCOL, MAX_ERROR_CHARS, BlobFetched, FetchBlob, FetchLog
+from meshd.core.jobspec import PIECE_HASH_BYTES, piece_list_bytes
 from meshd.core.ratelimit import PeerBuckets
 from meshd.net.errors import NetError, PeerUnreachable, RemoteError
 from meshd.net.host import MeshHost
@@ -86,6 +97,61 @@ def decode_blob_request(data: bytes) -> tuple[str, int, int]:
 
 class BadRange(Exception):
     """A holder's answer to a range request does not fit the request."""
+
+
+class BadPiece(BadRange):
+    """A holder's range does not hash to its piece's entry in the piece list."""
+
+
+@dataclass(frozen=True)
+class Pieces:
+    """A blob's piece list, checked against its pinned digest: the sha256 of
+    each ``piece_bytes`` piece, in order (specs/PROTOCOL.md §5.1)."""
+
+    size: int
+    piece_bytes: int
+    hashes: tuple[bytes, ...]
+
+    @classmethod
+    def parse(cls, data: bytes, size: int, piece_bytes: int) -> Pieces:
+        """The piece list of a ``size``-byte blob from its bytes; ValueError
+        when it has not exactly one hash per piece."""
+        if len(data) != piece_list_bytes(size, piece_bytes):
+            raise ValueError(
+                f"a piece list of {len(data)} bytes does not fit a {size}-byte "
+                f"archive in {piece_bytes}-byte pieces"
+            )
+        n = PIECE_HASH_BYTES
+        return cls(size, piece_bytes, tuple(data[i : i + n] for i in range(0, len(data), n)))
+
+
+class PieceHasher:
+    """Builds a piece list from bytes fed in order: the raw sha256 of each
+    ``piece_bytes`` piece (the last one shorter)."""
+
+    def __init__(self, piece_bytes: int) -> None:
+        if piece_bytes < 1:
+            raise ValueError("piece_bytes must be >= 1")
+        self.piece_bytes = piece_bytes
+        self._h = hashlib.sha256()
+        self._filled = 0
+        self._done: list[bytes] = []
+
+    def update(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            take = min(len(view), self.piece_bytes - self._filled)
+            self._h.update(view[:take])
+            self._filled += take
+            view = view[take:]
+            if self._filled == self.piece_bytes:
+                self._done.append(self._h.digest())
+                self._h, self._filled = hashlib.sha256(), 0
+
+    def piece_list(self) -> bytes:
+        """The piece list of everything fed so far."""
+        tail = [self._h.digest()] if self._filled else []
+        return b"".join(self._done + tail)
 
 
 class BlobTransfer:
@@ -170,22 +236,37 @@ class BlobTransfer:
     # ---------------------------------------------------------------- fetching
 
     async def fetch_from(
-        self, peers: str | Sequence[str], digest: str, *, max_bytes: int | None = None
+        self,
+        peers: str | Sequence[str],
+        digest: str,
+        *,
+        max_bytes: int | None = None,
+        pieces: Pieces | None = None,
+        on_data: Callable[[bytes], None] | None = None,
     ) -> None:
         """Fetch a blob from its holders (one peer id or several) into the
         local store, sha256-checked. A blob over ``max_bytes`` (default: the
         store's ``max_blob_bytes``) raises BlobLimitError; bytes that do not
         hash to ``digest`` BlobCorruptError; a range no holder delivered
-        within its retries the last error (a NetError or BadRange)."""
+        within its retries the last error (a NetError or BadRange).
+
+        With ``pieces`` each range is one piece, checked against its hash on
+        arrival (a bad one is refused, :class:`BadPiece`, and asked of the
+        next holder); ``on_data`` gets the bytes in order as they join the
+        contiguous prefix (so, with ``pieces``, only checked bytes), in a
+        worker thread. A blob already stored is not fetched (``on_data`` is
+        then never called)."""
         holders = [peers] if isinstance(peers, str) else list(peers)
         if not holders:
             raise ValueError("a blob fetch needs at least one holder")
+        if pieces is not None and pieces.piece_bytes > self.chunk_bytes:
+            raise ValueError(f"pieces of {pieces.piece_bytes} bytes are over blob_chunk_bytes")
         key = bare(digest)
         if self.blobs.has(key):
             return
         async with self._fetch_limit:
-            with self.blobs.writer(key, max_bytes) as writer:
-                await _Fetch(self, holders, key, writer).run()
+            with self.blobs.writer(key, max_bytes, on_data=on_data) as writer:
+                await _Fetch(self, holders, key, writer, pieces).run()
                 await trio.to_thread.run_sync(writer.commit)
 
     async def fetch_log(self, eff: FetchLog, attempts: int, stored: Callable[[], None]) -> None:
@@ -217,14 +298,22 @@ class _Fetch:
     """One blob's ranges on their way from its holders into a writer."""
 
     def __init__(
-        self, transfer: BlobTransfer, holders: list[str], digest: str, writer: BlobWriter
+        self,
+        transfer: BlobTransfer,
+        holders: list[str],
+        digest: str,
+        writer: BlobWriter,
+        pieces: Pieces | None = None,
     ) -> None:
         self.t = transfer
         self.holders = holders
-        self.gone: set[str] = set()  # holders found unreachable
+        self.gone: set[str] = set()  # holders found unreachable, or that sent a bad piece
         self.digest = digest
         self.writer = writer
-        self.size = -1
+        self.pieces = pieces
+        self.step = pieces.piece_bytes if pieces is not None else transfer.chunk_bytes
+        self.size = pieces.size if pieces is not None else -1
+        """The blob's size: the piece list's, else what the first answer says."""
         self.written = trio.Condition()
 
     async def run(self) -> None:
@@ -236,7 +325,7 @@ class _Fetch:
                 f"{self.writer.max_bytes}-byte limit"
             )
         await self._write(0, first)
-        offsets = iter(range(len(first), self.size, t.chunk_bytes))
+        offsets = iter(range(len(first), self.size, self.step))
         failed: list[Exception] = []
         async with trio.open_nursery() as nursery:
             for _ in range(t.chunks_in_flight):
@@ -249,7 +338,7 @@ class _Fetch:
     ) -> None:
         """Fetch and write ranges until none is left; the first failure is
         kept in ``failed`` and stops the others."""
-        window = self.t.chunks_in_flight * self.t.chunk_bytes
+        window = self.t.chunks_in_flight * self.step
         try:
             for offset in offsets:
                 async with self.written:
@@ -270,7 +359,7 @@ class _Fetch:
         one its index picks) until one answers it well, at most
         ``chunk_retries`` times again."""
         t = self.t
-        index = offset // t.chunk_bytes
+        index = offset // self.step
         last: Exception | None = None
         asked: str | None = None
         for attempt in range(t.chunk_retries + 1):
@@ -282,7 +371,12 @@ class _Fetch:
                     await trio.sleep(t._retry_pause_s)
             asked = peer
             try:
-                return await self._ask(peer, offset)
+                data = await self._ask(peer, offset)
+                await self._check_piece(peer, index, data)
+                return data
+            except BadPiece as exc:
+                self.gone.add(peer)  # it serves bytes that are not the blob's
+                last = exc
             except PeerUnreachable as exc:
                 self.gone.add(peer)
                 last = exc
@@ -295,9 +389,18 @@ class _Fetch:
         assert last is not None
         raise last
 
+    async def _check_piece(self, peer: str, index: int, data: bytes) -> None:
+        """BadPiece (counted) unless ``data`` hashes to piece ``index``'s entry."""
+        if self.pieces is None:
+            return
+        got = await trio.to_thread.run_sync(lambda: hashlib.sha256(data).digest())
+        if index >= len(self.pieces.hashes) or got != self.pieces.hashes[index]:
+            self.t.metrics.blob_pieces_refused.inc()
+            raise BadPiece(f"{peer} sent piece {index} of {self.digest} with the wrong hash")
+
     async def _ask(self, peer: str, offset: int) -> bytes:
         t = self.t
-        length = t.chunk_bytes if self.size < 0 else min(t.chunk_bytes, self.size - offset)
+        length = self.step if self.size < 0 else min(self.step, self.size - offset)
         answer = await t.host.request(
             peer,
             BLOB_PROTOCOL,

@@ -278,6 +278,8 @@ class NodeView:
             into.update(bare(i.digest) for i in job.spec.inputs if i.digest is not None)
             if job.spec.image_blob is not None:
                 into.add(bare(job.spec.image_blob.digest))
+                if job.spec.image_blob.pieces is not None:
+                    into.add(bare(job.spec.image_blob.pieces))
             if job.canonical is not None:
                 into.add(bare(job.canonical))
             if job.manifest is not None:

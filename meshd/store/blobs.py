@@ -44,7 +44,7 @@ import stat
 import tarfile
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -185,14 +185,16 @@ class BlobStore:
         max_bytes: int | None = None,
         *,
         essential: bool = True,
+        on_data: Callable[[bytes], None] | None = None,
     ) -> BlobWriter:
         """A :class:`BlobWriter` for a blob arriving in pieces (same rules as
         :meth:`put_stream`); use it as a context manager so an unfinished
-        blob leaves nothing behind."""
+        blob leaves nothing behind. ``on_data`` is given the bytes of the
+        contiguous prefix as it grows, in order (see :class:`BlobWriter`)."""
         if expected_digest is not None:
             check_digest(expected_digest)
         limit = self.params.max_blob_bytes if max_bytes is None else max_bytes
-        return BlobWriter(self, expected_digest, limit, essential)
+        return BlobWriter(self, expected_digest, limit, essential, on_data)
 
     def _install(self, tmp: Path, digest: str, size: int, essential: bool) -> None:
         final = self.path_of(digest)
@@ -331,6 +333,9 @@ class BlobWriter:
     contiguous prefix as it grows, so a piece that arrives ahead of a gap is
     held in memory until the gap is filled (the caller bounds how far ahead
     it asks). More than ``max_bytes`` in all raises BlobLimitError at once.
+    ``on_data``, if given, receives each piece as it joins the prefix, in
+    order and in the writing thread (e.g. to stream checked bytes on; it may
+    block, and what it raises fails that write).
     :meth:`commit` checks that nothing is missing, fsyncs, checks the digest
     and installs the blob as :meth:`BlobStore.put_stream` does. Writes may
     come from several threads (a lock orders them). Leaving the context
@@ -338,7 +343,12 @@ class BlobWriter:
     """
 
     def __init__(
-        self, store: BlobStore, expected: str | None, max_bytes: int, essential: bool
+        self,
+        store: BlobStore,
+        expected: str | None,
+        max_bytes: int,
+        essential: bool,
+        on_data: Callable[[bytes], None] | None = None,
     ) -> None:
         self._store = store
         self._expected = expected
@@ -351,6 +361,7 @@ class BlobWriter:
         self.size = 0
         """Bytes of the contiguous prefix written and hashed so far."""
         self._ahead: dict[int, bytes] = {}  # offset -> piece beyond a gap
+        self._on_data = on_data
         self._lock = threading.Lock()
 
     def write_at(self, offset: int, data: bytes) -> None:
@@ -368,6 +379,8 @@ class BlobWriter:
                 self._hasher.update(piece)
                 self._file.write(piece)
                 self.size += len(piece)
+                if self._on_data is not None:
+                    self._on_data(piece)
 
     def commit(self) -> str:
         """Install the blob; its digest. BlobError if a piece is missing,

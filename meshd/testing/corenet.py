@@ -68,6 +68,7 @@ def default_caps(
     gpu_driver: str = "",
     image_ids: tuple[tuple[str, str], ...] = (),
     image_archives: tuple[str, ...] = (),
+    image_pieces: tuple[str, ...] = (),
 ) -> LocalCapabilities:
     return LocalCapabilities(
         cores=cores,
@@ -86,6 +87,7 @@ def default_caps(
         gpu_driver=gpu_driver,
         image_ids=image_ids,
         image_archives=image_archives,
+        image_pieces=image_pieces,
     )
 
 

@@ -12,6 +12,8 @@ image archives tampered with on purpose.
   ``tests/docker_env.sh``: its own data root, exec root and socket, no
   bridge or iptables of its own (two engines on one host would fight over
   them), no images unless asked.
+- :class:`LoadRecorder` wraps a real executor and records the bytes its
+  ``docker load`` is given.
 """
 
 from __future__ import annotations
@@ -56,6 +58,30 @@ def import_marker_image(
         out.getvalue(), repository=repo, tag=tag, changes=list(IMAGE_CHANGES)
     )
     return str(api.inspect_image(name)["Id"])
+
+
+class LoadRecorder:
+    """A real executor whose ``docker load`` input is recorded as the engine
+    reads it (``received``): what reached the engine, byte for byte."""
+
+    def __init__(self, executor: Any) -> None:
+        self._executor = executor
+        self.received = bytearray()
+        self.loads = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._executor, name)
+
+    def load_image(self, data: Any) -> None:
+        self.loads += 1
+
+        def tapped() -> Iterator[bytes]:
+            chunks = iter(lambda: data.read(1 << 20), b"") if hasattr(data, "read") else data
+            for chunk in chunks:
+                self.received += chunk
+                yield chunk
+
+        self._executor.load_image(tapped())
 
 
 def save_archive(api: Any, name: str) -> bytes:

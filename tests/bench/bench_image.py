@@ -12,9 +12,13 @@ bytes (incompressible, so no side gains from compression).
   store, the archive's id checked), in a process of its own (as the origin
   is another machine), serving its store over the real blob protocol; then
   the worker's ``ImageCache.ensure`` here (fetch between the two libp2p
-  hosts on loopback; size, digest and image-id checks; ``docker load``; the
-  cache's index). Timed from asking the origin to attach to the image being
-  loaded;
+  hosts on loopback: the piece list, then the archive's ranges, each checked
+  as it arrives and streamed into ``docker load`` meanwhile; the whole
+  digest and image-id checks; the cache's index). Timed from asking the
+  origin to attach to the image being loaded. Phases: ``save`` (the
+  origin's attach), ``fetch`` (the archive's fetch, the streamed load
+  overlapping it), ``check+load`` (the rest: the piece list, the end of the
+  load, the checks after it);
 - baseline: ``docker -H origin save IMG | docker -H worker load`` (the CLI
   pipe, no checks, no network hop).
 
@@ -39,6 +43,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import docker
 import trio
@@ -50,10 +55,9 @@ from meshd.exec.docker_exec import DockerExecutor
 from meshd.exec.health_image import find_static_busybox
 from meshd.runtime.images import ImageCache
 from meshd.runtime.params import RuntimeParams
-from meshd.runtime.transfer import BlobTransfer
 from meshd.store.blobs import BlobStore
 from meshd.testing.images import import_marker_image, second_engine
-from meshd.testing.nethosts import LINE, make_host
+from meshd.testing.nethosts import LINE, blob_transfer, make_host
 
 TARGET_RATIO = 0.5
 
@@ -76,30 +80,6 @@ def baseline(origin_url: str, worker_url: str, image: str) -> float:
     if save.wait() != 0 or load.returncode != 0:
         raise SystemExit(f"docker save | docker load failed: {load.stderr.decode()[-500:]}")
     return time.perf_counter() - t0
-
-
-def transfer(blobs: BlobStore, host: object, rp: RuntimeParams | None = None) -> BlobTransfer:
-    rp = rp or RuntimeParams()
-
-    async def feed(_inp: object) -> None:
-        return None
-
-    return BlobTransfer(
-        blobs,
-        host,  # type: ignore[arg-type]
-        may_serve=lambda peer, digest: True,
-        feed=feed,
-        monotonic_ms=lambda: int(time.monotonic() * 1000),
-        requests_per_s=1000.0,
-        request_burst=1000.0,
-        max_peers=16,
-        max_concurrent_fetches=8,
-        chunk_bytes=rp.blob_chunk_bytes,
-        chunks_in_flight=rp.blob_chunks_in_flight,
-        chunk_retries=rp.blob_chunk_retries,
-        chunk_timeout_s=rp.blob_chunk_timeout_s,
-        retry_pause_s=rp.blob_retry_pause_s,
-    )
 
 
 def _cache(ex: DockerExecutor, blobs: BlobStore, index: Path, fetch: object) -> ImageCache:
@@ -130,7 +110,7 @@ async def serve_origin(origin_url: str) -> None:
             blobs = BlobStore(tmp / "blobs")
             # serves any range the fetcher's --chunk-kib asks for
             serving = RuntimeParams(blob_chunk_bytes=63 << 20)
-            host.handle(BLOB_PROTOCOL, transfer(blobs, host, serving).serve)
+            host.handle(BLOB_PROTOCOL, blob_transfer(blobs, host, serving).serve)
             cache = _cache(ex, blobs, tmp / "images.json", None)
             print(json.dumps({"addr": host.listen_addrs[0], "peer": host.peer_id}), flush=True)
             while line := await trio.to_thread.run_sync(sys.stdin.readline):
@@ -178,10 +158,10 @@ async def bench(args: argparse.Namespace, origin_url: str, worker_url: str) -> N
             rp = RuntimeParams(
                 blob_chunk_bytes=args.chunk_kib << 10, blob_chunks_in_flight=args.in_flight
             )
-            fetcher = transfer(wblobs, host, rp)
+            fetcher = blob_transfer(wblobs, host, rp)
             fetch_s: list[float] = []
 
-            async def timed_fetch(peer: str, digest: str, **kw: int | None) -> None:
+            async def timed_fetch(peer: str, digest: str, **kw: Any) -> None:
                 t0 = time.perf_counter()
                 await fetcher.fetch_from(peer, digest, **kw)
                 fetch_s.append(time.perf_counter() - t0)
