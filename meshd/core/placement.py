@@ -27,10 +27,12 @@ Pure functions over values. The rules (normative text in specs/PROTOCOL.md,
   carries that score, so the origin's cost accounting, the receipt and the
   claimed-vs-achieved check all use the same figure.
 - Ranking: lower is better; expected finish (wait + duration) and price
-  (the unit price when the job has no flops estimate) are min-max normalised
-  over the bids, the origin's own runs in flight at the worker are added in
-  durations of the best bid (not normalised), all weighted by the ``speed``
-  profile; a small random jitter is added, bad standing adds a strong
+  (the unit price when the job has no flops estimate) are each scaled by
+  their spread over the bids, or by the best value when the spread is
+  smaller (:func:`spread_scaled`: bids within a few per cent of each other
+  differ by a few per cent, not by the whole range), the origin's own runs
+  in flight at the worker are added in durations of the best bid (not
+  scaled), all weighted by the ``speed`` profile; a small random jitter is added, bad standing adds a strong
   penalty and good standing divides by a small bonus (so newcomers are not
   starved). Load spreads because wait grows with a worker's queue and the
   origin counts awards it has in flight to each worker.
@@ -439,6 +441,22 @@ def make_bid(
     )
 
 
+def spread_scaled(x: float, lo: float, hi: float) -> float:
+    """``x`` in [``lo``, ``hi``] (the best and worst of the bids) as a rank
+    term: ``(x − lo) ÷ (hi − lo)`` (min-max) when the bids spread by more than
+    ``lo`` itself, else ``(x − lo) ÷ lo`` (how much worse than the best).
+
+    Min-max alone makes any spread, however small, the whole range: two
+    workers whose compute scores differ by 6 % bid finishes 3.0 s and 3.1 s,
+    and the quicker one's edge weighed as much as one run of ours queued
+    there (``load``), so a burst left it one run more than the others
+    (slots + 3 in the five-worker test). Scaled by ``lo`` a near-tie weighs
+    by its size; a wide spread still uses the full range."""
+    if hi <= lo:
+        return 0.0
+    return (x - lo) / max(hi - lo, lo)
+
+
 def rank_bids(
     bids: dict[str, Bid],
     speed: str,
@@ -477,9 +495,6 @@ def rank_bids(
     f_min, f_max = min(finishes.values()), max(finishes.values())
     p_min, p_max = min(prices.values()), max(prices.values())
 
-    def norm(x: float, lo: float, hi: float) -> float:
-        return 0.0 if hi <= lo else (x - lo) / (hi - lo)
-
     def load(p: str) -> float:
         # Our runs already at the worker push its finish back by one duration
         # each, counted against the best bid's finish and not min-max scaled:
@@ -488,8 +503,8 @@ def rank_bids(
         return inflight.get(p, 0) * bids[p].est_duration_ms / max(1.0, f_min)
 
     def key(p: str) -> tuple[float, float]:
-        cost = w_finish * (norm(finishes[p], f_min, f_max) + load(p)) + w_price * norm(
-            prices[p], p_min, p_max
+        cost = w_finish * (spread_scaled(finishes[p], f_min, f_max) + load(p)) + (
+            w_price * spread_scaled(prices[p], p_min, p_max)
         )
         rep = max(-1.0, min(1.0, reputation.get(p, 0.0)))
         # Bad standing weighs heavily; good standing only a little, so that
