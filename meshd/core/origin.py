@@ -35,12 +35,12 @@ advert fits the round, its own capacity does, and the node has been up for
 ``self_run_grace_ms`` (:meth:`_self_candidate`): a node that has just started
 has not heard the mesh's adverts yet, and its job waits for them (or for the
 grace to end) instead of running at home. The offer then also goes to it
-in-process, and so do the award, heartbeats, result and cancel. Others are preferred whenever their adverts fit, since a
-self-run is checked by nobody else. A self-run earns no credits and no
-receipt, moves no reputation or trust, publishes no attestation, is not
-score-checked or kept for audit, and its result never verifies itself: a
-replicated job still needs a second, distinct worker (the verdict says
-``run_by_origin``).
+in-process, and so do the award, heartbeats, result and cancel. Others are
+preferred whenever their adverts fit, since a self-run is checked by nobody
+else. A self-run earns no credits and no receipt, moves no reputation or
+trust, publishes no attestation, is not score-checked or kept for audit, and
+its result never verifies itself: a replicated job still needs a second,
+distinct worker (the verdict says ``run_by_origin``).
 """
 
 from __future__ import annotations
