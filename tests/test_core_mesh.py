@@ -726,3 +726,21 @@ def test_workers_a_few_per_cent_apart_each_hold_their_share_of_a_burst() -> None
         net = mesh(6, seed=seed, workers=workers)
         most = burst_peaks(net, 20)
         assert [most[w] for w in net.order[1:]] == [4] * 5, (seed, dict(most))
+
+
+def test_a_bid_made_after_our_awards_does_not_count_them_twice() -> None:
+    """placement.make_bid ``origin_runs``: with replies taking up to 300 ms,
+    many bids of a burst are made before the worker accepted any of our runs
+    and some after; a later bid's expected start counted our runs there, and
+    the origin counted them again (``inflight``), so it lost to a stale bid
+    from a worker holding one run more: slots + 3 in 3 of these 10 seeds. The
+    bid leaves the origin's own runs out; the origin counts them once."""
+    scores = [50.0, 47.0, 47.3, 49.4, 50.1, 50.2]
+    for seed in range(10):
+        workers = [FakeWorker(caps=default_caps(cores=2, score=s)) for s in scores]
+        for w in workers:
+            w.duration_ms = lambda s: 1_200
+        net = CoreNet(6, seed=seed, params=SINGLE, workers=workers, latency_ms=(5, 300))
+        net.run_for(WARMUP_MS)
+        most = burst_peaks(net, 20)
+        assert [most[w] for w in net.order[1:]] == [4] * 5, (seed, dict(most))

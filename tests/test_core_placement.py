@@ -212,6 +212,12 @@ def test_bid_estimates() -> None:
     busy = make_bid(cap(running=4, queued=4), o, avg_run_s=8.0, overhead_s=1.0)
     assert busy.est_start_ms == 10_000
     assert (busy.running, busy.queued) == (4, 4)
+    # Three of the eight are the offering origin's own: it counts those itself
+    # when ranking, so the wait is for the other five (2 waiting over 4 slots);
+    # the bid still reports everything it holds.
+    mine = make_bid(cap(running=4, queued=4), o, avg_run_s=8.0, overhead_s=1.0, origin_runs=3)
+    assert mine.est_start_ms == 4_000
+    assert (mine.running, mine.queued) == (4, 4)
 
 
 def test_duration_and_cost_model() -> None:

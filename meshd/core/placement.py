@@ -35,7 +35,8 @@ Pure functions over values. The rules (normative text in specs/PROTOCOL.md,
   scaled), all weighted by the ``speed`` profile; a small random jitter is added, bad standing adds a strong
   penalty and good standing divides by a small bonus (so newcomers are not
   starved). Load spreads because wait grows with a worker's queue and the
-  origin counts awards it has in flight to each worker.
+  origin counts awards it has in flight to each worker (a bid's wait leaves
+  the offering origin's own runs out, so they are counted once).
 - Determinism classes (specs/CREDITS.md §5): a worker states the class a job
   runs in (:func:`determinism_class`: its executor, and for a GPU job the GPU
   models and driver); for an exact-hash job the origin tries bidders of the
@@ -410,15 +411,24 @@ def make_bid(
     overhead_s: float,
     det_class: str = "",
     image_bytes_per_s: float | None = None,
+    origin_runs: int = 0,
 ) -> Bid:
     """Our bid for ``offer``. With ``image_bytes_per_s``, a job whose image
-    must travel here starts later by the archive's size at that rate."""
+    must travel here starts later by the archive's size at that rate.
+
+    ``origin_runs``: how many of the runs we hold (running or queued) are the
+    offering origin's own. The expected wait leaves them out: the origin
+    counts its own runs at each worker itself when it ranks the bids
+    (``rank_bids``'s ``inflight``), including those awarded after this bid
+    was made; counted here too, a bid made after some of them were accepted
+    weighed them twice and lost to a stale bid from a worker holding more."""
     gflops = job_gflops(cap, offer.requirements.gpus)
     # Timed with the job's flops, else the origin's guess (earlier runs of its
     # image, or a default); priced with the job's flops only, else the bound.
     work = offer.estimated_flops or offer.expected_flops
     duration = estimate_duration_s(work, offer.timeout_s, gflops, overhead_s)
-    waiting_jobs = max(0, cap.running + cap.queued + 1 - cap.capacity)
+    others = max(0, cap.running + cap.queued - origin_runs)
+    waiting_jobs = max(0, others + 1 - cap.capacity)
     wait_s = waiting_jobs * avg_run_s / max(1, cap.capacity)
     cost = estimate_cost(
         offer.estimated_flops, offer.timeout_s, gflops, cap.price, offer.credit_rate
