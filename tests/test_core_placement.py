@@ -27,6 +27,7 @@ from meshd.core.placement import (
     job_gflops,
     make_bid,
     rank_bids,
+    spread_scaled,
 )
 from meshd.core.wire import Bid, Offer, OfferRequirements
 
@@ -211,6 +212,12 @@ def test_bid_estimates() -> None:
     busy = make_bid(cap(running=4, queued=4), o, avg_run_s=8.0, overhead_s=1.0)
     assert busy.est_start_ms == 10_000
     assert (busy.running, busy.queued) == (4, 4)
+    # Three of the eight are the offering origin's own: it counts those itself
+    # when ranking, so the wait is for the other five (2 waiting over 4 slots);
+    # the bid still reports everything it holds.
+    mine = make_bid(cap(running=4, queued=4), o, avg_run_s=8.0, overhead_s=1.0, origin_runs=3)
+    assert mine.est_start_ms == 4_000
+    assert (mine.running, mine.queued) == (4, 4)
 
 
 def test_duration_and_cost_model() -> None:
@@ -363,6 +370,23 @@ def test_a_long_queue_is_not_capped_by_the_spread_of_the_bids() -> None:
     dear = bid(50.0, 5_000)
     assert rank_bids({"cheap": cheap, "dear": dear}, "balanced", {}, {}, {})[0] == "cheap"
     assert rank_bids({"cheap": cheap, "dear": dear}, "balanced", {}, {"cheap": 3}, {})[0] == "dear"
+
+
+def test_a_near_tie_weighs_by_its_size_not_as_a_queued_run() -> None:
+    # Finishes 3.0 s and 3.1 s (scores 6 % apart): min-max made the 0.1 s the
+    # whole range, worth as much as one run of ours queued at the quicker
+    # worker, so it took one run more than its share of a burst.
+    bids = {"quick": bid(5.0, 3_000), "close": bid(5.0, 3_100)}
+    assert rank_bids(bids, "balanced", {}, {}, {}) == ["quick", "close"]
+    assert rank_bids(bids, "balanced", {}, {"quick": 1}, {}) == ["close", "quick"]
+    assert rank_bids(bids, "fast", {}, {"quick": 1}, {}) == ["close", "quick"]
+    # Prices too: 1 % cheaper is not worth a queued run.
+    cheaper = {"cheap": bid(5.0, 3_000), "dear": bid(5.05, 3_000)}
+    assert rank_bids(cheaper, "cheap", {}, {"cheap": 1}, {}) == ["dear", "cheap"]
+    # A spread wider than the best value is still the whole range (as before).
+    assert spread_scaled(3_100, 3_000, 3_100) == pytest.approx(0.1 / 3)
+    assert spread_scaled(10_000, 1_000, 10_000) == 1.0
+    assert spread_scaled(5.0, 5.0, 5.0) == 0.0
 
 
 def test_inflight_awards_push_a_worker_down() -> None:

@@ -2,7 +2,7 @@
 
 Rules checked (``meshd/core/origin.py`` "Self-runs", specs/PROTOCOL.md §8.5):
 the own worker is a candidate only when no other live peer's advert fits the
-round; the messages between the node's roles never become ``Send`` or
+round and the node has been up ``self_run_grace_ms``; the messages between the node's roles never become ``Send`` or
 ``Publish`` effects to itself; a self-run earns no receipt or credits, moves
 no trust, and never verifies itself (a replicated job still needs a second,
 distinct worker; the verdict says ``run_by_origin``). All on ``CoreNet``, in
@@ -23,13 +23,15 @@ from meshd.core.events import (
     Send,
     Tick,
 )
+from meshd.core.identity import Identity
 from meshd.core.jobspec import JobSpec, parse_job_spec
 from meshd.core.lifecycle import TERMINAL
 from meshd.core.params import CoreParams
 from meshd.testing.corenet import CoreNet, FakeWorker
 
 SINGLE = CoreParams(replication_fraction=0.0, untrusted_replication=0.0)
-WARMUP_MS = 3_000
+WARMUP_MS = SINGLE.self_run_grace_ms
+"""Up this long, a node has heard the mesh and may count its own worker (§8.5)."""
 
 
 def spec(**extra: Any) -> JobSpec:
@@ -75,6 +77,39 @@ def test_a_lone_origin_runs_its_own_job_in_process_for_nothing() -> None:
     assert not node.ledger.entries
     assert me not in node.trust.snapshot(net.now_ms)
     assert node.origin.audits.noted(me) == 0  # nothing to audit on a conviction
+
+
+def test_a_just_started_origin_leaves_its_job_to_a_peer_heard_within_the_grace() -> None:
+    """Submitted at once after the start, before any advert arrived: the job
+    is not run at home; a peer whose adverts arrive within the grace runs it."""
+    net = CoreNet(1, params=SINGLE)
+    me, node = net.order[0], net.node(0)
+    assert node.origin.estimate(spec())["candidates"] == 1  # not refused at submit
+    job_id = net.submit(0, spec())
+    net.run_for(SINGLE.self_run_grace_ms // 2)
+    assert not net.job(0, job_id).runs
+    peer = net.add_node(Identity.from_seed_int(4242), FakeWorker())  # heard from now on
+    job = run_to_end(net, job_id)
+    assert job.state == "succeeded", job.reason
+    assert [r.worker for r in job.runs.values()] == [peer] and peer != me
+    assert node.counters["offers_to_self"] == 0 and node.counters["self_run_grace_waits"] >= 1
+
+
+def test_a_just_started_lone_origin_runs_its_job_when_the_grace_ends() -> None:
+    """Nobody is heard within the grace: the job runs at home as soon as the
+    grace is over (not a back-off later), and the wait did not count against
+    a queue timeout shorter than the grace."""
+    net = CoreNet(1, params=SINGLE)
+    me, node = net.order[0], net.node(0)
+    grace_end = node.origin.self_run_from_ms
+    assert grace_end == net.now_ms + SINGLE.self_run_grace_ms
+    net.input(0, JobSubmitted(spec(), "job-000000000002", queue_timeout_ms=1_000))
+    job = run_to_end(net, "job-000000000002")
+    assert job.state == "succeeded", job.reason
+    [run] = job.runs.values()
+    assert run.worker == me
+    assert grace_end <= run.awarded_ms <= grace_end + SINGLE.bid_window_ms
+    assert node.counters["offers_to_self"] == 1
 
 
 def test_a_cold_lone_origin_does_not_count_itself_and_waits() -> None:

@@ -147,9 +147,10 @@ def test_twenty_jobs_spread_over_five_workers(tmp_path: Path) -> None:
         assert len(counts) >= 4, counts
         assert max(counts.values()) <= 8, counts
         # What must not happen is queueing: at no moment does one worker hold
-        # more of these jobs than its slots plus three waiting. (Plus two held
-        # until this round's merges; in about one run in three one worker now
-        # holds slots + 3 at the start of the burst: open, see the round's note.)
+        # more of these jobs than its slots plus two waiting (the fair share).
+        # Slots + 3 was seen in about one run in three while the ranking
+        # min-max scaled bid finishes: benchmarks a few per cent apart made
+        # the quickest worker's edge worth one queued run (placement.spread_scaled).
         slots = procs[1].status()["load"]["capacity"]  # type: ignore[index]
         held: dict[str, list[tuple[int, int]]] = {}
         for v in views.values():
@@ -166,7 +167,7 @@ def test_twenty_jobs_spread_over_five_workers(tmp_path: Path) -> None:
             held.setdefault(v["result"]["worker"], []).append((start, end))
         for worker, spans in held.items():
             most = max(sum(1 for a, b in spans if a <= t < b) for t, _ in spans)
-            assert most <= slots + 3, (worker[-6:], most, slots, sorted(spans))
+            assert most <= slots + 2, (worker[-6:], most, slots, sorted(spans))
     finally:
         stop_all(procs)
 

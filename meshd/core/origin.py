@@ -31,14 +31,16 @@ the offer's ``max_budget`` is that remainder shared among the round's slots.
 
 Self-runs (specs/PROTOCOL.md §8.5): the node's own worker is a candidate for
 a round of its own job only when no other live, unbanned, not excluded peer's
-advert fits the round and its own capacity does (:meth:`_self_candidate`);
-the offer then also goes to it in-process, and so do the award, heartbeats,
-result and cancel. Others are preferred whenever their adverts fit, since a
-self-run is checked by nobody else. A self-run earns no credits and no
-receipt, moves no reputation or trust, publishes no attestation, is not
-score-checked or kept for audit, and its result never verifies itself: a
-replicated job still needs a second, distinct worker (the verdict says
-``run_by_origin``).
+advert fits the round, its own capacity does, and the node has been up for
+``self_run_grace_ms`` (:meth:`_self_candidate`): a node that has just started
+has not heard the mesh's adverts yet, and its job waits for them (or for the
+grace to end) instead of running at home. The offer then also goes to it
+in-process, and so do the award, heartbeats, result and cancel. Others are
+preferred whenever their adverts fit, since a self-run is checked by nobody
+else. A self-run earns no credits and no receipt, moves no reputation or
+trust, publishes no attestation, is not score-checked or kept for audit, and
+its result never verifies itself: a replicated job still needs a second,
+distinct worker (the verdict says ``run_by_origin``).
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ from .wire import (
     Cancel,
     HeartbeatReply,
     Offer,
+    OfferRequirements,
     Opened,
     ResultAck,
     fault_of,
@@ -238,6 +241,9 @@ class Origin:
         """GFLOP of earlier runs per image: the guess for jobs without ``estimated_flops``."""
         self.own_capacity: Callable[[], Capacity | None] = lambda: None
         """This node's own worker's capacity (``Worker.capacity``; set by ``Node``)."""
+        self.self_run_from_ms = ctx.now_ms + p.self_run_grace_ms
+        """Before this time our own worker is no candidate (``self_run_grace_ms``
+        after the node started: it has not heard the mesh's adverts yet, §8.5)."""
         self.rtt = PeerRtt(
             initial_ms=p.award_ack_timeout_ms,
             floor_ms=p.award_ack_timeout_min_ms,
@@ -385,7 +391,7 @@ class Origin:
             if not whys:
                 consider(cap, cap.price)
         own = self.own_capacity()
-        if not candidates and own is not None and fit_reason(own, req) is None:
+        if not candidates and own is not None and self._own_fits(req):
             consider(own, 0.0)  # a run of our own costs nothing (§8.5)
         return {
             "credits": best[0] if best else None,
@@ -505,7 +511,7 @@ class Origin:
             if job.waiting_since_ms is None:
                 job.waiting_since_ms = self.ctx.now_ms
             limit_ms = self._queue_limit_ms(job)
-            if self.ctx.now_ms - job.waiting_since_ms > limit_ms:
+            if self.ctx.now_ms - self._waiting_from(job) > limit_ms:
                 self._finish(
                     job,
                     "failed",
@@ -528,6 +534,16 @@ class Origin:
         timeout, at most the node's ``max_queue_time_ms``."""
         limit = self.ctx.params.max_queue_time_ms
         return limit if job.queue_timeout_ms is None else min(job.queue_timeout_ms, limit)
+
+    def _waiting_from(self, job: OriginJob) -> int:
+        """Since when ``job`` counts as waiting for a worker: its
+        ``waiting_since_ms``, or the end of the self-run grace when our own
+        worker fits it (the grace is no part of its queue timeout, §8.5)."""
+        since = job.waiting_since_ms
+        assert since is not None
+        if since < self.self_run_from_ms and self._own_fits(offer_requirements(job.spec)):
+            return self.self_run_from_ms
+        return since
 
     def _busy_runs(self, job: OriginJob) -> int:
         """Runs that may still yield a result: live, or succeeded with the output in transfer."""
@@ -613,12 +629,24 @@ class Origin:
 
     def _self_candidate(self, job: OriginJob, offer: Offer) -> bool:
         """Our own worker takes part in this round: no other peer's advert
-        fits it (``job.offer_candidates`` is 0), we are not excluded, and our
-        own capacity fits (§8.5)."""
+        fits it (``job.offer_candidates`` is 0), we are not excluded, our own
+        capacity fits, and the self-run grace is over (§8.5). Within the grace
+        the round is the peers' alone (one we have not heard of yet may bid on
+        the published offer), and the next round is due when the grace ends
+        at the latest (:meth:`_no_bids`)."""
         if job.offer_candidates or self.ctx.peer_id in offer.exclude:
             return False
+        if not self._own_fits(offer.requirements):
+            return False
+        if self.ctx.now_ms < self.self_run_from_ms:
+            self.ctx.counters["self_run_grace_waits"] += 1
+            return False
+        return True
+
+    def _own_fits(self, req: OfferRequirements) -> bool:
+        """Our own worker's capacity fits requirements ``req`` (§8.1)."""
         own = self.own_capacity()
-        return own is not None and fit_reason(own, offer.requirements) is None
+        return own is not None and fit_reason(own, req) is None
 
     def _candidates(self, job: OriginJob, offer: Offer) -> int:
         """Other live, unbanned, not excluded peers whose adverts fit ``offer``."""
@@ -873,6 +901,10 @@ class Origin:
             if not job.declined_round:
                 self._congested("silent_round")
         self._backoff(job)
+        if self.ctx.now_ms < self.self_run_from_ms and self._own_fits(offer_requirements(job.spec)):
+            # Our own worker may take the job once the grace is over: offer it
+            # again then, not a whole back-off later.
+            job.next_offer_ms = min(job.next_offer_ms, self.self_run_from_ms)
         self.ctx.counters["offers_unanswered"] += 1
         self.ctx.append(
             "job_no_bids",
@@ -907,8 +939,7 @@ class Origin:
             for e in self.ctx.peers.alive(self.ctx.now_ms)
             if fit_reason(Capacity.from_advert(e.advert), req) is None
         ]
-        own = self.own_capacity()
-        if own is not None and fit_reason(own, req) is None:
+        if self._own_fits(req):
             fitting.append(self.ctx.peer_id)
         return bool(fitting) and all(
             p in ran or self.ctx.trust.banned(p, self.ctx.now_ms) for p in fitting

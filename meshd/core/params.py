@@ -43,6 +43,13 @@ class CoreParams:
     """Messages between this node's own roles (its origin and its own worker,
     §8.5) delivered in-process within one ``Node.step``; the rest wait for the
     next step, which is due at once (``Node.next_deadline``)."""
+    self_run_grace_ms: int = 5_000
+    """How long after it started a node's own worker is no candidate for its
+    own jobs, even when no peer's advert fits (§8.5): time to hear the mesh —
+    dial the bootstrap peers, join the adverts topic and receive at least one
+    round of adverts (``advert_interval_ms``). Keep it above
+    ``advert_interval_ms``. A job offered meanwhile waits for it to end; the
+    wait does not count against its queue timeout."""
 
     # --- placement
     bid_window_ms: int = 250

@@ -27,13 +27,16 @@ Pure functions over values. The rules (normative text in specs/PROTOCOL.md,
   carries that score, so the origin's cost accounting, the receipt and the
   claimed-vs-achieved check all use the same figure.
 - Ranking: lower is better; expected finish (wait + duration) and price
-  (the unit price when the job has no flops estimate) are min-max normalised
-  over the bids, the origin's own runs in flight at the worker are added in
-  durations of the best bid (not normalised), all weighted by the ``speed``
-  profile; a small random jitter is added, bad standing adds a strong
+  (the unit price when the job has no flops estimate) are each scaled by
+  their spread over the bids, or by the best value when the spread is
+  smaller (:func:`spread_scaled`: bids within a few per cent of each other
+  differ by a few per cent, not by the whole range), the origin's own runs
+  in flight at the worker are added in durations of the best bid (not
+  scaled), all weighted by the ``speed`` profile; a small random jitter is added, bad standing adds a strong
   penalty and good standing divides by a small bonus (so newcomers are not
   starved). Load spreads because wait grows with a worker's queue and the
-  origin counts awards it has in flight to each worker.
+  origin counts awards it has in flight to each worker (a bid's wait leaves
+  the offering origin's own runs out, so they are counted once).
 - Determinism classes (specs/CREDITS.md §5): a worker states the class a job
   runs in (:func:`determinism_class`: its executor, and for a GPU job the GPU
   models and driver); for an exact-hash job the origin tries bidders of the
@@ -408,15 +411,24 @@ def make_bid(
     overhead_s: float,
     det_class: str = "",
     image_bytes_per_s: float | None = None,
+    origin_runs: int = 0,
 ) -> Bid:
     """Our bid for ``offer``. With ``image_bytes_per_s``, a job whose image
-    must travel here starts later by the archive's size at that rate."""
+    must travel here starts later by the archive's size at that rate.
+
+    ``origin_runs``: how many of the runs we hold (running or queued) are the
+    offering origin's own. The expected wait leaves them out: the origin
+    counts its own runs at each worker itself when it ranks the bids
+    (``rank_bids``'s ``inflight``), including those awarded after this bid
+    was made; counted here too, a bid made after some of them were accepted
+    weighed them twice and lost to a stale bid from a worker holding more."""
     gflops = job_gflops(cap, offer.requirements.gpus)
     # Timed with the job's flops, else the origin's guess (earlier runs of its
     # image, or a default); priced with the job's flops only, else the bound.
     work = offer.estimated_flops or offer.expected_flops
     duration = estimate_duration_s(work, offer.timeout_s, gflops, overhead_s)
-    waiting_jobs = max(0, cap.running + cap.queued + 1 - cap.capacity)
+    others = max(0, cap.running + cap.queued - origin_runs)
+    waiting_jobs = max(0, others + 1 - cap.capacity)
     wait_s = waiting_jobs * avg_run_s / max(1, cap.capacity)
     cost = estimate_cost(
         offer.estimated_flops, offer.timeout_s, gflops, cap.price, offer.credit_rate
@@ -437,6 +449,22 @@ def make_bid(
         queued=cap.queued,
         det_class=det_class,
     )
+
+
+def spread_scaled(x: float, lo: float, hi: float) -> float:
+    """``x`` in [``lo``, ``hi``] (the best and worst of the bids) as a rank
+    term: ``(x − lo) ÷ (hi − lo)`` (min-max) when the bids spread by more than
+    ``lo`` itself, else ``(x − lo) ÷ lo`` (how much worse than the best).
+
+    Min-max alone makes any spread, however small, the whole range: two
+    workers whose compute scores differ by 6 % bid finishes 3.0 s and 3.1 s,
+    and the quicker one's edge weighed as much as one run of ours queued
+    there (``load``), so a burst left it one run more than the others
+    (slots + 3 in the five-worker test). Scaled by ``lo`` a near-tie weighs
+    by its size; a wide spread still uses the full range."""
+    if hi <= lo:
+        return 0.0
+    return (x - lo) / max(hi - lo, lo)
 
 
 def rank_bids(
@@ -477,9 +505,6 @@ def rank_bids(
     f_min, f_max = min(finishes.values()), max(finishes.values())
     p_min, p_max = min(prices.values()), max(prices.values())
 
-    def norm(x: float, lo: float, hi: float) -> float:
-        return 0.0 if hi <= lo else (x - lo) / (hi - lo)
-
     def load(p: str) -> float:
         # Our runs already at the worker push its finish back by one duration
         # each, counted against the best bid's finish and not min-max scaled:
@@ -488,8 +513,8 @@ def rank_bids(
         return inflight.get(p, 0) * bids[p].est_duration_ms / max(1.0, f_min)
 
     def key(p: str) -> tuple[float, float]:
-        cost = w_finish * (norm(finishes[p], f_min, f_max) + load(p)) + w_price * norm(
-            prices[p], p_min, p_max
+        cost = w_finish * (spread_scaled(finishes[p], f_min, f_max) + load(p)) + (
+            w_price * spread_scaled(prices[p], p_min, p_max)
         )
         rep = max(-1.0, min(1.0, reputation.get(p, 0.0)))
         # Bad standing weighs heavily; good standing only a little, so that

@@ -236,6 +236,15 @@ class Worker:
     def work_queued(self) -> int:
         return sum(1 for w in self.work.values() if w.state == "queued")
 
+    def runs_of(self, origin: str) -> int:
+        """Runs we hold for ``origin``, queued or under way (its bids leave
+        them out of the expected wait: the origin counts them itself)."""
+        return sum(
+            1
+            for w in self.work.values()
+            if w.origin == origin and w.state in ("queued", "fetching", "running")
+        )
+
     def det_class(self, uses_gpu: bool, image: str, image_id: str = "") -> str:
         """The determinism class a job runs in here ("" before capabilities are
         known); ``image_id`` is the id a run used, else the local id of ``image``."""
@@ -292,6 +301,7 @@ class Worker:
                 offer.requirements.image_id or "",
             ),
             image_bytes_per_s=self.ctx.params.image_transfer_bytes_per_s,
+            origin_runs=self.runs_of(msg.sender),
         )
         self.ctx.counters["bids_sent"] += 1
         self.ctx.send(msg.sender, bid, offer.job_id)

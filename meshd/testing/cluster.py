@@ -54,6 +54,7 @@ FAST_CORE = CoreParams(
     result_resend_ms=500,
     reoffer_base_ms=300,
     reoffer_max_ms=2_000,
+    self_run_grace_ms=2_000,
 )
 """Protocol timings shortened for tests (same rules, smaller numbers)."""
 
@@ -244,19 +245,27 @@ class Cluster:
         entry = node.peers.get(self.peer_id(j)) if node is not None else None
         return entry is not None and node is not None and entry.expires_ms > node.now_ms
 
+    def seen_warm(self, i: int, j: int) -> bool:
+        """Node i holds a live advert of node j that says j is warm."""
+        node = self.daemon(i).node
+        entry = node.peers.get(self.peer_id(j)) if node is not None else None
+        return self.sees(i, j) and entry is not None and entry.advert.warm
+
     async def wait_mesh(self, timeout_s: float = 30.0) -> None:
         """Until every running node holds a live advert of every other, and
-        every worker is warm (a client, with no executor, never is)."""
+        every worker is warm (a client, with no executor, never is) in its own
+        view and in the adverts the others hold (a worker's first adverts may
+        say cold: an origin that holds only those runs its job itself, §8.5)."""
 
         def formed() -> bool:
             idx = self.running()
+            workers = {j for j in idx if self.daemon(j).executor.name != "none"}
             for i in idx:
-                d = self.daemon(i)
-                node = d.node
-                if node is None or (not node.worker.warm and d.executor.name != "none"):
+                node = self.daemon(i).node
+                if node is None or (i in workers and not node.worker.warm):
                     return False
                 for j in idx:
-                    if i != j and not self.sees(i, j):
+                    if i != j and not (self.seen_warm(i, j) if j in workers else self.sees(i, j)):
                         return False
             return True
 
