@@ -88,7 +88,7 @@ def counters(d: NetnsDaemon) -> dict[str, int]:
 
 def diagnosis(c: dict[str, int]) -> dict[str, int]:
     """The counters that say why adverts might not arrive."""
-    keys = ("advert", "reject", "rate", "gossip", "dial", "px", "peers")
+    keys = ("advert", "reject", "rate", "gossip", "dial", "px", "peers", "drop", "inbox")
     return {k: v for k, v in sorted(c.items()) if v and any(x in k for x in keys)}
 
 
@@ -152,6 +152,9 @@ def run(args: argparse.Namespace, bed: Testbed, root: Path, daemons: list[NetnsD
             flush=True,
         )
     print(f"    first node's counters: {diagnosis(counters(seed))}", flush=True)
+    if seen and min(seen) < want:
+        worst = daemons[seen.index(min(seen))]
+        print(f"    counters of a node that sees {min(seen)}: {diagnosis(counters(worst))}")
     time.sleep(args.settle_s)
 
     pids = [daemon_pid(d) for d in daemons]
