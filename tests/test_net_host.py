@@ -101,6 +101,57 @@ async def test_five_hosts_find_each_other_from_one_bootstrap_and_all_gossip() ->
             assert all(h.statistics().px_rounds > 0 for h in others)
 
 
+async def test_joining_survives_a_bootstrap_node_that_is_down() -> None:
+    """Two bootstrap nodes, the first down when a newcomer joins: the newcomer
+    finds the whole mesh through the second and peer exchange."""
+    b1 = make_host()
+    async with cluster(b1) as (r1,):
+        b2 = make_host(FAST, [b1.listen_addrs[0]])
+        async with cluster(b2):
+            boots = [b1.listen_addrs[0], b2.listen_addrs[0]]
+            members = [
+                make_host(FAST, [boots[0]]),  # knows only b1
+                make_host(FAST, [boots[1]]),  # knows only b2
+                make_host(FAST, boots),
+            ]
+            async with cluster(*members):
+                live = [b2, *members]
+                await wait_until(lambda: all(len(h.connected_peers()) == 4 for h in live), 30)
+                await r1.stop()
+                await wait_until(lambda: all(len(h.connected_peers()) == 3 for h in live), 30)
+                newcomer = make_host(FAST, boots)  # b1 first, and b1 is down
+                async with cluster(newcomer):
+                    await wait_until(lambda: all(connected(newcomer, h) for h in live), 30)
+                    # the members beyond b2 were learned by asking, not configured
+                    assert newcomer.statistics().px_rounds > 0
+                    assert newcomer.statistics().dials_failed >= 1  # b1 was tried
+
+
+async def test_a_newcomer_whose_only_bootstrap_dies_still_finds_later_joiners() -> None:
+    """The newcomer's one bootstrap node dies after it joined; a host that joins
+    later through the other bootstrap node and dials nobody itself is still
+    found by the newcomer, through peer exchange with the peers it met."""
+    b1 = make_host()
+    async with cluster(b1) as (r1,):
+        b2 = make_host(FAST, [b1.listen_addrs[0]])
+        async with cluster(b2):
+            member = make_host(FAST, [b2.listen_addrs[0]])
+            newcomer = make_host(FAST, [b1.listen_addrs[0]])  # only b1
+            async with cluster(member, newcomer):
+                live = [b2, member]
+                await wait_until(lambda: all(connected(newcomer, h) for h in live), 30)
+                await r1.stop()
+                await wait_until(lambda: b1.peer_id not in newcomer.connected_peers(), 30)
+                late = make_host(LINE, [b2.listen_addrs[0]])  # dials b2 and no one else
+                async with cluster(late):
+                    await wait_until(lambda: connected(newcomer, late), 30)
+                    assert set(newcomer.connected_peers()) == {
+                        b2.peer_id,
+                        member.peer_id,
+                        late.peer_id,
+                    }
+
+
 # ------------------------------------------------------------ request/response
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from meshd.net.discovery import interface_ipv4s
 from meshd.testing import netns
 from meshd.testing.netns import Host, NetnsDaemon, Testbed
 from meshd.testing.procs import stop_all
@@ -89,6 +90,41 @@ def test_mdns_setting_finds_a_peer_on_the_segment_without_bootstrap(
             p.start()
         for p in procs:
             p.wait_for(lambda p=p: (p.status() or {}).get("peers", 0) >= 1, 60, "an mDNS peer")
+    finally:
+        stop_all(procs)
+
+
+@pytest.mark.parametrize("bootstrap", [False, True], ids=["mdns-only", "mdns-and-bootstrap"])
+def test_mdns_between_hosts_that_listen_on_the_wildcard_address_and_one_port(
+    bed: Testbed, tmp_path: Path, bootstrap: bool
+) -> None:
+    """As in containers (deploy/compose.yaml): every node listens on
+    ``/ip4/0.0.0.0/tcp/4001``. mDNS must advertise the interface address (a
+    peer that dials ``0.0.0.0:4001`` reaches its own listener and fails the
+    security handshake), and a bootstrap dial must not be spoiled by it."""
+    hosts = [bed.public("w1"), bed.public("w2")]
+    procs = [
+        NetnsDaemon(tmp_path / f"n{i}", host=h, config={"mdns": True}) for i, h in enumerate(hosts)
+    ]
+    for p in procs:
+        p.listen = "/ip4/0.0.0.0/tcp/4001"
+    assert netns.run_in_netns(hosts[0].ns, interface_ipv4s) == [hosts[0].ip]
+    try:
+        for p in procs:
+            p.init()
+        procs[0].start()
+        if bootstrap:
+            first = (procs[0].status() or {})["peer_id"]
+            procs[1].bootstrap = [f"/ip4/{hosts[0].ip}/tcp/4001/p2p/{first}"]
+        procs[1].start()
+        for p in procs:
+            p.wait_for(
+                lambda p=p: (p.status() or {}).get("peers", 0) >= 1,
+                60,
+                "a peer found by mDNS or bootstrap",
+            )
+        for p in procs:
+            assert "dial failed" not in netns.daemon_log(p)
     finally:
         stop_all(procs)
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from meshd.core.identity import Identity
 from meshd.net import NetParams
+from meshd.net.discovery import concrete_addrs, interface_ipv4s
 from meshd.net.framing import (
     FrameReader,
     FrameTooLarge,
@@ -190,3 +191,25 @@ def test_params_defaults_are_consistent_and_rate_overrides_apply() -> None:
 def test_params_reject_nonsense(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         NetParams(**kwargs)
+
+
+# ----------------------------------------------------------- mDNS addresses
+
+
+def test_mdns_advertises_each_interface_address_for_a_wildcard_listen_address() -> None:
+    ips = ["198.18.0.10", "172.17.0.2"]
+    assert concrete_addrs(["/ip4/0.0.0.0/tcp/4001"], ips) == [
+        "/ip4/198.18.0.10/tcp/4001",
+        "/ip4/172.17.0.2/tcp/4001",
+    ]
+    # concrete addresses stay, /ip6/:: goes, duplicates collapse
+    assert concrete_addrs(
+        ["/ip4/198.18.0.10/tcp/4001", "/ip6/::/tcp/4001", "/ip4/0.0.0.0/tcp/4001"], ips
+    ) == ["/ip4/198.18.0.10/tcp/4001", "/ip4/172.17.0.2/tcp/4001"]
+    assert concrete_addrs(["/ip4/0.0.0.0/tcp/4001"], []) == []  # nothing dialable to say
+
+
+def test_interface_addresses_leave_out_loopback() -> None:
+    ips = interface_ipv4s()
+    assert all(not ip.startswith("127.") for ip in ips)
+    assert all(len(ip.split(".")) == 4 for ip in ips)

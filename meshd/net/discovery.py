@@ -20,13 +20,25 @@ Rules:
   threshold is hung up on as soon as it connects (``refused_peers``).
 - mDNS callbacks arrive on zeroconf's thread and for every host in the
   process; they only hop back into our trio loop.
+- mDNS advertises concrete addresses: a wildcard listen address
+  (``/ip4/0.0.0.0/tcp/P``) is advertised as ``/ip4/<each interface address>/tcp/P``
+  (:func:`concrete_addrs`, installed by :mod:`meshd.net.libp2p_hooks`).
+  Dialled, ``0.0.0.0`` reaches the dialler's own listener: between containers
+  that all listen on the same port, every dial to a peer found by mDNS met
+  ourselves and failed the security handshake, and since the library's mDNS
+  listener puts the address beside the bootstrap address, dials of the
+  bootstrap peer failed too.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import fcntl
 import logging
 import random
+import socket
+import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -55,6 +67,41 @@ def split_p2p_addr(addr: str) -> tuple[str, multiaddr.Multiaddr]:
     except Exception as exc:
         raise ValueError(f"address needs a /p2p/<peer id> part: {addr!r}") from exc
     return str(info.peer_id), maddr
+
+
+_SIOCGIFADDR = 0x8915
+_WILDCARD_HOSTS = ("/ip4/0.0.0.0/", "/ip6/::/")
+
+
+def interface_ipv4s() -> list[str]:
+    """The IPv4 address of each network interface of this namespace, loopback
+    excluded (one per interface: its primary address)."""
+    out: list[str] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _, name in socket.if_nameindex():
+            with contextlib.suppress(OSError):  # an interface without IPv4
+                req = struct.pack("256s", name.encode()[:15])
+                ip = socket.inet_ntoa(fcntl.ioctl(s.fileno(), _SIOCGIFADDR, req)[20:24])
+                if not ip.startswith("127.") and ip not in out:
+                    out.append(ip)
+    return out
+
+
+def is_wildcard_addr(addr: str) -> bool:
+    """Whether ``addr`` names the unspecified address (``0.0.0.0`` or ``::``)."""
+    return (addr + "/").startswith(_WILDCARD_HOSTS)
+
+
+def concrete_addrs(addrs: Sequence[str], ips: Sequence[str]) -> list[str]:
+    """``addrs`` with each ``/ip4/0.0.0.0/...`` replaced by the same address on
+    each of ``ips``, and ``/ip6/::/...`` dropped (meshd dials IPv4 TCP)."""
+    out: list[str] = []
+    for addr in addrs:
+        if addr.startswith("/ip4/0.0.0.0/"):
+            out += [f"/ip4/{ip}/{addr[len('/ip4/0.0.0.0/') :]}" for ip in ips]
+        elif not is_wildcard_addr(addr):
+            out.append(addr)
+    return list(dict.fromkeys(out))
 
 
 class _ConnectionWatch(INotifee):

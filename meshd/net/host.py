@@ -49,10 +49,14 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from meshd.core.identity import Identity
 from meshd.net.context import HostContext
-from meshd.net.discovery import Discovery
+from meshd.net.discovery import Discovery, concrete_addrs, interface_ipv4s
 from meshd.net.errors import ListenError, NetError
 from meshd.net.gossip import Gossip, GossipHandler, TopicValidator
-from meshd.net.libp2p_hooks import fit_yamux_frames_to_noise, take_over_dialing
+from meshd.net.libp2p_hooks import (
+    advertise_concrete_mdns_addrs,
+    fit_yamux_frames_to_noise,
+    take_over_dialing,
+)
 from meshd.net.logs import quiet_libp2p_logs
 from meshd.net.params import NetParams
 from meshd.net.px import PX_PROTOCOL
@@ -163,6 +167,7 @@ def _build_libp2p_host(
     if str(host.get_id()) != identity.peer_id:
         raise AssertionError("libp2p derived a different peer id from our key")
     take_over_dialing(host.get_network(), p.dial_retries)
+    advertise_concrete_mdns_addrs(host, lambda addrs: concrete_addrs(addrs, interface_ipv4s()))
     fit_yamux_frames_to_noise()
     return host
 

@@ -43,6 +43,11 @@ Hooks (what it overrides -- why -- checked against libp2p 0.8.1):
   cost ~0.7 s) -- checked against libp2p 0.8.1.
 - ``Swarm.auto_connector`` (attribute) -- installs the no-op auto-connector above
   -- checked against libp2p 0.8.1.
+- ``PeerBroadcaster._resolve_host_addrs`` (instance attribute of the host's mDNS broadcaster)
+  -- a wildcard listen address (``/ip4/0.0.0.0``) is advertised as the interfaces' addresses:
+  the library puts it in the TXT records as is, and a peer that dials ``0.0.0.0`` reaches
+  its own listener (on the same port, as in containers) and fails the security handshake
+  -- checked against libp2p 0.8.1.
 - ``libp2p.stream_muxer.yamux.yamux.MAX_MESSAGE_SIZE`` (module constant, process-wide) --
   yamux frames of at most one Noise message (65519 bytes, not 64 KiB, which Noise splits
   into a full message and a 29-byte one): half the Noise messages, encryptions and reads
@@ -392,6 +397,16 @@ def relay_reserved_peers(protocol: Any) -> set[str]:
         return {str(pid) for pid, r in reservations.items() if not r.is_expired()}
     except Exception:
         return set()
+
+
+def advertise_concrete_mdns_addrs(host: Any, expand: Callable[[list[str]], list[str]]) -> None:
+    """Make ``host``'s mDNS broadcaster advertise ``expand(listen addresses)``
+    instead of the listen addresses as bound (no-op without mDNS)."""
+    broadcaster = getattr(getattr(host, "mDNS", None), "broadcaster", None)
+    if broadcaster is None:
+        return
+    resolve = broadcaster._resolve_host_addrs
+    broadcaster._resolve_host_addrs = lambda: expand(resolve())
 
 
 # -------------------------------------------------------------------- muxing

@@ -111,6 +111,12 @@ class DaemonProcess:
         )
 
     def start(self, timeout_s: float = 60.0) -> None:
+        """Launch the daemon and wait until its control API answers."""
+        self.launch()
+        self.wait_for(lambda: self.status() is not None, timeout_s, "the daemon's API")
+
+    def launch(self) -> None:
+        """Start ``meshd start`` and return at once (see :meth:`start`, which waits)."""
         cmd = [
             *_bin("meshd"),
             "start",
@@ -130,7 +136,6 @@ class DaemonProcess:
         self.proc = subprocess.Popen(
             self.wrap(cmd), stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env}
         )
-        self.wait_for(lambda: self.status() is not None, timeout_s, "the daemon's API")
 
     def client(self) -> ApiClient:
         return ApiClient.from_data_dir(self.data_dir)
