@@ -272,7 +272,9 @@ class Channels:
                     ch.pending.pop(request_id, None)
                     ch.last_used = trio.current_time()
             assert call.outcome is not None
-            return self._reqresp.interpret(pid, protocol, call.outcome)
+            answer = self._reqresp.interpret(pid, protocol, call.outcome)
+            self._ctx.note_reached(key)
+            return answer
 
     def _falls_back(self, key: str) -> bool:
         until = self._fallback.get(key)

@@ -350,13 +350,12 @@ class MeshHost:
         return self._relay.state
 
     def reached(self, peer_id: str) -> str | None:
-        """How we are connected to ``peer_id`` now: ``direct``, ``relayed``,
-        ``hole-punched``; when not connected ``unreachable`` if our last dial
-        or request to it failed, else None."""
-        how = self._relay.reached(peer_id)
-        if how is None and peer_id in self._ctx.unreachable:
+        """How we are connected to ``peer_id`` now: ``unreachable`` if our
+        last dial, request or call to it failed (connected or not), else
+        ``direct``, ``relayed``, ``hole-punched`` or None (not connected)."""
+        if peer_id in self._ctx.unreachable:
             return "unreachable"
-        return how
+        return self._relay.reached(peer_id)
 
     @property
     def relays(self) -> list[str]:

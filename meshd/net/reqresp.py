@@ -215,7 +215,10 @@ class RequestResponse:
         self._inflight_out += 1
         try:
             with trio.move_on_after(timeout):
-                return await self._request_slot(pid, protocol, data)
+                answer = await self._request_slot(pid, protocol, data)
+                if counted:  # the application's message got through
+                    self._ctx.note_reached(peer_id)
+                return answer
             raise RequestTimeout(
                 f"{protocol} request to {peer_id} got no answer within {timeout:g} s"
             )

@@ -4,7 +4,7 @@ path direct messages take (run by hand, not by pytest).
     python tests/bench/bench_award.py [--nodes 6] [--jobs 40] [--gap 0.2] [--hog]
 
 For each path, in the same run: start N real `meshd start` processes
-(process executor), submit ``--jobs`` small jobs to node 0 one at a time
+(node 0 a client, the others process workers), submit ``--jobs`` small jobs to node 0 one at a time
 (each after the previous one finished, ``--gap`` seconds apart) and read
 submit→award from the origin's own job history (its clock); then stop the
 mesh. The paths:
@@ -36,21 +36,48 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_placement import JOB, PhaseTimeout, history_ts, pct, start_hog, wait_all  # noqa: E402
 
-from meshd.testing.procs import start_mesh, stop_all  # noqa: E402
+from meshd.testing.procs import DaemonProcess, stop_all  # noqa: E402
 
 PATHS = {"per-request": False, "channels": True}
 """Each path's ``config.toml`` ``direct_channels``."""
+
+
+def start_client_mesh(root: Path, n: int, channels: bool) -> list[DaemonProcess]:
+    """Node 0 a client (no executor: it never runs its own jobs, §8.5), nodes
+    1..n-1 process workers bootstrapped from it; waits until node 0 sees them
+    all."""
+    procs = [
+        DaemonProcess(
+            root / "node0",
+            executor="auto",
+            config={"allow_process_executor": False, "direct_channels": channels},
+            env={"DOCKER_HOST": f"unix://{root}/no-engine.sock"},
+        )
+    ]
+    procs += [
+        DaemonProcess(root / f"node{i}", config={"direct_channels": channels}) for i in range(1, n)
+    ]
+    try:
+        for p in procs:
+            p.init()
+        procs[0].start()
+        for p in procs[1:]:
+            p.bootstrap = [procs[0].addr]
+            p.start()
+        procs[0].wait_for(
+            lambda: (procs[0].status() or {}).get("peers", 0) >= n - 1, 120, "the mesh"
+        )
+    except BaseException:
+        stop_all(procs)
+        raise
+    return procs
 
 
 def measure(args: argparse.Namespace, root: Path, channels: bool) -> tuple[list[int], float, dict]:
     """submit→award of each job (ms), the API round trip p50 (ms), and the
     origin's network counters, on a fresh mesh whose direct messages take
     the given path."""
-    procs = start_mesh(
-        root,
-        args.nodes,
-        config={"allow_process_executor": True, "direct_channels": channels},
-    )
+    procs = start_client_mesh(root, args.nodes, channels)
     try:
         client = procs[0].client()
         time.sleep(2)
