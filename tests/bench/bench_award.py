@@ -128,6 +128,12 @@ def main() -> int:
         f"time, {args.gap:g} s apart{', CPU hog on every core' if args.hog else ''}"
     )
     print(f"{'path':12} {'p50':>8} {'p99':>8} {'API RTT p50':>12}  origin's direct traffic")
+    if not all(award for award, _, _ in results.values()):
+        print(
+            "FAILED: no job of a path was awarded in time:",
+            {k: len(v[0]) for k, v in results.items()},
+        )
+        return 1
     for name, (award, rtt, net) in results.items():
         traffic = ", ".join(
             f"{k} {net['net_' + k]}"
