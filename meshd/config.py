@@ -212,6 +212,9 @@ class NodeConfig(BaseModel):
     relay_service: bool = True
     """Relay connections for peers behind NATs (circuit relay v2) once this node
     is found publicly reachable (``NetParams.relay_service``)."""
+    direct_channels: bool = True
+    """Send direct messages on persistent channels (``/meshd/direct/2``);
+    False: one stream per message (``RuntimeParams.direct_channels``)."""
     reachability: Literal["auto", "public", "private"] = "auto"
     """``auto``: a dial-back check by peers decides; ``public``/``private``: fixed
     (``NetParams.reachability``)."""

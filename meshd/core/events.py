@@ -22,6 +22,7 @@ TOPIC_ADVERTS = "/meshd/adverts/1"
 TOPIC_OFFERS = "/meshd/offers/1"
 TOPIC_RECEIPTS = "/meshd/receipts/1"
 DIRECT_PROTOCOL = "/meshd/direct/1"
+DIRECT_CHANNEL_PROTOCOL = "/meshd/direct/2"
 BLOB_PROTOCOL = "/meshd/blob/2"
 
 

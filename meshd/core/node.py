@@ -376,6 +376,7 @@ class Node:
             self.ctx.reject("wrong_sender", inp.from_peer, f"signed by {msg.sender}")
             return
         self.ctx.counters["accepted_" + msg.type] += 1
+        self.origin.heard_from(msg.sender)
         self._direct[msg.type](msg)
 
     # ------------------------------------------------------------ peers and their standing

@@ -80,6 +80,7 @@ from .placement import (
 )
 from .rtt import PeerRtt
 from .scorecheck import ScoreCheck, judged_duration_ms, observed_duration_ms
+from .silence import CANNOT_REACH_US, SilentPeers
 from .wire import (
     MAX_ATTEMPT,
     MAX_EXCLUDE,
@@ -187,6 +188,8 @@ class OriginJob:
     """Peers whose adverts fit the open round (it closes when all answered)."""
     declined_now: int = 0
     """Declines received in the open round."""
+    round_candidates: tuple[str, ...] = ()
+    """The other peers counted in this round's ``offer_candidates``."""
     declined_round: set[str] = field(default_factory=set)
     """Peers that declined the open round."""
     queue_timeout_ms: int | None = None
@@ -244,6 +247,13 @@ class Origin:
         self.self_run_from_ms = ctx.now_ms + p.self_run_grace_ms
         """Before this time our own worker is no candidate (``self_run_grace_ms``
         after the node started: it has not heard the mesh's adverts yet, §8.5)."""
+        self.silent = SilentPeers(
+            rounds=p.silent_rounds,
+            after_ms=p.silent_after_ms,
+            exclude_ms=p.silent_exclude_ms,
+            limit=p.max_peers_tracked,
+        )
+        """Candidates that cannot reach us (§8.6)."""
         self.rtt = PeerRtt(
             initial_ms=p.award_ack_timeout_ms,
             floor_ms=p.award_ack_timeout_min_ms,
@@ -575,7 +585,7 @@ class Origin:
         self._set_open(job, True)
         job.bids, job.bid_ms, job.tried = {}, {}, set()
         job.declined_round = set()
-        exclude = set(job.excluded) | self._ran(job)
+        exclude = set(job.excluded) | self._ran(job) | self._silent_peers()
         spec = job.spec
         left = self._budget_left(job)
         offer = Offer(
@@ -595,7 +605,8 @@ class Origin:
         )
         job.offer_slots = offer.slots
         job.offered_ms = self.ctx.now_ms
-        job.offer_candidates = self._candidates(job, offer)
+        job.round_candidates = tuple(self._candidate_ids(offer))
+        job.offer_candidates = len(job.round_candidates)
         here = self._self_candidate(job, offer)
         job.offer_candidates += here
         self.ctx.append(
@@ -648,17 +659,37 @@ class Origin:
         own = self.own_capacity()
         return own is not None and fit_reason(own, req) is None
 
-    def _candidates(self, job: OriginJob, offer: Offer) -> int:
-        """Other live, unbanned, not excluded peers whose adverts fit ``offer``."""
-        n = 0
+    def _candidate_ids(self, offer: Offer) -> list[str]:
+        """Other live, unbanned, not excluded peers whose adverts fit ``offer``
+        (peers that cannot reach us, §8.6, are in ``offer.exclude``)."""
+        out = []
         for entry in self.ctx.peers.alive(self.ctx.now_ms):
             if entry.peer_id in offer.exclude or self.ctx.trust.banned(
                 entry.peer_id, self.ctx.now_ms
             ):
                 continue
             if fit_reason(Capacity.from_advert(entry.advert), offer.requirements) is None:
-                n += 1
-        return n
+                out.append(entry.peer_id)
+        return out
+
+    # ------------------------------------------------------------ silent candidates (§8.6)
+
+    def heard_from(self, peer: str) -> None:
+        """A direct message from ``peer`` was accepted: it reaches us."""
+        if self.silent.heard_from(peer, self.ctx.now_ms):
+            self.ctx.counters["peers_reach_us_again"] += 1
+
+    def _silent_peers(self) -> set[str]:
+        """Live peers that cannot reach us now (left out of our offers)."""
+        now = self.ctx.now_ms
+        return {
+            e.peer_id for e in self.ctx.peers.alive(now) if self.silent.excluded(e.peer_id, now)
+        }
+
+    def _round_closed(self, job: OriginJob) -> None:
+        answered = set(job.bids) | job.declined_round
+        newly = self.silent.round_closed(job.round_candidates, answered, self.ctx.now_ms)
+        self.ctx.counters["peers_cannot_reach_us"] += len(newly)
 
     def on_bid(self, msg: Opened) -> None:
         bid: Bid = msg.body
@@ -762,6 +793,7 @@ class Origin:
             return
         self.holding_jobs.discard(job.job_id)
         self._set_open(job, False)
+        self._round_closed(job)
         job.declined_now = 0
         self._log_bids(job)
         self._award_next(job)
@@ -958,6 +990,8 @@ class Origin:
                 reason = "already ran this job (replicas must run on distinct workers)"
             elif self.ctx.trust.banned(entry.peer_id, self.ctx.now_ms):
                 reason = "banned for misbehaviour"
+            elif self.silent.excluded(entry.peer_id, self.ctx.now_ms):
+                reason = CANNOT_REACH_US
             else:
                 reason = fit_reason(Capacity.from_advert(entry.advert), req) or NO_ANSWER
             self._note_decline(job, entry.peer_id, reason)

@@ -81,6 +81,20 @@ class CoreParams:
     """The window closes early once this many bids per needed worker arrived
     (or every known candidate answered). More bids rank better (the simulator's
     1,000-node load run: 1.36× the omniscient mean at 2, 1.11× at 8, 1.13× at 16)."""
+    silent_rounds: int = 5
+    """A live candidate that let this many of our offer rounds in a row close
+    without its bid or decline while another candidate's answer arrived (and
+    sent us no direct message meanwhile) cannot reach us, once the silence
+    also lasted ``silent_after_ms`` (§8.6): it is no candidate and is named
+    in our offers' ``exclude`` for ``silent_exclude_ms``."""
+    silent_after_ms: int = 30_000
+    """Shortest silence (from the first of those rounds) that marks a
+    candidate unable to reach us: a slow or busy worker answers, late or with
+    a decline, well within it."""
+    silent_exclude_ms: int = 60_000
+    """How long a candidate marked unable to reach us is left out of our
+    rounds before it is a candidate again (any direct message from it ends
+    the mark at once)."""
     late_bid_window_ms: int = 50
     """A bid that missed its round, for a job still waiting for a worker, opens
     a window to collect other late bids before ranking (no new offer): this

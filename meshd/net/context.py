@@ -62,7 +62,7 @@ class HostContext:
         if peer_id not in self.unreachable:
             self.count("peers_unreachable")
             log.info(
-                "cannot reach peer %s (%s): messages to it are not delivered until it connects",
+                "cannot reach peer %s (%s): messages to it are not delivered until one gets through",
                 peer_id,
                 why[:200],
             )
@@ -72,7 +72,8 @@ class HostContext:
             self.unreachable.popitem(last=False)
 
     def note_reached(self, peer_id: str) -> None:
-        """``peer_id`` connected: it is reachable again."""
+        """``peer_id`` connected, or a request or call to it got through: it is
+        reachable again."""
         if self.unreachable.pop(peer_id, None) is not None:
             log.info("peer %s is reachable again", peer_id)
 

@@ -40,6 +40,11 @@ class RemoteError(NetError):
     for the protocol, it was busy, or it broke the framing."""
 
 
+class ProtocolNotServed(RemoteError):
+    """The connected peer does not serve the protocol asked (multistream
+    negotiation failed): an older or different meshd."""
+
+
 class MessageTooLarge(NetError):
     """A payload exceeds a size bound: ours (raised before sending) or the
     peer's (it refused our request)."""

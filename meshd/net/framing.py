@@ -8,7 +8,13 @@ Theory of operation:
 
     ``uvarint`` is the unsigned LEB128 varint of multiformats (at most 9
     bytes here, values < 2**63). The client half-closes its side after the
-    request; the server closes after the response. ``status`` is one of
+    request; the server closes after the response.
+
+    A persistent channel (:mod:`meshd.net.channels`) carries many of them on
+    one stream, each labelled with a request id the answer repeats::
+
+        call   = uvarint(id) uvarint(len) body                (opener -> server)
+        answer = uvarint(id) status:u8 uvarint(len) body      (server -> opener) ``status`` is one of
     :class:`Status`; on anything but ``OK`` the body is a short UTF-8 text.
 
 Rules:
@@ -47,6 +53,11 @@ class FramingError(Exception):
     """The bytes on the stream do not follow the framing."""
 
 
+class StreamEnded(FramingError):
+    """The stream ended (closed, reset, connection lost) before a whole frame
+    arrived: truncation, not malformed bytes."""
+
+
 class FrameTooLarge(FramingError):
     """A length prefix announces more bytes than the bound allows."""
 
@@ -83,6 +94,16 @@ def encode_response(status: Status, body: bytes) -> bytes:
     return bytes([status]) + encode_uvarint(len(body)) + body
 
 
+def encode_call(request_id: int, body: bytes) -> bytes:
+    """One call on a persistent channel."""
+    return encode_uvarint(request_id) + encode_request(body)
+
+
+def encode_answer(request_id: int, status: Status, body: bytes) -> bytes:
+    """The answer to call ``request_id`` on a persistent channel."""
+    return encode_uvarint(request_id) + encode_response(status, body)
+
+
 class FrameReader:
     """Buffered reads of exact byte counts from a stream.
 
@@ -104,9 +125,9 @@ class FrameReader:
         try:
             chunk = await self._stream.read(min(max(want, 1), self._read_chunk_bytes))
         except Exception as exc:  # EOF / reset / closed: all mean "truncated"
-            raise FramingError(f"stream ended early ({type(exc).__name__})") from exc
+            raise StreamEnded(f"stream ended early ({type(exc).__name__})") from exc
         if not chunk:
-            raise FramingError("stream ended early")
+            raise StreamEnded("stream ended early")
         self._buf += chunk
 
     async def read_exactly(self, n: int) -> bytes:
@@ -117,6 +138,16 @@ class FrameReader:
         out = bytes(self._buf[:n])
         del self._buf[:n]
         return out
+
+    async def read_uvarint_or_end(self) -> int | None:
+        """A uvarint, or None if the stream ends cleanly before its first byte
+        (a channel's peer closed it between frames)."""
+        if not self._buf:
+            try:
+                await self._fill(1)
+            except StreamEnded:
+                return None
+        return await self.read_uvarint()
 
     async def read_uvarint(self) -> int:
         value = 0

@@ -8,6 +8,7 @@ Theory of operation:
     * :mod:`meshd.net.gossip` -- topics: validation, delivery through a
       bounded inbox, paced publishing;
     * :mod:`meshd.net.reqresp` -- request/response streams;
+    * :mod:`meshd.net.channels` -- persistent channels: many calls per stream;
     * :mod:`meshd.net.discovery` -- bootstrap, peer exchange, mDNS, dialling;
     * :mod:`meshd.net.relay` -- reachability (dial-back check), circuit relay v2;
     * :mod:`meshd.net.standing` -- app score, block list, forgery charges;
@@ -48,6 +49,7 @@ from libp2p.network.config import ConnectionConfig
 from libp2p.tools.anyio_service import background_trio_service
 
 from meshd.core.identity import Identity
+from meshd.net.channels import Channels
 from meshd.net.context import HostContext
 from meshd.net.discovery import Discovery, concrete_addrs, interface_ipv4s
 from meshd.net.errors import ListenError, NetError
@@ -194,6 +196,7 @@ class MeshHost:
         self._standing = Standing(ctx)
         self._gossip = Gossip(ctx, self._standing)
         self._reqresp = RequestResponse(ctx, self._standing)
+        self._channels = Channels(ctx, self._standing, self._reqresp)
         self._relay = Relay(ctx, self._reqresp)
         self._discovery = Discovery(ctx, self._standing, self._reqresp, bootstrap, self._relay)
         # The libp2p objects, for tests that drive them directly.
@@ -312,6 +315,29 @@ class MeshHost:
         Raises PeerUnreachable, RequestTimeout, RemoteError or MessageTooLarge."""
         return await self._reqresp.request(peer_id, protocol, data, timeout_s=timeout_s)
 
+    def handle_channel(self, protocol: str, handler: RequestHandler) -> None:
+        """Serve ``protocol`` as a persistent channel (:mod:`meshd.net.channels`):
+        each call is ``await handler(peer_id, call) -> answer``, as in
+        :meth:`handle`."""
+        self._channels.handle(protocol, handler)
+
+    async def call(
+        self,
+        peer_id: str,
+        protocol: str,
+        data: bytes,
+        *,
+        fallback: str,
+        timeout_s: float | None = None,
+    ) -> bytes:
+        """One call on our persistent channel to ``peer_id`` (opened if needed);
+        as one request on ``fallback`` if the peer does not serve ``protocol``.
+
+        Raises PeerUnreachable, RequestTimeout, RemoteError or MessageTooLarge."""
+        return await self._channels.call(
+            peer_id, protocol, data, fallback=fallback, timeout_s=timeout_s
+        )
+
     # ------------------------------------------------------- peers and discovery
 
     async def connect(self, multiaddr_text: str) -> str:
@@ -329,13 +355,12 @@ class MeshHost:
         return self._relay.state
 
     def reached(self, peer_id: str) -> str | None:
-        """How we are connected to ``peer_id`` now: ``direct``, ``relayed``,
-        ``hole-punched``; when not connected ``unreachable`` if our last dial
-        or request to it failed, else None."""
-        how = self._relay.reached(peer_id)
-        if how is None and peer_id in self._ctx.unreachable:
+        """How we are connected to ``peer_id`` now: ``unreachable`` if our
+        last dial, request or call to it failed (connected or not), else
+        ``direct``, ``relayed``, ``hole-punched`` or None (not connected)."""
+        if peer_id in self._ctx.unreachable:
             return "unreachable"
-        return how
+        return self._relay.reached(peer_id)
 
     @property
     def relays(self) -> list[str]:
@@ -387,4 +412,6 @@ class MeshHost:
         - ``requests_out_inflight``: outbound requests started and not yet
           finished (peer exchange included).
         """
-        return self._gossip.queue_stats() | self._reqresp.queue_stats()
+        return (
+            self._gossip.queue_stats() | self._reqresp.queue_stats() | self._channels.queue_stats()
+        )

@@ -131,6 +131,19 @@ class NetParams:
     stream_read_chunk_bytes: int = 256 * 1024
     """Most bytes asked of a request/response stream per read call."""
 
+    # --- Persistent channels ---------------------------------------------------
+    channel_max_inflight: int = 32
+    """Calls in flight on one peer's channel: a sender waits for a free slot
+    before it writes another (nothing is buffered beyond it), and a server
+    answers BUSY to a peer's calls beyond it."""
+    channel_idle_s: float = 30.0
+    """A channel that carried no call for this long is closed by its opener
+    (and reopened by the next call); a server closes a channel stream on
+    which no call arrived for twice this."""
+    channel_fallback_s: float = 300.0
+    """How long calls to a peer that does not serve the channel protocol go by
+    the per-request fallback before the channel is tried again."""
+
     # --- Connections and discovery -------------------------------------------
     connect_timeout_s: float = 5.0
     """Deadline of one dial (TCP + Noise + yamux). A loopback dial takes
@@ -261,6 +274,9 @@ class NetParams:
             "handler_timeout_s",
             "max_inflight_requests_per_peer",
             "stream_read_chunk_bytes",
+            "channel_max_inflight",
+            "channel_idle_s",
+            "channel_fallback_s",
             "connect_timeout_s",
             "max_peers",
             "target_peers",

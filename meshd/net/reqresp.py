@@ -44,6 +44,7 @@ from meshd.net.errors import (
     MessageTooLarge,
     NetError,
     PeerUnreachable,
+    ProtocolNotServed,
     RemoteError,
     RequestTimeout,
 )
@@ -77,8 +78,11 @@ async def close_stream(stream: INetStream, *, reset: bool) -> None:
             log.debug("closing stream failed: %r", exc)
 
 
-async def write_whole_frames(stream: INetStream, data: bytes, deadline: float) -> bool:
-    """Write ``data`` and half-close; True if all of it went out.
+async def write_whole_frames(
+    stream: INetStream, data: bytes, deadline: float, *, half_close: bool = True
+) -> bool:
+    """Write ``data`` and (unless ``half_close`` is False) half-close; True if
+    all of it went out.
 
     The write runs shielded (see the module docstring); at ``deadline`` or on
     cancellation the stream is reset instead, which makes yamux stop at the
@@ -91,8 +95,9 @@ async def write_whole_frames(stream: INetStream, data: bytes, deadline: float) -
         with trio.CancelScope(shield=True):
             try:
                 await stream.write(data)
-                # 0.8.1's INetStream lacks close_write; every stream it hands out has it
-                await cast(NetStream, stream).close_write()
+                if half_close:
+                    # 0.8.1's INetStream lacks close_write; every stream it hands out has it
+                    await cast(NetStream, stream).close_write()
                 ok = True
             except Exception as exc:
                 log.debug("stream write stopped: %r", exc)
@@ -175,10 +180,18 @@ class RequestResponse:
             return Status.TOO_LARGE, str(exc).encode()
         except FramingError as exc:
             return Status.BAD_REQUEST, str(exc).encode()
+        return await self.run_handler(self._handlers[protocol], peer, request)
+
+    async def run_handler(
+        self, handler: RequestHandler, peer: str, request: bytes
+    ) -> tuple[Status, bytes]:
+        """``handler``'s answer to ``request`` as a status and body: ERROR with
+        a bounded text if it raised or answered something unsendable."""
+        p = self._ctx.params
         try:
-            response = await self._handlers[protocol](peer, request)
+            response = await handler(peer, request)
         except Exception as exc:
-            log.debug("handler of %s raised for %s: %r", protocol, peer, exc)
+            log.debug("handler raised for %s: %r", peer, exc)
             text = f"{type(exc).__name__}: {exc}".encode(errors="replace")
             return Status.ERROR, text[: p.max_error_bytes]
         if not isinstance(response, bytes | bytearray):
@@ -194,6 +207,34 @@ class RequestResponse:
     ) -> bytes:
         """See :meth:`MeshHost.request`."""
         p = self._ctx.params
+        pid = self.check_outbound(peer_id, data)
+        timeout = p.request_timeout_s if timeout_s is None else timeout_s
+        counted = protocol not in INTERNAL_PROTOCOLS  # counters: the application's traffic
+        if counted:
+            self._ctx.count("requests_out")
+        self._inflight_out += 1
+        try:
+            with trio.move_on_after(timeout):
+                answer = await self._request_slot(pid, protocol, data)
+                if counted:  # the application's message got through
+                    self._ctx.note_reached(peer_id)
+                return answer
+            raise RequestTimeout(
+                f"{protocol} request to {peer_id} got no answer within {timeout:g} s"
+            )
+        except NetError:
+            if counted:
+                self._ctx.count("requests_out_failed")
+            raise
+        finally:
+            self._inflight_out -= 1
+
+    def check_outbound(self, peer_id: str, data: bytes) -> ID:
+        """``peer_id`` as a libp2p ID once a request to it may be sent: the
+        host runs, the peer is not us nor blocked, ``data`` is within
+        ``max_request_bytes`` (else ValueError, NotRunning, PeerUnreachable or
+        MessageTooLarge)."""
+        p = self._ctx.params
         self._ctx.require_running()
         pid = parse_peer_id(peer_id)
         if pid == self._ctx.pid:
@@ -204,23 +245,7 @@ class RequestResponse:
             )
         if self._standing.is_blocked(peer_id):
             raise PeerUnreachable(f"peer {peer_id} is blocked")
-        timeout = p.request_timeout_s if timeout_s is None else timeout_s
-        counted = protocol not in INTERNAL_PROTOCOLS  # counters: the application's traffic
-        if counted:
-            self._ctx.count("requests_out")
-        self._inflight_out += 1
-        try:
-            with trio.move_on_after(timeout):
-                return await self._request_slot(pid, protocol, data)
-            raise RequestTimeout(
-                f"{protocol} request to {peer_id} got no answer within {timeout:g} s"
-            )
-        except NetError:
-            if counted:
-                self._ctx.count("requests_out_failed")
-            raise
-        finally:
-            self._inflight_out -= 1
+        return pid
 
     async def _request_slot(self, pid: ID, protocol: str, data: bytes) -> bytes:
         key = str(pid)
@@ -235,7 +260,7 @@ class RequestResponse:
 
     async def _request_once(self, pid: ID, protocol: str, data: bytes) -> bytes:
         p = self._ctx.params
-        stream = await self._open_stream(pid, protocol)
+        stream = await self.open_stream(pid, protocol)
         outcome: tuple[Status, bytes] | FramingError
         try:
             # Read while writing: a server refusing an oversized request answers
@@ -253,11 +278,12 @@ class RequestResponse:
                     await close_stream(stream, reset=True)
         finally:
             await close_stream(stream, reset=True)
-        return self._interpret(pid, protocol, outcome)
+        return self.interpret(pid, protocol, outcome)
 
-    def _interpret(
+    def interpret(
         self, pid: ID, protocol: str, outcome: tuple[Status, bytes] | FramingError
     ) -> bytes:
+        """The body of an OK response; the NetError any other outcome means."""
         peer = str(pid)
         if isinstance(outcome, FrameTooLarge):
             raise MessageTooLarge(f"response from {peer} on {protocol}: {outcome}")
@@ -273,7 +299,10 @@ class RequestResponse:
             raise MessageTooLarge(f"{peer} refused the {protocol} request: {text}")
         raise RemoteError(f"{peer} answered {protocol} with {status.name}: {text}")
 
-    async def _open_stream(self, pid: ID, protocol: str) -> INetStream:
+    async def open_stream(self, pid: ID, protocol: str) -> INetStream:
+        """A new stream to ``pid`` speaking ``protocol`` (dials if needed).
+        ProtocolNotServed if the connected peer does not serve it,
+        PeerUnreachable if it cannot be reached (and it is marked so)."""
         host = self._ctx.libp2p
         network = host.get_network()
         had_connection = bool(network.get_connections(pid))
@@ -288,7 +317,7 @@ class RequestResponse:
                 return await host.new_stream(pid, [TProtocol(protocol)])
         except StreamFailure as exc:
             if network.get_connections(pid):
-                raise RemoteError(f"{pid} does not serve {protocol}") from exc
+                raise ProtocolNotServed(f"{pid} does not serve {protocol}") from exc
             self._ctx.note_unreachable(str(pid), f"{type(exc).__name__}: {exc}")
             raise PeerUnreachable(f"cannot reach {pid}: {exc}") from exc
         except Exception as exc:  # dial failures, errors of a dying connection

@@ -31,6 +31,15 @@ class NetStats:
     requests_out_failed: int = 0  # ... that raised a NetError
     requests_in: int = 0  # inbound request streams
     requests_in_failed: int = 0  # ... answered with anything but OK
+    # persistent channels (meshd.net.channels)
+    channels_out: int = 0  # channel streams we opened
+    channels_in: int = 0  # channel streams peers opened to us
+    calls_out: int = 0  # calls we sent on channels (fallbacks count here too)
+    calls_out_failed: int = 0  # ... that raised a NetError
+    calls_in: int = 0  # calls peers sent us on channels
+    calls_in_busy: int = 0  # ... answered BUSY (the peer was over channel_max_inflight)
+    channel_bad_frames: int = 0  # channel streams reset: malformed or oversized frame, unknown id
+    channel_fallbacks: int = 0  # calls sent per request: the peer does not serve the channel
     # connections and discovery
     dials: int = 0  # dials started by connect(), bootstrap or discovery
     dials_failed: int = 0

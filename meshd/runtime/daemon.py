@@ -60,6 +60,7 @@ from meshd import __version__
 from meshd.config import DataDir, NodeConfig, remove_api_addr, write_api_addr, write_atomic
 from meshd.core.events import (
     BLOB_PROTOCOL,
+    DIRECT_CHANNEL_PROTOCOL,
     DIRECT_PROTOCOL,
     MAX_ERROR_CHARS,
     TOPIC_ADVERTS,
@@ -155,6 +156,8 @@ class Daemon(EffectInterpreter):
         self.rp = runtime_params or RuntimeParams()
         if config.blob_store_max_bytes is not None:
             self.rp = dataclasses.replace(self.rp, blob_store_max_bytes=config.blob_store_max_bytes)
+        if not config.direct_channels:
+            self.rp = dataclasses.replace(self.rp, direct_channels=False)
         self.executor = executor
         self.executor_reason = executor_reason
         self.clock: Clock = clock or SystemClock()
@@ -347,6 +350,7 @@ class Daemon(EffectInterpreter):
                 self.host.set_topic_validator(topic, self.gossip_check.for_topic(topic))
                 self.host.subscribe(topic, self._on_gossip(topic))
             self.host.handle(DIRECT_PROTOCOL, self._on_direct)
+            self.host.handle_channel(DIRECT_CHANNEL_PROTOCOL, self._on_direct)
             self.host.handle(BLOB_PROTOCOL, self.transfer.serve)
             self.host.set_app_score(lambda peer: self._reputation.get(peer, 0.0))
             await nursery.start(self.host.run)
@@ -579,7 +583,10 @@ class Daemon(EffectInterpreter):
             log.warning("publish on %s failed: %s", eff.topic, exc)
 
     async def _request_direct(self, peer: str, data: bytes) -> None:
-        await self.host.request(peer, DIRECT_PROTOCOL, data)
+        if self.rp.direct_channels:
+            await self.host.call(peer, DIRECT_CHANNEL_PROTOCOL, data, fallback=DIRECT_PROTOCOL)
+        else:
+            await self.host.request(peer, DIRECT_PROTOCOL, data)
 
     def _send_failed(self, eff: Send, error: str) -> None:
         """A direct message that will not be delivered becomes ``SendFailed``

@@ -20,6 +20,12 @@ class RuntimeParams:
     """The inbox's lanes and shedding (``meshd.core.inbox``; own table)."""
     sendq: SendQueueParams = field(default_factory=SendQueueParams)
     """The per-peer send queues (``meshd.runtime.sendq``; own table)."""
+    direct_channels: bool = True
+    """Direct messages go on one persistent channel per peer
+    (``/meshd/direct/2``, ``meshd.net.channels``), falling back to a stream
+    per message (``/meshd/direct/1``) for a peer that does not serve it;
+    False: always a stream per message. ``config.toml``'s
+    ``direct_channels``."""
     max_batch_inputs: int = 64
     """Inputs handled in one turn of the loop, whose log records go to disk in
     one synced write before any of their effects is carried out."""

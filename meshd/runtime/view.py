@@ -485,7 +485,11 @@ class NodeView:
                     "cold_reason": a.cold_reason,
                     "version": a.version,
                     "reputation": round(node.trust.reputation(e.peer_id, now), 3),
-                    "reached": self._host.reached(e.peer_id) or "not connected",
+                    "reached": (
+                        "cannot reach us"
+                        if node.origin.silent.excluded(e.peer_id, now)
+                        else self._host.reached(e.peer_id) or "not connected"
+                    ),
                     "last_seen_s": round((now - e.last_seen_ms) / 1000, 1),
                     "expires_in_s": round((e.expires_ms - now) / 1000, 1),
                 }

@@ -9,7 +9,8 @@ Run: ``python tests/bench/bench_net.py [--runs R]`` (not collected by pytest).
     dials in parallel, so this should stay near 2 (bootstrap dial, then one
     round of parallel dials), not 4+;
 (c) request/response round trip p50 on a warm connection vs (d) one gossip
-    hop p50 between the same two hosts; ratio d/c.
+    hop p50 between the same two hosts; ratio d/c; (e) one call on a
+    persistent channel (``MeshHost.call``) between them, p50; ratio e/c.
 Each figure is the median over ``--runs`` runs on fresh hosts on 127.0.0.1.
 """
 
@@ -65,7 +66,7 @@ async def five_host_mesh() -> float:
     return elapsed
 
 
-async def request_vs_gossip(samples: int = 50) -> tuple[float, float]:
+async def request_vs_gossip(samples: int = 50) -> tuple[float, float, float]:
     a, b = fresh(), fresh()
     arrived: dict[bytes, float] = {}
 
@@ -73,6 +74,7 @@ async def request_vs_gossip(samples: int = 50) -> tuple[float, float]:
         return data
 
     a.handle("/meshd/bench/echo/1", echo)
+    a.handle_channel("/meshd/bench/echo/2", echo)
     b.subscribe("bench", lambda author, data: arrived.__setitem__(data, time.perf_counter()))
     a.subscribe("bench", lambda author, data: None)
     async with trio.open_nursery() as n:
@@ -80,7 +82,7 @@ async def request_vs_gossip(samples: int = 50) -> tuple[float, float]:
         await n.start(b.run)
         await b.connect(a.listen_addrs[0])
         await wait_until(lambda: b.peer_id in a.mesh_peers("bench"))
-        rtts, hops = [], []
+        rtts, hops, calls = [], [], []
         for i in range(samples):
             t0 = time.perf_counter()
             await b.request(a.peer_id, "/meshd/bench/echo/1", b"x" * 100)
@@ -90,8 +92,13 @@ async def request_vs_gossip(samples: int = 50) -> tuple[float, float]:
             await a.publish("bench", key)
             await wait_until(lambda key=key: key in arrived)
             hops.append(arrived[key] - t0)
+            t0 = time.perf_counter()
+            await b.call(
+                a.peer_id, "/meshd/bench/echo/2", b"x" * 100, fallback="/meshd/bench/echo/1"
+            )
+            calls.append(time.perf_counter() - t0)
         n.cancel_scope.cancel()
-    return statistics.median(rtts), statistics.median(hops)
+    return statistics.median(rtts), statistics.median(hops), statistics.median(calls)
 
 
 async def main(runs: int) -> None:
@@ -104,7 +111,9 @@ async def main(runs: int) -> None:
     print(f"(a) one connect            {a * 1000:8.1f} ms")
     print(f"(b) 5-host mesh formation  {b * 1000:8.1f} ms   b/a = {b / a:.2f}")
     print(f"(c) request round trip p50 {c * 1000:8.2f} ms")
+    e = statistics.median(p[2] for p in pairs)
     print(f"(d) gossip hop p50         {d * 1000:8.2f} ms   d/c = {d / c:.2f}")
+    print(f"(e) channel call p50       {e * 1000:8.2f} ms   e/c = {e / c:.2f}")
 
 
 if __name__ == "__main__":
