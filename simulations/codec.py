@@ -47,7 +47,7 @@ def as_wire(env: Opened | Forged) -> bytes:
     return cast(bytes, env)
 
 
-WRAPPED_TYPES = frozenset({"receipt", "receipt_cosign", "attestation"})
+WRAPPED_TYPES = frozenset({"receipt", "receipt_cosign", "attestation", "advert"})
 TOKEN_PREFIX = b"simenv:"
 
 

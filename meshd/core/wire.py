@@ -52,6 +52,8 @@ MAX_ADVERT_ADDRS = 16
 """Listen addresses an advert may carry (each at most 256 characters)."""
 MAX_ADVERT_IMAGES = 256
 """Image names an advert may list; a node with more advertises the first ones."""
+MAX_ADVERT_TTL_MS = 3_600_000
+"""Longest validity an advert may claim (its sender scales it with its heartbeat interval)."""
 MAX_HEARTBEAT_LOG_BYTES = 16 * 1024
 """Live log bytes one heartbeat may carry (all its chunks together); the
 worker keeps at most this much between two heartbeats and drops the rest from
@@ -116,7 +118,7 @@ class Advert(Body):
     """Capability advert; also the liveness heartbeat (valid for ``ttl_ms``)."""
 
     seq: Annotated[int, Field(ge=0, le=MAX_INT)]
-    ttl_ms: Annotated[int, Field(gt=0, le=3_600_000)]
+    ttl_ms: Annotated[int, Field(gt=0, le=MAX_ADVERT_TTL_MS)]
     addrs: Annotated[
         list[Annotated[str, Field(max_length=256)]], Field(max_length=MAX_ADVERT_ADDRS)
     ] = []
@@ -403,6 +405,29 @@ class LedgerDelta(Body):
     resume_seq: Annotated[int, Field(ge=0, le=MAX_INT)] = 0
 
 
+MAX_ADVERTS_RELAYED = 128
+"""Adverts one ``advert_table`` may carry on the wire (a node sends at most
+``advert_pull_max``, within ``max_message_bytes``)."""
+MAX_RELAYED_ADVERT_BYTES = 16_384
+"""Largest advert envelope relayed in an ``advert_table`` (a larger one is left out)."""
+
+
+class AdvertPull(Body):
+    """A newcomer asks a peer it connected to for the adverts it holds (direct)."""
+
+    max_adverts: Annotated[int, Field(ge=1, le=MAX_ADVERTS_RELAYED)]
+
+
+class AdvertTable(Body):
+    """The answer to ``advert_pull``: signed advert envelopes as received from
+    their authors (exact bytes), each checked by the asker as if gossiped."""
+
+    adverts: Annotated[
+        list[Annotated[bytes, Field(min_length=1, max_length=MAX_RELAYED_ADVERT_BYTES)]],
+        Field(max_length=MAX_ADVERTS_RELAYED),
+    ] = []
+
+
 BODY_TYPES: dict[str, type[Body]] = {
     "advert": Advert,
     "offer": Offer,
@@ -420,6 +445,8 @@ BODY_TYPES: dict[str, type[Body]] = {
     "attestation": Attestation,
     "ledger_summary": LedgerSummary,
     "ledger_delta": LedgerDelta,
+    "advert_pull": AdvertPull,
+    "advert_table": AdvertTable,
 }
 TYPE_OF: dict[type[Body], str] = {v: k for k, v in BODY_TYPES.items()}
 
