@@ -41,10 +41,13 @@ class CoreParams:
     receives about this many. Two a second at the 9 ms measured per received
     advert on a daemon (issue 14) is 1.8% of a core, up to
     ``advert_rate_budget × advert_interval_max_ms / 1000`` nodes (1,200)."""
-    advert_burst: int = 3
+    advert_burst: int = 2
     """Adverts a node may publish back to back on changes (turning warm or
     cold, free slots crossing zero, images, price or runtimes changing) before
-    the rate above applies; a change beyond it waits for the next token."""
+    the rate above applies; a change beyond it waits for the next token. Two:
+    a starting node's first advert and its turning warm go out at once; on a
+    large mesh a burst of every node's changes costs each receiver at most
+    this many heartbeats' worth."""
     advert_view_max: int = 512
     """Peer view bound: adverts kept. When it is full, the entry evicted is the
     one with the fewest cores (then RAM, then the smallest peer id) among the
