@@ -13,7 +13,7 @@ from meshd.config import init_node
 from meshd.testing.cluster import FAST_CORE, Cluster
 
 SLOW_HEARTBEATS = dataclasses.replace(FAST_CORE, advert_rate_budget=0.01)
-"""Heartbeats every ``est_nodes / 0.01`` s (100 s alone, 200 s between two)."""
+"""Heartbeats every ``1.5 × est_nodes / 0.01`` s (150 s alone, 300 s between two)."""
 
 
 async def test_newcomer_sees_the_mesh_from_pulls_not_heartbeats(

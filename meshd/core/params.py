@@ -24,30 +24,32 @@ class CoreParams:
     advert_interval_ms: int = 2_000
     """Shortest heartbeat interval: a node re-publishes its advert (also its
     heartbeat) at least this often only on a small mesh; the interval in force
-    is ``est_nodes × 1000 / advert_rate_budget`` ms within this and
+    is ``1.5 × est_nodes × 1000 / advert_rate_budget`` ms within this and
     ``advert_interval_max_ms`` (``meshd.core.peers.advert_interval_for``)."""
     advert_ttl_ms: int = 10_000
     """An advert's validity at the shortest interval; it scales with the
     interval in force (``ttl_ms = interval × advert_ttl_ms / advert_interval_ms``,
     at most an hour), so a peer is gone after the same number of missed
     heartbeats on any mesh. Receivers honour the ``ttl_ms`` the sender put in."""
-    advert_interval_max_ms: int = 600_000
+    advert_interval_max_ms: int = 720_000
     """Longest heartbeat interval, however large the mesh (with the default
-    TTL ratio, a silent peer leaves the others' views within 50 minutes)."""
+    TTL ratio, a silent peer leaves the others' views within an hour, the
+    longest TTL the wire allows)."""
     advert_rate_budget: float = 2.0
     """Adverts per second a node is willing to receive from the whole mesh:
-    every node keeps its own advert rate, heartbeats and changes together, at
-    most ``advert_rate_budget / est_nodes`` (a token bucket), so each node
-    receives about this many. Two a second at the 9 ms measured per received
-    advert on a daemon (issue 14) is 1.8% of a core, up to
-    ``advert_rate_budget × advert_interval_max_ms / 1000`` nodes (1,200)."""
-    advert_burst: int = 2
+    every node keeps its own adverts, heartbeats (one per interval) and changes
+    (one per two intervals) together, at most ``advert_rate_budget /
+    est_nodes`` a second, so each node receives at most about this many (two
+    thirds of it on a quiet mesh). Two a second at the 9 ms measured per
+    received advert on a daemon (issue 14) is 1.8% of a core, up to
+    ``advert_rate_budget × advert_interval_max_ms / 1500`` nodes (960); at
+    1,000 nodes, 2.08 a second (1.9%)."""
+    advert_burst: int = 3
     """Adverts a node may publish back to back on changes (turning warm or
     cold, free slots crossing zero, images, price or runtimes changing) before
-    the rate above applies; a change beyond it waits for the next token. Two:
-    a starting node's first advert and its turning warm go out at once; on a
-    large mesh a burst of every node's changes costs each receiver at most
-    this many heartbeats' worth."""
+    their rate (one per two heartbeat intervals) applies; a change beyond it
+    waits for the next token. Three: a starting node's first advert and its
+    turning warm take two, and one is left for its first change."""
     advert_view_max: int = 512
     """Peer view bound: adverts kept. When it is full, the entry evicted is the
     one with the fewest cores (then RAM, then the smallest peer id) among the

@@ -25,12 +25,13 @@ The mesh size a node paces itself by is estimated from *every* advert it
 receives, kept or not (:class:`MeshSize`, a k-minimum-values sketch of the
 senders' hashed ids), so it keeps growing past the view bound.
 
-Pacing (:func:`advert_interval_for`): a node heartbeats every
-``est_nodes × 1000 / advert_rate_budget`` ms, between ``advert_interval_ms``
-and ``advert_interval_max_ms``; its adverts on change draw on the same
-rate (the worker's token bucket), so each node receives about
-``advert_rate_budget`` adverts a second whatever the mesh size (up to the
-size where the ceiling binds).
+Pacing (:func:`advert_interval_for`): a node heartbeats once an interval of
+``1.5 × est_nodes × 1000 / advert_rate_budget`` ms (between
+``advert_interval_ms`` and ``advert_interval_max_ms``) passed without an
+advert; its adverts on change take tokens refilled one per two intervals
+(the worker's bucket). At most 1.5 adverts per interval in all, so each node
+receives at most about ``advert_rate_budget`` adverts a second whatever the
+mesh size (up to the size where the ceiling binds).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def advert_interval_for(params: CoreParams, est_nodes: int) -> int:
     """The heartbeat interval (ms) for a mesh of ``est_nodes`` nodes (us included)."""
     floor, ceiling = max(1, params.advert_interval_ms), params.advert_interval_max_ms
     budget = params.advert_rate_budget
-    want = int(1000 * max(1, est_nodes) / budget) if budget > 0 else ceiling
+    want = int(1500 * max(1, est_nodes) / budget) if budget > 0 else ceiling
     return max(floor, min(ceiling, want))
 
 

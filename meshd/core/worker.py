@@ -253,29 +253,32 @@ class Worker:
             self._advertise()
             return
         self.ctx.counters["adverts_deferred"] += 1
-        wait = int((1.0 - self._advert_tokens) * self.advert_interval()) + 1
+        wait = int((1.0 - self._advert_tokens) * 2 * self.advert_interval()) + 1
         self._arm_advert(min(self._advert_due, self.ctx.now_ms + wait))
 
     def _refill(self) -> float:
-        """Tokens now: one per heartbeat interval since the last refill, at most
-        ``advert_burst``. Every advert takes one, so a node's adverts stay
-        within ``advert_rate_budget / est_nodes`` a second over time."""
+        """Tokens now: one per two heartbeat intervals since the last refill, at
+        most ``advert_burst``. An advert on change takes one (a heartbeat, sent
+        only after an interval of silence, none), so a node sends at most
+        ``advert_burst + 1.5 t / interval`` adverts in ``t`` ms."""
         now = self.ctx.now_ms
         if now > self._tokens_ms:
             self._advert_tokens = min(
                 float(self.ctx.params.advert_burst),
-                self._advert_tokens + (now - self._tokens_ms) / self.advert_interval(),
+                self._advert_tokens + (now - self._tokens_ms) / (2 * self.advert_interval()),
             )
             self._tokens_ms = now
         return self._advert_tokens
 
-    def _advertise(self) -> None:
-        """Publish our advert now (it takes a token) and set the next heartbeat."""
+    def _advertise(self, *, change: bool = True) -> None:
+        """Publish our advert now (a change takes a token, a heartbeat none)
+        and set the next heartbeat."""
         advert = self.make_advert()
         interval = self.advert_interval()
         if advert is not None:
-            self._refill()
-            self._advert_tokens = max(0.0, self._advert_tokens - 1.0)
+            if change or self._news() != self._advertised:
+                self._refill()
+                self._advert_tokens = max(0.0, self._advert_tokens - 1.0)
             self._advertised = self._news()
             sealed = self.ctx.seal(advert)
             # what a newcomer is relayed: the sealed bytes (the simulator's
@@ -300,7 +303,7 @@ class Worker:
         if self.ctx.now_ms < self._advert_due:
             self._arm_advert(self._advert_due)
             return
-        self._advertise()
+        self._advertise(change=False)
 
     # ------------------------------------------------------------ runs held
 
