@@ -125,7 +125,7 @@ class MeshSize:
         return max(n, int((self.k - 1) / max(self._sorted[-1][0], 1e-12)))
 
 
-@dataclass
+@dataclass(slots=True)
 class PeerEntry:
     peer_id: str
     advert: Advert
