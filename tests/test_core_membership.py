@@ -208,3 +208,30 @@ def test_relayed_adverts_are_checked_one_by_one() -> None:
     again = seal(answerer, table, net.now_ms, b"\x02" * 8)
     node.step(DirectReceived(asked, again), net.now_ms)
     assert node.counters["rejected_unsolicited"] == 1
+
+
+def test_a_tie_breaker_is_sought_beyond_a_full_view() -> None:
+    """Two replicas disagree and both workers the origin's view holds ran the
+    job: with the view full, a third fitting peer may exist outside it, so
+    the job waits for its bid instead of failing as unresolvable."""
+    params = dataclasses.replace(SINGLE, advert_view_max=2)
+    big = default_caps(cores=8)
+    workers = [
+        FakeWorker(healthy=False),  # the origin: a client
+        FakeWorker(caps=big, lie_rate=1.0),
+        FakeWorker(caps=big),
+        FakeWorker(caps=default_caps(cores=2)),  # the smallest: outside the view
+    ]
+    net = CoreNet(4, seed=7, params=params, workers=workers)
+    net.run_for(3_000)
+    origin, outside = net.order[0], net.order[3]
+    assert net.node(0).peers.get(outside) is None and net.node(0).peers.full()
+    net.cut(origin, outside)  # the first round reaches only the view's two
+    job_id = net.submit(0, spec(replicas=2))
+    net.run_for(30_000)
+    assert net.job(0, job_id).state not in TERMINAL
+    net.heal()
+    assert net.run_until(lambda: net.job(0, job_id).state in TERMINAL, max_ms=300_000)
+    job = net.job(0, job_id)
+    assert job.state == "succeeded", job.reason
+    assert outside in {r.worker for r in job.runs.values()}

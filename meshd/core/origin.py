@@ -895,7 +895,10 @@ class Origin:
     def _all_fitting_ran(self, job: OriginJob) -> bool:
         """Every live peer that fits the job already ran it (or is banned) —
         our own worker too, when it fits (a lone node whose own run was lost
-        offers the job to itself again, §8.5)."""
+        offers the job to itself again, §8.5). Never on a full view: peers
+        outside it may fit (§8)."""
+        if self.ctx.peers.full():
+            return False
         req = offer_requirements(job.spec)
         ran = job.excluded | self._ran(job)
         fitting = [

@@ -206,6 +206,10 @@ class PeerTable:
         self.size.expire(now_ms)
         return gone
 
+    def full(self) -> bool:
+        """The view holds as many adverts as it may: peers may exist outside it."""
+        return len(self._peers) >= self.max_peers
+
     def est_nodes(self) -> int:
         """The mesh's estimated size, this node included."""
         return max(len(self._peers), self.size.estimate()) + 1
