@@ -47,9 +47,9 @@ peers by the core's eviction rule. One shared decoded advert object per
 publish is delivered to its receivers in one heap event. Up to 2,000 nodes
 every advert reaches every node (``advert_reach``); the N² boot adverts
 (every node's first advert reaches all) are what bounds that. Beyond, each
-publisher's adverts reach 256 nodes drawn from the seed: a node then hears
-about 256 publishers, so its size estimate, and with it its heartbeat
-interval, is that of a 257-node mesh; what each node receives per second is
+publisher's adverts reach 128 nodes drawn from the seed: a node then hears
+about 128 publishers, so its size estimate, and with it its heartbeat
+interval, is that of a 129-node mesh; what each node receives per second is
 still about ``advert_rate_budget``, but the daemon's ceiling
 (``advert_interval_max_ms``) is never reached. A restarted node is told of
 three live peers (``PeerConnected``), as the daemon reports its first
@@ -142,7 +142,7 @@ EV_INPUT, EV_LOCAL, EV_TICK, EV_FINISH, EV_OFFER, EV_ADVERT, EV_CALL, EV_CPU, EV
 )
 ADVERT_FULL_NODES = 2_000
 """Up to this many nodes every advert reaches every node (knob ``advert_reach``)."""
-ADVERT_SAMPLED_REACH = 256
+ADVERT_SAMPLED_REACH = 128
 """Beyond, each publisher's adverts reach this many nodes drawn from the seed."""
 RESTART_CONNECTIONS = 3
 """Live peers a restarted node is told it connected to (``PeerConnected``)."""

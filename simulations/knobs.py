@@ -35,7 +35,7 @@ class Knobs:
     # --- gossip modelling (see engine.py, "Scale")
     advert_reach: int = -1
     """Nodes each advert is delivered to: -1 auto (every node up to 2,000 nodes,
-    else 256 drawn per publisher), 0 every node, k that many. Pacing, TTLs and
+    else 128 drawn per publisher), 0 every node, k that many. Pacing, TTLs and
     the view are the core's own (``CoreParams``); this only bounds the
     simulator's work at sizes where every copy would cost it N² steps."""
     receipt_fanout: int = -1

@@ -401,7 +401,6 @@ class Origin:
         job = OriginJob(inp.job_id, spec, self.ctx.now_ms, updated_ms=self.ctx.now_ms)
         est = self.estimate(spec)
         job.cost_estimate, job.estimate_basis = est["credits"], est["basis"]
-        job.cost_estimate = self.estimate(spec)["credits"]
         job.queue_timeout_ms = inp.queue_timeout_ms
         if spec.replicas is not None:
             job.needed, job.replicate_decided = min(spec.replicas, 2), True

@@ -50,8 +50,9 @@ class CoreParams:
     their rate (one per two heartbeat intervals) applies; a change beyond it
     waits for the next token. Three: a starting node's first advert and its
     turning warm take two, and one is left for its first change."""
-    advert_view_max: int = 512
-    """Peer view bound: adverts kept. When it is full, the entry evicted is the
+    advert_view_max: int = 128
+    """Peer view bound: adverts kept (an origin scans them at each submit and
+    offer, about 10 µs each in the simulator's profile). When it is full, the entry evicted is the
     one with the fewest cores (then RAM, then the smallest peer id) among the
     capability class (runtimes, GPUs, tier, network, images, warmth) that
     holds most entries, so each class keeps its largest machines and the
