@@ -47,7 +47,9 @@ def as_wire(env: Opened | Forged) -> bytes:
     return cast(bytes, env)
 
 
-WRAPPED_TYPES = frozenset({"receipt", "receipt_cosign", "attestation", "receipt_reversal"})
+WRAPPED_TYPES = frozenset(
+    {"receipt", "receipt_cosign", "attestation", "receipt_reversal", "advert"}
+)
 TOKEN_PREFIX = b"simenv:"
 
 

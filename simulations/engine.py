@@ -35,24 +35,28 @@ every copy (used by a test to check both modes agree).
 *Receipts and attestations* (``TOPIC_RECEIPTS``) are gossiped to every node
 in the protocol — two to four per job, each costing every node a hash and a
 ledger update. Up to 256 nodes they reach everyone; above, each node hears
-them from ``advert_fanout`` peers (``receipt_fanout`` knob). This thins the
+them from 16 peers (``receipt_fanout`` knob). This thins the
 remote reputation evidence (attestations) a node gets, so it understates how
 fast gossip spreads news of a liar; origins' own observations are unaffected.
 
-*Adverts* feed only the origin's peer table (cost estimate, the candidate
-count that closes a window early, decline explanations, prices); bidding does
-not read it. The core scans the whole table on every submit and offer
-(``estimate``, ``_candidates``: ~3 µs per peer), so a node tracking 1,000
-peers spends ~6.6 ms per job. We therefore give each node a bounded peer
-view: it receives the adverts of ``advert_fanout`` (16) peers drawn from the
-seed (one shared decoded advert object per publish, delivered to that
-publisher's subscribers in one heap event). Above 100 nodes the advert
-interval and TTL are also scaled together by ``nodes / 100`` (knob
-``advert_scale``): a peer still counts as gone after the same number of
-missed adverts; only how fast a crashed peer leaves others' views slows.
-Dead *workers* are detected by leases and heartbeats, which are not scaled.
-Because views are partial, an origin often has no advert for the worker it
-awarded, and credits it its bid price (``Ledger.run_credits``).
+*Adverts* are paced, timed and kept by the core itself, as in the daemon
+(specs/PROTOCOL.md §6, §7.1): each node heartbeats at the interval its own
+mesh-size estimate gives, advertises changes within the same token rate,
+carries the scaled TTL, and keeps a view of at most ``advert_view_max``
+peers by the core's eviction rule. One shared decoded advert object per
+publish is delivered to its receivers in one heap event. Up to 2,000 nodes
+every advert reaches every node (``advert_reach``); the N² boot adverts
+(every node's first advert reaches all) are what bounds that. Beyond, each
+publisher's adverts reach 128 nodes drawn from the seed: a node then hears
+about 128 publishers, so its size estimate, and with it its heartbeat
+interval, is that of a 129-node mesh; what each node receives per second is
+still about ``advert_rate_budget``, but the daemon's ceiling
+(``advert_interval_max_ms``) is never reached. A restarted node is told of
+three live peers (``PeerConnected``), as the daemon reports its first
+connections, and pulls their adverts (§7.8). Bidding does not read the view:
+offers reach every node. Because views are partial, an origin often has no
+advert for the worker it awarded, and credits it its bid price
+(``Ledger.run_credits``).
 
 CPU model (knob ``cpu_model``, off by default)
 ----------------------------------------------
@@ -111,6 +115,7 @@ from meshd.core.events import (
     InputsFetched,
     JobLog,
     JobSubmitted,
+    PeerConnected,
     Publish,
     RunChecker,
     Send,
@@ -135,6 +140,14 @@ from .workload import Hardware, JobPlan, lie_digest
 EV_INPUT, EV_LOCAL, EV_TICK, EV_FINISH, EV_OFFER, EV_ADVERT, EV_CALL, EV_CPU, EV_DONE, EV_LOAD = (
     range(10)
 )
+ADVERT_FULL_NODES = 2_000
+"""Up to this many nodes every advert reaches every node (knob ``advert_reach``)."""
+ADVERT_SAMPLED_REACH = 128
+"""Beyond, each publisher's adverts reach this many nodes drawn from the seed."""
+RESTART_CONNECTIONS = 3
+"""Live peers a restarted node is told it connected to (``PeerConnected``)."""
+RECEIPT_SAMPLED_REACH = 16
+"""Receipts and attestations reach this many nodes beyond 256 nodes."""
 LOAD_REPORT_MS = 1_000
 """How often a busy node's core is told its inbox wait (``InboxLoad``), as the daemon does."""
 RunKey = tuple[str, int, int]
@@ -154,6 +167,7 @@ INPUT_CODES = {
             "ExecutionFinished",
             "BlobFetched",
             "CheckerFinished",
+            "PeerConnected",
         ]
     )
 }
@@ -177,6 +191,8 @@ MSG_CODES = {
             "ledger_summary",
             "ledger_delta",
             "receipt_reversal",
+            "advert_pull",
+            "advert_table",
         ]
     )
 }
@@ -343,11 +359,17 @@ class Engine:
             self.by_peer[ident.peer_id] = i
         self.interpreters = [SlotEffects(self, slot) for slot in self.slots]
         """Each node's effect interpreter, by slot index."""
-        self.subscribers = self._draw_views(len(hw), knobs.advert_fanout)
+        reach = (
+            knobs.advert_reach
+            if knobs.advert_reach >= 0
+            else (0 if len(hw) <= ADVERT_FULL_NODES else ADVERT_SAMPLED_REACH)
+        )
+        self.subscribers = self._draw_views(len(hw), reach) if reach else None
+        """Per publisher, who gets its adverts (None: every node)."""
         rf = (
             knobs.receipt_fanout
             if knobs.receipt_fanout >= 0
-            else (0 if len(hw) <= 256 else knobs.advert_fanout)
+            else (0 if len(hw) <= 256 else RECEIPT_SAMPLED_REACH)
         )
         self.receipt_subscribers = self._draw_views(len(hw), rf) if rf else None
         self._forced: tuple[str, int] | None = (
@@ -706,7 +728,10 @@ class Engine:
     def _advert_cast(self, p: tuple[int, GossipReceived]) -> None:
         src, inp = p
         loss = self.knobs.gossip_loss
-        for i in self.subscribers[src]:
+        targets = self.subscribers[src] if self.subscribers is not None else range(len(self.slots))
+        for i in targets:
+            if i == src:
+                continue
             if self.reachable(src, i) and not (loss and self.rng_net.random() < loss):
                 self.deliver(self.slots[i], inp, Lane.GOSSIP)
 
@@ -908,6 +933,10 @@ class Engine:
         self.apply(slot, effects)
         self._arm(slot)
         self.boot(slot, 1)
+        live = [s.idx for s in self.slots if s.alive and s.idx != slot.idx]
+        for j in self.rng_adv.sample(live, min(RESTART_CONNECTIONS, len(live))):
+            # the daemon reports its first connections; the core pulls adverts (§7.8)
+            self._local(slot, 2, PeerConnected(self.slots[j].peer_id))
         self.stats["restarts"] = self.stats.get("restarts", 0) + 1
 
     def submit(self, slot: Slot, plan: JobPlan) -> None:

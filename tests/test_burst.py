@@ -43,7 +43,11 @@ def _hog(seconds: float) -> list[subprocess.Popen[bytes]]:
 
 def test_a_burst_beside_a_cpu_hog_completes_within_every_bound(tmp_path: Path) -> None:
     hogs = _hog(LIVENESS_S + 120)
-    procs = start_mesh(tmp_path, 4, params={"advert_interval_ms": 1000, "advert_ttl_ms": 8000})
+    procs = start_mesh(
+        tmp_path,
+        4,
+        params={"advert_interval_ms": 1000, "advert_ttl_ms": 8000, "advert_rate_budget": 1000.0},
+    )
     try:
         client = procs[0].client()
         ids = [client.submit(dict(JOB))["job_id"] for _ in range(20)]

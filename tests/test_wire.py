@@ -21,6 +21,8 @@ from meshd.core.wire import (
     BODY_TYPES,
     SIGNING_DOMAIN,
     Advert,
+    AdvertPull,
+    AdvertTable,
     Attestation,
     Award,
     AwardReply,
@@ -126,6 +128,8 @@ SAMPLES: list[Body] = [
     ),
     Attestation(subject="12D3KooWb", job_id=JOB, outcome="invalid"),
     ReceiptReversal(job_id=JOB, worker="12D3KooWb", receipt_seq=3, seq=4),
+    AdvertPull(max_adverts=16),
+    AdvertTable(adverts=[b"\x92\xc4\x01x\xc4\x01y"]),
     ReceiptCosign(receipt=b"\x92\xc4\x01x\xc4\x01y"),
     LedgerSummary(
         after="",

@@ -87,7 +87,7 @@ class Context:
         self.wall_ms = now_ms
         """The wall clock (ms): only stamps what we sign and judges stamps."""
         self.counters: Counter[str] = Counter()
-        self.peers = PeerTable(params.max_peers_tracked)
+        self.peers = PeerTable(params.advert_view_max, params.mesh_size_sketch)
         self.trust = Trust(params)
         self.inbox_wait_ms = 0
         """How long messages wait in our shell's inbox (``InboxLoad``)."""

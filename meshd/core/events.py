@@ -64,6 +64,14 @@ class InboxLoad:
 
 
 @dataclass(frozen=True)
+class PeerConnected:
+    """The shell connected to ``peer_id`` (a newcomer asks its first peers for
+    the adverts they hold, specs/PROTOCOL.md §7.8)."""
+
+    peer_id: str
+
+
+@dataclass(frozen=True)
 class SendFailed:
     to_peer: str
     kind: str
@@ -358,6 +366,7 @@ Input = (
     | DirectReceived
     | SendFailed
     | InboxLoad
+    | PeerConnected
     | LocalCapabilities
     | ExecutorHealth
     | JobSubmitted

@@ -66,6 +66,7 @@ from .events import (
     JobSubmitted,
     LocalCapabilities,
     ManifestStored,
+    PeerConnected,
     RetryRequested,
     SendFailed,
     SetPeerScore,
@@ -77,7 +78,16 @@ from .params import CoreParams
 from .peers import PeerTable
 from .ratelimit import TRANSPORT, RateLimiter, classes_of
 from .trust import Trust
-from .wire import Body, Opened, Rejected, open_envelope, seal
+from .wire import (
+    MAX_RELAYED_ADVERT_BYTES,
+    AdvertPull,
+    AdvertTable,
+    Body,
+    Opened,
+    Rejected,
+    open_envelope,
+    seal,
+)
 from .worker import Worker
 
 __all__ = ["Codec", "Node", "WireCodec"]
@@ -111,6 +121,8 @@ DIRECT_TYPES = {
     "receipt",
     "ledger_summary",
     "ledger_delta",
+    "advert_pull",
+    "advert_table",
 }
 # Timer kinds the node itself owns (each role names its own).
 T_EXPIRE, T_STANDING = "expire", "standing"
@@ -150,6 +162,10 @@ class Node:
         self.started_ms = now_ms
         self.ratelimit = RateLimiter(params)
         self._replay: OrderedDict[tuple[str, bytes], int] = OrderedDict()
+        self._pulls_left = params.advert_pull_peers
+        """Peers we may still ask for their adverts (a newcomer asks its first ones)."""
+        self._pulled: set[str] = set()
+        """Peers asked whose ``advert_table`` has not come yet."""
         self.worker = self.worker_class(self.ctx)
         self.ledger = self.ledger_class(self.ctx, self.worker)
         self.worker.balance_of = self.ledger.balance  # saturated workers prefer origins in credit
@@ -164,6 +180,7 @@ class Node:
             DirectReceived: self._on_direct,
             SendFailed: self._on_send_failed,
             InboxLoad: self._on_inbox_load,
+            PeerConnected: self._on_peer_connected,
             LocalCapabilities: self.worker.on_local_capabilities,
             ExecutorHealth: self.worker.on_executor_health,
             JobSubmitted: self.origin.on_job_submitted,
@@ -181,6 +198,7 @@ class Node:
             self.origin.direct_handlers(),
             self.worker.direct_handlers(),
             self.ledger.direct_handlers(),
+            {"advert_pull": self._on_advert_pull, "advert_table": self._on_advert_table},
         )
         """Direct message type -> handler; exactly :data:`DIRECT_TYPES`."""
         self._gossip: dict[str, Callable[[Opened], None]] = _merge(
@@ -381,9 +399,71 @@ class Node:
 
     # ------------------------------------------------------------ peers and their standing
 
-    def _on_advert(self, msg: Opened) -> None:
-        if self.ctx.peers.update(msg.sender, msg.body, self.now_ms):
+    def _on_advert(self, msg: Opened, age_ms: int = 0) -> None:
+        peers = self.ctx.peers
+        evicted = peers.evicted
+        if peers.update(msg.sender, msg.body, self.now_ms, raw=msg.raw, age_ms=age_ms):
             self.ctx.counters["adverts_applied"] += 1
+        self.ctx.counters["view_evictions"] += peers.evicted - evicted
+
+    def _on_peer_connected(self, inp: PeerConnected) -> None:
+        """A newcomer asks its first ``advert_pull_peers`` peers for their
+        view (§7.8); later connections ask nothing."""
+        peer = inp.peer_id
+        if self._pulls_left <= 0 or peer == self.peer_id or peer in self._pulled:
+            return
+        self._pulls_left -= 1
+        self._pulled.add(peer)
+        self.ctx.counters["advert_pulls_sent"] += 1
+        self.ctx.send(peer, AdvertPull(max_adverts=max(1, self.params.advert_pull_max)))
+
+    def _on_advert_pull(self, msg: Opened) -> None:
+        """Answer with the freshest adverts we hold, as their authors signed
+        them: at most the asked number and ``advert_pull_max``, within
+        ``max_message_bytes``; ours among them."""
+        p, ctx = self.params, self.ctx
+        limit = min(msg.body.max_adverts, p.advert_pull_max)
+        room = p.max_message_bytes - 1024  # the envelope and the list's framing
+        relayed: list[bytes] = []
+        own = self.worker.last_advert
+        entries = sorted(ctx.peers.alive(ctx.now_ms), key=lambda e: -e.last_seen_ms)
+        for raw in [own, *(e.raw for e in entries if e.peer_id != msg.sender)]:
+            if len(relayed) >= limit:
+                break
+            if not raw or len(raw) > MAX_RELAYED_ADVERT_BYTES or len(raw) + 8 > room:
+                continue
+            relayed.append(raw)
+            room -= len(raw) + 8
+        ctx.counters["advert_pulls_answered"] += 1
+        ctx.send(msg.sender, AdvertTable(adverts=relayed))
+
+    def _on_advert_table(self, msg: Opened) -> None:
+        """Adverts relayed to us as a newcomer: each checked as if gossiped
+        (signature, type, ban) except that its age is judged by its own
+        ``ttl_ms`` (a heartbeat may be many minutes old), and valid for what
+        is left of it. Only an answer to our own ``advert_pull`` is read."""
+        ctx = self.ctx
+        if msg.sender not in self._pulled:
+            ctx.reject("unsolicited", msg.sender, "advert_table")
+            return
+        self._pulled.discard(msg.sender)
+        for raw in msg.body.adverts:
+            advert = ctx.codec.open(raw, ctx.params.max_message_bytes)
+            if isinstance(advert, Rejected):
+                ctx.reject(advert.reason, msg.sender, "relayed advert: " + advert.detail)
+                continue
+            age = ctx.wall_ms - advert.ts_ms
+            if advert.type != "advert":
+                ctx.reject("wrong_channel", msg.sender, f"relayed {advert.type!r}")
+            elif age < -ctx.params.max_clock_skew_ms:
+                ctx.reject("future", msg.sender, f"relayed advert stamped {advert.ts_ms}")
+            elif advert.sender == self.peer_id or ctx.trust.banned(advert.sender, ctx.now_ms):
+                continue
+            elif age >= advert.body.ttl_ms:
+                ctx.counters["relayed_adverts_expired"] += 1
+            else:
+                ctx.counters["relayed_adverts"] += 1
+                self._on_advert(advert, age_ms=max(0, age))
 
     def _timer_expire(self, _key: Any) -> None:
         gone = self.ctx.peers.expire(self.now_ms)

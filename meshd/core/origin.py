@@ -251,7 +251,7 @@ class Origin:
             rounds=p.silent_rounds,
             after_ms=p.silent_after_ms,
             exclude_ms=p.silent_exclude_ms,
-            limit=p.max_peers_tracked,
+            limit=p.advert_view_max,
         )
         """Candidates that cannot reach us (§8.6)."""
         self.rtt = PeerRtt(
@@ -421,7 +421,6 @@ class Origin:
         job = OriginJob(inp.job_id, spec, self.ctx.now_ms, updated_ms=self.ctx.now_ms)
         est = self.estimate(spec)
         job.cost_estimate, job.estimate_basis = est["credits"], est["basis"]
-        job.cost_estimate = self.estimate(spec)["credits"]
         job.queue_timeout_ms = inp.queue_timeout_ms
         if spec.replicas is not None:
             job.needed, job.replicate_decided = min(spec.replicas, 2), True
@@ -963,7 +962,10 @@ class Origin:
     def _all_fitting_ran(self, job: OriginJob) -> bool:
         """Every live peer that fits the job already ran it (or is banned) —
         our own worker too, when it fits (a lone node whose own run was lost
-        offers the job to itself again, §8.5)."""
+        offers the job to itself again, §8.5). Never on a full view: peers
+        outside it may fit (§8)."""
+        if self.ctx.peers.full():
+            return False
         req = offer_requirements(job.spec)
         ran = job.excluded | self._ran(job)
         fitting = [

@@ -20,13 +20,55 @@ PROTOCOL_VERSION = 1
 
 @dataclass(frozen=True)
 class CoreParams:
-    # --- adverts and liveness
+    # --- adverts, liveness and the peer view (specs/PROTOCOL.md §7.1, §6)
     advert_interval_ms: int = 2_000
-    """How often a node gossips its capability advert (also its heartbeat)."""
+    """Shortest heartbeat interval: a node re-publishes its advert (also its
+    heartbeat) at least this often only on a small mesh; the interval in force
+    is ``1.5 × est_nodes × 1000 / advert_rate_budget`` ms within this and
+    ``advert_interval_max_ms`` (``meshd.core.peers.advert_interval_for``)."""
     advert_ttl_ms: int = 10_000
-    """An advert is valid this long; a peer with no fresh advert is gone."""
-    max_peers_tracked: int = 10_000
-    """Peer table bound; the stalest entries are evicted first."""
+    """An advert's validity at the shortest interval; it scales with the
+    interval in force (``ttl_ms = interval × advert_ttl_ms / advert_interval_ms``,
+    at most an hour), so a peer is gone after the same number of missed
+    heartbeats on any mesh. Receivers honour the ``ttl_ms`` the sender put in."""
+    advert_interval_max_ms: int = 720_000
+    """Longest heartbeat interval, however large the mesh (with the default
+    TTL ratio, a silent peer leaves the others' views within an hour, the
+    longest TTL the wire allows)."""
+    advert_rate_budget: float = 2.0
+    """Adverts per second a node is willing to receive from the whole mesh:
+    every node keeps its own adverts, heartbeats (one per interval) and changes
+    (one per two intervals) together, at most ``advert_rate_budget /
+    est_nodes`` a second, so each node receives at most about this many (two
+    thirds of it on a quiet mesh). Two a second at the 9 ms measured per
+    received advert on a daemon (issue 14) is 1.8% of a core, up to
+    ``advert_rate_budget × advert_interval_max_ms / 1500`` nodes (960); at
+    1,000 nodes, 2.08 a second (1.9%)."""
+    advert_burst: int = 3
+    """Adverts a node may publish back to back on changes (turning warm or
+    cold, free slots crossing zero, images, price or runtimes changing) before
+    their rate (one per two heartbeat intervals) applies; a change beyond it
+    waits for the next token. Three: a starting node's first advert and its
+    turning warm take two, and one is left for its first change."""
+    advert_view_max: int = 128
+    """Peer view bound: adverts kept (an origin scans them at each submit and
+    offer, about 10 µs each in the simulator's profile). When it is full, the entry evicted is the
+    one with the fewest cores (then RAM, then the smallest peer id) among the
+    capability class (runtimes, GPUs, tier, network, images, warmth) that
+    holds most entries, so each class keeps its largest machines and the
+    refusal at submit stays right while the mesh has fewer classes than this."""
+    mesh_size_sketch: int = 256
+    """Peers whose hashed ids the mesh-size estimate keeps (the smallest
+    hashes among live adverts: a k-minimum-values sketch, about
+    ``1/sqrt(this)`` relative error beyond it, exact below it)."""
+    advert_pull_peers: int = 3
+    """A newcomer (a node just started) asks this many of the first peers it
+    connects to for the adverts they hold (``advert_pull``, §7.8), so it sees
+    the mesh at once rather than after the others' next heartbeats. 0 turns
+    it off."""
+    advert_pull_max: int = 64
+    """Adverts one ``advert_table`` answer carries at most (also kept under
+    ``max_message_bytes``): the answering peer's freshest."""
 
     # --- message acceptance
     max_message_bytes: int = 64 * 1024
@@ -336,8 +378,8 @@ class CoreParams:
     rate_gossip_burst: int = 200
     """Gossip messages an author may send in a burst."""
     rate_sync_per_s: float = 2.0
-    """Sustained ledger sync messages (``ledger_summary``, ``ledger_delta``)
-    accepted per peer: each may cost the receiver a few hundred signature
+    """Sustained sync messages (``ledger_summary``, ``ledger_delta``,
+    ``advert_pull``, ``advert_table``) accepted per peer: each may cost the receiver a few hundred signature
     checks or digests, so they have their own, small bucket."""
     rate_sync_burst: int = 20
     """Ledger sync messages a peer may send in a burst (a catch-up's follow-ups)."""

@@ -5,8 +5,9 @@ Theory of operation
 Every accepted message is charged to its *signed author* (the envelope's key,
 checked before this runs, so nobody can spend another peer's tokens) in one or
 two classes (:func:`classes_of`): offers also count as gossip; bids and
-declines share one bucket; the ledger sync messages (``ledger_summary``,
-``ledger_delta``) a third; every other direct message shares another. A bucket
+declines share one bucket; the sync messages (``ledger_summary``,
+``ledger_delta``, and a newcomer's ``advert_pull`` / ``advert_table``, each
+of which may cost many signature checks) a third; every other direct message shares another. A bucket
 holds at most ``burst`` tokens and refills at ``per_s`` tokens a second of the
 node's clock (time comes from the caller — the module is pure). A message that
 finds a bucket empty is dropped and counted by the caller; nothing blocks or
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from .params import CoreParams
 
 BID_TYPES = frozenset({"bid", "decline"})
-SYNC_TYPES = frozenset({"ledger_summary", "ledger_delta"})
+SYNC_TYPES = frozenset({"ledger_summary", "ledger_delta", "advert_pull", "advert_table"})
 TRANSPORT = ("transport",)
 """The bucket class every inbound message is charged to, by transport peer, before decoding."""
 

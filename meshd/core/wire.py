@@ -56,6 +56,8 @@ MAX_ADVERT_ARCHIVES = 64
 """Image archives (their blob digests) an advert may list as served by its
 node (specs/PROTOCOL.md §5.1); a node holding more advertises the most
 recently used."""
+MAX_ADVERT_TTL_MS = 3_600_000
+"""Longest validity an advert may claim (its sender scales it with its heartbeat interval)."""
 MAX_HEARTBEAT_LOG_BYTES = 16 * 1024
 """Live log bytes one heartbeat may carry (all its chunks together); the
 worker keeps at most this much between two heartbeats and drops the rest from
@@ -120,7 +122,7 @@ class Advert(Body):
     """Capability advert; also the liveness heartbeat (valid for ``ttl_ms``)."""
 
     seq: Annotated[int, Field(ge=0, le=MAX_INT)]
-    ttl_ms: Annotated[int, Field(gt=0, le=3_600_000)]
+    ttl_ms: Annotated[int, Field(gt=0, le=MAX_ADVERT_TTL_MS)]
     addrs: Annotated[
         list[Annotated[str, Field(max_length=256)]], Field(max_length=MAX_ADVERT_ADDRS)
     ] = []
@@ -423,6 +425,29 @@ class LedgerDelta(Body):
     resume_seq: Annotated[int, Field(ge=0, le=MAX_INT)] = 0
 
 
+MAX_ADVERTS_RELAYED = 128
+"""Adverts one ``advert_table`` may carry on the wire (a node sends at most
+``advert_pull_max``, within ``max_message_bytes``)."""
+MAX_RELAYED_ADVERT_BYTES = 16_384
+"""Largest advert envelope relayed in an ``advert_table`` (a larger one is left out)."""
+
+
+class AdvertPull(Body):
+    """A newcomer asks a peer it connected to for the adverts it holds (direct)."""
+
+    max_adverts: Annotated[int, Field(ge=1, le=MAX_ADVERTS_RELAYED)]
+
+
+class AdvertTable(Body):
+    """The answer to ``advert_pull``: signed advert envelopes as received from
+    their authors (exact bytes), each checked by the asker as if gossiped."""
+
+    adverts: Annotated[
+        list[Annotated[bytes, Field(min_length=1, max_length=MAX_RELAYED_ADVERT_BYTES)]],
+        Field(max_length=MAX_ADVERTS_RELAYED),
+    ] = []
+
+
 BODY_TYPES: dict[str, type[Body]] = {
     "advert": Advert,
     "offer": Offer,
@@ -441,6 +466,8 @@ BODY_TYPES: dict[str, type[Body]] = {
     "receipt_reversal": ReceiptReversal,
     "ledger_summary": LedgerSummary,
     "ledger_delta": LedgerDelta,
+    "advert_pull": AdvertPull,
+    "advert_table": AdvertTable,
 }
 TYPE_OF: dict[type[Body], str] = {v: k for k, v in BODY_TYPES.items()}
 

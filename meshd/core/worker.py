@@ -37,10 +37,12 @@ from .events import (
     FetchInputs,
     InputsFetched,
     LocalCapabilities,
+    Publish,
     StartExecution,
 )
 from .jobspec import JobSpec, JobSpecError, parse_job_spec
 from .lifecycle import work_next
+from .peers import advert_interval_for, advert_ttl_for
 from .placement import (
     Capacity,
     budget_timeout_s,
@@ -120,10 +122,21 @@ class Worker:
         self.cold_reason: str | None = "health check pending"
         self.executor_failures = 0
         self._advert_seq = 0
+        self._advert_tokens = float(ctx.params.advert_burst)
+        """Adverts we may publish now (refilled one per heartbeat interval)."""
+        self._tokens_ms = ctx.now_ms
+        self._advert_due: int = ctx.now_ms
+        """When the next advert is due (a heartbeat, or a change waiting for a token)."""
+        self._advert_armed: int | None = None
+        """The time of the one ``T_ADVERT`` timer that counts (older ones are stale)."""
+        self.last_advert = b""
+        """Our newest advert as sealed (relayed to a newcomer with the others, §7.8)."""
+        self._advertised: tuple[Any, ...] | None = None
+        """What the last advert said of the things whose change is news (``_news``)."""
         self.balance_of: Callable[[str], float] = lambda peer: 0.0
         """A peer's credit balance: the Node wires in ``Ledger.balance`` (the
         ledger role owns the receipts); until then everyone counts as 0."""
-        ctx.at(ctx.now_ms, T_ADVERT, None)
+        self._arm_advert(ctx.now_ms)
 
     def timers(self) -> dict[str, Callable[[Any], None]]:
         """This role's timer kinds and what runs when one is due."""
@@ -146,10 +159,8 @@ class Worker:
     # ------------------------------------------------------------ what we offer
 
     def on_local_capabilities(self, inp: LocalCapabilities) -> None:
-        before = self.caps
         self.caps = inp
-        if before is None or before.image_archives != inp.image_archives:
-            self._advertise()  # at once: peers learn which archives we serve
+        self._changed()
 
     def on_executor_health(self, inp: ExecutorHealth) -> None:
         p = self.ctx.params
@@ -162,7 +173,7 @@ class Worker:
                 self.warm, self.cold_reason = False, inp.reason or "executor failing"
         if was != self.warm:
             self.ctx.append("node_warmth", {"warm": self.warm, "reason": self.cold_reason or ""})
-            self._advertise()
+        self._changed()
 
     def capacity(self) -> Capacity | None:
         if self.caps is None:
@@ -194,7 +205,7 @@ class Worker:
         self._advert_seq = max(self._advert_seq + 1, self.ctx.wall_ms)
         return Advert(
             seq=self._advert_seq,
-            ttl_ms=p.advert_ttl_ms,
+            ttl_ms=advert_ttl_for(p, self.advert_interval()),
             addrs=list(c.addrs)[:MAX_ADVERT_ADDRS],
             cores=c.cores,
             ram_mb=c.ram_mb,
@@ -218,15 +229,93 @@ class Worker:
             version=c.version,
         )
 
-    def _advertise(self) -> None:
-        advert = self.make_advert()
-        if advert is not None:
-            self.ctx.publish(TOPIC_ADVERTS, advert)
-            self.ctx.counters["adverts_sent"] += 1
+    # ------------------------------------------------------------ advert pacing (§7.1)
 
-    def timer_advert(self, _key: Any) -> None:
-        self._advertise()
-        self.ctx.at(self.ctx.now_ms + self.ctx.params.advert_interval_ms, T_ADVERT, None)
+    def advert_interval(self) -> int:
+        """The heartbeat interval in force, from the mesh size our view estimates."""
+        return advert_interval_for(self.ctx.params, self.ctx.peers.est_nodes())
+
+    def _news(self) -> tuple[Any, ...] | None:
+        """What peers must hear about at once when it changes: warmth, whether a
+        slot is free, images, the image archives we serve, price, runtimes
+        (None before capabilities)."""
+        c = self.caps
+        if c is None:
+            return None
+        free = self.work_running() + self.work_queued() < c.capacity
+        return (
+            self.warm,
+            free,
+            c.images,
+            c.image_archives,
+            c.price,
+            c.runtimes,
+            c.gpu_runtime,
+            c.tier,
+        )
+
+    def _changed(self) -> None:
+        """Advertise now if something peers place by changed since our last
+        advert, as soon as the rate allows (:meth:`_refill`)."""
+        news = self._news()
+        if news is None or news == self._advertised:
+            return
+        self.ctx.counters["adverts_on_change"] += 1
+        if self._refill() >= 1.0:
+            self._advertise()
+            return
+        self.ctx.counters["adverts_deferred"] += 1
+        wait = int((1.0 - self._advert_tokens) * 2 * self.advert_interval()) + 1
+        self._arm_advert(min(self._advert_due, self.ctx.now_ms + wait))
+
+    def _refill(self) -> float:
+        """Tokens now: one per two heartbeat intervals since the last refill, at
+        most ``advert_burst``. An advert on change takes one (a heartbeat, sent
+        only after an interval of silence, none), so a node sends at most
+        ``advert_burst + 1.5 t / interval`` adverts in ``t`` ms."""
+        now = self.ctx.now_ms
+        if now > self._tokens_ms:
+            self._advert_tokens = min(
+                float(self.ctx.params.advert_burst),
+                self._advert_tokens + (now - self._tokens_ms) / (2 * self.advert_interval()),
+            )
+            self._tokens_ms = now
+        return self._advert_tokens
+
+    def _advertise(self, *, change: bool = True) -> None:
+        """Publish our advert now (a change takes a token, a heartbeat none)
+        and set the next heartbeat."""
+        advert = self.make_advert()
+        interval = self.advert_interval()
+        if advert is not None:
+            if change or self._news() != self._advertised:
+                self._refill()
+                self._advert_tokens = max(0.0, self._advert_tokens - 1.0)
+            self._advertised = self._news()
+            sealed = self.ctx.seal(advert)
+            # what a newcomer is relayed: the sealed bytes (the simulator's
+            # codec hands objects around, whose ``raw`` plays that part)
+            self.last_advert = sealed if isinstance(sealed, bytes) else sealed.raw
+            self.ctx.emit(Publish(TOPIC_ADVERTS, sealed))
+            self.ctx.counters["adverts_sent"] += 1
+        self._arm_advert(self.ctx.now_ms + interval)
+
+    def _arm_advert(self, when_ms: int) -> None:
+        """The next advert is due at ``when_ms``; one timer entry counts at a
+        time (``_advert_armed``), re-armed when it fires early."""
+        self._advert_due = when_ms
+        if self._advert_armed is None or when_ms < self._advert_armed:
+            self._advert_armed = when_ms
+            self.ctx.at(when_ms, T_ADVERT, when_ms)
+
+    def timer_advert(self, armed_ms: Any) -> None:
+        if armed_ms != self._advert_armed:
+            return  # superseded by an earlier one
+        self._advert_armed = None
+        if self.ctx.now_ms < self._advert_due:
+            self._arm_advert(self._advert_due)
+            return
+        self._advertise(change=False)
 
     # ------------------------------------------------------------ runs held
 
@@ -386,6 +475,7 @@ class Worker:
         )
         self.ctx.at(self.ctx.now_ms + self.ctx.params.heartbeat_interval_ms, T_HEARTBEAT, key)
         self._start_queued()
+        self._changed()  # our last free slot may just have gone
 
     def _award_refusal(self, a: Any) -> str | None:
         cap = self.capacity()
@@ -550,6 +640,7 @@ class Worker:
         self.ctx.at(self.ctx.now_ms + self.ctx.params.result_resend_ms, T_RESEND, work.key)
         self._start_queued()
         self._gc_work()
+        self._changed()  # a slot may have come free
 
     # ------------------------------------------------------------ talking to the origin
 
@@ -613,6 +704,7 @@ class Worker:
             self.ctx.emit(CancelExecution(work.key[0], work.key[1], work.key[2], reason))
         self._start_queued()
         self._gc_work()
+        self._changed()  # a slot may have come free
 
     def timer_resend(self, key: RunKey) -> None:
         work = self.work.get(key)

@@ -76,6 +76,7 @@ from meshd.core.events import (
     InboxLoad,
     JobLog,
     ManifestStored,
+    PeerConnected,
     Publish,
     RunChecker,
     Send,
@@ -169,6 +170,8 @@ class Daemon(EffectInterpreter):
         self.events = EventLogger()
         """INFO lines for what the node does (records appended, peers joining/leaving)."""
         self._peers_logged_ms = -(10**12)
+        self._connected_seen: set[str] = set()
+        """Peers connected at the last look (``_log_peers`` reports the new ones)."""
         self.metrics = Metrics(lambda: self.view, self.clock.monotonic_ms)
         """Prometheus families (``GET /metrics``)."""
         """The read-only view the API answers from (set once the core is restored)."""
@@ -473,6 +476,12 @@ class Daemon(EffectInterpreter):
         if t - self._peers_logged_ms >= self.core_params.advert_interval_ms:
             self._peers_logged_ms = t
             self.events.peers(e.peer_id for e in self.node.peers.alive(self.node.now_ms))
+            # New connections go to the core: a newcomer asks its first peers
+            # for the adverts they hold (specs/PROTOCOL.md §7.8).
+            connected = set(self.host.connected_peers())
+            for peer in sorted(connected - self._connected_seen):
+                self.feed_nowait(PeerConnected(peer))
+            self._connected_seen = connected
 
     def _step(self, inp: Any, effects: list[Any], awaited: list[trio.Event]) -> None:
         assert self.node is not None

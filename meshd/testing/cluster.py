@@ -49,6 +49,7 @@ FAST_CORE = CoreParams(
     bid_window_ms=500,
     advert_interval_ms=500,
     advert_ttl_ms=4_000,
+    advert_rate_budget=1_000.0,
     lease_ms=4_000,
     heartbeat_interval_ms=500,
     result_resend_ms=500,

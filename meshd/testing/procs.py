@@ -24,6 +24,7 @@ from meshd.config import update_config
 FAST_PARAMS = {
     "advert_interval_ms": 500,
     "advert_ttl_ms": 4000,
+    "advert_rate_budget": 1000.0,
     "lease_ms": 4000,
     "heartbeat_interval_ms": 500,
     "result_resend_ms": 500,

@@ -110,7 +110,11 @@ def main() -> int:
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-placement-"))
     hogs = start_hog(6 * args.phase_timeout) if args.hog else []
-    procs = start_mesh(root, args.nodes, params={"advert_interval_ms": 1000, "advert_ttl_ms": 8000})
+    procs = start_mesh(
+        root,
+        args.nodes,
+        params={"advert_interval_ms": 1000, "advert_ttl_ms": 8000, "advert_rate_budget": 1000.0},
+    )
     try:
         return run_phases(args, procs)
     except PhaseTimeout as exc:
