@@ -167,6 +167,9 @@ def test_queue_stats_reports_the_outbound_queues_and_is_zero_when_idle() -> None
         "publishes_waiting": 0,
         "requests_in_serving": 0,
         "requests_out_inflight": 0,
+        "channels_open": 0,
+        "calls_in_serving": 0,
+        "calls_out_inflight": 0,
     }
     for entries in (3, 5):  # two peers whose queues nobody drains
         queue = RpcQueue()
