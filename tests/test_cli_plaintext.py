@@ -24,7 +24,18 @@ def on_a_terminal(draw: object) -> str:
         with open(slave, "w", encoding="utf-8") as stream:
             draw(TextOut(stream))  # type: ignore[operator]
             stream.flush()
-        return os.read(master, 1 << 16).decode().replace("\r\n", "\n")
+        # the slave is closed: read until the pty says so (EIO on Linux), as
+        # one read may return only part of what was written
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(master, 1 << 16)
+            except OSError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks).decode().replace("\r\n", "\n")
     finally:
         os.close(master)
 
