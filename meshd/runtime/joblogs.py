@@ -55,6 +55,10 @@ STREAMS = ("stdout", "stderr")
 RUN_LOG_VERSION = 1
 """The stored log's format version (specs/JOB.md §6)."""
 
+NO_OUTPUT_POLL_S = 0.1
+"""How often a followed job with no output yet is looked at again (its live
+buffer appears with the first chunk; until then there is no event to wait on)."""
+
 
 @dataclass
 class StreamText:
@@ -344,7 +348,9 @@ async def follow_logs(
             if buf is not None:
                 await buf.changed.wait()
             else:
-                await trio.sleep(timeout)
+                # no output has come yet, so there is nothing to wait on: look
+                # again soon, so a job's first line is not held back a second
+                await trio.sleep(min(timeout, NO_OUTPUT_POLL_S))
 
 
 def _streams_of(

@@ -57,7 +57,21 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-logs-") as tmp:
         procs = start_mesh(Path(tmp), 2, params=params)
         try:
-            cp = mesh_cli(procs[1].data_dir, "submit", "--image", "x", "--", "sh", "-c", script)
+            cp = mesh_cli(
+                procs[1].data_dir,
+                "submit",
+                "--image",
+                "x",
+                "--runtime",
+                "process",
+                "--",
+                "sh",
+                "-c",
+                script,
+            )
+            if cp.returncode != 0 or not cp.stdout.strip():
+                print(f"FAIL: mesh submit exited {cp.returncode}: {cp.stderr.strip()}")
+                return 1
             job_id = cp.stdout.strip().splitlines()[0]
             follower = subprocess.Popen(
                 [*_bin("mesh"), "--data-dir", str(procs[1].data_dir), "logs", "-f", job_id],
@@ -83,6 +97,7 @@ def main() -> int:
     print(
         f"latency median {med:.3f} s ({med / base:.2f}x), max {worst:.3f} s ({worst / base:.2f}x)"
     )
+    print("each line, in print order (s):", " ".join(f"{x:.3f}" for x in latencies))
     return 0 if worst <= 1.0 else 1
 
 
