@@ -70,14 +70,15 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument(
         "--hold-s",
         type=float,
-        default=0.0,
-        help="what-if: a result is final only after standing this long unretracted",
+        default=None,
+        help="result_hold_ms in s (default: CoreParams'): a result is final only after "
+        "standing this long unretracted",
     )
     c.add_argument("--json", metavar="OUT")
     a = ap.parse_args(argv)
 
     if a.cmd == "spotcheck":
-        from .spotcheck import SpotConfig, curve, print_curve
+        from .spotcheck import SpotConfig, curve, print_curve, print_hold_curve
 
         results = []
         for rejoin in {"off": (False,), "on": (True,), "both": (False, True)}[a.rejoin]:
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                 seed=a.seed,
                 audit=not a.no_audit,
                 rejoin=rejoin,
-                hold_ms=int(a.hold_s * 1000),
+                **({} if a.hold_s is None else {"hold_ms": int(a.hold_s * 1000)}),
                 **({} if a.bond is None else {"bond": a.bond}),
             )
             table = curve(
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                 base=base,
             )
             print_curve(table)
+            print_hold_curve(table)
             results += table
         if a.json:
             with open(a.json, "w") as f:
