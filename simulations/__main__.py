@@ -74,12 +74,33 @@ def main(argv: list[str] | None = None) -> int:
         help="result_hold_ms in s (default: CoreParams'): a result is final only after "
         "standing this long unretracted",
     )
+    c.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PARAM=VALUE",
+        help="a CoreParams override, e.g. untrusted_replication=0.3 (floor: --floors)",
+    )
     c.add_argument("--json", metavar="OUT")
     a = ap.parse_args(argv)
 
     if a.cmd == "spotcheck":
+        from meshd.core.params import CoreParams
+
         from .spotcheck import SpotConfig, curve, print_curve, print_hold_curve
 
+        core: list[tuple[str, float]] = []
+        for pin in a.set:
+            name, _, value = pin.partition("=")
+            try:
+                number: float = float(value)
+                if number.is_integer() and not any(ch in value for ch in ".eE"):
+                    number = int(number)
+                CoreParams().with_overrides({name: number})
+            except ValueError as e:
+                print(f"spotcheck: --set {pin}: {e}", file=sys.stderr)
+                return 2
+            core.append((name, number))
         results = []
         for rejoin in {"off": (False,), "on": (True,), "both": (False, True)}[a.rejoin]:
             base = SpotConfig(
@@ -90,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                 seed=a.seed,
                 audit=not a.no_audit,
                 rejoin=rejoin,
+                core=tuple(core),
                 **({} if a.hold_s is None else {"hold_ms": int(a.hold_s * 1000)}),
                 **({} if a.bond is None else {"bond": a.bond}),
             )

@@ -4,9 +4,11 @@
 and several floors (``replication_fraction``, the replication probability
 even a trusted worker gets; the default is marked ``*``), the verification
 overhead (extra runs ÷ jobs, audit runs included) and, per 10,000 jobs, the
-wrong results accepted at any time, those retracted by an audit and those
-still standing at the end, with the liar identities convicted. Normative
-text and the figures: specs/CREDITS.md §4, §4.1 and §11.1.
+wrong results accepted at any time, those retracted by an audit, those
+still standing at the end, and those that became *final* (the hold,
+``result_hold_ms``), with the liar identities convicted; then the *hold
+curve* (final per 10,000 by hold, the default marked). Normative text and
+the figures: specs/CREDITS.md §4, §4.1, §4.2 and §11.1.
 
 Theory of operation
 -------------------
@@ -38,6 +40,14 @@ as one vote and runs the job on other workers until two agree: if the
 majority is not the accepted result, it is *retracted*. Wrong results still
 accepted when the run ends are *standing*: the lies of liars not caught yet,
 or of convicted ones the audit window no longer reached.
+
+*The hold* (specs/CREDITS.md §4.2): an unreplicated result is provisional
+for ``hold_ms`` (``result_hold_ms``) after it was accepted. Each wrong
+result's age is recorded when an audit retracts it and, for those still
+standing, at the end; a wrong result is *final* if that age reached the
+hold (``SpotResult.final_for``), *pending* if it stands at the end still in
+its hold. The hold changes no run (audits re-run the same jobs with it or
+without it), so one run gives the whole hold curve.
 
 Liars (``--model``):
 
@@ -102,6 +112,9 @@ class SpotConfig:
     """A convicted liar returns at once under a new identity."""
     bond: int = CoreParams().bond_valid_receipts
     """``bond_valid_receipts``: valid results before a worker's pay is released."""
+    core: tuple[tuple[str, float], ...] = ()
+    """Other ``CoreParams`` overrides (``--set NAME=VALUE``), e.g. a what-if
+    ``untrusted_replication`` for whitewashing liars."""
     hold_ms: int = CoreParams().result_hold_ms
     """``result_hold_ms``: an unreplicated result is *final* only once it has
     stood this long unretracted (0: at once; specs/CREDITS.md §4.2). ``final``
@@ -273,7 +286,9 @@ class Purse:
 def simulate(cfg: SpotConfig) -> SpotResult:
     """One run of the model (see the module docstring)."""
     params = dataclasses.replace(
-        CoreParams(), replication_fraction=cfg.floor, bond_valid_receipts=cfg.bond
+        CoreParams().with_overrides(dict(cfg.core)),
+        replication_fraction=cfg.floor,
+        bond_valid_receipts=cfg.bond,
     )
     trust = Trust(params)
     book = AuditBook(params)
@@ -432,6 +447,7 @@ def print_curve(results: list[SpotResult]) -> None:
         f"{c0.jobs} jobs, seed {c0.seed}, bond {c0.bond} valid results, "
         f"hold {c0.hold_ms / 1000:g} s ({c0.hold_ms // c0.job_interval_ms} jobs, "
         f"~{c0.hold_ms // (c0.job_interval_ms * c0.workers)} of one worker's)"
+        + "".join(f", {k} {v:g}" for k, v in c0.core)
     )
     print(
         f"target at 10% liars: ≤ {TARGET_WRONG_PER_10K:g} wrong result standing per 10,000 jobs "

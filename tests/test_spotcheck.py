@@ -176,3 +176,39 @@ def test_the_hold_curve_marks_the_default_hold(capsys: pytest.CaptureFixture[str
     ]
     assert [r[0] for r in hold_rows] == ["0%", "10%"]
     assert hold_rows[1][-1] in ("met", "missed")
+
+
+def test_set_overrides_core_params_and_a_bad_one_is_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``--set NAME=VALUE`` reaches the model's CoreParams (a newcomer not
+    replicated costs fewer runs); a misspelt or non-numeric one is refused in
+    one line, exit 2."""
+    plain = simulate(PATIENT)
+    lax = simulate(dataclasses.replace(PATIENT, core=(("untrusted_replication", 0.0),)))
+    assert lax.runs < plain.runs
+    for bad in ("nope=1", "untrusted_replication=x"):
+        assert main(["spotcheck", "--jobs", "10", "--set", bad]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"spotcheck: --set {bad}: ") and err.count("\n") == 1
+    assert (
+        main(
+            [
+                "spotcheck",
+                "--workers",
+                "10",
+                "--jobs",
+                "300",
+                "--shares",
+                "0.1",
+                "--floors",
+                "0.05",
+                "--rejoin",
+                "on",
+                "--set",
+                "trust_after_valid=3",
+            ]
+        )
+        == 0
+    )
+    assert "trust_after_valid 3" in capsys.readouterr().out
