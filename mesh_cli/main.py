@@ -244,7 +244,10 @@ def cmd_submit(args: argparse.Namespace, client: ApiClient) -> int:
     if job.get("state") == "succeeded":
         dest = args.out if args.out is not None else Path(job_id)
         count = fetch_result(client, job_id, dest)
-        console.print(f"succeeded: {count} output file(s) in {dest}")
+        final = render.finality_text(job)
+        console.print(
+            f"succeeded{f' ({final})' if final else ''}: {count} output file(s) in {dest}"
+        )
     else:
         render.render_job(job, console)
     if args.json:
@@ -297,7 +300,7 @@ def resolve_job_id(client: ApiClient, given: str) -> str:
 
 def cmd_wait(args: argparse.Namespace, client: ApiClient) -> int:
     """Wait until a job ends (or ``--timeout`` passes): 0 succeeded, 1 otherwise."""
-    from mesh_cli.render import TERMINAL_STATES
+    from mesh_cli.render import TERMINAL_STATES, finality_text
 
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     while True:
@@ -312,7 +315,8 @@ def cmd_wait(args: argparse.Namespace, client: ApiClient) -> int:
     if args.json:
         _out(job)
     else:
-        print(f"{args.job_id}: {state}")
+        final = finality_text(job)
+        print(f"{args.job_id}: {state}" + (f" ({final})" if final else ""))
     return EXIT_OK if state == "succeeded" else EXIT_API
 
 

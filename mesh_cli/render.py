@@ -52,6 +52,23 @@ def state_text(state: Any) -> Text:
     return Text(dash(state), style=STATE_STYLE.get(str(state), ""))
 
 
+def finality_text(job: dict[str, Any]) -> str:
+    """ "provisional until T" while a job's result is within its hold, "final"
+    once it is, "" before the job has a result (specs/CREDITS.md §4.2)."""
+    final = job.get("final")
+    if final is False:
+        return f"provisional until {fmt_ts(job.get('provisional_until_ms'))}"
+    return "final" if final is True else ""
+
+
+def retracted_text(verification: dict[str, Any]) -> str:
+    """What an audit overturned: a provisional result replaced in its hold, or a final one."""
+    digest = verification["retracted"]
+    if verification.get("retracted_final") is False:
+        return f"replaced during its hold, never final (RETRACTED by an audit): {digest}"
+    return f"RETRACTED by an audit: {digest}"
+
+
 def _kv_grid() -> Table:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
@@ -153,9 +170,12 @@ def render_jobs(data: dict[str, Any], console: Console) -> None:
     for j in jobs:
         command = j.get("command")
         cmd = " ".join(command) if isinstance(command, list) else dash(command)
+        state = state_text(j.get("state"))
+        if j.get("final") is False:
+            state.append(" (provisional)", style="yellow")
         table.add_row(
             dash(j.get("job_id")),
-            state_text(j.get("state")),
+            state,
             dash(j.get("image")),
             cmd[:40],
             short_id(j.get("worker")),
@@ -218,6 +238,11 @@ def _job_summary(job: dict[str, Any]) -> Table:
     grid = _kv_grid()
     grid.add_row("job", dash(job.get("job_id")))
     grid.add_row("state", state_text(job.get("state")))
+    if finality_text(job):
+        grid.add_row(
+            "result is",
+            finality_text(job) + (" (an audit may still replace it)" if not job["final"] else ""),
+        )
     command = spec.get("command")
     grid.add_row("image", dash(spec.get("image")))
     grid.add_row("command", " ".join(command) if isinstance(command, list) else dash(command))
@@ -242,7 +267,7 @@ def _job_summary(job: dict[str, Any]) -> Table:
             f"verdict {dash(verification.get('verdict'))}"
         )
         if verification.get("retracted"):  # an audit overturned the result accepted first
-            text += f"; RETRACTED by an audit: {verification['retracted']}"
+            text += f"; {retracted_text(verification)}"
         grid.add_row("verification", text)
     return grid
 
@@ -298,6 +323,8 @@ def wait_line(job: dict[str, Any]) -> str:
     )
     if declines and not awards:
         line += f" (last decline: {dash(declines[-1].get('reason'))})"
+    if finality_text(job):
+        line += f" {finality_text(job)}"
     return line
 
 
@@ -331,6 +358,8 @@ def wait_panel(job: dict[str, Any]) -> Table:
             "verified",
             f"{dash(verification.get('verdict'))} ({dash(verification.get('replicas'))} replicas)",
         )
+    if finality_text(job):
+        grid.add_row("result is", finality_text(job))
     return grid
 
 

@@ -70,15 +70,37 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument(
         "--hold-s",
         type=float,
-        default=0.0,
-        help="what-if: a result is final only after standing this long unretracted",
+        default=None,
+        help="result_hold_ms in s (default: CoreParams'): a result is final only after "
+        "standing this long unretracted",
+    )
+    c.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PARAM=VALUE",
+        help="a CoreParams override, e.g. untrusted_replication=0.3 (floor: --floors)",
     )
     c.add_argument("--json", metavar="OUT")
     a = ap.parse_args(argv)
 
     if a.cmd == "spotcheck":
-        from .spotcheck import SpotConfig, curve, print_curve
+        from meshd.core.params import CoreParams
 
+        from .spotcheck import SpotConfig, curve, print_curve, print_hold_curve
+
+        core: list[tuple[str, float]] = []
+        for pin in a.set:
+            name, _, value = pin.partition("=")
+            try:
+                number: float = float(value)
+                if number.is_integer() and not any(ch in value for ch in ".eE"):
+                    number = int(number)
+                CoreParams().with_overrides({name: number})
+            except ValueError as e:
+                print(f"spotcheck: --set {pin}: {e}", file=sys.stderr)
+                return 2
+            core.append((name, number))
         results = []
         for rejoin in {"off": (False,), "on": (True,), "both": (False, True)}[a.rejoin]:
             base = SpotConfig(
@@ -89,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
                 seed=a.seed,
                 audit=not a.no_audit,
                 rejoin=rejoin,
-                hold_ms=int(a.hold_s * 1000),
+                core=tuple(core),
+                **({} if a.hold_s is None else {"hold_ms": int(a.hold_s * 1000)}),
                 **({} if a.bond is None else {"bond": a.bond}),
             )
             table = curve(
@@ -98,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                 base=base,
             )
             print_curve(table)
+            print_hold_curve(table)
             results += table
         if a.json:
             with open(a.json, "w") as f:

@@ -4,9 +4,11 @@
 and several floors (``replication_fraction``, the replication probability
 even a trusted worker gets; the default is marked ``*``), the verification
 overhead (extra runs ÷ jobs, audit runs included) and, per 10,000 jobs, the
-wrong results accepted at any time, those retracted by an audit and those
-still standing at the end, with the liar identities convicted. Normative
-text and the figures: specs/CREDITS.md §4, §4.1 and §11.1.
+wrong results accepted at any time, those retracted by an audit, those
+still standing at the end, and those that became *final* (the hold,
+``result_hold_ms``), with the liar identities convicted; then the *hold
+curve* (final per 10,000 by hold, the default marked). Normative text and
+the figures: specs/CREDITS.md §4, §4.1, §4.2 and §11.1.
 
 Theory of operation
 -------------------
@@ -38,6 +40,14 @@ as one vote and runs the job on other workers until two agree: if the
 majority is not the accepted result, it is *retracted*. Wrong results still
 accepted when the run ends are *standing*: the lies of liars not caught yet,
 or of convicted ones the audit window no longer reached.
+
+*The hold* (specs/CREDITS.md §4.2): an unreplicated result is provisional
+for ``hold_ms`` (``result_hold_ms``) after it was accepted. Each wrong
+result's age is recorded when an audit retracts it and, for those still
+standing, at the end; a wrong result is *final* if that age reached the
+hold (``SpotResult.final_for``), *pending* if it stands at the end still in
+its hold. The hold changes no run (audits re-run the same jobs with it or
+without it), so one run gives the whole hold curve.
 
 Liars (``--model``):
 
@@ -79,6 +89,8 @@ from meshd.core.trust import Trust
 
 LIAR_SHARES = (0.0, 0.01, 0.10, 0.30)
 FLOORS = (0.02, 0.05, 0.10, 0.20)
+HOLDS_MS = (0, 300_000, 1_000_000, CoreParams().result_hold_ms)
+"""The holds of the hold curve (the default, ``result_hold_ms``, last)."""
 TARGET_WRONG_PER_10K = 1.0
 TARGET_OVERHEAD = 0.10
 REFRESH_JOBS = 1000
@@ -100,10 +112,15 @@ class SpotConfig:
     """A convicted liar returns at once under a new identity."""
     bond: int = CoreParams().bond_valid_receipts
     """``bond_valid_receipts``: valid results before a worker's pay is released."""
-    hold_ms: int = 0
-    """What-if: an unreplicated result is *final* only once it has stood this
-    long unretracted (0: at once). ``final`` counts the wrong results that
-    became final: standing at the end, or retracted only after the hold."""
+    core: tuple[tuple[str, float], ...] = ()
+    """Other ``CoreParams`` overrides (``--set NAME=VALUE``), e.g. a what-if
+    ``untrusted_replication`` for whitewashing liars."""
+    hold_ms: int = CoreParams().result_hold_ms
+    """``result_hold_ms``: an unreplicated result is *final* only once it has
+    stood this long unretracted (0: at once; specs/CREDITS.md §4.2). ``final``
+    counts the wrong results that became final: retracted only after their
+    hold, or standing at the end with their hold over; ``pending`` the wrong
+    ones standing at the end still in their hold (provisional)."""
 
 
 @dataclass
@@ -118,9 +135,10 @@ class SpotResult:
     """Wrong results accepted, at any time."""
     retracted: int = 0
     """... of those, retracted by an audit before the end."""
-    wrong_final: int = 0
-    """... of those, the ones that stood ``hold_ms`` before any retraction
-    (all standing ones included)."""
+    retracted_ages: list[int] = dataclasses.field(default_factory=list)
+    """Per retracted wrong result: how long (ms) it had stood when retracted."""
+    standing_ages: list[int] = dataclasses.field(default_factory=list)
+    """Per wrong result standing at the end: how long it had stood then."""
     failed: int = 0
     trusted_primary: int = 0
     """Jobs whose primary was trusted when the decision was made."""
@@ -134,6 +152,30 @@ class SpotResult:
     honest_pay: dict[str, float] = dataclasses.field(default_factory=dict)
     """The same for honest workers."""
 
+    def final_for(self, hold_ms: int) -> int:
+        """Wrong results that became final under a hold of ``hold_ms``: those
+        retracted only after it, and those standing at the end past it. One
+        run gives the whole hold curve: the hold changes no run, only when a
+        result counts as final."""
+        return sum(1 for a in self.retracted_ages + self.standing_ages if a >= hold_ms)
+
+    def pending_for(self, hold_ms: int) -> int:
+        """Wrong results standing at the end, still provisional under ``hold_ms``."""
+        return sum(1 for a in self.standing_ages if a < hold_ms)
+
+    @property
+    def wrong_final(self) -> int:
+        """Wrong results that became final under the run's own hold."""
+        return self.final_for(self.config.hold_ms)
+
+    @property
+    def final_per_10k(self) -> float:
+        return self._per_10k(self.wrong_final)
+
+    @property
+    def pending_per_10k(self) -> float:
+        return self._per_10k(self.pending_for(self.config.hold_ms))
+
     def as_dict(self) -> dict[str, object]:
         return {
             **dataclasses.asdict(self.config),
@@ -141,7 +183,8 @@ class SpotResult:
             "wrong_per_10k": round(self.wrong_per_10k, 2),
             "retracted_per_10k": round(self.retracted_per_10k, 2),
             "standing_per_10k": round(self.standing_per_10k, 2),
-            "final_per_10k": round(self._per_10k(self.wrong_final), 2),
+            "final_per_10k": round(self.final_per_10k, 2),
+            "pending_per_10k": round(self.pending_per_10k, 2),
             "trusted_replication_rate": round(self.trusted_rate, 4),
             "wrong_accepted": self.wrong_accepted,
             "retracted": self.retracted,
@@ -201,8 +244,7 @@ class SpotResult:
     def strict_target_met(self) -> bool:
         """The target judged on every wrong result that became final (with no
         hold: every one ever accepted, retracted ones included)."""
-        final = self._per_10k(self.wrong_final)
-        return final <= TARGET_WRONG_PER_10K and self.overhead <= TARGET_OVERHEAD
+        return self.final_per_10k <= TARGET_WRONG_PER_10K and self.overhead <= TARGET_OVERHEAD
 
 
 class Purse:
@@ -244,7 +286,9 @@ class Purse:
 def simulate(cfg: SpotConfig) -> SpotResult:
     """One run of the model (see the module docstring)."""
     params = dataclasses.replace(
-        CoreParams(), replication_fraction=cfg.floor, bond_valid_receipts=cfg.bond
+        CoreParams().with_overrides(dict(cfg.core)),
+        replication_fraction=cfg.floor,
+        bond_valid_receipts=cfg.bond,
     )
     trust = Trust(params)
     book = AuditBook(params)
@@ -257,6 +301,8 @@ def simulate(cfg: SpotConfig) -> SpotResult:
     """Unreplicated accepted job -> (worker, its result was wrong), until audited."""
     accepted_ms: dict[str, int] = {}
     """... and when it was accepted (for ``hold_ms``)."""
+    unresolved: list[int] = []
+    """When each wrong result an audit could not overturn was accepted."""
 
     def lies(w: str) -> bool:
         if w not in liars:
@@ -331,8 +377,10 @@ def simulate(cfg: SpotConfig) -> SpotResult:
                 res.audit_runs += len(votes) - 1
                 if wrong and sum(1 for _, lied in votes if not lied) >= 2:
                     res.retracted += 1
-                    res.wrong_final += int(now - since >= cfg.hold_ms)
+                    res.retracted_ages.append(now - since)
                     purse(worker).claw_back(1.0)
+                elif wrong:  # no majority: the wrong result stays accepted
+                    unresolved.append(since)
                 todo += [x for x, lied in votes[1:] if lied and trust.convicted(x, now)]
 
     for j in range(cfg.jobs):
@@ -364,7 +412,11 @@ def simulate(cfg: SpotConfig) -> SpotResult:
         if was_trusted:
             res.trusted_primary += 1
             res.trusted_replicated += int(replicate)
-    res.wrong_final += res.standing
+    # What stands at the end: the wrong results no audit reached, and those
+    # an audit could not overturn (no majority).
+    stood = [accepted_ms[job] for job, (_, wrong) in accepted.items() if wrong] + unresolved
+    res.standing_ages = [now - since for since in stood]
+    assert len(res.standing_ages) == res.standing
     for w, p in purses.items():
         into = res.liar_pay if w in liars else res.honest_pay
         for k, v in p.split().items():
@@ -393,7 +445,9 @@ def print_curve(results: list[SpotResult]) -> None:
         f"audit {'on' if c0.audit else 'off'}, rejoin {'on' if c0.rejoin else 'off'}, "
         f"{c0.workers} workers, "
         f"{c0.jobs} jobs, seed {c0.seed}, bond {c0.bond} valid results, "
-        f"hold {c0.hold_ms / 1000:g} s ({c0.hold_ms // c0.job_interval_ms} jobs)"
+        f"hold {c0.hold_ms / 1000:g} s ({c0.hold_ms // c0.job_interval_ms} jobs, "
+        f"~{c0.hold_ms // (c0.job_interval_ms * c0.workers)} of one worker's)"
+        + "".join(f", {k} {v:g}" for k, v in c0.core)
     )
     print(
         f"target at 10% liars: ≤ {TARGET_WRONG_PER_10K:g} wrong result standing per 10,000 jobs "
@@ -403,7 +457,8 @@ def print_curve(results: list[SpotResult]) -> None:
     )
     print(
         "per 10k jobs: wrong = accepted at any time, = retracted + standing at the end; "
-        "final = wrong that stood the hold before any retraction (= wrong with no hold)"
+        "final = wrong that became final (retracted only after its hold, or standing past it; "
+        "= wrong with no hold); pending = standing at the end, still provisional"
     )
     print(
         "pay (1 credit per accepted result, clawed back when retracted), per 10k jobs: "
@@ -412,7 +467,7 @@ def print_curve(results: list[SpotResult]) -> None:
     )
     print(
         f"{'liars':>6} {'floor':>7} {'overhead':>9} {'wrong':>7} {'retracted':>10} "
-        f"{'standing':>9} {'final':>6} {'convicted':>10} {'honest conv.':>13} {'failed':>7}"
+        f"{'standing':>9} {'final':>6} {'pending':>8} {'convicted':>10} {'honest conv.':>13} {'failed':>7}"
         f" {'liar pay kept':>14} {'forfeit':>8} {'held':>6} {'honest held':>12}"
         f" {'target':>7} {'strict':>7}"
     )
@@ -426,10 +481,47 @@ def print_curve(results: list[SpotResult]) -> None:
         print(
             f"{c.liar_share:>6.0%} {c.floor:>6.2f}{mark} {r.overhead:>9.3f} {r.wrong_per_10k:>7.1f} "
             f"{r.retracted_per_10k:>10.1f} {r.standing_per_10k:>9.1f} "
-            f"{r._per_10k(r.wrong_final):>6.1f} {r.convicted:>10} "
+            f"{r.final_per_10k:>6.1f} {r.pending_per_10k:>8.1f} {r.convicted:>10} "
             f"{r.honest_convicted:>13} {r.failed:>7}"
             f" {r._per_10k_f(r.liar_pay.get('kept', 0.0)):>14.1f}"
             f" {r._per_10k_f(r.liar_pay.get('forfeited', 0.0)):>8.1f}"
             f" {r._per_10k_f(r.liar_pay.get('held', 0.0)):>6.1f}"
             f" {r.honest_held_share:>11.1%} {target:>7} {strict:>7}"
+        )
+
+
+def print_hold_curve(results: list[SpotResult], holds: tuple[int, ...] = HOLDS_MS) -> None:
+    """Wrong results final per 10,000 jobs against the hold, at the default
+    floor (``result_hold_ms``'s default marked ``*``): one run per row, as the
+    hold changes no run (``SpotResult.final_for``); the overhead, audit re-runs
+    included, is the row's whatever the hold."""
+    default_floor = CoreParams().replication_fraction
+    default_hold = CoreParams().result_hold_ms
+    rows = [r for r in results if abs(r.config.floor - default_floor) < 1e-12]
+    if not rows:
+        return
+    c0 = rows[0].config
+    print(
+        f"hold curve at the default floor {default_floor:g}: wrong results final per 10k jobs "
+        f"by hold (s; * the default result_hold_ms), rejoin "
+        f"{'on' if c0.rejoin else 'off'}; a worker gets a job every "
+        f"{c0.job_interval_ms * c0.workers / 1000:g} s"
+    )
+    heads = [f"{h / 1000:g}{'*' if h == default_hold else ''}" for h in holds]
+    print(
+        f"{'liars':>6} {'overhead':>9} "
+        + " ".join(f"{'final@' + h:>12}" for h in heads)
+        + f" {'pending*':>9} {'strict*':>8}"
+    )
+    for r in rows:
+        final = [r._per_10k(r.final_for(h)) for h in holds]
+        pending = r._per_10k(r.pending_for(default_hold))
+        strict = ""
+        if abs(r.config.liar_share - 0.10) < 1e-12:
+            ok = final[holds.index(default_hold)] <= TARGET_WRONG_PER_10K
+            strict = "met" if ok and r.overhead <= TARGET_OVERHEAD else "missed"
+        print(
+            f"{r.config.liar_share:>6.0%} {r.overhead:>9.3f} "
+            + " ".join(f"{f:>12.1f}" for f in final)
+            + f" {pending:>9.1f} {strict:>8}"
         )

@@ -41,11 +41,11 @@ def test_audit_book_takes_only_the_window_and_is_bounded() -> None:
     assert book2.take("w", 11_500) == []  # taken once
 
 
-def _liar_net() -> tuple[CoreNet, str, list[str]]:
+def _liar_net(params: CoreParams = P) -> tuple[CoreNet, str, list[str]]:
     """Origin (node 0, runs nothing), three honest workers, one liar (node 4)."""
     workers = [FakeWorker(healthy=False)] + [FakeWorker() for _ in range(3)]
     workers.append(FakeWorker(lie_rate=1.0))
-    net = CoreNet(5, seed=11, params=P, workers=workers)
+    net = CoreNet(5, seed=11, params=params, workers=workers)
     net.run_for(3_000)
     return net, net.order[4], net.order[1:4]
 
@@ -273,3 +273,156 @@ def test_a_retracted_results_pay_is_clawed_back_on_every_ledger() -> None:
         300_000,
     )
     assert len([e for e in net.node(0).ledger.entries.values() if e.reverses]) == 3
+
+
+# ------------------------------------------------------------ the hold (CREDITS.md §4.2)
+
+
+def test_an_unreplicated_result_is_provisional_until_the_hold_ends_also_after_a_restart() -> None:
+    """specs/CREDITS.md §4.2: a result accepted unreplicated is provisional for
+    ``result_hold_ms`` (logged in its ``job_verdict``, restored after a restart,
+    shown by the job's view), then final; a replicated one is final at once."""
+    from meshd.core.origin import Origin, job_view
+
+    hold = 120_000
+    p = dataclasses.replace(P, result_hold_ms=hold)
+    net = CoreNet(3, seed=5, params=p, workers=[FakeWorker(healthy=False)] + [FakeWorker()] * 2)
+    net.run_for(3_000)
+    single, double = net.submit(0, spec(1)), net.submit(0, spec(2, replicas=2))
+    assert net.run_until(lambda: _settled(net, [single, double]), 60_000)
+    job = net.job(0, single)
+    assert job.state == "succeeded" and job.verdict["verdict"] == "unverified"
+    accepted_ms = job.updated_ms
+    until = job.verdict["provisional_until_ms"]
+    assert until == accepted_ms + hold
+    view = job_view(job, net.now_ms)
+    assert view["final"] is False and view["provisional_until_ms"] == until
+    assert Origin.final(net.job(0, double), net.now_ms) is True  # verified: final at once
+    assert job_view(net.job(0, double), net.now_ms)["provisional_until_ms"] is None
+    verdicts = [b for k, b in net.slots[net.order[0]].log if k == "job_verdict"]
+    assert {b["job_id"]: b.get("provisional_until_ms") for b in verdicts} == {
+        single: until,
+        double: None,
+    }
+    net.restart(net.order[0])  # the hold survives a restart of the origin
+    job = net.job(0, single)
+    assert job.verdict["provisional_until_ms"] == until
+    assert Origin.final(job, net.now_ms) is False
+    assert Origin.final(job, until - 1) is False and Origin.final(job, until) is True
+    net.run_for(hold)
+    assert job_view(net.job(0, single), net.now_ms)["final"] is True
+
+
+def test_no_hold_makes_an_unreplicated_result_final_at_once() -> None:
+    from meshd.core.origin import Origin
+
+    net = CoreNet(
+        2,
+        seed=5,
+        params=dataclasses.replace(P, result_hold_ms=0),
+        workers=[FakeWorker(healthy=False), FakeWorker()],
+    )
+    net.run_for(3_000)
+    j = net.submit(0, spec(1))
+    assert net.run_until(lambda: _settled(net, [j]), 60_000)
+    assert net.job(0, j).verdict["verdict"] == "unverified"
+    assert "provisional_until_ms" not in net.job(0, j).verdict
+    assert Origin.final(net.job(0, j), net.now_ms) is True
+
+
+@pytest.mark.parametrize("hold_ms", [3_600_000, 1_000])
+def test_a_retraction_inside_the_hold_re_runs_the_job_before_it_was_ever_final(
+    hold_ms: int,
+) -> None:
+    """Within the hold a convicted liar's provisional results are re-run (the
+    liar excluded) and replaced before they were ever final: ``final: false``
+    in ``job_audit`` and ``job_retracted``, counted as replaced, the honest
+    result final at once (it was replicated); after a restart too. With a hold
+    that has ended the same audit retracts *final* results."""
+    from meshd.core.origin import Origin
+
+    net, liar, honest = _liar_net(dataclasses.replace(P, result_hold_ms=hold_ms))
+    origin_id = net.order[0]
+    for h in honest:
+        net.cut(origin_id, h)
+    early = [spec(i) for i in range(2)]
+    early_ids = [net.submit(0, s) for s in early]
+    assert net.run_until(lambda: _settled(net, early_ids), 60_000)
+    in_hold = hold_ms > 1_000
+    if not in_hold:
+        net.run_for(hold_ms)
+    assert all(Origin.final(net.job(0, j), net.now_ms) is (not in_hold) for j in early_ids)
+    net.heal()
+    for h in honest[1:]:
+        net.cut(origin_id, h)
+    check = net.submit(0, spec(99, replicas=2))
+    assert net.run_until(lambda: len(net.job(0, check).runs) >= 2, 30_000)
+    net.heal()
+    assert net.run_until(lambda: net.node(0).counters["audits_started"] == 2, 120_000)
+    assert all(Origin.final(net.job(0, j), net.now_ms) is None for j in early_ids)  # re-running
+    assert net.run_until(lambda: _settled(net, early_ids), 120_000)
+    origin = net.node(0)
+    for j, s in zip(early_ids, early, strict=True):
+        job = net.job(0, j)
+        assert job.canonical == honest_output(s)
+        assert job.verdict["verdict"] == "agreed" and liar not in job.verdict["valid"]
+        assert job.verdict["retracted_final"] is (not in_hold)
+        assert ("provisional result" in job.reason) is in_hold
+        assert Origin.final(job, net.now_ms) is True  # the re-run's result is verified
+    log = net.slots[origin_id].log
+    assert [b["final"] for k, b in log if k == "job_audit"] == [not in_hold] * 2
+    assert [b["final"] for k, b in log if k == "job_retracted"] == [not in_hold] * 2
+    replaced, final = (
+        origin.counters["provisional_results_replaced"],
+        origin.counters["final_results_retracted"],
+    )
+    assert (replaced, final) == ((2, 0) if in_hold else (0, 2))
+    net.restart(origin_id)
+    for j in early_ids:
+        assert net.job(0, j).verdict["retracted_final"] is (not in_hold)
+
+
+def test_mesh_shows_a_provisional_result_and_one_replaced_in_its_hold() -> None:
+    """mesh_cli/CLI.md: ``mesh job`` says "provisional until TIME" while the
+    hold lasts and "final" after; ``mesh jobs`` marks the row; ``submit --wait``
+    in a pipe says it; a result replaced in its hold is named as never final."""
+    import io
+    import re
+
+    from rich.console import Console
+
+    from mesh_cli.render import render_job, render_jobs, wait_line
+
+    def text(render: object, data: dict[str, object]) -> str:
+        out = io.StringIO()
+        render(data, Console(file=out, width=200))  # type: ignore[operator]
+        return out.getvalue()
+
+    until = 1_700_000_000_000  # 2023-11-14 22:13:20Z
+    job = {
+        "job_id": "j-1",
+        "state": "succeeded",
+        "spec": {"image": "meshd/busybox:1", "command": ["true"]},
+        "verification": {"replicas": 1, "verdict": "unverified"},
+        "final": False,
+        "provisional_until_ms": until,
+    }
+    shown = text(render_job, job)
+    assert "provisional until 2023-11-14 22:13:20Z (an audit may still replace it)" in shown
+    assert "provisional until 2023-11-14 22:13:20Z" in wait_line(job)
+    assert "succeeded (provisional)" in text(render_jobs, {"jobs": [job]})
+    done = {**job, "final": True}
+    assert re.search(r"result is +final", text(render_job, done))
+    assert "(provisional)" not in text(render_jobs, {"jobs": [done]})
+    replaced = {
+        **done,
+        "verification": {
+            "replicas": 3,
+            "verdict": "agreed",
+            "retracted": "sha256:bad",
+            "retracted_final": False,
+        },
+    }
+    assert "replaced during its hold, never final (RETRACTED by an audit): sha256:bad" in text(
+        render_job, replaced
+    )

@@ -19,6 +19,7 @@ Rules checked (meshd/core/trust.py, specs/CREDITS.md):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from meshd.exec.base import Executor
 from meshd.runtime.compare import numbers_close
 from meshd.runtime.daemon import now_ms
 from meshd.runtime.jobio import bare
-from meshd.testing.cluster import Cluster
+from meshd.testing.cluster import FAST_CORE, Cluster
 from meshd.testing.faults import (
     LyingExecutor,
     NoisyExecutor,
@@ -377,3 +378,68 @@ async def test_equivocation_is_proven_by_every_peer_and_the_issuer_is_banned(
         job = c.job(0, j)
         assert job.state == "succeeded", job.reason
         assert {r.worker for r in job.runs.values()} == {c.peer_id(1), c.peer_id(2)}
+
+
+# ---------------------------------------------------------------- the hold
+
+
+async def test_a_liar_caught_within_the_hold_has_its_provisional_result_re_run_and_replaced(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """specs/CREDITS.md §4.2 on real daemons: nothing is replicated unless the
+    job asks, so the liar's result is accepted unverified and *provisional*
+    (the API view says until when); the liar is then convicted by a
+    replicated job, the audit re-runs the provisional job without it, and
+    the job's result becomes the honest one, final at once, never having
+    been final wrong."""
+    params = dataclasses.replace(FAST_CORE, replication_fraction=0.0, untrusted_replication=0.0)
+    liar_ex: list[LyingExecutor] = []
+
+    def lying(ex: Executor) -> Executor:
+        liar_ex.append(LyingExecutor(ex, lie_rate=1.0, rng=random.Random(LIAR_SEED)))
+        return liar_ex[-1]
+
+    async with Cluster.started(
+        nursery, tmp_path, 4, core_params=params, wrap_executor=wrap_nodes({3: lying})
+    ) as c:
+        origin, liar = c.daemon(0).node, c.peer_id(3)
+        assert origin is not None
+        c.partition([0], [1, 2])  # only the liar can take the first job
+        (first,) = await run_jobs(c, 0, [square_job(7)])
+        job = c.job(0, first)
+        assert job.state == "succeeded" and job.verdict["verdict"] == "unverified"
+        assert job.runs[min(job.runs)].worker == liar
+        wrong = job.canonical
+        assert wrong != expected_digest(square_output(7))
+        view = c.daemon(0).view
+        assert view is not None
+        shown = view.job_view(first)
+        assert shown is not None and shown["final"] is False
+        until = shown["provisional_until_ms"]
+        assert until == job.verdict["provisional_until_ms"] > origin.now_ms
+        # A replicated job reaches the liar and node 1; node 2 breaks the tie.
+        c.heal()
+        c.partition([0], [2])
+        check = await c.submit(0, {**square_job(9), "replicas": 2})
+        await c.wait_for(lambda: len(c.job(0, check).runs) >= 2, 30, "two runs of the check")
+        c.heal()
+        await c.wait_job(0, check, timeout_s=60)
+        assert liar in c.job(0, check).verdict["invalid"]
+        await c.wait_for(
+            lambda: origin.counters["provisional_results_replaced"] == 1, 60, "the re-run"
+        )
+        await c.wait_job(0, first, timeout_s=60)
+        await c.wait_durable(0)
+        job = c.job(0, first)
+        assert origin.now_ms < until  # all of it inside the hold
+        assert job.canonical == expected_digest(square_output(7))
+        assert output_of(c, 0, job.canonical) == square_output(7)
+        assert job.verdict["verdict"] == "agreed" and liar not in job.verdict["valid"]
+        assert job.verdict["retracted"] == wrong and job.verdict["retracted_final"] is False
+        assert "provisional result" in job.reason
+        shown = view.job_view(first)
+        assert shown is not None and shown["final"] is True
+        assert shown["provisional_until_ms"] is None
+        assert origin.counters["final_results_retracted"] == 0
+        retracted = log_records(c.daemon(0), "job_retracted")
+        assert [(b["job_id"], b["final"]) for b in retracted] == [(first, False)]

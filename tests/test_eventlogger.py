@@ -69,6 +69,40 @@ def test_an_audit_and_a_retracted_result_are_warnings() -> None:
     assert "taken back" in lines[2]["msg"] and "seq 7" in lines[2]["msg"]
     assert "audited" in lines[0]["msg"] and "RETRACTED" in lines[1]["msg"]
     assert "sha256:bad" in lines[1]["msg"] and "sha256:ok" in lines[1]["msg"]
+    assert "final result" in lines[1]["msg"]  # a record from before the hold: it was final
+
+
+def test_a_provisional_result_and_its_replacement_in_the_hold_say_so() -> None:
+    """specs/CREDITS.md §4.2: the verdict line says a result is provisional;
+    a retraction inside the hold says it was never final (``final`` field too)."""
+    logger, stream = _capture()
+    events = EventLogger(logger)
+    events.record(
+        "job_verdict",
+        {
+            "job_id": "j-3",
+            "verdict": "unverified",
+            "valid": ["w"],
+            "invalid": [],
+            "provisional_until_ms": 5_000,
+        },
+    )
+    events.record("job_verdict", {"job_id": "j-4", "verdict": "agreed", "valid": ["w", "v"]})
+    events.record(
+        "job_retracted",
+        {
+            "job_id": "j-3",
+            "worker": "w",
+            "retracted": "sha256:bad",
+            "canonical": "sha256:ok",
+            "final": False,
+        },
+    )
+    lines = [json.loads(x) for x in stream.getvalue().splitlines()]
+    assert "provisional until its hold ends" in lines[0]["msg"]
+    assert "provisional" not in lines[1]["msg"]
+    assert "provisional result" in lines[2]["msg"] and "never final" in lines[2]["msg"]
+    assert lines[2]["final"] is False
 
 
 def test_peers_joining_and_leaving_are_logged_once() -> None:

@@ -91,7 +91,7 @@ def test_curve_command_marks_the_default_and_reports_both_liar_models(
     assert rc == 0
     assert "rejoin off" in out and "rejoin on" in out
     rows = [line.split() for line in out.splitlines()]
-    rows = [r for r in rows if r and r[0].endswith("%")]
+    rows = [r for r in rows if r and r[0].endswith("%") and len(r) > 10]  # not the hold curve
     assert len(rows) == 8  # 2 shares x 2 floors x 2 liar models
     assert sum(1 for r in rows if r[1] == f"{default:.2f}*") == 4
     assert sum(1 for r in rows if r[1] == "0.30") == 4
@@ -125,8 +125,90 @@ def test_the_bond_takes_a_whitewashers_pay_and_changes_no_verdict() -> None:
 
 
 def test_a_hold_before_a_result_is_final_keeps_retracted_lies_from_becoming_final() -> None:
-    base = simulate(PATIENT)
+    base = simulate(dataclasses.replace(PATIENT, hold_ms=0))
     held = simulate(dataclasses.replace(PATIENT, hold_ms=10**9))  # longer than the run
     assert base.wrong_final == base.wrong_accepted > 0  # no hold: every lie was final
     assert held.wrong_accepted == base.wrong_accepted
     assert held.wrong_final == held.standing == 0  # all retracted within the hold
+    # The hold changes no run: one run gives the whole curve.
+    assert (held.runs, held.audit_runs, held.overhead) == (
+        base.runs,
+        base.audit_runs,
+        base.overhead,
+    )
+    assert held.final_for(0) == base.wrong_final and base.final_for(10**9) == 0
+
+
+def test_the_simulator_takes_the_hold_from_core_params_and_it_meets_the_target() -> None:
+    """specs/CREDITS.md §4.2, §11.1: the model's hold is ``result_hold_ms``;
+    at 10% patient liars no wrong result becomes final at the default floor."""
+    assert SpotConfig().hold_ms == CoreParams().result_hold_ms > 0
+    res = simulate(PATIENT)
+    assert res.wrong_accepted > 0 and res.wrong_final == 0 and res.strict_target_met
+    # Ages are measured: a hold shorter than the liars' time to conviction lets lies final.
+    ages = sorted(res.retracted_ages)
+    assert ages[0] > 0 and res.final_for(ages[-1]) == 1 and res.final_for(ages[0]) == len(ages)
+
+
+def test_a_wrong_result_standing_at_the_end_is_final_only_past_its_hold() -> None:
+    """Without the audit nothing is retracted: what stands is pending while in
+    its hold, final after."""
+    res = simulate(dataclasses.replace(PATIENT, audit=False, hold_ms=10**9))
+    assert res.standing > 0 and res.wrong_final == 0 and res.pending_for(10**9) == res.standing
+    assert res.final_for(0) == res.standing and res.pending_for(0) == 0
+    oldest = max(res.standing_ages)
+    assert oldest > 0 and res.final_for(oldest) >= 1 and res.pending_for(oldest + 1) == res.standing
+    assert res.final_for(min(res.standing_ages)) == res.standing
+
+
+def test_the_hold_curve_marks_the_default_hold(capsys: pytest.CaptureFixture[str]) -> None:
+    hold_s = f"{CoreParams().result_hold_ms / 1000:g}"
+    rc = main(
+        ["spotcheck", "--workers", "10", "--jobs", "600", "--shares", "0,0.1", "--rejoin", "off"]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0
+    head = next(line for line in out.splitlines() if "final@0" in line).split()
+    assert head[-3] == f"final@{hold_s}*" and head[-2] == "pending*"
+    rows = [line.split() for line in out.splitlines()]
+    hold_rows = [
+        r for r in rows if r and r[0].endswith("%") and len(r) == len(head) - (r[0] != "10%")
+    ]
+    assert [r[0] for r in hold_rows] == ["0%", "10%"]
+    assert hold_rows[1][-1] in ("met", "missed")
+
+
+def test_set_overrides_core_params_and_a_bad_one_is_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``--set NAME=VALUE`` reaches the model's CoreParams (a newcomer not
+    replicated costs fewer runs); a misspelt or non-numeric one is refused in
+    one line, exit 2."""
+    plain = simulate(PATIENT)
+    lax = simulate(dataclasses.replace(PATIENT, core=(("untrusted_replication", 0.0),)))
+    assert lax.runs < plain.runs
+    for bad in ("nope=1", "untrusted_replication=x"):
+        assert main(["spotcheck", "--jobs", "10", "--set", bad]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"spotcheck: --set {bad}: ") and err.count("\n") == 1
+    assert (
+        main(
+            [
+                "spotcheck",
+                "--workers",
+                "10",
+                "--jobs",
+                "300",
+                "--shares",
+                "0.1",
+                "--floors",
+                "0.05",
+                "--rejoin",
+                "on",
+                "--set",
+                "trust_after_valid=3",
+            ]
+        )
+        == 0
+    )
+    assert "trust_after_valid 3" in capsys.readouterr().out

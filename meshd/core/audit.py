@@ -12,7 +12,10 @@ majority proves wrong (origin.py ``_audit``, specs/CREDITS.md §4.1).
 
 With the floor ``f`` a patient liar gets ``(1−f)/f`` lies accepted before it
 is caught (9 at 10%); the audit turns those into *accepted then retracted*,
-and what stands at the end is only what the liars not yet caught hold.
+and what stands at the end is only what the liars not yet caught hold. A
+result accepted unreplicated is *provisional* for ``result_hold_ms``
+(origin.py ``final``, specs/CREDITS.md §4.2): an audit that starts within
+the hold re-runs the job before the result was ever final.
 
 Bounds: ``audit_max_per_worker`` results per worker (oldest dropped first),
 ``audit_max_workers`` workers (the one whose newest note is oldest is

@@ -1574,6 +1574,10 @@ class Origin:
             "other_class": other_class,
             "run_by_origin": self.ctx.peer_id in valid,
         }
+        hold = min(self.ctx.params.result_hold_ms, self.ctx.params.audit_window_ms)
+        if not replicated and hold > 0 and self.ctx.peer_id not in valid:
+            # Accepted unreplicated: provisional until the hold ends (CREDITS.md §4.2).
+            job.verdict["provisional_until_ms"] = now + hold
         self.ctx.append(
             "job_verdict", {"job_id": job.job_id, "canonical": canonical, **job.verdict}
         )
@@ -1627,6 +1631,7 @@ class Origin:
                 "by": by,
                 "canonical": job.canonical,
                 "from_replica": job.next_replica,
+                "final": self.final(job, self.ctx.now_ms) is True,
             }
             self.ctx.append("job_audit", body)
             self._reopen_for_audit(job, body)
@@ -1638,6 +1643,8 @@ class Origin:
     def _reopen_for_audit(job: OriginJob, body: dict[str, Any]) -> None:
         """The state change a ``job_audit`` record makes (live and on restore)."""
         job.audit = {k: body[k] for k in ("worker", "canonical", "from_replica")}
+        # Records from before the hold existed carry no ``final``: the result was final.
+        job.audit["final"] = body.get("final", True)
         job.needed, job.replicate_decided = 2, True
         job.excluded = {body["worker"]}
         job.failures, job.reason, job.waiting_since_ms = 0, "", None
@@ -1652,18 +1659,31 @@ class Origin:
         who = f"convicted worker {audit['worker'][-8:]}"
         if job.canonical == audit["canonical"]:
             return f"audit confirmed the result accepted from {who}"
+        if not audit["final"]:
+            return (
+                f"audit RETRACTED the provisional result accepted from {who} "
+                f"({str(audit['canonical'])[:12]}) within its hold, before it was final; "
+                "the re-run's verified result replaces it"
+            )
         return (
-            f"audit RETRACTED the result accepted from {who} "
+            f"audit RETRACTED the final result accepted from {who} "
             f"({str(audit['canonical'])[:12]}); the re-verified result replaces it"
         )
 
     def _retract(self, job: OriginJob, audit: dict[str, Any]) -> None:
         """An audit's majority overturned a result accepted unverified: log it
         (the job's history and ``verification`` show it to the submitter) and
-        take back what the worker was paid for it (a receipt reversal)."""
+        take back what the worker was paid for it (a receipt reversal). Within
+        the result's hold it was still provisional (``final`` false): the
+        re-run replaced it before it was ever final (specs/CREDITS.md §4.2)."""
+        final = audit["final"]
         self.ctx.counters["results_retracted"] += 1
+        self.ctx.counters[
+            "final_results_retracted" if final else "provisional_results_replaced"
+        ] += 1
         if job.verdict is not None:
             job.verdict["retracted"] = audit["canonical"]
+            job.verdict["retracted_final"] = final
         self.ctx.append(
             "job_retracted",
             {
@@ -1671,9 +1691,21 @@ class Origin:
                 "worker": audit["worker"],
                 "retracted": audit["canonical"],
                 "canonical": job.canonical,
+                "final": final,
             },
         )
         self.ledger.reverse_receipt(job.job_id, audit["worker"])
+
+    @staticmethod
+    def final(job: OriginJob, now_ms: int) -> bool | None:
+        """Whether ``job``'s result is final at ``now_ms``: None while the job
+        has no accepted result (not ``succeeded``: also while an audit re-runs
+        it); False while a result accepted unreplicated is within its hold
+        (``provisional_until_ms``, specs/CREDITS.md §4.2); True otherwise."""
+        if job.state != "succeeded" or job.verdict is None:
+            return None
+        until = job.verdict.get("provisional_until_ms")
+        return until is None or now_ms >= until
 
     @staticmethod
     def _exact(job: OriginJob) -> bool:
@@ -1882,6 +1914,8 @@ class Origin:
             }
             job.verdict["other_class"] = body.get("other_class", [])
             job.verdict["run_by_origin"] = body.get("run_by_origin", False)
+            if body.get("provisional_until_ms") is not None:
+                job.verdict["provisional_until_ms"] = body["provisional_until_ms"]
             job.audit = None
             if body["verdict"] == "unverified":
                 for w in body["valid"]:
@@ -1906,6 +1940,7 @@ class Origin:
             self._reopen_for_audit(job, body)
         elif kind == "job_retracted" and job.verdict is not None:
             job.verdict["retracted"] = body["retracted"]
+            job.verdict["retracted_final"] = body.get("final", True)
 
     def resume(self) -> None:
         """After a restart: renew leases (workers get a fresh lease) and resume offering."""
@@ -1983,8 +2018,9 @@ def bid_view(peer: str, b: Bid, ts_ms: int | None) -> dict[str, Any]:
     }
 
 
-def job_view(job: OriginJob) -> dict[str, Any]:
-    """The JSON shape of ``GET /v1/jobs/{id}``."""
+def job_view(job: OriginJob, now_ms: int | None = None) -> dict[str, Any]:
+    """The JSON shape of ``GET /v1/jobs/{id}``; ``final`` is judged at
+    ``now_ms`` (None: not judged, null in the view)."""
     runs = sorted(job.runs.values(), key=lambda r: (r.attempt, r.replica))
     result = None
     for r in runs:
@@ -2022,6 +2058,10 @@ def job_view(job: OriginJob) -> dict[str, Any]:
             "budget": job.spec.max_budget,
         },
         "verification": job.verdict,
+        "provisional_until_ms": (job.verdict or {}).get("provisional_until_ms")
+        if job.state == "succeeded"
+        else None,
+        "final": None if now_ms is None else Origin.final(job, now_ms),
         "manifest": job.manifest,
         "attempts": job.attempt,
         "failures": job.failures,

@@ -277,6 +277,13 @@ class CoreParams:
     audit_window_ms: int = 86_400_000
     """On a conviction the origin re-verifies the convicted worker's results it
     accepted unreplicated within this window before the conviction (CREDITS.md §4.1)."""
+    result_hold_ms: int = 3_600_000
+    """How long a result accepted unreplicated stays *provisional* before it is
+    *final* (specs/CREDITS.md §4.2, JOB.md §4): an audit that overturns it
+    within the hold replaces it before it was ever final. Costs no runs, only
+    the wait for finality; 1 h sits on the measured curve (CREDITS.md §11.1:
+    at 10% patient liars, 0 wrong results final per 10,000 jobs from about
+    1,000 s in the simulator). At most ``audit_window_ms``. 0: final at once."""
     audit_max_per_worker: int = 256
     """Unreplicated accepted results remembered per worker for an audit (oldest
     dropped first): at the default floor a patient liar gets ~9 before it is

@@ -54,6 +54,7 @@ _EVENTS: dict[str, tuple[int, Callable[[dict[str, Any]], str]]] = {
         lambda b: (
             f"job {b.get('job_id')} verdict {b.get('verdict')}"
             f" (valid {len(b.get('valid') or [])}, invalid {len(b.get('invalid') or [])})"
+            + (", provisional until its hold ends" if b.get("provisional_until_ms") else "")
         ),
     ),
     "job_finished": (
@@ -113,9 +114,11 @@ _EVENTS: dict[str, tuple[int, Callable[[dict[str, Any]], str]]] = {
     "job_retracted": (
         logging.WARNING,
         lambda b: (
-            f"job {b.get('job_id')}: result from convicted worker {_short(b.get('worker'))} "
+            f"job {b.get('job_id')}: {'final' if b.get('final', True) else 'provisional'} "
+            f"result from convicted worker {_short(b.get('worker'))} "
             f"RETRACTED by its audit ({str(b.get('retracted'))[:19]} replaced by "
             f"{str(b.get('canonical'))[:19]})"
+            + ("" if b.get("final", True) else "; it was never final (within its hold)")
         ),
     ),
     "receipt_reversal": (
@@ -130,7 +133,7 @@ _EVENTS: dict[str, tuple[int, Callable[[dict[str, Any]], str]]] = {
         lambda b: f"peer {_short(b.get('worker'))} claims a faster score than it achieves",
     ),
 }
-FIELDS = ("job_id", "attempt", "replica", "worker", "origin", "state", "reason", "status")
+FIELDS = ("job_id", "attempt", "replica", "worker", "origin", "state", "reason", "status", "final")
 """Body fields copied into a line's structured fields when present."""
 
 

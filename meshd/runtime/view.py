@@ -153,13 +153,13 @@ class NodeView:
     def job_view(self, job_id: str) -> dict[str, Any] | None:
         """``GET /v1/jobs/{id}``: the job as the origin sees it, or None."""
         job = self._node.origin.jobs.get(job_id)
-        return None if job is None else job_view(job)
+        return None if job is None else job_view(job, self._node.now_ms)
 
     def jobs(self) -> dict[str, Any]:
         """``GET /v1/jobs``: every job this node originated, newest first."""
         out = []
         for job in sorted(self._node.origin.jobs.values(), key=lambda j: -j.submitted_ms):
-            v = job_view(job)
+            v = job_view(job, self._node.now_ms)
             out.append(
                 {
                     "job_id": v["job_id"],
@@ -171,6 +171,8 @@ class NodeView:
                     "updated_at": v["updated_at"],
                     "cost": v["cost"]["actual"],
                     "reason": v["reason"],
+                    "final": v["final"],
+                    "provisional_until_ms": v["provisional_until_ms"],
                     "labels": dict(job.spec.labels),
                 }
             )
@@ -179,7 +181,7 @@ class NodeView:
     def recent_job_views(self, n: int) -> list[dict[str, Any]]:
         """The ``n`` newest submitted jobs as ``GET /v1/jobs/{id}`` shows each (the dashboard)."""
         newest = sorted(self._node.origin.jobs.values(), key=lambda j: -j.submitted_ms)[:n]
-        return [job_view(job) for job in newest]
+        return [job_view(job, self._node.now_ms) for job in newest]
 
     def estimate(self, spec: JobSpec) -> dict[str, Any]:
         """The core's cost and time estimate for ``spec`` on the mesh it knows."""
