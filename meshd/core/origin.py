@@ -1230,7 +1230,9 @@ class Origin:
         self._note_decline(job, run.worker, "refused award: " + reason)
         self._log_refused(job, run, reason)
         if job.state not in TERMINAL:
-            if run.timed_out and self._all_saturated(list(self._usable_bids(job)), self._inflight()):
+            if run.timed_out and self._all_saturated(
+                list(self._usable_bids(job)), self._inflight()
+            ):
                 # Its acknowledgement may only be late (the worker then holds
                 # the run, and is revived): awarded now, the job would give
                 # one of the saturated bidders a run more than its slots'
