@@ -1040,8 +1040,9 @@ class Origin:
 
         Not counting the latter let a burst overshoot: the award's
         acknowledgement was only late, the worker looked one run lighter, won
-        another of our jobs, and then the late one was revived as well (slots
-        + 3 at one worker with replies of 50–800 ms, 12 of 20 seeds)."""
+        another of our jobs, and then the late one was revived as well (a
+        worker held slots + 3 in a burst with replies of 50–800 ms, 7 of 20
+        seeds; ``_run_refused`` holds back the re-award for the rest)."""
         counts: dict[str, int] = {}
         now = self.ctx.now_ms
         for job in self.jobs.values():
