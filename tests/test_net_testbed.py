@@ -265,12 +265,14 @@ relay's circuit limit below."""
 RELAY_LIMIT = 1024 * 1024
 
 
-def _submit_big(a: NetnsDaemon, tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], str]:
-    """Submit on A a job whose input is BIG random bytes and whose output is
-    their sha256 as the worker read them; (the ``mesh submit --wait`` run,
-    the input's sha256)."""
+def _submit_big(
+    a: NetnsDaemon, tmp_path: Path, size: int = BIG
+) -> tuple[subprocess.CompletedProcess[str], str]:
+    """Submit on A a job whose input is ``size`` random bytes and whose
+    output is their sha256 as the worker read them; (the ``mesh submit
+    --wait`` run, the input's sha256)."""
     data = tmp_path / "big.bin"
-    data.write_bytes(os.urandom(BIG))
+    data.write_bytes(os.urandom(size))
     cp = a.mesh(
         "submit",
         "--runtime",
@@ -353,3 +355,31 @@ def test_a_large_blob_between_two_nats_goes_direct_not_through_the_relay(
         f"done {time.monotonic() - t0:.1f}s after A started; B waited for a direct "
         f"connection {metric(b, 'meshd_blob_direct_waits_total'):.0f} time(s)"
     )
+
+
+def test_a_blob_crosses_a_relay_range_by_range_over_several_circuits(
+    bed: Testbed, tmp_path: Path, procs: list[NetnsDaemon]
+) -> None:
+    """NETWORK.md "Large transfers and relays": no hole punching, R's
+    circuits carry 12 MiB, the input is 40 MB (ten 4 MiB ranges). B asks one
+    range at a time over the relay; when R cuts a circuit, the range lost is
+    asked again once discovery has connected A and B through a new circuit
+    (``blob_relay_reconnect_s``), and the run reads the whole input. Leases
+    are as long as by default: the cut takes heartbeats with it too."""
+    slow = {**FAST_PARAMS, "lease_ms": 15_000}
+    _r, a, b, _t0 = two_nats_and_a_relay(
+        bed,
+        tmp_path,
+        procs,
+        relay={"relay_circuit_max_bytes": 12 * 1024 * 1024},
+        a_config={"hole_punching": False, "params": slow},
+        b_config={"hole_punching": False, "params": slow},
+    )
+    a.wait_for(lambda: reached(a, b) == "relayed", 90, "A to reach B through R")
+    cp, digest = _submit_big(a, tmp_path, 40_000_000)
+    assert cp.returncode == 0, cp.stdout + cp.stderr + netns.daemon_log(b)[-3000:]
+    assert (tmp_path / "out" / "sum.txt").read_text().split()[0] == digest
+    cuts = metric(b, "meshd_blob_relay_cuts_total")
+    assert cuts >= 1  # it did cross more than one circuit
+    assert reached(a, b) not in ("direct", "hole-punched")
+    print(f"\n40 MB across a relay of 12 MiB circuits: {cuts:.0f} range(s) cut and asked again")

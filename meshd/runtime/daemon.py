@@ -222,6 +222,7 @@ class Daemon(EffectInterpreter):
             chunk_timeout_s=self.rp.blob_chunk_timeout_s,
             retry_pause_s=self.rp.blob_retry_pause_s,
             direct_wait_s=self.rp.blob_direct_wait_s,
+            relay_reconnect_s=self.rp.blob_relay_reconnect_s,
         )
         self.counts: Counter[str] = Counter()
         """The image cache's counts (``image_*``), also counted in the registry."""

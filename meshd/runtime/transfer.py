@@ -43,10 +43,13 @@ direct connection. When after the first range every holder is reached only
 through a relay, the fetch waits up to ``blob_direct_wait_s`` (when this
 host punches holes, ``NetParams.hole_punching``) for one of them to become direct (DCUtR's hole punch runs on every relayed connection;
 counted ``meshd_blob_direct_waits_total{outcome}``); holders reached directly
-are then the only ones asked. A range lost with the relayed connection it
-travelled on is a *relay cut*: counted
-(``meshd_blob_relay_cuts_total``), logged once per fetch at WARNING, and the
-error the fetch fails with says so — never a short blob (the length checks
+are then the only ones asked. Over a relay one range is asked at a time. A
+range lost with the relayed connection it travelled on is a *relay cut*:
+counted (``meshd_blob_relay_cuts_total``), logged once per fetch at WARNING;
+the range is asked again once the holder is reached again (a new circuit,
+within ``blob_relay_reconnect_s``), so a blob crosses a relay range by range
+over as many circuits as it needs; a fetch that runs out of retries fails
+with an error that names the cut — never a short blob (the length checks
 and the sha256 above).
 
 Given the blob's piece list (:class:`Pieces`, an image archive's, checked
@@ -206,6 +209,7 @@ class BlobTransfer:
         chunk_timeout_s: float,
         retry_pause_s: float,
         direct_wait_s: float = 0.0,
+        relay_reconnect_s: float = 0.0,
         metrics: Metrics | None = None,
     ) -> None:
         if chunk_bytes < 1 or chunks_in_flight < 1 or chunk_retries < 0:
@@ -225,6 +229,9 @@ class BlobTransfer:
         self.direct_wait_s = direct_wait_s
         """Longest wait for a direct connection before a blob of more than
         one range travels over a relay (``blob_direct_wait_s``)."""
+        self.relay_reconnect_s = relay_reconnect_s
+        """Longest wait, after a relay cut, for the holder to be reached
+        again before the range is asked again (``blob_relay_reconnect_s``)."""
         self.metrics = metrics if metrics is not None else Metrics()
         self.log_fetch_failures = 0
         """Stored run logs that could not be fetched (after every try)."""
@@ -368,8 +375,11 @@ class _Fetch:
             await self._prefer_direct()
         offsets = iter(range(len(first), self.size, self.step))
         failed: list[Exception] = []
+        # Over a relay one range at a time: a cut then loses only that one
+        # (several interleaved ranges could all be cut short, circuit after circuit).
+        lanes = 1 if self._relayed_only() else t.chunks_in_flight
         async with trio.open_nursery() as nursery:
-            for _ in range(t.chunks_in_flight):
+            for _ in range(lanes):
                 nursery.start_soon(self._worker, offsets, failed, nursery.cancel_scope)
         if failed:
             raise failed[0]
@@ -397,17 +407,16 @@ class _Fetch:
             if h not in self.gone and self.t.host.reached(h) in ("direct", "hole-punched")
         ]
 
+    def _relayed_only(self) -> bool:
+        """Every holder left is reached only through a relay."""
+        live = [h for h in self.holders if h not in self.gone]
+        return bool(live) and all(self.t.host.reached(h) == "relayed" for h in live)
+
     def _waits_for_direct(self) -> bool:
         """Every holder left is reached only through a relay, and we may wait
         for a direct connection (``direct_wait_s``, our hole punching on)."""
         t = self.t
-        live = [h for h in self.holders if h not in self.gone]
-        return (
-            t.direct_wait_s > 0
-            and t.host.params.hole_punching
-            and bool(live)
-            and all(t.host.reached(h) == "relayed" for h in live)
-        )
+        return t.direct_wait_s > 0 and t.host.params.hole_punching and self._relayed_only()
 
     def _first_length(self) -> int:
         """The first range's length: a whole range, or only
@@ -436,6 +445,14 @@ class _Fetch:
         if direct:
             self.holders = direct
 
+    async def _reconnected(self, peer: str) -> None:
+        """Wait up to ``relay_reconnect_s`` until ``peer``, whose relayed
+        connection was cut, is connected again (discovery dials it anew
+        through a relay: a fresh circuit, a fresh byte budget)."""
+        with trio.move_on_after(self.t.relay_reconnect_s):
+            while self.t.host.reached(peer) not in ("relayed", "direct", "hole-punched"):
+                await trio.sleep(DIRECT_POLL_S)
+
     def _relay_cut(self, peer: str, exc: NetError) -> RelayCut:
         """The error for a range lost with the relayed connection to ``peer``
         (counted; logged once per fetch)."""
@@ -457,9 +474,11 @@ class _Fetch:
             self.written.notify_all()
 
     async def _range(self, offset: int, length: int | None = None) -> bytes:
-        """The range at ``offset`` (``length`` bytes, else a whole step), asked of the holders in turn (from the
-        one its index picks) until one answers it well, at most
-        ``chunk_retries`` times again."""
+        """The range at ``offset`` (``length`` bytes, else a whole step),
+        asked of the holders in turn (from the one its index picks) until one
+        answers it well, at most ``chunk_retries`` times again; a holder whose
+        relayed connection was cut is asked again once it is reached again
+        (``_reconnected``)."""
         t = self.t
         index = offset // self.step
         last: Exception | None = None
@@ -471,6 +490,8 @@ class _Fetch:
                 t.retried += 1
                 if peer == asked:  # another holder is asked at once
                     await trio.sleep(t._retry_pause_s)
+                if peer in self.cut:
+                    await self._reconnected(peer)
             asked = peer
             relayed = t.host.reached(peer) == "relayed"
             try:
