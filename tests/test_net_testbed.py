@@ -289,7 +289,7 @@ def _submit_big(
         "--",
         "sh",
         "-c",
-        'sha256sum "$MESH_INPUTS/big.bin" > "$MESH_OUTPUTS/sum.txt"',
+        'sha256sum < "$MESH_INPUTS/big.bin" > "$MESH_OUTPUTS/sum.txt"',
         timeout_s=240,
     )
     return cp, hashlib.sha256(data.read_bytes()).hexdigest()

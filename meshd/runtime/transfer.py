@@ -404,13 +404,13 @@ class _Fetch:
         return [
             h
             for h in self.holders
-            if h not in self.gone and self.t.host.reached(h) in ("direct", "hole-punched")
+            if h not in self.gone and self.t.host.connection_kind(h) in ("direct", "hole-punched")
         ]
 
     def _relayed_only(self) -> bool:
         """Every holder left is reached only through a relay."""
         live = [h for h in self.holders if h not in self.gone]
-        return bool(live) and all(self.t.host.reached(h) == "relayed" for h in live)
+        return bool(live) and all(self.t.host.connection_kind(h) == "relayed" for h in live)
 
     def _waits_for_direct(self) -> bool:
         """Every holder left is reached only through a relay, and we may wait
@@ -493,7 +493,7 @@ class _Fetch:
                 if peer in self.cut:
                     await self._reconnected(peer)
             asked = peer
-            relayed = t.host.reached(peer) == "relayed"
+            relayed = t.host.connection_kind(peer) == "relayed"
             try:
                 data = await self._ask(peer, offset, length)
                 await self._check_piece(peer, index, data)
