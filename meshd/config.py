@@ -212,6 +212,12 @@ class NodeConfig(BaseModel):
     relay_service: bool = True
     """Relay connections for peers behind NATs (circuit relay v2) once this node
     is found publicly reachable (``NetParams.relay_service``)."""
+    relay_circuit_max_bytes: Annotated[int | None, Field(ge=1)] = None
+    """Bytes one connection we relay may carry before we reset it (None:
+    ``NetParams.relay_circuit_max_bytes``, 256 MiB)."""
+    hole_punching: bool = True
+    """Try to turn each relayed connection into a direct one (DCUtR,
+    ``NetParams.hole_punching``); False: relayed connections stay relayed."""
     direct_channels: bool = True
     """Send direct messages on persistent channels (``/meshd/direct/2``);
     False: one stream per message (``RuntimeParams.direct_channels``)."""

@@ -744,3 +744,70 @@ def test_a_bid_made_after_our_awards_does_not_count_them_twice() -> None:
         net.run_for(WARMUP_MS)
         most = burst_peaks(net, 20)
         assert [most[w] for w in net.order[1:]] == [4] * 5, (seed, dict(most))
+
+
+def held_peaks(net: CoreNet, n: int) -> Counter[str]:
+    """Submit ``n`` jobs at node 0 at once and run them to success; returns,
+    per worker, the most of them the *worker* held at once (queued or under
+    way, ``Worker.runs_of``): what it really got, late acknowledgements,
+    withdrawn awards and all."""
+    jobs = [net.submit(0, spec(command=["echo", str(i)])) for i in range(n)]
+    origin = net.order[0]
+    most: Counter[str] = Counter()
+
+    def all_done() -> bool:
+        for w in net.order[1:]:
+            most[w] = max(most[w], net.node(w).worker.runs_of(origin))
+        return all(net.job(0, j).state == "succeeded" for j in jobs)
+
+    assert net.run_until(all_done)
+    return most
+
+
+def test_an_award_that_timed_out_does_not_make_room_for_another() -> None:
+    """§8.4 (``Origin._inflight``, ``Run.unanswered_until_ms``): with replies
+    taking 50–800 ms some awards time out although the worker took them.
+    Counted as gone, the worker looked a run lighter and won another of the
+    burst, or the timed-out job was awarded at once to a bidder already full,
+    and then the late acknowledgement revived the first: a worker held
+    slots + 3 (5) in 7 of these 20 seeds. A timed-out award counts against its
+    worker until it answers, and is not re-awarded to a saturated bidder."""
+    scores = [50.0, 47.0, 47.3, 49.4, 50.1, 50.2]
+    timeouts = 0
+    for seed in range(20):
+        workers = [FakeWorker(caps=default_caps(cores=2, score=s)) for s in scores]
+        for w in workers:
+            w.duration_ms = lambda s: 1_200
+        net = CoreNet(6, seed=seed, params=SINGLE, workers=workers, latency_ms=(50, 800))
+        net.run_for(WARMUP_MS)
+        most = held_peaks(net, 20)
+        timeouts += net.node(0).counters["award_timeouts"]
+        assert max(most[w] for w in net.order[1:]) <= 4, (seed, dict(most))
+    assert timeouts >= 20  # the late acknowledgements this test is about happened
+
+
+def test_a_timed_out_award_to_a_dead_worker_is_placed_again_after_the_back_off() -> None:
+    """§8.4: a timed-out award whose other bidders are all full waits for the
+    worker's answer — but a worker that died never answers, and the job is
+    offered again after its back-off (``reoffer_base_ms``), not held until
+    the award stops counting against the dead worker (``lease_ms``)."""
+    workers = [FakeWorker(caps=default_caps(cores=1)) for _ in range(4)]
+    for w in workers:
+        w.duration_ms = lambda s: 20_000
+    net = mesh(4, seed=3, workers=workers)
+    jobs = [net.submit(0, spec(command=["echo", str(i)])) for i in range(3)]
+    dead = None
+    while dead is None:
+        assert net.step()
+        runs = [r for j in jobs for r in net.job(0, j).runs.values()]
+        if len(runs) == 3 and all(r.state == "awarding" for r in runs):
+            dead = runs[0]
+            net.crash(dead.worker)  # its award is still on the way
+    job = next(j for j in jobs if dead in net.job(0, j).runs.values())
+    assert net.run_until(lambda: dead.timed_out, max_ms=60_000)
+    assert net.node(0).counters["reaward_deferred"] == 1
+    assert net.run_until(lambda: len(net.job(0, job).runs) == 2, max_ms=60_000)
+    again = [r for r in net.job(0, job).runs.values() if r is not dead][0]
+    assert again.worker != dead.worker
+    assert again.awarded_ms < dead.unanswered_until_ms  # the back-off, not the hold
+    assert net.run_until(lambda: all(net.job(0, j).state == "succeeded" for j in jobs))

@@ -129,12 +129,16 @@ class Run:
     ack_timeout_ms: int = 0
     """The peer's award time-out when the award was sent (§10.2)."""
     timed_out: bool = False
+    """Refused because its acknowledgement did not come in time: an
+    acknowledgement or heartbeat arriving later may still revive it."""
+    unanswered_until_ms: int = 0
+    """An award that timed out still counts against its worker until then
+    (``lease_ms`` after the time-out) unless the worker answers first (§8.4):
+    its acknowledgement may only be late, and the worker may hold the run."""
     lease_base_ms: int = 0
     """Lease end as set by the last contact (before allowing for our own inbox's wait)."""
     det_class: str = ""
     """The determinism class the worker bid with ("" if it stated none)."""
-    """Refused because its acknowledgement did not come in time: an
-    acknowledgement or heartbeat arriving later may still revive it."""
 
 
 @dataclass
@@ -824,15 +828,8 @@ class Origin:
         our live runs as it has slots, and some fitting candidate that has not
         answered holds fewer of them than the least loaded bidder."""
         bidders = [p for p in job.bids if p not in job.tried and p not in job.excluded]
-        if not bidders:
-            return False
         inflight = self._inflight()
-
-        def slots(peer: str) -> int:
-            entry = self.ctx.peers.get(peer)
-            return max(1, entry.advert.capacity if entry is not None else 1)
-
-        if any(inflight.get(p, 0) < slots(p) for p in bidders):
+        if not self._all_saturated(bidders, inflight):
             return False
         least = min(inflight.get(p, 0) for p in bidders)
         req = offer_requirements(job.spec)
@@ -851,13 +848,22 @@ class Origin:
                 return True
         return False
 
-    def _award_next(self, job: OriginJob) -> None:
-        """Award as many untried bids of this round as runs are still wanted."""
-        live = self._busy_runs(job)
-        want = self._wanted_runs(job) - live
+    def _all_saturated(self, peers: list[str], inflight: dict[str, int]) -> bool:
+        """``peers`` is not empty and each holds at least as many of our runs
+        (``inflight``) as its advert has slots."""
+
+        def slots(peer: str) -> int:
+            entry = self.ctx.peers.get(peer)
+            return max(1, entry.advert.capacity if entry is not None else 1)
+
+        return bool(peers) and all(inflight.get(p, 0) >= slots(p) for p in peers)
+
+    def _usable_bids(self, job: OriginJob) -> dict[str, Bid]:
+        """The round's bids still to be tried: not from a worker that holds or
+        ran the job, excluded or banned, and within the budget left."""
         busy = self._ran(job)
         left = self._budget_left(job)
-        usable = {
+        return {
             p: b
             for p, b in job.bids.items()
             if p not in job.tried
@@ -866,6 +872,13 @@ class Origin:
             and not self.ctx.trust.banned(p, self.ctx.now_ms)
             and (left is None or b.price <= left)
         }
+
+    def _award_next(self, job: OriginJob) -> None:
+        """Award as many untried bids of this round as runs are still wanted."""
+        live = self._busy_runs(job)
+        want = self._wanted_runs(job) - live
+        left = self._budget_left(job)
+        usable = self._usable_bids(job)
         if want > 0 and not usable:
             self._no_bids(job)
             return
@@ -1022,12 +1035,21 @@ class Origin:
         return False
 
     def _inflight(self) -> dict[str, int]:
+        """Per worker, the runs of our unsettled jobs it may hold: live ones,
+        and awards that timed out with no answer yet (``Run.unanswered_until_ms``).
+
+        Not counting the latter let a burst overshoot: the award's
+        acknowledgement was only late, the worker looked one run lighter, won
+        another of our jobs, and then the late one was revived as well (a
+        worker held slots + 3 in a burst with replies of 50–800 ms, 7 of 20
+        seeds; ``_run_refused`` holds back the re-award for the rest)."""
         counts: dict[str, int] = {}
+        now = self.ctx.now_ms
         for job in self.jobs.values():
             if job.state in TERMINAL:
                 continue
             for r in job.runs.values():
-                if r.state in RUN_LIVE:
+                if r.state in RUN_LIVE or now < r.unanswered_until_ms:
                     counts[r.worker] = counts.get(r.worker, 0) + 1
         return counts
 
@@ -1093,6 +1115,7 @@ class Origin:
         if found is None:
             return
         job, run = found
+        run.unanswered_until_ms = 0  # answered: it holds the run or does not
         if run.state == "refused" and run.timed_out and b.accepted:
             self.ctx.counters["award_ack_late"] += 1
             if not self._revive(job, run):
@@ -1134,7 +1157,9 @@ class Origin:
         (its acknowledgement or heartbeat came after all): keep it rather than
         place the job again, when the job still wants a run, or when the run
         that replaced it has not been acknowledged itself (that one is
-        withdrawn). True if revived."""
+        withdrawn). True if revived. Either way the worker has answered:
+        the award no longer counts against it unless revived (``_inflight``)."""
+        run.unanswered_until_ms = 0
         if job.state in TERMINAL:
             return False
         if self._wanted_runs(job) <= self._busy_runs(job):
@@ -1191,6 +1216,7 @@ class Origin:
                 self.ctx.at(due, T_AWARD, key)
                 return
             run.timed_out = True
+            run.unanswered_until_ms = self.ctx.now_ms + self.ctx.params.lease_ms
             self.rtt.timed_out(run.worker)
             self._congested("award_timeout")
             self.ctx.counters["award_timeouts"] += 1
@@ -1205,7 +1231,16 @@ class Origin:
         self._note_decline(job, run.worker, "refused award: " + reason)
         self._log_refused(job, run, reason)
         if job.state not in TERMINAL:
-            self._award_next(job)  # next best bid of the same round, if any
+            if run.timed_out and self._all_saturated(
+                list(self._usable_bids(job)), self._inflight()
+            ):
+                # Its acknowledgement may only be late (the worker then holds
+                # the run, and is revived): awarded now, the job would give
+                # one of the saturated bidders a run more than its slots'
+                # worth. Wait for the answer, or re-offer after the back-off.
+                self.ctx.counters["reaward_deferred"] += 1
+            else:
+                self._award_next(job)  # next best bid of the same round, if any
             self._advance(job)
         self._freed(run.worker)
         self._admit()

@@ -193,7 +193,9 @@ class CoreParams:
     """Failed health checks (or executor faults) in a row that turn a warm
     node cold; a node not yet warm stays cold after the first."""
     lease_ms: int = 15_000
-    """A worker that sends no heartbeat for this long loses the job."""
+    """A worker that sends no heartbeat for this long loses the job. An award
+    whose acknowledgement timed out still counts against its worker for this
+    long unless the worker answers first (§8.4.1)."""
     heartbeat_interval_ms: int = 3_000
     """Worker → origin heartbeat period while a job is held."""
     log_push_ms: int = 200

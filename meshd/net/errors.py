@@ -40,6 +40,12 @@ class RemoteError(NetError):
     for the protocol, it was busy, or it broke the framing."""
 
 
+class StreamBroken(RemoteError):
+    """The peer's answer stopped short of its framing (the stream ended or
+    was reset mid-frame) while a connection to it was still up: the peer
+    broke it, or something on the path did (a relay resetting a circuit)."""
+
+
 class ProtocolNotServed(RemoteError):
     """The connected peer does not serve the protocol asked (multistream
     negotiation failed): an older or different meshd."""

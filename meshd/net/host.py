@@ -362,6 +362,12 @@ class MeshHost:
             return "unreachable"
         return self._relay.reached(peer_id)
 
+    def connection_kind(self, peer_id: str) -> str | None:
+        """How our connections to ``peer_id`` carry traffic now, whatever
+        the last request said: ``direct``, ``relayed``, ``hole-punched`` or
+        None (not connected)."""
+        return self._relay.reached(peer_id)
+
     @property
     def relays(self) -> list[str]:
         """Peers we hold a relay reservation with."""

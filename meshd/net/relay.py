@@ -42,8 +42,11 @@ Rules:
 - Nothing a peer sends raises: a malformed request is a BAD_REQUEST answer,
   a failed reservation a debug line and a later retry.
 - A circuit that reaches its byte or time limit is reset by the relay; the
-  request/response framing (length prefix) and blob hashes make that an
-  error at the receiver, never a silently short transfer.
+  request/response framing (length prefix, ``StreamBroken`` when a frame
+  stops short) and blob hashes make that an error at the receiver, never a
+  silently short transfer. Blob fetches prefer a direct connection and name
+  a relay cut as such (``meshd.runtime.transfer``; specs/NETWORK.md "Large
+  transfers and relays").
 """
 
 from __future__ import annotations

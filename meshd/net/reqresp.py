@@ -47,6 +47,7 @@ from meshd.net.errors import (
     ProtocolNotServed,
     RemoteError,
     RequestTimeout,
+    StreamBroken,
 )
 from meshd.net.framing import (
     FrameReader,
@@ -290,7 +291,7 @@ class RequestResponse:
         if isinstance(outcome, FramingError):
             if not self._ctx.libp2p.get_network().get_connections(pid):
                 raise PeerUnreachable(f"connection to {peer} lost during {protocol} request")
-            raise RemoteError(f"{peer} broke the {protocol} stream: {outcome}")
+            raise StreamBroken(f"{peer} broke the {protocol} stream: {outcome}")
         status, body = outcome
         text = body[: self._ctx.params.max_error_bytes].decode(errors="replace")
         if status == Status.OK:

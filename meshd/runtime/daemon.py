@@ -152,7 +152,12 @@ class Daemon(EffectInterpreter):
             mdns=config.mdns,
             relay_service=config.relay_service,
             reachability=config.reachability,
+            hole_punching=config.hole_punching,
         )
+        if config.relay_circuit_max_bytes is not None:
+            self.net_params = dataclasses.replace(
+                self.net_params, relay_circuit_max_bytes=config.relay_circuit_max_bytes
+            )
         self.exec_params = exec_params or ExecParams()
         self.rp = runtime_params or RuntimeParams()
         if config.blob_store_max_bytes is not None:
@@ -216,6 +221,8 @@ class Daemon(EffectInterpreter):
             chunk_retries=self.rp.blob_chunk_retries,
             chunk_timeout_s=self.rp.blob_chunk_timeout_s,
             retry_pause_s=self.rp.blob_retry_pause_s,
+            direct_wait_s=self.rp.blob_direct_wait_s,
+            relay_reconnect_s=self.rp.blob_relay_reconnect_s,
         )
         self.counts: Counter[str] = Counter()
         """The image cache's counts (``image_*``), also counted in the registry."""

@@ -256,6 +256,18 @@ class Metrics:
             "Ranges fetched whose bytes did not hash to their piece list's entry (refused)",
             registry=r,
         )
+        self.blob_direct_waits = Counter(
+            "meshd_blob_direct_waits",
+            "Blob fetches that waited for a direct connection to a holder reached only "
+            "through a relay, by outcome (direct, timeout)",
+            ["outcome"],
+            registry=r,
+        )
+        self.blob_relay_cuts = Counter(
+            "meshd_blob_relay_cuts",
+            "Blob ranges lost with the relayed connection they travelled on (a relay's limit)",
+            registry=r,
+        )
         self.send_failures = Counter(
             "meshd_send_failures",
             "Direct messages not delivered, by error kind",

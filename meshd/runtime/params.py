@@ -55,6 +55,16 @@ class RuntimeParams:
     """Deadline of one range request (stream, request, the range's bytes)."""
     blob_retry_pause_s: float = 0.2
     """Pause before a failed range is asked again."""
+    blob_direct_wait_s: float = 10.0
+    """A blob of more than one range whose holders are all reached only
+    through a relay waits up to this long, after its first range, for a
+    direct (hole-punched) connection to one of them before the rest travels
+    over the relay, whose byte limit may cut it. 0: never waits."""
+    blob_relay_reconnect_s: float = 10.0
+    """After a range was lost with the relayed connection it travelled on
+    (a relay's byte or time limit), how long the fetch waits for that holder
+    to be reached again (a new circuit, or a direct connection) before it
+    asks the range again. Over a relay a fetch asks one range at a time."""
     job_log_live_bytes: int = 1024 * 1024
     """Live output kept per run and stream at the origin for `mesh logs`
     until the run's stored log arrives (older bytes go first; they are then

@@ -37,6 +37,21 @@ it has no such blob, is asked nothing more in that fetch (while another is
 left). The sha256 of the whole is checked before
 the blob is installed; on any failure nothing is stored.
 
+Relays (specs/NETWORK.md "Large transfers and relays"): a relay resets a
+circuit at its byte or time limit, so a blob larger than one range prefers a
+direct connection. When after the first range every holder is reached only
+through a relay, the fetch waits up to ``blob_direct_wait_s`` (when this
+host punches holes, ``NetParams.hole_punching``) for one of them to become direct (DCUtR's hole punch runs on every relayed connection;
+counted ``meshd_blob_direct_waits_total{outcome}``); holders reached directly
+are then the only ones asked. Over a relay one range is asked at a time. A
+range lost with the relayed connection it travelled on is a *relay cut*:
+counted (``meshd_blob_relay_cuts_total``), logged once per fetch at WARNING;
+the range is asked again once the holder is reached again (a new circuit,
+within ``blob_relay_reconnect_s``), so a blob crosses a relay range by range
+over as many circuits as it needs; a fetch that runs out of retries fails
+with an error that names the cut — never a short blob (the length checks
+and the sha256 above).
+
 Given the blob's piece list (:class:`Pieces`, an image archive's, checked
 against its pinned digest by the caller), each range is one piece and is
 checked against its hash as it arrives: a range that does not match is
@@ -55,6 +70,7 @@ log that never arrives is counted in ``log_fetch_failures``).
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import struct
 from collections import Counter
@@ -67,17 +83,30 @@ import trio
 from meshd.core.events import BLOB_PROTOCOL, MAX_ERROR_CHARS, BlobFetched, FetchBlob, FetchLog
 from meshd.core.jobspec import PIECE_HASH_BYTES, piece_list_bytes
 from meshd.core.ratelimit import PeerBuckets
-from meshd.net.errors import NetError, PeerUnreachable, RemoteError
+from meshd.net.errors import (
+    NetError,
+    PeerUnreachable,
+    RemoteError,
+    RequestTimeout,
+    StreamBroken,
+)
 from meshd.net.host import MeshHost
 from meshd.store.blobs import BlobError, BlobLimitError, BlobNotFoundError, BlobStore, BlobWriter
 
 from .jobio import bare
 from .metrics import Metrics, by_label
 
+log = logging.getLogger("meshd.transfer")
+
 _REQUEST_RE = re.compile(rb"sha256:([0-9a-f]{64}) (0|[1-9][0-9]{0,18}) ([1-9][0-9]{0,18})")
 _SIZE = struct.Struct(">Q")
 _NO_BLOB = "no blob "
 """How an answer says the holder has no such blob (or will not serve it)."""
+RELAYED_FIRST_RANGE_BYTES = 64 * 1024
+"""The first range asked of holders reached only through a relay, when the
+fetch may wait for a direct connection: enough to learn the blob's size."""
+DIRECT_POLL_S = 0.1
+"""How often a fetch waiting for a direct connection looks again."""
 SIZE_HEADER_BYTES = _SIZE.size
 """Bytes before a range's data in an answer: the blob's size, big endian."""
 
@@ -97,6 +126,11 @@ def decode_blob_request(data: bytes) -> tuple[str, int, int]:
 
 class BadRange(Exception):
     """A holder's answer to a range request does not fit the request."""
+
+
+class RelayCut(PeerUnreachable):
+    """A range was lost with the relayed connection it travelled on (a relay
+    resets a circuit at its byte or time limit)."""
 
 
 class BadPiece(BadRange):
@@ -174,6 +208,8 @@ class BlobTransfer:
         chunk_retries: int,
         chunk_timeout_s: float,
         retry_pause_s: float,
+        direct_wait_s: float = 0.0,
+        relay_reconnect_s: float = 0.0,
         metrics: Metrics | None = None,
     ) -> None:
         if chunk_bytes < 1 or chunks_in_flight < 1 or chunk_retries < 0:
@@ -190,6 +226,12 @@ class BlobTransfer:
         self.chunk_retries = chunk_retries
         self._timeout_s = chunk_timeout_s
         self._retry_pause_s = retry_pause_s
+        self.direct_wait_s = direct_wait_s
+        """Longest wait for a direct connection before a blob of more than
+        one range travels over a relay (``blob_direct_wait_s``)."""
+        self.relay_reconnect_s = relay_reconnect_s
+        """Longest wait, after a relay cut, for the holder to be reached
+        again before the range is asked again (``blob_relay_reconnect_s``)."""
         self.metrics = metrics if metrics is not None else Metrics()
         self.log_fetch_failures = 0
         """Stored run logs that could not be fetched (after every try)."""
@@ -315,20 +357,29 @@ class _Fetch:
         self.size = pieces.size if pieces is not None else -1
         """The blob's size: the piece list's, else what the first answer says."""
         self.written = trio.Condition()
+        self.cut: set[str] = set()  # holders whose relayed connection broke mid-range
+        self.waited = False  # _prefer_direct ran
 
     async def run(self) -> None:
         t = self.t
-        first = await self._range(0)
+        if self.pieces is not None and self.size > self.step:
+            await self._prefer_direct()  # the size is known: before any range
+        first = await self._range(0, self._first_length())
         if self.size > self.writer.max_bytes:
             raise BlobLimitError(
                 f"blob {self.digest} has {self.size} bytes, over the "
                 f"{self.writer.max_bytes}-byte limit"
             )
         await self._write(0, first)
+        if len(first) < self.size and not self.waited:
+            await self._prefer_direct()
         offsets = iter(range(len(first), self.size, self.step))
         failed: list[Exception] = []
+        # Over a relay one range at a time: a cut then loses only that one
+        # (several interleaved ranges could all be cut short, circuit after circuit).
+        lanes = 1 if self._relayed_only() else t.chunks_in_flight
         async with trio.open_nursery() as nursery:
-            for _ in range(t.chunks_in_flight):
+            for _ in range(lanes):
                 nursery.start_soon(self._worker, offsets, failed, nursery.cancel_scope)
         if failed:
             raise failed[0]
@@ -349,15 +400,85 @@ class _Fetch:
             failed.append(exc)
             scope.cancel()
 
+    def _direct_holders(self) -> list[str]:
+        return [
+            h
+            for h in self.holders
+            if h not in self.gone and self.t.host.connection_kind(h) in ("direct", "hole-punched")
+        ]
+
+    def _relayed_only(self) -> bool:
+        """Every holder left is reached only through a relay."""
+        live = [h for h in self.holders if h not in self.gone]
+        return bool(live) and all(self.t.host.connection_kind(h) == "relayed" for h in live)
+
+    def _waits_for_direct(self) -> bool:
+        """Every holder left is reached only through a relay, and we may wait
+        for a direct connection (``direct_wait_s``, our hole punching on)."""
+        t = self.t
+        return t.direct_wait_s > 0 and t.host.params.hole_punching and self._relayed_only()
+
+    def _first_length(self) -> int:
+        """The first range's length: a whole range, or only
+        ``RELAYED_FIRST_RANGE_BYTES`` (to learn the size) when the fetch may
+        wait for a direct connection: a large blob's first range then does
+        not travel over the relay either."""
+        if self.pieces is None and self._waits_for_direct():
+            return min(self.step, RELAYED_FIRST_RANGE_BYTES)
+        return self.step if self.size < 0 else min(self.step, self.size)
+
+    async def _prefer_direct(self) -> None:
+        """Ask the rest of the blob only of holders reached directly, if any;
+        when every holder is reached only through a relay, wait up to
+        ``direct_wait_s`` for one to become direct (a hole punch) first."""
+        t = self.t
+        self.waited = True
+        if not self._direct_holders():
+            if self._waits_for_direct():
+                outcome = "timeout"
+                with trio.move_on_after(t.direct_wait_s):
+                    while not self._direct_holders():
+                        await trio.sleep(DIRECT_POLL_S)
+                    outcome = "direct"
+                t.metrics.blob_direct_waits.labels(outcome=outcome).inc()
+        direct = self._direct_holders()
+        if direct:
+            self.holders = direct
+
+    async def _reconnected(self, peer: str) -> None:
+        """Wait up to ``relay_reconnect_s`` until ``peer``, whose relayed
+        connection was cut, is connected again (discovery dials it anew
+        through a relay: a fresh circuit, a fresh byte budget)."""
+        with trio.move_on_after(self.t.relay_reconnect_s):
+            while self.t.host.reached(peer) not in ("relayed", "direct", "hole-punched"):
+                await trio.sleep(DIRECT_POLL_S)
+
+    def _relay_cut(self, peer: str, exc: NetError) -> RelayCut:
+        """The error for a range lost with the relayed connection to ``peer``
+        (counted; logged once per fetch)."""
+        self.t.metrics.blob_relay_cuts.inc()
+        first = not self.cut
+        self.cut.add(peer)
+        cut = RelayCut(
+            f"the relayed connection to {peer} broke during a range of blob "
+            f"{self.digest} ({exc}); a relay resets a circuit at its byte or time "
+            "limit (relay_circuit_max_bytes, relay_circuit_max_duration_s)"
+        )
+        if first:
+            log.warning("blob fetch: %s", cut)
+        return cut
+
     async def _write(self, offset: int, data: bytes) -> None:
         await trio.to_thread.run_sync(self.writer.write_at, offset, data)
         async with self.written:
             self.written.notify_all()
 
-    async def _range(self, offset: int) -> bytes:
-        """The range at ``offset``, asked of the holders in turn (from the
-        one its index picks) until one answers it well, at most
-        ``chunk_retries`` times again."""
+    async def _range(self, offset: int, length: int | None = None) -> bytes:
+        """The range at ``offset`` (``length`` bytes, else a whole step),
+        asked of the holders in turn (from the one its index picks) until one
+        answers it well, at most ``chunk_retries`` times again; a holder whose
+        relayed connection was cut is asked again once it is reached again
+        (``_reconnected``)."""
         t = self.t
         index = offset // self.step
         last: Exception | None = None
@@ -369,17 +490,23 @@ class _Fetch:
                 t.retried += 1
                 if peer == asked:  # another holder is asked at once
                     await trio.sleep(t._retry_pause_s)
+                if peer in self.cut:
+                    await self._reconnected(peer)
             asked = peer
+            relayed = t.host.connection_kind(peer) == "relayed"
             try:
-                data = await self._ask(peer, offset)
+                data = await self._ask(peer, offset, length)
                 await self._check_piece(peer, index, data)
                 return data
             except BadPiece as exc:
                 self.gone.add(peer)  # it serves bytes that are not the blob's
                 last = exc
-            except PeerUnreachable as exc:
-                self.gone.add(peer)
-                last = exc
+            except (PeerUnreachable, RequestTimeout, StreamBroken) as exc:
+                # the connection failed, not the holder's answer: on a relayed
+                # one (or once one to this holder was cut) the relay cut it
+                if isinstance(exc, PeerUnreachable):
+                    self.gone.add(peer)
+                last = self._relay_cut(peer, exc) if relayed or peer in self.cut else exc
             except RemoteError as exc:
                 if _NO_BLOB in str(exc):  # it lacks the blob (or it is not ours)
                     self.gone.add(peer)
@@ -398,9 +525,10 @@ class _Fetch:
             self.t.metrics.blob_pieces_refused.inc()
             raise BadPiece(f"{peer} sent piece {index} of {self.digest} with the wrong hash")
 
-    async def _ask(self, peer: str, offset: int) -> bytes:
+    async def _ask(self, peer: str, offset: int, length: int | None = None) -> bytes:
         t = self.t
-        length = self.step if self.size < 0 else min(self.step, self.size - offset)
+        if length is None:
+            length = self.step if self.size < 0 else min(self.step, self.size - offset)
         answer = await t.host.request(
             peer,
             BLOB_PROTOCOL,
