@@ -257,6 +257,7 @@ class Gossip:
         return {
             "pubsub_outbound_total": total,
             "pubsub_outbound_max_peer": most,
+            "pubsub_writing": self.pubsub.writing,
             "gossip_inbox": self._inbox_recv.statistics().current_buffer_used,
             "publishes_waiting": self._publishes_pending,
         }

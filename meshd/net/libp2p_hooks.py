@@ -192,6 +192,7 @@ class MeshPubsub(Pubsub):
         self._on_over_budget = on_over_budget
         self._queue_moved = trio.Event()  # set (and replaced) whenever a peer queue pops
         self._stalled: set[ID] = set()  # peers whose full queue did not drain in time
+        self.writing = 0  # RPCs popped from a queue whose write has not returned
 
     # ------------------------------------------------- outbound back-pressure
 
@@ -202,6 +203,14 @@ class MeshPubsub(Pubsub):
         # reports each pop, so publishers waiting for room wake up.
         view = _PopSignallingQueue(queue, lambda: self._on_queue_pop(peer_id))
         await super().handle_sending_messages(peer_id, stream, cast(RpcQueue, view))
+
+    async def write_msg(self, stream: INetStream, rpc_msg: rpc_pb2.RPC) -> bool:
+        # counted, so a clean shutdown can wait until what it queued was written
+        self.writing += 1
+        try:
+            return await super().write_msg(stream, rpc_msg)
+        finally:
+            self.writing -= 1
 
     def _on_queue_pop(self, peer_id: ID) -> None:
         self._stalled.discard(peer_id)
