@@ -42,6 +42,7 @@ from meshd.net.libp2p_hooks import (
     PUBLISH_QUEUE_ENTRIES,
     MeshGossipSub,
     MeshPubsub,
+    reuse_local_record,
     verify_sender_records_once,
 )
 from meshd.net.standing import PROVABLY_INVALID, Standing, TopicVerdict
@@ -71,6 +72,7 @@ class Gossip:
         self._publishes_pending = 0
 
         verify_sender_records_once(ctx.libp2p, p.sender_record_memo_peers)
+        reuse_local_record(ctx.libp2p, p.local_record_reuse_s)
         self.router = MeshGossipSub(
             list(GOSSIP_PROTOCOLS),
             p.degree,

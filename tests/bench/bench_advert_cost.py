@@ -65,6 +65,7 @@ from bench_testbed import (  # noqa: E402
     HardLimit,
     counters,
     cpu_seconds,
+    diagnosis,
     pct,
     stop_together,
 )
@@ -134,6 +135,7 @@ def measure(
           f"{100 * statistics.median(cpu) / window:.2f} % of a core; adverts received median "
           f"{statistics.median(got) / window:.2f}/s, sent {statistics.median(sent) / window:.2f}/s",
           flush=True)  # fmt: skip
+    print(f"    first node's counters: {diagnosis(c1[0])}", flush=True)
     stop_together(procs)
     procs.clear()
     return cpu, got, sent
