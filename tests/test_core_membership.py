@@ -34,12 +34,13 @@ from meshd.core.wire import (
     seal,
 )
 from meshd.testing.corenet import CoreNet, FakeWorker, default_caps
+from simulations.costs import DAEMON_ADVERT_US
 
 SINGLE = CoreParams(replication_fraction=0.0, untrusted_replication=0.0)
 SLOW = dataclasses.replace(SINGLE, advert_rate_budget=0.01)
 """Heartbeats every ``1.5 × est_nodes / 0.01`` s: a few nodes behave like a large mesh."""
-MEASURED_MS_PER_ADVERT = 9.0
-"""CPU one received advert costs a daemon (issue 14's measurement)."""
+MEASURED_MS_PER_ADVERT = DAEMON_ADVERT_US / 1_000
+"""CPU one received advert costs a daemon (``tests/bench/bench_advert_cost.py``)."""
 
 
 def spec(**extra: Any) -> JobSpec:
