@@ -41,9 +41,12 @@ it stops; ``--top N`` prints its hottest functions (cumulative time). cProfile
 slows small functions more than large ones: use it for where the time goes,
 the slope for what it costs.
 
-Bounded: every wait has a time-out and a hard limit (``--limit-s``, SIGALRM)
-ends the run; every daemon is stopped in any case and the run exits 1 with
-"FAILED". Exit 0 prints the figures.
+A mesh that does not form within ``--form-timeout-s`` (a loaded machine: late
+heartbeats, peers flapping) is said so and measured anyway, since the figure
+divides by the adverts really received. Bounded: every wait has a time-out
+and a hard limit (``--limit-s``, SIGALRM) ends the run; every daemon is
+stopped in any case and the run exits 1 with "FAILED". Exit 0 prints the
+figures.
 """
 
 from __future__ import annotations
@@ -118,7 +121,14 @@ def measure(
         prof.bootstrap = [procs[0].addr]
         procs.append(prof)
         prof.start(timeout_s=120)
-    wait_mesh(procs, timeout_s=args.form_timeout_s)
+    try:
+        wait_mesh(procs, timeout_s=args.form_timeout_s)
+    except TimeoutError:
+        # measured all the same: the slope divides by the adverts really received
+        seen = [(p.status() or {}).get("peers", 0) for p in procs]
+        print(f"  {name}: not every node saw all {len(procs) - 1} others within "
+              f"{args.form_timeout_s:.0f}s (peers per node {sorted(seen)}); measuring anyway",
+              flush=True)  # fmt: skip
     time.sleep(args.settle_s)
     pids = [p.proc.pid for p in measured if p.proc is not None]
     c0 = [counters(p) for p in measured]
