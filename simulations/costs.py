@@ -38,9 +38,9 @@ on loopback that differ only in advert pacing:
     python tests/bench/bench_advert_cost.py --nodes 8 --window-s 30
 
 (CPU-seconds over adverts, all nodes together; on the shared 2-core machine
-at load average ~10, four runs gave 6.17, 4.45 and 5.56 ms before the cuts of
-the advert path and 5.55 ms after them, per-node medians within 0.2 ms of
-each; the highest is taken). The CPU model charges it for
+at load average ~10, five runs gave 6.17, 4.45 and 5.56 ms before the cuts of
+the advert path and 5.55 and 5.86 ms after them, per-node medians within
+0.2 ms of each; the highest is taken). The CPU model charges it for
 each advert a node receives (``gossip_advert_us``), and a run's
 ``membership`` reports adverts received per second times it as a share of a
 core. The other messages' figures below are the core's part only (opening
