@@ -17,19 +17,43 @@ and the CPU are shared with other work. The defaults are the first run's,
 except ``local_event_us``, which only the second run measured. A received message's figure is
 ``open_envelope`` (msgpack, Ed25519 verify, pydantic) plus ``Node.step`` with
 the simulator's codec (the core's own work); signing what the step sends is
-``seal_per_message``, charged per message.
+``seal_per_message``, charged per message. The exception is an advert, whose
+figure is the whole daemon's, measured on real daemons
+(:data:`DAEMON_ADVERT_US`, ``tests/bench/bench_advert_cost.py``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+DAEMON_ADVERT_US = 6_200
+"""The marginal CPU one received advert costs a real daemon, all of it: py-libp2p
+receiving it (and its strict-signing check), the gossip validator (Ed25519
+verify, pydantic), forwarding it to the node's mesh peers, the core's step and
+the node's own adverts' share (one per 3.2 received in the measuring mesh, one
+per several hundred on a large one, so this errs high). Measured as the slope
+of CPU over adverts received between two runs of 8 ``meshd start`` processes
+on loopback that differ only in advert pacing:
+
+    python tests/bench/bench_advert_cost.py --nodes 8 --window-s 30
+
+(CPU-seconds over adverts, all nodes together; on the shared 2-core machine
+at load average ~10, five runs gave 6.17, 4.45 and 5.56 ms before the cuts of
+the advert path and 5.55 and 5.86 ms after them, per-node medians within
+0.2 ms of each; the highest is taken). The CPU model charges it for
+each advert a node receives (``gossip_advert_us``), and a run's
+``membership`` reports adverts received per second times it as a share of a
+core. The other messages' figures below are the core's part only (opening
+plus the step): their libp2p part was not measured."""
+
 
 @dataclass(frozen=True)
 class CpuCosts:
-    gossip_advert_us: int = 147
-    """A gossiped advert: open advert 142 + step advert (core only) 5
-    (``bench_costs.py --n 400 --runs 5``)."""
+    gossip_advert_us: int = DAEMON_ADVERT_US
+    """A gossiped advert: what it costs a whole daemon (:data:`DAEMON_ADVERT_US`,
+    measured on real daemons), since py-libp2p's receiving and forwarding run
+    on the same loop as the core. Of it, opening the advert (142) and the
+    core's step (5) are 147 (``bench_costs.py --n 400 --runs 5``)."""
     gossip_offer_us: int = 174
     """A gossiped offer: open offer 152 + step offer (core only) 22 (same command)."""
     gossip_other_us: int = 160

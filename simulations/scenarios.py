@@ -35,6 +35,7 @@ from meshd.core.wire import Offer, OfferRequirements, Result
 
 from . import baselines
 from .codec import Forged, as_wire
+from .costs import DAEMON_ADVERT_US
 from .engine import EV_INPUT, Engine, SimFailure, Slot
 from .invariants import Checker
 from .knobs import Knobs, draw_network
@@ -187,12 +188,6 @@ def replay_command(cfg: RunConfig) -> str:
     if cfg.mutant:
         parts.append(f"--mutant {cfg.mutant}")
     return " ".join(parts)
-
-
-DAEMON_MS_PER_ADVERT = 9.0
-"""CPU one received advert costs a real daemon (libp2p, validation, core),
-measured on loopback in issue 14; the simulator's own CPU model charges only
-the core's part (``costs.gossip_advert_us``)."""
 
 
 def core_params(k: Knobs, nodes: int) -> CoreParams:
@@ -455,8 +450,10 @@ class Run:
 
     def _membership_metrics(self) -> dict[str, Any]:
         """Advert traffic after the warm-up (the boot adverts excluded), per
-        node, and what the core's pacing says for this mesh: the CPU share
-        uses the 9 ms per received advert measured on a daemon (issue 14)."""
+        node, and what the core's pacing says for this mesh: membership's CPU
+        as % of one core is adverts received per second times what one costs
+        a real daemon (``costs.DAEMON_ADVERT_US``, measured by
+        ``tests/bench/bench_advert_cost.py``)."""
         e = self.engine
         span_s = (e.now - self.t_start) / 1000
         if self._adverts_at_start is None or span_s <= 0:
@@ -472,7 +469,8 @@ class Run:
             "adverts_sent_per_node_per_s": round(
                 (sent - self._adverts_at_start[1]) / n / span_s, 5
             ),
-            "membership_cpu_share_at_9ms": round(recv_rate * DAEMON_MS_PER_ADVERT / 1000, 4),
+            "membership_cpu_pct_of_core": round(recv_rate * DAEMON_ADVERT_US / 10_000, 2),
+            "daemon_us_per_advert": DAEMON_ADVERT_US,
             "est_nodes_median": est[len(est) // 2] if est else 0,
             "advert_interval_ms_median": intervals[len(intervals) // 2] if intervals else 0,
             "view_size_max": max((len(node.peers) for node in live), default=0),

@@ -36,3 +36,38 @@ async def test_newcomer_sees_the_mesh_from_pulls_not_heartbeats(
         assert node.counters["relayed_adverts"] >= 2
     finally:
         await c.stop_all()
+
+
+async def test_a_clean_stop_leaves_the_views_at_once_a_crash_ages_out(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """A daemon stopped cleanly publishes its leave notice (§7.1): the others
+    drop it within moments, not after its TTL (minutes here); one that
+    crashes (its task cancelled, no notice) is still held until the TTL."""
+    c = Cluster(nursery, tmp_path, 4, core_params=SLOW_HEARTBEATS)
+    try:
+        await c.start_all()
+        await c.wait_mesh()
+        left, crashed = c.peer_id(3), c.peer_id(2)
+        node = c.daemon(0).node
+        assert node is not None
+        assert node.peers.get(left).advert.ttl_ms >= 300_000  # type: ignore[union-attr]
+        await c.kill(2)
+        await c.stop(3)
+
+        def holds(i: int, peer: str) -> bool:
+            n = c.daemon(i).node
+            assert n is not None
+            return any(e.peer_id == peer for e in n.peers.alive(n.now_ms))
+
+        await c.wait_for(
+            lambda: not holds(0, left) and not holds(1, left), 10.0, "the leaver to leave the views"
+        )
+        for i in (0, 1):
+            n = c.daemon(i).node
+            assert n is not None
+            assert n.counters["peers_left"] == 1
+            assert n.peers.get(left) is None
+            assert holds(i, crashed)  # no notice: held until its TTL
+    finally:
+        await c.stop_all()

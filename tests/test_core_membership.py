@@ -8,20 +8,39 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from meshd.core.events import DirectReceived, ExecutorHealth, PeerConnected, Send
+import msgpack
+
+from meshd.core.events import (
+    TOPIC_ADVERTS,
+    DirectReceived,
+    ExecutorHealth,
+    GossipReceived,
+    PeerConnected,
+    Send,
+    ShutdownRequested,
+)
 from meshd.core.identity import Identity
 from meshd.core.jobspec import JobSpec, parse_job_spec
 from meshd.core.lifecycle import TERMINAL
 from meshd.core.params import CoreParams
 from meshd.core.peers import PeerTable, advert_interval_for, advert_ttl_for
-from meshd.core.wire import Advert, AdvertTable, GpuInfo, seal
+from meshd.core.wire import (
+    LEAVE_TTL_MS,
+    PROTOCOL_VERSION,
+    SIGNING_DOMAIN,
+    Advert,
+    AdvertTable,
+    GpuInfo,
+    seal,
+)
 from meshd.testing.corenet import CoreNet, FakeWorker, default_caps
+from simulations.costs import DAEMON_ADVERT_US
 
 SINGLE = CoreParams(replication_fraction=0.0, untrusted_replication=0.0)
 SLOW = dataclasses.replace(SINGLE, advert_rate_budget=0.01)
 """Heartbeats every ``1.5 × est_nodes / 0.01`` s: a few nodes behave like a large mesh."""
-MEASURED_MS_PER_ADVERT = 9.0
-"""CPU one received advert costs a daemon (issue 14's measurement)."""
+MEASURED_MS_PER_ADVERT = DAEMON_ADVERT_US / 1_000
+"""CPU one received advert costs a daemon (``tests/bench/bench_advert_cost.py``)."""
 
 
 def spec(**extra: Any) -> JobSpec:
@@ -235,3 +254,83 @@ def test_a_tie_breaker_is_sought_beyond_a_full_view() -> None:
     job = net.job(0, job_id)
     assert job.state == "succeeded", job.reason
     assert outside in {r.worker for r in job.runs.values()}
+
+
+# ------------------------------------------------------------ leaving (§7.1 leave notice)
+
+
+def _forged(author: Identity, signer: Identity, body: Advert, ts_ms: int) -> bytes:
+    """An envelope that names ``author``'s key but is signed by ``signer``."""
+    payload = msgpack.packb(
+        [PROTOCOL_VERSION, "advert", author.public_key, ts_ms, b"\x07" * 8, body.model_dump()],
+        use_bin_type=True,
+    )
+    return msgpack.packb([payload, signer.sign(SIGNING_DOMAIN + payload)], use_bin_type=True)
+
+
+def test_a_clean_shutdown_is_heard_at_once_not_after_the_ttl() -> None:
+    net = slow_net(3, seed=11)
+    leaver = net.order[0]
+    ttl = net.node(1).peers.get(leaver).advert.ttl_ms  # type: ignore[union-attr]
+    assert ttl >= 100_000  # the slow pacing: a silent peer would linger for minutes
+    sent = net.node(0).counters["adverts_sent"]
+    net.input(0, ShutdownRequested())
+    assert net.node(0).counters["leave_notices_sent"] == 1
+    net.run_for(1_000)
+    for i in (1, 2):
+        node = net.node(i)
+        assert node.peers.get(leaver) is None
+        assert leaver not in {e.peer_id for e in node.peers.alive(net.now_ms)}
+        assert node.peers.est_nodes() == 2  # the size sketch forgot it too
+        assert node.counters["peers_left"] == 1
+    # the leaver advertises no more, however long it lingers
+    net.input(0, ShutdownRequested())
+    net.run_for(3 * ttl)
+    assert net.node(0).counters["adverts_sent"] == sent
+    assert net.node(0).counters["leave_notices_sent"] == 1
+    assert net.node(1).peers.get(leaver) is None
+
+
+def test_a_forged_leave_notice_is_refused_and_counted() -> None:
+    net = slow_net(3, seed=12)
+    victim, forger = net.order[0], net.order[2]
+    node = net.node(1)
+    held, other = node.peers.get(victim), node.peers.get(forger)
+    assert held is not None and other is not None
+    seq = max(held.advert.seq, other.advert.seq) + 1  # newer than both peers' adverts
+    notice = held.advert.model_copy(update={"seq": seq, "ttl_ms": LEAVE_TTL_MS})
+    victim_id = net.node(0).identity
+    forger_id = net.node(2).identity
+    data = _forged(victim_id, forger_id, notice, net.now_ms)
+    node.step(GossipReceived(TOPIC_ADVERTS, forger, data), net.now_ms)
+    assert node.counters["rejected_bad_signature"] == 1
+    assert node.peers.get(victim) is not None
+    assert node.counters["peers_left"] == 0
+    # signed by the forger itself, the notice only ever removes the forger
+    own = seal(forger_id, notice, net.now_ms, b"\x08" * 8)
+    node.step(GossipReceived(TOPIC_ADVERTS, forger, own), net.now_ms)
+    assert node.peers.get(victim) is not None
+    assert node.peers.get(forger) is None
+    assert node.counters["peers_left"] == 1
+
+
+def test_an_old_leave_notice_never_drops_a_newer_advert_nor_an_older_one_revives() -> None:
+    table = PeerTable(8, sketch_k=64)
+    table.update("p", advert(seq=10), 0)
+    assert not table.leave("p", 9)  # a notice older than what we hold (a replay)
+    assert table.get("p") is not None
+    assert table.leave("p", 11)
+    assert table.get("p") is None and table.est_nodes() == 1
+    assert not table.leave("p", 11)  # the same notice again: nothing left to drop
+    # an advert sent before the notice, arriving late, brings no one back ...
+    assert not table.update("p", advert(seq=10), 5)
+    assert table.get("p") is None
+    # ... a later one (the peer came back) does
+    assert table.update("p", advert(seq=12), 5)
+    assert table.get("p") is not None
+
+
+def test_heartbeats_never_look_like_a_leave_notice() -> None:
+    tiny = dataclasses.replace(CoreParams(), advert_ttl_ms=1, advert_interval_ms=1)
+    assert advert_ttl_for(tiny, 1) > LEAVE_TTL_MS
+    assert not advert().leaving and advert(ttl_ms=LEAVE_TTL_MS).leaving

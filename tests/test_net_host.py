@@ -596,3 +596,37 @@ async def test_mdns_finds_a_peer_without_bootstrap() -> None:
     b = MeshHost(Identity.generate(), params, ["/ip4/0.0.0.0/tcp/0"])
     async with cluster(a, b):
         await wait_until(lambda: connected(a, b))
+
+
+def test_own_record_is_reused_within_its_age_and_asked_for_again_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """libp2p_hooks.py: py-libp2p asks for our signed peer record (rebuilding
+    our listen addresses) on every RPC gossipsub sends; a host with a memo
+    asks once per ``local_record_reuse_s``, a host without asks every time."""
+    import libp2p.pubsub.gossipsub as gossipsub_module
+
+    from meshd.net import libp2p_hooks
+
+    calls: list[object] = []
+
+    def library(host: object) -> tuple[bytes, bool]:
+        calls.append(host)
+        return f"record-{len(calls)}".encode(), True
+
+    class Host:
+        pass
+
+    monkeypatch.setattr(libp2p_hooks, "_env_to_send", library)
+    monkeypatch.setattr(gossipsub_module, "env_to_send_in_RPC", library)
+    reused, plain = Host(), Host()
+    libp2p_hooks.reuse_local_record(reused, 0.2)
+    libp2p_hooks.reuse_local_record(plain, 0)
+    lookup = gossipsub_module.env_to_send_in_RPC
+    assert lookup is libp2p_hooks._env_to_send_reused  # installed where gossipsub looks
+    assert [lookup(reused) for _ in range(5)] == [(b"record-1", True)] + [(b"record-1", False)] * 4
+    assert len(calls) == 1
+    lookup(plain), lookup(plain)
+    assert calls[1:] == [plain, plain]
+    time.sleep(0.25)
+    assert lookup(reused) == (b"record-4", True)  # aged out: the library again

@@ -163,6 +163,7 @@ def test_queue_stats_reports_the_outbound_queues_and_is_zero_when_idle() -> None
     assert host.queue_stats() == {
         "pubsub_outbound_total": 0,
         "pubsub_outbound_max_peer": 0,
+        "pubsub_writing": 0,
         "gossip_inbox": 0,
         "publishes_waiting": 0,
         "requests_in_serving": 0,

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meshd.core.identity import Identity
+from meshd.core.identity import Identity, _public_key, peer_id_from_public_key
 from meshd.core.params import PROTOCOL_VERSION
 from meshd.core.wire import (
     BODY_TYPES,
@@ -166,6 +166,22 @@ def test_seal_open_round_trip(body: Body) -> None:
     assert out.sender_key == ALICE.public_key
     assert (out.ts_ms, out.nonce, out.raw) == (TS, NONCE, data)
     assert BODY_TYPES[out.type] is type(body)
+
+
+def test_a_signer_s_key_is_parsed_once_and_a_forged_signature_still_fails() -> None:
+    """The signer's peer id and key object are remembered per key (every
+    message of a mesh repeats a few keys); what is remembered is the key,
+    never a verdict: a bad signature by a remembered key is still refused."""
+    peer_id_from_public_key.cache_clear()
+    _public_key.cache_clear()
+    for i in range(3):
+        out = open_envelope(seal(ALICE, SAMPLES[2], TS, bytes([i]) * 8), MAX)
+        assert isinstance(out, Opened) and out.sender == ALICE.peer_id
+    assert peer_id_from_public_key.cache_info().misses == 1
+    assert _public_key.cache_info()[:2] == (2, 1)  # (hits, misses)
+    data = bytearray(seal(ALICE, SAMPLES[2], TS, NONCE))
+    data[-1] ^= 0x01
+    assert rejected(bytes(data)) == "bad_signature"
 
 
 def test_bad_signature_is_rejected() -> None:

@@ -225,6 +225,12 @@ class ManifestStored:
     manifest: str
 
 
+@dataclass(frozen=True)
+class ShutdownRequested:
+    """The shell is stopping the node cleanly: the node publishes its leave
+    notice (specs/PROTOCOL.md §7.1) and advertises no more."""
+
+
 # ---------------------------------------------------------------- effects
 
 
@@ -378,4 +384,5 @@ Input = (
     | BlobFetched
     | CheckerFinished
     | ManifestStored
+    | ShutdownRequested
 )

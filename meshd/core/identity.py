@@ -13,6 +13,7 @@ Rules:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -33,6 +34,10 @@ _B58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 _PB_ED25519_PREFIX = b"\x08\x01\x12\x20"
 # identity multihash: code 0x00, length 36.
 _MH_IDENTITY_PREFIX = b"\x00\x24"
+KEY_MEMO_ENTRIES = 4_096
+"""Public keys whose peer id and parsed key object are remembered (each
+received message derives both from its signer's key; a mesh repeats the
+same few keys). Pure functions of the key, so a memo never changes a result."""
 
 
 def b58encode(data: bytes) -> str:
@@ -59,8 +64,10 @@ def b58decode(text: str) -> bytes:
     return b"\x00" * pad + body
 
 
+@lru_cache(maxsize=KEY_MEMO_ENTRIES)
 def peer_id_from_public_key(public_key: bytes) -> str:
-    """The libp2p peer id (base58 string) of a raw 32-byte Ed25519 public key."""
+    """The libp2p peer id (base58 string) of a raw 32-byte Ed25519 public key
+    (remembered for the last :data:`KEY_MEMO_ENTRIES` keys)."""
     if len(public_key) != PUBLIC_KEY_LEN:
         raise ValueError("an Ed25519 public key is 32 bytes")
     return b58encode(_MH_IDENTITY_PREFIX + _PB_ED25519_PREFIX + public_key)
@@ -83,10 +90,17 @@ def verify_signature(public_key: bytes, signature: bytes, data: bytes) -> bool:
     if len(public_key) != PUBLIC_KEY_LEN or len(signature) != SIGNATURE_LEN:
         return False
     try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, data)
+        _public_key(public_key).verify(signature, data)
     except (InvalidSignature, ValueError):
         return False
     return True
+
+
+@lru_cache(maxsize=KEY_MEMO_ENTRIES)
+def _public_key(public_key: bytes) -> Ed25519PublicKey:
+    """The key object of 32 raw bytes (remembered; an invalid key raises
+    ValueError, which is not)."""
+    return Ed25519PublicKey.from_public_bytes(public_key)
 
 
 @dataclass(frozen=True, eq=False)

@@ -160,7 +160,10 @@ class Inbox(Generic[T]):
         waits of those handled in the last ``congestion_window_ms``, or the age
         of the oldest one still queued if that is more. 0 when idle."""
         since = now_ms - self.params.congestion_window_ms
-        waits = sorted(w for t, w in self._recent if t >= since)
+        recent = self._recent
+        while recent and recent[0][0] < since:  # oldest first: drop what left the window
+            recent.popleft()
+        waits = sorted(w for _, w in recent)
         p90 = waits[(len(waits) * 9) // 10] if waits else 0
         oldest = max(
             (now_ms - q[0][1] for lane, q in enumerate(self._lanes) if lane and q), default=0

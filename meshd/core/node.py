@@ -70,6 +70,7 @@ from .events import (
     RetryRequested,
     SendFailed,
     SetPeerScore,
+    ShutdownRequested,
     Tick,
 )
 from .identity import Identity
@@ -192,6 +193,7 @@ class Node:
             BlobFetched: self.origin.on_blob_fetched,
             CheckerFinished: self.origin.on_checker_finished,
             ManifestStored: self.origin.on_manifest_stored,
+            ShutdownRequested: self.worker.on_shutdown_requested,
         }
         """Input class -> handler; every class of ``events.Input``, no other."""
         self._direct: dict[str, Callable[[Opened], None]] = _merge(
@@ -401,6 +403,10 @@ class Node:
 
     def _on_advert(self, msg: Opened, age_ms: int = 0) -> None:
         peers = self.ctx.peers
+        if msg.body.leaving:  # a leave notice (§7.1): signed by the peer that leaves
+            if peers.leave(msg.sender, msg.body.seq):
+                self.ctx.counters["peers_left"] += 1
+            return
         evicted = peers.evicted
         if peers.update(msg.sender, msg.body, self.now_ms, raw=msg.raw, age_ms=age_ms):
             self.ctx.counters["adverts_applied"] += 1

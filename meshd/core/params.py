@@ -40,10 +40,11 @@ class CoreParams:
     every node keeps its own adverts, heartbeats (one per interval) and changes
     (one per two intervals) together, at most ``advert_rate_budget /
     est_nodes`` a second, so each node receives at most about this many (two
-    thirds of it on a quiet mesh). Two a second at the 9 ms measured per
-    received advert on a daemon (issue 14) is 1.8% of a core, up to
+    thirds of it on a quiet mesh). Two a second at the 6.2 ms a received
+    advert costs a daemon (``tests/bench/bench_advert_cost.py``, the slope
+    of CPU over adverts received) is 1.24% of a core, up to
     ``advert_rate_budget × advert_interval_max_ms / 1500`` nodes (960); at
-    1,000 nodes, 2.08 a second (1.9%)."""
+    1,000 nodes, 2.08 a second (1.3%)."""
     advert_burst: int = 3
     """Adverts a node may publish back to back on changes (turning warm or
     cold, free slots crossing zero, images, price or runtimes changing) before

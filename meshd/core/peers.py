@@ -8,7 +8,10 @@ sender's clock); the sender chose that TTL (:func:`advert_ttl_for`), and we
 honour it. A newer advert (higher ``seq``) replaces an older one; an older
 or equal ``seq`` is ignored (gossip repeats and replays). A peer whose advert
 expired is *gone*: it is dropped from the view, no longer a bid candidate,
-and counted.
+and counted. A peer that shuts down cleanly says so (a *leave notice*: an
+advert with ``ttl_ms == LEAVE_TTL_MS`` and a higher ``seq``): it is gone at
+once (:meth:`PeerTable.leave`), and an older advert of its arriving late does
+not bring it back. A crashed peer still ages out by its TTL.
 
 The view is bounded (``advert_view_max``), so memory and the origin's scans
 over it stay bounded however large the mesh. When a new peer's advert finds
@@ -38,10 +41,11 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from .params import CoreParams
-from .wire import MAX_ADVERT_TTL_MS, Advert
+from .wire import LEAVE_TTL_MS, MAX_ADVERT_TTL_MS, Advert
 
 ClassKey = tuple[object, ...]
 
@@ -59,7 +63,7 @@ def advert_ttl_for(params: CoreParams, interval_ms: int) -> int:
     multiple of the interval as ``advert_ttl_ms`` is of ``advert_interval_ms``."""
     base = max(1, params.advert_interval_ms)
     ttl = params.advert_ttl_ms * max(interval_ms, base) // base
-    return max(1, min(MAX_ADVERT_TTL_MS, ttl))
+    return max(LEAVE_TTL_MS + 1, min(MAX_ADVERT_TTL_MS, ttl))  # never a leave notice
 
 
 def capability_class(a: Advert) -> ClassKey:
@@ -110,6 +114,14 @@ class MeshSize:
         bisect.insort(self._sorted, (h, peer_id))
         self._expires[peer_id] = expires_ms
 
+    def forget(self, peer_id: str) -> bool:
+        """``peer_id`` left the mesh (its leave notice): no longer counted.
+        False if it was not counted."""
+        if self._expires.pop(peer_id, None) is None:
+            return False
+        self._sorted.remove((_id_hash(peer_id), peer_id))
+        return True
+
     def expire(self, now_ms: int) -> None:
         gone = {p for p, t in self._expires.items() if t <= now_ms}
         if gone:
@@ -154,6 +166,10 @@ class PeerTable:
         self.size = MeshSize(sketch_k)
         self.evicted = 0
         """Entries evicted (or newcomers not kept) because the view was full."""
+        self._left: OrderedDict[str, int] = OrderedDict()
+        """Peers whose leave notice we took, with its ``seq`` (at most
+        ``max_peers``, oldest forgotten first): an advert of theirs sent before
+        it, arriving late, brings no one back."""
 
     def update(
         self, peer_id: str, advert: Advert, now_ms: int, *, raw: bytes = b"", age_ms: int = 0
@@ -164,6 +180,9 @@ class PeerTable:
         entry = self._peers.get(peer_id)
         if entry is not None and advert.seq <= entry.advert.seq and entry.expires_ms > now_ms:
             return False
+        if advert.seq <= self._left.get(peer_id, -1):
+            return False
+        self._left.pop(peer_id, None)
         expires = now_ms + advert.ttl_ms - max(0, age_ms)
         self.size.note(peer_id, expires)
         cls = capability_class(advert)
@@ -178,6 +197,24 @@ class PeerTable:
             entry.cls, entry.raw = cls, raw
         bisect.insort(self._by_class.setdefault(cls, []), _rank(entry))
         return True
+
+    def leave(self, peer_id: str, seq: int) -> bool:
+        """``peer_id``'s leave notice numbered ``seq``: drop it from the view and
+        the size estimate at once, and remember the notice. True if the peer
+        was in either; False if it was in neither, or if an advert of theirs
+        as new or newer is held (an old notice, replayed or late)."""
+        entry = self._peers.get(peer_id)
+        if entry is not None and seq <= entry.advert.seq:
+            return False
+        if seq <= self._left.get(peer_id, -1):
+            return False
+        self._left[peer_id] = seq
+        self._left.move_to_end(peer_id)
+        while len(self._left) > self.max_peers:
+            self._left.popitem(last=False)
+        if entry is not None:
+            self._unindex(self._peers.pop(peer_id))
+        return self.size.forget(peer_id) or entry is not None
 
     def _make_room(self, new: PeerEntry) -> bool:
         """Evict one entry by the rule in the module docstring; False when the

@@ -58,6 +58,12 @@ node (specs/PROTOCOL.md §5.1); a node holding more advertises the most
 recently used."""
 MAX_ADVERT_TTL_MS = 3_600_000
 """Longest validity an advert may claim (its sender scales it with its heartbeat interval)."""
+LEAVE_TTL_MS = 1
+"""The ``ttl_ms`` that makes an advert a *leave notice* (specs/PROTOCOL.md
+§7.1): its author is shutting down cleanly, and a receiver drops it from its
+view at once. A heartbeat never carries it (``peers.advert_ttl_for``); a
+receiver that does not know the rule keeps the entry for 1 ms, i.e. drops it
+too."""
 MAX_HEARTBEAT_LOG_BYTES = 16 * 1024
 """Live log bytes one heartbeat may carry (all its chunks together); the
 worker keeps at most this much between two heartbeats and drops the rest from
@@ -148,6 +154,11 @@ class Advert(Body):
     cold_reason: ShortText | None = None
     network_allowed: bool = False
     version: Annotated[str, Field(max_length=32)] = ""
+
+    @property
+    def leaving(self) -> bool:
+        """A leave notice (``ttl_ms == LEAVE_TTL_MS``): the author is shutting down."""
+        return self.ttl_ms == LEAVE_TTL_MS
 
 
 class OfferRequirements(Body):

@@ -38,6 +38,7 @@ from .events import (
     InputsFetched,
     LocalCapabilities,
     Publish,
+    ShutdownRequested,
     StartExecution,
 )
 from .jobspec import JobSpec, JobSpecError, parse_job_spec
@@ -56,6 +57,7 @@ from .placement import (
     run_budget,
 )
 from .wire import (
+    LEAVE_TTL_MS,
     MAX_ADVERT_ADDRS,
     MAX_ADVERT_ARCHIVES,
     MAX_ADVERT_IMAGES,
@@ -133,6 +135,8 @@ class Worker:
         """Our newest advert as sealed (relayed to a newcomer with the others, §7.8)."""
         self._advertised: tuple[Any, ...] | None = None
         """What the last advert said of the things whose change is news (``_news``)."""
+        self.leaving = False
+        """The node is shutting down: its leave notice is out, no advert follows."""
         self.balance_of: Callable[[str], float] = lambda peer: 0.0
         """A peer's credit balance: the Node wires in ``Ledger.balance`` (the
         ledger role owns the receipts); until then everyone counts as 0."""
@@ -282,9 +286,26 @@ class Worker:
             self._tokens_ms = now
         return self._advert_tokens
 
+    def on_shutdown_requested(self, inp: ShutdownRequested) -> None:
+        """Publish our leave notice once (§7.1: our advert, numbered on, with
+        ``ttl_ms = LEAVE_TTL_MS``) so peers drop us at once rather than after
+        our TTL; then advertise no more. A node that never advertised has no
+        one to tell."""
+        if self.leaving:
+            return
+        self.leaving = True
+        advert = self.make_advert() if self.last_advert else None
+        if advert is None:
+            return
+        notice = advert.model_copy(update={"ttl_ms": LEAVE_TTL_MS})
+        self.ctx.emit(Publish(TOPIC_ADVERTS, self.ctx.seal(notice)))
+        self.ctx.counters["leave_notices_sent"] += 1
+
     def _advertise(self, *, change: bool = True) -> None:
         """Publish our advert now (a change takes a token, a heartbeat none)
-        and set the next heartbeat."""
+        and set the next heartbeat; nothing once we are leaving."""
+        if self.leaving:
+            return
         advert = self.make_advert()
         interval = self.advert_interval()
         if advert is not None:

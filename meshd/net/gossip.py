@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 import trio
@@ -42,6 +43,7 @@ from meshd.net.libp2p_hooks import (
     PUBLISH_QUEUE_ENTRIES,
     MeshGossipSub,
     MeshPubsub,
+    reuse_local_record,
     verify_sender_records_once,
 )
 from meshd.net.standing import PROVABLY_INVALID, Standing, TopicVerdict
@@ -49,6 +51,17 @@ from meshd.net.standing import PROVABLY_INVALID, Standing, TopicVerdict
 log = logging.getLogger("meshd.net")
 
 GOSSIP_PROTOCOLS = (PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID)
+
+PEER_TEXT_MEMO = 4_096
+"""Peer ids whose base58 text is remembered (each inbound message names its
+author and forwarder; py-libp2p re-encodes an ``ID`` on every ``str()``)."""
+
+
+@lru_cache(maxsize=PEER_TEXT_MEMO)
+def _peer_text(raw: bytes) -> str:
+    """The base58 text of the peer id whose bytes are ``raw``."""
+    return ID(raw).to_base58()
+
 
 GossipHandler = Callable[[str, bytes], None]
 TopicValidator = Callable[[str, bytes], TopicVerdict]
@@ -71,6 +84,7 @@ class Gossip:
         self._publishes_pending = 0
 
         verify_sender_records_once(ctx.libp2p, p.sender_record_memo_peers)
+        reuse_local_record(ctx.libp2p, p.local_record_reuse_s)
         self.router = MeshGossipSub(
             list(GOSSIP_PROTOCOLS),
             p.degree,
@@ -144,20 +158,21 @@ class Gossip:
     # ------------------------------------------------------------- inbound
 
     def _validate(self, topic: str, forwarder: ID, msg: rpc_pb2.Message) -> bool:
-        author = ID(msg.from_id)
-        if author == self._ctx.pid:
+        if msg.from_id == self._ctx.pid.to_bytes():
             return True  # checked in publish() already
         if len(msg.data) > self._ctx.params.max_gossip_bytes:
             self._ctx.count("dropped_oversize")
             return False
-        if self._standing.is_blocked(str(author)) or self._standing.is_blocked(str(forwarder)):
+        author = _peer_text(msg.from_id)
+        via = _peer_text(forwarder.to_bytes())
+        if self._standing.is_blocked(author) or self._standing.is_blocked(via):
             self._ctx.count("dropped_blocked")
             return False
         fn = self._validators.get(topic)
         if fn is None:
             return True
         try:
-            verdict = fn(str(author), msg.data)
+            verdict = fn(author, msg.data)
         except Exception as exc:
             log.debug("validator of %s raised %r; message dropped", topic, exc)
             self._ctx.count("handler_errors")
@@ -166,18 +181,18 @@ class Gossip:
             return True
         self._ctx.count("dropped_invalid")
         if verdict is PROVABLY_INVALID:
-            self._standing.charge_invalid(str(forwarder))
+            self._standing.charge_invalid(via)
         return False
 
     def _on_message(self, msg: rpc_pb2.Message) -> None:
-        author = ID(msg.from_id)
-        if author == self._ctx.pid:
+        if msg.from_id == self._ctx.pid.to_bytes():
             return
+        author = _peer_text(msg.from_id)
         for topic in msg.topicIDs:
             if topic not in self._subscriptions:
                 continue
             try:
-                self._inbox_send.send_nowait((topic, str(author), msg.data))
+                self._inbox_send.send_nowait((topic, author, msg.data))
             except trio.WouldBlock:
                 self._ctx.count("dropped_inbox_full")
 
@@ -257,6 +272,7 @@ class Gossip:
         return {
             "pubsub_outbound_total": total,
             "pubsub_outbound_max_peer": most,
+            "pubsub_writing": self.pubsub.writing,
             "gossip_inbox": self._inbox_recv.statistics().current_buffer_used,
             "publishes_waiting": self._publishes_pending,
         }

@@ -408,6 +408,8 @@ class MeshHost:
         - ``pubsub_outbound_total``: RPCs waiting in all of py-libp2p's
           per-peer pubsub outbound queues (each holds at most 32).
         - ``pubsub_outbound_max_peer``: RPCs waiting in the fullest one.
+        - ``pubsub_writing``: RPCs taken from those queues whose write to the
+          peer's stream has not finished yet.
         - ``gossip_inbox``: received gossip messages waiting to be handed to
           the subscribers' handlers (at most ``inbox_size``).
         - ``publishes_waiting``: our publishes accepted and not yet handed to

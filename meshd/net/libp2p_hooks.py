@@ -192,6 +192,7 @@ class MeshPubsub(Pubsub):
         self._on_over_budget = on_over_budget
         self._queue_moved = trio.Event()  # set (and replaced) whenever a peer queue pops
         self._stalled: set[ID] = set()  # peers whose full queue did not drain in time
+        self.writing = 0  # RPCs popped from a queue whose write has not returned
 
     # ------------------------------------------------- outbound back-pressure
 
@@ -202,6 +203,14 @@ class MeshPubsub(Pubsub):
         # reports each pop, so publishers waiting for room wake up.
         view = _PopSignallingQueue(queue, lambda: self._on_queue_pop(peer_id))
         await super().handle_sending_messages(peer_id, stream, cast(RpcQueue, view))
+
+    async def write_msg(self, stream: INetStream, rpc_msg: rpc_pb2.RPC) -> bool:
+        # counted, so a clean shutdown can wait until what it queued was written
+        self.writing += 1
+        try:
+            return await super().write_msg(stream, rpc_msg)
+        finally:
+            self.writing -= 1
 
     def _on_queue_pop(self, peer_id: ID) -> None:
         self._stalled.discard(peer_id)
@@ -351,6 +360,54 @@ def _consume_signed_record_once(msg: rpc_pb2.RPC, host: Any, peer_id: ID) -> boo
         while len(memo) > memo.max_peers:
             memo.popitem(last=False)
     return ok
+
+
+class _LocalRecord:
+    """Our own signed peer record as last handed out, and when (monotonic s)."""
+
+    def __init__(self, max_age_s: float) -> None:
+        self.max_age_s = max_age_s
+        self.taken_s = -math.inf
+        self.data = b""
+
+
+_env_to_send = _libp2p_gossipsub.env_to_send_in_RPC
+# libp2p host -> our record as last attached to an RPC, per meshd host
+_local_records: weakref.WeakKeyDictionary[Any, _LocalRecord] = weakref.WeakKeyDictionary()
+
+
+def _env_to_send_reused(host: Any) -> tuple[bytes, bool]:
+    """py-libp2p 0.8.1 calls ``env_to_send_in_RPC`` for every RPC gossipsub
+    publishes or forwards: it rebuilds the host's listen addresses as
+    multiaddrs (parsing strings, base58) to compare them with its cached
+    record. Within ``max_age_s`` of the last call the same bytes are
+    returned; hosts without a memo (:func:`reuse_local_record`) always ask the
+    library."""
+    try:
+        memo = _local_records.get(host)
+    except TypeError:  # a host that cannot be weakly referenced: no memo
+        memo = None
+    if memo is None:
+        return _env_to_send(host)
+    now = time.monotonic()
+    if memo.data and now - memo.taken_s < memo.max_age_s:
+        return memo.data, False
+    data, new = _env_to_send(host)
+    memo.taken_s, memo.data = now, data
+    return data, new
+
+
+def reuse_local_record(host: Any, max_age_s: float) -> None:
+    """Reuse ``host``'s own signed peer record for ``max_age_s`` (0: never) on
+    the RPCs gossipsub sends (idempotent; the lookup it patches is shared by
+    every host in the process, and hosts without a memo are unaffected)."""
+    if max_age_s > 0:
+        try:
+            _local_records.setdefault(host, _LocalRecord(max_age_s))
+        except TypeError:
+            return
+    if getattr(_libp2p_gossipsub, "env_to_send_in_RPC", None) is _env_to_send:
+        _libp2p_gossipsub.env_to_send_in_RPC = _env_to_send_reused
 
 
 def remember_sender_records(host: Any, max_peers: int) -> None:

@@ -93,6 +93,12 @@ class NetParams:
     """Peers whose last verified signed peer record is remembered, so an
     unchanged record is not verified again on every RPC (py-libp2p 0.8.1
     attaches one to each)."""
+    local_record_reuse_s: float = 5.0
+    """How long our own signed peer record, as py-libp2p 0.8.1 attaches it to
+    every pubsub RPC we publish or forward, is reused before the library is
+    asked again (it rebuilds and compares our listen addresses on each call,
+    a large part of forwarding a gossip message). A changed address reaches
+    peers' records at most this late. 0: ask every time."""
     seen_ttl_s: int = 120
     """How long a gossip message id is remembered for de-duplication."""
     inbox_size: int = 1024

@@ -82,6 +82,7 @@ from meshd.core.events import (
     Send,
     SendFailed,
     SetPeerScore,
+    ShutdownRequested,
     StartExecution,
     Tick,
 )
@@ -283,6 +284,8 @@ class Daemon(EffectInterpreter):
         self.metrics_port: int | None = None
         """Port of ``metrics_listen`` (the token-less ``/metrics``), once bound."""
         self.ready = trio.Event()
+        self._publishing = 0
+        """Publishes under way (a clean shutdown waits for them, ``leave``)."""
         self._nursery: trio.Nursery | None = None
         self._reputation: dict[str, float] = {}
         self._staged: list[Append] = []
@@ -551,6 +554,7 @@ class Daemon(EffectInterpreter):
         self.metrics.record(eff.kind, eff.body)
 
     def do_publish(self, eff: Publish) -> None:
+        self._publishing += 1  # counted from now: the task may start later
         self._spawn(self._publish, eff)
 
     def do_send(self, eff: Send) -> None:
@@ -597,6 +601,8 @@ class Daemon(EffectInterpreter):
             await self.host.publish(eff.topic, eff.data)
         except Exception as exc:  # a publish failure is not fatal: adverts repeat, offers re-offer
             log.warning("publish on %s failed: %s", eff.topic, exc)
+        finally:
+            self._publishing -= 1
 
     async def _request_direct(self, peer: str, data: bytes) -> None:
         if self.rp.direct_channels:
@@ -645,6 +651,28 @@ class Daemon(EffectInterpreter):
         done = trio.Event()
         await self._feed(_Awaited(inp, done))
         await done.wait()
+
+    async def leave(self) -> None:
+        """A clean shutdown's first step: the core publishes our leave notice
+        (specs/PROTOCOL.md §7.1), and we wait until it and every publish
+        before it left our gossip queues, at most ``leave_timeout_s``. A
+        daemon that is not running yet just stops."""
+        if self.node is None or not self.ready.is_set():
+            return
+        with trio.move_on_after(self.rp.leave_timeout_s) as scope:
+            await self.submit(ShutdownRequested())
+            while self._publishing or self._gossip_unsent():
+                await trio.sleep(LEAVE_POLL_S)
+        sent = self.node.counters.get("leave_notices_sent", 0)
+        log.info(
+            "leaving the mesh: leave notice %s",
+            "not published" if not sent else "still queued" if scope.cancelled_caught else "sent",
+        )
+
+    def _gossip_unsent(self) -> int:
+        """Gossip RPCs queued for our peers or being written to them."""
+        stats = self.host.queue_stats()
+        return stats["pubsub_outbound_total"] + stats["pubsub_writing"]
 
     async def result_manifest(self, job_id: str) -> dict[str, Any]:
         """``GET /v1/jobs/{id}/manifest``: the accepted result's manifest, the
@@ -732,6 +760,10 @@ class Daemon(EffectInterpreter):
 
     def _put_upload(self, data: bytes) -> str:
         return self.blobs.put(data, essential=False)
+
+
+LEAVE_POLL_S = 0.01
+"""How often a clean shutdown looks whether its leave notice left the gossip queues."""
 
 
 @dataclass(frozen=True)
@@ -824,6 +856,7 @@ def run(config: NodeConfig, identity: Identity, data_dir: Path, overrides: dict[
                     async for signum in signals:
                         log.info("received %s: shutting down", signal.Signals(signum).name)
                         code = EXIT_INTERRUPTED if signum == signal.SIGINT else 0
+                        await daemon.leave()
                         nursery.cancel_scope.cancel()
                         break
                 finally:

@@ -31,6 +31,11 @@ class RuntimeParams:
     one synced write before any of their effects is carried out."""
     load_report_ms: int = 1_000
     """How often the core is told how congested the inbox is (``InboxLoad``)."""
+    leave_timeout_s: float = 2.0
+    """How long a clean shutdown (SIGTERM, SIGINT, ``mesh stop``) waits for
+    the node's leave notice (specs/PROTOCOL.md §7.1) to be handed to its
+    gossip peers before it stops anyway; peers that miss it drop the node
+    when its advert expires."""
     max_concurrent_fetches: int = 8
     """Blob transfers (inputs, outputs) in flight at once."""
     blob_requests_per_s: float = 100.0

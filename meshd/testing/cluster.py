@@ -8,6 +8,7 @@ Only the *scheduling* is shared: all daemons run in one trio run.
 Faults, as one-liners (after etcd-raft's test network): :meth:`Cluster.kill`
 (cancel a node's task: its listener closes, its log is closed as on a crash
 of the process, nothing is flushed that was not already durable),
+:meth:`Cluster.stop` (a clean stop: the leave notice first, then as ``kill``),
 :meth:`Cluster.restart` (same data dir and key), :meth:`Cluster.partition`
 (daemons drop all traffic with the other group) and :meth:`Cluster.heal`;
 misbehaving executors (liars, noise) through ``wrap_executor`` (see
@@ -195,6 +196,12 @@ class Cluster:
         m.scope.cancel()
         await m.done.wait()
         m.daemon = None
+
+    async def stop(self, i: int) -> None:
+        """A clean stop, as on SIGTERM: the daemon publishes its leave notice
+        (``Daemon.leave``), then its task is cancelled as by :meth:`kill`."""
+        await self.daemon(i).leave()
+        await self.kill(i)
 
     async def restart(self, i: int) -> Daemon:
         if self.members[i].daemon is not None:

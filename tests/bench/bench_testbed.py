@@ -43,6 +43,7 @@ import os
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -52,7 +53,7 @@ from typing import Any
 
 from meshd.testing import netns
 from meshd.testing.netns import NetnsDaemon, Testbed
-from meshd.testing.procs import FAST_PARAMS
+from meshd.testing.procs import FAST_PARAMS, DaemonProcess
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 ADVERTS_RECEIVED = "accepted_advert"
@@ -80,7 +81,7 @@ def daemon_pid(d: NetnsDaemon) -> int:
     return pid
 
 
-def counters(d: NetnsDaemon) -> dict[str, int]:
+def counters(d: DaemonProcess) -> dict[str, int]:
     st = d.status()
     assert st is not None, d.data_dir
     return dict(st["counters"])
@@ -90,6 +91,22 @@ def diagnosis(c: dict[str, int]) -> dict[str, int]:
     """The counters that say why adverts might not arrive."""
     keys = ("advert", "reject", "rate", "gossip", "dial", "px", "peers", "drop", "inbox")
     return {k: v for k, v in sorted(c.items()) if v and any(x in k for x in keys)}
+
+
+def stop_together(daemons: list[DaemonProcess], timeout_s: float = 20.0) -> None:
+    """SIGTERM every daemon at once, then wait for them all (up to ``timeout_s``
+    together); SIGKILL any still running then."""
+    for d in daemons:
+        if d.proc is not None and d.proc.poll() is None:
+            d.proc.terminate()
+    deadline = time.monotonic() + timeout_s
+    for d in daemons:
+        if d.proc is not None:
+            try:
+                d.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                d.proc.kill()
+                d.proc.wait()
 
 
 def pct(values: list[float], q: float) -> float:
@@ -254,16 +271,7 @@ def main() -> int:
         return 1
     finally:
         signal.alarm(0)
-        for d in daemons:  # SIGTERM all at once; close() SIGKILLs what is left
-            if d.proc is not None and d.proc.poll() is None:
-                d.proc.terminate()
-        deadline = time.monotonic() + 20
-        for d in daemons:
-            if d.proc is not None:
-                try:
-                    d.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-                except Exception:
-                    pass
+        stop_together(daemons)  # bed.close() SIGKILLs what is left
         bed.close()
         shutil.rmtree(root, ignore_errors=True)
     print(f"done in {time.monotonic() - t0:.0f}s")
