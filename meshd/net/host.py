@@ -276,6 +276,15 @@ class MeshHost:
         ``topic`` (not our own). A second call replaces the handler."""
         self._gossip.subscribe(topic, handler)
 
+    def unsubscribe(self, topic: str) -> None:
+        """Stop delivering ``topic`` and leave its GossipSub mesh (publishing
+        on it still works, through fanout)."""
+        self._gossip.unsubscribe(topic)
+
+    def subscribed(self) -> list[str]:
+        """The topics this host subscribes to."""
+        return self._gossip.subscribed()
+
     def set_topic_validator(self, topic: str, fn: TopicValidator) -> None:
         """``fn(author_peer_id, data) -> bool``, sync and cheap. False drops the
         message before it is delivered or forwarded (counted ``dropped_invalid``).
