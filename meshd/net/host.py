@@ -37,7 +37,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import multiaddr
@@ -275,6 +275,12 @@ class MeshHost:
         """Deliver ``handler(author_peer_id, data)`` for each new message on
         ``topic`` (not our own). A second call replaces the handler."""
         self._gossip.subscribe(topic, handler)
+
+    def want_peers(self, fn: Callable[[str], bool]) -> None:
+        """Discovery keeps ``wanted_peers`` of the peers ``fn(peer_id)``
+        accepts connected, besides ``target_peers`` in all (meshd: the peers of
+        its advert shard, whose topic only they share)."""
+        self._discovery.wanted = fn
 
     def unsubscribe(self, topic: str) -> None:
         """Stop delivering ``topic`` and leave its GossipSub mesh (publishing

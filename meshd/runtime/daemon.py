@@ -93,7 +93,7 @@ from meshd.core.logrecord import AppendItem
 from meshd.core.manifest import ManifestError, countersign, manifest_body
 from meshd.core.node import Node
 from meshd.core.params import CoreParams
-from meshd.core.peers import parse_advert_topic
+from meshd.core.peers import parse_advert_topic, shard_of
 from meshd.exec.base import ExecParams, Executor
 from meshd.net.errors import PeerUnreachable, RemoteError
 from meshd.net.host import MeshHost
@@ -586,6 +586,9 @@ class Daemon(EffectInterpreter):
         for topic in eff.topics:
             if topic not in self.host.subscribed():
                 self._subscribe(topic)
+        shards = [s for s in map(parse_advert_topic, eff.topics) if s is not None]
+        # a topic's GossipSub mesh is made of connected peers: keep some of our shard's
+        self.host.want_peers(lambda peer: any(shard_of(peer, n) == i for n, i in shards))
         log.info("advert topics now %s", ", ".join(eff.topics))
 
     def _subscribe(self, topic: str) -> None:
