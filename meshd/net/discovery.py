@@ -165,8 +165,10 @@ class Discovery:
         self._known: collections.OrderedDict[str, int] = collections.OrderedDict()  # -> fails
         self._wake = trio.Event()
         self._mdns_handler: Callable[[Any], None] | None = None
-        self.wanted: Callable[[str], bool] = lambda peer_id: False
-        """Peers the app wants among its connections (``wanted_peers`` of them)."""
+        self.wanted: Callable[[str], bool] = lambda peer_id: True
+        """Peers the app wants among its connections (``wanted_peers`` of
+        them); every peer until it says otherwise (then only ``target_peers``
+        and ``max_peers`` matter, as ``wanted_peers`` ≤ ``target_peers``)."""
         ctx.libp2p.get_network().register_notifee(_ConnectionWatch(self._on_connected))
         reqresp.handle(px.PX_PROTOCOL, self._serve_px, internal=True)
         standing.on_block(self._forget)
