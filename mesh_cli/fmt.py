@@ -58,3 +58,20 @@ def fmt_bytes(n: Any) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return "-"
+
+
+def membership_line(m: dict[str, Any]) -> str:
+    """The mesh's estimated size, this node's advert shard and its heartbeat
+    (specs/PROTOCOL.md §5.2): which peers ``mesh peers`` can show."""
+    shards = m.get("shards") or 1
+    if shards > 1:
+        hears = fmt_num(-(-(m.get("est_nodes") or 0) // shards))
+        where = f"advert shard {dash(m.get('shard'))} of {shards} (hears about {hears} nodes)"
+    else:
+        where = "one advert shard (hears every node)"
+    if m.get("shards_from"):
+        where += f", changing from {m.get('shards_from')} shards"
+    return (
+        f"about {fmt_num(m.get('est_nodes'))} nodes, {where}, "
+        f"heartbeat every {fmt_duration((m.get('advert_interval_ms') or 0) / 1000)}"
+    )

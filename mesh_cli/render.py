@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from mesh_cli.fmt import dash, fmt_duration, fmt_num, fmt_ts, short_id
+from mesh_cli.fmt import dash, fmt_duration, fmt_num, fmt_ts, membership_line, short_id
 from mesh_cli.plaintext import PIPE_WIDTH
 
 BODY_PREVIEW_CHARS = 70
@@ -81,6 +81,9 @@ def _kv_grid() -> Table:
 
 def render_peers(data: dict[str, Any], console: Console) -> None:
     peers = data.get("peers") or []
+    membership = data.get("membership")
+    if membership:
+        console.print(f"mesh: {membership_line(membership)}")
     if not peers:
         console.print("no peers known yet (check `bootstrap` in config.toml, or wait for mDNS)")
         return

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mesh_cli.fmt import dash, fmt_bytes, fmt_duration, fmt_num, short_id
+from mesh_cli.fmt import dash, fmt_bytes, fmt_duration, fmt_num, membership_line, short_id
 from mesh_cli.plaintext import Span, Text, TextOut
 
 
@@ -124,6 +124,9 @@ def render_status(st: dict[str, Any], out: TextOut) -> None:
             f"capacity {dash(load.get('capacity'))}",
         )
     )
+    membership = st.get("membership")
+    if membership:
+        rows.append(("membership", membership_line(membership)))
     lg = st.get("log") or {}
     rows.append(
         (

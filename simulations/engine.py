@@ -39,24 +39,26 @@ them from 16 peers (``receipt_fanout`` knob). This thins the
 remote reputation evidence (attestations) a node gets, so it understates how
 fast gossip spreads news of a liar; origins' own observations are unaffected.
 
-*Adverts* are paced, timed and kept by the core itself, as in the daemon
-(specs/PROTOCOL.md §6, §7.1): each node heartbeats at the interval its own
-mesh-size estimate gives, advertises changes within the same token rate,
-carries the scaled TTL, and keeps a view of at most ``advert_view_max``
-peers by the core's eviction rule. One shared decoded advert object per
-publish is delivered to its receivers in one heap event. Up to 2,000 nodes
-every advert reaches every node (``advert_reach``); the N² boot adverts
-(every node's first advert reaches all) are what bounds that. Beyond, each
-publisher's adverts reach 128 nodes drawn from the seed: a node then hears
-about 128 publishers, so its size estimate, and with it its heartbeat
-interval, is that of a 129-node mesh; what each node receives per second is
-still about ``advert_rate_budget``, but the daemon's ceiling
-(``advert_interval_max_ms``) is never reached. A restarted node is told of
-three live peers (``PeerConnected``), as the daemon reports its first
-connections, and pulls their adverts (§7.8). Bidding does not read the view:
-offers reach every node. Because views are partial, an origin often has no
-advert for the worker it awarded, and credits it its bid price
-(``Ledger.run_credits``).
+*Adverts* are paced, timed, kept and sharded by the core itself, as in the
+daemon (specs/PROTOCOL.md §5.2, §6, §7.1): each node heartbeats at the
+interval its own estimate of its shard gives, advertises changes within the
+same token rate, carries the scaled TTL, keeps a view of at most
+``advert_view_max`` peers by the core's eviction rule, and moves between
+shard counts by the core's rule, telling the engine its adverts topics
+(``AdvertTopics``). An advert reaches the nodes listening on the topic it
+was published on when it arrives (one heap event per publish, one shared
+decoded object for all of them): its shard, and during a change of shard
+count the old shard's topic too. The mesh starts as a grown one: every node
+starts in the shard count its size gives (:func:`grown_shards`, the count
+the daemon's rule settles on as a mesh grows), so boot adverts reach a
+shard (the daemon's mesh would have grown into it; a simulated boot of N
+nodes in one shard would cost N² steps). A restarted node starts afresh in
+one shard, as a daemon does, is told of three live peers
+(``PeerConnected``), as the daemon reports its first connections, pulls
+their adverts (§7.8) and follows the shard count they carry. Bidding does
+not read the view: offers reach every node. Because views are partial, an
+origin often has no advert for the worker it awarded, and credits it its
+bid price (``Ledger.run_credits``).
 
 CPU model (knob ``cpu_model``, off by default)
 ----------------------------------------------
@@ -100,6 +102,7 @@ import numpy as np
 from meshd.core.events import (
     TOPIC_ADVERTS,
     TOPIC_OFFERS,
+    AdvertTopics,
     Append,
     BlobFetched,
     CancelExecution,
@@ -129,6 +132,7 @@ from meshd.core.inbox import Inbox, InboxParams, Lane, direct_lane
 from meshd.core.interpreter import EffectInterpreter, UnknownEffect
 from meshd.core.node import Node
 from meshd.core.params import CoreParams
+from meshd.core.peers import parse_advert_topic, shard_count_for
 from meshd.core.wire import Opened
 
 from .codec import SimCodec, as_wire
@@ -140,10 +144,6 @@ from .workload import Hardware, JobPlan, lie_digest
 EV_INPUT, EV_LOCAL, EV_TICK, EV_FINISH, EV_OFFER, EV_ADVERT, EV_CALL, EV_CPU, EV_DONE, EV_LOAD = (
     range(10)
 )
-ADVERT_FULL_NODES = 2_000
-"""Up to this many nodes every advert reaches every node (knob ``advert_reach``)."""
-ADVERT_SAMPLED_REACH = 128
-"""Beyond, each publisher's adverts reach this many nodes drawn from the seed."""
 RESTART_CONNECTIONS = 3
 """Live peers a restarted node is told it connected to (``PeerConnected``)."""
 RECEIPT_SAMPLED_REACH = 16
@@ -196,6 +196,16 @@ MSG_CODES = {
         ]
     )
 }
+
+
+def grown_shards(params: CoreParams, nodes: int) -> int:
+    """The shard count a mesh of ``nodes`` nodes settles on as it grows: the
+    core's rule (:func:`shard_count_for`) applied from one shard until it
+    keeps the count."""
+    shards = 1
+    while (nxt := shard_count_for(params, nodes, shards)) > shards:
+        shards = nxt
+    return shards
 
 
 class SimFailure(Exception):
@@ -284,6 +294,9 @@ class SlotEffects(EffectInterpreter):
     def do_set_peer_score(self, eff: SetPeerScore) -> None:
         self._count(eff)
 
+    def do_advert_topics(self, eff: AdvertTopics) -> None:
+        self.engine.set_advert_topics(self.slot.idx, eff.topics)
+
     def _count(self, eff: Any) -> None:
         stats, name = self.engine.stats, type(eff).__name__
         stats[name] = stats.get(name, 0) + 1
@@ -359,13 +372,15 @@ class Engine:
             self.by_peer[ident.peer_id] = i
         self.interpreters = [SlotEffects(self, slot) for slot in self.slots]
         """Each node's effect interpreter, by slot index."""
-        reach = (
-            knobs.advert_reach
-            if knobs.advert_reach >= 0
-            else (0 if len(hw) <= ADVERT_FULL_NODES else ADVERT_SAMPLED_REACH)
-        )
-        self.subscribers = self._draw_views(len(hw), reach) if reach else None
-        """Per publisher, who gets its adverts (None: every node)."""
+        self.advert_members: dict[str, dict[int, None]] = {}
+        """Per adverts topic, the nodes listening on it (in the order they joined)."""
+        self.advert_topics_of: list[tuple[str, ...]] = [()] * len(hw)
+        """Per node, the adverts topics it listens on (its last ``AdvertTopics``)."""
+        shards = grown_shards(params, len(hw))
+        for slot in self.slots:
+            self.set_advert_topics(slot.idx, (TOPIC_ADVERTS,))
+            if shards > 1:
+                self.apply(slot, slot.node.start_in_shards(shards))
         rf = (
             knobs.receipt_fanout
             if knobs.receipt_fanout >= 0
@@ -391,6 +406,15 @@ class Engine:
             for j in self.rng_adv.sample(range(n - 1), k):
                 subs[j if j < i else j + 1].append(i)
         return subs
+
+    def set_advert_topics(self, idx: int, topics: tuple[str, ...]) -> None:
+        """Node ``idx`` listens on exactly ``topics`` among the adverts topics."""
+        for t in self.advert_topics_of[idx]:
+            if t not in topics:
+                self.advert_members[t].pop(idx, None)
+        for t in topics:
+            self.advert_members.setdefault(t, {})[idx] = None
+        self.advert_topics_of[idx] = topics
 
     def boot(self, slot: Slot, delay_ms: int) -> None:
         self.at(self.now + delay_ms, EV_LOCAL, (slot.idx, slot.incarnation, slot.hw.caps()))
@@ -700,7 +724,7 @@ class Engine:
 
     def _publish(self, slot: Slot, eff: Publish) -> None:
         data = eff.data
-        if eff.topic == TOPIC_ADVERTS:
+        if parse_advert_topic(eff.topic) is not None:
             self.at(
                 self.now + self.latency(),
                 EV_ADVERT,
@@ -728,8 +752,7 @@ class Engine:
     def _advert_cast(self, p: tuple[int, GossipReceived]) -> None:
         src, inp = p
         loss = self.knobs.gossip_loss
-        targets = self.subscribers[src] if self.subscribers is not None else range(len(self.slots))
-        for i in targets:
+        for i in list(self.advert_members.get(inp.topic, ())):
             if i == src:
                 continue
             if self.reachable(src, i) and not (loss and self.rng_net.random() < loss):
@@ -923,6 +946,7 @@ class Engine:
         slot.incarnation += 1
         slot.node = self._new_node(slot.identity)
         slot.alive = True
+        self.set_advert_topics(slot.idx, (TOPIC_ADVERTS,))  # a new process: one shard
         records = pickle.loads(pickle.dumps(slot.log))  # a fresh read of the durable log
         try:
             effects = slot.node.restore(records)

@@ -33,11 +33,6 @@ class Knobs:
     connect_timeout_ms: int = 1_000
     """Delay before a send to an unreachable peer is reported as failed."""
     # --- gossip modelling (see engine.py, "Scale")
-    advert_reach: int = -1
-    """Nodes each advert is delivered to: -1 auto (every node up to 2,000 nodes,
-    else 128 drawn per publisher), 0 every node, k that many. Pacing, TTLs and
-    the view are the core's own (``CoreParams``); this only bounds the
-    simulator's work at sizes where every copy would cost it N² steps."""
     receipt_fanout: int = -1
     """Receipt/attestation gossip reach: -1 auto (all up to 256 nodes, else 16), 0 all, k peers."""
     gossip_mode: str = "lazy"

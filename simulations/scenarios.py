@@ -464,6 +464,7 @@ class Run:
         live = [s.node for s in e.slots if s.alive]
         est = sorted(node.peers.est_nodes() for node in live)
         intervals = sorted(node.worker.advert_interval() for node in live)
+        shards = sorted(node.peers.shards for node in live)
         return {
             "adverts_received_per_node_per_s": round(recv_rate, 3),
             "adverts_sent_per_node_per_s": round(
@@ -473,6 +474,7 @@ class Run:
             "daemon_us_per_advert": DAEMON_ADVERT_US,
             "est_nodes_median": est[len(est) // 2] if est else 0,
             "advert_interval_ms_median": intervals[len(intervals) // 2] if intervals else 0,
+            "advert_shards_median": shards[len(shards) // 2] if shards else 0,
             "view_size_max": max((len(node.peers) for node in live), default=0),
         }
 

@@ -52,6 +52,16 @@ def tar_bytes(files: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
+MEMBERSHIP = {
+    "est_nodes": 9_800,
+    "shards": 16,
+    "shard": 5,
+    "shards_from": 8,
+    "advert_topics": ["/meshd/adverts/1/16/5", "/meshd/adverts/1/8/2"],
+    "advert_interval_ms": 460_000,
+}
+
+
 def status_doc(peer_id: str) -> dict[str, Any]:
     return {
         "peer_id": peer_id,
@@ -80,6 +90,7 @@ def status_doc(peer_id: str) -> dict[str, Any]:
         "load": {"running": 1, "queued": 0, "capacity": 4},
         "log": {"head_seq": 42, "head_hash": "ab" * 32},
         "counters": {"offers_seen": 12, "bids_sent": 3, "declines_sent": 9},
+        "membership": MEMBERSHIP,
         "disk": {
             "blobs": {
                 "bytes": 3 * 2**20 // 2,
@@ -106,6 +117,7 @@ def status_doc(peer_id: str) -> dict[str, Any]:
 
 
 PEERS = {
+    "membership": MEMBERSHIP,
     "peers": [
         {
             "peer_id": WORKER,
@@ -124,7 +136,7 @@ PEERS = {
             "last_seen_s": 1.2,
             "expires_in_s": 8.8,
         }
-    ]
+    ],
 }
 
 CREDITS = {
@@ -454,6 +466,17 @@ async def test_status_shows_the_nodes_standing(daemon: FakeDaemon, data_dir: Pat
         in disk
     )
     assert "run dirs 1 (3 orphans removed" in disk and "event log 2.0 MiB" in disk
+    assert (
+        "about 9,800 nodes, advert shard 5 of 16 (hears about 613 nodes), changing from 8 "
+        "shards, heartbeat every 7m40s" in disk
+    )
+
+
+async def test_peers_says_which_advert_shard_it_lists(daemon: FakeDaemon, data_dir: Path) -> None:
+    proc = await mesh(data_dir, "peers")
+    text = " ".join(out(proc).split())
+    assert proc.returncode == 0 and WORKER[:12] in text
+    assert "mesh: about 9,800 nodes, advert shard 5 of 16" in text
 
 
 async def test_job_explains_why_nobody_took_it(daemon: FakeDaemon, data_dir: Path) -> None:

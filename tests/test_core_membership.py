@@ -16,6 +16,7 @@ from meshd.core.events import (
     ExecutorHealth,
     GossipReceived,
     PeerConnected,
+    Publish,
     Send,
     ShutdownRequested,
 )
@@ -23,7 +24,15 @@ from meshd.core.identity import Identity
 from meshd.core.jobspec import JobSpec, parse_job_spec
 from meshd.core.lifecycle import TERMINAL
 from meshd.core.params import CoreParams
-from meshd.core.peers import PeerTable, advert_interval_for, advert_ttl_for
+from meshd.core.peers import (
+    PeerTable,
+    advert_interval_for,
+    advert_topic,
+    advert_ttl_for,
+    parse_advert_topic,
+    shard_count_for,
+    shard_of,
+)
 from meshd.core.wire import (
     LEAVE_TTL_MS,
     PROTOCOL_VERSION,
@@ -334,3 +343,165 @@ def test_heartbeats_never_look_like_a_leave_notice() -> None:
     tiny = dataclasses.replace(CoreParams(), advert_ttl_ms=1, advert_interval_ms=1)
     assert advert_ttl_for(tiny, 1) > LEAVE_TTL_MS
     assert not advert().leaving and advert(ttl_ms=LEAVE_TTL_MS).leaving
+
+
+# ------------------------------------------------------------ advert shards (§5.2)
+
+SHARDED = dataclasses.replace(SINGLE, advert_shard_nodes=3, advert_shard_transition_ms=30_000)
+"""Shards of at most three nodes: a dozen nodes behave like a mesh of thousands."""
+
+
+def test_shards_nest_and_their_topics_parse() -> None:
+    ids = [Identity.from_seed_int(i).peer_id for i in range(200)]
+    for p in ids:
+        assert advert_topic(p, 1) == TOPIC_ADVERTS
+        for s in (2, 4, 1024):
+            # a shard splits into two: a node's shard at 2S lies in its shard at S
+            assert shard_of(p, 2 * s) // 2 == shard_of(p, s)
+            assert parse_advert_topic(advert_topic(p, s)) == (s, shard_of(p, s))
+    assert len({shard_of(p, 4) for p in ids}) == 4
+    assert parse_advert_topic(TOPIC_ADVERTS) == (1, 0)
+    for bad in (
+        "/meshd/adverts/1/3/0",
+        "/meshd/adverts/1/4/4",
+        "/meshd/adverts/1/04/1",
+        "/meshd/adverts/1/4",
+        "/meshd/adverts/1/1/0",
+        "/meshd/offers/1",
+        "/meshd/adverts/1/131072/0",
+        "/meshd/adverts/1/4/-1",
+    ):
+        assert parse_advert_topic(bad) is None, bad
+
+
+def test_shard_count_splits_above_the_target_and_merges_below_a_quarter() -> None:
+    p = CoreParams()
+    assert p.advert_shard_nodes == 1_000
+    assert shard_count_for(p, 1_000, 1) == 1  # a mesh up to the target: the plain topic
+    assert shard_count_for(p, 1_001, 1) == 2
+    assert shard_count_for(p, 10_000, 8) == 16 and shard_count_for(p, 10_000, 16) == 16
+    # hysteresis: a split shard (half the target) stays split until it halves again
+    assert shard_count_for(p, 1_001, 2) == 2
+    assert shard_count_for(p, 500, 2) == 2
+    assert shard_count_for(p, 499, 2) == 1
+    assert shard_count_for(dataclasses.replace(p, advert_shard_nodes=0), 10**6, 1) == 1
+
+
+def test_the_size_sketch_of_one_shard_estimates_the_mesh() -> None:
+    me = Identity.from_seed_int(1).peer_id
+    table = PeerTable(128, sketch_k=256)
+    table.set_shards(me, 8, None)
+    for i in range(8_000):
+        table.update(f"peer-{i}", advert(), 0)
+    # only the peers of our shard (about 1,000) were counted, scaled by 8
+    assert 7_000 <= table.est_nodes() <= 9_000, table.est_nodes()
+    assert 875 <= table.shard_nodes() <= 1_125
+    assert table.full()  # peers of other shards exist that we never hear of
+    # a split keeps the estimate at once: the peers kept of the new half are
+    # a fair sample of it (the size hash is not the shard hash)
+    whole = PeerTable(128, sketch_k=256)
+    for i in range(8_000):
+        whole.update(f"peer-{i}", advert(), 0)
+    before = whole.est_nodes()
+    assert 7_000 <= before <= 9_000, before
+    whole.set_shards(me, 2, 1)
+    assert 0.85 * before <= whole.est_nodes() <= 1.15 * before, whole.est_nodes()
+    small = PeerTable(128, sketch_k=256)
+    small.set_shards(me, 4, None)
+    for i in range(40):
+        small.update(f"peer-{i}", advert(), 0)
+    inside = sum(shard_of(f"peer-{i}", 4) == shard_of(me, 4) for i in range(40))
+    assert small.est_nodes() == round((inside + 1) * 4)  # exact below k, us included
+
+
+def _topics(net: CoreNet, i: int) -> tuple[str, ...]:
+    return net.slots[net.order[i]].advert_topics
+
+
+def test_a_growing_mesh_splits_its_adverts_and_moves_without_losing_anyone() -> None:
+    """Twelve nodes with shards of at most three: each node moves to more
+    shards one step per transition; during a step it publishes and listens
+    on both topics, after it on its new shard's alone; in the end each node
+    hears only its own shard, and a peer it no longer hears is not lost to
+    placement."""
+    net = CoreNet(12, seed=11, params=SHARDED)
+    net.run_for(SHARDED.advert_ttl_ms + 1_000)  # the first review of the shard count
+    node = net.node(0)
+    assert node.peers.shards == 2 and node.peers.shards_from == 1  # the first step
+    assert set(_topics(net, 0)) == {TOPIC_ADVERTS, advert_topic(net.order[0], 2)}
+    node.worker.advertise_now()
+    published = [e.topic for e in node.ctx.take_effects() if isinstance(e, Publish)]
+    assert set(published) == set(_topics(net, 0)), "both topics during the change"
+    net.run_for(6 * SHARDED.advert_shard_transition_ms)
+    for i in range(12):
+        n = net.node(i)
+        assert n.peers.shards_from is None and n.peers.shards >= 2, (i, n.peers.shards)
+        assert _topics(net, i) == (advert_topic(net.order[i], n.peers.shards),)
+        mine = shard_of(net.order[i], n.peers.shards)
+        heard = {e.peer_id for e in n.peers.alive(net.now_ms)}
+        assert all(shard_of(p, n.peers.shards) == mine for p in heard), i
+        assert len(heard) < 11
+        assert n.counters["rejected_wrong_shard"] == 0
+        # whoever hashes into our shard is in the same count, so we hear each other
+        for j in range(12):
+            if shard_of(net.order[j], n.peers.shards) == mine:
+                assert net.node(j).peers.shards == n.peers.shards, (i, j)
+                assert j == i or net.order[j] in heard, (i, j)
+    assert max(net.node(i).peers.shards for i in range(12)) >= 4, "no second split"
+    # everyone still gets offers and work: jobs from every node succeed, on
+    # workers outside the origin's shard too
+    jobs = [(i, net.submit(i, spec())) for i in range(12) for _ in range(2)]
+    assert net.run_until(
+        lambda: all(net.job(i, j).state in TERMINAL for i, j in jobs), max_ms=600_000
+    )
+    assert all(net.job(i, j).state == "succeeded" for i, j in jobs)
+    outside = [
+        r.worker
+        for i, j in jobs
+        for r in net.job(i, j).runs.values()
+        if net.node(i).peers.get(r.worker) is None and r.worker != net.order[i]
+    ]
+    assert outside, "every job ran inside its origin's shard"
+
+
+def test_an_advert_on_another_shard_s_topic_is_refused() -> None:
+    net = CoreNet(2, seed=12, params=SINGLE)
+    net.run_for(3_000)
+    sender = net.order[1]
+    wrong = next(s for s in range(4) if s != shard_of(sender, 4))
+    node = net.node(0)
+    node.step(
+        GossipReceived(f"/meshd/adverts/1/4/{wrong}", sender, net.node(1).worker.last_advert),
+        net.now_ms,
+    )
+    assert node.counters["rejected_wrong_shard"] == 1
+    node.step(GossipReceived("/meshd/adverts/1/3/0", sender, b"x"), net.now_ms)
+    assert node.counters["rejected_unknown_topic"] == 1
+
+
+def test_a_newcomer_follows_the_shard_count_it_is_told_of() -> None:
+    """A node that starts into a sharded mesh (in one shard, hearing nobody
+    on the plain topic) takes the count the adverts it pulls carry, though
+    the one advert it holds makes its own estimate too small for that
+    count, and announces itself on its shard at once."""
+    params = dataclasses.replace(SHARDED, advert_pull_max=1)
+    net = CoreNet(8, seed=0, params=params)
+    net.run_for(4 * SHARDED.advert_shard_transition_ms)
+    assert {net.node(i).peers.shards for i in range(8)} == {4}
+    shards = {shard_of(p, 4) for p in net.order}
+    seed = next(
+        s for s in range(90, 200) if shard_of(Identity.from_seed_int(s).peer_id, 4) in shards
+    )
+    new = _newcomer(net, seed)  # one whose shard has nodes in it
+    net.run_for(1_000)
+    assert net.node(new).peers.shards == 1
+    net.input(new, PeerConnected(net.order[0]))
+    net.run_for(300)  # the pull's round trip, well within a heartbeat interval
+    node = net.node(new)
+    assert node.counters["relayed_adverts"] == 1  # an estimate of 2: four shards would not fit
+    assert node.peers.shards == 4 and node.counters["advert_shard_changes"] == 1
+    assert advert_topic(new, node.peers.shards) in _topics(net, -1)
+    mates = [
+        net.node(i) for i in range(8) if advert_topic(new, node.peers.shards) in _topics(net, i)
+    ]
+    assert mates and all(m.peers.get(new) is not None for m in mates)

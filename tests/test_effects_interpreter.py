@@ -40,7 +40,7 @@ class Teleport:
 
 def test_the_union_is_what_the_core_returns() -> None:
     assert EFFECT_TYPES == get_args(events.Effect)
-    assert len(EFFECT_TYPES) == 11 and Append in EFFECT_TYPES and Send in EFFECT_TYPES
+    assert len(EFFECT_TYPES) == 12 and Append in EFFECT_TYPES and Send in EFFECT_TYPES
 
 
 @pytest.mark.parametrize("shell", SHELLS, ids=lambda c: c.__name__)
@@ -106,6 +106,7 @@ def test_a_handler_left_abstract_is_reported_and_the_shell_cannot_be_built() -> 
         def do_run_checker(self, eff: Any) -> None: ...
         def do_fetch_log(self, eff: Any) -> None: ...
         def do_set_peer_score(self, eff: Any) -> None: ...
+        def do_advert_topics(self, eff: Any) -> None: ...
 
     assert missing_handlers(Partial) == [JobLog]
     with pytest.raises(TypeError, match="do_job_log"):

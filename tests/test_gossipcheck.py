@@ -16,6 +16,7 @@ from meshd.core.events import TOPIC_ADVERTS, TOPIC_OFFERS, GossipReceived
 from meshd.core.identity import Identity
 from meshd.core.node import Node
 from meshd.core.params import CoreParams
+from meshd.core.peers import advert_topic, shard_of
 from meshd.core.wire import Advert, Bid, seal
 from meshd.net import PROVABLY_INVALID
 from meshd.runtime.gossipcheck import CachingCodec, GossipValidator
@@ -113,3 +114,17 @@ def test_validator_never_raises() -> None:
     )  # wrong channel first
     assert not v.for_topic(TOPIC_ADVERTS)(ALICE.peer_id, sealed(ALICE, advert()))
     assert v.rejected["validator_error"] == 1
+
+
+def test_an_advert_on_another_shard_s_topic_is_dropped_before_it_is_opened() -> None:
+    """specs/PROTOCOL.md §5.2: a shard's topic carries its own peers' adverts
+    only; the author's shard is read off its id, before any signature check."""
+    _, codec, v = setup()
+    mine = shard_of(ALICE.peer_id, 4)
+    good = sealed(ALICE, advert())
+    assert v.for_topic(advert_topic(ALICE.peer_id, 4))(ALICE.peer_id, good) is True
+    other = f"/meshd/adverts/1/4/{(mine + 1) % 4}"
+    opened = codec.cached()
+    assert not v.for_topic(other)(ALICE.peer_id, sealed(ALICE, advert(2)))
+    assert v.rejected["wrong_shard"] == 1
+    assert codec.cached() == opened, "its signature was checked"

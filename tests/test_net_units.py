@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from meshd.core.identity import Identity
 from meshd.net import NetParams
-from meshd.net.discovery import concrete_addrs, interface_ipv4s
+from meshd.net.discovery import concrete_addrs, interface_ipv4s, pick_dials
 from meshd.net.framing import (
     FrameReader,
     FrameTooLarge,
@@ -213,3 +213,20 @@ def test_interface_addresses_leave_out_loopback() -> None:
     ips = interface_ipv4s()
     assert all(not ip.startswith("127.") for ip in ips)
     assert all(len(ip.split(".")) == 4 for ip in ips)
+
+
+def test_discovery_dials_wanted_peers_beyond_the_target_within_max_peers() -> None:
+    """A node keeps ``wanted_peers`` of the peers it wants (its advert
+    shard's, specs/PROTOCOL.md §5.2) connected even when it has
+    ``target_peers`` connections already, and never dials past ``max_peers``."""
+    p = NetParams(target_peers=4, wanted_peers=2, max_peers=6)
+    wanted = {"w1", "w2", "w3"}.__contains__
+    known = ["a", "w1", "b", "w2", "c", "w3"]  # newest first
+    # short of both: the wanted first, then the newest others up to the target
+    assert pick_dials(known, set(), wanted, p) == ["w1", "w2", "a", "b"]
+    # at the target with no wanted peer: only wanted ones are dialled
+    assert pick_dials(known, {"x", "y", "z", "v"}, wanted, p) == ["w1", "w2"]
+    # at max_peers: nothing
+    assert pick_dials(known, {"x", "y", "z", "v", "u", "t"}, wanted, p) == []
+    # enough wanted connected: the plain target rule
+    assert pick_dials(known, {"w9", "w8"}, {"w9", "w8"}.__contains__, p) == ["a", "w1"]

@@ -11,10 +11,11 @@ import sys
 
 import pytest
 
+from meshd.core.peers import advert_topic, shard_of
 from meshd.core.wire import Opened, Rejected
 from simulations.__main__ import main
 from simulations.codec import Forged, SimCodec
-from simulations.scenarios import RunConfig, run
+from simulations.scenarios import Run, RunConfig, run
 
 # Core bug found by the simulator (fixed): origin_award_failed() iterated job.runs
 # while _run_refused -> _award_next -> _award inserted into it (RuntimeError:
@@ -137,6 +138,52 @@ def test_lazy_offer_walk_gives_the_same_placement_as_full_gossip() -> None:
     full = _check("load", 2, nodes=20, jobs=60, load="0.7", gossip_mode="full")
     assert full["counters"]["bid_late"] > 0 and lazy["counters"]["bid_late"] == 0
     assert full["completion_mean_s"] == pytest.approx(lazy["completion_mean_s"], rel=0.15)
+
+
+def _membership(nodes: int, shard_nodes: int) -> tuple[dict, Run]:
+    r = run(
+        RunConfig(
+            "load",
+            1,
+            nodes,
+            40,
+            {
+                "load": "0.5",
+                "core.advert_shard_nodes": str(shard_nodes),
+                # the ceiling that binds beyond 960 nodes at the defaults binds
+                # here beyond 20: a 20-node shard heartbeats every 15 s
+                "core.advert_interval_max_ms": "15000",
+            },
+        )
+    )
+    assert r.result["ok"] and r.result["succeeded"] == 40, r.result["failure"]
+    return r.result["membership"], r
+
+
+def test_adverts_reach_their_shard_so_each_node_hears_as_many_as_the_mesh_grows() -> None:
+    """Shards of at most 20 nodes (specs/PROTOCOL.md §5.2), the heartbeat's
+    ceiling reached at 20 nodes: a 160-node mesh in 8 shards costs each node
+    about the adverts a 40-node mesh in 2 does, a fraction of what it costs
+    unsharded; each node's view holds its shard's peers alone, and every
+    job is still placed."""
+    small, _ = _membership(40, 20)
+    big, r = _membership(160, 20)
+    flat, _ = _membership(160, 0)
+    assert small["advert_shards_median"] == 2 and big["advert_shards_median"] == 8
+    assert flat["advert_shards_median"] == 1
+    got = big["adverts_received_per_node_per_s"]
+    assert got <= 1.5 * small["adverts_received_per_node_per_s"], (got, small)
+    assert flat["adverts_received_per_node_per_s"] >= 3 * got, (flat, got)
+    e = r.engine
+    for slot in e.slots:
+        peers = slot.node.peers
+        assert e.advert_topics_of[slot.idx] == peers.advert_topics(slot.peer_id)
+        assert advert_topic(slot.peer_id, peers.shards) in e.advert_topics_of[slot.idx]
+        # a shard may have split since the start (its view keeps the other
+        # half's adverts until they expire): within the shard it started in
+        widest = min(8, peers.shards, peers.shards_from or 8)
+        mine = shard_of(slot.peer_id, widest)
+        assert all(shard_of(p.peer_id, widest) == mine for p in peers.alive(e.now))
 
 
 def test_sim_codec_models_authentication() -> None:

@@ -353,6 +353,15 @@ class SetPeerScore:
     banned: bool
 
 
+@dataclass(frozen=True)
+class AdvertTopics:
+    """The adverts topics this node listens on from now (its shard's, and
+    during a change of shard count its old one's too, specs/PROTOCOL.md
+    §5.2): the shell subscribes to each and leaves any other adverts topic."""
+
+    topics: tuple[str, ...]
+
+
 Effect = (
     Append
     | Publish
@@ -365,6 +374,7 @@ Effect = (
     | JobLog
     | FetchLog
     | SetPeerScore
+    | AdvertTopics
 )
 Input = (
     Tick

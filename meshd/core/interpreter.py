@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, get_args
 
 from .events import (
+    AdvertTopics,
     Append,
     CancelExecution,
     Effect,
@@ -90,6 +91,7 @@ class EffectInterpreter(ABC):
             JobLog: cls.do_job_log,
             FetchLog: cls.do_fetch_log,
             SetPeerScore: cls.do_set_peer_score,
+            AdvertTopics: cls.do_advert_topics,
         }
 
     # ------------------------------------------------------------ running
@@ -162,6 +164,10 @@ class EffectInterpreter(ABC):
     @abstractmethod
     def do_set_peer_score(self, eff: SetPeerScore) -> None:
         """Tell the network layer a peer's standing."""
+
+    @abstractmethod
+    def do_advert_topics(self, eff: AdvertTopics) -> None:
+        """Listen on exactly these adverts topics (subscribe, leave the others)."""
 
 
 def handler_table(

@@ -51,6 +51,7 @@ from .events import (
     TOPIC_ADVERTS,
     TOPIC_OFFERS,
     TOPIC_RECEIPTS,
+    AdvertTopics,
     BlobFetched,
     CancelRequested,
     CheckerFinished,
@@ -76,7 +77,13 @@ from .events import (
 from .identity import Identity
 from .origin import Origin
 from .params import CoreParams
-from .peers import PeerTable
+from .peers import (
+    PeerTable,
+    parse_advert_topic,
+    shard_count_fits,
+    shard_count_for,
+    shard_of,
+)
 from .ratelimit import TRANSPORT, RateLimiter, classes_of
 from .trust import Trust
 from .wire import (
@@ -126,7 +133,17 @@ DIRECT_TYPES = {
     "advert_table",
 }
 # Timer kinds the node itself owns (each role names its own).
-T_EXPIRE, T_STANDING = "expire", "standing"
+T_EXPIRE, T_STANDING, T_SHARDS = "expire", "standing", "shards"
+
+
+def gossip_types(topic: str) -> set[str] | None:
+    """The message types ``topic`` carries, or None for a topic we do not
+    know: :data:`GOSSIP_TYPES`, and adverts on every adverts shard's topic
+    (specs/PROTOCOL.md §5.2)."""
+    if parse_advert_topic(topic) is not None:
+        return GOSSIP_TYPES[TOPIC_ADVERTS]
+    return GOSSIP_TYPES.get(topic)
+
 
 H = TypeVar("H")
 
@@ -209,7 +226,11 @@ class Node:
         )
         """Gossip message type -> handler; every type of :data:`GOSSIP_TYPES`."""
         self._timers: dict[str, Callable[[Any], None]] = _merge(
-            {T_EXPIRE: self._timer_expire, T_STANDING: self._timer_standing},
+            {
+                T_EXPIRE: self._timer_expire,
+                T_STANDING: self._timer_standing,
+                T_SHARDS: self._timer_shards,
+            },
             self.origin.timers(),
             self.worker.timers(),
             self.ledger.timers(),
@@ -376,12 +397,16 @@ class Node:
     def _on_gossip(self, inp: GossipReceived) -> None:
         if not self._transport_allows(inp.from_peer):
             return
-        allowed = GOSSIP_TYPES.get(inp.topic)
+        allowed = gossip_types(inp.topic)
         if allowed is None:
             self.ctx.reject("unknown_topic", inp.from_peer, inp.topic[:64])
             return
         msg = self._open(inp.data, allowed, inp.from_peer)
         if msg is None or msg.sender == self.peer_id:
+            return
+        shard = parse_advert_topic(inp.topic)
+        if shard is not None and shard_of(msg.sender, shard[0]) != shard[1]:
+            self.ctx.reject("wrong_shard", msg.sender, inp.topic[:64])
             return
         self.ctx.counters["accepted_" + msg.type] += 1
         self._gossip[msg.type](msg)
@@ -470,11 +495,84 @@ class Node:
             else:
                 ctx.counters["relayed_adverts"] += 1
                 self._on_advert(advert, age_ms=max(0, age))
+        self._review_shards()
 
     def _timer_expire(self, _key: Any) -> None:
         gone = self.ctx.peers.expire(self.now_ms)
         self.ctx.counters["peers_gone"] += len(gone)
         self.ctx.at(self.now_ms + max(1, self.params.advert_ttl_ms // 2), T_EXPIRE, None)
+        self._review_shards()
+
+    # ------------------------------------------------------------ advert shards (§5.2)
+
+    def _shards_heard(self) -> int:
+        """The shard count most live adverts in our view carry (ties: ours,
+        then the larger)."""
+        ctx = self.ctx
+        votes: dict[int, int] = {}
+        for e in ctx.peers.alive(ctx.now_ms):
+            votes[e.advert.shards] = votes.get(e.advert.shards, 0) + 1
+        if not votes:
+            return ctx.peers.shards
+        return max(votes, key=lambda s: (votes[s], s == ctx.peers.shards, s))
+
+    def _review_shards(self) -> None:
+        """Change our shard count when our estimate says so (one step, with
+        hysteresis: :func:`shard_count_for`), or to the count most of our
+        shard's adverts carry when that one fits our estimate too, so a
+        shard's nodes move together; a node younger than
+        ``advert_shard_transition_ms`` follows a larger count heard at once
+        (it has not heard the mesh yet: a newcomer told of it by
+        ``advert_table``). Never during a change."""
+        p, peers = self.params, self.ctx.peers
+        if p.advert_shard_nodes <= 0 or peers.shards_from is not None:
+            return
+        est, now = peers.est_nodes(), peers.shards
+        heard = self._shards_heard()
+        if heard != now and shard_count_fits(p, est, heard):
+            self._change_shards(heard, announce=heard < now)
+        elif heard > now and self._young():
+            self._change_shards(heard, announce=True)  # a newcomer: nobody heard us yet
+        elif (target := shard_count_for(p, est, now)) != now:
+            self._change_shards(target, announce=target < now)
+
+    def _change_shards(self, shards: int, *, announce: bool) -> None:
+        """Move to ``shards`` shards: publish and listen on the new shard's
+        topic and, until ``advert_shard_transition_ms`` passed, the old one's
+        too. ``announce``: advertise at once, as the new shard has not heard
+        of us (after a merge, or as a newcomer; after a split it has: it is
+        half of the old one)."""
+        ctx = self.ctx
+        ctx.peers.set_shards(self.peer_id, shards, ctx.peers.shards)
+        ctx.counters["advert_shard_changes"] += 1
+        ctx.emit(AdvertTopics(ctx.peers.advert_topics(self.peer_id)))
+        ctx.at(ctx.now_ms + max(1, self.params.advert_shard_transition_ms), T_SHARDS, None)
+        if announce:
+            self.worker.advertise_now()
+
+    def _young(self) -> bool:
+        """Started less than ``advert_shard_transition_ms`` ago: we may not
+        have heard the mesh's shard count yet."""
+        return self.now_ms - self.started_ms < self.params.advert_shard_transition_ms
+
+    def start_in_shards(self, shards: int) -> list[Effect]:
+        """Begin in ``shards`` shards at once, with no change to go through:
+        for a shell that starts the node into a mesh already that large (the
+        simulator's grown mesh, ``simulations/engine.py`` "Scale"). A daemon
+        starts in one and follows what it hears (:meth:`_review_shards`)."""
+        ctx = self.ctx
+        ctx.peers.set_shards(self.peer_id, shards, None)
+        ctx.emit(AdvertTopics(ctx.peers.advert_topics(self.peer_id)))
+        return ctx.take_effects()
+
+    def _timer_shards(self, _key: Any) -> None:
+        """A change of shard count is over: leave the old shard's topic."""
+        ctx = self.ctx
+        if ctx.peers.shards_from is None:
+            return
+        ctx.peers.set_shards(self.peer_id, ctx.peers.shards, None)
+        ctx.emit(AdvertTopics(ctx.peers.advert_topics(self.peer_id)))
+        self._review_shards()
 
     def _standing_changed(self, peer: str, reputation: float, banned: bool) -> None:
         self.ctx.emit(SetPeerScore(peer, reputation, banned))

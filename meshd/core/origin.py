@@ -377,7 +377,9 @@ class Origin:
         ``unfit`` maps each failed requirement's reason to how many peers fail
         it (a peer failing two counts under both). When no other peer fits, our
         own worker counts among the ``candidates`` if it fits, at no cost (a
-        self-run, §8.5); it is never among ``known`` or ``unfit``."""
+        self-run, §8.5); it is never among ``known`` or ``unfit``. ``partial``:
+        the mesh is sharded and we know only our shard (§5.2), so "no known
+        peer fits" does not mean no peer does."""
         work, basis = self.expected_work(spec)
         req = offer_requirements(spec)
         best: tuple[float, float] | None = None
@@ -413,6 +415,7 @@ class Origin:
             "basis": basis,
             "candidates": candidates,
             "known": known,
+            "partial": self.ctx.peers.shards > 1,
             "unfit": dict(sorted(unfit.items(), key=lambda kv: -kv[1])[:MAX_UNFIT_REASONS]),
         }
 

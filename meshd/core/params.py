@@ -59,8 +59,8 @@ class CoreParams:
     holds most entries, so each class keeps its largest machines and the
     refusal at submit stays right while the mesh has fewer classes than this."""
     mesh_size_sketch: int = 256
-    """Peers whose hashed ids the mesh-size estimate keeps (the smallest
-    hashes among live adverts: a k-minimum-values sketch, about
+    """Peers whose hashed ids the mesh-size estimate keeps at most (those of
+    its shard below a falling cut: a k-minimum-values sketch, about
     ``1/sqrt(this)`` relative error beyond it, exact below it)."""
     advert_pull_peers: int = 3
     """A newcomer (a node just started) asks this many of the first peers it
@@ -70,6 +70,18 @@ class CoreParams:
     advert_pull_max: int = 64
     """Adverts one ``advert_table`` answer carries at most (also kept under
     ``max_message_bytes``): the answering peer's freshest."""
+    advert_shard_nodes: int = 1_000
+    """Most nodes one advert shard should hold (§5.2): a node splits its shard
+    in two (doubles its shard count ``S``) once its estimate puts more than
+    this many nodes in it, and merges back (halves ``S``) below a quarter of
+    it, so a node receives the adverts of at most about this many peers
+    however large the mesh. A mesh below it has one shard, the plain adverts
+    topic. 0 turns sharding off."""
+    advert_shard_transition_ms: int = 1_440_000
+    """After its shard count changes, a node keeps publishing and listening on
+    its old shard's topic as well for this long, and changes it no sooner
+    again: every peer of the new shard heartbeats in that time (two of the
+    longest intervals, ``advert_interval_max_ms``), so no one disappears."""
 
     # --- message acceptance
     max_message_bytes: int = 64 * 1024

@@ -29,7 +29,8 @@ receives, kept or not (:class:`MeshSize`, a k-minimum-values sketch of the
 senders' hashed ids), so it keeps growing past the view bound.
 
 Pacing (:func:`advert_interval_for`): a node heartbeats once an interval of
-``1.5 × est_nodes × 1000 / advert_rate_budget`` ms (between
+``1.5 × shard_nodes × 1000 / advert_rate_budget`` ms (``shard_nodes`` the
+estimated nodes of its shard, ``est_nodes / S``) (between
 ``advert_interval_ms`` and ``advert_interval_max_ms``) passed without an
 advert; its adverts on change take tokens refilled one per two intervals
 (the worker's bucket). At most 1.5 adverts per interval in all, so each node
@@ -44,10 +45,14 @@ import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from .events import TOPIC_ADVERTS
 from .params import CoreParams
-from .wire import LEAVE_TTL_MS, MAX_ADVERT_TTL_MS, Advert
+from .wire import LEAVE_TTL_MS, MAX_ADVERT_SHARDS, MAX_ADVERT_TTL_MS, Advert
 
 ClassKey = tuple[object, ...]
+
+ADVERT_SHARD_PREFIX = TOPIC_ADVERTS + "/"
+"""Topics of a sharded mesh: ``/meshd/adverts/1/<S>/<index>`` (§5.2)."""
 
 
 def advert_interval_for(params: CoreParams, est_nodes: int) -> int:
@@ -64,6 +69,59 @@ def advert_ttl_for(params: CoreParams, interval_ms: int) -> int:
     base = max(1, params.advert_interval_ms)
     ttl = params.advert_ttl_ms * max(interval_ms, base) // base
     return max(LEAVE_TTL_MS + 1, min(MAX_ADVERT_TTL_MS, ttl))  # never a leave notice
+
+
+def shard_of(peer_id: str, shards: int) -> int:
+    """The shard (0 … ``shards`` − 1) of ``peer_id`` among ``shards``: the
+    leading bits of its id's hash, so a shard splits into two and two merge
+    into one as ``shards`` doubles and halves."""
+    return min(shards - 1, int(_id_hash(peer_id) * shards))
+
+
+def advert_topic(peer_id: str, shards: int) -> str:
+    """The topic ``peer_id`` publishes its adverts on in a mesh of ``shards``
+    shards: the plain adverts topic when there is one."""
+    if shards <= 1:
+        return TOPIC_ADVERTS
+    return f"{ADVERT_SHARD_PREFIX}{shards}/{shard_of(peer_id, shards)}"
+
+
+def parse_advert_topic(topic: str) -> tuple[int, int] | None:
+    """``(shards, index)`` of an adverts topic, or None if ``topic`` is none:
+    ``shards`` a power of two within ``MAX_ADVERT_SHARDS``, ``index`` below it,
+    both in plain decimal."""
+    if topic == TOPIC_ADVERTS:
+        return 1, 0
+    if not topic.startswith(ADVERT_SHARD_PREFIX):
+        return None
+    parts = topic[len(ADVERT_SHARD_PREFIX) :].split("/")
+    if len(parts) != 2 or not all(p.isdigit() and p == str(int(p)) for p in parts):
+        return None
+    shards, index = int(parts[0]), int(parts[1])
+    if not 2 <= shards <= MAX_ADVERT_SHARDS or shards & (shards - 1) or index >= shards:
+        return None
+    return shards, index
+
+
+def shard_count_for(params: CoreParams, est_nodes: int, shards: int) -> int:
+    """The shard count a node in ``shards`` shards moves to, one step at a
+    time: double while a shard would hold more than ``advert_shard_nodes``
+    nodes, halve while it would hold fewer than a quarter of it (so a split
+    shard, half of a full one, stays split until it lost half its nodes)."""
+    target = params.advert_shard_nodes
+    if target <= 0:
+        return 1
+    if est_nodes > shards * target and shards < MAX_ADVERT_SHARDS:
+        return shards * 2
+    if shards > 1 and 4 * est_nodes < shards * target:
+        return shards // 2
+    return shards
+
+
+def shard_count_fits(params: CoreParams, est_nodes: int, shards: int) -> bool:
+    """Whether ``shards`` is one :func:`shard_count_for` would keep for a mesh
+    of ``est_nodes`` (a count peers use that we may follow)."""
+    return shard_count_for(params, est_nodes, shards) == shards
 
 
 def capability_class(a: Advert) -> ClassKey:
@@ -86,40 +144,69 @@ def _id_hash(peer_id: str) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
+def _size_hash(peer_id: str) -> float:
+    """A second position in [0, 1), independent of :func:`_id_hash` (which
+    places the peer in its shard): the size sketch's, so the peers it keeps
+    of a shard are a fair sample of each half of it."""
+    return _id_hash("size/" + peer_id)
+
+
 class MeshSize:
     """How many peers are alive, estimated from the adverts received.
 
-    Keeps the ``k`` live peers with the smallest hashed ids (and when each
-    one's advert expires). Below ``k`` peers the count is exact; beyond, the
-    estimate is ``(k − 1) / h_k``, ``h_k`` the largest hash kept. Memory and
-    work per advert are bounded by ``k``.
+    Keeps every live peer in the counted range (a shard's, §5.2; the whole
+    mesh by default) whose size hash (:func:`_size_hash`) is below a cut,
+    and when each one's advert expires. The cut starts at 1 (the count is
+    exact) and falls to the largest hash dropped whenever more than ``k``
+    are kept, so at most ``k`` are; the range holds about ``kept / cut``
+    peers and the mesh ``1 / width`` times that. The size hash is not the
+    shard hash, so when the range halves (a split) the peers kept in the
+    new half are all of its peers below the cut: the estimate holds at
+    once. Memory and work per advert are bounded by ``k``.
     """
 
     def __init__(self, k: int) -> None:
         self.k = max(2, k)
         self._sorted: list[tuple[float, str]] = []
         self._expires: dict[str, int] = {}
+        self.cut = 1.0
+        """Every live peer of the range with a size hash below this is kept."""
+        self.lo, self.width = 0.0, 1.0
+        """The range of shard hashes counted (a shard's, §5.2); the whole mesh by default."""
+
+    def _in_range(self, peer_id: str) -> bool:
+        return self.lo <= _id_hash(peer_id) < self.lo + self.width
+
+    def set_range(self, lo: float, width: float) -> None:
+        """Count only ids whose shard hash falls in ``[lo, lo + width)`` (the
+        shard we hear) and scale the count by ``1 / width``; ids outside it
+        are forgotten."""
+        self.lo, self.width = lo, width
+        kept = [e for e in self._sorted if self._in_range(e[1])]
+        for _, p in set(self._sorted) - set(kept):
+            del self._expires[p]
+        self._sorted = kept
 
     def note(self, peer_id: str, expires_ms: int) -> None:
         """A live advert from ``peer_id``, valid until ``expires_ms``."""
         if peer_id in self._expires:
             self._expires[peer_id] = max(self._expires[peer_id], expires_ms)
             return
-        h = _id_hash(peer_id)
-        if len(self._sorted) >= self.k:
-            if h >= self._sorted[-1][0]:
-                return
-            _, dropped = self._sorted.pop()
-            del self._expires[dropped]
+        h = _size_hash(peer_id)
+        if h >= self.cut or not self._in_range(peer_id):
+            return
         bisect.insort(self._sorted, (h, peer_id))
         self._expires[peer_id] = expires_ms
+        if len(self._sorted) > self.k:
+            self.cut, dropped = self._sorted.pop()
+            del self._expires[dropped]
 
     def forget(self, peer_id: str) -> bool:
         """``peer_id`` left the mesh (its leave notice): no longer counted.
         False if it was not counted."""
         if self._expires.pop(peer_id, None) is None:
             return False
-        self._sorted.remove((_id_hash(peer_id), peer_id))
+        self._sorted.remove((_size_hash(peer_id), peer_id))
         return True
 
     def expire(self, now_ms: int) -> None:
@@ -129,12 +216,11 @@ class MeshSize:
             for p in gone:
                 del self._expires[p]
 
-    def estimate(self) -> int:
-        """Live peers (not counting ourselves)."""
-        n = len(self._sorted)
-        if n < self.k:
-            return n
-        return max(n, int((self.k - 1) / max(self._sorted[-1][0], 1e-12)))
+    def estimate(self, extra: int = 0) -> int:
+        """Nodes in the whole mesh: the live peers of the range (those kept,
+        divided by the cut), plus ``extra`` more in it (ourselves), scaled by
+        the range's width."""
+        return round((len(self._sorted) / self.cut + extra) / self.width)
 
 
 @dataclass(slots=True)
@@ -170,6 +256,11 @@ class PeerTable:
         """Peers whose leave notice we took, with its ``seq`` (at most
         ``max_peers``, oldest forgotten first): an advert of theirs sent before
         it, arriving late, brings no one back."""
+        self.shards = 1
+        """The advert shard count we are in (§5.2): beyond 1, peers of other
+        shards exist that we never hear of."""
+        self.shards_from: int | None = None
+        """The count we left, while we still publish and listen on its topic too."""
 
     def update(
         self, peer_id: str, advert: Advert, now_ms: int, *, raw: bytes = b"", age_ms: int = 0
@@ -244,12 +335,35 @@ class PeerTable:
         return gone
 
     def full(self) -> bool:
-        """The view holds as many adverts as it may: peers may exist outside it."""
-        return len(self._peers) >= self.max_peers
+        """Peers may exist outside the view: it holds as many adverts as it
+        may, or the mesh is sharded and we hear only our shard (§5.2)."""
+        return self.shards > 1 or len(self._peers) >= self.max_peers
 
     def est_nodes(self) -> int:
         """The mesh's estimated size, this node included."""
-        return max(len(self._peers), self.size.estimate()) + 1
+        return max(len(self._peers) + 1, self.size.estimate(extra=1))
+
+    def shard_nodes(self) -> int:
+        """The estimated nodes of our shard, us included (whose adverts we
+        receive, and who receive ours: what pacing is by)."""
+        return max(1, -(-self.est_nodes() // self.shards))
+
+    def set_shards(self, own_id: str, shards: int, shards_from: int | None) -> None:
+        """Move to ``shards`` shards (``shards_from`` the count we still serve
+        too, or None); the size sketch counts the new shard's range at once
+        (after a split it holds that half already; after a merge it lacks the
+        other half until its heartbeats come, §5.2). Peers of other shards
+        stay in the view until their adverts expire."""
+        self.shards, self.shards_from = shards, shards_from
+        self.size.set_range(shard_of(own_id, shards) / shards, 1.0 / shards)
+
+    def advert_topics(self, own_id: str) -> tuple[str, ...]:
+        """The topics we publish our adverts on and listen to: our shard's,
+        and the old one's during a change (§5.2)."""
+        now = advert_topic(own_id, self.shards)
+        if self.shards_from is None:
+            return (now,)
+        return (now, advert_topic(own_id, self.shards_from))
 
     def alive(self, now_ms: int) -> list[PeerEntry]:
         return [e for e in self._peers.values() if e.expires_ms > now_ms]

@@ -24,7 +24,7 @@ Rules:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgpack
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -57,6 +57,8 @@ MAX_ADVERT_ARCHIVES = 64
 node (specs/PROTOCOL.md §5.1); a node holding more advertises the most
 recently used."""
 MAX_ADVERT_TTL_MS = 3_600_000
+MAX_ADVERT_SHARDS = 65_536
+"""Most advert shards a node may say it is in (a power of two, specs/PROTOCOL.md §5.2)."""
 """Longest validity an advert may claim (its sender scales it with its heartbeat interval)."""
 LEAVE_TTL_MS = 1
 """The ``ttl_ms`` that makes an advert a *leave notice* (specs/PROTOCOL.md
@@ -154,6 +156,11 @@ class Advert(Body):
     cold_reason: ShortText | None = None
     network_allowed: bool = False
     version: Annotated[str, Field(max_length=32)] = ""
+    shards: Annotated[int, Field(ge=1, le=MAX_ADVERT_SHARDS)] = 1
+    """The advert shard count its node is in (§5.2); left out of the encoding
+    at 1, so a mesh of one shard speaks the unsharded protocol byte for byte."""
+
+    omitted_at_default: ClassVar[tuple[str, ...]] = ("shards",)
 
     @property
     def leaving(self) -> bool:
@@ -520,6 +527,17 @@ class Rejected:
     detail: str = ""
 
 
+def _encoded(body: Body) -> dict[str, Any]:
+    """A body's fields as sent: all of them, except those of its
+    ``omitted_at_default`` that hold their default (fields added after peers
+    that would refuse them were deployed)."""
+    fields = body.model_dump(mode="python")
+    for name in getattr(body, "omitted_at_default", ()):
+        if fields[name] == type(body).model_fields[name].default:
+            del fields[name]
+    return fields
+
+
 def seal(identity: Identity, body: Body, ts_ms: int, nonce: bytes) -> bytes:
     """Encode and sign one of our own messages (the caller supplies the nonce)."""
     assert type(body) in TYPE_OF, f"not a wire body: {type(body).__name__}"
@@ -531,7 +549,7 @@ def seal(identity: Identity, body: Body, ts_ms: int, nonce: bytes) -> bytes:
             identity.public_key,
             int(ts_ms),
             nonce,
-            body.model_dump(mode="python"),
+            _encoded(body),
         ],
         use_bin_type=True,
     )

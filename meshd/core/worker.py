@@ -29,7 +29,6 @@ from typing import Any, Literal, cast
 
 from .context import Context
 from .events import (
-    TOPIC_ADVERTS,
     CancelExecution,
     ExecutionFinished,
     ExecutionProgress,
@@ -231,13 +230,15 @@ class Worker:
             cold_reason=self.cold_reason,
             network_allowed=c.network_allowed,
             version=c.version,
+            shards=self.ctx.peers.shards,
         )
 
     # ------------------------------------------------------------ advert pacing (§7.1)
 
     def advert_interval(self) -> int:
-        """The heartbeat interval in force, from the mesh size our view estimates."""
-        return advert_interval_for(self.ctx.params, self.ctx.peers.est_nodes())
+        """The heartbeat interval in force, from the size our view estimates
+        of our shard (the whole mesh while it has one shard, §5.2)."""
+        return advert_interval_for(self.ctx.params, self.ctx.peers.shard_nodes())
 
     def _news(self) -> tuple[Any, ...] | None:
         """What peers must hear about at once when it changes: warmth, whether a
@@ -297,8 +298,9 @@ class Worker:
         advert = self.make_advert() if self.last_advert else None
         if advert is None:
             return
-        notice = advert.model_copy(update={"ttl_ms": LEAVE_TTL_MS})
-        self.ctx.emit(Publish(TOPIC_ADVERTS, self.ctx.seal(notice)))
+        notice = self.ctx.seal(advert.model_copy(update={"ttl_ms": LEAVE_TTL_MS}))
+        for topic in self.ctx.peers.advert_topics(self.ctx.peer_id):  # our shard's (§5.2)
+            self.ctx.emit(Publish(topic, notice))
         self.ctx.counters["leave_notices_sent"] += 1
 
     def _advertise(self, *, change: bool = True) -> None:
@@ -317,9 +319,15 @@ class Worker:
             # what a newcomer is relayed: the sealed bytes (the simulator's
             # codec hands objects around, whose ``raw`` plays that part)
             self.last_advert = sealed if isinstance(sealed, bytes) else sealed.raw
-            self.ctx.emit(Publish(TOPIC_ADVERTS, sealed))
+            for topic in self.ctx.peers.advert_topics(self.ctx.peer_id):
+                self.ctx.emit(Publish(topic, sealed))
             self.ctx.counters["adverts_sent"] += 1
         self._arm_advert(self.ctx.now_ms + interval)
+
+    def advertise_now(self) -> None:
+        """Publish our advert at once, taking no token (our shard count
+        changed: the new shard must hear of us, §5.2)."""
+        self._advertise(change=False)
 
     def _arm_advert(self, when_ms: int) -> None:
         """The next advert is due at ``when_ms``; one timer entry counts at a

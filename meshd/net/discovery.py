@@ -130,8 +130,24 @@ class _ConnectionWatch(INotifee):
         await trio.lowlevel.checkpoint()
 
 
+def pick_dials(
+    known: Sequence[str], connected: set[str], wanted: Callable[[str], bool], p: Any
+) -> list[str]:
+    """Which of the ``known`` candidates (newest first, none connected) to
+    dial: the newest up to ``target_peers`` connections, and wanted ones
+    (newest first) up to ``wanted_peers`` wanted connections, within
+    ``max_peers`` in all."""
+    room = max(0, p.max_peers - len(connected))
+    want = max(0, p.wanted_peers - sum(1 for q in connected if wanted(q)))
+    picked = [k for k in known if wanted(k)][:want]
+    fill = max(0, p.target_peers - len(connected) - len(picked))
+    picked += [k for k in known if k not in picked][:fill]
+    return picked[:room]
+
+
 class Discovery:
-    """Finds peers and keeps ``target_peers`` of them connected."""
+    """Finds peers and keeps ``target_peers`` of them connected, and
+    ``wanted_peers`` of those the app wants."""
 
     def __init__(
         self,
@@ -149,6 +165,10 @@ class Discovery:
         self._known: collections.OrderedDict[str, int] = collections.OrderedDict()  # -> fails
         self._wake = trio.Event()
         self._mdns_handler: Callable[[Any], None] | None = None
+        self.wanted: Callable[[str], bool] = lambda peer_id: True
+        """Peers the app wants among its connections (``wanted_peers`` of
+        them); every peer until it says otherwise (then only ``target_peers``
+        and ``max_peers`` matter, as ``wanted_peers`` ≤ ``target_peers``)."""
         ctx.libp2p.get_network().register_notifee(_ConnectionWatch(self._on_connected))
         reqresp.handle(px.PX_PROTOCOL, self._serve_px, internal=True)
         standing.on_block(self._forget)
@@ -315,10 +335,17 @@ class Discovery:
                 self._ctx.libp2p.get_network().unblock_peer(ID.from_base58(peer_id))
                 nursery.start_soon(self._dial_quietly, peer_id, [maddr])
 
+    def _short(self) -> bool:
+        """Fewer than ``target_peers`` connected, or fewer than ``wanted_peers``
+        of the peers the app wants."""
+        p, connected = self._ctx.params, self._ctx.connected_peers()
+        wanted = sum(1 for q in connected if self.wanted(q))
+        return len(connected) < p.target_peers or wanted < p.wanted_peers
+
     async def _round(self) -> None:
         p = self._ctx.params
         self._standing.enforce_app_score()
-        if len(self._ctx.connected_peers()) >= p.target_peers:
+        if not self._short():
             return
         await self._dial_bootstrap()
         connected = self._ctx.connected_peers()
@@ -327,13 +354,14 @@ class Discovery:
             for peer_id in asked:
                 nursery.start_soon(self._ask_for_peers, peer_id)
         connected_set = set(self._ctx.connected_peers())
-        candidates = [
+        known = [
             k
             for k in reversed(self._known)
             if k not in connected_set
             and not self._standing.is_blocked(k)
             and k != self._ctx.peer_id
-        ][: p.target_peers - len(connected_set)]
+        ]
+        candidates = pick_dials(known, connected_set, self.wanted, p)
         limiter = trio.CapacityLimiter(p.max_parallel_dials)
 
         async def dial_one(peer_id: str) -> None:

@@ -143,11 +143,28 @@ class Gossip:
         if new and self._ctx.state == "running":
             self._ctx.spawn(self._join, topic)
 
+    def unsubscribe(self, topic: str) -> None:
+        """Leave ``topic``: no more deliveries, and libp2p leaves its mesh."""
+        if self._subscriptions.pop(topic, None) is not None and self._ctx.state == "running":
+            self._ctx.spawn(self._leave, topic)
+
+    def subscribed(self) -> list[str]:
+        """The topics subscribed to, in subscription order."""
+        return list(self._subscriptions)
+
     async def _join(self, topic: str) -> None:
+        if topic not in self._subscriptions:
+            return  # left again before the join ran
         self.pubsub.set_topic_validator(
             topic, lambda fwd, msg: self._validate(topic, fwd, msg), False
         )
         await self.pubsub.subscribe(topic)
+
+    async def _leave(self, topic: str) -> None:
+        if topic in self._subscriptions:
+            return  # joined again before the leave ran
+        await self.pubsub.unsubscribe(topic)
+        self.pubsub.remove_topic_validator(topic)
 
     def set_topic_validator(self, topic: str, fn: TopicValidator) -> None:
         self._validators[topic] = fn

@@ -37,7 +37,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import multiaddr
@@ -275,6 +275,21 @@ class MeshHost:
         """Deliver ``handler(author_peer_id, data)`` for each new message on
         ``topic`` (not our own). A second call replaces the handler."""
         self._gossip.subscribe(topic, handler)
+
+    def want_peers(self, fn: Callable[[str], bool]) -> None:
+        """Discovery keeps ``wanted_peers`` of the peers ``fn(peer_id)``
+        accepts connected, besides ``target_peers`` in all (meshd: the peers of
+        its advert shard, whose topic only they share)."""
+        self._discovery.wanted = fn
+
+    def unsubscribe(self, topic: str) -> None:
+        """Stop delivering ``topic`` and leave its GossipSub mesh (publishing
+        on it still works, through fanout)."""
+        self._gossip.unsubscribe(topic)
+
+    def subscribed(self) -> list[str]:
+        """The topics this host subscribes to."""
+        return self._gossip.subscribed()
 
     def set_topic_validator(self, topic: str, fn: TopicValidator) -> None:
         """``fn(author_peer_id, data) -> bool``, sync and cheap. False drops the

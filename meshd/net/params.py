@@ -159,6 +159,12 @@ class NetParams:
     disconnected at once; discovery never dials beyond it."""
     target_peers: int = 16
     """Discovery dials known peers until this many are connected."""
+    wanted_peers: int = 6
+    """Discovery also dials known peers the app wants among its connections
+    (``MeshHost.want_peers``: meshd's peers of its advert shard, whose topic
+    only they share, specs/PROTOCOL.md §5.2) until this many of them are
+    connected, beyond ``target_peers`` (never beyond ``max_peers``): a
+    topic's GossipSub mesh is made of connected peers. The gossip degree."""
     peer_exchange_interval_s: float = 5.0
     """Period of the discovery round (peer exchange + redial)."""
     peer_exchange_fanout: int = 3
@@ -331,6 +337,8 @@ class NetParams:
             )
         if self.target_peers > self.max_peers:
             raise ValueError("NetParams.target_peers must be <= max_peers")
+        if not 0 <= self.wanted_peers <= self.max_peers:
+            raise ValueError("NetParams.wanted_peers must be within 0 .. max_peers")
         for topic, rate in self.topic_rate_limits_per_s.items():
             if not rate > 0:
                 raise ValueError(f"NetParams.topic_rate_limits_per_s[{topic!r}] must be > 0")

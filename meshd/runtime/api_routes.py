@@ -113,7 +113,13 @@ def install_routes(api: ApiServer, view: NodeView, control: Control) -> None:
         # before the estimate: workers without the image can run it if it travels
         spec = await control.attach_image(spec)
         estimate = view.estimate(spec)
-        if estimate["known"] and not estimate["candidates"] and not body.get("queue"):
+        unknown_peers = estimate["partial"]  # other shards' peers may fit (§5.2)
+        if (
+            estimate["known"]
+            and not estimate["candidates"]
+            and not unknown_peers
+            and not body.get("queue")
+        ):
             reasons = "; ".join(
                 f"{why} ({n} of {estimate['known']})" for why, n in estimate["unfit"].items()
             )

@@ -66,6 +66,7 @@ from meshd.core.events import (
     TOPIC_ADVERTS,
     TOPIC_OFFERS,
     TOPIC_RECEIPTS,
+    AdvertTopics,
     Append,
     CancelExecution,
     DirectReceived,
@@ -93,6 +94,7 @@ from meshd.core.logrecord import AppendItem
 from meshd.core.manifest import ManifestError, countersign, manifest_body
 from meshd.core.node import Node
 from meshd.core.params import CoreParams
+from meshd.core.peers import parse_advert_topic, shard_of
 from meshd.exec.base import ExecParams, Executor
 from meshd.net.errors import PeerUnreachable, RemoteError
 from meshd.net.host import MeshHost
@@ -360,8 +362,7 @@ class Daemon(EffectInterpreter):
             self._nursery = nursery
             self.sendq.start(nursery)
             for topic in (TOPIC_ADVERTS, TOPIC_OFFERS, TOPIC_RECEIPTS):
-                self.host.set_topic_validator(topic, self.gossip_check.for_topic(topic))
-                self.host.subscribe(topic, self._on_gossip(topic))
+                self._subscribe(topic)
             self.host.handle(DIRECT_PROTOCOL, self._on_direct)
             self.host.handle_channel(DIRECT_CHANNEL_PROTOCOL, self._on_direct)
             self.host.handle(BLOB_PROTOCOL, self.transfer.serve)
@@ -586,6 +587,25 @@ class Daemon(EffectInterpreter):
             self.rp.log_fetch_attempts,
             lambda: self.job_logs.stored(eff.job_id, eff.attempt, eff.replica),
         )
+
+    def do_advert_topics(self, eff: AdvertTopics) -> None:
+        """Listen on the adverts topics the core names (its shard's, §5.2),
+        and leave the adverts topics it no longer does."""
+        for topic in self.host.subscribed():
+            if topic not in eff.topics and parse_advert_topic(topic) is not None:
+                self.host.unsubscribe(topic)
+        for topic in eff.topics:
+            if topic not in self.host.subscribed():
+                self._subscribe(topic)
+        shards = [s for s in map(parse_advert_topic, eff.topics) if s is not None]
+        # a topic's GossipSub mesh is made of connected peers: keep some of our shard's
+        self.host.want_peers(lambda peer: any(shard_of(peer, n) == i for n, i in shards))
+        log.info("advert topics now %s", ", ".join(eff.topics))
+
+    def _subscribe(self, topic: str) -> None:
+        assert self.gossip_check is not None  # made before the core's first effect
+        self.host.set_topic_validator(topic, self.gossip_check.for_topic(topic))
+        self.host.subscribe(topic, self._on_gossip(topic))
 
     def do_set_peer_score(self, eff: SetPeerScore) -> None:
         self._reputation[eff.peer_id] = eff.reputation

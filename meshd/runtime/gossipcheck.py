@@ -51,7 +51,8 @@ from collections.abc import Callable
 from typing import Any
 
 from meshd.core.identity import Identity
-from meshd.core.node import GOSSIP_TYPES, Node
+from meshd.core.node import Node, gossip_types
+from meshd.core.peers import parse_advert_topic, shard_of
 from meshd.core.wire import Body, Opened, Rejected, open_envelope, seal
 from meshd.net import PROVABLY_INVALID
 from meshd.net.gossip import TopicValidator
@@ -144,12 +145,18 @@ class GossipValidator:
 
     def for_topic(self, topic: str) -> TopicValidator:
         """The ``fn(author_peer_id, data) -> bool`` to register for ``topic``."""
-        allowed = frozenset(GOSSIP_TYPES[topic])
+        types = gossip_types(topic)
+        assert types is not None, f"no gossip topic: {topic!r}"
+        allowed = frozenset(types)
+        shard = parse_advert_topic(topic)
         count = self.metrics.gossip.labels
 
         def validate(author: str, data: bytes) -> TopicVerdict:
             try:
-                reason = self.check(allowed, author, data)
+                if shard is not None and shard_of(author, shard[0]) != shard[1]:
+                    reason: str | None = "wrong_shard"  # its author's shard is another (§5.2)
+                else:
+                    reason = self.check(allowed, author, data)
             except Exception:  # a bug here must not stop gossip; the message is dropped
                 log.exception("gossip validator failed on a message from %s", author)
                 reason = "validator_error"

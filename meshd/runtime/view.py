@@ -36,6 +36,7 @@ from meshd.core.jobspec import JobSpec
 from meshd.core.lifecycle import TERMINAL, WORK_LIVE
 from meshd.core.node import Node
 from meshd.core.origin import job_view
+from meshd.core.peers import shard_of
 from meshd.exec.base import Executor
 from meshd.net.host import MeshHost
 from meshd.store.blobs import BlobStore
@@ -403,6 +404,7 @@ class NodeView:
             },
             "log": {"head_seq": head_seq, "head_hash": head_hash.hex()},
             "peers": len(node.peers.alive(node.now_ms)),
+            "membership": self.membership(),
             "connected": len(self._host.connected_peers()),
             "counters": counters,
             "tail_lost": node.ledger.lost_tail,
@@ -462,8 +464,23 @@ class NodeView:
             out.append("no local images: every docker job is declined (build or load images)")
         return out
 
+    def membership(self) -> dict[str, Any]:
+        """What this node knows of the mesh's size and its advert shard
+        (specs/PROTOCOL.md §5.2, §6, §7.1)."""
+        node = self._node
+        peers = node.peers
+        return {
+            "est_nodes": peers.est_nodes(),
+            "shards": peers.shards,
+            "shard": shard_of(node.peer_id, peers.shards),
+            "shards_from": peers.shards_from,
+            "advert_topics": list(peers.advert_topics(node.peer_id)),
+            "advert_interval_ms": node.worker.advert_interval(),
+        }
+
     def peers(self) -> dict[str, Any]:
-        """``GET /v1/peers``: the peers whose adverts are alive, by peer id."""
+        """``GET /v1/peers``: the peers whose adverts are alive, by peer id,
+        and this node's ``membership`` (its shard: the peers it can know)."""
         node = self._node
         now = node.now_ms
         out = []
@@ -496,7 +513,7 @@ class NodeView:
                     "expires_in_s": round((e.expires_ms - now) / 1000, 1),
                 }
             )
-        return {"peers": out}
+        return {"peers": out, "membership": self.membership()}
 
 
 def sandbox_of(runtimes: Sequence[str]) -> str:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshd.core.events import (
+    TOPIC_ADVERTS,
+    AdvertTopics,
     Append,
     BlobFetched,
     CancelExecution,
@@ -48,6 +50,7 @@ from meshd.core.interpreter import EffectInterpreter
 from meshd.core.jobspec import JobSpec
 from meshd.core.node import Node
 from meshd.core.params import CoreParams
+from meshd.core.peers import parse_advert_topic
 from meshd.core.placement import local_image_id
 
 
@@ -133,6 +136,8 @@ class NodeSlot:
     """The ``FetchLog`` effects this node carried out."""
     input_fetches: list[FetchInputs] = field(default_factory=list)
     """The ``FetchInputs`` effects this node carried out."""
+    advert_topics: tuple[str, ...] = (TOPIC_ADVERTS,)
+    """The adverts topics the node listens on (its last ``AdvertTopics``)."""
     effects: CoreNetEffects = field(init=False)
 
 
@@ -151,7 +156,10 @@ class CoreNetEffects(EffectInterpreter):
 
     def do_publish(self, eff: Publish) -> None:
         net, peer = self.net, self.peer
+        advert = parse_advert_topic(eff.topic) is not None
         for other in net.order:
+            if advert and eff.topic not in net.slots[other].advert_topics:
+                continue  # not subscribed to that adverts shard (§5.2)
             if other != peer and net.reachable(peer, other) and net.rng.random() >= net.drop_rate:
                 net._schedule(
                     net.now_ms + net._latency(peer),
@@ -220,6 +228,9 @@ class CoreNetEffects(EffectInterpreter):
 
     def do_fetch_log(self, eff: FetchLog) -> None:
         self.slot.log_fetches.append(eff)
+
+    def do_advert_topics(self, eff: AdvertTopics) -> None:
+        self.slot.advert_topics = eff.topics
 
     def do_set_peer_score(self, eff: SetPeerScore) -> None:
         pass
@@ -309,6 +320,7 @@ class CoreNet:
         old = slot.node
         node = Node(self.params, old.identity, random.Random(self.rng.random()), self.now_ms)
         slot.node, slot.alive = node, True
+        slot.advert_topics = (TOPIC_ADVERTS,)  # a new process listens on the plain topic
         effects = node.restore(list(slot.log))
         self._apply(peer, effects)
         self._boot(slot)
