@@ -505,3 +505,17 @@ def test_a_newcomer_follows_the_shard_count_it_is_told_of() -> None:
         net.node(i) for i in range(8) if advert_topic(new, node.peers.shards) in _topics(net, i)
     ]
     assert mates and all(m.peers.get(new) is not None for m in mates)
+
+
+def test_a_leave_notice_goes_where_the_node_advertises_in_a_sharded_mesh() -> None:
+    """A node in S > 1 shards publishes its leave notice on its shard's
+    topic (both during a change), where its peers listen, not on the plain
+    adverts topic nobody in a sharded mesh hears."""
+    net = CoreNet(12, seed=11, params=SHARDED)
+    net.run_for(SHARDED.advert_ttl_ms + 1_000)  # the first split is under way
+    node = net.node(0)
+    assert node.peers.shards > 1
+    effects = node.step(ShutdownRequested(), net.now_ms)
+    topics = [e.topic for e in effects if isinstance(e, Publish)]
+    assert topics and set(topics) == set(_topics(net, 0)), topics
+    assert TOPIC_ADVERTS not in topics or node.peers.shards_from == 1
