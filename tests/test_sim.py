@@ -9,11 +9,14 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from meshd.core.wire import Opened, Rejected
+from simulations import engine
 from simulations.__main__ import main
 from simulations.codec import Forged, SimCodec
+from simulations.engine import answer_order
 from simulations.scenarios import RunConfig, run
 
 # Core bug found by the simulator (fixed): origin_award_failed() iterated job.runs
@@ -137,6 +140,27 @@ def test_lazy_offer_walk_gives_the_same_placement_as_full_gossip() -> None:
     full = _check("load", 2, nodes=20, jobs=60, load="0.7", gossip_mode="full")
     assert full["counters"]["bid_late"] > 0 and lazy["counters"]["bid_late"] == 0
     assert full["completion_mean_s"] == pytest.approx(lazy["completion_mean_s"], rel=0.15)
+
+
+def test_answer_order_is_the_stable_sorts_prefix_ties_included() -> None:
+    """An offer's walk order: the first nodes of the stable argsort of the
+    answer times, ties broken by index, however the cut falls among them."""
+    rng = np.random.default_rng(5)
+    for n, m in ((1, 1), (10, 3), (10, 10), (10, 64), (500, 1), (500, 64), (2_000, 64)):
+        r = rng.integers(2, 40, n)  # few distinct values: many ties at every cut
+        full = np.argsort(r, kind="stable").tolist()
+        first, complete = answer_order(r, m)
+        assert len(first) >= min(m, n) and first == full[: len(first)]
+        assert complete == (len(first) == n)
+
+
+def test_an_offer_walk_past_its_prefix_goes_on_in_the_same_order(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """With a one-node prefix every walk sorts the rest when it gets there:
+    the run is the same, step for step, as with the default prefix."""
+    base = _check("load", 2, nodes=20, jobs=40, load="0.7")
+    monkeypatch.setattr(engine, "OFFER_ORDER_PREFIX", 1)
+    short = _check("load", 2, nodes=20, jobs=40, load="0.7")
+    assert short["trace"] == base["trace"] and short["events"] == base["events"]
 
 
 def test_sim_codec_models_authentication() -> None:
