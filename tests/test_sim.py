@@ -142,6 +142,15 @@ def test_lazy_offer_walk_gives_the_same_placement_as_full_gossip() -> None:
     assert full["completion_mean_s"] == pytest.approx(lazy["completion_mean_s"], rel=0.15)
 
 
+def test_scale_is_the_load_scenario_at_half_utilisation() -> None:
+    """`scale` (the headline size by default) simulates exactly what
+    `load --set load=0.5` does for the same seed and size."""
+    scale = _check("scale", 3, nodes=16, jobs=30)
+    load = _check("load", 3, nodes=16, jobs=30, load="0.5")
+    assert scale["trace"] == load["trace"] and scale["events"] == load["events"]
+    assert scale["cpu_s"] > 0 and "ratio_mean_vs_omniscient" in scale
+
+
 def test_answer_order_is_the_stable_sorts_prefix_ties_included() -> None:
     """An offer's walk order: the first nodes of the stable argsort of the
     answer times, ties broken by index, however the cut falls among them."""
