@@ -662,9 +662,8 @@ class Origin:
         """``Capacity.from_advert`` of the advert we hold for a peer, built
         once per advert: every job's estimate and offer reads every peer's."""
         hit = self._capacities.get(entry.peer_id)
-        if (
-            hit is not None and hit[0] is entry.advert
-        ):  # adverts are frozen: same object, same values
+        # Adverts are frozen: the same object says the same thing.
+        if hit is not None and hit[0] is entry.advert:
             return hit[1]
         cap = Capacity.from_advert(entry.advert)
         if len(self._capacities) >= 2 * max(1, self.ctx.params.advert_view_max):
