@@ -442,7 +442,9 @@ class Engine:
     def _dispatch(self, kind: int, p: Any) -> None:
         if kind == EV_INPUT:
             slot = self.slots[p[0]]
-            if slot.alive:
+            if slot.alive and slot.inbox is None:  # CPU model off: no lane to pick
+                self.feed(slot, p[1])
+            elif slot.alive:
                 inp = p[1]
                 lane = (
                     Lane.GOSSIP
