@@ -30,7 +30,10 @@ window. The bids the origin sees, and when, are those of full delivery; the
 only difference is that a node may read its own state up to one round trip
 later than the offer reached it (as if it had queued the offer). Cost per
 offer: a handful of deliveries instead of N. ``gossip_mode=full`` delivers
-every copy (used by a test to check both modes agree).
+every copy (used by a test to check both modes agree). The 2N latencies are
+still drawn (the seeded stream stays as it was), but only the first
+``OFFER_ORDER_PREFIX`` nodes are put in answer order (:func:`answer_order`);
+a walk that gets further sorts the rest then.
 
 *Receipts and attestations* (``TOPIC_RECEIPTS``) are gossiped to every node
 in the protocol — two to four per job, each costing every node a hash and a
