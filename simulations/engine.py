@@ -30,7 +30,10 @@ window. The bids the origin sees, and when, are those of full delivery; the
 only difference is that a node may read its own state up to one round trip
 later than the offer reached it (as if it had queued the offer). Cost per
 offer: a handful of deliveries instead of N. ``gossip_mode=full`` delivers
-every copy (used by a test to check both modes agree).
+every copy (used by a test to check both modes agree). The 2N latencies are
+still drawn (the seeded stream stays as it was), but only the first
+``OFFER_ORDER_PREFIX`` nodes are put in answer order (:func:`answer_order`);
+a walk that gets further sorts the rest then.
 
 *Receipts and attestations* (``TOPIC_RECEIPTS``) are gossiped to every node
 in the protocol — two to four per job, each costing every node a hash and a
@@ -146,6 +149,10 @@ EV_INPUT, EV_LOCAL, EV_TICK, EV_FINISH, EV_OFFER, EV_ADVERT, EV_CALL, EV_CPU, EV
 )
 RESTART_CONNECTIONS = 3
 """Live peers a restarted node is told it connected to (``PeerConnected``)."""
+OFFER_ORDER_PREFIX = 64
+"""Nodes a lazy offer walk puts in answer order at first; it rarely reaches
+further (the window closes after ``bids_enough`` bids) and sorts the rest
+only if it does (:func:`answer_order`)."""
 RECEIPT_SAMPLED_REACH = 16
 """Receipts and attestations reach this many nodes beyond 256 nodes."""
 LOAD_REPORT_MS = 1_000
@@ -206,6 +213,18 @@ def grown_shards(params: CoreParams, nodes: int) -> int:
     while (nxt := shard_count_for(params, nodes, shards)) > shards:
         shards = nxt
     return shards
+
+
+def answer_order(r: np.ndarray, m: int) -> tuple[list[int], bool]:
+    """The first (at least ``m``) node indices of ``np.argsort(r, kind="stable")``,
+    and whether they are all of them: the ``m`` smallest answer times and every
+    tie of the largest, ordered by (time, index) as the stable sort orders
+    them, without sorting all N."""
+    if m >= len(r):
+        return np.argsort(r, kind="stable").tolist(), True
+    cut = np.partition(r, m - 1)[m - 1]
+    first = np.flatnonzero(r <= cut)  # ascending index: the stable sort keeps ties so
+    return first[np.argsort(r[first], kind="stable")].tolist(), False
 
 
 class SimFailure(Exception):
@@ -316,6 +335,10 @@ class OfferCast:
     k: int = 0
     last_ms: int = 0
     stop_early: bool = True
+    complete: bool = True
+    """False while ``order`` holds only the first nodes of the answer order
+    (:func:`answer_order`); :meth:`Engine._offer_next` sorts the rest when it
+    gets there."""
     bids_in_flight: int = 0
     """Bids sent to the origin by earlier candidates (they arrive no later than the next answer)."""
 
@@ -446,7 +469,9 @@ class Engine:
     def _dispatch(self, kind: int, p: Any) -> None:
         if kind == EV_INPUT:
             slot = self.slots[p[0]]
-            if slot.alive:
+            if slot.alive and slot.inbox is None:  # CPU model off: no lane to pick
+                self.feed(slot, p[1])
+            elif slot.alive:
                 inp = p[1]
                 lane = (
                     Lane.GOSSIP
@@ -778,7 +803,10 @@ class Engine:
         r = l1 + l2
         lazy = k.gossip_mode == "lazy" if stop_early is None else stop_early
         lazy = lazy and not self.cpu  # see "CPU model": every copy costs its receiver
-        order = np.argsort(r if lazy else l1, kind="stable").tolist()
+        if lazy:
+            order, complete = answer_order(r, OFFER_ORDER_PREFIX)
+        else:
+            order, complete = np.argsort(l1, kind="stable").tolist(), True
         body = data.body
         if len(self.recent) < 64:
             self.recent.append(data)
@@ -794,11 +822,18 @@ class Engine:
             r,
             last_ms=self.now,
             stop_early=lazy,
+            complete=complete,
         )
         self._offer_next(cast)
 
     def _offer_next(self, cast: OfferCast) -> None:
-        while cast.k < len(cast.order):
+        while True:
+            if cast.k >= len(cast.order):
+                if cast.complete:
+                    return
+                # past the prefix: sort them all (the prefix stays as it was)
+                cast.order, cast.complete = np.argsort(cast.r, kind="stable").tolist(), True
+                continue
             c = cast.order[cast.k]
             if c == cast.origin:
                 cast.k += 1

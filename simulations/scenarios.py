@@ -60,6 +60,11 @@ def _draw_load(rng: random.Random, k: Knobs) -> None:
     k.replication = "off"
 
 
+def _draw_scale(rng: random.Random, k: Knobs) -> None:
+    _draw_load(rng, k)
+    k.load = 0.5
+
+
 def _draw_churn(rng: random.Random, k: Knobs) -> None:
     draw_network(rng, k, faults=True)
     k.crash_fraction = 0.3
@@ -119,6 +124,14 @@ SCENARIOS: dict[str, Scenario] = {
             _draw_load,
             200,
             2000,
+        ),
+        Scenario(
+            "scale",
+            "the issue-14 size: `load` at 50% utilisation (replication off), "
+            "10,000 nodes and 100,000 jobs by default; cpu_s says what the run cost",
+            _draw_scale,
+            10_000,
+            100_000,
         ),
         Scenario(
             "churn",
@@ -415,7 +428,7 @@ class Run:
 
     def execute(self) -> dict[str, Any]:
         e = self.engine
-        wall0 = time.perf_counter()
+        wall0, cpu0 = time.perf_counter(), time.process_time()
         try:
             self._schedule()
             e.run_until(self.t_safety_end)
@@ -434,6 +447,7 @@ class Run:
             ok, failure = False, str(exc)
         wall = time.perf_counter() - wall0
         self.result = self._metrics(ok, failure, wall)
+        self.result["cpu_s"] = round(time.process_time() - cpu0, 2)
         return self.result
 
     def _advert_totals(self) -> tuple[int, int]:
@@ -546,7 +560,7 @@ class Run:
         }
         res["membership"] = self._membership_metrics()
         res["fail_reasons"] = self._fail_reasons(done)
-        if cfg.scenario == "load":
+        if cfg.scenario in ("load", "scale"):
             res.update(self._baselines(ct))
         if self.knobs.cpu_model:
             res.update(self._cpu_metrics())

@@ -11,9 +11,15 @@ profile, then divided by a reputation factor".
 from __future__ import annotations
 
 import dataclasses
+import random
 
 import pytest
 
+from meshd.core.events import TOPIC_ADVERTS, GossipReceived
+from meshd.core.identity import Identity
+from meshd.core.jobspec import parse_job_spec
+from meshd.core.node import Node
+from meshd.core.params import CoreParams
 from meshd.core.placement import (
     Capacity,
     actual_cost,
@@ -29,10 +35,12 @@ from meshd.core.placement import (
     rank_bids,
     spread_scaled,
 )
-from meshd.core.wire import Bid, Offer, OfferRequirements
+from meshd.core.wire import Advert, Bid, Offer, OfferRequirements, seal
 
 IMAGE = "meshd/busybox:1"
 DIGEST = "sha256:" + "00" * 32
+
+ADVERT_NOW = 1_000_000
 
 
 def cap(**kw: object) -> Capacity:
@@ -400,3 +408,40 @@ def test_tiebreak_decides_only_exact_ties() -> None:
     assert rank_bids(bids, "balanced", {}, {}, {"a": 0.9, "b": 0.1}) == ["b", "a"]
     assert rank_bids(bids, "balanced", {}, {}, {"a": 0.1, "b": 0.9}) == ["a", "b"]
     assert rank_bids({}, "fast", {}, {}, {}) == []
+
+
+def test_an_origin_reads_a_peers_newest_advert() -> None:
+    """The origin builds each peer's capacity once per advert
+    (``Origin._capacity``): when the peer advertises anew, the estimate and
+    the offer's candidates follow what the new advert says."""
+    node = Node(CoreParams(), Identity.from_seed_int(1), random.Random(1), ADVERT_NOW)
+    peer = Identity.from_seed_int(2)
+
+    def advertise(seq: int, cpus: int) -> None:
+        a = Advert(
+            seq=seq,
+            ttl_ms=60_000,
+            cores=cpus,
+            ram_mb=4096,
+            runtimes=["docker"],
+            images=["meshd/busybox:1"],
+            score_gflops=50.0,
+            price=0.001,
+            capacity=cpus,
+            warm=True,
+        )
+        data = seal(peer, a, ADVERT_NOW + seq, seq.to_bytes(8, "big"))
+        node.step(GossipReceived(TOPIC_ADVERTS, peer.peer_id, data), ADVERT_NOW + seq)
+
+    job = parse_job_spec(
+        {"image": "meshd/busybox:1", "command": ["x"], "requirements": {"cpus": 8}}
+    )
+    offer_ = offer(requirements=req(cpus=8))
+    advertise(1, cpus=4)
+    assert node.origin.estimate(job)["candidates"] == 0
+    assert node.origin._candidate_ids(offer_) == []
+    advertise(2, cpus=16)
+    assert node.origin.estimate(job)["candidates"] == 1
+    assert node.origin._candidate_ids(offer_) == [peer.peer_id]
+    advertise(3, cpus=2)
+    assert node.origin.estimate(job)["candidates"] == 0

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import random
 
+from meshd.core.credits import seq_digest
 from meshd.core.events import DirectReceived, Send
 from meshd.core.identity import Identity
 from meshd.core.node import Node
@@ -294,3 +295,68 @@ def test_balances_do_not_depend_on_the_order_receipts_arrived_in() -> None:
         gossip(b, raw)
     assert a.ledger.balances() == b.ledger.balances()
     assert a.ledger.balances()[WORKER.peer_id]["earned"] == math.fsum(amounts)
+
+
+def _summary_of(node: Node) -> dict[str, tuple[int, bytes]]:
+    """What ``node``'s next summary says, per origin (one window: every origin)."""
+    node.ledger._sync_after = ""
+    return {o.origin: (o.count, o.digest) for o in node.ledger._summary().origins}
+
+
+def test_a_summary_follows_the_ledger_as_receipts_come_and_go() -> None:
+    """Each origin's count and digest are those of the seqs held at the time
+    of the summary: a receipt added or dropped since the last one shows."""
+    node, _ = two_nodes(CoreParams(max_ledger_receipts=3))
+    gossip(node, cosigned(receipt(1)))
+    gossip(node, cosigned(receipt(2)))
+    assert _summary_of(node) == {ORIGIN.peer_id: (2, seq_digest([1, 2]))}
+    gossip(node, cosigned(receipt(3)))
+    assert _summary_of(node) == {ORIGIN.peer_id: (3, seq_digest([1, 2, 3]))}
+    gossip(node, cosigned(receipt(4)))  # the ledger is full: seq 1 leaves
+    assert _summary_of(node) == {ORIGIN.peer_id: (3, seq_digest([2, 3, 4]))}
+    other = Identity.from_seed_int(84)
+    r = receipt(1).model_copy(update={"origin": other.peer_id})
+    gossip(node, sealed(WORKER, ReceiptCosign(receipt=sealed(other, r))))  # seq 2 leaves
+    assert _summary_of(node) == {
+        ORIGIN.peer_id: (2, seq_digest([3, 4])),
+        other.peer_id: (1, seq_digest([1])),
+    }
+
+
+def test_summary_windows_cover_every_origin_in_order_and_answers_their_range() -> None:
+    """Origins come and go; the windows of successive summaries list every
+    origin held, in peer-id order, ``ledger_sync_max_origins`` at a time, and
+    an answer carries the receipts of exactly the asked range."""
+    params = CoreParams(ledger_sync_max_origins=2, max_ledger_receipts=6)
+    holder, asker = two_nodes(params)
+    origins = [Identity.from_seed_int(200 + i) for i in range(7)]
+    for i, o in enumerate(origins):  # 7 origins, one receipt each: the first one drops
+        r = receipt(1).model_copy(update={"origin": o.peer_id})
+        gossip(holder, sealed(WORKER, ReceiptCosign(receipt=sealed(o, r, ts=NOW + i))))
+    held = sorted(o.peer_id for o in origins[1:])
+    assert sorted({o for o, _ in holder.ledger.entries}) == held
+    seen, windows = [], 0
+    while True:
+        s = holder.ledger._summary()
+        seen += [o.origin for o in s.origins]
+        windows += 1
+        if s.through is None:
+            break
+    assert seen == held and windows == 3
+    summary = LedgerSummary(after=held[1], through=held[3], origins=[])
+    sent = _answers(holder, asker, summary)
+    assert {_receipt_origin(c) for c in _cosigns_in(sent)} == set(held[2:4])
+
+
+def _cosigns_in(sent: list[Send]) -> list[bytes]:
+    reply = open_envelope(sent[0].data, CoreParams().max_message_bytes)
+    assert isinstance(reply, Opened) and reply.type == "ledger_delta"
+    return list(reply.body.cosigns)
+
+
+def _receipt_origin(cosign: bytes) -> str:
+    outer = open_envelope(cosign, CoreParams().max_message_bytes)
+    assert isinstance(outer, Opened)
+    inner = open_envelope(outer.body.receipt, CoreParams().max_message_bytes)
+    assert isinstance(inner, Opened)
+    return inner.sender

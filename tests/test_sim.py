@@ -9,12 +9,15 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from meshd.core.peers import advert_topic, shard_of
 from meshd.core.wire import Opened, Rejected
+from simulations import engine
 from simulations.__main__ import main
 from simulations.codec import Forged, SimCodec
+from simulations.engine import answer_order
 from simulations.scenarios import Run, RunConfig, run
 
 # Core bug found by the simulator (fixed): origin_award_failed() iterated job.runs
@@ -184,6 +187,36 @@ def test_adverts_reach_their_shard_so_each_node_hears_as_many_as_the_mesh_grows(
         widest = min(8, peers.shards, peers.shards_from or 8)
         mine = shard_of(slot.peer_id, widest)
         assert all(shard_of(p.peer_id, widest) == mine for p in peers.alive(e.now))
+
+
+def test_scale_is_the_load_scenario_at_half_utilisation() -> None:
+    """`scale` (the headline size by default) simulates exactly what
+    `load --set load=0.5` does for the same seed and size."""
+    scale = _check("scale", 3, nodes=16, jobs=30)
+    load = _check("load", 3, nodes=16, jobs=30, load="0.5")
+    assert scale["trace"] == load["trace"] and scale["events"] == load["events"]
+    assert scale["cpu_s"] > 0 and "ratio_mean_vs_omniscient" in scale
+
+
+def test_answer_order_is_the_stable_sorts_prefix_ties_included() -> None:
+    """An offer's walk order: the first nodes of the stable argsort of the
+    answer times, ties broken by index, however the cut falls among them."""
+    rng = np.random.default_rng(5)
+    for n, m in ((1, 1), (10, 3), (10, 10), (10, 64), (500, 1), (500, 64), (2_000, 64)):
+        r = rng.integers(2, 40, n)  # few distinct values: many ties at every cut
+        full = np.argsort(r, kind="stable").tolist()
+        first, complete = answer_order(r, m)
+        assert len(first) >= min(m, n) and first == full[: len(first)]
+        assert complete == (len(first) == n)
+
+
+def test_an_offer_walk_past_its_prefix_goes_on_in_the_same_order(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """With a one-node prefix every walk sorts the rest when it gets there:
+    the run is the same, step for step, as with the default prefix."""
+    base = _check("load", 2, nodes=20, jobs=40, load="0.7")
+    monkeypatch.setattr(engine, "OFFER_ORDER_PREFIX", 1)
+    short = _check("load", 2, nodes=20, jobs=40, load="0.7")
+    assert short["trace"] == base["trace"] and short["events"] == base["events"]
 
 
 def test_sim_codec_models_authentication() -> None:

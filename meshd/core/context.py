@@ -181,6 +181,9 @@ class Context:
 
     def take_effects(self) -> list[Effect]:
         """This step's effects, appends first, and forget them."""
-        out: list[Effect] = [*self._appends, *self._out]
-        self._appends, self._out = [], []
-        return out
+        out = self._out
+        self._out = []
+        if not self._appends:  # most steps: no list to build
+            return out
+        appends, self._appends = self._appends, []
+        return [*appends, *out]

@@ -83,6 +83,7 @@ the issuer is banned for ever.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import math
 from collections import OrderedDict, deque
@@ -215,6 +216,12 @@ class Ledger:
         """Set when a peer holds a record we signed that our log has lost (§8.1)."""
         self._by_origin: dict[str, set[int]] = {}
         """origin -> the seqs of its receipts in :attr:`entries` (for sync summaries)."""
+        self._origins_sorted: list[str] = []
+        """The keys of :attr:`_by_origin` in ascending order (a summary's window
+        and an answer's range are slices of it, found by bisection)."""
+        self._summaries: dict[str, OriginSummary] = {}
+        """origin -> our summary of all its seqs (``from_seq`` 0), as last
+        computed; dropped whenever that origin's seqs change."""
         self._sync_after = ""
         """Where the next summary's window of origins starts (exclusive)."""
         self._sync_from: dict[str, int] = {}
@@ -635,15 +642,22 @@ class Ledger:
         ``max_ledger_receipts`` (a dropped receipt takes its reversal's
         count with it, so the pair leaves no trace in any balance)."""
         self.entries[(entry.origin, entry.seq)] = entry
-        self._by_origin.setdefault(entry.origin, set()).add(entry.seq)
+        held_now = self._by_origin.get(entry.origin)
+        if held_now is None:
+            held_now = self._by_origin[entry.origin] = set()
+            bisect.insort(self._origins_sorted, entry.origin)
+        held_now.add(entry.seq)
+        self._summaries.pop(entry.origin, None)
         self._by_worker.setdefault(entry.worker, set()).add((entry.origin, entry.seq))
         self._bonds.pop(entry.worker, None)
         while len(self.entries) > self.ctx.params.max_ledger_receipts:
             (origin, seq), gone = self.entries.popitem(last=False)
             held = self._by_origin[origin]
             held.discard(seq)
+            self._summaries.pop(origin, None)
             if not held:
                 del self._by_origin[origin]
+                del self._origins_sorted[bisect.bisect_left(self._origins_sorted, origin)]
             named = self._by_worker[gone.worker]
             named.discard((origin, seq))
             if not named:
@@ -669,10 +683,27 @@ class Ledger:
     # ------------------------------------------------------------ anti-entropy (CREDITS.md §7.4)
 
     def _origin_summary(self, origin: str, from_seq: int) -> OriginSummary:
+        if from_seq == 0:
+            cached = self._summaries.get(origin)
+            if cached is not None:
+                return cached
         seqs = sorted(s for s in self._by_origin.get(origin, ()) if s >= from_seq)
-        return OriginSummary(
+        made = OriginSummary(
             origin=origin, from_seq=from_seq, count=len(seqs), digest=seq_digest(seqs)
         )
+        if from_seq == 0 and origin in self._by_origin:
+            self._summaries[origin] = made
+        return made
+
+    def _origins_in(self, after: str, through: str | None, limit: int | None = None) -> list[str]:
+        """The origins we hold receipts of in ``(after, through]`` (None: no
+        upper end), ascending; at most ``limit`` of them (None: all)."""
+        held = self._origins_sorted
+        lo = bisect.bisect_right(held, after)
+        hi = len(held) if through is None else bisect.bisect_right(held, through, lo)
+        if limit is not None:
+            hi = min(hi, lo + limit)
+        return held[lo:hi]
 
     def _summary(self) -> LedgerSummary:
         """A summary of the next window of at most ``ledger_sync_max_origins``
@@ -680,7 +711,14 @@ class Ledger:
         turns, so every origin is described every few rounds."""
         limit = max(1, self.ctx.params.ledger_sync_max_origins)
         after = self._sync_after
-        known = sorted(o for o in set(self._by_origin).union(self._sync_from) if o > after)
+        # The first limit + 1 origins after ``after`` of the union of what we
+        # hold and where cut-short answers left us are among the first
+        # limit + 1 of each.
+        known = sorted(
+            set(self._origins_in(after, None, limit + 1)).union(
+                o for o in self._sync_from if o > after
+            )
+        )
         window = known[:limit]
         through: str | None = window[-1] if len(known) > limit else None
         self._sync_after = through or ""
@@ -725,11 +763,7 @@ class Ledger:
                 ctx.reject("sync_bad_summary", msg.sender, f"origin {o.origin}")
                 return
             theirs[o.origin] = o
-        mine = sorted(
-            o
-            for o in self._by_origin
-            if o > summary.after and (summary.through is None or o <= summary.through)
-        )
+        mine = self._origins_in(summary.after, summary.through)
         cosigns: list[bytes] = []
         size = SYNC_REPLY_OVERHEAD
         resume: tuple[str, int] | None = None
@@ -828,13 +862,17 @@ class Ledger:
     # ------------------------------------------------------------ equivocation
 
     def _index_record(self, issuer: str, body: Body, raw: Any) -> bool:
-        """Remember (issuer, seq) -> body digest; False (and proof kept) on a conflict."""
+        """Remember (issuer, seq) -> body digest; False (and proof kept) on a conflict.
+
+        The same signed bytes seen again carry the same body: no digest to compute."""
         seq = getattr(body, "seq", 0)
+        key = (issuer, seq)
+        seen = self._records.get(key)
+        if seen is not None and raw and seen[1] == raw:
+            return True
         digest = hashlib.sha256(
             canonical_bytes([type(body).__name__, body.model_dump(mode="json")])
         ).digest()
-        key = (issuer, seq)
-        seen = self._records.get(key)
         if seen is None:
             self._records[key] = (digest, raw)
             while len(self._records) > self.ctx.params.max_records_indexed:

@@ -279,9 +279,15 @@ def canonical_bytes(value: Any) -> bytes:
     return msgpack.packb(_sorted(value), use_bin_type=True)
 
 
+_LEAVES = frozenset({str, int, float, bool, bytes, type(None)})
+"""Types ``_sorted`` returns as they are (no call needed for them)."""
+
+
 def _sorted(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _sorted(value[k]) for k in sorted(value)}
+        return {
+            k: v if type(v) in _LEAVES else _sorted(v) for k in sorted(value) for v in (value[k],)
+        }
     if isinstance(value, (list, tuple)):
-        return [_sorted(v) for v in value]
+        return [v if type(v) in _LEAVES else _sorted(v) for v in value]
     return value

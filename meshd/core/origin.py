@@ -85,6 +85,7 @@ from .wire import (
     MAX_ATTEMPT,
     MAX_EXCLUDE,
     MAX_REPLICA,
+    Advert,
     Award,
     Bid,
     Cancel,
@@ -98,6 +99,7 @@ from .wire import (
 
 if TYPE_CHECKING:
     from .credits import Ledger
+    from .peers import PeerEntry
 
 T_WINDOW, T_REOFFER, T_LEASE, T_AWARD = "window", "reoffer", "lease", "award_timeout"
 AWARD_TIMEOUT = "award not acknowledged in time"
@@ -226,6 +228,9 @@ class Origin:
         self.ctx = ctx
         self.ledger = ledger
         self.jobs: dict[str, OriginJob] = {}
+        self._capacities: dict[str, tuple[Advert, Capacity]] = {}
+        """peer -> the advert of it we last read and its :class:`Capacity`
+        (:meth:`_capacity`; at most twice ``advert_view_max`` peers)."""
         self.audits = AuditBook(ctx.params)
         """Unreplicated accepted results per worker, audited on its conviction."""
         self.scores = ScoreCheck(ctx.params)
@@ -400,7 +405,7 @@ class Origin:
 
         for entry in self.ctx.peers.alive(self.ctx.now_ms):
             known += 1
-            cap = Capacity.from_advert(entry.advert)
+            cap = self._capacity(entry)
             whys = list(fit_reasons(cap, req))
             for why in whys:
                 unfit[why] = unfit.get(why, 0) + 1
@@ -660,6 +665,19 @@ class Origin:
             return False
         return True
 
+    def _capacity(self, entry: PeerEntry) -> Capacity:
+        """``Capacity.from_advert`` of the advert we hold for a peer, built
+        once per advert: every job's estimate and offer reads every peer's."""
+        hit = self._capacities.get(entry.peer_id)
+        # Adverts are frozen: the same object says the same thing.
+        if hit is not None and hit[0] is entry.advert:
+            return hit[1]
+        cap = Capacity.from_advert(entry.advert)
+        if len(self._capacities) >= 2 * max(1, self.ctx.params.advert_view_max):
+            self._capacities.clear()  # peers left the view; the ones still there come back
+        self._capacities[entry.peer_id] = (entry.advert, cap)
+        return cap
+
     def _own_fits(self, req: OfferRequirements) -> bool:
         """Our own worker's capacity fits requirements ``req`` (§8.1)."""
         own = self.own_capacity()
@@ -674,7 +692,7 @@ class Origin:
                 entry.peer_id, self.ctx.now_ms
             ):
                 continue
-            if fit_reason(Capacity.from_advert(entry.advert), offer.requirements) is None:
+            if fit_reason(self._capacity(entry), offer.requirements) is None:
                 out.append(entry.peer_id)
         return out
 
@@ -847,7 +865,7 @@ class Origin:
                 or self.ctx.trust.banned(p, self.ctx.now_ms)
             ):
                 continue
-            if fit_reason(Capacity.from_advert(entry.advert), req) is None:
+            if fit_reason(self._capacity(entry), req) is None:
                 return True
         return False
 
@@ -987,7 +1005,7 @@ class Origin:
         fitting = [
             e.peer_id
             for e in self.ctx.peers.alive(self.ctx.now_ms)
-            if fit_reason(Capacity.from_advert(e.advert), req) is None
+            if fit_reason(self._capacity(e), req) is None
         ]
         if self._own_fits(req):
             fitting.append(self.ctx.peer_id)
@@ -1011,7 +1029,7 @@ class Origin:
             elif self.silent.excluded(entry.peer_id, self.ctx.now_ms):
                 reason = CANNOT_REACH_US
             else:
-                reason = fit_reason(Capacity.from_advert(entry.advert), req) or NO_ANSWER
+                reason = fit_reason(self._capacity(entry), req) or NO_ANSWER
             self._note_decline(job, entry.peer_id, reason)
         if not self.ctx.peers.alive(self.ctx.now_ms):
             self._note_decline(job, "-", "no peers known (is this node connected to the mesh?)")

@@ -107,6 +107,12 @@ class RateLimiter:
                 self._peers.popitem(last=False)
         else:
             self._peers.move_to_end(peer)
+        if len(classes) == 1:  # most messages: one bucket, no list to build
+            b = self._refilled(buckets, classes[0], now_ms)
+            if b.tokens < 1.0:
+                return False
+            b.tokens -= 1.0
+            return True
         current = [self._refilled(buckets, c, now_ms) for c in classes]
         if any(b.tokens < 1.0 for b in current):
             return False

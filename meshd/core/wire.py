@@ -85,6 +85,8 @@ Digest = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
 
 MAX_INT = 2**63 - 1
 """No integer on the wire exceeds a signed 64-bit one (``Body`` checks every field)."""
+MIN_INT = -MAX_INT - 1
+"""Nor is any below one."""
 MAX_CREDITS = 1e12
 """Largest price, budget or credit amount a message may carry."""
 MAX_TIMEOUT_S = 7 * 86_400
@@ -116,7 +118,7 @@ class Body(BaseModel):
     @model_validator(mode="after")
     def _ints_fit(self) -> Body:
         for name, value in self.__dict__.items():
-            if isinstance(value, int) and not -MAX_INT - 1 <= value <= MAX_INT:
+            if isinstance(value, int) and not MIN_INT <= value <= MAX_INT:
                 raise ValueError(f"{name}: integer out of range")
         return self
 
