@@ -230,3 +230,13 @@ def test_discovery_dials_wanted_peers_beyond_the_target_within_max_peers() -> No
     assert pick_dials(known, {"x", "y", "z", "v", "u", "t"}, wanted, p) == []
     # enough wanted connected: the plain target rule
     assert pick_dials(known, {"w9", "w8"}, {"w9", "w8"}.__contains__, p) == ["a", "w1"]
+
+
+def test_discovery_with_no_wanted_peers_named_keeps_to_the_target() -> None:
+    """Until the app names the peers it wants, ``wanted_peers`` asks for
+    nothing: a host with ``target_peers = 1`` connections dials no one more
+    (a line of hosts in a test stays a line)."""
+    p = NetParams(target_peers=1, wanted_peers=6, max_peers=8)
+    known = ["a", "b", "c"]
+    assert pick_dials(known, set(), None, p) == ["a"]
+    assert pick_dials(known, {"x"}, None, p) == []

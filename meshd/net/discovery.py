@@ -131,15 +131,18 @@ class _ConnectionWatch(INotifee):
 
 
 def pick_dials(
-    known: Sequence[str], connected: set[str], wanted: Callable[[str], bool], p: Any
+    known: Sequence[str], connected: set[str], wanted: Callable[[str], bool] | None, p: Any
 ) -> list[str]:
     """Which of the ``known`` candidates (newest first, none connected) to
     dial: the newest up to ``target_peers`` connections, and wanted ones
     (newest first) up to ``wanted_peers`` wanted connections, within
-    ``max_peers`` in all."""
+    ``max_peers`` in all. ``wanted`` None: the app wants no peer in
+    particular, and ``target_peers`` alone counts."""
     room = max(0, p.max_peers - len(connected))
-    want = max(0, p.wanted_peers - sum(1 for q in connected if wanted(q)))
-    picked = [k for k in known if wanted(k)][:want]
+    picked: list[str] = []
+    if wanted is not None:
+        want = max(0, p.wanted_peers - sum(1 for q in connected if wanted(q)))
+        picked = [k for k in known if wanted(k)][:want]
     fill = max(0, p.target_peers - len(connected) - len(picked))
     picked += [k for k in known if k not in picked][:fill]
     return picked[:room]
@@ -165,10 +168,10 @@ class Discovery:
         self._known: collections.OrderedDict[str, int] = collections.OrderedDict()  # -> fails
         self._wake = trio.Event()
         self._mdns_handler: Callable[[Any], None] | None = None
-        self.wanted: Callable[[str], bool] = lambda peer_id: True
+        self.wanted: Callable[[str], bool] | None = None
         """Peers the app wants among its connections (``wanted_peers`` of
-        them); every peer until it says otherwise (then only ``target_peers``
-        and ``max_peers`` matter, as ``wanted_peers`` ≤ ``target_peers``)."""
+        them); None until it says (then only ``target_peers`` and
+        ``max_peers`` matter)."""
         ctx.libp2p.get_network().register_notifee(_ConnectionWatch(self._on_connected))
         reqresp.handle(px.PX_PROTOCOL, self._serve_px, internal=True)
         standing.on_block(self._forget)
@@ -339,8 +342,12 @@ class Discovery:
         """Fewer than ``target_peers`` connected, or fewer than ``wanted_peers``
         of the peers the app wants."""
         p, connected = self._ctx.params, self._ctx.connected_peers()
-        wanted = sum(1 for q in connected if self.wanted(q))
-        return len(connected) < p.target_peers or wanted < p.wanted_peers
+        if len(connected) < p.target_peers:
+            return True
+        if self.wanted is None:
+            return False
+        wanted = self.wanted
+        return sum(1 for q in connected if wanted(q)) < p.wanted_peers
 
     async def _round(self) -> None:
         p = self._ctx.params
