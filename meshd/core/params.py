@@ -44,7 +44,9 @@ class CoreParams:
     advert costs a daemon (``tests/bench/bench_advert_cost.py``, the slope
     of CPU over adverts received) is 1.24% of a core, up to
     ``advert_rate_budget × advert_interval_max_ms / 1500`` nodes (960); at
-    1,000 nodes, 2.08 a second (1.3%)."""
+    1,000 nodes, 2.08 a second (1.3%). Beyond ``advert_shard_nodes`` the
+    adverts split into shards (§5.2) and a node hears its shard's alone, so
+    this holds however large the mesh."""
     advert_burst: int = 3
     """Adverts a node may publish back to back on changes (turning warm or
     cold, free slots crossing zero, images, price or runtimes changing) before
