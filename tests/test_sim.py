@@ -102,7 +102,7 @@ def test_dropped_work_is_caught_as_lost_job_with_replay_command(
 
 
 def test_wrong_comparison_is_caught_as_wrong_result() -> None:
-    res = run(RunConfig("cheaters", 5, 20, 80, {"lie_rate": "1.0"}, "every_result_agrees")).result
+    res = run(RunConfig("cheaters", 3, 20, 80, {"lie_rate": "1.0"}, "every_result_agrees")).result
     assert not res["ok"]
     assert "wrong result accepted" in res["failure"]
     assert res["replay"].endswith("--mutant every_result_agrees")

@@ -35,18 +35,18 @@ class CoreParams:
     """Longest heartbeat interval, however large the mesh (with the default
     TTL ratio, a silent peer leaves the others' views within an hour, the
     longest TTL the wire allows)."""
-    advert_rate_budget: float = 2.0
-    """Adverts per second a node is willing to receive from the whole mesh:
-    every node keeps its own adverts, heartbeats (one per interval) and changes
-    (one per two intervals) together, at most ``advert_rate_budget /
-    est_nodes`` a second, so each node receives at most about this many (two
-    thirds of it on a quiet mesh). Two a second at the 6.2 ms a received
-    advert costs a daemon (``tests/bench/bench_advert_cost.py``, the slope
-    of CPU over adverts received) is 1.24% of a core, up to
-    ``advert_rate_budget × advert_interval_max_ms / 1500`` nodes (960); at
-    1,000 nodes, 2.08 a second (1.3%). Beyond ``advert_shard_nodes`` the
-    adverts split into shards (§5.2) and a node hears its shard's alone, so
-    this holds however large the mesh."""
+    advert_rate_budget: float = 1.5
+    """Adverts per second a node is willing to receive from the nodes it
+    hears (its advert shard's, §5.2): every node keeps its own adverts,
+    heartbeats (one per interval) and changes (one per two intervals)
+    together, at most ``advert_rate_budget / est_nodes`` a second, so each
+    node receives at most about this many (two thirds of it on a quiet mesh)
+    while its shard is under ``advert_rate_budget × advert_interval_max_ms /
+    1500`` nodes (720), which ``advert_shard_nodes`` (500) keeps it. At the
+    9–10.5 ms a received advert costs a daemon on a quiet machine
+    (``tests/bench/bench_advert_cost.py``, the slope of CPU over adverts
+    received), 1.5 a second is at most 1.6% of a core, whatever the mesh's
+    size (issue 14's target: 2% at 1,000 nodes)."""
     advert_burst: int = 3
     """Adverts a node may publish back to back on changes (turning warm or
     cold, free slots crossing zero, images, price or runtimes changing) before
@@ -72,13 +72,16 @@ class CoreParams:
     advert_pull_max: int = 64
     """Adverts one ``advert_table`` answer carries at most (also kept under
     ``max_message_bytes``): the answering peer's freshest."""
-    advert_shard_nodes: int = 1_000
+    advert_shard_nodes: int = 500
     """Most nodes one advert shard should hold (§5.2): a node splits its shard
     in two (doubles its shard count ``S``) once its estimate puts more than
     this many nodes in it, and merges back (halves ``S``) below a quarter of
     it, so a node receives the adverts of at most about this many peers
     however large the mesh. A mesh below it has one shard, the plain adverts
-    topic. 0 turns sharding off."""
+    topic. 0 turns sharding off. Keep it under ``advert_rate_budget ×
+    advert_interval_max_ms / 1500`` (720), where the heartbeat's ceiling
+    would start to bind and the adverts a node receives to grow with its
+    shard."""
     advert_shard_transition_ms: int = 1_440_000
     """After its shard count changes, a node keeps publishing and listening on
     its old shard's topic as well for this long, and changes it no sooner
