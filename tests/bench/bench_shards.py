@@ -299,14 +299,15 @@ class Run:
                 time.sleep(0.5)
         print(f"  launched {len(new)} more in {time.monotonic() - t0:.1f}s", flush=True)
         end = time.monotonic() + self.args.settle_timeout_s
-        while time.monotonic() < end and not self.settled(everyone, shards):
+        while not (done := self.settled(everyone, shards)) and time.monotonic() < end:
             poll()
             time.sleep(1.0)
+        until = f"all were in {shards} shards" if done else "the time-out"
         self.check(
             "through the change",
             not gaps,
             f"{polls} polls of the first {len(old)} nodes' views from the first launch until "
-            f"all were in {shards} shards ({time.monotonic() - t0:.1f}s)"
+            f"{until} ({time.monotonic() - t0:.1f}s)"
             + (f"; gaps: {gaps[:6]}" if gaps else ", no gap"),
         )
 
