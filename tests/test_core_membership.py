@@ -9,6 +9,7 @@ import dataclasses
 from typing import Any
 
 import msgpack
+import pytest
 
 from meshd.core.events import (
     TOPIC_ADVERTS,
@@ -30,6 +31,7 @@ from meshd.core.peers import (
     advert_topic,
     advert_ttl_for,
     parse_advert_topic,
+    shard_count_fits,
     shard_count_for,
     shard_of,
 )
@@ -487,12 +489,15 @@ def test_an_advert_on_another_shard_s_topic_is_refused() -> None:
     assert node.counters["rejected_unknown_topic"] == 1
 
 
-def test_a_newcomer_follows_the_shard_count_it_is_told_of() -> None:
+@pytest.mark.parametrize("pulled", [1, 2])
+def test_a_newcomer_follows_the_shard_count_it_is_told_of(pulled: int) -> None:
     """A node that starts into a sharded mesh (in one shard, hearing nobody
-    on the plain topic) takes the count the adverts it pulls carry, though
-    the one advert it holds makes its own estimate too small for that
-    count, and announces itself on its shard at once."""
-    params = dataclasses.replace(SHARDED, advert_pull_max=1)
+    on the plain topic) takes the count the adverts it pulls carry, whether
+    the adverts it holds make its own estimate too small for that count (one
+    pulled: 2 nodes) or one that fits it (two pulled: 3 nodes), and either
+    way announces itself on its shard at once (§5.2: its new shard has not
+    heard of it; its next heartbeat may be minutes away)."""
+    params = dataclasses.replace(SHARDED, advert_pull_max=pulled)
     net = CoreNet(8, seed=0, params=params)
     net.run_for(4 * SHARDED.advert_shard_transition_ms)
     assert {net.node(i).peers.shards for i in range(8)} == {4}
@@ -506,7 +511,10 @@ def test_a_newcomer_follows_the_shard_count_it_is_told_of() -> None:
     net.input(new, PeerConnected(net.order[0]))
     net.run_for(300)  # the pull's round trip, well within a heartbeat interval
     node = net.node(new)
-    assert node.counters["relayed_adverts"] == 1  # an estimate of 2: four shards would not fit
+    assert node.counters["relayed_adverts"] == pulled
+    # its estimate when it moved, itself and what it pulled: 2 is below what
+    # four shards of three fit (3 .. 12), 3 fits (the two branches of §5.2's rule)
+    assert shard_count_fits(params, pulled + 1, 4) == (pulled == 2)
     assert node.peers.shards == 4 and node.counters["advert_shard_changes"] == 1
     assert advert_topic(new, node.peers.shards) in _topics(net, -1)
     mates = [

@@ -530,7 +530,8 @@ class Node:
         est, now = peers.est_nodes(), peers.shards
         heard = self._shards_heard()
         if heard != now and shard_count_fits(p, est, heard):
-            self._change_shards(heard, announce=heard < now)
+            # a merge, or a newcomer's first move: the new shard has not heard of us
+            self._change_shards(heard, announce=heard < now or self._young())
         elif heard > now and self._young():
             self._change_shards(heard, announce=True)  # a newcomer: nobody heard us yet
         elif (target := shard_count_for(p, est, now)) != now:

@@ -101,6 +101,12 @@ class DaemonProcess:
             check=True,
             capture_output=True,
         )
+        self.configure()
+
+    def configure(self) -> None:
+        """Write this daemon's ``config.toml`` keys (``params``, ``config``) into
+        a data dir already made (by :meth:`init`, or by ``meshd.config.init_node``
+        in-process, as a caller choosing identities does)."""
         update_config(
             self.data_dir,
             {

@@ -47,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -123,7 +124,7 @@ def wait_all(what: str, pred: Any, timeout_s: float, poll_s: float = 2.0) -> flo
     return time.monotonic() - t0
 
 
-def launch_in_waves(daemons: list[NetnsDaemon], wave: int, timeout_s: float) -> None:
+def launch_in_waves(daemons: Sequence[DaemonProcess], wave: int, timeout_s: float) -> None:
     for i in range(0, len(daemons), wave):
         batch = daemons[i : i + wave]
         for d in batch:
