@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 
+import multiaddr
 import pytest
 import trio
+from libp2p.abc import INetStream
+from libp2p.kad_dht.common import PROTOCOL_ID
 from libp2p.kad_dht.pb.kademlia_pb2 import Message
+from libp2p.peer.id import ID
+from libp2p.utils.varint import read_varint_prefixed_bytes_limited
 
+from meshd.core.identity import Identity
 from meshd.net import MeshHost, NetParams
 from meshd.net.dht import DHT_PROTOCOL
 from meshd.net.framing import encode_uvarint
@@ -165,3 +171,58 @@ def test_peer_exchange_can_be_switched_off_but_not_made_negative() -> None:
     assert NetParams(peer_exchange_fanout=0).peer_exchange_fanout == 0
     with pytest.raises(ValueError, match="peer_exchange_fanout"):
         NetParams(peer_exchange_fanout=-1)
+
+
+async def test_bad_answers_to_a_lookup_are_dropped_and_oversized_ones_store_nothing() -> None:
+    """A peer answers our FIND_NODE with what the test sets: garbage, then a
+    well-formed answer over ``dht_max_message_bytes`` naming 2,000 peers,
+    then a small one naming one peer. The host keeps looking up; nothing of
+    the oversized answer reaches its peerstore; the small answer's peer
+    becomes a dial candidate."""
+    answer: list[bytes] = [b"\x05garbage-not-protobuf"]
+    asked = trio.Event()
+
+    async def serve(stream: INetStream) -> None:
+        try:
+            await read_varint_prefixed_bytes_limited(stream, 65536)
+            await stream.write(answer[0])
+            await stream.close()
+            asked.set()
+        except Exception:
+            await stream.reset()
+
+    def naming(n: int) -> tuple[bytes, list[ID]]:
+        msg = Message()
+        msg.type = Message.MessageType.FIND_NODE
+        ids = [ID.from_base58(Identity.generate().peer_id) for _ in range(n)]
+        for pid in ids:
+            entry = msg.closerPeers.add()
+            entry.id = pid.to_bytes()
+            entry.addrs.append(multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/9").to_bytes())
+        return _framed(msg), ids
+
+    liar = make_host(dataclasses.replace(NO_PX, dht=False))
+    liar._host.set_stream_handler(PROTOCOL_ID, serve)
+    async with cluster(liar):
+        a = make_host(NO_PX, [liar.listen_addrs[0]])
+        async with cluster(a):
+
+            async def next_answer() -> None:
+                nonlocal asked
+                asked = trio.Event()
+                with trio.fail_after(30):
+                    await asked.wait()
+
+            await next_answer()  # garbage
+            big, big_ids = naming(2000)
+            assert len(big) > NO_PX.dht_max_message_bytes
+            answer[0] = big
+            await next_answer()
+            await next_answer()  # the one after the big answer was read, too
+            store = a._host.get_peerstore()
+            assert not any(pid in store.peer_ids() for pid in big_ids)
+            small, _ = naming(1)
+            answer[0] = small
+            await wait_until(lambda: a.statistics().dht_found > 0, 30)  # only it counts
+            await wait_until(lambda: a.statistics().dials_failed > 0, 30)  # discovery tried it
+            assert connected(a, liar)

@@ -207,7 +207,8 @@ class Dht:
 
     async def lookup(self, key: bytes | None = None) -> list[str]:
         """Look up the peers closest to ``key`` (a random 32-byte key if
-        None) and hand those with addresses to discovery; returns them."""
+        None) and hand those we are not connected to, with addresses, to
+        discovery; returns them."""
         p = self._ctx.params
         key = key if key is not None else random.randbytes(32)
         self._ctx.count("dht_lookups")
@@ -219,10 +220,13 @@ class Dht:
         finally:
             self._trim()
         store = self._ctx.libp2p.get_peerstore()
+        connected = set(self._ctx.connected_peers())
         out = []
         for pid in pids:
             peer_id = str(pid)
-            if peer_id == self._ctx.peer_id or self._standing.is_blocked(peer_id):
+            if peer_id in connected or peer_id == self._ctx.peer_id:
+                continue
+            if self._standing.is_blocked(peer_id):
                 continue
             try:
                 if store.addrs(pid):

@@ -45,7 +45,7 @@ class NetStats:
     dials_failed: int = 0
     px_rounds: int = 0  # peer-exchange requests that got an answer
     dht_lookups: int = 0  # Kademlia lookups we ran (meshd.net.dht)
-    dht_found: int = 0  # peers our lookups handed to discovery (with addresses)
+    dht_found: int = 0  # peers our lookups handed to discovery (not connected, with addresses)
     dht_served: int = 0  # FIND_NODE requests we answered
     dht_rejected: int = 0  # inbound DHT streams reset: bad, oversized, unserved or over the bound
     refused_peers: int = 0  # connections/streams refused (blocked, low score, full)

@@ -12,9 +12,10 @@ before it (``line``: peer exchange needs several rounds there). The runs
 alternate off, on, off, on ... (``--runs`` of each) so a load change on the
 shared machine hits both alike. Per run:
 
-- **time to a full mesh**: from the launch of the others until every daemon's
-  status lists all ``nodes - 1`` others (polled every 0.2 s; daemon start-up
-  included, the same in both);
+- **time to a full mesh**: until every daemon's status lists all
+  ``nodes - 1`` others (polled every 0.2 s), printed from the launch of the
+  others (daemon start-up included, seconds on a loaded machine) and from
+  the moment the last of them answered its API (the figure compared);
 - **idle CPU**: after ``--settle-s``, every daemon's ``utime + stime``
   (``/proc/<pid>/stat``) over ``--window-s``, the median over daemons in % of
   one core.
@@ -58,7 +59,8 @@ def full_mesh_s(procs: list[DaemonProcess], t0: float, timeout_s: float) -> floa
 def one_run(
     args: argparse.Namespace, root: Path, dht: bool, procs: list[DaemonProcess]
 ) -> tuple[float, float]:
-    """(seconds to a full mesh, median idle CPU in % of a core) of one run."""
+    """(seconds from the last daemon's API answering to a full mesh, median
+    idle CPU in % of a core) of one run."""
     name = f"{'on' if dht else 'off'}-{len(list(root.iterdir()))}"
     config = {"allow_process_executor": True, "dht": dht}
     for i in range(args.nodes):
@@ -79,6 +81,7 @@ def one_run(
             addrs.append(p.addr)
     for p in procs[1:]:
         p.wait_for(lambda p=p: p.status() is not None, 120, "the daemon's API")
+    up = time.monotonic() - t0
     formed = full_mesh_s(procs, t0, args.form_timeout_s)
     time.sleep(args.settle_s)
     pids = [p.proc.pid for p in procs if p.proc is not None]
@@ -88,11 +91,12 @@ def one_run(
     cpu1 = [cpu_seconds(pid) for pid in pids]
     window = time.monotonic() - w0
     cpu = statistics.median(100 * (b - a) / window for a, b in zip(cpu0, cpu1, strict=True))
-    print(f"  dht {'on ' if dht else 'off'}: full mesh {formed:5.2f} s, "
+    print(f"  dht {'on ' if dht else 'off'}: full mesh {formed:5.2f} s after launch, "
+          f"{formed - up:5.2f} s after the last API answered; "
           f"idle CPU median {cpu:5.2f} % of a core", flush=True)  # fmt: skip
     stop_together(procs)
     procs.clear()
-    return formed, cpu
+    return formed - up, cpu
 
 
 def run(args: argparse.Namespace, root: Path, procs: list[DaemonProcess]) -> None:
@@ -106,7 +110,8 @@ def run(args: argparse.Namespace, root: Path, procs: list[DaemonProcess]) -> Non
     on_t = statistics.median(r[0] for r in results[True])
     off_c = statistics.median(r[1] for r in results[False])
     on_c = statistics.median(r[1] for r in results[True])
-    print(f"medians: full mesh off {off_t:.2f} s, on {on_t:.2f} s (on/off {on_t / off_t:.2f}); "
+    print(f"medians: full mesh (after the last API) off {off_t:.2f} s, on {on_t:.2f} s "
+          f"(on/off {on_t / max(off_t, 1e-9):.2f}); "
           f"idle CPU off {off_c:.2f} %, on {on_c:.2f} % (on/off {on_c / max(off_c, 1e-9):.2f})")  # fmt: skip
 
 
