@@ -31,14 +31,16 @@ Theory of operation:
     for): one request per stream, at most ``dht_max_message_bytes``,
     answered with at most ``dht_closer_peers`` peers of the table closest to
     the key (the asker and blocked peers left out), each with at most
-    ``max_px_addrs_per_peer`` addresses. Anything else -- another message
+    ``max_px_addrs_per_peer`` addresses, dialable ones only (as in peer
+    exchange, :func:`~meshd.net.px.dialable_addr`). Anything else -- another message
     type, an undecodable or oversized message, a key that is not
     1..``dht_max_key_bytes`` bytes, a stream beyond
     ``dht_max_inbound_streams`` served at once -- is counted
     (``dht_rejected``) and the stream reset.
 
     A lookup asks only peers this host is connected to (the library sees
-    the host through a view whose streams go only to connected peers): the
+    the host through a view whose streams go only to connected peers, and
+    whose peerstore lists only connected peers as starting points): the
     peers their answers name that it cannot ask yet are what it hands to
     discovery, and once discovery has dialled them the next lookup asks them
     in turn. So the DHT opens no connection of its own, and the mesh is
@@ -61,6 +63,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
+import multiaddr
 import trio
 from libp2p.abc import IHost, INetStream
 from libp2p.custom_types import TProtocol
@@ -73,6 +76,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.utils.varint import read_varint_prefixed_bytes_limited
 
+from meshd.net import px
 from meshd.net.context import HostContext
 from meshd.net.errors import PeerUnreachable
 from meshd.net.framing import encode_uvarint
@@ -85,6 +89,23 @@ DHT_PROTOCOL = str(PROTOCOL_ID)
 """Stream protocol id of the Kademlia DHT (libp2p's standard one)."""
 
 
+class _ConnectedPeerstore:
+    """The peerstore as the library's lookup sees it: its peers are the
+    connected ones (a lookup whose table is nearly empty starts from every
+    peer the peerstore lists; only connected ones can be asked, and the
+    others would come back as its results without any answer naming them)."""
+
+    def __init__(self, host: IHost) -> None:
+        self._host = host
+        self._store = host.get_peerstore()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def peer_ids(self) -> list[ID]:
+        return list(self._host.get_connected_peers())
+
+
 class _ConnectedOnly:
     """The host as the library's lookup and routing table see it: streams
     only to peers we are connected to, so a lookup never dials (discovery
@@ -92,9 +113,13 @@ class _ConnectedOnly:
 
     def __init__(self, host: IHost) -> None:
         self._host = host
+        self._store = _ConnectedPeerstore(host)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._host, name)
+
+    def get_peerstore(self) -> Any:
+        return self._store
 
     async def new_stream(self, peer_id: ID, protocol_ids: Sequence[TProtocol]) -> INetStream:
         if peer_id not in self._host.get_connected_peers():
@@ -295,9 +320,10 @@ class Dht:
             if peer_id == asker or self._standing.is_blocked(peer_id):
                 continue
             try:
-                addrs = store.addrs(pid)[: p.max_px_addrs_per_peer]
+                texts = [px.dialable_addr(str(a), p.max_px_addr_chars) for a in store.addrs(pid)]
             except Exception:
                 continue
+            addrs = [multiaddr.Multiaddr(t) for t in texts if t][: p.max_px_addrs_per_peer]
             if not addrs:
                 continue
             entry = reply.closerPeers.add()
