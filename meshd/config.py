@@ -209,6 +209,8 @@ class NodeConfig(BaseModel):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     mdns: bool = True
     """Discover peers on the local network with mDNS."""
+    dht: bool = True
+    """Also discover peers with the Kademlia DHT (``NetParams.dht``)."""
     relay_service: bool = True
     """Relay connections for peers behind NATs (circuit relay v2) once this node
     is found publicly reachable (``NetParams.relay_service``)."""

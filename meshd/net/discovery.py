@@ -1,4 +1,4 @@
-"""Discovery: bootstrap, peer exchange, mDNS, and the dialling they lead to.
+"""Discovery: bootstrap, peer exchange, mDNS, the DHT's finds, and the dialling they lead to.
 
 Theory of operation:
     meshd's discovery owns all dialling (libp2p's auto-connector is switched
@@ -11,7 +11,10 @@ Theory of operation:
     learned candidates in parallel (``max_parallel_dials``; a loopback dial
     takes ~250 ms of libp2p's happy-eyeballs delay). Candidates live in a
     bounded LRU (``known_peers_max``); one that fails ``max_dial_failures``
-    dials in a row is forgotten until peer exchange reports it again.
+    dials in a row is forgotten until peer exchange reports it again. The
+    Kademlia DHT (:mod:`meshd.net.dht`) is a second source of candidates
+    (``add_candidates``), dialled by the same rules (its lookups also connect to
+    the peers they ask; those connections pass the same check as any other).
 
 Rules:
 - Bootstrap peers are never forgotten and each round is a fresh attempt
@@ -168,6 +171,7 @@ class Discovery:
         self._known: collections.OrderedDict[str, int] = collections.OrderedDict()  # -> fails
         self._wake = trio.Event()
         self._mdns_handler: Callable[[Any], None] | None = None
+        self._listeners: list[Callable[[str], None]] = []
         self.wanted: Callable[[str], bool] | None = None
         """Peers the app wants among its connections (``wanted_peers`` of
         them); None until it says (then only ``target_peers`` and
@@ -179,6 +183,19 @@ class Discovery:
     @property
     def known_peers(self) -> int:
         return len(self._known)
+
+    def on_connected(self, fn: Callable[[str], None]) -> None:
+        """Call ``fn(peer_id)`` for each peer that connects and is kept (not
+        refused); sync, must not raise."""
+        self._listeners.append(fn)
+
+    def add_candidates(self, peer_ids: Sequence[str]) -> None:
+        """Peers another source (the DHT) found, their addresses already in
+        the peerstore: dial candidates like those peer exchange reports."""
+        for peer_id in peer_ids:
+            if peer_id not in self._known:
+                self._remember(peer_id)
+        self._wake.set()
 
     # ------------------------------------------------------------- lifecycle
 
@@ -300,7 +317,7 @@ class Discovery:
         if peer_id in self._known:
             self._known[peer_id] += 1
             if self._known[peer_id] >= self._ctx.params.max_dial_failures:
-                del self._known[peer_id]  # only peer exchange can bring it back
+                del self._known[peer_id]  # only peer exchange or the DHT bring it back
 
     def _on_connected(self, peer_id: str) -> None:
         if self._ctx.nursery is None:
@@ -312,6 +329,8 @@ class Discovery:
             return
         self._ctx.note_reached(peer_id)
         self._remember(peer_id)
+        for fn in self._listeners:
+            fn(peer_id)
         self._wake.set()
 
     # ------------------------------------------------------------- the loop
@@ -338,7 +357,7 @@ class Discovery:
                 self._ctx.libp2p.get_network().unblock_peer(ID.from_base58(peer_id))
                 nursery.start_soon(self._dial_quietly, peer_id, [maddr])
 
-    def _short(self) -> bool:
+    def short(self) -> bool:
         """Fewer than ``target_peers`` connected, or fewer than ``wanted_peers``
         of the peers the app wants."""
         p, connected = self._ctx.params, self._ctx.connected_peers()
@@ -352,7 +371,7 @@ class Discovery:
     async def _round(self) -> None:
         p = self._ctx.params
         self._standing.enforce_app_score()
-        if not self._short():
+        if not self.short():
             return
         await self._dial_bootstrap()
         connected = self._ctx.connected_peers()

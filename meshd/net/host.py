@@ -10,6 +10,7 @@ Theory of operation:
     * :mod:`meshd.net.reqresp` -- request/response streams;
     * :mod:`meshd.net.channels` -- persistent channels: many calls per stream;
     * :mod:`meshd.net.discovery` -- bootstrap, peer exchange, mDNS, dialling;
+    * :mod:`meshd.net.dht` -- the Kademlia DHT, a second discovery source;
     * :mod:`meshd.net.relay` -- reachability (dial-back check), circuit relay v2;
     * :mod:`meshd.net.standing` -- app score, block list, forgery charges;
     * :mod:`meshd.net.libp2p_hooks` -- every override of py-libp2p internals;
@@ -51,12 +52,14 @@ from libp2p.tools.anyio_service import background_trio_service
 from meshd.core.identity import Identity
 from meshd.net.channels import Channels
 from meshd.net.context import HostContext
+from meshd.net.dht import Dht
 from meshd.net.discovery import Discovery, concrete_addrs, interface_ipv4s
 from meshd.net.errors import ListenError, NetError
 from meshd.net.gossip import Gossip, GossipHandler, TopicValidator
 from meshd.net.libp2p_hooks import (
     advertise_concrete_mdns_addrs,
     fit_yamux_frames_to_noise,
+    limit_dht_messages,
     take_over_dialing,
 )
 from meshd.net.logs import quiet_libp2p_logs
@@ -171,6 +174,8 @@ def _build_libp2p_host(
     take_over_dialing(host.get_network(), p.dial_retries)
     advertise_concrete_mdns_addrs(host, lambda addrs: concrete_addrs(addrs, interface_ipv4s()))
     fit_yamux_frames_to_noise()
+    if p.dht:
+        limit_dht_messages(p.dht_max_message_bytes)
     return host
 
 
@@ -199,6 +204,16 @@ class MeshHost:
         self._channels = Channels(ctx, self._standing, self._reqresp)
         self._relay = Relay(ctx, self._reqresp)
         self._discovery = Discovery(ctx, self._standing, self._reqresp, bootstrap, self._relay)
+        self._dht: Dht | None = None
+        if params.dht:
+            self._dht = Dht(
+                ctx,
+                self._standing,
+                reachability=lambda: self._relay.state,
+                short=self._discovery.short,
+                found=self._discovery.add_candidates,
+            )
+            self._discovery.on_connected(self._dht.on_connected)
         # The libp2p objects, for tests that drive them directly.
         self._host = ctx.libp2p
         self._pid = ctx.pid
@@ -249,6 +264,8 @@ class MeshHost:
                             await self._gossip.start(nursery)
                             self._discovery.start(nursery)
                             self._relay.start(nursery)
+                            if self._dht is not None:
+                                self._dht.start(nursery)
                             task_status.started()
                             await trio.sleep_forever()
             finally:

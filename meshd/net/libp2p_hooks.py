@@ -53,6 +53,10 @@ Hooks (what it overrides -- why -- checked against libp2p 0.8.1):
   into a full message and a 29-byte one): half the Noise messages, encryptions and reads
   per byte of a bulk transfer (blobs); smaller frames are always valid yamux
   -- checked against libp2p 0.8.1.
+- ``libp2p.kad_dht.peer_routing.MAX_DHT_MESSAGE_SIZE`` (module constant, process-wide) --
+  a DHT lookup reads each answer up to ``NetParams.dht_max_message_bytes`` (64 KiB), not 4 MiB:
+  every peer an answer names is stored in the peerstore, so the cap bounds what one
+  answer can add -- checked against libp2p 0.8.1.
 
 Rules: the callbacks are synchronous and must not raise; the host's parts own
 them. Reading public attributes (``peer_queues``, ``mesh``, ``fanout``) is not a
@@ -68,6 +72,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
+import libp2p.kad_dht.peer_routing as _libp2p_kad_routing
 import libp2p.pubsub.gossipsub as _libp2p_gossipsub
 import libp2p.pubsub.pubsub as _libp2p_pubsub
 import libp2p.security.noise.io as _libp2p_noise_io
@@ -475,3 +480,9 @@ def fit_yamux_frames_to_noise() -> None:
     _libp2p_yamux.MAX_MESSAGE_SIZE = min(
         _libp2p_yamux.MAX_MESSAGE_SIZE, _libp2p_noise_io.MAX_PLAINTEXT_LENGTH
     )
+
+
+def limit_dht_messages(max_bytes: int) -> None:
+    """Cap the DHT answers py-libp2p's lookups read at ``max_bytes``
+    (affects every host in the process: the last host built sets it)."""
+    _libp2p_kad_routing.MAX_DHT_MESSAGE_SIZE = max_bytes

@@ -27,6 +27,12 @@ _TRANSLATED_LOGGERS = (
     "libp2p.transport.tcp.tcp",
     "libp2p.protocol_muxer.multiselect_client",
     "libp2p.stream_muxer.yamux",
+    # a peer's bad DHT answer (an invalid signed record, say) is dropped by the
+    # lookup, which goes on with the other answers (meshd.net.dht)
+    "libp2p.kad_dht",
+    # the identify push after a DHT mode change is best effort: a peer that
+    # left meanwhile is not an error
+    "libp2p.identity.identify_push",
 )
 
 

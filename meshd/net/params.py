@@ -168,7 +168,8 @@ class NetParams:
     peer_exchange_interval_s: float = 5.0
     """Period of the discovery round (peer exchange + redial)."""
     peer_exchange_fanout: int = 3
-    """Connected peers asked for their peers in one discovery round."""
+    """Connected peers asked for their peers in one discovery round; 0: none
+    (discovery by bootstrap, mDNS and the DHT only; peers are still answered)."""
     max_px_peers: int = 32
     """Most peers one peer-exchange response carries (sent and accepted)."""
     max_px_addrs_per_peer: int = 4
@@ -199,6 +200,35 @@ class NetParams:
     """Also discover peers on the local link with mDNS (the daemon sets it from
     ``config.toml``'s ``mdns``). Only a host with a listen address off
     loopback runs it."""
+    dht: bool = True
+    """Run the Kademlia DHT (``/ipfs/kad/1.0.0``) as a second discovery source
+    beside peer exchange (the daemon sets it from ``config.toml``'s ``dht``):
+    lookups of random keys whose results become dial candidates; served
+    (FIND_NODE only) while reachability is ``public``."""
+    dht_interval_s: float = 30.0
+    """Period of the DHT lookup while discovery is short of peers (a new
+    connection brings the next one forward, see ``dht_min_gap_s``)."""
+    dht_min_gap_s: float = 2.0
+    """Shortest pause between two DHT lookups: at most one lookup runs at a
+    time, so at most one per this many seconds."""
+    dht_lookup_timeout_s: float = 10.0
+    """Longest one DHT lookup may take (py-libp2p asks up to 10 peers at once,
+    each within 10 s); what it found by then is dropped."""
+    dht_closer_peers: int = 20
+    """Most peers a FIND_NODE answer carries (sent; the lookup keeps this many
+    closest): Kademlia's k."""
+    dht_table_peers: int = 256
+    """Most peers in the DHT routing table (the farthest from us are dropped
+    beyond it after each lookup; no peer is added at the bound)."""
+    dht_max_message_bytes: int = 65536
+    """Largest DHT message read, request or answer (larger ones reset the
+    stream). Process-wide for answers: py-libp2p reads them with one module
+    constant, set from the last host built."""
+    dht_max_key_bytes: int = 64
+    """Longest key a FIND_NODE request may name (a peer id is 38 bytes, a
+    random key 32)."""
+    dht_max_inbound_streams: int = 8
+    """DHT requests served at once; a stream beyond it is reset."""
 
     # --- Reachability and relays ----------------------------------------------
     reachability: str = "auto"
@@ -293,7 +323,6 @@ class NetParams:
             "max_peers",
             "target_peers",
             "peer_exchange_interval_s",
-            "peer_exchange_fanout",
             "max_px_peers",
             "max_px_addrs_per_peer",
             "max_px_addr_chars",
@@ -319,6 +348,14 @@ class NetParams:
             "relay_reservations",
             "relay_retry_s",
             "reach_sample_s",
+            "dht_interval_s",
+            "dht_min_gap_s",
+            "dht_lookup_timeout_s",
+            "dht_closer_peers",
+            "dht_table_peers",
+            "dht_max_message_bytes",
+            "dht_max_key_bytes",
+            "dht_max_inbound_streams",
         )
         for name in positive:
             if not getattr(self, name) > 0:
@@ -329,6 +366,8 @@ class NetParams:
             raise ValueError("NetParams.reachability must be auto, public or private")
         if self.dial_retries < 0:
             raise ValueError("NetParams.dial_retries must be >= 0")
+        if self.peer_exchange_fanout < 0:
+            raise ValueError("NetParams.peer_exchange_fanout must be >= 0")
         if self.idontwant_min_bytes < 0:
             raise ValueError("NetParams.idontwant_min_bytes must be >= 0")
         if not 2 <= self.publish_queue_entries <= LIBP2P_OUTBOUND_QUEUE_ENTRIES:

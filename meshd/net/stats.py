@@ -44,6 +44,10 @@ class NetStats:
     dials: int = 0  # dials started by connect(), bootstrap or discovery
     dials_failed: int = 0
     px_rounds: int = 0  # peer-exchange requests that got an answer
+    dht_lookups: int = 0  # Kademlia lookups we ran (meshd.net.dht)
+    dht_found: int = 0  # peers our lookups handed to discovery (not connected, with addresses)
+    dht_served: int = 0  # FIND_NODE requests we answered
+    dht_rejected: int = 0  # inbound DHT streams reset: bad, oversized, unserved or over the bound
     refused_peers: int = 0  # connections/streams refused (blocked, low score, full)
     # reachability and relays
     autonat_checks: int = 0  # dial-back check rounds that asked at least one peer

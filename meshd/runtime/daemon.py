@@ -153,6 +153,7 @@ class Daemon(EffectInterpreter):
         )
         self.net_params = net_params or NetParams(
             mdns=config.mdns,
+            dht=config.dht,
             relay_service=config.relay_service,
             reachability=config.reachability,
             hole_punching=config.hole_punching,
