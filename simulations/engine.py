@@ -514,12 +514,17 @@ class Engine:
         self.apply(slot, self._step(slot, inp))
         self._arm(slot)
 
-    def _step(self, slot: Slot, inp: Any) -> list[Any]:
+    def _step(self, slot: Slot, inp: Any, codes: tuple[int, int] | None = None) -> list[Any]:
+        """Step ``slot``'s core with ``inp`` and fold the step into the trace
+        (``codes``: the input's and message's trace codes when the caller knows them)."""
         node = slot.node
         self.events += 1
-        code = INPUT_CODES.get(type(inp).__name__, 99)
-        data = getattr(inp, "data", None)
-        mcode = MSG_CODES.get(data.type, 50) if type(data) is Opened else -1
+        if codes is None:
+            code = INPUT_CODES.get(type(inp).__name__, 99)
+            data = getattr(inp, "data", None)
+            mcode = MSG_CODES.get(data.type, 50) if type(data) is Opened else -1
+        else:
+            code, mcode = codes
         self.trace = hash((self.trace, self.now, slot.idx, code, mcode))
         try:
             effects = node.step(inp, self.now)
@@ -775,13 +780,30 @@ class Engine:
                     self.at(self.now + self.latency(), EV_INPUT, (i, inp))
 
     def _advert_cast(self, p: tuple[int, GossipReceived]) -> None:
+        """One advert reaches every node listening on its topic (``reachable``
+        and the loss draw inline: this runs for most of a large run's steps)."""
         src, inp = p
         loss = self.knobs.gossip_loss
+        slots, rng = self.slots, self.rng_net
+        group = slots[src].group
+        data = inp.data
+        codes = (
+            INPUT_CODES["GossipReceived"],
+            MSG_CODES.get(data.type, 50) if type(data) is Opened else -1,
+        )
         for i in list(self.advert_members.get(inp.topic, ())):
             if i == src:
                 continue
-            if self.reachable(src, i) and not (loss and self.rng_net.random() < loss):
-                self.deliver(self.slots[i], inp, Lane.GOSSIP)
+            slot = slots[i]
+            if not slot.alive or (self.partitioned and slot.group != group):
+                continue
+            if loss and rng.random() < loss:
+                continue
+            if slot.inbox is None:
+                self.apply(slot, self._step(slot, inp, codes))
+                self._arm(slot)
+            else:
+                self.deliver(slot, inp, Lane.GOSSIP)
 
     def cast_offer(self, slot: Slot, data: Opened, *, stop_early: bool | None = None) -> None:
         n = len(self.slots)

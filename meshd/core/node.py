@@ -136,12 +136,15 @@ DIRECT_TYPES = {
 T_EXPIRE, T_STANDING, T_SHARDS = "expire", "standing", "shards"
 
 
+_ADVERT_TYPES = GOSSIP_TYPES[TOPIC_ADVERTS]
+
+
 def gossip_types(topic: str) -> set[str] | None:
     """The message types ``topic`` carries, or None for a topic we do not
     know: :data:`GOSSIP_TYPES`, and adverts on every adverts shard's topic
     (specs/PROTOCOL.md §5.2)."""
     if parse_advert_topic(topic) is not None:
-        return GOSSIP_TYPES[TOPIC_ADVERTS]
+        return _ADVERT_TYPES
     return GOSSIP_TYPES.get(topic)
 
 
@@ -292,10 +295,13 @@ class Node:
         separate wall clock (the simulator) pass only ``now_ms``.
         """
         ctx = self.ctx
-        ctx.now_ms = max(ctx.now_ms, now_ms)
+        if now_ms > ctx.now_ms:
+            ctx.now_ms = now_ms
         ctx.wall_ms = ctx.now_ms if wall_ms is None else wall_ms
         self._inputs[type(inp)](inp)
-        self._run_due()
+        due = ctx.next_deadline()
+        if due is not None and due <= ctx.now_ms:  # most steps run no timer
+            self._run_due()
         return ctx.take_effects()
 
     def _run_due(self) -> None:
@@ -397,15 +403,15 @@ class Node:
     def _on_gossip(self, inp: GossipReceived) -> None:
         if not self._transport_allows(inp.from_peer):
             return
-        allowed = gossip_types(inp.topic)
+        shard = parse_advert_topic(inp.topic)  # gossip_types, with the shard kept
+        allowed = _ADVERT_TYPES if shard is not None else GOSSIP_TYPES.get(inp.topic)
         if allowed is None:
             self.ctx.reject("unknown_topic", inp.from_peer, inp.topic[:64])
             return
         msg = self._open(inp.data, allowed, inp.from_peer)
-        if msg is None or msg.sender == self.peer_id:
+        if msg is None or msg.sender == self.ctx.peer_id:
             return
-        shard = parse_advert_topic(inp.topic)
-        if shard is not None and shard_of(msg.sender, shard[0]) != shard[1]:
+        if shard is not None and shard[0] > 1 and shard_of(msg.sender, shard[0]) != shard[1]:
             self.ctx.reject("wrong_shard", msg.sender, inp.topic[:64])
             return
         self.ctx.counters["accepted_" + msg.type] += 1

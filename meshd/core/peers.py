@@ -41,6 +41,7 @@ mesh size (up to the size where the ceiling binds).
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -53,6 +54,14 @@ ClassKey = tuple[object, ...]
 
 ADVERT_SHARD_PREFIX = TOPIC_ADVERTS + "/"
 """Topics of a sharded mesh: ``/meshd/adverts/1/<S>/<index>`` (§5.2)."""
+TOPIC_MEMO = 1_024
+"""Adverts topics whose parse is remembered (:func:`parse_advert_topic`, the
+least recently used forgotten first): a node hears one or two, so every
+advert it receives finds its topic there. A memo only: it changes no answer."""
+ID_HASH_MEMO = 65_536
+"""Peer ids whose hash positions are remembered (:func:`_id_hash`,
+:func:`_size_hash`), the least recently used forgotten first: each advert
+received asks for its sender's. A memo only: it changes no answer."""
 
 
 def advert_interval_for(params: CoreParams, est_nodes: int) -> int:
@@ -86,10 +95,11 @@ def advert_topic(peer_id: str, shards: int) -> str:
     return f"{ADVERT_SHARD_PREFIX}{shards}/{shard_of(peer_id, shards)}"
 
 
+@functools.lru_cache(maxsize=TOPIC_MEMO)
 def parse_advert_topic(topic: str) -> tuple[int, int] | None:
     """``(shards, index)`` of an adverts topic, or None if ``topic`` is none:
     ``shards`` a power of two within ``MAX_ADVERT_SHARDS``, ``index`` below it,
-    both in plain decimal."""
+    both in plain decimal (memoised, :data:`TOPIC_MEMO`)."""
     if topic == TOPIC_ADVERTS:
         return 1, 0
     if not topic.startswith(ADVERT_SHARD_PREFIX):
@@ -138,16 +148,20 @@ def capability_class(a: Advert) -> ClassKey:
     )
 
 
+@functools.lru_cache(maxsize=ID_HASH_MEMO)
 def _id_hash(peer_id: str) -> float:
-    """A peer id's position in [0, 1): the same on every node."""
+    """A peer id's position in [0, 1): the same on every node (memoised,
+    :data:`ID_HASH_MEMO`)."""
     digest = hashlib.blake2b(peer_id.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
 
 
+@functools.lru_cache(maxsize=ID_HASH_MEMO)
 def _size_hash(peer_id: str) -> float:
     """A second position in [0, 1), independent of :func:`_id_hash` (which
     places the peer in its shard): the size sketch's, so the peers it keeps
-    of a shard are a fair sample of each half of it."""
+    of a shard are a fair sample of each half of it (memoised,
+    :data:`ID_HASH_MEMO`)."""
     return _id_hash("size/" + peer_id)
 
 
@@ -189,8 +203,10 @@ class MeshSize:
 
     def note(self, peer_id: str, expires_ms: int) -> None:
         """A live advert from ``peer_id``, valid until ``expires_ms``."""
-        if peer_id in self._expires:
-            self._expires[peer_id] = max(self._expires[peer_id], expires_ms)
+        held = self._expires.get(peer_id)
+        if held is not None:
+            if expires_ms > held:
+                self._expires[peer_id] = expires_ms
             return
         h = _size_hash(peer_id)
         if h >= self.cut or not self._in_range(peer_id):
@@ -271,10 +287,12 @@ class PeerTable:
         entry = self._peers.get(peer_id)
         if entry is not None and advert.seq <= entry.advert.seq and entry.expires_ms > now_ms:
             return False
-        if advert.seq <= self._left.get(peer_id, -1):
-            return False
-        self._left.pop(peer_id, None)
-        expires = now_ms + advert.ttl_ms - max(0, age_ms)
+        left = self._left
+        if left and peer_id in left:
+            if advert.seq <= left[peer_id]:
+                return False
+            del left[peer_id]
+        expires = now_ms + advert.ttl_ms - (age_ms if age_ms > 0 else 0)
         self.size.note(peer_id, expires)
         cls = capability_class(advert)
         if entry is None:
@@ -311,9 +329,14 @@ class PeerTable:
         """Evict one entry by the rule in the module docstring; False when the
         newcomer itself is the one to go."""
         self.evicted += 1
-        crowded, members = max(
-            self._by_class.items(), key=lambda kv: len(kv[1]) + (kv[0] == new.cls)
-        )
+        # the class holding most entries, the newcomer counted in (the first such, as max() picks)
+        most, new_cls = -1, new.cls
+        crowded: ClassKey = ()
+        members: list[tuple[int, int, str]] = []
+        for cls, held in self._by_class.items():
+            n = len(held) + (cls == new_cls)
+            if n > most:
+                most, crowded, members = n, cls, held
         victim = members[0][2]
         if new.cls == crowded and _rank(new) < members[0]:
             return False

@@ -46,7 +46,7 @@ def classes_of(msg_type: str, gossip: bool) -> tuple[str, ...]:
     return ("bid",) if msg_type in BID_TYPES else ("direct",)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Bucket:
     tokens: float
     updated_ms: int
@@ -100,15 +100,23 @@ class RateLimiter:
 
     def allow(self, peer: str, classes: tuple[str, ...], now_ms: int) -> bool:
         """Take one token from each class bucket of ``peer``; False (and take none) if any is empty."""
-        buckets = self._peers.get(peer)
+        peers = self._peers
+        buckets = peers.get(peer)
         if buckets is None:
-            buckets = self._peers[peer] = {}
-            while len(self._peers) > self.max_peers:
-                self._peers.popitem(last=False)
+            buckets = peers[peer] = {}
+            while len(peers) > self.max_peers:
+                peers.popitem(last=False)
         else:
-            self._peers.move_to_end(peer)
+            peers.move_to_end(peer)
         if len(classes) == 1:  # most messages: one bucket, no list to build
-            b = self._refilled(buckets, classes[0], now_ms)
+            cls = classes[0]
+            b = buckets.get(cls)
+            if b is None:
+                b = buckets[cls] = _Bucket(self.limits[cls][1], now_ms)
+            elif now_ms > b.updated_ms:  # _Bucket.refill, inline (once or twice a message)
+                per_s, burst = self.limits[cls]
+                b.tokens = min(burst, b.tokens + (now_ms - b.updated_ms) * per_s / 1000.0)
+                b.updated_ms = now_ms
             if b.tokens < 1.0:
                 return False
             b.tokens -= 1.0
