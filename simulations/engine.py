@@ -55,8 +55,16 @@ count the old shard's topic too. The mesh starts as a grown one: every node
 starts in the shard count its size gives (:func:`grown_shards`, the count
 the daemon's rule settles on as a mesh grows), so boot adverts reach a
 shard (the daemon's mesh would have grown into it; a simulated boot of N
-nodes in one shard would cost N² steps). A restarted node starts afresh in
-one shard, as a daemon does, is told of three live peers
+nodes in one shard would cost N² steps). At that start each node's
+executor has been checked already: its first health check reaches its core
+before its capabilities (``boot(checked=True)``), so its first advert says it
+is warm and is its only one at boot. (A starting daemon advertises cold,
+then warm seconds later when the check passes; in a simulated boot both
+would come in the same millisecond, the cold one superseded at once, at the
+cost of a second boot advert to every node of the shard.) The bucket of
+adverts on change is one token fuller afterwards than after the daemon's
+two. A restarted node boots in the daemon's order, starts afresh in one
+shard, as a daemon does, is told of three live peers
 (``PeerConnected``), as the daemon reports its first connections, pulls
 their adverts (§7.8) and follows the shard count they carry. Bidding does
 not read the view: offers reach every node. Because views are partial, an
@@ -439,9 +447,16 @@ class Engine:
             self.advert_members.setdefault(t, {})[idx] = None
         self.advert_topics_of[idx] = topics
 
-    def boot(self, slot: Slot, delay_ms: int) -> None:
-        self.at(self.now + delay_ms, EV_LOCAL, (slot.idx, slot.incarnation, slot.hw.caps()))
-        self.at(self.now + delay_ms, EV_LOCAL, (slot.idx, slot.incarnation, ExecutorHealth(True)))
+    def boot(self, slot: Slot, delay_ms: int, *, checked: bool = False) -> None:
+        """Give ``slot``'s core its capabilities and its executor's first
+        health check ``delay_ms`` from now: in the daemon's order (capabilities,
+        then the check, so it advertises cold, then warm), or, ``checked``, the
+        check first, so its first advert says it is warm and is its only one
+        at boot (see "Scale": the grown mesh's start)."""
+        caps = (slot.idx, slot.incarnation, slot.hw.caps())
+        health = (slot.idx, slot.incarnation, ExecutorHealth(True))
+        for inp in (health, caps) if checked else (caps, health):
+            self.at(self.now + delay_ms, EV_LOCAL, inp)
 
     # ------------------------------------------------------------ heap
 

@@ -300,7 +300,8 @@ class Run:
     def _schedule(self) -> None:
         e, k = self.engine, self.knobs
         for s in e.slots:
-            e.boot(s, self.rng_fault.randrange(min(self.params.advert_interval_ms, 2_000)))
+            delay = self.rng_fault.randrange(min(self.params.advert_interval_ms, 2_000))
+            e.boot(s, delay, checked=True)
         e.call_at(self.t_start, self._note_adverts)
         for plan in self.plans:
             e.call_at(plan.submit_ms, functools.partial(self._submit, plan))
