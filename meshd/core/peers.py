@@ -134,9 +134,24 @@ def shard_count_fits(params: CoreParams, est_nodes: int, shards: int) -> bool:
     return shard_count_for(params, est_nodes, shards) == shards
 
 
+_last_classed: tuple[Advert | None, ClassKey] = (None, ())
+"""The advert :func:`capability_class` saw last and its class: a simulator
+hands one decoded advert to every node of its shard in turn (adverts are
+frozen, so the same object has the same class)."""
+
+
 def capability_class(a: Advert) -> ClassKey:
     """What separates peers for the fit check, apart from cores and RAM (the
     eviction rule keeps the largest of each class)."""
+    global _last_classed
+    if a is _last_classed[0]:
+        return _last_classed[1]
+    cls = _capability_class(a)
+    _last_classed = (a, cls)
+    return cls
+
+
+def _capability_class(a: Advert) -> ClassKey:
     return (
         tuple(sorted(a.runtimes)),
         a.gpu_runtime,

@@ -97,17 +97,25 @@ class RateLimiter:
         }
         self.max_peers = max(1, params.rate_limit_peers)
         self._peers: OrderedDict[str, dict[str, _Bucket]] = OrderedDict()
+        self._last: str | None = None
+        """The peer charged last (the end of the LRU order), and its buckets."""
+        self._last_buckets: dict[str, _Bucket] = {}
 
     def allow(self, peer: str, classes: tuple[str, ...], now_ms: int) -> bool:
         """Take one token from each class bucket of ``peer``; False (and take none) if any is empty."""
         peers = self._peers
-        buckets = peers.get(peer)
-        if buckets is None:
-            buckets = peers[peer] = {}
-            while len(peers) > self.max_peers:
-                peers.popitem(last=False)
+        if peer == self._last:  # the most recently used already (a message's second charge)
+            buckets = self._last_buckets
         else:
-            peers.move_to_end(peer)
+            got = peers.get(peer)
+            if got is None:
+                got = peers[peer] = {}
+                while len(peers) > self.max_peers:
+                    peers.popitem(last=False)
+            else:
+                peers.move_to_end(peer)
+            buckets = self._last_buckets = got
+            self._last = peer
         if len(classes) == 1:  # most messages: one bucket, no list to build
             cls = classes[0]
             b = buckets.get(cls)
