@@ -211,6 +211,25 @@ def test_a_grown_mesh_starts_with_one_warm_advert_per_node() -> None:
     assert slot.node.counters["adverts_sent"] == 2 and slot.node.worker.warm
 
 
+def test_a_run_collects_garbage_less_often_and_restores_the_collector() -> None:
+    """A run executes under ``GC_THRESHOLDS`` (its long-lived state is not
+    walked every few hundred allocations) and leaves the process's own
+    thresholds as it found them, failed runs included."""
+    import gc
+
+    from simulations import scenarios
+
+    seen: list[tuple[int, ...]] = []
+    before = gc.get_threshold()
+    r = Run(RunConfig("scale", 1, 12, 4))
+    r.engine.call_at(r.t_start, lambda: seen.append(gc.get_threshold()))
+    assert r.execute()["ok"]
+    assert seen == [scenarios.GC_THRESHOLDS] and gc.get_threshold() == before
+    r = Run(RunConfig("scale", 1, 12, 4))
+    r.engine.call_at(r.t_start, lambda: (_ for _ in ()).throw(engine.SimFailure("boom")))
+    assert r.execute()["failure"] == "boom" and gc.get_threshold() == before
+
+
 def test_scale_is_the_load_scenario_at_half_utilisation() -> None:
     """`scale` (the headline size by default) simulates exactly what
     `load --set load=0.5` does for the same seed and size."""
