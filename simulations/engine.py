@@ -806,6 +806,7 @@ class Engine:
             INPUT_CODES["GossipReceived"],
             MSG_CODES.get(data.type, 50) if type(data) is Opened else -1,
         )
+        step, apply, arm = self._step, self.apply, self._arm
         for i in list(self.advert_members.get(inp.topic, ())):
             if i == src:
                 continue
@@ -814,9 +815,11 @@ class Engine:
                 continue
             if loss and rng.random() < loss:
                 continue
-            if slot.inbox is None:
-                self.apply(slot, self._step(slot, inp, codes))
-                self._arm(slot)
+            if slot.inbox is None:  # feed(), inline
+                effects = step(slot, inp, codes)
+                if effects:
+                    apply(slot, effects)
+                arm(slot)
             else:
                 self.deliver(slot, inp, Lane.GOSSIP)
 

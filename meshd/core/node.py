@@ -358,7 +358,8 @@ class Node:
         stamp). Reads state only (rate limits are charged in ``_open``); the
         shell's gossip validator asks the same before libp2p forwards a
         message, so neither can drift from the other."""
-        p = self.ctx.params
+        ctx = self.ctx
+        p = ctx.params
         if opened.type not in allowed:
             return "wrong_channel"
         if opened.ts_ms > now_ms + p.max_clock_skew_ms:
@@ -367,7 +368,7 @@ class Node:
             return "stale"
         if (opened.sender, opened.nonce) in self._replay:
             return "replay"
-        if opened.sender != self.peer_id and self.ctx.trust.banned(opened.sender, self.now_ms):
+        if opened.sender != ctx.peer_id and ctx.trust.banned(opened.sender, ctx.now_ms):
             return "banned"
         return None
 
@@ -383,19 +384,21 @@ class Node:
             return None
         # Charged to the signed author, after the cheap checks (a replay or a
         # banned peer's message costs no tokens) and before it is remembered.
-        if opened.sender != self.peer_id and not self.ratelimit.allow(
+        if opened.sender != ctx.peer_id and not self.ratelimit.allow(
             opened.sender, classes_of(opened.type, allowed is not DIRECT_TYPES), ctx.now_ms
         ):
             ctx.reject("rate_limited", opened.sender, opened.type)
             return None
-        self._replay[(opened.sender, opened.nonce)] = opened.ts_ms
-        while len(self._replay) > ctx.params.replay_cache_size:
-            self._replay.popitem(last=False)
+        replay = self._replay
+        replay[(opened.sender, opened.nonce)] = opened.ts_ms
+        while len(replay) > ctx.params.replay_cache_size:
+            replay.popitem(last=False)
         return opened
 
     def _transport_allows(self, from_peer: str) -> bool:
         """Charge one inbound message to the peer that carried it, before decoding."""
-        if from_peer == self.peer_id or self.ratelimit.allow(from_peer, TRANSPORT, self.now_ms):
+        ctx = self.ctx
+        if from_peer == ctx.peer_id or self.ratelimit.allow(from_peer, TRANSPORT, ctx.now_ms):
             return True
         self.ctx.reject("rate_limited_transport", from_peer)
         return False
