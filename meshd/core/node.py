@@ -518,9 +518,7 @@ class Node:
         """The shard count most live adverts in our view carry (ties: ours,
         then the larger)."""
         ctx = self.ctx
-        votes: dict[int, int] = {}
-        for e in ctx.peers.alive(ctx.now_ms):
-            votes[e.advert.shards] = votes.get(e.advert.shards, 0) + 1
+        votes = ctx.peers.shard_votes(ctx.now_ms)
         if not votes:
             return ctx.peers.shards
         return max(votes, key=lambda s: (votes[s], s == ctx.peers.shards, s))

@@ -24,6 +24,12 @@ classes than the bound. Placement does not depend on the view being whole:
 offers reach every node by gossip, workers judge fit themselves, and an
 origin accepts a bid from a peer outside its view on the same checks.
 
+The table keeps, as entries come and go, each class's members, how many
+entries carry each shard count, and a time before which no entry expires;
+until then every entry is alive, so the periodic expiry, the live list and
+the shard count heard need no scan of the view (at 10,000 simulated nodes
+those scans, every few seconds on every node, were a quarter of a run).
+
 The mesh size a node paces itself by is estimated from *every* advert it
 receives, kept or not (:class:`MeshSize`, a k-minimum-values sketch of the
 senders' hashed ids), so it keeps growing past the view bound.
@@ -51,6 +57,8 @@ from .params import CoreParams
 from .wire import LEAVE_TTL_MS, MAX_ADVERT_SHARDS, MAX_ADVERT_TTL_MS, Advert
 
 ClassKey = tuple[object, ...]
+NEVER = 2**63
+"""A time after every expiry (an empty view's earliest)."""
 
 ADVERT_SHARD_PREFIX = TOPIC_ADVERTS + "/"
 """Topics of a sharded mesh: ``/meshd/adverts/1/<S>/<index>`` (§5.2)."""
@@ -198,6 +206,8 @@ class MeshSize:
         self.k = max(2, k)
         self._sorted: list[tuple[float, str]] = []
         self._expires: dict[str, int] = {}
+        self._earliest = NEVER
+        """No kept peer expires before this (a bound: ``expire`` skips its scan before it)."""
         self.cut = 1.0
         """Every live peer of the range with a size hash below this is kept."""
         self.lo, self.width = 0.0, 1.0
@@ -228,6 +238,8 @@ class MeshSize:
             return
         bisect.insort(self._sorted, (h, peer_id))
         self._expires[peer_id] = expires_ms
+        if expires_ms < self._earliest:
+            self._earliest = expires_ms
         if len(self._sorted) > self.k:
             self.cut, dropped = self._sorted.pop()
             del self._expires[dropped]
@@ -241,11 +253,14 @@ class MeshSize:
         return True
 
     def expire(self, now_ms: int) -> None:
+        if now_ms < self._earliest:  # nothing kept expires yet
+            return
         gone = {p for p, t in self._expires.items() if t <= now_ms}
         if gone:
             self._sorted = [e for e in self._sorted if e[1] not in gone]
             for p in gone:
                 del self._expires[p]
+        self._earliest = min(self._expires.values(), default=NEVER)
 
     def estimate(self, extra: int = 0) -> int:
         """Nodes in the whole mesh: the live peers of the range (those kept,
@@ -280,6 +295,12 @@ class PeerTable:
         self._peers: dict[str, PeerEntry] = {}
         self._by_class: dict[ClassKey, list[tuple[int, int, str]]] = {}
         """Each class's members as (cores, RAM, peer id), smallest first."""
+        self._shard_votes: dict[int, int] = {}
+        """How many entries' adverts carry each shard count (none at 0)."""
+        self._earliest = NEVER
+        """No entry expires before this (a bound, exact after ``expire``): before
+        it every entry is alive, and ``alive``, ``expire`` and ``shard_votes``
+        need no scan."""
         self.size = MeshSize(sketch_k)
         self.evicted = 0
         """Entries evicted (or newcomers not kept) because the view was full."""
@@ -319,7 +340,7 @@ class PeerTable:
             self._unindex(entry)
             entry.advert, entry.last_seen_ms, entry.expires_ms = advert, now_ms, expires
             entry.cls, entry.raw = cls, raw
-        bisect.insort(self._by_class.setdefault(cls, []), _rank(entry))
+        self._index(entry)
         return True
 
     def leave(self, peer_id: str, seq: int) -> bool:
@@ -358,17 +379,34 @@ class PeerTable:
         self._unindex(self._peers.pop(victim))
         return True
 
+    def _index(self, entry: PeerEntry) -> None:
+        """Count an entry added or renewed: its class's members, its shard
+        count's votes, the earliest expiry."""
+        bisect.insort(self._by_class.setdefault(entry.cls, []), _rank(entry))
+        votes, shards = self._shard_votes, entry.advert.shards
+        votes[shards] = votes.get(shards, 0) + 1
+        if entry.expires_ms < self._earliest:
+            self._earliest = entry.expires_ms
+
     def _unindex(self, entry: PeerEntry) -> None:
         members = self._by_class[entry.cls]
         del members[bisect.bisect_left(members, _rank(entry))]
         if not members:
             del self._by_class[entry.cls]
+        votes, shards = self._shard_votes, entry.advert.shards
+        if votes[shards] == 1:
+            del votes[shards]
+        else:
+            votes[shards] -= 1
 
     def expire(self, now_ms: int) -> list[str]:
         """Drop peers whose advert expired; returns their ids."""
-        gone = [p for p, e in self._peers.items() if e.expires_ms <= now_ms]
-        for p in gone:
-            self._unindex(self._peers.pop(p))
+        gone: list[str] = []
+        if now_ms >= self._earliest:
+            gone = [p for p, e in self._peers.items() if e.expires_ms <= now_ms]
+            for p in gone:
+                self._unindex(self._peers.pop(p))
+            self._earliest = min((e.expires_ms for e in self._peers.values()), default=NEVER)
         self.size.expire(now_ms)
         return gone
 
@@ -404,7 +442,18 @@ class PeerTable:
         return (now, advert_topic(own_id, self.shards_from))
 
     def alive(self, now_ms: int) -> list[PeerEntry]:
+        if now_ms < self._earliest:  # every entry is
+            return list(self._peers.values())
         return [e for e in self._peers.values() if e.expires_ms > now_ms]
+
+    def shard_votes(self, now_ms: int) -> dict[int, int]:
+        """How many live entries' adverts carry each shard count (§5.2)."""
+        if now_ms < self._earliest:
+            return dict(self._shard_votes)
+        votes: dict[int, int] = {}
+        for e in self.alive(now_ms):
+            votes[e.advert.shards] = votes.get(e.advert.shards, 0) + 1
+        return votes
 
     def get(self, peer_id: str) -> PeerEntry | None:
         return self._peers.get(peer_id)
