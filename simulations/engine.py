@@ -41,6 +41,12 @@ ledger update. Up to 256 nodes they reach everyone; above, each node hears
 them from 16 peers (``receipt_fanout`` knob). This thins the
 remote reputation evidence (attestations) a node gets, so it understates how
 fast gossip spreads news of a liar; origins' own observations are unaffected.
+It also keeps the nodes' ledgers from converging as gossip would make them:
+each node's anti-entropy then finds differences at every round and runs at
+its ceiling (``ledger_sync_max_receipts`` × (1 + ``ledger_sync_max_followups``)
+receipts per ``ledger_sync_interval_ms``), mostly receipts it already holds.
+A daemon mesh would spend that on gossip instead; at 10,000 nodes this sync
+is most of a long run's CPU after the boot.
 
 *Adverts* are paced, timed, kept and sharded by the core itself, as in the
 daemon (specs/PROTOCOL.md §5.2, §6, §7.1): each node heartbeats at the
