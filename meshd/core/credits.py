@@ -220,8 +220,8 @@ class Ledger:
         """The keys of :attr:`_by_origin` in ascending order (a summary's window
         and an answer's range are slices of it, found by bisection)."""
         self._summaries: dict[str, OriginSummary] = {}
-        """origin -> our last summary of its seqs (from its ``from_seq``), as
-        last computed; dropped whenever that origin's seqs change."""
+        """origin -> our summary of all its seqs (``from_seq`` 0), as last
+        computed; dropped whenever that origin's seqs change."""
         self._sync_after = ""
         """Where the next summary's window of origins starts (exclusive)."""
         self._sync_from: dict[str, int] = {}
@@ -683,16 +683,15 @@ class Ledger:
     # ------------------------------------------------------------ anti-entropy (CREDITS.md §7.4)
 
     def _origin_summary(self, origin: str, from_seq: int) -> OriginSummary:
-        """What we hold of ``origin`` from ``from_seq`` on; the last one made
-        for each origin is kept until its receipts change (a cursor's too)."""
-        cached = self._summaries.get(origin)
-        if cached is not None and cached.from_seq == from_seq:
-            return cached
+        if from_seq == 0:
+            cached = self._summaries.get(origin)
+            if cached is not None:
+                return cached
         seqs = sorted(s for s in self._by_origin.get(origin, ()) if s >= from_seq)
         made = OriginSummary(
             origin=origin, from_seq=from_seq, count=len(seqs), digest=seq_digest(seqs)
         )
-        if origin in self._by_origin:
+        if from_seq == 0 and origin in self._by_origin:
             self._summaries[origin] = made
         return made
 
