@@ -41,6 +41,12 @@ ledger update. Up to 256 nodes they reach everyone; above, each node hears
 them from 16 peers (``receipt_fanout`` knob). This thins the
 remote reputation evidence (attestations) a node gets, so it understates how
 fast gossip spreads news of a liar; origins' own observations are unaffected.
+It also keeps the nodes' ledgers from converging as gossip would make them:
+each node's anti-entropy then finds differences at every round and runs at
+its ceiling (``ledger_sync_max_receipts`` × (1 + ``ledger_sync_max_followups``)
+receipts per ``ledger_sync_interval_ms``), mostly receipts it already holds.
+A daemon mesh would spend that on gossip instead; at 10,000 nodes this sync
+is most of a long run's CPU after the boot.
 
 *Adverts* are paced, timed, kept and sharded by the core itself, as in the
 daemon (specs/PROTOCOL.md §5.2, §6, §7.1): each node heartbeats at the
@@ -55,8 +61,16 @@ count the old shard's topic too. The mesh starts as a grown one: every node
 starts in the shard count its size gives (:func:`grown_shards`, the count
 the daemon's rule settles on as a mesh grows), so boot adverts reach a
 shard (the daemon's mesh would have grown into it; a simulated boot of N
-nodes in one shard would cost N² steps). A restarted node starts afresh in
-one shard, as a daemon does, is told of three live peers
+nodes in one shard would cost N² steps). At that start each node's
+executor has been checked already: its first health check reaches its core
+before its capabilities (``boot(checked=True)``), so its first advert says it
+is warm and is its only one at boot. (A starting daemon advertises cold,
+then warm seconds later when the check passes; in a simulated boot both
+would come in the same millisecond, the cold one superseded at once, at the
+cost of a second boot advert to every node of the shard.) The bucket of
+adverts on change is one token fuller afterwards than after the daemon's
+two. A restarted node boots in the daemon's order, starts afresh in one
+shard, as a daemon does, is told of three live peers
 (``PeerConnected``), as the daemon reports its first connections, pulls
 their adverts (§7.8) and follows the shard count they carry. Bidding does
 not read the view: offers reach every node. Because views are partial, an
@@ -439,9 +453,16 @@ class Engine:
             self.advert_members.setdefault(t, {})[idx] = None
         self.advert_topics_of[idx] = topics
 
-    def boot(self, slot: Slot, delay_ms: int) -> None:
-        self.at(self.now + delay_ms, EV_LOCAL, (slot.idx, slot.incarnation, slot.hw.caps()))
-        self.at(self.now + delay_ms, EV_LOCAL, (slot.idx, slot.incarnation, ExecutorHealth(True)))
+    def boot(self, slot: Slot, delay_ms: int, *, checked: bool = False) -> None:
+        """Give ``slot``'s core its capabilities and its executor's first
+        health check ``delay_ms`` from now: in the daemon's order (capabilities,
+        then the check, so it advertises cold, then warm), or, ``checked``, the
+        check first, so its first advert says it is warm and is its only one
+        at boot (see "Scale": the grown mesh's start)."""
+        caps = (slot.idx, slot.incarnation, slot.hw.caps())
+        health = (slot.idx, slot.incarnation, ExecutorHealth(True))
+        for inp in (health, caps) if checked else (caps, health):
+            self.at(self.now + delay_ms, EV_LOCAL, inp)
 
     # ------------------------------------------------------------ heap
 
@@ -514,12 +535,17 @@ class Engine:
         self.apply(slot, self._step(slot, inp))
         self._arm(slot)
 
-    def _step(self, slot: Slot, inp: Any) -> list[Any]:
+    def _step(self, slot: Slot, inp: Any, codes: tuple[int, int] | None = None) -> list[Any]:
+        """Step ``slot``'s core with ``inp`` and fold the step into the trace
+        (``codes``: the input's and message's trace codes when the caller knows them)."""
         node = slot.node
         self.events += 1
-        code = INPUT_CODES.get(type(inp).__name__, 99)
-        data = getattr(inp, "data", None)
-        mcode = MSG_CODES.get(data.type, 50) if type(data) is Opened else -1
+        if codes is None:
+            code = INPUT_CODES.get(type(inp).__name__, 99)
+            data = getattr(inp, "data", None)
+            mcode = MSG_CODES.get(data.type, 50) if type(data) is Opened else -1
+        else:
+            code, mcode = codes
         self.trace = hash((self.trace, self.now, slot.idx, code, mcode))
         try:
             effects = node.step(inp, self.now)
@@ -775,13 +801,33 @@ class Engine:
                     self.at(self.now + self.latency(), EV_INPUT, (i, inp))
 
     def _advert_cast(self, p: tuple[int, GossipReceived]) -> None:
+        """One advert reaches every node listening on its topic (``reachable``
+        and the loss draw inline: this runs for most of a large run's steps)."""
         src, inp = p
         loss = self.knobs.gossip_loss
+        slots, rng = self.slots, self.rng_net
+        group = slots[src].group
+        data = inp.data
+        codes = (
+            INPUT_CODES["GossipReceived"],
+            MSG_CODES.get(data.type, 50) if type(data) is Opened else -1,
+        )
+        step, apply, arm = self._step, self.apply, self._arm
         for i in list(self.advert_members.get(inp.topic, ())):
             if i == src:
                 continue
-            if self.reachable(src, i) and not (loss and self.rng_net.random() < loss):
-                self.deliver(self.slots[i], inp, Lane.GOSSIP)
+            slot = slots[i]
+            if not slot.alive or (self.partitioned and slot.group != group):
+                continue
+            if loss and rng.random() < loss:
+                continue
+            if slot.inbox is None:  # feed(), inline
+                effects = step(slot, inp, codes)
+                if effects:
+                    apply(slot, effects)
+                arm(slot)
+            else:
+                self.deliver(slot, inp, Lane.GOSSIP)
 
     def cast_offer(self, slot: Slot, data: Opened, *, stop_early: bool | None = None) -> None:
         n = len(self.slots)

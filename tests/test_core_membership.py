@@ -171,6 +171,41 @@ def test_size_sketch_is_exact_below_k_and_forgets_the_gone() -> None:
     assert table.est_nodes() == 31
 
 
+def test_the_view_s_kept_counts_agree_with_a_scan_of_it() -> None:
+    """``alive``, ``shard_votes``, ``expire`` and the size estimate answer
+    from counts kept as adverts come and go (and skip their scans while no
+    entry can have expired): after every change they say what a scan of the
+    entries says, through renewals, evictions, leave notices, late adverts
+    and expiries."""
+    import random
+
+    rng = random.Random(7)
+    table = PeerTable(24, sketch_k=16)
+    seqs: dict[str, int] = {}
+    now = 0
+    for _ in range(6_000):
+        now += rng.randrange(0, 400)
+        peer = f"p{rng.randrange(60)}"
+        roll = rng.random()
+        if roll < 0.75:
+            seqs[peer] = seqs.get(peer, 0) + rng.choice((1, 1, 0))  # some repeats
+            a = advert(1 + rng.randrange(8), seq=seqs[peer], ttl_ms=rng.choice((900, 3_000, 9_000)))
+            table.update(peer, a.model_copy(update={"shards": rng.choice((1, 2, 2, 4))}), now)
+        elif roll < 0.8:
+            seqs[peer] = seqs.get(peer, 0) + 1
+            table.leave(peer, seqs[peer])
+        elif roll < 0.9:
+            expired = {e.peer_id for e in table._peers.values() if e.expires_ms <= now}
+            assert set(table.expire(now)) == expired
+            assert all(t > now for t in table.size._expires.values())
+        scan = [e for e in table._peers.values() if e.expires_ms > now]
+        assert table.alive(now) == scan
+        votes: dict[int, int] = {}
+        for e in scan:
+            votes[e.advert.shards] = votes.get(e.advert.shards, 0) + 1
+        assert table.shard_votes(now) == votes
+
+
 def test_bids_from_peers_outside_the_view_are_awarded() -> None:
     """With a view of one peer, the origin still places on the whole mesh:
     offers reach everyone and a bid from outside the view is accepted."""

@@ -323,6 +323,28 @@ def test_a_summary_follows_the_ledger_as_receipts_come_and_go() -> None:
     }
 
 
+def test_a_summary_from_a_cursor_is_of_the_seqs_from_it_as_they_are_now() -> None:
+    """An origin's summary from a cursor (``from_seq``) counts the seqs from
+    it; asked from another cursor, or after a receipt came, it is made
+    afresh (the last one made per origin is kept only until either changes)."""
+    node, _ = two_nodes(CoreParams())
+    for seq in (1, 2, 3):
+        gossip(node, cosigned(receipt(seq)))
+    ledger = node.ledger
+
+    def of(from_seq: int) -> tuple[int, int, bytes]:
+        o = ledger._origin_summary(ORIGIN.peer_id, from_seq)
+        return o.from_seq, o.count, o.digest
+
+    assert of(2) == (2, 2, seq_digest([2, 3]))
+    assert of(0) == (0, 3, seq_digest([1, 2, 3]))
+    assert of(3) == (3, 1, seq_digest([3]))
+    assert of(3) == (3, 1, seq_digest([3]))
+    gossip(node, cosigned(receipt(4)))
+    assert of(3) == (3, 2, seq_digest([3, 4]))
+    assert of(0) == (0, 4, seq_digest([1, 2, 3, 4]))
+
+
 def test_summary_windows_cover_every_origin_in_order_and_answers_their_range() -> None:
     """Origins come and go; the windows of successive summaries list every
     origin held, in peer-id order, ``ledger_sync_max_origins`` at a time, and

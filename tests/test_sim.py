@@ -51,7 +51,8 @@ def test_award_send_failed_regression(scenario: str, seed: int) -> None:
 
 
 def test_cheaters_are_caught_and_no_agreed_result_is_wrong() -> None:
-    res = _check("cheaters", 5, nodes=20, jobs=80, lie_rate="1.0")
+    # seed 4: both liars win awards within 80 jobs (a liar that wins none cannot be caught)
+    res = _check("cheaters", 4, nodes=20, jobs=80, lie_rate="1.0")
     assert res["liars"] == 2 and res["liars_caught"] == 2
     assert (
         res["verification_overhead"] > 0.5
@@ -187,6 +188,46 @@ def test_adverts_reach_their_shard_so_each_node_hears_as_many_as_the_mesh_grows(
         widest = min(8, peers.shards, peers.shards_from or 8)
         mine = shard_of(slot.peer_id, widest)
         assert all(shard_of(p.peer_id, widest) == mine for p in peers.alive(e.now))
+
+
+def test_a_grown_mesh_starts_with_one_warm_advert_per_node() -> None:
+    """The grown mesh's start (engine.py, "Scale"): each node's executor is
+    checked before it advertises, so it sends one advert at boot and every
+    view holds warm peers; a restarted node boots in the daemon's order,
+    cold and then warm."""
+    r = Run(RunConfig("scale", 1, 30, 1))
+    e = r.engine
+    r._schedule()
+    # every node booted (within 2 s), before the first heartbeat (2 s after a node's first advert)
+    e.run_until(e.now + 1_999)
+    assert [s.node.counters["adverts_sent"] for s in e.slots] == [1] * 30
+    for s in e.slots:
+        assert all(p.advert.warm for p in s.node.peers.alive(e.now))
+    assert sum(len(s.node.peers) for s in e.slots) > 20 * 29
+    slot = e.slots[0]
+    e.crash(slot, torn=False)
+    e.restart(slot)
+    e.run_until(e.now + 100)
+    assert slot.node.counters["adverts_sent"] == 2 and slot.node.worker.warm
+
+
+def test_a_run_collects_garbage_less_often_and_restores_the_collector() -> None:
+    """A run executes under ``GC_THRESHOLDS`` (its long-lived state is not
+    walked every few hundred allocations) and leaves the process's own
+    thresholds as it found them, failed runs included."""
+    import gc
+
+    from simulations import scenarios
+
+    seen: list[tuple[int, ...]] = []
+    before = gc.get_threshold()
+    r = Run(RunConfig("scale", 1, 12, 4))
+    r.engine.call_at(r.t_start, lambda: seen.append(gc.get_threshold()))
+    assert r.execute()["ok"]
+    assert seen == [scenarios.GC_THRESHOLDS] and gc.get_threshold() == before
+    r = Run(RunConfig("scale", 1, 12, 4))
+    r.engine.call_at(r.t_start, lambda: (_ for _ in ()).throw(engine.SimFailure("boom")))
+    assert r.execute()["failure"] == "boom" and gc.get_threshold() == before
 
 
 def test_scale_is_the_load_scenario_at_half_utilisation() -> None:

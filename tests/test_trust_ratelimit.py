@@ -65,6 +65,21 @@ def test_peer_table_is_bounded() -> None:
     assert len(rl) == 10
 
 
+def test_peer_table_forgets_the_least_recently_charged_peer() -> None:
+    """The LRU order follows every charge, the same peer's second charge in a
+    row (a message's transport and author buckets) included: a peer charged
+    again stays, with its empty bucket, while an older one is forgotten."""
+    rl = RateLimiter(dataclasses.replace(P, rate_limit_peers=2))
+    while rl.allow("a", ("gossip",), 0):
+        pass
+    assert rl.allow("b", ("gossip",), 0) and rl.allow("b", ("transport",), 0)
+    assert not rl.allow("a", ("gossip",), 0)  # a is now the most recent
+    assert rl.allow("c", ("gossip",), 0)  # forgets b
+    assert not rl.allow("a", ("gossip",), 0)  # a kept its empty bucket
+    assert rl.allow("b", ("gossip",), 0) and len(rl) == 2  # b came back full; c forgotten
+    assert not rl.allow("a", ("gossip",), 0)
+
+
 def offer(i: int) -> Offer:
     return Offer(
         job_id=f"job-flood{i:08d}",

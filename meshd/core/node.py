@@ -136,12 +136,15 @@ DIRECT_TYPES = {
 T_EXPIRE, T_STANDING, T_SHARDS = "expire", "standing", "shards"
 
 
+_ADVERT_TYPES = GOSSIP_TYPES[TOPIC_ADVERTS]
+
+
 def gossip_types(topic: str) -> set[str] | None:
     """The message types ``topic`` carries, or None for a topic we do not
     know: :data:`GOSSIP_TYPES`, and adverts on every adverts shard's topic
     (specs/PROTOCOL.md §5.2)."""
     if parse_advert_topic(topic) is not None:
-        return GOSSIP_TYPES[TOPIC_ADVERTS]
+        return _ADVERT_TYPES
     return GOSSIP_TYPES.get(topic)
 
 
@@ -292,10 +295,13 @@ class Node:
         separate wall clock (the simulator) pass only ``now_ms``.
         """
         ctx = self.ctx
-        ctx.now_ms = max(ctx.now_ms, now_ms)
+        if now_ms > ctx.now_ms:
+            ctx.now_ms = now_ms
         ctx.wall_ms = ctx.now_ms if wall_ms is None else wall_ms
         self._inputs[type(inp)](inp)
-        self._run_due()
+        due = ctx.next_deadline()
+        if due is not None and due <= ctx.now_ms:  # most steps run no timer
+            self._run_due()
         return ctx.take_effects()
 
     def _run_due(self) -> None:
@@ -352,7 +358,8 @@ class Node:
         stamp). Reads state only (rate limits are charged in ``_open``); the
         shell's gossip validator asks the same before libp2p forwards a
         message, so neither can drift from the other."""
-        p = self.ctx.params
+        ctx = self.ctx
+        p = ctx.params
         if opened.type not in allowed:
             return "wrong_channel"
         if opened.ts_ms > now_ms + p.max_clock_skew_ms:
@@ -361,7 +368,7 @@ class Node:
             return "stale"
         if (opened.sender, opened.nonce) in self._replay:
             return "replay"
-        if opened.sender != self.peer_id and self.ctx.trust.banned(opened.sender, self.now_ms):
+        if opened.sender != ctx.peer_id and ctx.trust.banned(opened.sender, ctx.now_ms):
             return "banned"
         return None
 
@@ -377,19 +384,21 @@ class Node:
             return None
         # Charged to the signed author, after the cheap checks (a replay or a
         # banned peer's message costs no tokens) and before it is remembered.
-        if opened.sender != self.peer_id and not self.ratelimit.allow(
+        if opened.sender != ctx.peer_id and not self.ratelimit.allow(
             opened.sender, classes_of(opened.type, allowed is not DIRECT_TYPES), ctx.now_ms
         ):
             ctx.reject("rate_limited", opened.sender, opened.type)
             return None
-        self._replay[(opened.sender, opened.nonce)] = opened.ts_ms
-        while len(self._replay) > ctx.params.replay_cache_size:
-            self._replay.popitem(last=False)
+        replay = self._replay
+        replay[(opened.sender, opened.nonce)] = opened.ts_ms
+        while len(replay) > ctx.params.replay_cache_size:
+            replay.popitem(last=False)
         return opened
 
     def _transport_allows(self, from_peer: str) -> bool:
         """Charge one inbound message to the peer that carried it, before decoding."""
-        if from_peer == self.peer_id or self.ratelimit.allow(from_peer, TRANSPORT, self.now_ms):
+        ctx = self.ctx
+        if from_peer == ctx.peer_id or self.ratelimit.allow(from_peer, TRANSPORT, ctx.now_ms):
             return True
         self.ctx.reject("rate_limited_transport", from_peer)
         return False
@@ -397,15 +406,15 @@ class Node:
     def _on_gossip(self, inp: GossipReceived) -> None:
         if not self._transport_allows(inp.from_peer):
             return
-        allowed = gossip_types(inp.topic)
+        shard = parse_advert_topic(inp.topic)  # gossip_types, with the shard kept
+        allowed = _ADVERT_TYPES if shard is not None else GOSSIP_TYPES.get(inp.topic)
         if allowed is None:
             self.ctx.reject("unknown_topic", inp.from_peer, inp.topic[:64])
             return
         msg = self._open(inp.data, allowed, inp.from_peer)
-        if msg is None or msg.sender == self.peer_id:
+        if msg is None or msg.sender == self.ctx.peer_id:
             return
-        shard = parse_advert_topic(inp.topic)
-        if shard is not None and shard_of(msg.sender, shard[0]) != shard[1]:
+        if shard is not None and shard[0] > 1 and shard_of(msg.sender, shard[0]) != shard[1]:
             self.ctx.reject("wrong_shard", msg.sender, inp.topic[:64])
             return
         self.ctx.counters["accepted_" + msg.type] += 1
@@ -509,9 +518,7 @@ class Node:
         """The shard count most live adverts in our view carry (ties: ours,
         then the larger)."""
         ctx = self.ctx
-        votes: dict[int, int] = {}
-        for e in ctx.peers.alive(ctx.now_ms):
-            votes[e.advert.shards] = votes.get(e.advert.shards, 0) + 1
+        votes = ctx.peers.shard_votes(ctx.now_ms)
         if not votes:
             return ctx.peers.shards
         return max(votes, key=lambda s: (votes[s], s == ctx.peers.shards, s))

@@ -46,7 +46,7 @@ def classes_of(msg_type: str, gossip: bool) -> tuple[str, ...]:
     return ("bid",) if msg_type in BID_TYPES else ("direct",)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Bucket:
     tokens: float
     updated_ms: int
@@ -97,18 +97,34 @@ class RateLimiter:
         }
         self.max_peers = max(1, params.rate_limit_peers)
         self._peers: OrderedDict[str, dict[str, _Bucket]] = OrderedDict()
+        self._last: str | None = None
+        """The peer charged last (the end of the LRU order), and its buckets."""
+        self._last_buckets: dict[str, _Bucket] = {}
 
     def allow(self, peer: str, classes: tuple[str, ...], now_ms: int) -> bool:
         """Take one token from each class bucket of ``peer``; False (and take none) if any is empty."""
-        buckets = self._peers.get(peer)
-        if buckets is None:
-            buckets = self._peers[peer] = {}
-            while len(self._peers) > self.max_peers:
-                self._peers.popitem(last=False)
+        peers = self._peers
+        if peer == self._last:  # the most recently used already (a message's second charge)
+            buckets = self._last_buckets
         else:
-            self._peers.move_to_end(peer)
+            got = peers.get(peer)
+            if got is None:
+                got = peers[peer] = {}
+                while len(peers) > self.max_peers:
+                    peers.popitem(last=False)
+            else:
+                peers.move_to_end(peer)
+            buckets = self._last_buckets = got
+            self._last = peer
         if len(classes) == 1:  # most messages: one bucket, no list to build
-            b = self._refilled(buckets, classes[0], now_ms)
+            cls = classes[0]
+            b = buckets.get(cls)
+            if b is None:
+                b = buckets[cls] = _Bucket(self.limits[cls][1], now_ms)
+            elif now_ms > b.updated_ms:  # _Bucket.refill, inline (once or twice a message)
+                per_s, burst = self.limits[cls]
+                b.tokens = min(burst, b.tokens + (now_ms - b.updated_ms) * per_s / 1000.0)
+                b.updated_ms = now_ms
             if b.tokens < 1.0:
                 return False
             b.tokens -= 1.0
