@@ -53,23 +53,19 @@ from __future__ import annotations
 
 import argparse
 import pstats
-import shutil
-import signal
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from bench_testbed import (  # noqa: E402
     ADVERTS_RECEIVED,
-    HardLimit,
     counters,
     cpu_seconds,
     diagnosis,
     pct,
+    run_bounded,
     stop_together,
 )
 
@@ -197,25 +193,9 @@ def main() -> int:
         print("--nodes must be at least 2", file=sys.stderr)
         return 2
 
-    def on_alarm(signum: int, frame: FrameType | None) -> None:
-        raise HardLimit(f"hard limit of {args.limit_s}s reached")
-
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(args.limit_s)
-    root = Path(tempfile.mkdtemp(prefix="meshd-bench-advert-"))
-    procs: list[DaemonProcess] = []
-    t0 = time.monotonic()
-    try:
-        run(args, root, procs)
-    except (HardLimit, TimeoutError, RuntimeError, AssertionError) as exc:
-        print(f"FAILED after {time.monotonic() - t0:.0f}s: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        signal.alarm(0)
-        stop_together(procs)
-        shutil.rmtree(root, ignore_errors=True)
-    print(f"done in {time.monotonic() - t0:.0f}s")
-    return 0
+    return run_bounded(
+        args.limit_s, "meshd-bench-advert-", lambda root, procs: run(args, root, procs)
+    )
 
 
 if __name__ == "__main__":

@@ -29,16 +29,12 @@ daemon is stopped in any case; exit 1 with "FAILED" on a failure.
 from __future__ import annotations
 
 import argparse
-import shutil
-import signal
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
-from types import FrameType
 
-from bench_testbed import HardLimit, cpu_seconds, stop_together
+from bench_testbed import cpu_seconds, run_bounded, stop_together
 
 from meshd.testing.procs import DaemonProcess
 
@@ -129,25 +125,7 @@ def main() -> int:
         print("--nodes must be at least 2", file=sys.stderr)
         return 2
 
-    def on_alarm(signum: int, frame: FrameType | None) -> None:
-        raise HardLimit(f"hard limit of {args.limit_s}s reached")
-
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(args.limit_s)
-    root = Path(tempfile.mkdtemp(prefix="meshd-bench-dht-"))
-    procs: list[DaemonProcess] = []
-    t0 = time.monotonic()
-    try:
-        run(args, root, procs)
-    except (HardLimit, TimeoutError, RuntimeError, AssertionError) as exc:
-        print(f"FAILED after {time.monotonic() - t0:.0f}s: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        signal.alarm(0)
-        stop_together(procs)
-        shutil.rmtree(root, ignore_errors=True)
-    print(f"done in {time.monotonic() - t0:.0f}s")
-    return 0
+    return run_bounded(args.limit_s, "meshd-bench-dht-", lambda root, procs: run(args, root, procs))
 
 
 if __name__ == "__main__":

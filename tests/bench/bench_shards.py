@@ -61,17 +61,14 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import signal
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-from bench_testbed import HardLimit, counters, launch_in_waves, stop_together  # noqa: E402
+from bench_testbed import counters, launch_in_waves, run_bounded  # noqa: E402
 
 from meshd.config import init_node, load_node
 from meshd.core.peers import advert_topic, shard_of
@@ -458,31 +455,12 @@ def main() -> int:
               "(at least 4 per shard)", file=sys.stderr)  # fmt: skip
         return 2
 
-    def on_alarm(signum: int, frame: FrameType | None) -> None:
-        raise HardLimit(f"hard limit of {args.limit_s}s reached")
-
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(args.limit_s)
-    root = Path(tempfile.mkdtemp(prefix="meshd-bench-shards-"))
-    r = Run(args, root)
-    t0 = time.monotonic()
-    try:
+    def body(root: Path, daemons: list[DaemonProcess]) -> None:
+        r = Run(args, root)
+        r.daemons = daemons  # the list run_bounded stops
         run(args, r)
-    except (HardLimit, TimeoutError, RuntimeError, AssertionError) as exc:
-        print(f"FAILED after {time.monotonic() - t0:.0f}s: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        signal.alarm(0)
-        stop_together(r.daemons)
-        if args.keep:
-            print(f"data dirs kept in {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-    if r.failed:
-        print(f"FAILED after {time.monotonic() - t0:.0f}s: {', '.join(r.failed)}", file=sys.stderr)
-        return 1
-    print(f"all checks passed in {time.monotonic() - t0:.0f}s")
-    return 0
+
+    return run_bounded(args.limit_s, "meshd-bench-shards-", body, keep=args.keep)
 
 
 if __name__ == "__main__":

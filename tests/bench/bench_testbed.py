@@ -47,7 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -108,6 +108,47 @@ def stop_together(daemons: list[DaemonProcess], timeout_s: float = 20.0) -> None
             except subprocess.TimeoutExpired:
                 d.proc.kill()
                 d.proc.wait()
+
+
+def run_bounded(
+    limit_s: int,
+    prefix: str,
+    body: Callable[[Path, list[Any]], None],
+    *,
+    keep: bool = False,
+    cleanup: Callable[[], None] | None = None,
+) -> int:
+    """Run ``body(root, daemons)`` under a hard limit of ``limit_s`` seconds
+    (SIGALRM raises :class:`HardLimit` in the main thread), in a fresh
+    temporary directory ``root`` named by ``prefix``. ``body`` appends every
+    daemon it starts to ``daemons``; whatever happens, they are stopped
+    together, ``cleanup`` runs (a testbed's removal) and ``root`` is removed
+    unless ``keep``. Exit status: 0 done, 1 failed (said on stderr)."""
+
+    def on_alarm(signum: int, frame: FrameType | None) -> None:
+        raise HardLimit(f"hard limit of {limit_s}s reached")
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(limit_s)
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    daemons: list[Any] = []
+    t0 = time.monotonic()
+    try:
+        body(root, daemons)
+    except (HardLimit, TimeoutError, RuntimeError, AssertionError) as exc:
+        print(f"FAILED after {time.monotonic() - t0:.0f}s: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        signal.alarm(0)
+        stop_together(daemons)
+        if cleanup is not None:
+            cleanup()
+        if keep:
+            print(f"data dirs kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    print(f"done in {time.monotonic() - t0:.0f}s")
+    return 0
 
 
 def pct(values: list[float], q: float) -> float:
@@ -256,27 +297,13 @@ def main() -> int:
         print("--homes must be less than --nodes (the first node is public)", file=sys.stderr)
         return 2
 
-    def on_alarm(signum: int, frame: FrameType | None) -> None:
-        raise HardLimit(f"hard limit of {args.limit_s}s reached")
-
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(args.limit_s)
-    root = Path(tempfile.mkdtemp(prefix="meshd-bench-bed-"))
-    daemons: list[NetnsDaemon] = []
-    t0 = time.monotonic()
     bed = Testbed()
-    try:
-        run(args, bed, root, daemons)
-    except (HardLimit, TimeoutError, RuntimeError, AssertionError) as exc:
-        print(f"FAILED after {time.monotonic() - t0:.0f}s: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        signal.alarm(0)
-        stop_together(daemons)  # bed.close() SIGKILLs what is left
-        bed.close()
-        shutil.rmtree(root, ignore_errors=True)
-    print(f"done in {time.monotonic() - t0:.0f}s")
-    return 0
+    return run_bounded(
+        args.limit_s,
+        "meshd-bench-bed-",
+        lambda root, daemons: run(args, bed, root, daemons),
+        cleanup=bed.close,  # after stop_together; it SIGKILLs what is left
+    )
 
 
 if __name__ == "__main__":
