@@ -247,7 +247,7 @@ async def test_float_noise_within_tolerance_is_never_penalised_but_breaks_the_ex
             # out under load may add a run without a result)
             assert len(job.verdict["valid"]) == 2
             assert len([r for r in job.runs.values() if r.result]) == 2, job.runs
-            digests = {r.result["output_digest"] for r in job.runs.values()}
+            digests = {r.result["output_digest"] for r in job.runs.values() if r.result}
             assert len(digests) == 2, "the replicas were bit-identical: no noise was injected"
             out = output_of(c, 0, job.canonical)["stats.txt"]
             assert out != stats_output(n) and numbers_close(out, stats_output(n), 1e-8, 0.0)
