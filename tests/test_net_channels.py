@@ -213,3 +213,36 @@ async def test_a_bad_answer_ends_the_call_and_the_channel_and_is_counted(answer:
                 await b.call(a.peer_id, CHANNEL, b"x", fallback=SINGLE, timeout_s=5)
             assert b.statistics().channel_bad_frames == 1
             assert b.queue_stats()["channels_open"] == 0
+
+
+async def test_small_calls_cost_no_window_update_until_half_the_window_is_read() -> None:
+    """Receive credit goes back once half a yamux window is consumed, as
+    go-yamux does, not in a WINDOW_UPDATE frame after every read
+    (``libp2p_hooks.batch_yamux_window_updates``); and it does go back, so a
+    stream carrying more than a window keeps flowing."""
+    import libp2p.stream_muxer.yamux.yamux as yamux
+
+    updates: list[int] = []
+    real = yamux.YamuxStream.send_window_update
+
+    async def spy(self: Any, increment: int, skip_lock: bool = False) -> None:
+        updates.append(increment)
+        await real(self, increment, skip_lock)
+
+    yamux.YamuxStream.send_window_update = spy  # type: ignore[method-assign]
+    try:
+        a = make_host(params())
+        a.handle_channel(CHANNEL, echo)
+        async with cluster(a):
+            b = make_host(params(), [a.listen_addrs[0]])
+            async with cluster(b):
+                for _ in range(100):  # ~30 KB each way: well under half a window
+                    assert await b.call(a.peer_id, CHANNEL, b"x" * 300, fallback=SINGLE)
+                assert updates == []
+                payload = b"y" * 60_000
+                for _ in range(12):  # 720 KB each way: ~3 windows
+                    assert await b.call(a.peer_id, CHANNEL, payload, fallback=SINGLE) == payload
+                assert len(updates) >= 4  # both sides gave credit back, more than once
+                assert all(n >= yamux.DEFAULT_WINDOW_SIZE // 2 for n in updates)
+    finally:
+        yamux.YamuxStream.send_window_update = real  # type: ignore[method-assign]

@@ -58,6 +58,7 @@ from meshd.net.errors import ListenError, NetError
 from meshd.net.gossip import Gossip, GossipHandler, TopicValidator
 from meshd.net.libp2p_hooks import (
     advertise_concrete_mdns_addrs,
+    batch_yamux_window_updates,
     fit_yamux_frames_to_noise,
     limit_dht_messages,
     take_over_dialing,
@@ -174,6 +175,7 @@ def _build_libp2p_host(
     take_over_dialing(host.get_network(), p.dial_retries)
     advertise_concrete_mdns_addrs(host, lambda addrs: concrete_addrs(addrs, interface_ipv4s()))
     fit_yamux_frames_to_noise()
+    batch_yamux_window_updates()
     if p.dht:
         limit_dht_messages(p.dht_max_message_bytes)
     return host

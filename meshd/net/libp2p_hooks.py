@@ -53,6 +53,12 @@ Hooks (what it overrides -- why -- checked against libp2p 0.8.1):
   into a full message and a 29-byte one): half the Noise messages, encryptions and reads
   per byte of a bulk transfer (blobs); smaller frames are always valid yamux
   -- checked against libp2p 0.8.1.
+- ``YamuxStream._auto_tune_and_send_window_update`` (method, patched process-wide) -- receive
+  credit goes back in one WINDOW_UPDATE once half the stream's window is consumed, as go-yamux
+  does, instead of after every read: py-libp2p 0.8.1 sends one for each read (2.8 per message
+  on meshd's streams, then 1.0 with its ``PY_YAMUX_RELEASE_ON_READ=0``), which doubles the
+  frames, encryptions and wake-ups of every small message; the window and its auto-tuning are
+  unchanged, and the peer's view of flow control is the yamux spec's -- checked against libp2p 0.8.1.
 - ``libp2p.kad_dht.peer_routing.MAX_DHT_MESSAGE_SIZE`` (module constant, process-wide) --
   a DHT lookup reads each answer up to ``NetParams.dht_max_message_bytes`` (64 KiB), not 4 MiB:
   every peer an answer names is stored in the peerstore, so the cap bounds what one
@@ -480,6 +486,26 @@ def fit_yamux_frames_to_noise() -> None:
     _libp2p_yamux.MAX_MESSAGE_SIZE = min(
         _libp2p_yamux.MAX_MESSAGE_SIZE, _libp2p_noise_io.MAX_PLAINTEXT_LENGTH
     )
+
+
+_library_window_update = _libp2p_yamux.YamuxStream._auto_tune_and_send_window_update
+
+
+async def _window_update_at_half(self: Any, *, bytes_read: int = 0) -> None:
+    """go-yamux's hysteresis: no WINDOW_UPDATE until the credit owed (bytes
+    consumed, not yet returned) reaches half the receive window; then the
+    library's own update (with its auto-tuning) returns all of it."""
+    buffered = len(self.conn.stream_buffers.get(self.stream_id, b""))
+    owed = self.target_recv_window - (self.recv_window + buffered)
+    if owed < self.target_recv_window // 2:
+        return
+    await _library_window_update(self, bytes_read=bytes_read)
+
+
+def batch_yamux_window_updates() -> None:
+    """Return yamux receive credit once half a window is consumed, not per
+    read (idempotent; affects every host in the process)."""
+    _libp2p_yamux.YamuxStream._auto_tune_and_send_window_update = _window_update_at_half  # type: ignore[method-assign]
 
 
 def limit_dht_messages(max_bytes: int) -> None:
