@@ -43,6 +43,7 @@ daemon only when it is ready).
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -872,6 +873,7 @@ def run(config: NodeConfig, identity: Identity, data_dir: Path, overrides: dict[
         async with trio.open_nursery() as nursery:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 await nursery.start(daemon.run)
+                freeze_startup_heap()
                 write_atomic(pid_file, f"{os.getpid()}\n".encode(), mode=0o644)
                 try:
                     async for signum in signals:
@@ -885,6 +887,22 @@ def run(config: NodeConfig, identity: Identity, data_dir: Path, overrides: dict[
         return code
 
     return trio.run(main)
+
+
+def freeze_startup_heap() -> None:
+    """Leave what start-up built (modules, the host, the restored node) out of
+    every later garbage collection: collect once, then ``gc.freeze()``.
+
+    Each full collection otherwise walks that whole heap again and stops
+    every task meanwhile. Measured on bench_award's 6-process loopback mesh
+    (jobs one at a time for 90 s, pauses timed by ``gc.callbacks``): the
+    origin's one full collection mid-run took 129 ms, a job's award delayed
+    by as much; with the start-up heap frozen it took 6.9 ms. Only for the
+    process's one daemon (``meshd start``): the in-process harness runs many
+    daemons and tests in one process, where frozen objects that died later
+    in cycles would never be freed."""
+    gc.collect()
+    gc.freeze()
 
 
 EXIT_INTERRUPTED = 130
