@@ -83,12 +83,16 @@ async def test_response_round_trip() -> None:
     assert await FrameReader(FakeStream(data)).read_response(100) == (Status.ERROR, b"boom")
 
 
-async def test_too_large_frame_is_refused_before_reading_the_body() -> None:
-    stream = FakeStream(encode_request(b"x" * 5000), chunk=4096)
+async def test_too_large_frame_is_refused_once_its_length_is_read() -> None:
+    """The refusal comes with the length prefix: what else the first read
+    brought is at most one chunk (``stream_read_chunk_bytes``), and the rest
+    of the body is never read."""
+    stream = FakeStream(encode_request(b"x" * 50_000), chunk=4096)
     with pytest.raises(FrameTooLarge) as info:
-        await FrameReader(stream).read_frame(4999)
-    assert (info.value.length, info.value.limit) == (5000, 4999)
-    assert len(stream.data) == 5000  # the length prefix was read, no body byte
+        await FrameReader(stream, read_chunk_bytes=8192).read_frame(49_999)
+    assert (info.value.length, info.value.limit) == (50_000, 49_999)
+    assert stream.reads == 1  # the read that brought the length prefix, nothing after it
+    assert len(stream.data) == 50_003 - 4096
 
 
 @pytest.mark.parametrize(

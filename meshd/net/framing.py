@@ -121,9 +121,13 @@ class FrameReader:
         self._read_chunk_bytes = read_chunk_bytes  # most bytes asked of the stream per read
         self._buf = bytearray()
 
-    async def _fill(self, want: int) -> None:
+    async def _fill(self) -> None:
+        # Ask for a whole chunk, not just the bytes wanted now: a stream read
+        # returns what has arrived, and the reader owns its stream, so a
+        # frame's uvarints, status and body come in one read instead of one
+        # library read (locks, yamux bookkeeping) per uvarint byte.
         try:
-            chunk = await self._stream.read(min(max(want, 1), self._read_chunk_bytes))
+            chunk = await self._stream.read(self._read_chunk_bytes)
         except Exception as exc:  # EOF / reset / closed: all mean "truncated"
             raise StreamEnded(f"stream ended early ({type(exc).__name__})") from exc
         if not chunk:
@@ -134,7 +138,7 @@ class FrameReader:
         if n == 0:
             return b""
         while len(self._buf) < n:
-            await self._fill(n - len(self._buf))
+            await self._fill()
         out = bytes(self._buf[:n])
         del self._buf[:n]
         return out
@@ -144,7 +148,7 @@ class FrameReader:
         (a channel's peer closed it between frames)."""
         if not self._buf:
             try:
-                await self._fill(1)
+                await self._fill()
             except StreamEnded:
                 return None
         return await self.read_uvarint()

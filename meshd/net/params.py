@@ -135,7 +135,8 @@ class NetParams:
     """Inbound streams served concurrently per peer; more are refused with a
     BUSY response. Outbound requests to one peer queue behind the same bound."""
     stream_read_chunk_bytes: int = 256 * 1024
-    """Most bytes asked of a request/response stream per read call."""
+    """Most bytes asked of a request/response stream or channel per read call
+    (a frame reader asks for this much and buffers what arrived)."""
 
     # --- Persistent channels ---------------------------------------------------
     channel_max_inflight: int = 32
