@@ -10,7 +10,10 @@ Run: ``python tests/bench/bench_net.py [--runs R]`` (not collected by pytest).
     round of parallel dials), not 4+;
 (c) request/response round trip p50 on a warm connection vs (d) one gossip
     hop p50 between the same two hosts; ratio d/c; (e) one call on a
-    persistent channel (``MeshHost.call``) between them, p50; ratio e/c.
+    persistent channel (``MeshHost.call``) between them, p50; ratio e/c;
+(f) process CPU per channel call (both hosts live in this process) vs (g)
+    per request on a fresh stream, over 2,000 of each one after another;
+    ratio f/g.
 Each figure is the median over ``--runs`` runs on fresh hosts on 127.0.0.1.
 """
 
@@ -101,6 +104,34 @@ async def request_vs_gossip(samples: int = 50) -> tuple[float, float, float]:
     return statistics.median(rtts), statistics.median(hops), statistics.median(calls)
 
 
+async def cpu_per_message(samples: int = 2000) -> tuple[float, float]:
+    """Process CPU seconds per channel call and per stream request (both ends)."""
+    a, b = fresh(), fresh()
+
+    async def echo(peer: str, data: bytes) -> bytes:
+        return data
+
+    a.handle("/meshd/bench/echo/1", echo)
+    a.handle_channel("/meshd/bench/echo/2", echo)
+    async with trio.open_nursery() as n:
+        await n.start(a.run)
+        await n.start(b.run)
+        await b.connect(a.listen_addrs[0])
+        out = []
+        for channel in (True, False):
+            t0 = time.process_time()
+            for _ in range(samples):
+                if channel:
+                    await b.call(
+                        a.peer_id, "/meshd/bench/echo/2", b"x" * 300, fallback="/meshd/bench/echo/1"
+                    )
+                else:
+                    await b.request(a.peer_id, "/meshd/bench/echo/1", b"x" * 300)
+            out.append((time.process_time() - t0) / samples)
+        n.cancel_scope.cancel()
+    return out[0], out[1]
+
+
 async def main(runs: int) -> None:
     connects = [await one_connect() for _ in range(runs)]
     meshes = [await five_host_mesh() for _ in range(runs)]
@@ -114,6 +145,11 @@ async def main(runs: int) -> None:
     e = statistics.median(p[2] for p in pairs)
     print(f"(d) gossip hop p50         {d * 1000:8.2f} ms   d/c = {d / c:.2f}")
     print(f"(e) channel call p50       {e * 1000:8.2f} ms   e/c = {e / c:.2f}")
+    cpus = [await cpu_per_message() for _ in range(runs)]
+    f = statistics.median(x[0] for x in cpus)
+    g = statistics.median(x[1] for x in cpus)
+    print(f"(f) CPU per channel call   {f * 1e6:8.0f} us   f/g = {f / g:.2f}")
+    print(f"(g) CPU per request        {g * 1e6:8.0f} us")
 
 
 if __name__ == "__main__":
