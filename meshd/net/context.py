@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import logging
 from collections.abc import Awaitable, Callable
+from functools import lru_cache
 from typing import Any
 
 import trio
@@ -35,8 +36,15 @@ from meshd.net.stats import COUNTER_NAMES
 log = logging.getLogger("meshd.net")
 
 
+PEER_ID_MEMO = 4096
+"""Peer ids :func:`parse_peer_id` remembers (every call and request to a peer
+parses its id: two base58 decodings each)."""
+
+
+@lru_cache(maxsize=PEER_ID_MEMO)
 def parse_peer_id(peer_id: str) -> ID:
-    """``peer_id`` as a libp2p ID; ValueError unless it is an Ed25519 peer id."""
+    """``peer_id`` as a libp2p ID; ValueError unless it is an Ed25519 peer id
+    (the last :data:`PEER_ID_MEMO` answers remembered; IDs are immutable)."""
     if public_key_from_peer_id(peer_id) is None:
         raise ValueError(f"not an Ed25519 peer id: {peer_id!r}")
     return ID.from_base58(peer_id)
