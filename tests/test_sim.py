@@ -303,3 +303,27 @@ def test_thinned_receipts_model_converged_ledgers_whose_sync_sends_nothing() -> 
     full, t = sync("-1")
     assert "ledger_sync_converged" not in full
     assert t["ledger_sync_answered"] > 20 and t["ledger_sync_sent"] > 20
+
+
+def test_the_command_ends_without_teardown_but_with_its_output_and_status(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``python -m simulations run`` ends by ``exit_now`` (no teardown of the
+    run's heap): its summary still reaches a pipe, its JSON is written, and
+    its status says whether the run held."""
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "simulations", "run", *args],
+            capture_output=True,
+            text=True,
+            cwd=os.path.dirname(os.path.dirname(__file__)),
+        )
+
+    out = tmp_path / "run.json"
+    good = cli("swarm", "--seed", "1", "--nodes", "8", "--jobs", "6", "--json", str(out))
+    assert good.returncode == 0, good.stderr
+    assert "trace" in good.stdout and '"ok": true' in out.read_text()
+    bad = cli(
+        *("load", "--seed", "7", "--nodes", "12", "--jobs", "20"),
+        *("--set", "liveness_ms=60000", "--mutant", "drop_queued_work"),
+    )
+    assert bad.returncode == 1 and "job(s) lost" in bad.stdout
