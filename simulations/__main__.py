@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -185,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
     else:
         done = run(cfg)
+    # The run's heap is kept until exit_now: the collector need never walk it
+    # again (its defaults, restored, would do so in full within the report).
+    gc.freeze()
     print_summary(done.result)
     if a.json:
         with open(a.json, "w") as f:
