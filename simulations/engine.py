@@ -41,10 +41,15 @@ ledger update. Up to 256 nodes they reach everyone; above, each node hears
 them from 16 peers (``receipt_fanout`` knob). This thins the
 remote reputation evidence (attestations) a node gets, so it understates how
 fast gossip spreads news of a liar; origins' own observations are unaffected.
-It thins the credit evidence the same way: a worker's ledger holds the
-receipts of ~16 publishers, not of all, so the balances it reads when it
-has no free slot (``credit_declines``, CREDITS.md §7.5) are nearer zero than
-in a daemon mesh and credit declines are understated.
+One node hears every countersignature all the same: the origin of the
+receipt it countersigns. In a daemon mesh gossip brings the origin its own
+receipts' countersignatures, which stop its re-sends (``receipt_resend_ms``,
+``receipt_resend_max``); thinned away, every origin would re-send each
+receipt to its worker until it gives up, a cost and a ledger a daemon mesh
+does not have. The credit evidence is thinned all the same: a worker's
+ledger holds the receipts of ~16 publishers, not of all, so the balances
+it reads when it has no free slot (``credit_declines``, CREDITS.md §7.5)
+are nearer zero than in a daemon mesh and credit declines are understated.
 
 *Ledger anti-entropy with thinned receipts.* In a daemon mesh gossip
 delivers every receipt to every node, so ledgers converge and a sync round
@@ -128,7 +133,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -807,11 +812,12 @@ class Engine:
             self.cast_offer(slot, data)
         else:  # receipts and attestations: to the publisher's view subscribers (see "Scale")
             inp = GossipReceived(eff.topic, slot.peer_id, data)
-            targets = (
-                self.receipt_subscribers[slot.idx]
-                if self.receipt_subscribers
-                else range(len(self.slots))
-            )
+            targets: Sequence[int] = range(len(self.slots))
+            if self.receipt_subscribers:
+                targets = self.receipt_subscribers[slot.idx]
+                concerned = self._cosigned_origin(data)
+                if concerned is not None and concerned not in targets:
+                    targets = [*targets, concerned]
             for i in targets:
                 if (
                     i != slot.idx
@@ -821,6 +827,15 @@ class Engine:
                     )
                 ):
                     self.at(self.now + self.latency(), EV_INPUT, (i, inp))
+
+    def _cosigned_origin(self, data: Any) -> int | None:
+        """The node whose receipt a gossiped countersignature carries (None
+        for anything else): with receipts thinned it hears it all the same
+        (see "Scale")."""
+        if type(data) is not Opened or data.type != "receipt_cosign":
+            return None
+        inner = self.codec.open(data.body.receipt, self.params.max_message_bytes)
+        return self.by_peer.get(inner.sender) if type(inner) is Opened else None
 
     def _advert_cast(self, p: tuple[int, GossipReceived]) -> None:
         """One advert reaches every node listening on its topic (``reachable``

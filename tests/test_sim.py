@@ -284,22 +284,30 @@ def test_thinned_receipts_model_converged_ledgers_whose_sync_sends_nothing() -> 
     """With receipts thinned (engine.py, "Scale": above 256 nodes, or a
     ``receipt_fanout`` pinned) the engine does not deliver ledger summaries,
     as a converged mesh's equal summaries would change nothing: no node
-    answers one and no ledger grows by sync. Nothing thinned, sync runs in full."""
+    answers one and no ledger grows by sync; an origin still hears its own
+    receipts' countersignatures. Nothing thinned, sync runs in full."""
 
     def sync(fanout: str) -> tuple[dict, dict[str, int]]:
         pins = {"receipt_fanout": fanout, "core.ledger_sync_interval_ms": "2000"}
         r = Run(RunConfig("scale", 5, 20, 60, pins))
         res = r.execute()
         assert res["ok"], res["failure"]
-        totals: dict[str, int] = {}
+        totals: dict[str, int] = {"pending": 0}
         for s in r.engine.slots:
-            for k in ("ledger_sync_sent", "ledger_sync_answered", "ledger_sync_receipts_added"):
+            for k in (
+                *("ledger_sync_sent", "ledger_sync_answered", "ledger_sync_receipts_added"),
+                *("receipts_issued", "accepted_receipt", "receipts_uncosigned"),
+            ):
                 totals[k] = totals.get(k, 0) + s.node.counters[k]
+            totals["pending"] += len(s.node.ledger._receipts_pending)
         return res, totals
 
     thinned, t = sync("4")
     assert t["ledger_sync_sent"] > 20 and thinned["ledger_sync_converged"] == t["ledger_sync_sent"]
     assert t["ledger_sync_answered"] == 0 and t["ledger_sync_receipts_added"] == 0
+    # every origin heard its receipts' countersignatures: nothing re-sent
+    assert t["receipts_issued"] == t["accepted_receipt"] == 60
+    assert t["pending"] == t["receipts_uncosigned"] == 0
     full, t = sync("-1")
     assert "ledger_sync_converged" not in full
     assert t["ledger_sync_answered"] > 20 and t["ledger_sync_sent"] > 20
