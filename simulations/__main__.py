@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import os
 import sys
 
 from .report import plot_run, plot_sweep, print_summary
@@ -184,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
     else:
         done = run(cfg)
+    # The run's heap is kept until exit_now: the collector need never walk it
+    # again (its defaults, restored, would do so in full within the report).
+    gc.freeze()
     print_summary(done.result)
     if a.json:
         with open(a.json, "w") as f:
@@ -193,5 +198,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if done.result["ok"] else 1
 
 
+def exit_now(code: int) -> None:
+    """End the process with ``code`` once stdout and stderr are flushed,
+    skipping the interpreter's teardown: freeing a large run's heap object by
+    object costs more than a quarter of the run's own CPU (9.5 s after a
+    1,000-node / 3,000-job run of 35 s) and decides nothing. Every file the
+    command writes is closed before this."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

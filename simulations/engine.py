@@ -41,12 +41,35 @@ ledger update. Up to 256 nodes they reach everyone; above, each node hears
 them from 16 peers (``receipt_fanout`` knob). This thins the
 remote reputation evidence (attestations) a node gets, so it understates how
 fast gossip spreads news of a liar; origins' own observations are unaffected.
-It also keeps the nodes' ledgers from converging as gossip would make them:
-each node's anti-entropy then finds differences at every round and runs at
-its ceiling (``ledger_sync_max_receipts`` × (1 + ``ledger_sync_max_followups``)
-receipts per ``ledger_sync_interval_ms``), mostly receipts it already holds.
-A daemon mesh would spend that on gossip instead; at 10,000 nodes this sync
-is most of a long run's CPU after the boot.
+One node hears every countersignature all the same: the origin of the
+receipt it countersigns. In a daemon mesh gossip brings the origin its own
+receipts' countersignatures, which stop its re-sends (``receipt_resend_ms``,
+``receipt_resend_max``); thinned away, every origin would re-send each
+receipt to its worker until it gives up, a cost and a ledger a daemon mesh
+does not have. The credit evidence is thinned all the same: a worker's
+ledger holds the receipts of ~16 publishers, not of all, so the balances
+it reads when it has no free slot (``credit_declines``, CREDITS.md §7.5)
+are nearer zero than in a daemon mesh and credit declines are understated.
+
+*Ledger anti-entropy with thinned receipts.* In a daemon mesh gossip
+delivers every receipt to every node, so ledgers converge and a sync round
+(CREDITS.md §7.4) finds equal summaries and gets an empty answer: it changes
+no ledger. Thinned ledgers never converge, so delivered summaries would be
+answered with receipts the thinning left out, every round at its ceiling
+(``ledger_sync_max_receipts`` × (1 + ``ledger_sync_max_followups``) receipts
+per ``ledger_sync_interval_ms``), each node's ledger filling towards
+``max_ledger_receipts`` — sync would undo the thinning at a cost the model
+exists to avoid (at 10,000 nodes it did not fit memory). So whenever
+receipts are thinned, the simulator models ledgers as converged: a node's
+core still runs its sync timer and builds its summary, with the daemon's
+parameters, but the engine does not deliver a ``ledger_summary`` (counted
+in ``stats["ledger_sync_converged"]``), as the equal summary and the empty
+answer of a converged mesh would change nothing. What this leaves out: the
+answerer's compare and the empty answer's CPU (only with ``cpu_model`` on),
+one rate-limit token of the asker's per round at the answerer, and the
+repair of a restarted node's ledger (its gossip-only entries stay lost, so
+balances it reads after a restart are still nearer zero). Up to 256 nodes
+(nothing thinned) sync runs in full, as in the daemon.
 
 *Adverts* are paced, timed, kept and sharded by the core itself, as in the
 daemon (specs/PROTOCOL.md §5.2, §6, §7.1): each node heartbeats at the
@@ -110,7 +133,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -757,6 +780,10 @@ class Engine:
             fail = SendFailed(eff.to_peer, eff.kind, eff.job_id, "unreachable")
             self._local(slot, self.knobs.connect_timeout_ms, fail)
             return
+        if eff.kind == "ledgersummary" and self.receipt_subscribers is not None:
+            # converged ledgers: nothing to send (see "Scale")
+            self.stats["ledger_sync_converged"] = self.stats.get("ledger_sync_converged", 0) + 1
+            return
         rng = self.rng_net
         if self.knobs.direct_loss and rng.random() < self.knobs.direct_loss:
             self.stats["direct_lost"] = self.stats.get("direct_lost", 0) + 1
@@ -785,11 +812,12 @@ class Engine:
             self.cast_offer(slot, data)
         else:  # receipts and attestations: to the publisher's view subscribers (see "Scale")
             inp = GossipReceived(eff.topic, slot.peer_id, data)
-            targets = (
-                self.receipt_subscribers[slot.idx]
-                if self.receipt_subscribers
-                else range(len(self.slots))
-            )
+            targets: Sequence[int] = range(len(self.slots))
+            if self.receipt_subscribers:
+                targets = self.receipt_subscribers[slot.idx]
+                concerned = self._cosigned_origin(data)
+                if concerned is not None and concerned not in targets:
+                    targets = [*targets, concerned]
             for i in targets:
                 if (
                     i != slot.idx
@@ -799,6 +827,15 @@ class Engine:
                     )
                 ):
                     self.at(self.now + self.latency(), EV_INPUT, (i, inp))
+
+    def _cosigned_origin(self, data: Any) -> int | None:
+        """The node whose receipt a gossiped countersignature carries (None
+        for anything else): with receipts thinned it hears it all the same
+        (see "Scale")."""
+        if type(data) is not Opened or data.type != "receipt_cosign":
+            return None
+        inner = self.codec.open(data.body.receipt, self.params.max_message_bytes)
+        return self.by_peer.get(inner.sender) if type(inner) is Opened else None
 
     def _advert_cast(self, p: tuple[int, GossipReceived]) -> None:
         """One advert reaches every node listening on its topic (``reachable``

@@ -278,3 +278,60 @@ def test_sim_codec_models_authentication() -> None:
     assert codec.open(Forged(ident.peer_id, "result"), 1 << 16).reason == "bad_signature"  # type: ignore[union-attr]
     assert codec.open(b"\x93garbage", 1 << 16).reason == "malformed"  # type: ignore[union-attr]
     assert codec.open(bytes(70_000), 1 << 16).reason == "oversize"  # type: ignore[union-attr]
+
+
+def test_thinned_receipts_model_converged_ledgers_whose_sync_sends_nothing() -> None:
+    """With receipts thinned (engine.py, "Scale": above 256 nodes, or a
+    ``receipt_fanout`` pinned) the engine does not deliver ledger summaries,
+    as a converged mesh's equal summaries would change nothing: no node
+    answers one and no ledger grows by sync; an origin still hears its own
+    receipts' countersignatures. Nothing thinned, sync runs in full."""
+
+    def sync(fanout: str) -> tuple[dict, dict[str, int]]:
+        pins = {"receipt_fanout": fanout, "core.ledger_sync_interval_ms": "2000"}
+        r = Run(RunConfig("scale", 5, 20, 60, pins))
+        res = r.execute()
+        assert res["ok"], res["failure"]
+        totals: dict[str, int] = {"pending": 0}
+        for s in r.engine.slots:
+            for k in (
+                *("ledger_sync_sent", "ledger_sync_answered", "ledger_sync_receipts_added"),
+                *("receipts_issued", "accepted_receipt", "receipts_uncosigned"),
+            ):
+                totals[k] = totals.get(k, 0) + s.node.counters[k]
+            totals["pending"] += len(s.node.ledger._receipts_pending)
+        return res, totals
+
+    thinned, t = sync("4")
+    assert t["ledger_sync_sent"] > 20 and thinned["ledger_sync_converged"] == t["ledger_sync_sent"]
+    assert t["ledger_sync_answered"] == 0 and t["ledger_sync_receipts_added"] == 0
+    # every origin heard its receipts' countersignatures: nothing re-sent
+    assert t["receipts_issued"] == t["accepted_receipt"] == 60
+    assert t["pending"] == t["receipts_uncosigned"] == 0
+    full, t = sync("-1")
+    assert "ledger_sync_converged" not in full
+    assert t["ledger_sync_answered"] > 20 and t["ledger_sync_sent"] > 20
+
+
+def test_the_command_ends_without_teardown_but_with_its_output_and_status(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``python -m simulations run`` ends by ``exit_now`` (no teardown of the
+    run's heap): its summary still reaches a pipe, its JSON is written, and
+    its status says whether the run held."""
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "simulations", "run", *args],
+            capture_output=True,
+            text=True,
+            cwd=os.path.dirname(os.path.dirname(__file__)),
+        )
+
+    out = tmp_path / "run.json"
+    good = cli("swarm", "--seed", "1", "--nodes", "8", "--jobs", "6", "--json", str(out))
+    assert good.returncode == 0, good.stderr
+    assert "trace" in good.stdout and '"ok": true' in out.read_text()
+    bad = cli(
+        *("load", "--seed", "7", "--nodes", "12", "--jobs", "20"),
+        *("--set", "liveness_ms=60000", "--mutant", "drop_queued_work"),
+    )
+    assert bad.returncode == 1 and "job(s) lost" in bad.stdout

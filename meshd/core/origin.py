@@ -105,6 +105,9 @@ T_WINDOW, T_REOFFER, T_LEASE, T_AWARD = "window", "reoffer", "lease", "award_tim
 AWARD_TIMEOUT = "award not acknowledged in time"
 MAX_UNFIT_REASONS = 8
 """Distinct reasons an estimate lists for peers that cannot run a job."""
+UNFIT_MEMO_REQS = 16
+"""Distinct job requirements whose fit per peer capacity an origin keeps
+(:meth:`Origin._unfit`; a memo: more are judged afresh)."""
 NO_ANSWER = "did not answer the offer"
 """Decline noted for a candidate silent when a window closed (withdrawn if its bid arrives later)."""
 
@@ -231,6 +234,9 @@ class Origin:
         self._capacities: dict[str, tuple[Advert, Capacity]] = {}
         """peer -> the advert of it we last read and its :class:`Capacity`
         (:meth:`_capacity`; at most twice ``advert_view_max`` peers)."""
+        self._unfit_memo: dict[OfferRequirements, dict[str, tuple[Capacity, tuple[str, ...]]]] = {}
+        """requirements -> peer -> the capacity judged and why it fails them
+        (:meth:`_unfit`; at most ``UNFIT_MEMO_REQS`` requirements)."""
         self.audits = AuditBook(ctx.params)
         """Unreplicated accepted results per worker, audited on its conviction."""
         self.scores = ScoreCheck(ctx.params)
@@ -403,10 +409,11 @@ class Origin:
             if best is None or cost < best[0]:
                 best = (cost, secs)
 
+        memo = self._unfit_memo_of(req)
         for entry in self.ctx.peers.alive(self.ctx.now_ms):
             known += 1
             cap = self._capacity(entry)
-            whys = list(fit_reasons(cap, req))
+            whys = self._unfit(entry, req, memo)
             for why in whys:
                 unfit[why] = unfit.get(why, 0) + 1
             if not whys:
@@ -678,6 +685,35 @@ class Origin:
         self._capacities[entry.peer_id] = (entry.advert, cap)
         return cap
 
+    def _unfit_memo_of(self, req: OfferRequirements) -> dict[str, tuple[Capacity, tuple[str, ...]]]:
+        """The :meth:`_unfit` memo for requirements ``req`` (equal requirements
+        share one: most jobs ask the same)."""
+        memo = self._unfit_memo.get(req)
+        if memo is None:
+            if len(self._unfit_memo) >= UNFIT_MEMO_REQS:
+                self._unfit_memo.clear()
+            memo = self._unfit_memo[req] = {}
+        return memo
+
+    def _unfit(
+        self,
+        entry: PeerEntry,
+        req: OfferRequirements,
+        memo: dict[str, tuple[Capacity, tuple[str, ...]]],
+    ) -> tuple[str, ...]:
+        """``fit_reasons`` of a peer's capacity for ``req`` (empty: it fits),
+        judged once per capacity (``memo``: :meth:`_unfit_memo_of`); every
+        submit's estimate and every offer's candidates read every peer's."""
+        cap = self._capacity(entry)
+        hit = memo.get(entry.peer_id)
+        if hit is not None and hit[0] is cap:  # the same capacity object: the same answer
+            return hit[1]
+        whys = tuple(fit_reasons(cap, req))
+        if len(memo) >= 2 * max(1, self.ctx.params.advert_view_max):
+            memo.clear()  # peers left the view; the ones still there come back
+        memo[entry.peer_id] = (cap, whys)
+        return whys
+
     def _own_fits(self, req: OfferRequirements) -> bool:
         """Our own worker's capacity fits requirements ``req`` (§8.1)."""
         own = self.own_capacity()
@@ -687,12 +723,14 @@ class Origin:
         """Other live, unbanned, not excluded peers whose adverts fit ``offer``
         (peers that cannot reach us, §8.6, are in ``offer.exclude``)."""
         out = []
+        req = offer.requirements
+        memo = self._unfit_memo_of(req)
         for entry in self.ctx.peers.alive(self.ctx.now_ms):
             if entry.peer_id in offer.exclude or self.ctx.trust.banned(
                 entry.peer_id, self.ctx.now_ms
             ):
                 continue
-            if fit_reason(self._capacity(entry), offer.requirements) is None:
+            if not self._unfit(entry, req, memo):
                 out.append(entry.peer_id)
         return out
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 from .params import CoreParams
 
@@ -83,8 +84,19 @@ class PeerBuckets:
         return True
 
 
+CLASSES = ("offer", "bid", "direct", "gossip", "sync", "transport")
+"""Every bucket class; a peer's buckets are a flat list with two places per
+class, in this order (tokens, then when they were last refilled)."""
+_AT = {cls: 2 * i for i, cls in enumerate(CLASSES)}
+
+
 class RateLimiter:
-    """Token buckets keyed by (peer, class), bounded by an LRU of peers."""
+    """Token buckets keyed by (peer, class), bounded by an LRU of peers.
+
+    A peer's buckets are one flat list (``[tokens, updated_ms]`` per class of
+    :data:`CLASSES`, None until the class is first charged) rather than a
+    dict of bucket objects: a node holds buckets for thousands of peers, and
+    the simulator for thousands of nodes."""
 
     def __init__(self, params: CoreParams) -> None:
         self.limits: dict[str, tuple[float, float]] = {
@@ -95,11 +107,15 @@ class RateLimiter:
             "sync": (params.rate_sync_per_s, float(params.rate_sync_burst)),
             "transport": (params.rate_transport_per_s, float(params.rate_transport_burst)),
         }
+        self._rate = [0.0] * (2 * len(CLASSES))
+        """Per place of a peer's list: the class's (per_s, burst) at the tokens' place."""
+        for cls, at in _AT.items():
+            self._rate[at], self._rate[at + 1] = self.limits[cls]
         self.max_peers = max(1, params.rate_limit_peers)
-        self._peers: OrderedDict[str, dict[str, _Bucket]] = OrderedDict()
+        self._peers: OrderedDict[str, list[Any]] = OrderedDict()
         self._last: str | None = None
         """The peer charged last (the end of the LRU order), and its buckets."""
-        self._last_buckets: dict[str, _Bucket] = {}
+        self._last_buckets: list[Any] = []
 
     def allow(self, peer: str, classes: tuple[str, ...], now_ms: int) -> bool:
         """Take one token from each class bucket of ``peer``; False (and take none) if any is empty."""
@@ -109,41 +125,53 @@ class RateLimiter:
         else:
             got = peers.get(peer)
             if got is None:
-                got = peers[peer] = {}
+                got = peers[peer] = [None] * (2 * len(CLASSES))
                 while len(peers) > self.max_peers:
                     peers.popitem(last=False)
             else:
                 peers.move_to_end(peer)
             buckets = self._last_buckets = got
             self._last = peer
-        if len(classes) == 1:  # most messages: one bucket, no list to build
-            cls = classes[0]
-            b = buckets.get(cls)
-            if b is None:
-                b = buckets[cls] = _Bucket(self.limits[cls][1], now_ms)
-            elif now_ms > b.updated_ms:  # _Bucket.refill, inline (once or twice a message)
-                per_s, burst = self.limits[cls]
-                b.tokens = min(burst, b.tokens + (now_ms - b.updated_ms) * per_s / 1000.0)
-                b.updated_ms = now_ms
-            if b.tokens < 1.0:
+        if len(classes) == 1:  # most messages: one bucket (_refilled, inline)
+            at = _AT[classes[0]]
+            tokens = buckets[at]
+            if tokens is None:
+                tokens = self._rate[at + 1]
+                buckets[at + 1] = now_ms
+            else:
+                updated = buckets[at + 1]
+                if now_ms > updated:
+                    rate = self._rate
+                    tokens = min(rate[at + 1], tokens + (now_ms - updated) * rate[at] / 1000.0)
+                    buckets[at + 1] = now_ms
+            if tokens < 1.0:
+                buckets[at] = tokens
                 return False
-            b.tokens -= 1.0
+            buckets[at] = tokens - 1.0
             return True
-        current = [self._refilled(buckets, c, now_ms) for c in classes]
-        if any(b.tokens < 1.0 for b in current):
+        places = [_AT[c] for c in classes]
+        if min([self._refilled(buckets, at, now_ms) for at in places]) < 1.0:
             return False
-        for b in current:
-            b.tokens -= 1.0
+        for at in places:
+            buckets[at] -= 1.0
         return True
 
-    def _refilled(self, buckets: dict[str, _Bucket], cls: str, now_ms: int) -> _Bucket:
-        per_s, burst = self.limits[cls]
-        b = buckets.get(cls)
-        if b is None:
-            b = buckets[cls] = _Bucket(burst, now_ms)
-        else:
-            b.refill(per_s, burst, now_ms)
-        return b
+    def _refilled(self, buckets: list[Any], at: int, now_ms: int) -> float:
+        """The tokens of the bucket at place ``at``, refilled to ``now_ms`` (a
+        new bucket is full), stored back; returned."""
+        tokens = buckets[at]
+        if tokens is None:
+            tokens = buckets[at] = self._rate[at + 1]
+            buckets[at + 1] = now_ms
+            return tokens
+        updated = buckets[at + 1]
+        if now_ms > updated:
+            tokens = buckets[at] = min(
+                self._rate[at + 1],
+                tokens + (now_ms - updated) * self._rate[at] / 1000.0,
+            )
+            buckets[at + 1] = now_ms
+        return tokens
 
     def __len__(self) -> int:
         return len(self._peers)
