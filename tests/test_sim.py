@@ -8,16 +8,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 
+from meshd.core.params import CoreParams
 from meshd.core.peers import advert_topic, shard_of
 from meshd.core.wire import Opened, Rejected
 from simulations import engine
 from simulations.__main__ import main
 from simulations.codec import Forged, SimCodec
 from simulations.engine import answer_order
+from simulations.knobs import Knobs
 from simulations.scenarios import Run, RunConfig, run
 
 # Core bug found by the simulator (fixed): origin_award_failed() iterated job.runs
@@ -237,6 +240,41 @@ def test_scale_is_the_load_scenario_at_half_utilisation() -> None:
     load = _check("load", 3, nodes=16, jobs=30, load="0.5")
     assert scale["trace"] == load["trace"] and scale["events"] == load["events"]
     assert scale["cpu_s"] > 0 and "ratio_mean_vs_omniscient" in scale
+
+
+def test_events_run_in_time_then_scheduling_order_as_a_heap_would() -> None:
+    """The engine's queue (a FIFO per virtual ms) runs events in the order a
+    heap of (time, sequence) gives, including those scheduled while it runs:
+    for the ms being run (after the ones already due), and in its past (next)."""
+    eng = engine.Engine(1, [], Knobs(), CoreParams())
+    t0 = eng.now
+    ran: list[tuple[str, int]] = []
+
+    def ev(name: str, then: tuple[int, str] | None = None) -> Callable[[], None]:
+        def run() -> None:
+            ran.append((name, eng.now))
+            if then is not None:
+                eng.call_at(eng.now + then[0], ev(then[1]))
+
+        return run
+
+    eng.call_at(t0 + 5, ev("a", (-3, "past")))
+    eng.call_at(t0 + 1, ev("b", (0, "same-ms")))
+    eng.call_at(t0 + 5, ev("c"))
+    eng.call_at(t0 + 1, ev("d"))
+    eng.call_at(t0 + 9, ev("late"))
+    eng.run_until(t0 + 5)
+    assert ran == [
+        ("b", t0 + 1),
+        ("d", t0 + 1),
+        ("same-ms", t0 + 1),
+        ("a", t0 + 5),
+        ("past", t0 + 2),
+        ("c", t0 + 5),
+    ]
+    assert eng.now == t0 + 5
+    eng.run_until(t0 + 20)
+    assert ran[-1] == ("late", t0 + 9) and len(ran) == 7
 
 
 def test_answer_order_is_the_stable_sorts_prefix_ties_included() -> None:
