@@ -1,13 +1,14 @@
-"""The discrete-event engine: one event heap in virtual ms driving many core nodes.
+"""The discrete-event engine: one event queue in virtual ms driving many core nodes.
 
 Theory of operation
 -------------------
-Everything that happens is an entry ``(time_ms, seq, kind, payload)`` in one
-heap; ``seq`` breaks ties in insertion order, so a run is a pure function of
+Everything that happens is an event ``(kind, payload)`` at a virtual ms in
+one queue (:meth:`Engine.at`), run in time order and, within a ms, in the
+order scheduled, so a run is a pure function of
 its seed (one ``random.Random(seed)`` hierarchy, plus one numpy generator
 seeded from it; no wall clock, no set iteration in decisions). Each pop feeds
 one input to one node (``Node.step``) and carries out the effects in order
-(appends first — checked). A node's timers are one heap entry at its
+(appends first — checked). A node's timers are one queued event at its
 ``next_deadline()``, re-armed after every step.
 
 Network model: direct messages get a lognormal latency per message, may be
@@ -78,7 +79,7 @@ same token rate, carries the scaled TTL, keeps a view of at most
 ``advert_view_max`` peers by the core's eviction rule, and moves between
 shard counts by the core's rule, telling the engine its adverts topics
 (``AdvertTopics``). An advert reaches the nodes listening on the topic it
-was published on when it arrives (one heap event per publish, one shared
+was published on when it arrives (one queued event per publish, one shared
 decoded object for all of them): its shard, and during a change of shard
 count the old shard's topic too. The mesh starts as a grown one: every node
 starts in the shard count its size gives (:func:`grown_shards`, the count
@@ -111,7 +112,7 @@ input at a time; one costs its :class:`simulations.costs.CpuCosts` figure
 (ticks and ``InboxLoad`` none) times the node's ``cpu_slowdown``, plus one durable append when
 the step returned appends and one seal per message it sends. The core steps
 when the handling starts and its effects happen when it ends. CPU time is
-kept in µs per node (``free_at_us``); one heap event handles every input
+kept in µs per node (``free_at_us``); one queued event handles every input
 that starts within the same ms. A direct message refused by a full lane makes
 its sender get ``SendFailed(error="busy")`` one latency later, as the daemon
 answers. The inbox sheds and drops by its own rules; its statistics are the
@@ -382,7 +383,7 @@ class OfferCast:
 
 
 class Engine:
-    """Holds the nodes, the heap and the network; scenarios script it."""
+    """Holds the nodes, the event queue and the network; scenarios script it."""
 
     def __init__(
         self,
@@ -492,7 +493,7 @@ class Engine:
         for inp in (health, caps) if checked else (caps, health):
             self.at(self.now + delay_ms, EV_LOCAL, inp)
 
-    # ------------------------------------------------------------ heap
+    # ------------------------------------------------------------ event queue
 
     def at(self, when_ms: int, kind: int, payload: Any) -> None:
         """Schedule an event at ``when_ms``. Events run in (time, order
