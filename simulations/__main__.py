@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import sys
 
@@ -37,6 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--png", metavar="OUT")
     r.add_argument("--replay", action="store_true", help="print only the replay command and exit")
     r.add_argument("--profile", metavar="OUT", help="write a cProfile of the run")
+    r.add_argument(
+        "--progress",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="print virtual time, CPU, core steps and jobs terminal on stderr every SECONDS "
+        "of virtual time while jobs are submitted, and at the end (the run is the same)",
+    )
     s = sub.add_parser("sweep", help="load sweep: ours vs omniscient vs random")
     s.add_argument("--seed", type=int, default=1)
     s.add_argument("--nodes", type=int, default=200)
@@ -162,6 +171,12 @@ def main(argv: list[str] | None = None) -> int:
             plot_sweep(rows, a.png)
         return 0 if all(r["ok"] for r in rows) else 1
 
+    if not (math.isfinite(a.progress) and (a.progress == 0 or 0.001 <= a.progress <= 86_400)):
+        print(
+            f"run: --progress {a.progress}: give seconds of virtual time, 0.001 to 86400 (0: none)",
+            file=sys.stderr,
+        )
+        return 2
     sc = SCENARIOS[a.scenario]
     cfg = RunConfig(
         a.scenario,
@@ -181,11 +196,11 @@ def main(argv: list[str] | None = None) -> int:
         import pstats
 
         prof = cProfile.Profile()
-        done = prof.runcall(run, cfg)
+        done = prof.runcall(run, cfg, a.progress)
         prof.dump_stats(a.profile)
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
     else:
-        done = run(cfg)
+        done = run(cfg, a.progress)
     # The run's heap is kept until exit_now: the collector need never walk it
     # again (its defaults, restored, would do so in full within the report).
     gc.freeze()

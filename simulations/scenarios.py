@@ -20,6 +20,7 @@ import functools
 import gc
 import random
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -277,7 +278,11 @@ class Run:
         for i in rng_hw.sample(range(cfg.nodes), n_hogs):
             self.engine.slots[i].cpu_slowdown = k.cpu_slowdown
         warm_ms = 2 * min(self.params.advert_interval_ms, 10_000)
-        self.t_start = self.engine.now + warm_ms
+        self.t0 = self.engine.now
+        """When the mesh started (virtual ms)."""
+        self.t_start = self.t0 + warm_ms
+        self.progress_ms = 0
+        """Print a progress line every this many virtual ms of the submission phase (0: none)."""
         if sc.burst:
             self.burst_origin = self.rng_work.randrange(cfg.nodes)
             self.engine.slots[self.burst_origin].cpu_slowdown = k.cpu_slowdown
@@ -452,12 +457,13 @@ class Run:
         try:  # the metrics too: the defaults back, their first allocations would walk the heap
             try:
                 self._schedule()
-                e.run_until(self.t_safety_end)
+                self._run_main_phase(cpu0)
                 self._liveness()
                 t_live = e.now
                 e.run_until(
                     t_live + self.knobs.liveness_ms, stop=self.all_terminal, check_every=500
                 )
+                self._progress(cpu0, "the end")
                 lost = self.checker.lost_jobs(self.submitted)
                 if lost:
                     self.checker.fail(
@@ -474,6 +480,34 @@ class Run:
         finally:
             gc.set_threshold(*collector)
         return self.result
+
+    def _run_main_phase(self, cpu0: float) -> None:
+        """Run to the end of the submission phase (``t_safety_end``); with
+        ``progress_ms`` set, in slices of that much virtual time, each followed
+        by a progress line. Slicing changes nothing: no event runs between
+        two slices, and the phase has no stop condition."""
+        e = self.engine
+        if self.progress_ms <= 0:
+            e.run_until(self.t_safety_end)
+            return
+        while e.now < self.t_safety_end:
+            e.run_until(min(self.t_safety_end, e.now + self.progress_ms))
+            self._progress(cpu0, "")
+
+    def _progress(self, cpu0: float, label: str) -> None:
+        """One progress line on stderr (``--progress``): virtual time since the
+        mesh started, the run's CPU so far, core steps, jobs terminal."""
+        if self.progress_ms <= 0:
+            return
+        e = self.engine
+        print(
+            f"progress: virtual {(e.now - self.t0) / 1000:9.3f} s  "
+            f"cpu {time.process_time() - cpu0:8.1f} s  steps {e.events:>11,}  "
+            f"terminal {len(self.checker.finished):,}/{len(self.plans):,}"
+            + (f"  ({label})" if label else ""),
+            file=sys.stderr,
+            flush=True,
+        )
 
     def _advert_totals(self) -> tuple[int, int]:
         """Adverts received (gossiped or relayed) and sent, over all nodes."""
@@ -779,7 +813,11 @@ def mutant_params(factory: Any, params: CoreParams) -> CoreParams:
     return dataclasses.replace(params, **{k: v for k, v in over.items() if k in known})
 
 
-def run(cfg: RunConfig) -> Run:
+def run(cfg: RunConfig, progress_s: float = 0.0) -> Run:
+    """Build and execute one run; ``progress_s`` > 0 prints a progress line
+    on stderr every that many virtual seconds of the submission phase and
+    one at the end (the run itself is the same)."""
     r = Run(cfg)
+    r.progress_ms = int(progress_s * 1000)
     r.execute()
     return r

@@ -5,6 +5,7 @@ Small meshes (16-20 nodes, 40-60 jobs) so the whole file runs in well under a mi
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -373,3 +374,31 @@ def test_the_command_ends_without_teardown_but_with_its_output_and_status(tmp_pa
         *("--set", "liveness_ms=60000", "--mutant", "drop_queued_work"),
     )
     assert bad.returncode == 1 and "job(s) lost" in bad.stdout
+
+
+def test_progress_lines_leave_the_run_as_it_was(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``run --progress S`` prints a line every S virtual seconds of the
+    submission phase and one at the end, and the run is the one without it
+    (same trace and steps); a value that is no duration is refused in one line."""
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "simulations", "run", "burst", "--seed", "2", *args],
+            capture_output=True,
+            text=True,
+            cwd=os.path.dirname(os.path.dirname(__file__)),
+        )
+
+    size = ("--nodes", "30", "--jobs", "20")
+    plain, sliced = tmp_path / "plain.json", tmp_path / "sliced.json"
+    assert cli(*size, "--json", str(plain)).returncode == 0
+    shown = cli(*size, "--progress", "0.5", "--json", str(sliced))
+    assert shown.returncode == 0, shown.stderr
+    lines = [ln for ln in shown.stderr.splitlines() if ln.startswith("progress: ")]
+    assert len(lines) >= 4 and lines[-1].endswith("(the end)") and "terminal 20/20" in lines[-1]
+    a, b = json.loads(plain.read_text()), json.loads(sliced.read_text())
+    assert (a["trace"], a["events"]) == (b["trace"], b["events"])
+    for bad in ("nan", "-1", "inf"):
+        refused = cli(*size, "--progress", bad)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr
+        assert f"--progress {float(bad)}" in refused.stderr
