@@ -416,7 +416,6 @@ class Engine:
         scheduled (see :meth:`at`)."""
         self._times: list[int] = []
         """A heap of the ms that have events (a key of ``_due`` each)."""
-        self.seq = 0
         self.trace = 0
         self.events = 0
         self.partitioned = False
@@ -501,7 +500,6 @@ class Engine:
         order of scheduling, so most events cost an append and a pop instead
         of a heap operation (a large run keeps hundreds of thousands in
         flight); the order is the one a heap of (time, sequence) gives."""
-        self.seq += 1
         due = self._due.get(when_ms)
         if due is None:
             due = self._due[when_ms] = deque()
