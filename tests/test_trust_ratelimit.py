@@ -80,6 +80,22 @@ def test_peer_table_forgets_the_least_recently_charged_peer() -> None:
     assert not rl.allow("a", ("gossip",), 0)
 
 
+def test_a_full_peer_table_forgets_the_eighth_charged_least_recently() -> None:
+    """Room is made an eighth at a time (one sort per ``max / 8`` new peers,
+    not a scan per new peer), and it is the least recently charged eighth:
+    drained peers charged since keep their empty buckets."""
+    rl = RateLimiter(dataclasses.replace(P, rate_limit_peers=64))
+    for i in range(64):
+        while rl.allow(f"p{i}", ("gossip",), 0):
+            pass
+    for i in range(8, 16):  # charged again: now more recent than p16 … p63
+        assert not rl.allow(f"p{i}", ("gossip",), 0)
+    assert rl.allow("new", ("gossip",), 0)
+    assert len(rl) == 64 - 8 + 1
+    assert not any(rl.allow(f"p{i}", ("gossip",), 0) for i in range(8, 64))  # kept, empty
+    assert all(rl.allow(f"p{i}", ("gossip",), 0) for i in range(7))  # forgotten: back full
+
+
 def offer(i: int) -> Offer:
     return Offer(
         job_id=f"job-flood{i:08d}",

@@ -411,7 +411,8 @@ class CoreParams:
     rate_sync_burst: int = 20
     """Ledger sync messages a peer may send in a burst (a catch-up's follow-ups)."""
     rate_limit_peers: int = 4_096
-    """Peers with token buckets kept (least recently seen evicted)."""
+    """Peers with token buckets kept; when full, the eighth charged least
+    recently are forgotten (and come back with full buckets)."""
     rate_transport_per_s: float = 300.0
     """Sustained gossip and direct messages accepted per *transport* peer (a
     stream's remote peer; gossip's libp2p publisher), charged before anything

@@ -20,8 +20,9 @@ a direct stream, the libp2p publisher of a gossip message. That bucket is
 taken before decoding, so it bounds the decoding and signature checks one
 peer can make the node do with garbage it never signed.
 
-Memory is bounded: buckets live in an LRU of ``rate_limit_peers`` peers; an
-evicted peer comes back with full buckets, which only forgives it.
+Memory is bounded: buckets are kept for at most ``rate_limit_peers`` peers;
+when the table is full, the eighth charged least recently are forgotten at
+once (a forgotten peer comes back with full buckets, which only forgives it).
 """
 
 from __future__ import annotations
@@ -91,12 +92,14 @@ _AT = {cls: 2 * i for i, cls in enumerate(CLASSES)}
 
 
 class RateLimiter:
-    """Token buckets keyed by (peer, class), bounded by an LRU of peers.
+    """Token buckets keyed by (peer, class), for at most ``rate_limit_peers`` peers.
 
     A peer's buckets are one flat list (``[tokens, updated_ms]`` per class of
     :data:`CLASSES`, None until the class is first charged) rather than a
-    dict of bucket objects: a node holds buckets for thousands of peers, and
-    the simulator for thousands of nodes."""
+    dict of bucket objects, and the table a plain dict whose LRU order is a
+    use stamp at the end of each list rather than an ``OrderedDict`` moved on
+    every charge: a node holds buckets for thousands of peers, and the
+    simulator for thousands of nodes (``tests/bench/bench_ratelimit.py``)."""
 
     def __init__(self, params: CoreParams) -> None:
         self.limits: dict[str, tuple[float, float]] = {
@@ -112,7 +115,10 @@ class RateLimiter:
         for cls, at in _AT.items():
             self._rate[at], self._rate[at + 1] = self.limits[cls]
         self.max_peers = max(1, params.rate_limit_peers)
-        self._peers: OrderedDict[str, list[Any]] = OrderedDict()
+        self._peers: dict[str, list[Any]] = {}
+        """Per peer, its buckets and, last, when it was charged (:attr:`_uses`)."""
+        self._uses = 0
+        """Charges so far to a peer other than the one before (an LRU clock)."""
         self._last: str | None = None
         """The peer charged last (the end of the LRU order), and its buckets."""
         self._last_buckets: list[Any] = []
@@ -123,13 +129,14 @@ class RateLimiter:
         if peer == self._last:  # the most recently used already (a message's second charge)
             buckets = self._last_buckets
         else:
+            self._uses += 1
             got = peers.get(peer)
             if got is None:
-                got = peers[peer] = [None] * (2 * len(CLASSES))
-                while len(peers) > self.max_peers:
-                    peers.popitem(last=False)
+                if len(peers) >= self.max_peers:
+                    self._forget_least_used()
+                got = peers[peer] = [None] * (2 * len(CLASSES)) + [self._uses]
             else:
-                peers.move_to_end(peer)
+                got[-1] = self._uses
             buckets = self._last_buckets = got
             self._last = peer
         if len(classes) == 1:  # most messages: one bucket (_refilled, inline)
@@ -155,6 +162,17 @@ class RateLimiter:
         for at in places:
             buckets[at] -= 1.0
         return True
+
+    def _forget_least_used(self) -> None:
+        """Make room: forget the eighth of peers charged least recently (at
+        least one), so a stream of new peers costs a sort every
+        ``max_peers / 8`` of them rather than a scan each."""
+        peers = self._peers
+        drop = max(1, len(peers) - self.max_peers + 1, self.max_peers // 8)
+        for peer in sorted(peers, key=lambda p: peers[p][-1])[:drop]:
+            del peers[peer]
+        if self._last not in peers:
+            self._last, self._last_buckets = None, []
 
     def _refilled(self, buckets: list[Any], at: int, now_ms: int) -> float:
         """The tokens of the bucket at place ``at``, refilled to ``now_ms`` (a
