@@ -570,3 +570,57 @@ def test_a_leave_notice_goes_where_the_node_advertises_in_a_sharded_mesh() -> No
     topics = [e.topic for e in effects if isinstance(e, Publish)]
     assert topics and set(topics) == set(_topics(net, 0)), topics
     assert TOPIC_ADVERTS not in topics or node.peers.shards_from == 1
+
+
+def test_a_newcomer_is_not_taken_back_by_adverts_older_than_its_move() -> None:
+    """A newcomer that moved to a larger shard count keeps it although its
+    view still holds more adverts of the smaller count, issued before it
+    moved (§5.2): they say what the mesh was when it decided. Adverts of the
+    smaller count issued since do take it there (a merge is still followed)."""
+    net = CoreNet(1, seed=5, params=SHARDED)
+    me = net.order[0]
+    node = net.node(0)
+    t0 = net.now_ms
+
+    def ids(want: int) -> list[Identity]:
+        """Peers of our half at two shards but of another quarter at four:
+        the size sketch at four shards counts none of them."""
+        found = []
+        for s in range(1_000, 3_000):
+            ident = Identity.from_seed_int(s)
+            p = ident.peer_id
+            if shard_of(p, 2) == shard_of(me, 2) and shard_of(p, 4) != shard_of(me, 4):
+                found.append(ident)
+            if len(found) == want:
+                return found
+        raise AssertionError("too few identities")
+
+    olds, news = ids(9)[:4], ids(9)[4:]
+    nonce = iter(range(1, 1_000))
+
+    def hear(ident: Identity, shards: int, seq: int, ttl_ms: int) -> None:
+        body = advert(seq=seq, ttl_ms=ttl_ms).model_copy(update={"shards": shards})
+        raw = seal(ident, body, net.now_ms, next(nonce).to_bytes(8, "big"))
+        node.step(
+            GossipReceived(advert_topic(ident.peer_id, shards), ident.peer_id, raw), net.now_ms
+        )
+
+    net.run_for(1_000)
+    for ident in olds:
+        hear(ident, 2, 1, 120_000)
+    for ident in news:
+        hear(ident, 4, 1, 20_000)  # gone before the change is over
+    assert node.counters["accepted_advert"] == 9
+    net.run_for(SHARDED.advert_ttl_ms // 2 + 1_000)  # the first review: the young node follows
+    assert node.peers.shards == 4 and node.peers.shards_from == 1
+    moved = net.now_ms
+    net.run_for(t0 + 45_000 - net.now_ms)  # the change is over, the 4s expired, no longer young
+    assert node.peers.shards == 4 and node.counters["advert_shard_changes"] == 1, "went back"
+    assert node.peers.shards_from is None and not node._young()
+    assert node.peers.shard_votes(net.now_ms) == {2: 4}, "only the older adverts are left"
+    assert shard_count_fits(SHARDED, node.peers.est_nodes(), 2)  # so 2 would be followed
+    for ident in olds:  # heartbeats issued after the move
+        hear(ident, 2, 2, 120_000)
+    assert all(e.expires_ms - e.advert.ttl_ms > moved for e in node.peers.alive(net.now_ms))
+    net.run_for(SHARDED.advert_ttl_ms)
+    assert node.peers.shards == 2 and node.counters["advert_shard_changes"] == 2

@@ -181,6 +181,9 @@ class Node:
         self.identity = identity
         self.version = version
         self.started_ms = now_ms
+        self._shards_since_ms = now_ms
+        """When our shard count last changed (or we started): a smaller count
+        is followed only on adverts issued since (§5.2)."""
         self.ratelimit = RateLimiter(params)
         self._replay: OrderedDict[tuple[str, bytes], int] = OrderedDict()
         self._pulls_left = params.advert_pull_peers
@@ -516,12 +519,20 @@ class Node:
 
     def _shards_heard(self) -> int:
         """The shard count most live adverts in our view carry (ties: ours,
-        then the larger)."""
+        then the larger); a count below ours counts only the adverts issued
+        since we moved to ours (§5.2: those issued before say what the mesh
+        was when we decided, and would take a newcomer back and forth)."""
         ctx = self.ctx
+        ours = ctx.peers.shards
         votes = ctx.peers.shard_votes(ctx.now_ms)
+        if any(s < ours for s in votes):
+            fresh = ctx.peers.shard_votes_since(ctx.now_ms, self._shards_since_ms)
+            votes = {s: v for s, v in votes.items() if s >= ours}
+            votes.update((s, v) for s, v in fresh.items() if s < ours)
+        votes = {s: v for s, v in votes.items() if v > 0}
         if not votes:
-            return ctx.peers.shards
-        return max(votes, key=lambda s: (votes[s], s == ctx.peers.shards, s))
+            return ours
+        return max(votes, key=lambda s: (votes[s], s == ours, s))
 
     def _review_shards(self) -> None:
         """Change our shard count when our estimate says so (one step, with
@@ -552,6 +563,7 @@ class Node:
         half of the old one)."""
         ctx = self.ctx
         ctx.peers.set_shards(self.peer_id, shards, ctx.peers.shards)
+        self._shards_since_ms = ctx.now_ms
         ctx.counters["advert_shard_changes"] += 1
         ctx.emit(AdvertTopics(ctx.peers.advert_topics(self.peer_id)))
         ctx.at(ctx.now_ms + max(1, self.params.advert_shard_transition_ms), T_SHARDS, None)
@@ -570,6 +582,7 @@ class Node:
         starts in one and follows what it hears (:meth:`_review_shards`)."""
         ctx = self.ctx
         ctx.peers.set_shards(self.peer_id, shards, None)
+        self._shards_since_ms = ctx.now_ms
         ctx.emit(AdvertTopics(ctx.peers.advert_topics(self.peer_id)))
         return ctx.take_effects()
 

@@ -455,6 +455,16 @@ class PeerTable:
             votes[e.advert.shards] = votes.get(e.advert.shards, 0) + 1
         return votes
 
+    def shard_votes_since(self, now_ms: int, since_ms: int) -> dict[int, int]:
+        """:meth:`shard_votes` of the live adverts issued at ``since_ms`` or
+        later (issued: when the entry's TTL began, a relayed advert's age
+        taken off)."""
+        votes: dict[int, int] = {}
+        for e in self.alive(now_ms):
+            if e.expires_ms - e.advert.ttl_ms >= since_ms:
+                votes[e.advert.shards] = votes.get(e.advert.shards, 0) + 1
+        return votes
+
     def get(self, peer_id: str) -> PeerEntry | None:
         return self._peers.get(peer_id)
 
