@@ -44,19 +44,21 @@ from .knobs import Knobs, draw_network
 from .mutants import MUTANTS
 from .workload import IMAGE, REF_GFLOPS, JobPlan, draw_hardware, draw_jobs, honest_digest
 
-GC_THRESHOLDS = (50_000, 20, 1_000_000)
-"""The garbage collector's thresholds while a run executes (Python's default:
-700, 10, 10). A run's state is millions of long-lived objects (the cores'
-views, ledgers, logs) that every older-generation collection walks; with the
-defaults the collector took a quarter of a 1,200-node run's CPU. The oldest
-generation is not collected during a run at all (its threshold is never
-reached): each such collection walks the whole heap, gigabytes at 10,000
-nodes, and a whole 2,000-node / 10,000-job run leaves only 129 objects in
-cycles. (Up to that size none came during the run anyway; the one its
-report's first allocations made with the defaults back took 4.7 s, so the
-report is made before they are restored.) Young reference cycles are still
-collected; old ones once the run is over. Nothing a run decides depends on
-when."""
+GC_OFF_DURING_RUN = True
+"""The cyclic garbage collector is off while a run executes (reference
+counting frees everything else). A run's state is millions of long-lived
+objects (the cores' views, ledgers, logs) that every collection of an older
+generation walks, and the young generation fills with survivors (the state
+growing), each walked once there and once more in the middle one: with
+Python's defaults the collector took a quarter of a 1,200-node run's CPU, and
+with thresholds of (50,000, 20, never) still 17 s of a 250 s 10,000-node /
+20,000-job run (``gc.callbacks``). The runs make next to no cycles for it to
+find (``tests/test_sim.py::test_a_run_leaves_next_to_no_reference_cycles``;
+a 2,000-node / 10,000-job run left 129 objects in cycles), so the memory it
+would reclaim is nothing next to the run's. A collector that was on is
+turned back on once the run's report is made (its first young collection
+then walks what the run left; ``python -m simulations run`` keeps it off to
+the end instead). Nothing a run decides depends on it."""
 
 
 @dataclass(frozen=True)
@@ -452,8 +454,9 @@ class Run:
     def execute(self) -> dict[str, Any]:
         e = self.engine
         wall0, cpu0 = time.perf_counter(), time.process_time()
-        collector = gc.get_threshold()
-        gc.set_threshold(*GC_THRESHOLDS)
+        collecting = gc.isenabled()
+        if GC_OFF_DURING_RUN:
+            gc.disable()
         try:  # the metrics too: the defaults back, their first allocations would walk the heap
             try:
                 self._schedule()
@@ -478,7 +481,8 @@ class Run:
             self.result = self._metrics(ok, failure, wall)
             self.result["cpu_s"] = round(time.process_time() - cpu0, 2)
         finally:
-            gc.set_threshold(*collector)
+            if collecting:
+                gc.enable()
         return self.result
 
     def _run_main_phase(self, cpu0: float) -> None:
