@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         for load in [float(x) for x in a.loads.split(",")]:
             pins = {**_pins(a.set), "load": str(load)}
             res = run(RunConfig("load", a.seed, a.nodes, a.jobs, pins)).result
+            gc.collect()  # the run's cycles (the collector is off, see the end of the file)
             rows.append(res)
             print(
                 f"load {load:.2f}: ours mean {res['completion_mean_s']:.2f}s p99 {res['completion_p99_s']:.2f}s | "
@@ -191,10 +192,6 @@ def main(argv: list[str] | None = None) -> int:
 
         print(replay_command(cfg))
         return 0
-    # The collector stays off from here to exit_now: the run turns it off
-    # anyway (scenarios.GC_OFF_DURING_RUN), and turned back on it would walk
-    # the run's whole heap, kept until exit_now, at its first young collection.
-    gc.disable()
     if a.profile:
         import cProfile
         import pstats
@@ -226,4 +223,8 @@ def exit_now(code: int) -> None:
 
 
 if __name__ == "__main__":
+    # The collector stays off to exit_now: a run turns it off anyway
+    # (scenarios.GC_OFF_DURING_RUN), and turned back on it would walk the
+    # run's whole heap, kept until exit_now, at its first young collection.
+    gc.disable()
     exit_now(main())
