@@ -526,10 +526,9 @@ class Node:
         ours = ctx.peers.shards
         votes = ctx.peers.shard_votes(ctx.now_ms)
         if any(s < ours for s in votes):
-            fresh = ctx.peers.shard_votes_since(ctx.now_ms, self._shards_since_ms)
+            fresh = ctx.peers.shard_votes(ctx.now_ms, since_ms=self._shards_since_ms)
             votes = {s: v for s, v in votes.items() if s >= ours}
             votes.update((s, v) for s, v in fresh.items() if s < ours)
-        votes = {s: v for s, v in votes.items() if v > 0}
         if not votes:
             return ours
         return max(votes, key=lambda s: (votes[s], s == ours, s))

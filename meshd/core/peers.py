@@ -446,22 +446,15 @@ class PeerTable:
             return list(self._peers.values())
         return [e for e in self._peers.values() if e.expires_ms > now_ms]
 
-    def shard_votes(self, now_ms: int) -> dict[int, int]:
-        """How many live entries' adverts carry each shard count (§5.2)."""
-        if now_ms < self._earliest:
+    def shard_votes(self, now_ms: int, since_ms: int | None = None) -> dict[int, int]:
+        """How many live entries' adverts carry each shard count (§5.2); with
+        ``since_ms``, only adverts issued then or later (issued: when the
+        entry's TTL began, a relayed advert's age taken off)."""
+        if since_ms is None and now_ms < self._earliest:
             return dict(self._shard_votes)
         votes: dict[int, int] = {}
         for e in self.alive(now_ms):
-            votes[e.advert.shards] = votes.get(e.advert.shards, 0) + 1
-        return votes
-
-    def shard_votes_since(self, now_ms: int, since_ms: int) -> dict[int, int]:
-        """:meth:`shard_votes` of the live adverts issued at ``since_ms`` or
-        later (issued: when the entry's TTL began, a relayed advert's age
-        taken off)."""
-        votes: dict[int, int] = {}
-        for e in self.alive(now_ms):
-            if e.expires_ms - e.advert.ttl_ms >= since_ms:
+            if since_ms is None or e.expires_ms - e.advert.ttl_ms >= since_ms:
                 votes[e.advert.shards] = votes.get(e.advert.shards, 0) + 1
         return votes
 
