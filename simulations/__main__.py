@@ -34,6 +34,15 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--jobs", type=int)
     r.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE", help="pin a knob")
     r.add_argument("--mutant", help="use a deliberately broken core (see simulations/mutants.py)")
+    r.add_argument(
+        "--procs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="split the run over N processes, one ms at a time (simulations/parallel.py: "
+        "runs without crashes, partitions, liars, spammers or the CPU model; the trace "
+        "depends on N)",
+    )
     r.add_argument("--json", metavar="OUT")
     r.add_argument("--png", metavar="OUT")
     r.add_argument("--replay", action="store_true", help="print only the replay command and exit")
@@ -186,12 +195,16 @@ def main(argv: list[str] | None = None) -> int:
         a.jobs or sc.default_jobs,
         _pins(a.set),
         a.mutant,
+        a.procs,
     )
     if a.replay:
         from .scenarios import replay_command
 
         print(replay_command(cfg))
         return 0
+    if a.procs != 1 and a.profile:
+        print("run: --profile profiles one process; give it without --procs", file=sys.stderr)
+        return 2
     if a.profile:
         import cProfile
         import pstats
@@ -201,7 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         prof.dump_stats(a.profile)
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
     else:
-        done = run(cfg, a.progress)
+        try:
+            done = run(cfg, a.progress)
+        except ValueError as exc:  # a configuration the run refuses (e.g. --procs)
+            print(f"run: {exc}", file=sys.stderr)
+            return 2
     print_summary(done.result)
     if a.json:
         with open(a.json, "w") as f:

@@ -58,15 +58,27 @@ class SimCodec:
 
     def __init__(self) -> None:
         self._registry: dict[bytes, Opened] = {}
+        self.tag = b""
+        """Set per process in a split run (``simulations.parallel``): tokens
+        sealed in different processes must differ."""
+        self.fresh: list[tuple[str, Opened]] | None = None
+        """In a split run, where the sealed wrapped envelopes other than adverts
+        go (``token`` facts), for the other processes to register."""
 
     def seal(self, identity: Identity, body: Body, ts_ms: int, nonce: bytes) -> Opened:
         mtype = TYPE_OF[type(body)]
         if mtype in WRAPPED_TYPES:
-            token = TOKEN_PREFIX + len(self._registry).to_bytes(6, "big")
+            token = TOKEN_PREFIX + self.tag + len(self._registry).to_bytes(6, "big")
             opened = Opened(mtype, identity.peer_id, identity.public_key, ts_ms, nonce, body, token)
             self._registry[token] = opened
+            if self.fresh is not None and mtype != "advert":
+                self.fresh.append(("token", opened))
             return opened
         return Opened(mtype, identity.peer_id, identity.public_key, ts_ms, nonce, body, b"")
+
+    def register(self, opened: Opened) -> None:
+        """Know an envelope another process sealed by its token (a split run)."""
+        self._registry[opened.raw] = opened
 
     def open(self, data: Any, max_bytes: int) -> Opened | Rejected:
         if type(data) is Opened:

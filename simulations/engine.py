@@ -127,6 +127,14 @@ window still costs the origin CPU (and may reopen a round by late binding),
 which is the very load the model is for. So with ``cpu_model`` on, every
 offer copy is delivered (as ``gossip_mode=full``), each through its
 receiver's inbox; runs with the model off keep the lazy walk.
+
+Split runs
+----------
+With ``Engine.part`` set (``python -m simulations run ... --procs N``), this
+engine is one of ``N`` processes, each stepping the nodes whose index is its
+own modulo ``N``; events for another process's nodes leave through
+``part.cross`` at least one ms on, and the processes advance one ms window at
+a time (``simulations/parallel.py``, which says what differs from one process).
 """
 
 from __future__ import annotations
@@ -183,9 +191,19 @@ from .knobs import Knobs
 from .workload import Hardware, JobPlan, lie_digest
 
 # Event kinds (ints: cheap to compare and to hash into the trace).
-EV_INPUT, EV_LOCAL, EV_TICK, EV_FINISH, EV_OFFER, EV_ADVERT, EV_CALL, EV_CPU, EV_DONE, EV_LOAD = (
-    range(10)
-)
+(
+    EV_INPUT,
+    EV_LOCAL,
+    EV_TICK,
+    EV_FINISH,
+    EV_OFFER,
+    EV_ADVERT,
+    EV_CALL,
+    EV_CPU,
+    EV_DONE,
+    EV_LOAD,
+    EV_XOFFER,
+) = range(11)
 RESTART_CONNECTIONS = 3
 """Live peers a restarted node is told it connected to (``PeerConnected``)."""
 OFFER_ORDER_PREFIX = 64
@@ -380,6 +398,8 @@ class OfferCast:
     gets there."""
     bids_in_flight: int = 0
     """Bids sent to the origin by earlier candidates (they arrive no later than the next answer)."""
+    cast_id: tuple[int, int] = (0, 0)
+    """In a split run (``simulations.parallel``): the cast's id in every process."""
 
 
 class Engine:
@@ -456,8 +476,21 @@ class Engine:
             None  # (to_peer, arrival) while a node answers an offer
         )
         self._forced_bids = 0
+        self.part: Any = None
+        """In a split run, this process's ``simulations.parallel.Share``: the
+        nodes it owns (index modulo count), where events for the others go."""
 
     # ------------------------------------------------------------ setup
+
+    def owns(self, idx: int) -> bool:
+        """Whether this process steps node ``idx`` (always, unless the run is split)."""
+        part = self.part
+        return part is None or idx % part.count == part.index
+
+    def owned_slots(self) -> list[Slot]:
+        """The nodes this process steps: all of them, or its share of a split run."""
+        part = self.part
+        return self.slots if part is None else self.slots[part.index :: part.count]
 
     def _new_node(self, ident: Identity) -> Node:
         rng = random.Random(self.rng_nodes.getrandbits(64))
@@ -566,6 +599,8 @@ class Engine:
             self._offer_step(p)
         elif kind == EV_ADVERT:
             self._advert_cast(p)
+        elif kind == EV_XOFFER:
+            self._remote_cast(p)
         else:
             p()
 
@@ -814,18 +849,32 @@ class Engine:
             arrive = self.now + self.latency()
         inp = DirectReceived(slot.peer_id, eff.data)
         sent = (to, inp, eff.kind, eff.job_id)
+        dup = self.knobs.direct_dup and rng.random() < self.knobs.direct_dup
+        part = self.part
+        if part is not None and to % part.count != part.index:
+            # another process's node: at least one ms on (see simulations/parallel.py)
+            arrive = max(arrive, self.now + 1)
+            part.cross(to % part.count, arrive, EV_INPUT, sent)
+            if dup:
+                part.cross(to % part.count, arrive + self.latency(), EV_INPUT, sent)
+            return
         self.at(arrive, EV_INPUT, sent)
-        if self.knobs.direct_dup and rng.random() < self.knobs.direct_dup:
+        if dup:
             self.at(arrive + self.latency(), EV_INPUT, sent)
 
     def _publish(self, slot: Slot, eff: Publish) -> None:
         data = eff.data
         if parse_advert_topic(eff.topic) is not None:
-            self.at(
+            when, cast = (
                 self.now + self.latency(),
-                EV_ADVERT,
                 (slot.idx, GossipReceived(eff.topic, slot.peer_id, data)),
             )
+            self.at(when, EV_ADVERT, cast)
+            part = self.part
+            if part is not None:  # cast in every process, each to its own listeners
+                for j in range(part.count):
+                    if j != part.index:
+                        part.cross(j, when, EV_ADVERT, cast)
         elif eff.topic == TOPIC_OFFERS and type(data) is Opened:
             self.cast_offer(slot, data)
         else:  # receipts and attestations: to the publisher's view subscribers (see "Scale")
@@ -836,6 +885,7 @@ class Engine:
                 concerned = self._cosigned_origin(data)
                 if concerned is not None and concerned not in targets:
                     targets = [*targets, concerned]
+            part = self.part
             for i in targets:
                 if (
                     i != slot.idx
@@ -844,7 +894,10 @@ class Engine:
                         self.knobs.gossip_loss and self.rng_net.random() < self.knobs.gossip_loss
                     )
                 ):
-                    self.at(self.now + self.latency(), EV_INPUT, (i, inp))
+                    if part is None or i % part.count == part.index:
+                        self.at(self.now + self.latency(), EV_INPUT, (i, inp))
+                    else:
+                        part.cross(i % part.count, self.now + self.latency(), EV_INPUT, (i, inp))
 
     def _cosigned_origin(self, data: Any) -> int | None:
         """The node whose receipt a gossiped countersignature carries (None
@@ -884,26 +937,41 @@ class Engine:
             else:
                 self.deliver(slot, inp, Lane.GOSSIP)
 
-    def cast_offer(self, slot: Slot, data: Opened, *, stop_early: bool | None = None) -> None:
-        n = len(self.slots)
-        k = self.knobs
+    def _offer_latencies(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per node, an offer's latency to it (``l1``) and the latency of its
+        answer plus ``l1`` (``r``). In a split run only this process's nodes
+        are drawn; the others get an ``r`` past any bid window, so a walk
+        never reaches them (simulations/parallel.py)."""
+        k, part = self.knobs, self.part
+        m = n if part is None else len(part.own)
         l1 = np.maximum(
             1,
             np.minimum(
                 k.latency_ms_max,
-                k.latency_ms_median * np.exp(k.latency_sigma * self.np.standard_normal(n)),
+                k.latency_ms_median * np.exp(k.latency_sigma * self.np.standard_normal(m)),
             ),
         ).astype(np.int64)
         l2 = np.maximum(
             1,
             np.minimum(
                 k.latency_ms_max,
-                k.latency_ms_median * np.exp(k.latency_sigma * self.np.standard_normal(n)),
+                k.latency_ms_median * np.exp(k.latency_sigma * self.np.standard_normal(m)),
             ),
         ).astype(np.int64)
-        r = l1 + l2
+        if part is None:
+            return l1, l1 + l2
+        full_l1 = np.zeros(n, dtype=np.int64)
+        full_l1[part.own] = l1
+        r = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+        r[part.own] = l1 + l2
+        return full_l1, r
+
+    def cast_offer(self, slot: Slot, data: Opened, *, stop_early: bool | None = None) -> None:
+        k = self.knobs
+        l1, r = self._offer_latencies(len(self.slots))
         lazy = k.gossip_mode == "lazy" if stop_early is None else stop_early
         lazy = lazy and not self.cpu  # see "CPU model": every copy costs its receiver
+        part = self.part
         if lazy:
             order, complete = answer_order(r, OFFER_ORDER_PREFIX)
         else:
@@ -925,6 +993,37 @@ class Engine:
             stop_early=lazy,
             complete=complete,
         )
+        if part is not None:
+            part.casts += 1
+            cast.cast_id = (part.index, part.casts)
+            part.open_casts.append(cast)
+            job = (slot.idx, slot.incarnation, self.now, data, cast.cast_id)
+            for j in range(part.count):
+                if j != part.index:
+                    part.cross(j, self.now + 1, EV_XOFFER, job)
+        self._offer_next(cast)
+
+    def _remote_cast(self, p: tuple[int, int, int, Opened, tuple[int, int]]) -> None:
+        """Another process's offer cast (a split run): walk this process's nodes,
+        their latencies drawn here, from the cast's start ``t0``."""
+        origin, incarnation, t0, data, cast_id = p
+        l1, r = self._offer_latencies(len(self.slots))
+        order, complete = answer_order(r, OFFER_ORDER_PREFIX)
+        body = data.body
+        cast = OfferCast(
+            origin,
+            incarnation,
+            t0,
+            body.job_id,
+            body.attempt,
+            data,
+            order,
+            l1,
+            r,
+            last_ms=self.now,
+            complete=complete,
+            cast_id=cast_id,
+        )
         self._offer_next(cast)
 
     def _offer_next(self, cast: OfferCast) -> None:
@@ -942,19 +1041,28 @@ class Engine:
             if cast.stop_early and cast.r[c] > self.params.bid_window_ms:
                 return
             when = max(cast.last_ms, cast.t0 + int(cast.l1[c]))
-            if (
-                cast.stop_early
-                and cast.bids_in_flight >= self.params.bids_enough * cast.data.body.slots
-            ):
+            if cast.stop_early and cast.bids_in_flight >= self._bids_share(cast):
                 # Enough bids arrive by t0 + r[c] to close the window before c's answer could;
-                # look again then (a bid may have been dropped, e.g. rate-limited).
-                when = max(when, cast.t0 + int(cast.r[c]))
+                # look again then (a bid may have been dropped, e.g. rate-limited). Another
+                # process's origin: a ms later, when its window's state at t0 + r[c] is known.
+                when = max(when, cast.t0 + int(cast.r[c]) + (not self.owns(cast.origin)))
                 cast.bids_in_flight = 0
             cast.last_ms = when
             self.at(when, EV_OFFER, cast)
             return
 
+    def _bids_share(self, cast: OfferCast) -> int:
+        """Bids in flight after which a lazy walk waits for the window to be
+        read again: enough to close it, or in a split run this process's share
+        of that (each process walks its own nodes, simulations/parallel.py)."""
+        enough = self.params.bids_enough * cast.data.body.slots
+        part = self.part
+        return enough if part is None else -(-enough // part.count)
+
     def _window_open(self, cast: OfferCast) -> bool:
+        part = self.part
+        if part is not None and cast.origin % part.count != part.index:
+            return cast.cast_id not in part.closed  # told at the window after it closed
         o = self.slots[cast.origin]
         if not o.alive or o.incarnation != cast.incarnation:
             return False
@@ -1010,6 +1118,8 @@ class Engine:
             digest = lie_digest(eff.job_id, slot.peer_id, eff.attempt, eff.replica)
         status = "timeout" if timed_out else "succeeded"
         self.produced.setdefault(eff.job_id, set()).add(digest)
+        if self.part is not None:
+            self.part.facts.append(("produced", eff.job_id, digest))
         fin = ExecutionFinished(
             eff.job_id,
             eff.attempt,

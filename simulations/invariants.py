@@ -51,6 +51,9 @@ class Checker:
         self.escapes: list[str] = []
         self.counts: Counter[str] = Counter()
         self.runs_per_job: Counter[str] = Counter()
+        self.share: list[tuple[Any, ...]] | None = None
+        """In a split run (``simulations.parallel``): where the per-job facts
+        other processes need go (verdicts, finishes, audits)."""
 
     def fail(self, what: str) -> None:
         raise SimFailure(f"invariant violated at t={self.engine.now} ms: {what}")
@@ -106,6 +109,8 @@ class Checker:
                 f"job {jid}: canonical changed from {self.canonical[jid][:20]}… to {canon[:20]}…"
             )
         self.canonical[jid] = canon
+        if self.share is not None:
+            self.share.append(("verdict", jid, body))
         if plan is not None and canon != plan.honest_digest:
             if body.get("verdict") == "agreed" or body.get("needed", 1) > 1 or not self.liars:
                 self.fail(
@@ -119,6 +124,8 @@ class Checker:
         finish again, and its canonical may change (the accepted one retracted)."""
         self.finished.pop(body["job_id"], None)
         self.canonical.pop(body["job_id"], None)
+        if self.share is not None:
+            self.share.append(("audit", body["job_id"]))
 
     def _on_finished(self, slot: Slot, body: dict[str, Any]) -> None:
         jid = body["job_id"]
@@ -132,6 +139,21 @@ class Checker:
             self.fail(f"job {jid}: finished twice (was succeeded, now {body['state']})")
         self.finished[jid] = (body["state"], self.engine.now)
         self.job_state[(slot.idx, jid)] = body["state"]
+        if self.share is not None:
+            self.share.append(("finished", jid, body["state"], self.engine.now))
+
+    def apply_fact(self, fact: tuple[Any, ...]) -> None:
+        """Another process's per-job news (a split run): what its nodes'
+        appends told its checker, checked there already."""
+        kind, jid = fact[0], fact[1]
+        if kind == "verdict":
+            self.last_verdict[jid] = fact[2]
+            self.canonical[jid] = fact[2]["canonical"]
+        elif kind == "finished":
+            self.finished[jid] = (fact[2], fact[3])
+        elif kind == "audit":
+            self.finished.pop(jid, None)
+            self.canonical.pop(jid, None)
 
     def _on_credit(self, slot: Slot, kind: str, body: dict[str, Any]) -> None:
         jid, worker = body.get("job_id"), body.get("worker")
@@ -150,7 +172,7 @@ class Checker:
 
     def check_logs(self) -> None:
         """Every log is an append-only extension of what it held (content unchanged)."""
-        for slot in self.engine.slots:
+        for slot in self.engine.owned_slots():
             fps = self.fingerprints[slot.idx]
             if len(slot.log) != len(fps):
                 self.fail(

@@ -42,6 +42,7 @@ from .engine import EV_INPUT, Engine, SimFailure, Slot
 from .invariants import Checker
 from .knobs import Knobs, draw_network
 from .mutants import MUTANTS
+from .parallel import MAX_PROCS, Partitions, unsupported
 from .workload import IMAGE, REF_GFLOPS, JobPlan, draw_hardware, draw_jobs, honest_digest
 
 GC_OFF_DURING_RUN = True
@@ -191,6 +192,9 @@ class RunConfig:
     jobs: int
     pins: dict[str, str] = field(default_factory=dict)
     mutant: str | None = None
+    procs: int = 1
+    """Processes the run is split over (``simulations.parallel``); the trace
+    depends on it."""
 
 
 def commit() -> str:
@@ -220,6 +224,8 @@ def replay_command(cfg: RunConfig) -> str:
     parts += [f"--set {k}={v}" for k, v in sorted(cfg.pins.items())]
     if cfg.mutant:
         parts.append(f"--mutant {cfg.mutant}")
+    if cfg.procs != 1:
+        parts.append(f"--procs {cfg.procs}")
     return " ".join(parts)
 
 
@@ -245,6 +251,19 @@ class Run:
         k = Knobs()
         sc.draw(rng_knobs, k)
         self.knobs = k = k.with_overrides(cfg.pins)
+        if cfg.procs != 1:
+            if not 2 <= cfg.procs <= min(MAX_PROCS, cfg.nodes):
+                raise ValueError(
+                    f"procs: give 1 to {min(MAX_PROCS, cfg.nodes)} processes, got {cfg.procs}"
+                )
+            why = unsupported(k, burst=sc.burst, mutant=cfg.mutant)
+            if why:
+                raise ValueError(
+                    f"procs {cfg.procs}: a run split over processes cannot have {why} "
+                    "(simulations/parallel.py; the load and scale scenarios can)"
+                )
+        self.part: Partitions | None = None
+        """This process's part of a split run (``cfg.procs`` > 1), once forked."""
         self.params = core_params(k, cfg.nodes).with_overrides(
             {
                 n[5:]: float(v) if "." in v else int(v)
@@ -325,7 +344,8 @@ class Run:
         e, k = self.engine, self.knobs
         for s in e.slots:
             delay = self.rng_fault.randrange(min(self.params.advert_interval_ms, 2_000))
-            e.boot(s, delay, checked=True)
+            if e.owns(s.idx):
+                e.boot(s, delay, checked=True)
         e.call_at(self.t_start, self._note_adverts)
         for plan in self.plans:
             e.call_at(plan.submit_ms, functools.partial(self._submit, plan))
@@ -365,7 +385,8 @@ class Run:
             slot = next(s for s in e.slots if s.alive)
         self.submitted.add(plan.job_id)
         self.origin_of[plan.job_id] = slot.idx
-        e.submit(slot, plan)
+        if e.owns(slot.idx):  # a split run draws every origin in every process
+            e.submit(slot, plan)
 
     def _restart_if_safety(self, slot: Slot) -> None:
         if slot.dying:
@@ -457,33 +478,105 @@ class Run:
         collecting = gc.isenabled()
         if GC_OFF_DURING_RUN:
             gc.disable()
-        try:  # the metrics too: the defaults back, their first allocations would walk the heap
-            try:
-                self._schedule()
-                self._run_main_phase(cpu0)
-                self._liveness()
-                t_live = e.now
-                e.run_until(
-                    t_live + self.knobs.liveness_ms, stop=self.all_terminal, check_every=500
-                )
-                self._progress(cpu0, "the end")
-                lost = self.checker.lost_jobs(self.submitted)
-                if lost:
-                    self.checker.fail(
-                        f"{len(lost)} job(s) lost: not terminal {self.knobs.liveness_ms} ms into "
-                        f"the liveness phase: " + "; ".join(self._job_story(j) for j in lost[:5])
-                    )
-                self.checker.check_logs()
-                ok, failure = True, None
-            except SimFailure as exc:
-                ok, failure = False, str(exc)
-            wall = time.perf_counter() - wall0
-            self.result = self._metrics(ok, failure, wall)
-            self.result["cpu_s"] = round(time.process_time() - cpu0, 2)
+        if self.cfg.procs > 1:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            self.part = Partitions.fork(e, self.cfg.procs)
+            self.part.apply_fact = self.checker.apply_fact
+            self.checker.share = self.part.share.facts
+        try:
+            self._execute(wall0, cpu0)
+        except BaseException as exc:
+            if self.part is not None and self.part.is_child:
+                self.part.child_exit(exc)
+            raise
         finally:
             if collecting:
                 gc.enable()
         return self.result
+
+    def _execute(self, wall0: float, cpu0: float) -> None:
+        e = self.engine
+        try:
+            self._schedule()
+            self._run_main_phase(cpu0)
+            self._liveness()
+            self._run_until(e.now + self.knobs.liveness_ms, stop=self.all_terminal)
+            self._progress(cpu0, "the end")
+            lost = self.checker.lost_jobs(self.submitted)
+            if lost:
+                self.checker.fail(
+                    f"{len(lost)} job(s) lost: not terminal {self.knobs.liveness_ms} ms into "
+                    f"the liveness phase: " + "; ".join(self._job_story(j) for j in lost[:5])
+                )
+            self.checker.check_logs()
+            ok, failure = True, None
+        except SimFailure as exc:
+            ok, failure = False, str(exc)
+        wall = time.perf_counter() - wall0
+        summary = self._summary(ok, failure, time.process_time() - cpu0)
+        if self.part is None:
+            parts = [summary]
+        else:
+            parts = self.part.gather(summary)
+            if self.part.is_child:
+                self.part.child_exit(None)  # process 0 makes the report
+        merged = merge_summaries(parts)
+        self.checker.runs_per_job = merged["runs_per_job"]  # the workers' starts, every process's
+        self.result = self._metrics(merged["ok"], merged["failure"], wall, merged)
+        self.result["cpu_s"] = round(merged["cpu_s"], 2)
+        if self.part is not None:
+            self.result["procs"] = self.cfg.procs
+            self.result["windows"] = self.part.windows
+            self.result["split"] = [p.get("split") for p in parts]
+
+    def _run_until(self, end_ms: int, stop: Callable[[], bool] | None = None) -> None:
+        """Run the engine, or this process's part of a split run, to ``end_ms``."""
+        if self.part is not None:
+            self.part.run_until(end_ms, stop)
+        else:
+            self.engine.run_until(end_ms, stop=stop, check_every=500)
+
+    def _summary(self, ok: bool, failure: str | None, cpu_s: float) -> dict[str, Any]:
+        """What the report needs from this process's nodes (all of them unless
+        the run is split; :func:`merge_summaries` adds up the processes')."""
+        e, c = self.engine, self.checker
+        counters: Counter[str] = Counter()
+        for s in e.owned_slots():
+            counters.update(s.node.counters)
+        live = [s.node for s in e.owned_slots() if s.alive]
+        reasons: Counter[str] = Counter()
+        for jid, (st, _) in c.finished.items():
+            if st == "failed" and jid in self.submitted and e.owns(self.origin_of[jid]):
+                job = e.slots[self.origin_of[jid]].node.origin.jobs.get(jid)
+                reasons[(job.reason if job else "?")[:60]] += 1
+        return {
+            "ok": ok,
+            "failure": failure,
+            "cpu_s": cpu_s,
+            "counters": counters,
+            "events": e.events,
+            "trace": e.trace,
+            "stats": Counter(e.stats),
+            "work_started": c.counts.get("work_started", 0),
+            "runs_per_job": c.runs_per_job,
+            "escapes": list(c.escapes),
+            "adverts_at_start": self._adverts_at_start,
+            "adverts": self._advert_totals(),
+            "est_nodes": [node.peers.est_nodes() for node in live],
+            "intervals": [node.worker.advert_interval() for node in live],
+            "shards": [node.peers.shards for node in live],
+            "view_max": max((len(node.peers) for node in live), default=0),
+            "fail_reasons": reasons,
+            "split": None
+            if self.part is None
+            else {
+                "windows": self.part.windows,
+                "sent": self.part.sent,
+                "exchange_s": round(self.part.exchange_s, 2),
+                "cpu_s": round(cpu_s, 2),
+            },
+        }
 
     def _run_main_phase(self, cpu0: float) -> None:
         """Run to the end of the submission phase (``t_safety_end``); with
@@ -492,21 +585,22 @@ class Run:
         two slices, and the phase has no stop condition."""
         e = self.engine
         if self.progress_ms <= 0:
-            e.run_until(self.t_safety_end)
+            self._run_until(self.t_safety_end)
             return
         while e.now < self.t_safety_end:
-            e.run_until(min(self.t_safety_end, e.now + self.progress_ms))
+            self._run_until(min(self.t_safety_end, e.now + self.progress_ms))
             self._progress(cpu0, "")
 
     def _progress(self, cpu0: float, label: str) -> None:
         """One progress line on stderr (``--progress``): virtual time since the
         mesh started, the run's CPU so far, core steps, jobs terminal."""
-        if self.progress_ms <= 0:
+        if self.progress_ms <= 0 or (self.part is not None and self.part.is_child):
             return
         e = self.engine
+        steps = e.events + (self.part.events_elsewhere if self.part is not None else 0)
         print(
             f"progress: virtual {(e.now - self.t0) / 1000:9.3f} s  "
-            f"cpu {time.process_time() - cpu0:8.1f} s  steps {e.events:>11,}  "
+            f"cpu {time.process_time() - cpu0:8.1f} s  steps {steps:>11,}  "
             f"terminal {len(self.checker.finished):,}/{len(self.plans):,}"
             + (f"  ({label})" if label else ""),
             file=sys.stderr,
@@ -514,9 +608,9 @@ class Run:
         )
 
     def _advert_totals(self) -> tuple[int, int]:
-        """Adverts received (gossiped or relayed) and sent, over all nodes."""
+        """Adverts received (gossiped or relayed) and sent, over this process's nodes."""
         got = sent = 0
-        for s in self.engine.slots:
+        for s in self.engine.owned_slots():
             c = s.node.counters
             got += c["accepted_advert"] + c["relayed_adverts"]
             sent += c["adverts_sent"]
@@ -525,38 +619,35 @@ class Run:
     def _note_adverts(self) -> None:
         self._adverts_at_start = self._advert_totals()
 
-    def _membership_metrics(self) -> dict[str, Any]:
+    def _membership_metrics(self, m: dict[str, Any]) -> dict[str, Any]:
         """Advert traffic after the warm-up (the boot adverts excluded), per
         node, and what the core's pacing says for this mesh: membership's CPU
         as % of one core is adverts received per second times what one costs
         a real daemon (``costs.DAEMON_ADVERT_US``, measured by
-        ``tests/bench/bench_advert_cost.py``)."""
+        ``tests/bench/bench_advert_cost.py``). ``m``: the merged summaries."""
         e = self.engine
         span_s = (e.now - self.t_start) / 1000
-        if self._adverts_at_start is None or span_s <= 0:
+        if m["adverts_at_start"] is None or span_s <= 0:
             return {}
-        got, sent = self._advert_totals()
+        got, sent = m["adverts"]
         n = len(e.slots)
-        recv_rate = (got - self._adverts_at_start[0]) / n / span_s
-        live = [s.node for s in e.slots if s.alive]
-        est = sorted(node.peers.est_nodes() for node in live)
-        intervals = sorted(node.worker.advert_interval() for node in live)
-        shards = sorted(node.peers.shards for node in live)
+        recv_rate = (got - m["adverts_at_start"][0]) / n / span_s
+        est, intervals, shards = sorted(m["est_nodes"]), sorted(m["intervals"]), sorted(m["shards"])
         return {
             "adverts_received_per_node_per_s": round(recv_rate, 3),
-            "adverts_sent_per_node_per_s": round(
-                (sent - self._adverts_at_start[1]) / n / span_s, 5
-            ),
+            "adverts_sent_per_node_per_s": round((sent - m["adverts_at_start"][1]) / n / span_s, 5),
             "membership_cpu_pct_of_core": round(recv_rate * DAEMON_ADVERT_US / 10_000, 2),
             "daemon_us_per_advert": DAEMON_ADVERT_US,
             "est_nodes_median": est[len(est) // 2] if est else 0,
             "advert_interval_ms_median": intervals[len(intervals) // 2] if intervals else 0,
             "advert_shards_median": shards[len(shards) // 2] if shards else 0,
-            "view_size_max": max((len(node.peers) for node in live), default=0),
+            "view_size_max": m["view_max"],
         }
 
     def _job_story(self, jid: str) -> str:
         slot = self.engine.slots[self.origin_of[jid]]
+        if not self.engine.owns(slot.idx):
+            return f"{jid} (origin {slot.idx}, stepped by another process)"
         job = slot.node.origin.jobs.get(jid) if slot.alive else None
         if job is None:
             return f"{jid} (origin {slot.idx} {'down' if not slot.alive else 'forgot it'})"
@@ -565,7 +656,9 @@ class Run:
 
     # ------------------------------------------------------------ metrics
 
-    def _metrics(self, ok: bool, failure: str | None, wall: float) -> dict[str, Any]:
+    def _metrics(
+        self, ok: bool, failure: str | None, wall: float, merged: dict[str, Any]
+    ) -> dict[str, Any]:
         e, c, cfg = self.engine, self.checker, self.cfg
         done = {j: v for j, v in c.finished.items() if j in self.submitted}
         plans = {p.job_id: p for p in self.plans}
@@ -573,10 +666,8 @@ class Run:
             [t - plans[j].submit_ms for j, (st, t) in done.items() if st == "succeeded"],
             dtype=float,
         )
-        counters: Counter[str] = Counter()
-        for s in e.slots:
-            counters.update(s.node.counters)
-        runs_started = c.counts.get("work_started", 0)
+        counters: Counter[str] = merged["counters"]
+        runs_started = merged["work_started"]
         res: dict[str, Any] = {
             "scenario": cfg.scenario,
             "seed": cfg.seed,
@@ -590,9 +681,9 @@ class Run:
             "knobs": dataclasses.asdict(self.knobs),
             "wall_s": round(wall, 2),
             "virtual_s": round((e.now - self.t_start) / 1000, 1),
-            "events": e.events,
-            "events_per_s": round(e.events / max(wall, 1e-9)),
-            "trace": f"{e.trace & 0xFFFFFFFFFFFFFFFF:016x}",
+            "events": merged["events"],
+            "events_per_s": round(merged["events"] / max(wall, 1e-9)),
+            "trace": f"{merged['trace'] & 0xFFFFFFFFFFFFFFFF:016x}",
             "submitted": len(self.submitted),
             "succeeded": sum(1 for st, _ in done.values() if st == "succeeded"),
             "failed": sum(1 for st, _ in done.values() if st == "failed"),
@@ -601,8 +692,8 @@ class Run:
             "completion_mean_s": float(ct.mean() / 1000) if len(ct) else None,
             "completion_p50_s": float(np.percentile(ct, 50) / 1000) if len(ct) else None,
             "completion_p99_s": float(np.percentile(ct, 99) / 1000) if len(ct) else None,
-            "crashes": e.stats.get("crashes", 0),
-            "restarts": e.stats.get("restarts", 0),
+            "crashes": merged["stats"].get("crashes", 0),
+            "restarts": merged["stats"].get("restarts", 0),
             "rejected": {k[9:]: v for k, v in counters.items() if k.startswith("rejected_")},
             "counters": {
                 k: counters[k]
@@ -619,12 +710,12 @@ class Run:
                     "credit_declines",
                 )
             },
-            "escapes": len(c.escapes),
+            "escapes": len(merged["escapes"]),
         }
-        if "ledger_sync_converged" in e.stats:  # receipts thinned (engine.py, "Scale")
-            res["ledger_sync_converged"] = e.stats["ledger_sync_converged"]
-        res["membership"] = self._membership_metrics()
-        res["fail_reasons"] = self._fail_reasons(done)
+        if "ledger_sync_converged" in merged["stats"]:  # receipts thinned (engine.py, "Scale")
+            res["ledger_sync_converged"] = merged["stats"]["ledger_sync_converged"]
+        res["membership"] = self._membership_metrics(merged)
+        res["fail_reasons"] = dict(merged["fail_reasons"].most_common(5))
         if cfg.scenario in ("load", "scale"):
             res.update(self._baselines(ct))
         if self.knobs.cpu_model:
@@ -690,16 +781,6 @@ class Run:
             f"shed {ost['shed']}, refused {ost['refused']}"
         )
         return out
-
-    def _fail_reasons(self, done: dict[str, tuple[str, int]]) -> dict[str, int]:
-        reasons: Counter[str] = Counter()
-        for jid, (st, _) in done.items():
-            if st != "failed":
-                continue
-            slot = self.engine.slots[self.origin_of[jid]]
-            job = slot.node.origin.jobs.get(jid)
-            reasons[(job.reason if job else "?")[:60]] += 1
-        return dict(reasons.most_common(5))
 
     def _baselines(self, ct: np.ndarray) -> dict[str, Any]:
         if not len(ct):
@@ -807,6 +888,29 @@ def burst_jobs(rng: random.Random, n: int, at_ms: int, speed: str) -> list[JobPl
             speed=cast(Speed, speed),  # a knob's text: JobSpec validates it
         )
         out.append(JobPlan(job_id, at_ms, flops, flops, spec))
+    return out
+
+
+def merge_summaries(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One summary from the processes' (``Run._summary``; one process: its own).
+    Counts add up; a split run's trace is the hash of the processes' traces."""
+    if len(parts) == 1:
+        return parts[0]
+    out = dict(parts[0])
+    for k in ("counters", "stats", "fail_reasons", "runs_per_job"):
+        out[k] = sum((Counter(p[k]) for p in parts), Counter())
+    for k in ("cpu_s", "events", "work_started"):
+        out[k] = sum(p[k] for p in parts)
+    for k in ("escapes", "est_nodes", "intervals", "shards"):
+        out[k] = [x for p in parts for x in p[k]]
+    out["view_max"] = max(p["view_max"] for p in parts)
+    out["trace"] = hash(tuple(p["trace"] for p in parts))
+    out["adverts"] = tuple(map(sum, zip(*(p["adverts"] for p in parts), strict=True)))
+    starts = [p["adverts_at_start"] for p in parts]
+    out["adverts_at_start"] = None if None in starts else tuple(map(sum, zip(*starts, strict=True)))
+    failed = [p for p in parts if not p["ok"]]
+    out["ok"] = not failed
+    out["failure"] = failed[0]["failure"] if failed else None
     return out
 
 
