@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
 import math
 import os
@@ -103,6 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     c.add_argument("--json", metavar="OUT")
     a = ap.parse_args(argv)
+    if getattr(a, "png", None) and importlib.util.find_spec("matplotlib") is None:
+        # before the run, not after it: a large one takes minutes
+        print(
+            f"{a.cmd}: --png needs matplotlib, an optional dependency: "
+            "pip install 'meshd[sim]' (or matplotlib)",
+            file=sys.stderr,
+        )
+        return 2
 
     if a.cmd == "spotcheck":
         from meshd.core.params import CoreParams

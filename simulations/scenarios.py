@@ -149,7 +149,7 @@ SCENARIOS: dict[str, Scenario] = {
             "the issue-14 size: `load` at 50% utilisation (replication off), "
             "10,000 nodes and 100,000 jobs by default; cpu_s says what the run cost "
             "(above 256 nodes receipts are thinned and ledgers modelled as converged: "
-            "engine.py, Scale)",
+            "engine.py, Scale); --procs 2 splits it over two processes (parallel.py)",
             _draw_scale,
             10_000,
             100_000,

@@ -116,3 +116,21 @@ def test_replicas_on_nodes_of_different_processes_are_compared() -> None:
     # counted wherever its worker was stepped.
     assert res["runs_started"] > JOBS
     assert res["verification_overhead_by_quarter"]
+
+
+def test_a_plot_without_matplotlib_is_refused_before_the_run(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "matplotlib" else real(name, *a),
+    )
+    ran: list[Any] = []
+    monkeypatch.setattr("simulations.__main__.run", lambda *a: ran.append(a))
+    assert main(["run", "load", "--nodes", "20", "--jobs", "20", "--png", "/tmp/never.png"]) == 2
+    err = capsys.readouterr().err
+    assert "matplotlib" in err and "Traceback" not in err and not ran
