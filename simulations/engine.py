@@ -133,8 +133,9 @@ Split runs
 With ``Engine.part`` set (``python -m simulations run ... --procs N``), this
 engine is one of ``N`` processes, each stepping the nodes whose index is its
 own modulo ``N``; events for another process's nodes leave through
-``part.cross`` at least one ms on, and the processes advance one ms window at
-a time (``simulations/parallel.py``, which says what differs from one process).
+``part.cross`` at least the lookahead on, and the processes advance a window
+of that many ms at a time (``simulations/parallel.py``, which says what
+differs from one process).
 """
 
 from __future__ import annotations
@@ -852,11 +853,10 @@ class Engine:
         dup = self.knobs.direct_dup and rng.random() < self.knobs.direct_dup
         part = self.part
         if part is not None and to % part.count != part.index:
-            # another process's node: at least one ms on (see simulations/parallel.py)
-            arrive = max(arrive, self.now + 1)
-            part.cross(to % part.count, arrive, EV_INPUT, sent)
+            # another process's node: at least the lookahead on (simulations/parallel.py)
+            part.cross(to % part.count, arrive, EV_INPUT, sent, self.now)
             if dup:
-                part.cross(to % part.count, arrive + self.latency(), EV_INPUT, sent)
+                part.cross(to % part.count, arrive + self.latency(), EV_INPUT, sent, self.now)
             return
         self.at(arrive, EV_INPUT, sent)
         if dup:
@@ -874,7 +874,7 @@ class Engine:
             if part is not None:  # cast in every process, each to its own listeners
                 for j in range(part.count):
                     if j != part.index:
-                        part.cross(j, when, EV_ADVERT, cast)
+                        part.cross(j, when, EV_ADVERT, cast, self.now)
         elif eff.topic == TOPIC_OFFERS and type(data) is Opened:
             self.cast_offer(slot, data)
         else:  # receipts and attestations: to the publisher's view subscribers (see "Scale")
@@ -897,7 +897,9 @@ class Engine:
                     if part is None or i % part.count == part.index:
                         self.at(self.now + self.latency(), EV_INPUT, (i, inp))
                     else:
-                        part.cross(i % part.count, self.now + self.latency(), EV_INPUT, (i, inp))
+                        part.cross(
+                            i % part.count, self.now + self.latency(), EV_INPUT, (i, inp), self.now
+                        )
 
     def _cosigned_origin(self, data: Any) -> int | None:
         """The node whose receipt a gossiped countersignature carries (None
@@ -1000,7 +1002,7 @@ class Engine:
             job = (slot.idx, slot.incarnation, self.now, data, cast.cast_id)
             for j in range(part.count):
                 if j != part.index:
-                    part.cross(j, self.now + 1, EV_XOFFER, job)
+                    part.cross(j, self.now, EV_XOFFER, job, self.now)
         self._offer_next(cast)
 
     def _remote_cast(self, p: tuple[int, int, int, Opened, tuple[int, int]]) -> None:
@@ -1044,8 +1046,10 @@ class Engine:
             if cast.stop_early and cast.bids_in_flight >= self._bids_share(cast):
                 # Enough bids arrive by t0 + r[c] to close the window before c's answer could;
                 # look again then (a bid may have been dropped, e.g. rate-limited). Another
-                # process's origin: a ms later, when its window's state at t0 + r[c] is known.
-                when = max(when, cast.t0 + int(cast.r[c]) + (not self.owns(cast.origin)))
+                # process's origin: a lookahead later, when its window's state at t0 + r[c]
+                # is known here (simulations/parallel.py).
+                later = 0 if self.part is None or self.owns(cast.origin) else self.part.lookahead
+                when = max(when, cast.t0 + int(cast.r[c]) + later)
                 cast.bids_in_flight = 0
             cast.last_ms = when
             self.at(when, EV_OFFER, cast)

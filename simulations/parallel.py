@@ -1,4 +1,4 @@
-"""One run over several processes: conservative windows of one virtual ms.
+"""One run over several processes: conservative windows of the lookahead.
 
 Theory of operation
 -------------------
@@ -8,32 +8,44 @@ nodes whose index is ``p`` modulo ``N``: it alone steps them, and it holds
 the rest only as identities (their copies stay as they were at the fork and
 are never stepped).
 
-Every message between nodes takes at least one virtual ms (the latency
-model's floor, ``Engine.latency``), so what a process does at ms ``T`` can
-reach another process no earlier than ``T + 1``. The processes therefore
-advance together one ms at a time: at each window's end each one sends every
-other its events for them (direct messages, receipts gossiped to its nodes,
-advert casts, offer casts) and its *facts* (below), receives theirs, and all
-agree on the next window: the earliest event anywhere, so empty ms are
-skipped. Each process schedules what it received after its own events of the
-same ms, in the order of the sending process's index, so a run is a pure
-function of its seed and ``N`` (a different ``N`` is a different trace; one
-process is the plain :class:`simulations.engine.Engine`).
+A message between nodes of two processes takes at least the *lookahead*
+``W`` (:func:`lookahead_ms`), so what a process does in the ms ``[T, T + W)``
+reaches another no earlier than ``T + W``. The processes therefore advance
+together a window of ``W`` ms at a time: at each window's end each one sends
+every other its events for them (direct messages, receipts gossiped to its
+nodes, advert casts, offer casts) and its *facts* (below), receives theirs,
+and all agree on the next window: it starts at the earliest event anywhere,
+so empty ms are skipped. Each process schedules what it received after its
+own events of the same ms, in the order of the sending process's index, so
+a run is a pure function of its seed and ``N`` (a different ``N`` is a
+different trace; one process is the plain :class:`simulations.engine.Engine`).
+
+``W`` is where the latency model's lognormal puts one message in a thousand
+(``LOOKAHEAD_QUANTILE_Z`` standard deviations below the median; at least 1):
+4 ms for the ``load`` and ``scale`` scenarios' 20 ms median and shape 0.5,
+where a message draws less than 4 ms once in ~1,600. A message across
+processes that draws less arrives ``W`` after it was sent instead. One ms
+windows (the latency's floor) cost a window of synchronisation per virtual ms
+(131,000 at the issue-14 size), which a busy machine, descheduling one
+process while the other waits, multiplies.
 
 What the engine does differently with ``N`` > 1 (``Engine.part`` set):
 
 - each process draws from its own random streams (latencies, executions),
   seeded from the run's seed and its index;
-- an advert is cast in every process at the same virtual ms, each delivering
-  it to its own listeners of the topic;
+- a message across processes takes at least ``W`` (above);
+- an advert is cast in every process at the same virtual ms (another
+  process's copy at least ``W`` after it was published), each delivering it to
+  its own listeners of the topic;
 - an offer's lazy walk (engine.py, "Scale") runs in every process over its own
-  nodes, each drawing their latencies. The origin's process reads the
-  origin's bid window as the single engine does; another process learns that
-  the window closed from a ``closed`` fact, at the next window after it did,
-  so it may deliver the offer to a few more nodes than one process would (they
-  bid late: ``bid_late``, which changes nothing at the origin);
-- a message sent across processes that a single engine would deliver within
-  the same ms (a forced bid's arrival, see "Scale") arrives one ms later.
+  nodes, each drawing their latencies; in another process than the origin's
+  it starts ``W`` after the offer. The origin's process reads the origin's bid
+  window as the single engine does; another learns that the window closed
+  from a ``closed`` fact, at the end of the window it closed in, and where a
+  walk waits for enough bids in flight to close it (each process counts its
+  own, and waits at its share of them) it waits ``W`` more before reading it.
+  It may still deliver the offer to a few more nodes than one process would:
+  they bid late (``bid_late``), which changes nothing at the origin.
 
 Facts (one process's news every other needs, shipped with the window's events):
 ``token`` (a sealed receipt, countersignature, attestation or reversal that
@@ -46,11 +58,12 @@ jobs are terminal) and ``closed`` (an offer's bid window).
 Supported runs: those without crashes, partitions, spammers, liars, the CPU
 model or full gossip (``load`` and ``scale``); :func:`unsupported` says why
 not. Limits: ``MAX_PROCS`` processes; a window's batch to one process is
-bounded by memory only (at 10,000 nodes it is a few dozen messages).
+bounded by memory only (at 10,000 nodes, a few hundred messages).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import random
@@ -67,8 +80,17 @@ from .engine import Engine, OfferCast, SimFailure
 
 MAX_PROCS = 8
 """Most processes one run may use."""
-SPIN_S = 0.0005
-"""How long a process polls for the others' batch before it sleeps on the pipe."""
+LOOKAHEAD_QUANTILE_Z = 3.09
+"""The lookahead is the latency this many standard deviations of its
+lognormal below the median: the 0.1 % quantile (:func:`lookahead_ms`)."""
+
+
+def lookahead_ms(knobs: Any) -> int:
+    """The least latency of a message across processes, in ms: the 0.1 %
+    quantile of the latency model (``Engine.latency``), at least 1 and at
+    most ``latency_ms_max``."""
+    q = knobs.latency_ms_median * math.exp(-LOOKAHEAD_QUANTILE_Z * knobs.latency_sigma)
+    return max(1, min(int(knobs.latency_ms_max), int(q)))
 
 
 def unsupported(knobs: Any, *, burst: bool, mutant: str | None) -> str | None:
@@ -99,6 +121,8 @@ class Share:
 
     index: int
     count: int
+    lookahead: int
+    """The least latency across processes, ms (:func:`lookahead_ms`)."""
     outbox: list[list[tuple[int, int, Any]]]
     """Per process, the events for it since the last exchange: (ms, kind, payload)."""
     facts: list[tuple[Any, ...]] = field(default_factory=list)
@@ -114,7 +138,10 @@ class Share:
     own: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     """The indices of the nodes this process owns."""
 
-    def cross(self, proc: int, when: int, kind: int, payload: Any) -> None:
+    def cross(self, proc: int, when: int, kind: int, payload: Any, now: int) -> None:
+        """An event for process ``proc``'s node at ``when``, sent at ``now``:
+        at least the lookahead later."""
+        when = max(when, now + self.lookahead)
         self.outbox[proc].append((when, kind, payload))
         if self.min_sent is None or when < self.min_sent:
             self.min_sent = when
@@ -128,7 +155,9 @@ class Partitions:
         self.index = index
         self.count = count
         self.conns = conns
-        self.share = Share(index, count, [[] for _ in range(count)])
+        self.share = Share(index, count, lookahead_ms(engine.knobs), [[] for _ in range(count)])
+        self.window_end = -1
+        """The last ms of the last window run (events from others come after it)."""
         self.apply_fact: Callable[[tuple[Any, ...]], None] = lambda fact: None
         """Set by the run: applies a checker fact from another process."""
         self.events_elsewhere = 0
@@ -195,7 +224,9 @@ class Partitions:
     def run_until(self, end_ms: int, stop: Callable[[], bool] | None = None) -> None:
         """Run windows until the next event anywhere is past ``end_ms`` or
         ``stop()`` holds (it reads only what every process agrees on at a
-        window's end, so every process stops at the same window)."""
+        window's end, so every process stops at the same window). A window
+        runs the lookahead's ms from the earliest event anywhere, no further
+        than ``end_ms``."""
         e = self.engine
         while True:
             nxt = self._exchange()
@@ -204,8 +235,9 @@ class Partitions:
             if nxt is None or nxt > end_ms:
                 break
             self.windows += 1
+            self.window_end = min(end_ms, nxt + self.share.lookahead - 1)
             try:
-                e.run_until(nxt)
+                e.run_until(self.window_end)
             except SimFailure as exc:
                 self.failure = str(exc)
             self._poll_casts()
@@ -262,10 +294,10 @@ class Partitions:
             for fact in their_facts:
                 self._fact(fact)
             for when, kind, payload in items:
-                if when <= e.now:  # the window rule broken: it would land in our past
+                if when <= self.window_end:  # the window rule broken: it lands in our past
                     failures.append(
                         f"invariant violated at t={e.now} ms: process {j} sent an event for "
-                        f"t={when} ms, not after the window it was sent in"
+                        f"t={when} ms, in the window that ended at {self.window_end} ms"
                     )
                 e.at(when, kind, payload)
         self.events_elsewhere = elsewhere
@@ -275,11 +307,6 @@ class Partitions:
         return min(nexts) if nexts else None
 
     def _recv(self, j: int, conn: Connection) -> Any:
-        # Wait a little awake first: the other process usually ends its window
-        # within microseconds, and a sleeping one costs tens to wake.
-        t0 = time.perf_counter()
-        while not conn.poll(0) and time.perf_counter() - t0 < SPIN_S:
-            pass
         try:
             got: Any = pickle.loads(conn.recv_bytes())
         except (EOFError, OSError) as exc:
