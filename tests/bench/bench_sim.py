@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -33,8 +34,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def simulate(seed: int, nodes: int, jobs: int, timeout: float) -> dict[str, Any] | None:
-    """One run in a child process; its result dict, or None if it ran past ``timeout``."""
+def simulate(
+    seed: int, nodes: int, jobs: int, timeout: float, procs: int = 1
+) -> dict[str, Any] | None:
+    """One ``scale`` run in a child process (split over ``procs`` processes,
+    ``simulations/parallel.py``); its result dict, or None if it ran past
+    ``timeout`` (then its every process is killed)."""
     with tempfile.TemporaryDirectory(prefix="bench-sim-") as tmp:
         out = Path(tmp) / "result.json"
         cmd = [
@@ -46,14 +51,24 @@ def simulate(seed: int, nodes: int, jobs: int, timeout: float) -> dict[str, Any]
             f"--seed={seed}",
             f"--nodes={nodes}",
             f"--jobs={jobs}",
+            f"--procs={procs}",
             f"--json={out}",
         ]
         env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        # A session of its own, so a timeout kills a split run's every process.
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
-            subprocess.run(
-                cmd, cwd=ROOT, env=env, timeout=timeout, capture_output=True, check=False
-            )
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
             return None
         if not out.exists():
             return None

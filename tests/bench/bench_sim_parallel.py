@@ -24,53 +24,12 @@ Each run is bounded by ``--timeout`` seconds (killed past it, reported, exit
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def simulate(seed: int, nodes: int, jobs: int, procs: int, timeout: float) -> dict[str, Any] | None:
-    """One run in a child process; its result dict, or None if it ran past ``timeout``."""
-    with tempfile.TemporaryDirectory(prefix="bench-simpar-") as tmp:
-        out = Path(tmp) / "result.json"
-        cmd = [
-            sys.executable,
-            "-m",
-            "simulations",
-            "run",
-            "scale",
-            f"--seed={seed}",
-            f"--nodes={nodes}",
-            f"--jobs={jobs}",
-            f"--procs={procs}",
-            f"--json={out}",
-        ]
-        env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-        try:
-            # A new session: a timeout kills the split run's every process.
-            proc = subprocess.Popen(
-                cmd,
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait()
-            return None
-        if not out.exists():
-            return None
-        result: dict[str, Any] = json.loads(out.read_text())
-        return result
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_sim import simulate  # noqa: E402  (a sibling script, not a package)
 
 
 def row(name: str, r: dict[str, Any]) -> str:
@@ -93,7 +52,7 @@ def main() -> int:
     a = ap.parse_args()
     results = {}
     for name, procs in (("baseline", 1), ("split", a.procs)):
-        r = simulate(a.seed, a.nodes, a.jobs, procs, a.timeout)
+        r = simulate(a.seed, a.nodes, a.jobs, a.timeout, procs)
         if r is None:
             print(
                 f"{name}: {a.nodes} nodes / {a.jobs} jobs over {procs} process(es) "
