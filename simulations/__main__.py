@@ -11,7 +11,7 @@ import os
 import sys
 
 from .report import plot_run, plot_sweep, print_summary
-from .scenarios import SCENARIOS, RunConfig, run
+from .scenarios import SCENARIOS, Run, RunConfig, run
 
 
 def _pins(items: list[str]) -> dict[str, str]:
@@ -214,20 +214,22 @@ def main(argv: list[str] | None = None) -> int:
     if a.procs != 1 and a.profile:
         print("run: --profile profiles one process; give it without --procs", file=sys.stderr)
         return 2
+    try:
+        done = Run(cfg)
+    except ValueError as exc:  # a configuration the run refuses (a knob, --procs)
+        print(f"run: {exc}", file=sys.stderr)
+        return 2
+    done.progress_ms = int(a.progress * 1000)
     if a.profile:
         import cProfile
         import pstats
 
         prof = cProfile.Profile()
-        done = prof.runcall(run, cfg, a.progress)
+        prof.runcall(done.execute)
         prof.dump_stats(a.profile)
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
     else:
-        try:
-            done = run(cfg, a.progress)
-        except ValueError as exc:  # a configuration the run refuses (e.g. --procs)
-            print(f"run: {exc}", file=sys.stderr)
-            return 2
+        done.execute()
     print_summary(done.result)
     if a.json:
         with open(a.json, "w") as f:

@@ -130,7 +130,7 @@ def test_a_plot_without_matplotlib_is_refused_before_the_run(
         lambda name, *a: None if name == "matplotlib" else real(name, *a),
     )
     ran: list[Any] = []
-    monkeypatch.setattr("simulations.__main__.run", lambda *a: ran.append(a))
+    monkeypatch.setattr("simulations.__main__.Run", lambda *a: ran.append(a))
     assert main(["run", "load", "--nodes", "20", "--jobs", "20", "--png", "/tmp/never.png"]) == 2
     err = capsys.readouterr().err
     assert "matplotlib" in err and "Traceback" not in err and not ran
