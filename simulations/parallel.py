@@ -163,7 +163,9 @@ class Partitions:
         self.events_elsewhere = 0
         """Core steps the other processes had made at the last exchange."""
         self.windows = 0
-        """Windows run (virtual ms with an event somewhere)."""
+        """Windows run (each up to the lookahead's ms from an event somewhere)."""
+        self.children: list[int] = []
+        """Process 0: its children's pids, reaped once they sent their summaries."""
         self.sent = 0
         """Events sent to other processes."""
         self.exchange_s = 0.0
@@ -180,10 +182,13 @@ class Partitions:
             raise ValueError(f"procs: give 2 to {MAX_PROCS} processes, got {count}")
         pipes = {(a, b): Pipe(duplex=True) for a in range(count) for b in range(a + 1, count)}
         index = 0
+        children: list[int] = []
         for child in range(1, count):
-            if os.fork() == 0:
-                index = child
+            pid = os.fork()
+            if pid == 0:
+                index, children = child, []
                 break
+            children.append(pid)
         conns: dict[int, Connection] = {}
         for (a, b), (ca, cb) in pipes.items():
             if a == index:
@@ -196,6 +201,7 @@ class Partitions:
                 ca.close()
                 cb.close()
         part = cls(engine, index, count, conns)
+        part.children = children
         part._take_over()
         return part
 
@@ -341,6 +347,10 @@ class Partitions:
                 out.append(self._recv(j, self.conns[j]))
             except SimFailure as exc:  # its counts are missing; the run failed anyway
                 out[0] = {**out[0], "ok": False, "failure": out[0]["failure"] or str(exc)}
+        for conn in self.conns.values():
+            conn.close()
+        for pid in self.children:  # each exits once its summary is sent (or it died)
+            os.waitpid(pid, 0)
         return out
 
     def child_exit(self, exc: BaseException | None) -> None:

@@ -134,3 +134,15 @@ def test_a_plot_without_matplotlib_is_refused_before_the_run(
     assert main(["run", "load", "--nodes", "20", "--jobs", "20", "--png", "/tmp/never.png"]) == 2
     err = capsys.readouterr().err
     assert "matplotlib" in err and "Traceback" not in err and not ran
+
+
+def test_a_split_run_leaves_no_child_process_behind() -> None:
+    import os
+    import subprocess
+
+    for procs in (2, 3):
+        assert run(RunConfig("scale", 1, 60, 30, {}, None, procs)).result["ok"]
+    ps = subprocess.run(
+        ["ps", "-o", "stat=", "--ppid", str(os.getpid())], capture_output=True, text=True
+    ).stdout.split()
+    assert not [st for st in ps if st.startswith("Z")], ps  # reaped, not zombies
