@@ -146,7 +146,7 @@ import random
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -190,6 +190,9 @@ from .codec import SimCodec, as_wire
 from .costs import DEFAULT_COSTS, CpuCosts
 from .knobs import Knobs
 from .workload import Hardware, JobPlan, lie_digest
+
+if TYPE_CHECKING:
+    from .parallel import Share
 
 # Event kinds (ints: cheap to compare and to hash into the trace).
 (
@@ -477,7 +480,7 @@ class Engine:
             None  # (to_peer, arrival) while a node answers an offer
         )
         self._forced_bids = 0
-        self.part: Any = None
+        self.part: Share | None = None
         """In a split run, this process's ``simulations.parallel.Share``: the
         nodes it owns (index modulo count), where events for the others go."""
 
@@ -865,10 +868,8 @@ class Engine:
     def _publish(self, slot: Slot, eff: Publish) -> None:
         data = eff.data
         if parse_advert_topic(eff.topic) is not None:
-            when, cast = (
-                self.now + self.latency(),
-                (slot.idx, GossipReceived(eff.topic, slot.peer_id, data)),
-            )
+            when = self.now + self.latency()
+            cast = (slot.idx, GossipReceived(eff.topic, slot.peer_id, data))
             self.at(when, EV_ADVERT, cast)
             part = self.part
             if part is not None:  # cast in every process, each to its own listeners
