@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=1,
         metavar="N",
-        help="split the run over N processes, one ms at a time (simulations/parallel.py: "
+        help="split the run over N processes, a window of the least latency at a time "
+        "(simulations/parallel.py: "
         "runs without crashes, partitions, liars, spammers or the CPU model; the trace "
         "depends on N)",
     )
